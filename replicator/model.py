@@ -1,0 +1,192 @@
+"""The shared vocabulary as plain types.
+
+Every layer speaks these: `salesforce/` returns them, `pipeline/` transforms them, `postgres/` stores them.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# --------------------------------------------------------------------------------------------------------------
+# Errors: two kinds, mapped once per edge (STYLE.md 4). The retry policy asks only "transient or terminal?".
+
+
+class ReplicatorError(Exception):
+    """Base of every error this program raises on purpose."""
+
+
+class TransientError(ReplicatorError):
+    """Worth retrying with backoff: timeouts, connection errors, 5xx, 429, gRPC UNAVAILABLE.
+
+    `retry_after` (seconds) is a hint from the server, or a longer scale for API-limit errors.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.code = code
+
+
+class TerminalError(ReplicatorError):
+    """Retrying will not help: bad credentials, bad configuration, a malformed request, a failed job."""
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class ApiLimitError(TransientError):
+    """403 REQUEST_LIMIT_EXCEEDED: the org's API allocation is exhausted; wait on a longer scale."""
+
+
+class SessionExpiredError(ReplicatorError):
+    """401 INVALID_SESSION_ID: the token provider refreshes once and the call is retried."""
+
+
+class AuthError(TerminalError):
+    """The token endpoint refused the credentials (OAuth `invalid_grant`, `invalid_client`, ...)."""
+
+
+class ConfigError(TerminalError):
+    """The configuration is invalid; the message names the key to fix."""
+
+
+class JobFailedError(TransientError):
+    """A Bulk API 2.0 job ended `Failed` or `Aborted`; retried a bounded number of times with a new job."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metadata: what REST describe tells about an sObject.
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One `fields[]` item of an sObject describe, reduced to what a table needs."""
+
+    name: str  # API name, e.g. "BillingCity", "External_Id__c"
+    type: str  # describe type: id, string, textarea, picklist, multipicklist, boolean, int, double, ...
+    label: str = ""
+    length: int = 0
+    precision: int = 0
+    scale: int = 0
+    digits: int = 0
+    nillable: bool = True
+    external_id: bool = False
+    unique: bool = False
+    id_lookup: bool = False
+    calculated: bool = False
+    compound_field_name: str | None = None  # set on components, e.g. BillingCity -> BillingAddress
+    reference_to: tuple[str, ...] = ()
+    relationship_name: str | None = None
+    extra_type_info: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectDescribe:
+    """An sObject describe: its name, key prefix and fields, in describe order."""
+
+    name: str
+    label: str = ""
+    key_prefix: str | None = None
+    custom: bool = False
+    queryable: bool = True
+    replicateable: bool = True
+    fields: tuple[FieldSpec, ...] = ()
+
+    def field(self, name: str) -> FieldSpec | None:
+        lowered = name.lower()
+        for f in self.fields:
+            if f.name.lower() == lowered:
+                return f
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bulk API 2.0 query jobs, as the client sees them.
+
+
+@dataclass(frozen=True, slots=True)
+class BulkJob:
+    """Job info of a Bulk API 2.0 query job (`GET /jobs/query/{id}`)."""
+
+    id: str
+    state: str  # UploadComplete | InProgress | JobComplete | Failed | Aborted
+    operation: str = "queryAll"
+    object: str = ""
+    api_version: str = ""
+    number_records_processed: int = 0
+    error_message: str | None = None
+    column_delimiter: str = "COMMA"
+    line_ending: str = "LF"
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("JobComplete", "Failed", "Aborted")
+
+
+@dataclass(frozen=True, slots=True)
+class ResultPage:
+    """One result set of a completed job, downloadable on its own (`resultPages` entry).
+
+    `locator` is the opaque `locator` query parameter of the page ("" for the first page); it identifies the
+    page within its job for resume bookkeeping. `url` is the path (with query) to GET.
+    """
+
+    job_id: str
+    locator: str
+    url: str
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tables: what the schema step produces from a describe.
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    name: str  # lower-cased field API name: the Postgres column name
+    field: str  # field API name as Salesforce spells it
+    pg_type: str  # Postgres type, e.g. "text", "numeric(18,2)", "timestamptz"
+    nullable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """A target table: schema, name, columns (in SOQL select order), key column."""
+
+    object: str  # sObject API name
+    schema: str
+    name: str  # lower-cased object API name
+    columns: tuple[ColumnSpec, ...]
+    key: str  # key column name (lower-cased key field), e.g. "id" or "external_id__c"
+    fingerprint: str = ""  # hash of the column list; a change means the table must be altered
+
+    @property
+    def fields(self) -> list[str]:
+        """Field API names to SELECT, in column order."""
+        return [c.field for c in self.columns]
+
+    def column(self, name: str) -> ColumnSpec | None:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        return None
+
+
+# Metadata columns every target table carries.
+VERSION_COLUMN = "_sf_version"
+DELETED_COLUMN = "_sf_deleted_at"
+SYNCED_COLUMN = "_sf_synced_at"
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record or event that could not be applied: kept with its payload and the reason."""
+
+    object: str
+    reason: str
+    payload: Any
+    key: str | None = None
+    source: str = "backfill"  # backfill | stream
+    extra: dict[str, Any] = field(default_factory=dict)

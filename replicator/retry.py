@@ -1,0 +1,107 @@
+"""The one retry policy of the project: transient errors retry with backoff and jitter, terminal ones do not.
+
+Every edge (Salesforce HTTP, Postgres) maps its own exceptions to `model.TransientError` / `model.TerminalError`
+once (STYLE.md 4); this module only asks "transient or terminal?" and never imports a driver.
+
+Backoff is exponential with *full jitter* (delay drawn from [0, min(cap, base * 2**n)]), which spreads the
+retries of many concurrent workers instead of having them hit a recovering server in lock step. API-limit
+errors (403 REQUEST_LIMIT_EXCEEDED) wait on a longer scale: the org's allowance is a rolling 24 h window
+(protocol §2.1), so a retry after half a second only burns another call against an exhausted allowance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from replicator.model import ApiLimitError, JobFailedError, TransientError
+
+T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same call may succeed.
+
+    `JobFailedError` is a `TransientError` for the pipeline (it starts a *new* job a bounded number of times),
+    but retrying the same call would only report the same failed job again, so it is not retried here.
+    """
+    return isinstance(exc, TransientError) and not isinstance(exc, JobFailedError)
+
+
+def backoff_delay(
+    exc: BaseException,
+    attempt: int,
+    *,
+    base: float = 0.5,
+    cap: float = 30.0,
+    limit_base: float = 30.0,
+    limit_cap: float = 600.0,
+    rng: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based). Pure apart from `rng`."""
+    if isinstance(exc, ApiLimitError):
+        ceiling = min(limit_cap, limit_base * 2 ** (attempt - 1))
+        # Half-jitter on the limit scale: at least half the ceiling, so a limit error never retries at once.
+        delay = rng(ceiling / 2, ceiling)
+        hint_cap = limit_cap
+    else:
+        ceiling = min(cap, base * 2 ** (attempt - 1))
+        delay = rng(0.0, ceiling)
+        # A server's Retry-After may exceed our own cap (503 during maintenance); honour it up to the limit cap.
+        hint_cap = max(cap, limit_cap)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after:
+        delay = max(delay, min(float(retry_after), hint_cap))
+    return delay
+
+
+async def retry_transient(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 6,
+    base: float = 0.5,
+    cap: float = 30.0,
+    limit_base: float = 30.0,
+    limit_cap: float = 600.0,
+    what: str = "",
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Call `fn()` until it returns, retrying `TransientError` (see `is_transient`) up to `attempts` calls in all.
+
+    The last transient error is re-raised when the attempts are used up; `TerminalError` and any other
+    exception propagate at once. `sleep` is injectable so tests can record delays without waiting.
+    """
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return backoff_delay(
+            exc, state.attempt_number, base=base, cap=cap, limit_base=limit_base, limit_cap=limit_cap
+        )
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "retry",
+            what=what,
+            attempt=state.attempt_number,
+            attempts=attempts,
+            delay=round(state.next_action.sleep, 3) if state.next_action else None,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=wait,
+        before_sleep=before_sleep,
+        reraise=True,
+        sleep=sleep,
+    )
+    return await retrying(fn)

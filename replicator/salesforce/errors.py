@@ -1,0 +1,135 @@
+"""Maps httpx exceptions and Salesforce error responses to the two error kinds of `model`, once (STYLE.md 4).
+
+Nothing above `salesforce/` sees an httpx exception. Messages carry the method, the path and Salesforce's
+`errorCode`/`message`; never a header, a token or a form body.
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from replicator.model import (
+    ApiLimitError,
+    ReplicatorError,
+    SessionExpiredError,
+    TerminalError,
+    TransientError,
+)
+
+# 420 is what the Salesforce edge answers while an org "is setting things up", 429 is throttling, 408 a
+# server-side request timeout: airbyte retries all three (protocol §2.2). 5xx is retried as a rule.
+TRANSIENT_STATUSES = frozenset({408, 420, 429})
+
+# httpx exceptions that mean "the network or the peer failed this time": worth retrying.
+_TRANSIENT_HTTPX: tuple[type[BaseException], ...] = (
+    httpx.TimeoutException,  # connect/read/write/pool timeouts
+    httpx.NetworkError,  # ConnectError, ReadError, WriteError, CloseError
+    httpx.RemoteProtocolError,  # peer closed mid-body, truncated chunked encoding
+    httpx.DecodingError,  # truncated or corrupt gzip body: re-fetching the page fixes it
+    httpx.ProxyError,
+)
+
+
+def map_httpx_error(exc: BaseException, what: str = "") -> ReplicatorError:
+    """The model error for an exception raised by httpx (or by the TLS layer beneath it)."""
+    prefix = f"{what}: " if what else ""
+    name = type(exc).__name__
+    text = str(exc) or name
+    if isinstance(exc, ReplicatorError):
+        return exc
+    if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in text:
+        # Retrying cannot fix a certificate the client does not trust: point at ca_file instead.
+        return TerminalError(
+            f"{prefix}TLS certificate not trusted ({text}); set ca_file to the server's CA", code="TLS"
+        )
+    if isinstance(exc, _TRANSIENT_HTTPX):
+        return TransientError(f"{prefix}{name}: {text}", code=name)
+    # Everything else (UnsupportedProtocol, LocalProtocolError, InvalidURL, TooManyRedirects, StreamError,
+    # CookieConflict, HTTPStatusError) is a bug or a bad configuration on our side: retrying will not help.
+    return TerminalError(f"{prefix}{name}: {text}", code=name)
+
+
+# Every exception type httpx defines (its hierarchy has four roots); `except HTTPX_ERRORS` around each httpx
+# call, then `map_httpx_error`. tests/salesforce/test_errors.py fails when httpx grows a type not covered here.
+HTTPX_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.HTTPError,
+    httpx.InvalidURL,
+    httpx.StreamError,
+    httpx.CookieConflict,
+)
+
+
+def error_body(response: httpx.Response) -> tuple[str | None, str]:
+    """(errorCode, message) from a REST error body: an array `[{errorCode, message}]` (§2.2), a single object,
+    or an OAuth `{error, error_description}`. Falls back to a short excerpt of the raw text."""
+    try:
+        data: Any = orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        data = data[0]
+    if isinstance(data, dict):
+        code = data.get("errorCode") or data.get("error")
+        message = data.get("message") or data.get("error_description") or ""
+        return (str(code) if code else None), str(message)
+    text = response.content[:200].decode("utf-8", "replace").strip() if response.content else ""
+    return None, text
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """`Retry-After` as seconds (delta-seconds or HTTP date), or None."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    date = response.headers.get("Date")
+    try:
+        now = parsedate_to_datetime(date) if date else None
+    except (TypeError, ValueError):
+        now = None
+    if now is None:
+        return None
+    return max(0.0, (when - now).total_seconds())
+
+
+def describe_request(method: str, url: str | httpx.URL) -> str:
+    """`GET /services/data/v62.0/sobjects/Account/describe`: method and path, without query or host."""
+    return f"{method.upper()} {urlsplit(str(url)).path}"
+
+
+def error_for_response(response: httpx.Response, what: str = "") -> ReplicatorError:
+    """The model error for a response with status >= 400 (the body must already be read).
+
+    401 → SessionExpiredError (the caller refreshes the token once); 403 REQUEST_LIMIT_EXCEEDED → ApiLimitError;
+    408/420/429/5xx → TransientError; every other 4xx → TerminalError with Salesforce's errorCode.
+    """
+    status = response.status_code
+    code, message = error_body(response)
+    where = what or describe_request(response.request.method, response.request.url)
+    text = f"{where}: HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    if status == 401:
+        return SessionExpiredError(text)
+    if status == 403 and code == "REQUEST_LIMIT_EXCEEDED":
+        return ApiLimitError(text, retry_after=retry_after_seconds(response), code=code)
+    if status >= 500 or status in TRANSIENT_STATUSES:
+        return TransientError(text, retry_after=retry_after_seconds(response), code=code or f"HTTP_{status}")
+    if status == 404 and (code is None or _normal(code) == "NOTFOUND"):
+        code = "NOT_FOUND"
+    return TerminalError(text, code=code or f"HTTP_{status}")
+
+
+def _normal(code: str) -> str:
+    return re.sub(r"[^A-Z]", "", code.upper())

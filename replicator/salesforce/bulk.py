@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +19,7 @@ import httpx
 import orjson
 import structlog
 
-from replicator.model import BulkJob, JobFailedError, ResultPage, TerminalError
+from replicator.model import BulkJob, JobFailedError, ResultPage, TerminalError, TransientError
 from replicator.salesforce.client import SalesforceClient
 from replicator.salesforce.errors import HTTPX_ERRORS, map_httpx_error
 
@@ -30,6 +31,8 @@ POLL_GROWTH = 1.5
 # Salesforce keeps a query job's results for 7 days, but a job still running after 24 h is stuck (airbyte #17148);
 # simple-salesforce and airbyte give up after the same 24 h (§5).
 DEFAULT_JOB_TIMEOUT = 86400.0
+# zlib window bits for a gzip header and trailer (16 + 15): the trailer's CRC32 and length are checked.
+GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
 def job_from_json(data: dict[str, Any]) -> BulkJob:
@@ -76,14 +79,49 @@ class PageStream:
         self.content_encoding: str = response.headers.get("Content-Encoding", "identity")
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Decompressed CSV bytes as they arrive (gzip or identity, §1.7). Network errors → TransientError."""
+        """Decompressed CSV bytes as they arrive (gzip or identity, §1.7). Network errors → TransientError.
+
+        gzip is decoded here rather than by httpx, because httpx accepts a gzip stream that ends early: a body
+        cut short would pass as a shorter page. Here an incomplete stream or a CRC mismatch is a TransientError.
+        """
         what = f"GET {urlsplit(self.page.url).path}"
+        encoding = self.content_encoding.strip().lower()
         try:
-            async for chunk in self._response.aiter_bytes():
-                if chunk:
+            if encoding == "gzip":
+                async for chunk in _gunzip(self._response.aiter_raw(), what):
                     yield chunk
+            elif encoding in ("", "identity"):
+                async for chunk in self._response.aiter_raw():
+                    if chunk:
+                        yield chunk
+            else:  # deflate, br, ...: not sent by Salesforce, but httpx can decode them
+                async for chunk in self._response.aiter_bytes():
+                    if chunk:
+                        yield chunk
         except HTTPX_ERRORS as exc:
             raise map_httpx_error(exc, what) from exc
+
+
+async def _gunzip(raw: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
+    """Decode a gzip body (possibly several members) chunk by chunk; a truncated or corrupt body raises."""
+    decoder = zlib.decompressobj(GZIP_WBITS)
+    seen_data = False
+    try:
+        async for data in raw:
+            while data:
+                seen_data = True
+                out = decoder.decompress(data)
+                if out:
+                    yield out
+                data = b""
+                if decoder.eof:  # end of one member: the rest (if any) starts the next member
+                    data = decoder.unused_data
+                    decoder = zlib.decompressobj(GZIP_WBITS)
+                    seen_data = False
+    except zlib.error as exc:
+        raise TransientError(f"{what}: corrupt gzip body ({exc})", code="DecodingError") from exc
+    if seen_data and not decoder.eof:
+        raise TransientError(f"{what}: gzip body ended before its end marker", code="DecodingError")
 
 
 class BulkClient:

@@ -20,7 +20,7 @@ import httpx
 import orjson
 import structlog
 
-from replicator.model import AuthError, ObjectDescribe, TerminalError
+from replicator.model import AuthError, ConfigError, ObjectDescribe, TerminalError
 from replicator.retry import retry_transient
 from replicator.salesforce.auth import Credentials, Token, TokenProvider
 from replicator.salesforce.describe import object_describe, strip_attributes
@@ -73,7 +73,12 @@ class SalesforceClient:
         transport: httpx.AsyncBaseTransport | None = None,  # tests inject httpx.MockTransport here
     ):
         self.api_version = api_version.removeprefix("v")
-        verify_arg: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else verify
+        verify_arg: ssl.SSLContext | bool = verify
+        if ca_file:
+            try:
+                verify_arg = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"ca_file {ca_file!r} is not a readable PEM CA file ({exc})", code="ca_file") from None
         self._http = httpx.AsyncClient(
             verify=verify_arg,
             timeout=httpx.Timeout(timeout),

@@ -202,3 +202,12 @@ async def test_logs_never_contain_the_token(client, org, capsys):
     with structlog.testing.capture_logs() as logs:
         await client.limits()
     assert logs and "tok-" not in repr(logs) and SECRET not in repr(logs)
+
+
+def test_unreadable_ca_file_is_a_config_error(creds, tmp_path):
+    from replicator.model import ConfigError
+    from replicator.salesforce.client import SalesforceClient
+
+    with pytest.raises(ConfigError) as info:
+        SalesforceClient(creds, ca_file=str(tmp_path / "missing.pem"))
+    assert info.value.code == "ca_file"

@@ -1,0 +1,182 @@
+"""Settings: one TOML file plus environment overrides, validated before anything starts.
+
+Sources, highest first: environment (`REPLICATOR_<SECTION>__<KEY>`, and `DATABASE_URL` for the Postgres URL),
+the TOML file (`--config` or `REPLICATOR_CONFIG`), the defaults below. Secrets may also come from files
+(`client_secret_file`, `private_key_file`): never from code, never echoed in logs (they are `SecretStr`).
+An invalid file or value fails with one line naming the key (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .model import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SalesforceSettings(_Section):
+    instance_url: str = Field(
+        "", description="My Domain URL of the org, e.g. https://acme.my.salesforce.com. Required."
+    )
+    token_url: str = Field(
+        "",
+        description="OAuth token endpoint. Default: <instance_url>/services/oauth2/token (client credentials must "
+        "target My Domain).",
+    )
+    auth: Literal["client_credentials", "jwt_bearer", "refresh_token"] = Field(
+        "client_credentials", description="OAuth 2.0 flow used to obtain access tokens."
+    )
+    client_id: str = Field("", description="Connected app consumer key.")
+    client_secret: SecretStr | None = Field(None, description="Consumer secret (client_credentials, refresh_token).")
+    client_secret_file: Path | None = Field(None, description="File holding the consumer secret, instead of the value.")
+    username: str = Field("", description="JWT bearer: the Salesforce username (`sub` claim).")
+    private_key_file: Path | None = Field(None, description="JWT bearer: PEM file of the RSA private key.")
+    audience: str = Field("https://login.salesforce.com", description="JWT bearer: the `aud` claim.")
+    refresh_token: SecretStr | None = Field(None, description="refresh_token flow: the refresh token.")
+    api_version: str = Field(
+        "62.0", description="REST API version. Parallel result pages need 58.0 or later (Bulk API 2.0 resultPages)."
+    )
+    ca_file: Path | None = Field(None, description="PEM bundle to trust in addition to nothing else (e.g. the simulator's).")
+    verify: bool = Field(True, description="TLS certificate verification. Leave on; turning it off is logged loudly.")
+    timeout_s: float = Field(120.0, description="Per-request timeout in seconds.")
+
+    @field_validator("api_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        v = v.removeprefix("v")
+        try:
+            float(v)
+        except ValueError:
+            raise ValueError("must look like 62.0") from None
+        return v
+
+    def secret(self) -> str | None:
+        if self.client_secret is not None:
+            return self.client_secret.get_secret_value()
+        if self.client_secret_file is not None:
+            return self.client_secret_file.read_text().strip()
+        return None
+
+
+class PostgresSettings(_Section):
+    url: SecretStr | None = Field(
+        None,
+        description="Postgres URL (env DATABASE_URL). Unset: the server at 127.0.0.1:5432 (database test) when one "
+        "answers, else a throwaway server started for the run.",
+    )
+    schema_: str = Field("salesforce", alias="schema", description="Schema of the target tables.")
+    pool_size: int = Field(8, ge=2, le=100, description="Connections in the pool (parallel page loads use one each).")
+
+
+class BackfillSettings(_Section):
+    parallel_pages: int = Field(
+        3, ge=1, le=5, description="Result pages downloaded and loaded at once. resultPages returns at most 5 URLs per "
+        "call (Bulk API 2.0), and each page holds a Postgres connection while it loads."
+    )
+    page_size: int = Field(
+        100_000, ge=1_000, le=1_000_000,
+        description="maxRecords per result page. Smaller pages commit (and can resume) more often; larger pages cost "
+        "fewer requests. Salesforce still caps a page by size.",
+    )
+    poll_max_s: float = Field(10.0, gt=0, description="Longest wait between two job-status polls.")
+    job_retries: int = Field(3, ge=0, le=10, description="New jobs tried after a job ends Failed, before the object stops.")
+
+
+class ObjectSettings(_Section):
+    key: str = Field("Id", description="Field whose value keys the table (primary key): Id, or an externalId field.")
+    deletes: Literal["soft", "hard"] = Field(
+        "soft", description="soft: keep deleted rows with _sf_deleted_at set; hard: remove them."
+    )
+    fields: list[str] | None = Field(None, description="Fields to replicate (default: every queryable field).")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="REPLICATOR_", env_nested_delimiter="__", extra="forbid", populate_by_name=True
+    )
+
+    salesforce: SalesforceSettings = SalesforceSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    backfill: BackfillSettings = BackfillSettings()
+    objects: dict[str, ObjectSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the file (passed as init kwargs), which wins over defaults.
+        return (env_settings, init_settings)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if p != "schema_") or "(root)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{loc}'"
+    return f"'{loc}': {err['msg']}"
+
+
+def load_settings(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read the TOML file (or `REPLICATOR_CONFIG`), apply overrides and the environment, validate.
+
+    Raises ConfigError with one line that names the file and the key to fix.
+    """
+    path = path or os.environ.get("REPLICATOR_CONFIG")
+    data: dict[str, Any] = {}
+    where = "configuration"
+    if path:
+        where = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    if overrides:
+        data = _merge(data, overrides)
+    if os.environ.get("DATABASE_URL") and not os.environ.get("REPLICATOR_POSTGRES__URL"):
+        data = _merge(data, {"postgres": {"url": os.environ["DATABASE_URL"]}})
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_first_error(exc)}") from None
+    return settings
+
+
+def require_salesforce(settings: Settings) -> None:
+    """Checks that only matter when we talk to an org (not for `status`)."""
+    sf = settings.salesforce
+    if not sf.instance_url:
+        raise ConfigError("'salesforce.instance_url' is required (e.g. https://acme.my.salesforce.com)")
+    if not sf.client_id:
+        raise ConfigError("'salesforce.client_id' is required")
+    if sf.auth in ("client_credentials", "refresh_token") and sf.secret() is None:
+        raise ConfigError(f"'salesforce.client_secret' (or client_secret_file) is required for auth = {sf.auth}")
+    if sf.auth == "jwt_bearer" and (sf.private_key_file is None or not sf.username):
+        raise ConfigError("'salesforce.private_key_file' and 'salesforce.username' are required for auth = jwt_bearer")
+    if sf.auth == "refresh_token" and sf.refresh_token is None:
+        raise ConfigError("'salesforce.refresh_token' is required for auth = refresh_token")
+    if not settings.objects:
+        raise ConfigError("no objects configured: add an [objects.Account] table (one per sObject)")

@@ -1,0 +1,110 @@
+"""The one-shot commands: backfill, verify, status. Each returns the process exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import orjson
+import structlog
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..config import Settings
+from ..model import ReplicatorError
+from ..postgres.status import object_rows
+from .backfill import Backfill
+from .backfill import Progress as BackfillProgress
+from .runtime import postgres_pool, salesforce_client
+from .verify import verify_object
+
+log = structlog.get_logger(__name__)
+
+
+class _Bars:
+    """Progress bars per object (rows, rows/s, ETA) on a terminal; nothing otherwise (the logs suffice)."""
+
+    def __init__(self, names: list[str]):
+        self.enabled = sys.stderr.isatty()
+        self.bars = Progress(
+            TextColumn("{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>10} rows/s"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not self.enabled,
+        )
+        self.tasks = {n: self.bars.add_task(n, total=None, rate="-") for n in names}
+
+    def update(self, p: BackfillProgress) -> None:
+        self.bars.update(
+            self.tasks[p.object], completed=p.rows_done, total=p.rows_expected, rate=f"{p.rows_per_s:,.0f}"
+        )
+
+
+async def run_backfills(settings: Settings, names: list[str], on_progress=None) -> dict[str, BackfillProgress | BaseException]:
+    """Backfill objects concurrently; one failing object does not stop the others."""
+    results: dict[str, BackfillProgress | BaseException] = {}
+    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+
+        async def one(name: str) -> None:
+            job = Backfill(client, pool, settings, name, settings.objects[name], on_progress)
+            try:
+                results[name] = await job.run()
+            except ReplicatorError as exc:
+                results[name] = exc
+                log.error("backfill.failed", object=name, error=str(exc))
+                async with pool.acquire() as conn:
+                    from ..postgres.state import fail_object
+
+                    await fail_object(conn, name, str(exc))
+
+        await asyncio.gather(*(one(n) for n in names))
+    return results
+
+
+async def backfill_command(settings: Settings, names: list[str]) -> int:
+    bars = _Bars(names)
+    with bars.bars:
+        results = await run_backfills(settings, names, bars.update)
+    failed = {n: r for n, r in results.items() if isinstance(r, BaseException)}
+    for name, r in results.items():
+        if not isinstance(r, BaseException):
+            log.info("backfill.done", object=name, rows=r.rows_done, rows_per_s=round(r.rows_per_s),
+                     dead_letters=r.dead_letters, resumed_pages=r.resumed_pages, job_id=r.job_id)
+    if failed:
+        name, exc = next(iter(failed.items()))
+        print(f"replicator: backfill of {name} failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def verify_command(settings: Settings, names: list[str]) -> int:
+    equal = True
+    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+        for name in names:
+            diff = await verify_object(client, pool, settings, name)
+            equal &= diff.equal
+            line = f"{name}: missing {diff.missing}, extra {diff.extra}, different {diff.different}"
+            print(line + ("  (equal)" if diff.equal else ""))
+            for kind, keys in diff.examples.items():
+                print(f"  {kind}: {', '.join(keys)}")
+    return 0 if equal else 1
+
+
+async def status_command(settings: Settings, as_json: bool) -> int:
+    async with postgres_pool(settings) as pool, pool.acquire() as conn:
+        rows = await object_rows(conn)
+    if as_json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
+        return 0
+    table = Table("object", "phase", "rows", "expected", "pages", "dead letters", "job", "last error")
+    for r in rows:
+        table.add_row(
+            r["object"], r["phase"], f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}", str(r["pages_done"]),
+            str(r["dead_letters"]), r["job_id"] or "", (r["last_error"] or "")[:60],
+        )
+    Console().print(table)
+    return 0

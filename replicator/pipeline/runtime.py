@@ -1,0 +1,64 @@
+"""Wiring shared by the commands: settings → Salesforce client, Postgres pool (migrated)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import structlog
+
+from ..config import Settings
+from ..observe import register_secret
+from ..postgres.migrate import migrate
+from ..postgres.server import resolve_database
+from ..salesforce.auth import Credentials
+from ..salesforce.client import SalesforceClient
+
+log = structlog.get_logger(__name__)
+
+
+def credentials(settings: Settings) -> Credentials:
+    sf = settings.salesforce
+    secret = sf.secret()
+    register_secret(secret)
+    refresh = sf.refresh_token.get_secret_value() if sf.refresh_token else None
+    register_secret(refresh)
+    key = sf.private_key_file.read_text() if sf.private_key_file else None
+    return Credentials(
+        flow=sf.auth,
+        token_url=sf.token_url or sf.instance_url.rstrip("/") + "/services/oauth2/token",
+        client_id=sf.client_id,
+        client_secret=secret,
+        username=sf.username or None,
+        private_key=key,
+        audience=sf.audience,
+        refresh_token=refresh,
+    )
+
+
+def salesforce_client(settings: Settings) -> SalesforceClient:
+    sf = settings.salesforce
+    if not sf.verify:
+        log.warning("tls.verification_disabled", hint="salesforce.verify = false: anyone on the path can read the data")
+    return SalesforceClient(
+        credentials(settings),
+        api_version=sf.api_version,
+        ca_file=str(sf.ca_file) if sf.ca_file else None,
+        verify=sf.verify,
+        timeout=sf.timeout_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def postgres_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated pool on the configured Postgres (or the local / a throwaway one, see postgres/server.py)."""
+    url = settings.postgres.url.get_secret_value() if settings.postgres.url else None
+    async with resolve_database(url) as dsn:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.postgres.pool_size)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            yield pool
+        finally:
+            await pool.close()

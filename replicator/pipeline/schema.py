@@ -1,0 +1,147 @@
+"""Describe → TableSpec: which fields become which columns, of which Postgres type.
+
+Pure functions over model types; the README's type table is generated from `PG_TYPES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import structlog
+
+from ..model import ColumnSpec, ConfigError, FieldSpec, ObjectDescribe, TableSpec
+
+# Describe `type` → Postgres type. Text types are unbounded `text`: Salesforce can lengthen a field at any
+# time, and a varchar(n) would then reject rows. Numbers are unconstrained `numeric` so the CSV value
+# round-trips exactly (a double or currency never passes through a binary float).
+PG_TYPES: dict[str, str] = {
+    "id": "varchar(18)",
+    "reference": "varchar(18)",
+    "masterrecord": "varchar(18)",
+    "string": "text",
+    "textarea": "text",
+    "picklist": "text",
+    "multipicklist": "text",  # values joined by ';', as Salesforce sends them
+    "combobox": "text",
+    "email": "text",
+    "phone": "text",
+    "url": "text",
+    "encryptedstring": "text",
+    "datacategorygroupreference": "text",
+    "anyType": "text",
+    "complexvalue": "text",
+    "json": "text",
+    "boolean": "boolean",
+    "int": "integer",
+    "long": "bigint",
+    "double": "numeric",
+    "currency": "numeric",
+    "percent": "numeric",
+    "date": "date",
+    "datetime": "timestamptz",
+    "time": "time",
+}
+
+# Compound fields are rejected by Bulk queries (§1.8): their components are ordinary fields. base64 is not
+# supported by Bulk API queries either (airbyte leaves it out, §1.8).
+SKIPPED_TYPES = frozenset({"address", "location", "base64"})
+
+# The record version of a bulk row, in order of preference (DESIGN.md contract 2).
+VERSION_FIELDS = ("SystemModstamp", "LastModifiedDate", "CreatedDate")
+
+log = structlog.get_logger(__name__)
+
+# Salesforce API names: a letter, then letters, digits and single underscores (custom ones end in __c and
+# friends). SOQL has no identifier quoting, so a name outside this grammar cannot be selected at all.
+_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+# Postgres truncates identifiers to 63 bytes; two long names could then collide silently.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def pg_type(field: FieldSpec) -> str:
+    return PG_TYPES.get(field.type, "text")
+
+
+def column_name(field_name: str) -> str:
+    name = field_name.lower()
+    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ConfigError(f"field {field_name!r} is longer than Postgres' {MAX_IDENTIFIER_BYTES}-byte identifier limit")
+    return name
+
+
+def table_spec(
+    describe: ObjectDescribe,
+    *,
+    schema: str,
+    key_field: str = "Id",
+    fields: list[str] | None = None,
+) -> TableSpec:
+    """Build the table for an sObject from its describe.
+
+    Columns follow describe order (the SOQL select order). `fields` limits the selection; Id, the key field,
+    IsDeleted and the version fields are always kept when the object has them.
+    """
+    key = describe.field(key_field)
+    if key is None:
+        raise ConfigError(f"objects.{describe.name}.key: {describe.name} has no field {key_field!r}")
+    if key.type != "id" and not (key.external_id or key.unique or key.id_lookup):
+        raise ConfigError(
+            f"objects.{describe.name}.key: {key_field} is neither the Id nor an externalId/unique field"
+        )
+    wanted = None
+    if fields is not None:
+        wanted = {f.lower() for f in fields} | {"id", key_field.lower(), "isdeleted"} | {
+            v.lower() for v in VERSION_FIELDS
+        }
+        unknown = {f.lower() for f in fields} - {f.name.lower() for f in describe.fields}
+        if unknown:
+            raise ConfigError(f"objects.{describe.name}.fields: unknown field(s) {sorted(unknown)}")
+    columns: list[ColumnSpec] = []
+    seen: set[str] = set()
+    for f in describe.fields:
+        if f.type in SKIPPED_TYPES:
+            continue
+        if wanted is not None and f.name.lower() not in wanted:
+            continue
+        if not _API_NAME.match(f.name):
+            log.warning("schema.field_skipped", object=describe.name, field=f.name,
+                        reason="not a valid Salesforce API name; it cannot appear in SOQL")
+            continue
+        name = column_name(f.name)
+        if name in seen:
+            raise ConfigError(f"{describe.name}: two fields map to the same column {name!r}")
+        seen.add(name)
+        is_key = f.name.lower() == key_field.lower()
+        columns.append(ColumnSpec(name=name, field=f.name, pg_type=pg_type(f), nullable=not is_key))
+    spec = TableSpec(
+        object=describe.name,
+        schema=schema,
+        name=column_name(describe.name),
+        columns=tuple(columns),
+        key=key_field.lower(),
+    )
+    return TableSpec(**{**_asdict(spec), "fingerprint": fingerprint(spec)})
+
+
+def _asdict(spec: TableSpec) -> dict:
+    return {s: getattr(spec, s) for s in TableSpec.__slots__}
+
+
+def fingerprint(spec: TableSpec) -> str:
+    """A short hash of the column list and key: a different value means the table must change."""
+    text = spec.key + "|" + "|".join(f"{c.name}:{c.pg_type}" for c in spec.columns)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def version_column(spec: TableSpec) -> str | None:
+    for f in VERSION_FIELDS:
+        if spec.column(f.lower()) is not None:
+            return f.lower()
+    return None
+
+
+def soql(spec: TableSpec) -> str:
+    """The Bulk query that extracts the table's columns (no ORDER BY: it disables PK chunking, §1.9)."""
+    return f"SELECT {', '.join(spec.fields)} FROM {spec.object}"

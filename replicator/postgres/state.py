@@ -1,0 +1,104 @@
+"""The `replicator.objects` and `replicator.backfill_pages` rows: read and written in the caller's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectState:
+    object: str
+    phase: str
+    job_id: str | None
+    load_mode: str | None
+    page_size: int | None
+    pages_done: int
+    rows_loaded: int
+    rows_expected: int | None
+    fingerprint: str | None
+    last_error: str | None
+
+
+async def get_object(conn: asyncpg.Connection, name: str) -> ObjectState | None:
+    row = await conn.fetchrow(
+        "SELECT object, phase, job_id, load_mode, page_size, pages_done, rows_loaded, rows_expected, fingerprint,"
+        " last_error FROM replicator.objects WHERE object = $1",
+        name,
+    )
+    return ObjectState(**dict(row)) if row else None
+
+
+async def register_object(conn: asyncpg.Connection, name: str, schema: str, table: str, key: str, fp: str) -> None:
+    await conn.execute(
+        "INSERT INTO replicator.objects (object, table_schema, table_name, key_field, fingerprint)"
+        " VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (object) DO UPDATE SET table_schema = $2, table_name = $3, key_field = $4, fingerprint = $5,"
+        " updated_at = now()",
+        name, schema, table, key, fp,
+    )
+
+
+async def start_job(conn: asyncpg.Connection, name: str, job_id: str, load_mode: str, page_size: int) -> None:
+    """A new extract begins: forget the previous job's page counts (its committed pages stay as history)."""
+    await conn.execute(
+        "UPDATE replicator.objects SET phase = 'BACKFILLING', job_id = $2, job_created_at = now(), load_mode = $3,"
+        " page_size = $4, pages_done = 0, last_locator = NULL, rows_loaded = 0, rows_expected = NULL,"
+        " backfill_started_at = now(), backfill_finished_at = NULL, last_error = NULL, updated_at = now()"
+        " WHERE object = $1",
+        name, job_id, load_mode, page_size,
+    )
+
+
+async def set_expected(conn: asyncpg.Connection, name: str, rows: int) -> None:
+    await conn.execute(
+        "UPDATE replicator.objects SET rows_expected = $2, updated_at = now() WHERE object = $1", name, rows
+    )
+
+
+async def committed_pages(conn: asyncpg.Connection, name: str, job_id: str) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT locator FROM replicator.backfill_pages WHERE object = $1 AND job_id = $2", name, job_id
+    )
+    return {r["locator"] for r in rows}
+
+
+async def record_page(
+    conn: asyncpg.Connection, name: str, job_id: str, locator: str, rows: int, dead_letters: int
+) -> None:
+    """Must run in the transaction that loaded the page's rows (DESIGN.md contract 4)."""
+    await conn.execute(
+        "INSERT INTO replicator.backfill_pages (object, job_id, locator, rows, dead_letters) VALUES ($1,$2,$3,$4,$5)",
+        name, job_id, locator, rows, dead_letters,
+    )
+    await conn.execute(
+        "UPDATE replicator.objects SET pages_done = pages_done + 1, last_locator = $2,"
+        " rows_loaded = rows_loaded + $3, updated_at = now() WHERE object = $1",
+        name, locator, rows,
+    )
+
+
+async def finish_backfill(conn: asyncpg.Connection, name: str) -> None:
+    await conn.execute(
+        "UPDATE replicator.objects SET phase = 'BACKFILLED', backfill_finished_at = now(), last_error = NULL,"
+        " updated_at = now() WHERE object = $1",
+        name,
+    )
+
+
+async def fail_object(conn: asyncpg.Connection, name: str, error: str) -> None:
+    await conn.execute(
+        "UPDATE replicator.objects SET phase = 'FAILED', last_error = $2, updated_at = now() WHERE object = $1",
+        name, error[:2000],
+    )
+
+
+async def add_dead_letters(conn: asyncpg.Connection, rows: list[tuple[str, str | None, str, str, str]]) -> None:
+    """rows: (object, record_key, source, reason, payload as JSON text)."""
+    if rows:
+        await conn.executemany(
+            "INSERT INTO replicator.dead_letters (object, record_key, source, reason, payload)"
+            " VALUES ($1, $2, $3, $4, $5::jsonb)",
+            rows,
+        )

@@ -1,0 +1,121 @@
+"""`replicator demo`: the simulator, a Postgres, and a backfill of every simulated object, in one command.
+
+The demo owns a database of its own (`replicator_demo`, made anew each run) on the server it finds, so it
+never touches the tables or state of a real deployment on the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import urllib.parse
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from ..config import load_settings
+from ..model import ReplicatorError
+from ..postgres.server import resolve_database
+from .commands import _Bars, run_backfills
+
+DEMO_DATABASE = "replicator_demo"
+DEMO_OBJECTS = {
+    "Account": {},
+    "Contact": {},
+    "Opportunity": {},
+    "Invoice__c": {"key": "External_Id__c"},
+}
+
+
+@contextlib.asynccontextmanager
+async def simulator(records: int, seed: int) -> AsyncIterator[dict]:
+    """Run `python -m replicator.sim` in its own process (its own core) and yield its ready line."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "replicator.sim", "--records", str(records), "--seed", str(seed), "--port", "0",
+        stdout=subprocess.PIPE,
+    )
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=120)
+        if not line:
+            raise ReplicatorError("the simulator exited before it was ready")
+        yield orjson.loads(line)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=10)
+            except TimeoutError:
+                proc.kill()
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + database))
+
+
+async def fresh_database(url: str, database: str = DEMO_DATABASE) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+    return _with_database(url, database)
+
+
+async def demo_command(records: int, seed: int) -> int:
+    console = Console()
+    console.print(f"[bold]replicator demo[/]: simulated org with {records:,} records per object")
+    async with simulator(records, seed) as sim, resolve_database(os.environ.get("DATABASE_URL")) as server_url:
+        url = await fresh_database(server_url)
+        console.print(f"org {sim['org_id']} at {sim['instance_url']}; Postgres database {DEMO_DATABASE}")
+        settings = load_settings(
+            overrides={
+                "salesforce": {
+                    "instance_url": sim["instance_url"],
+                    "client_id": sim["client_id"],
+                    "client_secret": sim["client_secret"],
+                    "ca_file": sim["ca_file"],
+                },
+                "postgres": {"url": url},
+                "objects": DEMO_OBJECTS,
+            }
+        )
+        names = list(DEMO_OBJECTS)
+        bars = _Bars(names)
+        with bars.bars:
+            results = await run_backfills(settings, names, bars.update)
+        async with httpx.AsyncClient(verify=sim["ca_file"]) as http:
+            counts = (await http.get(sim["instance_url"] + "/__sim/counts")).json()
+        conn = await asyncpg.connect(url)
+        try:
+            table = Table("object", "rows in org", "rows in Postgres", "rows/s", "result")
+            ok = True
+            for name in names:
+                r = results[name]
+                pg_rows = await conn.fetchval(f'SELECT count(*) FROM "salesforce"."{name.lower()}"')
+                org_rows = counts[name]["total"]
+                good = not isinstance(r, BaseException) and pg_rows == org_rows
+                ok &= good
+                rate = "-" if isinstance(r, BaseException) else f"{r.rows_per_s:,.0f}"
+                table.add_row(name, f"{org_rows:,}", f"{pg_rows:,}", rate, "equal" if good else f"[red]{r}[/]")
+        finally:
+            await conn.close()
+        console.print(table)
+    psql = _psql_line(url)
+    console.print(f"Look at the data: [bold]{psql} -c 'SELECT id, name, billingcity FROM salesforce.account LIMIT 5'[/]")
+    if server_url.startswith("postgresql://postgres@127.0.0.1") or os.environ.get("DATABASE_URL"):
+        return 0 if ok else 1
+    console.print("(the throwaway Postgres stops with the demo; set DATABASE_URL to keep the data)")
+    return 0 if ok else 1
+
+
+def _psql_line(url: str) -> str:
+    return f"psql '{url}'"

@@ -1,0 +1,41 @@
+"""Shared fixtures: a real Postgres database of the session's own, made anew and dropped at the end."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+import uuid
+
+import asyncpg
+import pytest
+
+from replicator.postgres.server import LOCAL_URL
+
+
+def _server_url() -> str:
+    return os.environ.get("DATABASE_URL") or LOCAL_URL
+
+
+def _with_database(url: str, database: str) -> str:
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+async def pg_url():
+    """A fresh database on the test server (DATABASE_URL, else 127.0.0.1:5432); dropped after the session."""
+    server = _server_url()
+    name = f"replicator_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    conn = await asyncpg.connect(server)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    yield _with_database(server, name)
+    conn = await asyncpg.connect(server)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+@pytest.fixture
+async def pg(pg_url):
+    conn = await asyncpg.connect(pg_url)
+    yield conn
+    await conn.close()

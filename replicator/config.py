@@ -45,7 +45,7 @@ class SalesforceSettings(_Section):
     api_version: str = Field(
         "62.0", description="REST API version. Parallel result pages need 58.0 or later (Bulk API 2.0 resultPages)."
     )
-    ca_file: Path | None = Field(None, description="PEM bundle to trust in addition to nothing else (e.g. the simulator's).")
+    ca_file: Path | None = Field(None, description="PEM file of the CA to trust instead of the system store (e.g. the simulator's ca_file).")
     verify: bool = Field(True, description="TLS certificate verification. Leave on; turning it off is logged loudly.")
     timeout_s: float = Field(120.0, description="Per-request timeout in seconds.")
 

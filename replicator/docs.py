@@ -1,0 +1,79 @@
+"""Generates the README's reference tables from the code that defines them (`python -m replicator.docs`).
+
+A test checks the README holds exactly this text, so the documentation cannot drift from the settings.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from .config import BackfillSettings, ObjectSettings, PostgresSettings, SalesforceSettings
+from .pipeline.schema import PG_TYPES, SKIPPED_TYPES
+
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("salesforce", SalesforceSettings),
+    ("postgres", PostgresSettings),
+    ("backfill", BackfillSettings),
+    ("objects.NAME", ObjectSettings),
+]
+
+
+def _default(field) -> str:
+    d = field.get_default(call_default_factory=True)
+    if d is None or d == "":
+        return "—"
+    if hasattr(d, "value"):
+        d = d.value
+    return f"`{d}`"
+
+
+def config_table() -> str:
+    lines = ["| key | default | environment | meaning |", "|---|---|---|---|"]
+    for section, model in SECTIONS:
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            env = (
+                f"`REPLICATOR_{section.upper()}__{key.upper()}`"
+                if section != "objects.NAME"
+                else f"`REPLICATOR_OBJECTS__NAME__{key.upper()}`"
+            )
+            if section == "postgres" and key == "url":
+                env = "`DATABASE_URL` or " + env
+            desc = (field.description or "").replace("|", "\\|")
+            lines.append(f"| `{section}.{key}` | {_default(field)} | {env} | {desc} |")
+    return "\n".join(lines)
+
+
+def type_table() -> str:
+    lines = ["| Salesforce describe type | Postgres type |", "|---|---|"]
+    for sf, pg in PG_TYPES.items():
+        lines.append(f"| `{sf}` | `{pg}` |")
+    lines.append(f"| {', '.join(f'`{t}`' for t in sorted(SKIPPED_TYPES))} | not replicated (compound fields arrive as "
+                 "their components; Bulk queries reject them) |")
+    lines.append("| any other type | `text` |")
+    return "\n".join(lines)
+
+
+BLOCKS = {"config": config_table, "types": type_table}
+
+
+def render_readme(text: str) -> str:
+    """The README with each generated block (between its start and end markers) rewritten."""
+    for name, make in BLOCKS.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{make()}\n{end}{tail}"
+    return text
+
+
+def main() -> None:
+    """Rewrite README.md in place (run from the repository root)."""
+    from pathlib import Path
+
+    path = Path("README.md")
+    path.write_text(render_readme(path.read_text()))
+
+
+if __name__ == "__main__":
+    main()

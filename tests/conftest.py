@@ -20,11 +20,14 @@ def _with_database(url: str, database: str) -> str:
     return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path="/" + database))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def pg_url():
-    """A fresh database on the test server (DATABASE_URL, else 127.0.0.1:5432); dropped after the session."""
+    """A fresh database for one test on the test server (DATABASE_URL, else 127.0.0.1:5432), dropped after.
+
+    replicator keeps one deployment's state per database, so every test gets its own.
+    """
     server = _server_url()
-    name = f"replicator_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = f"replicator_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(server)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()

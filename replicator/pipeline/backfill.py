@@ -44,6 +44,13 @@ class Progress:
     finished: float | None = None
     job_id: str | None = None
     resumed_pages: int = 0
+    load_started: float | None = None  # when the job completed and pages began to download
+
+    @property
+    def load_s(self) -> float:
+        """Seconds spent downloading and loading pages (after the job completed)."""
+        end = self.finished or time.monotonic()
+        return end - (self.load_started or self.started)
 
     @property
     def rows_per_s(self) -> float:
@@ -136,6 +143,7 @@ class Backfill:
     async def _extract(self, job_id: str, mode: str, page_size: int) -> None:
         self.progress.job_id = job_id
         job = await self.bulk.wait_for_job(job_id)
+        self.progress.load_started = time.monotonic()
         self.progress.rows_expected = job.number_records_processed
         async with self.pool.acquire() as conn:
             await state.set_expected(conn, self.name, job.number_records_processed)
@@ -150,12 +158,15 @@ class Backfill:
             finally:
                 slots.release()
 
-        async with asyncio.TaskGroup() as tg:
-            async for page in self.bulk.result_pages(job_id, max_records=page_size):
-                if page.locator in done:
-                    continue
-                await slots.acquire()
-                tg.create_task(load(page))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                async for page in self.bulk.result_pages(job_id, max_records=page_size):
+                    if page.locator in done:
+                        continue
+                    await slots.acquire()
+                    tg.create_task(load(page))
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from group
 
     async def _load_page(self, page: ResultPage, mode: str) -> None:
         async def fast() -> int:
@@ -193,7 +204,10 @@ class Backfill:
         out = io.TextIOWrapper(good_file, encoding="utf-8", newline="")
         reader = rowcheck.page_rows(text)
         header = next(reader, [])
-        rowcheck.check_header(header, self.spec)
+        try:
+            rowcheck.check_header(header, self.spec)
+        except ValueError as exc:
+            raise TerminalError(f"{self.name}: {exc}") from exc
         good = rowcheck.csv_writer(out)
         good.writerow(header)
         dead: list[DeadLetter] = []
@@ -214,6 +228,13 @@ class Backfill:
         out.flush()
         out.detach()
         return dead
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _read_chunks(fh, size: int = 1 << 20):

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..config import Settings
 from ..model import ReplicatorError
+from ..postgres.state import fail_object
 from ..postgres.status import object_rows
 from .backfill import Backfill
 from .backfill import Progress as BackfillProgress
@@ -53,13 +54,14 @@ async def run_backfills(settings: Settings, names: list[str], on_progress=None) 
             job = Backfill(client, pool, settings, name, settings.objects[name], on_progress)
             try:
                 results[name] = await job.run()
-            except ReplicatorError as exc:
+            except Exception as exc:  # one failing object does not stop the others
                 results[name] = exc
-                log.error("backfill.failed", object=name, error=str(exc))
+                if isinstance(exc, ReplicatorError):
+                    log.error("backfill.failed", object=name, error=str(exc))
+                else:
+                    log.exception("backfill.failed", object=name, error=f"{type(exc).__name__}: {exc}")
                 async with pool.acquire() as conn:
-                    from ..postgres.state import fail_object
-
-                    await fail_object(conn, name, str(exc))
+                    await fail_object(conn, name, f"{type(exc).__name__}: {exc}")
 
         await asyncio.gather(*(one(n) for n in names))
     return results
@@ -73,6 +75,7 @@ async def backfill_command(settings: Settings, names: list[str]) -> int:
     for name, r in results.items():
         if not isinstance(r, BaseException):
             log.info("backfill.done", object=name, rows=r.rows_done, rows_per_s=round(r.rows_per_s),
+                     load_s=round(r.load_s, 3), seconds=round(r.finished - r.started, 3),
                      dead_letters=r.dead_letters, resumed_pages=r.resumed_pages, job_id=r.job_id)
     if failed:
         name, exc = next(iter(failed.items()))

@@ -11,10 +11,8 @@ import contextlib
 import os
 import subprocess
 import sys
-import urllib.parse
 from collections.abc import AsyncIterator
 
-import asyncpg
 import httpx
 import orjson
 from rich.console import Console
@@ -22,8 +20,10 @@ from rich.table import Table
 
 from ..config import load_settings
 from ..model import ReplicatorError
-from ..postgres.server import resolve_database
+from ..postgres.server import fresh_database, resolve_database
+from ..postgres.status import table_rows
 from .commands import _Bars, run_backfills
+from .runtime import postgres_pool
 
 DEMO_DATABASE = "replicator_demo"
 DEMO_OBJECTS = {
@@ -55,26 +55,11 @@ async def simulator(records: int, seed: int) -> AsyncIterator[dict]:
                 proc.kill()
 
 
-def _with_database(url: str, database: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(path="/" + database))
-
-
-async def fresh_database(url: str, database: str = DEMO_DATABASE) -> str:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await conn.close()
-    return _with_database(url, database)
-
-
 async def demo_command(records: int, seed: int) -> int:
     console = Console()
     console.print(f"[bold]replicator demo[/]: simulated org with {records:,} records per object")
     async with simulator(records, seed) as sim, resolve_database(os.environ.get("DATABASE_URL")) as server_url:
-        url = await fresh_database(server_url)
+        url = await fresh_database(server_url, DEMO_DATABASE)
         console.print(f"org {sim['org_id']} at {sim['instance_url']}; Postgres database {DEMO_DATABASE}")
         settings = load_settings(
             overrides={
@@ -94,20 +79,17 @@ async def demo_command(records: int, seed: int) -> int:
             results = await run_backfills(settings, names, bars.update)
         async with httpx.AsyncClient(verify=sim["ca_file"]) as http:
             counts = (await http.get(sim["instance_url"] + "/__sim/counts")).json()
-        conn = await asyncpg.connect(url)
-        try:
+        async with postgres_pool(settings) as pool, pool.acquire() as conn:
             table = Table("object", "rows in org", "rows in Postgres", "rows/s", "result")
             ok = True
             for name in names:
                 r = results[name]
-                pg_rows = await conn.fetchval(f'SELECT count(*) FROM "salesforce"."{name.lower()}"')
+                pg_rows = await table_rows(conn, settings.postgres.schema_, name.lower())
                 org_rows = counts[name]["total"]
                 good = not isinstance(r, BaseException) and pg_rows == org_rows
                 ok &= good
                 rate = "-" if isinstance(r, BaseException) else f"{r.rows_per_s:,.0f}"
                 table.add_row(name, f"{org_rows:,}", f"{pg_rows:,}", rate, "equal" if good else f"[red]{r}[/]")
-        finally:
-            await conn.close()
         console.print(table)
     psql = _psql_line(url)
     console.print(f"Look at the data: [bold]{psql} -c 'SELECT id, name, billingcity FROM salesforce.account LIMIT 5'[/]")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -59,3 +60,19 @@ async def resolve_database(url: str | None) -> AsyncIterator[str]:
     finally:
         await asyncio.to_thread(server.cleanup)
         shutil.rmtree(datadir, ignore_errors=True)
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL, naming another database."""
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path="/" + database))
+
+
+async def fresh_database(url: str, database: str) -> str:
+    """Drop and create `database` on the server of `url`; returns its URL. For the demo and benchmarks."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+    return with_database(url, database)

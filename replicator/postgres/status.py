@@ -15,3 +15,9 @@ async def object_rows(conn: asyncpg.Connection) -> list[dict]:
         " FROM replicator.objects o ORDER BY o.object"
     )
     return [dict(r) for r in rows]
+
+
+async def table_rows(conn: asyncpg.Connection, schema: str, table: str) -> int:
+    from .ddl import quote_ident
+
+    return await conn.fetchval(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(table)}")

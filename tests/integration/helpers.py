@@ -1,0 +1,148 @@
+"""Helpers for end-to-end tests: settings for a simulator, ground truth, rows in Postgres, comparison."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+
+from replicator.config import Settings, load_settings
+
+OBJECTS = {"Account": {}, "Contact": {}, "Opportunity": {}, "Invoice__c": {"key": "External_Id__c"}}
+
+
+def settings_for(sim: dict, pg_url: str, schema: str, **sections: Any) -> Settings:
+    overrides: dict[str, Any] = {
+        "salesforce": {
+            "instance_url": sim["instance_url"],
+            "client_id": sim["client_id"],
+            "client_secret": sim["client_secret"],
+            "ca_file": sim["ca_file"],
+        },
+        "postgres": {"url": pg_url, "schema": schema},
+        "objects": OBJECTS,
+        "backfill": {"poll_max_s": 0.2, "page_size": 1000},
+    }
+    for k, v in sections.items():
+        overrides[k] = {**overrides.get(k, {}), **v}
+    return load_settings(overrides=overrides)
+
+
+def config_toml(sim: dict, pg_url: str, schema: str, **backfill: Any) -> str:
+    lines = [
+        "[salesforce]",
+        f'instance_url = "{sim["instance_url"]}"',
+        f'client_id = "{sim["client_id"]}"',
+        f'ca_file = "{sim["ca_file"]}"',
+        "[postgres]",
+        f'url = "{pg_url}"',
+        f'schema = "{schema}"',
+        "[backfill]",
+        "poll_max_s = 0.2",
+    ]
+    lines += [f"{k} = {v}" for k, v in backfill.items()]
+    for name, opts in OBJECTS.items():
+        lines.append(f"[objects.{name}]")
+        lines += [f'{k} = "{v}"' for k, v in opts.items()]
+    return "\n".join(lines) + "\n"
+
+
+async def sim_get(sim: dict, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(verify=sim["ca_file"]) as http:
+        r = await http.get(sim["instance_url"] + path)
+        r.raise_for_status()
+        return r
+
+
+async def sim_put(sim: dict, path: str, body: dict) -> dict:
+    async with httpx.AsyncClient(verify=sim["ca_file"]) as http:
+        r = await http.put(sim["instance_url"] + path, json=body)
+        r.raise_for_status()
+        return r.json()
+
+
+async def ground_truth(sim: dict, obj: str) -> list[dict]:
+    r = await sim_get(sim, f"/__sim/objects/{obj}/records")
+    return [orjson.loads(line) for line in r.content.splitlines() if line.strip()]
+
+
+def _norm(value: Any, pg_type: str) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        if pg_type == "timestamptz":
+            return dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("+0000", "+00:00"))
+        if pg_type == "date":
+            return dt.date.fromisoformat(value)
+        if pg_type == "time":
+            return dt.time.fromisoformat(value.rstrip("Z"))
+        if pg_type == "numeric" or pg_type in ("integer", "bigint"):
+            return Decimal(value)
+        if pg_type == "boolean":
+            return value.lower() == "true"
+        return value
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float | Decimal):
+        return Decimal(str(value)).normalize()
+    if isinstance(value, dt.time):
+        return value.replace(tzinfo=None)
+    return value
+
+
+async def compare_with_truth(pg_url: str, schema: str, obj: str, key_field: str, truth: list[dict]) -> list[str]:
+    """Differences between the table and the simulator's ground truth, as readable lines (empty = equal)."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        cols = await conn.fetch(
+            "SELECT column_name, CASE WHEN data_type = 'timestamp with time zone' THEN 'timestamptz'"
+            " WHEN data_type LIKE 'time%' THEN 'time' ELSE data_type END AS t"
+            " FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2"
+            " AND column_name NOT LIKE '\\_sf\\_%'",
+            schema, obj.lower(),
+        )
+        types = {r["column_name"]: r["t"] for r in cols}
+        rows = {
+            r[key_field.lower()]: dict(r)
+            for r in await conn.fetch(f'SELECT * FROM "{schema}"."{obj.lower()}"')
+        }
+    finally:
+        await conn.close()
+    problems = []
+    seen = set()
+    for rec in truth:
+        key = rec[key_field]
+        seen.add(key)
+        row = rows.get(key)
+        if row is None:
+            problems.append(f"{obj} {key}: missing")
+            continue
+        for field, value in rec.items():
+            col = field.lower()
+            if col not in types:
+                continue
+            t = types[col]
+            a, b = _norm(value, t), _norm(row[col], t)
+            if a != b:
+                problems.append(f"{obj} {key}.{col}: org {value!r} != pg {row[col]!r}")
+    for key in rows.keys() - seen:
+        problems.append(f"{obj} {key}: extra")
+    return problems
+
+
+async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
+    """Poll an async predicate until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met before the deadline")
+        await asyncio.sleep(interval)

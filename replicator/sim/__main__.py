@@ -1,0 +1,82 @@
+"""`python -m replicator.sim [--records N] [--seed S] [--port P] [--no-tls] [fault flags]`
+
+Runs the simulator in the foreground. Once it is ready, prints ONE JSON line on stdout (the ready info:
+instance_url, token_url, client_id, client_secret, refresh_token, org_id, ca_file, api_version, ...) and
+serves until SIGINT/SIGTERM. Exit codes: 0 after a signal, 2 on bad usage, 1 on a startup failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import orjson
+
+from .faults import KNOB_HELP, Faults
+from .server import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="replicator sim", description="Run the local Salesforce org simulator.")
+    p.add_argument("--records", type=int, default=1000, help="records generated per object (default 1000)")
+    p.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
+    p.add_argument("--no-tls", action="store_true", help="serve plain HTTP instead of HTTPS")
+    p.add_argument("--client-id", default=DEMO_CLIENT_ID)
+    p.add_argument("--client-secret", default=DEMO_CLIENT_SECRET)
+    p.add_argument("--username", default="integration@replicator.sim", help="JWT bearer `sub` user")
+    p.add_argument("--jwt-public-key", help="PEM file of the public key that verifies JWT bearer assertions")
+    p.add_argument("--page-size", type=int, default=50_000, help="Bulk results page size when maxRecords is absent")
+    p.add_argument("--gzip-level", type=int, default=1, choices=range(1, 10), help="gzip level for results")
+    p.add_argument("--state-dir", help="directory for the certificate and job results (default: a temp dir)")
+    p.add_argument("--hostile-field", action="store_true",
+                   help="add the custom field Bad\"Name;DROP__c to Account (tests identifier quoting)")
+    defaults = Faults()
+    for name, text in KNOB_HELP.items():
+        flag = "--" + name.replace("_", "-")
+        value = getattr(defaults, name)
+        if isinstance(value, bool):
+            p.add_argument(flag, action="store_true", help=text)
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=f"{text} (default {value})")
+    return p
+
+
+async def _serve(sim: Simulator) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    info = await sim.start()
+    sys.stdout.write(orjson.dumps(info).decode() + "\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    knobs = {name: getattr(args, name) for name in KNOB_HELP}
+    try:
+        sim = Simulator(records=args.records, seed=args.seed, host=args.host, port=args.port, tls=not args.no_tls,
+                        client_id=args.client_id, client_secret=args.client_secret, username=args.username,
+                        jwt_public_key=args.jwt_public_key, page_size=args.page_size, gzip_level=args.gzip_level,
+                        state_dir=args.state_dir, hostile_field=args.hostile_field, faults=knobs)
+    except (ValueError, OSError) as exc:
+        sys.stderr.write(f"replicator sim: {exc}\n")
+        return 2
+    try:
+        asyncio.run(_serve(sim))
+    except OSError as exc:
+        sys.stderr.write(f"replicator sim: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

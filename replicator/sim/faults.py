@@ -1,0 +1,72 @@
+"""Fault knobs: settable at start (constructor / CLI) and at run time (PUT /__sim/faults, which merges).
+
+Faults apply to Salesforce endpoints (/services/...) only, never to /__sim/.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields
+
+KNOB_HELP = {
+    "error_500_rate": "probability (0..1) that a Salesforce request fails with 500 UNKNOWN_EXCEPTION",
+    "error_503_rate": "probability (0..1) that a Salesforce request fails with 503 SERVER_UNAVAILABLE",
+    "limit_exceeded_rate": "probability (0..1) that a REST request fails with 403 REQUEST_LIMIT_EXCEEDED",
+    "latency_ms": "added latency per Salesforce request, milliseconds",
+    "token_idle_seconds": "an access token unused for this long expires (Salesforce default: 120 min, §4.2)",
+    "fail_jobs": "the next N created query jobs end in state Failed",
+    "malformed_rows": "N records of the NEXT completed job's results are rendered with one column missing",
+    "hold_jobs": "while true, query jobs wait in UploadComplete (lets tests observe a job before completion)",
+    "failed_job_error_message": "include `errorMessage` in Failed job info (optional per §1.3)",
+}
+
+
+@dataclass
+class Faults:
+    error_500_rate: float = 0.0
+    error_503_rate: float = 0.0
+    limit_exceeded_rate: float = 0.0
+    latency_ms: float = 0.0
+    token_idle_seconds: float = 7200.0
+    fail_jobs: int = 0
+    malformed_rows: int = 0
+    hold_jobs: bool = False
+    failed_job_error_message: bool = False
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def update(self, changes: dict) -> None:
+        """Merge `changes` into the knobs; raise ValueError naming the first bad key."""
+        types = {f.name: f.type for f in fields(self)}
+        staged = {}
+        for key, value in changes.items():
+            if key not in types:
+                raise ValueError(f"unknown fault knob: {key}")
+            kind = types[key]
+            if kind == "bool":
+                if not isinstance(value, bool):
+                    raise ValueError(f"{key} must be a boolean")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{key} must be a number")
+            elif value < 0 or (key.endswith("_rate") and value > 1):
+                raise ValueError(f"{key} out of range")
+            staged[key] = int(value) if kind == "int" else float(value) if kind == "float" else value
+        for key, value in staged.items():
+            setattr(self, key, value)
+
+    def roll(self, rate: float) -> bool:
+        return rate > 0 and self.rng.random() < rate
+
+    def take_failed_job(self) -> bool:
+        if self.fail_jobs > 0:
+            self.fail_jobs -= 1
+            return True
+        return False
+
+    def take_malformed_rows(self) -> int:
+        n, self.malformed_rows = self.malformed_rows, 0
+        return n

@@ -1,0 +1,265 @@
+"""REST API: versions, describeGlobal, describe, query/queryAll with nextRecordsUrl paging, sObject
+Collections retrieve, a single-record retrieve, and limits (§3).
+
+Authentication, fault injection and `Sforce-Limit-Info` are handled by middleware (server.py).
+"""
+
+from __future__ import annotations
+
+import email.utils
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+
+from .errors import json_ok, not_found, sf_error
+from .ids import make_id
+from .plan import Column, Plan, _resolve, bind, iter_matches
+from .schema import child_relationships
+from .soql import SoqlError, Token
+from .state import DAILY_API_REQUESTS, DAILY_BULK_V2_QUERY_JOBS, RELEASES, STATE, SimState
+from .store import ObjectStore
+from .values import address_value, rest_value
+
+QUERY_BATCH = 2000  # §3.4: up to 2,000 records per batch; Sforce-Query-Options batchSize 200..2,000
+MAX_CURSORS = 200  # open query cursors kept (oldest dropped first)
+GET_IDS_LIMIT = 800  # §3.5: GET works up to about 800 ids (URL length); POST takes 2,000
+POST_IDS_LIMIT = 2000
+
+
+@dataclass
+class Cursor:
+    plan: Plan
+    positions: array
+    version: str
+    all_rows: bool
+
+
+def _version(request: web.Request) -> str:
+    return request.match_info["version"][1:]
+
+
+def record_json(store: ObjectStore, row: tuple, columns: list[Column], version: str) -> dict:
+    rec_id = row[0]
+    out: dict = {"attributes": {"type": store.spec.name,
+                                "url": f"/services/data/v{version}/sobjects/{store.spec.name}/{rec_id}"}}
+    for col in columns:
+        if col.position is not None:
+            out[col.name] = rest_value(col.spec.type, row[col.position])
+        else:  # compound address: assemble from its components
+            prefix = col.name[: -len("Address")]
+            parts = {}
+            for f in store.spec.fields:
+                if f.compound_field_name == col.name:
+                    parts[f.name[len(prefix):]] = row[store.names.index(f.name)]
+            out[col.name] = address_value(parts)
+    return out
+
+
+async def versions(request: web.Request) -> web.Response:
+    # §3.1: no auth, and (§2.1) no Sforce-Limit-Info and no API usage for this resource.
+    return json_ok([{"label": label, "url": f"/services/data/v{v}.0", "version": f"{v}.0"}
+                    for v, label in RELEASES.items()])
+
+
+async def resources(request: web.Request) -> web.Response:
+    base = f"/services/data/v{_version(request)}"
+    return json_ok({name: f"{base}/{name}" for name in
+                    ("sobjects", "query", "queryAll", "limits", "composite", "jobs")})
+
+
+async def describe_global(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    v = _version(request)
+    return json_ok({"encoding": "UTF-8", "maxBatchSize": 200,
+                    "sobjects": [o.describe_global_entry(v) for o in state.org.objects.values()]})
+
+
+async def describe(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    store = state.org.lookup(request.match_info["object"])
+    if store is None:
+        return not_found()
+    started = state.extras["metadata_modified"]
+    since = request.headers.get("If-Modified-Since")
+    if since:  # §3.1: unchanged metadata returns 304 with no body
+        try:
+            if email.utils.parsedate_to_datetime(since).timestamp() >= int(started):
+                return web.Response(status=304)
+        except (TypeError, ValueError):
+            pass
+    doc = store.spec.describe(_version(request), child_relationships(state.org.objects, store.spec.name))
+    return json_ok(doc, headers={"Last-Modified": email.utils.formatdate(started, usegmt=True)})
+
+
+def _soql_error(exc: SoqlError) -> web.Response:
+    return sf_error(400, exc.code, exc.message)
+
+
+def _rest_supported(plan: Plan) -> None:
+    q = plan.query
+    for item in q.select:
+        if item.kind != "field":
+            raise SoqlError("MALFORMED_QUERY", f"{item.name or 'subquery'} is not supported by replicator.sim")
+    if q.group_by:
+        raise SoqlError("MALFORMED_QUERY", "GROUP BY is not supported by replicator.sim")
+
+
+def _batch_size(request: web.Request) -> int:
+    options = request.headers.get("Sforce-Query-Options", "")
+    for part in options.split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip().lower() == "batchsize" and value.strip().isdigit():
+            return max(200, min(QUERY_BATCH, int(value)))
+    return QUERY_BATCH
+
+
+def _page(state: SimState, cursor_id: str, cursor: Cursor, offset: int, size: int) -> web.Response:
+    store = cursor.plan.store
+    end = min(offset + size, len(cursor.positions))
+    records = [record_json(store, store.row(p), cursor.plan.columns, cursor.version)
+               for p in cursor.positions[offset:end]]
+    done = end >= len(cursor.positions)
+    kind = "queryAll" if cursor.all_rows else "query"
+    body = {"totalSize": len(cursor.positions), "done": done, "records": records}
+    if not done:
+        body["nextRecordsUrl"] = f"/services/data/v{cursor.version}/{kind}/{cursor_id}-{end}"
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def _cursors(state: SimState) -> OrderedDict:
+    return state.extras.setdefault("cursors", OrderedDict())
+
+
+async def query(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    all_rows = request.path.rstrip("/").endswith("queryAll")
+    text = request.query.get("q")
+    if text is None:
+        return sf_error(400, "MALFORMED_QUERY", "A query string has to be specified")
+    try:
+        plan = bind(text, state.org)
+        _rest_supported(plan)
+    except SoqlError as exc:
+        return _soql_error(exc)
+    positions = await request.app.loop.run_in_executor(
+        None, lambda: array("q", (pos for pos, _ in iter_matches(plan, all_rows))))
+    cursors = _cursors(state)
+    counter = state.extras["cursor_counter"] = state.extras.get("cursor_counter", 0) + 1
+    cursor_id = make_id("01g", counter)
+    cursor = Cursor(plan, positions, _version(request), all_rows)
+    cursors[cursor_id] = cursor
+    while len(cursors) > MAX_CURSORS:
+        cursors.popitem(last=False)
+    return _page(state, cursor_id, cursor, 0, _batch_size(request))
+
+
+async def query_more(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    cursor_id, _, offset = request.match_info["locator"].rpartition("-")
+    cursor = _cursors(state).get(cursor_id)
+    if cursor is None or not offset.isdigit():
+        return sf_error(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+    _cursors(state).move_to_end(cursor_id)
+    return _page(state, cursor_id, cursor, int(offset), _batch_size(request))
+
+
+def _columns(store: ObjectStore, names: list[str]) -> list[Column]:
+    text = ", ".join(names)
+    columns = []
+    pos = 0
+    for name in names:
+        columns.append(_resolve(_FieldsQuery(text), store, Token("IDENT", name, name, pos)))
+        pos += len(name) + 2
+    return columns
+
+
+@dataclass
+class _FieldsQuery:
+    """Enough of a Query for plan._resolve to position errors inside a `fields` list."""
+    text: str
+
+
+async def retrieve_collection(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    store = state.org.lookup(request.match_info["object"])
+    if store is None:
+        return not_found()
+    if request.method == "POST":
+        try:
+            body = orjson.loads(await request.read())
+            ids, names = list(body["ids"]), list(body["fields"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return sf_error(400, "JSON_PARSER_ERROR", "expected a JSON object with 'ids' and 'fields' arrays")
+        limit = POST_IDS_LIMIT
+    else:
+        ids = [i for i in request.query.get("ids", "").split(",") if i]
+        names = [f.strip() for f in request.query.get("fields", "").split(",") if f.strip()]
+        limit = GET_IDS_LIMIT
+    if not ids or not names:
+        return sf_error(400, "MISSING_ARGUMENT", "ids and fields are required")
+    if len(ids) > limit:
+        return sf_error(400, "EXCEEDED_ID_LIMIT", f"too many ids: the limit is {limit}")
+    try:
+        columns = _columns(store, names)
+    except SoqlError as exc:
+        return _soql_error(exc)
+    out = []
+    for record_id in ids:
+        row = store.get(str(record_id))
+        # §3.5: an inaccessible or invalid id is null at its position; soft-deleted rows are not retrievable.
+        out.append(None if row is None or row[store.deleted_pos] else
+                   record_json(store, row, columns, _version(request)))
+    return json_ok(out)
+
+
+async def retrieve_record(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    store = state.org.lookup(request.match_info["object"])
+    if store is None:
+        return not_found()
+    row = store.get(request.match_info["id"])
+    if row is None or row[store.deleted_pos]:
+        return not_found()
+    names = [f.strip() for f in request.query.get("fields", "").split(",") if f.strip()]
+    try:
+        columns = _columns(store, names) if names else _columns(store, [f.name for f in store.spec.fields])
+    except SoqlError as exc:
+        return _soql_error(exc)
+    return json_ok(record_json(store, row, columns, _version(request)))
+
+
+async def limits(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return json_ok({
+        "DailyApiRequests": {"Max": DAILY_API_REQUESTS, "Remaining": max(0, DAILY_API_REQUESTS - state.api_usage)},
+        "DailyBulkV2QueryJobs": {"Max": DAILY_BULK_V2_QUERY_JOBS,
+                                 "Remaining": max(0, DAILY_BULK_V2_QUERY_JOBS - state.jobs_created)},
+        "DailyBulkV2QueryFileStorageMB": {"Max": 1_048_576, "Remaining": 1_048_576},  # 1 TB (§2.1)
+        "DailyBulkApiBatches": {"Max": 15_000, "Remaining": 15_000},  # §2.1
+        "ConcurrentAsyncGetReportInstances": {"Max": 200, "Remaining": 200},
+    })
+
+
+def add_routes(app: web.Application) -> None:
+    v = "/services/data/{version:v[0-9]+\\.[0-9]}"
+    app.router.add_get("/services/data", versions)
+    app.router.add_get("/services/data/", versions)
+    app.router.add_get(v, resources)
+    app.router.add_get(v + "/", resources)
+    app.router.add_get(v + "/sobjects", describe_global)
+    app.router.add_get(v + "/sobjects/", describe_global)
+    app.router.add_get(v + "/sobjects/{object}/describe", describe)
+    app.router.add_get(v + "/sobjects/{object}/describe/", describe)
+    app.router.add_get(v + "/sobjects/{object}/{id}", retrieve_record)
+    for kind in ("query", "queryAll"):
+        app.router.add_get(f"{v}/{kind}", query)
+        app.router.add_get(f"{v}/{kind}/", query)
+        app.router.add_get(f"{v}/{kind}/{{locator}}", query_more)
+    app.router.add_get(v + "/composite/sobjects/{object}", retrieve_collection)
+    app.router.add_post(v + "/composite/sobjects/{object}", retrieve_collection)
+    app.router.add_get(v + "/limits", limits)
+    app.router.add_get(v + "/limits/", limits)
+

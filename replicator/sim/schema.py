@@ -1,0 +1,291 @@
+"""The simulated org's metadata: objects, fields, and their describe / describeGlobal JSON (§3.1, §3.2).
+
+Field order here is the column order of stored rows (see generator.py) and of describe `fields[]`.
+Compound fields (type `address`) are listed in describe but hold no stored value: their components do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# soapType per field type (partner WSDL, §3.2).
+SOAP_TYPES = {
+    "id": "tns:ID", "reference": "tns:ID", "string": "xsd:string", "textarea": "xsd:string",
+    "picklist": "xsd:string", "multipicklist": "xsd:string", "email": "xsd:string", "phone": "xsd:string",
+    "url": "xsd:string", "boolean": "xsd:boolean", "int": "xsd:int", "double": "xsd:double",
+    "currency": "xsd:double", "percent": "xsd:double", "date": "xsd:date", "datetime": "xsd:dateTime",
+    "time": "xsd:time", "address": "tns:address",
+}
+TEXT_TYPES = {"id", "reference", "string", "textarea", "picklist", "multipicklist", "email", "phone", "url"}
+NUMBER_TYPES = {"int", "double", "currency", "percent"}
+LONG_TEXT_LENGTH = 131072  # the largest Long Text Area Salesforce allows
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: str
+    label: str = ""
+    length: int = 0
+    precision: int = 0
+    scale: int = 0
+    digits: int = 0
+    nillable: bool = True
+    custom: bool = False
+    reference_to: tuple[str, ...] = ()
+    relationship_name: str | None = None
+    picklist: tuple[str, ...] = ()
+    extra_type_info: str | None = None
+    external_id: bool = False
+    unique: bool = False
+    id_lookup: bool = False
+    compound_field_name: str | None = None
+    calculated: bool = False
+    system: bool = False  # audit/system fields: not createable/updateable
+
+    @property
+    def is_compound(self) -> bool:
+        return self.type == "address"
+
+    def describe(self) -> dict:
+        """The describe `fields[]` item (§3.2)."""
+        text = self.type in TEXT_TYPES
+        editable = not (self.system or self.calculated or self.type == "id" or self.is_compound)
+        return {
+            "aggregatable": self.type not in ("textarea", "multipicklist", "address"),
+            "autoNumber": False,
+            "byteLength": self.length * 3 if text else 0,
+            "calculated": self.calculated,
+            "calculatedFormula": None,
+            "cascadeDelete": False,
+            "caseSensitive": False,
+            "compoundFieldName": self.compound_field_name,
+            "controllerName": None,
+            "createable": editable,
+            "custom": self.custom,
+            "defaultValue": False if self.type == "boolean" else None,
+            "defaultValueFormula": None,
+            "defaultedOnCreate": self.type in ("boolean", "id") or self.system,
+            "dependentPicklist": False,
+            "deprecatedAndHidden": False,
+            "digits": self.digits,
+            "encrypted": False,
+            "externalId": self.external_id,
+            "extraTypeInfo": self.extra_type_info,
+            "filterable": self.type not in ("textarea", "address") or self.length <= 255,
+            "formulaTreatNullNumberAsZero": False,
+            "groupable": self.type not in ("textarea", "multipicklist", "double", "currency", "percent",
+                                           "datetime", "address"),
+            "highScaleNumber": False,
+            "htmlFormatted": False,
+            "idLookup": self.id_lookup or self.type == "id",
+            "inlineHelpText": None,
+            "label": self.label or self.name,
+            "length": self.length,
+            "mask": None,
+            "maskType": None,
+            "name": self.name,
+            "nameField": self.name == "Name",
+            "namePointing": False,
+            "nillable": self.nillable,
+            "permissionable": self.nillable and not self.system,
+            "picklistValues": [
+                {"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v}
+                for v in self.picklist
+            ],
+            "polymorphicForeignKey": False,
+            "precision": self.precision,
+            "queryByDistance": False,
+            "referenceTargetField": None,
+            "referenceTo": list(self.reference_to),
+            "relationshipName": self.relationship_name,
+            "relationshipOrder": None,
+            "restrictedDelete": False,
+            "restrictedPicklist": False,
+            "scale": self.scale,
+            "searchPrefilterable": False,
+            "soapType": SOAP_TYPES[self.type],
+            "sortable": self.type not in ("textarea", "multipicklist", "address") or self.length <= 255,
+            "type": self.type,
+            "unique": self.unique,
+            "updateable": editable,
+            "writeRequiresMasterRead": False,
+        }
+
+
+@dataclass
+class ObjectSpec:
+    name: str
+    label: str
+    label_plural: str
+    key_prefix: str
+    custom: bool
+    fields: list[FieldSpec]
+    index: dict[str, int] = field(default_factory=dict)  # lower-case name -> position in `fields`
+
+    def __post_init__(self) -> None:
+        self.index = {f.name.lower(): i for i, f in enumerate(self.fields)}
+
+    def field(self, name: str) -> FieldSpec | None:
+        i = self.index.get(name.lower())
+        return None if i is None else self.fields[i]
+
+    def position(self, name: str) -> int | None:
+        return self.index.get(name.lower())
+
+    @property
+    def stored_fields(self) -> list[FieldSpec]:
+        """Every field that has a value of its own (all but compound fields), in row order."""
+        return [f for f in self.fields if not f.is_compound]
+
+    def describe_global_entry(self, version: str) -> dict:
+        """One `sobjects[]` entry of describeGlobal (§3.1)."""
+        base = f"/services/data/v{version}/sobjects/{self.name}"
+        return {
+            "activateable": False, "createable": True, "custom": self.custom, "customSetting": False,
+            "deepCloneable": False, "deletable": True, "deprecatedAndHidden": False, "feedEnabled": False,
+            "hasSubtypes": False, "isInterface": False, "isSubtype": False, "keyPrefix": self.key_prefix,
+            "label": self.label, "labelPlural": self.label_plural, "layoutable": True, "mergeable": False,
+            "mruEnabled": True, "name": self.name, "queryable": True, "replicateable": True,
+            "retrieveable": True, "searchable": True, "triggerable": True, "undeletable": True,
+            "updateable": True,
+            "urls": {"sobject": base, "describe": base + "/describe", "rowTemplate": base + "/{ID}"},
+        }
+
+    def describe(self, version: str, children: list[dict]) -> dict:
+        """The sObject describe document (§3.1)."""
+        doc = self.describe_global_entry(version)
+        doc.update({
+            "actionOverrides": [], "childRelationships": children, "compactLayoutable": True,
+            "defaultImplementation": None, "extendedBy": None, "extendsInterfaces": None,
+            "fields": [f.describe() for f in self.fields], "implementedBy": None, "implementsInterfaces": None,
+            "listviewable": None, "lookupLayoutable": None, "namedLayoutInfos": [], "networkScopeFieldName": None,
+            "recordTypeInfos": [], "searchLayoutable": True, "supportedScopes": [], "sobjectDescribeOption": "FULL",
+        })
+        return doc
+
+
+def _common(first: list[FieldSpec], rest: list[FieldSpec]) -> list[FieldSpec]:
+    """Id and IsDeleted first, the object's own fields, then the audit datetimes."""
+    audit = [
+        FieldSpec("CreatedDate", "datetime", "Created Date", nillable=False, system=True),
+        FieldSpec("LastModifiedDate", "datetime", "Last Modified Date", nillable=False, system=True),
+        FieldSpec("SystemModstamp", "datetime", "System Modstamp", nillable=False, system=True),
+    ]
+    head = [
+        FieldSpec("Id", "id", "Record ID", length=18, nillable=False, system=True),
+        FieldSpec("IsDeleted", "boolean", "Deleted", nillable=False, system=True),
+    ]
+    return head + first + rest + audit
+
+
+def _address(prefix: str) -> list[FieldSpec]:
+    compound = f"{prefix}Address"
+    return [
+        FieldSpec(f"{prefix}Street", "textarea", f"{prefix} Street", length=255, compound_field_name=compound),
+        FieldSpec(f"{prefix}City", "string", f"{prefix} City", length=40, compound_field_name=compound),
+        FieldSpec(f"{prefix}State", "string", f"{prefix} State/Province", length=80, compound_field_name=compound),
+        FieldSpec(f"{prefix}PostalCode", "string", f"{prefix} Zip/Postal Code", length=20,
+                  compound_field_name=compound),
+        FieldSpec(f"{prefix}Country", "string", f"{prefix} Country", length=80, compound_field_name=compound),
+        FieldSpec(f"{prefix}Latitude", "double", f"{prefix} Latitude", precision=18, scale=15,
+                  compound_field_name=compound),
+        FieldSpec(f"{prefix}Longitude", "double", f"{prefix} Longitude", precision=18, scale=15,
+                  compound_field_name=compound),
+        FieldSpec(compound, "address", f"{prefix} Address"),
+    ]
+
+
+INDUSTRIES = ("Agriculture", "Banking", "Chemicals", "Education", "Energy", "Finance", "Retail", "Technology")
+REGIONS = ("EMEA", "APAC", "NA", "LATAM")
+STAGES = ("Prospecting", "Qualification", "Proposal", "Negotiation", "Closed Won", "Closed Lost")
+INVOICE_STATUS = ("Draft", "Sent", "Paid", "Void")
+HOSTILE_FIELD = 'Bad"Name;DROP__c'
+
+
+def build_objects(hostile_field: bool = False) -> dict[str, ObjectSpec]:
+    """The org's objects by API name. `hostile_field` adds a custom field whose name needs quoting."""
+    account = [
+        FieldSpec("Name", "string", "Account Name", length=255, nillable=False),
+        FieldSpec("Type", "picklist", "Account Type", length=255, picklist=("Prospect", "Customer", "Partner")),
+        FieldSpec("Industry", "picklist", "Industry", length=255, picklist=INDUSTRIES),
+        FieldSpec("AccountNumber", "string", "Account Number", length=40),
+        FieldSpec("Phone", "phone", "Account Phone", length=40),
+        FieldSpec("Website", "url", "Website", length=255),
+        FieldSpec("AnnualRevenue", "currency", "Annual Revenue", precision=18, scale=0),
+        FieldSpec("NumberOfEmployees", "int", "Employees", digits=8),
+        FieldSpec("Description", "textarea", "Account Description", length=32000, extra_type_info="plaintextarea"),
+        *_address("Billing"),
+        FieldSpec("Regions__c", "multipicklist", "Regions", length=4099, custom=True, picklist=REGIONS),
+        FieldSpec("Active__c", "boolean", "Active", nillable=False, custom=True),
+    ]
+    if hostile_field:
+        account.append(FieldSpec(HOSTILE_FIELD, "string", "Hostile name", length=80, custom=True))
+    contact = [
+        FieldSpec("AccountId", "reference", "Account ID", length=18, reference_to=("Account",),
+                  relationship_name="Account"),
+        FieldSpec("FirstName", "string", "First Name", length=40),
+        FieldSpec("LastName", "string", "Last Name", length=80, nillable=False),
+        FieldSpec("Name", "string", "Full Name", length=121, nillable=False, calculated=True),
+        FieldSpec("Email", "email", "Email", length=80),
+        FieldSpec("Phone", "phone", "Business Phone", length=40),
+        FieldSpec("Birthdate", "date", "Birthdate"),
+        FieldSpec("HasOptedOutOfEmail", "boolean", "Email Opt Out", nillable=False),
+        FieldSpec("Notes__c", "textarea", "Notes", length=LONG_TEXT_LENGTH, custom=True,
+                  extra_type_info="plaintextarea"),
+    ]
+    opportunity = [
+        FieldSpec("Name", "string", "Name", length=120, nillable=False),
+        FieldSpec("AccountId", "reference", "Account ID", length=18, reference_to=("Account",),
+                  relationship_name="Account"),
+        FieldSpec("StageName", "picklist", "Stage", length=255, nillable=False, picklist=STAGES),
+        FieldSpec("Amount", "currency", "Amount", precision=18, scale=2),
+        FieldSpec("Probability", "percent", "Probability (%)", precision=3, scale=0),
+        FieldSpec("CloseDate", "date", "Close Date", nillable=False),
+        FieldSpec("TotalOpportunityQuantity", "double", "Quantity", precision=18, scale=2),
+        FieldSpec("NextStep", "string", "Next Step", length=255),
+        FieldSpec("Follow_Up_Time__c", "time", "Follow-up Time", custom=True),
+    ]
+    invoice = [
+        FieldSpec("Name", "string", "Invoice Number", length=80, nillable=False),
+        FieldSpec("External_Id__c", "string", "External Id", length=64, custom=True, external_id=True,
+                  unique=True, id_lookup=True),
+        FieldSpec("Account__c", "reference", "Account", length=18, custom=True, reference_to=("Account",),
+                  relationship_name="Account__r"),
+        FieldSpec("Amount__c", "currency", "Amount", precision=16, scale=2, custom=True),
+        FieldSpec("Tax_Rate__c", "percent", "Tax Rate", precision=5, scale=2, custom=True),
+        FieldSpec("Quantity__c", "double", "Quantity", precision=12, scale=3, custom=True),
+        FieldSpec("Status__c", "picklist", "Status", length=255, custom=True, picklist=INVOICE_STATUS),
+        FieldSpec("Tags__c", "multipicklist", "Tags", length=4099, custom=True, picklist=REGIONS),
+        FieldSpec("Paid__c", "boolean", "Paid", nillable=False, custom=True),
+        FieldSpec("Due_Date__c", "date", "Due Date", custom=True),
+        FieldSpec("Paid_At__c", "datetime", "Paid At", custom=True),
+        FieldSpec("Contact_Email__c", "email", "Contact Email", length=80, custom=True),
+        FieldSpec("Portal_Url__c", "url", "Portal URL", length=255, custom=True),
+        FieldSpec("Memo__c", "textarea", "Memo", length=255, custom=True),
+        FieldSpec("Body__c", "textarea", "Body", length=LONG_TEXT_LENGTH, custom=True,
+                  extra_type_info="plaintextarea"),
+    ]
+    specs = [
+        ObjectSpec("Account", "Account", "Accounts", "001", False, _common(account, [])),
+        ObjectSpec("Contact", "Contact", "Contacts", "003", False, _common(contact, [])),
+        ObjectSpec("Opportunity", "Opportunity", "Opportunities", "006", False, _common(opportunity, [])),
+        ObjectSpec("Invoice__c", "Invoice", "Invoices", "a0X", True, _common(invoice, [])),
+    ]
+    return {s.name: s for s in specs}
+
+
+def child_relationships(objects: dict[str, ObjectSpec], parent: str) -> list[dict]:
+    """`childRelationships` of `parent`: every reference field elsewhere that points at it."""
+    out = []
+    for spec in objects.values():
+        for f in spec.fields:
+            if parent in f.reference_to:
+                plural = spec.label_plural.replace(" ", "")
+                out.append({
+                    "cascadeDelete": False, "childSObject": spec.name, "deprecatedAndHidden": False,
+                    "field": f.name, "junctionIdListNames": [], "junctionReferenceTo": [],
+                    "relationshipName": plural if not spec.custom else plural + "__r",
+                    "restrictedDelete": False,
+                })
+    return out

@@ -1,0 +1,227 @@
+"""The simulator's HTTP server: app assembly, the Salesforce-edge middleware, and the entry points
+`Simulator` (async start/stop) and `SimulatorThread` (a context manager running it in a thread, for tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from . import admin, bulk, rest
+from .errors import invalid_session, not_found, sf_error
+from .faults import Faults
+from .ids import make_id
+from .jobs import JobManager
+from .oauth import OAuthEndpoints, TokenStore
+from .state import LATEST_VERSION, STATE, SimState, parse_version
+from .store import OrgStore
+from .tls import server_context, write_self_signed
+
+DEMO_CLIENT_ID = "3MVG9replicator.sim.demo.client.id"
+DEMO_CLIENT_SECRET = "replicator-sim-demo-secret"
+MAX_URI_BYTES = 16_384  # §2.1: longer URIs get 414
+
+
+def _bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() in ("bearer", "oauth") and token.strip() else None
+
+
+@web.middleware
+async def salesforce_edge(request: web.Request, handler):
+    """Faults, URI limit, auth, API usage and Salesforce-shaped framework errors, for /services/ only."""
+    if request.path.startswith("/__sim/"):
+        return await handler(request)
+    state = request.app[STATE]
+    faults = state.faults
+    if len(request.raw_path) > MAX_URI_BYTES:
+        return sf_error(414, "URI_TOO_LONG", "The request URI is too long")
+    if faults.latency_ms > 0:
+        await asyncio.sleep(faults.latency_ms / 1000)
+    if faults.roll(faults.error_500_rate):
+        return sf_error(500, "UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId if "
+                                                  "you contact support: 1234567890-12345 (-1234567890)")
+    if faults.roll(faults.error_503_rate):
+        return sf_error(503, "SERVER_UNAVAILABLE", "Server temporarily unavailable (simulated)")
+    parts = request.path.split("/")
+    versioned = len(parts) > 3 and parts[1:3] == ["services", "data"] and parts[3] not in ("",)
+    if versioned:
+        if parse_version(parts[3]) is None:
+            return not_found()
+        token = _bearer(request)
+        if token is None or not state.tokens.touch(token):
+            return invalid_session()
+        request["sf_rest"] = True  # on_response_prepare adds Sforce-Limit-Info
+        state.api_usage += 1
+        if faults.roll(faults.limit_exceeded_rate):
+            return sf_error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return not_found()
+    except web.HTTPMethodNotAllowed as exc:
+        return sf_error(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{exc.method}' not allowed. Allowed are "
+                                                   + ",".join(sorted(exc.allowed_methods)))
+
+
+async def _limit_header(request: web.Request, response: web.StreamResponse) -> None:
+    # §2.1: Sforce-Limit-Info on every REST response except /services/data/ (the versions list).
+    if request.get("sf_rest"):
+        response.headers["Sforce-Limit-Info"] = request.app[STATE].limit_info()
+
+
+class Simulator:
+    """A local Salesforce org: OAuth, REST, Bulk API 2.0 query, admin API. See __main__.py for flags."""
+
+    def __init__(self, *, records: int | dict[str, int] = 1000, seed: int = 42, host: str = "127.0.0.1",
+                 port: int = 0, tls: bool = True, client_id: str = DEMO_CLIENT_ID,
+                 client_secret: str = DEMO_CLIENT_SECRET, username: str = "integration@replicator.sim",
+                 jwt_public_key: str | bytes | None = None, page_size: int = 50_000, gzip_level: int = 1,
+                 state_dir: str | None = None, hostile_field: bool = False, faults: dict | None = None,
+                 **knobs) -> None:
+        self.host, self.port, self.tls = host, port, tls
+        self.seed = seed
+        self.records = records
+        self.client_id, self.client_secret, self.username = client_id, client_secret, username
+        self.jwt_public_key = _load_key(jwt_public_key)
+        self.page_size, self.gzip_level = page_size, gzip_level
+        self._own_dir = state_dir is None
+        self.state_dir = state_dir or tempfile.mkdtemp(prefix="replicator-sim-")
+        self.faults = Faults()
+        self.faults.update({**(faults or {}), **knobs})
+        self.org = OrgStore(records, seed, hostile_field)
+        self.org_id = make_id("00D", 1)
+        self.user_id = make_id("005", 1)
+        self.info: dict = {}
+        self._runner: web.AppRunner | None = None
+        self._jobs: JobManager | None = None
+
+    async def start(self) -> dict:
+        os.makedirs(os.path.join(self.state_dir, "jobs"), exist_ok=True)
+        ssl_context = None
+        ca_file = None
+        if self.tls:
+            ca_file, key_file = write_self_signed(self.state_dir, self.host)
+            ssl_context = server_context(ca_file, key_file)
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        port = sock.getsockname()[1]
+        public_host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
+        scheme = "https" if self.tls else "http"
+        instance_url = f"{scheme}://{public_host}:{port}"
+
+        tokens = TokenStore(self.org_id, lambda: self.faults.token_idle_seconds)
+        state = SimState(self.org, self.faults, tokens, self.org_id, self.user_id, instance_url,
+                         self.page_size, self.gzip_level, self.state_dir)
+        refresh_token = tokens.mint_refresh_token()
+        self._jobs = JobManager(self.org, self.faults, os.path.join(self.state_dir, "jobs"))
+        oauth = OAuthEndpoints(tokens=tokens, client_id=self.client_id, client_secret=self.client_secret,
+                               org_id=self.org_id, user_id=self.user_id, username=self.username,
+                               instance_url=lambda: instance_url, jwt_public_key=self.jwt_public_key)
+        app = web.Application(middlewares=[salesforce_edge], client_max_size=8 << 20)
+        app[STATE] = state
+        app[bulk.JOBS] = self._jobs
+        app.on_response_prepare.append(_limit_header)
+        app.router.add_post("/services/oauth2/token", oauth.token)
+        app.router.add_post("/services/oauth2/revoke", oauth.revoke)
+        rest.add_routes(app)
+        bulk.add_routes(app)
+        admin.add_routes(app)
+        self.info = {
+            "instance_url": instance_url,
+            "token_url": f"{instance_url}/services/oauth2/token",
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "refresh_token": refresh_token,
+            "username": self.username,
+            "org_id": self.org_id,
+            "user_id": self.user_id,
+            "ca_file": ca_file,
+            "api_version": LATEST_VERSION,
+            "admin_url": f"{instance_url}/__sim",
+            "records": self.records,
+            "seed": self.seed,
+            "state_dir": self.state_dir,
+        }
+        state.extras["info"] = self.info
+        state.extras["metadata_modified"] = time.time()
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.SockSite(self._runner, sock, ssl_context=ssl_context, shutdown_timeout=1.0)
+        await site.start()
+        return self.info
+
+    async def stop(self) -> None:
+        if self._jobs is not None:
+            await self._jobs.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._own_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _load_key(value: str | bytes | None) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    if value.lstrip().startswith("-----BEGIN"):
+        return value.encode()
+    return Path(value).read_bytes()
+
+
+class SimulatorThread:
+    """Run a Simulator on its own event loop in a daemon thread: `with SimulatorThread(records=100) as sim:`
+    then `sim.info`. Startup errors are re-raised in the caller."""
+
+    def __init__(self, **options) -> None:
+        self.simulator = Simulator(**options)
+        self.info: dict = {}
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="replicator-sim", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self.info = self._loop.run_until_complete(self.simulator.start())
+        except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self.simulator.stop())
+        self._loop.close()
+
+    def start(self, timeout: float = 30.0) -> dict:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("simulator did not start")
+        if self._error is not None:
+            raise self._error
+        return self.info
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+
+    def __enter__(self) -> SimulatorThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -1,0 +1,108 @@
+"""The org's records: lazily generated base rows plus an overlay of mutations.
+
+Record positions are 0-based and equal to the Id counter minus one, so iteration in position order is
+iteration in Id order (ids.py). The overlay maps a position to a replacement row (a later CDC simulator
+writes there); positions at or beyond the generated count are records created after start.
+Thread-safety: reads may run in executor threads while the event loop mutates the overlay; every
+mutation replaces a whole tuple in a dict, which is atomic under the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+
+from .generator import Generator
+from .ids import parse_counter, to_id18
+from .schema import ObjectSpec, build_objects
+
+
+class ObjectStore:
+    """The records of one object."""
+
+    def __init__(self, spec: ObjectSpec, seed: int, count: int, n_accounts: int) -> None:
+        self.spec = spec
+        self.generator = Generator(spec, seed, n_accounts)
+        self.base_count = count
+        self.overlay: dict[int, tuple] = {}
+        self._seed_prefix = f"{seed}:{spec.name}:".encode()
+        self._base_deleted: int | None = None
+        self._lock = threading.Lock()
+        self.names = [f.name for f in spec.stored_fields]
+        self.types = [f.type for f in spec.stored_fields]
+        self.deleted_pos = self.names.index("IsDeleted")
+
+    def count(self) -> int:
+        """Every record, including soft-deleted ones."""
+        return max(self.base_count, max(self.overlay, default=-1) + 1)
+
+    def row(self, pos: int) -> tuple:
+        hit = self.overlay.get(pos)
+        return hit if hit is not None else self.generator.row(pos)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> Iterator[tuple]:
+        """Rows in Id order from position `start` (inclusive) to `stop` (exclusive)."""
+        stop = self.count() if stop is None else min(stop, self.count())
+        overlay, gen_row = self.overlay, self.generator.row
+        for pos in range(start, stop):
+            hit = overlay.get(pos)
+            yield hit if hit is not None else gen_row(pos)
+
+    def position(self, record_id: str) -> int | None:
+        """The position of a record by 15- or 18-character Id, or None when no such record exists."""
+        try:
+            to_id18(record_id)
+        except ValueError:
+            return None
+        counter = parse_counter(record_id, self.spec.key_prefix)
+        if counter is None or not 1 <= counter <= self.count():
+            return None
+        return counter - 1
+
+    def get(self, record_id: str) -> tuple | None:
+        pos = self.position(record_id)
+        return None if pos is None else self.row(pos)
+
+    def as_dict(self, row: tuple) -> dict:
+        return dict(zip(self.names, row, strict=True))
+
+    def put(self, pos: int, row: tuple) -> None:
+        """Replace (or, beyond count(), create) the record at `pos` (overlay only; base rows never change)."""
+        if len(row) != len(self.names):
+            raise ValueError("row does not match the object's fields")
+        self.overlay[pos] = row
+
+    def _base_is_deleted(self, pos: int) -> bool:
+        # Mirrors Generator.row's IsDeleted rule without building the whole row (much cheaper).
+        digest = hashlib.blake2b(self._seed_prefix + pos.to_bytes(8, "little"), digest_size=64).digest()
+        return int.from_bytes(digest, "little") % 50 == 0
+
+    def deleted_count(self) -> int:
+        with self._lock:
+            if self._base_deleted is None:
+                self._base_deleted = sum(1 for p in range(self.base_count) if self._base_is_deleted(p))
+        delta = 0
+        for pos, row in list(self.overlay.items()):
+            base = self._base_is_deleted(pos) if pos < self.base_count else False
+            delta += int(bool(row[self.deleted_pos])) - int(base)
+        return self._base_deleted + delta
+
+
+class OrgStore:
+    """Every object of the simulated org."""
+
+    def __init__(self, records: int | dict[str, int], seed: int, hostile_field: bool = False) -> None:
+        self.objects = build_objects(hostile_field)
+        counts = records if isinstance(records, dict) else {name: records for name in self.objects}
+        n_accounts = counts.get("Account", 0)
+        self.stores = {
+            name: ObjectStore(spec, seed, counts.get(name, 0), n_accounts) for name, spec in self.objects.items()
+        }
+
+    def lookup(self, name: str) -> ObjectStore | None:
+        """The object store by API name, case-insensitively (Salesforce object names are)."""
+        for key, store in self.stores.items():
+            if key.lower() == name.lower():
+                return store
+        return None

@@ -83,7 +83,7 @@ class BackfillSettings(_Section):
         "call (Bulk API 2.0), and each page holds a Postgres connection while it loads."
     )
     page_size: int = Field(
-        100_000, ge=1_000, le=1_000_000,
+        100_000, ge=100, le=1_000_000,
         description="maxRecords per result page. Smaller pages commit (and can resume) more often; larger pages cost "
         "fewer requests. Salesforce still caps a page by size.",
     )
@@ -154,10 +154,10 @@ def load_settings(path: str | os.PathLike | None = None, overrides: dict[str, An
             raise ConfigError(f"{where}: file not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from None
-    if overrides:
-        data = _merge(data, overrides)
     if os.environ.get("DATABASE_URL") and not os.environ.get("REPLICATOR_POSTGRES__URL"):
         data = _merge(data, {"postgres": {"url": os.environ["DATABASE_URL"]}})
+    if overrides:  # from code (the demo, tests): they win over the file and DATABASE_URL
+        data = _merge(data, overrides)
     try:
         settings = Settings(**data)
     except ValidationError as exc:

@@ -74,6 +74,8 @@ class PageSink:
         """Create the table (or add missing columns). Returns True when the table holds no rows."""
         spec = self.t.spec
         async with self.pool.acquire() as conn, conn.transaction():
+            # Objects prepare concurrently; CREATE SCHEMA IF NOT EXISTS races with itself without this lock.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.ddl'))")
             await conn.execute(ddl.create_table(spec, self.t.version_column, self.t.has_isdeleted))
             existing = {
                 r["column_name"]

@@ -104,4 +104,8 @@ async def retry_transient(
         reraise=True,
         sleep=sleep,
     )
-    return await retrying(fn)
+    async def call() -> T:
+        # tenacity awaits only coroutine *functions*; a lambda returning a coroutine must be awaited here.
+        return await fn()
+
+    return await retrying(call)

@@ -6,6 +6,7 @@ Authentication, fault injection and `Sforce-Limit-Info` are handled by middlewar
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 from array import array
 from collections import OrderedDict
@@ -144,7 +145,7 @@ async def query(request: web.Request) -> web.Response:
         _rest_supported(plan)
     except SoqlError as exc:
         return _soql_error(exc)
-    positions = await request.app.loop.run_in_executor(
+    positions = await asyncio.get_running_loop().run_in_executor(
         None, lambda: array("q", (pos for pos, _ in iter_matches(plan, all_rows))))
     cursors = _cursors(state)
     counter = state.extras["cursor_counter"] = state.extras.get("cursor_counter", 0) + 1

@@ -28,6 +28,7 @@ from .tls import server_context, write_self_signed
 DEMO_CLIENT_ID = "3MVG9replicator.sim.demo.client.id"
 DEMO_CLIENT_SECRET = "replicator-sim-demo-secret"
 MAX_URI_BYTES = 16_384  # §2.1: longer URIs get 414
+SF_REST: web.RequestKey[bool] = web.RequestKey("sf_rest", bool)
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -60,7 +61,7 @@ async def salesforce_edge(request: web.Request, handler):
         token = _bearer(request)
         if token is None or not state.tokens.touch(token):
             return invalid_session()
-        request["sf_rest"] = True  # on_response_prepare adds Sforce-Limit-Info
+        request[SF_REST] = True  # on_response_prepare adds Sforce-Limit-Info
         state.api_usage += 1
         if faults.roll(faults.limit_exceeded_rate):
             return sf_error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
@@ -75,7 +76,7 @@ async def salesforce_edge(request: web.Request, handler):
 
 async def _limit_header(request: web.Request, response: web.StreamResponse) -> None:
     # §2.1: Sforce-Limit-Info on every REST response except /services/data/ (the versions list).
-    if request.get("sf_rest"):
+    if request.get(SF_REST):
         response.headers["Sforce-Limit-Info"] = request.app[STATE].limit_info()
 
 
@@ -155,9 +156,9 @@ class Simulator:
         }
         state.extras["info"] = self.info
         state.extras["metadata_modified"] = time.time()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.SockSite(self._runner, sock, ssl_context=ssl_context, shutdown_timeout=1.0)
+        site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
         await site.start()
         return self.info
 

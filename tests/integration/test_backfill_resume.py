@@ -1,0 +1,80 @@
+"""SIGKILL in the middle of a backfill, then run it again: it continues the same job at the next page."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from replicator.sim.server import SimulatorThread
+
+from .helpers import compare_with_truth, config_toml, ground_truth, sim_get, sim_put, wait_for
+
+PAGE = 200
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorThread(records=3000, seed=11) as thread:
+        yield thread.info
+
+
+def _backfill(cfg, sim) -> subprocess.Popen:
+    env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
+    return subprocess.Popen(
+        [sys.executable, "-m", "replicator.cli", "--log-json", "backfill", "--config", str(cfg), "Account"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+async def _committed(pg_url: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return await conn.fetch("SELECT job_id, locator FROM replicator.backfill_pages WHERE object = 'Account'")
+    except asyncpg.UndefinedTableError:
+        return []
+    finally:
+        await conn.close()
+
+
+async def test_sigkill_mid_object_resumes_same_job_at_next_page(sim, pg_url, tmp_path):
+    cfg = tmp_path / "replicator.toml"
+    cfg.write_text(config_toml(sim, pg_url, "resume", page_size=PAGE, parallel_pages=2))
+    await sim_put(sim, "/__sim/faults", {"latency_ms": 60})
+    proc = _backfill(cfg, sim)
+    try:
+        await wait_for(lambda: _at_least(pg_url, 3), timeout=90)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    before = await _committed(pg_url)  # pages committed when the process died
+    job_ids = {r["job_id"] for r in before}
+    assert len(job_ids) == 1
+    total_pages = -(-3000 // PAGE)
+    assert len(before) < total_pages, "the backfill finished before it could be killed"
+
+    await sim_put(sim, "/__sim/faults", {"latency_ms": 0})
+    second = _backfill(cfg, sim)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err.decode()[-2000:]
+
+    after = await _committed(pg_url)
+    assert {r["job_id"] for r in after} == job_ids, "a new job was started instead of resuming"
+    assert len(after) == len({r["locator"] for r in after}) == total_pages
+    jobs = [j for j in (await sim_get(sim, "/__sim/jobs")).json() if j["object"] == "Account"]
+    assert len(jobs) == 1
+    requests = jobs[0]["results_requests"]
+    # Pages committed before the kill were not downloaded again.
+    assert all(requests[r["locator"]] == 1 for r in before), requests
+    truth = await ground_truth(sim, "Account")
+    assert await compare_with_truth(pg_url, "resume", "Account", "Id", truth) == []
+
+
+async def _at_least(pg_url: str, n: int):
+    rows = await _committed(pg_url)
+    return rows if len(rows) >= n else None

@@ -1,0 +1,66 @@
+"""The command line: exit codes and one-line errors that say what to fix, without leaking secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .helpers import config_toml
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "replicator.cli", "--log-json", *args],
+        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120,
+    )
+
+
+def _last_line(text: str) -> str:
+    return [line for line in text.splitlines() if line.strip()][-1]
+
+
+def test_invalid_config_names_the_key_and_exits_2(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[salesforce]\ninstance_url = "https://x"\nclient_id = "a"\nclient_secret = "b"\n'
+                   "[backfill]\nparallel_pages = 9\n[objects.Account]\n")
+    out = _cli("backfill", "--config", str(cfg))
+    assert out.returncode == 2
+    assert _last_line(out.stderr) == (
+        f"replicator: {cfg}: 'backfill.parallel_pages': Input should be less than or equal to 5"
+    )
+
+
+def test_unknown_object_and_missing_file_exit_2(tmp_path, sim, pg_url):
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(config_toml(sim, pg_url, "cli"))
+    out = _cli("backfill", "--config", str(cfg), "Acount", env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": "x"})
+    assert out.returncode == 2 and "object 'Acount' is not configured" in out.stderr
+    out = _cli("backfill", "--config", str(tmp_path / "nope.toml"))
+    assert out.returncode == 2 and "file not found" in out.stderr
+    assert _cli("backfill", "--bogus").returncode == 2
+
+
+def test_bad_credentials_fail_loudly_with_one_line_and_no_secret(tmp_path, sim, pg_url):
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(config_toml(sim, pg_url, "cli"))
+    secret = "wrong-secret-9f8e7d6c5b4a"
+    out = _cli("backfill", "--config", str(cfg), "Account", env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": secret})
+    assert out.returncode == 1
+    assert _last_line(out.stderr).startswith("replicator: backfill of Account failed:")
+    assert secret not in out.stderr + out.stdout
+
+
+def test_backfill_then_status_and_verify(tmp_path, sim, pg_url):
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(config_toml(sim, pg_url, "cli"))
+    env = {"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]}
+    assert _cli("backfill", "--config", str(cfg), "Invoice__c", env=env).returncode == 0
+    status = _cli("status", "--config", str(cfg), "--json")
+    assert status.returncode == 0
+    import json
+
+    rows = {r["object"]: r for r in json.loads(status.stdout)}
+    assert rows["Invoice__c"]["phase"] == "BACKFILLED" and rows["Invoice__c"]["rows_loaded"] > 0
+    out = _cli("verify", "--config", str(cfg), "Invoice__c", env=env)
+    assert out.returncode == 0 and "(equal)" in out.stdout

@@ -158,7 +158,7 @@ class JobManager:
             raise JobError(400, exc.code, exc.message) from None
         self._counter += 1
         job = Job(make_id("750", self._counter), operation, plan, text, api_version, delimiter, line_ending,
-                  time.time(), self.faults.take_failed_job(), self.faults.take_malformed_rows())
+                  time.time(), self.faults.take_failed_job(), 0)
         self.jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._process(job))
         return job
@@ -174,6 +174,7 @@ class JobManager:
             job.state, job.modified = "Failed", time.time()
             job.error_message = "InternalServerError : simulated job failure (fail_jobs)"
             return
+        job.malformed_rows = self.faults.take_malformed_rows()  # the next job that renders results
         path = os.path.join(self.directory, f"{job.id}.csv")
         include_deleted = job.operation == "queryAll"  # §1.2: queryAll also returns deleted records
 

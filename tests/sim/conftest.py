@@ -39,8 +39,9 @@ def client(sim):
         yield c
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def token(sim, client) -> str:
+    """A fresh session per test: some tests expire or revoke every token."""
     r = client.post("/services/oauth2/token", data={"grant_type": "client_credentials",
                                                      "client_id": sim["client_id"],
                                                      "client_secret": sim["client_secret"]})

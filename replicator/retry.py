@@ -104,6 +104,7 @@ async def retry_transient(
         reraise=True,
         sleep=sleep,
     )
+
     async def call() -> T:
         # tenacity awaits only coroutine *functions*; a lambda returning a coroutine must be awaited here.
         return await fn()

@@ -117,3 +117,9 @@ async def test_each_retry_is_logged_with_what_attempt_and_delay():
     assert entry["attempt"] == 1
     assert "HTTP 503" in entry["error"]
     assert entry["delay"] >= 0
+
+
+async def test_a_lambda_returning_a_coroutine_is_awaited():
+    fn = Flaky([TransientError("once")])
+    assert await retry_transient(lambda: fn(), attempts=2, base=0.001, sleep=Sleeps()) == "ok"
+    assert fn.calls == 2

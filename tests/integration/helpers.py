@@ -13,6 +13,7 @@ import httpx
 import orjson
 
 from replicator.config import Settings, load_settings
+from replicator.sim.admin_client import sim_admin
 
 OBJECTS = {"Account": {}, "Contact": {}, "Opportunity": {}, "Invoice__c": {"key": "External_Id__c"}}
 
@@ -54,17 +55,11 @@ def config_toml(sim: dict, pg_url: str, schema: str, **backfill: Any) -> str:
 
 
 async def sim_get(sim: dict, path: str) -> httpx.Response:
-    async with httpx.AsyncClient(verify=sim["ca_file"]) as http:
-        r = await http.get(sim["instance_url"] + path)
-        r.raise_for_status()
-        return r
+    return await sim_admin(sim, "GET", path)
 
 
 async def sim_put(sim: dict, path: str, body: dict) -> dict:
-    async with httpx.AsyncClient(verify=sim["ca_file"]) as http:
-        r = await http.put(sim["instance_url"] + path, json=body)
-        r.raise_for_status()
-        return r.json()
+    return (await sim_admin(sim, "PUT", path, body)).json()
 
 
 async def ground_truth(sim: dict, obj: str) -> list[dict]:

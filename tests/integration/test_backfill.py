@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncpg
-import pytest
 
 from replicator.pipeline.commands import run_backfills
 from replicator.pipeline.runtime import postgres_pool, salesforce_client
 from replicator.pipeline.verify import verify_object
 
-from .helpers import OBJECTS, compare_with_truth, ground_truth, settings_for, sim_get, sim_put
+from .helpers import OBJECTS, compare_with_truth, ground_truth, settings_for, sim_get
 
 
 async def _backfill(settings, names=None):

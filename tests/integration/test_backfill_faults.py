@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from replicator.pipeline.commands import run_backfills
+from replicator.sim.admin_client import sim_admin
 
 from .helpers import compare_with_truth, ground_truth, settings_for, sim_get, sim_put, wait_for
 
@@ -35,8 +36,8 @@ async def test_expired_token_and_5xx_mid_backfill_lose_no_row(sim, pg_url):
     task = asyncio.create_task(run_backfills(settings, ["Account"]))
     await wait_for(lambda: _pages(pg_url, "Account"), timeout=60)
     # Mid-backfill: every token dies (401 INVALID_SESSION_ID next call) and 10% of calls fail with 500/503.
-    async with __import__("httpx").AsyncClient(verify=sim["ca_file"]) as http:
-        (await http.post(sim["instance_url"] + "/__sim/tokens/expire")).raise_for_status()
+    expired = (await sim_admin(sim, "POST", "/__sim/tokens/expire")).json()
+    assert expired["expired"] >= 1
     await sim_put(sim, "/__sim/faults", {"error_503_rate": 0.07, "error_500_rate": 0.03})
     results = await asyncio.wait_for(task, timeout=120)
     assert not isinstance(results["Account"], BaseException), results["Account"]

@@ -82,7 +82,7 @@ async def demo_command(records: int, seed: int, log_json: bool = False) -> int:
             results = await run_backfills(settings, names, bars.update)
         counts = (await sim_admin(sim, "GET", "/__sim/counts")).json()
         async with postgres_pool(settings) as pool, pool.acquire() as conn:
-            table = Table("object", "rows in org", "rows in Postgres", "rows/s", "result")
+            table = Table("object", "rows in org", "rows in Postgres", "seconds", "load rows/s", "result")
             ok = True
             for name in names:
                 r = results[name]
@@ -90,8 +90,11 @@ async def demo_command(records: int, seed: int, log_json: bool = False) -> int:
                 org_rows = counts[name]["total"]
                 good = not isinstance(r, BaseException) and pg_rows == org_rows
                 ok &= good
-                rate = "-" if isinstance(r, BaseException) else f"{r.rows_per_s:,.0f}"
-                table.add_row(name, f"{org_rows:,}", f"{pg_rows:,}", rate, "equal" if good else f"[red]{r}[/]")
+                failed = isinstance(r, BaseException)
+                seconds = "-" if failed else f"{r.finished - r.started:.1f}"
+                rate = "-" if failed else f"{r.rows_done / max(r.load_s, 1e-9):,.0f}"
+                table.add_row(name, f"{org_rows:,}", f"{pg_rows:,}", seconds, rate,
+                              "equal" if good else f"[red]{r}[/]")
         console.print(table)
     psql = _psql_line(url)
     console.print(f"Look at the data: [bold]{psql} -c 'SELECT id, name, billingcity FROM salesforce.account LIMIT 5'[/]")

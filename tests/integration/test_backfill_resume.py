@@ -78,3 +78,46 @@ async def test_sigkill_mid_object_resumes_same_job_at_next_page(sim, pg_url, tmp
 async def _at_least(pg_url: str, n: int):
     rows = await _committed(pg_url)
     return rows if len(rows) >= n else None
+
+
+async def test_job_gone_after_crash_starts_a_new_job_through_the_upsert(sim, pg_url, tmp_path):
+    """Salesforce deletes jobs after 7 days: the stored job is gone, so a new one runs, keyed, no duplicates."""
+    cfg = tmp_path / "replicator.toml"
+    cfg.write_text(config_toml(sim, pg_url, "gone", page_size=PAGE, parallel_pages=1))
+    await sim_put(sim, "/__sim/faults", {"latency_ms": 60})
+    proc = _backfill(cfg, sim)
+    try:
+        await wait_for(lambda: _at_least(pg_url, 2), timeout=90)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    await sim_put(sim, "/__sim/faults", {"latency_ms": 0})
+    old_job = (await _committed(pg_url))[0]["job_id"]
+    await _delete_job(sim, old_job)
+
+    second = _backfill(cfg, sim)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err.decode()[-2000:]
+    conn = await asyncpg.connect(pg_url)
+    try:
+        row = await conn.fetchrow("SELECT job_id, load_mode FROM replicator.objects WHERE object = 'Account'")
+    finally:
+        await conn.close()
+    assert row["job_id"] != old_job and row["load_mode"] == "upsert"
+    truth = await ground_truth(sim, "Account")
+    assert await compare_with_truth(pg_url, "gone", "Account", "Id", truth) == []
+
+
+async def _delete_job(sim, job_id: str) -> None:
+    from replicator.pipeline.runtime import salesforce_client
+    from replicator.salesforce.bulk import BulkClient
+
+    from .helpers import settings_for
+
+    settings = settings_for(sim, "postgresql://unused", "x")
+    async with salesforce_client(settings) as client:
+        bulk = BulkClient(client)
+        job = await bulk.get_job(job_id)
+        if not job.done:
+            await bulk.wait_for_job(job_id)
+        await bulk.delete_job(job_id)

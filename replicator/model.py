@@ -190,3 +190,64 @@ class DeadLetter:
     key: str | None = None
     source: str = "backfill"  # backfill | stream
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Change Data Capture: what the stream produces, one per record per event.
+
+CHANGE_TYPES = frozenset(
+    {"CREATE", "UPDATE", "DELETE", "UNDELETE", "GAP_CREATE", "GAP_UPDATE", "GAP_DELETE", "GAP_UNDELETE", "GAP_OVERFLOW"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """Order of changes (DESIGN.md contract 2): commit time, then commit number, then sequence in the transaction."""
+
+    commit_timestamp: int  # epoch milliseconds
+    commit_number: int = 0
+    sequence_number: int = 0
+
+    def key(self) -> tuple[int, int, int]:
+        return (self.commit_timestamp, self.commit_number, self.sequence_number)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One record's change from one change event, decoded but not yet converted to column values.
+
+    `fields` holds the values the event carries for this record: every non-null field for CREATE and
+    UNDELETE, only the changed fields for UPDATE (bitmap `changedFields`), nothing for DELETE and GAP_*.
+    Keys are field API names; a compound field's subfield is `Parent.Child` (e.g. `BillingAddress.State`).
+    Values are as Avro decodes them (datetime/date/time fields are epoch-millisecond longs; see
+    salesforce/cdc.py). `nulled` lists the fields set to null (bitmap `nulledFields`), same naming.
+    `record_id` is one element of the header's `recordIds` (it may be a wildcard like `001*` or the
+    overflow's `000000000000000AAA`).
+    """
+
+    object: str  # header entityName
+    record_id: str
+    change_type: str  # one of CHANGE_TYPES
+    version: Version
+    transaction_key: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    nulled: frozenset[str] = frozenset()
+    diff_fields: frozenset[str] = frozenset()
+    replay_id: bytes = b""
+    schema_id: str = ""
+    commit_user: str = ""
+    change_origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One delivered Pub/Sub event: its replay id and the changes it decodes to (empty for a keepalive)."""
+
+    topic: str
+    replay_id: bytes
+    changes: tuple[Change, ...] = ()
+    commit_timestamp: int | None = None  # epoch ms; None for keepalives
+    keepalive: bool = False
+    error: str | None = None  # set when the event could not be decoded: it becomes a dead letter
+    payload: bytes = b""  # the raw Avro payload, kept only when `error` is set
+    schema_id: str = ""

@@ -48,6 +48,9 @@ class SalesforceSettings(_Section):
     ca_file: Path | None = Field(None, description="PEM file of the CA to trust instead of the system store (e.g. the simulator's ca_file).")
     verify: bool = Field(True, description="TLS certificate verification. Leave on; turning it off is logged loudly.")
     timeout_s: float = Field(120.0, description="Per-request timeout in seconds.")
+    pubsub_endpoint: str = Field(
+        "api.pubsub.salesforce.com:7443", description="Pub/Sub API host:port (gRPC over TLS) for the change stream."
+    )
 
     @field_validator("api_version")
     @classmethod
@@ -91,6 +94,17 @@ class BackfillSettings(_Section):
     job_retries: int = Field(3, ge=0, le=10, description="New jobs tried after a job ends Failed, before the object stops.")
 
 
+class StreamSettings(_Section):
+    batch_max_events: int = Field(
+        2_000, ge=1, le=100_000,
+        description="Events per apply batch (one transaction). 2,000 is Salesforce's trigger batch size for change "
+        "events; larger batches raise throughput, smaller ones lower lag.",
+    )
+    batch_max_wait_s: float = Field(
+        0.2, gt=0, le=60, description="Longest wait before a partial batch is applied (bounds the added lag)."
+    )
+
+
 class ObjectSettings(_Section):
     key: str = Field("Id", description="Field whose value keys the table (primary key): Id, or an externalId field.")
     deletes: Literal["soft", "hard"] = Field(
@@ -107,6 +121,7 @@ class Settings(BaseSettings):
     salesforce: SalesforceSettings = SalesforceSettings()
     postgres: PostgresSettings = PostgresSettings()
     backfill: BackfillSettings = BackfillSettings()
+    stream: StreamSettings = StreamSettings()
     objects: dict[str, ObjectSettings] = Field(default_factory=dict)
 
     @classmethod

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from .config import BackfillSettings, ObjectSettings, PostgresSettings, SalesforceSettings
+from .config import BackfillSettings, ObjectSettings, PostgresSettings, SalesforceSettings, StreamSettings
 from .pipeline.schema import PG_TYPES, SKIPPED_TYPES
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("salesforce", SalesforceSettings),
     ("postgres", PostgresSettings),
     ("backfill", BackfillSettings),
+    ("stream", StreamSettings),
     ("objects.NAME", ObjectSettings),
 ]
 

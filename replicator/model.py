@@ -49,6 +49,14 @@ class AuthError(TerminalError):
     """The token endpoint refused the credentials (OAuth `invalid_grant`, `invalid_client`, ...)."""
 
 
+class ReplayIdInvalidError(TerminalError):
+    """Pub/Sub refused the stored replay id (corrupted, or outside the 72 h retention window).
+
+    Never answered by resubscribing at LATEST (that silently loses every event in between, STYLE.md): the
+    pipeline resyncs the object instead (DESIGN.md contract 6).
+    """
+
+
 class ConfigError(TerminalError):
     """The configuration is invalid; the message names the key to fix."""
 
@@ -251,3 +259,25 @@ class StreamEvent:
     error: str | None = None  # set when the event could not be decoded: it becomes a dead letter
     payload: bytes = b""  # the raw Avro payload, kept only when `error` is set
     schema_id: str = ""
+    # A platform event (no ChangeEventHeader) is not a change: its decoded Avro record, as fastavro returns it.
+    record: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class RowOp:
+    """The folded effect of a batch's changes on one record (keyed by its Salesforce Id)."""
+
+    key: str  # record Id
+    kind: str  # "upsert" / "undelete" (full record), "update" (partial), "delete", "refetch" (fetch by id)
+    values: dict[str, Any] = field(default_factory=dict)  # column -> value; every column for full records
+    version: tuple[int, int, int] = (0, 0, 0)
+    commit_ms: int = 0  # the version's time, epoch ms: becomes _sf_stream_version
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The position a batch covers, stored in the batch's transaction."""
+
+    topic: str
+    replay_id: bytes
+    commit_timestamp: int | None = None  # epoch ms of the last applied event

@@ -43,10 +43,14 @@ def create_table(spec: TableSpec, version_column: str | None, has_isdeleted: boo
         f"PRIMARY KEY ({quote_ident(spec.key)})",
     ]
     body = ",\n  ".join(cols)
-    return (
+    sql = (
         f"CREATE SCHEMA IF NOT EXISTS {quote_ident(spec.schema)};\n"
         f"CREATE TABLE IF NOT EXISTS {qualified(spec)} (\n  {body}\n)"
     )
+    if spec.key != "id" and spec.column("id") is not None:
+        # Change events name records by Id: a table keyed by an external id needs Id indexed too.
+        sql += f";\nCREATE UNIQUE INDEX IF NOT EXISTS {quote_ident(spec.name + '_id')} ON {qualified(spec)} (\"id\")"
+    return sql
 
 
 def add_columns(spec: TableSpec, existing: set[str]) -> list[str]:

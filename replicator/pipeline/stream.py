@@ -1,0 +1,215 @@
+"""Stream one object: Pub/Sub change events → batches → folded row operations → one transaction each.
+
+classify (dead letters, resync triggers) → fold per key → reconcile (fetch full records for gap events and
+for updates of rows we do not have) → apply with the checkpoint. An expired or invalid replay position and
+GAP_OVERFLOW / wildcard record ids resync the object from a fresh Bulk extract (loudly), without dropping
+the live table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from ..config import ObjectSettings, Settings
+from ..model import Checkpoint, DeadLetter, ReplayIdInvalidError, RowOp, StreamEvent
+from ..postgres import apply as pg
+from ..postgres.sink import PageSink, TableInfo
+from .backfill import Backfill
+from .batcher import Batcher
+from .changes import EMPTY_RECORD_ID, ColumnMap, UnknownFieldError, fold, record_op
+from .schema import table_spec, version_column
+
+log = structlog.get_logger(__name__)
+
+# The reader hands events to the batcher through this queue; the subscription's own bounded queue (≤100
+# outstanding, the Pub/Sub cap) is what asks Salesforce for more, so memory stays bounded end to end.
+_HANDOFF = 1_000
+
+
+def topic_for(name: str) -> str:
+    """`/data/AccountChangeEvent`; custom objects drop the `c`: `Invoice__c` → `/data/Invoice__ChangeEvent` (§5)."""
+    base = name[:-1] if name.endswith("__c") else name
+    return f"/data/{base}ChangeEvent"
+
+
+@dataclass(slots=True)
+class StreamStats:
+    events: int = 0
+    batches: int = 0
+    upserts: int = 0
+    updates: int = 0
+    deletes: int = 0
+    skipped: int = 0
+    dead_letters: int = 0
+    refetched: int = 0
+    resyncs: int = 0
+    last_commit_ms: int | None = None
+
+
+class ObjectStream:
+    def __init__(self, client, pubsub, pool, settings: Settings, name: str, obj: ObjectSettings):
+        self.client, self.pubsub, self.pool = client, pubsub, pool
+        self.settings, self.name, self.obj = settings, name, obj
+        self.topic = topic_for(name)
+        self.stats = StreamStats()
+        self._batch_id = 0
+
+    async def _load_schema(self) -> None:
+        describe = await self.client.describe(self.name)
+        spec = table_spec(describe, schema=self.settings.postgres.schema_, key_field=self.obj.key,
+                          fields=self.obj.fields)
+        info = TableInfo(spec, version_column(spec), spec.column("isdeleted") is not None, self.obj.deletes == "hard")
+        await PageSink(self.pool, info).prepare()  # adds columns for fields added in Salesforce
+        self.spec, self.cmap = spec, ColumnMap(spec, describe)
+        self.sink = pg.StreamSink(self.pool, info)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._load_schema()
+        while not stop.is_set():
+            async with self.pool.acquire() as conn:
+                position = await pg.load_checkpoint(conn, self.topic)
+            try:
+                await self._stream(position, stop)
+            except ReplayIdInvalidError as exc:
+                # Never resubscribe at LATEST: that would lose every event in between (STYLE.md).
+                log.error("stream.replay_id_invalid", object=self.name, topic=self.topic, error=str(exc),
+                          action="resync from a fresh Bulk extract, then replay every retained event")
+                await self.resync(reason="replay id expired or invalid")
+                async with self.pool.acquire() as conn:
+                    await pg.drop_checkpoint(conn, self.topic)
+
+    async def resync(self, reason: str) -> None:
+        """Build the table again from a fresh Bulk extract (keyed upsert into the live table)."""
+        self.stats.resyncs += 1
+        log.warning("stream.resync", object=self.name, reason=reason)
+        await Backfill(self.client, self.pool, self.settings, self.name, self.obj).run()
+        await self._load_schema()
+
+    async def _stream(self, position: bytes | None, stop: asyncio.Event) -> None:
+        sub = self.pubsub.subscribe(self.topic, replay_id=position)
+        queue: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue(_HANDOFF)
+
+        async def reader() -> None:
+            try:
+                async for event in sub:
+                    await queue.put(event)
+            except BaseException as exc:  # handed to the main loop, which raises it there
+                await queue.put(exc)
+
+        task = asyncio.create_task(reader())
+        batcher = Batcher(self.settings.stream.batch_max_events, self.settings.stream.batch_max_wait_s)
+        try:
+            while not stop.is_set():
+                timeout = batcher.next_deadline()
+                try:
+                    item = await asyncio.wait_for(queue.get(), 0.5 if timeout is None else min(timeout, 0.5))
+                except TimeoutError:
+                    batch = batcher.due()
+                    if batch:
+                        await self.apply_batch(batch)
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                batch = batcher.add(item)
+                if batch:
+                    await self.apply_batch(batch)
+            rest = batcher.due(now=float("inf"))  # stopping: commit what is complete
+            if rest:
+                await self.apply_batch(rest)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            close = getattr(sub, "close", None)
+            if close is not None:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+
+    async def apply_batch(self, batch: list[StreamEvent]) -> None:
+        started = time.monotonic()
+        self._batch_id += 1
+        dead: list[DeadLetter] = []
+        changes = []
+        resync_reason = None
+        for ev in batch:
+            if ev.error:
+                dead.append(DeadLetter(self.name, f"undecodable event: {ev.error}", source="stream",
+                                       payload={"replay_id": ev.replay_id.hex(), "schema_id": ev.schema_id,
+                                                "payload_hex": ev.payload.hex()}))
+                continue
+            for ch in ev.changes:
+                if ch.object != self.name:
+                    dead.append(DeadLetter(ch.object, f"change for an object not configured on {self.topic}",
+                                           key=ch.record_id, source="stream",
+                                           payload={"replay_id": ev.replay_id.hex(), "type": ch.change_type}))
+                elif ch.change_type == "GAP_OVERFLOW" or ch.record_id == EMPTY_RECORD_ID or "*" in ch.record_id:
+                    resync_reason = f"{ch.change_type} for {ch.record_id}"
+                else:
+                    changes.append(ch)
+        try:
+            ops = fold(changes, self.cmap)
+        except UnknownFieldError as exc:
+            log.info("stream.schema_changed", object=self.name, fields=sorted(exc.fields))
+            await self._load_schema()
+            ops = fold(changes, self.cmap, strict=False)
+        await self._reconcile(ops)
+        ops_list, dead2 = self._check_keys(list(ops.values()))
+        dead += dead2
+        last = batch[-1]
+        commits = [e.commit_timestamp for e in batch if e.commit_timestamp]
+        checkpoint = Checkpoint(self.topic, last.replay_id, max(commits) if commits else None)
+        result = await self.sink.apply(ops_list, dead, checkpoint)
+        s = self.stats
+        s.events += sum(1 for e in batch if not e.keepalive)
+        s.batches += 1
+        s.upserts += result.upserts
+        s.updates += result.updates
+        s.deletes += result.deletes
+        s.skipped += result.skipped
+        s.dead_letters += len(dead)
+        if commits:
+            s.last_commit_ms = max(commits)
+        lag = (time.time() * 1000 - s.last_commit_ms) / 1000 if commits else None
+        log.info("stream.batch", object=self.name, phase="STREAMING", batch_id=self._batch_id, events=len(batch),
+                 rows=len(ops_list), upserts=result.upserts, updates=result.updates, deletes=result.deletes,
+                 skipped=result.skipped, dead_letters=len(dead), lag_s=None if lag is None else round(lag, 3),
+                 duration_s=round(time.monotonic() - started, 4))
+        if resync_reason:
+            await self.resync(resync_reason)
+
+    async def _reconcile(self, ops: dict[str, RowOp]) -> None:
+        """Gap events, and updates of rows we do not have: fetch the full records by id (≤2,000 a call)."""
+        updates = [k for k, o in ops.items() if o.kind == "update"]
+        if updates:
+            have = await self.sink.existing_ids(updates)
+            for k in updates:
+                if k not in have:
+                    ops[k] = RowOp(k, "refetch", version=ops[k].version, commit_ms=ops[k].commit_ms)
+        wanted = [k for k, o in ops.items() if o.kind == "refetch"]
+        if not wanted:
+            return
+        records = await self.client.retrieve(self.name, wanted, self.spec.fields)
+        self.stats.refetched += len(wanted)
+        for key, record in zip(wanted, records, strict=True):
+            if record is None:  # gone (deleted, or never visible): delete at the event's version
+                ops[key] = RowOp(key, "delete", version=ops[key].version, commit_ms=ops[key].commit_ms)
+            else:
+                ops[key] = record_op(record, self.spec, ops[key].commit_ms)
+
+    def _check_keys(self, ops: list[RowOp]) -> tuple[list[RowOp], list[DeadLetter]]:
+        """A full record for a table keyed by an external id needs that id; one without it is a dead letter."""
+        if self.spec.key == "id":
+            return ops, []
+        good, dead = [], []
+        for o in ops:
+            if o.kind in ("upsert", "undelete") and not o.values.get(self.spec.key):
+                dead.append(DeadLetter(self.name, f"record has no value for the key field {self.obj.key}",
+                                       key=o.key, source="stream", payload={"values": {k: str(v) for k, v in
+                                                                                       o.values.items()}}))
+            else:
+                good.append(o)
+        return good, dead

@@ -1,0 +1,183 @@
+"""Applying a batch of folded changes, its dead letters and its checkpoint in ONE transaction.
+
+Statements work on whole batches through `unnest` of typed arrays (one statement per kind of operation,
+one per set of columns for partial updates), never one round trip per row. Every statement carries the
+version guard: a change older than the row (`_sf_version`) is skipped (DESIGN.md contract 2). Rows are
+found by their Salesforce Id (`id` column), whatever the table's key, because change events carry Ids.
+
+Safe to call again with the same batch: the guard compares with `<=`, and applying the same values
+again leaves the same row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from ..model import (
+    SYNCED_COLUMN,
+    VERSION_COLUMN,
+    Checkpoint,
+    DeadLetter,
+    RowOp,
+    TransientError,
+)
+from . import ddl, state
+from .sink import TRANSIENT_PG_ERRORS, TableInfo, _dead_row
+
+log = structlog.get_logger(__name__)
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _ts(ms: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(milliseconds=ms)
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    upserts: int = 0
+    updates: int = 0
+    deletes: int = 0
+    skipped: int = 0  # older than the row (version guard) or, for updates/deletes, no such row
+
+
+class StreamSink:
+    def __init__(self, pool: asyncpg.Pool, table: TableInfo):
+        self.pool = pool
+        self.t = table
+        spec = table.spec
+        self.q = ddl.qualified(spec)
+        self.types = {c.name: c.pg_type for c in spec.columns}
+        self.has_modstamp = "systemmodstamp" in self.types
+
+    async def existing_ids(self, ids: list[str]) -> set[str]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(f'SELECT "id" FROM {self.q} WHERE "id" = ANY($1::text[])', ids)
+        return {r[0] for r in rows}
+
+    async def apply(self, ops: list[RowOp], dead: list[DeadLetter], checkpoint: Checkpoint | None) -> ApplyResult:
+        result = ApplyResult()
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                full = [o for o in ops if o.kind in ("upsert", "undelete")]
+                if full:
+                    n = await self._upsert(conn, full)
+                    result.upserts += n
+                    result.skipped += len(full) - n
+                groups: dict[tuple[str, ...], list[RowOp]] = defaultdict(list)
+                for o in ops:
+                    if o.kind == "update":
+                        groups[tuple(sorted(o.values))].append(o)
+                for cols, group in groups.items():
+                    n = await self._update(conn, cols, group)
+                    result.updates += n
+                    result.skipped += len(group) - n
+                deletes = [o for o in ops if o.kind == "delete"]
+                if deletes:
+                    n = await self._delete(conn, deletes)
+                    result.deletes += n
+                    result.skipped += len(deletes) - n
+                await state.add_dead_letters(conn, [_dead_row(d) for d in dead])
+                if checkpoint is not None:
+                    await save_checkpoint(conn, checkpoint)
+        except TRANSIENT_PG_ERRORS as exc:
+            raise TransientError(f"postgres: {exc}") from exc
+        return result
+
+    def _system(self, op: RowOp) -> dict:
+        """Columns every change sets: the version, and SystemModstamp (the org sets it to the change's time)."""
+        return {"systemmodstamp": _ts(op.commit_ms)} if self.has_modstamp else {}
+
+    async def _upsert(self, conn: asyncpg.Connection, ops: list[RowOp]) -> int:
+        spec = self.t.spec
+        cols = [c.name for c in spec.columns]
+        arrays: list[list] = [[] for _ in cols]
+        versions = []
+        for op in ops:
+            row = {**op.values, "id": op.key, **self._system(op)}
+            if "isdeleted" in self.types:
+                row["isdeleted"] = False
+            for i, c in enumerate(cols):
+                arrays[i].append(row.get(c))
+            versions.append(_ts(op.commit_ms))
+        params = ", ".join(f"${i + 1}::{self.types[c]}[]" for i, c in enumerate(cols))
+        col_sql = ", ".join(ddl.quote_ident(c) for c in cols)
+        sets = ", ".join(f"{ddl.quote_ident(c)} = EXCLUDED.{ddl.quote_ident(c)}" for c in cols if c != spec.key)
+        stream_v = ddl.quote_ident(ddl.STREAM_VERSION_COLUMN)
+        sql = (
+            f"INSERT INTO {self.q} AS cur ({col_sql}, {stream_v}) "
+            f"SELECT * FROM unnest({params}, ${len(cols) + 1}::timestamptz[]) "
+            f"ON CONFLICT ({ddl.quote_ident(spec.key)}) DO UPDATE SET {sets}, {stream_v} = EXCLUDED.{stream_v}, "
+            f"{ddl.quote_ident(SYNCED_COLUMN)} = now() "
+            f"WHERE cur.{ddl.quote_ident(VERSION_COLUMN)} <= EXCLUDED.{stream_v}"
+        )
+        status = await conn.execute(sql, *arrays, versions)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _update(self, conn: asyncpg.Connection, cols: tuple[str, ...], ops: list[RowOp]) -> int:
+        extra = list(self._system(ops[0]))
+        all_cols = [c for c in cols if c not in extra] + extra
+        arrays: list[list] = [[] for _ in all_cols]
+        ids, versions = [], []
+        for op in ops:
+            row = {**op.values, **self._system(op)}
+            for i, c in enumerate(all_cols):
+                arrays[i].append(row.get(c))
+            ids.append(op.key)
+            versions.append(_ts(op.commit_ms))
+        names = ["_id", *(f"c{i}" for i in range(len(all_cols))), "_v"]
+        params = ", ".join(
+            ["$1::text[]", *(f"${i + 2}::{self.types[c]}[]" for i, c in enumerate(all_cols)),
+             f"${len(all_cols) + 2}::timestamptz[]"]
+        )
+        sets = [f"{ddl.quote_ident(c)} = u.c{i}" for i, c in enumerate(all_cols)]
+        stream_v = ddl.quote_ident(ddl.STREAM_VERSION_COLUMN)
+        sets += [f"{stream_v} = u._v", f"{ddl.quote_ident(SYNCED_COLUMN)} = now()"]
+        sql = (
+            f"UPDATE {self.q} AS cur SET {', '.join(sets)} "
+            f"FROM unnest({params}) AS u({', '.join(names)}) "
+            f'WHERE cur."id" = u._id AND cur.{ddl.quote_ident(VERSION_COLUMN)} <= u._v'
+        )
+        status = await conn.execute(sql, ids, *arrays, versions)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _delete(self, conn: asyncpg.Connection, ops: list[RowOp]) -> int:
+        ids = [o.key for o in ops]
+        versions = [_ts(o.commit_ms) for o in ops]
+        guard = f'cur."id" = u._id AND cur.{ddl.quote_ident(VERSION_COLUMN)} <= u._v'
+        src = "unnest($1::text[], $2::timestamptz[]) AS u(_id, _v)"
+        if self.t.hard_deletes or "isdeleted" not in self.types:
+            sql = f"DELETE FROM {self.q} AS cur USING {src} WHERE {guard}"
+        else:
+            stream_v = ddl.quote_ident(ddl.STREAM_VERSION_COLUMN)
+            sets = ['"isdeleted" = true', f"{stream_v} = u._v", f"{ddl.quote_ident(SYNCED_COLUMN)} = now()"]
+            if self.has_modstamp:
+                sets.append('"systemmodstamp" = u._v')
+            sql = f"UPDATE {self.q} AS cur SET {', '.join(sets)} FROM {src} WHERE {guard}"
+        status = await conn.execute(sql, ids, versions)
+        return int(status.rsplit(" ", 1)[-1])
+
+
+async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint) -> None:
+    await conn.execute(
+        "INSERT INTO replicator.checkpoints (topic, replay_id, commit_timestamp, updated_at)"
+        " VALUES ($1, $2, $3, now()) ON CONFLICT (topic) DO UPDATE SET replay_id = EXCLUDED.replay_id,"
+        " commit_timestamp = coalesce(EXCLUDED.commit_timestamp, replicator.checkpoints.commit_timestamp),"
+        " updated_at = now()",
+        cp.topic, cp.replay_id, _ts(cp.commit_timestamp) if cp.commit_timestamp is not None else None,
+    )
+
+
+async def load_checkpoint(conn: asyncpg.Connection, topic: str) -> bytes | None:
+    return await conn.fetchval("SELECT replay_id FROM replicator.checkpoints WHERE topic = $1", topic)
+
+
+async def drop_checkpoint(conn: asyncpg.Connection, topic: str) -> None:
+    await conn.execute("DELETE FROM replicator.checkpoints WHERE topic = $1", topic)
+
+

@@ -78,6 +78,16 @@ def backfill(config_path: str | None, objects: tuple[str, ...]) -> None:
 
 @main.command()
 @CONFIG_OPTION
+def run(config_path: str | None) -> None:
+    """Run as a service: backfill each configured object when needed, then stream its changes."""
+    settings = _settings(config_path, ())
+    from .pipeline.service import run_command
+
+    _run(lambda: run_command(settings))
+
+
+@main.command()
+@CONFIG_OPTION
 @click.argument("objects", nargs=-1)
 def verify(config_path: str | None, objects: tuple[str, ...]) -> None:
     """Extract OBJECTS again and compare with Postgres row by row; exit 0 only when equal."""

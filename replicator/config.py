@@ -51,6 +51,7 @@ class SalesforceSettings(_Section):
     pubsub_endpoint: str = Field(
         "api.pubsub.salesforce.com:7443", description="Pub/Sub API host:port (gRPC over TLS) for the change stream."
     )
+    pubsub_tls: bool = Field(True, description="TLS for the Pub/Sub channel (trusting ca_file when set). Leave on.")
 
     @field_validator("api_version")
     @classmethod

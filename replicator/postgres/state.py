@@ -102,3 +102,16 @@ async def add_dead_letters(conn: asyncpg.Connection, rows: list[tuple[str, str |
             " VALUES ($1, $2, $3, $4, $5::jsonb)",
             rows,
         )
+
+
+async def set_phase(conn: asyncpg.Connection, name: str, phase: str, error: str | None = None) -> None:
+    await conn.execute(
+        "UPDATE replicator.objects SET phase = $2, last_error = $3, updated_at = now() WHERE object = $1",
+        name, phase, error[:2000] if error else None,
+    )
+
+
+async def record_error(conn: asyncpg.Connection, name: str, error: str) -> None:
+    await conn.execute(
+        "UPDATE replicator.objects SET last_error = $2, updated_at = now() WHERE object = $1", name, error[:2000]
+    )

@@ -1,0 +1,89 @@
+"""`replicator run`: for every configured object, backfill when needed, then stream; objects run concurrently
+and one failing object retries with backoff without stopping the others. SIGINT/SIGTERM stop it cleanly:
+batches in flight are committed with their checkpoints before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+
+import structlog
+
+from ..config import Settings
+from ..model import ConfigError
+from ..postgres import state
+from ..salesforce.pubsub import PubSubClient
+from .backfill import Backfill
+from .runtime import postgres_pool, salesforce_client
+from .stream import ObjectStream
+
+log = structlog.get_logger(__name__)
+
+# A failing object waits 1, 2, 4 … up to 60 s (with jitter) before it tries again.
+RETRY_CAP_S = 60.0
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.stop = asyncio.Event()
+        self.streams: dict[str, ObjectStream] = {}
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.stop.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests drive stop directly)
+                pass
+        async with salesforce_client(self.settings) as client, postgres_pool(self.settings) as pool:
+            sf = self.settings.salesforce
+            pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens, ca_file=str(sf.ca_file) if sf.ca_file else None,
+                                  tls=sf.pubsub_tls)
+            try:
+                await asyncio.gather(*(self._supervise(client, pubsub, pool, n) for n in self.settings.objects))
+            finally:
+                close = getattr(pubsub, "close", None)
+                if close is not None:
+                    await close()
+        log.info("service.stopped")
+        return 0
+
+    async def _supervise(self, client, pubsub, pool, name: str) -> None:
+        obj = self.settings.objects[name]
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                async with pool.acquire() as conn:
+                    st = await state.get_object(conn, name)
+                if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
+                    log.info("service.backfill", object=name)
+                    await Backfill(client, pool, self.settings, name, obj).run()
+                async with pool.acquire() as conn:
+                    await state.set_phase(conn, name, "STREAMING")
+                stream = self.streams[name] = ObjectStream(client, pubsub, pool, self.settings, name, obj)
+                await stream.run(self.stop)
+                failures = 0
+            except ConfigError:
+                raise
+            except Exception as exc:  # the object retries; the others go on
+                failures += 1
+                delay = min(RETRY_CAP_S, 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
+                log.error("service.object_failed", object=name, error=f"{type(exc).__name__}: {exc}",
+                          retry_in_s=round(delay, 1), failures=failures)
+                async with pool.acquire() as conn:
+                    await state.record_error(conn, name, f"{type(exc).__name__}: {exc}")
+                await _sleep_or_stop(self.stop, delay)
+
+
+async def run_command(settings: Settings) -> int:
+    return await Service(settings).run()

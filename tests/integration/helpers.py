@@ -31,7 +31,7 @@ def settings_for(sim: dict, pg_url: str, schema: str, **sections: Any) -> Settin
         "backfill": {"poll_max_s": 0.2, "page_size": 1000},
     }
     for k, v in sections.items():
-        overrides[k] = {**overrides.get(k, {}), **v}
+        overrides[k] = v if k == "objects" else {**overrides.get(k, {}), **v}
     return load_settings(overrides=overrides)
 
 

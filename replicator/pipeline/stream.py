@@ -162,9 +162,10 @@ class ObjectStream:
         last = batch[-1]
         commits = [e.commit_timestamp for e in batch if e.commit_timestamp]
         checkpoint = Checkpoint(self.topic, last.replay_id, max(commits) if commits else None)
-        result = await self.sink.apply(ops_list, dead, checkpoint)
+        delivered = sum(1 for e in batch if not e.keepalive)
+        result = await self.sink.apply(ops_list, dead, checkpoint, delivered)
         s = self.stats
-        s.events += sum(1 for e in batch if not e.keepalive)
+        s.events += delivered
         s.batches += 1
         s.upserts += result.upserts
         s.updates += result.updates

@@ -60,7 +60,10 @@ class StreamSink:
             rows = await conn.fetch(f'SELECT "id" FROM {self.q} WHERE "id" = ANY($1::text[])', ids)
         return {r[0] for r in rows}
 
-    async def apply(self, ops: list[RowOp], dead: list[DeadLetter], checkpoint: Checkpoint | None) -> ApplyResult:
+    async def apply(
+        self, ops: list[RowOp], dead: list[DeadLetter], checkpoint: Checkpoint | None, events: int = 0
+    ) -> ApplyResult:
+        """`events`: how many delivered events (not keepalives) the batch covers, added to the topic's count."""
         result = ApplyResult()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -84,7 +87,7 @@ class StreamSink:
                     result.skipped += len(deletes) - n
                 await state.add_dead_letters(conn, [_dead_row(d) for d in dead])
                 if checkpoint is not None:
-                    await save_checkpoint(conn, checkpoint)
+                    await save_checkpoint(conn, checkpoint, events)
         except TRANSIENT_PG_ERRORS as exc:
             raise TransientError(f"postgres: {exc}") from exc
         return result
@@ -163,13 +166,13 @@ class StreamSink:
         return int(status.rsplit(" ", 1)[-1])
 
 
-async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint) -> None:
+async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, events: int = 0) -> None:
     await conn.execute(
-        "INSERT INTO replicator.checkpoints (topic, replay_id, commit_timestamp, updated_at)"
-        " VALUES ($1, $2, $3, now()) ON CONFLICT (topic) DO UPDATE SET replay_id = EXCLUDED.replay_id,"
+        "INSERT INTO replicator.checkpoints (topic, replay_id, commit_timestamp, events_applied, updated_at)"
+        " VALUES ($1, $2, $3, $4, now()) ON CONFLICT (topic) DO UPDATE SET replay_id = EXCLUDED.replay_id,"
         " commit_timestamp = coalesce(EXCLUDED.commit_timestamp, replicator.checkpoints.commit_timestamp),"
-        " updated_at = now()",
-        cp.topic, cp.replay_id, _ts(cp.commit_timestamp) if cp.commit_timestamp is not None else None,
+        " events_applied = replicator.checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now()",
+        cp.topic, cp.replay_id, _ts(cp.commit_timestamp) if cp.commit_timestamp is not None else None, events,
     )
 
 

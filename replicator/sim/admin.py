@@ -5,7 +5,8 @@
     GET  /__sim/objects/{Object}/records  NDJSON, every record incl. IsDeleted ones, every non-compound
                                           field; JSON types; datetimes 2024-05-01T12:34:56.000Z
     GET  /__sim/faults                    the knobs (faults.py)
-    PUT  /__sim/faults                    merge knobs; {"expire_tokens_now": true} also expires every token
+    PUT  /__sim/faults                    merge knobs; {"expire_tokens_now": true} also expires every token;
+                                          {"purge_before_now": true} expires every stored event (retention)
     POST /__sim/tokens/expire             expire every access token now -> {"expired": n}
     GET  /__sim/jobs                      [{id, state, object, operation, query, apiVersion, numberRecordsProcessed,
                                             pages_served, results_requests: {locator or "": n},
@@ -76,11 +77,16 @@ async def put_faults(request: web.Request) -> web.Response:
         if not isinstance(changes, dict):
             raise ValueError("body must be a JSON object")
         expire = bool(changes.pop("expire_tokens_now", False))
+        purge = bool(changes.pop("purge_before_now", False))
         state.faults.update(changes)
     except (orjson.JSONDecodeError, ValueError) as exc:
         return json_ok({"error": str(exc)}, status=400)
     if expire:
         state.tokens.expire_all()
+    if purge and state.capture is not None:
+        state.capture.bus.purge_now()
+    elif state.capture is not None:
+        state.capture.bus.expire()  # a lowered retention_seconds takes effect now
     return json_ok(state.faults.to_dict())
 
 

@@ -1,6 +1,7 @@
 """Fault knobs: settable at start (constructor / CLI) and at run time (PUT /__sim/faults, which merges).
 
-Faults apply to Salesforce endpoints (/services/...) only, never to /__sim/.
+Faults apply to Salesforce endpoints (/services/...) only, never to /__sim/. The Pub/Sub knobs (keepalive,
+retention, duplicates, gap size, overflow threshold) shape the gRPC side and change capture (cdc.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ KNOB_HELP = {
     "malformed_rows": "N records of the NEXT completed job's results are rendered with one column missing",
     "hold_jobs": "while true, query jobs wait in UploadComplete (lets tests observe a job before completion)",
     "failed_job_error_message": "include `errorMessage` in Failed job info (optional per §1.3)",
+    "keepalive_seconds": "Subscribe: empty FetchResponse with latest_replay_id after this long without events "
+                         "while events are owed (Salesforce: within 270 s, pubsub-cdc.md §3)",
+    "retention_seconds": "events older than this are expired (Salesforce: 72 h, §3)",
+    "retention_events": "at most this many events are kept (memory bound; the oldest expire first)",
+    "duplicate_rate": "probability (0..1) that Subscribe delivers an event twice (same replay id)",
+    "gap_event_bytes": "a change event whose encoding exceeds this becomes a GAP_* event (Salesforce: 1 MB, §7)",
+    "overflow_threshold": "changes per transaction before GAP_OVERFLOW (Salesforce: 100,000, §7)",
 }
 
 
@@ -32,6 +40,12 @@ class Faults:
     malformed_rows: int = 0
     hold_jobs: bool = False
     failed_job_error_message: bool = False
+    keepalive_seconds: float = 270.0
+    retention_seconds: float = 259_200.0
+    retention_events: int = 1_000_000
+    duplicate_rate: float = 0.0
+    gap_event_bytes: int = 1_000_000
+    overflow_threshold: int = 100_000
 
     def __post_init__(self) -> None:
         self.rng = random.Random(0)

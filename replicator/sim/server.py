@@ -13,17 +13,22 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 from aiohttp import web
 
-from . import admin, bulk, rest
+from . import admin, admin_events, bulk, rest
+from .cdc import ChangeCapture
 from .errors import invalid_session, not_found, sf_error
+from .events import EventBus
 from .faults import Faults
 from .ids import make_id
 from .jobs import JobManager
 from .oauth import OAuthEndpoints, TokenStore
+from .pubsub import PubSubService, start_server
 from .state import LATEST_VERSION, STATE, SimState, parse_version
 from .store import OrgStore
 from .tls import server_context, write_self_signed
+from .traffic import Traffic
 
 DEMO_CLIENT_ID = "3MVG9replicator.sim.demo.client.id"
 DEMO_CLIENT_SECRET = "replicator-sim-demo-secret"
@@ -81,14 +86,15 @@ async def _limit_header(request: web.Request, response: web.StreamResponse) -> N
 
 
 class Simulator:
-    """A local Salesforce org: OAuth, REST, Bulk API 2.0 query, admin API. See __main__.py for flags."""
+    """A local Salesforce org: OAuth, REST, Bulk API 2.0 query, Pub/Sub API (gRPC) with change data capture,
+    admin API. See __main__.py for flags. `traffic`: initial traffic settings (traffic.TrafficConfig)."""
 
     def __init__(self, *, records: int | dict[str, int] = 1000, seed: int = 42, host: str = "127.0.0.1",
                  port: int = 0, tls: bool = True, client_id: str = DEMO_CLIENT_ID,
                  client_secret: str = DEMO_CLIENT_SECRET, username: str = "integration@replicator.sim",
                  jwt_public_key: str | bytes | None = None, page_size: int = 50_000, gzip_level: int = 1,
                  state_dir: str | None = None, hostile_field: bool = False, faults: dict | None = None,
-                 **knobs) -> None:
+                 traffic: dict | None = None, **knobs) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.seed = seed
         self.records = records
@@ -105,11 +111,14 @@ class Simulator:
         self.info: dict = {}
         self._runner: web.AppRunner | None = None
         self._jobs: JobManager | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self.traffic_settings = traffic or {}
+        self.traffic: Traffic | None = None
 
     async def start(self) -> dict:
         os.makedirs(os.path.join(self.state_dir, "jobs"), exist_ok=True)
         ssl_context = None
-        ca_file = None
+        ca_file = key_file = None
         if self.tls:
             ca_file, key_file = write_self_signed(self.state_dir, self.host)
             ssl_context = server_context(ca_file, key_file)
@@ -131,6 +140,16 @@ class Simulator:
                                instance_url=lambda: instance_url, jwt_public_key=self.jwt_public_key)
         app = web.Application(middlewares=[salesforce_edge], client_max_size=8 << 20)
         app[STATE] = state
+        bus = EventBus(lambda: self.faults.retention_seconds, lambda: self.faults.retention_events)
+        state.capture = ChangeCapture(self.org, self.faults, bus, self.user_id)
+        state.traffic = self.traffic = Traffic(state.capture, self.seed)
+        self.traffic.update(self.traffic_settings)
+        state.pubsub = PubSubService(state.capture, bus, tokens, self.faults, self.org_id, instance_url)
+        credentials = None
+        if self.tls:
+            with open(key_file, "rb") as k, open(ca_file, "rb") as c:
+                credentials = grpc.ssl_server_credentials([(k.read(), c.read())])  # the HTTPS certificate
+        self._grpc, grpc_port = await start_server(state.pubsub, self.host, credentials)
         app[bulk.JOBS] = self._jobs
         app.on_response_prepare.append(_limit_header)
         app.router.add_post("/services/oauth2/token", oauth.token)
@@ -138,6 +157,7 @@ class Simulator:
         rest.add_routes(app)
         bulk.add_routes(app)
         admin.add_routes(app)
+        admin_events.add_routes(app)
         self.info = {
             "instance_url": instance_url,
             "token_url": f"{instance_url}/services/oauth2/token",
@@ -146,6 +166,8 @@ class Simulator:
             "refresh_token": refresh_token,
             "username": self.username,
             "org_id": self.org_id,
+            "tenant_id": self.org_id,
+            "pubsub_endpoint": f"{public_host}:{grpc_port}",
             "user_id": self.user_id,
             "ca_file": ca_file,
             "api_version": LATEST_VERSION,
@@ -160,9 +182,15 @@ class Simulator:
         await self._runner.setup()
         site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
         await site.start()
+        self.traffic.start()
         return self.info
 
     async def stop(self) -> None:
+        if self.traffic is not None:
+            await self.traffic.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=0.5)
+            self._grpc = None
         if self._jobs is not None:
             await self._jobs.close()
         if self._runner is not None:

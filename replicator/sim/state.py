@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -37,6 +38,9 @@ class SimState:
     api_usage: int = 0
     jobs_created: int = 0
     extras: dict = field(default_factory=dict)
+    capture: Any = None  # cdc.ChangeCapture
+    traffic: Any = None  # traffic.Traffic
+    pubsub: Any = None  # pubsub.PubSubService
 
     def limit_info(self) -> str:
         """`Sforce-Limit-Info` value (§2.1)."""

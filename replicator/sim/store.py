@@ -3,6 +3,8 @@
 Record positions are 0-based and equal to the Id counter minus one, so iteration in position order is
 iteration in Id order (ids.py). The overlay maps a position to a replacement row (a later CDC simulator
 writes there); positions at or beyond the generated count are records created after start.
+Fields added at run time (`add_field`, a schema change) are appended to the row tuple, whatever their describe
+position: `names` is the storage order and is the only way to find a column in a row.
 Thread-safety: reads may run in executor threads while the event loop mutates the overlay; every
 mutation replaces a whole tuple in a dict, which is atomic under the GIL.
 """
@@ -32,22 +34,24 @@ class ObjectStore:
         self.names = [f.name for f in spec.stored_fields]
         self.types = [f.type for f in spec.stored_fields]
         self.deleted_pos = self.names.index("IsDeleted")
+        self._count = count
+        self._pad: tuple = ()  # values of fields added after start, for generated (base) rows
 
     def count(self) -> int:
         """Every record, including soft-deleted ones."""
-        return max(self.base_count, max(self.overlay, default=-1) + 1)
+        return self._count
 
     def row(self, pos: int) -> tuple:
         hit = self.overlay.get(pos)
-        return hit if hit is not None else self.generator.row(pos)
+        return hit if hit is not None else self.generator.row(pos) + self._pad
 
     def rows(self, start: int = 0, stop: int | None = None) -> Iterator[tuple]:
         """Rows in Id order from position `start` (inclusive) to `stop` (exclusive)."""
         stop = self.count() if stop is None else min(stop, self.count())
-        overlay, gen_row = self.overlay, self.generator.row
+        overlay, gen_row, pad = self.overlay, self.generator.row, self._pad
         for pos in range(start, stop):
             hit = overlay.get(pos)
-            yield hit if hit is not None else gen_row(pos)
+            yield hit if hit is not None else gen_row(pos) + pad
 
     def position(self, record_id: str) -> int | None:
         """The position of a record by 15- or 18-character Id, or None when no such record exists."""
@@ -72,6 +76,16 @@ class ObjectStore:
         if len(row) != len(self.names):
             raise ValueError("row does not match the object's fields")
         self.overlay[pos] = row
+        if pos >= self._count:
+            self._count = pos + 1
+
+    def add_field(self, name: str, ftype: str) -> None:
+        """Append a column to every row (None everywhere): the storage side of a schema change."""
+        for pos, row in list(self.overlay.items()):
+            self.overlay[pos] = row + (None,)
+        self._pad = self._pad + (None,)
+        self.names.append(name)
+        self.types.append(ftype)
 
     def _base_is_deleted(self, pos: int) -> bool:
         # Mirrors Generator.row's IsDeleted rule without building the whole row (much cheaper).

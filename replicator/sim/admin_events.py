@@ -1,0 +1,171 @@
+"""Admin endpoints for change capture and traffic (no auth, never faulted):
+
+    POST /__sim/changes                  a JSON list of changes applied as ONE transaction:
+        [{"object": "Account", "type": "UPDATE", "ids": ["001…"], "fields": {"Phone": "555", "BillingState": "CA"},
+          "nulled": ["Fax"], "force_gap": false},
+         {"object": "Account", "type": "CREATE", "fields": {...}, "count": 1},
+         {"object": "Account", "type": "DELETE", "ids": [...]}, {"object": "Account", "type": "UNDELETE", "ids": [...]}]
+        -> {"transaction_key", "commit_timestamp", "commit_number", "replay_ids": [hex…], "ids": [[ids per item]]}
+        Address components are given by their flat names (BillingState) and travel as the nested subfield.
+        Values: JSON types; datetimes ISO 8601 (…Z or +0000) or epoch ms; dates YYYY-MM-DD; times HH:MM:SS.sssZ.
+        400 {"error": …} and nothing applied when any item is invalid.
+    POST /__sim/schema/{Object}/fields   {"name": "Loyalty_Tier__c", "type": "string"} -> {"schema_id", "topic",
+                                          "position"}: a schema change (cdc.ChangeCapture.add_field)
+    GET  /__sim/traffic                  the traffic settings (traffic.TrafficConfig) plus "made"
+    PUT  /__sim/traffic                  merge settings; {"running": false} pauses
+    GET  /__sim/stats                    {"changes": {"total", "by_object", "by_type"}, "transactions",
+                                          "events_published", "events_retained", "last_replay_id": hex|null,
+                                          "subscribers"}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import orjson
+from aiohttp import web
+
+from .avro import event_name, from_epoch_ms
+from .cdc import NOT_SETTABLE, ChangeError, ChangeItem
+from .errors import json_ok
+from .state import STATE
+
+ADMIN_ORIGIN = "com/salesforce/api/rest/67.0;client=replicator-sim-admin"
+
+
+def parse_value(ftype: str, value: object) -> object:
+    """A JSON value as the store keeps it; ValueError when it does not fit the type."""
+    if value is None:
+        return None
+    if ftype == "datetime":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return from_epoch_ms(value)
+        text = str(value).replace("Z", "+00:00").replace("+0000", "+00:00")
+        parsed = dt.datetime.fromisoformat(text)
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+    if ftype == "date":
+        return dt.date.fromisoformat(str(value))
+    if ftype == "time":
+        return dt.time.fromisoformat(str(value).rstrip("Z"))
+    if ftype == "boolean":
+        if not isinstance(value, bool):
+            raise ValueError("expected a boolean")
+        return value
+    if ftype == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected an integer")
+        return value
+    if ftype in ("double", "currency", "percent"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("expected a number")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _item(org, raw: dict) -> ChangeItem:
+    if not isinstance(raw, dict):
+        raise ChangeError("each change must be a JSON object")
+    store = org.lookup(str(raw.get("object", "")))
+    if store is None:
+        raise ChangeError(f"unknown object: {raw.get('object')!r}")
+    kind = str(raw.get("type", "")).upper()
+    item = ChangeItem(store, kind, force_gap=bool(raw.get("force_gap", False)))
+    for record_id in raw.get("ids") or []:
+        pos = store.position(str(record_id))
+        if pos is None:
+            raise ChangeError(f"INVALID_ID: {record_id}")
+        item.positions.append(pos)
+    fields_in = raw.get("fields") or {}
+    nulled = raw.get("nulled") or []
+    if kind in ("DELETE", "UNDELETE") and (fields_in or nulled):
+        raise ChangeError(f"{kind} takes no fields")
+    if kind == "CREATE":
+        if item.positions:
+            raise ChangeError("CREATE takes no ids")
+        item.count = int(raw.get("count", 1))
+        if not 1 <= item.count <= 100_000:
+            raise ChangeError("count must be 1..100000")
+    for name, value in {**fields_in, **{n: None for n in nulled}}.items():
+        spec = store.spec.field(name)
+        if spec is None or spec.is_compound or spec.calculated or spec.name in NOT_SETTABLE:
+            raise ChangeError(f"INVALID_FIELD: {name} cannot be set on {store.spec.name}")
+        try:
+            parsed = parse_value(spec.type, value)
+        except (ValueError, TypeError) as exc:
+            raise ChangeError(f"INVALID_FIELD_VALUE: {name}: {exc}") from None
+        if parsed is None:
+            item.nulled.append(spec.name)
+        else:
+            item.values[spec.name] = parsed
+    if kind == "UPDATE" and not item.values and not item.nulled:
+        raise ChangeError("UPDATE needs fields or nulled")
+    return item
+
+
+async def post_changes(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    capture = state.capture
+    try:
+        body = orjson.loads(await request.read())
+        if not isinstance(body, list) or not body:
+            raise ChangeError("body must be a non-empty JSON list of changes")
+        items = [_item(state.org, raw) for raw in body]
+        capture.validate(items)
+    except (orjson.JSONDecodeError, ChangeError, ValueError) as exc:
+        return json_ok({"error": str(exc)}, status=400)
+    result = capture.commit(items, ADMIN_ORIGIN)
+    return json_ok({"transaction_key": result.transaction_key, "commit_timestamp": result.commit_timestamp,
+                    "commit_number": result.commit_number, "replay_ids": result.replay_ids, "ids": result.ids})
+
+
+async def post_field(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        body = orjson.loads(await request.read())
+        if not isinstance(body, dict):
+            raise ChangeError("body must be a JSON object")
+        schema_id = state.capture.add_field(request.match_info["object"], str(body.get("name", "")),
+                                            str(body.get("type", "")))
+    except (orjson.JSONDecodeError, ChangeError) as exc:
+        return json_ok({"error": str(exc)}, status=400)
+    store = state.org.lookup(request.match_info["object"])
+    schema = state.capture.schema(store.spec.name)
+    state.extras["metadata_modified"] = time.time()
+    return json_ok({"schema_id": schema_id, "topic": "/data/" + event_name(store.spec.name),
+                    "position": schema.field_names.index(body["name"])})
+
+
+async def get_traffic(request: web.Request) -> web.Response:
+    return json_ok(request.app[STATE].traffic.to_dict())
+
+
+async def put_traffic(request: web.Request) -> web.Response:
+    traffic = request.app[STATE].traffic
+    try:
+        changes = orjson.loads(await request.read())
+        if not isinstance(changes, dict):
+            raise ValueError("body must be a JSON object")
+        traffic.update(changes)
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        return json_ok({"error": str(exc)}, status=400)
+    return json_ok(traffic.to_dict())
+
+
+async def stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    out = state.capture.stats()
+    out["subscribers"] = state.pubsub.subscribers if state.pubsub is not None else 0
+    return json_ok(out)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/__sim/changes", post_changes)
+    app.router.add_post("/__sim/schema/{object}/fields", post_field)
+    app.router.add_get("/__sim/traffic", get_traffic)
+    app.router.add_put("/__sim/traffic", put_traffic)
+    app.router.add_get("/__sim/stats", stats)

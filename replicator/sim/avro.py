@@ -1,0 +1,268 @@
+"""Avro schemas of change events and platform events in Salesforce's shape, and their binary encoding.
+
+Shape (pubsub-cdc.md §5, modelled on shared/data/cdc-schemas/AccountChangeEvent.v1.avsc): record
+`<Object>ChangeEvent` (custom objects: `<Name>__ChangeEvent`) in namespace `com.sforce.eventbus`; field 0 is the
+non-null `ChangeEventHeader` record (12 fields, §5 table); then every replicated field in describe order as
+`["null", T]` with default null and a `doc` tag (`Data:Text`, `CreatedDate:DateTime`, custom fields
+`Data:Text:00N…`). Never included (§5): Id (it is in `recordIds`), IsDeleted, SystemModstamp, calculated fields.
+A compound address is one field `["null", Address{Street, City, State, PostalCode, Country, StateCode,
+CountryCode, Latitude, Longitude, Xyz, GeocodeAccuracy}]` at the position of its first component (where the
+captured schema has it); the first one defines the named record `Address`, later ones refer to it by name.
+Component fields (BillingStreet…) are not Avro fields of their own.
+
+Value encoding: datetime -> epoch milliseconds (§5, confirmed); the units of DateOnly and TimeOnly are not
+documented (§10.4), and this simulator DECIDES: **DateOnly = epoch milliseconds at UTC midnight; TimeOnly =
+milliseconds since midnight**.
+
+Schema id: the first 16 bytes of SHA-256 over the schema JSON, URL-safe base64 without padding (22 characters,
+like `I8b-dYxvxs5wOtCBr4qsew`, §2).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+
+import fastavro
+
+from .ids import make_id
+from .schema import FieldSpec, ObjectSpec
+
+NAMESPACE = "com.sforce.eventbus"
+CHANGE_TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE", "GAP_CREATE", "GAP_UPDATE", "GAP_DELETE",
+                "GAP_UNDELETE", "GAP_OVERFLOW")
+ADDRESS_PARTS = ("Street", "City", "State", "PostalCode", "Country", "StateCode", "CountryCode", "Latitude",
+                 "Longitude", "Xyz", "GeocodeAccuracy")
+NEVER_INCLUDED = {"Id", "IsDeleted", "SystemModstamp"}  # §5 "never include" (Id travels in recordIds)
+AVRO_TYPES = {"boolean": "boolean", "int": "int", "double": "double", "currency": "double", "percent": "double",
+              "date": "long", "datetime": "long", "time": "long"}  # everything else is a string
+DOC_TAGS = {"string": "Text", "textarea": "TextArea", "picklist": "DynamicEnum", "multipicklist": "MultiEnum",
+            "email": "Email", "phone": "Phone", "url": "Url", "currency": "Currency", "double": "Double",
+            "percent": "Percent", "int": "Integer", "boolean": "Boolean", "date": "DateOnly",
+            "datetime": "DateTime", "time": "TimeOnly", "address": "Address"}
+
+_EPOCH = dt.datetime(1970, 1, 1)
+_EPOCH_DATE = dt.date(1970, 1, 1)
+_MS = dt.timedelta(milliseconds=1)
+
+
+def header_schema() -> dict:
+    strings = {"type": "array", "items": "string"}
+    return {
+        "type": "record", "name": "ChangeEventHeader",
+        "fields": [
+            {"name": "entityName", "type": "string"},
+            {"name": "recordIds", "type": strings},
+            {"name": "changeType", "type": {"type": "enum", "name": "ChangeType", "namespace": "",
+                                            "symbols": list(CHANGE_TYPES)}},
+            {"name": "changeOrigin", "type": "string"},
+            {"name": "transactionKey", "type": "string"},
+            {"name": "sequenceNumber", "type": "int"},
+            {"name": "commitTimestamp", "type": "long"},
+            {"name": "commitNumber", "type": "long"},
+            {"name": "commitUser", "type": "string"},
+            {"name": "nulledFields", "type": strings},
+            {"name": "diffFields", "type": strings},
+            {"name": "changedFields", "type": strings},
+        ],
+    }
+
+
+def schema_id_of(schema_json: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(schema_json.encode()).digest()[:16]).decode().rstrip("=")
+
+
+def event_name(object_name: str) -> str:
+    """AccountChangeEvent; Invoice__c -> Invoice__ChangeEvent (§5)."""
+    return (object_name[:-3] + "__" if object_name.endswith("__c") else object_name) + "ChangeEvent"
+
+
+def _doc(f: FieldSpec, object_name: str) -> str:
+    if f.name == "CreatedDate":
+        return "CreatedDate:DateTime"
+    if f.type == "reference":
+        tag = "ForeignKey:EntityId"
+    elif f.type == "textarea" and f.length > 255:
+        tag = "Data:StringPlusClob"
+    else:
+        tag = "Data:" + DOC_TAGS[f.type]
+    if f.custom:  # custom fields carry their 15-character field id, like `Data:Text:00NDp00000BbvCY`
+        digest = int.from_bytes(hashlib.sha256(f"{object_name}.{f.name}".encode()).digest()[:6], "big")
+        tag += ":" + make_id("00N", digest % 62**9)[:15]
+    return tag
+
+
+def _converter(ftype: str):
+    if ftype == "datetime":
+        return lambda v: (v - _EPOCH) // _MS
+    if ftype == "date":
+        return lambda v: (v - _EPOCH_DATE).days * 86_400_000  # DateOnly decision, see module docstring
+    if ftype == "time":
+        return lambda v: ((v.hour * 60 + v.minute) * 60 + v.second) * 1000 + v.microsecond // 1000
+    return None
+
+
+def to_epoch_ms(value: dt.datetime) -> int:
+    return (value - _EPOCH) // _MS
+
+
+def from_epoch_ms(ms: int) -> dt.datetime:
+    return _EPOCH + ms * _MS
+
+
+@dataclass
+class Slot:
+    """One top-level Avro field after the header: a plain field or a compound address."""
+    name: str
+    position: int  # position in the Avro record (the header is 0)
+    row_index: int | None  # plain field: its column in the stored row
+    convert: object  # plain field: stored value -> Avro value, or None when the value is already right
+    parts: tuple[tuple[str, int, int], ...] = ()  # compound: (subfield name, subfield index, row column)
+
+
+class ChangeEventSchema:
+    """The CDC schema of one object at one version, and the layout that maps stored rows onto it."""
+
+    def __init__(self, spec: ObjectSpec, names: list[str]) -> None:
+        self.object_name = spec.name
+        self.record_name = event_name(spec.name)
+        fields: list[dict] = [{"name": "ChangeEventHeader", "type": header_schema(), "doc": "Data:ComplexValueType"}]
+        self.slots: list[Slot] = []
+        self.top_bit: dict[str, int] = {}  # stored field name -> top-level position
+        self.nested_bit: dict[str, tuple[int, int]] = {}  # address component -> (compound position, sub index)
+        seen_compound: set[str] = set()
+        address_defined = False
+        column = {n: i for i, n in enumerate(names)}
+        for f in spec.fields:
+            if f.name in NEVER_INCLUDED or f.calculated:
+                continue
+            compound = f.compound_field_name or (f.name if f.is_compound else None)
+            if compound is not None:
+                if compound in seen_compound:
+                    continue
+                seen_compound.add(compound)
+                prefix = compound[: -len("Address")]
+                pos = len(fields)
+                parts = []
+                for k, part in enumerate(ADDRESS_PARTS):
+                    name = prefix + part
+                    if name in column and spec.field(name) is not None:
+                        parts.append((part, k, column[name]))
+                        self.nested_bit[name] = (pos, k)
+                if address_defined:
+                    avro_type: object = "Address"
+                else:
+                    address_defined = True
+                    avro_type = {"type": "record", "name": "Address", "fields": [
+                        {"name": p, "type": ["null", "double" if p in ("Latitude", "Longitude") else "string"],
+                         "default": None} for p in ADDRESS_PARTS]}
+                fields.append({"name": compound, "type": ["null", avro_type], "doc": "Data:Address",
+                               "default": None})
+                self.slots.append(Slot(compound, pos, None, None, tuple(parts)))
+                continue
+            pos = len(fields)
+            fields.append({"name": f.name, "type": ["null", AVRO_TYPES.get(f.type, "string")],
+                           "doc": _doc(f, spec.name), "default": None})
+            self.top_bit[f.name] = pos
+            self.slots.append(Slot(f.name, pos, column[f.name], _converter(f.type)))
+        self.schema = {"type": "record", "name": self.record_name, "namespace": NAMESPACE, "fields": fields}
+        self.json = json.dumps(self.schema, separators=(",", ":"))
+        self.id = schema_id_of(self.json)
+        self.parsed = fastavro.parse_schema(self.schema)
+        self.field_names = [f["name"] for f in fields]
+
+    def body(self, row: tuple, only: set[str] | None = None) -> dict:
+        """The Avro record body (without header) from a stored row; `only`: stored names to include."""
+        out: dict = {}
+        for slot in self.slots:
+            if slot.row_index is not None:
+                if only is not None and slot.name not in only:
+                    out[slot.name] = None
+                    continue
+                v = row[slot.row_index]
+                out[slot.name] = v if v is None or slot.convert is None else slot.convert(v)
+            else:
+                sub = {p: None for p in ADDRESS_PARTS}
+                any_set = False
+                prefix = slot.name[: -len("Address")]
+                for part, _k, col in slot.parts:
+                    if only is None or prefix + part in only:
+                        sub[part] = row[col]
+                        any_set = any_set or row[col] is not None or only is not None
+                out[slot.name] = sub if any_set else None
+        return out
+
+    def encode(self, header: dict, body: dict | None) -> bytes:
+        record = dict(body) if body else {}
+        record["ChangeEventHeader"] = header
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self.parsed, record)
+        return buf.getvalue()
+
+    def bitmap(self, names: list[str]) -> list[str]:
+        """§6 bitmap strings naming `names` (stored field names): element 0 `0x…` over top-level positions,
+        then `"{pos}-0x…"` per compound whose subfields are named. A subfield change sets only the nested
+        element, not the compound's own top-level bit (§6 worked example 2). Empty list for no names."""
+        if not names:
+            return []
+        top = 0
+        nested: dict[int, int] = {}
+        for name in names:
+            if name in self.top_bit:
+                top |= 1 << self.top_bit[name]
+            elif name in self.nested_bit:
+                pos, k = self.nested_bit[name]
+                nested[pos] = nested.get(pos, 0) | 1 << k
+        out = [hex_bits(top)]  # element 0 is always the top-level map, "0x00" when only subfields are named
+        out.extend(f"{pos}-{hex_bits(bits)}" for pos, bits in sorted(nested.items()))
+        return out
+
+
+def hex_bits(value: int) -> str:
+    """Uppercase, zero-padded to whole bytes (§6 item 5: `0x400080`, `0x06`)."""
+    text = format(value, "X")
+    return "0x" + ("0" + text if len(text) % 2 else text)
+
+
+def null_body(schema: ChangeEventSchema) -> dict:
+    return {slot.name: None for slot in schema.slots}
+
+
+ORDER_READY_TOPIC = "/event/Order_Ready__e"
+ORDER_READY_SCHEMA = {
+    "type": "record", "name": "Order_Ready__e", "namespace": NAMESPACE,
+    "fields": [
+        {"name": "CreatedDate", "type": "long", "doc": "CreatedDate:DateTime"},
+        {"name": "CreatedById", "type": "string", "doc": "CreatedBy:EntityId"},
+        {"name": "Order_Id__c", "type": ["null", "string"], "doc": "Data:Text:00N5g00000OrdId", "default": None},
+        {"name": "Amount__c", "type": ["null", "double"], "doc": "Data:Double:00N5g00000OrdAm", "default": None},
+        {"name": "Ready_At__c", "type": ["null", "long"], "doc": "Data:DateTime:00N5g00000OrdRd", "default": None},
+    ],
+}
+
+
+class PlatformEventSchema:
+    """The schema of the platform event `Order_Ready__e` (publishable with Publish)."""
+
+    def __init__(self, schema: dict = ORDER_READY_SCHEMA) -> None:
+        self.schema = schema
+        self.json = json.dumps(schema, separators=(",", ":"))
+        self.id = schema_id_of(self.json)
+        self.parsed = fastavro.parse_schema(schema)
+
+    def encode(self, record: dict) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self.parsed, record)
+        return buf.getvalue()
+
+    def decode(self, payload: bytes) -> dict:
+        """Raises on a payload that is not a valid record of this schema."""
+        buf = io.BytesIO(payload)
+        record = fastavro.schemaless_reader(buf, self.parsed, self.parsed)
+        if buf.read(1):
+            raise ValueError("trailing bytes after the record")
+        return record

@@ -1,0 +1,278 @@
+"""Change Data Capture: applies transactions of changes to the org store and publishes their change events.
+
+The store overlay is the single source of truth, so Bulk, REST, `/__sim/objects/X/records` and the events
+always agree. Rules every change follows (the client relies on them):
+- every changed record gets `SystemModstamp` = the transaction's commitTimestamp; CREATE, UPDATE and UNDELETE
+  also set `LastModifiedDate` to it (so an UPDATE's changedFields always names LastModifiedDate);
+- DELETE sets IsDeleted=true and its event is header only; UNDELETE sets IsDeleted=false and carries all fields;
+- CREATE carries every field (changedFields empty); UPDATE carries only its changed fields, with §6 bitmaps
+  (a nulled field is in both changedFields and nulledFields; diffFields is always empty: full values are sent);
+- one item of a transaction is one event, even when it names several records (recordIds has them all, the
+  body is shared); events of a transaction share transactionKey, commitTimestamp and commitNumber, and
+  sequenceNumber counts 1, 2, … in the order published; commitNumber increases per transaction;
+- an event whose encoding exceeds `gap_event_bytes` (or an item with force_gap) becomes GAP_<type>: header
+  only, all bitmaps empty (§7);
+- overflow (§7): a transaction counts 1 per created/deleted/undeleted record and 1 per changed field of each
+  updated record; once the count would pass `overflow_threshold`, that change and every later one of the
+  transaction still change the store but publish nothing, and the transaction ends with one GAP_OVERFLOW per
+  entity (recordIds ["000000000000000AAA"]).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .avro import ChangeEventSchema, PlatformEventSchema, event_name, from_epoch_ms, null_body
+from .events import ALL_CHANGE_EVENTS, EventBus
+from .faults import Faults
+from .ids import make_id
+from .schema import FieldSpec
+from .store import ObjectStore, OrgStore
+
+TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
+EMPTY_RECORD_ID = "000000000000000AAA"  # §7: recordIds of a GAP_OVERFLOW event
+FIRST_COMMIT_NUMBER = 72_657_170_000  # the SCN magnitude of the documented example (§5 header table)
+NOT_SETTABLE = {"Id", "IsDeleted", "CreatedDate", "LastModifiedDate", "SystemModstamp"}
+ADDABLE_TYPES = {"string", "textarea", "picklist", "multipicklist", "email", "phone", "url", "boolean", "int",
+                 "double", "currency", "percent", "date", "datetime", "time"}
+
+
+class ChangeError(ValueError):
+    """A change that cannot be applied (unknown record, wrong state, unknown field); nothing was applied."""
+
+
+@dataclass
+class ChangeItem:
+    store: ObjectStore
+    type: str
+    positions: list[int] = field(default_factory=list)  # UPDATE / DELETE / UNDELETE
+    values: dict = field(default_factory=dict)  # stored field name -> Python value (UPDATE, CREATE)
+    nulled: list[str] = field(default_factory=list)  # UPDATE
+    count: int = 1  # CREATE: how many records (one event, shared body)
+    force_gap: bool = False
+    generated: bool = False  # CREATE: start from the generator's row (traffic) rather than from nulls
+
+
+@dataclass
+class CommitResult:
+    transaction_key: str
+    commit_timestamp: int
+    commit_number: int
+    replay_ids: list[str]
+    ids: list[list[str]]
+
+
+class ChangeCapture:
+    """Owns the CDC schemas (every version, by id), the commit sequence and change statistics."""
+
+    def __init__(self, org: OrgStore, faults: Faults, bus: EventBus, user_id: str) -> None:
+        self.org, self.faults, self.bus, self.user_id = org, faults, bus, user_id
+        self.schemas_by_id: dict[str, str] = {}
+        self._current: dict[str, ChangeEventSchema] = {}
+        self._columns: dict[str, dict[str, int]] = {}
+        self.platform = PlatformEventSchema()
+        self.schemas_by_id[self.platform.id] = self.platform.json
+        self.topics: dict[str, str] = {ALL_CHANGE_EVENTS: ""}
+        for name in org.stores:
+            self.topics["/data/" + event_name(name)] = name
+            self.schema(name)
+        self.commit_number = FIRST_COMMIT_NUMBER
+        self.last_timestamp = 0
+        self.changes = 0
+        self.by_object: Counter = Counter()
+        self.by_type: Counter = Counter()
+        self.transactions = 0
+
+    def schema(self, object_name: str) -> ChangeEventSchema:
+        current = self._current.get(object_name)
+        if current is None:
+            store = self.org.stores[object_name]
+            current = self._current[object_name] = ChangeEventSchema(store.spec, store.names)
+            self.schemas_by_id[current.id] = current.json
+            self._columns[object_name] = {n: i for i, n in enumerate(store.names)}
+        return current
+
+    def topic_schema_id(self, topic: str) -> str | None:
+        if topic == ALL_CHANGE_EVENTS:
+            return None
+        name = self.topics.get(topic)
+        return None if name is None else self.schema(name).id
+
+    # -- schema change ----------------------------------------------------------------------------------------
+    def add_field(self, object_name: str, name: str, ftype: str) -> str:
+        """Add a custom field after the object's last custom field (so later fields move by one, like the
+        captured v2 schema); returns the new schema id. Describe, Bulk and REST see the field at once."""
+        store = self.org.lookup(object_name)
+        if store is None:
+            raise ChangeError(f"unknown object: {object_name}")
+        if not name.endswith("__c") or store.spec.field(name) is not None or ftype not in ADDABLE_TYPES:
+            raise ChangeError("the field needs a new name ending in __c and one of: " + ", ".join(sorted(ADDABLE_TYPES)))
+        spec = store.spec
+        custom = [i for i, f in enumerate(spec.fields) if f.custom]
+        at = custom[-1] + 1 if custom else spec.position("CreatedDate")
+        length = {"string": 255, "textarea": 32768, "picklist": 255, "multipicklist": 4099, "email": 80,
+                  "phone": 40, "url": 255}.get(ftype, 0)
+        spec.fields.insert(at, FieldSpec(name, ftype, name[:-3].replace("_", " "), length=length, custom=True,
+                                         precision=18 if ftype in ("double", "currency", "percent") else 0))
+        spec.__post_init__()
+        store.add_field(name, ftype)
+        self._current.pop(spec.name, None)
+        return self.schema(spec.name).id
+
+    # -- transactions -----------------------------------------------------------------------------------------
+    def validate(self, items: list[ChangeItem]) -> None:
+        """Raise ChangeError unless every item applies, in order (a record deleted by an earlier item may be
+        undeleted by a later one)."""
+        deleted: dict[tuple[str, int], bool] = {}
+        for item in items:
+            if item.type not in TYPES:
+                raise ChangeError(f"unknown change type: {item.type}")
+            store = item.store
+            if item.type != "CREATE" and not item.positions:
+                raise ChangeError(f"{item.type} needs at least one record id")
+            for pos in item.positions:
+                key = (store.spec.name, pos)
+                is_deleted = deleted.get(key)
+                if is_deleted is None:
+                    is_deleted = bool(store.row(pos)[store.deleted_pos])
+                if item.type in ("UPDATE", "DELETE") and is_deleted:
+                    raise ChangeError(f"ENTITY_IS_DELETED: {store.row(pos)[0]}")
+                if item.type == "UNDELETE" and not is_deleted:
+                    raise ChangeError(f"UNDELETE_FAILED: {store.row(pos)[0]} is not deleted")
+                deleted[key] = item.type == "DELETE"
+
+    def commit(self, items: list[ChangeItem], origin: str = "") -> CommitResult:
+        """Apply `items` as ONE transaction (call validate() first) and publish its events."""
+        now = time.time_ns() // 1_000_000
+        ts = self.last_timestamp = max(now, self.last_timestamp)
+        stamp = from_epoch_ms(ts)
+        self.commit_number += 1
+        self.transactions += 1
+        raw = os.urandom(16).hex()
+        key = f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+        header = {"changeOrigin": origin, "transactionKey": key, "sequenceNumber": 0, "commitTimestamp": ts,
+                  "commitNumber": self.commit_number, "commitUser": self.user_id, "diffFields": []}
+        budget = self.faults.overflow_threshold
+        used = 0
+        overflowed: dict[str, None] = {}
+        replay_ids: list[str] = []
+        ids_out: list[list[str]] = []
+        for item in items:
+            ids, changed = self._apply(item, stamp)
+            ids_out.append(ids)
+            entity = item.store.spec.name
+            n = len(ids)
+            self.changes += n
+            self.by_object[entity] += n
+            self.by_type[item.type] += n
+            cost = len(changed) if item.type == "UPDATE" else 1
+            fit = 0 if overflowed else min(n, (budget - used) // max(cost, 1))
+            used += fit * cost
+            if fit < n:
+                overflowed[entity] = None
+            if fit:
+                header["sequenceNumber"] += 1
+                event = self._event(item, ids[:fit], changed, header)
+                replay_ids.append(event.replay_id.hex())
+        for entity in overflowed:
+            header["sequenceNumber"] += 1
+            schema = self.schema(entity)
+            h = {**header, "entityName": entity, "recordIds": [EMPTY_RECORD_ID], "changeType": "GAP_OVERFLOW",
+                 "nulledFields": [], "changedFields": []}
+            payload = schema.encode(h, null_body(schema))
+            replay_ids.append(self.bus.publish(self._topic(entity), True, schema.id, payload).replay_id.hex())
+        self.bus.notify()
+        return CommitResult(key, ts, self.commit_number, replay_ids, ids_out)
+
+    def _topic(self, entity: str) -> str:
+        return "/data/" + event_name(entity)
+
+    def _event(self, item: ChangeItem, ids: list[str], changed: list[str], header: dict):
+        store = item.store
+        schema = self.schema(store.spec.name)
+        h = {**header, "entityName": store.spec.name, "recordIds": ids, "changeType": item.type,
+             "nulledFields": [], "changedFields": []}
+        row = store.get(ids[0])
+        if item.type == "UPDATE":
+            h["changedFields"] = schema.bitmap(changed)
+            h["nulledFields"] = schema.bitmap(item.nulled)
+            body = schema.body(row, set(changed))
+        elif item.type == "DELETE":
+            body = null_body(schema)
+        else:
+            body = schema.body(row)
+        payload = b"" if item.force_gap else schema.encode(h, body)
+        if item.force_gap or len(payload) > self.faults.gap_event_bytes:
+            h.update(changeType="GAP_" + item.type, nulledFields=[], changedFields=[])
+            payload = schema.encode(h, null_body(schema))
+        return self.bus.publish(self._topic(store.spec.name), True, schema.id, payload)
+
+    def _apply(self, item: ChangeItem, stamp: dt.datetime) -> tuple[list[str], list[str]]:
+        """Change the store; returns the record ids and (UPDATE) the changed stored field names."""
+        store = item.store
+        self.schema(store.spec.name)
+        col = self._columns[store.spec.name]
+        deleted, modified, system = store.deleted_pos, col["LastModifiedDate"], col["SystemModstamp"]
+        if item.type == "CREATE":
+            template = self._create_template(item, col)
+            template[col["CreatedDate"]] = template[modified] = template[system] = stamp
+            ids = []
+            for _ in range(item.count):
+                pos = store.count()
+                template[0] = make_id(store.spec.key_prefix, pos + 1)
+                store.put(pos, tuple(template))
+                ids.append(template[0])
+            return ids, []
+        changed: list[str] = []
+        if item.type == "UPDATE":
+            changed = [*item.values, *item.nulled]
+            if "LastModifiedDate" not in changed:
+                changed.append("LastModifiedDate")
+        ids = []
+        for pos in item.positions:
+            row = list(store.row(pos))
+            row[system] = stamp
+            if item.type == "DELETE":
+                row[deleted] = True
+            else:
+                row[modified] = stamp
+                row[deleted] = False
+                for name, value in item.values.items():
+                    row[col[name]] = value
+                for name in item.nulled:
+                    row[col[name]] = None
+                if store.spec.name == "Contact" and ("FirstName" in changed or "LastName" in changed):
+                    first, last = row[col["FirstName"]], row[col["LastName"]]
+                    row[col["Name"]] = f"{first} {last}" if first else last  # the calculated Name follows
+            store.put(pos, tuple(row))
+            ids.append(row[0])
+        return ids, changed
+
+    def _create_template(self, item: ChangeItem, col: dict[str, int]) -> list:
+        store = item.store
+        generated = store.generator.row(store.count()) + store._pad
+        if item.generated:
+            row = list(generated)
+        else:  # only the given values, plus a generated value for each required field
+            row = [None] * len(store.names)
+            for f in store.spec.stored_fields:
+                if not f.nillable and f.name in col:
+                    row[col[f.name]] = generated[col[f.name]]
+        row[store.deleted_pos] = False
+        for name, value in item.values.items():
+            row[col[name]] = value
+        return row
+
+    def stats(self) -> dict:
+        last = self.bus.last_counter
+        return {
+            "changes": {"total": self.changes, "by_object": dict(self.by_object), "by_type": dict(self.by_type)},
+            "transactions": self.transactions,
+            "events_published": self.bus.published,
+            "events_retained": self.bus.retained(),
+            "last_replay_id": (last.to_bytes(8, "big") + b"\0\0").hex() if last else None,
+        }

@@ -1,0 +1,251 @@
+"""The Pub/Sub API (gRPC, pubsub-cdc.md §2-§4): GetTopic, GetSchema, Subscribe, Publish over grpc.aio.
+
+Auth (§1, §4): every RPC needs metadata `accesstoken` (a live session of the OAuth token store, same idle
+expiry as REST), `instanceurl` (the simulator's instance URL) and `tenantid` (the org id, or
+`core/<anything>/<orgId>`); otherwise UNAUTHENTICATED with trailer `error-code:
+sfdc.platform.eventbus.grpc.service.auth.error`. Every error description ends with ` rpcId: <uuid>` (§4).
+
+Subscribe (§3): pull-based; at most 100 events owed per call (bigger requests are capped silently); several
+events per FetchResponse (bounded to ~3 MB so a client's default 4 MB receive limit holds); every response
+reports pending_num_requested; replay options are read from the first FetchRequest only; a later request
+naming another topic fails with INVALID_ARGUMENT `…subscription.fetch.topic.mismatch`; while events are owed
+and none are available an empty FetchResponse carrying latest_replay_id is sent every `keepalive_seconds`.
+latest_replay_id is the position this subscription has scanned to, so storing it never skips an event of the
+topic. Not built: the 60 s idle close when nothing is owed, PublishStream and ManagedSubscribe
+(UNIMPLEMENTED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import grpc
+
+from replicator.protocol import pubsub_api_pb2 as pb
+from replicator.protocol import pubsub_api_pb2_grpc as pb_grpc
+
+from .avro import ORDER_READY_TOPIC
+from .cdc import ChangeCapture
+from .events import ALL_CHANGE_EVENTS, EventBus, ReplayIdError
+from .faults import Faults
+from .oauth import TokenStore
+
+PREFIX = "sfdc.platform.eventbus.grpc."
+AUTH_ERROR = PREFIX + "service.auth.error"
+TOPIC_NOT_FOUND = PREFIX + "topic.not.found"
+REPLAY_CORRUPTED = PREFIX + "subscription.fetch.replayid.corrupted"
+REPLAY_VALIDATION = PREFIX + "subscription.fetch.replayid.validation.failed"
+TOPIC_MISMATCH = PREFIX + "subscription.fetch.topic.mismatch"
+MAX_OUTSTANDING = 100  # §3 / §9: events owed per Subscribe call; larger requests are capped, not rejected
+MAX_RESPONSE_BYTES = 3_000_000  # payload bytes per FetchResponse: under gRPC's 4 MB default (§9)
+MAX_PUBLISH_EVENT_BYTES = 1_000_000  # §9: each published event at most 1 MB
+AUTH_TEXT = "An authentication exception occurred. Provide valid authentication via metadata headers."
+REPLAY_TEXT = ("The Replay ID validation failed. Ensure that the replay_id field value in FetchRequest is valid "
+               "and refers to an event that is within the retention window.")
+
+
+class PubSubService(pb_grpc.PubSubServicer):
+    def __init__(self, capture: ChangeCapture, bus: EventBus, tokens: TokenStore, faults: Faults,
+                 org_id: str, instance_url: str) -> None:
+        self.capture, self.bus, self.tokens, self.faults = capture, bus, tokens, faults
+        self.org_id, self.instance_url = org_id, instance_url.rstrip("/")
+        self.subscribers = 0
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    async def _fail(self, context, code: grpc.StatusCode, error_code: str, text: str):
+        rpc_id = str(uuid.uuid4())
+        await context.abort(code, f"{text} rpcId: {rpc_id}",
+                            trailing_metadata=(("error-code", error_code), ("rpc-id", rpc_id)))
+
+    async def _authenticate(self, context) -> None:
+        meta = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        token, url, tenant = meta.get("accesstoken", ""), meta.get("instanceurl", ""), meta.get("tenantid", "")
+        tenant_ok = tenant == self.org_id or (tenant.startswith("core/") and tenant.rsplit("/", 1)[-1] == self.org_id)
+        if not (token and self.tokens.touch(token) and url.rstrip("/") == self.instance_url and tenant_ok):
+            await self._fail(context, grpc.StatusCode.UNAUTHENTICATED, AUTH_ERROR, AUTH_TEXT)
+
+    def _schema_id(self, topic: str) -> str | None:
+        if topic == ORDER_READY_TOPIC:
+            return self.capture.platform.id
+        if topic == ALL_CHANGE_EVENTS:
+            return ""
+        return self.capture.topic_schema_id(topic)
+
+    async def _require_topic(self, topic: str, context) -> str:
+        schema_id = self._schema_id(topic)
+        if schema_id is None:
+            await self._fail(context, grpc.StatusCode.NOT_FOUND, TOPIC_NOT_FOUND,
+                             f"The topic information for org CORE/prod/{self.org_id} and topic {topic} not found. "
+                             "Ensure the topic name is correct and that the topic exists.")
+        return schema_id or ""
+
+    # -- unary RPCs -------------------------------------------------------------------------------------------
+    async def GetTopic(self, request, context):  # noqa: N802 - gRPC method name
+        await self._authenticate(context)
+        schema_id = await self._require_topic(request.topic_name, context)
+        return pb.TopicInfo(topic_name=request.topic_name, tenant_guid=self.org_id,
+                            can_publish=request.topic_name.startswith("/event/"), can_subscribe=True,
+                            schema_id=schema_id, rpc_id=str(uuid.uuid4()))
+
+    async def GetSchema(self, request, context):  # noqa: N802
+        await self._authenticate(context)
+        schema_json = self.capture.schemas_by_id.get(request.schema_id)
+        if schema_json is None:
+            await self._fail(context, grpc.StatusCode.NOT_FOUND, PREFIX + "schema.not.found",
+                             f"The schema {request.schema_id} was not found.")
+        return pb.SchemaInfo(schema_json=schema_json, schema_id=request.schema_id, rpc_id=str(uuid.uuid4()))
+
+    async def Publish(self, request, context):  # noqa: N802
+        await self._authenticate(context)
+        topic = request.topic_name
+        await self._require_topic(topic, context)
+        platform = self.capture.platform
+        results = []
+        for event in request.events:
+            key = event.id or str(uuid.uuid4())
+            error = None
+            if topic != ORDER_READY_TOPIC:
+                error = "Publishing to change event topics is not allowed."
+            elif event.schema_id != platform.id:
+                error = f"Unknown schema id {event.schema_id!r} for {topic}."
+            elif len(event.payload) > MAX_PUBLISH_EVENT_BYTES:
+                error = "The event exceeds the maximum size of 1 MB."
+            else:
+                try:
+                    platform.decode(event.payload)
+                except Exception as exc:  # noqa: BLE001 - any decode failure is the publisher's error
+                    error = f"The payload is not a valid {topic} record: {exc}"
+            if error is not None:
+                results.append(pb.PublishResult(error=pb.Error(code=pb.PUBLISH, msg=error), correlation_key=key))
+                continue
+            stored = self.bus.publish(topic, False, platform.id, event.payload, key)
+            results.append(pb.PublishResult(replay_id=stored.replay_id, correlation_key=key))
+        self.bus.notify()
+        return pb.PublishResponse(results=results, schema_id=platform.id, rpc_id=str(uuid.uuid4()))
+
+    # -- Subscribe --------------------------------------------------------------------------------------------
+    async def Subscribe(self, request_iterator, context):  # noqa: N802
+        await self._authenticate(context)
+        first = await _next_request(request_iterator)
+        if first is None:
+            return
+        topic = first.topic_name
+        await self._require_topic(topic, context)
+        cursor = await self._start(first, context)
+        state = _Flow(min(MAX_OUTSTANDING, max(0, first.num_requested)))
+        wake = asyncio.Event()
+        self.bus.register(wake)
+        reader = asyncio.ensure_future(_read_requests(request_iterator, topic, state, wake))
+        self.subscribers += 1
+        last_sent = time.monotonic()
+        try:
+            while True:
+                if state.mismatch:
+                    await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, TOPIC_MISMATCH,
+                                     f"The topic name in FetchRequest does not match {topic}.")
+                if state.closed and state.pending == 0:
+                    return  # the client half-closed and is owed nothing more
+                if state.pending > 0:
+                    events, cursor = self.bus.take(topic, cursor, state.pending, MAX_RESPONSE_BYTES)
+                    if events:
+                        out = self._consumer_events(events, state.pending)
+                        state.pending -= len(out)
+                        yield pb.FetchResponse(events=out, latest_replay_id=_replay(cursor),
+                                               rpc_id=str(uuid.uuid4()), pending_num_requested=state.pending)
+                        last_sent = time.monotonic()
+                        continue
+                    keepalive = max(0.01, self.faults.keepalive_seconds)
+                    remaining = last_sent + keepalive - time.monotonic()
+                    if remaining <= 0:
+                        yield pb.FetchResponse(latest_replay_id=_replay(cursor), rpc_id=str(uuid.uuid4()),
+                                               pending_num_requested=state.pending)
+                        last_sent = time.monotonic()
+                        continue
+                    wake.clear()
+                    if self.bus.last_counter <= cursor:  # nothing new since the scan: wait for news or keepalive
+                        try:
+                            await asyncio.wait_for(wake.wait(), remaining)
+                        except TimeoutError:
+                            pass
+                else:
+                    wake.clear()
+                    await wake.wait()
+        finally:
+            self.subscribers -= 1
+            self.bus.unregister(wake)
+            reader.cancel()
+
+    async def _start(self, first, context) -> int:
+        """The cursor from the first request's replay options (§3): LATEST, EARLIEST or after a CUSTOM id."""
+        if first.replay_preset == pb.EARLIEST:
+            return self.bus.start_earliest()
+        if first.replay_preset == pb.CUSTOM:
+            if not first.replay_id:
+                await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, REPLAY_VALIDATION,
+                                 "The Replay ID validation failed. A replay_id is required with CUSTOM.")
+            try:
+                return self.bus.start_after(first.replay_id)
+            except ReplayIdError:
+                await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, REPLAY_CORRUPTED, REPLAY_TEXT)
+        return self.bus.start_latest()
+
+    def _consumer_events(self, events, room: int) -> list:
+        out = []
+        rate, roll = self.faults.duplicate_rate, self.faults.roll
+        for event in events:
+            message = pb.ConsumerEvent(event=pb.ProducerEvent(id=event.event_id, schema_id=event.schema_id,
+                                                              payload=event.payload),
+                                       replay_id=event.replay_id)
+            out.append(message)
+            if rate > 0 and len(out) < room and roll(rate):
+                out.append(message)  # a duplicate delivery: the same event, the same replay id
+        return out[:room]
+
+
+class _Flow:
+    __slots__ = ("pending", "mismatch", "closed")
+
+    def __init__(self, pending: int) -> None:
+        self.pending, self.mismatch, self.closed = pending, False, False
+
+
+async def _next_request(iterator):
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _read_requests(iterator, topic: str, state: _Flow, wake: asyncio.Event) -> None:
+    """Later FetchRequests add to what is owed (capped at 100); their replay options are ignored (§3)."""
+    try:
+        async for request in iterator:
+            if request.topic_name and request.topic_name != topic:
+                state.mismatch = True
+                break
+            state.pending = min(MAX_OUTSTANDING, state.pending + max(0, request.num_requested))
+            wake.set()
+        else:
+            state.closed = True
+    except (asyncio.CancelledError, grpc.RpcError):
+        state.closed = True
+        raise
+    finally:
+        wake.set()
+
+
+def _replay(counter: int) -> bytes:
+    return counter.to_bytes(8, "big") + b"\x00\x00"
+
+
+async def start_server(service: PubSubService, host: str, credentials: grpc.ServerCredentials | None
+                       ) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server on `host` (port chosen by the OS); plaintext when `credentials` is None."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 << 20)])
+    pb_grpc.add_PubSubServicer_to_server(service, server)
+    address = f"[{host}]:0" if ":" in host else f"{host}:0"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    await server.start()
+    return server, port

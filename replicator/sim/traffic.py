@@ -1,0 +1,202 @@
+"""The traffic generator: a dedicated asyncio task that makes changes at a configured rate through cdc.py.
+
+Configured with GET/PUT /__sim/traffic (PUT merges; `{"running": false}` pauses) and `replicator sim --rate R
+--changes N`. A "change" is one record changed (an event naming 3 records is 3 changes), as in the stats.
+Values come from the seeded generator (the row of a random position), so they look like the org's data and
+include nulls (which become nulledFields). Generation runs in ticks of TICK seconds: each tick makes the
+changes owed by `rate` since the run (re)started, so the long-run rate holds even when a tick runs late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
+
+from .cdc import TYPES, ChangeCapture, ChangeError, ChangeItem
+
+TICK = 0.01  # seconds between bursts: small enough for smooth low rates, large enough to batch at 10k/s
+RECENT = 256  # recently changed records remembered per object for key collisions
+ORIGIN = "com/salesforce/api/soap/67.0;client=replicator-sim-traffic"
+
+
+def _default_mix() -> dict:
+    return {"CREATE": 0.2, "UPDATE": 0.7, "DELETE": 0.07, "UNDELETE": 0.03}
+
+
+@dataclass
+class TrafficConfig:
+    running: bool = False
+    rate: float = 10.0  # changes per second
+    mix: dict = field(default_factory=_default_mix)  # weights per change type
+    objects: list = field(default_factory=lambda: ["Account", "Contact", "Opportunity", "Invoice__c"])
+    transaction_size: int = 1  # each transaction has 1..transaction_size events
+    records_per_event: int = 1  # UPDATE/DELETE/UNDELETE events name 1..records_per_event records
+    fields_per_update: int = 3  # an UPDATE changes 1..fields_per_update fields
+    collision_rate: float = 0.1  # probability an UPDATE hits a recently changed record
+    changes: int | None = None  # stop (running=false) once the generator has made this many changes
+
+    def merge(self, changes: dict, known_objects) -> None:
+        """Merge a PUT body; raise ValueError naming the first bad key (nothing is applied then)."""
+        staged = asdict(self)
+        names = {f.name for f in fields(self)}
+        for key, value in changes.items():
+            if key not in names:
+                raise ValueError(f"unknown traffic setting: {key}")
+            staged[key] = value
+        if not isinstance(staged["running"], bool):
+            raise ValueError("running must be a boolean")
+        for key in ("rate", "collision_rate"):
+            if isinstance(staged[key], bool) or not isinstance(staged[key], int | float) or staged[key] < 0:
+                raise ValueError(f"{key} must be a non-negative number")
+        if staged["collision_rate"] > 1:
+            raise ValueError("collision_rate out of range")
+        for key in ("transaction_size", "records_per_event", "fields_per_update"):
+            if isinstance(staged[key], bool) or not isinstance(staged[key], int) or staged[key] < 1:
+                raise ValueError(f"{key} must be a positive integer")
+        if staged["changes"] is not None and (not isinstance(staged["changes"], int) or staged["changes"] < 0):
+            raise ValueError("changes must be null or a non-negative integer")
+        mix = staged["mix"]
+        if not isinstance(mix, dict) or set(mix) - set(TYPES) or not any(mix.values()) or \
+                any(not isinstance(v, int | float) or v < 0 for v in mix.values()):
+            raise ValueError("mix must map CREATE/UPDATE/DELETE/UNDELETE to non-negative weights")
+        if not isinstance(staged["objects"], list) or not staged["objects"] or \
+                any(o not in known_objects for o in staged["objects"]):
+            raise ValueError("objects must be a non-empty list of the org's objects")
+        for key, value in staged.items():
+            setattr(self, key, value)
+
+
+class Traffic:
+    def __init__(self, capture: ChangeCapture, seed: int) -> None:
+        self.capture = capture
+        self.config = TrafficConfig()
+        self.made = 0  # changes made by the generator
+        self.rng = random.Random(seed)
+        self._wake = asyncio.Event()
+        self._recent: dict[str, deque] = {}
+        self._deleted: dict[str, list[int]] = {}
+        self._settable: dict[str, list[str]] = {}
+        self._task: asyncio.Task | None = None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self.config), "made": self.made}
+
+    def update(self, changes: dict) -> None:
+        self.config.merge(changes, self.capture.org.stores)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            if not self.config.running or self.config.rate <= 0:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            started, made_at_start, rate = time.monotonic(), self.made, self.config.rate
+            while self.config.running and self.config.rate == rate:
+                owed = int((time.monotonic() - started) * rate) - (self.made - made_at_start)
+                limit = self.config.changes
+                if limit is not None:
+                    owed = min(owed, limit - self.made)
+                    if owed <= 0 and self.made >= limit:
+                        self.config.running = False
+                        break
+                owed = min(owed, max(1, int(rate)))  # at most one second of backlog per tick
+                while owed > 0:
+                    owed -= self.transaction(owed)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), TICK)
+                except TimeoutError:
+                    pass
+
+    def transaction(self, budget: int) -> int:
+        """Make one transaction of at most `budget` changes; returns the changes made (at least 1)."""
+        cfg, rng = self.config, self.rng
+        items: list[ChangeItem] = []
+        used: set = set()
+        made = 0
+        for _ in range(rng.randint(1, cfg.transaction_size)):
+            if made >= budget:
+                break
+            item = self._item(rng.choice(cfg.objects), min(budget - made, cfg.records_per_event), used)
+            if item is not None:
+                items.append(item)
+                made += max(len(item.positions), item.count if item.type == "CREATE" else 0)
+        if not items:
+            return 1
+        try:
+            self.capture.validate(items)
+        except ChangeError:
+            return 1
+        result = self.capture.commit(items, ORIGIN)
+        for item, ids in zip(items, result.ids, strict=True):
+            name = item.store.spec.name
+            recent = self._recent.setdefault(name, deque(maxlen=RECENT))
+            positions = item.positions or [item.store.position(i) for i in ids]
+            if item.type == "DELETE":
+                self._deleted.setdefault(name, []).extend(positions)
+            else:
+                recent.extend(positions)
+        self.made += made
+        return max(made, 1)
+
+    def _item(self, name: str, records: int, used: set) -> ChangeItem | None:
+        rng, store = self.rng, self.capture.org.stores[name]
+        mix = self.config.mix
+        kind = rng.choices(list(mix), weights=list(mix.values()))[0]
+        if kind == "CREATE" or store.count() == 0:
+            return ChangeItem(store, "CREATE", values={}, generated=True)
+        if kind == "UNDELETE":
+            deleted = self._deleted.get(name)
+            while deleted:
+                pos = deleted.pop(rng.randrange(len(deleted)))
+                if (name, pos) not in used and store.row(pos)[store.deleted_pos]:
+                    used.add((name, pos))
+                    return ChangeItem(store, "UNDELETE", positions=[pos])
+            kind = "UPDATE"
+        positions = []
+        recent = self._recent.get(name)
+        for _ in range(rng.randint(1, records) * 2):
+            if len(positions) >= records:
+                break
+            if recent and kind == "UPDATE" and rng.random() < self.config.collision_rate:
+                pos = recent[rng.randrange(len(recent))]
+            else:
+                pos = rng.randrange(store.count())
+            if (name, pos) in used or store.row(pos)[store.deleted_pos]:
+                continue
+            used.add((name, pos))
+            positions.append(pos)
+        if not positions:
+            return None
+        if kind == "DELETE":
+            return ChangeItem(store, "DELETE", positions=positions)
+        settable = self._settable.get(name)
+        if settable is None or len(settable) == 0:
+            settable = self._settable[name] = [
+                f.name for f in store.spec.stored_fields
+                if not (f.system or f.calculated or f.type == "id") and f.name in store.names]
+        source = store.generator.row(rng.randrange(1 << 30))
+        values, nulled = {}, []
+        for fname in rng.sample(settable, min(len(settable), rng.randint(1, self.config.fields_per_update))):
+            col = store.names.index(fname)
+            value = source[col] if col < len(source) else None
+            if value is None:
+                nulled.append(fname)
+            else:
+                values[fname] = value
+        return ChangeItem(store, "UPDATE", positions=positions, values=values, nulled=nulled)

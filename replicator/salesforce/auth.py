@@ -8,6 +8,7 @@ Secrets never appear in a repr, a log line or an exception message.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 
@@ -91,9 +92,15 @@ class Token:
     access_token: str
     instance_url: str
     issued_at: float  # epoch seconds
+    # The org id (`00D…`): Pub/Sub's `tenantid` header (pubsub-cdc.md §1). From the token response's identity
+    # URL `…/id/<orgId>/<userId>`, else from the access token itself, which Salesforce issues as `<orgId>!…`.
+    org_id: str | None = None
 
     def __repr__(self) -> str:
-        return f"Token(access_token='***', instance_url={self.instance_url!r}, issued_at={self.issued_at!r})"
+        return (
+            f"Token(access_token='***', instance_url={self.instance_url!r}, issued_at={self.issued_at!r}, "
+            f"org_id={self.org_id!r})"
+        )
 
     __str__ = __repr__
 
@@ -202,7 +209,28 @@ class TokenProvider:
         if data.get("refresh_token"):
             self._refresh_token = data["refresh_token"]
         log.info("logged in", flow=self._creds.flow, instance_url=instance_url)
-        return Token(access_token=access_token, instance_url=instance_url, issued_at=issued_at)
+        return Token(
+            access_token=access_token,
+            instance_url=instance_url,
+            issued_at=issued_at,
+            org_id=org_id_of(data.get("id"), access_token),
+        )
+
+
+_ORG_ID = re.compile(r"00D[0-9A-Za-z]{12}(?:[0-9A-Za-z]{3})?")
+
+
+def org_id_of(identity_url: object, access_token: str = "") -> str | None:
+    """The org id from the identity URL `https://…/id/<orgId>/<userId>`, else from an access token of the form
+    `<orgId>!<opaque>`; None when neither carries one."""
+    if isinstance(identity_url, str):
+        parts = identity_url.rstrip("/").split("/")
+        if len(parts) >= 3 and parts[-3] == "id" and _ORG_ID.fullmatch(parts[-2]):
+            return parts[-2]
+    prefix, bang, _ = access_token.partition("!")
+    if bang and _ORG_ID.fullmatch(prefix):
+        return prefix
+    return None
 
 
 def _issued_at_seconds(value: object) -> float:

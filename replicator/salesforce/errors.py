@@ -16,6 +16,7 @@ import orjson
 
 from replicator.model import (
     ApiLimitError,
+    ReplayIdInvalidError,
     ReplicatorError,
     SessionExpiredError,
     TerminalError,
@@ -133,3 +134,69 @@ def error_for_response(response: httpx.Response, what: str = "") -> ReplicatorEr
 
 def _normal(code: str) -> str:
     return re.sub(r"[^A-Z]", "", code.upper())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pub/Sub API (gRPC). Plain strings here so this module does not import grpc: `pubsub.py` hands over the
+# status name, the details and the `error-code` trailer (pubsub-cdc.md §4). Every grpc.StatusCode has a row;
+# tests/salesforce/test_sf_pubsub_errors.py fails when grpc grows one that is not classified.
+#   transient: reconnect with backoff. auth: refresh the token once. terminal: stop the object.
+#   reset: transient only when the details say the HTTP/2 stream was reset (RST_STREAM), else terminal.
+GRPC_STATUS_KINDS: dict[str, str] = {
+    "OK": "terminal",  # never an error on its own; a stream that *ends* is handled by the subscriber
+    "CANCELLED": "transient",  # the server or a proxy cancelled the call
+    "UNKNOWN": "reset",
+    "INVALID_ARGUMENT": "terminal",  # replay id errors become ReplayIdInvalidError below
+    "DEADLINE_EXCEEDED": "transient",
+    "NOT_FOUND": "terminal",
+    "ALREADY_EXISTS": "terminal",
+    "PERMISSION_DENIED": "terminal",
+    "RESOURCE_EXHAUSTED": "transient",
+    "FAILED_PRECONDITION": "terminal",
+    "ABORTED": "transient",
+    "OUT_OF_RANGE": "terminal",
+    "UNIMPLEMENTED": "terminal",
+    "INTERNAL": "reset",
+    "UNAVAILABLE": "transient",
+    "DATA_LOSS": "terminal",
+    "UNAUTHENTICATED": "auth",
+}
+
+# `error-code` trailers (suffixes of `sfdc.platform.eventbus.grpc.`) that mean "try again later" whatever the
+# status: the org's daily delivery allocation or the concurrent-client limit (a long wait), a service outage.
+_GRPC_LIMIT_CODES = ("limit.exceeded", "stream.limit.triggered")
+_GRPC_RETRY_CODES = ("service.unavailable", "subscription.internal.error")
+
+
+def map_grpc_status(
+    status: str, details: str = "", error_code: str | None = None, what: str = "", rpc: str = ""
+) -> ReplicatorError:
+    """The model error for a failed Pub/Sub RPC: `status` is the grpc.StatusCode name, `error_code` the
+    `error-code` trailer. UNAUTHENTICATED → SessionExpiredError (refresh once); a replay id refusal →
+    ReplayIdInvalidError (the pipeline resyncs; never LATEST); NOT_FOUND on a topic → TOPIC_NOT_FOUND."""
+    prefix = f"{what}: " if what else ""
+    sf_code = (error_code or "").removeprefix("sfdc.platform.eventbus.grpc.")
+    text = f"{prefix}gRPC {status}" + (f" {sf_code}" if sf_code else "") + (f": {details}" if details else "")
+    kind = GRPC_STATUS_KINDS.get(status, "terminal")
+    if kind == "auth":
+        return SessionExpiredError(text)
+    if status == "INVALID_ARGUMENT" and "replayid" in sf_code.lower():
+        return ReplayIdInvalidError(
+            f"{text}; the stored replay id is invalid or outside the 72 h retention window: resync the object",
+            code=sf_code,
+        )
+    if status == "NOT_FOUND":
+        if rpc == "GetSchema":
+            return TerminalError(text, code="SCHEMA_NOT_FOUND")
+        return TerminalError(
+            f"{text}; enable Change Data Capture for the object (Setup > Change Data Capture) or check the topic "
+            "name (/data/<Object>ChangeEvent, custom objects /data/<Name>__ChangeEvent)",
+            code="TOPIC_NOT_FOUND",
+        )
+    if any(c in sf_code for c in _GRPC_LIMIT_CODES):
+        return ApiLimitError(text, code=sf_code)
+    if kind == "transient" or any(c in sf_code for c in _GRPC_RETRY_CODES):
+        return TransientError(text, code=sf_code or status)
+    if kind == "reset" and "RST_STREAM" in details.upper():
+        return TransientError(text, code=sf_code or status)
+    return TerminalError(text, code=sf_code or status)

@@ -1,0 +1,513 @@
+"""pubsub.py against a fake PubSub servicer (grpc.aio on a loopback port, plaintext).
+
+The fake honours the protocol's subscribe rules (§3): replay options from the first FetchRequest only, events
+sent only while requested, keepalives on demand, and the errors of §4 with their `error-code` trailers.
+Synchronisation is by conditions with deadlines, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import grpc
+import pytest
+
+from replicator.model import AuthError, ConfigError, ReplayIdInvalidError, TerminalError, TransientError
+from replicator.protocol import pubsub_api_pb2 as pb
+from replicator.protocol import pubsub_api_pb2_grpc as pb_grpc
+from replicator.salesforce.auth import Token, org_id_of
+from replicator.salesforce.pubsub import PubSubClient
+
+SCHEMA = json.loads((Path(__file__).parent / "data" / "AccountChangeEvent.v1.avsc").read_text())
+PARSED = fastavro.parse_schema(copy.deepcopy(SCHEMA))
+TOPIC = "/data/AccountChangeEvent"
+SCHEMA_ID = "acct-v1"
+ORG = "00D000000000001AAA"
+REPLAYID_CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
+
+
+def replay(n: int) -> bytes:
+    return n.to_bytes(8, "big") + b"\0\0"
+
+
+def update_payload(n: int) -> bytes:
+    record: dict[str, Any] = {f["name"]: None for f in SCHEMA["fields"]}
+    record["ChangeEventHeader"] = {
+        "entityName": "Account", "recordIds": [f"001{n:015d}"], "changeType": "UPDATE", "changeOrigin": "",
+        "transactionKey": f"tx-{n}", "sequenceNumber": 1, "commitTimestamp": 1_700_000_000_000 + n,
+        "commitNumber": n, "commitUser": "005000000000001AAA", "nulledFields": [], "diffFields": [],
+        "changedFields": ["0x800100"],
+    }
+    record["Fax"] = f"fax-{n}"
+    record["LastModifiedDate"] = 1_700_000_000_000 + n
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, PARSED, record)
+    return out.getvalue()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for a condition, failing after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+class FakePubSub(pb_grpc.PubSubServicer):
+    def __init__(self) -> None:
+        self.events: list[tuple[bytes, str, bytes]] = []  # (replay id, schema id, payload)
+        self.valid_tokens = {"tok-1"}
+        self.calls: list[dict[str, Any]] = []  # per Subscribe call: first request, requests, metadata
+        self.consumed = 0  # events the test has taken out of the subscription (set by the test)
+        self.violations: list[str] = []
+        self.drop_after: list[tuple[int, grpc.StatusCode, str]] = []  # per call, in order: abort after n events
+        self.end_after: list[int] = []  # per call: return (stream ends OK) after n events
+        self.keepalive = asyncio.Event()
+        self.keepalive_id = replay(999)
+        self.subscribe_error: tuple[grpc.StatusCode, str, str | None] | None = None
+        self.new_events = asyncio.Event()
+        self.schema_json = json.dumps(SCHEMA)
+        self.schema_requests = 0
+        self.requested_total = 0  # across calls
+        self.delivered_total = 0
+
+    def add(self, count: int) -> None:
+        start = len(self.events) + 1
+        for n in range(start, start + count):
+            self.events.append((replay(n), SCHEMA_ID, update_payload(n)))
+        self.new_events.set()
+
+    async def _auth(self, context: grpc.aio.ServicerContext) -> dict[str, str]:
+        md = {k: v for k, v in context.invocation_metadata()}
+        if md.get("accesstoken") not in self.valid_tokens:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "An authentication exception occurred.",
+                                trailing_metadata=(("error-code", "sfdc.platform.eventbus.grpc.service.auth.error"),))
+        return md
+
+    async def GetSchema(self, request, context):
+        await self._auth(context)
+        self.schema_requests += 1
+        if request.schema_id != SCHEMA_ID:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "schema not found")
+        return pb.SchemaInfo(schema_json=self.schema_json, schema_id=SCHEMA_ID, rpc_id="r")
+
+    async def GetTopic(self, request, context):
+        await self._auth(context)
+        if request.topic_name != TOPIC:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"The topic information for {request.topic_name} not found")
+        return pb.TopicInfo(topic_name=TOPIC, tenant_guid=ORG, can_subscribe=True, schema_id=SCHEMA_ID, rpc_id="r")
+
+    async def Subscribe(self, request_iterator, context):
+        md = await self._auth(context)
+        call: dict[str, Any] = {"metadata": md, "requests": []}
+        self.calls.append(call)
+        index = len(self.calls) - 1
+        first = await context.read()
+        call["first"] = first
+        if self.subscribe_error:
+            code, details, error_code = self.subscribe_error
+            await context.abort(code, details, trailing_metadata=(("error-code", error_code),) if error_code else ())
+        if first.topic_name != TOPIC:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "topic not found")
+        ids = [e[0] for e in self.events]
+        if first.replay_preset == pb.ReplayPreset.EARLIEST:
+            position = 0
+        elif first.replay_preset == pb.ReplayPreset.CUSTOM:
+            if first.replay_id not in ids:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "The Replay ID validation failed.",
+                                    trailing_metadata=(("error-code", REPLAYID_CORRUPTED),))
+            position = ids.index(first.replay_id) + 1
+        else:
+            position = len(self.events)
+        pending = 0
+        more = asyncio.Event()
+
+        def on_request(request: pb.FetchRequest) -> None:
+            nonlocal pending
+            call["requests"].append(request)
+            pending += request.num_requested
+            self.requested_total += request.num_requested
+            outstanding = self.requested_total - self.consumed_total()
+            if outstanding > self.max_pending:
+                self.violations.append(f"outstanding {outstanding} > {self.max_pending}")
+            more.set()
+
+        on_request(first)
+
+        async def read_requests() -> None:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    return
+                on_request(request)
+
+        reader = asyncio.create_task(read_requests())
+        sent = 0
+        drop = self.drop_after[index] if index < len(self.drop_after) else None
+        end = self.end_after[index] if index < len(self.end_after) else None
+        try:
+            while True:
+                if drop and sent >= drop[0]:
+                    await context.abort(drop[1], drop[2])
+                if end is not None and sent >= end:
+                    return
+                if pending > 0 and position < len(self.events):
+                    count = min(pending, len(self.events) - position, 7)  # several responses per request
+                    if drop:
+                        count = min(count, drop[0] - sent)
+                    if end is not None:
+                        count = min(count, end - sent)
+                    batch = self.events[position:position + count]
+                    position += count
+                    pending -= count
+                    sent += count
+                    self.delivered_total += count
+                    await context.write(pb.FetchResponse(
+                        events=[pb.ConsumerEvent(event=pb.ProducerEvent(schema_id=s, payload=p), replay_id=r)
+                                for r, s, p in batch],
+                        latest_replay_id=batch[-1][0], pending_num_requested=pending, rpc_id="r"))
+                    continue
+                if pending > 0 and self.keepalive.is_set():
+                    self.keepalive.clear()
+                    await context.write(pb.FetchResponse(latest_replay_id=self.keepalive_id,
+                                                         pending_num_requested=pending))
+                    continue
+                more.clear()
+                self.new_events.clear()
+                waiters = [asyncio.ensure_future(e.wait()) for e in (more, self.new_events, self.keepalive)]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+        finally:
+            reader.cancel()
+
+    max_pending = 100
+    consumed_total: Callable[[], int] = staticmethod(lambda: 0)
+
+
+class FakeTokens:
+    def __init__(self, first: str = "tok-1", org_id: str | None = ORG) -> None:
+        self.current = Token(first, "https://org.example.test", 0.0, org_id)
+        self.refreshes = 0
+
+    async def token(self) -> Token:
+        return self.current
+
+    async def refresh(self, stale: Token) -> Token:
+        if self.current is stale:
+            self.refreshes += 1
+            self.current = Token(f"tok-{self.refreshes + 1}", stale.instance_url, 0.0, stale.org_id)
+        return self.current
+
+
+@pytest.fixture
+async def fake():
+    servicer = FakePubSub()
+    server = grpc.aio.server()
+    pb_grpc.add_PubSubServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    servicer.endpoint = f"127.0.0.1:{port}"
+    yield servicer
+    await server.stop(grace=None)
+
+
+@pytest.fixture
+async def tokens():
+    return FakeTokens()
+
+
+@pytest.fixture
+async def client(fake, tokens):
+    sleeps: list[float] = []
+
+    async def no_wait(delay: float) -> None:
+        sleeps.append(delay)
+
+    ps = PubSubClient(fake.endpoint, tokens, tls=False, reconnect_attempts=4, backoff_base=0.01, sleep=no_wait)
+    ps.sleeps = sleeps
+    yield ps
+    await ps.close()
+
+
+class Consumer:
+    """Takes events from a subscription in the background, as far as `allow` permits."""
+
+    def __init__(self, sub, fake: FakePubSub) -> None:
+        self.sub, self.fake = sub, fake
+        self.events: list[Any] = []
+        self.error: BaseException | None = None
+        self.allow = 10**9
+        self._gate = asyncio.Event()
+        fake.consumed_total = lambda: sum(1 for e in self.events if not e.keepalive)
+        self.task = asyncio.create_task(self._run())
+
+    def permit(self, n: int) -> None:
+        self.allow = n
+        self._gate.set()
+
+    @property
+    def changes(self) -> list[Any]:
+        return [e for e in self.events if not e.keepalive]
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                while len(self.changes) >= self.allow:
+                    self._gate.clear()
+                    await self._gate.wait()
+                self.events.append(await self.sub.__anext__())
+        except StopAsyncIteration:
+            pass
+        except BaseException as exc:
+            self.error = exc
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.sub.close()
+
+
+async def test_auth_metadata_and_earliest_when_no_position(fake, client):
+    fake.add(3)
+    sub = client.subscribe(TOPIC, replay_id=None, max_pending=10)
+    events = [await sub.__anext__() for _ in range(3)]
+    await sub.close()
+    md = fake.calls[0]["metadata"]
+    assert (md["accesstoken"], md["instanceurl"], md["tenantid"]) == ("tok-1", "https://org.example.test", ORG)
+    first = fake.calls[0]["first"]
+    assert first.replay_preset == pb.ReplayPreset.EARLIEST and first.topic_name == TOPIC
+    assert [e.replay_id for e in events] == [replay(1), replay(2), replay(3)]
+    change = events[0].changes[0]
+    assert change.change_type == "UPDATE" and change.fields == {"Fax": "fax-1", "LastModifiedDate": 1_700_000_000_001}
+    assert events[0].schema_id == SCHEMA_ID and fake.schema_requests == 1  # cached by schema id
+
+
+async def test_given_position_subscribes_custom_after_it(fake, client):
+    fake.add(5)
+    sub = client.subscribe(TOPIC, replay_id=replay(3), max_pending=10)
+    events = [await sub.__anext__() for _ in range(2)]
+    await sub.close()
+    first = fake.calls[0]["first"]
+    assert first.replay_preset == pb.ReplayPreset.CUSTOM and first.replay_id == replay(3)
+    assert [e.replay_id for e in events] == [replay(4), replay(5)]
+    # Replay options only on the first request of the call.
+    assert all(r.replay_preset == pb.ReplayPreset.LATEST and not r.replay_id for r in fake.calls[0]["requests"][1:])
+
+
+async def test_flow_control_never_exceeds_max_pending(fake, client):
+    fake.max_pending = 10
+    fake.add(200)
+    sub = client.subscribe(TOPIC, replay_id=None, max_pending=10)
+    consumer = Consumer(sub, fake)
+    consumer.permit(5)
+    # The consumer stops after 5: the subscriber may hold 10 more, and must not ask for anything beyond.
+    await until(lambda: fake.delivered_total == 15)
+    await until(lambda: sub.requested == 15)
+    assert fake.delivered_total == 15 and sub.peak_outstanding <= 10
+    consumer.permit(200)
+    await until(lambda: len(consumer.changes) == 200)
+    await consumer.stop()
+    assert fake.violations == []
+    assert [e.replay_id for e in consumer.changes] == [replay(n) for n in range(1, 201)]
+    assert sub.peak_outstanding <= 10 and len(fake.calls) == 1
+    # Requests batch up (half the window at a time), not one per event taken.
+    assert len(fake.calls[0]["requests"]) < 60
+
+
+async def test_keepalive_yields_latest_replay_id(fake, client):
+    fake.add(2)
+    sub = client.subscribe(TOPIC, replay_id=None, max_pending=5)
+    assert (await sub.__anext__()).replay_id == replay(1)
+    assert (await sub.__anext__()).replay_id == replay(2)
+    fake.keepalive.set()
+    event = await asyncio.wait_for(sub.__anext__(), 5)
+    assert event.keepalive and event.replay_id == replay(999) and event.changes == ()
+    fake.add(1)
+    assert (await asyncio.wait_for(sub.__anext__(), 5)).replay_id == replay(3)
+    await sub.close()
+
+
+@pytest.mark.parametrize(
+    "code,details",
+    [
+        (grpc.StatusCode.UNAVAILABLE, "RST_STREAM closed stream"),
+        (grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline"),
+    ],
+)
+async def test_dropped_stream_resumes_after_last_received_event(fake, client, code, details):
+    fake.add(30)
+    fake.drop_after = [(12, code, details), (5, code, details)]
+    sub = client.subscribe(TOPIC, replay_id=None, max_pending=20)
+    consumer = Consumer(sub, fake)
+    await until(lambda: len(consumer.changes) == 30)
+    await consumer.stop()
+    assert [e.replay_id for e in consumer.changes] == [replay(n) for n in range(1, 31)]  # no loss, no duplicate
+    assert len(fake.calls) == 3
+    assert fake.calls[1]["first"].replay_preset == pb.ReplayPreset.CUSTOM
+    assert fake.calls[1]["first"].replay_id == replay(12)
+    assert fake.calls[2]["first"].replay_id == replay(17)
+    assert len(client.sleeps) == 2  # backoff between attempts
+
+
+async def test_stream_that_ends_reconnects_and_keeps_queued_events(fake, client):
+    fake.add(10)
+    fake.end_after = [4]
+    sub = client.subscribe(TOPIC, replay_id=replay(2), max_pending=5)
+    consumer = Consumer(sub, fake)
+    await until(lambda: len(consumer.changes) == 8)
+    await consumer.stop()
+    assert [e.replay_id for e in consumer.changes] == [replay(n) for n in range(3, 11)]
+    assert fake.calls[0]["first"].replay_id == replay(2)
+    assert fake.calls[1]["first"].replay_id == replay(6)
+
+
+async def test_dropped_before_any_event_resumes_from_original_position(fake, client):
+    fake.add(5)
+    fake.drop_after = [(0, grpc.StatusCode.UNAVAILABLE, "down")]
+    sub = client.subscribe(TOPIC, replay_id=replay(2), max_pending=5)
+    assert (await asyncio.wait_for(sub.__anext__(), 5)).replay_id == replay(3)
+    await sub.close()
+    assert [c["first"].replay_id for c in fake.calls] == [replay(2), replay(2)]
+
+
+async def test_corrupted_replay_id_raises_replay_id_invalid(fake, client):
+    fake.add(3)
+    sub = client.subscribe(TOPIC, replay_id=replay(77), max_pending=5)
+    with pytest.raises(ReplayIdInvalidError) as info:
+        await asyncio.wait_for(sub.__anext__(), 5)
+    assert "replayid.corrupted" in info.value.code
+    # Never a quiet fallback: exactly one Subscribe call, CUSTOM from the stored id.
+    assert [c["first"].replay_preset for c in fake.calls] == [pb.ReplayPreset.CUSTOM]
+    await sub.close()
+
+
+async def test_unauthenticated_refreshes_once_and_reconnects(fake, client, tokens):
+    fake.add(2)
+    fake.valid_tokens = {"tok-2"}
+    sub = client.subscribe(TOPIC, replay_id=None, max_pending=5)
+    assert (await asyncio.wait_for(sub.__anext__(), 5)).replay_id == replay(1)
+    await sub.close()
+    assert tokens.refreshes == 1
+    assert fake.calls[-1]["metadata"]["accesstoken"] == "tok-2"
+    assert client.sleeps == []  # a refresh is not a backoff
+
+
+async def test_repeated_unauthenticated_is_an_auth_error(fake, client, tokens):
+    fake.valid_tokens = set()
+    sub = client.subscribe(TOPIC, replay_id=None, max_pending=5)
+    with pytest.raises(AuthError):
+        await asyncio.wait_for(sub.__anext__(), 5)
+    assert tokens.refreshes == 1
+    await sub.close()
+
+
+async def test_unknown_topic_tells_to_enable_cdc(fake, client):
+    sub = client.subscribe("/data/Nope__ChangeEvent", replay_id=None)
+    with pytest.raises(TerminalError) as info:
+        await asyncio.wait_for(sub.__anext__(), 5)
+    assert info.value.code == "TOPIC_NOT_FOUND" and "Change Data Capture" in str(info.value)
+    with pytest.raises(TerminalError, match="Change Data Capture"):
+        await client.get_topic("/data/Nope__ChangeEvent")
+    await sub.close()
+
+
+async def test_bounded_reconnect_attempts_end_in_transient_error(fake, client):
+    fake.subscribe_error = (grpc.StatusCode.UNAVAILABLE, "service down", None)
+    sub = client.subscribe(TOPIC, replay_id=None)
+    with pytest.raises(TransientError, match="gave up after 4 attempts"):
+        await asyncio.wait_for(sub.__anext__(), 5)
+    assert len(fake.calls) == 4 and len(client.sleeps) == 3
+    await sub.close()
+
+
+async def test_queued_events_are_delivered_before_a_terminal_error(fake, client):
+    fake.add(3)
+    fake.drop_after = [(3, grpc.StatusCode.PERMISSION_DENIED, "no access")]
+    sub = client.subscribe(TOPIC, replay_id=None, max_pending=5)
+    got = [await asyncio.wait_for(sub.__anext__(), 5) for _ in range(3)]
+    assert [e.replay_id for e in got] == [replay(1), replay(2), replay(3)]
+    with pytest.raises(TerminalError):
+        await asyncio.wait_for(sub.__anext__(), 5)
+    await sub.close()
+
+
+async def test_unknown_schema_and_corrupt_payload_become_dead_letter_events(fake, client):
+    fake.events.append((replay(1), "unknown-schema", b"\x01\x02"))
+    fake.events.append((replay(2), SCHEMA_ID, b"\xff\xff\xff"))
+    fake.add(1)
+    sub = client.subscribe(TOPIC, replay_id=None, max_pending=5)
+    got = [await asyncio.wait_for(sub.__anext__(), 5) for _ in range(3)]
+    await sub.close()
+    assert got[0].error and "unknown-schema" in got[0].error and got[0].payload == b"\x01\x02"
+    assert got[1].error and got[1].payload == b"\xff\xff\xff"
+    assert got[2].error is None and got[2].changes[0].fields["Fax"] == "fax-3"
+
+
+async def test_get_topic_and_get_schema(fake, client):
+    info = await client.get_topic(TOPIC)
+    assert info["schema_id"] == SCHEMA_ID and info["can_subscribe"] is True and info["tenant_guid"] == ORG
+    schema = await client.get_schema(SCHEMA_ID)
+    assert schema["name"] == "AccountChangeEvent" and len(schema["fields"]) == 85
+
+
+async def test_unary_rpc_refreshes_token_once(fake, client, tokens):
+    fake.valid_tokens = {"tok-2"}
+    assert (await client.get_topic(TOPIC))["topic_name"] == TOPIC
+    assert tokens.refreshes == 1
+
+
+async def test_close_ends_iteration(fake, client):
+    sub = client.subscribe(TOPIC, replay_id=None, max_pending=5)
+    waiter = asyncio.ensure_future(sub.__anext__())
+    await until(lambda: len(fake.calls) == 1)
+    await sub.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiter, 5)
+
+
+async def test_tenant_id_from_access_token_prefix_or_configured(fake):
+    tokens = FakeTokens(first="00D000000000002AAA!opaque", org_id=None)
+    fake.valid_tokens = {tokens.current.access_token}
+    async with PubSubClient(fake.endpoint, tokens, tls=False) as ps:
+        await ps.get_topic(TOPIC)
+    async with PubSubClient(fake.endpoint, tokens, tls=False, tenant_id="00Dexplicit") as ps:
+        assert dict(ps.metadata(tokens.current))["tenantid"] == "00Dexplicit"
+        assert dict(ps.metadata(tokens.current))["accesstoken"] == "00D000000000002AAA!opaque"
+    no_org = FakeTokens(first="opaque", org_id=None)
+    async with PubSubClient(fake.endpoint, no_org, tls=False) as ps:
+        with pytest.raises(ConfigError, match="tenant_id"):
+            ps.metadata(no_org.current)
+
+
+async def test_callable_token_source(fake):
+    token = Token("tok-1", "https://org.example.test", 0.0, ORG)
+    async with PubSubClient(fake.endpoint, lambda: token, tls=False) as ps:
+        assert (await ps.get_topic(TOPIC))["topic_name"] == TOPIC
+
+
+def test_max_pending_is_bounded(fake):
+    ps = PubSubClient("127.0.0.1:1", FakeTokens(), tls=False)
+    for bad in (0, 101):
+        with pytest.raises(ConfigError, match="max_pending"):
+            ps.subscribe(TOPIC, replay_id=None, max_pending=bad)
+
+
+def test_unreadable_ca_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="ca_file"):
+        PubSubClient("h:443", FakeTokens(), ca_file=str(tmp_path / "missing.pem"))
+
+
+def test_org_id_from_identity_url_or_token_prefix():
+    url = "https://login.salesforce.com/id/00D5g000004ABCDEAA/0055g00000ABCDEAAA"
+    assert org_id_of(url, "opaque") == "00D5g000004ABCDEAA"
+    assert org_id_of(None, "00D5g000004ABCD!AQ0Ao.xyz") == "00D5g000004ABCD"
+    assert org_id_of("https://x/id/00D/005", "opaque") is None
+    assert "AQ0Ao" not in repr(Token("00D5g000004ABCD!AQ0Ao.xyz", "https://x", 0.0, "00D5g000004ABCD"))

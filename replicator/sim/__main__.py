@@ -1,8 +1,9 @@
-"""`python -m replicator.sim [--records N] [--seed S] [--port P] [--no-tls] [fault flags]`
+"""`python -m replicator.sim [--records N] [--seed S] [--port P] [--no-tls] [--rate R] [--changes N] [fault flags]`
 
 Runs the simulator in the foreground. Once it is ready, prints ONE JSON line on stdout (the ready info:
-instance_url, token_url, client_id, client_secret, refresh_token, org_id, ca_file, api_version, ...) and
-serves until SIGINT/SIGTERM. Exit codes: 0 after a signal, 2 on bad usage, 1 on a startup failure.
+instance_url, token_url, client_id, client_secret, refresh_token, org_id, tenant_id, pubsub_endpoint, ca_file,
+api_version, ...) and serves until SIGINT/SIGTERM. `--rate R` starts the traffic generator at R changes/s;
+`--changes N` stops it after N changes (the simulator keeps serving). Exit codes: 0 after a signal, 2 on bad usage, 1 on a startup failure.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="directory for the certificate and job results (default: a temp dir)")
     p.add_argument("--hostile-field", action="store_true",
                    help="add the custom field Bad\"Name;DROP__c to Account (tests identifier quoting)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="traffic: changes per second; 0 (default) starts with traffic paused")
+    p.add_argument("--changes", type=int, default=None, help="traffic: stop after this many changes")
+    p.add_argument("--transaction-size", type=int, default=1, help="traffic: events per transaction, 1..N")
+    p.add_argument("--records-per-event", type=int, default=1, help="traffic: records per event, 1..N")
+    p.add_argument("--collision-rate", type=float, default=0.1,
+                   help="traffic: probability an update hits a recently changed record (default 0.1)")
     defaults = Faults()
     for name, text in KNOB_HELP.items():
         flag = "--" + name.replace("_", "-")
@@ -62,11 +70,15 @@ async def _serve(sim: Simulator) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     knobs = {name: getattr(args, name) for name in KNOB_HELP}
+    traffic = {"running": args.rate > 0, "rate": args.rate or 10.0, "changes": args.changes,
+               "transaction_size": args.transaction_size, "records_per_event": args.records_per_event,
+               "collision_rate": args.collision_rate}
     try:
         sim = Simulator(records=args.records, seed=args.seed, host=args.host, port=args.port, tls=not args.no_tls,
                         client_id=args.client_id, client_secret=args.client_secret, username=args.username,
                         jwt_public_key=args.jwt_public_key, page_size=args.page_size, gzip_level=args.gzip_level,
-                        state_dir=args.state_dir, hostile_field=args.hostile_field, faults=knobs)
+                        state_dir=args.state_dir, hostile_field=args.hostile_field, faults=knobs,
+                        traffic=traffic)
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"replicator sim: {exc}\n")
         return 2

@@ -28,7 +28,7 @@ from .pubsub import PubSubService, start_server
 from .state import LATEST_VERSION, STATE, SimState, parse_version
 from .store import OrgStore
 from .tls import server_context, write_self_signed
-from .traffic import Traffic
+from .traffic import Traffic, TrafficConfig
 
 DEMO_CLIENT_ID = "3MVG9replicator.sim.demo.client.id"
 DEMO_CLIENT_SECRET = "replicator-sim-demo-secret"
@@ -113,6 +113,7 @@ class Simulator:
         self._jobs: JobManager | None = None
         self._grpc: grpc.aio.Server | None = None
         self.traffic_settings = traffic or {}
+        TrafficConfig().merge(self.traffic_settings, self.org.stores)  # ValueError now, not at start()
         self.traffic: Traffic | None = None
 
     async def start(self) -> dict:

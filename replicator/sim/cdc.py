@@ -260,8 +260,8 @@ class ChangeCapture:
         else:  # only the given values, plus a generated value for each required field
             row = [None] * len(store.names)
             for f in store.spec.stored_fields:
-                if not f.nillable and f.name in col:
-                    row[col[f.name]] = generated[col[f.name]]
+                if not f.nillable and f.name in col:  # checkboxes default to false, like describe says
+                    row[col[f.name]] = False if f.type == "boolean" else generated[col[f.name]]
         row[store.deleted_pos] = False
         for name, value in item.values.items():
             row[col[name]] = value

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 
+from .avro import ORDER_READY_TOPIC
 from .cdc import TYPES, ChangeCapture, ChangeError, ChangeItem
 
 TICK = 0.01  # seconds between bursts: small enough for smooth low rates, large enough to batch at 10k/s
@@ -38,6 +40,7 @@ class TrafficConfig:
     fields_per_update: int = 3  # an UPDATE changes 1..fields_per_update fields
     collision_rate: float = 0.1  # probability an UPDATE hits a recently changed record
     changes: int | None = None  # stop (running=false) once the generator has made this many changes
+    platform_event_rate: float = 0.0  # probability a transaction also publishes an Order_Ready__e event
 
     def merge(self, changes: dict, known_objects) -> None:
         """Merge a PUT body; raise ValueError naming the first bad key (nothing is applied then)."""
@@ -49,11 +52,11 @@ class TrafficConfig:
             staged[key] = value
         if not isinstance(staged["running"], bool):
             raise ValueError("running must be a boolean")
-        for key in ("rate", "collision_rate"):
+        for key in ("rate", "collision_rate", "platform_event_rate"):
             if isinstance(staged[key], bool) or not isinstance(staged[key], int | float) or staged[key] < 0:
                 raise ValueError(f"{key} must be a non-negative number")
-        if staged["collision_rate"] > 1:
-            raise ValueError("collision_rate out of range")
+        if staged["collision_rate"] > 1 or staged["platform_event_rate"] > 1:
+            raise ValueError("collision_rate and platform_event_rate are probabilities (0..1)")
         for key in ("transaction_size", "records_per_event", "fields_per_update"):
             if isinstance(staged[key], bool) or not isinstance(staged[key], int) or staged[key] < 1:
                 raise ValueError(f"{key} must be a positive integer")
@@ -155,8 +158,18 @@ class Traffic:
                 self._deleted.setdefault(name, []).extend(positions)
             else:
                 recent.extend(positions)
+        if cfg.platform_event_rate and rng.random() < cfg.platform_event_rate:
+            self._order_ready(result.commit_timestamp)
         self.made += made
         return max(made, 1)
+
+    def _order_ready(self, now_ms: int) -> None:
+        platform, rng = self.capture.platform, self.rng
+        payload = platform.encode({"CreatedDate": now_ms, "CreatedById": self.capture.user_id,
+                                   "Order_Id__c": f"ORD-{rng.randrange(10**8):08d}",
+                                   "Amount__c": round(rng.uniform(1, 10_000), 2), "Ready_At__c": now_ms})
+        self.capture.bus.publish(ORDER_READY_TOPIC, False, platform.id, payload, str(uuid.UUID(int=rng.getrandbits(128))))
+        self.capture.bus.notify()
 
     def _item(self, name: str, records: int, used: set) -> ChangeItem | None:
         rng, store = self.rng, self.capture.org.stores[name]

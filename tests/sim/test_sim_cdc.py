@@ -230,7 +230,8 @@ def test_schema_change_inserts_the_field_and_changes_the_schema_id(org):
 def test_traffic_put_runs_and_pauses(org):
     before = org.http.get("/__sim/stats").json()["changes"]["total"]
     r = org.http.put("/__sim/traffic", json={"running": True, "rate": 500, "transaction_size": 3,
-                                              "records_per_event": 2, "changes": before + 200})
+                                              "records_per_event": 2, "changes": before + 200,
+                                              "platform_event_rate": 1.0})
     assert r.status_code == 200, r.text
     wait_for(lambda: org.http.get("/__sim/traffic").json()["running"] is False)
     stats = org.http.get("/__sim/stats").json()
@@ -238,6 +239,9 @@ def test_traffic_put_runs_and_pauses(org):
     assert sum(stats["changes"]["by_type"].values()) == stats["changes"]["total"]
     assert re.fullmatch(r"[0-9a-f]{20}", stats["last_replay_id"])
     assert org.http.put("/__sim/traffic", json={"rate": -1}).status_code == 400
+    with org.subscribe("/event/Order_Ready__e", pb.EARLIEST, num_requested=1) as sub:
+        wait_for(lambda: sub.events)
+        assert org.decode(sub.events[0])["Order_Id__c"].startswith("ORD-")
 
 
 def test_cli_rate_and_changes_reach_the_count():

@@ -125,7 +125,10 @@ class EventBus:
         """The cursor for CUSTOM: start AFTER this id, which must name a retained event (§3, §4)."""
         self.expire()
         counter = decode_replay_id(replay_id)
-        if not self.floor < counter <= self.last_counter:
+        # Before the first event, a keepalive's latest_replay_id is position 0: resuming there is valid while
+        # nothing has expired (it cannot skip an event).
+        at_start = counter == 0 and self.floor == 0
+        if not (self.floor < counter <= self.last_counter or at_start):
             raise ReplayIdError("replay id unknown or outside the retention window")
         return counter
 

@@ -175,7 +175,7 @@ class ObjectStream:
         if commits:
             s.last_commit_ms = max(commits)
         lag = (time.time() * 1000 - s.last_commit_ms) / 1000 if commits else None
-        log.info("stream.batch", object=self.name, phase="STREAMING", batch_id=self._batch_id, events=len(batch),
+        (log.info if delivered or dead else log.debug)("stream.batch", object=self.name, phase="STREAMING", batch_id=self._batch_id, events=len(batch),
                  rows=len(ops_list), upserts=result.upserts, updates=result.updates, deletes=result.deletes,
                  skipped=result.skipped, dead_letters=len(dead), lag_s=None if lag is None else round(lag, 3),
                  duration_s=round(time.monotonic() - started, 4))

@@ -108,6 +108,15 @@ class StreamSink:
             for i, c in enumerate(cols):
                 arrays[i].append(row.get(c))
             versions.append(_ts(op.commit_ms))
+        if spec.key != "id":  # an external id can change: re-key rows by their Id first (see ddl.upsert_…)
+            key_at = cols.index(spec.key)
+            await conn.execute(
+                f"UPDATE {self.q} AS cur SET {ddl.quote_ident(spec.key)} = u.k "
+                f"FROM unnest($1::text[], $2::{self.types[spec.key]}[], $3::timestamptz[]) AS u(_id, k, _v) "
+                f'WHERE cur."id" = u._id AND cur.{ddl.quote_ident(spec.key)} IS DISTINCT FROM u.k '
+                f"AND u.k IS NOT NULL AND cur.{ddl.quote_ident(VERSION_COLUMN)} <= u._v",
+                [o.key for o in ops], arrays[key_at], versions,
+            )
         params = ", ".join(f"${i + 1}::{self.types[c]}[]" for i, c in enumerate(cols))
         col_sql = ", ".join(ddl.quote_ident(c) for c in cols)
         sets = ", ".join(f"{ddl.quote_ident(c)} = EXCLUDED.{ddl.quote_ident(c)}" for c in cols if c != spec.key)

@@ -91,8 +91,17 @@ def upsert_from_staging(spec: TableSpec, staging: str, version_column: str | Non
         version = quote_ident(VERSION_COLUMN)
         newer = f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{key} = s.{key} AND t.{version} > s.{v})"
         guard = f" WHERE cur.{version} <= EXCLUDED.{v}"
-    return (
+    upsert = (
         f"INSERT INTO {table} AS cur ({cols}) "
         f"SELECT DISTINCT ON ({key}) {cols} FROM {stg} s {newer} ORDER BY {key} "
         f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(sets)}{guard}"
     )
+    if spec.key == "id" or spec.column("id") is None:
+        return upsert
+    # Keyed by an external id, which can change in Salesforce: first move rows whose key changed (found by
+    # their Id) to the new key, so the upsert updates them instead of colliding on the Id index.
+    rekey = (
+        f'UPDATE {table} AS cur SET {key} = s.{key} FROM {stg} s WHERE cur."id" = s."id" '
+        f"AND cur.{key} IS DISTINCT FROM s.{key} AND s.{key} IS NOT NULL"
+    )
+    return f"{rekey};\n{upsert}"

@@ -221,9 +221,15 @@ class ChangeCapture:
             template = self._create_template(item, col)
             template[col["CreatedDate"]] = template[modified] = template[system] = stamp
             ids = []
+            unique = [col[f.name] for f in store.spec.stored_fields
+                      if (f.unique or f.external_id) and f.name in col and f.name not in item.values]
             for _ in range(item.count):
                 pos = store.count()
                 template[0] = make_id(store.spec.key_prefix, pos + 1)
+                if unique:  # one record, one value of each unique field (DUPLICATE_VALUE otherwise)
+                    generated = store.generator.row(pos)
+                    for c in unique:
+                        template[c] = generated[c]
                 store.put(pos, tuple(template))
                 ids.append(template[0])
             return ids, []

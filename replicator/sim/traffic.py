@@ -206,7 +206,9 @@ class Traffic:
         if settable is None or len(settable) == 0:
             settable = self._settable[name] = [
                 f.name for f in store.spec.stored_fields
-                if not (f.system or f.calculated or f.type == "id") and f.name in store.names]
+                # unique fields (External_Id__c) are left alone: Salesforce rejects a duplicate value
+                if not (f.system or f.calculated or f.type == "id" or f.unique or f.external_id)
+                and f.name in store.names]
         source = store.generator.row(rng.randrange(1 << 30))
         values, nulled = {}, []
         for fname in rng.sample(settable, min(len(settable), rng.randint(1, self.config.fields_per_update))):

@@ -272,6 +272,9 @@ class RowOp:
     values: dict[str, Any] = field(default_factory=dict)  # column -> value; every column for full records
     version: tuple[int, int, int] = (0, 0, 0)
     commit_ms: int = 0  # the version's time, epoch ms: becomes _sf_stream_version
+    # upsert: the record ends deleted (created, then deleted, in one batch); delete: `values` are the fields
+    # changed before the delete in the same batch (a soft-deleted row keeps the record's last values)
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,7 +131,13 @@ def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True) -> dict[st
             kind = "undelete" if ch.change_type == "UNDELETE" else "upsert"
             ops[key] = RowOp(key, kind, values, ver, ms)
         elif ch.change_type == "DELETE":
-            ops[key] = RowOp(key, "delete", version=ver, commit_ms=ms)
+            # A delete wins, but a soft-deleted row keeps the values the record had when it was deleted.
+            if cur is not None and cur.kind in ("upsert", "undelete"):
+                ops[key] = RowOp(key, "upsert", cur.values, ver, ms, deleted=True)
+            elif cur is not None and cur.kind == "update":
+                ops[key] = RowOp(key, "delete", cur.values, ver, ms)
+            else:
+                ops[key] = RowOp(key, "delete", version=ver, commit_ms=ms)
         elif ch.change_type == "UPDATE":
             values = cmap.values(ch.fields, strict)
             for col in cmap.nulled(ch.nulled):

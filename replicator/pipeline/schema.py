@@ -98,12 +98,16 @@ def table_spec(
         unknown = {f.lower() for f in fields} - {f.name.lower() for f in describe.fields}
         if unknown:
             raise ConfigError(f"objects.{describe.name}.fields: unknown field(s) {sorted(unknown)}")
+    always = {"id", key_field.lower()}
     columns: list[ColumnSpec] = []
     seen: set[str] = set()
     for f in describe.fields:
         if f.type in SKIPPED_TYPES:
             continue
         if wanted is not None and f.name.lower() not in wanted:
+            continue
+        if f.calculated and f.name.lower() not in always:
+            # Formula fields are never in change events (pubsub-cdc.md §5): a copy could not keep them current.
             continue
         if not _API_NAME.match(f.name):
             log.warning("schema.field_skipped", object=describe.name, field=f.name,

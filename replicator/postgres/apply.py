@@ -81,6 +81,14 @@ class StreamSink:
                     result.updates += n
                     result.skipped += len(group) - n
                 deletes = [o for o in ops if o.kind == "delete"]
+                if deletes and not self.t.hard_deletes:
+                    # fields changed earlier in the batch land first, then the soft delete
+                    changed: dict[tuple[str, ...], list[RowOp]] = defaultdict(list)
+                    for o in deletes:
+                        if o.values:
+                            changed[tuple(sorted(o.values))].append(o)
+                    for cols, group in changed.items():
+                        await self._update(conn, cols, group)
                 if deletes:
                     n = await self._delete(conn, deletes)
                     result.deletes += n
@@ -104,7 +112,7 @@ class StreamSink:
         for op in ops:
             row = {**op.values, "id": op.key, **self._system(op)}
             if "isdeleted" in self.types:
-                row["isdeleted"] = False
+                row["isdeleted"] = op.deleted
             for i, c in enumerate(cols):
                 arrays[i].append(row.get(c))
             versions.append(_ts(op.commit_ms))

@@ -21,8 +21,10 @@ from .ids import make_id
 from .schema import HOSTILE_FIELD, INDUSTRIES, INVOICE_STATUS, REGIONS, STAGES, ObjectSpec
 
 EPOCH = dt.datetime(2024, 1, 1)
-END = dt.datetime(2026, 12, 31, 23, 59, 59)
-CREATED_SPAN = 731 * 86400  # CreatedDate falls in 2024-01-01 .. 2025-12-31
+# Every generated timestamp is in the past: a record's SystemModstamp is its version, and a live change
+# (stamped with the wall clock) must always be newer than the generated state it changes.
+END = dt.datetime(2025, 12, 31, 23, 59, 59)
+CREATED_SPAN = 547 * 86400  # CreatedDate falls in 2024-01-01 .. 2025-06-30
 _SECOND = dt.timedelta(seconds=1)
 
 ADJECTIVES = ("Blue", "Quantum", "Northern", "Silver", "Rapid", "Bright", "Global", "Urban", "Pacific", "Solid")

@@ -17,6 +17,7 @@ import structlog
 from ..config import ObjectSettings, Settings
 from ..model import Checkpoint, DeadLetter, ReplayIdInvalidError, RowOp, StreamEvent
 from ..postgres import apply as pg
+from ..postgres import state
 from ..postgres.sink import PageSink, TableInfo
 from .backfill import Backfill
 from .batcher import Batcher
@@ -85,7 +86,9 @@ class ObjectStream:
     async def resync(self, reason: str) -> None:
         """Build the table again from a fresh Bulk extract (keyed upsert into the live table)."""
         self.stats.resyncs += 1
-        log.warning("stream.resync", object=self.name, reason=reason)
+        log.warning("stream.resync", object=self.name, reason=reason, resyncs=self.stats.resyncs)
+        async with self.pool.acquire() as conn:
+            await state.count_resync(conn, self.name, reason)
         await Backfill(self.client, self.pool, self.settings, self.name, self.obj).run()
         await self._load_schema()
 

@@ -115,3 +115,11 @@ async def record_error(conn: asyncpg.Connection, name: str, error: str) -> None:
     await conn.execute(
         "UPDATE replicator.objects SET last_error = $2, updated_at = now() WHERE object = $1", name, error[:2000]
     )
+
+
+async def count_resync(conn: asyncpg.Connection, name: str, reason: str) -> None:
+    await conn.execute(
+        "UPDATE replicator.objects SET resyncs = resyncs + 1, last_resync_at = now(), last_resync_reason = $2,"
+        " updated_at = now() WHERE object = $1",
+        name, reason[:500],
+    )

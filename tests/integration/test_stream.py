@@ -104,3 +104,63 @@ async def test_partial_update_leaves_every_other_column_untouched(sim, pg_url, s
     assert changed <= {"phone", "lastmodifieddate", "systemmodstamp", "_sf_stream_version", "_sf_version",
                        "_sf_synced_at"}, changed
     assert "phone" in changed
+
+
+async def _q(pg_url, sql):
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return await conn.fetchval(sql)
+    except asyncpg.UndefinedColumnError:  # the new column is not there yet
+        return None
+    finally:
+        await conn.close()
+
+
+async def test_a_new_field_becomes_a_column_before_its_batch(sim, pg_url, service):
+    added = (await sim_admin(sim, "POST", "/__sim/schema/Account/fields",
+                             {"name": "Loyalty_Tier__c", "type": "string"})).json()
+    assert added["schema_id"]
+    acc = (await _some_ids(sim, "Account", 12))[11]
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Loyalty_Tier__c": "gold"}}])
+    await wait_for(lambda: _q(pg_url, f"SELECT count(*) FROM stream.account WHERE id = '{acc}' "
+                                      "AND loyalty_tier__c = 'gold'"), timeout=30)
+    await _converge(sim, pg_url, "stream")
+
+
+async def test_overflow_resyncs_the_object_and_converges(sim, pg_url, service):
+    await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": 5})
+    try:
+        acc = await _some_ids(sim, "Account", 20)
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": acc[12:20], "fields": {"Phone": "0"}}])
+        await wait_for(lambda: _q(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'"),
+                       timeout=60)
+        await _converge(sim, pg_url, "stream")
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": 100_000})
+
+
+async def test_expired_replay_id_resyncs_by_itself_and_converges(sim, pg_url):
+    settings = stream_settings(sim, pg_url, "expiry")
+    await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # earlier tests' events: gone
+    first = Service(settings)
+    task = asyncio.create_task(first.run())
+    await wait_for(lambda: _streaming(pg_url), timeout=60)
+    await wait_for(lambda: _q(pg_url, "SELECT count(*) = 2 FROM replicator.checkpoints"), timeout=30)
+    first.stop.set()
+    assert await asyncio.wait_for(task, 30) == 0
+    assert await _q(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'") == 0
+    # While it is stopped: changes happen, then Salesforce's retention window passes them all.
+    acc = await _some_ids(sim, "Account", 3)
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": acc, "fields": {"Phone": "expired"}}])
+    await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})
+    second = Service(settings)
+    task = asyncio.create_task(second.run())
+    try:
+        await wait_for(lambda: _q(pg_url, "SELECT resyncs = 1 FROM replicator.objects WHERE object = 'Account'"),
+                       timeout=60)
+        reason = await _q(pg_url, "SELECT last_resync_reason FROM replicator.objects WHERE object = 'Account'")
+        assert reason == "replay id expired or invalid"
+        await _converge(sim, pg_url, "expiry")
+    finally:
+        second.stop.set()
+        assert await asyncio.wait_for(task, 30) == 0

@@ -72,6 +72,8 @@ class Batcher:
         wait_until = self.first_at + self.max_wait_s
         if now < wait_until:
             return wait_until - now
+        if self._complete_prefix() > 0:
+            return 0.0  # a complete part is due now
         return max(0.001, self.last_at + self.hold_s - now)
 
     def _complete_prefix(self) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -31,6 +32,9 @@ log = structlog.get_logger(__name__)
 _HANDOFF = 1_000
 
 
+LAG_SAMPLES = 100_000
+
+
 def topic_for(name: str) -> str:
     """`/data/AccountChangeEvent`; custom objects drop the `c`: `Invoice__c` → `/data/Invoice__ChangeEvent` (§5)."""
     base = name[:-1] if name.endswith("__c") else name
@@ -49,6 +53,8 @@ class StreamStats:
     refetched: int = 0
     resyncs: int = 0
     last_commit_ms: int | None = None
+    # commit → applied lag of recent events, seconds (bounded: the newest LAG_SAMPLES)
+    lags: deque = field(default_factory=lambda: deque(maxlen=LAG_SAMPLES))
 
 
 class ObjectStream:
@@ -109,7 +115,10 @@ class ObjectStream:
             while not stop.is_set():
                 timeout = batcher.next_deadline()
                 try:
-                    item = await asyncio.wait_for(queue.get(), 0.5 if timeout is None else min(timeout, 0.5))
+                    if not queue.empty():  # the common case under load: no timer, no task per event
+                        item = queue.get_nowait()
+                    else:
+                        item = await asyncio.wait_for(queue.get(), 0.5 if timeout is None else min(timeout, 0.5))
                 except TimeoutError:
                     batch = batcher.due()
                     if batch:
@@ -118,6 +127,8 @@ class ObjectStream:
                 if isinstance(item, BaseException):
                     raise item
                 batch = batcher.add(item)
+                if batch is None and batcher.next_deadline() == 0:  # the time bound passed while events flowed
+                    batch = batcher.due()
                 if batch:
                     await self.apply_batch(batch)
             rest = batcher.due(now=float("inf"))  # stopping: commit what is complete
@@ -175,9 +186,11 @@ class ObjectStream:
         s.deletes += result.deletes
         s.skipped += result.skipped
         s.dead_letters += len(dead)
+        applied_ms = time.time() * 1000
         if commits:
             s.last_commit_ms = max(commits)
-        lag = (time.time() * 1000 - s.last_commit_ms) / 1000 if commits else None
+            s.lags.extend((applied_ms - c) / 1000 for c in commits)
+        lag = (applied_ms - s.last_commit_ms) / 1000 if commits else None
         (log.info if delivered or dead else log.debug)("stream.batch", object=self.name, phase="STREAMING", batch_id=self._batch_id, events=len(batch),
                  rows=len(ops_list), upserts=result.upserts, updates=result.updates, deletes=result.deletes,
                  skipped=result.skipped, dead_letters=len(dead), lag_s=None if lag is None else round(lag, 3),

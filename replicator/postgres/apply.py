@@ -12,7 +12,6 @@ again leaves the same row.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from dataclasses import dataclass
 
 import asyncpg
@@ -72,23 +71,15 @@ class StreamSink:
                     n = await self._upsert(conn, full)
                     result.upserts += n
                     result.skipped += len(full) - n
-                groups: dict[tuple[str, ...], list[RowOp]] = defaultdict(list)
-                for o in ops:
-                    if o.kind == "update":
-                        groups[tuple(sorted(o.values))].append(o)
-                for cols, group in groups.items():
-                    n = await self._update(conn, cols, group)
+                updates = [o for o in ops if o.kind == "update"]
+                if updates:
+                    n = await self._update(conn, updates)
                     result.updates += n
-                    result.skipped += len(group) - n
+                    result.skipped += len(updates) - n
                 deletes = [o for o in ops if o.kind == "delete"]
-                if deletes and not self.t.hard_deletes:
-                    # fields changed earlier in the batch land first, then the soft delete
-                    changed: dict[tuple[str, ...], list[RowOp]] = defaultdict(list)
-                    for o in deletes:
-                        if o.values:
-                            changed[tuple(sorted(o.values))].append(o)
-                    for cols, group in changed.items():
-                        await self._update(conn, cols, group)
+                changed = [o for o in deletes if o.values]
+                if changed and not self.t.hard_deletes:
+                    await self._update(conn, changed)  # fields changed earlier in the batch, then the soft delete
                 if deletes:
                     n = await self._delete(conn, deletes)
                     result.deletes += n
@@ -139,31 +130,47 @@ class StreamSink:
         status = await conn.execute(sql, *arrays, versions)
         return int(status.rsplit(" ", 1)[-1])
 
-    async def _update(self, conn: asyncpg.Connection, cols: tuple[str, ...], ops: list[RowOp]) -> int:
-        extra = list(self._system(ops[0]))
-        all_cols = [c for c in cols if c not in extra] + extra
-        arrays: list[list] = [[] for _ in all_cols]
+    async def _update(self, conn: asyncpg.Connection, ops: list[RowOp]) -> int:
+        """Partial updates of any mix of columns in ONE statement: per column, the values and a mask saying
+        which rows set it (`SET c = CASE WHEN u.m THEN u.v ELSE cur.c END`); unset columns keep their value."""
+        system = list(self._system(ops[0]))
+        cols = sorted({c for o in ops for c in o.values if c not in system})
         ids, versions = [], []
+        values: list[list] = [[] for _ in cols]
+        masks: list[list] = [[] for _ in cols]
+        sys_values: list[list] = [[] for _ in system]
         for op in ops:
-            row = {**op.values, **self._system(op)}
-            for i, c in enumerate(all_cols):
-                arrays[i].append(row.get(c))
             ids.append(op.key)
             versions.append(_ts(op.commit_ms))
-        names = ["_id", *(f"c{i}" for i in range(len(all_cols))), "_v"]
-        params = ", ".join(
-            ["$1::text[]", *(f"${i + 2}::{self.types[c]}[]" for i, c in enumerate(all_cols)),
-             f"${len(all_cols) + 2}::timestamptz[]"]
-        )
-        sets = [f"{ddl.quote_ident(c)} = u.c{i}" for i, c in enumerate(all_cols)]
+            for i, c in enumerate(cols):
+                present = c in op.values
+                masks[i].append(present)
+                values[i].append(op.values[c] if present else None)
+            row = self._system(op)
+            for i, c in enumerate(system):
+                sys_values[i].append(row[c])
+        args: list = [ids, versions]
+        unnest = ["$1::text[]", "$2::timestamptz[]"]
+        names = ["_id", "_v"]
+        sets = []
+        for i, c in enumerate(cols):
+            args += [values[i], masks[i]]
+            unnest += [f"${len(args) - 1}::{self.types[c]}[]", f"${len(args)}::boolean[]"]
+            names += [f"v{i}", f"m{i}"]
+            sets.append(f"{ddl.quote_ident(c)} = CASE WHEN u.m{i} THEN u.v{i} ELSE cur.{ddl.quote_ident(c)} END")
+        for i, c in enumerate(system):
+            args.append(sys_values[i])
+            unnest.append(f"${len(args)}::{self.types[c]}[]")
+            names.append(f"s{i}")
+            sets.append(f"{ddl.quote_ident(c)} = u.s{i}")
         stream_v = ddl.quote_ident(ddl.STREAM_VERSION_COLUMN)
         sets += [f"{stream_v} = u._v", f"{ddl.quote_ident(SYNCED_COLUMN)} = now()"]
         sql = (
             f"UPDATE {self.q} AS cur SET {', '.join(sets)} "
-            f"FROM unnest({params}) AS u({', '.join(names)}) "
+            f"FROM unnest({', '.join(unnest)}) AS u({', '.join(names)}) "
             f'WHERE cur."id" = u._id AND cur.{ddl.quote_ident(VERSION_COLUMN)} <= u._v'
         )
-        status = await conn.execute(sql, ids, *arrays, versions)
+        status = await conn.execute(sql, *args)
         return int(status.rsplit(" ", 1)[-1])
 
     async def _delete(self, conn: asyncpg.Connection, ops: list[RowOp]) -> int:

@@ -358,7 +358,10 @@ class Subscription:
         while True:
             self._room.clear()
             free = self._max - self._queued - self._owed
-            if free > 0 and (first or self._owed == 0 or free >= self._threshold):
+            # Ask in chunks (half the window) so a fast consumer does not turn into one request per event;
+            # ask for whatever is free only when the consumer would otherwise starve.
+            starving = self._owed == 0 and self._queued == 0
+            if free > 0 and (first or starving or free >= self._threshold):
                 request = pb.FetchRequest(topic_name=self.topic, num_requested=free)
                 if first:  # replay options are honoured only on the first request of a call (§3)
                     if position:

@@ -106,7 +106,7 @@ async def test_checkpoint_and_dead_letters_commit_with_the_rows(sink):
     # A failing batch commits nothing: neither rows nor checkpoint.
     bad = list(fold([ch("CREATE", T0 + 1, {"Name": "b"}, rid="001000000000002AAA")], cmap).values())
     bad[0].values["phone"] = 12345678  # not text: asyncpg refuses the array, the transaction rolls back
-    with pytest.raises(Exception):
+    with pytest.raises(asyncpg.DataError):
         await s.apply(bad, [], Checkpoint("/data/AccountChangeEvent", b"\x09", T0 + 1))
     async with pool.acquire() as conn:
         assert await load_checkpoint(conn, "/data/AccountChangeEvent") == b"\x00\x01\x02"

@@ -177,7 +177,10 @@ class ObjectStream:
         commits = [e.commit_timestamp for e in batch if e.commit_timestamp]
         checkpoint = Checkpoint(self.topic, last.replay_id, max(commits) if commits else None)
         delivered = sum(1 for e in batch if not e.keepalive)
-        result = await self.sink.apply(ops_list, dead, checkpoint, delivered)
+        try:
+            result = await self.sink.apply(ops_list, dead, checkpoint, delivered)
+        except pg.BadBatchError as exc:
+            result = await self._apply_isolating(ops_list, dead, checkpoint, delivered, str(exc))
         s = self.stats
         s.events += delivered
         s.batches += 1
@@ -197,6 +200,26 @@ class ObjectStream:
                  duration_s=round(time.monotonic() - started, 4))
         if resync_reason:
             await self.resync(resync_reason)
+
+    async def _apply_isolating(self, ops, dead, checkpoint, delivered, error: str):
+        """Postgres refused the batch: apply row by row, dead-letter the rows it refuses, then commit the
+        checkpoint with the dead letters. The batch is no longer one transaction; nothing is lost."""
+        log.warning("stream.batch_refused", object=self.name, error=error, rows=len(ops))
+        total = pg.ApplyResult()
+        for op in ops:
+            try:
+                r = await self.sink.apply([op], [], None)
+            except pg.BadBatchError as exc:
+                dead.append(DeadLetter(self.name, f"postgres refused the change: {exc}", key=op.key,
+                                       source="stream", payload={"kind": op.kind, "values": {
+                                           k: str(v) for k, v in op.values.items()}}))
+                continue
+            total.upserts += r.upserts
+            total.updates += r.updates
+            total.deletes += r.deletes
+            total.skipped += r.skipped
+        await self.sink.apply([], dead, checkpoint, delivered)
+        return total
 
     async def _reconcile(self, ops: dict[str, RowOp]) -> None:
         """Gap events, and updates of rows we do not have: fetch the full records by id (≤2,000 a call)."""

@@ -26,7 +26,7 @@ from ..model import (
     TransientError,
 )
 from . import ddl, state
-from .sink import TRANSIENT_PG_ERRORS, TableInfo, _dead_row
+from .sink import DATA_ERRORS, TRANSIENT_PG_ERRORS, TableInfo, _dead_row
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +35,10 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 def _ts(ms: int) -> dt.datetime:
     return EPOCH + dt.timedelta(milliseconds=ms)
+
+
+class BadBatchError(Exception):
+    """Postgres refused a value of the batch; nothing was committed. The caller isolates the bad rows."""
 
 
 @dataclass(slots=True)
@@ -87,6 +91,8 @@ class StreamSink:
                 await state.add_dead_letters(conn, [_dead_row(d) for d in dead])
                 if checkpoint is not None:
                     await save_checkpoint(conn, checkpoint, events)
+        except DATA_ERRORS as exc:
+            raise BadBatchError(str(exc).splitlines()[0]) from exc
         except TRANSIENT_PG_ERRORS as exc:
             raise TransientError(f"postgres: {exc}") from exc
         return result

@@ -63,3 +63,23 @@ async def test_bad_events_are_dead_letters_and_gaps_and_orphans_are_fetched(sim,
     problems = await compare_with_truth(pg_url, "batches", "Account", "Id", [truth[b], truth[c]])
     assert [p for p in problems if "extra" not in p] == []
     assert stream.stats.refetched == 2
+
+
+async def test_a_value_postgres_refuses_is_a_dead_letter_and_the_rest_applies(sim, pg_url):
+    settings = settings_for(sim, pg_url, "refused", objects={"Account": {}})
+    await run_backfills(settings, ["Account"])
+    a, b = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][:2]
+    now = 4_000_000_000_000
+    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+        stream = ObjectStream(client, None, pool, settings, "Account", settings.objects["Account"])
+        await stream._load_schema()
+        # NumberOfEmployees is an int column: a value past its range is refused by Postgres, not by Python
+        await stream.apply_batch([ev(7, upd(a, now, NumberOfEmployees=2**40)), ev(8, upd(b, now, Phone="+1 222"))])
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetchval("SELECT phone FROM refused.account WHERE id = $1", b) == "+1 222"
+        reasons = [r[0] for r in await conn.fetch("SELECT reason FROM replicator.dead_letters")]
+        assert len(reasons) == 1 and "postgres refused" in reasons[0]
+        assert await load_checkpoint(conn, TOPIC) == (8).to_bytes(10, "big")
+    finally:
+        await conn.close()

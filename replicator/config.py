@@ -104,6 +104,11 @@ class StreamSettings(_Section):
     batch_max_wait_s: float = Field(
         0.2, gt=0, le=60, description="Longest wait before a partial batch is applied (bounds the added lag)."
     )
+    platform_events: list[str] = Field(
+        default_factory=list,
+        description="Platform events to keep, e.g. [\"Order_Ready__e\"]: each `/event/<name>` topic is appended to "
+        "table <schema>.<name lower-cased>, one row per event keyed by replay id (a redelivery adds nothing).",
+    )
 
 
 class ObjectSettings(_Section):

@@ -16,6 +16,7 @@ from ..model import ConfigError
 from ..postgres import state
 from ..salesforce.pubsub import PubSubClient
 from .backfill import Backfill
+from .platform_events import PlatformEventStream
 from .runtime import postgres_pool, salesforce_client
 from .stream import ObjectStream
 
@@ -50,7 +51,10 @@ class Service:
             pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens, ca_file=str(sf.ca_file) if sf.ca_file else None,
                                   tls=sf.pubsub_tls)
             try:
-                await asyncio.gather(*(self._supervise(client, pubsub, pool, n) for n in self.settings.objects))
+                await asyncio.gather(
+                    *(self._supervise(client, pubsub, pool, n) for n in self.settings.objects),
+                    *(self._supervise_events(pubsub, pool, n) for n in self.settings.stream.platform_events),
+                )
             finally:
                 close = getattr(pubsub, "close", None)
                 if close is not None:
@@ -82,6 +86,22 @@ class Service:
                           retry_in_s=round(delay, 1), failures=failures)
                 async with pool.acquire() as conn:
                     await state.record_error(conn, name, f"{type(exc).__name__}: {exc}")
+                await _sleep_or_stop(self.stop, delay)
+
+
+    async def _supervise_events(self, pubsub, pool, name: str) -> None:
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                await PlatformEventStream(pubsub, pool, self.settings, name).run(self.stop)
+                failures = 0
+            except ConfigError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(RETRY_CAP_S, 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
+                log.error("service.events_failed", topic=f"/event/{name}", error=f"{type(exc).__name__}: {exc}",
+                          retry_in_s=round(delay, 1))
                 await _sleep_or_stop(self.stop, delay)
 
 

@@ -164,3 +164,27 @@ async def test_expired_replay_id_resyncs_by_itself_and_converges(sim, pg_url):
     finally:
         second.stop.set()
         assert await asyncio.wait_for(task, 30) == 0
+
+
+async def test_platform_events_are_appended_once_by_replay_id(sim, pg_url):
+    settings = settings_for(sim, pg_url, "events", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            stream={"batch_max_wait_s": 0.05, "platform_events": ["Order_Ready__e"]},
+                            objects={"Account": {}})
+    await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})
+    await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "rate": 200, "platform_event_rate": 1.0,
+                                                   "objects": ["Account"], "changes": 40,
+                                                   "mix": {"UPDATE": 1.0}})
+    await sim_admin(sim, "PUT", "/__sim/faults", {"duplicate_rate": 0.5})
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        async def traffic_done():
+            return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["running"] is False
+        await wait_for(traffic_done, timeout=60)
+        await wait_for(lambda: _q(pg_url, "SELECT count(*) >= 40 FROM events.order_ready__e"), timeout=60)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+        await sim_admin(sim, "PUT", "/__sim/faults", {"duplicate_rate": 0})
+    assert await _q(pg_url, "SELECT count(*) FROM events.order_ready__e") == 40
+    assert await _q(pg_url, "SELECT count(*) FROM events.order_ready__e WHERE fields ? 'Order_Id__c'") == 40

@@ -8,7 +8,7 @@ import pytest
 from replicator.model import Change, Checkpoint, DeadLetter, FieldSpec, ObjectDescribe, Version
 from replicator.pipeline.changes import ColumnMap, fold
 from replicator.pipeline.schema import table_spec, version_column
-from replicator.postgres.apply import StreamSink, load_checkpoint
+from replicator.postgres.apply import BadBatchError, StreamSink, load_checkpoint
 from replicator.postgres.migrate import migrate
 from replicator.postgres.sink import PageSink, TableInfo
 
@@ -106,7 +106,7 @@ async def test_checkpoint_and_dead_letters_commit_with_the_rows(sink):
     # A failing batch commits nothing: neither rows nor checkpoint.
     bad = list(fold([ch("CREATE", T0 + 1, {"Name": "b"}, rid="001000000000002AAA")], cmap).values())
     bad[0].values["phone"] = 12345678  # not text: asyncpg refuses the array, the transaction rolls back
-    with pytest.raises(asyncpg.DataError):
+    with pytest.raises(BadBatchError):
         await s.apply(bad, [], Checkpoint("/data/AccountChangeEvent", b"\x09", T0 + 1))
     async with pool.acquire() as conn:
         assert await load_checkpoint(conn, "/data/AccountChangeEvent") == b"\x00\x01\x02"

@@ -10,6 +10,6 @@ RUN pip install --no-cache-dir . && rm -rf /root/.cache
 
 USER replicator
 ENV REPLICATOR_CONFIG=/etc/replicator/replicator.toml
-# One-shot backfill by default; the long-running service (`replicator run`) arrives with the stream.
+# The service by default; `docker run IMAGE backfill Account` for a one-shot backfill.
 ENTRYPOINT ["replicator"]
-CMD ["backfill"]
+CMD ["run"]

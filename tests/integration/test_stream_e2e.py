@@ -1,0 +1,85 @@
+"""End to end at CI size: backfill, then changes of every kind (multi-record events, transactions, gaps, an
+overflow, a schema change, duplicates); when the traffic stops and the stream drains, `verify` finds every table
+equal to the org. `python -m bench.e2e` runs the same scenario at 200,000 records and 100,000 changes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from replicator.pipeline.runtime import postgres_pool, salesforce_client
+from replicator.pipeline.service import Service
+from replicator.pipeline.verify import verify_object
+from replicator.sim.server import SimulatorThread
+
+from .helpers import OBJECTS, settings_for, sim_admin, wait_for
+
+RECORDS, CHANGES = 3_000, 5_000
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorThread(records=RECORDS, seed=77, keepalive_seconds=0.2) as thread:
+        yield thread.info
+
+
+async def _q(url, sql):
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        return None
+    finally:
+        await conn.close()
+
+
+async def test_every_kind_of_change_then_verify_equal(sim, pg_url):
+    settings = settings_for(sim, pg_url, "e2e", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            stream={"batch_max_wait_s": 0.05}, objects=OBJECTS)
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: _q(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
+                       timeout=120)
+        # gaps: events over 6 KB (long text) become GAP_*; duplicates: 5% delivered twice; overflow: a
+        # transaction of more than 400 changes ends in GAP_OVERFLOW.
+        await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 6000, "duplicate_rate": 0.05,
+                                                     "overflow_threshold": 400})
+        await sim_admin(sim, "PUT", "/__sim/traffic", {
+            "running": True, "rate": 2000, "changes": CHANGES // 2, "transaction_size": 4, "records_per_event": 3,
+            "collision_rate": 0.3, "mix": {"CREATE": 0.2, "UPDATE": 0.65, "DELETE": 0.1, "UNDELETE": 0.05}})
+        await wait_for(lambda: _traffic_stopped(sim), timeout=120)
+        await sim_admin(sim, "POST", "/__sim/schema/Account/fields", {"name": "Segment__c", "type": "string"})
+        ids = [r["Id"] for r in (await _records(sim, "Account"))[:450]]
+        await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "Account", "type": "UPDATE", "ids": ids, "fields": {"Segment__c": "enterprise"}}])
+        await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "changes": CHANGES // 2})
+        await wait_for(lambda: _traffic_stopped(sim), timeout=120)
+        published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
+        await wait_for(lambda: _q(pg_url, f"SELECT sum(events_applied) >= {published} FROM replicator.checkpoints"),
+                       timeout=180)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+        await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 1_000_000, "duplicate_rate": 0,
+                                                     "overflow_threshold": 100_000})
+    assert await _q(pg_url, "SELECT sum(resyncs) FROM replicator.objects") >= 1  # the overflow
+    assert sum(s.stats.refetched for s in svc.streams.values()) > 0  # gap events healed by id
+    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+        for name in OBJECTS:
+            diff = await verify_object(client, pool, settings, name)
+            assert diff.equal, (name, diff)
+    assert await _q(pg_url, "SELECT count(*) FROM e2e.account WHERE segment__c = 'enterprise'") >= 1
+
+
+async def _traffic_stopped(sim):
+    return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["running"] is False
+
+
+async def _records(sim, obj):
+    import orjson
+
+    body = (await sim_admin(sim, "GET", f"/__sim/objects/{obj}/records")).content
+    return [r for r in (orjson.loads(line) for line in body.splitlines() if line.strip()) if not r["IsDeleted"]]

@@ -94,6 +94,8 @@ async def verify_command(settings: Settings, names: list[str]) -> int:
             print(line + ("  (equal)" if diff.equal else ""))
             for kind, keys in diff.examples.items():
                 print(f"  {kind}: {', '.join(keys)}")
+            if diff.missing_columns:
+                print(f"  columns missing in Postgres: {', '.join(diff.missing_columns)}")
     return 0 if equal else 1
 
 

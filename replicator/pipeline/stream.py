@@ -64,6 +64,7 @@ class ObjectStream:
         self.topic = topic_for(name)
         self.stats = StreamStats()
         self._batch_id = 0
+        self._schemas_seen: set[str] = set()
 
     async def _load_schema(self) -> None:
         describe = await self.client.describe(self.name)
@@ -96,6 +97,8 @@ class ObjectStream:
         async with self.pool.acquire() as conn:
             await state.count_resync(conn, self.name, reason)
         await Backfill(self.client, self.pool, self.settings, self.name, self.obj).run()
+        async with self.pool.acquire() as conn:
+            await state.set_phase(conn, self.name, "STREAMING")
         await self._load_schema()
 
     async def _stream(self, position: bytes | None, stop: asyncio.Event) -> None:
@@ -164,6 +167,14 @@ class ObjectStream:
                     resync_reason = f"{ch.change_type} for {ch.record_id}"
                 else:
                     changes.append(ch)
+        new_schemas = {ch.schema_id for ch in changes if ch.schema_id} - self._schemas_seen
+        if new_schemas:
+            # A new schema id means the object's fields changed (§3): add the columns now, even for fields no
+            # event has set yet, so the table always has every field Salesforce has.
+            if self._schemas_seen:
+                log.info("stream.schema_changed", object=self.name, schema_ids=sorted(new_schemas))
+                await self._load_schema()
+            self._schemas_seen |= new_schemas
         try:
             ops = fold(changes, self.cmap)
         except UnknownFieldError as exc:

@@ -20,10 +20,11 @@ class Diff:
     extra: int = 0  # in Postgres, not in Salesforce
     different: int = 0  # same key, some column differs
     examples: dict[str, list[str]] = field(default_factory=dict)
+    missing_columns: list[str] = field(default_factory=list)  # fields Salesforce has and the table lacks
 
     @property
     def equal(self) -> bool:
-        return self.missing == self.extra == self.different == 0
+        return self.missing == self.extra == self.different == 0 and not self.missing_columns
 
 
 class Comparison:
@@ -57,14 +58,19 @@ class Comparison:
         if self.hard_deletes and self.spec.column("isdeleted"):
             src += f" WHERE NOT {ddl.quote_ident('isdeleted')}"
         src += ")"
-        cols = [ddl.quote_ident(c.name) for c in self.spec.columns]
+        present = {
+            r[0] for r in await self.conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+                self.spec.schema, self.spec.name)
+        }
+        out = Diff(missing_columns=[c.name for c in self.spec.columns if c.name not in present])
+        cols = [ddl.quote_ident(c.name) for c in self.spec.columns if c.name in present]
         changed = " OR ".join(f"a.{c} IS DISTINCT FROM b.{c}" for c in cols)
         queries = {
             "missing": f"SELECT b.{k} FROM {src} b LEFT JOIN {t} a USING ({k}) WHERE a.{k} IS NULL",
             "extra": f"SELECT a.{k} FROM {t} a LEFT JOIN {src} b USING ({k}) WHERE b.{k} IS NULL",
             "different": f"SELECT a.{k} FROM {t} a JOIN {src} b USING ({k}) WHERE {changed}",
         }
-        out = Diff()
         for kind, sql in queries.items():
             count = await self.conn.fetchval(f"SELECT count(*) FROM ({sql}) q")
             setattr(out, kind, count)

@@ -56,7 +56,8 @@ def _convert(value: Any, pg_type: str) -> Any:
         return int(value)
     if pg_type == "boolean":
         return bool(value)
-    return value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else str(value)
+    return text.replace("\x00", "") if "\x00" in text else text  # Postgres text cannot hold NUL
 
 
 class ColumnMap:
@@ -73,8 +74,16 @@ class ColumnMap:
             if f.compound_field_name and f.name.lower() in self.types:
                 components.setdefault(f.compound_field_name, []).append(f.name)
         self.compounds = components
+        self._cache: dict[str, str | None] = {}
 
     def column(self, name: str) -> str | None:
+        try:
+            return self._cache[name]
+        except KeyError:
+            col = self._cache[name] = self._column(name)
+            return col
+
+    def _column(self, name: str) -> str | None:
         if "." not in name:
             return self.by_field.get(name) or self.by_field.get(name.lower())
         parent, child = name.split(".", 1)

@@ -27,9 +27,9 @@ from .schema import table_spec, version_column
 
 log = structlog.get_logger(__name__)
 
-# The reader hands events to the batcher through this queue; the subscription's own bounded queue (≤100
-# outstanding, the Pub/Sub cap) is what asks Salesforce for more, so memory stays bounded end to end.
-_HANDOFF = 1_000
+# Events taken from the subscription at once. Its bounded queue (≤100 outstanding, the Pub/Sub cap) is what
+# asks Salesforce for more, so memory stays bounded end to end.
+_TAKE = 100
 
 
 LAG_SAMPLES = 100_000
@@ -103,48 +103,30 @@ class ObjectStream:
 
     async def _stream(self, position: bytes | None, stop: asyncio.Event) -> None:
         sub = self.pubsub.subscribe(self.topic, replay_id=position)
-        queue: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue(_HANDOFF)
-
-        async def reader() -> None:
-            try:
-                async for event in sub:
-                    await queue.put(event)
-            except BaseException as exc:  # handed to the main loop, which raises it there
-                await queue.put(exc)
-
-        task = asyncio.create_task(reader())
         batcher = Batcher(self.settings.stream.batch_max_events, self.settings.stream.batch_max_wait_s)
         try:
             while not stop.is_set():
-                timeout = batcher.next_deadline()
-                try:
-                    if not queue.empty():  # the common case under load: no timer, no task per event
-                        item = queue.get_nowait()
-                    else:
-                        item = await asyncio.wait_for(queue.get(), 0.5 if timeout is None else min(timeout, 0.5))
-                except TimeoutError:
+                events = sub.take_ready(_TAKE)
+                if not events:
+                    timeout = batcher.next_deadline()
+                    await sub.wait_ready(0.5 if timeout is None else min(timeout, 0.5))
                     batch = batcher.due()
                     if batch:
                         await self.apply_batch(batch)
                     continue
-                if isinstance(item, BaseException):
-                    raise item
-                batch = batcher.add(item)
-                if batch is None and batcher.next_deadline() == 0:  # the time bound passed while events flowed
+                for event in events:
+                    batch = batcher.add(event)
+                    if batch:
+                        await self.apply_batch(batch)
+                if batcher.next_deadline() == 0:  # the time bound passed while events flowed
                     batch = batcher.due()
-                if batch:
-                    await self.apply_batch(batch)
+                    if batch:
+                        await self.apply_batch(batch)
             rest = batcher.due(now=float("inf"))  # stopping: commit what is complete
             if rest:
                 await self.apply_batch(rest)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            close = getattr(sub, "close", None)
-            if close is not None:
-                result = close()
-                if asyncio.iscoroutine(result):
-                    await result
+            await sub.close()
 
     async def apply_batch(self, batch: list[StreamEvent]) -> None:
         started = time.monotonic()

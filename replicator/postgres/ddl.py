@@ -15,6 +15,13 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings, on by default since PostgreSQL 9.1)."""
+    if "\x00" in value:
+        raise ValueError("literal contains a NUL byte")
+    return "'" + value.replace("'", "''") + "'"
+
+
 def qualified(spec: TableSpec) -> str:
     return f"{quote_ident(spec.schema)}.{quote_ident(spec.name)}"
 

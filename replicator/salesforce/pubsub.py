@@ -250,8 +250,7 @@ class Subscription:
         return self
 
     async def __anext__(self) -> StreamEvent:
-        if self._task is None and not self._closed:
-            self._task = asyncio.create_task(self._run(), name=f"subscribe {self.topic}")
+        self._ensure_running()
         while not self._buffer:
             if self._failure is not None:
                 raise self._failure
@@ -264,6 +263,40 @@ class Subscription:
             self._queued -= 1
             self._room.set()
         return event
+
+    def take_ready(self, limit: int) -> list[StreamEvent]:
+        """The events already received, at most `limit`, without waiting (one hand-off for many events)."""
+        self._ensure_running()
+        out: list[StreamEvent] = []
+        while self._buffer and len(out) < limit:
+            event = self._buffer.popleft()
+            if not event.keepalive:
+                self._queued -= 1
+            out.append(event)
+        if out:
+            self._room.set()
+        return out
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until an event is ready or `timeout` passes; raises the subscription's failure, and
+        StopAsyncIteration once it has ended."""
+        self._ensure_running()
+        if not self._buffer:
+            if self._failure is not None:
+                raise self._failure
+            if self._done or self._closed:
+                raise StopAsyncIteration
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                pass
+        if not self._buffer and self._failure is not None:
+            raise self._failure
+
+    def _ensure_running(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._run(), name=f"subscribe {self.topic}")
 
     async def close(self) -> None:
         """Stop receiving; the iterator ends. Safe to call more than once."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -62,47 +63,49 @@ class Service:
         log.info("service.stopped")
         return 0
 
-    async def _supervise(self, client, pubsub, pool, name: str) -> None:
-        obj = self.settings.objects[name]
+    async def _keep_running(self, what: str, once: Callable[[], Awaitable[None]],
+                            on_error: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """Run `once` until the service stops; a failure retries with backoff (1, 2, 4 … 60 s, jittered) and
+        never stops the other objects. A configuration error stops the service."""
         failures = 0
         while not self.stop.is_set():
             try:
-                async with pool.acquire() as conn:
-                    st = await state.get_object(conn, name)
-                if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
-                    log.info("service.backfill", object=name)
-                    await Backfill(client, pool, self.settings, name, obj).run()
-                async with pool.acquire() as conn:
-                    await state.set_phase(conn, name, "STREAMING")
-                stream = self.streams[name] = ObjectStream(client, pubsub, pool, self.settings, name, obj)
-                await stream.run(self.stop)
-                failures = 0
-            except ConfigError:
-                raise
-            except Exception as exc:  # the object retries; the others go on
-                failures += 1
-                delay = min(RETRY_CAP_S, 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
-                log.error("service.object_failed", object=name, error=f"{type(exc).__name__}: {exc}",
-                          retry_in_s=round(delay, 1), failures=failures)
-                async with pool.acquire() as conn:
-                    await state.record_error(conn, name, f"{type(exc).__name__}: {exc}")
-                await _sleep_or_stop(self.stop, delay)
-
-
-    async def _supervise_events(self, pubsub, pool, name: str) -> None:
-        failures = 0
-        while not self.stop.is_set():
-            try:
-                await PlatformEventStream(pubsub, pool, self.settings, name).run(self.stop)
+                await once()
                 failures = 0
             except ConfigError:
                 raise
             except Exception as exc:
                 failures += 1
+                error = f"{type(exc).__name__}: {exc}"
                 delay = min(RETRY_CAP_S, 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
-                log.error("service.events_failed", topic=f"/event/{name}", error=f"{type(exc).__name__}: {exc}",
-                          retry_in_s=round(delay, 1))
+                log.error("service.failed", what=what, error=error, retry_in_s=round(delay, 1), failures=failures)
+                if on_error is not None:
+                    await on_error(error)
                 await _sleep_or_stop(self.stop, delay)
+
+    async def _supervise(self, client, pubsub, pool, name: str) -> None:
+        obj = self.settings.objects[name]
+
+        async def once() -> None:
+            async with pool.acquire() as conn:
+                st = await state.get_object(conn, name)
+            if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
+                log.info("service.backfill", object=name)
+                await Backfill(client, pool, self.settings, name, obj).run()
+            async with pool.acquire() as conn:
+                await state.set_phase(conn, name, "STREAMING")
+            stream = self.streams[name] = ObjectStream(client, pubsub, pool, self.settings, name, obj)
+            await stream.run(self.stop)
+
+        async def record(error: str) -> None:
+            async with pool.acquire() as conn:
+                await state.record_error(conn, name, error)
+
+        await self._keep_running(name, once, record)
+
+    async def _supervise_events(self, pubsub, pool, name: str) -> None:
+        await self._keep_running(f"/event/{name}",
+                                 lambda: PlatformEventStream(pubsub, pool, self.settings, name).run(self.stop))
 
 
 async def run_command(settings: Settings) -> int:

@@ -35,6 +35,13 @@ from .backfill import SERVER_URL, machine
 ROOT = Path(__file__).resolve().parent
 
 
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (the service runs here; the simulator has its own)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def start_sim(records: int) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen([sys.executable, "-m", "replicator.sim", "--records", str(records), "--port", "0",
                              "--keepalive-seconds", "0.2", "--retention-events", "5000000"],
@@ -166,11 +173,16 @@ async def main() -> None:
         svc.stop.set()
         await task
         result = {"copy_rows_per_s": await copy_rate(url)}
+        result["peak_rss_mb_after_backfill"] = _peak_rss_mb()
+        result["narrow_update_events_per_s"] = await drain_rate(sim, url, cfg, args.events // 5, {"UPDATE": 1.0})
+        result["peak_rss_mb_after_small_drain"] = _peak_rss_mb()
         result["narrow_update_events_per_s"] = await drain_rate(sim, url, cfg, args.events, {"UPDATE": 1.0})
+        result["peak_rss_mb_after_drain"] = _peak_rss_mb()
         result["full_create_events_per_s"] = await drain_rate(sim, url, cfg, args.events, {"CREATE": 1.0})
         result["narrow_ratio_to_copy"] = result["narrow_update_events_per_s"] / result["copy_rows_per_s"]
         result["full_ratio_to_copy"] = result["full_create_events_per_s"] / result["copy_rows_per_s"]
         result["lag"] = [await lag_at(sim, cfg, int(r), args.seconds) for r in args.rates.split(",")]
+        result["peak_rss_mb_end"] = _peak_rss_mb()
     finally:
         sim_proc.terminate()
         sim_proc.wait()

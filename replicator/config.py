@@ -104,6 +104,11 @@ class StreamSettings(_Section):
     batch_max_wait_s: float = Field(
         0.2, gt=0, le=60, description="Longest wait before a partial batch is applied (bounds the added lag)."
     )
+    position_timeout_s: float = Field(
+        300.0, gt=0,
+        description="Before a backfill or resync, how long to wait for the stream's current position (Salesforce "
+        "sends a keepalive within 270 s). Without one, the stream later starts from the earliest retained event.",
+    )
     platform_events: list[str] = Field(
         default_factory=list,
         description="Platform events to keep, e.g. [\"Order_Ready__e\"]: each `/event/<name>` topic is appended to "

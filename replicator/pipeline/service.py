@@ -89,12 +89,14 @@ class Service:
         async def once() -> None:
             async with pool.acquire() as conn:
                 st = await state.get_object(conn, name)
+            stream = self.streams[name] = ObjectStream(client, pubsub, pool, self.settings, name, obj)
             if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
+                if st is None or st.phase == "NEW" or not st.job_id:  # a resumed backfill keeps its position
+                    await stream.capture_position()
                 log.info("service.backfill", object=name)
                 await Backfill(client, pool, self.settings, name, obj).run()
             async with pool.acquire() as conn:
                 await state.set_phase(conn, name, "STREAMING")
-            stream = self.streams[name] = ObjectStream(client, pubsub, pool, self.settings, name, obj)
             await stream.run(self.stop)
 
         async def record(error: str) -> None:

@@ -83,12 +83,26 @@ class ObjectStream:
             try:
                 await self._stream(position, stop)
             except ReplayIdInvalidError as exc:
-                # Never resubscribe at LATEST: that would lose every event in between (STYLE.md).
+                # Never resubscribe at LATEST: that would lose every event in between (STYLE.md). Capture the
+                # position now, extract everything again, then stream from the captured position.
                 log.error("stream.replay_id_invalid", object=self.name, topic=self.topic, error=str(exc),
-                          action="resync from a fresh Bulk extract, then replay every retained event")
+                          action="capture the current position, resync from a fresh Bulk extract, stream on")
+                await self.capture_position()
                 await self.resync(reason="replay id expired or invalid")
-                async with self.pool.acquire() as conn:
-                    await pg.drop_checkpoint(conn, self.topic)
+
+    async def capture_position(self) -> bytes | None:
+        """Store the stream's current position as the checkpoint, before an extract (DESIGN.md contract 5):
+        streaming from it afterwards leaves no hole, and the version guard makes the overlap harmless."""
+        position = await self.pubsub.current_position(self.topic, self.settings.stream.position_timeout_s)
+        async with self.pool.acquire() as conn:
+            if position is None:
+                await pg.drop_checkpoint(conn, self.topic)
+                log.warning("stream.position_unknown", object=self.name, topic=self.topic,
+                            action="the stream will start from the earliest retained event")
+            else:
+                await pg.save_checkpoint(conn, Checkpoint(self.topic, position, None))
+                log.info("stream.position_captured", object=self.name, topic=self.topic, replay_id=position.hex())
+        return position
 
     async def resync(self, reason: str) -> None:
         """Build the table again from a fresh Bulk extract (keyed upsert into the live table)."""

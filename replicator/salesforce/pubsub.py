@@ -205,6 +205,18 @@ class PubSubClient:
         LATEST: the pipeline captures a position before its backfill, so a missing one means "from the start"."""
         return Subscription(self, topic, replay_id, max_pending)
 
+    async def current_position(self, topic: str, timeout: float) -> bytes | None:
+        """The stream's position now, for a handoff: subscribe at LATEST and take the first thing the server
+        sends, a keepalive's `latest_replay_id` or the replay id of an event committed after this call began.
+        None when nothing arrives within `timeout` (Salesforce sends a keepalive within 270 s, §3)."""
+        sub = Subscription(self, topic, None, 1, latest=True)
+        try:
+            await sub.wait_ready(timeout)
+            got = sub.take_ready(1)
+            return got[0].replay_id if got else None
+        finally:
+            await sub.close()
+
 
 class Subscription:
     """An async iterator of StreamEvent over one topic, resubscribing transparently after transient failures.
@@ -216,13 +228,15 @@ class Subscription:
     `reconnect_attempts` consecutive failed attempts. Events already queued are delivered before the error.
     """
 
-    def __init__(self, client: PubSubClient, topic: str, replay_id: bytes | None, max_pending: int):
+    def __init__(self, client: PubSubClient, topic: str, replay_id: bytes | None, max_pending: int,
+                 latest: bool = False):
         if not 1 <= max_pending <= MAX_PENDING_LIMIT:
             raise ConfigError(f"max_pending must be within 1..{MAX_PENDING_LIMIT}, not {max_pending}",
                               code="max_pending")
         self._client = client
         self.topic = topic
         self._start = replay_id or None
+        self._latest = latest  # first request LATEST (only for current_position)
         self._max = max_pending
         # Ask again while events are still owed only when half the window is free: one FetchRequest per event
         # taken would cost a write per event at tens of thousands of events per second.
@@ -400,6 +414,8 @@ class Subscription:
                     if position:
                         request.replay_preset = pb.ReplayPreset.CUSTOM
                         request.replay_id = position
+                    elif self._latest:
+                        request.replay_preset = pb.ReplayPreset.LATEST
                     else:
                         request.replay_preset = pb.ReplayPreset.EARLIEST
                     first = False

@@ -64,6 +64,7 @@ class EventBus:
         self.floor = 0  # every counter <= floor is expired
         self._waiters: set[asyncio.Event] = set()
         self.published = 0
+        self.keepalive_positions: set[int] = set()  # positions handed out in keepalives (bounded below)
 
     # -- publishing -------------------------------------------------------------------------------------------
     def publish(self, topic: str, change: bool, schema_id: str, payload: bytes, event_id: str = "") -> Event:
@@ -110,6 +111,15 @@ class EventBus:
         self._log = []
         return expired
 
+    def keepalive_position(self, counter: int) -> int:
+        """Remember a position sent in a keepalive (the newest 10,000) so a subscriber may resume there."""
+        if len(self.keepalive_positions) >= 10_000:
+            self.keepalive_positions = {c for c in self.keepalive_positions if c >= self.floor}
+            if len(self.keepalive_positions) >= 10_000:
+                self.keepalive_positions.clear()
+        self.keepalive_positions.add(counter)
+        return counter
+
     def retained(self) -> int:
         return self.last_counter - self.floor
 
@@ -128,7 +138,10 @@ class EventBus:
         # Before the first event, a keepalive's latest_replay_id is position 0: resuming there is valid while
         # nothing has expired (it cannot skip an event).
         at_start = counter == 0 and self.floor == 0
-        if not (self.floor < counter <= self.last_counter or at_start):
+        # A keepalive's latest_replay_id is a position, not an event: valid until the window passes it, even
+        # when no event follows it yet (on Salesforce's shared bus it is ahead of this org's last event, §3).
+        position = counter in self.keepalive_positions and self.floor <= counter <= self.last_counter
+        if not (self.floor < counter <= self.last_counter or at_start or position):
             raise ReplayIdError("replay id unknown or outside the retention window")
         return counter
 

@@ -159,7 +159,8 @@ class PubSubService(pb_grpc.PubSubServicer):
                     keepalive = max(0.01, self.faults.keepalive_seconds)
                     remaining = last_sent + keepalive - time.monotonic()
                     if remaining <= 0:
-                        yield pb.FetchResponse(latest_replay_id=_replay(cursor), rpc_id=str(uuid.uuid4()),
+                        yield pb.FetchResponse(latest_replay_id=_replay(self.bus.keepalive_position(cursor)),
+                                               rpc_id=str(uuid.uuid4()),
                                                pending_num_requested=state.pending)
                         last_sent = time.monotonic()
                         continue

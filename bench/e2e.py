@@ -41,11 +41,18 @@ def config(sim: dict, url: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def traffic(sim: dict, changes: int, rate: int) -> None:
-    """Run the generator until it has made `changes` changes in all (the setting counts from the start)."""
+async def traffic(sim: dict, changes: int, rate: int, kill_at: list[int] | None = None, restart=None) -> None:
+    """Run the generator until it has made `changes` changes in all (the setting counts from the start);
+    when the org has made each count in `kill_at`, `restart()` kills and restarts replicator."""
     await sim_admin(sim, "PUT", "/__sim/traffic", {
         "running": True, "rate": rate, "changes": changes, "transaction_size": 4, "records_per_event": 3,
         "collision_rate": 0.2, "mix": {"CREATE": 0.15, "UPDATE": 0.7, "DELETE": 0.1, "UNDELETE": 0.05}})
+
+    async def made(n):
+        return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"] >= n
+    for point in kill_at or []:
+        await until(lambda p=point: made(p), timeout=changes / max(rate, 1) * 5 + 300, interval=0.05)
+        restart()
 
     async def stopped():
         return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["running"] is False
@@ -57,6 +64,9 @@ async def main() -> int:
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--changes", type=int, default=100_000)
     ap.add_argument("--rate", type=int, default=5_000)
+    ap.add_argument("--kills", type=int, default=0,
+                    help="SIGKILL replicator at this many random moments of the traffic and restart it; then the "
+                         "count of applied events must equal the count published (duplicates are turned off)")
     args = ap.parse_args()
     sim_proc, sim = start_sim(args.records)
     url = await fresh_database(SERVER_URL, "replicator_bench_e2e")
@@ -65,20 +75,35 @@ async def main() -> int:
     cfg.close()
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
     log = open(tempfile.mktemp(suffix=".log"), "w")
-    run = subprocess.Popen([sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", cfg.name],
-                           env=env, stdout=log, stderr=log)
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", cfg.name],
+                                env=env, stdout=log, stderr=log)
+
+    run = start()
+
+    def restart() -> None:
+        nonlocal run
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        run = start()
+
+    rng = __import__("random").Random(7)
+    kills = sorted(rng.sample(range(1_000, args.changes - 1_000), args.kills)) if args.kills else []
     figures: dict = {"records_per_object": args.records, "changes": args.changes, "log": log.name}
     try:
         t0 = time.monotonic()
         await until(lambda: q(url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
                     timeout=3600, interval=0.5)
         figures["backfill_s"] = round(time.monotonic() - t0, 1)
-        await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 65536, "duplicate_rate": 0.05,
+        await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 65536,
+                                                     "duplicate_rate": 0 if kills else 0.05,
                                                      "overflow_threshold": 100_000})
         t1 = time.monotonic()
-        await traffic(sim, args.changes // 2, args.rate)
+        half = args.changes // 2
+        await traffic(sim, half, args.rate, [k for k in kills if k < half], restart)
         await sim_admin(sim, "POST", "/__sim/schema/Account/fields", {"name": "Segment__c", "type": "string"})
-        await traffic(sim, args.changes, args.rate)
+        await traffic(sim, args.changes, args.rate, [k for k in kills if k >= half], restart)
+        figures["kills"] = len(kills)
         await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": 500})
         await sim_admin(sim, "PUT", "/__sim/traffic", {"transaction_size": 1, "records_per_event": 1})
         records = (json.loads(line) for line in
@@ -95,6 +120,7 @@ async def main() -> int:
                                    "FROM replicator.objects"), timeout=1800, interval=0.5)  # the overflow's resync
         figures["stream_s"] = round(time.monotonic() - t1, 1)
         figures["resyncs"] = await q(url, "SELECT sum(resyncs) FROM replicator.objects")
+        figures["events_applied"] = await q(url, "SELECT sum(events_applied) FROM replicator.checkpoints")
         figures["dead_letters"] = await q(url, "SELECT count(*) FROM replicator.dead_letters")
     finally:
         run.send_signal(signal.SIGTERM)
@@ -105,8 +131,9 @@ async def main() -> int:
     sim_proc.wait()
     figures["verify_exit"] = verify.returncode
     figures["verify"] = verify.stdout.strip().splitlines() + verify.stderr.strip().splitlines()[-3:]
-    print(json.dumps(figures, indent=2))
-    return 0 if verify.returncode == 0 and figures["run_exit"] == 0 else 1
+    print(json.dumps(figures, indent=2, default=int))
+    exact = not kills or figures.get("events_applied") == figures.get("events_published")
+    return 0 if verify.returncode == 0 and figures["run_exit"] == 0 and exact else 1
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ class ObjectStream:
         await self._load_schema()
 
     async def _stream(self, position: bytes | None, stop: asyncio.Event) -> None:
-        sub = self.pubsub.subscribe(self.topic, replay_id=position)
+        sub = self.pubsub.subscribe(self.topic, replay_id=position, buffer=self.settings.stream.batch_max_events)
         batcher = Batcher(self.settings.stream.batch_max_events, self.settings.stream.batch_max_wait_s)
         try:
             while not stop.is_set():

@@ -200,10 +200,11 @@ class PubSubClient:
             raise TerminalError(f"GetSchema {schema_id}: schema_json is not an object", code="BAD_SCHEMA")
         return schema
 
-    def subscribe(self, topic: str, *, replay_id: bytes | None, max_pending: int = MAX_PENDING_LIMIT) -> Subscription:
+    def subscribe(self, topic: str, *, replay_id: bytes | None, max_pending: int = MAX_PENDING_LIMIT,
+                  buffer: int | None = None) -> Subscription:
         """Events of `topic` after `replay_id` (CUSTOM); `None` means every retained event (EARLIEST), never
         LATEST: the pipeline captures a position before its backfill, so a missing one means "from the start"."""
-        return Subscription(self, topic, replay_id, max_pending)
+        return Subscription(self, topic, replay_id, max_pending, buffer=buffer)
 
     async def current_position(self, topic: str, timeout: float) -> bytes | None:
         """The stream's position now, for a handoff: subscribe at LATEST and take the first thing the server
@@ -229,7 +230,7 @@ class Subscription:
     """
 
     def __init__(self, client: PubSubClient, topic: str, replay_id: bytes | None, max_pending: int,
-                 latest: bool = False):
+                 latest: bool = False, buffer: int | None = None):
         if not 1 <= max_pending <= MAX_PENDING_LIMIT:
             raise ConfigError(f"max_pending must be within 1..{MAX_PENDING_LIMIT}, not {max_pending}",
                               code="max_pending")
@@ -237,7 +238,10 @@ class Subscription:
         self.topic = topic
         self._start = replay_id or None
         self._latest = latest  # first request LATEST (only for current_position)
-        self._max = max_pending
+        self._max = max_pending  # events owed by the server: at most this (Salesforce's cap is 100, §3)
+        # events held here plus owed: at most this. A buffer larger than max_pending lets the server keep
+        # sending while the consumer is busy (applying a batch) without ever owing more than max_pending.
+        self._buffer_max = max(buffer or max_pending, max_pending)
         # Ask again while events are still owed only when half the window is free: one FetchRequest per event
         # taken would cost a write per event at tens of thousands of events per second.
         self._threshold = max(1, max_pending // 2)
@@ -378,7 +382,7 @@ class Subscription:
             self._ready.set()
 
     async def _wait_for_room(self) -> None:
-        while self._queued >= self._max:
+        while self._queued >= self._buffer_max:
             self._room.clear()
             await self._room.wait()
 
@@ -404,7 +408,7 @@ class Subscription:
         first = True
         while True:
             self._room.clear()
-            free = self._max - self._queued - self._owed
+            free = min(self._max - self._owed, self._buffer_max - self._queued - self._owed)
             # Ask in chunks (half the window) so a fast consumer does not turn into one request per event;
             # ask for whatever is free only when the consumer would otherwise starve.
             starving = self._owed == 0 and self._queued == 0

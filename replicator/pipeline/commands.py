@@ -105,11 +105,13 @@ async def status_command(settings: Settings, as_json: bool) -> int:
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
         return 0
-    table = Table("object", "phase", "rows", "expected", "pages", "dead letters", "job", "last error")
+    table = Table("object", "phase", "rows", "expected", "pages", "dead letters", "resyncs", "replay id", "job",
+                  "last error")
     for r in rows:
         table.add_row(
             r["object"], r["phase"], f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}", str(r["pages_done"]),
-            str(r["dead_letters"]), r["job_id"] or "", (r["last_error"] or "")[:60],
+            str(r["dead_letters"]), str(r["resyncs"]), r["replay_id"].hex() if r["replay_id"] else "",
+            r["job_id"] or "", (r["last_error"] or "")[:60],
         )
     Console().print(table)
     return 0

@@ -27,7 +27,7 @@ from ..model import (
     TransientError,
 )
 from . import ddl, state
-from .sink import DATA_ERRORS, TRANSIENT_PG_ERRORS, TableInfo, _dead_row
+from .sink import DATA_ERRORS, TRANSIENT_PG_ERRORS, TableInfo
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +89,7 @@ class StreamSink:
                     n = await self._delete(conn, deletes)
                     result.deletes += n
                     result.skipped += len(deletes) - n
-                await state.add_dead_letters(conn, [_dead_row(d) for d in dead])
+                await state.add_dead_letters(conn, dead)
                 if checkpoint is not None:
                     await save_checkpoint(conn, checkpoint, events)
         except DATA_ERRORS as exc:

@@ -8,7 +8,6 @@ import orjson
 from ..model import Checkpoint, DeadLetter
 from . import ddl, state
 from .apply import save_checkpoint
-from .sink import _dead_row
 
 
 def table_sql(schema: str, table: str) -> str:
@@ -40,6 +39,6 @@ async def append(pool: asyncpg.Pool, schema: str, table: str, rows: list[tuple[b
                 [orjson.dumps(r[3], default=str).decode() for r in rows],
             )
             inserted = int(status.rsplit(" ", 1)[-1])
-        await state.add_dead_letters(conn, [_dead_row(d) for d in dead])
+        await state.add_dead_letters(conn, dead)
         await save_checkpoint(conn, checkpoint, events)
     return inserted

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
-import orjson
 import structlog
 
 from ..model import DeadLetter, TableSpec, TransientError
@@ -151,7 +150,7 @@ class PageSink:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 rows = await self._load(conn, mode, csv_chunks)
-                await state.add_dead_letters(conn, [_dead_row(d) for d in dead])
+                await state.add_dead_letters(conn, dead)
                 await state.record_page(conn, self.t.spec.object, job_id, locator, rows, len(dead))
         except TRANSIENT_PG_ERRORS as exc:
             raise TransientError(f"postgres: {exc}") from exc
@@ -160,7 +159,3 @@ class PageSink:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-def _dead_row(d: DeadLetter) -> tuple[str, str | None, str, str, str]:
-    return (d.object, d.key, d.source, d.reason, orjson.dumps(d.payload).decode())

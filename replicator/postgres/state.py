@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asyncpg
+import orjson
+
+from ..model import DeadLetter
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +97,13 @@ async def fail_object(conn: asyncpg.Connection, name: str, error: str) -> None:
     )
 
 
-async def add_dead_letters(conn: asyncpg.Connection, rows: list[tuple[str, str | None, str, str, str]]) -> None:
-    """rows: (object, record_key, source, reason, payload as JSON text)."""
-    if rows:
+async def add_dead_letters(conn: asyncpg.Connection, dead: list[DeadLetter]) -> None:
+    """Store dead letters in the caller's transaction (with the rows or checkpoint they accompany)."""
+    if dead:
         await conn.executemany(
             "INSERT INTO replicator.dead_letters (object, record_key, source, reason, payload)"
             " VALUES ($1, $2, $3, $4, $5::jsonb)",
-            rows,
+            [(d.object, d.key, d.source, d.reason, orjson.dumps(d.payload).decode()) for d in dead],
         )
 
 

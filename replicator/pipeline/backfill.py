@@ -20,12 +20,12 @@ import structlog
 from ..config import ObjectSettings, Settings
 from ..model import DeadLetter, JobFailedError, TerminalError
 from ..postgres import state
-from ..postgres.sink import BadPageError, PageSink, TableInfo
+from ..postgres.sink import BadPageError, PageSink
 from ..retry import retry_transient
 from ..salesforce.bulk import BulkClient, ResultPage
 from ..salesforce.client import SalesforceClient
 from . import rows as rowcheck
-from .schema import soql, table_spec, version_column
+from .schema import object_table, soql
 
 log = structlog.get_logger(__name__)
 
@@ -85,15 +85,9 @@ class Backfill:
     async def run(self) -> Progress:
         self.progress.started = time.monotonic()
         describe = await self.client.describe(self.name)
-        spec = table_spec(describe, schema=self.settings.postgres.schema_, key_field=self.obj.key, fields=self.obj.fields)
-        info = TableInfo(
-            spec=spec,
-            version_column=version_column(spec),
-            has_isdeleted=spec.column("isdeleted") is not None,
-            hard_deletes=self.obj.deletes == "hard",
-        )
+        info = object_table(describe, self.settings.postgres.schema_, self.obj)
         self.sink = PageSink(self.pool, info)
-        self.spec = spec
+        self.spec = info.spec
         empty = await self.sink.prepare()
         attempts = self.settings.backfill.job_retries + 1
         for attempt in range(1, attempts + 1):

@@ -10,7 +10,9 @@ import re
 
 import structlog
 
+from ..config import ObjectSettings
 from ..model import ColumnSpec, ConfigError, FieldSpec, ObjectDescribe, TableSpec
+from ..postgres.sink import TableInfo
 
 # Describe `type` → Postgres type. Text types are unbounded `text`: Salesforce can lengthen a field at any
 # time, and a varchar(n) would then reject rows. Numbers are unconstrained `numeric` so the CSV value
@@ -149,3 +151,14 @@ def version_column(spec: TableSpec) -> str | None:
 def soql(spec: TableSpec) -> str:
     """The Bulk query that extracts the table's columns (no ORDER BY: it disables PK chunking, §1.9)."""
     return f"SELECT {', '.join(spec.fields)} FROM {spec.object}"
+
+
+def object_table(describe: ObjectDescribe, schema: str, obj: ObjectSettings) -> TableInfo:
+    """The target table of a configured object, as backfill, stream and verify all see it."""
+    spec = table_spec(describe, schema=schema, key_field=obj.key, fields=obj.fields)
+    return TableInfo(
+        spec=spec,
+        version_column=version_column(spec),
+        has_isdeleted=spec.column("isdeleted") is not None,
+        hard_deletes=obj.deletes == "hard",
+    )

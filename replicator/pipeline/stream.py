@@ -19,11 +19,11 @@ from ..config import ObjectSettings, Settings
 from ..model import Checkpoint, DeadLetter, ReplayIdInvalidError, RowOp, StreamEvent
 from ..postgres import apply as pg
 from ..postgres import state
-from ..postgres.sink import PageSink, TableInfo
+from ..postgres.sink import PageSink
 from .backfill import Backfill
 from .batcher import Batcher
 from .changes import EMPTY_RECORD_ID, ColumnMap, UnknownFieldError, fold, record_op
-from .schema import table_spec, version_column
+from .schema import object_table
 
 log = structlog.get_logger(__name__)
 
@@ -68,11 +68,9 @@ class ObjectStream:
 
     async def _load_schema(self) -> None:
         describe = await self.client.describe(self.name)
-        spec = table_spec(describe, schema=self.settings.postgres.schema_, key_field=self.obj.key,
-                          fields=self.obj.fields)
-        info = TableInfo(spec, version_column(spec), spec.column("isdeleted") is not None, self.obj.deletes == "hard")
+        info = object_table(describe, self.settings.postgres.schema_, self.obj)
         await PageSink(self.pool, info).prepare()  # adds columns for fields added in Salesforce
-        self.spec, self.cmap = spec, ColumnMap(spec, describe)
+        self.spec, self.cmap = info.spec, ColumnMap(info.spec, describe)
         self.sink = pg.StreamSink(self.pool, info)
 
     async def run(self, stop: asyncio.Event) -> None:

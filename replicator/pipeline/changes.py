@@ -145,6 +145,9 @@ def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True) -> dict[st
                 ops[key] = RowOp(key, "upsert", cur.values, ver, ms, deleted=True)
             elif cur is not None and cur.kind == "update":
                 ops[key] = RowOp(key, "delete", cur.values, ver, ms)
+            elif cur is not None and cur.kind == "refetch":
+                # the gap's values are unknown: fetch the deleted record (queryAll includes it) at this version
+                ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms)
             else:
                 ops[key] = RowOp(key, "delete", version=ver, commit_ms=ms)
         elif ch.change_type == "UPDATE":
@@ -182,15 +185,14 @@ def _rest_value(value: Any, pg_type: str) -> Any:
 
 
 def record_op(record: dict[str, Any], spec: TableSpec, fallback_ms: int) -> RowOp:
-    """A full record fetched by id → a full upsert, versioned by its SystemModstamp."""
+    """A full record fetched by id → a full upsert (of a deleted row if it is deleted), versioned by its
+    SystemModstamp."""
     values = {}
     for c in spec.columns:
         if c.field in record:
             values[c.name] = _rest_value(record[c.field], c.pg_type)
     stamp = values.get("systemmodstamp")
     ms = int((stamp - EPOCH).total_seconds() * 1000) if isinstance(stamp, dt.datetime) else fallback_ms
-    kind = "upsert"
-    op = RowOp(str(record.get("Id") or values.get("id")), kind, values, (ms, 0, 0), ms)
-    if values.get("isdeleted"):
-        op.kind = "delete"
-    return op
+    # a deleted record (from queryAll) lands as a full row that is deleted: soft deletes keep its last values
+    return RowOp(str(record.get("Id") or values.get("id")), "upsert", values, (ms, 0, 0), ms,
+                 deleted=bool(values.get("isdeleted")))

@@ -9,6 +9,7 @@ the live table.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ _TAKE = 100
 
 
 LAG_SAMPLES = 100_000
+_RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+# Ids per queryAll: 200 ids of 18 characters keep the URL far below Salesforce's 16,384-byte limit (§2.1).
+_QUERY_IDS = 200
 
 
 def topic_for(name: str) -> str:
@@ -239,11 +243,26 @@ class ObjectStream:
             return
         records = await self.client.retrieve(self.name, wanted, self.spec.fields)
         self.stats.refetched += len(wanted)
+        gone = [key for key, record in zip(wanted, records, strict=True) if record is None]
+        deleted = await self._deleted_records(gone) if gone else {}
         for key, record in zip(wanted, records, strict=True):
-            if record is None:  # gone (deleted, or never visible): delete at the event's version
+            record = record or deleted.get(key)
+            if record is None:  # never visible to us: delete at the event's version
                 ops[key] = RowOp(key, "delete", version=ops[key].version, commit_ms=ops[key].commit_ms)
-            else:
+            else:  # a deleted record keeps its last values (soft delete), like the org's recycle bin
                 ops[key] = record_op(record, self.spec, ops[key].commit_ms)
+
+    async def _deleted_records(self, ids: list[str]) -> dict[str, dict]:
+        """Records sObject Collections no longer returns (deleted): fetched with queryAll, which includes them."""
+        found: dict[str, dict] = {}
+        safe = [i for i in ids if _RECORD_ID.match(i)]  # ids go into SOQL text: only well-formed ones
+        for start in range(0, len(safe), _QUERY_IDS):
+            chunk = safe[start:start + _QUERY_IDS]
+            soql = (f"SELECT {', '.join(self.spec.fields)} FROM {self.name} "
+                    f"WHERE Id IN ({', '.join(repr(i) for i in chunk)})")
+            async for record in self.client.query(soql, all_rows=True):
+                found[record["Id"]] = record
+        return found
 
     def _check_keys(self, ops: list[RowOp]) -> tuple[list[RowOp], list[DeadLetter]]:
         """A full record for a table keyed by an external id needs that id; one without it is a dead letter."""

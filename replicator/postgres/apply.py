@@ -71,6 +71,9 @@ class StreamSink:
         result = ApplyResult()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                if self.t.hard_deletes:  # a record that ends deleted is removed, whatever came before
+                    ops = [RowOp(o.key, "delete", version=o.version, commit_ms=o.commit_ms) if o.deleted else o
+                           for o in ops]
                 full = [o for o in ops if o.kind in ("upsert", "undelete")]
                 if full:
                     n = await self._upsert(conn, full)

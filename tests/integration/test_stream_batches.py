@@ -12,7 +12,7 @@ from replicator.pipeline.stream import ObjectStream
 from replicator.postgres.apply import load_checkpoint
 from replicator.sim.server import SimulatorThread
 
-from .helpers import compare_with_truth, ground_truth, settings_for
+from .helpers import compare_with_truth, ground_truth, settings_for, sim_admin
 
 TOPIC = "/data/AccountChangeEvent"
 
@@ -83,3 +83,30 @@ async def test_a_value_postgres_refuses_is_a_dead_letter_and_the_rest_applies(si
         assert await load_checkpoint(conn, TOPIC) == (8).to_bytes(10, "big")
     finally:
         await conn.close()
+
+
+async def test_gap_then_delete_keeps_the_deleted_records_last_values(sim, pg_url):
+    settings = settings_for(sim, pg_url, "gapdel", objects={"Account": {}})
+    await run_backfills(settings, ["Account"])
+    acc = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][20]
+    # In the org: a change our stream only sees as a GAP event, then a delete of the same record.
+    await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Account", "type": "UPDATE", "ids": [acc],
+                                                    "fields": {"Phone": "+1 999"}, "force_gap": True}])
+    await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Account", "type": "DELETE", "ids": [acc]}])
+    truth = [r for r in await ground_truth(sim, "Account") if r["Id"] == acc]
+    t = truth[0]["SystemModstamp"]
+    import datetime as dt
+
+    ms = int(dt.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000)
+    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+        stream = ObjectStream(client, None, pool, settings, "Account", settings.objects["Account"])
+        await stream._load_schema()
+        await stream.apply_batch([ev(11, upd(acc, ms - 1, kind="GAP_UPDATE")), ev(12, upd(acc, ms, kind="DELETE"))])
+    problems = await compare_with_truth(pg_url, "gapdel", "Account", "Id", truth)
+    assert [p for p in problems if not p.endswith(": extra")] == []  # only this record is compared
+    conn = await asyncpg.connect(pg_url)
+    try:
+        row = await conn.fetchrow("SELECT phone, isdeleted FROM gapdel.account WHERE id = $1", acc)
+    finally:
+        await conn.close()
+    assert (row["phone"], row["isdeleted"]) == ("+1 999", True)

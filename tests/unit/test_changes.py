@@ -89,3 +89,8 @@ def test_unknown_field_is_reported_so_the_table_can_grow():
     with pytest.raises(UnknownFieldError) as err:
         fold([ch("UPDATE", fields={"Loyalty__c": "gold"})], CMAP)
     assert err.value.fields == {"Loyalty__c"}
+
+
+def test_delete_after_a_gap_still_fetches_the_record():
+    ops = fold([ch("GAP_UPDATE", ts=1000), ch("DELETE", ts=2000)], CMAP)
+    assert ops["001A"].kind == "refetch" and ops["001A"].commit_ms == 2000

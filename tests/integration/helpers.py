@@ -141,3 +141,14 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met before the deadline")
         await asyncio.sleep(interval)
+
+
+async def pg_value(pg_url: str, sql: str) -> Any:
+    """One value from Postgres; None while the table or column it reads does not exist yet."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return await conn.fetchval(sql)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        return None
+    finally:
+        await conn.close()

@@ -10,7 +10,7 @@ import pytest
 from replicator.pipeline.service import Service
 from replicator.sim.server import SimulatorThread
 
-from .helpers import compare_with_truth, ground_truth, settings_for, sim_admin, wait_for
+from .helpers import compare_with_truth, ground_truth, pg_value, settings_for, sim_admin, wait_for
 
 OBJECTS = {"Account": {}, "Invoice__c": {"key": "External_Id__c"}}
 
@@ -106,15 +106,6 @@ async def test_partial_update_leaves_every_other_column_untouched(sim, pg_url, s
     assert "phone" in changed
 
 
-async def _q(pg_url, sql):
-    conn = await asyncpg.connect(pg_url)
-    try:
-        return await conn.fetchval(sql)
-    except asyncpg.UndefinedColumnError:  # the new column is not there yet
-        return None
-    finally:
-        await conn.close()
-
 
 async def test_a_new_field_becomes_a_column_before_its_batch(sim, pg_url, service):
     added = (await sim_admin(sim, "POST", "/__sim/schema/Account/fields",
@@ -122,7 +113,7 @@ async def test_a_new_field_becomes_a_column_before_its_batch(sim, pg_url, servic
     assert added["schema_id"]
     acc = (await _some_ids(sim, "Account", 12))[11]
     await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Loyalty_Tier__c": "gold"}}])
-    await wait_for(lambda: _q(pg_url, f"SELECT count(*) FROM stream.account WHERE id = '{acc}' "
+    await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) FROM stream.account WHERE id = '{acc}' "
                                       "AND loyalty_tier__c = 'gold'"), timeout=30)
     await _converge(sim, pg_url, "stream")
 
@@ -132,7 +123,7 @@ async def test_overflow_resyncs_the_object_and_converges(sim, pg_url, service):
     try:
         acc = await _some_ids(sim, "Account", 20)
         await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": acc[12:20], "fields": {"Phone": "0"}}])
-        await wait_for(lambda: _q(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'"),
+        await wait_for(lambda: pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'"),
                        timeout=60)
         await _converge(sim, pg_url, "stream")
     finally:
@@ -145,10 +136,10 @@ async def test_expired_replay_id_resyncs_by_itself_and_converges(sim, pg_url):
     first = Service(settings)
     task = asyncio.create_task(first.run())
     await wait_for(lambda: _streaming(pg_url), timeout=60)
-    await wait_for(lambda: _q(pg_url, "SELECT count(*) = 2 FROM replicator.checkpoints"), timeout=30)
+    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.checkpoints"), timeout=30)
     first.stop.set()
     assert await asyncio.wait_for(task, 30) == 0
-    assert await _q(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'") == 0
+    assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'") == 0
     # While it is stopped: changes happen, then Salesforce's retention window passes them all.
     acc = await _some_ids(sim, "Account", 3)
     await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": acc, "fields": {"Phone": "expired"}}])
@@ -156,9 +147,9 @@ async def test_expired_replay_id_resyncs_by_itself_and_converges(sim, pg_url):
     second = Service(settings)
     task = asyncio.create_task(second.run())
     try:
-        await wait_for(lambda: _q(pg_url, "SELECT resyncs = 1 FROM replicator.objects WHERE object = 'Account'"),
+        await wait_for(lambda: pg_value(pg_url, "SELECT resyncs = 1 FROM replicator.objects WHERE object = 'Account'"),
                        timeout=60)
-        reason = await _q(pg_url, "SELECT last_resync_reason FROM replicator.objects WHERE object = 'Account'")
+        reason = await pg_value(pg_url, "SELECT last_resync_reason FROM replicator.objects WHERE object = 'Account'")
         assert reason == "replay id expired or invalid"
         await _converge(sim, pg_url, "expiry")
     finally:
@@ -181,10 +172,10 @@ async def test_platform_events_are_appended_once_by_replay_id(sim, pg_url):
         async def traffic_done():
             return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["running"] is False
         await wait_for(traffic_done, timeout=60)
-        await wait_for(lambda: _q(pg_url, "SELECT count(*) >= 40 FROM events.order_ready__e"), timeout=60)
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) >= 40 FROM events.order_ready__e"), timeout=60)
     finally:
         svc.stop.set()
         assert await asyncio.wait_for(task, 30) == 0
         await sim_admin(sim, "PUT", "/__sim/faults", {"duplicate_rate": 0})
-    assert await _q(pg_url, "SELECT count(*) FROM events.order_ready__e") == 40
-    assert await _q(pg_url, "SELECT count(*) FROM events.order_ready__e WHERE fields ? 'Order_Id__c'") == 40
+    assert await pg_value(pg_url, "SELECT count(*) FROM events.order_ready__e") == 40
+    assert await pg_value(pg_url, "SELECT count(*) FROM events.order_ready__e WHERE fields ? 'Order_Id__c'") == 40

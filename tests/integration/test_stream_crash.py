@@ -9,12 +9,11 @@ import signal
 import subprocess
 import sys
 
-import asyncpg
 import pytest
 
 from replicator.sim.server import SimulatorThread
 
-from .helpers import OBJECTS, compare_with_truth, config_toml, ground_truth, sim_admin, wait_for
+from .helpers import OBJECTS, compare_with_truth, config_toml, ground_truth, pg_value, sim_admin, wait_for
 
 CHANGES = 3_000
 KILLS = 10
@@ -32,15 +31,6 @@ def _start(cfg, sim) -> subprocess.Popen:
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-async def _q(pg_url, sql, default=None):
-    conn = await asyncpg.connect(pg_url)
-    try:
-        return await conn.fetchval(sql)
-    except asyncpg.UndefinedTableError:
-        return default
-    finally:
-        await conn.close()
-
 
 async def _made(sim) -> int:
     return (await sim_admin(sim, "GET", "/__sim/stats")).json()["changes"]["total"]
@@ -52,7 +42,7 @@ async def test_sigkill_ten_times_during_traffic_converges_exactly_once(sim, pg_u
     cfg.write_text(text.replace("[salesforce]\n", f'[salesforce]\npubsub_endpoint = "{sim["pubsub_endpoint"]}"\n', 1))
     proc = _start(cfg, sim)
     try:
-        await wait_for(lambda: _q(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
                        timeout=120)
         await sim_admin(sim, "PUT", "/__sim/traffic", {
             "running": True, "rate": 250, "changes": CHANGES, "transaction_size": 3, "records_per_event": 2,
@@ -66,13 +56,13 @@ async def test_sigkill_ten_times_during_traffic_converges_exactly_once(sim, pg_u
             proc = _start(cfg, sim)
         await wait_for(lambda: _at_least(sim, CHANGES), timeout=120)
         published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
-        await wait_for(lambda: _q(pg_url, f"SELECT sum(events_applied) >= {published} FROM replicator.checkpoints"),
+        await wait_for(lambda: pg_value(pg_url, f"SELECT sum(events_applied) >= {published} FROM replicator.checkpoints"),
                        timeout=120)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()[-3000:]
-    applied = await _q(pg_url, "SELECT sum(events_applied) FROM replicator.checkpoints")
+    applied = await pg_value(pg_url, "SELECT sum(events_applied) FROM replicator.checkpoints")
     assert applied == published, f"{applied} events applied for {published} published"
     for name, opts in OBJECTS.items():
         truth = await ground_truth(sim, name)

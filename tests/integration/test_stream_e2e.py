@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import pytest
 
 from replicator.pipeline.runtime import postgres_pool, salesforce_client
@@ -14,7 +13,7 @@ from replicator.pipeline.service import Service
 from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
 
-from .helpers import OBJECTS, settings_for, sim_admin, wait_for
+from .helpers import OBJECTS, pg_value, settings_for, sim_admin, wait_for
 
 RECORDS, CHANGES = 3_000, 5_000
 
@@ -25,15 +24,6 @@ def sim():
         yield thread.info
 
 
-async def _q(url, sql):
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval(sql)
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        return None
-    finally:
-        await conn.close()
-
 
 async def test_every_kind_of_change_then_verify_equal(sim, pg_url):
     settings = settings_for(sim, pg_url, "e2e", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
@@ -41,7 +31,7 @@ async def test_every_kind_of_change_then_verify_equal(sim, pg_url):
     svc = Service(settings)
     task = asyncio.create_task(svc.run())
     try:
-        await wait_for(lambda: _q(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
                        timeout=120)
         # gaps: events over 6 KB (long text) become GAP_*; duplicates: 5% delivered twice; overflow: a
         # transaction of more than 400 changes ends in GAP_OVERFLOW.
@@ -58,20 +48,20 @@ async def test_every_kind_of_change_then_verify_equal(sim, pg_url):
         await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "changes": CHANGES // 2})
         await wait_for(lambda: _traffic_stopped(sim), timeout=120)
         published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
-        await wait_for(lambda: _q(pg_url, f"SELECT sum(events_applied) >= {published} FROM replicator.checkpoints"),
+        await wait_for(lambda: pg_value(pg_url, f"SELECT sum(events_applied) >= {published} FROM replicator.checkpoints"),
                        timeout=180)
     finally:
         svc.stop.set()
         assert await asyncio.wait_for(task, 60) == 0
         await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 1_000_000, "duplicate_rate": 0,
                                                      "overflow_threshold": 100_000})
-    assert await _q(pg_url, "SELECT sum(resyncs) FROM replicator.objects") >= 1  # the overflow
+    assert await pg_value(pg_url, "SELECT sum(resyncs) FROM replicator.objects") >= 1  # the overflow
     assert sum(s.stats.refetched for s in svc.streams.values()) > 0  # gap events healed by id
     async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
         for name in OBJECTS:
             diff = await verify_object(client, pool, settings, name)
             assert diff.equal, (name, diff)
-    assert await _q(pg_url, "SELECT count(*) FROM e2e.account WHERE segment__c = 'enterprise'") >= 1
+    assert await pg_value(pg_url, "SELECT count(*) FROM e2e.account WHERE segment__c = 'enterprise'") >= 1
 
 
 async def _traffic_stopped(sim):

@@ -34,7 +34,7 @@ OBJECTS = {"Account": {}, "Contact": {}, "Opportunity": {}, "Invoice__c": {"key"
 def config(sim: dict, url: str) -> str:
     lines = ["[salesforce]", f'instance_url = "{sim["instance_url"]}"', f'client_id = "{sim["client_id"]}"',
              f'ca_file = "{sim["ca_file"]}"', f'pubsub_endpoint = "{sim["pubsub_endpoint"]}"',
-             "[postgres]", f'url = "{url}"', "[backfill]", "poll_max_s = 1.0", "[stream]", "batch_max_wait_s = 0.1"]
+             "[postgres]", f'url = "{url}"', "[backfill]", "poll_max_s = 1.0", "[stream]", "batch_max_wait_s = 0.1", "[service]", "port = 0"]
     for name, opts in OBJECTS.items():
         lines.append(f"[objects.{name}]")
         lines += [f'{k} = "{v}"' for k, v in opts.items()]

@@ -55,7 +55,8 @@ def settings(sim: dict, url: str, batch: int):
                        "client_secret": sim["client_secret"], "ca_file": sim["ca_file"],
                        "pubsub_endpoint": sim["pubsub_endpoint"]},
         "postgres": {"url": url}, "objects": {"Account": {}},
-        "backfill": {"poll_max_s": 0.5}, "stream": {"batch_max_events": batch, "batch_max_wait_s": 0.05}})
+        "backfill": {"poll_max_s": 0.5}, "stream": {"batch_max_events": batch, "batch_max_wait_s": 0.05},
+        "service": {"port": 0, "host": "127.0.0.1"}})
 
 
 async def q(url: str, sql: str):

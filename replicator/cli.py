@@ -1,4 +1,4 @@
-"""Command line: backfill | verify | status | sim | demo.
+"""Command line: run | backfill | verify | status | resync | dead-letters | sim | demo.
 
 Exit codes (DESIGN.md §5): 0 done, 1 runtime failure (one clear line on stderr), 2 bad usage or configuration.
 """
@@ -88,13 +88,16 @@ def run(config_path: str | None) -> None:
 
 @main.command()
 @CONFIG_OPTION
+@click.option("--repair", is_flag=True,
+              help="Also fix what differs: write missing and different rows from the extract, delete rows "
+              "Salesforce does not have (rows changed after the extract began are left alone), then compare again.")
 @click.argument("objects", nargs=-1)
-def verify(config_path: str | None, objects: tuple[str, ...]) -> None:
+def verify(config_path: str | None, repair: bool, objects: tuple[str, ...]) -> None:
     """Extract OBJECTS again and compare with Postgres row by row; exit 0 only when equal."""
     settings = _settings(config_path, objects)
     from .pipeline.commands import verify_command
 
-    _run(lambda: verify_command(settings, list(objects) or list(settings.objects)))
+    _run(lambda: verify_command(settings, list(objects) or list(settings.objects), repair))
 
 
 @main.command()
@@ -106,6 +109,87 @@ def status(config_path: str | None, as_json: bool) -> None:
     from .pipeline.commands import status_command
 
     _run(lambda: status_command(settings, as_json))
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--ready", is_flag=True, help="Check /readyz instead of /healthz.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def healthcheck(config_path: str | None, ready: bool, host: str) -> None:
+    """Exit 0 when the service on this machine answers /healthz (or /readyz) on its configured port: the
+    container's HEALTHCHECK."""
+    import httpx
+
+    settings = _settings(config_path, (), need_salesforce=False)
+    path = "/readyz" if ready else "/healthz"
+    url = f"http://{host}:{settings.service.port}{path}"
+    try:
+        response = httpx.get(url, timeout=5)
+    except httpx.HTTPError as exc:
+        _fail(1, f"{url}: {type(exc).__name__}: {exc}")
+    click.echo(f"{url}: {response.status_code} {response.text[:500]}")
+    sys.exit(0 if response.status_code == 200 else 1)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("objects", nargs=-1, required=True)
+def resync(config_path: str | None, objects: tuple[str, ...]) -> None:
+    """Ask for OBJECTS to be extracted again (the table stays readable meanwhile); picked up by the running
+    service, or by the next `replicator run`."""
+    settings = _settings(config_path, objects, need_salesforce=False)
+    from .pipeline.ops_commands import resync_command
+
+    _run(lambda: resync_command(settings, list(objects)))
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Records and events that could not be applied: list, retry, drop."""
+
+
+OBJECT_OPTION = click.option("--object", "object_", default=None, help="Only this object's dead letters.")
+
+
+@dead_letters.command("list")
+@CONFIG_OPTION
+@OBJECT_OPTION
+@click.option("--json", "as_json", is_flag=True, help="JSON (with payloads) instead of a table.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+def dead_letters_list(config_path: str | None, object_: str | None, as_json: bool, limit: int) -> None:
+    """Open dead letters, oldest first."""
+    settings = _settings(config_path, (), need_salesforce=False)
+    from .pipeline.ops_commands import dead_letters_list as command
+
+    _run(lambda: command(settings, object_, as_json, limit))
+
+
+@dead_letters.command("retry")
+@CONFIG_OPTION
+@OBJECT_OPTION
+@click.option("--id", "ids", multiple=True, type=int, help="Retry these (repeatable); default: every due one.")
+@click.option("--all", "force", is_flag=True, help="Retry every open dead letter, due or not.")
+def dead_letters_retry(config_path: str | None, object_: str | None, ids: tuple[int, ...], force: bool) -> None:
+    """Fetch each dead letter's record from Salesforce again and apply it; exit 1 if any fails again."""
+    settings = _settings(config_path, ())
+    from .pipeline.ops_commands import dead_letters_retry as command
+
+    _run(lambda: command(settings, object_, list(ids), force))
+
+
+@dead_letters.command("drop")
+@CONFIG_OPTION
+@OBJECT_OPTION
+@click.option("--id", "ids", multiple=True, type=int, help="Drop these (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Drop every open dead letter (of --object if given).")
+def dead_letters_drop(config_path: str | None, object_: str | None, ids: tuple[int, ...], everything: bool) -> None:
+    """Mark dead letters resolved without applying them (they stay in the table as history)."""
+    if not ids and not everything and not object_:
+        _fail(2, "say which dead letters to drop: --id N, --object NAME or --all")
+    settings = _settings(config_path, (), need_salesforce=False)
+    from .pipeline.ops_commands import dead_letters_drop as command
+
+    _run(lambda: command(settings, object_, list(ids)))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -120,10 +204,15 @@ def sim(ctx: click.Context) -> None:
 @main.command()
 @click.option("--records", default=20_000, show_default=True, help="Records per object in the simulated org.")
 @click.option("--seed", default=1, show_default=True)
+@click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds to stream live changes before stopping.")
+@click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(min=0),
+              help="Changes per second the simulated org makes.")
 @click.option("--stop-postgres", is_flag=True, help="Stop the Postgres a previous demo started, and exit.")
 @click.pass_context
-def demo(ctx: click.Context, records: int, seed: int, stop_postgres: bool) -> None:
-    """Start the simulator, backfill its objects into Postgres, print rows and rows/s per object."""
+def demo(ctx: click.Context, records: int, seed: int, duration: float, rate: float, stop_postgres: bool) -> None:
+    """Start the simulator with live traffic, backfill and stream its objects into Postgres with a live view,
+    stop after --duration, compare every table with the org and print a summary and a psql line."""
     from .pipeline.demo import demo_command
 
     if stop_postgres:
@@ -133,7 +222,7 @@ def demo(ctx: click.Context, records: int, seed: int, stop_postgres: bool) -> No
         return
 
     log_json = bool(ctx.parent and ctx.parent.params.get("log_json"))
-    _run(lambda: demo_command(records=records, seed=seed, log_json=log_json))
+    _run(lambda: demo_command(records=records, seed=seed, duration=duration, rate=rate, log_json=log_json))
 
 
 if __name__ == "__main__":

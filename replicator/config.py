@@ -116,6 +116,28 @@ class StreamSettings(_Section):
     )
 
 
+class ServiceSettings(_Section):
+    host: str = Field("0.0.0.0", description="Address of the metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`).")
+    port: int = Field(9108, ge=0, le=65535, description="Port of those endpoints; 0 picks a free port (logged at start).")
+    metrics: bool = Field(True, description="Serve the endpoints at all (`replicator run` only).")
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="After SIGTERM/SIGINT: how long batches in flight may take to commit before the service gives "
+        "up on them (they roll back and are applied again after a restart). A second signal exits at once.",
+    )
+    ready_max_lag_s: float = Field(
+        120.0, gt=0, description="`/readyz` fails while any object's lag is above this many seconds."
+    )
+    retention_hours: float = Field(
+        72.0, gt=0, description="Salesforce's event retention (72 h for change events): the basis of "
+        "`replicator_time_to_data_loss_seconds`.",
+    )
+    control_poll_s: float = Field(
+        2.0, gt=0, le=300, description="How often a streaming object looks for an operator's request "
+        "(`replicator resync`) in the state tables."
+    )
+
+
 class ObjectSettings(_Section):
     key: str = Field("Id", description="Field whose value keys the table (primary key): Id, or an externalId field.")
     deletes: Literal["soft", "hard"] = Field(
@@ -133,6 +155,7 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     backfill: BackfillSettings = BackfillSettings()
     stream: StreamSettings = StreamSettings()
+    service: ServiceSettings = ServiceSettings()
     objects: dict[str, ObjectSettings] = Field(default_factory=dict)
 
     @classmethod

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from .config import BackfillSettings, ObjectSettings, PostgresSettings, SalesforceSettings, StreamSettings
+from .config import (
+    BackfillSettings,
+    ObjectSettings,
+    PostgresSettings,
+    SalesforceSettings,
+    ServiceSettings,
+    StreamSettings,
+)
 from .pipeline.schema import PG_TYPES, SKIPPED_TYPES
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -15,6 +22,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("postgres", PostgresSettings),
     ("backfill", BackfillSettings),
     ("stream", StreamSettings),
+    ("service", ServiceSettings),
     ("objects.NAME", ObjectSettings),
 ]
 
@@ -55,7 +63,17 @@ def type_table() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"config": config_table, "types": type_table}
+def metrics_table() -> str:
+    from .metrics import CATALOGUE
+
+    lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for name, kind, labels, doc in CATALOGUE:
+        doc = doc.replace("|", "\\|")
+        lines.append(f"| `{name}` | {kind} | {labels or '—'} | {doc} |")
+    return "\n".join(lines)
+
+
+BLOCKS = {"config": config_table, "types": type_table, "metrics": metrics_table}
 
 
 def render_readme(text: str) -> str:

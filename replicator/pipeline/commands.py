@@ -84,11 +84,14 @@ async def backfill_command(settings: Settings, names: list[str]) -> int:
     return 0
 
 
-async def verify_command(settings: Settings, names: list[str]) -> int:
+async def verify_command(settings: Settings, names: list[str], repair: bool = False) -> int:
     equal = True
     async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
         for name in names:
-            diff = await verify_object(client, pool, settings, name)
+            diff, fixed = await verify_object(client, pool, settings, name, repair=repair)
+            if fixed is not None:
+                print(f"{name}: repaired: {fixed.written} rows written from Salesforce, {fixed.deleted} rows "
+                      f"Salesforce does not have deleted, {fixed.kept_newer} rows newer than the extract kept")
             equal &= diff.equal
             line = f"{name}: missing {diff.missing}, extra {diff.extra}, different {diff.different}"
             print(line + ("  (equal)" if diff.equal else ""))
@@ -102,16 +105,25 @@ async def verify_command(settings: Settings, names: list[str]) -> int:
 async def status_command(settings: Settings, as_json: bool) -> int:
     async with postgres_pool(settings) as pool, pool.acquire() as conn:
         rows = await object_rows(conn)
+    for r in rows:
+        r["replay_id"] = r["replay_id"].hex() if r["replay_id"] else None
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
         return 0
-    table = Table("object", "phase", "rows", "expected", "pages", "dead letters", "resyncs", "replay id", "job",
-                  "last error")
+    table = Table("object", "phase", "rows", "expected", "events applied", "lag s", "checkpoint age s",
+                  "last event committed", "dead letters", "resyncs", "replay id", "last error")
     for r in rows:
+        phase = r["phase"] + (" (resync requested)" if r["resync_requested"] else "")
+        committed = r["last_event_committed_at"]
         table.add_row(
-            r["object"], r["phase"], f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}", str(r["pages_done"]),
-            str(r["dead_letters"]), str(r["resyncs"]), r["replay_id"].hex() if r["replay_id"] else "",
-            r["job_id"] or "", (r["last_error"] or "")[:60],
+            r["object"], phase, f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}",
+            f"{r['events_applied'] or 0:,}", _num(r["lag_s"]), _num(r["checkpoint_age_s"]),
+            committed.isoformat(timespec="seconds") if committed else "", str(r["dead_letters"]),
+            str(r["resyncs"]), r["replay_id"] or "", (r["last_error"] or "")[:60],
         )
     Console().print(table)
     return 0
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:,.3g}" if value < 10 else f"{value:,.0f}"

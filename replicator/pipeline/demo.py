@@ -1,7 +1,9 @@
-"""`replicator demo`: the simulator, a Postgres, and a backfill of every simulated object, in one command.
+"""`replicator demo`: the simulator with live traffic, a Postgres, and the service, in one command.
 
-The demo owns a database of its own (`replicator_demo`, made anew each run) on the server it finds, so it
-never touches the tables or state of a real deployment on the same server.
+It backfills every simulated object, streams the org's changes while showing a live view per object (rows,
+events/s, lag, phase), stops cleanly after `--duration` seconds, checks every table against the org (a fresh
+Bulk extract compared row by row) and prints a summary and a psql line. The demo owns a database of its own
+(`replicator_demo`, made anew each run) on the server it finds, so it never touches a real deployment's tables.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -21,10 +24,11 @@ from ..config import load_settings
 from ..model import ReplicatorError
 from ..observe import setup_logging
 from ..postgres.server import fresh_database, resolve_database
-from ..postgres.status import table_rows
 from ..sim.admin_client import sim_admin
-from .commands import _Bars, run_backfills
-from .runtime import postgres_pool
+from .demo_view import DemoView, summary_table
+from .runtime import postgres_pool, salesforce_client
+from .service import Service
+from .verify import verify_object
 
 DEMO_DATABASE = "replicator_demo"
 DEMO_OBJECTS = {
@@ -33,14 +37,15 @@ DEMO_OBJECTS = {
     "Opportunity": {},
     "Invoice__c": {"key": "External_Id__c"},
 }
+_DRAIN_S = 60.0  # after the traffic pauses: the longest wait for the stream to apply what is left
 
 
 @contextlib.asynccontextmanager
-async def simulator(records: int, seed: int) -> AsyncIterator[dict]:
+async def simulator(records: int, seed: int, *extra: str) -> AsyncIterator[dict]:
     """Run `python -m replicator.sim` in its own process (its own core) and yield its ready line."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "replicator.sim", "--records", str(records), "--seed", str(seed), "--port", "0",
-        stdout=subprocess.PIPE,
+        *extra, stdout=subprocess.PIPE,
     )
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=120)
@@ -56,53 +61,63 @@ async def simulator(records: int, seed: int) -> AsyncIterator[dict]:
                 proc.kill()
 
 
-async def demo_command(records: int, seed: int, log_json: bool = False) -> int:
-    console = Console()
+async def demo_command(records: int, seed: int, duration: float = 60.0, rate: float = 200.0,
+                       log_json: bool = False) -> int:
+    console = Console(soft_wrap=True)  # long lines (the psql command) stay whole for copy and paste
+    live = console.is_terminal and not log_json
     if not log_json:
-        setup_logging("warning")  # the demo shows bars and a table; per-page log lines would bury them
-    console.print(f"[bold]replicator demo[/]: simulated org with {records:,} records per object")
-    async with simulator(records, seed) as sim, resolve_database(os.environ.get("DATABASE_URL"), keep=True) as server_url:
+        setup_logging("warning")  # the view shows progress; per-batch log lines would bury it
+    console.print(f"[bold]replicator demo[/]: a simulated org with {records:,} records per object and "
+                  f"{rate:g} changes/s of live traffic, for {duration:g} s")
+    traffic = ["--rate", str(rate), "--transaction-size", "3", "--records-per-event", "2", "--keepalive-seconds", "1"]
+    async with simulator(records, seed, *traffic) as sim, \
+            resolve_database(os.environ.get("DATABASE_URL"), keep=True) as server_url:
         url = await fresh_database(server_url, DEMO_DATABASE)
         console.print(f"org {sim['org_id']} at {sim['instance_url']}; Postgres database {DEMO_DATABASE}")
-        settings = load_settings(
-            overrides={
-                "salesforce": {
-                    "instance_url": sim["instance_url"],
-                    "client_id": sim["client_id"],
-                    "client_secret": sim["client_secret"],
-                    "ca_file": sim["ca_file"],
-                },
-                "postgres": {"url": url},
-                "objects": DEMO_OBJECTS,
-            }
-        )
-        names = list(DEMO_OBJECTS)
-        bars = _Bars(names)
-        with bars.bars:
-            results = await run_backfills(settings, names, bars.update)
-        counts = (await sim_admin(sim, "GET", "/__sim/counts")).json()
-        async with postgres_pool(settings) as pool, pool.acquire() as conn:
-            table = Table("object", "rows in org", "rows in Postgres", "seconds", "load rows/s", "result")
-            ok = True
-            for name in names:
-                r = results[name]
-                pg_rows = await table_rows(conn, settings.postgres.schema_, name.lower())
-                org_rows = counts[name]["total"]
-                good = not isinstance(r, BaseException) and pg_rows == org_rows
-                ok &= good
-                failed = isinstance(r, BaseException)
-                seconds = "-" if failed else f"{r.finished - r.started:.1f}"
-                rate = "-" if failed else f"{r.rows_done / max(r.load_s, 1e-9):,.0f}"
-                table.add_row(name, f"{org_rows:,}", f"{pg_rows:,}", seconds, rate,
-                              "equal" if good else f"[red]{r}[/]")
+        settings = load_settings(overrides={
+            "salesforce": {"instance_url": sim["instance_url"], "client_id": sim["client_id"],
+                           "client_secret": sim["client_secret"], "ca_file": sim["ca_file"],
+                           "pubsub_endpoint": sim["pubsub_endpoint"]},
+            "postgres": {"url": url},
+            "objects": DEMO_OBJECTS,
+            "stream": {"position_timeout_s": 30},
+            "service": {"port": 0, "host": "127.0.0.1"},
+        })
+        svc = Service(settings)
+        task = asyncio.create_task(svc.run())
+        view = DemoView(svc, settings.postgres.schema_, url, console, live=live)
+        try:
+            await view.run_until(task, time.monotonic() + duration)
+            if not task.done():
+                await sim_admin(sim, "PUT", "/__sim/traffic", {"running": False})
+                await _drained(svc, task, since=time.time())
+        finally:
+            svc.stop.set()
+            code = await task  # the service's own error, if it failed, surfaces here as one line
+        console.print("stopped cleanly; comparing every table with the org (a fresh Bulk extract) …")
+        async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+            equal = {}
+            for name in DEMO_OBJECTS:
+                diff, _ = await verify_object(client, pool, settings, name)
+                equal[name] = diff
+            counts = (await sim_admin(sim, "GET", "/__sim/counts")).json()
+            table: Table = await summary_table(pool, settings.postgres.schema_, svc, counts, equal)
         console.print(table)
-    psql = _psql_line(url)
-    console.print(f"Look at the data: [bold]{psql} -c 'SELECT id, name, billingcity FROM salesforce.account LIMIT 5'[/]")
-    if server_url.startswith("postgresql://postgres@127.0.0.1") or os.environ.get("DATABASE_URL"):
-        return 0 if ok else 1
-    console.print("The demo's own Postgres keeps running for that; stop it with: replicator demo --stop-postgres")
+    ok = code == 0 and all(d.equal for d in equal.values())
+    console.print(f"Look at the data: [bold]psql '{url}' -c 'SELECT id, name, billingcity, _sf_version "
+                  f"FROM salesforce.account ORDER BY _sf_version DESC LIMIT 5'[/]")
+    if not (server_url.startswith("postgresql://postgres@127.0.0.1") or os.environ.get("DATABASE_URL")):
+        console.print("The demo's own Postgres keeps running for that; stop it with: replicator demo --stop-postgres")
     return 0 if ok else 1
 
 
-def _psql_line(url: str) -> str:
-    return f"psql '{url}'"
+async def _drained(svc: Service, task: asyncio.Task, since: float) -> None:
+    """Wait until every object has been seen caught up (connected, nothing left to apply) after `since` plus
+    one keepalive interval, so events still in flight when the traffic paused are applied too."""
+    deadline = time.monotonic() + _DRAIN_S
+    while time.monotonic() < deadline and not task.done():
+        objects = svc.metrics.objects.values()
+        if all(h.phase == "STREAMING" and h.connected and h.idle and (h.caught_up_at or 0) > since + 1.5
+               for h in objects):
+            return
+        await asyncio.wait([task], timeout=0.2)

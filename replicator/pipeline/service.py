@@ -1,11 +1,14 @@
 """`replicator run`: for every configured object, backfill when needed, then stream; objects run concurrently
 and one failing object retries with backoff without stopping the others. SIGINT/SIGTERM stop it cleanly:
-batches in flight are committed with their checkpoints before the process exits.
+batches in flight are committed with their checkpoints before the process exits (within
+`service.shutdown_timeout_s`; a backfill in progress stops at once, it resumes page by page); a second
+signal exits at once. Metrics and health endpoints are served on `service.port` (pipeline/endpoints.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 from collections.abc import Awaitable, Callable
@@ -13,12 +16,14 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
+from ..metrics import Metrics
 from ..model import ConfigError
 from ..postgres import state
 from ..salesforce.pubsub import PubSubClient
 from .backfill import Backfill
+from .endpoints import Endpoints
 from .platform_events import PlatformEventStream
-from .runtime import postgres_pool, salesforce_client
+from .runtime import Stopped, postgres_pool, salesforce_client, until_stopped
 from .stream import ObjectStream
 
 log = structlog.get_logger(__name__)
@@ -34,20 +39,76 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
+def _stuck_tasks() -> list[str]:
+    """Where each unfinished task waits: what an operator needs when a drain overruns its bound."""
+    out = []
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        chain, coro = [], task.get_coro()
+        while coro is not None and len(chain) < 12:  # follow the awaits down to where it waits
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        out.append(f"{task.get_name()}: {' > '.join(chain) or '?'}")
+    return out
+
+
 class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.stop = asyncio.Event()
         self.streams: dict[str, ObjectStream] = {}
+        self.metrics = Metrics(retention_s=settings.service.retention_hours * 3600)
+        for name in settings.objects:
+            self.metrics.object(name)
+        self.endpoints: Endpoints | None = None
+        self._signals = 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:  # the operator insists: exit now; open transactions roll back in Postgres
+            log.error("service.abort", signal=sig.name, action="exiting at once; uncommitted batches roll back")
+            os._exit(1)
+        log.info("service.stopping", signal=sig.name, bound_s=self.settings.service.shutdown_timeout_s)
+        self.stop.set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, self.stop.set)
+                loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests drive stop directly)
                 pass
+        svc = self.settings.service
+        if svc.metrics:
+            self.endpoints = Endpoints(self.metrics, svc.host, svc.port, svc.ready_max_lag_s)
+            await self.endpoints.start()
+        try:
+            work = asyncio.ensure_future(self._work())
+            stopping = asyncio.ensure_future(self.stop.wait())
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not work.done():  # stopping: batches in flight commit within the bound, or roll back
+                _, pending = await asyncio.wait({work}, timeout=svc.shutdown_timeout_s)
+                if pending:
+                    log.error("service.drain_stuck", tasks=_stuck_tasks())
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+                    log.error("service.drain_timeout", bound_s=svc.shutdown_timeout_s,
+                              action="uncommitted batches rolled back; they are applied again after a restart")
+                    return 1
+            await work
+        finally:
+            if self.endpoints is not None:
+                await self.endpoints.stop()
+        log.info("service.stopped")
+        return 0
+
+    async def _work(self) -> None:
         async with salesforce_client(self.settings) as client, postgres_pool(self.settings) as pool:
+            self.metrics.client, self.metrics.pool = client, pool
             sf = self.settings.salesforce
             pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens, ca_file=str(sf.ca_file) if sf.ca_file else None,
                                   tls=sf.pubsub_tls)
@@ -57,11 +118,10 @@ class Service:
                     *(self._supervise_events(pubsub, pool, n) for n in self.settings.stream.platform_events),
                 )
             finally:
+                self.metrics.pool = None
                 close = getattr(pubsub, "close", None)
                 if close is not None:
                     await close()
-        log.info("service.stopped")
-        return 0
 
     async def _keep_running(self, what: str, once: Callable[[], Awaitable[None]],
                             on_error: Callable[[str], Awaitable[None]] | None = None) -> None:
@@ -72,6 +132,8 @@ class Service:
             try:
                 await once()
                 failures = 0
+            except Stopped:
+                return
             except ConfigError:
                 raise
             except Exception as exc:
@@ -79,27 +141,33 @@ class Service:
                 error = f"{type(exc).__name__}: {exc}"
                 delay = min(RETRY_CAP_S, 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
                 log.error("service.failed", what=what, error=error, retry_in_s=round(delay, 1), failures=failures)
+                self.metrics.errors.labels(object=what, kind=type(exc).__name__).inc()
                 if on_error is not None:
                     await on_error(error)
                 await _sleep_or_stop(self.stop, delay)
 
     async def _supervise(self, client, pubsub, pool, name: str) -> None:
         obj = self.settings.objects[name]
+        health = self.metrics.object(name)
 
         async def once() -> None:
             async with pool.acquire() as conn:
                 st = await state.get_object(conn, name)
-            stream = self.streams[name] = ObjectStream(client, pubsub, pool, self.settings, name, obj)
+            stream = self.streams[name] = ObjectStream(client, pubsub, pool, self.settings, name, obj, self.metrics)
             if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
+                health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
                 if st is None or st.phase == "NEW" or not st.job_id:  # a resumed backfill keeps its position
-                    await stream.capture_position()
+                    await until_stopped(self.stop, stream.capture_position())
                 log.info("service.backfill", object=name)
-                await Backfill(client, pool, self.settings, name, obj).run()
+                backfill = Backfill(client, pool, self.settings, name, obj, self.metrics.backfill_progress)
+                await until_stopped(self.stop, backfill.run())
             async with pool.acquire() as conn:
                 await state.set_phase(conn, name, "STREAMING")
+            health.last_error = None
             await stream.run(self.stop)
 
         async def record(error: str) -> None:
+            health.phase, health.connected, health.last_error = "RETRYING", False, error
             async with pool.acquire() as conn:
                 await state.record_error(conn, name, error)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import structlog
 
 from ..config import Settings
-from ..postgres.compare import Comparison, Diff
+from ..postgres.compare import Comparison, Diff, Repair
+from ..postgres.sink import PageSink
 from ..salesforce.bulk import BulkClient
 from ..salesforce.client import SalesforceClient
 from .schema import object_table, soql
@@ -13,11 +14,18 @@ from .schema import object_table, soql
 log = structlog.get_logger(__name__)
 
 
-async def verify_object(client: SalesforceClient, pool, settings: Settings, name: str) -> Diff:
+async def verify_object(client: SalesforceClient, pool, settings: Settings, name: str,
+                        repair: bool = False) -> tuple[Diff, Repair | None]:
+    """The differences between the table and a fresh extract; with `repair`, also fix them and compare
+    again (the second Diff is what remains, e.g. rows the stream changed after the extract)."""
     obj = settings.objects[name]
     describe = await client.describe(name)
     table = object_table(describe, settings.postgres.schema_, obj)
     spec = table.spec
+    if repair:
+        await PageSink(pool, table).prepare()  # adds columns the table lacks
+    async with pool.acquire() as conn:
+        extract_started = await conn.fetchval("SELECT now()")
     bulk = BulkClient(client, poll_max=settings.backfill.poll_max_s)
     job = await bulk.create_query_job(soql(spec), all_rows=True)
     await bulk.wait_for_job(job.id)
@@ -29,5 +37,12 @@ async def verify_object(client: SalesforceClient, pool, settings: Settings, name
             async with bulk.open_page(page) as stream:
                 rows += await cmp.load(stream.chunks())
         diff = await cmp.diff()
+        fixed = None
+        if repair and not diff.equal:
+            fixed = await cmp.repair(table.version_column, extract_started)
+            log.info("verify.repaired", object=name, written=fixed.written, deleted=fixed.deleted,
+                     kept_newer=fixed.kept_newer)
+            diff = await cmp.diff()
+        await cmp.close()
     log.info("verify.done", object=name, rows=rows, missing=diff.missing, extra=diff.extra, different=diff.different)
-    return diff
+    return diff, fixed

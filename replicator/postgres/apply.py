@@ -198,10 +198,12 @@ class StreamSink:
 
 async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, events: int = 0) -> None:
     await conn.execute(
-        "INSERT INTO replicator.checkpoints (topic, replay_id, commit_timestamp, events_applied, updated_at)"
-        " VALUES ($1, $2, $3, $4, now()) ON CONFLICT (topic) DO UPDATE SET replay_id = EXCLUDED.replay_id,"
+        "INSERT INTO replicator.checkpoints (topic, replay_id, commit_timestamp, events_applied, updated_at,"
+        " applied_at) VALUES ($1, $2, $3, $4, now(), CASE WHEN $4::bigint > 0 THEN now() END)"
+        " ON CONFLICT (topic) DO UPDATE SET replay_id = EXCLUDED.replay_id,"
         " commit_timestamp = coalesce(EXCLUDED.commit_timestamp, replicator.checkpoints.commit_timestamp),"
-        " events_applied = replicator.checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now()",
+        " events_applied = replicator.checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now(),"
+        " applied_at = coalesce(EXCLUDED.applied_at, replicator.checkpoints.applied_at)",
         cp.topic, cp.replay_id, _ts(cp.commit_timestamp) if cp.commit_timestamp is not None else None, events,
     )
 
@@ -214,3 +216,16 @@ async def drop_checkpoint(conn: asyncpg.Connection, topic: str) -> None:
     await conn.execute("DELETE FROM replicator.checkpoints WHERE topic = $1", topic)
 
 
+
+
+async def checkpoint_times(conn: asyncpg.Connection, topic: str) -> tuple[float | None, float, float] | None:
+    """(commit time of the newest applied event, age basis of the stored position, when it was saved), in
+    epoch seconds, or None without a checkpoint. A position saved from a keepalive is as old as its saving."""
+    row = await conn.fetchrow(
+        "SELECT extract(epoch FROM commit_timestamp) AS c, extract(epoch FROM updated_at) AS u"
+        " FROM replicator.checkpoints WHERE topic = $1", topic)
+    if row is None:
+        return None
+    commit = float(row["c"]) if row["c"] is not None else None
+    saved = float(row["u"])
+    return commit, (commit if commit is not None else saved), saved

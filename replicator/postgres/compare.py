@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from ..model import TableSpec
+from ..model import SYNCED_COLUMN, TableSpec
 from . import ddl
 from .sink import _strip_nul
 
 _STAGING = "_verify_extract"
+_REPAIR = "_verify_repair"
 
 
 @dataclass(slots=True)
@@ -25,6 +26,13 @@ class Diff:
     @property
     def equal(self) -> bool:
         return self.missing == self.extra == self.different == 0 and not self.missing_columns
+
+
+@dataclass(slots=True)
+class Repair:
+    written: int = 0  # missing or different rows written from the extract
+    deleted: int = 0  # rows Salesforce does not have, removed
+    kept_newer: int = 0  # rows changed after the extract (the stream is ahead of it): left as they are
 
 
 class Comparison:
@@ -50,22 +58,31 @@ class Comparison:
         )
         return int(status.rsplit(" ", 1)[-1])
 
-    async def diff(self, limit: int = 5) -> Diff:
-        t = ddl.qualified(self.spec)
-        s = ddl.quote_ident(_STAGING)
-        k = ddl.quote_ident(self.spec.key)
-        src = f"(SELECT * FROM {s}"
+    def _source(self) -> str:
+        src = f"(SELECT * FROM {ddl.quote_ident(_STAGING)}"
         if self.hard_deletes and self.spec.column("isdeleted"):
             src += f" WHERE NOT {ddl.quote_ident('isdeleted')}"
-        src += ")"
+        return src + ")"
+
+    async def _changed(self) -> tuple[list[str], str]:
+        """Columns present in the table, and the SQL test of a row `a` differing from its extract `b`."""
         present = {
             r[0] for r in await self.conn.fetch(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
                 self.spec.schema, self.spec.name)
         }
-        out = Diff(missing_columns=[c.name for c in self.spec.columns if c.name not in present])
         cols = [ddl.quote_ident(c.name) for c in self.spec.columns if c.name in present]
-        changed = " OR ".join(f"a.{c} IS DISTINCT FROM b.{c}" for c in cols)
+        return [c.name for c in self.spec.columns if c.name not in present], \
+            " OR ".join(f"a.{c} IS DISTINCT FROM b.{c}" for c in cols)
+
+    async def diff(self, limit: int = 5) -> Diff:
+        """Counts and examples of missing, extra and different rows. The extract stays loaded (for repair)
+        until `close()`."""
+        t = ddl.qualified(self.spec)
+        k = ddl.quote_ident(self.spec.key)
+        src = self._source()
+        missing_columns, changed = await self._changed()
+        out = Diff(missing_columns=missing_columns)
         queries = {
             "missing": f"SELECT b.{k} FROM {src} b LEFT JOIN {t} a USING ({k}) WHERE a.{k} IS NULL",
             "extra": f"SELECT a.{k} FROM {t} a LEFT JOIN {src} b USING ({k}) WHERE b.{k} IS NULL",
@@ -77,5 +94,33 @@ class Comparison:
             if count:
                 rows = await self.conn.fetch(f"{sql} ORDER BY 1 LIMIT {int(limit)}")
                 out.examples[kind] = [r[0] for r in rows]
-        await self.conn.execute(f"DROP TABLE IF EXISTS {s}")
         return out
+
+    async def repair(self, version_column: str | None, extract_started) -> Repair:
+        """Make the table equal to the extract, in one transaction, without undoing newer work: missing and
+        different rows are written through the keyed upsert with its version guard (a row the stream changed
+        after the extract keeps its newer values); rows the org does not have are deleted unless they were
+        written after the extract began. Call `diff()` again afterwards to confirm."""
+        t = ddl.qualified(self.spec)
+        k = ddl.quote_ident(self.spec.key)
+        src = self._source()
+        _, changed = await self._changed()
+        out = Repair()
+        async with self.conn.transaction():
+            await self.conn.execute(
+                f"CREATE TEMP TABLE {ddl.quote_ident(_REPAIR)} ON COMMIT DROP AS SELECT b.* FROM {src} b "
+                f"LEFT JOIN {t} a USING ({k}) WHERE a.{k} IS NULL OR {changed}")
+            wanted = await self.conn.fetchval(f"SELECT count(*) FROM {ddl.quote_ident(_REPAIR)}")
+            status = ""
+            for statement in ddl.upsert_from_staging(self.spec, _REPAIR, version_column).split(";\n"):
+                status = await self.conn.execute(statement)
+            out.written = int(status.rsplit(" ", 1)[-1])
+            out.kept_newer = wanted - out.written
+            status = await self.conn.execute(
+                f"DELETE FROM {t} a WHERE NOT EXISTS (SELECT 1 FROM {src} b WHERE b.{k} = a.{k}) "
+                f"AND a.{ddl.quote_ident(SYNCED_COLUMN)} < $1", extract_started)
+            out.deleted = int(status.rsplit(" ", 1)[-1])
+        return out
+
+    async def close(self) -> None:
+        await self.conn.execute(f"DROP TABLE IF EXISTS {ddl.quote_ident(_STAGING)}")

@@ -126,3 +126,24 @@ async def count_resync(conn: asyncpg.Connection, name: str, reason: str) -> None
         " updated_at = now() WHERE object = $1",
         name, reason[:500],
     )
+
+
+async def begin_resync(conn: asyncpg.Connection, name: str, reason: str) -> None:
+    """Mark the object RESYNCING (so a restart extracts it again), clear an operator's request, count it."""
+    await conn.execute(
+        "UPDATE replicator.objects SET phase = 'RESYNCING', resync_requested = false, resyncs = resyncs + 1,"
+        " last_resync_at = now(), last_resync_reason = $2, updated_at = now() WHERE object = $1",
+        name, reason[:500],
+    )
+
+
+async def resync_requested(conn: asyncpg.Connection, name: str) -> bool:
+    return bool(await conn.fetchval("SELECT resync_requested FROM replicator.objects WHERE object = $1", name))
+
+
+async def request_resync(conn: asyncpg.Connection, name: str) -> bool:
+    """`replicator resync`: raise the flag a running (or the next) service picks up. False if unknown."""
+    return await conn.fetchval(
+        "UPDATE replicator.objects SET resync_requested = true, updated_at = now() WHERE object = $1 RETURNING true",
+        name,
+    ) is not None

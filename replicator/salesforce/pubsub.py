@@ -261,6 +261,8 @@ class Subscription:
         self.requested = 0  # sum of num_requested sent
         self.received = 0  # events received
         self.peak_outstanding = 0  # highest queued + owed observed
+        self.connected = False  # a Subscribe call is open and has answered
+        self._call: Any = None  # the open Subscribe call, cancelled first on close
 
     # -- consumer side -------------------------------------------------------------------------------------
 
@@ -320,6 +322,10 @@ class Subscription:
         """Stop receiving; the iterator ends. Safe to call more than once."""
         self._closed = True
         self._ready.set()
+        if self._call is not None:
+            # Cancel the call before the task: a grpc.aio read() being cancelled waits for its call to end,
+            # so cancelling the task alone can wait forever (seen as a SIGTERM drain that never finished).
+            self._call.cancel()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -390,16 +396,18 @@ class Subscription:
         """One Subscribe call, until it ends (returns) or fails (raises)."""
         self._owed = 0
         self.streams += 1
-        call = self._client.stub.Subscribe(metadata=self._client.metadata(token))
+        call = self._call = self._client.stub.Subscribe(metadata=self._client.metadata(token))
         writer = asyncio.create_task(self._write_requests(call, self.position))
         try:
             while True:
                 response = await asyncio.wait_for(call.read(), self._client.stall_timeout)
                 if response is grpc.aio.EOF:
                     return
-                self._progressed = True
+                self._progressed = self.connected = True
                 await self._accept(response)
         finally:
+            self.connected = False
+            self._call = None
             writer.cancel()
             call.cancel()
             await asyncio.gather(writer, return_exceptions=True)

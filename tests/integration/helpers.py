@@ -29,6 +29,7 @@ def settings_for(sim: dict, pg_url: str, schema: str, **sections: Any) -> Settin
         "postgres": {"url": pg_url, "schema": schema},
         "objects": OBJECTS,
         "backfill": {"poll_max_s": 0.2, "page_size": 1000},
+        "service": {"port": 0, "host": "127.0.0.1"},
     }
     for k, v in sections.items():
         overrides[k] = v if k == "objects" else {**overrides.get(k, {}), **v}
@@ -44,6 +45,9 @@ def config_toml(sim: dict, pg_url: str, schema: str, **backfill: Any) -> str:
         "[postgres]",
         f'url = "{pg_url}"',
         f'schema = "{schema}"',
+        "[service]",
+        "port = 0",
+        'host = "127.0.0.1"',
         "[backfill]",
         "poll_max_s = 0.2",
     ]

@@ -59,12 +59,12 @@ async def test_second_backfill_upserts_without_duplicates_and_verify_is_equal(si
     truth = await ground_truth(sim, "Account")
     assert await compare_with_truth(pg_url, "bf_twice", "Account", "Id", truth) == []
     async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
-        assert (await verify_object(client, pool, settings, "Account")).equal
+        assert (await verify_object(client, pool, settings, "Account"))[0].equal
         conn = await asyncpg.connect(pg_url)
         victim = await conn.fetchval("SELECT id FROM bf_twice.account ORDER BY id LIMIT 1")
         await conn.execute("UPDATE bf_twice.account SET name = 'tampered' WHERE id = $1", victim)
         await conn.execute("DELETE FROM bf_twice.account WHERE id = (SELECT max(id) FROM bf_twice.account)")
         await conn.close()
-        diff = await verify_object(client, pool, settings, "Account")
+        diff, _ = await verify_object(client, pool, settings, "Account")
     assert (diff.different, diff.missing, diff.extra) == (1, 1, 0)
     assert diff.examples["different"] == [victim]

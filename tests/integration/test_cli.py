@@ -64,3 +64,33 @@ def test_backfill_then_status_and_verify(tmp_path, sim, pg_url):
     assert rows["Invoice__c"]["phase"] == "BACKFILLED" and rows["Invoice__c"]["rows_loaded"] > 0
     out = _cli("verify", "--config", str(cfg), "Invoice__c", env=env)
     assert out.returncode == 0 and "(equal)" in out.stdout
+
+
+async def test_verify_reports_a_corrupted_table_and_repair_fixes_it(tmp_path, sim, pg_url):
+    from .helpers import pg_value
+
+    cfg = tmp_path / "repair.toml"
+    cfg.write_text(config_toml(sim, pg_url, "fix"))
+    env = {"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]}
+    assert _cli("backfill", "--config", str(cfg), "Account", env=env).returncode == 0
+    victim = await pg_value(pg_url, "SELECT id FROM fix.account ORDER BY id LIMIT 1")
+    gone = await pg_value(pg_url, "SELECT id FROM fix.account ORDER BY id DESC LIMIT 1")
+    name = await pg_value(pg_url, f"SELECT name FROM fix.account WHERE id = '{victim}'")
+    await pg_value(pg_url, f"UPDATE fix.account SET name = 'corrupted', annualrevenue = -1 WHERE id = '{victim}'")
+    await pg_value(pg_url, f"DELETE FROM fix.account WHERE id = '{gone}'")
+    await pg_value(pg_url, "INSERT INTO fix.account (id, name, systemmodstamp, isdeleted) "
+                           "VALUES ('001000000000000ZZZ', 'not in the org', now(), false)")
+
+    found = _cli("verify", "--config", str(cfg), "Account", env=env)
+    assert found.returncode == 1
+    assert "Account: missing 1, extra 1, different 1" in found.stdout, found.stdout
+    assert victim in found.stdout and gone in found.stdout and "001000000000000ZZZ" in found.stdout
+
+    fixed = _cli("verify", "--config", str(cfg), "--repair", "Account", env=env)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "2 rows written from Salesforce, 1 rows Salesforce does not have deleted" in fixed.stdout
+
+    again = _cli("verify", "--config", str(cfg), "Account", env=env)
+    assert again.returncode == 0 and "(equal)" in again.stdout
+    assert await pg_value(pg_url, f"SELECT name FROM fix.account WHERE id = '{victim}'") == name
+    assert await pg_value(pg_url, "SELECT count(*) FROM fix.account WHERE id = '001000000000000ZZZ'") == 0

@@ -1,0 +1,185 @@
+"""Prometheus metrics of one service, on a registry of its own (no process-wide state).
+
+Counters and histograms are updated where the work happens (backfill progress, each applied batch). Gauges
+that depend on the clock (lag, checkpoint age, time to data loss) are computed at scrape time from each
+object's `ObjectHealth`, so a stalled stream shows its lag growing even though nothing updates it.
+
+Lag is `now − commitTimestamp` of the newest event applied, except while the stream is caught up (connected,
+nothing received and not yet applied): then it is 0, so a quiet org does not look like a stalled replicator.
+After a quiet spell the clock restarts from when the stream was last seen caught up, not from the last event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+PHASES = ("STARTING", "BACKFILLING", "RESYNCING", "STREAMING", "RETRYING")
+
+
+@dataclass(slots=True)
+class ObjectHealth:
+    """What the service knows about one object right now (read by the collector and by /readyz)."""
+
+    name: str
+    phase: str = "STARTING"
+    connected: bool = False  # the subscription has a live stream
+    idle: bool = False  # caught up: nothing received that is not yet applied
+    caught_up_at: float | None = None  # epoch s when last seen caught up
+    last_commit: float | None = None  # epoch s: commitTimestamp of the newest event applied
+    position_time: float | None = None  # epoch s: how old the stored replay position is (its event's commit)
+    checkpoint_saved: float | None = None  # epoch s: when the checkpoint was last committed
+    rows_done: int = 0
+    rows_expected: int | None = None
+    last_error: str | None = None
+
+    def lag(self, now: float) -> float | None:
+        if self.phase == "STREAMING" and self.connected and self.idle:
+            return 0.0
+        fresh = max((t for t in (self.last_commit, self.caught_up_at) if t is not None), default=None)
+        return None if fresh is None else max(0.0, now - fresh)
+
+    def time_to_data_loss(self, now: float, retention_s: float) -> float | None:
+        if self.phase == "STREAMING" and self.connected and self.idle:
+            return retention_s
+        if self.position_time is None:
+            return None
+        return retention_s - (now - self.position_time)
+
+
+# Name, type, labels, meaning: the README's metrics table is generated from this list (replicator/docs.py).
+CATALOGUE: list[tuple[str, str, str, str]] = [
+    ("replicator_backfill_rows_total", "counter", "object", "Rows loaded by backfills and resyncs."),
+    ("replicator_backfill_rows_expected", "gauge", "object", "Rows the running (or last) extract holds."),
+    ("replicator_backfill_progress_ratio", "gauge", "object", "Rows loaded / rows expected of the running extract."),
+    ("replicator_events_received_total", "counter", "object", "Change events received from the Pub/Sub API."),
+    ("replicator_events_applied_total", "counter", "object", "Change events applied (committed with their checkpoint)."),
+    ("replicator_rows_written_total", "counter", "object, op", "Row operations applied: upsert, update, delete, skipped (older than the row)."),
+    ("replicator_batches_total", "counter", "object", "Apply batches committed."),
+    ("replicator_batch_duration_seconds", "histogram", "object", "Time to fold, reconcile and commit one batch."),
+    ("replicator_batch_size_events", "histogram", "object", "Events per committed batch."),
+    ("replicator_lag_seconds", "gauge", "object", "now − commitTimestamp of the newest applied event; 0 while caught up."),
+    ("replicator_last_event_commit_timestamp_seconds", "gauge", "object", "commitTimestamp of the newest applied event (epoch)."),
+    ("replicator_checkpoint_age_seconds", "gauge", "object", "Seconds since the object's checkpoint was last committed."),
+    ("replicator_time_to_data_loss_seconds", "gauge", "object", "Retention (72 h) − age of the oldest unapplied position: below 0, events were purged before being applied."),
+    ("replicator_stream_connected", "gauge", "object", "1 while the object's Pub/Sub stream is connected."),
+    ("replicator_object_phase", "gauge", "object, phase", "1 for the object's current phase (STARTING, BACKFILLING, RESYNCING, STREAMING, RETRYING)."),
+    ("replicator_gaps_healed_total", "counter", "object", "Records fetched by id to heal gap events and updates of rows not yet present."),
+    ("replicator_resyncs_total", "counter", "object", "Resyncs from a fresh Bulk extract (expired replay id, GAP_OVERFLOW, operator request)."),
+    ("replicator_dead_letters_total", "counter", "object, source", "Records and events sent to replicator.dead_letters."),
+    ("replicator_errors_total", "counter", "object, kind", "Failures that made an object retry, by exception kind."),
+    ("replicator_api_calls_total", "counter", "", "REST and Bulk API calls made to Salesforce."),
+    ("replicator_api_requests_remaining", "gauge", "", "Daily API requests left, from the last Sforce-Limit-Info header."),
+    ("replicator_api_requests_max", "gauge", "", "Daily API request allocation, from the last Sforce-Limit-Info header."),
+    ("replicator_postgres_pool_connections", "gauge", "state", "Pool connections: in_use, idle, max."),
+]
+
+_BATCH_SIZES = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10_000, 50_000, 200_000)
+_DURATIONS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The service's metrics. `registry` is what `/metrics` serves."""
+
+    def __init__(self, retention_s: float = 72 * 3600):
+        self.registry = CollectorRegistry()
+        self.retention_s = retention_s
+        self.objects: dict[str, ObjectHealth] = {}
+        self.client = None  # SalesforceClient: API calls and the daily allocation
+        self.pool = None  # asyncpg pool: usage
+        r = self.registry
+        self.backfill_rows = Counter("replicator_backfill_rows", "Rows loaded by backfills.", ["object"], registry=r)
+        self.events_received = Counter("replicator_events_received", "Change events received.", ["object"], registry=r)
+        self.events_applied = Counter("replicator_events_applied", "Change events applied.", ["object"], registry=r)
+        self.rows_written = Counter("replicator_rows_written", "Row operations applied.", ["object", "op"], registry=r)
+        self.batches = Counter("replicator_batches", "Apply batches committed.", ["object"], registry=r)
+        self.batch_duration = Histogram("replicator_batch_duration_seconds", "Seconds per batch.", ["object"],
+                                        buckets=_DURATIONS, registry=r)
+        self.batch_size = Histogram("replicator_batch_size_events", "Events per batch.", ["object"],
+                                    buckets=_BATCH_SIZES, registry=r)
+        self.gaps_healed = Counter("replicator_gaps_healed", "Records fetched by id.", ["object"], registry=r)
+        self.resyncs = Counter("replicator_resyncs", "Resyncs.", ["object"], registry=r)
+        self.dead_letters = Counter("replicator_dead_letters", "Dead letters.", ["object", "source"], registry=r)
+        self.errors = Counter("replicator_errors", "Failures by kind.", ["object", "kind"], registry=r)
+        r.register(_Collector(self))
+        self._backfill_seen: dict[str, tuple[int, int]] = {}
+
+    def object(self, name: str) -> ObjectHealth:
+        health = self.objects.get(name)
+        if health is None:
+            health = self.objects[name] = ObjectHealth(name)
+            for m in (self.backfill_rows, self.events_received, self.events_applied, self.batches,
+                      self.gaps_healed, self.resyncs):
+                m.labels(object=name)  # present (at 0) from the start, so rate() works from the first scrape
+        return health
+
+    def backfill_progress(self, progress) -> None:
+        """Backfill progress callback: counts rows loaded since the last report of the same run."""
+        health = self.object(progress.object)
+        health.rows_done, health.rows_expected = progress.rows_done, progress.rows_expected
+        run, seen = self._backfill_seen.get(progress.object, (None, 0))
+        if run != id(progress):  # first report of a run: rows already there (a resumed job) are not new
+            self._backfill_seen[progress.object] = (id(progress), progress.rows_done)
+            return
+        if progress.rows_done > seen:
+            self.backfill_rows.labels(object=progress.object).inc(progress.rows_done - seen)
+            self._backfill_seen[progress.object] = (run, progress.rows_done)
+
+
+class _Collector:
+    """Clock-dependent gauges, computed at scrape time."""
+
+    def __init__(self, metrics: Metrics):
+        self.m = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        now = time.time()
+        g = {name: GaugeMetricFamily(name, doc, labels=["object"]) for name, kind, labels, doc in CATALOGUE
+             if kind == "gauge" and labels == "object"}
+        phase = GaugeMetricFamily("replicator_object_phase", "Current phase.", labels=["object", "phase"])
+        for name, h in list(self.m.objects.items()):
+            lag = h.lag(now)
+            ttl = h.time_to_data_loss(now, self.m.retention_s)
+            values = {
+                "replicator_lag_seconds": lag,
+                "replicator_last_event_commit_timestamp_seconds": h.last_commit,
+                "replicator_checkpoint_age_seconds": None if h.checkpoint_saved is None else now - h.checkpoint_saved,
+                "replicator_time_to_data_loss_seconds": ttl,
+                "replicator_stream_connected": 1.0 if h.connected else 0.0,
+                "replicator_backfill_rows_expected": h.rows_expected,
+                "replicator_backfill_progress_ratio": (
+                    min(1.0, h.rows_done / h.rows_expected) if h.rows_expected else None),
+            }
+            for metric, value in values.items():
+                if value is not None:
+                    g[metric].add_metric([name], float(value))
+            for p in PHASES:
+                phase.add_metric([name, p], 1.0 if h.phase == p else 0.0)
+        yield from g.values()
+        yield phase
+        client = self.m.client
+        if client is not None:
+            calls = CounterMetricFamily("replicator_api_calls", "REST and Bulk API calls made.")
+            calls.add_metric([], float(client.call_count))
+            yield calls
+            usage = getattr(client, "api_usage", None)
+            if usage:
+                used, cap = usage
+                yield GaugeMetricFamily("replicator_api_requests_remaining", "Daily API requests left.",
+                                        value=float(cap - used))
+                yield GaugeMetricFamily("replicator_api_requests_max", "Daily API allocation.", value=float(cap))
+        pool = self.m.pool
+        if pool is not None:
+            conns = GaugeMetricFamily("replicator_postgres_pool_connections", "Pool connections.", labels=["state"])
+            size, idle = pool.get_size(), pool.get_idle_size()
+            conns.add_metric(["in_use"], float(size - idle))
+            conns.add_metric(["idle"], float(idle))
+            conns.add_metric(["max"], float(pool.get_max_size()))
+            yield conns

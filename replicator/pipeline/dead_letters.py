@@ -1,0 +1,103 @@
+"""`replicator dead-letters retry`: apply again what can now be applied.
+
+A dead letter names a record (its key). Retrying fetches that record's current state from Salesforce
+(queryAll, so deleted records come too) and applies it through the stream's sink with the version guard:
+- applied → resolved; the record no longer exists anywhere in the org → resolved as gone;
+- Postgres refuses it again → attempts + 1, next retry after an exponential wait (1 min … 1 day);
+- a dead letter without a record key (an undecodable event) cannot be fetched alone: it stays open and
+  the command says to resync the object (`replicator resync OBJECT`), which re-extracts every record.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import structlog
+
+from ..config import Settings
+from ..postgres import apply as pg
+from ..postgres import dead_letters as store
+from .changes import record_op
+from .schema import object_table
+
+log = structlog.get_logger(__name__)
+
+_QUERY_KEYS = 200  # keys per SOQL query: keeps the URL well under Salesforce's 16,384 bytes
+_SF_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+
+
+@dataclass(slots=True)
+class RetryResult:
+    applied: int = 0
+    gone: int = 0
+    failed: int = 0
+    need_resync: dict[str, int] = field(default_factory=dict)  # object → keyless dead letters
+    not_configured: dict[str, int] = field(default_factory=dict)
+
+
+def soql_string(value: str) -> str:
+    """A SOQL string literal: backslash and single quote escaped (SOQL reference, "Quoted String Escape
+    Sequences"); newlines as \\n."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+    return f"'{escaped}'"
+
+
+async def retry(client, pool, settings: Settings, object_: str | None = None, ids: list[int] | None = None,
+                force: bool = False) -> RetryResult:
+    """Retry open dead letters: those due (next retry time passed), or every one named by `ids` / `force`."""
+    out = RetryResult()
+    async with pool.acquire() as conn:
+        rows = await store.list_open(conn, object_, ids, due_only=not (ids or force))
+    by_object: dict[str, list[dict]] = {}
+    for r in rows:
+        by_object.setdefault(r["object"], []).append(r)
+    for name, letters in by_object.items():
+        if name not in settings.objects:
+            out.not_configured[name] = len(letters)
+            continue
+        keyless = [r for r in letters if not r["record_key"]]
+        if keyless:
+            out.need_resync[name] = len(keyless)
+        keyed = [r for r in letters if r["record_key"]]
+        if keyed:
+            await _retry_object(client, pool, settings, name, keyed, out)
+    return out
+
+
+async def _retry_object(client, pool, settings: Settings, name: str, letters: list[dict], out: RetryResult):
+    obj = settings.objects[name]
+    describe = await client.describe(name)
+    table = object_table(describe, settings.postgres.schema_, obj)
+    spec = table.spec
+    sink = pg.StreamSink(pool, table)
+    key_field = next((c.field for c in spec.columns if c.name == spec.key), "Id")
+    keys = sorted({r["record_key"] for r in letters})
+    found: dict[str, dict] = {}
+    for start in range(0, len(keys), _QUERY_KEYS):
+        chunk = keys[start:start + _QUERY_KEYS]
+        ids = [k for k in chunk if _SF_ID.match(k)]
+        where = [f"{key_field} IN ({', '.join(soql_string(k) for k in chunk)})"]
+        if ids and key_field != "Id":  # stream dead letters name records by Id
+            where.append(f"Id IN ({', '.join(soql_string(k) for k in ids)})")
+        soql = f"SELECT {', '.join(spec.fields)} FROM {name} WHERE {' OR '.join(where)}"
+        async for record in client.query(soql, all_rows=True):
+            found[str(record.get("Id"))] = record
+            if record.get(key_field) is not None:
+                found[str(record[key_field])] = record
+    for letter in letters:
+        record = found.get(letter["record_key"])
+        async with pool.acquire() as conn:
+            if record is None:
+                await store.resolve(conn, [letter["id"]], "the record no longer exists in Salesforce")
+                out.gone += 1
+                continue
+            try:
+                await sink.apply([record_op(record, spec, 0)], [], None)
+            except pg.BadBatchError as exc:
+                await store.failed_again(conn, [letter["id"]], f"retry refused by postgres: {exc}")
+                out.failed += 1
+                continue
+            await store.resolve(conn, [letter["id"]], "applied on retry")
+            out.applied += 1
+    log.info("dead_letters.retried", object=name, letters=len(letters))

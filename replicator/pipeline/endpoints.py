@@ -1,0 +1,95 @@
+"""The service's HTTP port: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (ready to be trusted).
+
+Served by aiohttp on the service's own event loop, so a `/healthz` answer also proves the loop is responsive
+(a blocked loop answers nothing and the liveness probe fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+_PG_TIMEOUT_S = 2.0
+
+
+def readiness(metrics: Metrics, pg_ok: bool, pg_error: str | None, max_lag_s: float) -> tuple[bool, dict]:
+    """Ready when Postgres answers and every object is backfilling / resyncing, or streaming connected with
+    its lag under the threshold. Returns (ready, the reasons per object)."""
+    now = time.time()
+    objects: dict[str, dict] = {}
+    ready = pg_ok
+    for name, h in metrics.objects.items():
+        lag = h.lag(now)
+        why = None
+        if h.phase in ("BACKFILLING", "RESYNCING"):
+            pass
+        elif h.phase != "STREAMING":
+            why = f"phase {h.phase}" + (f": {h.last_error}" if h.last_error else "")
+        elif not h.connected:
+            why = "stream not connected"
+        elif lag is not None and lag > max_lag_s:
+            why = f"lag {lag:.0f} s above {max_lag_s:g} s"
+        ready &= why is None
+        objects[name] = {"phase": h.phase, "lag_s": None if lag is None else round(lag, 3), "ready": why is None,
+                         **({"reason": why} if why else {})}
+    body = {"ready": ready, "postgres": "ok" if pg_ok else f"unreachable: {pg_error}", "objects": objects}
+    return ready, body
+
+
+class Endpoints:
+    def __init__(self, metrics: Metrics, host: str, port: int, max_lag_s: float):
+        self.metrics, self.host, self.port, self.max_lag_s = metrics, host, port, max_lag_s
+        self.started = time.time()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+        log.info("service.listening", host=self.host, port=self.port, paths=["/metrics", "/healthz", "/readyz"])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json(200, {"status": "ok", "uptime_s": round(time.time() - self.started, 1)})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        pg_ok, pg_error = False, "no pool yet"
+        pool = self.metrics.pool
+        if pool is not None:
+            try:
+                async with asyncio.timeout(_PG_TIMEOUT_S):
+                    async with pool.acquire() as conn:
+                        await conn.fetchval("SELECT 1")
+                pg_ok, pg_error = True, None
+            except Exception as exc:  # any failure means "not ready", with the reason in the body
+                pg_error = f"{type(exc).__name__}: {exc}"
+        ready, body = readiness(self.metrics, pg_ok, pg_error, self.max_lag_s)
+        return _json(200 if ready else 503, body)
+
+
+def _json(status: int, body: dict) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

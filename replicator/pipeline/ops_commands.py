@@ -1,0 +1,66 @@
+"""Operator commands against the state tables: resync, dead-letters list | retry | drop.
+
+They work whether or not a service is running: a resync request is a flag the running service (or the next
+one started) picks up; dead letters are rows.
+"""
+
+from __future__ import annotations
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from ..config import Settings
+from ..postgres import dead_letters as store
+from ..postgres import state
+from . import dead_letters
+from .runtime import postgres_pool, salesforce_client
+
+
+async def resync_command(settings: Settings, names: list[str]) -> int:
+    async with postgres_pool(settings) as pool, pool.acquire() as conn:
+        unknown = [n for n in names if not await state.request_resync(conn, n)]
+    for name in names:
+        if name not in unknown:
+            print(f"{name}: resync requested; a running service starts it within "
+                  f"{settings.service.control_poll_s:g} s, otherwise the next `replicator run` does")
+    if unknown:
+        print(f"replicator: {', '.join(unknown)} never ran here (no state): `replicator run` backfills it")
+        return 1
+    return 0
+
+
+async def dead_letters_list(settings: Settings, object_: str | None, as_json: bool, limit: int) -> int:
+    async with postgres_pool(settings) as pool, pool.acquire() as conn:
+        rows = await store.list_open(conn, object_, limit=limit)
+    if as_json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
+        return 0
+    table = Table("id", "object", "key", "source", "attempts", "next retry", "first seen", "reason")
+    for r in rows:
+        table.add_row(str(r["id"]), r["object"], r["record_key"] or "", r["source"], str(r["attempts"]),
+                      r["next_retry_at"].isoformat(timespec="seconds") if r["next_retry_at"] else "now",
+                      r["first_seen"].isoformat(timespec="seconds"), r["reason"][:80])
+    Console().print(table)
+    print(f"{len(rows)} open dead letter(s)" + (f" (first {limit})" if len(rows) == limit else ""))
+    return 0
+
+
+async def dead_letters_retry(settings: Settings, object_: str | None, ids: list[int], force: bool) -> int:
+    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+        result = await dead_letters.retry(client, pool, settings, object_, ids or None, force)
+    print(f"applied {result.applied}, record gone from Salesforce {result.gone}, failed again {result.failed}")
+    for name, count in result.need_resync.items():
+        print(f"{name}: {count} dead letter(s) without a record key (undecodable events): "
+              f"run `replicator resync {name}` to recover every record, then `replicator dead-letters drop "
+              f"--object {name}`")
+    for name, count in result.not_configured.items():
+        print(f"{name}: {count} dead letter(s) for an object that is not configured: left as they are")
+    return 1 if result.failed else 0
+
+
+async def dead_letters_drop(settings: Settings, object_: str | None, ids: list[int]) -> int:
+    async with postgres_pool(settings) as pool, pool.acquire() as conn:
+        count = await store.drop(conn, object_, ids or None)
+    print(f"dropped {count} dead letter(s) (kept in replicator.dead_letters as resolved)")
+    return 0

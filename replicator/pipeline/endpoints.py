@@ -49,6 +49,7 @@ class Endpoints:
     def __init__(self, metrics: Metrics, host: str, port: int, max_lag_s: float):
         self.metrics, self.host, self.port, self.max_lag_s = metrics, host, port, max_lag_s
         self.started = time.time()
+        self.stopping = False  # set by the service on SIGTERM: /healthz says so (still alive while it drains)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -74,7 +75,8 @@ class Endpoints:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return _json(200, {"status": "ok", "uptime_s": round(time.time() - self.started, 1)})
+        status = "stopping" if self.stopping else "ok"
+        return _json(200, {"status": status, "uptime_s": round(time.time() - self.started, 1)})
 
     async def _readyz(self, request: web.Request) -> web.Response:
         pg_ok, pg_error = False, "no pool yet"

@@ -72,6 +72,8 @@ class Service:
             log.error("service.abort", signal=sig.name, action="exiting at once; uncommitted batches roll back")
             os._exit(1)
         log.info("service.stopping", signal=sig.name, bound_s=self.settings.service.shutdown_timeout_s)
+        if self.endpoints is not None:
+            self.endpoints.stopping = True
         self.stop.set()
 
     async def run(self) -> int:

@@ -182,3 +182,67 @@ async def test_sigterm_during_heavy_stream_commits_and_loses_nothing(own_sim, pg
                             env=env, capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.count("(equal)") == 4
+
+
+async def _blocked_on(pg_url: str) -> bool:
+    return bool(await pg_value(pg_url, "SELECT count(*) > 0 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                                       " WHERE NOT l.granted AND c.relname = 'checkpoints'"))
+
+
+@pytest.mark.parametrize("second_signal", [False, True], ids=["bound", "second-signal"])
+async def test_a_drain_that_cannot_commit_ends_at_the_bound_or_at_a_second_signal(sim, pg_url, tmp_path,
+                                                                                  second_signal):
+    import asyncpg
+
+    bound = 3
+    port = _free_port()
+    cfg = _config(tmp_path, sim, pg_url, "stuck", port)
+    text = open(cfg).read().replace(f"shutdown_timeout_s = {SHUTDOWN_BOUND_S}", f"shutdown_timeout_s = {bound}")
+    open(cfg, "w").write(text)
+    proc = _start(cfg, sim)
+    locker = None
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
+                       timeout=120)
+        # hold the checkpoint table: the next batch (a keepalive's, within 0.2 s) cannot commit
+        locker = await asyncpg.connect(pg_url)
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE replicator.checkpoints IN ACCESS EXCLUSIVE MODE")
+        await wait_for(lambda: _blocked_on(pg_url), timeout=60)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        if second_signal:
+            await wait_for(lambda: _stopping(port), timeout=30)  # the first signal was taken
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        seconds = time.monotonic() - started
+        err = err.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+        if locker is not None:
+            await locker.close()  # releases the lock (the transaction rolls back)
+    assert proc.returncode == 1, err[-3000:]
+    if second_signal:
+        assert '"service.abort"' in err and seconds < bound, seconds
+    else:
+        assert '"service.drain_timeout"' in err and bound <= seconds < bound + 10, seconds
+        assert '"service.drain_stuck"' in err  # names where each task waited
+    # the batches that could not commit rolled back: a restart applies them and the tables match the org
+    proc = _start(cfg, sim)
+    try:
+        async def ready() -> bool:
+            r = await _get(port, "/readyz")
+            return r is not None and r.status_code == 200 and all(
+                o["phase"] == "STREAMING" for o in r.json()["objects"].values())
+        await wait_for(ready, timeout=120)
+    finally:
+        code, _, err = _stop(proc)
+    assert code == 0, err[-3000:]
+
+
+async def _stopping(port: int) -> bool:
+    r = await _get(port, "/healthz")
+    return r is not None and r.json()["status"] == "stopping"

@@ -92,6 +92,7 @@ poll_max_s = 1.0
 
 def run_backfill(cfg: Path, sim: dict) -> dict:
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
+    env.pop("DATABASE_URL", None)  # it would win over the config file's database (environment > file)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.monotonic()
     out = subprocess.run(

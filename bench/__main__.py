@@ -1,0 +1,66 @@
+"""`python -m bench`: every scenario, medians of repeats, JSON per scenario, RESULTS.md tables, PNG charts.
+
+    python -m bench                 # full run (tens of minutes): bench/results/, bench/RESULTS.md, bench/charts/
+    python -m bench --quick         # under 3 minutes, small sizes: bench/results/quick/ (the CI smoke test)
+    python -m bench --only stream   # some scenarios
+    python -m bench --out DIR       # results, RESULTS.md and charts under DIR
+
+Postgres: DATABASE_URL, else the server at 127.0.0.1:5432 (database `test`), else a throwaway server (the
+`embedded` extra). Scenarios use databases of their own on that server (replicator_bench*), dropped and made anew.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from replicator.observe import setup_logging
+from replicator.postgres.server import resolve_database
+
+from . import harness
+from .scenarios import SCENARIOS, Plan, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, one repeat, under 3 minutes")
+    ap.add_argument("--only", nargs="+", choices=list(SCENARIOS), help="run only these scenarios")
+    ap.add_argument("--repeat", type=int, help="repeats per figure (default 3, quick 1); figures are medians")
+    ap.add_argument("--out", type=Path, help="directory for results, RESULTS.md and charts")
+    args = ap.parse_args(argv)
+    setup_logging("warning")
+    out = args.out or (harness.ROOT / "results" / "quick" if args.quick else None)
+    results_dir = out or harness.ROOT / "results"
+    results_md = (out / "RESULTS.md") if out else harness.ROOT / "RESULTS.md"
+    charts_dir = (out / "charts") if out else harness.ROOT / "charts"
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    names = args.only or list(SCENARIOS)
+    return asyncio.run(_run(names, args, results_dir, results_md, charts_dir, command))
+
+
+async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Path, command: str) -> int:
+    async with resolve_database(os.environ.get("DATABASE_URL")) as server_url:
+        machine = await harness.machine(server_url)
+        plan = Plan.make(args.quick, args.repeat, server_url)
+        reports = {}
+        for name in names:
+            started = time.monotonic()
+            result = await asyncio.to_thread(run, name, plan)  # each scenario on its own event loop
+            result["seconds"] = round(time.monotonic() - started, 1)
+            params = {k: v for k, v in vars(plan).items() if k != "server_url"}
+            path = harness.write_report(results_dir, name, command, params, machine, result)
+            reports[name] = json.loads(path.read_text())
+            print(f"{name}: {result['seconds']} s -> {path}", flush=True)
+    harness.render_results(results_md, reports)
+    made = harness.charts(charts_dir, reports)
+    print(f"tables -> {results_md}; {len(made)} charts -> {charts_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Ceilings, measured in the same run as the figures they bound: what each stage can do alone.
+
+- COPY: the same rows (the simulator's CSV, on local disk) into a table of the same shape: the ingest ceiling.
+- CSV parse: Python's csv module over the same bytes (what a client that parses rows would pay).
+- Bulk serving: the simulator's result pages downloaded to a file, no parsing (source → null sink).
+- Pub/Sub serving: raw Subscribe from the earliest event, events counted and kept, no decoding.
+- Avro decode: `cdc.decode_event` over those same payloads (schemaless Avro + header + bitmaps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from pathlib import Path
+
+from replicator.config import load_settings
+from replicator.pipeline.runtime import salesforce_client
+from replicator.protocol import pubsub_api_pb2 as pb
+from replicator.salesforce.bulk import BulkClient
+from replicator.salesforce.cdc import decode_event
+from replicator.salesforce.pubsub import PubSubClient
+
+from .backfill import copy_ceiling
+
+
+def sf_settings(sim: dict):
+    return load_settings(overrides={"salesforce": {
+        "instance_url": sim["instance_url"], "client_id": sim["client_id"], "client_secret": sim["client_secret"],
+        "ca_file": sim["ca_file"], "pubsub_endpoint": sim["pubsub_endpoint"]}})
+
+
+async def bulk_download(sim: dict, fields: list[str], path: Path) -> dict:
+    """Download every Account row as CSV into `path` (one header); time only the page downloads."""
+    async with salesforce_client(sf_settings(sim)) as client:
+        bulk = BulkClient(client, poll_max=0.5)
+        job = await bulk.create_query_job(f"SELECT {', '.join(fields)} FROM Account", all_rows=True)
+        job = await bulk.wait_for_job(job.id)
+        first, size = True, 0
+        t0 = time.perf_counter()
+        with path.open("wb") as out:
+            async for page in bulk.result_pages(job.id, max_records=250_000):
+                async with bulk.open_page(page) as stream:
+                    skip = not first
+                    async for chunk in stream.chunks():
+                        if skip:
+                            nl = chunk.find(b"\n")
+                            if nl < 0:
+                                continue
+                            chunk, skip = chunk[nl + 1:], False
+                        out.write(chunk)
+                        size += len(chunk)
+                first = False
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "bytes": size, "rows": job.number_records_processed}
+
+
+def csv_parse(path: Path) -> dict:
+    data = path.read_bytes()
+    t0 = time.perf_counter()
+    rows = sum(1 for _ in csv.reader(io.StringIO(data.decode("utf-8"), newline=""))) - 1
+    seconds = time.perf_counter() - t0
+    return {"rows_per_s": rows / seconds, "mb_per_s": len(data) / seconds / 1e6}
+
+
+async def pubsub_serving(sim: dict, topic: str, events: int) -> tuple[dict, list, dict]:
+    """Raw Subscribe from EARLIEST until `events` events arrived: (rate, the events, their schemas)."""
+    async with salesforce_client(sf_settings(sim)) as client:
+        await client.tokens.token()
+        pubsub = PubSubClient(sim["pubsub_endpoint"], client.tokens, ca_file=sim["ca_file"])
+        try:
+            token = await pubsub.token()
+            call = pubsub.stub.Subscribe(metadata=pubsub.metadata(token))
+            got: list = []
+            t0 = time.perf_counter()
+            await call.write(pb.FetchRequest(topic_name=topic, replay_preset=pb.ReplayPreset.EARLIEST,
+                                             num_requested=100))
+            while len(got) < events:
+                response = await asyncio.wait_for(call.read(), 60)
+                got.extend(response.events)
+                if response.pending_num_requested == 0:
+                    await call.write(pb.FetchRequest(topic_name=topic, num_requested=100))
+            seconds = time.perf_counter() - t0
+            call.cancel()
+            schemas = {}
+            for ev in got:
+                if ev.event.schema_id not in schemas:
+                    schemas[ev.event.schema_id] = await pubsub.get_schema(ev.event.schema_id)
+        finally:
+            await pubsub.close()
+    return {"events_per_s": len(got) / seconds, "events": len(got)}, got, schemas
+
+
+def avro_decode(topic: str, got: list, schemas: dict) -> dict:
+    from replicator.salesforce.cdc import CdcSchema
+
+    parsed = {sid: CdcSchema(sid, s) for sid, s in schemas.items()}
+    t0 = time.perf_counter()
+    bad = 0
+    for ev in got:
+        out = decode_event(topic, ev.replay_id, ev.event.schema_id, ev.event.payload, parsed[ev.event.schema_id])
+        bad += out.error is not None
+    seconds = time.perf_counter() - t0
+    if bad:
+        raise SystemExit(f"{bad} events did not decode")
+    return {"events_per_s": len(got) / seconds}
+
+
+async def measure(sim: dict, url: str, fields: list[str], tmp: Path, events: int) -> dict:
+    """Every ceiling once; the caller repeats and takes medians."""
+    path = tmp / "account.csv"
+    down = await bulk_download(sim, fields, path)
+    out = {"bulk_serving_rows_per_s": down["rows"] / down["seconds"],
+           "bulk_serving_mb_per_s": down["bytes"] / down["seconds"] / 1e6}
+    parsed = csv_parse(path)
+    out["csv_parse_rows_per_s"] = parsed["rows_per_s"]
+    out["copy_rows_per_s"] = await copy_ceiling(url, sim, path)
+    serving, got, schemas = await pubsub_serving(sim, "/data/AccountChangeEvent", events)
+    out["pubsub_serving_events_per_s"] = serving["events_per_s"]
+    out["avro_decode_events_per_s"] = avro_decode("/data/AccountChangeEvent", got, schemas)["events_per_s"]
+    return out

@@ -1,0 +1,50 @@
+"""`python -m bench --quick` (the harness's smoke test): it must produce complete, well-formed results, tables
+and charts. Speed is not asserted here (bench/RESULTS.md reports it), so a noisy machine cannot fail this."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _numbers(d: dict) -> list[float]:
+    return [v for v in d.values() if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
+    server = pg_url.rsplit("/", 1)[0] + "/test"
+    out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+                         env=dict(os.environ, DATABASE_URL=server), capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    reports = {}
+    for path in tmp_path.glob("*.json"):
+        report = json.loads(path.read_text())
+        reports[report["scenario"]] = report
+    assert set(reports) == {"ceilings", "backfill", "stream"}
+    for name, report in reports.items():
+        assert report["command"].startswith("python -m bench --quick")
+        assert {"cores", "memory_gib", "python", "postgres"} <= set(report["machine"]), name
+        figures = _numbers(report["figures"])
+        assert figures and all(math.isfinite(v) and v > 0 for v in figures), (name, report["figures"])
+        for sw in report["sweeps"]:
+            assert len(sw["rows"]) >= 2 or sw["name"] == "offered rate", (name, sw["name"])
+            for row in sw["rows"]:
+                for key in sw["y"]:
+                    assert isinstance(row[key], int | float) and row[key] >= 0, (name, sw["name"], key, row)
+    ceilings = reports["ceilings"]["figures"]
+    assert {"copy_rows_per_s", "csv_parse_rows_per_s", "avro_decode_events_per_s", "bulk_serving_rows_per_s",
+            "pubsub_serving_events_per_s"} <= set(ceilings)
+    sweeps = {sw["name"] for r in reports.values() for sw in r["sweeps"]}
+    assert {"page size", "parallel pages", "record count", "apply batch size", "event mix", "key collisions",
+            "offered rate"} <= sweeps
+    md = (tmp_path / "RESULTS.md").read_text()
+    for name in reports:
+        assert f"<!-- bench:{name}:start -->" in md and f"<!-- bench:{name}:end -->" in md
+    charts = list((tmp_path / "charts").glob("*.png"))
+    assert len(charts) >= 6
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in charts)

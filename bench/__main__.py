@@ -4,6 +4,7 @@
     python -m bench --quick         # under 3 minutes, small sizes: bench/results/quick/ (the CI smoke test)
     python -m bench --only stream   # some scenarios
     python -m bench --out DIR       # results, RESULTS.md and charts under DIR
+    python -m bench --only peers    # target-postgres and dlt (installed into bench/.peers/ on first use)
 
 Postgres: DATABASE_URL, else the server at 127.0.0.1:5432 (database `test`), else a throwaway server (the
 `embedded` extra). Scenarios use databases of their own on that server (replicator_bench*), dropped and made anew.
@@ -23,7 +24,7 @@ from replicator.observe import setup_logging
 from replicator.postgres.server import resolve_database
 
 from . import harness
-from .scenarios import SCENARIOS, Plan, run
+from .scenarios import QUICK, SCENARIOS, Plan, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     results_md = (out / "RESULTS.md") if out else harness.ROOT / "RESULTS.md"
     charts_dir = (out / "charts") if out else harness.ROOT / "charts"
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    names = args.only or list(SCENARIOS)
+    names = args.only or (QUICK if args.quick else list(SCENARIOS))
     return asyncio.run(_run(names, args, results_dir, results_md, charts_dir, command))
 
 

@@ -71,7 +71,7 @@ def start_sim(records: int) -> tuple[subprocess.Popen, dict]:
     return proc, json.loads(line)
 
 
-def write_config(sim: dict, url: str, args) -> Path:
+def write_config(sim: dict, url: str, args, obj: str = "Account") -> Path:
     cfg = Path(tempfile.mkstemp(suffix=".toml")[1])
     cfg.write_text(
         f"""[salesforce]
@@ -84,19 +84,19 @@ url = "{url}"
 parallel_pages = {args.parallel_pages}
 page_size = {args.page_size}
 poll_max_s = 1.0
-[objects.Account]
+[objects.{obj}]
 """
     )
     return cfg
 
 
-def run_backfill(cfg: Path, sim: dict) -> dict:
+def run_backfill(cfg: Path, sim: dict, obj: str = "Account") -> dict:
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
     env.pop("DATABASE_URL", None)  # it would win over the config file's database (environment > file)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "-m", "replicator.cli", "--log-json", "backfill", "--config", str(cfg), "Account"],
+        [sys.executable, "-m", "replicator.cli", "--log-json", "backfill", "--config", str(cfg), obj],
         env=env, capture_output=True, text=True,
     )
     wall = time.monotonic() - t0
@@ -107,11 +107,11 @@ def run_backfill(cfg: Path, sim: dict) -> dict:
     return {"wall_s": wall, "peak_rss_mb": max(peak, before) / 1024, "events": events}
 
 
-async def copy_ceiling(url: str, sim: dict, csv_path: Path) -> float:
-    """rows/s of one COPY of the same CSV into a table shaped like salesforce.account."""
+async def copy_ceiling(url: str, sim: dict, csv_path: Path, table: str = "account") -> float:
+    """rows/s of one COPY of the same CSV into a table shaped like salesforce.<table>."""
     conn = await asyncpg.connect(url)
     await conn.execute("DROP TABLE IF EXISTS public.copy_ceiling")
-    await conn.execute("CREATE TABLE public.copy_ceiling (LIKE salesforce.account INCLUDING ALL)")
+    await conn.execute(f'CREATE TABLE public.copy_ceiling (LIKE salesforce."{table}" INCLUDING ALL)')
     header = csv_path.open("rb").readline().decode().strip()
     columns = [h.strip('"').lower() for h in header.split(",")]
     t0 = time.monotonic()

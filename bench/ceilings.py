@@ -31,11 +31,11 @@ def sf_settings(sim: dict):
         "ca_file": sim["ca_file"], "pubsub_endpoint": sim["pubsub_endpoint"]}})
 
 
-async def bulk_download(sim: dict, fields: list[str], path: Path) -> dict:
-    """Download every Account row as CSV into `path` (one header); time only the page downloads."""
+async def bulk_download(sim: dict, fields: list[str], path: Path, obj: str = "Account") -> dict:
+    """Download every `obj` row as CSV into `path` (one header); time only the page downloads."""
     async with salesforce_client(sf_settings(sim)) as client:
         bulk = BulkClient(client, poll_max=0.5)
-        job = await bulk.create_query_job(f"SELECT {', '.join(fields)} FROM Account", all_rows=True)
+        job = await bulk.create_query_job(f"SELECT {', '.join(fields)} FROM {obj}", all_rows=True)
         job = await bulk.wait_for_job(job.id)
         first, size = True, 0
         t0 = time.perf_counter()

@@ -46,10 +46,13 @@ class Plan:
     stream_records: int = 20_000
     stream_events: int = 30_000
     batch_sizes: list[int] = field(default_factory=lambda: [100, 500, 2_000, 10_000])
+    num_requested: list[int] = field(default_factory=lambda: [1, 10, 50, 100])
     collisions: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])
     rates: list[int] = field(default_factory=lambda: [1_000, 5_000, 10_000])
     lag_seconds: float = 10.0
     ceiling_events: int = 20_000
+    peer_records: int = 200_000
+    width_records: int = 200_000
 
     @classmethod
     def make(cls, quick: bool, repeat: int | None, server_url: str) -> Plan:
@@ -57,14 +60,14 @@ class Plan:
             return cls(False, repeat or 3, server_url)
         return cls(True, repeat or 1, server_url, records=6_000, record_counts=[2_000, 6_000],
                    page_sizes=[1_000, 6_000], parallel=[1, 3], stream_records=2_000, stream_events=1_500,
-                   batch_sizes=[100, 2_000], collisions=[0.0, 0.9], rates=[300], lag_seconds=3.0,
+                   batch_sizes=[100, 2_000], num_requested=[10, 100], width_records=1_000, collisions=[0.0, 0.9], rates=[300], lag_seconds=3.0,
                    ceiling_events=1_000)
 
 
-async def _sim(records: int):
+async def _sim(records: int, *extra: str):
     from .stream import start_sim
 
-    return start_sim(records)
+    return start_sim(records, *extra)
 
 
 def _stop(proc) -> None:
@@ -72,20 +75,20 @@ def _stop(proc) -> None:
     proc.wait()
 
 
-async def _fields(url: str) -> list[str]:
+async def _fields(url: str, table: str = "account") -> list[str]:
     conn = await asyncpg.connect(url)
     try:
         return [r[0] for r in await conn.fetch(
             "SELECT column_name FROM information_schema.columns WHERE table_schema='salesforce'"
-            " AND table_name='account' AND column_name NOT LIKE '\\_sf\\_%' ORDER BY ordinal_position")]
+            " AND table_name=$1 AND column_name NOT LIKE '\\_sf\\_%' ORDER BY ordinal_position", table)]
     finally:
         await conn.close()
 
 
-async def _backfill_once(sim: dict, plan: Plan, page_size: int, parallel: int) -> dict:
+async def _backfill_once(sim: dict, plan: Plan, page_size: int, parallel: int, obj: str = "Account") -> dict:
     url = await fresh_database(plan.server_url, "replicator_bench")
-    cfg = write_config(sim, url, SimpleNamespace(parallel_pages=parallel, page_size=page_size))
-    result = run_backfill(cfg, sim)
+    cfg = write_config(sim, url, SimpleNamespace(parallel_pages=parallel, page_size=page_size), obj)
+    result = run_backfill(cfg, sim, obj)
     done = next(e for e in result["events"] if e.get("event") == "backfill.done")
     return {"rows": done["rows"], "rows_per_s": done["rows"] / done["load_s"], "peak_rss_mb": result["peak_rss_mb"],
             "url": url}
@@ -138,7 +141,41 @@ async def backfill(plan: Plan) -> dict:
             _stop(proc)
     sweeps.append(sweep("record count", "records", rows, ["seconds", "peak_rss_mb"],
                         "cost should grow linearly and memory stay flat"))
+    sweeps.append(await _widths(plan))
     return {"figures": figures, "sweeps": sweeps}
+
+
+async def _widths(plan: Plan) -> dict:
+    """Rows/s and ratio to COPY against row width: the simulator's objects from 14 fields to Wide__c's 200
+    (about 4 KB a row), and Invoice__c, whose long text reaches 131,072 characters on 1% of rows."""
+    proc, sim = await _sim(plan.width_records, "--wide-object")
+    rows = []
+    try:
+        for obj in ("Opportunity", "Account", "Invoice__c", "Wide__c"):
+            first = await _backfill_once(sim, plan, plan.page_sizes[-1], 3, obj)
+            table = obj.lower()
+            fields = await _fields(first["url"], table)
+
+            async def once(o=obj, t=table, f=fields, url=first["url"]) -> dict:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "rows.csv"
+                    down = await ceilings.bulk_download(sim, f, path, o)
+                    from .backfill import copy_ceiling
+
+                    copy = await copy_ceiling(url, sim, path, t)
+                ours = await _strip(_backfill_once(sim, plan, plan.page_sizes[-1], 3, o))
+                return {"bytes_per_row": down["bytes"] / max(down["rows"], 1), "fields": len(f),
+                        "rows_per_s": ours["rows_per_s"], "copy_rows_per_s": copy,
+                        "ratio_to_copy": ours["rows_per_s"] / copy, "peak_rss_mb": ours["peak_rss_mb"]}
+            m = await median_of(plan.repeat, once)
+            rows.append({"x": round(m["bytes_per_row"]), "object": obj, "fields": m["fields"],
+                         "rows_per_s": m["rows_per_s"], "mb_per_s": m["rows_per_s"] * m["bytes_per_row"] / 1e6,
+                         "ratio_to_copy": m["ratio_to_copy"], "peak_rss_mb": m["peak_rss_mb"]})
+    finally:
+        _stop(proc)
+    rows.sort(key=lambda r: r["x"])
+    return sweep("row width", "bytes per row", rows, ["rows_per_s", "mb_per_s"],
+                 f"{plan.width_records:,} rows per object, 3 parallel pages")
 
 
 async def _strip(coro) -> dict:
@@ -150,6 +187,10 @@ async def _strip(coro) -> dict:
 def _row(x, measured: dict, **more) -> dict:
     """A sweep row: the swept value, the medians (without the repeat count), extra columns."""
     return {"x": x, **{k: v for k, v in measured.items() if k != "repeats"}, **more}
+
+
+def _with(cfg, num_requested: int):
+    return cfg.model_copy(update={"stream": cfg.stream.model_copy(update={"num_requested": num_requested})})
 
 
 async def _changes(sim: dict, n: int, mix: dict, rate: float, collision: float = 0.0, per_event: int = 1,
@@ -204,6 +245,13 @@ async def stream(plan: Plan) -> dict:
             rows.append(_row(batch, m, ratio_to_copy=m["events_per_s"] / copy))
         sweeps.append(sweep("apply batch size", "batch_max_events", rows, ["events_per_s", "peak_rss_mb"],
                             f"{n:,} narrow UPDATE events drained"))
+        rows = []
+        for owed in plan.num_requested:
+            m = await median_of(plan.repeat, lambda o=owed: _drain(sim, url, _with(settings(sim, url, 2_000), o), n,
+                                                                   **narrow))
+            rows.append(_row(owed, m, ratio_to_copy=m["events_per_s"] / copy))
+        sweeps.append(sweep("events owed by the server", "num_requested", rows, ["events_per_s"],
+                            "Pub/Sub flow control: at most this many events requested and not yet received"))
         mixes = [("narrow updates", {"mix": {"UPDATE": 1.0}}), ("full creates", {"mix": {"CREATE": 1.0}}),
                  ("deletes and undeletes", {"mix": {"DELETE": 0.5, "UNDELETE": 0.5}}),
                  ("5-record update events", {"mix": {"UPDATE": 1.0}, "per_event": 5})]
@@ -249,7 +297,53 @@ async def ceiling(plan: Plan) -> dict:
     return {"figures": figures, "sweeps": []}
 
 
-SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream}
+async def peer(plan: Plan) -> dict:
+    """target-postgres and dlt against replicator on the same rows and the same Postgres."""
+    from . import peers
+    from .backfill import copy_ceiling
+
+    proc, sim = await _sim(plan.peer_records)
+    try:
+        first = await _backfill_once(sim, plan, 100_000, 3)
+        url = first["url"]
+        types = await peers.column_types(url)
+        for name in peers.PEERS:  # installed before any clock starts
+            await asyncio.to_thread(peers.ensure_peer, name)
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            path = work / "account.csv"
+            await ceilings.bulk_download(sim, list(types), path)
+            singer, lines, n = peers.prepare(path, types, work)
+
+            async def once() -> dict:
+                ours = await _backfill_once(sim, plan, 100_000, 3)
+                copy = await copy_ceiling(ours["url"], sim, path)
+                conn = await asyncpg.connect(ours["url"])
+                await conn.execute("DROP SCHEMA IF EXISTS peer_singer CASCADE; DROP SCHEMA IF EXISTS peer_dlt CASCADE")
+                await conn.close()
+                t_singer = await peers.target_postgres(ours["url"], singer, work)
+                t_dlt = await peers.dlt(ours["url"], lines, work)
+                loaded = {"target-postgres": await peers._count(ours["url"], "peer_singer.account"),
+                          "dlt": await peers._count(ours["url"], "peer_dlt.account")}
+                if any(v != n for v in loaded.values()):
+                    raise SystemExit(f"a peer did not load every row: {loaded} of {n}")
+                return {"copy_rows_per_s": copy, "replicator_rows_per_s": ours["rows_per_s"],
+                        "target_postgres_rows_per_s": n / t_singer, "dlt_rows_per_s": n / t_dlt}
+            m = await median_of(plan.repeat, once)
+    finally:
+        _stop(proc)
+    m["rows"] = n
+    m["replicator_vs_target_postgres"] = m["replicator_rows_per_s"] / m["target_postgres_rows_per_s"]
+    m["replicator_vs_dlt"] = m["replicator_rows_per_s"] / m["dlt_rows_per_s"]
+    rows = [{"x": name, "rows_per_s": m[key], "ratio_to_copy": m[key] / m["copy_rows_per_s"]}
+            for name, key in (("replicator", "replicator_rows_per_s"), ("target-postgres", "target_postgres_rows_per_s"),
+                              ("dlt", "dlt_rows_per_s"))]
+    return {"figures": m, "sweeps": [sweep("peers", "tool", rows, ["rows_per_s"],
+                                           f"{n:,} Account rows into the same Postgres")]}
+
+
+SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "peers": peer}
+QUICK = ["ceilings", "backfill", "stream"]  # peers install tools from PyPI: full runs only
 
 
 def run(name: str, plan: Plan) -> dict:

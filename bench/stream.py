@@ -42,9 +42,9 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def start_sim(records: int) -> tuple[subprocess.Popen, dict]:
+def start_sim(records: int, *extra: str) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen([sys.executable, "-m", "replicator.sim", "--records", str(records), "--port", "0",
-                             "--keepalive-seconds", "0.2", "--retention-events", "5000000"],
+                             "--keepalive-seconds", "0.2", "--retention-events", "5000000", *extra],
                             stdout=subprocess.PIPE)
     return proc, json.loads(proc.stdout.readline())
 

@@ -104,6 +104,11 @@ class StreamSettings(_Section):
     batch_max_wait_s: float = Field(
         0.2, gt=0, le=60, description="Longest wait before a partial batch is applied (bounds the added lag)."
     )
+    num_requested: int = Field(
+        100, ge=1, le=100,
+        description="Events the Pub/Sub server may owe this client at once per object (FetchRequest num_requested; "
+        "Salesforce caps it at 100). Lower values bound in-flight events, higher ones keep the stream full.",
+    )
     position_timeout_s: float = Field(
         300.0, gt=0,
         description="Before a backfill or resync, how long to wait for the stream's current position (Salesforce "

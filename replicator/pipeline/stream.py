@@ -157,7 +157,8 @@ class ObjectStream:
         await self._load_schema()
 
     async def _stream(self, position: bytes | None, stop: asyncio.Event) -> None:
-        sub = self.pubsub.subscribe(self.topic, replay_id=position, buffer=self.settings.stream.batch_max_events)
+        sub = self.pubsub.subscribe(self.topic, replay_id=position, max_pending=self.settings.stream.num_requested,
+                                    buffer=self.settings.stream.batch_max_events)
         batcher = Batcher(self.settings.stream.batch_max_events, self.settings.stream.batch_max_wait_s)
         h = self.health
         poll_every = self.settings.service.control_poll_s

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page-size", type=int, default=50_000, help="Bulk results page size when maxRecords is absent")
     p.add_argument("--gzip-level", type=int, default=1, choices=range(1, 10), help="gzip level for results")
     p.add_argument("--state-dir", help="directory for the certificate and job results (default: a temp dir)")
+    p.add_argument("--wide-object", action="store_true",
+                   help="add Wide__c: 200 fields, about 4 KB a row (benchmarks of wide rows)")
     p.add_argument("--hostile-field", action="store_true",
                    help="add the custom field Bad\"Name;DROP__c to Account (tests identifier quoting)")
     p.add_argument("--rate", type=float, default=0.0,
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         sim = Simulator(records=args.records, seed=args.seed, host=args.host, port=args.port, tls=not args.no_tls,
                         client_id=args.client_id, client_secret=args.client_secret, username=args.username,
                         jwt_public_key=args.jwt_public_key, page_size=args.page_size, gzip_level=args.gzip_level,
-                        state_dir=args.state_dir, hostile_field=args.hostile_field, faults=knobs,
+                        state_dir=args.state_dir, hostile_field=args.hostile_field,
+                        wide_object=args.wide_object, faults=knobs,
                         traffic=traffic)
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"replicator sim: {exc}\n")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from operator import itemgetter
 
 from .ids import make_id
-from .schema import HOSTILE_FIELD, INDUSTRIES, INVOICE_STATUS, REGIONS, STAGES, ObjectSpec
+from .schema import HOSTILE_FIELD, INDUSTRIES, INVOICE_STATUS, REGIONS, STAGES, WIDE_FIELDS, ObjectSpec
 
 EPOCH = dt.datetime(2024, 1, 1)
 # Every generated timestamp is in the past: a record's SystemModstamp is its version, and a live change
@@ -177,8 +177,26 @@ def _invoice(h: int, i: int, n_accounts: int) -> dict:
     }
 
 
+def _wide(h: int, i: int, n_accounts: int) -> dict:
+    d: dict = {"Name": f"WIDE-{i + 1:08d}"}
+    for k, (name, kind) in enumerate(WIDE_FIELDS):
+        x = ((h >> (k % 200)) ^ (k * 0x9E3779B97F4A7C15)) & 0xFFFFFFFFFFFF
+        if kind == "string":
+            d[name] = f"wide value {i} {k} {x:012x} {x * 7 % 10**15:015d}"
+        elif kind == "double":
+            d[name] = (x % 10**10) / 10**4
+        elif kind == "int":
+            d[name] = x % 10**9
+        elif kind == "boolean":
+            d[name] = bool(x & 1)
+        else:
+            d[name] = dt.date(2024, 1, 1) + dt.timedelta(days=x % 1096)
+    return d
+
+
 _BODIES: dict[str, Callable[[int, int, int], dict]] = {
     "Account": _account, "Contact": _contact, "Opportunity": _opportunity, "Invoice__c": _invoice,
+    "Wide__c": _wide,
 }
 
 

@@ -203,8 +203,30 @@ INVOICE_STATUS = ("Draft", "Sent", "Paid", "Void")
 HOSTILE_FIELD = 'Bad"Name;DROP__c'
 
 
-def build_objects(hostile_field: bool = False) -> dict[str, ObjectSpec]:
-    """The org's objects by API name. `hostile_field` adds a custom field whose name needs quoting."""
+WIDE_TYPES = ("string", "double", "int", "boolean", "date")
+WIDE_FIELDS = [(f"F{k:03d}__c", WIDE_TYPES[k % len(WIDE_TYPES)]) for k in range(199)]
+
+
+def _wide_fields() -> list[FieldSpec]:
+    """Wide__c: Name and 199 custom fields of mixed types, about 4 KB a row as CSV (the bench's wide rows)."""
+    out = [FieldSpec("Name", "string", "Wide Name", length=80, nillable=False)]
+    for name, kind in WIDE_FIELDS:
+        if kind == "string":
+            out.append(FieldSpec(name, "string", name, length=80, custom=True))
+        elif kind == "double":
+            out.append(FieldSpec(name, "double", name, precision=16, scale=4, custom=True))
+        elif kind == "int":
+            out.append(FieldSpec(name, "int", name, digits=9, custom=True))
+        elif kind == "boolean":
+            out.append(FieldSpec(name, "boolean", name, nillable=False, custom=True))
+        else:
+            out.append(FieldSpec(name, "date", name, custom=True))
+    return out
+
+
+def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dict[str, ObjectSpec]:
+    """The org's objects by API name. `hostile_field` adds a custom field whose name needs quoting;
+    `wide_object` adds Wide__c (200 fields) for benchmarks."""
     account = [
         FieldSpec("Name", "string", "Account Name", length=255, nillable=False),
         FieldSpec("Type", "picklist", "Account Type", length=255, picklist=("Prospect", "Customer", "Partner")),
@@ -272,6 +294,8 @@ def build_objects(hostile_field: bool = False) -> dict[str, ObjectSpec]:
         ObjectSpec("Opportunity", "Opportunity", "Opportunities", "006", False, _common(opportunity, [])),
         ObjectSpec("Invoice__c", "Invoice", "Invoices", "a0X", True, _common(invoice, [])),
     ]
+    if wide_object:
+        specs.append(ObjectSpec("Wide__c", "Wide", "Wides", "a1W", True, _common(_wide_fields(), [])))
     return {s.name: s for s in specs}
 
 

@@ -93,7 +93,8 @@ class Simulator:
                  port: int = 0, tls: bool = True, client_id: str = DEMO_CLIENT_ID,
                  client_secret: str = DEMO_CLIENT_SECRET, username: str = "integration@replicator.sim",
                  jwt_public_key: str | bytes | None = None, page_size: int = 50_000, gzip_level: int = 1,
-                 state_dir: str | None = None, hostile_field: bool = False, faults: dict | None = None,
+                 state_dir: str | None = None, hostile_field: bool = False, wide_object: bool = False,
+                 faults: dict | None = None,
                  traffic: dict | None = None, **knobs) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.seed = seed
@@ -105,7 +106,7 @@ class Simulator:
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="replicator-sim-")
         self.faults = Faults()
         self.faults.update({**(faults or {}), **knobs})
-        self.org = OrgStore(records, seed, hostile_field)
+        self.org = OrgStore(records, seed, hostile_field, wide_object)
         self.org_id = make_id("00D", 1)
         self.user_id = make_id("005", 1)
         self.info: dict = {}

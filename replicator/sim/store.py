@@ -106,8 +106,9 @@ class ObjectStore:
 class OrgStore:
     """Every object of the simulated org."""
 
-    def __init__(self, records: int | dict[str, int], seed: int, hostile_field: bool = False) -> None:
-        self.objects = build_objects(hostile_field)
+    def __init__(self, records: int | dict[str, int], seed: int, hostile_field: bool = False,
+                 wide_object: bool = False) -> None:
+        self.objects = build_objects(hostile_field, wide_object)
         counts = records if isinstance(records, dict) else {name: records for name in self.objects}
         n_accounts = counts.get("Account", 0)
         self.stores = {

@@ -40,8 +40,8 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     assert {"copy_rows_per_s", "csv_parse_rows_per_s", "avro_decode_events_per_s", "bulk_serving_rows_per_s",
             "pubsub_serving_events_per_s"} <= set(ceilings)
     sweeps = {sw["name"] for r in reports.values() for sw in r["sweeps"]}
-    assert {"page size", "parallel pages", "record count", "apply batch size", "event mix", "key collisions",
-            "offered rate"} <= sweeps
+    assert {"page size", "parallel pages", "record count", "row width", "apply batch size", "event mix", "key collisions",
+            "offered rate", "events owed by the server"} <= sweeps
     md = (tmp_path / "RESULTS.md").read_text()
     for name in reports:
         assert f"<!-- bench:{name}:start -->" in md and f"<!-- bench:{name}:end -->" in md

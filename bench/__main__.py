@@ -5,6 +5,7 @@
     python -m bench --only stream   # some scenarios
     python -m bench --out DIR       # results, RESULTS.md and charts under DIR
     python -m bench --only peers    # target-postgres and dlt (installed into bench/.peers/ on first use)
+    python -m bench --render        # rebuild RESULTS.md and charts from bench/results/*.json
 
 Postgres: DATABASE_URL, else the server at 127.0.0.1:5432 (database `test`), else a throwaway server (the
 `embedded` extra). Scenarios use databases of their own on that server (replicator_bench*), dropped and made anew.
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=list(SCENARIOS), help="run only these scenarios")
     ap.add_argument("--repeat", type=int, help="repeats per figure (default 3, quick 1); figures are medians")
     ap.add_argument("--out", type=Path, help="directory for results, RESULTS.md and charts")
+    ap.add_argument("--render", action="store_true", help="only rebuild RESULTS.md and charts from the JSON files")
     args = ap.parse_args(argv)
     setup_logging("warning")
     out = args.out or (harness.ROOT / "results" / "quick" if args.quick else None)
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     results_md = (out / "RESULTS.md") if out else harness.ROOT / "RESULTS.md"
     charts_dir = (out / "charts") if out else harness.ROOT / "charts"
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.render:
+        return render(results_dir, results_md, charts_dir)
     names = args.only or (QUICK if args.quick else list(SCENARIOS))
     return asyncio.run(_run(names, args, results_dir, results_md, charts_dir, command))
 
@@ -48,10 +52,15 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
     async with resolve_database(os.environ.get("DATABASE_URL")) as server_url:
         machine = await harness.machine(server_url)
         plan = Plan.make(args.quick, args.repeat, server_url)
-        reports = {}
+        reports, failed = {}, []
         for name in names:
             started = time.monotonic()
-            result = await asyncio.to_thread(run, name, plan)  # each scenario on its own event loop
+            try:
+                result = await asyncio.to_thread(run, name, plan)  # each scenario on its own event loop
+            except Exception as exc:  # one broken scenario does not lose the others' figures
+                print(f"{name}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                failed.append(name)
+                continue
             result["seconds"] = round(time.monotonic() - started, 1)
             params = {k: v for k, v in vars(plan).items() if k != "server_url"}
             path = harness.write_report(results_dir, name, command, params, machine, result)
@@ -60,6 +69,19 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
     harness.render_results(results_md, reports)
     made = harness.charts(charts_dir, reports)
     print(f"tables -> {results_md}; {len(made)} charts -> {charts_dir}")
+    return 1 if failed else 0
+
+
+def render(results_dir: Path, results_md: Path, charts_dir: Path) -> int:
+    """Rebuild RESULTS.md blocks and charts from the newest JSON of each scenario (no measuring)."""
+    reports: dict[str, dict] = {}
+    for path in sorted(results_dir.glob("*.json")):
+        report = json.loads(path.read_text())
+        if "sweeps" in report and report.get("scenario") in SCENARIOS:
+            reports[report["scenario"]] = report  # sorted by date: the newest wins
+    harness.render_results(results_md, reports)
+    made = harness.charts(charts_dir, reports)
+    print(f"{len(reports)} scenarios -> {results_md}; {len(made)} charts -> {charts_dir}")
     return 0
 
 

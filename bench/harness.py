@@ -86,7 +86,9 @@ def tables(report: dict) -> str:
         lines += [f"| {k} | {_fmt(v)} |" for k, v in report["figures"].items()]
         lines.append("")
     for sw in report.get("sweeps", []):
-        cols = ["x"] + [k for k in sw["rows"][0] if k != "x"] if sw["rows"] else ["x"]
+        cols = ["x"]
+        for row in sw["rows"]:  # every column any row has, in first-seen order
+            cols += [k for k in row if k not in cols]
         lines.append(f"**{sw['name']}** ({sw['parameter']})" + (f": {sw['note']}" if sw["note"] else ""))
         lines.append("")
         lines.append("| " + " | ".join(sw["parameter"] if c == "x" else c for c in cols) + " |")

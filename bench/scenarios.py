@@ -53,6 +53,7 @@ class Plan:
     ceiling_events: int = 20_000
     peer_records: int = 200_000
     width_records: int = 200_000
+    limit_events: int = 50
 
     @classmethod
     def make(cls, quick: bool, repeat: int | None, server_url: str) -> Plan:
@@ -60,7 +61,7 @@ class Plan:
             return cls(False, repeat or 3, server_url)
         return cls(True, repeat or 1, server_url, records=6_000, record_counts=[2_000, 6_000],
                    page_sizes=[1_000, 6_000], parallel=[1, 3], stream_records=2_000, stream_events=1_500,
-                   batch_sizes=[100, 2_000], num_requested=[10, 100], width_records=1_000, collisions=[0.0, 0.9], rates=[300], lag_seconds=3.0,
+                   batch_sizes=[100, 2_000], num_requested=[10, 100], width_records=1_000, limit_events=5, collisions=[0.0, 0.9], rates=[300], lag_seconds=3.0,
                    ceiling_events=1_000)
 
 
@@ -342,8 +343,22 @@ async def peer(plan: Plan) -> dict:
                                            f"{n:,} Account rows into the same Postgres")]}
 
 
-SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "peers": peer}
-QUICK = ["ceilings", "backfill", "stream"]  # peers install tools from PyPI: full runs only
+async def limit(plan: Plan) -> dict:
+    """Long text, events near and over the size limit, hostile values: landed correctly, events/s, MB/s."""
+    from . import limits
+
+    proc, sim = await _sim(plan.stream_records)
+    try:
+        rows = await limits.run(sim, plan.server_url, plan.limit_events)
+    finally:
+        _stop(proc)
+    bad = [r for r in rows if r["landed_correctly"] != r["of"]]
+    return {"figures": {"cases": len(rows), "all_landed_correctly": int(not bad)},
+            "sweeps": [sweep("size limits", "case", rows, ["events_per_s"], "each touched row compared with the org")]}
+
+
+SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "limits": limit, "peers": peer}
+QUICK = ["ceilings", "backfill", "stream", "limits"]  # peers install tools from PyPI: full runs only
 
 
 def run(name: str, plan: Plan) -> dict:

@@ -25,7 +25,7 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     for path in tmp_path.glob("*.json"):
         report = json.loads(path.read_text())
         reports[report["scenario"]] = report
-    assert set(reports) == {"ceilings", "backfill", "stream"}
+    assert set(reports) == {"ceilings", "backfill", "stream", "limits"}
     for name, report in reports.items():
         assert report["command"].startswith("python -m bench --quick")
         assert {"cores", "memory_gib", "python", "postgres"} <= set(report["machine"]), name
@@ -42,6 +42,10 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     sweeps = {sw["name"] for r in reports.values() for sw in r["sweeps"]}
     assert {"page size", "parallel pages", "record count", "row width", "apply batch size", "event mix", "key collisions",
             "offered rate", "events owed by the server"} <= sweeps
+    limits = reports["limits"]
+    assert limits["figures"]["all_landed_correctly"] == 1
+    assert all(r["landed_correctly"] == r["of"] > 0 for r in limits["sweeps"][0]["rows"])
+    assert next(r for r in limits["sweeps"][0]["rows"] if "GAP" in r["x"])["refetched"] > 0
     md = (tmp_path / "RESULTS.md").read_text()
     for name in reports:
         assert f"<!-- bench:{name}:start -->" in md and f"<!-- bench:{name}:end -->" in md

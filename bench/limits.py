@@ -1,0 +1,126 @@
+"""Size limits: what lands, and how fast, at Salesforce's edges.
+
+- Long text: updates that set a 131,072-character Long Text Area (Invoice__c.Body__c, the largest Salesforce allows).
+- Events near the event size limit and just over it: the same ~131 KB change, once with the simulator's limit
+  (`gap_event_bytes`, 1 MB in Salesforce) just above it (a normal change event) and once just below it (a GAP
+  event: replicator fetches the record by id). The limit is scaled down so one Long Text field crosses it.
+- Hostile values: names and descriptions with embedded delimiters, quotes, backslashes, CR/LF and non-ASCII.
+
+Every case checks that each touched row in Postgres equals the org's record, and reports events/s and MB/s.
+"""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+
+from replicator.postgres.server import fresh_database
+from replicator.sim.admin_client import sim_admin
+
+from .stream import _applied_at_least, published, start_service, until
+
+HOSTILE = ['a,b;c|d', 'say "hi"', "line1\nline2\r\nline3", "back\\slash\\", "tab\there", "Zürich 東京 🚀",
+           "'; DROP TABLE account; --", '"', "", "\\N"]
+
+
+def _settings(sim: dict, url: str):
+    from replicator.config import load_settings
+
+    return load_settings(overrides={
+        "salesforce": {"instance_url": sim["instance_url"], "client_id": sim["client_id"],
+                       "client_secret": sim["client_secret"], "ca_file": sim["ca_file"],
+                       "pubsub_endpoint": sim["pubsub_endpoint"]},
+        "postgres": {"url": url}, "objects": {"Account": {}, "Invoice__c": {"key": "External_Id__c"}},
+        "backfill": {"poll_max_s": 0.5}, "stream": {"batch_max_wait_s": 0.05},
+        "service": {"port": 0, "host": "127.0.0.1"}})
+
+
+async def _truth(sim: dict, obj: str, ids: set[str]) -> dict[str, dict]:
+    import orjson
+
+    r = await sim_admin(sim, "GET", f"/__sim/objects/{obj}/records")
+    out = {}
+    for line in r.content.splitlines():
+        if line.strip():
+            rec = orjson.loads(line)
+            if rec["Id"] in ids:
+                out[rec["Id"]] = rec
+    return out
+
+
+async def _ids(sim: dict, obj: str, n: int) -> list[str]:
+    import orjson
+
+    r = await sim_admin(sim, "GET", f"/__sim/objects/{obj}/records")
+    out = []
+    for line in r.content.splitlines():
+        rec = orjson.loads(line)
+        if not rec["IsDeleted"]:
+            out.append(rec["Id"])
+        if len(out) == n:
+            break
+    return out
+
+
+async def _case(sim, url, obj: str, field: str, values: list[str], ids: list[str]) -> dict:
+    """One UPDATE event per record setting `field` (one transaction); time from the org's commit request to
+    applied; compare each row with the org."""
+    before = await published(sim)
+    t0 = time.monotonic()  # one Salesforce transaction of len(ids) events, one record each
+    await sim_admin(sim, "POST", "/__sim/changes", [{"object": obj, "type": "UPDATE", "ids": [record_id],
+                                                      "fields": {field: value}}
+                                                     for record_id, value in zip(ids, values, strict=True)])
+    target = await published(sim)
+    await until(lambda: _applied_at_least(url, target), timeout=300, interval=0.02)
+    seconds = time.monotonic() - t0
+    truth = await _truth(sim, obj, set(ids))
+    conn = await asyncpg.connect(url)
+    try:
+        rows = {r["id"]: r["v"] for r in await conn.fetch(
+            f'SELECT id, "{field.lower()}" AS v FROM salesforce."{obj.lower()}" WHERE id = ANY($1::text[])', ids)}
+    finally:
+        await conn.close()
+    wrong = [i for i in ids if (rows.get(i) or "") != (truth[i][field] or "")]
+    size = sum(len(v.encode()) for v in values)
+    return {"events": target - before, "events_per_s": (target - before) / seconds, "mb_per_s": size / seconds / 1e6,
+            "landed_correctly": len(ids) - len(wrong), "of": len(ids)}
+
+
+async def run(sim: dict, server_url: str, n: int) -> list[dict]:
+    url = await fresh_database(server_url, "replicator_bench_limits")
+    svc, task = await start_service(_settings(sim, url))
+    rows = []
+    try:
+        await until(lambda: _streaming_all(svc), timeout=600)
+        long_text = ("0123456789abcdef" * 8192)[:131072]
+        ids = await _ids(sim, "Invoice__c", 3 * n)
+        await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 1_000_000})
+        rows.append({"x": "131,072-character text (event < 1 MB)",
+                     **await _case(sim, url, "Invoice__c", "Body__c", [f"{i}:{long_text}"[:131072] for i in range(n)],
+                                   ids[:n])})
+        await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 140_000})
+        rows.append({"x": "event just under the limit (limit 140 KB)",
+                     **await _case(sim, url, "Invoice__c", "Body__c", [f"u{i}:{long_text}"[:131072] for i in range(n)],
+                                   ids[n:2 * n])})
+        await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 120_000})
+        gaps_before = sum(s.stats.refetched for s in svc.streams.values())
+        rows.append({"x": "event just over the limit: GAP, fetched by id (limit 120 KB)",
+                     **await _case(sim, url, "Invoice__c", "Body__c", [f"o{i}:{long_text}"[:131072] for i in range(n)],
+                                   ids[2 * n:3 * n])})
+        rows[-1]["refetched"] = sum(s.stats.refetched for s in svc.streams.values()) - gaps_before
+        await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 1_000_000})
+        accounts = await _ids(sim, "Account", 10 * len(HOSTILE))
+        values = [f"{HOSTILE[i % len(HOSTILE)]} #{i}" for i in range(len(accounts))]
+        rows.append({"x": "delimiters, quotes, CR/LF, backslashes, non-ASCII",
+                     **await _case(sim, url, "Account", "Description", values, accounts)})
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 1_000_000})
+        svc.stop.set()
+        await task
+    return rows
+
+
+async def _streaming_all(svc) -> bool:
+    return len(svc.streams) == 2 and all(s.health.phase == "STREAMING" and s.health.connected
+                                         for s in svc.streams.values())

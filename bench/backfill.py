@@ -127,30 +127,9 @@ async def copy_ceiling(url: str, sim: dict, csv_path: Path, table: str = "accoun
 
 async def download_csv(sim: dict, fields: list[str], path: Path) -> None:
     """The same rows as one CSV file (header once), fetched from the simulator before timing."""
-    from replicator.config import load_settings
-    from replicator.pipeline.runtime import salesforce_client
-    from replicator.salesforce.bulk import BulkClient
+    from .ceilings import bulk_download  # (ceilings imports this module)
 
-    settings = load_settings(overrides={"salesforce": {
-        "instance_url": sim["instance_url"], "client_id": sim["client_id"],
-        "client_secret": sim["client_secret"], "ca_file": sim["ca_file"]}})
-    async with salesforce_client(settings) as client:
-        bulk = BulkClient(client, poll_max=1.0)
-        job = await bulk.create_query_job(f"SELECT {', '.join(fields)} FROM Account", all_rows=True)
-        await bulk.wait_for_job(job.id)
-        first = True
-        with path.open("wb") as out:
-            async for page in bulk.result_pages(job.id, max_records=250_000):
-                async with bulk.open_page(page) as stream:
-                    skip_header = not first
-                    async for chunk in stream.chunks():
-                        if skip_header:
-                            nl = chunk.find(b"\n")
-                            if nl < 0:
-                                continue
-                            chunk, skip_header = chunk[nl + 1:], False
-                        out.write(chunk)
-                first = False
+    await bulk_download(sim, fields, path)
 
 
 def machine() -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,21 +16,11 @@ from types import SimpleNamespace
 import asyncpg
 
 from replicator.postgres.server import fresh_database
-from replicator.sim.admin_client import sim_admin
 
 from . import ceilings
 from .backfill import run_backfill, write_config
 from .harness import median_of, sweep
-from .stream import (
-    _applied_at_least,
-    _peak_rss_mb,
-    _streaming,
-    lag_at,
-    published,
-    settings,
-    start_service,
-    until,
-)
+from .stream import _peak_rss_mb, _streaming, drain_rate, lag_at, make_changes, settings, start_service, until
 
 
 @dataclass
@@ -194,35 +183,6 @@ def _with(cfg, num_requested: int):
     return cfg.model_copy(update={"stream": cfg.stream.model_copy(update={"num_requested": num_requested})})
 
 
-async def _changes(sim: dict, n: int, mix: dict, rate: float, collision: float = 0.0, per_event: int = 1,
-                   fields: int = 1) -> None:
-    before = (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"]
-    await sim_admin(sim, "PUT", "/__sim/traffic", {
-        "running": True, "rate": rate, "mix": mix, "objects": ["Account"], "changes": before + n,
-        "fields_per_update": fields, "transaction_size": 1, "records_per_event": per_event,
-        "collision_rate": collision})
-
-    async def done():
-        return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"] >= before + n
-    await until(done, timeout=n / 300 + 120, interval=0.1)
-
-
-async def _drain(sim: dict, url: str, cfg, n: int, **change) -> dict:
-    """Make n changes with replicator stopped, then time applying them: events/s and rows written per event."""
-    await _changes(sim, n, rate=50_000, **change)
-    target = await published(sim)
-    svc, task = await start_service(cfg)
-    t0 = time.monotonic()
-    await until(lambda: _applied_at_least(url, target), timeout=900, interval=0.02)
-    seconds = time.monotonic() - t0
-    svc.stop.set()
-    await task
-    s = svc.streams["Account"].stats
-    events = max(s.events, 1)
-    return {"events_per_s": s.events / seconds, "rows_per_event": (s.upserts + s.updates + s.deletes) / events,
-            "peak_rss_mb": _peak_rss_mb()}
-
-
 async def stream(plan: Plan) -> dict:
     """Events/s against apply batch size, event mix and key collisions; lag p50/p99 against offered rate."""
     proc, sim = await _sim(plan.stream_records)
@@ -242,13 +202,13 @@ async def stream(plan: Plan) -> dict:
         narrow = {"mix": {"UPDATE": 1.0}}
         rows = []
         for batch in plan.batch_sizes:
-            m = await median_of(plan.repeat, lambda b=batch: _drain(sim, url, settings(sim, url, b), n, **narrow))
+            m = await median_of(plan.repeat, lambda b=batch: drain_rate(sim, url, settings(sim, url, b), n, **narrow))
             rows.append(_row(batch, m, ratio_to_copy=m["events_per_s"] / copy))
         sweeps.append(sweep("apply batch size", "batch_max_events", rows, ["events_per_s", "peak_rss_mb"],
                             f"{n:,} narrow UPDATE events drained"))
         rows = []
         for owed in plan.num_requested:
-            m = await median_of(plan.repeat, lambda o=owed: _drain(sim, url, _with(settings(sim, url, 2_000), o), n,
+            m = await median_of(plan.repeat, lambda o=owed: drain_rate(sim, url, _with(settings(sim, url, 2_000), o), n,
                                                                    **narrow))
             rows.append(_row(owed, m, ratio_to_copy=m["events_per_s"] / copy))
         sweeps.append(sweep("events owed by the server", "num_requested", rows, ["events_per_s"],
@@ -258,12 +218,12 @@ async def stream(plan: Plan) -> dict:
                  ("5-record update events", {"mix": {"UPDATE": 1.0}, "per_event": 5})]
         rows = []
         for label, change in mixes:
-            m = await median_of(plan.repeat, lambda c=change: _drain(sim, url, cfg, n, **c))
+            m = await median_of(plan.repeat, lambda c=change: drain_rate(sim, url, cfg, n, **c))
             rows.append(_row(label, m, ratio_to_copy=m["events_per_s"] / copy))
         sweeps.append(sweep("event mix", "events", rows, ["events_per_s"], "batch 2,000"))
         rows = []
         for rate in plan.collisions:
-            m = await median_of(plan.repeat, lambda r=rate: _drain(sim, url, cfg, n, mix={"UPDATE": 1.0},
+            m = await median_of(plan.repeat, lambda r=rate: drain_rate(sim, url, cfg, n, mix={"UPDATE": 1.0},
                                                                    collision=r))
             rows.append(_row(rate, m))
         sweeps.append(sweep("key collisions", "collision_rate", rows, ["events_per_s", "rows_per_event"],
@@ -287,7 +247,7 @@ async def ceiling(plan: Plan) -> dict:
     try:
         first = await _backfill_once(sim, plan, 250_000 if not plan.quick else plan.stream_records, 1)
         fields = await _fields(first["url"])
-        await _changes(sim, plan.ceiling_events, mix={"UPDATE": 1.0}, rate=50_000, fields=2)
+        await make_changes(sim, plan.ceiling_events, {"UPDATE": 1.0}, rate=50_000, fields=2)
 
         async def once() -> dict:
             with tempfile.TemporaryDirectory() as tmp:

@@ -86,28 +86,33 @@ async def start_service(cfg) -> tuple[Service, asyncio.Task]:
     return svc, asyncio.create_task(svc.run())
 
 
-async def make_changes(sim, n: int, mix: dict, rate: float, fields: int = 1) -> None:
+async def make_changes(sim, n: int, mix: dict, rate: float, fields: int = 1, collision: float = 0.0,
+                       per_event: int = 1) -> None:
+    """The org makes n changes to Account (one record per event unless `per_event`), then stops."""
     before = (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"]
     await sim_admin(sim, "PUT", "/__sim/traffic", {
         "running": True, "rate": rate, "mix": mix, "objects": ["Account"], "changes": before + n,
-        "fields_per_update": fields, "transaction_size": 1, "records_per_event": 1, "collision_rate": 0.0})
+        "fields_per_update": fields, "transaction_size": 1, "records_per_event": per_event,
+        "collision_rate": collision})
 
     async def done():
         return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"] >= before + n
-    await until(done, timeout=n / 500 + 120, interval=0.2)
+    await until(done, timeout=n / 300 + 120, interval=0.1)
 
 
-async def drain_rate(sim, url: str, cfg, n: int, mix: dict) -> float:
-    """Make n changes with replicator stopped, then time how long it takes to apply them."""
-    await make_changes(sim, n, mix, rate=20_000)
+async def drain_rate(sim, url: str, cfg, n: int, mix: dict, **change) -> dict:
+    """Make n changes with replicator stopped, then time applying them: events/s, rows written per event."""
+    await make_changes(sim, n, mix, rate=50_000, **change)
     target = await published(sim)
     svc, task = await start_service(cfg)
     t0 = time.monotonic()
-    await until(lambda: _applied_at_least(url, target), timeout=600, interval=0.02)
-    elapsed = time.monotonic() - t0
+    await until(lambda: _applied_at_least(url, target), timeout=900, interval=0.02)
+    seconds = time.monotonic() - t0
     svc.stop.set()
     await task
-    return n / elapsed
+    s = svc.streams["Account"].stats
+    return {"events_per_s": s.events / seconds,
+            "rows_per_event": (s.upserts + s.updates + s.deletes) / max(s.events, 1), "peak_rss_mb": _peak_rss_mb()}
 
 
 async def _applied_at_least(url, target):
@@ -175,11 +180,14 @@ async def main() -> None:
         await task
         result = {"copy_rows_per_s": await copy_rate(url)}
         result["peak_rss_mb_after_backfill"] = _peak_rss_mb()
-        result["narrow_update_events_per_s"] = await drain_rate(sim, url, cfg, args.events // 5, {"UPDATE": 1.0})
+        result["narrow_update_events_per_s"] = (await drain_rate(sim, url, cfg, args.events // 5,
+                                                                 {"UPDATE": 1.0}))["events_per_s"]
         result["peak_rss_mb_after_small_drain"] = _peak_rss_mb()
-        result["narrow_update_events_per_s"] = await drain_rate(sim, url, cfg, args.events, {"UPDATE": 1.0})
+        result["narrow_update_events_per_s"] = (await drain_rate(sim, url, cfg, args.events,
+                                                                 {"UPDATE": 1.0}))["events_per_s"]
         result["peak_rss_mb_after_drain"] = _peak_rss_mb()
-        result["full_create_events_per_s"] = await drain_rate(sim, url, cfg, args.events, {"CREATE": 1.0})
+        result["full_create_events_per_s"] = (await drain_rate(sim, url, cfg, args.events,
+                                                               {"CREATE": 1.0}))["events_per_s"]
         result["narrow_ratio_to_copy"] = result["narrow_update_events_per_s"] / result["copy_rows_per_s"]
         result["full_ratio_to_copy"] = result["full_create_events_per_s"] / result["copy_rows_per_s"]
         result["lag"] = [await lag_at(sim, cfg, int(r), args.seconds) for r in args.rates.split(",")]

@@ -81,12 +81,13 @@ def _value(text: str, schema: dict):
     return text
 
 
-async def column_types(url: str) -> dict[str, str]:
+async def column_types(url: str, table: str = "account") -> dict[str, str]:
+    """The replicated columns of salesforce.<table> (not the _sf_ metadata ones) and their types, in order."""
     conn = await asyncpg.connect(url)
     try:
         return {r[0]: r[1] for r in await conn.fetch(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema='salesforce'"
-            " AND table_name='account' AND column_name NOT LIKE '\\_sf\\_%' ORDER BY ordinal_position")}
+            " AND table_name=$1 AND column_name NOT LIKE '\\_sf\\_%' ORDER BY ordinal_position", table)}
     finally:
         await conn.close()
 

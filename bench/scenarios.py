@@ -66,13 +66,9 @@ def _stop(proc) -> None:
 
 
 async def _fields(url: str, table: str = "account") -> list[str]:
-    conn = await asyncpg.connect(url)
-    try:
-        return [r[0] for r in await conn.fetch(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema='salesforce'"
-            " AND table_name=$1 AND column_name NOT LIKE '\\_sf\\_%' ORDER BY ordinal_position", table)]
-    finally:
-        await conn.close()
+    from .peers import column_types
+
+    return list(await column_types(url, table))
 
 
 async def _backfill_once(sim: dict, plan: Plan, page_size: int, parallel: int, obj: str = "Account") -> dict:

@@ -120,14 +120,6 @@ async def record_error(conn: asyncpg.Connection, name: str, error: str) -> None:
     )
 
 
-async def count_resync(conn: asyncpg.Connection, name: str, reason: str) -> None:
-    await conn.execute(
-        "UPDATE replicator.objects SET resyncs = resyncs + 1, last_resync_at = now(), last_resync_reason = $2,"
-        " updated_at = now() WHERE object = $1",
-        name, reason[:500],
-    )
-
-
 async def begin_resync(conn: asyncpg.Connection, name: str, reason: str) -> None:
     """Mark the object RESYNCING (so a restart extracts it again), clear an operator's request, count it."""
     await conn.execute(

@@ -8,7 +8,8 @@
     python -m bench --render        # rebuild RESULTS.md and charts from bench/results/*.json
 
 Postgres: DATABASE_URL, else the server at 127.0.0.1:5432 (database `test`), else a throwaway server (the
-`embedded` extra). Scenarios use databases of their own on that server (replicator_bench*), dropped and made anew.
+`embedded` extra). Scenarios use databases of their own on that server (replicator_bench*; quick runs replicator_benchq*),
+dropped and made anew.
 """
 
 from __future__ import annotations

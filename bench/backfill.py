@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -91,20 +90,25 @@ poll_max_s = 1.0
 
 
 def run_backfill(cfg: Path, sim: dict, obj: str = "Account") -> dict:
+    """`replicator backfill OBJ` as its own process: its log events, wall time and its own peak RSS (os.wait4's
+    rusage of that one child; RUSAGE_CHILDREN would be the largest of every child reaped so far, the simulator's
+    included)."""
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
     env.pop("DATABASE_URL", None)  # it would win over the config file's database (environment > file)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-m", "replicator.cli", "--log-json", "backfill", "--config", str(cfg), obj],
-        env=env, capture_output=True, text=True,
-    )
-    wall = time.monotonic() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"backfill failed: {out.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    events = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
-    return {"wall_s": wall, "peak_rss_mb": max(peak, before) / 1024, "events": events}
+    with tempfile.TemporaryFile() as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "replicator.cli", "--log-json", "backfill", "--config", str(cfg), obj],
+            env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.monotonic() - t0
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise SystemExit(f"backfill failed: {stderr[-2000:]}")
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "events": events}
 
 
 async def copy_ceiling(url: str, sim: dict, csv_path: Path, table: str = "account") -> float:

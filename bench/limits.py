@@ -87,8 +87,8 @@ async def _case(sim, url, obj: str, field: str, values: list[str], ids: list[str
             "landed_correctly": len(ids) - len(wrong), "of": len(ids)}
 
 
-async def run(sim: dict, server_url: str, n: int) -> list[dict]:
-    url = await fresh_database(server_url, "replicator_bench_limits")
+async def run(sim: dict, server_url: str, n: int, database: str = "replicator_bench_limits") -> list[dict]:
+    url = await fresh_database(server_url, database)
     svc, task = await start_service(_settings(sim, url))
     rows = []
     try:

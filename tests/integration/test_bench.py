@@ -41,7 +41,13 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
             "pubsub_serving_events_per_s"} <= set(ceilings)
     sweeps = {sw["name"] for r in reports.values() for sw in r["sweeps"]}
     assert {"page size", "parallel pages", "record count", "row width", "apply batch size", "event mix", "key collisions",
-            "offered rate", "events owed by the server"} <= sweeps
+            "offered rate", "events owed by the server", "large transaction"} <= sweeps
+    big = next(sw for sw in reports["stream"]["sweeps"] if sw["name"] == "large transaction")["rows"]
+    at, past = big  # at the overflow threshold: one event per change; past it: GAP_OVERFLOW and a resync
+    assert at["events"] == at["changes"] and at["resyncs"] == 0 and at["table_equals_org"] == 1, at
+    assert past["events"] == at["changes"] + 1 and past["resyncs"] == 1 and past["table_equals_org"] == 1, past
+    widths = next(sw for sw in reports["backfill"]["sweeps"] if sw["name"] == "row width")["rows"]
+    assert [r["object"] for r in widths][-1] == "Wide__c" and all(r["page_mb"] > 0 for r in widths), widths
     limits = reports["limits"]
     assert limits["figures"]["all_landed_correctly"] == 1
     assert all(r["landed_correctly"] == r["of"] > 0 for r in limits["sweeps"][0]["rows"])
@@ -50,5 +56,5 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     for name in reports:
         assert f"<!-- bench:{name}:start -->" in md and f"<!-- bench:{name}:end -->" in md
     charts = list((tmp_path / "charts").glob("*.png"))
-    assert len(charts) >= 6
+    assert len(charts) == sum(len(r["sweeps"]) for r in reports.values())  # named cases are drawn as bars
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in charts)

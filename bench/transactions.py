@@ -1,0 +1,111 @@
+"""Large transactions: one Salesforce transaction of `threshold` changes, and one past it (overflow, §7).
+
+- At the threshold (100,000 in Salesforce): every change is its own event and the events share one
+  transactionKey. replicator keeps a transaction whole in one Postgres commit, so it holds all of it in memory
+  before committing: the case reports events/s and how much the process's resident memory grew.
+- Past it (1.2 × the threshold): the first `threshold` changes arrive as events, the rest as one GAP_OVERFLOW,
+  which names no record. replicator applies what it got and resyncs the object from a fresh Bulk extract; the
+  case reports the time from the org's commit to a table equal to the org again (ids compared one by one).
+
+The simulator's threshold is Salesforce's (100,000) in a full run; quick runs lower it with the
+`overflow_threshold` fault so the same paths run at a small size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import asyncpg
+import orjson
+
+from replicator.sim.admin_client import sim_admin
+
+from .stream import _applied_at_least, published, start_service, until
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE / 2**20
+
+
+async def _sample_peak(stop: asyncio.Event, peak: list[float]) -> None:
+    """Peak resident memory of this process (the service runs in it) while a case runs; a measurement, not a
+    synchronisation: the case waits on its own conditions."""
+    while not stop.is_set():
+        peak[0] = max(peak[0], _rss_mb())
+        try:
+            await asyncio.wait_for(stop.wait(), 0.05)
+        except TimeoutError:
+            pass
+
+
+async def _org_ids(sim: dict) -> set[str]:
+    r = await sim_admin(sim, "GET", "/__sim/objects/Account/records")
+    return {rec["Id"] for rec in map(orjson.loads, r.content.splitlines()) if not rec["IsDeleted"]}
+
+
+async def _pg(url: str, sql: str):
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(sql)
+    finally:
+        await conn.close()
+
+
+async def _resynced(url: str, before: int) -> bool:
+    rows = await _pg(url, "SELECT phase, resyncs FROM replicator.objects WHERE object = 'Account'")
+    return bool(rows) and rows[0]["resyncs"] > before and rows[0]["phase"] == "STREAMING"
+
+
+async def _case(sim: dict, url: str, svc, changes: int, overflow: bool) -> dict:
+    resyncs = (await _pg(url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'"))[0]["resyncs"]
+    before = await published(sim)
+    base = _rss_mb()
+    peak, stop = [base], asyncio.Event()
+    sampler = asyncio.create_task(_sample_peak(stop, peak))
+    t0 = time.monotonic()
+    await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Account", "type": "CREATE"}] * changes, timeout=600)
+    committed = time.monotonic() - t0  # the simulator's own work: make the records, encode the events
+    target = await published(sim)
+    pg_url = url
+    await until(lambda: _applied_at_least(pg_url, target), timeout=1800, interval=0.05)
+    if overflow:
+        await until(lambda: _resynced(pg_url, resyncs), timeout=1800, interval=0.05)
+    seconds = time.monotonic() - t0
+    stop.set()
+    await sampler
+    org = await _org_ids(sim)
+    ours = {r["id"] for r in await _pg(url, "SELECT id FROM salesforce.account WHERE NOT isdeleted")}
+    events = target - before
+    after = (await _pg(url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'"))[0]["resyncs"]
+    return {"changes": changes, "events": events, "events_per_s": events / seconds, "seconds": seconds,
+            "org_commit_s": committed, "rss_growth_mb": peak[0] - base,
+            "table_equals_org": int(org == ours), "resyncs": after - resyncs}
+
+
+async def run(sim: dict, cfg, threshold: int) -> list[dict]:
+    """Both cases on a running service (the stream scenario's database, already backfilled)."""
+    url = cfg.postgres.url.get_secret_value()
+    await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": threshold})
+    svc, task = await start_service(cfg)
+    try:
+        await until(lambda: _streaming_now(svc), timeout=600)
+        rows = [{"x": f"{threshold:,} creates in one transaction",
+                 **await _case(sim, url, svc, threshold, overflow=False)}]
+        over = threshold * 6 // 5
+        rows.append({"x": f"{over:,} creates in one transaction: GAP_OVERFLOW → resync",
+                     **await _case(sim, url, svc, over, overflow=True)})
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": 100_000})
+        svc.stop.set()
+        await task
+    return rows
+
+
+async def _streaming_now(svc) -> bool:
+    s = svc.streams.get("Account")
+    return s is not None and s.health.phase == "STREAMING" and s.health.connected

@@ -4,6 +4,8 @@
 - Events near the event size limit and just over it: the same ~131 KB change, once with the simulator's limit
   (`gap_event_bytes`, 1 MB in Salesforce) just above it (a normal change event) and once just below it (a GAP
   event: replicator fetches the record by id). The limit is scaled down so one Long Text field crosses it.
+- Events at the real 1 MB limit: Body__c filled with four-byte characters plus Long Text Areas added at run time,
+  ~920 KB (a change event) and ~1.05 MB (a GAP event).
 - Hostile values: names and descriptions with embedded delimiters, quotes, backslashes, CR/LF and non-ASCII.
 
 Every case checks that each touched row in Postgres equals the org's record, and reports events/s and MB/s.
@@ -63,57 +65,79 @@ async def _ids(sim: dict, obj: str, n: int) -> list[str]:
     return out
 
 
-async def _case(sim, url, obj: str, field: str, values: list[str], ids: list[str]) -> dict:
-    """One UPDATE event per record setting `field` (one transaction); time from the org's commit request to
-    applied; compare each row with the org."""
+async def _case(sim, url, obj: str, field: str | None, values: list, ids: list[str]) -> dict:
+    """One UPDATE event per record (one transaction) setting `field` to each of `values`, or, with `field`
+    None, each of `values` being a dict of fields; time from the org's commit request to applied; compare each
+    touched field of each row with the org."""
+    sets = [v if field is None else {field: v} for v in values]
     before = await published(sim)
     t0 = time.monotonic()  # one Salesforce transaction of len(ids) events, one record each
     await sim_admin(sim, "POST", "/__sim/changes", [{"object": obj, "type": "UPDATE", "ids": [record_id],
-                                                      "fields": {field: value}}
-                                                     for record_id, value in zip(ids, values, strict=True)])
+                                                      "fields": fields}
+                                                     for record_id, fields in zip(ids, sets, strict=True)],
+                    timeout=600)
     target = await published(sim)
-    await until(lambda: _applied_at_least(url, target), timeout=300, interval=0.02)
+    await until(lambda: _applied_at_least(url, target), timeout=600, interval=0.02)
     seconds = time.monotonic() - t0
     truth = await _truth(sim, obj, set(ids))
+    names = sorted({name for fields in sets for name in fields})
+    cols = ", ".join(f'"{n.lower()}"' for n in names)
     conn = await asyncpg.connect(url)
     try:
-        rows = {r["id"]: r["v"] for r in await conn.fetch(
-            f'SELECT id, "{field.lower()}" AS v FROM salesforce."{obj.lower()}" WHERE id = ANY($1::text[])', ids)}
+        rows = {r["id"]: r for r in await conn.fetch(
+            f'SELECT id, {cols} FROM salesforce."{obj.lower()}" WHERE id = ANY($1::text[])', ids)}
     finally:
         await conn.close()
-    wrong = [i for i in ids if (rows.get(i) or "") != (truth[i][field] or "")]
-    size = sum(len(v.encode()) for v in values)
+    wrong = [i for i in ids if i not in rows or any((rows[i][n.lower()] or "") != (truth[i][n] or "") for n in names)]
+    size = sum(len(v.encode()) for fields in sets for v in fields.values())
     return {"events": target - before, "events_per_s": (target - before) / seconds, "mb_per_s": size / seconds / 1e6,
-            "landed_correctly": len(ids) - len(wrong), "of": len(ids)}
+            "event_kb": size / len(ids) / 1000, "landed_correctly": len(ids) - len(wrong), "of": len(ids)}
+
+
+async def _near_one_mb(case, ids: list[str]) -> list[dict]:
+    """Events at Salesforce's real 1 MB limit: Body__c (131,072 four-byte characters, 524 KB) plus Long Text Areas
+    added at run time (a schema change replicator follows; 32,768 characters, 131 KB each): three → ~920 KB,
+    a change event; four → ~1.05 MB, a GAP event whose record replicator fetches by id."""
+    body, extra = "🚀" * 131_072, "🛰" * 32_768
+    n = len(ids) // 2
+
+    def values(longs: int) -> list[dict]:
+        return [{"Body__c": f"{i}" + body[1:], **{f"Long_{k}__c": extra for k in range(1, longs + 1)}}
+                for i in range(n)]
+    return [await case("~920 KB event: under the 1 MB limit", "Invoice__c", None, values(3), ids[:n]),
+            await case("~1.05 MB event: over the 1 MB limit: GAP, fetched by id", "Invoice__c", None, values(4),
+                       ids[n:2 * n])]
 
 
 async def run(sim: dict, server_url: str, n: int, database: str = "replicator_bench_limits") -> list[dict]:
     url = await fresh_database(server_url, database)
     svc, task = await start_service(_settings(sim, url))
-    rows = []
+
+    async def case(label: str, obj: str, field: str | None, values: list, ids: list[str]) -> dict:
+        refetched = sum(s.stats.refetched for s in svc.streams.values())
+        row = {"x": label, **await _case(sim, url, obj, field, values, ids)}
+        return {**row, "refetched": sum(s.stats.refetched for s in svc.streams.values()) - refetched}
     try:
         await until(lambda: _streaming_all(svc), timeout=600)
         long_text = ("0123456789abcdef" * 8192)[:131072]
-        ids = await _ids(sim, "Invoice__c", 3 * n)
+        ids = await _ids(sim, "Invoice__c", 5 * n)
+        for k in range(1, 5):  # for the 1 MB cases; a schema change the stream follows
+            await sim_admin(sim, "POST", "/__sim/schema/Invoice__c/fields", {"name": f"Long_{k}__c", "type": "textarea"})
         await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 1_000_000})
-        rows.append({"x": "131,072-character text (event < 1 MB)",
-                     **await _case(sim, url, "Invoice__c", "Body__c", [f"{i}:{long_text}"[:131072] for i in range(n)],
-                                   ids[:n])})
+        rows = [await case("131,072-character text (event < 1 MB)", "Invoice__c", "Body__c",
+                           [f"{i}:{long_text}"[:131072] for i in range(n)], ids[:n])]
+        rows += await _near_one_mb(case, ids[3 * n:5 * n])
         await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 140_000})
-        rows.append({"x": "event just under the limit (limit 140 KB)",
-                     **await _case(sim, url, "Invoice__c", "Body__c", [f"u{i}:{long_text}"[:131072] for i in range(n)],
-                                   ids[n:2 * n])})
+        rows.append(await case("event just under a lowered limit (140 KB)", "Invoice__c", "Body__c",
+                               [f"u{i}:{long_text}"[:131072] for i in range(n)], ids[n:2 * n]))
         await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 120_000})
-        gaps_before = sum(s.stats.refetched for s in svc.streams.values())
-        rows.append({"x": "event just over the limit: GAP, fetched by id (limit 120 KB)",
-                     **await _case(sim, url, "Invoice__c", "Body__c", [f"o{i}:{long_text}"[:131072] for i in range(n)],
-                                   ids[2 * n:3 * n])})
-        rows[-1]["refetched"] = sum(s.stats.refetched for s in svc.streams.values()) - gaps_before
+        rows.append(await case("event just over a lowered limit (120 KB): GAP, fetched by id", "Invoice__c", "Body__c",
+                               [f"o{i}:{long_text}"[:131072] for i in range(n)], ids[2 * n:3 * n]))
         await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 1_000_000})
         accounts = await _ids(sim, "Account", 10 * len(HOSTILE))
         values = [f"{HOSTILE[i % len(HOSTILE)]} #{i}" for i in range(len(accounts))]
-        rows.append({"x": "delimiters, quotes, CR/LF, backslashes, non-ASCII",
-                     **await _case(sim, url, "Account", "Description", values, accounts)})
+        rows.append(await case("delimiters, quotes, CR/LF, backslashes, non-ASCII", "Account", "Description", values,
+                               accounts))
     finally:
         await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 1_000_000})
         svc.stop.set()

@@ -89,26 +89,36 @@ poll_max_s = 1.0
     return cfg
 
 
+# The child reports its own peak resident memory at exit: VmHWM of its address space. Neither getrusage nor
+# wait4 can say it: Linux carries the pre-exec address space's high-water mark (the forked copy of this
+# process, ~90 MB) into the child's ru_maxrss, which hides any peak below this process's own size.
+_PEAK_RSS_CHILD = """
+import atexit, re, sys
+def _peak():
+    kb = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
+    sys.stderr.write('{"event": "bench.peak_rss", "kb": %s}\\n' % kb)
+atexit.register(_peak)
+sys.argv[0] = "replicator"
+from replicator.cli import main
+main()
+"""
+
+
 def run_backfill(cfg: Path, sim: dict, obj: str = "Account") -> dict:
-    """`replicator backfill OBJ` as its own process: its log events, wall time and its own peak RSS (os.wait4's
-    rusage of that one child; RUSAGE_CHILDREN would be the largest of every child reaped so far, the simulator's
-    included)."""
+    """`replicator backfill OBJ` as its own process: its log events, wall time and its own peak RSS."""
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
     env.pop("DATABASE_URL", None)  # it would win over the config file's database (environment > file)
-    with tempfile.TemporaryFile() as err:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "replicator.cli", "--log-json", "backfill", "--config", str(cfg), obj],
-            env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.monotonic() - t0
-        err.seek(0)
-        stderr = err.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise SystemExit(f"backfill failed: {stderr[-2000:]}")
-    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "events": events}
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_CHILD, "--log-json", "backfill", "--config", str(cfg), obj],
+        env=env, capture_output=True, text=True,
+    )
+    wall = time.monotonic() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"backfill failed: {out.stderr[-2000:]}")
+    events = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    peak = next(e["kb"] for e in events if e.get("event") == "bench.peak_rss")
+    return {"wall_s": wall, "peak_rss_mb": peak / 1024, "events": events}
 
 
 async def copy_ceiling(url: str, sim: dict, csv_path: Path, table: str = "account") -> float:

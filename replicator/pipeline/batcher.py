@@ -37,12 +37,20 @@ class Batcher:
     pending: list[StreamEvent] = field(default_factory=list)
     first_at: float | None = None
     last_at: float = 0.0
+    # The trailing run of one transaction: where it starts in `pending` and its key (None: the last event
+    # closes a transaction, e.g. a keepalive). Kept as events arrive, so finding the complete prefix is O(1)
+    # (scanning back through a 100,000-event transaction on every event was quadratic).
+    _tail_start: int = 0
+    _tail_txn: str | None = None
 
     def add(self, event: StreamEvent, now: float | None = None) -> list[StreamEvent] | None:
         """Add an event; return a batch when one is ready."""
         now = time.monotonic() if now is None else now
         if not self.pending:
             self.first_at = now
+        txn = _txn(event)
+        if txn is None or txn != self._tail_txn:
+            self._tail_start, self._tail_txn = len(self.pending), txn
         self.pending.append(event)
         self.last_at = now
         if event.keepalive:
@@ -78,17 +86,14 @@ class Batcher:
 
     def _complete_prefix(self) -> int:
         """Number of leading events that end on a transaction boundary known to be complete."""
-        last = _txn(self.pending[-1])
-        if last is None:
-            return len(self.pending)
-        i = len(self.pending)
-        while i > 0 and _txn(self.pending[i - 1]) == last:
-            i -= 1
-        return i
+        return len(self.pending) if self._tail_txn is None else self._tail_start
 
     def _cut(self, n: int) -> list[StreamEvent] | None:
         if n <= 0:
             return None
         batch, self.pending = self.pending[:n], self.pending[n:]
         self.first_at = self.last_at if self.pending else None
+        self._tail_start = max(0, self._tail_start - n)  # a cut inside the tail leaves only tail events
+        if not self.pending:
+            self._tail_txn = None
         return batch

@@ -48,3 +48,59 @@ def test_time_bound_and_hold():
     rest = b.due(now=0.7)  # "b" idle for hold_s: complete
     assert [e.changes[0].transaction_key for e in rest] == ["b"]
     assert b.next_deadline() is None
+
+
+class ScanningBatcher(Batcher):
+    """The reference: finds the complete prefix by scanning back from the end (what Batcher did before it kept
+    the trailing transaction as events arrive)."""
+
+    __slots__ = ()
+
+    def _complete_prefix(self) -> int:
+        last = self.pending[-1].changes[0].transaction_key if self.pending[-1].changes else None
+        if last is None:
+            return len(self.pending)
+        i = len(self.pending)
+        while i > 0 and self.pending[i - 1].changes and self.pending[i - 1].changes[0].transaction_key == last:
+            i -= 1
+        return i
+
+
+def test_batches_equal_those_of_a_full_scan_on_random_streams():
+    import random
+
+    import replicator.pipeline.batcher as batcher
+
+    for seed in range(200):
+        rng = random.Random(seed)
+        ours, ref = Batcher(max_events=5, max_wait_s=0.2, hold_s=0.5), ScanningBatcher(5, 0.2, 0.5)
+        now, out_ours, out_ref = 0.0, [], []
+        for n in range(rng.randint(1, 120)):
+            now += rng.choice([0.0, 0.0, 0.05, 0.3, 0.6])
+            roll = rng.random()
+            if roll < 0.05:
+                event = StreamEvent("/t", bytes([n % 256]), keepalive=True)
+            elif roll < 0.08:
+                event = StreamEvent("/t", bytes([n % 256]), error="undecodable")  # no changes: no transaction
+            else:
+                event = ev(rng.choice("aab"), n % 256)
+            poll = rng.random() < 0.3  # the stream loop polls the time bound between events
+            for b, out in ((ours, out_ours), (ref, out_ref)):
+                if poll:
+                    out.append(b.due(now))
+                    out.append(b.next_deadline(now))
+                out.append(b.add(event, now))
+        assert out_ours == out_ref, seed
+        assert ours.pending == ref.pending, seed
+    assert batcher.MAX_TRANSACTION_EVENTS > 100_000  # Salesforce's largest transaction stays whole
+
+
+def test_a_transaction_longer_than_the_memory_bound_is_split(monkeypatch):
+    import replicator.pipeline.batcher as batcher
+
+    monkeypatch.setattr(batcher, "MAX_TRANSACTION_EVENTS", 7)
+    b = Batcher(max_events=2, max_wait_s=10, hold_s=10)
+    cuts = [b.add(ev("a", n), now=0) for n in range(7)]
+    assert cuts[:6] == [None] * 6 and len(cuts[6]) == 7 and not b.pending
+    assert b.add(ev("a", 8), now=0) is None  # the rest of the transaction starts a new run
+    assert len(b.add(ev("b", 9), now=0)) == 1

@@ -138,6 +138,10 @@ def charts(out_dir: Path, reports: dict[str, dict]) -> list[Path]:
                     _line(ax, [r["x"] for r in rows], values, sw["parameter"], key)
                 else:
                     _bars(ax, [_wrap(str(r["x"])) for r in rows], values, key)
+                if key == "rows_per_s":
+                    _ceiling(ax, rows, report.get("figures", {}), numeric)
+                if numeric:
+                    ax.set_ylim(0, ax.dataLim.y1 * 1.15 or 1)  # from zero: a 5% wobble must not look like a cliff
             fig.suptitle(f"{scenario}: {sw['name']}")
             fig.tight_layout()
             path = out_dir / f"{scenario}-{re.sub(r'[^a-z0-9]+', '-', sw['name'].lower())}.png"
@@ -145,6 +149,28 @@ def charts(out_dir: Path, reports: dict[str, dict]) -> list[Path]:
             plt.close(fig)
             made.append(path)
     return made
+
+
+def _ceiling(ax, rows: list[dict], figures: dict, numeric: bool) -> None:
+    """The raw-COPY ceiling beside rows/s: per row when each row measured its own (or its ratio to it), else the
+    run's figure."""
+    def own(r: dict) -> float | None:
+        if isinstance(r.get("copy_rows_per_s"), int | float):
+            return r["copy_rows_per_s"]
+        if isinstance(r.get("ratio_to_copy"), int | float) and r["ratio_to_copy"] > 0:
+            return r["rows_per_s"] / r["ratio_to_copy"]
+        return None
+    copies = [own(r) for r in rows]
+    if numeric and all(c is not None for c in copies):
+        ax.plot([r["x"] for r in rows], copies, linestyle="--", color="grey", label="raw COPY of the same rows")
+    elif isinstance(figures.get("copy_rows_per_s"), int | float):
+        copy = figures["copy_rows_per_s"]
+        (ax.axhline if numeric else ax.axvline)(copy, linestyle="--", color="grey", label="raw COPY")
+        if not numeric:
+            ax.set_xlim(0, max(ax.get_xlim()[1], copy * 1.2))
+    else:
+        return
+    ax.legend(fontsize=8, loc="best")
 
 
 def _line(ax, xs: list, ys: list, xlabel: str, ylabel: str) -> None:

@@ -168,7 +168,8 @@ async def _widths(plan: Plan) -> dict:
             rows.append({"x": round(m["bytes_per_row"]), "object": obj, "fields": m["fields"],
                          "page_mb": m["bytes_per_row"] * min(plan.page_sizes[-1], plan.width_records) / 1e6,
                          "rows_per_s": m["rows_per_s"], "mb_per_s": m["rows_per_s"] * m["bytes_per_row"] / 1e6,
-                         "ratio_to_copy": m["ratio_to_copy"], "peak_rss_mb": m["peak_rss_mb"]})
+                         "ratio_to_copy": m["ratio_to_copy"], "copy_rows_per_s": m["copy_rows_per_s"],
+                         "peak_rss_mb": m["peak_rss_mb"]})
     finally:
         _stop(proc)
     rows.sort(key=lambda r: r["x"])

@@ -44,8 +44,22 @@ async def _sample_peak(stop: asyncio.Event, peak: list[float]) -> None:
 
 
 async def _org_ids(sim: dict) -> set[str]:
-    r = await sim_admin(sim, "GET", "/__sim/objects/Account/records")
-    return {rec["Id"] for rec in map(orjson.loads, r.content.splitlines()) if not rec["IsDeleted"]}
+    """The org's live Account ids, parsed as the dump streams in (the dump itself is ~1 KB a record and would
+    otherwise count in this process's memory, where the service's is measured)."""
+    import httpx
+
+    from replicator.sim.admin_client import _verify
+
+    ids: set[str] = set()
+    async with httpx.AsyncClient(verify=_verify(sim), timeout=600) as http:
+        async with http.stream("GET", sim["instance_url"] + "/__sim/objects/Account/records") as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if line.strip():
+                    rec = orjson.loads(line)
+                    if not rec["IsDeleted"]:
+                        ids.add(rec["Id"])
+    return ids
 
 
 async def _pg(url: str, sql: str):

@@ -109,6 +109,13 @@ class StreamSettings(_Section):
         description="Events the Pub/Sub server may owe this client at once per object (FetchRequest num_requested; "
         "Salesforce caps it at 100). Lower values bound in-flight events, higher ones keep the stream full.",
     )
+    max_transaction_events: int = Field(
+        200_000, ge=1,
+        description="A Salesforce transaction is applied in one commit, so it is held in memory until its last event "
+        "(measured: ~2.8 KB per full event of a 25-field object). A transaction of more events is split across "
+        "commits (logged as stream.transaction_split; readers may then see part of it). Salesforce sends at most "
+        "100,000 events per transaction, so the default never splits; lower it to bound memory for wide objects.",
+    )
     position_timeout_s: float = Field(
         300.0, gt=0,
         description="Before a backfill or resync, how long to wait for the stream's current position (Salesforce "

@@ -159,7 +159,8 @@ class ObjectStream:
     async def _stream(self, position: bytes | None, stop: asyncio.Event) -> None:
         sub = self.pubsub.subscribe(self.topic, replay_id=position, max_pending=self.settings.stream.num_requested,
                                     buffer=self.settings.stream.batch_max_events)
-        batcher = Batcher(self.settings.stream.batch_max_events, self.settings.stream.batch_max_wait_s)
+        batcher = Batcher(self.settings.stream.batch_max_events, self.settings.stream.batch_max_wait_s,
+                          max_transaction_events=self.settings.stream.max_transaction_events)
         h = self.health
         poll_every = self.settings.service.control_poll_s
         next_poll = time.monotonic() + poll_every

@@ -69,8 +69,6 @@ class ScanningBatcher(Batcher):
 def test_batches_equal_those_of_a_full_scan_on_random_streams():
     import random
 
-    import replicator.pipeline.batcher as batcher
-
     for seed in range(200):
         rng = random.Random(seed)
         ours, ref = Batcher(max_events=5, max_wait_s=0.2, hold_s=0.5), ScanningBatcher(5, 0.2, 0.5)
@@ -92,15 +90,16 @@ def test_batches_equal_those_of_a_full_scan_on_random_streams():
                 out.append(b.add(event, now))
         assert out_ours == out_ref, seed
         assert ours.pending == ref.pending, seed
-    assert batcher.MAX_TRANSACTION_EVENTS > 100_000  # Salesforce's largest transaction stays whole
+    assert Batcher().max_transaction_events > 100_000  # Salesforce's largest transaction stays whole by default
 
 
-def test_a_transaction_longer_than_the_memory_bound_is_split(monkeypatch):
-    import replicator.pipeline.batcher as batcher
+def test_a_transaction_longer_than_the_memory_bound_is_split_loudly():
+    from structlog.testing import capture_logs
 
-    monkeypatch.setattr(batcher, "MAX_TRANSACTION_EVENTS", 7)
-    b = Batcher(max_events=2, max_wait_s=10, hold_s=10)
-    cuts = [b.add(ev("a", n), now=0) for n in range(7)]
+    b = Batcher(max_events=2, max_wait_s=10, hold_s=10, max_transaction_events=7)
+    with capture_logs() as logs:
+        cuts = [b.add(ev("a", n), now=0) for n in range(7)]
     assert cuts[:6] == [None] * 6 and len(cuts[6]) == 7 and not b.pending
+    assert [e["event"] for e in logs] == ["stream.transaction_split"] and logs[0]["events"] == 7
     assert b.add(ev("a", 8), now=0) is None  # the rest of the transaction starts a new run
     assert len(b.add(ev("b", 9), now=0)) == 1

@@ -21,7 +21,7 @@ import asyncpg
 from replicator.postgres.server import fresh_database
 from replicator.sim.admin_client import sim_admin
 
-from .stream import _applied_at_least, published, start_service, until
+from .stream import _applied_at_least, all_streaming, published, start_service, until
 
 HOSTILE = ['a,b;c|d', 'say "hi"', "line1\nline2\r\nline3", "back\\slash\\", "tab\there", "Zürich 東京 🚀",
            "'; DROP TABLE account; --", '"', "", "\\N"]
@@ -132,7 +132,7 @@ async def run(sim: dict, server_url: str, n: int, database: str = "replicator_be
         row = {"x": label, **await _case(sim, url, obj, field, values, ids)}
         return {**row, "refetched": sum(s.stats.refetched for s in svc.streams.values()) - refetched}
     try:
-        await until(lambda: _streaming_all(svc), timeout=600)
+        await until(lambda: all_streaming(svc, {"Account", "Invoice__c"}), timeout=600)
         long_text = ("0123456789abcdef" * 8192)[:131072]
         ids = await _ids(sim, "Invoice__c", 5 * n)
         for k in range(1, 5):  # for the 1 MB cases; a schema change the stream follows
@@ -157,8 +157,3 @@ async def run(sim: dict, server_url: str, n: int, database: str = "replicator_be
         svc.stop.set()
         await task
     return rows
-
-
-async def _streaming_all(svc) -> bool:
-    return len(svc.streams) == 2 and all(s.health.phase == "STREAMING" and s.health.connected
-                                         for s in svc.streams.values())

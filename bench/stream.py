@@ -166,6 +166,12 @@ async def lag_at(sim, cfg, rate: int, seconds: float) -> dict:
             "lag_p99_s": pick(0.99), "lag_max_s": lags[-1]}
 
 
+async def all_streaming(svc: Service, objects: set[str]) -> bool:
+    """Every one of `objects` is streaming and connected (its backfill done)."""
+    return set(svc.streams) >= objects and all(
+        svc.streams[o].health.phase == "STREAMING" and svc.streams[o].health.connected for o in objects)
+
+
 async def _streaming(svc: Service) -> bool:
     return "Account" in svc.streams and svc.streams["Account"].stats.batches > 0
 

@@ -22,7 +22,7 @@ import orjson
 
 from replicator.sim.admin_client import sim_admin
 
-from .stream import _applied_at_least, published, start_service, until
+from .stream import _applied_at_least, all_streaming, published, start_service, until
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -75,7 +75,7 @@ async def _resynced(url: str, before: int) -> bool:
     return bool(rows) and rows[0]["resyncs"] > before and rows[0]["phase"] == "STREAMING"
 
 
-async def _case(sim: dict, url: str, svc, changes: int, overflow: bool) -> dict:
+async def _case(sim: dict, url: str, changes: int, overflow: bool) -> dict:
     resyncs = (await _pg(url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'"))[0]["resyncs"]
     before = await published(sim)
     base = _rss_mb()
@@ -107,19 +107,14 @@ async def run(sim: dict, cfg, threshold: int) -> list[dict]:
     await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": threshold})
     svc, task = await start_service(cfg)
     try:
-        await until(lambda: _streaming_now(svc), timeout=600)
+        await until(lambda: all_streaming(svc, {"Account"}), timeout=600)
         rows = [{"x": f"{threshold:,} creates in one transaction",
-                 **await _case(sim, url, svc, threshold, overflow=False)}]
+                 **await _case(sim, url, threshold, overflow=False)}]
         over = threshold * 6 // 5
         rows.append({"x": f"{over:,} creates in one transaction: GAP_OVERFLOW → resync",
-                     **await _case(sim, url, svc, over, overflow=True)})
+                     **await _case(sim, url, over, overflow=True)})
     finally:
         await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": 100_000})
         svc.stop.set()
         await task
     return rows
-
-
-async def _streaming_now(svc) -> bool:
-    s = svc.streams.get("Account")
-    return s is not None and s.health.phase == "STREAMING" and s.health.connected

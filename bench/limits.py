@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import aclosing
 
 import asyncpg
 
 from replicator.postgres.server import fresh_database
 from replicator.sim.admin_client import sim_admin
 
-from .stream import _applied_at_least, all_streaming, published, start_service, until
+from .stream import _applied_at_least, all_streaming, org_records, published, start_service, until
 
 HOSTILE = ['a,b;c|d', 'say "hi"', "line1\nline2\r\nline3", "back\\slash\\", "tab\there", "Zürich 東京 🚀",
            "'; DROP TABLE account; --", '"', "", "\\N"]
@@ -40,29 +41,17 @@ def _settings(sim: dict, url: str):
 
 
 async def _truth(sim: dict, obj: str, ids: set[str]) -> dict[str, dict]:
-    import orjson
-
-    r = await sim_admin(sim, "GET", f"/__sim/objects/{obj}/records")
-    out = {}
-    for line in r.content.splitlines():
-        if line.strip():
-            rec = orjson.loads(line)
-            if rec["Id"] in ids:
-                out[rec["Id"]] = rec
-    return out
+    return {rec["Id"]: rec async for rec in org_records(sim, obj) if rec["Id"] in ids}
 
 
 async def _ids(sim: dict, obj: str, n: int) -> list[str]:
-    import orjson
-
-    r = await sim_admin(sim, "GET", f"/__sim/objects/{obj}/records")
     out = []
-    for line in r.content.splitlines():
-        rec = orjson.loads(line)
-        if not rec["IsDeleted"]:
-            out.append(rec["Id"])
-        if len(out) == n:
-            break
+    async with aclosing(org_records(sim, obj)) as records:  # closes the download when we stop early
+        async for rec in records:
+            if not rec["IsDeleted"]:
+                out.append(rec["Id"])
+            if len(out) == n:
+                break
     return out
 
 

@@ -166,6 +166,22 @@ async def lag_at(sim, cfg, rate: int, seconds: float) -> dict:
             "lag_p99_s": pick(0.99), "lag_max_s": lags[-1]}
 
 
+async def org_records(sim: dict, obj: str):
+    """The org's records of `obj` (deleted ones included), parsed as the simulator's dump streams in, so the
+    harness never holds the dump (~1 KB a record) in the process where the service's memory is measured."""
+    import httpx
+    import orjson
+
+    from replicator.sim.admin_client import _verify
+
+    async with httpx.AsyncClient(verify=_verify(sim), timeout=600) as http:
+        async with http.stream("GET", f"{sim['instance_url']}/__sim/objects/{obj}/records") as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if line.strip():
+                    yield orjson.loads(line)
+
+
 async def all_streaming(svc: Service, objects: set[str]) -> bool:
     """Every one of `objects` is streaming and connected (its backfill done)."""
     return set(svc.streams) >= objects and all(

@@ -18,11 +18,10 @@ import os
 import time
 
 import asyncpg
-import orjson
 
 from replicator.sim.admin_client import sim_admin
 
-from .stream import _applied_at_least, all_streaming, published, start_service, until
+from .stream import _applied_at_least, all_streaming, org_records, published, q, start_service, until
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -43,25 +42,6 @@ async def _sample_peak(stop: asyncio.Event, peak: list[float]) -> None:
             pass
 
 
-async def _org_ids(sim: dict) -> set[str]:
-    """The org's live Account ids, parsed as the dump streams in (the dump itself is ~1 KB a record and would
-    otherwise count in this process's memory, where the service's is measured)."""
-    import httpx
-
-    from replicator.sim.admin_client import _verify
-
-    ids: set[str] = set()
-    async with httpx.AsyncClient(verify=_verify(sim), timeout=600) as http:
-        async with http.stream("GET", sim["instance_url"] + "/__sim/objects/Account/records") as r:
-            r.raise_for_status()
-            async for line in r.aiter_lines():
-                if line.strip():
-                    rec = orjson.loads(line)
-                    if not rec["IsDeleted"]:
-                        ids.add(rec["Id"])
-    return ids
-
-
 async def _pg(url: str, sql: str):
     conn = await asyncpg.connect(url)
     try:
@@ -70,13 +50,17 @@ async def _pg(url: str, sql: str):
         await conn.close()
 
 
+async def _resyncs(url: str) -> int:
+    return await q(url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'")
+
+
 async def _resynced(url: str, before: int) -> bool:
     rows = await _pg(url, "SELECT phase, resyncs FROM replicator.objects WHERE object = 'Account'")
     return bool(rows) and rows[0]["resyncs"] > before and rows[0]["phase"] == "STREAMING"
 
 
 async def _case(sim: dict, url: str, changes: int, overflow: bool) -> dict:
-    resyncs = (await _pg(url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'"))[0]["resyncs"]
+    resyncs = await _resyncs(url)
     before = await published(sim)
     base = _rss_mb()
     peak, stop = [base], asyncio.Event()
@@ -85,20 +69,18 @@ async def _case(sim: dict, url: str, changes: int, overflow: bool) -> dict:
     await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Account", "type": "CREATE"}] * changes, timeout=600)
     committed = time.monotonic() - t0  # the simulator's own work: make the records, encode the events
     target = await published(sim)
-    pg_url = url
-    await until(lambda: _applied_at_least(pg_url, target), timeout=1800, interval=0.05)
+    await until(lambda: _applied_at_least(url, target), timeout=1800, interval=0.05)
     if overflow:
-        await until(lambda: _resynced(pg_url, resyncs), timeout=1800, interval=0.05)
+        await until(lambda: _resynced(url, resyncs), timeout=1800, interval=0.05)
     seconds = time.monotonic() - t0
     stop.set()
     await sampler
-    org = await _org_ids(sim)
+    org = {rec["Id"] async for rec in org_records(sim, "Account") if not rec["IsDeleted"]}
     ours = {r["id"] for r in await _pg(url, "SELECT id FROM salesforce.account WHERE NOT isdeleted")}
     events = target - before
-    after = (await _pg(url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'"))[0]["resyncs"]
     return {"changes": changes, "events": events, "events_per_s": events / seconds, "seconds": seconds,
             "org_commit_s": committed, "rss_growth_mb": peak[0] - base,
-            "table_equals_org": int(org == ours), "resyncs": after - resyncs}
+            "table_equals_org": int(org == ours), "resyncs": await _resyncs(url) - resyncs}
 
 
 async def run(sim: dict, cfg, threshold: int) -> list[dict]:

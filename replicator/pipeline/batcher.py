@@ -46,8 +46,8 @@ class Batcher:
     # The trailing run of one transaction: where it starts in `pending` and its key (None: the last event
     # closes a transaction, e.g. a keepalive). Kept as events arrive, so finding the complete prefix is O(1)
     # (scanning back through a 100,000-event transaction on every event was quadratic).
-    _tail_start: int = 0
-    _tail_txn: str | None = None
+    _tail_start: int = field(default=0, init=False)
+    _tail_txn: str | None = field(default=None, init=False)
 
     def add(self, event: StreamEvent, now: float | None = None) -> list[StreamEvent] | None:
         """Add an event; return a batch when one is ready."""

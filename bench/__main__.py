@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from replicator.observe import setup_logging
+from replicator.observe.logs import setup_logging
 from replicator.postgres.server import resolve_database
 
 from . import harness

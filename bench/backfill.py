@@ -159,7 +159,7 @@ async def main() -> None:
     ap.add_argument("--parallel-pages", type=int, default=3)
     ap.add_argument("--page-size", type=int, default=100_000)
     args = ap.parse_args()
-    from replicator.observe import setup_logging
+    from replicator.observe.logs import setup_logging
 
     setup_logging("warning")
     sim_proc, sim = start_sim(args.records)

@@ -15,8 +15,8 @@ import io
 import time
 from pathlib import Path
 
+from replicator.app.runtime import salesforce_client
 from replicator.config import load_settings
-from replicator.pipeline.runtime import salesforce_client
 from replicator.protocol import pubsub_api_pb2 as pb
 from replicator.salesforce.bulk import BulkClient
 from replicator.salesforce.cdc import decode_event

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import asyncpg
 
+from replicator.app.service import Service
 from replicator.config import load_settings
-from replicator.observe import setup_logging
-from replicator.pipeline.service import Service
+from replicator.observe.logs import setup_logging
 from replicator.postgres.server import fresh_database
 from replicator.sim.admin_client import sim_admin
 

@@ -22,11 +22,11 @@ import time
 
 import asyncpg
 
+from replicator.app.commands import run_backfills
+from replicator.app.runtime import salesforce_client
 from replicator.model import Change, Checkpoint, Version
-from replicator.observe import setup_logging
+from replicator.observe.logs import setup_logging
 from replicator.pipeline.changes import ColumnMap, fold
-from replicator.pipeline.commands import run_backfills
-from replicator.pipeline.runtime import salesforce_client
 from replicator.pipeline.schema import table_spec, version_column
 from replicator.postgres.apply import StreamSink
 from replicator.postgres.server import fresh_database

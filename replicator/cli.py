@@ -14,7 +14,7 @@ import click
 
 from .config import Settings, load_settings, require_salesforce
 from .model import ConfigError, ReplicatorError
-from .observe import redact, setup_logging
+from .observe.logs import redact, setup_logging
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -71,7 +71,7 @@ def main(log_level: str, log_json: bool | None) -> None:
 def backfill(config_path: str | None, objects: tuple[str, ...]) -> None:
     """Copy OBJECTS (default: every configured object) into Postgres; resumes an interrupted backfill."""
     settings = _settings(config_path, objects)
-    from .pipeline.commands import backfill_command
+    from .app.commands import backfill_command
 
     _run(lambda: backfill_command(settings, list(objects) or list(settings.objects)))
 
@@ -81,7 +81,7 @@ def backfill(config_path: str | None, objects: tuple[str, ...]) -> None:
 def run(config_path: str | None) -> None:
     """Run as a service: backfill each configured object when needed, then stream its changes."""
     settings = _settings(config_path, ())
-    from .pipeline.service import run_command
+    from .app.service import run_command
 
     _run(lambda: run_command(settings))
 
@@ -95,7 +95,7 @@ def run(config_path: str | None) -> None:
 def verify(config_path: str | None, repair: bool, objects: tuple[str, ...]) -> None:
     """Extract OBJECTS again and compare with Postgres row by row; exit 0 only when equal."""
     settings = _settings(config_path, objects)
-    from .pipeline.commands import verify_command
+    from .app.commands import verify_command
 
     _run(lambda: verify_command(settings, list(objects) or list(settings.objects), repair))
 
@@ -106,7 +106,7 @@ def verify(config_path: str | None, repair: bool, objects: tuple[str, ...]) -> N
 def status(config_path: str | None, as_json: bool) -> None:
     """Per object: phase, rows, pages, last error (read from the state tables)."""
     settings = _settings(config_path, (), need_salesforce=False)
-    from .pipeline.commands import status_command
+    from .app.commands import status_command
 
     _run(lambda: status_command(settings, as_json))
 
@@ -138,7 +138,7 @@ def resync(config_path: str | None, objects: tuple[str, ...]) -> None:
     """Ask for OBJECTS to be extracted again (the table stays readable meanwhile); picked up by the running
     service, or by the next `replicator run`."""
     settings = _settings(config_path, objects, need_salesforce=False)
-    from .pipeline.ops_commands import resync_command
+    from .app.ops_commands import resync_command
 
     _run(lambda: resync_command(settings, list(objects)))
 
@@ -159,7 +159,7 @@ OBJECT_OPTION = click.option("--object", "object_", default=None, help="Only thi
 def dead_letters_list(config_path: str | None, object_: str | None, as_json: bool, limit: int) -> None:
     """Open dead letters, oldest first."""
     settings = _settings(config_path, (), need_salesforce=False)
-    from .pipeline.ops_commands import dead_letters_list as command
+    from .app.ops_commands import dead_letters_list as command
 
     _run(lambda: command(settings, object_, as_json, limit))
 
@@ -172,7 +172,7 @@ def dead_letters_list(config_path: str | None, object_: str | None, as_json: boo
 def dead_letters_retry(config_path: str | None, object_: str | None, ids: tuple[int, ...], force: bool) -> None:
     """Fetch each dead letter's record from Salesforce again and apply it; exit 1 if any fails again."""
     settings = _settings(config_path, ())
-    from .pipeline.ops_commands import dead_letters_retry as command
+    from .app.ops_commands import dead_letters_retry as command
 
     _run(lambda: command(settings, object_, list(ids), force))
 
@@ -187,7 +187,7 @@ def dead_letters_drop(config_path: str | None, object_: str | None, ids: tuple[i
     if not ids and not everything and not object_:
         _fail(2, "say which dead letters to drop: --id N, --object NAME or --all")
     settings = _settings(config_path, (), need_salesforce=False)
-    from .pipeline.ops_commands import dead_letters_drop as command
+    from .app.ops_commands import dead_letters_drop as command
 
     _run(lambda: command(settings, object_, list(ids)))
 
@@ -213,7 +213,7 @@ def sim(ctx: click.Context) -> None:
 def demo(ctx: click.Context, records: int, seed: int, duration: float, rate: float, stop_postgres: bool) -> None:
     """Start the simulator with live traffic, backfill and stream its objects into Postgres with a live view,
     stop after --duration, compare every table with the org and print a summary and a psql line."""
-    from .pipeline.demo import demo_command
+    from .app.demo import demo_command
 
     if stop_postgres:
         from .postgres.server import stop_kept_server

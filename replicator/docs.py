@@ -64,7 +64,7 @@ def type_table() -> str:
 
 
 def metrics_table() -> str:
-    from .metrics import CATALOGUE
+    from .observe.metrics import CATALOGUE
 
     lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for name, kind, labels, doc in CATALOGUE:

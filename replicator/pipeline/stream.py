@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 import structlog
 
 from ..config import ObjectSettings, Settings
-from ..metrics import Metrics
 from ..model import Checkpoint, DeadLetter, ReplayIdInvalidError, RowOp, StreamEvent
+from ..observe.metrics import Metrics
 from ..postgres import apply as pg
 from ..postgres import state
 from ..postgres.sink import PageSink
 from .backfill import Backfill
 from .batcher import Batcher
 from .changes import EMPTY_RECORD_ID, ColumnMap, UnknownFieldError, fold, record_op
-from .runtime import until_stopped
 from .schema import object_table
+from .stopping import until_stopped
 
 log = structlog.get_logger(__name__)
 

@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from replicator.pipeline.commands import run_backfills
+from replicator.app.commands import run_backfills
 from replicator.sim.server import SimulatorThread
 
 from .helpers import compare_with_truth, ground_truth, settings_for

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from replicator.pipeline.commands import run_backfills
-from replicator.pipeline.runtime import postgres_pool, salesforce_client
+from replicator.app.commands import run_backfills
+from replicator.app.runtime import postgres_pool, salesforce_client
 from replicator.pipeline.verify import verify_object
 
 from .helpers import OBJECTS, compare_with_truth, ground_truth, settings_for, sim_get

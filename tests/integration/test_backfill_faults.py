@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from replicator.pipeline.commands import run_backfills
+from replicator.app.commands import run_backfills
 from replicator.sim.admin_client import sim_admin
 
 from .helpers import compare_with_truth, ground_truth, settings_for, sim_get, sim_put, wait_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from replicator.pipeline.commands import run_backfills
+from replicator.app.commands import run_backfills
 from replicator.sim.server import SimulatorThread
 
 from .helpers import compare_with_truth, ground_truth, settings_for
@@ -37,7 +37,7 @@ async def test_hostile_field_name_neither_crashes_nor_reaches_sql(sim, pg_url):
 
 
 async def _describe(sim):
-    from replicator.pipeline.runtime import salesforce_client
+    from replicator.app.runtime import salesforce_client
 
     settings = settings_for(sim, "postgresql://unused", "x")
     async with salesforce_client(settings) as client:

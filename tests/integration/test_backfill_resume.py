@@ -109,7 +109,7 @@ async def test_job_gone_after_crash_starts_a_new_job_through_the_upsert(sim, pg_
 
 
 async def _delete_job(sim, job_id: str) -> None:
-    from replicator.pipeline.runtime import salesforce_client
+    from replicator.app.runtime import salesforce_client
     from replicator.salesforce.bulk import BulkClient
 
     from .helpers import settings_for

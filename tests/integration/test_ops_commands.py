@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 
-from replicator.pipeline.commands import run_backfills
-from replicator.pipeline.service import Service
+from replicator.app.commands import run_backfills
+from replicator.app.service import Service
 
 from .helpers import compare_with_truth, config_toml, ground_truth, pg_value, settings_for, sim_put, wait_for
 

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from replicator.pipeline.service import Service
+from replicator.app.service import Service
 from replicator.sim.server import SimulatorThread
 
 from .helpers import compare_with_truth, ground_truth, pg_value, settings_for, sim_admin, wait_for

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from replicator.app.commands import run_backfills
+from replicator.app.runtime import postgres_pool, salesforce_client
 from replicator.model import Change, StreamEvent, Version
-from replicator.pipeline.commands import run_backfills
-from replicator.pipeline.runtime import postgres_pool, salesforce_client
 from replicator.pipeline.stream import ObjectStream
 from replicator.postgres.apply import load_checkpoint
 from replicator.sim.server import SimulatorThread

@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from replicator.pipeline.runtime import postgres_pool, salesforce_client
-from replicator.pipeline.service import Service
+from replicator.app.runtime import postgres_pool, salesforce_client
+from replicator.app.service import Service
 from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from replicator.cli import main
 from replicator.config import ServiceSettings
-from replicator.metrics import CATALOGUE
+from replicator.observe.metrics import CATALOGUE
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPORTED = {name for name, *_ in CATALOGUE}

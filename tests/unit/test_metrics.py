@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from replicator.metrics import CATALOGUE, Metrics, ObjectHealth
-from replicator.pipeline.endpoints import readiness
+from replicator.observe.endpoints import readiness
+from replicator.observe.metrics import CATALOGUE, Metrics, ObjectHealth
 
 NOW = 1_800_000_000.0
 RETENTION = 72 * 3600.0

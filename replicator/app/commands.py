@@ -13,12 +13,12 @@ from rich.table import Table
 
 from ..config import Settings
 from ..model import ReplicatorError
+from ..pipeline.backfill import Backfill
+from ..pipeline.backfill import Progress as BackfillProgress
+from ..pipeline.verify import verify_object
 from ..postgres.state import fail_object
 from ..postgres.status import object_rows
-from .backfill import Backfill
-from .backfill import Progress as BackfillProgress
 from .runtime import postgres_pool, salesforce_client
-from .verify import verify_object
 
 log = structlog.get_logger(__name__)
 

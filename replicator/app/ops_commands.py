@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import Settings
+from ..pipeline import dead_letters
 from ..postgres import dead_letters as store
 from ..postgres import state
-from . import dead_letters
 from .runtime import postgres_pool, salesforce_client
 
 

@@ -22,13 +22,13 @@ from rich.table import Table
 
 from ..config import load_settings
 from ..model import ReplicatorError
-from ..observe import setup_logging
+from ..observe.logs import setup_logging
+from ..pipeline.verify import verify_object
 from ..postgres.server import fresh_database, resolve_database
 from ..sim.admin_client import sim_admin
 from .demo_view import DemoView, summary_table
 from .runtime import postgres_pool, salesforce_client
 from .service import Service
-from .verify import verify_object
 
 DEMO_DATABASE = "replicator_demo"
 DEMO_OBJECTS = {

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import asyncpg
 import structlog
 
 from ..config import Settings
-from ..observe import register_secret
+from ..observe.logs import register_secret
 from ..postgres.migrate import migrate
 from ..postgres.server import resolve_database
 from ..salesforce.auth import Credentials
 from ..salesforce.client import SalesforceClient
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 
 def credentials(settings: Settings) -> Credentials:
@@ -68,25 +65,3 @@ async def postgres_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
             yield pool
         finally:
             await pool.close()
-
-
-class Stopped(Exception):
-    """The service is stopping: the interrupted step is resumable and will run again after a restart."""
-
-
-async def until_stopped(stop: asyncio.Event, coro: Awaitable[T]) -> T:
-    """Await `coro` unless `stop` is set first; then cancel it and raise Stopped. For resumable steps (a
-    backfill commits page by page, a position capture stores nothing until it has one) that must not hold up
-    a shutdown."""
-    task = asyncio.ensure_future(coro)
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        raise Stopped()
-    return task.result()

@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..metrics import Metrics
+from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

@@ -2,7 +2,7 @@
 and one failing object retries with backoff without stopping the others. SIGINT/SIGTERM stop it cleanly:
 batches in flight are committed with their checkpoints before the process exits (within
 `service.shutdown_timeout_s`; a backfill in progress stops at once, it resumes page by page); a second
-signal exits at once. Metrics and health endpoints are served on `service.port` (pipeline/endpoints.py).
+signal exits at once. Metrics and health endpoints are served on `service.port` (observe/endpoints.py).
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
-from ..metrics import Metrics
 from ..model import ConfigError
+from ..observe.endpoints import Endpoints
+from ..observe.metrics import Metrics
+from ..pipeline.backfill import Backfill
+from ..pipeline.platform_events import PlatformEventStream
+from ..pipeline.stopping import Stopped, until_stopped
+from ..pipeline.stream import ObjectStream
 from ..postgres import state
 from ..salesforce.pubsub import PubSubClient
-from .backfill import Backfill
-from .endpoints import Endpoints
-from .platform_events import PlatformEventStream
-from .runtime import Stopped, postgres_pool, salesforce_client, until_stopped
-from .stream import ObjectStream
+from .runtime import postgres_pool, salesforce_client
 
 log = structlog.get_logger(__name__)
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # --------------------------------------------------------------------------------------------------------------
-# Errors: two kinds, mapped once per edge (STYLE.md 4). The retry policy asks only "transient or terminal?".
+# Errors: two kinds, mapped once per edge (docs/design.md, principle 4). The retry policy asks only "transient or terminal?".
 
 
 class ReplicatorError(Exception):
-    """Base of every error this program raises on purpose."""
+    """Base of every error this program raises on purpose. Every one is a TransientError or a TerminalError."""
 
 
 class TransientError(ReplicatorError):
@@ -41,7 +41,7 @@ class ApiLimitError(TransientError):
     """403 REQUEST_LIMIT_EXCEEDED: the org's API allocation is exhausted; wait on a longer scale."""
 
 
-class SessionExpiredError(ReplicatorError):
+class SessionExpiredError(TransientError):
     """401 INVALID_SESSION_ID: the token provider refreshes once and the call is retried."""
 
 
@@ -52,8 +52,8 @@ class AuthError(TerminalError):
 class ReplayIdInvalidError(TerminalError):
     """Pub/Sub refused the stored replay id (corrupted, or outside the 72 h retention window).
 
-    Never answered by resubscribing at LATEST (that silently loses every event in between, STYLE.md): the
-    pipeline resyncs the object instead (DESIGN.md contract 6).
+    Never answered by resubscribing at LATEST (that silently loses every event in between, docs/design.md): the
+    pipeline resyncs the object instead (docs/design.md, contract 6).
     """
 
 
@@ -63,6 +63,30 @@ class ConfigError(TerminalError):
 
 class JobFailedError(TransientError):
     """A Bulk API 2.0 job ended `Failed` or `Aborted`; retried a bounded number of times with a new job."""
+
+
+class DatabaseUnavailableError(TransientError):
+    """Postgres cannot serve now: connection lost or refused, server restarting, deadlock, serialization
+    failure, resources exhausted. The same work may succeed later (postgres/errors.py maps these)."""
+
+
+class RejectedDataError(TerminalError):
+    """Postgres refused the data itself (a value not of its column's type, a NULL or duplicate key, a value too
+    long): nothing of the unit of work was committed. Retrying the same data cannot help; the caller isolates
+    the bad rows and dead-letters them."""
+
+
+class DatabaseError(TerminalError):
+    """Any other database failure: a missing database, refused credentials, missing privileges, an SQL error.
+    Retrying will not help until an operator acts; the message says what Postgres said."""
+
+
+class Stopped(TerminalError):
+    """The service is stopping: the interrupted step is resumable and runs again after a restart."""
+
+
+class ResyncRequested(TerminalError):
+    """An operator asked for a resync (`replicator resync`): the stream stops after committing its batches."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -182,6 +206,18 @@ class TableSpec:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """Everything the sink needs to know about one object's table: its spec, the column that versions rows
+    (`systemmodstamp` when the object has it, else None), whether the object has `IsDeleted`, and whether
+    deleted records are removed (`deletes = "hard"`) instead of kept with `isdeleted = true`."""
+
+    spec: TableSpec
+    version_column: str | None
+    has_isdeleted: bool
+    hard_deletes: bool
+
+
 # Metadata columns every target table carries.
 VERSION_COLUMN = "_sf_version"
 DELETED_COLUMN = "_sf_deleted_at"
@@ -210,7 +246,7 @@ CHANGE_TYPES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """Order of changes (DESIGN.md contract 2): commit time, then commit number, then sequence in the transaction."""
+    """Order of changes (docs/design.md, contract 2): commit time, then commit number, then sequence in the transaction."""
 
     commit_timestamp: int  # epoch milliseconds
     commit_number: int = 0

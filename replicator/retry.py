@@ -1,12 +1,12 @@
 """The one retry policy of the project: transient errors retry with backoff and jitter, terminal ones do not.
 
 Every edge (Salesforce HTTP, Postgres) maps its own exceptions to `model.TransientError` / `model.TerminalError`
-once (STYLE.md 4); this module only asks "transient or terminal?" and never imports a driver.
+once (docs/design.md, principle 4); this module only asks "transient or terminal?" and never imports a driver.
 
 Backoff is exponential with *full jitter* (delay drawn from [0, min(cap, base * 2**n)]), which spreads the
 retries of many concurrent workers instead of having them hit a recovering server in lock step. API-limit
 errors (403 REQUEST_LIMIT_EXCEEDED) wait on a longer scale: the org's allowance is a rolling 24 h window
-(protocol §2.1), so a retry after half a second only burns another call against an exhausted allowance.
+(docs/salesforce-bulk-rest-oauth.md §2.1), so a retry after half a second only burns another call against an exhausted allowance.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TypeVar
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from replicator.model import ApiLimitError, JobFailedError, TransientError
+from replicator.model import ApiLimitError, JobFailedError, SessionExpiredError, TransientError
 
 T = TypeVar("T")
 
@@ -29,10 +29,11 @@ log = structlog.get_logger(__name__)
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same call may succeed.
 
-    `JobFailedError` is a `TransientError` for the pipeline (it starts a *new* job a bounded number of times),
-    but retrying the same call would only report the same failed job again, so it is not retried here.
+    Two `TransientError`s are not retried here because the same call would fail the same way: `JobFailedError`
+    (the pipeline starts a *new* job a bounded number of times) and `SessionExpiredError` (the edge refreshes
+    the token once and calls again with the new one).
     """
-    return isinstance(exc, TransientError) and not isinstance(exc, JobFailedError)
+    return isinstance(exc, TransientError) and not isinstance(exc, JobFailedError | SessionExpiredError)
 
 
 def backoff_delay(
@@ -60,6 +61,14 @@ def backoff_delay(
     if retry_after:
         delay = max(delay, min(float(retry_after), hint_cap))
     return delay
+
+
+def restart_delay(exc: BaseException, failures: int, *, rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds before the service runs a failed object again after its `failures`-th failure in a row: the same
+    policy on the supervisor's scale, 1 s doubling to a 60 s ceiling with full jitter (API-limit errors on their
+    own longer scale, a server's Retry-After honoured). A minute bounds how long a recovered dependency waits
+    to be used again."""
+    return backoff_delay(exc, failures, base=1.0, cap=60.0, rng=rng)
 
 
 async def retry_transient(

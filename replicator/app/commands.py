@@ -16,9 +16,7 @@ from ..model import ReplicatorError
 from ..pipeline.backfill import Backfill
 from ..pipeline.backfill import Progress as BackfillProgress
 from ..pipeline.verify import verify_object
-from ..postgres.state import fail_object
-from ..postgres.status import object_rows
-from .runtime import postgres_pool, salesforce_client
+from .runtime import open_store, salesforce_client
 
 log = structlog.get_logger(__name__)
 
@@ -48,10 +46,10 @@ class _Bars:
 async def run_backfills(settings: Settings, names: list[str], on_progress=None) -> dict[str, BackfillProgress | BaseException]:
     """Backfill objects concurrently; one failing object does not stop the others."""
     results: dict[str, BackfillProgress | BaseException] = {}
-    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+    async with salesforce_client(settings) as client, open_store(settings) as store:
 
         async def one(name: str) -> None:
-            job = Backfill(client, pool, settings, name, settings.objects[name], on_progress)
+            job = Backfill(client, store, settings, name, settings.objects[name], on_progress)
             try:
                 results[name] = await job.run()
             except Exception as exc:  # one failing object does not stop the others
@@ -60,8 +58,7 @@ async def run_backfills(settings: Settings, names: list[str], on_progress=None) 
                     log.error("backfill.failed", object=name, error=str(exc))
                 else:
                     log.exception("backfill.failed", object=name, error=f"{type(exc).__name__}: {exc}")
-                async with pool.acquire() as conn:
-                    await fail_object(conn, name, f"{type(exc).__name__}: {exc}")
+                await store.fail_object(name, f"{type(exc).__name__}: {exc}")
 
         await asyncio.gather(*(one(n) for n in names))
     return results
@@ -86,9 +83,9 @@ async def backfill_command(settings: Settings, names: list[str]) -> int:
 
 async def verify_command(settings: Settings, names: list[str], repair: bool = False) -> int:
     equal = True
-    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+    async with salesforce_client(settings) as client, open_store(settings) as store:
         for name in names:
-            diff, fixed = await verify_object(client, pool, settings, name, repair=repair)
+            diff, fixed = await verify_object(client, store, settings, name, repair=repair)
             if fixed is not None:
                 print(f"{name}: repaired: {fixed.written} rows written from Salesforce, {fixed.deleted} rows "
                       f"Salesforce does not have deleted, {fixed.kept_newer} rows newer than the extract kept")
@@ -103,8 +100,8 @@ async def verify_command(settings: Settings, names: list[str], repair: bool = Fa
 
 
 async def status_command(settings: Settings, as_json: bool) -> int:
-    async with postgres_pool(settings) as pool, pool.acquire() as conn:
-        rows = await object_rows(conn)
+    async with open_store(settings) as store:
+        rows = await store.object_rows()
     for r in rows:
         r["replay_id"] = r["replay_id"].hex() if r["replay_id"] else None
     if as_json:

@@ -27,7 +27,7 @@ from ..pipeline.verify import verify_object
 from ..postgres.server import fresh_database, resolve_database
 from ..sim.admin_client import sim_admin
 from .demo_view import DemoView, summary_table
-from .runtime import postgres_pool, salesforce_client
+from .runtime import open_store, salesforce_client
 from .service import Service
 
 DEMO_DATABASE = "replicator_demo"
@@ -85,7 +85,7 @@ async def demo_command(records: int, seed: int, duration: float = 60.0, rate: fl
         })
         svc = Service(settings)
         task = asyncio.create_task(svc.run())
-        view = DemoView(svc, settings.postgres.schema_, url, console, live=live)
+        view = DemoView(svc, settings.postgres.schema_, console, live=live)
         try:
             await view.run_until(task, time.monotonic() + duration)
             if not task.done():
@@ -95,13 +95,13 @@ async def demo_command(records: int, seed: int, duration: float = 60.0, rate: fl
             svc.stop.set()
             code = await task  # the service's own error, if it failed, surfaces here as one line
         console.print("stopped cleanly; comparing every table with the org (a fresh Bulk extract) …")
-        async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+        async with salesforce_client(settings) as client, open_store(settings) as store:
             equal = {}
             for name in DEMO_OBJECTS:
-                diff, _ = await verify_object(client, pool, settings, name)
+                diff, _ = await verify_object(client, store, settings, name)
                 equal[name] = diff
             counts = (await sim_admin(sim, "GET", "/__sim/counts")).json()
-            table: Table = await summary_table(pool, settings.postgres.schema_, svc, counts, equal)
+            table: Table = await summary_table(store, settings.postgres.schema_, svc, counts, equal)
         console.print(table)
     ok = code == 0 and all(d.equal for d in equal.values())
     console.print(f"Look at the data: [bold]psql '{url}' -c 'SELECT id, name, billingcity, _sf_version "

@@ -7,51 +7,44 @@ import contextlib
 import statistics
 import time
 
-import asyncpg
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ..postgres.ddl import quote_ident
+from ..postgres.store import Store
 from .service import Service
 
 _PLAIN_EVERY_S = 5.0
 
 
 class DemoView:
-    def __init__(self, svc: Service, schema: str, url: str, console: Console, live: bool):
-        self.svc, self.schema, self.url, self.console, self.live = svc, schema, url, console, live
+    def __init__(self, svc: Service, schema: str, console: Console, live: bool):
+        self.svc, self.schema, self.console, self.live = svc, schema, console, live
         self._last: dict[str, tuple[float, float]] = {}  # object → (time, events applied) of the last sample
         self._rates: dict[str, float] = {}
 
     async def run_until(self, task: asyncio.Task, deadline: float) -> None:
-        conn = await asyncpg.connect(self.url)
         started, next_plain = time.monotonic(), 0.0
-        try:
-            live = Live(console=self.console, refresh_per_second=4, transient=False) if self.live else None
-            with live if live is not None else contextlib.nullcontext():
-                while time.monotonic() < deadline and not task.done():
-                    await asyncio.wait([task], timeout=1.0)
-                    rows = await self._rows(conn)
-                    self._sample()
-                    elapsed = time.monotonic() - started
-                    if live is not None:
-                        live.update(self._table(rows, elapsed, deadline - time.monotonic()))
-                    elif elapsed >= next_plain:
-                        next_plain = elapsed + _PLAIN_EVERY_S
-                        for line in self._lines(rows, elapsed):
-                            print(line, flush=True)
-        finally:
-            await conn.close()
+        live = Live(console=self.console, refresh_per_second=4, transient=False) if self.live else None
+        with live if live is not None else contextlib.nullcontext():
+            while time.monotonic() < deadline and not task.done():
+                await asyncio.wait([task], timeout=1.0)
+                rows = await self._rows()
+                self._sample()
+                elapsed = time.monotonic() - started
+                if live is not None:
+                    live.update(self._table(rows, elapsed, deadline - time.monotonic()))
+                elif elapsed >= next_plain:
+                    next_plain = elapsed + _PLAIN_EVERY_S
+                    for line in self._lines(rows, elapsed):
+                        print(line, flush=True)
 
-    async def _rows(self, conn: asyncpg.Connection) -> dict[str, int]:
+    async def _rows(self) -> dict[str, int]:
+        """Rows per table, through the running service's store (none yet: 0)."""
+        store = self.svc.metrics.store
         out = {}
         for name in self.svc.metrics.objects:
-            try:
-                out[name] = await conn.fetchval(
-                    f"SELECT count(*) FROM {quote_ident(self.schema)}.{quote_ident(name.lower())}")
-            except asyncpg.UndefinedTableError:
-                out[name] = 0
+            out[name] = (await store.table_rows(self.schema, name.lower()) or 0) if store is not None else 0
         return out
 
     def _applied(self, name: str) -> float:
@@ -91,21 +84,20 @@ class DemoView:
                 f"lag={self._lag(name)}" for name in self.svc.metrics.objects]
 
 
-async def summary_table(pool, schema: str, svc: Service, counts: dict, diffs: dict) -> Table:
+async def summary_table(store: Store, schema: str, svc: Service, counts: dict, diffs: dict) -> Table:
     table = Table("object", "rows in org", "rows in Postgres", "events applied", "lag p50", "lag p99",
                   "vs org", title="summary",
                   caption="lag: commit in Salesforce → applied in Postgres, including events that waited for the "
                           "backfill; vs org: a fresh Bulk extract compared row by row")
-    async with pool.acquire() as conn:
-        for name, diff in diffs.items():
-            pg_rows = await conn.fetchval(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(name.lower())}")
-            stream = svc.streams.get(name)
-            lags = sorted(stream.stats.lags) if stream is not None else []
-            p50 = f"{statistics.median(lags):.3f} s" if lags else "-"
-            p99 = f"{lags[min(len(lags) - 1, int(len(lags) * 0.99))]:.3f} s" if lags else "-"
-            applied = svc.metrics.registry.get_sample_value("replicator_events_applied_total", {"object": name})
-            verdict = "equal" if diff.equal else (f"[red]missing {diff.missing}, extra {diff.extra}, "
-                                                  f"different {diff.different}[/]")
-            table.add_row(name, f"{counts[name]['total']:,}", f"{pg_rows:,}", f"{applied or 0:,.0f}", p50, p99,
-                          verdict)
+    for name, diff in diffs.items():
+        pg_rows = await store.table_rows(schema, name.lower()) or 0
+        stream = svc.streams.get(name)
+        lags = sorted(stream.stats.lags) if stream is not None else []
+        p50 = f"{statistics.median(lags):.3f} s" if lags else "-"
+        p99 = f"{lags[min(len(lags) - 1, int(len(lags) * 0.99))]:.3f} s" if lags else "-"
+        applied = svc.metrics.registry.get_sample_value("replicator_events_applied_total", {"object": name})
+        verdict = "equal" if diff.equal else (f"[red]missing {diff.missing}, extra {diff.extra}, "
+                                              f"different {diff.different}[/]")
+        table.add_row(name, f"{counts[name]['total']:,}", f"{pg_rows:,}", f"{applied or 0:,.0f}", p50, p99,
+                      verdict)
     return table

@@ -12,14 +12,12 @@ from rich.table import Table
 
 from ..config import Settings
 from ..pipeline import dead_letters
-from ..postgres import dead_letters as store
-from ..postgres import state
-from .runtime import postgres_pool, salesforce_client
+from .runtime import open_store, salesforce_client
 
 
 async def resync_command(settings: Settings, names: list[str]) -> int:
-    async with postgres_pool(settings) as pool, pool.acquire() as conn:
-        unknown = [n for n in names if not await state.request_resync(conn, n)]
+    async with open_store(settings) as store:
+        unknown = [n for n in names if not await store.request_resync(n)]
     for name in names:
         if name not in unknown:
             print(f"{name}: resync requested; a running service starts it within "
@@ -31,8 +29,8 @@ async def resync_command(settings: Settings, names: list[str]) -> int:
 
 
 async def dead_letters_list(settings: Settings, object_: str | None, as_json: bool, limit: int) -> int:
-    async with postgres_pool(settings) as pool, pool.acquire() as conn:
-        rows = await store.list_open(conn, object_, limit=limit)
+    async with open_store(settings) as store:
+        rows = await store.open_dead_letters(object_, limit=limit)
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
         return 0
@@ -47,8 +45,8 @@ async def dead_letters_list(settings: Settings, object_: str | None, as_json: bo
 
 
 async def dead_letters_retry(settings: Settings, object_: str | None, ids: list[int], force: bool) -> int:
-    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
-        result = await dead_letters.retry(client, pool, settings, object_, ids or None, force)
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        result = await dead_letters.retry(client, store, settings, object_, ids or None, force)
     print(f"applied {result.applied}, record gone from Salesforce {result.gone}, failed again {result.failed}")
     for name, count in result.need_resync.items():
         print(f"{name}: {count} dead letter(s) without a record key (undecodable events): "
@@ -60,7 +58,7 @@ async def dead_letters_retry(settings: Settings, object_: str | None, ids: list[
 
 
 async def dead_letters_drop(settings: Settings, object_: str | None, ids: list[int]) -> int:
-    async with postgres_pool(settings) as pool, pool.acquire() as conn:
-        count = await store.drop(conn, object_, ids or None)
+    async with open_store(settings) as store:
+        count = await store.drop_dead_letters(object_, ids or None)
     print(f"dropped {count} dead letter(s) (kept in replicator.dead_letters as resolved)")
     return 0

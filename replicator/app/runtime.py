@@ -1,4 +1,4 @@
-"""Wiring shared by the commands: settings → Salesforce client, Postgres pool (migrated)."""
+"""Wiring shared by the commands: settings → Salesforce client, Postgres store (migrated)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import contextlib
 import urllib.parse
 from collections.abc import AsyncIterator
 
-import asyncpg
 import structlog
 
 from ..config import Settings
 from ..observe.logs import register_secret
-from ..postgres.migrate import migrate
-from ..postgres.server import resolve_database
+from ..postgres.store import Store
 from ..salesforce.auth import Credentials
 from ..salesforce.client import SalesforceClient
 
@@ -52,16 +50,10 @@ def salesforce_client(settings: Settings) -> SalesforceClient:
 
 
 @contextlib.asynccontextmanager
-async def postgres_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A migrated pool on the configured Postgres (or the local / a throwaway one, see postgres/server.py)."""
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """A migrated store on the configured Postgres (or the local / a throwaway one, see postgres/server.py)."""
     url = settings.postgres.url.get_secret_value() if settings.postgres.url else None
     if url:
         register_secret(urllib.parse.urlsplit(url).password)
-    async with resolve_database(url) as dsn:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.postgres.pool_size)
-        try:
-            async with pool.acquire() as conn:
-                await migrate(conn)
-            yield pool
-        finally:
-            await pool.close()
+    async with Store.open(url, settings.postgres.pool_size) as store:
+        yield store

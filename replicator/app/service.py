@@ -9,29 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from ..config import Settings
-from ..model import ConfigError
+from ..model import ConfigError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
 from ..pipeline.backfill import Backfill
 from ..pipeline.platform_events import PlatformEventStream
-from ..pipeline.stopping import Stopped, until_stopped
+from ..pipeline.stopping import until_stopped
 from ..pipeline.stream import ObjectStream
-from ..postgres import state
+from ..postgres.store import Store
+from ..retry import restart_delay
 from ..salesforce.pubsub import PubSubClient
-from .runtime import postgres_pool, salesforce_client
+from .runtime import open_store, salesforce_client
 
 log = structlog.get_logger(__name__)
-
-# A failing object waits 1, 2, 4 … up to 60 s (with jitter) before it tries again.
-RETRY_CAP_S = 60.0
-
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     try:
@@ -110,26 +106,26 @@ class Service:
         return 0
 
     async def _work(self) -> None:
-        async with salesforce_client(self.settings) as client, postgres_pool(self.settings) as pool:
-            self.metrics.client, self.metrics.pool = client, pool
+        async with salesforce_client(self.settings) as client, open_store(self.settings) as store:
+            self.metrics.client, self.metrics.store = client, store
             sf = self.settings.salesforce
             pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens, ca_file=str(sf.ca_file) if sf.ca_file else None,
                                   tls=sf.pubsub_tls)
             try:
                 await asyncio.gather(
-                    *(self._supervise(client, pubsub, pool, n) for n in self.settings.objects),
-                    *(self._supervise_events(pubsub, pool, n) for n in self.settings.stream.platform_events),
+                    *(self._supervise(client, pubsub, store, n) for n in self.settings.objects),
+                    *(self._supervise_events(pubsub, store, n) for n in self.settings.stream.platform_events),
                 )
             finally:
-                self.metrics.pool = None
+                self.metrics.store = None
                 close = getattr(pubsub, "close", None)
                 if close is not None:
                     await close()
 
     async def _keep_running(self, what: str, once: Callable[[], Awaitable[None]],
                             on_error: Callable[[str], Awaitable[None]] | None = None) -> None:
-        """Run `once` until the service stops; a failure retries with backoff (1, 2, 4 … 60 s, jittered) and
-        never stops the other objects. A configuration error stops the service."""
+        """Run `once` until the service stops; a failure runs it again after `retry.restart_delay` (1 s doubling
+        to 60 s, jittered) and never stops the other objects. A configuration error stops the service."""
         failures = 0
         while not self.stop.is_set():
             try:
@@ -142,43 +138,40 @@ class Service:
             except Exception as exc:
                 failures += 1
                 error = f"{type(exc).__name__}: {exc}"
-                delay = min(RETRY_CAP_S, 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
+                delay = restart_delay(exc, failures)
                 log.error("service.failed", what=what, error=error, retry_in_s=round(delay, 1), failures=failures)
                 self.metrics.errors.labels(object=what, kind=type(exc).__name__).inc()
                 if on_error is not None:
                     await on_error(error)
                 await _sleep_or_stop(self.stop, delay)
 
-    async def _supervise(self, client, pubsub, pool, name: str) -> None:
+    async def _supervise(self, client, pubsub, store: Store, name: str) -> None:
         obj = self.settings.objects[name]
         health = self.metrics.object(name)
 
         async def once() -> None:
-            async with pool.acquire() as conn:
-                st = await state.get_object(conn, name)
-            stream = self.streams[name] = ObjectStream(client, pubsub, pool, self.settings, name, obj, self.metrics)
+            st = await store.get_object(name)
+            stream = self.streams[name] = ObjectStream(client, pubsub, store, self.settings, name, obj, self.metrics)
             if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
                 health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
                 if st is None or st.phase == "NEW" or not st.job_id:  # a resumed backfill keeps its position
                     await until_stopped(self.stop, stream.capture_position())
                 log.info("service.backfill", object=name)
-                backfill = Backfill(client, pool, self.settings, name, obj, self.metrics.backfill_progress)
+                backfill = Backfill(client, store, self.settings, name, obj, self.metrics.backfill_progress)
                 await until_stopped(self.stop, backfill.run())
-            async with pool.acquire() as conn:
-                await state.set_phase(conn, name, "STREAMING")
+            await store.set_phase(name, "STREAMING")
             health.last_error = None
             await stream.run(self.stop)
 
         async def record(error: str) -> None:
             health.phase, health.connected, health.last_error = "RETRYING", False, error
-            async with pool.acquire() as conn:
-                await state.record_error(conn, name, error)
+            await store.record_error(name, error)
 
         await self._keep_running(name, once, record)
 
-    async def _supervise_events(self, pubsub, pool, name: str) -> None:
+    async def _supervise_events(self, pubsub, store: Store, name: str) -> None:
         await self._keep_running(f"/event/{name}",
-                                 lambda: PlatformEventStream(pubsub, pool, self.settings, name).run(self.stop))
+                                 lambda: PlatformEventStream(pubsub, store, self.settings, name).run(self.stop))
 
 
 async def run_command(settings: Settings) -> int:

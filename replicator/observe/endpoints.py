@@ -18,6 +18,8 @@ from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
+# /readyz waits this long for Postgres: under the readiness probe's timeoutSeconds (3 s in
+# deploy/kubernetes/replicator.yaml), so a hung database gives a 503 that says why, not a probe timeout that says nothing.
 _PG_TIMEOUT_S = 2.0
 
 
@@ -79,13 +81,12 @@ class Endpoints:
         return _json(200, {"status": status, "uptime_s": round(time.time() - self.started, 1)})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        pg_ok, pg_error = False, "no pool yet"
-        pool = self.metrics.pool
-        if pool is not None:
+        pg_ok, pg_error = False, "no database connection yet"
+        store = self.metrics.store
+        if store is not None:
             try:
                 async with asyncio.timeout(_PG_TIMEOUT_S):
-                    async with pool.acquire() as conn:
-                        await conn.fetchval("SELECT 1")
+                    await store.ping()
                 pg_ok, pg_error = True, None
             except Exception as exc:  # any failure means "not ready", with the reason in the body
                 pg_error = f"{type(exc).__name__}: {exc}"

@@ -90,7 +90,7 @@ class Metrics:
         self.retention_s = retention_s
         self.objects: dict[str, ObjectHealth] = {}
         self.client = None  # SalesforceClient: API calls and the daily allocation
-        self.pool = None  # asyncpg pool: usage
+        self.store = None  # postgres.store.Store: pool usage
         r = self.registry
         self.backfill_rows = Counter("replicator_backfill_rows", "Rows loaded by backfills.", ["object"], registry=r)
         self.events_received = Counter("replicator_events_received", "Change events received.", ["object"], registry=r)
@@ -175,11 +175,11 @@ class _Collector:
                 yield GaugeMetricFamily("replicator_api_requests_remaining", "Daily API requests left.",
                                         value=float(cap - used))
                 yield GaugeMetricFamily("replicator_api_requests_max", "Daily API allocation.", value=float(cap))
-        pool = self.m.pool
-        if pool is not None:
+        store = self.m.store
+        if store is not None:
             conns = GaugeMetricFamily("replicator_postgres_pool_connections", "Pool connections.", labels=["state"])
-            size, idle = pool.get_size(), pool.get_idle_size()
+            size, idle, most = store.usage()
             conns.add_metric(["in_use"], float(size - idle))
             conns.add_metric(["idle"], float(idle))
-            conns.add_metric(["max"], float(pool.get_max_size()))
+            conns.add_metric(["max"], float(most))
             yield conns

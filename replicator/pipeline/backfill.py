@@ -2,7 +2,8 @@
 
 Resumable: the job id is stored before any page is downloaded, and each page is recorded in the transaction
 that loads it. A restart continues the same job at the pages not yet committed while the job exists
-(Salesforce deletes terminal jobs after 7 days, §2.1); otherwise a new job starts, loaded through the
+(Salesforce deletes terminal jobs after 7 days,
+docs/salesforce-bulk-rest-oauth.md §2.1); otherwise a new job starts, loaded through the
 keyed upsert so rows already present are not duplicated.
 """
 
@@ -18,9 +19,8 @@ from dataclasses import dataclass
 import structlog
 
 from ..config import ObjectSettings, Settings
-from ..model import DeadLetter, JobFailedError, TerminalError
-from ..postgres import state
-from ..postgres.sink import BadPageError, PageSink
+from ..model import DeadLetter, JobFailedError, RejectedDataError, TerminalError
+from ..postgres.store import Store
 from ..retry import retry_transient
 from ..salesforce.bulk import BulkClient, ResultPage
 from ..salesforce.client import SalesforceClient
@@ -67,7 +67,7 @@ class Backfill:
     def __init__(
         self,
         client: SalesforceClient,
-        pool,
+        store: Store,
         settings: Settings,
         name: str,
         obj: ObjectSettings,
@@ -75,7 +75,7 @@ class Backfill:
     ):
         self.client = client
         self.bulk = BulkClient(client, poll_max=settings.backfill.poll_max_s)
-        self.pool = pool
+        self.store = store
         self.settings = settings
         self.name = name
         self.obj = obj
@@ -86,7 +86,7 @@ class Backfill:
         self.progress.started = time.monotonic()
         describe = await self.client.describe(self.name)
         info = object_table(describe, self.settings.postgres.schema_, self.obj)
-        self.sink = PageSink(self.pool, info)
+        self.sink = self.store.page_sink(info)
         self.spec = info.spec
         empty = await self.sink.prepare()
         attempts = self.settings.backfill.job_retries + 1
@@ -102,16 +102,14 @@ class Backfill:
                     raise TerminalError(
                         f"{self.name}: Bulk query job failed {attempts} times (last {job_id}): {exc}"
                     ) from exc
-        async with self.pool.acquire() as conn:
-            await state.finish_backfill(conn, self.name)
+        await self.store.finish_backfill(self.name)
         self.progress.finished = time.monotonic()
         self._on_progress(self.progress)
         return self.progress
 
     async def _job(self, table_empty: bool, resume: bool) -> tuple[str, str, int]:
         """The job to extract from: the stored one if it still exists, else a new one (recorded first)."""
-        async with self.pool.acquire() as conn:
-            st = await state.get_object(conn, self.name)
+        st = await self.store.get_object(self.name)
         if resume and st and st.phase == "BACKFILLING" and st.job_id:
             try:
                 job = await self.bulk.get_job(st.job_id)
@@ -129,8 +127,7 @@ class Backfill:
         page_size = self.settings.backfill.page_size
         job = await self.bulk.create_query_job(soql(self.spec), all_rows=True)
         mode = "copy" if table_empty else "upsert"
-        async with self.pool.acquire() as conn:
-            await state.start_job(conn, self.name, job.id, mode, page_size)
+        await self.store.start_job(self.name, job.id, mode, page_size)
         log.info("backfill.job_created", object=self.name, job_id=job.id, load_mode=mode)
         return job.id, mode, page_size
 
@@ -139,9 +136,8 @@ class Backfill:
         job = await self.bulk.wait_for_job(job_id)
         self.progress.load_started = time.monotonic()
         self.progress.rows_expected = job.number_records_processed
-        async with self.pool.acquire() as conn:
-            await state.set_expected(conn, self.name, job.number_records_processed)
-            done = await state.committed_pages(conn, self.name, job_id)
+        await self.store.set_expected(self.name, job.number_records_processed)
+        done = await self.store.committed_pages(self.name, job_id)
         self.progress.resumed_pages = len(done)
         self._on_progress(self.progress)
         slots = asyncio.Semaphore(self.settings.backfill.parallel_pages)
@@ -170,7 +166,7 @@ class Backfill:
         try:
             rows = await retry_transient(fast, what=f"{self.name} page {page.locator or 'first'}")
             dead = 0
-        except BadPageError as exc:
+        except RejectedDataError as exc:
             log.warning("backfill.page_rejected", object=self.name, locator=page.locator, error=str(exc))
             rows, dead = await retry_transient(lambda: self._load_page_checked(page, mode), what="careful page")
         self.progress.rows_done += rows

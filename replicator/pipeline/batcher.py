@@ -1,7 +1,7 @@
 """Cutting the event stream into batches, bounded by events and by time, never inside a transaction.
 
 A Salesforce transaction (all changes sharing a `transactionKey`) must be applied in one database
-transaction (pubsub-cdc.md §7). Events of one transaction arrive back to back, in commit order, so a
+transaction (docs/salesforce-pubsub-cdc.md §7). Events of one transaction arrive back to back, in commit order, so a
 transaction is known complete when an event of another transaction or a keepalive follows it. The
 trailing transaction is held back until then, or until it has been idle for `hold_s` (its events were
 published together at commit, so a pause means it is over), so a quiet stream is not delayed forever.
@@ -18,16 +18,11 @@ from ..model import StreamEvent
 
 log = structlog.get_logger(__name__)
 
-# Defaults. 2,000 events is Salesforce's own trigger batch size for change events; BASELINES.md measured
-# ~22k upserts/s at 100 per transaction against ~5.6k/s at 1, so larger batches pay; the time bound keeps
-# lag low at low rates (commit → applied lag is at most max_wait plus the apply).
-MAX_EVENTS = 2_000
-MAX_WAIT_S = 0.2
+# How long the trailing transaction may stay idle before it is taken as complete. A transaction's events are
+# published together at its commit and arrive back to back (the gap between two FetchResponses of one burst is
+# milliseconds), so half a second of silence means it is over; it adds at most that much lag to the last
+# transaction of a quiet stream. The batch bounds themselves are settings (config.py, `[stream]`).
 HOLD_S = 0.5
-# A transaction larger than this is split across commits to keep memory bounded (measured ~2.8 KB per full
-# Account event held; `stream.max_transaction_events`). Salesforce caps the changes it sends for one
-# transaction at 100,000 (then GAP_OVERFLOW, §7), so the default never splits Salesforce's traffic.
-MAX_TRANSACTION_EVENTS = 200_000
 
 
 def _txn(event: StreamEvent) -> str | None:
@@ -36,10 +31,11 @@ def _txn(event: StreamEvent) -> str | None:
 
 @dataclass(slots=True)
 class Batcher:
-    max_events: int = MAX_EVENTS
-    max_wait_s: float = MAX_WAIT_S
+    max_events: int
+    max_wait_s: float
     hold_s: float = HOLD_S
-    max_transaction_events: int = MAX_TRANSACTION_EVENTS
+    # A transaction longer than this is split across commits (memory bound; `stream.max_transaction_events`).
+    max_transaction_events: int | None = None
     pending: list[StreamEvent] = field(default_factory=list)
     first_at: float | None = None
     last_at: float = 0.0
@@ -62,7 +58,8 @@ class Batcher:
         if event.keepalive:
             return self._cut(len(self.pending))
         if len(self.pending) >= self.max_events:
-            if len(self.pending) >= self.max_transaction_events:  # bound memory: split, loudly
+            if self.max_transaction_events is not None and len(self.pending) >= self.max_transaction_events:
+                # bound memory: split, loudly
                 log.warning("stream.transaction_split", transaction_key=self._tail_txn, events=len(self.pending),
                             max_transaction_events=self.max_transaction_events,
                             consequence="this transaction is applied in more than one commit")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from ..config import Settings
-from ..postgres import apply as pg
-from ..postgres import dead_letters as store
+from ..model import RejectedDataError
+from ..postgres.store import Store
 from .changes import record_op
 from .schema import object_table
 
@@ -43,12 +43,11 @@ def soql_string(value: str) -> str:
     return f"'{escaped}'"
 
 
-async def retry(client, pool, settings: Settings, object_: str | None = None, ids: list[int] | None = None,
+async def retry(client, store: Store, settings: Settings, object_: str | None = None, ids: list[int] | None = None,
                 force: bool = False) -> RetryResult:
     """Retry open dead letters: those due (next retry time passed), or every one named by `ids` / `force`."""
     out = RetryResult()
-    async with pool.acquire() as conn:
-        rows = await store.list_open(conn, object_, ids, due_only=not (ids or force))
+    rows = await store.open_dead_letters(object_, ids, due_only=not (ids or force))
     by_object: dict[str, list[dict]] = {}
     for r in rows:
         by_object.setdefault(r["object"], []).append(r)
@@ -61,16 +60,16 @@ async def retry(client, pool, settings: Settings, object_: str | None = None, id
             out.need_resync[name] = len(keyless)
         keyed = [r for r in letters if r["record_key"]]
         if keyed:
-            await _retry_object(client, pool, settings, name, keyed, out)
+            await _retry_object(client, store, settings, name, keyed, out)
     return out
 
 
-async def _retry_object(client, pool, settings: Settings, name: str, letters: list[dict], out: RetryResult):
+async def _retry_object(client, store: Store, settings: Settings, name: str, letters: list[dict], out: RetryResult):
     obj = settings.objects[name]
     describe = await client.describe(name)
     table = object_table(describe, settings.postgres.schema_, obj)
     spec = table.spec
-    sink = pg.StreamSink(pool, table)
+    sink = store.stream_sink(table)
     key_field = next((c.field for c in spec.columns if c.name == spec.key), "Id")
     keys = sorted({r["record_key"] for r in letters})
     found: dict[str, dict] = {}
@@ -87,17 +86,16 @@ async def _retry_object(client, pool, settings: Settings, name: str, letters: li
                 found[str(record[key_field])] = record
     for letter in letters:
         record = found.get(letter["record_key"])
-        async with pool.acquire() as conn:
-            if record is None:
-                await store.resolve(conn, [letter["id"]], "the record no longer exists in Salesforce")
-                out.gone += 1
-                continue
-            try:
-                await sink.apply([record_op(record, spec, 0)], [], None)
-            except pg.BadBatchError as exc:
-                await store.failed_again(conn, [letter["id"]], f"retry refused by postgres: {exc}")
-                out.failed += 1
-                continue
-            await store.resolve(conn, [letter["id"]], "applied on retry")
-            out.applied += 1
+        if record is None:
+            await store.resolve_dead_letters([letter["id"]], "the record no longer exists in Salesforce")
+            out.gone += 1
+            continue
+        try:
+            await sink.apply([record_op(record, spec, 0)], [], None)
+        except RejectedDataError as exc:
+            await store.dead_letters_failed_again([letter["id"]], f"retry refused by postgres: {exc}")
+            out.failed += 1
+            continue
+        await store.resolve_dead_letters([letter["id"]], "applied on retry")
+        out.applied += 1
     log.info("dead_letters.retried", object=name, letters=len(letters))

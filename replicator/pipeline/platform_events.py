@@ -8,24 +8,22 @@ import asyncio
 import structlog
 
 from ..model import Checkpoint, DeadLetter, StreamEvent
-from ..postgres import apply as pg
-from ..postgres import events as pg_events
+from ..postgres.store import Store
 from .batcher import Batcher
 
 log = structlog.get_logger(__name__)
 
 
 class PlatformEventStream:
-    def __init__(self, pubsub, pool, settings, name: str):
-        self.pubsub, self.pool, self.settings, self.name = pubsub, pool, settings, name
+    def __init__(self, pubsub, store: Store, settings, name: str):
+        self.pubsub, self.store, self.settings, self.name = pubsub, store, settings, name
         self.topic = f"/event/{name}"
         self.schema, self.table = settings.postgres.schema_, name.lower()
         self.appended = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        await pg_events.prepare(self.pool, self.schema, self.table)
-        async with self.pool.acquire() as conn:
-            position = await pg.load_checkpoint(conn, self.topic)
+        await self.store.prepare_events(self.schema, self.table)
+        position = await self.store.load_checkpoint(self.topic)
         sub = self.pubsub.subscribe(self.topic, replay_id=position)
         batcher = Batcher(self.settings.stream.batch_max_events, self.settings.stream.batch_max_wait_s, hold_s=0)
         it = sub.__aiter__()
@@ -58,7 +56,7 @@ class PlatformEventStream:
                 rows.append((e.replay_id, e.schema_id, None, e.record or {}))
         events = sum(1 for e in batch if not e.keepalive)
         checkpoint = Checkpoint(self.topic, batch[-1].replay_id, None)
-        self.appended += await pg_events.append(self.pool, self.schema, self.table, rows, checkpoint, events, dead)
+        self.appended += await self.store.append_events(self.schema, self.table, rows, checkpoint, events, dead)
         if events:
             log.info("platform_events.batch", topic=self.topic, events=events, appended=len(rows),
                      dead_letters=len(dead))

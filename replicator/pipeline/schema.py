@@ -11,8 +11,7 @@ import re
 import structlog
 
 from ..config import ObjectSettings
-from ..model import ColumnSpec, ConfigError, FieldSpec, ObjectDescribe, TableSpec
-from ..postgres.sink import TableInfo
+from ..model import ColumnSpec, ConfigError, FieldSpec, ObjectDescribe, TableInfo, TableSpec
 
 # Describe `type` → Postgres type. Text types are unbounded `text`: Salesforce can lengthen a field at any
 # time, and a varchar(n) would then reject rows. Numbers are unconstrained `numeric` so the CSV value
@@ -45,11 +44,11 @@ PG_TYPES: dict[str, str] = {
     "time": "time",
 }
 
-# Compound fields are rejected by Bulk queries (§1.8): their components are ordinary fields. base64 is not
-# supported by Bulk API queries either (airbyte leaves it out, §1.8).
+# Compound fields are rejected by Bulk queries (docs/salesforce-bulk-rest-oauth.md §1.9): their components are
+# ordinary fields. base64 is not supported by Bulk API queries either (airbyte leaves it out, docs/salesforce-bulk-rest-oauth.md §1.8).
 SKIPPED_TYPES = frozenset({"address", "location", "base64"})
 
-# The record version of a bulk row, in order of preference (DESIGN.md contract 2).
+# The record version of a bulk row, in order of preference (docs/design.md, contract 2).
 VERSION_FIELDS = ("SystemModstamp", "LastModifiedDate", "CreatedDate")
 
 log = structlog.get_logger(__name__)
@@ -109,7 +108,7 @@ def table_spec(
         if wanted is not None and f.name.lower() not in wanted:
             continue
         if f.calculated and f.name.lower() not in always:
-            # Formula fields are never in change events (pubsub-cdc.md §5): a copy could not keep them current.
+            # Formula fields are never in change events (docs/salesforce-pubsub-cdc.md §5): a copy could not keep them current.
             continue
         if not _API_NAME.match(f.name):
             log.warning("schema.field_skipped", object=describe.name, field=f.name,
@@ -149,7 +148,7 @@ def version_column(spec: TableSpec) -> str | None:
 
 
 def soql(spec: TableSpec) -> str:
-    """The Bulk query that extracts the table's columns (no ORDER BY: it disables PK chunking, §1.9)."""
+    """The Bulk query that extracts the table's columns (no ORDER BY: it disables PK chunking, docs/salesforce-bulk-rest-oauth.md §1.9)."""
     return f"SELECT {', '.join(spec.fields)} FROM {spec.object}"
 
 

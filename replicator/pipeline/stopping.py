@@ -6,11 +6,9 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from ..model import Stopped
+
 T = TypeVar("T")
-
-
-class Stopped(Exception):
-    """The service is stopping: the interrupted step is resumable and will run again after a restart."""
 
 
 async def until_stopped(stop: asyncio.Event, coro: Awaitable[T]) -> T:

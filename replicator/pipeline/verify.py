@@ -5,8 +5,8 @@ from __future__ import annotations
 import structlog
 
 from ..config import Settings
-from ..postgres.compare import Comparison, Diff, Repair
-from ..postgres.sink import PageSink
+from ..postgres.compare import Diff, Repair
+from ..postgres.store import Store
 from ..salesforce.bulk import BulkClient
 from ..salesforce.client import SalesforceClient
 from .schema import object_table, soql
@@ -14,7 +14,7 @@ from .schema import object_table, soql
 log = structlog.get_logger(__name__)
 
 
-async def verify_object(client: SalesforceClient, pool, settings: Settings, name: str,
+async def verify_object(client: SalesforceClient, store: Store, settings: Settings, name: str,
                         repair: bool = False) -> tuple[Diff, Repair | None]:
     """The differences between the table and a fresh extract; with `repair`, also fix them and compare
     again (the second Diff is what remains, e.g. rows the stream changed after the extract)."""
@@ -23,15 +23,12 @@ async def verify_object(client: SalesforceClient, pool, settings: Settings, name
     table = object_table(describe, settings.postgres.schema_, obj)
     spec = table.spec
     if repair:
-        await PageSink(pool, table).prepare()  # adds columns the table lacks
-    async with pool.acquire() as conn:
-        extract_started = await conn.fetchval("SELECT now()")
+        await store.page_sink(table).prepare()  # adds columns the table lacks
+    extract_started = await store.now()
     bulk = BulkClient(client, poll_max=settings.backfill.poll_max_s)
     job = await bulk.create_query_job(soql(spec), all_rows=True)
     await bulk.wait_for_job(job.id)
-    async with pool.acquire() as conn:
-        cmp = Comparison(conn, spec, hard_deletes=table.hard_deletes)
-        await cmp.start()
+    async with store.comparison(spec, hard_deletes=table.hard_deletes) as cmp:
         rows = 0
         async for page in bulk.result_pages(job.id, max_records=settings.backfill.page_size):
             async with bulk.open_page(page) as stream:
@@ -43,6 +40,5 @@ async def verify_object(client: SalesforceClient, pool, settings: Settings, name
             log.info("verify.repaired", object=name, written=fixed.written, deleted=fixed.deleted,
                      kept_newer=fixed.kept_newer)
             diff = await cmp.diff()
-        await cmp.close()
     log.info("verify.done", object=name, rows=rows, missing=diff.missing, extra=diff.extra, different=diff.different)
     return diff, fixed

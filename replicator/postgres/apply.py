@@ -2,7 +2,7 @@
 
 Statements work on whole batches through `unnest` of typed arrays (one statement per kind of operation,
 one per set of columns for partial updates), never one round trip per row. Every statement carries the
-version guard: a change older than the row (`_sf_version`) is skipped (DESIGN.md contract 2). Rows are
+version guard: a change older than the row (`_sf_version`) is skipped (docs/design.md, contract 2). Rows are
 found by their Salesforce Id (`id` column), whatever the table's key, because change events carry Ids.
 
 Safe to call again with the same batch: the guard compares with `<=`, and applying the same values
@@ -11,36 +11,18 @@ again leaves the same row.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 import asyncpg
 import orjson
 import structlog
 
-from ..model import (
-    SYNCED_COLUMN,
-    VERSION_COLUMN,
-    Checkpoint,
-    DeadLetter,
-    RowOp,
-    TransientError,
-)
+from ..model import SYNCED_COLUMN, VERSION_COLUMN, Checkpoint, DeadLetter, RowOp, TableInfo
 from . import ddl, state
-from .sink import DATA_ERRORS, TRANSIENT_PG_ERRORS, TableInfo
+from .errors import mapped
+from .state import ms_to_datetime as _ts
 
 log = structlog.get_logger(__name__)
-
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def _ts(ms: int) -> dt.datetime:
-    return EPOCH + dt.timedelta(milliseconds=ms)
-
-
-class BadBatchError(Exception):
-    """Postgres refused a value of the batch; nothing was committed. The caller isolates the bad rows."""
-
 
 @dataclass(slots=True)
 class ApplyResult:
@@ -59,46 +41,47 @@ class StreamSink:
         self.types = {c.name: c.pg_type for c in spec.columns}
         self.has_modstamp = "systemmodstamp" in self.types
 
+    @mapped
     async def existing_ids(self, ids: list[str]) -> set[str]:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(f'SELECT "id" FROM {self.q} WHERE "id" = ANY($1::text[])', ids)
         return {r[0] for r in rows}
 
+    @mapped
     async def apply(
         self, ops: list[RowOp], dead: list[DeadLetter], checkpoint: Checkpoint | None, events: int = 0
     ) -> ApplyResult:
-        """`events`: how many delivered events (not keepalives) the batch covers, added to the topic's count."""
+        """Apply folded row operations, dead letters and the checkpoint in one transaction. `events`: how many
+        delivered events (not keepalives) the batch covers, added to the topic's count.
+
+        Raises RejectedDataError when Postgres refuses a value (nothing committed; the caller isolates the
+        bad rows), DatabaseUnavailableError when the database cannot serve now."""
         result = ApplyResult()
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                if self.t.hard_deletes:  # a record that ends deleted is removed, whatever came before
-                    ops = [RowOp(o.key, "delete", version=o.version, commit_ms=o.commit_ms) if o.deleted else o
-                           for o in ops]
-                full = [o for o in ops if o.kind in ("upsert", "undelete")]
-                if full:
-                    n = await self._upsert(conn, full)
-                    result.upserts += n
-                    result.skipped += len(full) - n
-                updates = [o for o in ops if o.kind == "update"]
-                if updates:
-                    n = await self._update(conn, updates)
-                    result.updates += n
-                    result.skipped += len(updates) - n
-                deletes = [o for o in ops if o.kind == "delete"]
-                changed = [o for o in deletes if o.values]
-                if changed and not self.t.hard_deletes:
-                    await self._update(conn, changed)  # fields changed earlier in the batch, then the soft delete
-                if deletes:
-                    n = await self._delete(conn, deletes)
-                    result.deletes += n
-                    result.skipped += len(deletes) - n
-                await state.add_dead_letters(conn, dead)
-                if checkpoint is not None:
-                    await save_checkpoint(conn, checkpoint, events)
-        except DATA_ERRORS as exc:
-            raise BadBatchError(str(exc).splitlines()[0]) from exc
-        except TRANSIENT_PG_ERRORS as exc:
-            raise TransientError(f"postgres: {exc}") from exc
+        async with self.pool.acquire() as conn, conn.transaction():
+            if self.t.hard_deletes:  # a record that ends deleted is removed, whatever came before
+                ops = [RowOp(o.key, "delete", version=o.version, commit_ms=o.commit_ms) if o.deleted else o
+                       for o in ops]
+            full = [o for o in ops if o.kind in ("upsert", "undelete")]
+            if full:
+                n = await self._upsert(conn, full)
+                result.upserts += n
+                result.skipped += len(full) - n
+            updates = [o for o in ops if o.kind == "update"]
+            if updates:
+                n = await self._update(conn, updates)
+                result.updates += n
+                result.skipped += len(updates) - n
+            deletes = [o for o in ops if o.kind == "delete"]
+            changed = [o for o in deletes if o.values]
+            if changed and not self.t.hard_deletes:
+                await self._update(conn, changed)  # fields changed earlier in the batch, then the soft delete
+            if deletes:
+                n = await self._delete(conn, deletes)
+                result.deletes += n
+                result.skipped += len(deletes) - n
+            await state.add_dead_letters(conn, dead)
+            if checkpoint is not None:
+                await state.save_checkpoint(conn, checkpoint, events)
         return result
 
     def _system(self, op: RowOp) -> dict:
@@ -194,38 +177,3 @@ class StreamSink:
             sql = f"UPDATE {self.q} AS cur SET {', '.join(sets)} FROM {src} WHERE {guard}"
         status = await conn.execute(sql, ids, versions)
         return int(status.rsplit(" ", 1)[-1])
-
-
-async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, events: int = 0) -> None:
-    await conn.execute(
-        "INSERT INTO replicator.checkpoints (topic, replay_id, commit_timestamp, events_applied, updated_at,"
-        " applied_at) VALUES ($1, $2, $3, $4, now(), CASE WHEN $4::bigint > 0 THEN now() END)"
-        " ON CONFLICT (topic) DO UPDATE SET replay_id = EXCLUDED.replay_id,"
-        " commit_timestamp = coalesce(EXCLUDED.commit_timestamp, replicator.checkpoints.commit_timestamp),"
-        " events_applied = replicator.checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now(),"
-        " applied_at = coalesce(EXCLUDED.applied_at, replicator.checkpoints.applied_at)",
-        cp.topic, cp.replay_id, _ts(cp.commit_timestamp) if cp.commit_timestamp is not None else None, events,
-    )
-
-
-async def load_checkpoint(conn: asyncpg.Connection, topic: str) -> bytes | None:
-    return await conn.fetchval("SELECT replay_id FROM replicator.checkpoints WHERE topic = $1", topic)
-
-
-async def drop_checkpoint(conn: asyncpg.Connection, topic: str) -> None:
-    await conn.execute("DELETE FROM replicator.checkpoints WHERE topic = $1", topic)
-
-
-
-
-async def checkpoint_times(conn: asyncpg.Connection, topic: str) -> tuple[float | None, float, float] | None:
-    """(commit time of the newest applied event, age basis of the stored position, when it was saved), in
-    epoch seconds, or None without a checkpoint. A position saved from a keepalive is as old as its saving."""
-    row = await conn.fetchrow(
-        "SELECT extract(epoch FROM commit_timestamp) AS c, extract(epoch FROM updated_at) AS u"
-        " FROM replicator.checkpoints WHERE topic = $1", topic)
-    if row is None:
-        return None
-    commit = float(row["c"]) if row["c"] is not None else None
-    saved = float(row["u"])
-    return commit, (commit if commit is not None else saved), saved

@@ -9,6 +9,7 @@ import asyncpg
 
 from ..model import SYNCED_COLUMN, TableSpec
 from . import ddl
+from .errors import mapped
 from .sink import _strip_nul
 
 _STAGING = "_verify_extract"
@@ -43,10 +44,12 @@ class Comparison:
         self.spec = spec
         self.hard_deletes = hard_deletes
 
+    @mapped
     async def start(self) -> None:
         await self.conn.execute(f"DROP TABLE IF EXISTS {ddl.quote_ident(_STAGING)}")
         await self.conn.execute(ddl.create_staging(self.spec, _STAGING).replace(" ON COMMIT DROP", ""))
 
+    @mapped
     async def load(self, chunks: AsyncIterable[bytes]) -> int:
         status = await self.conn.copy_to_table(
             _STAGING,
@@ -75,6 +78,7 @@ class Comparison:
         return [c.name for c in self.spec.columns if c.name not in present], \
             " OR ".join(f"a.{c} IS DISTINCT FROM b.{c}" for c in cols)
 
+    @mapped
     async def diff(self, limit: int = 5) -> Diff:
         """Counts and examples of missing, extra and different rows. The extract stays loaded (for repair)
         until `close()`."""
@@ -96,6 +100,7 @@ class Comparison:
                 out.examples[kind] = [r[0] for r in rows]
         return out
 
+    @mapped
     async def repair(self, version_column: str | None, extract_started) -> Repair:
         """Make the table equal to the extract, in one transaction, without undoing newer work: missing and
         different rows are written through the keyed upsert with its version guard (a row the stream changed
@@ -122,5 +127,6 @@ class Comparison:
             out.deleted = int(status.rsplit(" ", 1)[-1])
         return out
 
+    @mapped
     async def close(self) -> None:
         await self.conn.execute(f"DROP TABLE IF EXISTS {ddl.quote_ident(_STAGING)}")

@@ -80,10 +80,10 @@ def create_staging(spec: TableSpec, staging: str) -> str:
 
 
 def upsert_from_staging(spec: TableSpec, staging: str, version_column: str | None) -> str:
-    """Keyed upsert with the version guard (DESIGN.md contracts 1 and 2).
+    """Keyed upsert with the version guard (docs/design.md, contracts 1 and 2).
 
     Staged rows older than the row already present are filtered out before the upsert (a replay that changes
-    nothing should not lock and WAL-log every row, BASELINES.md). A bulk row that wins clears the stream
+    nothing should not lock and WAL-log every row, docs/baselines.md). A bulk row that wins clears the stream
     version, so `_sf_version` becomes its SystemModstamp again.
     """
     table = qualified(spec)

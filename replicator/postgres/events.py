@@ -7,7 +7,6 @@ import orjson
 
 from ..model import Checkpoint, DeadLetter
 from . import ddl, state
-from .apply import save_checkpoint
 
 
 def table_sql(schema: str, table: str) -> str:
@@ -19,17 +18,17 @@ def table_sql(schema: str, table: str) -> str:
     )
 
 
-async def prepare(pool: asyncpg.Pool, schema: str, table: str) -> None:
-    async with pool.acquire() as conn, conn.transaction():
+async def prepare(conn: asyncpg.Connection, schema: str, table: str) -> None:
+    async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.ddl'))")
         await conn.execute(table_sql(schema, table))
 
 
-async def append(pool: asyncpg.Pool, schema: str, table: str, rows: list[tuple[bytes, str, str | None, dict]],
+async def append(conn: asyncpg.Connection, schema: str, table: str, rows: list[tuple[bytes, str, str | None, dict]],
                  checkpoint: Checkpoint, events: int, dead: list[DeadLetter]) -> int:
     """Insert events (replay id, schema id, event id, decoded fields); a replay id already there adds nothing."""
     q = f"{ddl.quote_ident(schema)}.{ddl.quote_ident(table)}"
-    async with pool.acquire() as conn, conn.transaction():
+    async with conn.transaction():
         inserted = 0
         if rows:
             status = await conn.execute(
@@ -40,5 +39,5 @@ async def append(pool: asyncpg.Pool, schema: str, table: str, rows: list[tuple[b
             )
             inserted = int(status.rsplit(" ", 1)[-1])
         await state.add_dead_letters(conn, dead)
-        await save_checkpoint(conn, checkpoint, events)
+        await state.save_checkpoint(conn, checkpoint, events)
     return inserted

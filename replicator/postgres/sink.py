@@ -12,47 +12,19 @@ crash at any instant leaves each page loaded entirely or not at all.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
 
 import asyncpg
 import structlog
 
-from ..model import DeadLetter, TableSpec, TransientError
+from ..model import DeadLetter, TableInfo
 from . import ddl, state
+from .errors import mapped
 
 log = structlog.get_logger(__name__)
 
-# Errors that mean "this page's data does not fit the table": the page goes through the careful path.
-DATA_ERRORS = (
-    asyncpg.DataError,  # bad text representation, wrong column count, unterminated quoted field, …
-    asyncpg.IntegrityConstraintViolationError,  # NULL key, duplicate key inside a page
-)
-
-# Serialization failures and deadlocks are worth another try (STYLE.md 4).
-TRANSIENT_PG_ERRORS = (
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.CannotConnectNowError,
-    ConnectionError,
-    OSError,
-)
-
-
-class BadPageError(Exception):
-    """COPY refused the page's data; the caller retries the page through the careful path."""
-
-
-@dataclass(slots=True)
-class TableInfo:
-    spec: TableSpec
-    version_column: str | None
-    has_isdeleted: bool
-    hard_deletes: bool
-
-
 async def _strip_nul(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    # NUL bytes occur in real results and break COPY (BASELINES.md); every client strips them (§1.8).
+    # NUL bytes occur in real results and break COPY (docs/baselines.md, "Salesforce-style CSV straight into COPY");
+    # every client strips them (docs/salesforce-bulk-rest-oauth.md §1.8).
     async for chunk in chunks:
         yield chunk.replace(b"\x00", b"") if b"\x00" in chunk else chunk
 
@@ -69,6 +41,7 @@ class PageSink:
         self.t = table
         self._force_null = [c.name for c in table.spec.columns if c.nullable]
 
+    @mapped
     async def prepare(self) -> bool:
         """Create the table (or add missing columns). Returns True when the table holds no rows."""
         spec = self.t.spec
@@ -125,35 +98,29 @@ class PageSink:
             await conn.execute(f"DELETE FROM {ddl.qualified(spec)} WHERE {ddl.quote_ident('isdeleted')}")
         return rows
 
+    @mapped
     async def load_page(
         self, job_id: str, locator: str, mode: str, chunks: AsyncIterable[bytes]
     ) -> int:
         """COPY one page's CSV (header line included) and record the page, in one transaction.
 
-        Raises BadPageError when the data does not fit (nothing is committed); TransientError on a
-        connection problem. Not safe to call twice for the same page: the page record is unique.
+        Raises RejectedDataError when the data does not fit (nothing is committed), DatabaseUnavailableError
+        on a connection problem. Not safe to call twice for the same page: the page record is unique.
         """
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                rows = await self._load(conn, mode, chunks)
-                await state.record_page(conn, self.t.spec.object, job_id, locator, rows, 0)
-        except DATA_ERRORS as exc:
-            raise BadPageError(str(exc).splitlines()[0]) from exc
-        except TRANSIENT_PG_ERRORS as exc:
-            raise TransientError(f"postgres: {exc}") from exc
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await self._load(conn, mode, chunks)
+            await state.record_page(conn, self.t.spec.object, job_id, locator, rows, 0)
         return rows
 
+    @mapped
     async def load_checked(
         self, job_id: str, locator: str, mode: str, csv_chunks: AsyncIterable[bytes], dead: list[DeadLetter]
     ) -> int:
         """The careful path: rows already checked (CSV with header) plus the page's dead letters."""
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                rows = await self._load(conn, mode, csv_chunks)
-                await state.add_dead_letters(conn, dead)
-                await state.record_page(conn, self.t.spec.object, job_id, locator, rows, len(dead))
-        except TRANSIENT_PG_ERRORS as exc:
-            raise TransientError(f"postgres: {exc}") from exc
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await self._load(conn, mode, csv_chunks)
+            await state.add_dead_letters(conn, dead)
+            await state.record_page(conn, self.t.spec.object, job_id, locator, rows, len(dead))
         return rows
 
 

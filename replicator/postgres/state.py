@@ -1,13 +1,21 @@
-"""The `replicator.objects` and `replicator.backfill_pages` rows: read and written in the caller's transaction."""
+"""The state tables (`replicator.objects`, `replicator.backfill_pages`, `replicator.checkpoints`,
+`replicator.dead_letters` inserts): read and written in the caller's connection and transaction."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import asyncpg
 import orjson
 
-from ..model import DeadLetter
+from ..model import Checkpoint, DeadLetter
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def ms_to_datetime(ms: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(milliseconds=ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +78,7 @@ async def committed_pages(conn: asyncpg.Connection, name: str, job_id: str) -> s
 async def record_page(
     conn: asyncpg.Connection, name: str, job_id: str, locator: str, rows: int, dead_letters: int
 ) -> None:
-    """Must run in the transaction that loaded the page's rows (DESIGN.md contract 4)."""
+    """Must run in the transaction that loaded the page's rows (docs/design.md, contract 4)."""
     await conn.execute(
         "INSERT INTO replicator.backfill_pages (object, job_id, locator, rows, dead_letters) VALUES ($1,$2,$3,$4,$5)",
         name, job_id, locator, rows, dead_letters,
@@ -139,3 +147,39 @@ async def request_resync(conn: asyncpg.Connection, name: str) -> bool:
         "UPDATE replicator.objects SET resync_requested = true, updated_at = now() WHERE object = $1 RETURNING true",
         name,
     ) is not None
+
+
+# Checkpoints: one row per Pub/Sub topic, written in the transaction of the batch it covers.
+
+
+async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, events: int = 0) -> None:
+    await conn.execute(
+        "INSERT INTO replicator.checkpoints (topic, replay_id, commit_timestamp, events_applied, updated_at,"
+        " applied_at) VALUES ($1, $2, $3, $4, now(), CASE WHEN $4::bigint > 0 THEN now() END)"
+        " ON CONFLICT (topic) DO UPDATE SET replay_id = EXCLUDED.replay_id,"
+        " commit_timestamp = coalesce(EXCLUDED.commit_timestamp, replicator.checkpoints.commit_timestamp),"
+        " events_applied = replicator.checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now(),"
+        " applied_at = coalesce(EXCLUDED.applied_at, replicator.checkpoints.applied_at)",
+        cp.topic, cp.replay_id, ms_to_datetime(cp.commit_timestamp) if cp.commit_timestamp is not None else None, events,
+    )
+
+
+async def load_checkpoint(conn: asyncpg.Connection, topic: str) -> bytes | None:
+    return await conn.fetchval("SELECT replay_id FROM replicator.checkpoints WHERE topic = $1", topic)
+
+
+async def drop_checkpoint(conn: asyncpg.Connection, topic: str) -> None:
+    await conn.execute("DELETE FROM replicator.checkpoints WHERE topic = $1", topic)
+
+
+async def checkpoint_times(conn: asyncpg.Connection, topic: str) -> tuple[float | None, float, float] | None:
+    """(commit time of the newest applied event, age basis of the stored position, when it was saved), in
+    epoch seconds, or None without a checkpoint. A position saved from a keepalive is as old as its saving."""
+    row = await conn.fetchrow(
+        "SELECT extract(epoch FROM commit_timestamp) AS c, extract(epoch FROM updated_at) AS u"
+        " FROM replicator.checkpoints WHERE topic = $1", topic)
+    if row is None:
+        return None
+    commit = float(row["c"]) if row["c"] is not None else None
+    saved = float(row["u"])
+    return commit, (commit if commit is not None else saved), saved

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from .ddl import quote_ident
+
 
 async def object_rows(conn: asyncpg.Connection) -> list[dict]:
     rows = await conn.fetch(
@@ -23,7 +25,9 @@ async def object_rows(conn: asyncpg.Connection) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-async def table_rows(conn: asyncpg.Connection, schema: str, table: str) -> int:
-    from .ddl import quote_ident
-
-    return await conn.fetchval(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(table)}")
+async def table_rows(conn: asyncpg.Connection, schema: str, table: str) -> int | None:
+    """Rows in `schema.table`, or None when the table does not exist (yet)."""
+    qualified = f"{quote_ident(schema)}.{quote_ident(table)}"
+    if await conn.fetchval("SELECT to_regclass($1)", qualified) is None:
+        return None
+    return await conn.fetchval(f"SELECT count(*) FROM {qualified}")

@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from replicator.model import Change, Checkpoint, DeadLetter, FieldSpec, ObjectDescribe, Version
+from replicator.model import (
+    Change,
+    Checkpoint,
+    DeadLetter,
+    FieldSpec,
+    ObjectDescribe,
+    RejectedDataError,
+    TableInfo,
+    Version,
+)
 from replicator.pipeline.changes import ColumnMap, fold
 from replicator.pipeline.schema import table_spec, version_column
-from replicator.postgres.apply import BadBatchError, StreamSink, load_checkpoint
-from replicator.postgres.migrate import migrate
-from replicator.postgres.sink import PageSink, TableInfo
+from replicator.postgres.state import load_checkpoint
+from replicator.postgres.store import Store
 
 DESCRIBE = ObjectDescribe(name="Account", fields=(
     FieldSpec("Id", "id"), FieldSpec("Name", "string"), FieldSpec("Phone", "phone"), FieldSpec("Fax", "phone"),
@@ -29,13 +37,12 @@ def ch(kind, ts, fields=None, nulled=(), rid="001000000000001AAA"):
 
 @pytest.fixture
 async def sink(pg_url):
-    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=4)
-    async with pool.acquire() as conn:
-        await migrate(conn)
-    spec = table_spec(DESCRIBE, schema="apply")
-    info = TableInfo(spec, version_column(spec), True, hard_deletes=False)
-    await PageSink(pool, info).prepare()
-    yield StreamSink(pool, info), ColumnMap(spec, DESCRIBE), pool
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)  # the test's own view of the tables
+    async with Store.open(pg_url, pool_size=4) as store:
+        spec = table_spec(DESCRIBE, schema="apply")
+        info = TableInfo(spec, version_column(spec), True, hard_deletes=False)
+        await store.page_sink(info).prepare()
+        yield store.stream_sink(info), ColumnMap(spec, DESCRIBE), pool
     await pool.close()
 
 
@@ -106,7 +113,7 @@ async def test_checkpoint_and_dead_letters_commit_with_the_rows(sink):
     # A failing batch commits nothing: neither rows nor checkpoint.
     bad = list(fold([ch("CREATE", T0 + 1, {"Name": "b"}, rid="001000000000002AAA")], cmap).values())
     bad[0].values["phone"] = 12345678  # not text: asyncpg refuses the array, the transaction rolls back
-    with pytest.raises(BadBatchError):
+    with pytest.raises(RejectedDataError):
         await s.apply(bad, [], Checkpoint("/data/AccountChangeEvent", b"\x09", T0 + 1))
     async with pool.acquire() as conn:
         assert await load_checkpoint(conn, "/data/AccountChangeEvent") == b"\x00\x01\x02"

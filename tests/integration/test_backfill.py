@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from replicator.app.commands import run_backfills
-from replicator.app.runtime import postgres_pool, salesforce_client
+from replicator.app.runtime import open_store, salesforce_client
 from replicator.pipeline.verify import verify_object
 
 from .helpers import OBJECTS, compare_with_truth, ground_truth, settings_for, sim_get
@@ -58,13 +58,13 @@ async def test_second_backfill_upserts_without_duplicates_and_verify_is_equal(si
         await conn.close()
     truth = await ground_truth(sim, "Account")
     assert await compare_with_truth(pg_url, "bf_twice", "Account", "Id", truth) == []
-    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
-        assert (await verify_object(client, pool, settings, "Account"))[0].equal
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        assert (await verify_object(client, store, settings, "Account"))[0].equal
         conn = await asyncpg.connect(pg_url)
         victim = await conn.fetchval("SELECT id FROM bf_twice.account ORDER BY id LIMIT 1")
         await conn.execute("UPDATE bf_twice.account SET name = 'tampered' WHERE id = $1", victim)
         await conn.execute("DELETE FROM bf_twice.account WHERE id = (SELECT max(id) FROM bf_twice.account)")
         await conn.close()
-        diff, _ = await verify_object(client, pool, settings, "Account")
+        diff, _ = await verify_object(client, store, settings, "Account")
     assert (diff.different, diff.missing, diff.extra) == (1, 1, 0)
     assert diff.examples["different"] == [victim]

@@ -6,10 +6,10 @@ import asyncpg
 import pytest
 
 from replicator.app.commands import run_backfills
-from replicator.app.runtime import postgres_pool, salesforce_client
+from replicator.app.runtime import open_store, salesforce_client
 from replicator.model import Change, StreamEvent, Version
 from replicator.pipeline.stream import ObjectStream
-from replicator.postgres.apply import load_checkpoint
+from replicator.postgres.state import load_checkpoint
 from replicator.sim.server import SimulatorThread
 
 from .helpers import compare_with_truth, ground_truth, settings_for, sim_admin
@@ -41,9 +41,9 @@ async def test_bad_events_are_dead_letters_and_gaps_and_orphans_are_fetched(sim,
     conn = await asyncpg.connect(pg_url)
     await conn.execute("UPDATE batches.account SET name = 'stale' WHERE id = $1", b)  # the gap heals this
     await conn.execute("DELETE FROM batches.account WHERE id = $1", c)  # an update for a row we lack
-    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
-        stream = ObjectStream(client, None, pool, settings, "Account", settings.objects["Account"])
-        await stream._load_schema()
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        stream = ObjectStream(client, None, store, settings, "Account", settings.objects["Account"])
+        await stream.applier.load_schema()
         await stream.apply_batch([
             ev(1, error="corrupt Avro payload: unexpected end", payload=b"\x02\xff", schema_id="bad"),
             ev(2, upd("003000000000001AAA", now, obj="Contact", Phone="1")),
@@ -70,9 +70,9 @@ async def test_a_value_postgres_refuses_is_a_dead_letter_and_the_rest_applies(si
     await run_backfills(settings, ["Account"])
     a, b = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][:2]
     now = 4_000_000_000_000
-    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
-        stream = ObjectStream(client, None, pool, settings, "Account", settings.objects["Account"])
-        await stream._load_schema()
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        stream = ObjectStream(client, None, store, settings, "Account", settings.objects["Account"])
+        await stream.applier.load_schema()
         # NumberOfEmployees is an int column: a value past its range is refused by Postgres, not by Python
         await stream.apply_batch([ev(7, upd(a, now, NumberOfEmployees=2**40)), ev(8, upd(b, now, Phone="+1 222"))])
     conn = await asyncpg.connect(pg_url)
@@ -98,9 +98,9 @@ async def test_gap_then_delete_keeps_the_deleted_records_last_values(sim, pg_url
     import datetime as dt
 
     ms = int(dt.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000)
-    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
-        stream = ObjectStream(client, None, pool, settings, "Account", settings.objects["Account"])
-        await stream._load_schema()
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        stream = ObjectStream(client, None, store, settings, "Account", settings.objects["Account"])
+        await stream.applier.load_schema()
         await stream.apply_batch([ev(11, upd(acc, ms - 1, kind="GAP_UPDATE")), ev(12, upd(acc, ms, kind="DELETE"))])
     problems = await compare_with_truth(pg_url, "gapdel", "Account", "Id", truth)
     assert [p for p in problems if not p.endswith(": extra")] == []  # only this record is compared

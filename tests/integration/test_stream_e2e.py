@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from replicator.app.runtime import postgres_pool, salesforce_client
+from replicator.app.runtime import open_store, salesforce_client
 from replicator.app.service import Service
 from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
@@ -64,9 +64,9 @@ async def test_every_kind_of_change_then_verify_equal(sim, pg_url):
     assert await pg_value(pg_url, "SELECT sum(events_applied) FROM replicator.checkpoints") == published
     assert sum(s.stats.duplicates for s in svc.streams.values()) > 0
     assert sum(s.stats.refetched for s in svc.streams.values()) > 0  # gap events healed by id
-    async with salesforce_client(settings) as client, postgres_pool(settings) as pool:
+    async with salesforce_client(settings) as client, open_store(settings) as store:
         for name in OBJECTS:
-            diff, _ = await verify_object(client, pool, settings, name)
+            diff, _ = await verify_object(client, store, settings, name)
             assert diff.equal, (name, diff)
     assert await pg_value(pg_url, "SELECT count(*) FROM e2e.account WHERE segment__c = 'enterprise'") >= 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from replicator.config import StreamSettings
 from replicator.model import Change, StreamEvent, Version
 from replicator.pipeline.batcher import Batcher
 
@@ -90,7 +91,7 @@ def test_batches_equal_those_of_a_full_scan_on_random_streams():
                 out.append(b.add(event, now))
         assert out_ours == out_ref, seed
         assert ours.pending == ref.pending, seed
-    assert Batcher().max_transaction_events > 100_000  # Salesforce's largest transaction stays whole by default
+    assert StreamSettings().max_transaction_events > 100_000  # Salesforce's largest transaction stays whole by default
 
 
 def test_a_transaction_longer_than_the_memory_bound_is_split_loudly():

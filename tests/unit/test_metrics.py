@@ -61,7 +61,7 @@ def test_readiness_names_what_is_not_ready():
 def test_exposition_has_every_catalogued_metric():
     m = Metrics()
     m.client = SimpleNamespace(call_count=7, api_usage=(25, 15000))
-    m.pool = SimpleNamespace(get_size=lambda: 3, get_idle_size=lambda: 1, get_max_size=lambda: 8)
+    m.store = SimpleNamespace(usage=lambda: (3, 1, 8))
     h = m.object("Account")
     h.phase, h.connected, h.last_commit, h.position_time, h.checkpoint_saved = "STREAMING", True, NOW, NOW, NOW
     h.rows_done, h.rows_expected = 50, 100

@@ -1,0 +1,101 @@
+"""Every database failure mapped once, to the project's error kinds (model.py), at the one door to Postgres.
+
+The retry policy (retry.py) asks only "transient or terminal?". Postgres answers with an SQLSTATE whose first
+two characters are its class (PostgreSQL documentation, "Appendix A. PostgreSQL Error Codes",
+https://www.postgresql.org/docs/current/errcodes-appendix.html):
+
+- transient (`DatabaseUnavailableError`): 08 connection exception, 40 transaction rollback (serialization
+  failure, deadlock), 53 insufficient resources (too many connections, disk full), 55P03 lock not available,
+  57 operator intervention (admin/crash shutdown, cannot connect now, query canceled), 58 system error;
+  and the socket errors below SQL (OSError, TimeoutError), asyncpg's "connection was closed" and its
+  outdated statement cache (cleared by the retry).
+- data (`RejectedDataError`): 22 data exception, 23 integrity constraint violation, 54 program limit exceeded
+  (a value too large for its index), and asyncpg's client-side DataError (a value that does not encode as its
+  parameter's type). The same data fails again; the caller isolates the rows and dead-letters them.
+- everything else (`DatabaseError`, terminal): an SQL error, a missing database or table, refused
+  credentials, missing privileges, a client misconfiguration.
+
+`tests/unit/test_pg_errors.py` fails when asyncpg grows an exception class this module does not name.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import asyncpg
+from asyncpg.exceptions import _base as asyncpg_base
+
+from ..model import DatabaseError, DatabaseUnavailableError, RejectedDataError, ReplicatorError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+TRANSIENT_SQLSTATES = ("08", "40", "53", "55P03", "57", "58")
+DATA_SQLSTATES = ("22", "23", "54")
+
+# asyncpg's own exceptions that carry no SQLSTATE, each with its kind (a new one fails the unit test).
+CLIENT_ERRORS: dict[type[BaseException], type[ReplicatorError]] = {
+    asyncpg_base.OutdatedSchemaCacheError: DatabaseUnavailableError,  # a schema change invalidated a statement
+    asyncpg_base.ProtocolError: DatabaseUnavailableError,  # a broken connection mid-message
+    asyncpg_base.DataError: RejectedDataError,  # a value that does not encode as its parameter's type
+    asyncpg_base.ClientConfigurationError: DatabaseError,
+    asyncpg_base.UnsupportedClientFeatureError: DatabaseError,
+    asyncpg_base.UnsupportedServerFeatureError: DatabaseError,
+    asyncpg_base.TargetServerAttributeNotMatched: DatabaseError,
+    asyncpg_base.InternalClientError: DatabaseError,
+    asyncpg_base.InterfaceError: DatabaseError,  # misuse, e.g. "connection is closed": most are subclasses above
+}
+
+# Below SQL: the socket. ConnectionError and TimeoutError are OSErrors or their siblings.
+NETWORK_ERRORS = (OSError, TimeoutError, ConnectionError)
+
+
+def error_kind(exc: BaseException) -> type[ReplicatorError] | None:
+    """The kind of a database failure, or None when `exc` is not one (a bug elsewhere stays what it is)."""
+    if isinstance(exc, ReplicatorError):
+        return None
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        if state.startswith(TRANSIENT_SQLSTATES):
+            return DatabaseUnavailableError
+        if state.startswith(DATA_SQLSTATES):
+            return RejectedDataError
+        return DatabaseError
+    if isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc) and "closed" in str(exc):
+        return DatabaseUnavailableError  # "connection is closed", "connection was closed in the middle of …"
+    for cls in type(exc).__mro__:
+        if cls in CLIENT_ERRORS:
+            return CLIENT_ERRORS[cls]
+    if isinstance(exc, NETWORK_ERRORS):
+        return DatabaseUnavailableError
+    return None
+
+
+def map_error(exc: BaseException) -> BaseException:
+    """`exc` as the project's error (the original kept as `__cause__`), or `exc` itself when it is not a
+    database failure."""
+    kind = error_kind(exc)
+    if kind is None:
+        return exc
+    first_line = (str(exc).splitlines() or [""])[0]
+    error = kind(f"postgres: {type(exc).__name__}: {first_line}")
+    error.__cause__ = exc
+    return error
+
+
+def mapped(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Decorate an async function of the Postgres edge: database failures leave it mapped."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            error = map_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    return wrapper

@@ -1,0 +1,186 @@
+"""The one door to Postgres: `Store` owns the connection pool, and every call through it leaves with database
+failures mapped to the project's error kinds (postgres/errors.py). Nothing outside `postgres/` acquires a
+connection or imports asyncpg.
+
+Each method is one unit of work on a connection of its own from the pool (never shared between tasks); the
+sinks (`page_sink`, `stream_sink`) and `comparison` hold what a longer unit needs (a table's description, one
+connection for a comparison's temporary tables).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import asyncpg
+
+from ..model import Checkpoint, DeadLetter, TableInfo, TableSpec
+from . import dead_letters, events, state, status
+from .apply import StreamSink
+from .compare import Comparison
+from .errors import map_error, mapped
+from .migrate import migrate
+from .server import resolve_database
+from .sink import PageSink
+from .state import ObjectState
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Store:
+    """Replication state, checkpoints, dead letters and target tables in one Postgres database."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, url: str | None, pool_size: int) -> AsyncIterator[Store]:
+        """A migrated store on `url` (or the local server, or a throwaway one: postgres/server.py)."""
+        async with resolve_database(url) as dsn:
+            pool = await _create_pool(dsn, pool_size)
+            try:
+                store = cls(pool)
+                await store._run(migrate)
+                yield store
+            finally:
+                await pool.close()
+
+    @mapped
+    async def _run(self, fn: Callable[Concatenate[asyncpg.Connection, P], Awaitable[T]], *args: Any) -> T:
+        async with self._pool.acquire() as conn:
+            return await fn(conn, *args)
+
+    # ---- the sinks ------------------------------------------------------------------------------------------
+    def page_sink(self, table: TableInfo) -> PageSink:
+        return PageSink(self._pool, table)
+
+    def stream_sink(self, table: TableInfo) -> StreamSink:
+        return StreamSink(self._pool, table)
+
+    @contextlib.asynccontextmanager
+    async def comparison(self, spec: TableSpec, hard_deletes: bool) -> AsyncIterator[Comparison]:
+        """A comparison of `spec`'s table with an extract, on one connection held for its temporary tables."""
+        async with _acquire(self._pool) as conn:
+            cmp = Comparison(conn, spec, hard_deletes)
+            await cmp.start()
+            try:
+                yield cmp
+            finally:
+                await cmp.close()
+
+    # ---- objects --------------------------------------------------------------------------------------------
+    async def get_object(self, name: str) -> ObjectState | None:
+        return await self._run(state.get_object, name)
+
+    async def set_phase(self, name: str, phase: str, error: str | None = None) -> None:
+        await self._run(state.set_phase, name, phase, error)
+
+    async def record_error(self, name: str, error: str) -> None:
+        await self._run(state.record_error, name, error)
+
+    async def fail_object(self, name: str, error: str) -> None:
+        await self._run(state.fail_object, name, error)
+
+    async def begin_resync(self, name: str, reason: str) -> None:
+        await self._run(state.begin_resync, name, reason)
+
+    async def resync_requested(self, name: str) -> bool:
+        return await self._run(state.resync_requested, name)
+
+    async def request_resync(self, name: str) -> bool:
+        return await self._run(state.request_resync, name)
+
+    # ---- backfill jobs --------------------------------------------------------------------------------------
+    async def start_job(self, name: str, job_id: str, load_mode: str, page_size: int) -> None:
+        await self._run(state.start_job, name, job_id, load_mode, page_size)
+
+    async def set_expected(self, name: str, rows: int) -> None:
+        await self._run(state.set_expected, name, rows)
+
+    async def committed_pages(self, name: str, job_id: str) -> set[str]:
+        return await self._run(state.committed_pages, name, job_id)
+
+    async def finish_backfill(self, name: str) -> None:
+        await self._run(state.finish_backfill, name)
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+    async def load_checkpoint(self, topic: str) -> bytes | None:
+        return await self._run(state.load_checkpoint, topic)
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        await self._run(state.save_checkpoint, checkpoint)
+
+    async def drop_checkpoint(self, topic: str) -> None:
+        await self._run(state.drop_checkpoint, topic)
+
+    async def checkpoint_times(self, topic: str) -> tuple[float | None, float, float] | None:
+        return await self._run(state.checkpoint_times, topic)
+
+    # ---- dead letters ---------------------------------------------------------------------------------------
+    async def open_dead_letters(self, object_: str | None = None, ids: list[int] | None = None,
+                                due_only: bool = False, limit: int | None = None) -> list[dict]:
+        return await self._run(dead_letters.list_open, object_, ids, due_only, limit)
+
+    async def resolve_dead_letters(self, ids: list[int], resolution: str) -> None:
+        await self._run(dead_letters.resolve, ids, resolution)
+
+    async def dead_letters_failed_again(self, ids: list[int], reason: str) -> None:
+        await self._run(dead_letters.failed_again, ids, reason)
+
+    async def drop_dead_letters(self, object_: str | None, ids: list[int] | None) -> int:
+        return await self._run(dead_letters.drop, object_, ids)
+
+    # ---- platform events ------------------------------------------------------------------------------------
+    async def prepare_events(self, schema: str, table: str) -> None:
+        await self._run(events.prepare, schema, table)
+
+    async def append_events(self, schema: str, table: str, rows: list[tuple[bytes, str, str | None, dict]],
+                            checkpoint: Checkpoint, count: int, dead: list[DeadLetter]) -> int:
+        return await self._run(events.append, schema, table, rows, checkpoint, count, dead)
+
+    # ---- views ----------------------------------------------------------------------------------------------
+    async def object_rows(self) -> list[dict]:
+        """One dict per object for `replicator status`."""
+        return await self._run(status.object_rows)
+
+    async def table_rows(self, schema: str, table: str) -> int | None:
+        """Rows in a target table, or None when it does not exist yet."""
+        return await self._run(status.table_rows, schema, table)
+
+    async def now(self) -> dt.datetime:
+        """The database's clock (compared with `_sf_synced_at`, which the database stamps)."""
+        return await self._run(_fetch_now)
+
+    async def ping(self) -> None:
+        """Raise unless the database answers a query (readiness)."""
+        await self._run(_fetch_now)
+
+    def usage(self) -> tuple[int, int, int]:
+        """Pool connections: (open, idle, max)."""
+        return self._pool.get_size(), self._pool.get_idle_size(), self._pool.get_max_size()
+
+
+@mapped
+async def _create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+
+
+@contextlib.asynccontextmanager
+async def _acquire(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    try:
+        conn = await pool.acquire()
+    except Exception as exc:
+        raise map_error(exc) from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
+
+
+async def _fetch_now(conn: asyncpg.Connection) -> dt.datetime:
+    return await conn.fetchval("SELECT now()")
+

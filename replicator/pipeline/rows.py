@@ -80,7 +80,8 @@ def checker(pg_type: str) -> Callable[[str], None] | None:
 
 
 def check_header(header: list[str], spec: TableSpec) -> None:
-    """The page's columns must be the table's, in order (v50+ returns them in SELECT order, §1.5)."""
+    """The page's columns must be the table's, in order (API v50.0 and later return them in SELECT order,
+    docs/salesforce-bulk-rest-oauth.md §1.5)."""
     want = [f.lower() for f in spec.fields]
     got = [h.lower() for h in header]
     if got != want:

@@ -1,17 +1,18 @@
 """Change Data Capture decoding: Avro payload + header bitmaps → `model.StreamEvent` of `model.Change`s.
 
 Pure: no sockets, no gRPC. `pubsub.py` hands each delivered event here with the schema named by the event's
-*own* `schema_id` (protocol §3: a schema change may insert a field in the middle, so a bitmap read against an
-older schema silently names the wrong fields; `SchemaCache` keys by id for that reason).
+*own* `schema_id` (docs/salesforce-pubsub-cdc.md §3: a schema change may insert a field in the middle, so a
+bitmap read against an older schema silently names the wrong fields; `SchemaCache` keys by id for that reason).
 
-Bitmaps (`changedFields`, `nulledFields`, `diffFields`) follow protocol §6: an element `0x…` is a bitmap over
-the top-level fields (bit i, least significant = 0, names `schema.fields[i]`); an element `{pos}-0x…` is a
-bitmap over the record inside the union of top-level field `pos` and yields `Parent.Child` names. A fully set
-compound is *not* collapsed into its parent name: the pipeline maps `Parent.Child` to component columns.
+Bitmaps (`changedFields`, `nulledFields`, `diffFields`) follow docs/salesforce-pubsub-cdc.md §6 ("Event
+Deserialization Considerations", Pub/Sub API Developer Guide:
+https://developer.salesforce.com/docs/platform/pub-sub-api/guide/event-deserialization-considerations.html):
+an element `0x…` is a bitmap over the top-level fields (bit i, least significant = 0, names `schema.fields[i]`);
+an element `{pos}-0x…` is a bitmap over the record inside the union of top-level field `pos` and yields
+`Parent.Child` names. A fully set compound is *not* collapsed into its parent name: `compounds.py` maps
+`Parent.Child` to component fields.
 
-Values stay as fastavro decodes them. In the simulator's documented units (real Salesforce does not state
-them for dates and times, §10.4): datetime = epoch ms, DateOnly = epoch ms at UTC midnight, TimeOnly = ms since
-midnight. The pipeline converts them by column type.
+Values stay as fastavro decodes them; `values.decode_avro_value` converts them (units documented there).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ import fastavro
 from fastavro import schemaless_reader
 
 from replicator.model import CHANGE_TYPES, Change, StreamEvent, Version
+from replicator.salesforce.compounds import flatten_compound
+from replicator.salesforce.topics import FULL_BODY_TYPES
 
 HEADER = "ChangeEventHeader"
-# Change types whose body carries the whole record (protocol §5 "Body contents per change type").
-_FULL_BODY = frozenset({"CREATE", "UNDELETE"})
 
 _TOP = re.compile(r"0[xX]([0-9a-fA-F]+)")
 _NESTED = re.compile(r"(\d+)-0[xX]([0-9a-fA-F]+)")
@@ -152,10 +153,10 @@ class CdcSchema:
 
 
 def decode_bitmap(bitmaps: list[str], schema: Mapping[str, Any] | FieldLayout | CdcSchema) -> list[str]:
-    """Field names of a bitmap array (protocol §6): top-level names in position order, then `Parent.Child`
-    names by parent position and subfield position. Any element order, lowercase hex and odd digit counts are
-    accepted. A malformed element, a nested element on a non-record field or a bit beyond the field count
-    raises ValueError (the caller dead-letters the event)."""
+    """Field names of a bitmap array (docs/salesforce-pubsub-cdc.md §6): top-level names in position order,
+    then `Parent.Child` names by parent position and subfield position. Any element order, lowercase hex and
+    odd digit counts are accepted. A malformed element, a nested element on a non-record field or a bit beyond
+    the field count raises ValueError (the caller dead-letters the event)."""
     if isinstance(schema, CdcSchema):
         return list(schema.bitmap_names(bitmaps))
     layout = schema if isinstance(schema, FieldLayout) else field_layout(schema)
@@ -301,11 +302,11 @@ def _change_event(
     version = Version(header["commitTimestamp"], header["commitNumber"], header["sequenceNumber"])
     nulled = frozenset(cdc.bitmap_names(header["nulledFields"]))
     diff = frozenset(cdc.bitmap_names(header["diffFields"]))
-    if change_type in _FULL_BODY:
+    if change_type in FULL_BODY_TYPES:
         fields = _full_body(record)
     elif change_type == "UPDATE":
         fields = _changed_body(record, cdc.bitmap_names(header["changedFields"]))
-    else:  # DELETE and GAP_*: header only (protocol §7)
+    else:  # DELETE and GAP_*: header only (docs/salesforce-pubsub-cdc.md §5, §7)
         fields = {}
     changes = []
     for i, record_id in enumerate(header["recordIds"]):
@@ -341,9 +342,7 @@ def _full_body(record: dict[str, Any]) -> dict[str, Any]:
         if value is None or name == HEADER:
             continue
         if isinstance(value, dict):
-            for child, sub in value.items():
-                if sub is not None:
-                    fields[f"{name}.{child}"] = sub
+            fields.update((sub_name, sub) for sub_name, sub in flatten_compound(name, value) if sub is not None)
         else:
             fields[name] = value
     return fields
@@ -365,8 +364,7 @@ def _changed_body(record: dict[str, Any], names: tuple[str, ...]) -> dict[str, A
         if isinstance(value, dict):
             prefix = name + "."
             if not any(n.startswith(prefix) for n in names):
-                for sub_name, sub in value.items():
-                    fields[prefix + sub_name] = sub
+                fields.update(flatten_compound(name, value))
         else:
             fields[name] = value
     return fields

@@ -1,4 +1,5 @@
-"""REST describe JSON → `model.ObjectDescribe` / `model.FieldSpec` (§3.2). Pure functions, no I/O."""
+"""REST describe JSON → `model.ObjectDescribe` / `model.FieldSpec` (docs/salesforce-bulk-rest-oauth.md §3.2).
+Pure functions, no I/O."""
 
 from __future__ import annotations
 

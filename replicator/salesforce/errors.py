@@ -1,4 +1,5 @@
-"""Maps httpx exceptions and Salesforce error responses to the two error kinds of `model`, once (STYLE.md 4).
+"""Maps httpx exceptions and Salesforce error responses to the two error kinds of `model`, once
+(docs/design.md, Principles 4).
 
 Nothing above `salesforce/` sees an httpx exception. Messages carry the method, the path and Salesforce's
 `errorCode`/`message`; never a header, a token or a form body.
@@ -24,7 +25,8 @@ from replicator.model import (
 )
 
 # 420 is what the Salesforce edge answers while an org "is setting things up", 429 is throttling, 408 a
-# server-side request timeout: airbyte retries all three (protocol §2.2). 5xx is retried as a rule.
+# server-side request timeout: airbyte retries all three (docs/salesforce-bulk-rest-oauth.md §2.2). 5xx is
+# retried as a rule.
 TRANSIENT_STATUSES = frozenset({408, 420, 429})
 
 # httpx exceptions that mean "the network or the peer failed this time": worth retrying.
@@ -67,8 +69,9 @@ HTTPX_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def error_body(response: httpx.Response) -> tuple[str | None, str]:
-    """(errorCode, message) from a REST error body: an array `[{errorCode, message}]` (§2.2), a single object,
-    or an OAuth `{error, error_description}`. Falls back to a short excerpt of the raw text."""
+    """(errorCode, message) from a REST error body: an array `[{errorCode, message}]`
+    (docs/salesforce-bulk-rest-oauth.md §2.2), a single object, or an OAuth `{error, error_description}`.
+    Falls back to a short excerpt of the raw text."""
     try:
         data: Any = orjson.loads(response.content) if response.content else None
     except orjson.JSONDecodeError:
@@ -138,8 +141,9 @@ def _normal(code: str) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # Pub/Sub API (gRPC). Plain strings here so this module does not import grpc: `pubsub.py` hands over the
-# status name, the details and the `error-code` trailer (pubsub-cdc.md §4). Every grpc.StatusCode has a row;
-# tests/salesforce/test_sf_pubsub_errors.py fails when grpc grows one that is not classified.
+# status name, the details and the `error-code` trailer (docs/salesforce-pubsub-cdc.md §4). Every
+# grpc.StatusCode has a row; tests/salesforce/test_sf_pubsub_errors.py fails when grpc grows one that is not
+# classified.
 #   transient: reconnect with backoff. auth: refresh the token once. terminal: stop the object.
 #   reset: transient only when the details say the HTTP/2 stream was reset (RST_STREAM), else terminal.
 GRPC_STATUS_KINDS: dict[str, str] = {

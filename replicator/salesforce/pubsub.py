@@ -1,4 +1,5 @@
-"""The Pub/Sub API subscriber (gRPC, pubsub-cdc.md §1-4): auth metadata, flow control, reconnects, decoding.
+"""The Pub/Sub API subscriber (gRPC, docs/salesforce-pubsub-cdc.md §1–4): auth metadata, flow control,
+reconnects, decoding.
 
 `PubSubClient.subscribe(topic, replay_id=…)` gives a `Subscription`, an async iterator of `model.StreamEvent`:
 change events decoded by `cdc.decode_event` with the schema of each event's own `schema_id`, keepalives, and
@@ -38,13 +39,15 @@ from replicator.salesforce.errors import map_grpc_status
 
 log = structlog.get_logger(__name__)
 
-# At most 100 events may be outstanding per Subscribe call; the server silently caps larger requests (§3).
+# At most 100 events may be outstanding per Subscribe call; the server silently caps larger requests
+# (docs/salesforce-pubsub-cdc.md §3).
 MAX_PENDING_LIMIT = 100
-# An event is at most 1 MB (§9) and one FetchResponse may carry every owed event: 100 × 1 MB plus framing.
-# gRPC's default 4 MB receive limit would fail the stream (RESOURCE_EXHAUSTED) on a batch of large events.
+# An event is at most 1 MB (docs/salesforce-pubsub-cdc.md §9) and one FetchResponse may carry every owed
+# event: 100 × 1 MB plus framing. gRPC's default 4 MB receive limit would fail the stream (RESOURCE_EXHAUSTED)
+# on a batch of large events.
 MAX_RECEIVE_BYTES = 110 * 1024 * 1024
-# The server sends a keepalive within 270 s while events are owed (§3); silence well past that means a dead
-# connection that TCP has not noticed yet, so the subscriber reconnects.
+# The server sends a keepalive within 270 s while events are owed (docs/salesforce-pubsub-cdc.md §3); silence
+# well past that means a dead connection that TCP has not noticed yet, so the subscriber reconnects.
 STALL_TIMEOUT_S = 330.0
 
 _TOPIC_FIELDS = ("topic_name", "tenant_guid", "can_publish", "can_subscribe", "schema_id", "rpc_id")
@@ -53,7 +56,8 @@ TokenSource = Any  # a TokenProvider (token() / refresh(stale)), or a callable r
 
 
 def grpc_error(exc: grpc.aio.AioRpcError, what: str, rpc: str = "") -> ReplicatorError:
-    """The model error for a failed RPC, with the Salesforce `error-code` trailer (§4)."""
+    """The model error for a failed RPC, with the Salesforce `error-code` trailer
+    (docs/salesforce-pubsub-cdc.md §4)."""
     error_code = None
     for key, value in exc.trailing_metadata() or ():
         if key == "error-code":
@@ -138,7 +142,7 @@ class PubSubClient:
         return self._stub
 
     def metadata(self, token: Token) -> tuple[tuple[str, str], ...]:
-        """The three auth headers of every RPC (§1)."""
+        """The three auth headers of every RPC (docs/salesforce-pubsub-cdc.md §1)."""
         tenant = self._tenant_id or token.org_id or org_id_of(None, token.access_token)
         if not tenant:
             raise ConfigError("the org id is unknown: set tenant_id (the 00D… org id)", code="tenant_id")
@@ -209,7 +213,8 @@ class PubSubClient:
     async def current_position(self, topic: str, timeout: float) -> bytes | None:
         """The stream's position now, for a handoff: subscribe at LATEST and take the first thing the server
         sends, a keepalive's `latest_replay_id` or the replay id of an event committed after this call began.
-        None when nothing arrives within `timeout` (Salesforce sends a keepalive within 270 s, §3)."""
+        None when nothing arrives within `timeout` (Salesforce sends a keepalive within 270 s,
+        docs/salesforce-pubsub-cdc.md §3)."""
         sub = Subscription(self, topic, None, 1, latest=True)
         try:
             await sub.wait_ready(timeout)
@@ -222,11 +227,12 @@ class PubSubClient:
 class Subscription:
     """An async iterator of StreamEvent over one topic, resubscribing transparently after transient failures.
 
-    Flow control (§3): at most `max_pending` events are ever queued here or owed by the server together. A
-    FetchRequest asks only for the free room, and only once the consumer has taken events out. Reconnects
-    resume CUSTOM after the last event received (queued events are kept), so nothing is lost or delivered
-    twice by this side. Errors: ReplayIdInvalidError / TerminalError / AuthError at once; TransientError after
-    `reconnect_attempts` consecutive failed attempts. Events already queued are delivered before the error.
+    Flow control (docs/salesforce-pubsub-cdc.md §3): at most `max_pending` events are ever queued here or owed
+    by the server together. A FetchRequest asks only for the free room, and only once the consumer has taken
+    events out. Reconnects resume CUSTOM after the last event received (queued events are kept), so nothing is
+    lost or delivered twice by this side. Errors: ReplayIdInvalidError / TerminalError / AuthError at once;
+    TransientError after `reconnect_attempts` consecutive failed attempts. Events already queued are delivered
+    before the error.
     """
 
     def __init__(self, client: PubSubClient, topic: str, replay_id: bytes | None, max_pending: int,
@@ -238,7 +244,8 @@ class Subscription:
         self.topic = topic
         self._start = replay_id or None
         self._latest = latest  # first request LATEST (only for current_position)
-        self._max = max_pending  # events owed by the server: at most this (Salesforce's cap is 100, §3)
+        # events owed by the server: at most this (Salesforce's cap is 100, docs/salesforce-pubsub-cdc.md §3)
+        self._max = max_pending
         # events held here plus owed: at most this. A buffer larger than max_pending lets the server keep
         # sending while the consumer is busy (applying a batch) without ever owing more than max_pending.
         self._buffer_max = max(buffer or max_pending, max_pending)
@@ -422,7 +429,9 @@ class Subscription:
             starving = self._owed == 0 and self._queued == 0
             if free > 0 and (first or starving or free >= self._threshold):
                 request = pb.FetchRequest(topic_name=self.topic, num_requested=free)
-                if first:  # replay options are honoured only on the first request of a call (§3)
+                # replay options are honoured only on the first request of a call
+                # (docs/salesforce-pubsub-cdc.md §3)
+                if first:
                     if position:
                         request.replay_preset = pb.ReplayPreset.CUSTOM
                         request.replay_id = position
@@ -443,8 +452,9 @@ class Subscription:
 
     async def _accept(self, response: Any) -> None:
         if not response.events:
-            # Keepalive: the position may be ahead of our last event (§3 "replay tightening"). Consecutive
-            # keepalives collapse into the newest, so a slow consumer does not pile them up.
+            # Keepalive: the position may be ahead of our last event (docs/salesforce-pubsub-cdc.md §3 "replay
+            # tightening"). Consecutive keepalives collapse into the newest, so a slow consumer does not pile
+            # them up.
             if response.latest_replay_id:
                 keepalive = StreamEvent(self.topic, replay_id=response.latest_replay_id, keepalive=True)
                 if self._buffer and self._buffer[-1].keepalive:

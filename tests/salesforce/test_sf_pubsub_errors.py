@@ -1,4 +1,4 @@
-"""errors.map_grpc_status: every gRPC status is classified, once (STYLE.md 4)."""
+"""errors.map_grpc_status: every gRPC status is classified, once (docs/design.md, Principles 4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Command line: run | backfill | verify | status | resync | dead-letters | sim | demo.
 
-Exit codes (DESIGN.md §5): 0 done, 1 runtime failure (one clear line on stderr), 2 bad usage or configuration.
+Exit codes (docs/design.md, Interfaces): 0 done, 1 runtime failure (one clear line on stderr), 2 bad usage or configuration.
 """
 
 from __future__ import annotations

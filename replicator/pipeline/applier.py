@@ -9,7 +9,6 @@ The lifecycle around it (subscribe, batch, resync) is pipeline/stream.py.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,7 +20,9 @@ from ..model import Checkpoint, DeadLetter, RejectedDataError, RowOp, StreamEven
 from ..observe.metrics import Metrics
 from ..postgres.apply import ApplyResult
 from ..postgres.store import Store
-from .changes import EMPTY_RECORD_ID, ColumnMap, UnknownFieldError, fold, record_op
+from ..salesforce.records import records_by_id
+from ..salesforce.topics import identifies_record
+from .changes import ColumnMap, UnknownFieldError, fold, record_op
 from .schema import object_table
 
 log = structlog.get_logger(__name__)
@@ -35,10 +36,6 @@ LAG_SAMPLES = 100_000
 # subscription may be owed; 10,000 ids (~1 MB) cover the default batch five times over. An older duplicate is
 # still harmless (the version guard skips it); only its count would be off.
 RECENT_IDS = 10_000
-_RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
-# Ids per queryAll: 200 ids of 18 characters keep the URL far below Salesforce's 16,384-byte limit
-# (docs/salesforce-bulk-rest-oauth.md §2.1).
-_QUERY_IDS = 200
 
 
 @dataclass(slots=True)
@@ -121,7 +118,7 @@ class BatchApplier:
                     out.dead.append(DeadLetter(ch.object, f"change for an object not configured on {self.topic}",
                                                key=ch.record_id, source="stream",
                                                payload={"replay_id": ev.replay_id.hex(), "type": ch.change_type}))
-                elif ch.change_type == "GAP_OVERFLOW" or ch.record_id == EMPTY_RECORD_ID or "*" in ch.record_id:
+                elif not identifies_record(ch.change_type, ch.record_id):  # GAP_OVERFLOW, empty or wildcard id
                     out.resync_reason = f"{ch.change_type} for {ch.record_id}"
                 else:
                     out.changes.append(ch)
@@ -170,25 +167,14 @@ class BatchApplier:
         self.stats.refetched += len(wanted)
         self.metrics.gaps_healed.labels(object=self.name).inc(len(wanted))
         gone = [key for key, record in zip(wanted, records, strict=True) if record is None]
-        deleted = await self._deleted_records(gone) if gone else {}
+        # Records sObject Collections no longer returns are deleted: queryAll by id still has them.
+        deleted = await records_by_id(self.client, self.name, self.spec.fields, gone, include_deleted=True) if gone else {}
         for key, record in zip(wanted, records, strict=True):
             record = record or deleted.get(key)
             if record is None:  # never visible to us: delete at the event's version
                 ops[key] = RowOp(key, "delete", version=ops[key].version, commit_ms=ops[key].commit_ms)
             else:  # a deleted record keeps its last values (soft delete), like the org's recycle bin
                 ops[key] = record_op(record, self.spec, ops[key].commit_ms)
-
-    async def _deleted_records(self, ids: list[str]) -> dict[str, dict]:
-        """Records sObject Collections no longer returns (deleted): fetched with queryAll, which includes them."""
-        found: dict[str, dict] = {}
-        safe = [i for i in ids if _RECORD_ID.match(i)]  # ids go into SOQL text: only well-formed ones
-        for start in range(0, len(safe), _QUERY_IDS):
-            chunk = safe[start:start + _QUERY_IDS]
-            soql = (f"SELECT {', '.join(self.spec.fields)} FROM {self.name} "
-                    f"WHERE Id IN ({', '.join(repr(i) for i in chunk)})")
-            async for record in self.client.query(soql, all_rows=True):
-                found[record["Id"]] = record
-        return found
 
     def check_keys(self, ops: list[RowOp]) -> tuple[list[RowOp], list[DeadLetter]]:
         """A full record for a table keyed by an external id needs that id; one without it is a dead letter."""

@@ -10,17 +10,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ..model import Change, ObjectDescribe, RowOp, TableSpec
+from ..model import Change, ObjectDescribe, RowOp, TableSpec, TerminalError
 from ..salesforce.compounds import find_component, flatten_compound, group_components
-
-# moved: salesforce/topics.py; callers switch at integration
-from ..salesforce.topics import EMPTY_RECORD_ID as EMPTY_RECORD_ID
 from ..salesforce.topics import FULL_BODY_TYPES, GAP_TYPES
 from ..salesforce.values import decode_avro_value, decode_rest_value, encode_epoch_ms
 
 
-class UnknownFieldError(Exception):
-    """A change names a field the table does not have (a field added in Salesforce): describe again."""
+class UnknownFieldError(TerminalError):
+    """A change names a field the table does not have (a field added in Salesforce): describe again before
+    folding (the same fold fails again without it)."""
 
     def __init__(self, fields: set[str]):
         super().__init__(f"unknown fields {sorted(fields)}")

@@ -10,7 +10,6 @@ A dead letter names a record (its key). Retrying fetches that record's current s
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import structlog
@@ -18,13 +17,11 @@ import structlog
 from ..config import Settings
 from ..model import RejectedDataError
 from ..postgres.store import Store
+from ..salesforce.records import is_record_id, records_by_id
 from .changes import record_op
 from .schema import object_table
 
 log = structlog.get_logger(__name__)
-
-_QUERY_KEYS = 200  # keys per SOQL query: keeps the URL well under Salesforce's 16,384 bytes
-_SF_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 
 
 @dataclass(slots=True)
@@ -34,13 +31,6 @@ class RetryResult:
     failed: int = 0
     need_resync: dict[str, int] = field(default_factory=dict)  # object → keyless dead letters
     not_configured: dict[str, int] = field(default_factory=dict)
-
-
-def soql_string(value: str) -> str:
-    """A SOQL string literal: backslash and single quote escaped (SOQL reference, "Quoted String Escape
-    Sequences"); newlines as \\n."""
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
-    return f"'{escaped}'"
 
 
 async def retry(client, store: Store, settings: Settings, object_: str | None = None, ids: list[int] | None = None,
@@ -72,18 +62,11 @@ async def _retry_object(client, store: Store, settings: Settings, name: str, let
     sink = store.stream_sink(table)
     key_field = next((c.field for c in spec.columns if c.name == spec.key), "Id")
     keys = sorted({r["record_key"] for r in letters})
-    found: dict[str, dict] = {}
-    for start in range(0, len(keys), _QUERY_KEYS):
-        chunk = keys[start:start + _QUERY_KEYS]
-        ids = [k for k in chunk if _SF_ID.match(k)]
-        where = [f"{key_field} IN ({', '.join(soql_string(k) for k in chunk)})"]
-        if ids and key_field != "Id":  # stream dead letters name records by Id
-            where.append(f"Id IN ({', '.join(soql_string(k) for k in ids)})")
-        soql = f"SELECT {', '.join(spec.fields)} FROM {name} WHERE {' OR '.join(where)}"
-        async for record in client.query(soql, all_rows=True):
-            found[str(record.get("Id"))] = record
-            if record.get(key_field) is not None:
-                found[str(record[key_field])] = record
+    # Stream dead letters name records by Id; backfill ones by the table's key (an external id, for some).
+    found = await records_by_id(client, name, spec.fields, [k for k in keys if is_record_id(k)], include_deleted=True)
+    if key_field != "Id":
+        rest = [k for k in keys if k not in found]
+        found.update(await records_by_id(client, name, spec.fields, rest, include_deleted=True, key_field=key_field))
     for letter in letters:
         record = found.get(letter["record_key"])
         if record is None:

@@ -15,6 +15,7 @@ from ..config import ObjectSettings, Settings
 from ..model import Checkpoint, ReplayIdInvalidError, ResyncRequested, StreamEvent
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
+from ..salesforce.topics import topic_for
 from .applier import BatchApplier, StreamStats
 from .backfill import Backfill
 from .batcher import Batcher
@@ -25,13 +26,6 @@ log = structlog.get_logger(__name__)
 # Events taken from the subscription at once. Its bounded queue (≤100 outstanding, the Pub/Sub cap) is what
 # asks Salesforce for more, so memory stays bounded end to end.
 _TAKE = 100
-
-
-def topic_for(name: str) -> str:
-    """`/data/AccountChangeEvent`; custom objects drop the `c`: `Invoice__c` → `/data/Invoice__ChangeEvent`
-    (docs/salesforce-pubsub-cdc.md §5)."""
-    base = name[:-1] if name.endswith("__c") else name
-    return f"/data/{base}ChangeEvent"
 
 
 class ObjectStream:

@@ -40,16 +40,20 @@ def soql_string(value: str) -> str:
     return f"'{escaped}'"
 
 
-def _select_list(fields: Iterable[str]) -> list[str]:
-    """The fields to select, `Id` first when the caller did not name it (the result is keyed by it)."""
+def _select_list(fields: Iterable[str], key_field: str) -> list[str]:
+    """The fields to select, the key first when the caller did not name it (the result is keyed by it)."""
     names = list(dict.fromkeys(fields))
-    return names if any(f.lower() == "id" for f in names) else ["Id", *names]
+    return names if any(f.lower() == key_field.lower() for f in names) else [key_field, *names]
 
 
 async def records_by_id(
-    client: SalesforceClient, object_name: str, fields: Sequence[str], ids: Iterable[str], *, include_deleted: bool
+    client: SalesforceClient, object_name: str, fields: Sequence[str], ids: Iterable[str], *, include_deleted: bool,
+    key_field: str = "Id",
 ) -> dict[str, dict[str, Any]]:
     """The records with these ids, as {Id: record} (REST JSON values, `attributes` stripped).
+
+    With `key_field` (an external-id field's API name from describe), the records whose key field has these
+    values instead, as {value: record}; values are quoted with `soql_string`, not checked as record ids.
 
     `include_deleted` uses queryAll, which also returns deleted records (`IsDeleted` true, while they are in the
     recycle bin) and archived ones ("QueryAll",
@@ -58,12 +62,15 @@ async def records_by_id(
     never in the result, like an id the org does not have. Keys are the ids Salesforce returns (18 characters).
     `object_name` and `fields` must be API names from describe: they are spliced as they are.
     """
-    wanted = [i for i in dict.fromkeys(ids) if is_record_id(i)]
-    select = ", ".join(_select_list(fields))
+    by_id = key_field == "Id"
+    wanted = [i for i in dict.fromkeys(ids) if (is_record_id(i) if by_id else isinstance(i, str))]
+    select = ", ".join(_select_list(fields, key_field))
     found: dict[str, dict[str, Any]] = {}
     for start in range(0, len(wanted), IDS_PER_QUERY):
         chunk = wanted[start : start + IDS_PER_QUERY]
-        soql = f"SELECT {select} FROM {object_name} WHERE Id IN ({', '.join(soql_string(i) for i in chunk)})"
+        soql = (f"SELECT {select} FROM {object_name} "
+                f"WHERE {key_field} IN ({', '.join(soql_string(i) for i in chunk)})")
         async for record in client.query(soql, all_rows=include_deleted):
-            found[str(record["Id"])] = record
+            if record.get(key_field) is not None:
+                found[str(record[key_field])] = record
     return found

@@ -87,3 +87,12 @@ async def test_quoted_string_finds_a_name_with_quote_backslash_and_newline(sf, s
 
 def test_soql_string_escapes_what_soql_reserves():
     assert soql_string("Bob's \\ BBQ\r\n") == "'Bob\\'s \\\\ BBQ\\r\\n'"
+
+
+async def test_records_come_back_by_an_external_id_field(sf):
+    invoices = [r async for r in sf.query("SELECT Id, External_Id__c FROM Invoice__c WHERE IsDeleted = false")][:3]
+    keys = [r["External_Id__c"] for r in invoices]
+    found = await records_by_id(sf, "Invoice__c", ["Id", "Name"], [*keys, "no-such-key", "it's"],
+                                include_deleted=True, key_field="External_Id__c")
+    assert set(found) == set(keys)  # keyed by the field's value; unknown values (quoted, not refused) are absent
+    assert {found[k]["Id"] for k in keys} == {r["Id"] for r in invoices}

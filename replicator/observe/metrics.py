@@ -78,7 +78,12 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_postgres_pool_connections", "gauge", "state", "Pool connections: in_use, idle, max."),
 ]
 
-_BATCH_SIZES = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10_000, 50_000, 200_000)
+# Histogram buckets, chosen from what the bench measured (bench/RESULTS.md): a batch of the default 2,000 narrow
+# events applies in ~0.2–0.3 s at saturation and a quiet stream's batches of 1–10 events in a few ms, so durations
+# span 5 ms to 30 s (a 100,000-event transaction took ~16 s). Sizes mark the settings that bound a batch: 1 (a
+# lone event), 100 (Pub/Sub's num_requested cap), 2,000 (`stream.batch_max_events`), 100,000 (the largest
+# Salesforce transaction, held whole) and 200,000 (`stream.max_transaction_events`).
+_BATCH_SIZES = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10_000, 50_000, 100_000, 200_000)
 _DURATIONS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 

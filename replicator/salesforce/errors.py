@@ -24,9 +24,10 @@ from replicator.model import (
     TransientError,
 )
 
-# 420 is what the Salesforce edge answers while an org "is setting things up", 429 is throttling, 408 a
-# server-side request timeout: airbyte retries all three (docs/salesforce-bulk-rest-oauth.md §2.2). 5xx is
-# retried as a rule.
+# 420 is what the Salesforce edge answers while an org "is setting things up" and 429 is throttling: airbyte
+# retries both (docs/salesforce-bulk-rest-oauth.md §2.2). 408 Request Timeout means the server gave up waiting
+# for the request, so sending it again may succeed (RFC 9110 §15.5.9, https://www.rfc-editor.org/rfc/rfc9110#name-408-request-timeout).
+# 5xx is retried as a rule.
 TRANSIENT_STATUSES = frozenset({408, 420, 429})
 
 # httpx exceptions that mean "the network or the peer failed this time": worth retrying.

@@ -78,6 +78,11 @@ class Batcher:
             return self._cut(len(self.pending))
         return self._cut(self._complete_prefix())
 
+    def drain(self) -> list[StreamEvent] | None:
+        """Stopping: the events that end on a known transaction boundary. The trailing transaction, which may
+        go on, is not committed alone: the checkpoint stays before it and a restart receives it whole."""
+        return self._cut(self._complete_prefix())
+
     def next_deadline(self, now: float | None = None) -> float | None:
         """Seconds until `due` could return a batch (None: nothing pending)."""
         now = time.monotonic() if now is None else now

@@ -139,7 +139,7 @@ class ObjectStream:
                     batch = batcher.due()
                     if batch:
                         await self.apply_batch(batch)
-            rest = batcher.due(now=float("inf"))  # stopping: commit what is complete
+            rest = batcher.drain()  # stopping: commit the complete transactions only
             if rest:
                 await self.apply_batch(rest)
         finally:

@@ -104,3 +104,17 @@ def test_a_transaction_longer_than_the_memory_bound_is_split_loudly():
     assert [e["event"] for e in logs] == ["stream.transaction_split"] and logs[0]["events"] == 7
     assert b.add(ev("a", 8), now=0) is None  # the rest of the transaction starts a new run
     assert len(b.add(ev("b", 9), now=0)) == 1
+
+
+def test_stopping_commits_only_complete_transactions():
+    # A stop right after a transaction's first events must not commit them alone (readers would see half a
+    # Salesforce transaction); the checkpoint stays before it and the restart receives it whole.
+    b = Batcher(max_events=100, max_wait_s=10, hold_s=10)
+    b.add(ev("a", 1), now=0)
+    b.add(ev("a", 2), now=0)
+    b.add(ev("b", 3), now=0)  # "a" is complete (another transaction follows), "b" may go on
+    rest = b.drain()
+    assert [e.changes[0].transaction_key for e in rest] == ["a", "a"]
+    assert [e.changes[0].transaction_key for e in b.pending] == ["b"]
+    assert b.drain() is None  # nothing known complete is left
+

@@ -74,6 +74,9 @@ class BatchApplier:
         self._recent_ids: set[bytes] = set()
         self._recent_order: deque[bytes] = deque()
         self._schemas_seen: set[str] = set()
+        # Schema ids whose fields were compared with a describe made after they appeared: a field of theirs the
+        # table lacks is one the configuration leaves out (`objects.X.fields`), not a new one.
+        self._schemas_described: set[str] = set()
         self._batch_id = 0
 
     async def load_schema(self) -> None:
@@ -140,15 +143,21 @@ class BatchApplier:
         if self._schemas_seen:
             log.info("stream.schema_changed", object=self.name, schema_ids=sorted(new_schemas))
             await self.load_schema()
+            self._schemas_described |= new_schemas
         self._schemas_seen |= new_schemas
 
     async def fold(self, changes: list) -> dict[str, RowOp]:
-        """Fold the batch's changes per key; fields the table lacks mean a schema change: describe again."""
+        """Fold the batch's changes per key. A field the table lacks means a field added in Salesforce, or one the
+        configuration leaves out: describe again, once per schema id, then leave such fields out."""
+        schemas = {ch.schema_id for ch in changes}
+        if schemas <= self._schemas_described:
+            return fold(changes, self.cmap, strict=False)
         try:
             return fold(changes, self.cmap)
         except UnknownFieldError as exc:
-            log.info("stream.schema_changed", object=self.name, fields=sorted(exc.fields))
+            log.info("stream.schema_checked", object=self.name, fields=sorted(exc.fields), schema_ids=sorted(schemas))
             await self.load_schema()
+            self._schemas_described |= schemas
             return fold(changes, self.cmap, strict=False)
 
     # ---- reconcile --------------------------------------------------------------------------------------

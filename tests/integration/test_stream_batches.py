@@ -110,3 +110,36 @@ async def test_gap_then_delete_keeps_the_deleted_records_last_values(sim, pg_url
     finally:
         await conn.close()
     assert (row["phone"], row["isdeleted"]) == ("+1 999", True)
+
+
+async def test_fields_outside_a_configured_subset_cost_one_describe_per_schema(sim, pg_url):
+    # `objects.X.fields` replicates a subset: events still carry the other fields. Deciding that once per schema
+    # id, not once per batch, keeps a busy stream from calling describe (an API call) for every batch.
+    obj = {"Account": {"fields": ["Id", "Name", "SystemModstamp", "IsDeleted"]}}
+    settings = settings_for(sim, pg_url, "subset", objects=obj)
+    await run_backfills(settings, ["Account"])
+    ids = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][:3]
+    now = 4_000_000_000_000
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        stream = ObjectStream(client, None, store, settings, "Account", settings.objects["Account"])
+        await stream.applier.load_schema()
+        describes = []
+        real = client.describe
+
+        async def counted(name):
+            describes.append(name)
+            return await real(name)
+
+        client.describe = counted
+        for n, rid in enumerate(ids):
+            change = Change("Account", rid, "UPDATE", Version(now + n), f"t{n}", {"Name": f"N{n}", "Phone": "+1 5"},
+                            schema_id="schema-1")
+            await stream.apply_batch([ev(20 + n, change)])
+    assert len(describes) <= 1
+    conn = await asyncpg.connect(pg_url)
+    try:
+        names = {r["id"]: r["name"] for r in await conn.fetch("SELECT id, name FROM subset.account WHERE id = ANY($1)",
+                                                               ids)}
+    finally:
+        await conn.close()
+    assert names == {rid: f"N{n}" for n, rid in enumerate(ids)}

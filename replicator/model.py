@@ -246,7 +246,9 @@ CHANGE_TYPES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """Order of changes (docs/design.md, contract 2): commit time, then commit number, then sequence in the transaction."""
+    """When a change committed, as its event's header says. Changes are ordered by commit time, then by their
+    event's place in the topic's replay order (`Change.replay_id`): Salesforce stamps whole seconds, so equal
+    commit times are common, and `commit_number` is diagnostic only (docs/design.md, contract 2)."""
 
     commit_timestamp: int  # epoch milliseconds
     commit_number: int = 0
@@ -308,6 +310,9 @@ class RowOp:
     values: dict[str, Any] = field(default_factory=dict)  # column -> value; every column for full records
     version: tuple[int, int, int] = (0, 0, 0)
     commit_ms: int = 0  # the version's time, epoch ms: becomes _sf_stream_version
+    # The replay id of the newest change folded in: orders changes of the same second (`_sf_stream_position`).
+    # Empty for records not from an event (a dead letter retried): they win no tie against an event's change.
+    position: bytes = b""
     # upsert: the record ends deleted (created, then deleted, in one batch); delete: `values` are the fields
     # changed before the delete in the same batch (a soft-deleted row keeps the record's last values)
     deleted: bool = False

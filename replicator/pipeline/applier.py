@@ -168,7 +168,8 @@ class BatchApplier:
             have = await self.sink.existing_ids(updates)
             for k in updates:
                 if k not in have:
-                    ops[k] = RowOp(k, "refetch", version=ops[k].version, commit_ms=ops[k].commit_ms)
+                    ops[k] = RowOp(k, "refetch", version=ops[k].version, commit_ms=ops[k].commit_ms,
+                                   position=ops[k].position)
         wanted = [k for k, o in ops.items() if o.kind == "refetch"]
         if not wanted:
             return
@@ -180,10 +181,13 @@ class BatchApplier:
         deleted = await records_by_id(self.client, self.name, self.spec.fields, gone, include_deleted=True) if gone else {}
         for key, record in zip(wanted, records, strict=True):
             record = record or deleted.get(key)
+            position = ops[key].position  # fetched after this event arrived: its state is at least that new
             if record is None:  # never visible to us: delete at the event's version
-                ops[key] = RowOp(key, "delete", version=ops[key].version, commit_ms=ops[key].commit_ms)
+                ops[key] = RowOp(key, "delete", version=ops[key].version, commit_ms=ops[key].commit_ms,
+                                 position=position)
             else:  # a deleted record keeps its last values (soft delete), like the org's recycle bin
                 ops[key] = record_op(record, self.spec, ops[key].commit_ms)
+                ops[key].position = position
 
     def check_keys(self, ops: list[RowOp]) -> tuple[list[RowOp], list[DeadLetter]]:
         """A full record for a table keyed by an external id needs that id; one without it is a dead letter."""

@@ -82,42 +82,46 @@ class ColumnMap:
 def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True) -> dict[str, RowOp]:
     """Fold changes (in delivery order) into one operation per record id.
 
+    Order: commit time, then delivery order, which is the topic's replay order (a stable sort keeps it for
+    changes of the same second; commitNumber is diagnostic only and never reorders). Each operation keeps the
+    replay id of its newest change (`RowOp.position`), so the sink can order changes of the same second.
+
     Raises UnknownFieldError when a change names a field the table lacks (unless not `strict`: such fields
     are then left out, after the caller added what it could).
     """
     ops: dict[str, RowOp] = {}
-    for ch in sorted(changes, key=lambda c: c.version.key()):
+    for ch in sorted(changes, key=lambda c: c.version.commit_timestamp):
         key = ch.record_id
         cur = ops.get(key)
-        ver, ms = ch.version.key(), ch.version.commit_timestamp
+        ver, ms, pos = ch.version.key(), ch.version.commit_timestamp, ch.replay_id
         if ch.change_type in GAP_TYPES:
-            ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms)
+            ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms, position=pos)
         elif ch.change_type in FULL_BODY_TYPES:
             values = cmap.values(ch.fields, strict)
             kind = "undelete" if ch.change_type == "UNDELETE" else "upsert"
-            ops[key] = RowOp(key, kind, values, ver, ms)
+            ops[key] = RowOp(key, kind, values, ver, ms, position=pos)
         elif ch.change_type == "DELETE":
             # A delete wins, but a soft-deleted row keeps the values the record had when it was deleted.
             if cur is not None and cur.kind in ("upsert", "undelete"):
-                ops[key] = RowOp(key, "upsert", cur.values, ver, ms, deleted=True)
+                ops[key] = RowOp(key, "upsert", cur.values, ver, ms, deleted=True, position=pos)
             elif cur is not None and cur.kind == "update":
-                ops[key] = RowOp(key, "delete", cur.values, ver, ms)
+                ops[key] = RowOp(key, "delete", cur.values, ver, ms, position=pos)
             elif cur is not None and cur.kind == "refetch":
                 # the gap's values are unknown: fetch the deleted record (queryAll includes it) at this version
-                ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms)
+                ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms, position=pos)
             else:
-                ops[key] = RowOp(key, "delete", version=ver, commit_ms=ms)
+                ops[key] = RowOp(key, "delete", version=ver, commit_ms=ms, position=pos)
         elif ch.change_type == "UPDATE":
             values = cmap.values(ch.fields, strict)
             for col in cmap.nulled(ch.nulled):
                 values[col] = None
             if cur is None or cur.kind == "update":
                 merged = {**(cur.values if cur else {}), **values}
-                ops[key] = RowOp(key, "update", merged, ver, ms)
+                ops[key] = RowOp(key, "update", merged, ver, ms, position=pos)
             elif cur.kind in ("upsert", "undelete"):
-                ops[key] = RowOp(key, cur.kind, {**cur.values, **values}, ver, ms)
+                ops[key] = RowOp(key, cur.kind, {**cur.values, **values}, ver, ms, position=pos)
             elif cur.kind == "refetch":
-                ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms)
+                ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms, position=pos)
             # an update after a delete in the same batch cannot happen in Salesforce; the delete stands
     return ops
 

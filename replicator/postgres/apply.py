@@ -5,8 +5,8 @@ one per set of columns for partial updates), never one round trip per row. Every
 version guard: a change older than the row (`_sf_version`) is skipped (docs/design.md, contract 2). Rows are
 found by their Salesforce Id (`id` column), whatever the table's key, because change events carry Ids.
 
-Safe to call again with the same batch: the guard compares with `<=`, and applying the same values
-again leaves the same row.
+Safe to call again with the same batch: a change is applied only when it is newer than the row (commit time,
+then replay id: `ddl.newer_than_row`), so the same change again is skipped and leaves the same row.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 import structlog
 
-from ..model import SYNCED_COLUMN, VERSION_COLUMN, Checkpoint, DeadLetter, RowOp, TableInfo
+from ..model import SYNCED_COLUMN, Checkpoint, DeadLetter, RowOp, TableInfo
 from . import ddl, state
 from .errors import mapped
 from .state import ms_to_datetime as _ts
@@ -59,8 +59,8 @@ class StreamSink:
         result = ApplyResult()
         async with self.pool.acquire() as conn, conn.transaction():
             if self.t.hard_deletes:  # a record that ends deleted is removed, whatever came before
-                ops = [RowOp(o.key, "delete", version=o.version, commit_ms=o.commit_ms) if o.deleted else o
-                       for o in ops]
+                ops = [RowOp(o.key, "delete", version=o.version, commit_ms=o.commit_ms, position=o.position)
+                       if o.deleted else o for o in ops]
             full = [o for o in ops if o.kind in ("upsert", "undelete")]
             if full:
                 n = await self._upsert(conn, full)
@@ -72,9 +72,15 @@ class StreamSink:
                 result.updates += n
                 result.skipped += len(updates) - n
             deletes = [o for o in ops if o.kind == "delete"]
-            changed = [o for o in deletes if o.values]
-            if changed and not self.t.hard_deletes:
-                await self._update(conn, changed)  # fields changed earlier in the batch, then the soft delete
+            if "isdeleted" in self.types and not self.t.hard_deletes:
+                # Fields changed earlier in the batch, then the soft delete: one write at the delete's version.
+                changed = [RowOp(o.key, "update", {**o.values, "isdeleted": True}, o.version, o.commit_ms,
+                                 position=o.position) for o in deletes if o.values]
+                if changed:
+                    n = await self._update(conn, changed)
+                    result.deletes += n
+                    result.skipped += len(changed) - n
+                deletes = [o for o in deletes if not o.values]
             if deletes:
                 n = await self._delete(conn, deletes)
                 result.deletes += n
@@ -92,35 +98,36 @@ class StreamSink:
         spec = self.t.spec
         cols = [c.name for c in spec.columns]
         arrays: list[list] = [[] for _ in cols]
-        versions = []
+        versions, positions = _versions(ops)
         for op in ops:
             row = {**op.values, "id": op.key, **self._system(op)}
             if "isdeleted" in self.types:
                 row["isdeleted"] = op.deleted
             for i, c in enumerate(cols):
                 arrays[i].append(row.get(c))
-            versions.append(_ts(op.commit_ms))
         if spec.key != "id":  # an external id can change: re-key rows by their Id first (see ddl.upsert_…)
             key_at = cols.index(spec.key)
             await conn.execute(
                 f"UPDATE {self.q} AS cur SET {ddl.quote_ident(spec.key)} = u.k "
-                f"FROM unnest($1::text[], $2::{self.types[spec.key]}[], $3::timestamptz[]) AS u(_id, k, _v) "
+                f"FROM unnest($1::text[], $2::{self.types[spec.key]}[], $3::timestamptz[], $4::bytea[]) "
+                f"AS u(_id, k, _v, _p) "
                 f'WHERE cur."id" = u._id AND cur.{ddl.quote_ident(spec.key)} IS DISTINCT FROM u.k '
-                f"AND u.k IS NOT NULL AND cur.{ddl.quote_ident(VERSION_COLUMN)} <= u._v",
-                [o.key for o in ops], arrays[key_at], versions,
+                f"AND u.k IS NOT NULL AND {ddl.newer_than_row('cur', 'u._v', 'u._p')}",
+                [o.key for o in ops], arrays[key_at], versions, positions,
             )
         params = ", ".join(f"${i + 1}::{self.types[c]}[]" for i, c in enumerate(cols))
         col_sql = ", ".join(ddl.quote_ident(c) for c in cols)
         sets = ", ".join(f"{ddl.quote_ident(c)} = EXCLUDED.{ddl.quote_ident(c)}" for c in cols if c != spec.key)
-        stream_v = ddl.quote_ident(ddl.STREAM_VERSION_COLUMN)
+        stream_v, stream_p = ddl.quote_ident(ddl.STREAM_VERSION_COLUMN), ddl.quote_ident(ddl.STREAM_POSITION_COLUMN)
+        n = len(cols)
         sql = (
-            f"INSERT INTO {self.q} AS cur ({col_sql}, {stream_v}) "
-            f"SELECT * FROM unnest({params}, ${len(cols) + 1}::timestamptz[]) "
+            f"INSERT INTO {self.q} AS cur ({col_sql}, {stream_v}, {stream_p}) "
+            f"SELECT * FROM unnest({params}, ${n + 1}::timestamptz[], ${n + 2}::bytea[]) "
             f"ON CONFLICT ({ddl.quote_ident(spec.key)}) DO UPDATE SET {sets}, {stream_v} = EXCLUDED.{stream_v}, "
-            f"{ddl.quote_ident(SYNCED_COLUMN)} = now() "
-            f"WHERE cur.{ddl.quote_ident(VERSION_COLUMN)} <= EXCLUDED.{stream_v}"
+            f"{stream_p} = EXCLUDED.{stream_p}, {ddl.quote_ident(SYNCED_COLUMN)} = now() "
+            f"WHERE {ddl.newer_than_row('cur', f'EXCLUDED.{stream_v}', f'EXCLUDED.{stream_p}')}"
         )
-        status = await conn.execute(sql, *arrays, versions)
+        status = await conn.execute(sql, *arrays, versions, positions)
         return int(status.rsplit(" ", 1)[-1])
 
     async def _update(self, conn: asyncpg.Connection, ops: list[RowOp]) -> int:
@@ -130,11 +137,11 @@ class StreamSink:
         One small object per row is far cheaper to send than a value and a mask per column per row."""
         system = list(self._system(ops[0]))
         cols = sorted({c for o in ops for c in o.values if c not in system})
-        ids, versions, docs = [], [], []
+        ids, docs = [], []
+        versions, positions = _versions(ops)
         sys_values: list[list] = [[] for _ in system]
         for op in ops:
             ids.append(op.key)
-            versions.append(_ts(op.commit_ms))
             docs.append(orjson.dumps(op.values, default=str).decode())
             row = self._system(op)
             for i, c in enumerate(system):
@@ -144,36 +151,45 @@ class StreamSink:
             key = ddl.quote_literal(c)
             sets.append(f"{ddl.quote_ident(c)} = CASE WHEN u._j ? {key} THEN (u._j->>{key})::{self.types[c]} "
                         f"ELSE cur.{ddl.quote_ident(c)} END")
-        args: list = [ids, versions, docs]
-        unnest = ["$1::text[]", "$2::timestamptz[]", "$3::jsonb[]"]
-        names = ["_id", "_v", "_j"]
+        args: list = [ids, versions, positions, docs]
+        unnest = ["$1::text[]", "$2::timestamptz[]", "$3::bytea[]", "$4::jsonb[]"]
+        names = ["_id", "_v", "_p", "_j"]
         for i, c in enumerate(system):
             args.append(sys_values[i])
             unnest.append(f"${len(args)}::{self.types[c]}[]")
             names.append(f"s{i}")
             sets.append(f"{ddl.quote_ident(c)} = u.s{i}")
-        stream_v = ddl.quote_ident(ddl.STREAM_VERSION_COLUMN)
-        sets += [f"{stream_v} = u._v", f"{ddl.quote_ident(SYNCED_COLUMN)} = now()"]
+        sets += _stamp_sets()
         sql = (
             f"UPDATE {self.q} AS cur SET {', '.join(sets)} "
             f"FROM unnest({', '.join(unnest)}) AS u({', '.join(names)}) "
-            f'WHERE cur."id" = u._id AND cur.{ddl.quote_ident(VERSION_COLUMN)} <= u._v'
+            f"WHERE cur.\"id\" = u._id AND {ddl.newer_than_row('cur', 'u._v', 'u._p')}"
         )
         status = await conn.execute(sql, *args)
         return int(status.rsplit(" ", 1)[-1])
 
     async def _delete(self, conn: asyncpg.Connection, ops: list[RowOp]) -> int:
         ids = [o.key for o in ops]
-        versions = [_ts(o.commit_ms) for o in ops]
-        guard = f'cur."id" = u._id AND cur.{ddl.quote_ident(VERSION_COLUMN)} <= u._v'
-        src = "unnest($1::text[], $2::timestamptz[]) AS u(_id, _v)"
+        versions, positions = _versions(ops)
+        guard = f'cur."id" = u._id AND {ddl.newer_than_row("cur", "u._v", "u._p")}'
+        src = "unnest($1::text[], $2::timestamptz[], $3::bytea[]) AS u(_id, _v, _p)"
         if self.t.hard_deletes or "isdeleted" not in self.types:
             sql = f"DELETE FROM {self.q} AS cur USING {src} WHERE {guard}"
         else:
-            stream_v = ddl.quote_ident(ddl.STREAM_VERSION_COLUMN)
-            sets = ['"isdeleted" = true', f"{stream_v} = u._v", f"{ddl.quote_ident(SYNCED_COLUMN)} = now()"]
+            sets = ['"isdeleted" = true', *_stamp_sets()]
             if self.has_modstamp:
                 sets.append('"systemmodstamp" = u._v')
             sql = f"UPDATE {self.q} AS cur SET {', '.join(sets)} FROM {src} WHERE {guard}"
-        status = await conn.execute(sql, ids, versions)
+        status = await conn.execute(sql, ids, versions, positions)
         return int(status.rsplit(" ", 1)[-1])
+
+
+def _versions(ops: list[RowOp]) -> tuple[list, list]:
+    """Each operation's version: its commit time, and its replay id (None when it has none)."""
+    return [_ts(o.commit_ms) for o in ops], [o.position or None for o in ops]
+
+
+def _stamp_sets() -> list[str]:
+    """What every stream write sets besides the values: its version, its position and the sync time."""
+    return [f"{ddl.quote_ident(ddl.STREAM_VERSION_COLUMN)} = u._v", f"{ddl.quote_ident(ddl.STREAM_POSITION_COLUMN)} = u._p",
+            f"{ddl.quote_ident(SYNCED_COLUMN)} = now()"]

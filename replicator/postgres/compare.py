@@ -117,7 +117,7 @@ class Comparison:
                 f"LEFT JOIN {t} a USING ({k}) WHERE a.{k} IS NULL OR {changed}")
             wanted = await self.conn.fetchval(f"SELECT count(*) FROM {ddl.quote_ident(_REPAIR)}")
             status = ""
-            for statement in ddl.upsert_from_staging(self.spec, _REPAIR, version_column).split(";\n"):
+            for statement in ddl.upsert_from_staging(self.spec, _REPAIR, version_column, wins_ties=False).split(";\n"):
                 status = await self.conn.execute(statement)
             out.written = int(status.rsplit(" ", 1)[-1])
             out.kept_newer = wanted - out.written

@@ -101,8 +101,8 @@ async def test_partial_update_leaves_every_other_column_untouched(sim, pg_url, s
     after = dict(await conn.fetchrow("SELECT * FROM stream.account WHERE id = $1", acc))
     await conn.close()
     changed = {k for k in before if before[k] != after[k]}
-    assert changed <= {"phone", "lastmodifieddate", "systemmodstamp", "_sf_stream_version", "_sf_version",
-                       "_sf_synced_at"}, changed
+    assert changed <= {"phone", "lastmodifieddate", "systemmodstamp", "_sf_stream_version", "_sf_stream_position",
+                       "_sf_version", "_sf_synced_at"}, changed
     assert "phone" in changed
 
 

@@ -148,9 +148,11 @@ class PubSubService(pb_grpc.PubSubServicer):
                 if state.closed and state.pending == 0:
                     return  # the client half-closed and is owed nothing more
                 if state.pending > 0:
-                    events, cursor = self.bus.take(topic, cursor, state.pending, MAX_RESPONSE_BYTES)
-                    if events:
-                        out = self._consumer_events(events, state.pending)
+                    events, scanned = self.bus.take(topic, cursor, state.pending, MAX_RESPONSE_BYTES)
+                    if not events:
+                        cursor = scanned  # past other topics' events
+                    else:
+                        out, cursor = self._consumer_events(events, state.pending, scanned)
                         state.pending -= len(out)
                         yield pb.FetchResponse(events=out, latest_replay_id=_replay(cursor),
                                                rpc_id=str(uuid.uuid4()), pending_num_requested=state.pending)
@@ -192,17 +194,23 @@ class PubSubService(pb_grpc.PubSubServicer):
                 await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, REPLAY_CORRUPTED, REPLAY_TEXT)
         return self.bus.start_latest()
 
-    def _consumer_events(self, events, room: int) -> list:
+    def _consumer_events(self, events, room: int, scanned: int) -> tuple[list, int]:
+        """The ConsumerEvents of one response (at most `room`, duplicates included) and the cursor after it.
+
+        A duplicate (the `duplicate_rate` knob) takes the room of a later event: that event is left for the
+        next response and the cursor stops at the last event sent, so a duplicate never costs an event."""
         out = []
         rate, roll = self.faults.duplicate_rate, self.faults.roll
-        for event in events:
+        for k, event in enumerate(events):
+            if len(out) >= room:
+                return out, events[k - 1].counter
             message = pb.ConsumerEvent(event=pb.ProducerEvent(id=event.event_id, schema_id=event.schema_id,
                                                               payload=event.payload),
                                        replay_id=event.replay_id)
             out.append(message)
             if rate > 0 and len(out) < room and roll(rate):
                 out.append(message)  # a duplicate delivery: the same event, the same replay id
-        return out[:room]
+        return out, scanned
 
 
 class _Flow:

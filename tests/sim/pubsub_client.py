@@ -98,6 +98,7 @@ class Subscription:
         self.responses: list = []
         self.error: grpc.RpcError | None = None
         self.done = threading.Event()
+        self._asked_at = 0  # len(responses) when keep_flowing last asked for more
         self.call = org.stub.Subscribe(self._iterate(), metadata=org.metadata)
         threading.Thread(target=self._collect, daemon=True).start()
 
@@ -119,6 +120,20 @@ class Subscription:
 
     def request(self, n: int, topic: str = "") -> None:
         self._requests.put(pb.FetchRequest(topic_name=topic, num_requested=n))
+
+    def keep_flowing(self, n: int) -> bool:
+        """Ask for `n` more events whenever everything asked for has arrived (call it while waiting on a
+        condition); returns True so it can lead an `and`."""
+        responses = self.responses
+        if responses and responses[-1].pending_num_requested == 0 and len(responses) != self._asked_at:
+            self._asked_at = len(responses)
+            self.request(n)
+        return True
+
+    @property
+    def scanned(self) -> str:
+        """The newest latest_replay_id received (hex; "" before any response)."""
+        return max((r.latest_replay_id.hex() for r in list(self.responses)), default="")
 
     @property
     def events(self) -> list:

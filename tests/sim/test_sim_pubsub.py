@@ -168,6 +168,22 @@ def test_duplicate_delivery_repeats_the_same_replay_id(org):
         assert sub.events[0].event.payload == sub.events[1].event.payload
 
 
+def test_duplicates_never_cost_an_event(org):
+    # Duplicates must come on top of the events owed, never in their place: every published replay id
+    # arrives at least once, in replay order, even when responses are full (100 owed, a backlog of 450).
+    org.faults(purge_before_now=True)
+    account = org.first_ids("Account", 1)[0]
+    ids = org.changes([{"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": f"d-{k}"}}
+                       for k in range(450)])["replay_ids"]
+    org.faults(duplicate_rate=0.3)
+    with org.subscribe(ACCOUNTS, pb.EARLIEST, num_requested=100) as sub:
+        wait_for(lambda: sub.keep_flowing(100) and sub.scanned >= ids[-1])
+        received = [e.replay_id.hex() for e in sub.events]
+    assert set(received) == set(ids), f"{len(set(ids) - set(received))} of {len(ids)} events never arrived"
+    assert received == sorted(received)
+    assert len(received) > len(ids)  # the knob did deliver duplicates
+
+
 def test_change_events_topic_has_every_object_with_the_same_replay_ids(org):
     org.faults(purge_before_now=True)
     contact = org.first_ids("Contact", 1)[0]

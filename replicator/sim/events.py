@@ -4,7 +4,9 @@ Replay ids (§3): ONE counter for the whole org, shared by every topic. An event
 it is the same on each topic it appears on: a change event of Account is on `/data/AccountChangeEvent` and on
 `/data/ChangeEvents` with the same id; a platform event only on its `/event/…` topic. Seen from one topic the
 ids are therefore increasing but not contiguous, which §3 allows ("consecutive IDs are not contiguous").
-Wire form: 10 bytes, the counter as a big-endian uint64 then two zero bytes (as observed, §3).
+Wire form: 10 bytes, the counter as a big-endian uint64 then two zero bytes (as observed, §3). A CUSTOM
+replay id may also be the bare 8-byte big-endian long, which is how the Java example and other clients build
+one from an integer (§3).
 
 Retention (§3, 72 h): events older than `retention_seconds` are expired; `purge_now()` expires every stored
 event. At most `retention_events` events are kept (a memory bound for long high-rate runs; the oldest go
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 ALL_CHANGE_EVENTS = "/data/ChangeEvents"
 REPLAY_ID_BYTES = 10
+LONG_REPLAY_ID_BYTES = 8
 SCAN_LIMIT = 20_000  # events examined per take(): keeps one call short when a topic is sparse in the log
 
 
@@ -34,6 +37,10 @@ def encode_replay_id(counter: int) -> bytes:
 
 
 def decode_replay_id(value: bytes) -> int:
+    """The counter of a replay id in either accepted form: the 10 bytes this simulator sends, or the bare
+    8-byte big-endian long that the Java example's `getReplayIdFromLong` builds and Salesforce accepts."""
+    if len(value) == LONG_REPLAY_ID_BYTES:
+        return int.from_bytes(value, "big")
     if len(value) != REPLAY_ID_BYTES or value[8:] != b"\x00\x00":
         raise ReplayIdError("malformed replay id")
     return int.from_bytes(value[:8], "big")

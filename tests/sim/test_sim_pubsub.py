@@ -124,6 +124,17 @@ def test_replay_presets_earliest_latest_custom(org):
     assert counter == sorted(counter)
 
 
+def test_custom_replay_id_as_an_8_byte_long_is_accepted(org):
+    # The Java example resumes with the integer replay id encoded as an 8-byte big-endian long
+    # (CommonContext.getReplayIdFromLong); Salesforce accepts it next to the 10-byte form it sends.
+    ids = touch_account(org, "long", 3)
+    as_long = int(ids[0][:16], 16).to_bytes(8, "big")
+    with org.subscribe(ACCOUNTS, pb.CUSTOM, as_long, num_requested=10) as sub:
+        wait_for(lambda: len(sub.events) == 2)
+        assert [e.replay_id.hex() for e in sub.events] == ids[1:]
+        assert sub.error is None
+
+
 @pytest.mark.parametrize("kind", ["malformed", "unknown", "expired"])
 def test_bad_replay_id_is_invalid_argument_with_corrupted_code(org, kind):
     known = touch_account(org, kind)[0]

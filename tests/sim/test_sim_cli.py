@@ -41,3 +41,22 @@ def test_cli_ready_line_and_sigterm():
 def test_cli_bad_usage_exits_2():
     proc = subprocess.run([sys.executable, "-m", "replicator.sim", "--records", "many"], capture_output=True)
     assert proc.returncode == 2
+
+
+def test_replicator_sim_help_lists_every_option():
+    from click.testing import CliRunner
+
+    from replicator.cli import main
+    from replicator.sim.__main__ import build_parser
+
+    flags = [flag for action in build_parser()._actions for flag in action.option_strings]
+    assert "--duplicate-rate" in flags and "--records" in flags
+    for argv in (["sim", "--help"], ["sim", "-h"]):
+        result = CliRunner().invoke(main, argv)
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("usage: replicator sim")
+        missing = [flag for flag in flags if flag not in result.output]
+        assert not missing, f"`replicator {' '.join(argv)}` does not list {missing}"
+        assert "see `replicator sim --help`" not in result.output
+    listing = CliRunner().invoke(main, ["--help"]).output
+    assert "sim" in listing and "see `replicator sim --help`" not in listing

@@ -15,7 +15,7 @@
     PUT  /__sim/traffic                  merge settings; {"running": false} pauses
     GET  /__sim/stats                    {"changes": {"total", "by_object", "by_type"}, "transactions",
                                           "events_published", "events_retained", "last_replay_id": hex|null,
-                                          "subscribers"}
+                                          "subscribers", "streams_cut"}
 """
 
 from __future__ import annotations
@@ -160,6 +160,7 @@ async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     out = state.capture.stats()
     out["subscribers"] = state.pubsub.subscribers if state.pubsub is not None else 0
+    out["streams_cut"] = state.pubsub.streams_cut if state.pubsub is not None else 0
     return json_ok(out)
 
 

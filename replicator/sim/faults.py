@@ -24,6 +24,12 @@ KNOB_HELP = {
     "retention_seconds": "events older than this are expired (Salesforce: 72 h, §3)",
     "retention_events": "at most this many events are kept (memory bound; the oldest expire first)",
     "duplicate_rate": "probability (0..1) that Subscribe delivers an event twice (same replay id)",
+    "stream_close_seconds": "Subscribe: end every stream with UNAVAILABLE (no error-code) this many seconds "
+                            "after it started, like a network cut; 0 = never",
+    "stream_close_rate": "Subscribe: probability (0..1) that a stream ends with UNAVAILABLE right after a "
+                         "FetchResponse",
+    "keepalive_ahead": "Subscribe: a keepalive's latest_replay_id runs this many positions past the newest "
+                       "event, as if other orgs' events went by on the shared bus (replay tightening); 0 = off",
     "gap_event_bytes": "a change event whose encoding exceeds this becomes a GAP_* event (Salesforce: 1 MB, §7)",
     "overflow_threshold": "changes per transaction before GAP_OVERFLOW (Salesforce: 100,000, §7)",
 }
@@ -44,6 +50,9 @@ class Faults:
     retention_seconds: float = 259_200.0
     retention_events: int = 1_000_000
     duplicate_rate: float = 0.0
+    stream_close_seconds: float = 0.0
+    stream_close_rate: float = 0.0
+    keepalive_ahead: int = 0
     gap_event_bytes: int = 1_000_000
     overflow_threshold: int = 100_000
 

@@ -150,6 +150,57 @@ class Subscription:
         self.close()
 
 
+class Follower:
+    """A client that reads one topic across stream failures, as a replicating client must.
+
+    It asks for `batch` more events whenever everything asked for has arrived, remembers the newest replay id
+    it was given (a response's latest_replay_id, which on a keepalive may run ahead of every event: replay
+    tightening), and when a stream ends with UNAVAILABLE it subscribes again, CUSTOM from that replay id
+    (EARLIEST the first time). Any other error fails the test. Drive it with poll() inside wait_for."""
+
+    def __init__(self, org: Org, topic: str, batch: int = 100) -> None:
+        self.org, self.topic, self.batch = org, topic, batch
+        self.position = b""
+        self.events: list = []  # every ConsumerEvent received, over every stream, in arrival order
+        self.keepalives: list[bytes] = []  # latest_replay_id of every empty response
+        self.cuts = 0  # streams that ended with UNAVAILABLE
+        self._sub: Subscription | None = None
+        self._seen = 0
+
+    def poll(self) -> bool:
+        if self._sub is None:
+            preset = pb.CUSTOM if self.position else pb.EARLIEST
+            self._sub = self.org.subscribe(self.topic, preset, self.position, self.batch)
+            self._seen = 0
+        sub = self._sub
+        ended = sub.done.is_set()  # read before the responses: once set, every response is in the list
+        responses = list(sub.responses)
+        for response in responses[self._seen:]:
+            self.events.extend(response.events)
+            if not response.events:
+                self.keepalives.append(response.latest_replay_id)
+            self.position = response.latest_replay_id or (response.events[-1].replay_id if response.events
+                                                           else self.position)
+        self._seen = len(responses)
+        if ended:
+            if sub.error is None or sub.error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise AssertionError(f"the stream ended with {sub.error!r}")
+            self.cuts += 1
+            sub.close()
+            self._sub = None
+        else:
+            sub.keep_flowing(self.batch)
+        return True
+
+    def received(self) -> list[str]:
+        """Replay ids of the events received (hex), in arrival order."""
+        return [e.replay_id.hex() for e in self.events]
+
+    def close(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+
+
 def trailer(error: grpc.RpcError, key: str = "error-code") -> str | None:
     return dict(error.trailing_metadata() or ()).get(key)
 

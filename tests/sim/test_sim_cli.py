@@ -16,7 +16,8 @@ import httpx
 def test_cli_ready_line_and_sigterm():
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "replicator.sim", "--records", "1000000", "--no-tls",
-                             "--latency-ms", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--latency-ms", "0", "--stream-close-seconds", "30", "--stream-close-rate", "0.01",
+                             "--keepalive-ahead", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         sel = selectors.DefaultSelector()
@@ -31,6 +32,8 @@ def test_cli_ready_line_and_sigterm():
         assert info["ca_file"] is None and info["instance_url"].startswith("http://")
         r = httpx.get(info["instance_url"] + "/__sim/info")
         assert r.json()["org_id"] == info["org_id"]
+        faults = httpx.get(info["instance_url"] + "/__sim/faults").json()
+        assert (faults["stream_close_seconds"], faults["stream_close_rate"], faults["keepalive_ahead"]) == (30, 0.01, 3)
         r = httpx.get(info["instance_url"] + "/__sim/counts", timeout=60)
         assert r.json()["Account"]["total"] == 1_000_000
     finally:

@@ -14,7 +14,7 @@ from replicator.sim.faults import Faults
 from replicator.sim.server import SimulatorThread
 
 from .conftest import wait_for
-from .pubsub_client import Org, trailer
+from .pubsub_client import Follower, Org, trailer
 
 ACCOUNTS = "/data/AccountChangeEvent"
 CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
@@ -193,6 +193,51 @@ def test_duplicates_never_cost_an_event(org):
     assert set(received) == set(ids), f"{len(set(ids) - set(received))} of {len(ids)} events never arrived"
     assert received == sorted(received)
     assert len(received) > len(ids)  # the knob did deliver duplicates
+
+
+def update_events(org: Org, tag: str, n: int) -> list[str]:
+    """One transaction of n events (one UPDATE item each); their replay ids (hex)."""
+    account = org.first_ids("Account", 1)[0]
+    return org.changes([{"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": f"{tag}-{k}"}}
+                        for k in range(n)])["replay_ids"]
+
+
+def test_stream_cuts_lose_no_event_for_a_client_that_resubscribes(org):
+    org.faults(purge_before_now=True)
+    org.faults(stream_close_rate=0.3, stream_close_seconds=0.3, keepalive_seconds=0.05, keepalive_ahead=3)
+    follower = Follower(org, ACCOUNTS, batch=10)
+    published: list[str] = []
+    try:
+        for round_ in range(8):
+            published += update_events(org, f"cut{round_}", 30)
+            last = published[-1]
+            wait_for(lambda last=last: follower.poll() and last in follower.received())
+            if round_ % 2:  # let streams age past stream_close_seconds while idle, keepalives flowing
+                cuts = follower.cuts
+                wait_for(lambda cuts=cuts: follower.poll() and follower.cuts > cuts)
+    finally:
+        follower.close()
+    received = follower.received()
+    assert set(received) == set(published), f"{len(set(published) - set(received))} events never arrived"
+    assert received == sorted(received)
+    assert follower.cuts >= 4
+    assert org.http.get("/__sim/stats").json()["streams_cut"] >= follower.cuts
+
+
+def test_keepalive_runs_ahead_and_resuming_there_loses_nothing(org):
+    org.faults(purge_before_now=True)
+    delivered = touch_account(org, "ahead", 2)
+    org.faults(keepalive_seconds=0.05, keepalive_ahead=5)
+    with org.subscribe(ACCOUNTS, pb.EARLIEST, num_requested=10) as sub:
+        wait_for(lambda: len(sub.events) == 2 and any(not r.events for r in sub.responses))
+        keepalive = next(r for r in sub.responses if not r.events).latest_replay_id
+    # Ahead of the last event delivered, and of every event of the org: it names no event at all.
+    assert int.from_bytes(keepalive[:8], "big") >= int(delivered[-1][:16], 16) + 5
+    later = touch_account(org, "after", 3)
+    with org.subscribe(ACCOUNTS, pb.CUSTOM, keepalive, num_requested=10) as sub:
+        wait_for(lambda: len(sub.events) == 3)
+        assert [e.replay_id.hex() for e in sub.events] == later
+        assert sub.error is None
 
 
 def test_change_events_topic_has_every_object_with_the_same_replay_ids(org):

@@ -15,7 +15,7 @@ import sys
 
 import orjson
 
-from .faults import KNOB_HELP, Faults
+from .faults import KNOB_CHOICES, KNOB_HELP, Faults
 from .server import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator
 
 
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         value = getattr(defaults, name)
         if isinstance(value, bool):
             p.add_argument(flag, action="store_true", help=text)
+        elif name in KNOB_CHOICES:
+            p.add_argument(flag, choices=KNOB_CHOICES[name], default=value, help=f"{text} (default {value})")
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"{text} (default {value})")
     return p

@@ -147,8 +147,7 @@ class ChangeCapture:
 
     def commit(self, items: list[ChangeItem], origin: str = "") -> CommitResult:
         """Apply `items` as ONE transaction (call validate() first) and publish its events."""
-        now = time.time_ns() // 1_000_000
-        ts = self.last_timestamp = max(now, self.last_timestamp)
+        ts = self._commit_timestamp()
         stamp = from_epoch_ms(ts)
         self.commit_number += 1
         self.transactions += 1
@@ -187,6 +186,15 @@ class ChangeCapture:
             replay_ids.append(self.bus.publish(self._topic(entity), True, schema.id, payload).replay_id.hex())
         self.bus.notify()
         return CommitResult(key, ts, self.commit_number, replay_ids, ids_out)
+
+    def _commit_timestamp(self) -> int:
+        """Epoch milliseconds of the next commit: never before the previous one (delivery order is commit
+        order); whole seconds when `timestamp_precision` is "s", rounding up after a switch from "ms"."""
+        now, last = time.time_ns() // 1_000_000, self.last_timestamp
+        if self.faults.whole_seconds:
+            now, last = now - now % 1000, -(-last // 1000) * 1000
+        self.last_timestamp = max(now, last)
+        return self.last_timestamp
 
     def _topic(self, entity: str) -> str:
         return "/data/" + event_name(entity)

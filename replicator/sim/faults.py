@@ -30,9 +30,14 @@ KNOB_HELP = {
                          "FetchResponse",
     "keepalive_ahead": "Subscribe: a keepalive's latest_replay_id runs this many positions past the newest "
                        "event, as if other orgs' events went by on the shared bus (replay tightening); 0 = off",
+    "timestamp_precision": "ms, or s: stamp every SystemModstamp, LastModifiedDate, CreatedDate, datetime value "
+                           "set through /__sim/changes, commitTimestamp and job timestamp in whole seconds, as "
+                           "Salesforce does (datetime fields store no milliseconds)",
     "gap_event_bytes": "a change event whose encoding exceeds this becomes a GAP_* event (Salesforce: 1 MB, §7)",
     "overflow_threshold": "changes per transaction before GAP_OVERFLOW (Salesforce: 100,000, §7)",
 }
+
+KNOB_CHOICES = {"timestamp_precision": ("ms", "s")}  # the knobs that take one of a few words
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Faults:
     retention_seconds: float = 259_200.0
     retention_events: int = 1_000_000
     duplicate_rate: float = 0.0
+    timestamp_precision: str = "ms"
     stream_close_seconds: float = 0.0
     stream_close_rate: float = 0.0
     keepalive_ahead: int = 0
@@ -70,7 +76,10 @@ class Faults:
             if key not in types:
                 raise ValueError(f"unknown fault knob: {key}")
             kind = types[key]
-            if kind == "bool":
+            if key in KNOB_CHOICES:
+                if value not in KNOB_CHOICES[key]:
+                    raise ValueError(f"{key} must be one of: {', '.join(KNOB_CHOICES[key])}")
+            elif kind == "bool":
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be a boolean")
             elif isinstance(value, bool) or not isinstance(value, int | float):
@@ -80,6 +89,10 @@ class Faults:
             staged[key] = int(value) if kind == "int" else float(value) if kind == "float" else value
         for key, value in staged.items():
             setattr(self, key, value)
+
+    @property
+    def whole_seconds(self) -> bool:
+        return self.timestamp_precision == "s"
 
     def roll(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate

@@ -135,6 +135,11 @@ class JobManager:
         # Rendering is CPU-bound; two threads keep two jobs moving without starving request handling.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sim-render")
 
+    def _now(self) -> float:
+        """Wall-clock seconds for job timestamps: whole seconds when timestamp_precision is "s"."""
+        now = time.time()
+        return float(int(now)) if self.faults.whole_seconds else now
+
     def create(self, body: dict, api_version: float) -> Job:
         operation = body.get("operation")
         if operation not in ("query", "queryAll"):
@@ -158,7 +163,7 @@ class JobManager:
             raise JobError(400, exc.code, exc.message) from None
         self._counter += 1
         job = Job(make_id("750", self._counter), operation, plan, text, api_version, delimiter, line_ending,
-                  time.time(), self.faults.take_failed_job(), 0)
+                  self._now(), self.faults.take_failed_job(), 0)
         self.jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._process(job))
         return job
@@ -168,10 +173,10 @@ class JobManager:
             await asyncio.sleep(0.01)  # server-side wait while a test holds jobs
         if job.state != "UploadComplete":
             return  # aborted while queued
-        job.state, job.modified = "InProgress", time.time()
+        job.state, job.modified = "InProgress", self._now()
         started = time.monotonic()
         if job.fail:
-            job.state, job.modified = "Failed", time.time()
+            job.state, job.modified = "Failed", self._now()
             job.error_message = "InternalServerError : simulated job failure (fail_jobs)"
             return
         job.malformed_rows = self.faults.take_malformed_rows()  # the next job that renders results
@@ -185,14 +190,14 @@ class JobManager:
         try:
             rendered = await asyncio.get_running_loop().run_in_executor(self.executor, work)
         except Exception as exc:  # a render bug must surface as a Failed job, not a hung one
-            job.state, job.modified, job.error_message = "Failed", time.time(), f"InternalServerError : {exc}"
+            job.state, job.modified, job.error_message = "Failed", self._now(), f"InternalServerError : {exc}"
             return
         job.processing_ms = int((time.monotonic() - started) * 1000)
         if job.state == "Aborted":
             _remove(path)
             return
         job.rendered = rendered
-        job.state, job.modified = "JobComplete", time.time()
+        job.state, job.modified = "JobComplete", self._now()
 
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -204,7 +209,7 @@ class JobManager:
         # §1.4: abort only from UploadComplete or InProgress.
         if job.state not in ("UploadComplete", "InProgress"):
             raise JobError(400, "INVALIDJOBSTATE", f"Job is already in state {job.state} and cannot be aborted")
-        job.state, job.modified = "Aborted", time.time()
+        job.state, job.modified = "Aborted", self._now()
 
     def delete(self, job: Job) -> None:
         if job.state not in TERMINAL:  # §1.4: delete only terminal jobs, else 400 API_ERROR

@@ -17,7 +17,7 @@ def test_cli_ready_line_and_sigterm():
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "replicator.sim", "--records", "1000000", "--no-tls",
                              "--latency-ms", "0", "--stream-close-seconds", "30", "--stream-close-rate", "0.01",
-                             "--keepalive-ahead", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--keepalive-ahead", "3", "--timestamp-precision", "s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         sel = selectors.DefaultSelector()
@@ -33,7 +33,8 @@ def test_cli_ready_line_and_sigterm():
         r = httpx.get(info["instance_url"] + "/__sim/info")
         assert r.json()["org_id"] == info["org_id"]
         faults = httpx.get(info["instance_url"] + "/__sim/faults").json()
-        assert (faults["stream_close_seconds"], faults["stream_close_rate"], faults["keepalive_ahead"]) == (30, 0.01, 3)
+        knobs = ("stream_close_seconds", "stream_close_rate", "keepalive_ahead", "timestamp_precision")
+        assert [faults[k] for k in knobs] == [30, 0.01, 3, "s"]
         r = httpx.get(info["instance_url"] + "/__sim/counts", timeout=60)
         assert r.json()["Account"]["total"] == 1_000_000
     finally:

@@ -1,4 +1,5 @@
-"""The simulated org's metadata: objects, fields, and their describe / describeGlobal JSON (§3.1, §3.2).
+"""The simulated org's metadata: objects, fields, and their describe / describeGlobal JSON
+(docs/salesforce-bulk-rest-oauth.md §3.1, §3.2).
 
 Field order here is the column order of stored rows (see generator.py) and of describe `fields[]`.
 Compound fields (type `address`) are listed in describe but hold no stored value: their components do.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# soapType per field type (partner WSDL, §3.2).
+# soapType per field type (partner WSDL, docs/salesforce-bulk-rest-oauth.md §3.2).
 SOAP_TYPES = {
     "id": "tns:ID", "reference": "tns:ID", "string": "xsd:string", "textarea": "xsd:string",
     "picklist": "xsd:string", "multipicklist": "xsd:string", "email": "xsd:string", "phone": "xsd:string",
@@ -60,7 +61,8 @@ class FieldSpec:
         return self.type == "address"
 
     def describe(self) -> dict:
-        """The describe `fields[]` item (§3.2), keys in alphabetical order like Salesforce's."""
+        """The describe `fields[]` item (docs/salesforce-bulk-rest-oauth.md §3.2), keys in alphabetical order
+        like Salesforce's."""
         doc = {**DESCRIBE_CONSTANTS, **self._identity(), **self._typing(), **self._capabilities()}
         return dict(sorted(doc.items()))
 
@@ -139,7 +141,7 @@ class ObjectSpec:
         return [f for f in self.fields if not f.is_compound]
 
     def describe_global_entry(self, version: str) -> dict:
-        """One `sobjects[]` entry of describeGlobal (§3.1)."""
+        """One `sobjects[]` entry of describeGlobal (docs/salesforce-bulk-rest-oauth.md §3.1)."""
         base = f"/services/data/v{version}/sobjects/{self.name}"
         return {
             "activateable": False, "createable": True, "custom": self.custom, "customSetting": False,
@@ -153,7 +155,7 @@ class ObjectSpec:
         }
 
     def describe(self, version: str, children: list[dict]) -> dict:
-        """The sObject describe document (§3.1)."""
+        """The sObject describe document (docs/salesforce-bulk-rest-oauth.md §3.1)."""
         doc = self.describe_global_entry(version)
         doc.update({
             "actionOverrides": [], "childRelationships": children, "compactLayoutable": True,

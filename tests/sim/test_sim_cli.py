@@ -17,7 +17,8 @@ def test_cli_ready_line_and_sigterm():
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "replicator.sim", "--records", "1000000", "--no-tls",
                              "--latency-ms", "0", "--stream-close-seconds", "30", "--stream-close-rate", "0.01",
-                             "--keepalive-ahead", "3", "--timestamp-precision", "s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--keepalive-ahead", "3", "--timestamp-precision", "s"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         sel = selectors.DefaultSelector()

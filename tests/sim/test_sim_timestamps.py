@@ -38,7 +38,8 @@ def make_changes(org: Org) -> None:
                   "fields": {"Paid_At__c": "2025-03-04T05:06:07.891Z"}}])
     org.changes([{"object": "Account", "type": "DELETE", "ids": [other]}])
     org.changes([{"object": "Account", "type": "UNDELETE", "ids": [other]},
-                 {"object": "Invoice__c", "type": "UPDATE", "ids": [invoice], "fields": {"Paid_At__c": 1741064767891}}])
+                 {"object": "Invoice__c", "type": "UPDATE", "ids": [invoice],
+                  "fields": {"Paid_At__c": 1741064767891}}])
     made = org.http.put("/__sim/traffic", json={"running": True, "rate": 500, "changes": 200,
                                                 "platform_event_rate": 0.5}).json()["made"]
     wait_for(lambda: org.http.get("/__sim/traffic").json()["made"] >= made + 200)

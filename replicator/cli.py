@@ -192,10 +192,11 @@ def dead_letters_drop(config_path: str | None, object_: str | None, ids: tuple[i
     _run(lambda: command(settings, object_, list(ids)))
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@main.command(add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def sim(ctx: click.Context) -> None:
-    """Run the Salesforce org simulator in the foreground (see `replicator sim --help`)."""
+    """Run the local Salesforce org simulator in the foreground: OAuth, REST, Bulk API 2.0, Pub/Sub API."""
+    # Every argument, --help included, goes to the simulator's own parser: it alone knows the options.
     from .sim.__main__ import main as sim_main
 
     sys.exit(sim_main(list(ctx.args)))

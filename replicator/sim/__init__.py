@@ -4,9 +4,10 @@ It serves OAuth 2.0, REST (describe, SOQL query, collections retrieve, limits) a
 over HTTPS, from a seeded, lazily generated org, with fault knobs and an admin API under /__sim/; and the
 Pub/Sub API over gRPC (pubsub.py) with change data capture of every change to the org (cdc.py, avro.py,
 events.py) made by the admin API or the traffic generator (traffic.py).
-It follows shared/protocol/bulk-rest-oauth.md and shared/protocol/pubsub-cdc.md (section numbers in comments,
-e.g. "§1.5") and imports nothing from replicator.salesforce, replicator.pipeline, replicator.postgres or
-replicator.model; only the wire definitions in replicator.protocol.
+It follows Salesforce's published contract as docs/salesforce-bulk-rest-oauth.md, docs/salesforce-pubsub-cdc.md
+and docs/salesforce-coverage.md record it (comments cite them by page and section, e.g.
+"docs/salesforce-bulk-rest-oauth.md §1.5"), and imports nothing from replicator.salesforce, replicator.pipeline,
+replicator.postgres or replicator.model; only the wire definitions in replicator.protocol.
 
 Entry points: `server.Simulator`, `server.SimulatorThread`, and `python -m replicator.sim` (`__main__.main`).
 """

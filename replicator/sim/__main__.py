@@ -15,19 +15,26 @@ import sys
 
 import orjson
 
-from .faults import KNOB_HELP, Faults
+from .faults import KNOB_CHOICES, KNOB_HELP, Faults
 from .server import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="replicator sim", description="Run the local Salesforce org simulator.")
+    p = argparse.ArgumentParser(
+        prog="replicator sim",
+        description="Run the local Salesforce org simulator in the foreground: OAuth 2.0, REST, Bulk API 2.0 "
+                    "query and the Pub/Sub API (gRPC) with change data capture. Once it serves, it prints one "
+                    "JSON line (instance_url, token_url, client_id, client_secret, pubsub_endpoint, ca_file, "
+                    "...) and runs until SIGINT or SIGTERM.",
+        epilog="Every fault knob below can also be changed while it runs: PUT /__sim/faults with a JSON object "
+               "of knob names written with underscores, e.g. {\"duplicate_rate\": 0.05}.")
     p.add_argument("--records", type=int, default=1000, help="records generated per object (default 1000)")
     p.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
     p.add_argument("--no-tls", action="store_true", help="serve plain HTTP instead of HTTPS")
-    p.add_argument("--client-id", default=DEMO_CLIENT_ID)
-    p.add_argument("--client-secret", default=DEMO_CLIENT_SECRET)
+    p.add_argument("--client-id", default=DEMO_CLIENT_ID, help="the connected app's consumer key (OAuth client_id)")
+    p.add_argument("--client-secret", default=DEMO_CLIENT_SECRET, help="the connected app's consumer secret")
     p.add_argument("--username", default="integration@replicator.sim", help="JWT bearer `sub` user")
     p.add_argument("--jwt-public-key", help="PEM file of the public key that verifies JWT bearer assertions")
     p.add_argument("--page-size", type=int, default=50_000, help="Bulk results page size when maxRecords is absent")
@@ -50,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         value = getattr(defaults, name)
         if isinstance(value, bool):
             p.add_argument(flag, action="store_true", help=text)
+        elif name in KNOB_CHOICES:
+            p.add_argument(flag, choices=KNOB_CHOICES[name], default=value, help=f"{text} (default {value})")
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"{text} (default {value})")
     return p

@@ -83,10 +83,10 @@ async def put_faults(request: web.Request) -> web.Response:
         return json_ok({"error": str(exc)}, status=400)
     if expire:
         state.tokens.expire_all()
-    if purge and state.capture is not None:
-        state.capture.bus.purge_now()
-    elif state.capture is not None:
-        state.capture.bus.expire()  # a lowered retention_seconds takes effect now
+    if state.capture is not None:
+        if purge:
+            state.capture.bus.purge_now()
+        state.capture.bus.notify()  # a lowered retention_seconds takes effect now; streams see new knobs
     return json_ok(state.faults.to_dict())
 
 

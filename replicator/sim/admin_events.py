@@ -15,7 +15,7 @@
     PUT  /__sim/traffic                  merge settings; {"running": false} pauses
     GET  /__sim/stats                    {"changes": {"total", "by_object", "by_type"}, "transactions",
                                           "events_published", "events_retained", "last_replay_id": hex|null,
-                                          "subscribers"}
+                                          "subscribers", "streams_cut"}
 """
 
 from __future__ import annotations
@@ -34,18 +34,20 @@ from .state import STATE
 ADMIN_ORIGIN = "com/salesforce/api/rest/67.0;client=replicator-sim-admin"
 
 
-def parse_value(ftype: str, value: object) -> object:
-    """A JSON value as the store keeps it; ValueError when it does not fit the type."""
+def parse_value(ftype: str, value: object, whole_seconds: bool = False) -> object:
+    """A JSON value as the store keeps it (datetimes to the millisecond, or to the second with
+    `whole_seconds`); ValueError when it does not fit the type."""
     if value is None:
         return None
     if ftype == "datetime":
         if isinstance(value, int) and not isinstance(value, bool):
-            return from_epoch_ms(value)
-        text = str(value).replace("Z", "+00:00").replace("+0000", "+00:00")
-        parsed = dt.datetime.fromisoformat(text)
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
-        return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+            parsed = from_epoch_ms(value)
+        else:
+            text = str(value).replace("Z", "+00:00").replace("+0000", "+00:00")
+            parsed = dt.datetime.fromisoformat(text)
+            if parsed.tzinfo is not None:
+                parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        return parsed.replace(microsecond=0 if whole_seconds else parsed.microsecond // 1000 * 1000)
     if ftype == "date":
         return dt.date.fromisoformat(str(value))
     if ftype == "time":
@@ -67,7 +69,7 @@ def parse_value(ftype: str, value: object) -> object:
     return value
 
 
-def _item(org, raw: dict) -> ChangeItem:
+def _item(org, raw: dict, whole_seconds: bool) -> ChangeItem:
     if not isinstance(raw, dict):
         raise ChangeError("each change must be a JSON object")
     store = org.lookup(str(raw.get("object", "")))
@@ -95,7 +97,7 @@ def _item(org, raw: dict) -> ChangeItem:
         if spec is None or spec.is_compound or spec.calculated or spec.name in NOT_SETTABLE:
             raise ChangeError(f"INVALID_FIELD: {name} cannot be set on {store.spec.name}")
         try:
-            parsed = parse_value(spec.type, value)
+            parsed = parse_value(spec.type, value, whole_seconds)
         except (ValueError, TypeError) as exc:
             raise ChangeError(f"INVALID_FIELD_VALUE: {name}: {exc}") from None
         if parsed is None:
@@ -114,7 +116,7 @@ async def post_changes(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         if not isinstance(body, list) or not body:
             raise ChangeError("body must be a non-empty JSON list of changes")
-        items = [_item(state.org, raw) for raw in body]
+        items = [_item(state.org, raw, state.faults.whole_seconds) for raw in body]
         capture.validate(items)
     except (orjson.JSONDecodeError, ChangeError, ValueError) as exc:
         return json_ok({"error": str(exc)}, status=400)
@@ -160,6 +162,7 @@ async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     out = state.capture.stats()
     out["subscribers"] = state.pubsub.subscribers if state.pubsub is not None else 0
+    out["streams_cut"] = state.pubsub.streams_cut if state.pubsub is not None else 0
     return json_ok(out)
 
 

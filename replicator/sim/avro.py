@@ -1,21 +1,23 @@
 """Avro schemas of change events and platform events in Salesforce's shape, and their binary encoding.
 
-Shape (pubsub-cdc.md §5, modelled on shared/data/cdc-schemas/AccountChangeEvent.v1.avsc): record
-`<Object>ChangeEvent` (custom objects: `<Name>__ChangeEvent`) in namespace `com.sforce.eventbus`; field 0 is the
-non-null `ChangeEventHeader` record (12 fields, §5 table); then every replicated field in describe order as
-`["null", T]` with default null and a `doc` tag (`Data:Text`, `CreatedDate:DateTime`, custom fields
-`Data:Text:00N…`). Never included (§5): Id (it is in `recordIds`), IsDeleted, SystemModstamp, calculated fields.
+Shape (docs/salesforce-pubsub-cdc.md §5, modelled on the captured Account schema that the tests keep in
+tests/salesforce/data/AccountChangeEvent.v1.avsc): record `<Object>ChangeEvent` (custom objects:
+`<Name>__ChangeEvent`) in namespace `com.sforce.eventbus`; field 0 is the non-null `ChangeEventHeader` record (the
+12 fields of the header table in docs/salesforce-pubsub-cdc.md §5); then every replicated field in describe order
+as `["null", T]` with default null and a `doc` tag (`Data:Text`, `CreatedDate:DateTime`, custom fields
+`Data:Text:00N…`). Never included (docs/salesforce-pubsub-cdc.md §5): Id (it is in `recordIds`), IsDeleted,
+SystemModstamp, calculated fields.
 A compound address is one field `["null", Address{Street, City, State, PostalCode, Country, StateCode,
 CountryCode, Latitude, Longitude, Xyz, GeocodeAccuracy}]` at the position of its first component (where the
 captured schema has it); the first one defines the named record `Address`, later ones refer to it by name.
 Component fields (BillingStreet…) are not Avro fields of their own.
 
-Value encoding: datetime -> epoch milliseconds (§5, confirmed); the units of DateOnly and TimeOnly are not
-documented (§10.4), and this simulator DECIDES: **DateOnly = epoch milliseconds at UTC midnight; TimeOnly =
-milliseconds since midnight**.
+Value encoding: datetime -> epoch milliseconds (docs/salesforce-pubsub-cdc.md §5, confirmed); the units of
+DateOnly and TimeOnly are not documented (docs/salesforce-pubsub-cdc.md §10, question 4), and this simulator
+DECIDES: **DateOnly = epoch milliseconds at UTC midnight; TimeOnly = milliseconds since midnight**.
 
 Schema id: the first 16 bytes of SHA-256 over the schema JSON, URL-safe base64 without padding (22 characters,
-like `I8b-dYxvxs5wOtCBr4qsew`, §2).
+like `I8b-dYxvxs5wOtCBr4qsew`, docs/salesforce-pubsub-cdc.md §2).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ CHANGE_TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE", "GAP_CREATE", "GAP_UPD
                 "GAP_UNDELETE", "GAP_OVERFLOW")
 ADDRESS_PARTS = ("Street", "City", "State", "PostalCode", "Country", "StateCode", "CountryCode", "Latitude",
                  "Longitude", "Xyz", "GeocodeAccuracy")
-NEVER_INCLUDED = {"Id", "IsDeleted", "SystemModstamp"}  # §5 "never include" (Id travels in recordIds)
+# Fields change events never include (docs/salesforce-pubsub-cdc.md §5); the Id travels in recordIds.
+NEVER_INCLUDED = {"Id", "IsDeleted", "SystemModstamp"}
 AVRO_TYPES = {"boolean": "boolean", "int": "int", "double": "double", "currency": "double", "percent": "double",
               "date": "long", "datetime": "long", "time": "long"}  # everything else is a string
 DOC_TAGS = {"string": "Text", "textarea": "TextArea", "picklist": "DynamicEnum", "multipicklist": "MultiEnum",
@@ -77,7 +80,7 @@ def schema_id_of(schema_json: str) -> str:
 
 
 def event_name(object_name: str) -> str:
-    """AccountChangeEvent; Invoice__c -> Invoice__ChangeEvent (§5)."""
+    """AccountChangeEvent; Invoice__c -> Invoice__ChangeEvent (docs/salesforce-pubsub-cdc.md §5)."""
     return (object_name[:-3] + "__" if object_name.endswith("__c") else object_name) + "ChangeEvent"
 
 
@@ -204,9 +207,10 @@ class ChangeEventSchema:
         return buf.getvalue()
 
     def bitmap(self, names: list[str]) -> list[str]:
-        """§6 bitmap strings naming `names` (stored field names): element 0 `0x…` over top-level positions,
-        then `"{pos}-0x…"` per compound whose subfields are named. A subfield change sets only the nested
-        element, not the compound's own top-level bit (§6 worked example 2). Empty list for no names."""
+        """Bitmap strings naming `names` (stored field names; docs/salesforce-pubsub-cdc.md §6): element 0
+        `0x…` over top-level positions, then `"{pos}-0x…"` per compound whose subfields are named. A subfield
+        change sets only the nested element, not the compound's own top-level bit (worked example 2 of
+        docs/salesforce-pubsub-cdc.md §6). Empty list for no names."""
         if not names:
             return []
         top = 0
@@ -223,7 +227,8 @@ class ChangeEventSchema:
 
 
 def hex_bits(value: int) -> str:
-    """Uppercase, zero-padded to whole bytes (§6 item 5: `0x400080`, `0x06`)."""
+    """Uppercase, zero-padded to whole bytes like Salesforce's examples `0x400080`, `0x06`
+    (docs/salesforce-pubsub-cdc.md §6)."""
     text = format(value, "X")
     return "0x" + ("0" + text if len(text) % 2 else text)
 

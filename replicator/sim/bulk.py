@@ -1,7 +1,9 @@
-"""Bulk API 2.0 query HTTP endpoints (§1.1): create, list, info, abort, delete, results, resultPages.
+"""Bulk API 2.0 query HTTP endpoints (docs/salesforce-bulk-rest-oauth.md §1.1): create, list, info, abort,
+delete, results, resultPages.
 
-Result pages are byte ranges of the job's rendered file with the header line prepended (§1.5, §1.8),
-streamed in 1 MiB reads; gzip when the request's Accept-Encoding includes gzip (§1.7).
+Result pages are byte ranges of the job's rendered file with the header line prepended
+(docs/salesforce-bulk-rest-oauth.md §1.5, §1.8), streamed in 1 MiB reads; gzip when the request's
+Accept-Encoding includes gzip (docs/salesforce-bulk-rest-oauth.md §1.7).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from .state import STATE
 
 JOBS: web.AppKey[JobManager] = web.AppKey("sim_jobs", JobManager)
 READ_CHUNK = 1 << 20
-RESULT_PAGES_PER_CALL = 5  # §1.6: "up to five URIs" per response
-LIST_PAGE = 1000  # §1.4: at most 1,000 jobs per list call
+# "Up to five URIs" per response: Get Parallel Results for a Query Job,
+# https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/query_get_parallel_job_results.htm
+RESULT_PAGES_PER_CALL = 5
+# At most 1,000 jobs per list call: Get Information About All Query Jobs (docs/salesforce-bulk-rest-oauth.md §1.4)
+LIST_PAGE = 1000
 
 
 def _error(exc: JobError) -> web.Response:
@@ -36,10 +41,11 @@ def _job(request: web.Request) -> Job:
 
 
 def _completed(request: web.Request, job: Job) -> None:
-    if _version(request) != job.api_version:  # §1.5/§1.6: a different API version returns 409
+    # A different API version than the job's returns 409 (docs/salesforce-bulk-rest-oauth.md §1.5, §1.6).
+    if _version(request) != job.api_version:
         raise JobError(409, "API_ERROR", f"Job {job.id} was created with API version {job.api_version}; use the "
                                          "same version to get its results")
-    if job.state != "JobComplete":  # §1.5: 412 JOB_NOT_COMPLETE (ja example)
+    if job.state != "JobComplete":  # 412 JOB_NOT_COMPLETE (docs/salesforce-bulk-rest-oauth.md §1.5)
         raise JobError(412, "JOB_NOT_COMPLETE", "can only download query results of successfully completed bulk "
                                                 f"job with status: JOB_COMPLETE. Current status: {job.wire_state()}")
 
@@ -59,7 +65,8 @@ async def create_job(request: web.Request) -> web.Response:
     except JobError as exc:
         return _error(exc)
     state.jobs_created += 1
-    return json_ok(job.info(False, state.user_id))  # status not documented (§1.3); clients accept < 300
+    # The status is not documented (docs/salesforce-bulk-rest-oauth.md §1.3); clients accept any below 300.
+    return json_ok(job.info(False, state.user_id))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -102,7 +109,7 @@ async def patch_job(request: web.Request) -> web.Response:
         request.app[JOBS].abort(job)
     except JobError as exc:
         return _error(exc)
-    return json_ok(job.info(False, state.user_id))  # §1.4: 200 with the job body
+    return json_ok(job.info(False, state.user_id))  # 200 with the job body (docs/salesforce-bulk-rest-oauth.md §1.4)
 
 
 async def delete_job(request: web.Request) -> web.Response:
@@ -116,7 +123,7 @@ async def delete_job(request: web.Request) -> web.Response:
 def _max_records(request: web.Request, default: int) -> int:
     raw = request.query.get("maxRecords")
     if raw is None:
-        return default  # §1.5: omitted -> a service default (configurable here)
+        return default  # omitted: a service default, configurable here (docs/salesforce-bulk-rest-oauth.md §1.5)
     if not raw.isdigit() or int(raw) < 1:
         raise JobError(400, "INVALIDMAXRECORDS", f"Invalid maxRecords: {raw}")
     return int(raw)
@@ -182,7 +189,7 @@ async def results(request: web.Request) -> web.StreamResponse:
 
 async def result_pages(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if _version(request) < 58.0:  # §1.6: since v58.0
+    if _version(request) < 58.0:  # available since v58.0 (docs/salesforce-bulk-rest-oauth.md §1.6)
         return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
     try:
         job = _job(request)

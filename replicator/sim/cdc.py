@@ -5,17 +5,18 @@ always agree. Rules every change follows (the client relies on them):
 - every changed record gets `SystemModstamp` = the transaction's commitTimestamp; CREATE, UPDATE and UNDELETE
   also set `LastModifiedDate` to it (so an UPDATE's changedFields always names LastModifiedDate);
 - DELETE sets IsDeleted=true and its event is header only; UNDELETE sets IsDeleted=false and carries all fields;
-- CREATE carries every field (changedFields empty); UPDATE carries only its changed fields, with §6 bitmaps
-  (a nulled field is in both changedFields and nulledFields; diffFields is always empty: full values are sent);
+- CREATE carries every field (changedFields empty); UPDATE carries only its changed fields, with bitmaps as in
+  docs/salesforce-pubsub-cdc.md §6 (a nulled field is in both changedFields and nulledFields; diffFields is
+  always empty: full values are sent);
 - one item of a transaction is one event, even when it names several records (recordIds has them all, the
   body is shared); events of a transaction share transactionKey, commitTimestamp and commitNumber, and
   sequenceNumber counts 1, 2, … in the order published; commitNumber increases per transaction;
 - an event whose encoding exceeds `gap_event_bytes` (or an item with force_gap) becomes GAP_<type>: header
-  only, all bitmaps empty (§7);
-- overflow (§7): a transaction counts 1 per created/deleted/undeleted record and 1 per changed field of each
-  updated record; once the count would pass `overflow_threshold`, that change and every later one of the
-  transaction still change the store but publish nothing, and the transaction ends with one GAP_OVERFLOW per
-  entity (recordIds ["000000000000000AAA"]).
+  only, all bitmaps empty (docs/salesforce-pubsub-cdc.md §7);
+- overflow (docs/salesforce-pubsub-cdc.md §7): a transaction counts 1 per created/deleted/undeleted record and
+  1 per changed field of each updated record; once the count would pass `overflow_threshold`, that change and
+  every later one of the transaction still change the store but publish nothing, and the transaction ends with
+  one GAP_OVERFLOW per entity (recordIds ["000000000000000AAA"]).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from .schema import FieldSpec
 from .store import ObjectStore, OrgStore
 
 TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
-EMPTY_RECORD_ID = "000000000000000AAA"  # §7: recordIds of a GAP_OVERFLOW event
-FIRST_COMMIT_NUMBER = 72_657_170_000  # the SCN magnitude of the documented example (§5 header table)
+EMPTY_RECORD_ID = "000000000000000AAA"  # docs/salesforce-pubsub-cdc.md §7: recordIds of a GAP_OVERFLOW event
+# The SCN magnitude of the documented example (commitNumber in docs/salesforce-pubsub-cdc.md §5).
+FIRST_COMMIT_NUMBER = 72_657_170_000
 NOT_SETTABLE = {"Id", "IsDeleted", "CreatedDate", "LastModifiedDate", "SystemModstamp"}
 ADDABLE_TYPES = {"string", "textarea", "picklist", "multipicklist", "email", "phone", "url", "boolean", "int",
                  "double", "currency", "percent", "date", "datetime", "time"}
@@ -147,8 +149,7 @@ class ChangeCapture:
 
     def commit(self, items: list[ChangeItem], origin: str = "") -> CommitResult:
         """Apply `items` as ONE transaction (call validate() first) and publish its events."""
-        now = time.time_ns() // 1_000_000
-        ts = self.last_timestamp = max(now, self.last_timestamp)
+        ts = self._commit_timestamp()
         stamp = from_epoch_ms(ts)
         self.commit_number += 1
         self.transactions += 1
@@ -187,6 +188,15 @@ class ChangeCapture:
             replay_ids.append(self.bus.publish(self._topic(entity), True, schema.id, payload).replay_id.hex())
         self.bus.notify()
         return CommitResult(key, ts, self.commit_number, replay_ids, ids_out)
+
+    def _commit_timestamp(self) -> int:
+        """Epoch milliseconds of the next commit: never before the previous one (delivery order is commit
+        order); whole seconds when `timestamp_precision` is "s", rounding up after a switch from "ms"."""
+        now, last = time.time_ns() // 1_000_000, self.last_timestamp
+        if self.faults.whole_seconds:
+            now, last = now - now % 1000, -(-last // 1000) * 1000
+        self.last_timestamp = max(now, last)
+        return self.last_timestamp
 
     def _topic(self, entity: str) -> str:
         return "/data/" + event_name(entity)

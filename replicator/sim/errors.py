@@ -1,5 +1,5 @@
 """Salesforce-shaped error responses: REST and Bulk 2.0 errors are JSON arrays of
-{"message", "errorCode"} objects (§2.2)."""
+{"message", "errorCode"} objects (docs/salesforce-bulk-rest-oauth.md §2.2)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ def json_ok(payload, status: int = 200, headers: dict | None = None) -> web.Resp
 
 
 def not_found() -> web.Response:
-    # §2.2: 404 {"message":"The requested resource does not exist","errorCode":"NOT_FOUND"} (as an array).
+    # 404 {"message":"The requested resource does not exist","errorCode":"NOT_FOUND"}, in an array
+    # (docs/salesforce-bulk-rest-oauth.md §2.2).
     return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
 
 
 def invalid_session() -> web.Response:
-    # §2.2 / §4.2: an expired or unknown session is 401 INVALID_SESSION_ID.
+    # An expired or unknown session is 401 INVALID_SESSION_ID (docs/salesforce-bulk-rest-oauth.md §2.2, §4.2).
     return sf_error(401, "INVALID_SESSION_ID", "Session expired or invalid")

@@ -1,15 +1,19 @@
 """The event bus: every published event in replay order, retention, topic filtering and subscriber wake-ups.
 
-Replay ids (§3): ONE counter for the whole org, shared by every topic. An event has exactly one replay id and
-it is the same on each topic it appears on: a change event of Account is on `/data/AccountChangeEvent` and on
-`/data/ChangeEvents` with the same id; a platform event only on its `/event/…` topic. Seen from one topic the
-ids are therefore increasing but not contiguous, which §3 allows ("consecutive IDs are not contiguous").
-Wire form: 10 bytes, the counter as a big-endian uint64 then two zero bytes (as observed, §3).
+Replay ids (docs/salesforce-pubsub-cdc.md §3): ONE counter for the whole org, shared by every topic. An event
+has exactly one replay id and it is the same on each topic it appears on: a change event of Account is on
+`/data/AccountChangeEvent` and on `/data/ChangeEvents` with the same id; a platform event only on its `/event/…`
+topic. Seen from one topic the ids are therefore increasing but not contiguous, which Salesforce allows
+("consecutive IDs are not contiguous", docs/salesforce-pubsub-cdc.md §3). Wire form: 10 bytes, the counter as a
+big-endian uint64 then two zero bytes, as observed on the wire (docs/salesforce-pubsub-cdc.md §3). A CUSTOM
+replay id may also be the bare 8-byte big-endian long, which is how the Java example and other clients build
+one from an integer (same section).
 
-Retention (§3, 72 h): events older than `retention_seconds` are expired; `purge_now()` expires every stored
-event. At most `retention_events` events are kept (a memory bound for long high-rate runs; the oldest go
-first). Expiry is logical (a floor counter), the list is compacted in large steps so purging stays O(1)
-amortised per event.
+Retention (72 h, docs/salesforce-pubsub-cdc.md §3): events older than `retention_seconds` are expired;
+`purge_now()` expires every stored event. At most `retention_events` events are kept (a memory bound for long
+high-rate runs; the oldest go first). Expiry is logical (a floor counter), the list is compacted in large steps
+so purging stays O(1) amortised per event. With `keepalive_ahead` the log also holds positions of no topic
+(pass_foreign): they count as retained, and no subscription receives them.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from dataclasses import dataclass
 
 ALL_CHANGE_EVENTS = "/data/ChangeEvents"
 REPLAY_ID_BYTES = 10
+LONG_REPLAY_ID_BYTES = 8
 SCAN_LIMIT = 20_000  # events examined per take(): keeps one call short when a topic is sparse in the log
 
 
 class ReplayIdError(Exception):
-    """A CUSTOM replay id that is malformed, unknown or outside the retention window (§4)."""
+    """A CUSTOM replay id that is malformed, unknown or outside the retention window
+    (docs/salesforce-pubsub-cdc.md §4)."""
 
 
 def encode_replay_id(counter: int) -> bytes:
@@ -34,6 +40,10 @@ def encode_replay_id(counter: int) -> bytes:
 
 
 def decode_replay_id(value: bytes) -> int:
+    """The counter of a replay id in either accepted form: the 10 bytes this simulator sends, or the bare
+    8-byte big-endian long that the Java example's `getReplayIdFromLong` builds and Salesforce accepts."""
+    if len(value) == LONG_REPLAY_ID_BYTES:
+        return int.from_bytes(value, "big")
     if len(value) != REPLAY_ID_BYTES or value[8:] != b"\x00\x00":
         raise ReplayIdError("malformed replay id")
     return int.from_bytes(value[:8], "big")
@@ -47,7 +57,8 @@ class Event:
     schema_id: str
     payload: bytes
     time: float  # wall-clock seconds when published (retention)
-    event_id: str = ""  # ProducerEvent.id: set on platform events only (§3: "not on change events")
+    # ProducerEvent.id: set on platform events only, "not on change events" (docs/salesforce-pubsub-cdc.md §3)
+    event_id: str = ""
 
     @property
     def replay_id(self) -> bytes:
@@ -74,6 +85,16 @@ class EventBus:
         self._log.append(event)
         self.published += 1
         return event
+
+    def pass_foreign(self, n: int) -> int:
+        """Let `n` positions go by that hold no event of this org (on Salesforce's shared bus, other orgs'
+        events advance the replay id too); returns the newest position. Each takes a slot in the log, on no
+        topic, so positions stay contiguous there; no subscription ever receives one."""
+        now = time.time()
+        for _ in range(n):
+            self.last_counter += 1
+            self._log.append(Event(self.last_counter, "", False, "", b"", now))
+        return self.last_counter
 
     def notify(self) -> None:
         self.expire()
@@ -132,14 +153,16 @@ class EventBus:
         return self.floor
 
     def start_after(self, replay_id: bytes) -> int:
-        """The cursor for CUSTOM: start AFTER this id, which must name a retained event (§3, §4)."""
+        """The cursor for CUSTOM: start AFTER this id, which must name a retained event
+        (docs/salesforce-pubsub-cdc.md §3, §4)."""
         self.expire()
         counter = decode_replay_id(replay_id)
         # Before the first event, a keepalive's latest_replay_id is position 0: resuming there is valid while
         # nothing has expired (it cannot skip an event).
         at_start = counter == 0 and self.floor == 0
         # A keepalive's latest_replay_id is a position, not an event: valid until the window passes it, even
-        # when no event follows it yet (on Salesforce's shared bus it is ahead of this org's last event, §3).
+        # when no event follows it yet (on Salesforce's shared bus it is ahead of this org's last event:
+        # replay tightening, docs/salesforce-pubsub-cdc.md §3).
         position = counter in self.keepalive_positions and self.floor <= counter <= self.last_counter
         if not (self.floor < counter <= self.last_counter or at_start or position):
             raise ReplayIdError("replay id unknown or outside the retention window")

@@ -14,19 +14,36 @@ KNOB_HELP = {
     "error_503_rate": "probability (0..1) that a Salesforce request fails with 503 SERVER_UNAVAILABLE",
     "limit_exceeded_rate": "probability (0..1) that a REST request fails with 403 REQUEST_LIMIT_EXCEEDED",
     "latency_ms": "added latency per Salesforce request, milliseconds",
-    "token_idle_seconds": "an access token unused for this long expires (Salesforce default: 120 min, §4.2)",
+    "token_idle_seconds": "an access token unused for this long expires (Salesforce default: 120 min, "
+                          "docs/salesforce-bulk-rest-oauth.md §4.2)",
     "fail_jobs": "the next N created query jobs end in state Failed",
     "malformed_rows": "N records of the NEXT completed job's results are rendered with one column missing",
     "hold_jobs": "while true, query jobs wait in UploadComplete (lets tests observe a job before completion)",
-    "failed_job_error_message": "include `errorMessage` in Failed job info (optional per §1.3)",
+    "failed_job_error_message": "include `errorMessage` in Failed job info (optional: "
+                                "docs/salesforce-bulk-rest-oauth.md §1.3)",
     "keepalive_seconds": "Subscribe: empty FetchResponse with latest_replay_id after this long without events "
-                         "while events are owed (Salesforce: within 270 s, pubsub-cdc.md §3)",
-    "retention_seconds": "events older than this are expired (Salesforce: 72 h, §3)",
+                         "while events are owed (Salesforce: within 270 s, docs/salesforce-pubsub-cdc.md §3)",
+    "retention_seconds": "events older than this are expired (Salesforce: 72 h, docs/salesforce-pubsub-cdc.md §3)",
     "retention_events": "at most this many events are kept (memory bound; the oldest expire first)",
     "duplicate_rate": "probability (0..1) that Subscribe delivers an event twice (same replay id)",
-    "gap_event_bytes": "a change event whose encoding exceeds this becomes a GAP_* event (Salesforce: 1 MB, §7)",
-    "overflow_threshold": "changes per transaction before GAP_OVERFLOW (Salesforce: 100,000, §7)",
+    "stream_close_seconds": "Subscribe: end every stream with UNAVAILABLE (no error-code) this many seconds "
+                            "after it started, like a network cut (docs/salesforce-pubsub-cdc.md §4); 0 = never",
+    "stream_close_rate": "Subscribe: probability (0..1) that a stream ends with UNAVAILABLE right after a "
+                         "FetchResponse",
+    "keepalive_ahead": "Subscribe: a keepalive's latest_replay_id runs this many positions past the newest "
+                       "event, as if other orgs' events went by on the shared bus (replay tightening, "
+                       "docs/salesforce-pubsub-cdc.md §3); 0 = off",
+    "timestamp_precision": "ms, or s: stamp every SystemModstamp, LastModifiedDate, CreatedDate, datetime value "
+                           "set through /__sim/changes, commitTimestamp and job timestamp in whole seconds, as "
+                           "Salesforce does (datetime fields store no milliseconds: docs/salesforce-coverage.md, "
+                           "Time and visibility)",
+    "gap_event_bytes": "a change event whose encoding exceeds this becomes a GAP_* event (Salesforce: 1 MB, "
+                       "docs/salesforce-pubsub-cdc.md §7)",
+    "overflow_threshold": "changes per transaction before GAP_OVERFLOW (Salesforce: 100,000, "
+                          "docs/salesforce-pubsub-cdc.md §7)",
 }
+
+KNOB_CHOICES = {"timestamp_precision": ("ms", "s")}  # the knobs that take one of a few words
 
 
 @dataclass
@@ -44,6 +61,10 @@ class Faults:
     retention_seconds: float = 259_200.0
     retention_events: int = 1_000_000
     duplicate_rate: float = 0.0
+    timestamp_precision: str = "ms"
+    stream_close_seconds: float = 0.0
+    stream_close_rate: float = 0.0
+    keepalive_ahead: int = 0
     gap_event_bytes: int = 1_000_000
     overflow_threshold: int = 100_000
 
@@ -61,7 +82,10 @@ class Faults:
             if key not in types:
                 raise ValueError(f"unknown fault knob: {key}")
             kind = types[key]
-            if kind == "bool":
+            if key in KNOB_CHOICES:
+                if value not in KNOB_CHOICES[key]:
+                    raise ValueError(f"{key} must be one of: {', '.join(KNOB_CHOICES[key])}")
+            elif kind == "bool":
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be a boolean")
             elif isinstance(value, bool) or not isinstance(value, int | float):
@@ -71,6 +95,10 @@ class Faults:
             staged[key] = int(value) if kind == "int" else float(value) if kind == "float" else value
         for key, value in staged.items():
             setattr(self, key, value)
+
+    @property
+    def whole_seconds(self) -> bool:
+        return self.timestamp_precision == "s"
 
     def roll(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate

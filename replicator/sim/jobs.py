@@ -1,7 +1,9 @@
-"""Bulk API 2.0 query jobs: creation checks, the background lifecycle, and result pages on disk (§1).
+"""Bulk API 2.0 query jobs: creation checks, the background lifecycle, and result pages on disk
+(docs/salesforce-bulk-rest-oauth.md §1).
 
-Lifecycle (§1.4): UploadComplete -> InProgress -> JobComplete | Failed | Aborted. A job is processed by an
-asyncio task that renders the CSV in a worker thread (render.py), so the event loop keeps serving.
+Lifecycle (docs/salesforce-bulk-rest-oauth.md §1.4): UploadComplete -> InProgress -> JobComplete | Failed |
+Aborted. A job is processed by an asyncio task that renders the CSV in a worker thread (render.py), so the event
+loop keeps serving.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class JobError(Exception):
 
 
 def encode_locator(offset: int) -> str:
-    # §1.5: v49+ locators are opaque strings like `MTAwMDA` (base64 of "10000"); ours encode the offset too.
+    # From v49.0 locators are opaque strings like `MTAwMDA` (base64 of "10000"); ours encode the offset too
+    # (docs/salesforce-bulk-rest-oauth.md §1.5).
     return base64.b64encode(str(offset).encode()).decode().rstrip("=")
 
 
@@ -50,13 +53,13 @@ def decode_locator(locator: str) -> int:
 
 
 def sf_timestamp(moment: float) -> str:
-    """Job JSON timestamps: yyyy-MM-ddTHH:mm:ss.SSS+0000 (§1.3)."""
+    """Job JSON timestamps: yyyy-MM-ddTHH:mm:ss.SSS+0000 (docs/salesforce-bulk-rest-oauth.md §1.3)."""
     return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
 
 
 def check_bulk_query(plan: Plan) -> None:
-    """§1.8/§1.9: what Bulk 2.0 query rejects. Only the compound-field text is documented wire text
-    (FUNCTIONALITY_NOT_ENABLED); the others reuse that form [unverified]."""
+    """What Bulk 2.0 query rejects (docs/salesforce-bulk-rest-oauth.md §1.8, §1.9). Only the compound-field text
+    is documented wire text (FUNCTIONALITY_NOT_ENABLED); the others reuse that form, unverified."""
     q = plan.query
 
     def reject(what: str) -> SoqlError:
@@ -109,12 +112,12 @@ class Job:
             "concurrencyMode": "Parallel", "contentType": "CSV", "apiVersion": self.api_version,
             "lineEnding": self.line_ending, "columnDelimiter": self.column_delimiter,
         }
-        if full:  # §1.3: GET job info adds these
+        if full:  # GET job info adds these (docs/salesforce-bulk-rest-oauth.md §1.3)
             body.update({
                 "jobType": "V2Query",
                 "numberRecordsProcessed": self.rendered.count if self.rendered else 0,
                 "retries": 0, "totalProcessingTime": self.processing_ms,
-                # §1.9: automatic chunking applies to custom objects
+                # automatic chunking applies to custom objects (docs/salesforce-bulk-rest-oauth.md §1.9)
                 "isPkChunkingSupported": self.plan.store.spec.custom,
             })
             if self.state == "Failed" and error_message and self.error_message:
@@ -135,6 +138,11 @@ class JobManager:
         # Rendering is CPU-bound; two threads keep two jobs moving without starving request handling.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sim-render")
 
+    def _now(self) -> float:
+        """Wall-clock seconds for job timestamps: whole seconds when timestamp_precision is "s"."""
+        now = time.time()
+        return float(int(now)) if self.faults.whole_seconds else now
+
     def create(self, body: dict, api_version: float) -> Job:
         operation = body.get("operation")
         if operation not in ("query", "queryAll"):
@@ -145,7 +153,7 @@ class JobManager:
         content = body.get("contentType", "CSV")
         delimiter = body.get("columnDelimiter", "COMMA")
         line_ending = body.get("lineEnding", "LF")
-        if content != "CSV":  # §1.2: only CSV
+        if content != "CSV":  # only CSV (docs/salesforce-bulk-rest-oauth.md §1.2)
             raise JobError(400, "INVALIDJOB", f"Invalid contentType: {content}")
         if delimiter not in DELIMITERS:
             raise JobError(400, "INVALIDJOB", f"Invalid columnDelimiter: {delimiter}")
@@ -158,7 +166,7 @@ class JobManager:
             raise JobError(400, exc.code, exc.message) from None
         self._counter += 1
         job = Job(make_id("750", self._counter), operation, plan, text, api_version, delimiter, line_ending,
-                  time.time(), self.faults.take_failed_job(), 0)
+                  self._now(), self.faults.take_failed_job(), 0)
         self.jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._process(job))
         return job
@@ -168,15 +176,16 @@ class JobManager:
             await asyncio.sleep(0.01)  # server-side wait while a test holds jobs
         if job.state != "UploadComplete":
             return  # aborted while queued
-        job.state, job.modified = "InProgress", time.time()
+        job.state, job.modified = "InProgress", self._now()
         started = time.monotonic()
         if job.fail:
-            job.state, job.modified = "Failed", time.time()
+            job.state, job.modified = "Failed", self._now()
             job.error_message = "InternalServerError : simulated job failure (fail_jobs)"
             return
         job.malformed_rows = self.faults.take_malformed_rows()  # the next job that renders results
         path = os.path.join(self.directory, f"{job.id}.csv")
-        include_deleted = job.operation == "queryAll"  # §1.2: queryAll also returns deleted records
+        # queryAll also returns deleted records (docs/salesforce-bulk-rest-oauth.md §1.2)
+        include_deleted = job.operation == "queryAll"
 
         def work() -> Rendered:
             return render_csv(job.plan, include_deleted, path, job.column_delimiter, job.line_ending,
@@ -185,14 +194,14 @@ class JobManager:
         try:
             rendered = await asyncio.get_running_loop().run_in_executor(self.executor, work)
         except Exception as exc:  # a render bug must surface as a Failed job, not a hung one
-            job.state, job.modified, job.error_message = "Failed", time.time(), f"InternalServerError : {exc}"
+            job.state, job.modified, job.error_message = "Failed", self._now(), f"InternalServerError : {exc}"
             return
         job.processing_ms = int((time.monotonic() - started) * 1000)
         if job.state == "Aborted":
             _remove(path)
             return
         job.rendered = rendered
-        job.state, job.modified = "JobComplete", time.time()
+        job.state, job.modified = "JobComplete", self._now()
 
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -201,13 +210,14 @@ class JobManager:
         return job
 
     def abort(self, job: Job) -> None:
-        # §1.4: abort only from UploadComplete or InProgress.
+        # Abort only from UploadComplete or InProgress (docs/salesforce-bulk-rest-oauth.md §1.4).
         if job.state not in ("UploadComplete", "InProgress"):
             raise JobError(400, "INVALIDJOBSTATE", f"Job is already in state {job.state} and cannot be aborted")
-        job.state, job.modified = "Aborted", time.time()
+        job.state, job.modified = "Aborted", self._now()
 
     def delete(self, job: Job) -> None:
-        if job.state not in TERMINAL:  # §1.4: delete only terminal jobs, else 400 API_ERROR
+        # Delete only terminal jobs, else 400 API_ERROR (docs/salesforce-bulk-rest-oauth.md §1.4).
+        if job.state not in TERMINAL:
             raise JobError(400, "API_ERROR", "Error encountered when deleting the job because the job is not "
                                              "terminated")
         del self.jobs[job.id]
@@ -215,7 +225,8 @@ class JobManager:
             _remove(job.rendered.path)
 
     def page_bounds(self, job: Job, locator: str | None, max_records: int) -> tuple[int, int, str]:
-        """(first record, end record, next locator) of one results page; 'null' after the last (§1.5)."""
+        """(first record, end record, next locator) of one results page; 'null' after the last
+        (docs/salesforce-bulk-rest-oauth.md §1.5)."""
         assert job.rendered is not None
         total = job.rendered.count
         start = decode_locator(locator) if locator else 0

@@ -1,18 +1,29 @@
-"""The Pub/Sub API (gRPC, pubsub-cdc.md §2-§4): GetTopic, GetSchema, Subscribe, Publish over grpc.aio.
+"""The Pub/Sub API over grpc.aio: GetTopic, GetSchema, Subscribe, Publish (docs/salesforce-pubsub-cdc.md §2-§4).
 
-Auth (§1, §4): every RPC needs metadata `accesstoken` (a live session of the OAuth token store, same idle
-expiry as REST), `instanceurl` (the simulator's instance URL) and `tenantid` (the org id, or
-`core/<anything>/<orgId>`); otherwise UNAUTHENTICATED with trailer `error-code:
-sfdc.platform.eventbus.grpc.service.auth.error`. Every error description ends with ` rpcId: <uuid>` (§4).
+Auth (docs/salesforce-pubsub-cdc.md §1, §4): every RPC needs metadata `accesstoken` (a live session of the OAuth
+token store, same idle expiry as REST), `instanceurl` (the simulator's instance URL) and `tenantid` (the org id,
+or `core/<anything>/<orgId>`); otherwise UNAUTHENTICATED with trailer `error-code:
+sfdc.platform.eventbus.grpc.service.auth.error`. Every error description ends with ` rpcId: <uuid>`
+(docs/salesforce-pubsub-cdc.md §4), except the UNAVAILABLE of a simulated network cut (below).
 
-Subscribe (§3): pull-based; at most 100 events owed per call (bigger requests are capped silently); several
-events per FetchResponse (bounded to ~3 MB so a client's default 4 MB receive limit holds); every response
-reports pending_num_requested; replay options are read from the first FetchRequest only; a later request
-naming another topic fails with INVALID_ARGUMENT `…subscription.fetch.topic.mismatch`; while events are owed
-and none are available an empty FetchResponse carrying latest_replay_id is sent every `keepalive_seconds`.
-latest_replay_id is the position this subscription has scanned to, so storing it never skips an event of the
-topic. Not built: the 60 s idle close when nothing is owed, PublishStream and ManagedSubscribe
-(UNIMPLEMENTED).
+Subscribe (docs/salesforce-pubsub-cdc.md §3): pull-based; at most 100 events owed per call (bigger requests are
+capped silently); several events per FetchResponse (bounded to ~3 MB so a client's default 4 MB receive limit
+holds); every response reports pending_num_requested; replay options are read from the first FetchRequest only;
+a later request naming another topic fails with INVALID_ARGUMENT `…subscription.fetch.topic.mismatch`; while
+events are owed and none are available an empty FetchResponse carrying latest_replay_id is sent every
+`keepalive_seconds`. latest_replay_id is the position this subscription has scanned to, so storing it never skips
+an event of the topic. A CUSTOM replay id is accepted in the 10-byte form sent here or as an 8-byte long
+(events.py).
+
+Stream faults (faults.py): `stream_close_seconds` and `stream_close_rate` end a stream with UNAVAILABLE, the
+description "RST_STREAM closed stream" and no error-code trailer, as Salesforce reports a transient network
+failure (docs/salesforce-pubsub-cdc.md §4); only ever between two responses, so a client that resubscribes from
+the last replay id it received loses nothing. `keepalive_ahead` makes a keepalive's latest_replay_id run past the
+org's newest event, as other orgs' events do on Salesforce's shared bus (replay tightening,
+docs/salesforce-pubsub-cdc.md §3): those positions are reserved on the bus (EventBus.pass_foreign), so every
+later event comes after them.
+
+Not built: the 60 s idle close when nothing is owed, PublishStream and ManagedSubscribe (UNIMPLEMENTED).
 """
 
 from __future__ import annotations
@@ -38,9 +49,11 @@ TOPIC_NOT_FOUND = PREFIX + "topic.not.found"
 REPLAY_CORRUPTED = PREFIX + "subscription.fetch.replayid.corrupted"
 REPLAY_VALIDATION = PREFIX + "subscription.fetch.replayid.validation.failed"
 TOPIC_MISMATCH = PREFIX + "subscription.fetch.topic.mismatch"
-MAX_OUTSTANDING = 100  # §3 / §9: events owed per Subscribe call; larger requests are capped, not rejected
-MAX_RESPONSE_BYTES = 3_000_000  # payload bytes per FetchResponse: under gRPC's 4 MB default (§9)
-MAX_PUBLISH_EVENT_BYTES = 1_000_000  # §9: each published event at most 1 MB
+# Events owed per Subscribe call; larger requests are capped, not rejected (docs/salesforce-pubsub-cdc.md §3, §9).
+MAX_OUTSTANDING = 100
+# Payload bytes per FetchResponse: under gRPC's 4 MB default receive limit (docs/salesforce-pubsub-cdc.md §9).
+MAX_RESPONSE_BYTES = 3_000_000
+MAX_PUBLISH_EVENT_BYTES = 1_000_000  # each published event at most 1 MB (docs/salesforce-pubsub-cdc.md §9)
 AUTH_TEXT = "An authentication exception occurred. Provide valid authentication via metadata headers."
 REPLAY_TEXT = ("The Replay ID validation failed. Ensure that the replay_id field value in FetchRequest is valid "
                "and refers to an event that is within the retention window.")
@@ -52,6 +65,7 @@ class PubSubService(pb_grpc.PubSubServicer):
         self.capture, self.bus, self.tokens, self.faults = capture, bus, tokens, faults
         self.org_id, self.instance_url = org_id, instance_url.rstrip("/")
         self.subscribers = 0
+        self.streams_cut = 0  # Subscribe streams ended by the stream_close_* faults
 
     # -- helpers ----------------------------------------------------------------------------------------------
     async def _fail(self, context, code: grpc.StatusCode, error_code: str, text: str):
@@ -133,53 +147,82 @@ class PubSubService(pb_grpc.PubSubServicer):
             return
         topic = first.topic_name
         await self._require_topic(topic, context)
-        cursor = await self._start(first, context)
-        state = _Flow(min(MAX_OUTSTANDING, max(0, first.num_requested)))
-        wake = asyncio.Event()
-        self.bus.register(wake)
-        reader = asyncio.ensure_future(_read_requests(request_iterator, topic, state, wake))
+        stream = _Stream(topic, await self._start(first, context), min(MAX_OUTSTANDING, max(0, first.num_requested)))
+        self.bus.register(stream.wake)
+        reader = asyncio.ensure_future(_read_requests(request_iterator, topic, stream))
         self.subscribers += 1
-        last_sent = time.monotonic()
         try:
-            while True:
-                if state.mismatch:
+            while not (stream.closed and stream.pending == 0):  # a half-closed client owed nothing: done
+                if stream.mismatch:
                     await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, TOPIC_MISMATCH,
                                      f"The topic name in FetchRequest does not match {topic}.")
-                if state.closed and state.pending == 0:
-                    return  # the client half-closed and is owed nothing more
-                if state.pending > 0:
-                    events, cursor = self.bus.take(topic, cursor, state.pending, MAX_RESPONSE_BYTES)
-                    if events:
-                        out = self._consumer_events(events, state.pending)
-                        state.pending -= len(out)
-                        yield pb.FetchResponse(events=out, latest_replay_id=_replay(cursor),
-                                               rpc_id=str(uuid.uuid4()), pending_num_requested=state.pending)
-                        last_sent = time.monotonic()
-                        continue
-                    keepalive = max(0.01, self.faults.keepalive_seconds)
-                    remaining = last_sent + keepalive - time.monotonic()
-                    if remaining <= 0:
-                        yield pb.FetchResponse(latest_replay_id=_replay(self.bus.keepalive_position(cursor)),
-                                               rpc_id=str(uuid.uuid4()),
-                                               pending_num_requested=state.pending)
-                        last_sent = time.monotonic()
-                        continue
-                    wake.clear()
-                    if self.bus.last_counter <= cursor:  # nothing new since the scan: wait for news or keepalive
-                        try:
-                            await asyncio.wait_for(wake.wait(), remaining)
-                        except TimeoutError:
-                            pass
-                else:
-                    wake.clear()
-                    await wake.wait()
+                if self._cut_due(stream):
+                    await self._cut(context)
+                response = self._next_response(stream)
+                if response is None:
+                    await self._wait(stream)
+                    continue
+                yield response
+                stream.last_sent = time.monotonic()
+                if self.faults.roll(self.faults.stream_close_rate):
+                    await self._cut(context)
         finally:
             self.subscribers -= 1
-            self.bus.unregister(wake)
+            self.bus.unregister(stream.wake)
             reader.cancel()
 
+    def _next_response(self, stream: _Stream):
+        """The next FetchResponse of a stream: its owed events, else a keepalive when one is due, else None."""
+        if stream.pending <= 0:
+            return None
+        events, scanned = self.bus.take(stream.topic, stream.cursor, stream.pending, MAX_RESPONSE_BYTES)
+        if events:
+            out, stream.cursor = self._consumer_events(events, stream.pending, scanned)
+            stream.pending -= len(out)
+            return pb.FetchResponse(events=out, latest_replay_id=_replay(stream.cursor), rpc_id=str(uuid.uuid4()),
+                                    pending_num_requested=stream.pending)
+        stream.cursor = scanned  # past other topics' events
+        if self._keepalive_wait(stream) > 0:
+            return None
+        position = stream.cursor
+        if self.faults.keepalive_ahead and position == self.bus.last_counter:
+            # Only once everything is scanned: the positions passed belong to no event of this org.
+            position = self.bus.pass_foreign(self.faults.keepalive_ahead)
+        return pb.FetchResponse(latest_replay_id=_replay(self.bus.keepalive_position(position)),
+                                rpc_id=str(uuid.uuid4()), pending_num_requested=stream.pending)
+
+    def _keepalive_wait(self, stream: _Stream) -> float:
+        return stream.last_sent + max(0.01, self.faults.keepalive_seconds) - time.monotonic()
+
+    def _cut_due(self, stream: _Stream) -> bool:
+        limit = self.faults.stream_close_seconds
+        return limit > 0 and time.monotonic() - stream.started >= limit
+
+    async def _wait(self, stream: _Stream) -> None:
+        """Sleep until a wake-up (new events, a FetchRequest, a fault change), a due keepalive or a due cut."""
+        stream.wake.clear()
+        if stream.pending > 0 and self.bus.last_counter > stream.cursor:
+            await asyncio.sleep(0)  # more of the log to scan first; let the other streams run meanwhile
+            return
+        timeouts = []
+        if stream.pending > 0:
+            timeouts.append(self._keepalive_wait(stream))
+        if self.faults.stream_close_seconds > 0:
+            timeouts.append(stream.started + self.faults.stream_close_seconds - time.monotonic())
+        try:
+            await asyncio.wait_for(stream.wake.wait(), max(0.0, min(timeouts)) if timeouts else None)
+        except TimeoutError:
+            pass
+
+    async def _cut(self, context) -> None:
+        """End the stream like a transient network failure: UNAVAILABLE, no error-code trailer. Every event
+        sent before it has been written; the cursor is the client's to resume from."""
+        self.streams_cut += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "RST_STREAM closed stream")
+
     async def _start(self, first, context) -> int:
-        """The cursor from the first request's replay options (§3): LATEST, EARLIEST or after a CUSTOM id."""
+        """The cursor from the first request's replay options: LATEST, EARLIEST or after a CUSTOM id
+        (docs/salesforce-pubsub-cdc.md §3)."""
         if first.replay_preset == pb.EARLIEST:
             return self.bus.start_earliest()
         if first.replay_preset == pb.CUSTOM:
@@ -192,24 +235,33 @@ class PubSubService(pb_grpc.PubSubServicer):
                 await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, REPLAY_CORRUPTED, REPLAY_TEXT)
         return self.bus.start_latest()
 
-    def _consumer_events(self, events, room: int) -> list:
+    def _consumer_events(self, events, room: int, scanned: int) -> tuple[list, int]:
+        """The ConsumerEvents of one response (at most `room`, duplicates included) and the cursor after it.
+
+        A duplicate (the `duplicate_rate` knob) takes the room of a later event: that event is left for the
+        next response and the cursor stops at the last event sent, so a duplicate never costs an event."""
         out = []
         rate, roll = self.faults.duplicate_rate, self.faults.roll
-        for event in events:
+        for k, event in enumerate(events):
+            if len(out) >= room:
+                return out, events[k - 1].counter
             message = pb.ConsumerEvent(event=pb.ProducerEvent(id=event.event_id, schema_id=event.schema_id,
                                                               payload=event.payload),
                                        replay_id=event.replay_id)
             out.append(message)
             if rate > 0 and len(out) < room and roll(rate):
                 out.append(message)  # a duplicate delivery: the same event, the same replay id
-        return out[:room]
+        return out, scanned
 
 
-class _Flow:
-    __slots__ = ("pending", "mismatch", "closed")
+class _Stream:
+    """One Subscribe call: its topic, cursor (the last counter scanned or sent), what is owed, and timing."""
 
-    def __init__(self, pending: int) -> None:
-        self.pending, self.mismatch, self.closed = pending, False, False
+    def __init__(self, topic: str, cursor: int, pending: int) -> None:
+        self.topic, self.cursor, self.pending = topic, cursor, pending
+        self.mismatch = self.closed = False
+        self.wake = asyncio.Event()
+        self.started = self.last_sent = time.monotonic()
 
 
 async def _next_request(iterator):
@@ -219,22 +271,23 @@ async def _next_request(iterator):
         return None
 
 
-async def _read_requests(iterator, topic: str, state: _Flow, wake: asyncio.Event) -> None:
-    """Later FetchRequests add to what is owed (capped at 100); their replay options are ignored (§3)."""
+async def _read_requests(iterator, topic: str, stream: _Stream) -> None:
+    """Later FetchRequests add to what is owed (capped at 100); their replay options are ignored
+    (docs/salesforce-pubsub-cdc.md §3)."""
     try:
         async for request in iterator:
             if request.topic_name and request.topic_name != topic:
-                state.mismatch = True
+                stream.mismatch = True
                 break
-            state.pending = min(MAX_OUTSTANDING, state.pending + max(0, request.num_requested))
-            wake.set()
+            stream.pending = min(MAX_OUTSTANDING, stream.pending + max(0, request.num_requested))
+            stream.wake.set()
         else:
-            state.closed = True
+            stream.closed = True
     except (asyncio.CancelledError, grpc.RpcError):
-        state.closed = True
+        stream.closed = True
         raise
     finally:
-        wake.set()
+        stream.wake.set()
 
 
 def _replay(counter: int) -> bytes:

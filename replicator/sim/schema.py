@@ -1,4 +1,5 @@
-"""The simulated org's metadata: objects, fields, and their describe / describeGlobal JSON (§3.1, §3.2).
+"""The simulated org's metadata: objects, fields, and their describe / describeGlobal JSON
+(docs/salesforce-bulk-rest-oauth.md §3.1, §3.2).
 
 Field order here is the column order of stored rows (see generator.py) and of describe `fields[]`.
 Compound fields (type `address`) are listed in describe but hold no stored value: their components do.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# soapType per field type (partner WSDL, §3.2).
+# soapType per field type (partner WSDL, docs/salesforce-bulk-rest-oauth.md §3.2).
 SOAP_TYPES = {
     "id": "tns:ID", "reference": "tns:ID", "string": "xsd:string", "textarea": "xsd:string",
     "picklist": "xsd:string", "multipicklist": "xsd:string", "email": "xsd:string", "phone": "xsd:string",
@@ -19,6 +20,18 @@ SOAP_TYPES = {
 TEXT_TYPES = {"id", "reference", "string", "textarea", "picklist", "multipicklist", "email", "phone", "url"}
 NUMBER_TYPES = {"int", "double", "currency", "percent"}
 LONG_TEXT_LENGTH = 131072  # the largest Long Text Area Salesforce allows
+NOT_AGGREGATABLE = {"textarea", "multipicklist", "address"}  # also not sortable unless 255 characters or less
+NOT_GROUPABLE = {"textarea", "multipicklist", "double", "currency", "percent", "datetime", "address"}
+# describe `fields[]` attributes with the same value on every field of this org (no formulas, masks,
+# encryption, dependent picklists or polymorphic references here).
+DESCRIBE_CONSTANTS = {
+    "autoNumber": False, "calculatedFormula": None, "cascadeDelete": False, "caseSensitive": False,
+    "controllerName": None, "defaultValueFormula": None, "dependentPicklist": False, "deprecatedAndHidden": False,
+    "encrypted": False, "formulaTreatNullNumberAsZero": False, "highScaleNumber": False, "htmlFormatted": False,
+    "inlineHelpText": None, "mask": None, "maskType": None, "namePointing": False, "polymorphicForeignKey": False,
+    "queryByDistance": False, "referenceTargetField": None, "relationshipOrder": None, "restrictedDelete": False,
+    "restrictedPicklist": False, "searchPrefilterable": False, "writeRequiresMasterRead": False,
+}
 
 
 @dataclass(frozen=True)
@@ -48,68 +61,57 @@ class FieldSpec:
         return self.type == "address"
 
     def describe(self) -> dict:
-        """The describe `fields[]` item (§3.2)."""
-        text = self.type in TEXT_TYPES
-        editable = not (self.system or self.calculated or self.type == "id" or self.is_compound)
+        """The describe `fields[]` item (docs/salesforce-bulk-rest-oauth.md §3.2), keys in alphabetical order
+        like Salesforce's."""
+        doc = {**DESCRIBE_CONSTANTS, **self._identity(), **self._typing(), **self._capabilities()}
+        return dict(sorted(doc.items()))
+
+    def _identity(self) -> dict:
+        """What the field is: names, keys, references, picklist values."""
         return {
-            "aggregatable": self.type not in ("textarea", "multipicklist", "address"),
-            "autoNumber": False,
-            "byteLength": self.length * 3 if text else 0,
             "calculated": self.calculated,
-            "calculatedFormula": None,
-            "cascadeDelete": False,
-            "caseSensitive": False,
             "compoundFieldName": self.compound_field_name,
-            "controllerName": None,
-            "createable": editable,
             "custom": self.custom,
-            "defaultValue": False if self.type == "boolean" else None,
-            "defaultValueFormula": None,
-            "defaultedOnCreate": self.type in ("boolean", "id") or self.system,
-            "dependentPicklist": False,
-            "deprecatedAndHidden": False,
-            "digits": self.digits,
-            "encrypted": False,
             "externalId": self.external_id,
             "extraTypeInfo": self.extra_type_info,
-            "filterable": self.type not in ("textarea", "address") or self.length <= 255,
-            "formulaTreatNullNumberAsZero": False,
-            "groupable": self.type not in ("textarea", "multipicklist", "double", "currency", "percent",
-                                           "datetime", "address"),
-            "highScaleNumber": False,
-            "htmlFormatted": False,
             "idLookup": self.id_lookup or self.type == "id",
-            "inlineHelpText": None,
             "label": self.label or self.name,
-            "length": self.length,
-            "mask": None,
-            "maskType": None,
             "name": self.name,
             "nameField": self.name == "Name",
-            "namePointing": False,
-            "nillable": self.nillable,
-            "permissionable": self.nillable and not self.system,
-            "picklistValues": [
-                {"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v}
-                for v in self.picklist
-            ],
-            "polymorphicForeignKey": False,
-            "precision": self.precision,
-            "queryByDistance": False,
-            "referenceTargetField": None,
+            "picklistValues": [{"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v}
+                               for v in self.picklist],
             "referenceTo": list(self.reference_to),
             "relationshipName": self.relationship_name,
-            "relationshipOrder": None,
-            "restrictedDelete": False,
-            "restrictedPicklist": False,
-            "scale": self.scale,
-            "searchPrefilterable": False,
-            "soapType": SOAP_TYPES[self.type],
-            "sortable": self.type not in ("textarea", "multipicklist", "address") or self.length <= 255,
-            "type": self.type,
             "unique": self.unique,
+        }
+
+    def _typing(self) -> dict:
+        """Its type, size, nullability and default."""
+        return {
+            "byteLength": self.length * 3 if self.type in TEXT_TYPES else 0,
+            "defaultValue": False if self.type == "boolean" else None,
+            "defaultedOnCreate": self.type in ("boolean", "id") or self.system,
+            "digits": self.digits,
+            "length": self.length,
+            "nillable": self.nillable,
+            "precision": self.precision,
+            "scale": self.scale,
+            "soapType": SOAP_TYPES[self.type],
+            "type": self.type,
+        }
+
+    def _capabilities(self) -> dict:
+        """What a client may do with it: write it, filter, group, sort or aggregate by it."""
+        editable = not (self.system or self.calculated or self.type == "id" or self.is_compound)
+        short = self.length <= 255
+        return {
+            "aggregatable": self.type not in NOT_AGGREGATABLE,
+            "createable": editable,
+            "filterable": self.type not in ("textarea", "address") or short,
+            "groupable": self.type not in NOT_GROUPABLE,
+            "permissionable": self.nillable and not self.system,
+            "sortable": self.type not in NOT_AGGREGATABLE or short,
             "updateable": editable,
-            "writeRequiresMasterRead": False,
         }
 
 
@@ -139,7 +141,7 @@ class ObjectSpec:
         return [f for f in self.fields if not f.is_compound]
 
     def describe_global_entry(self, version: str) -> dict:
-        """One `sobjects[]` entry of describeGlobal (§3.1)."""
+        """One `sobjects[]` entry of describeGlobal (docs/salesforce-bulk-rest-oauth.md §3.1)."""
         base = f"/services/data/v{version}/sobjects/{self.name}"
         return {
             "activateable": False, "createable": True, "custom": self.custom, "customSetting": False,
@@ -153,7 +155,7 @@ class ObjectSpec:
         }
 
     def describe(self, version: str, children: list[dict]) -> dict:
-        """The sObject describe document (§3.1)."""
+        """The sObject describe document (docs/salesforce-bulk-rest-oauth.md §3.1)."""
         doc = self.describe_global_entry(version)
         doc.update({
             "actionOverrides": [], "childRelationships": children, "compactLayoutable": True,
@@ -165,18 +167,18 @@ class ObjectSpec:
         return doc
 
 
-def _common(first: list[FieldSpec], rest: list[FieldSpec]) -> list[FieldSpec]:
+def _common(own: list[FieldSpec]) -> list[FieldSpec]:
     """Id and IsDeleted first, the object's own fields, then the audit datetimes."""
+    head = [
+        FieldSpec("Id", "id", "Record ID", length=18, nillable=False, system=True),
+        FieldSpec("IsDeleted", "boolean", "Deleted", nillable=False, system=True),
+    ]
     audit = [
         FieldSpec("CreatedDate", "datetime", "Created Date", nillable=False, system=True),
         FieldSpec("LastModifiedDate", "datetime", "Last Modified Date", nillable=False, system=True),
         FieldSpec("SystemModstamp", "datetime", "System Modstamp", nillable=False, system=True),
     ]
-    head = [
-        FieldSpec("Id", "id", "Record ID", length=18, nillable=False, system=True),
-        FieldSpec("IsDeleted", "boolean", "Deleted", nillable=False, system=True),
-    ]
-    return head + first + rest + audit
+    return head + own + audit
 
 
 def _address(prefix: str) -> list[FieldSpec]:
@@ -224,10 +226,8 @@ def _wide_fields() -> list[FieldSpec]:
     return out
 
 
-def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dict[str, ObjectSpec]:
-    """The org's objects by API name. `hostile_field` adds a custom field whose name needs quoting;
-    `wide_object` adds Wide__c (200 fields) for benchmarks."""
-    account = [
+def _account_fields() -> list[FieldSpec]:
+    return [
         FieldSpec("Name", "string", "Account Name", length=255, nillable=False),
         FieldSpec("Type", "picklist", "Account Type", length=255, picklist=("Prospect", "Customer", "Partner")),
         FieldSpec("Industry", "picklist", "Industry", length=255, picklist=INDUSTRIES),
@@ -241,11 +241,16 @@ def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dic
         FieldSpec("Regions__c", "multipicklist", "Regions", length=4099, custom=True, picklist=REGIONS),
         FieldSpec("Active__c", "boolean", "Active", nillable=False, custom=True),
     ]
-    if hostile_field:
-        account.append(FieldSpec(HOSTILE_FIELD, "string", "Hostile name", length=80, custom=True))
-    contact = [
-        FieldSpec("AccountId", "reference", "Account ID", length=18, reference_to=("Account",),
-                  relationship_name="Account"),
+
+
+def _account_id() -> FieldSpec:
+    return FieldSpec("AccountId", "reference", "Account ID", length=18, reference_to=("Account",),
+                     relationship_name="Account")
+
+
+def _contact_fields() -> list[FieldSpec]:
+    return [
+        _account_id(),
         FieldSpec("FirstName", "string", "First Name", length=40),
         FieldSpec("LastName", "string", "Last Name", length=80, nillable=False),
         FieldSpec("Name", "string", "Full Name", length=121, nillable=False, calculated=True),
@@ -256,10 +261,12 @@ def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dic
         FieldSpec("Notes__c", "textarea", "Notes", length=LONG_TEXT_LENGTH, custom=True,
                   extra_type_info="plaintextarea"),
     ]
-    opportunity = [
+
+
+def _opportunity_fields() -> list[FieldSpec]:
+    return [
         FieldSpec("Name", "string", "Name", length=120, nillable=False),
-        FieldSpec("AccountId", "reference", "Account ID", length=18, reference_to=("Account",),
-                  relationship_name="Account"),
+        _account_id(),
         FieldSpec("StageName", "picklist", "Stage", length=255, nillable=False, picklist=STAGES),
         FieldSpec("Amount", "currency", "Amount", precision=18, scale=2),
         FieldSpec("Probability", "percent", "Probability (%)", precision=3, scale=0),
@@ -268,7 +275,10 @@ def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dic
         FieldSpec("NextStep", "string", "Next Step", length=255),
         FieldSpec("Follow_Up_Time__c", "time", "Follow-up Time", custom=True),
     ]
-    invoice = [
+
+
+def _invoice_fields() -> list[FieldSpec]:
+    return [
         FieldSpec("Name", "string", "Invoice Number", length=80, nillable=False),
         FieldSpec("External_Id__c", "string", "External Id", length=64, custom=True, external_id=True,
                   unique=True, id_lookup=True),
@@ -288,15 +298,28 @@ def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dic
         FieldSpec("Body__c", "textarea", "Body", length=LONG_TEXT_LENGTH, custom=True,
                   extra_type_info="plaintextarea"),
     ]
-    specs = [
-        ObjectSpec("Account", "Account", "Accounts", "001", False, _common(account, [])),
-        ObjectSpec("Contact", "Contact", "Contacts", "003", False, _common(contact, [])),
-        ObjectSpec("Opportunity", "Opportunity", "Opportunities", "006", False, _common(opportunity, [])),
-        ObjectSpec("Invoice__c", "Invoice", "Invoices", "a0X", True, _common(invoice, [])),
-    ]
-    if wide_object:
-        specs.append(ObjectSpec("Wide__c", "Wide", "Wides", "a1W", True, _common(_wide_fields(), [])))
-    return {s.name: s for s in specs}
+
+
+# The org's objects: API name, label, plural label, key prefix, custom, and the object's own fields.
+OBJECTS = (
+    ("Account", "Account", "Accounts", "001", False, _account_fields),
+    ("Contact", "Contact", "Contacts", "003", False, _contact_fields),
+    ("Opportunity", "Opportunity", "Opportunities", "006", False, _opportunity_fields),
+    ("Invoice__c", "Invoice", "Invoices", "a0X", True, _invoice_fields),
+)
+WIDE_OBJECT = ("Wide__c", "Wide", "Wides", "a1W", True, _wide_fields)
+
+
+def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dict[str, ObjectSpec]:
+    """The org's objects by API name. `hostile_field` adds a custom field whose name needs quoting to
+    Account; `wide_object` adds Wide__c (200 fields) for benchmarks."""
+    specs = {}
+    for name, label, plural, prefix, custom, own_fields in OBJECTS + ((WIDE_OBJECT,) if wide_object else ()):
+        own = own_fields()
+        if hostile_field and name == "Account":
+            own.append(FieldSpec(HOSTILE_FIELD, "string", "Hostile name", length=80, custom=True))
+        specs[name] = ObjectSpec(name, label, plural, prefix, custom, _common(own))
+    return specs
 
 
 def child_relationships(objects: dict[str, ObjectSpec], parent: str) -> list[dict]:

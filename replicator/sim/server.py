@@ -32,7 +32,7 @@ from .traffic import Traffic, TrafficConfig
 
 DEMO_CLIENT_ID = "3MVG9replicator.sim.demo.client.id"
 DEMO_CLIENT_SECRET = "replicator-sim-demo-secret"
-MAX_URI_BYTES = 16_384  # §2.1: longer URIs get 414
+MAX_URI_BYTES = 16_384  # longer URIs get 414 (docs/salesforce-bulk-rest-oauth.md §2.1)
 SF_REST: web.RequestKey[bool] = web.RequestKey("sf_rest", bool)
 
 
@@ -80,7 +80,8 @@ async def salesforce_edge(request: web.Request, handler):
 
 
 async def _limit_header(request: web.Request, response: web.StreamResponse) -> None:
-    # §2.1: Sforce-Limit-Info on every REST response except /services/data/ (the versions list).
+    # Sforce-Limit-Info on every REST response except /services/data/, the versions list
+    # (docs/salesforce-bulk-rest-oauth.md §2.1).
     if request.get(SF_REST):
         response.headers["Sforce-Limit-Info"] = request.app[STATE].limit_info()
 
@@ -118,49 +119,63 @@ class Simulator:
         self.traffic: Traffic | None = None
 
     async def start(self) -> dict:
+        """Bind, start the Pub/Sub (gRPC) and HTTP servers and the traffic generator; returns the ready info."""
         os.makedirs(os.path.join(self.state_dir, "jobs"), exist_ok=True)
-        ssl_context = None
-        ca_file = key_file = None
-        if self.tls:
-            ca_file, key_file = write_self_signed(self.state_dir, self.host)
-            ssl_context = server_context(ca_file, key_file)
+        ca_file, key_file = write_self_signed(self.state_dir, self.host) if self.tls else (None, None)
+        sock = self._bind()
+        public_host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
+        instance_url = f"{'https' if self.tls else 'http'}://{public_host}:{sock.getsockname()[1]}"
+        state, refresh_token = self._org_state(instance_url)
+        self._grpc, grpc_port = await start_server(state.pubsub, self.host, _grpc_credentials(ca_file, key_file))
+        self.info = self._ready_info(instance_url, refresh_token, f"{public_host}:{grpc_port}", ca_file)
+        state.extras["info"] = self.info
+        state.extras["metadata_modified"] = time.time()
+        self._runner = web.AppRunner(self._app(state, instance_url), access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        ssl_context = server_context(ca_file, key_file) if self.tls else None
+        await web.SockSite(self._runner, sock, ssl_context=ssl_context).start()
+        self.traffic.start()
+        return self.info
+
+    def _bind(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
-        port = sock.getsockname()[1]
-        public_host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
-        scheme = "https" if self.tls else "http"
-        instance_url = f"{scheme}://{public_host}:{port}"
+        return sock
 
+    def _org_state(self, instance_url: str) -> tuple[SimState, str]:
+        """The shared state: sessions, jobs, change capture and its event bus, traffic, the Pub/Sub service;
+        and the refresh token handed out in the ready info."""
         tokens = TokenStore(self.org_id, lambda: self.faults.token_idle_seconds)
         state = SimState(self.org, self.faults, tokens, self.org_id, self.user_id, instance_url,
                          self.page_size, self.gzip_level, self.state_dir)
         refresh_token = tokens.mint_refresh_token()
         self._jobs = JobManager(self.org, self.faults, os.path.join(self.state_dir, "jobs"))
-        oauth = OAuthEndpoints(tokens=tokens, client_id=self.client_id, client_secret=self.client_secret,
-                               org_id=self.org_id, user_id=self.user_id, username=self.username,
-                               instance_url=lambda: instance_url, jwt_public_key=self.jwt_public_key)
-        app = web.Application(middlewares=[salesforce_edge], client_max_size=8 << 20)
-        app[STATE] = state
         bus = EventBus(lambda: self.faults.retention_seconds, lambda: self.faults.retention_events)
         state.capture = ChangeCapture(self.org, self.faults, bus, self.user_id)
         state.traffic = self.traffic = Traffic(state.capture, self.seed)
         self.traffic.update(self.traffic_settings)
         state.pubsub = PubSubService(state.capture, bus, tokens, self.faults, self.org_id, instance_url)
-        credentials = None
-        if self.tls:
-            with open(key_file, "rb") as k, open(ca_file, "rb") as c:
-                credentials = grpc.ssl_server_credentials([(k.read(), c.read())])  # the HTTPS certificate
-        self._grpc, grpc_port = await start_server(state.pubsub, self.host, credentials)
+        return state, refresh_token
+
+    def _app(self, state: SimState, instance_url: str) -> web.Application:
+        """The HTTP application: OAuth, REST, Bulk and the admin API behind the Salesforce-edge middleware."""
+        oauth = OAuthEndpoints(tokens=state.tokens, client_id=self.client_id, client_secret=self.client_secret,
+                               org_id=self.org_id, user_id=self.user_id, username=self.username,
+                               instance_url=lambda: instance_url, jwt_public_key=self.jwt_public_key)
+        app = web.Application(middlewares=[salesforce_edge], client_max_size=8 << 20)
+        app[STATE] = state
         app[bulk.JOBS] = self._jobs
         app.on_response_prepare.append(_limit_header)
         app.router.add_post("/services/oauth2/token", oauth.token)
         app.router.add_post("/services/oauth2/revoke", oauth.revoke)
-        rest.add_routes(app)
-        bulk.add_routes(app)
-        admin.add_routes(app)
-        admin_events.add_routes(app)
-        self.info = {
+        for module in (rest, bulk, admin, admin_events):
+            module.add_routes(app)
+        return app
+
+    def _ready_info(self, instance_url: str, refresh_token: str, pubsub_endpoint: str, ca_file: str | None) -> dict:
+        return {
             "instance_url": instance_url,
             "token_url": f"{instance_url}/services/oauth2/token",
             "client_id": self.client_id,
@@ -169,7 +184,7 @@ class Simulator:
             "username": self.username,
             "org_id": self.org_id,
             "tenant_id": self.org_id,
-            "pubsub_endpoint": f"{public_host}:{grpc_port}",
+            "pubsub_endpoint": pubsub_endpoint,
             "user_id": self.user_id,
             "ca_file": ca_file,
             "api_version": LATEST_VERSION,
@@ -178,14 +193,6 @@ class Simulator:
             "seed": self.seed,
             "state_dir": self.state_dir,
         }
-        state.extras["info"] = self.info
-        state.extras["metadata_modified"] = time.time()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
-        await site.start()
-        self.traffic.start()
-        return self.info
 
     async def stop(self) -> None:
         if self.traffic is not None:
@@ -200,6 +207,14 @@ class Simulator:
             self._runner = None
         if self._own_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _grpc_credentials(ca_file: str | None, key_file: str | None) -> grpc.ServerCredentials | None:
+    """TLS for gRPC with the HTTPS certificate (plaintext when there is none)."""
+    if ca_file is None or key_file is None:
+        return None
+    with open(key_file, "rb") as k, open(ca_file, "rb") as c:
+        return grpc.ssl_server_credentials([(k.read(), c.read())])
 
 
 def _load_key(value: str | bytes | None) -> bytes | None:

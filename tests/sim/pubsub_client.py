@@ -1,6 +1,7 @@
 """Test-side Pub/Sub helpers: a TLS channel trusting the simulator's certificate, a Subscribe call driven from
-a queue (responses collected by a thread), Avro decoding by schema id and the §6 bitmap decoding, written
-here from the brief (the simulator's encoder is not reused, so the two cannot share a mistake)."""
+a queue (responses collected by a thread), a client that resubscribes after stream failures, Avro decoding by
+schema id and the bitmap decoding, written here from docs/salesforce-pubsub-cdc.md §5-§6 (the simulator's encoder
+is not reused, so the two cannot share a mistake)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ class Subscription:
         self.responses: list = []
         self.error: grpc.RpcError | None = None
         self.done = threading.Event()
+        self._asked_at = 0  # len(responses) when keep_flowing last asked for more
         self.call = org.stub.Subscribe(self._iterate(), metadata=org.metadata)
         threading.Thread(target=self._collect, daemon=True).start()
 
@@ -120,6 +122,20 @@ class Subscription:
     def request(self, n: int, topic: str = "") -> None:
         self._requests.put(pb.FetchRequest(topic_name=topic, num_requested=n))
 
+    def keep_flowing(self, n: int) -> bool:
+        """Ask for `n` more events whenever everything asked for has arrived (call it while waiting on a
+        condition); returns True so it can lead an `and`."""
+        responses = self.responses
+        if responses and responses[-1].pending_num_requested == 0 and len(responses) != self._asked_at:
+            self._asked_at = len(responses)
+            self.request(n)
+        return True
+
+    @property
+    def scanned(self) -> str:
+        """The newest latest_replay_id received (hex; "" before any response)."""
+        return max((r.latest_replay_id.hex() for r in list(self.responses)), default="")
+
     @property
     def events(self) -> list:
         return [e for r in list(self.responses) for e in r.events]
@@ -133,6 +149,57 @@ class Subscription:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Follower:
+    """A client that reads one topic across stream failures, as a replicating client must.
+
+    It asks for `batch` more events whenever everything asked for has arrived, remembers the newest replay id
+    it was given (a response's latest_replay_id, which on a keepalive may run ahead of every event: replay
+    tightening), and when a stream ends with UNAVAILABLE it subscribes again, CUSTOM from that replay id
+    (EARLIEST the first time). Any other error fails the test. Drive it with poll() inside wait_for."""
+
+    def __init__(self, org: Org, topic: str, batch: int = 100) -> None:
+        self.org, self.topic, self.batch = org, topic, batch
+        self.position = b""
+        self.events: list = []  # every ConsumerEvent received, over every stream, in arrival order
+        self.keepalives: list[bytes] = []  # latest_replay_id of every empty response
+        self.cuts = 0  # streams that ended with UNAVAILABLE
+        self._sub: Subscription | None = None
+        self._seen = 0
+
+    def poll(self) -> bool:
+        if self._sub is None:
+            preset = pb.CUSTOM if self.position else pb.EARLIEST
+            self._sub = self.org.subscribe(self.topic, preset, self.position, self.batch)
+            self._seen = 0
+        sub = self._sub
+        ended = sub.done.is_set()  # read before the responses: once set, every response is in the list
+        responses = list(sub.responses)
+        for response in responses[self._seen:]:
+            self.events.extend(response.events)
+            if not response.events:
+                self.keepalives.append(response.latest_replay_id)
+            self.position = response.latest_replay_id or (response.events[-1].replay_id if response.events
+                                                           else self.position)
+        self._seen = len(responses)
+        if ended:
+            if sub.error is None or sub.error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise AssertionError(f"the stream ended with {sub.error!r}")
+            self.cuts += 1
+            sub.close()
+            self._sub = None
+        else:
+            sub.keep_flowing(self.batch)
+        return True
+
+    def received(self) -> list[str]:
+        """Replay ids of the events received (hex), in arrival order."""
+        return [e.replay_id.hex() for e in self.events]
+
+    def close(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
 
 
 def trailer(error: grpc.RpcError, key: str = "error-code") -> str | None:
@@ -154,7 +221,8 @@ def _record_of(field_type, named: dict) -> dict | None:
 
 
 def decode_bitmap(schema: dict, bitmap: list[str]) -> set[str]:
-    """§6: element 0 `0x…` bit i -> schema.fields[i]; `"{pos}-0x…"` -> bits over that compound's fields."""
+    """Element 0 `0x…`: bit i -> schema.fields[i]; `"{pos}-0x…"`: bits over that compound's fields
+    (docs/salesforce-pubsub-cdc.md §6)."""
     fields = schema["fields"]
     named: dict[str, dict] = {}
     for f in fields:

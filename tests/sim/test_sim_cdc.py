@@ -1,5 +1,6 @@
-"""Change data capture: schema shape against the captured Account schemas, event bodies and §6 bitmaps, store
-agreement (Bulk, ground truth), transactions, GAP and GAP_OVERFLOW, schema changes, traffic and the CLI."""
+"""Change data capture: schema shape against the captured Account schemas, event bodies and bitmaps
+(docs/salesforce-pubsub-cdc.md §5, §6), store agreement (Bulk, ground truth), transactions, GAP and GAP_OVERFLOW,
+schema changes, traffic and the CLI."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from replicator.sim.server import SimulatorThread
 from .conftest import V, wait_for, wait_job
 from .pubsub_client import Org, decode_bitmap
 
-CAPTURED = Path("/work/shared/data/cdc-schemas/AccountChangeEvent.v1.avsc")
+# A live org's Account schema (captured via GetSchema, docs/salesforce-pubsub-cdc.md §5), kept with the client's tests.
+CAPTURED = Path(__file__).parents[1] / "salesforce" / "data" / "AccountChangeEvent.v1.avsc"
 ACCOUNTS = "/data/AccountChangeEvent"
 
 
@@ -90,7 +92,8 @@ def test_schemas_look_like_the_captured_account_schema(org):
     assert docs["CreatedDate"] == "CreatedDate:DateTime" and docs["Phone"] == "Data:Phone"
     assert re.fullmatch(r"Data:MultiEnum:00N\w{12}", docs["Regions__c"])
     contact = [f["name"] for f in schema_of(org, "/data/ContactChangeEvent")["fields"]]
-    assert "Name" not in contact  # Contact.Name is calculated here: never in change events (§5)
+    # Contact.Name is calculated here: never in change events (docs/salesforce-pubsub-cdc.md §5)
+    assert "Name" not in contact
 
 
 def test_update_bitmap_names_exactly_the_changed_fields(org):

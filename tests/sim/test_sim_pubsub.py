@@ -1,5 +1,6 @@
 """Pub/Sub API over real gRPC sockets with TLS (the simulator's certificate as root): auth, topics, flow
-control, keepalive, replay presets, replay id errors, topic mismatch, duplicates, Publish (pubsub-cdc.md §2-§4)."""
+control, keepalive, replay presets, replay id errors, topic mismatch, duplicates, stream faults, Publish
+(docs/salesforce-pubsub-cdc.md §2-§4)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from replicator.sim.faults import Faults
 from replicator.sim.server import SimulatorThread
 
 from .conftest import wait_for
-from .pubsub_client import Org, trailer
+from .pubsub_client import Follower, Org, trailer
 
 ACCOUNTS = "/data/AccountChangeEvent"
 CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
@@ -88,7 +89,7 @@ def test_flow_control_reports_pending_and_caps_at_100(org):
         touch_account(org, "flow", 5)
         wait_for(lambda: len(sub.events) == 2)
         assert sub.responses[-1].pending_num_requested == 0
-        sub.request(150)  # capped silently at 100 outstanding (§3)
+        sub.request(150)  # capped silently at 100 outstanding (docs/salesforce-pubsub-cdc.md §3)
         wait_for(lambda: len(sub.events) == 5)
         assert sub.responses[-1].pending_num_requested == 97
         assert all(r.pending_num_requested <= 100 for r in sub.responses)
@@ -122,6 +123,17 @@ def test_replay_presets_earliest_latest_custom(org):
         assert sub.events[0].replay_id.hex() == later[0]
     counter = [int(i[:16], 16) for i in ids]
     assert counter == sorted(counter)
+
+
+def test_custom_replay_id_as_an_8_byte_long_is_accepted(org):
+    # The Java example resumes with the integer replay id encoded as an 8-byte big-endian long
+    # (CommonContext.getReplayIdFromLong); Salesforce accepts it next to the 10-byte form it sends.
+    ids = touch_account(org, "long", 3)
+    as_long = int(ids[0][:16], 16).to_bytes(8, "big")
+    with org.subscribe(ACCOUNTS, pb.CUSTOM, as_long, num_requested=10) as sub:
+        wait_for(lambda: len(sub.events) == 2)
+        assert [e.replay_id.hex() for e in sub.events] == ids[1:]
+        assert sub.error is None
 
 
 @pytest.mark.parametrize("kind", ["malformed", "unknown", "expired"])
@@ -166,6 +178,67 @@ def test_duplicate_delivery_repeats_the_same_replay_id(org):
         wait_for(lambda: len(sub.events) == 4)
         assert [e.replay_id.hex() for e in sub.events] == [ids[0], ids[0], ids[1], ids[1]]
         assert sub.events[0].event.payload == sub.events[1].event.payload
+
+
+def test_duplicates_never_cost_an_event(org):
+    # Duplicates must come on top of the events owed, never in their place: every published replay id
+    # arrives at least once, in replay order, even when responses are full (100 owed, a backlog of 450).
+    org.faults(purge_before_now=True)
+    account = org.first_ids("Account", 1)[0]
+    ids = org.changes([{"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": f"d-{k}"}}
+                       for k in range(450)])["replay_ids"]
+    org.faults(duplicate_rate=0.3)
+    with org.subscribe(ACCOUNTS, pb.EARLIEST, num_requested=100) as sub:
+        wait_for(lambda: sub.keep_flowing(100) and sub.scanned >= ids[-1])
+        received = [e.replay_id.hex() for e in sub.events]
+    assert set(received) == set(ids), f"{len(set(ids) - set(received))} of {len(ids)} events never arrived"
+    assert received == sorted(received)
+    assert len(received) > len(ids)  # the knob did deliver duplicates
+
+
+def update_events(org: Org, tag: str, n: int) -> list[str]:
+    """One transaction of n events (one UPDATE item each); their replay ids (hex)."""
+    account = org.first_ids("Account", 1)[0]
+    return org.changes([{"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": f"{tag}-{k}"}}
+                        for k in range(n)])["replay_ids"]
+
+
+def test_stream_cuts_lose_no_event_for_a_client_that_resubscribes(org):
+    org.faults(purge_before_now=True)
+    org.faults(stream_close_rate=0.3, stream_close_seconds=0.3, keepalive_seconds=0.05, keepalive_ahead=3)
+    follower = Follower(org, ACCOUNTS, batch=10)
+    published: list[str] = []
+    try:
+        for round_ in range(8):
+            published += update_events(org, f"cut{round_}", 30)
+            last = published[-1]
+            wait_for(lambda last=last: follower.poll() and last in follower.received())
+            if round_ % 2:  # let streams age past stream_close_seconds while idle, keepalives flowing
+                cuts = follower.cuts
+                wait_for(lambda cuts=cuts: follower.poll() and follower.cuts > cuts)
+    finally:
+        follower.close()
+    received = follower.received()
+    assert set(received) == set(published), f"{len(set(published) - set(received))} events never arrived"
+    assert received == sorted(received)
+    assert follower.cuts >= 4
+    assert org.http.get("/__sim/stats").json()["streams_cut"] >= follower.cuts
+
+
+def test_keepalive_runs_ahead_and_resuming_there_loses_nothing(org):
+    org.faults(purge_before_now=True)
+    delivered = touch_account(org, "ahead", 2)
+    org.faults(keepalive_seconds=0.05, keepalive_ahead=5)
+    with org.subscribe(ACCOUNTS, pb.EARLIEST, num_requested=10) as sub:
+        wait_for(lambda: len(sub.events) == 2 and any(not r.events for r in sub.responses))
+        keepalive = next(r for r in sub.responses if not r.events).latest_replay_id
+    # Ahead of the last event delivered, and of every event of the org: it names no event at all.
+    assert int.from_bytes(keepalive[:8], "big") >= int(delivered[-1][:16], 16) + 5
+    later = touch_account(org, "after", 3)
+    with org.subscribe(ACCOUNTS, pb.CUSTOM, keepalive, num_requested=10) as sub:
+        wait_for(lambda: len(sub.events) == 3)
+        assert [e.replay_id.hex() for e in sub.events] == later
+        assert sub.error is None
 
 
 def test_change_events_topic_has_every_object_with_the_same_replay_ids(org):

@@ -1,4 +1,5 @@
-"""REST: versions, describe, query/queryAll paging, SOQL over HTTP, collections retrieve, limits (§3)."""
+"""REST: versions, describe, query/queryAll paging, SOQL over HTTP, collections retrieve, limits
+(docs/salesforce-bulk-rest-oauth.md §3)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ KNOB_HELP = {
     "keepalive_ahead": "Subscribe: a keepalive's latest_replay_id runs this many positions past the newest "
                        "event, as if other orgs' events went by on the shared bus (replay tightening, "
                        "docs/salesforce-pubsub-cdc.md §3); 0 = off",
-    "timestamp_precision": "ms, or s: stamp every SystemModstamp, LastModifiedDate, CreatedDate, datetime value "
+    "timestamp_precision": "s (default), or ms for comparison: stamp every SystemModstamp, LastModifiedDate, CreatedDate, datetime value "
                            "set through /__sim/changes, commitTimestamp and job timestamp in whole seconds, as "
                            "Salesforce does (datetime fields store no milliseconds: docs/salesforce-coverage.md, "
                            "Time and visibility)",
@@ -61,7 +61,7 @@ class Faults:
     retention_seconds: float = 259_200.0
     retention_events: int = 1_000_000
     duplicate_rate: float = 0.0
-    timestamp_precision: str = "ms"
+    timestamp_precision: str = "s"
     stream_close_seconds: float = 0.0
     stream_close_rate: float = 0.0
     keepalive_ahead: int = 0

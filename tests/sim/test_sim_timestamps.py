@@ -57,13 +57,14 @@ def bulk_rows(org: Org, auth: dict, soql: str) -> tuple[dict, list[dict]]:
     return info, list(csv.DictReader(io.StringIO(r.text, newline="")))
 
 
-def test_default_precision_is_milliseconds():
-    assert Faults().timestamp_precision == "ms"
+def test_default_precision_is_whole_seconds():
+    assert Faults().timestamp_precision == "s"
     with pytest.raises(ValueError, match="timestamp_precision"):
         Faults().update({"timestamp_precision": "us"})
 
 
 def test_whole_seconds_everywhere(org):
+    org.faults(timestamp_precision="ms")
     org.changes([{"object": "Account", "type": "UPDATE", "ids": org.first_ids("Account", 1),
                   "fields": {"Phone": "before the switch"}}])  # a commit to the millisecond first
     org.faults(purge_before_now=True, timestamp_precision="s", keepalive_seconds=0.05)

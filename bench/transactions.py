@@ -21,7 +21,7 @@ import asyncpg
 
 from replicator.sim.admin_client import sim_admin
 
-from .stream import _applied_at_least, all_streaming, org_records, published, q, start_service, until
+from .stream import all_streaming, applied_at_least, org_records, published, q, start_service, until
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -69,7 +69,7 @@ async def _case(sim: dict, url: str, changes: int, overflow: bool) -> dict:
     await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Account", "type": "CREATE"}] * changes, timeout=600)
     committed = time.monotonic() - t0  # the simulator's own work: make the records, encode the events
     target = await published(sim)
-    await until(lambda: _applied_at_least(url, target), timeout=1800, interval=0.05)
+    await until(lambda: applied_at_least(url, target), timeout=1800, interval=0.05)
     if overflow:
         await until(lambda: _resynced(url, resyncs), timeout=1800, interval=0.05)
     seconds = time.monotonic() - t0

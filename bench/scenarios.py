@@ -32,6 +32,12 @@ from .stream import (
     until,
 )
 
+# Salesforce's overflow threshold: "An overflow event is generated when a single transaction contains more than
+# 100,000 changes" (Overflow Events, Change Data Capture Developer Guide:
+# https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_other_events_overflow.htm;
+# docs/salesforce-pubsub-cdc.md, section 7)
+OVERFLOW_THRESHOLD = 100_000
+
 
 @dataclass
 class Plan:
@@ -53,7 +59,7 @@ class Plan:
     peer_records: int = 200_000
     width_records: int = 200_000
     limit_events: int = 50
-    transaction_changes: int = 100_000  # Salesforce's overflow threshold (§7)
+    transaction_changes: int = OVERFLOW_THRESHOLD
     e2e_records: int = 200_000  # per object, 4 objects
     e2e_changes: int = 100_000
     e2e_rate: int = 5_000

@@ -46,49 +46,40 @@ def stop_sim(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-async def copy_ceiling(url: str, csv: Path | bytes, table: str = "account", *, checkpoint: bool = False) -> float:
-    """The ceiling every `ratio_to_copy` divides by: rows/s of one `COPY … FROM` of `csv` into a table of the same
-    shape as salesforce.<table> (`LIKE … INCLUDING ALL`: same primary key, same generated columns), made for the
-    measurement and dropped after it.
+async def copy_ceiling(url: str, csv: Path | None = None, table: str = "account", *, checkpoint: bool = False) -> float:
+    """The ceiling every `ratio_to_copy` divides by: rows/s of one `COPY … FROM` of the same rows into a table of
+    the same shape as salesforce.<table> (`LIKE … INCLUDING ALL`: same primary key, same generated columns), made
+    for the measurement and dropped after it.
 
-    `csv` has a header row naming the columns and is read the way the backfill reads Salesforce's CSV (an empty
-    field is NULL): a file (the rows as Bulk API 2.0 serves them, fetched before timing) or bytes in memory
-    (`table_csv`). `checkpoint`: a CHECKPOINT just before the timed COPY, so the COPY does not pay for dirty pages
-    left by earlier writes (the stream scenario's ceiling has always had it, the backfill's never)."""
-    if isinstance(csv, bytes):
-        header, source = csv[:csv.find(b"\n")], io.BytesIO(csv)
-    else:
-        with csv.open("rb") as fh:
-            header, source = fh.readline(), str(csv)
-    columns = [h.strip('"').lower() for h in header.decode().strip().split(",")]
+    The rows: `csv`, a file with a header row naming the columns (the rows as Bulk API 2.0 serves them, fetched
+    before timing), read the way the backfill reads Salesforce's CSV (an empty field is NULL); or, without `csv`,
+    the rows salesforce.<table> holds (its replicated columns, not the `_sf_` ones), exported to memory on the same
+    connection first. `checkpoint`: a CHECKPOINT just before the timed COPY, so the COPY does not pay for dirty
+    pages left by earlier writes (the stream scenario's ceiling has always had it, the backfill's never)."""
     conn = await asyncpg.connect(url)
     try:
+        if csv is None:
+            columns = [r[0] for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'salesforce' AND "
+                "table_name = $1 AND column_name NOT LIKE '\\_sf\\_%' ORDER BY ordinal_position", table)]
+            buf = io.BytesIO()
+            await conn.copy_from_query(f'SELECT {", ".join(columns)} FROM salesforce."{table}"', output=buf,
+                                       format="csv")
+            source, header, force_null = io.BytesIO(buf.getvalue()), False, None  # Postgres's CSV marks its NULLs
+        else:
+            with csv.open("rb") as fh:
+                columns = [h.strip('"').lower() for h in fh.readline().decode().strip().split(",")]
+            source, header, force_null = str(csv), True, [c for c in columns if c != "id"]
         await conn.execute("DROP TABLE IF EXISTS public.copy_ceiling")
         await conn.execute(f'CREATE TABLE public.copy_ceiling (LIKE salesforce."{table}" INCLUDING ALL)')
         if checkpoint:
             await conn.execute("CHECKPOINT")
         t0 = time.perf_counter()
         status = await conn.copy_to_table("copy_ceiling", schema_name="public", source=source, columns=columns,
-                                          format="csv", header=True, force_null=[c for c in columns if c != "id"])
+                                          format="csv", header=header, force_null=force_null)
         rate = int(status.split()[-1]) / (time.perf_counter() - t0)
         await conn.execute("DROP TABLE public.copy_ceiling")
         return rate
-    finally:
-        await conn.close()
-
-
-async def table_csv(url: str, table: str = "account") -> bytes:
-    """The rows of salesforce.<table> as CSV with a header (its replicated columns, not the `_sf_` ones): the
-    input of `copy_ceiling` for a scenario whose rows are already in Postgres."""
-    conn = await asyncpg.connect(url)
-    try:
-        cols = [r[0] for r in await conn.fetch(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'salesforce' AND "
-            "table_name = $1 AND column_name NOT LIKE '\\_sf\\_%' ORDER BY ordinal_position", table)]
-        buf = io.BytesIO()
-        await conn.copy_from_query(f'SELECT {", ".join(cols)} FROM salesforce."{table}"', output=buf, format="csv",
-                                   header=True)
-        return buf.getvalue()
     finally:
         await conn.close()
 

@@ -20,7 +20,7 @@ from replicator.postgres.server import fresh_database
 
 from . import ceilings, e2e, limits, peers, transactions
 from .backfill import run_backfill, write_config
-from .harness import copy_ceiling, median_of, start_sim, stop_sim, sweep, table_csv
+from .harness import copy_ceiling, median_of, start_sim, stop_sim, sweep
 from .stream import (
     account_streaming,
     drain_rate,
@@ -215,7 +215,7 @@ async def stream(plan: Plan) -> dict:
         await until(lambda: account_streaming(svc), timeout=600)
         svc.stop.set()
         await task
-        copy = await copy_ceiling(url, await table_csv(url), checkpoint=True)
+        copy = await copy_ceiling(url, checkpoint=True)
         figures["copy_rows_per_s"] = copy
         n = plan.stream_events
         narrow = {"mix": {"UPDATE": 1.0}}

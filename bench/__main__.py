@@ -5,6 +5,7 @@
     python -m bench --only stream   # some scenarios
     python -m bench --out DIR       # results, RESULTS.md and charts under DIR
     python -m bench --only peers    # target-postgres and dlt (installed into bench/.peers/ on first use)
+    python -m bench --only e2e      # the whole path: 4 objects, changes of every kind, crashes, `replicator verify`
     python -m bench --render        # rebuild RESULTS.md and charts from bench/results/*.json
 
 Postgres: DATABASE_URL, else the server at 127.0.0.1:5432 (database `test`), else a throwaway server (the

@@ -1,28 +1,43 @@
 """Ceilings, measured in the same run as the figures they bound: what each stage can do alone.
 
-- COPY: the same rows (the simulator's CSV, on local disk) into a table of the same shape: the ingest ceiling.
+- COPY: the same rows (the simulator's CSV, on local disk) into a table of the same shape: the ingest ceiling
+  (`harness.copy_ceiling`, the one every ratio to COPY divides by).
 - CSV parse: Python's csv module over the same bytes (what a client that parses rows would pay).
 - Bulk serving: the simulator's result pages downloaded to a file, no parsing (source → null sink).
 - Pub/Sub serving: raw Subscribe from the earliest event, events counted and kept, no decoding.
 - Avro decode: `cdc.decode_event` over those same payloads (schemaless Avro + header + bitmaps).
+- Stream apply (memory → Postgres): changes built in memory before the clock starts, folded and applied by
+  `StreamSink.apply` in batches, each batch one transaction with its checkpoint; no Pub/Sub, no decoding. Narrow
+  updates (one field plus LastModifiedDate, as Salesforce always sends it) of existing rows, and creates of new
+  records with every field. This was the script `python -m bench.stream_apply`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import io
+import random
 import time
+from decimal import Decimal
 from pathlib import Path
+
+import asyncpg
 
 from replicator.app.runtime import salesforce_client
 from replicator.config import load_settings
+from replicator.model import Change, Checkpoint, Version
+from replicator.pipeline.changes import ColumnMap, fold
+from replicator.pipeline.schema import table_spec, version_column
+from replicator.postgres.apply import StreamSink
+from replicator.postgres.sink import TableInfo
 from replicator.protocol import pubsub_api_pb2 as pb
 from replicator.salesforce.bulk import BulkClient
-from replicator.salesforce.cdc import decode_event
+from replicator.salesforce.cdc import CdcSchema, decode_event
 from replicator.salesforce.pubsub import PubSubClient
 
-from .backfill import copy_ceiling
+from .harness import copy_ceiling
 
 
 def sf_settings(sim: dict):
@@ -93,8 +108,6 @@ async def pubsub_serving(sim: dict, topic: str, events: int) -> tuple[dict, list
 
 
 def avro_decode(topic: str, got: list, schemas: dict) -> dict:
-    from replicator.salesforce.cdc import CdcSchema
-
     parsed = {sid: CdcSchema(sid, s) for sid, s in schemas.items()}
     t0 = time.perf_counter()
     bad = 0
@@ -103,7 +116,7 @@ def avro_decode(topic: str, got: list, schemas: dict) -> dict:
         bad += out.error is not None
     seconds = time.perf_counter() - t0
     if bad:
-        raise SystemExit(f"{bad} events did not decode")
+        raise RuntimeError(f"{bad} events did not decode")
     return {"events_per_s": len(got) / seconds}
 
 
@@ -115,8 +128,79 @@ async def measure(sim: dict, url: str, fields: list[str], tmp: Path, events: int
            "bulk_serving_mb_per_s": down["bytes"] / down["seconds"] / 1e6}
     parsed = csv_parse(path)
     out["csv_parse_rows_per_s"] = parsed["rows_per_s"]
-    out["copy_rows_per_s"] = await copy_ceiling(url, sim, path)
+    out["copy_rows_per_s"] = await copy_ceiling(url, path)
     serving, got, schemas = await pubsub_serving(sim, "/data/AccountChangeEvent", events)
     out["pubsub_serving_events_per_s"] = serving["events_per_s"]
     out["avro_decode_events_per_s"] = avro_decode("/data/AccountChangeEvent", got, schemas)["events_per_s"]
     return out
+
+
+def _avro_like(value):
+    """A column value as a change event carries it (epoch ms for datetimes, floats for numbers)."""
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, dt.date):
+        return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp() * 1000)
+    if isinstance(value, dt.time):
+        return ((value.hour * 60 + value.minute) * 60 + value.second) * 1000 + value.microsecond // 1000
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+class StreamApply:
+    """The stream's apply stage alone on salesforce.account of `url` (already backfilled): `await rates(events)`
+    gives events/s for narrow updates and for full creates, `batch` events a transaction."""
+
+    def __init__(self, url: str, describe, batch: int):
+        self.url, self.batch = url, batch
+        self.spec = table_spec(describe, schema="salesforce")
+        self.cmap = ColumnMap(self.spec, describe)
+        self.field_of = {c.name: c.field for c in self.spec.columns}
+
+    @classmethod
+    async def make(cls, sim: dict, url: str, batch: int = 2_000) -> StreamApply:
+        async with salesforce_client(sf_settings(sim)) as client:
+            return cls(url, await client.describe("Account"), batch)
+
+    async def rates(self, events: int) -> dict:
+        pool = await asyncpg.create_pool(self.url, min_size=2, max_size=4)
+        try:
+            sink = StreamSink(pool, TableInfo(self.spec, version_column(self.spec), True, False))
+            async with pool.acquire() as conn:
+                ids = [r[0] for r in await conn.fetch("SELECT id FROM salesforce.account")]
+                sample = [dict(r) for r in await conn.fetch("SELECT * FROM salesforce.account LIMIT 1000")]
+            rng = random.Random(1)
+            rng.shuffle(ids)  # narrow updates walk the ids in this order: no id twice in a batch, nothing folds
+            now_ms = int(time.time() * 1000)
+
+            def narrow(i: int) -> Change:
+                return Change("Account", ids[i % len(ids)], "UPDATE", Version(now_ms + i, i), f"t{i}",
+                              {"Phone": f"+1 555 {i:07d}", "LastModifiedDate": now_ms + i})
+
+            def full(i: int) -> Change:
+                row = sample[i % len(sample)]
+                fields = {self.field_of[c]: _avro_like(v) for c, v in row.items()
+                          if c in self.field_of and c not in ("id", "isdeleted", "systemmodstamp") and v is not None}
+                return Change("Account", f"001BENCH{i:010d}", "CREATE", Version(now_ms + i, i), f"c{i}", fields)
+
+            out = {"apply_narrow_events_per_s": await self._timed(sink, narrow, events, now_ms),
+                   "apply_full_events_per_s": await self._timed(sink, full, events, now_ms)}
+            async with pool.acquire() as conn:
+                await conn.execute("DELETE FROM salesforce.account WHERE id LIKE '001BENCH%'")
+            return out
+        finally:
+            await pool.close()
+
+    async def _timed(self, sink: StreamSink, make, events: int, now_ms: int) -> float:
+        """events/s of fold + apply; each batch's changes are made before its clock starts (one batch in memory at a
+        time: this process's peak RSS is the stream scenario's memory figure)."""
+        seconds = 0.0
+        for start in range(0, events, self.batch):
+            changes = [make(i) for i in range(start, min(start + self.batch, events))]
+            t0 = time.perf_counter()
+            ops = list(fold(changes, self.cmap).values())
+            checkpoint = Checkpoint("/data/AccountChangeEvent", start.to_bytes(10, "big"), now_ms)
+            await sink.apply(ops, [], checkpoint, events=len(changes))
+            seconds += time.perf_counter() - t0
+        return events / seconds

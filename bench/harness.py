@@ -1,17 +1,24 @@
-"""The harness's common parts: machine facts, medians, reports as JSON, RESULTS.md tables and PNG charts.
+"""The harness's common parts: the simulated org's process, the COPY ceiling, machine facts, medians, reports as
+JSON, RESULTS.md tables and PNG charts.
 
 A scenario returns `{"figures": {name: value}, "sweeps": [Sweep…]}`; a sweep is one swept parameter with a row
 per value. Tables and charts are made from those, so every scenario is rendered the same way.
+
+This module imports nothing else from bench/ (every other bench module may import it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import platform
 import re
 import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,62 @@ from typing import Any
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent
+
+
+def start_sim(records: int, *extra: str) -> tuple[subprocess.Popen, dict]:
+    """The simulated org in a process of its own (`records` records an object): (the process, its connection
+    facts). Keepalives every 0.2 s and a retention of 5,000,000 events, so no scenario waits on a keepalive or
+    loses events it has not read yet."""
+    proc = subprocess.Popen([sys.executable, "-m", "replicator.sim", "--records", str(records), "--port", "0",
+                             "--keepalive-seconds", "0.2", "--retention-events", "5000000", *extra],
+                            stdout=subprocess.PIPE)
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"simulator did not start (exit {proc.wait()})")
+    return proc, json.loads(line)
+
+
+def stop_sim(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait()
+
+
+async def copy_ceiling(url: str, csv: Path | None = None, table: str = "account", *, checkpoint: bool = False) -> float:
+    """The ceiling every `ratio_to_copy` divides by: rows/s of one `COPY … FROM` of the same rows into a table of
+    the same shape as salesforce.<table> (`LIKE … INCLUDING ALL`: same primary key, same generated columns), made
+    for the measurement and dropped after it.
+
+    The rows: `csv`, a file with a header row naming the columns (the rows as Bulk API 2.0 serves them, fetched
+    before timing), read the way the backfill reads Salesforce's CSV (an empty field is NULL); or, without `csv`,
+    the rows salesforce.<table> holds (its replicated columns, not the `_sf_` ones), exported to memory on the same
+    connection first. `checkpoint`: a CHECKPOINT just before the timed COPY, so the COPY does not pay for dirty
+    pages left by earlier writes (the stream scenario's ceiling has always had it, the backfill's never)."""
+    conn = await asyncpg.connect(url)
+    try:
+        if csv is None:
+            columns = [r[0] for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'salesforce' AND "
+                "table_name = $1 AND column_name NOT LIKE '\\_sf\\_%' ORDER BY ordinal_position", table)]
+            buf = io.BytesIO()
+            await conn.copy_from_query(f'SELECT {", ".join(columns)} FROM salesforce."{table}"', output=buf,
+                                       format="csv")
+            source, header, force_null = io.BytesIO(buf.getvalue()), False, None  # Postgres's CSV marks its NULLs
+        else:
+            with csv.open("rb") as fh:
+                columns = [h.strip('"').lower() for h in fh.readline().decode().strip().split(",")]
+            source, header, force_null = str(csv), True, [c for c in columns if c != "id"]
+        await conn.execute("DROP TABLE IF EXISTS public.copy_ceiling")
+        await conn.execute(f'CREATE TABLE public.copy_ceiling (LIKE salesforce."{table}" INCLUDING ALL)')
+        if checkpoint:
+            await conn.execute("CHECKPOINT")
+        t0 = time.perf_counter()
+        status = await conn.copy_to_table("copy_ceiling", schema_name="public", source=source, columns=columns,
+                                          format="csv", header=header, force_null=force_null)
+        rate = int(status.split()[-1]) / (time.perf_counter() - t0)
+        await conn.execute("DROP TABLE public.copy_ceiling")
+        return rate
+    finally:
+        await conn.close()
 
 
 async def machine(pg_url: str) -> dict[str, Any]:

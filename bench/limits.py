@@ -9,6 +9,11 @@
 - Hostile values: names and descriptions with embedded delimiters, quotes, backslashes, CR/LF and non-ASCII.
 
 Every case checks that each touched row in Postgres equals the org's record, and reports events/s and MB/s.
+
+Salesforce replaces a change event over "the maximum 1 MB message size" with a gap event, which names the record
+but carries none of its fields (Gap Events, Change Data Capture Developer Guide:
+https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_other_events_gap.htm;
+docs/salesforce-pubsub-cdc.md, sections 7 and 9).
 """
 
 from __future__ import annotations
@@ -19,18 +24,17 @@ from contextlib import aclosing
 
 import asyncpg
 
+from replicator.config import load_settings
 from replicator.postgres.server import fresh_database
 from replicator.sim.admin_client import sim_admin
 
-from .stream import _applied_at_least, all_streaming, org_records, published, start_service, until
+from .stream import all_streaming, applied_at_least, org_records, published, start_service, until
 
 HOSTILE = ['a,b;c|d', 'say "hi"', "line1\nline2\r\nline3", "back\\slash\\", "tab\there", "Zürich 東京 🚀",
            "'; DROP TABLE account; --", '"', "", "\\N"]
 
 
 def _settings(sim: dict, url: str):
-    from replicator.config import load_settings
-
     return load_settings(overrides={
         "salesforce": {"instance_url": sim["instance_url"], "client_id": sim["client_id"],
                        "client_secret": sim["client_secret"], "ca_file": sim["ca_file"],
@@ -66,7 +70,7 @@ async def _case(sim, url, obj: str, field: str | None, values: list, ids: list[s
     for chunk in _chunks(items):
         await sim_admin(sim, "POST", "/__sim/changes", chunk, timeout=600)
     target = await published(sim)
-    await until(lambda: _applied_at_least(url, target), timeout=600, interval=0.02)
+    await until(lambda: applied_at_least(url, target), timeout=600, interval=0.02)
     seconds = time.monotonic() - t0
     truth = await _truth(sim, obj, set(ids))
     names = sorted({name for fields in sets for name in fields})

@@ -110,7 +110,7 @@ def prepare(csv_path: Path, types: dict[str, str], out_dir: Path) -> tuple[Path,
     return singer, lines, n
 
 
-async def _count(url: str, table: str) -> int:
+async def count(url: str, table: str) -> int:
     conn = await asyncpg.connect(url)
     try:
         return await conn.fetchval(f"SELECT count(*) FROM {table}")

@@ -1,8 +1,10 @@
-"""The named scenarios of `python -m bench`: ceilings, backfill sweeps, stream sweeps.
+"""The named scenarios of `python -m bench`: ceilings, backfill sweeps, stream sweeps, size limits, peers, the
+whole path.
 
 Each takes a `Plan` (sizes for quick or full mode) and returns figures and sweeps (harness.sweep). The
 simulator runs in its own process; replicator's backfill runs as its own process (`replicator backfill`), the
-stream service in this one (its apply loop is what is measured).
+stream service in this one (its apply loop is what is measured). Every ratio to COPY divides by
+`harness.copy_ceiling`, measured in the same run.
 """
 
 from __future__ import annotations
@@ -11,16 +13,30 @@ import asyncio
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import asyncpg
 
 from replicator.postgres.server import fresh_database
 
-from . import ceilings
+from . import ceilings, e2e, limits, peers, transactions
 from .backfill import run_backfill, write_config
-from .harness import median_of, sweep
-from .stream import _peak_rss_mb, _streaming, drain_rate, lag_at, make_changes, settings, start_service, until
+from .harness import copy_ceiling, median_of, start_sim, stop_sim, sweep
+from .stream import (
+    account_streaming,
+    drain_rate,
+    lag_at,
+    make_changes,
+    peak_rss_mb,
+    settings,
+    start_service,
+    until,
+)
+
+# Salesforce's overflow threshold: "An overflow event is generated when a single transaction contains more than
+# 100,000 changes" (Overflow Events, Change Data Capture Developer Guide:
+# https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_other_events_overflow.htm;
+# docs/salesforce-pubsub-cdc.md, section 7)
+OVERFLOW_THRESHOLD = 100_000
 
 
 @dataclass
@@ -43,7 +59,11 @@ class Plan:
     peer_records: int = 200_000
     width_records: int = 200_000
     limit_events: int = 50
-    transaction_changes: int = 100_000  # Salesforce's overflow threshold (§7)
+    transaction_changes: int = OVERFLOW_THRESHOLD
+    e2e_records: int = 200_000  # per object, 4 objects
+    e2e_changes: int = 100_000
+    e2e_rate: int = 5_000
+    e2e_kills: list[int] = field(default_factory=lambda: [0, 10])
 
     def db(self, name: str) -> str:
         """A scenario's database name: quick runs (the CI smoke test) use their own, so a quick run never drops
@@ -58,32 +78,26 @@ class Plan:
                    page_sizes=[1_000, 6_000], parallel=[1, 3], stream_records=2_000, stream_events=1_500,
                    batch_sizes=[100, 2_000], num_requested=[10, 100], width_records=1_000, limit_events=5, collisions=[0.0, 0.9], rates=[300, 600], lag_seconds=3.0,
                    transaction_changes=1_000,
-                   ceiling_events=1_000)
-
-
-async def _sim(records: int, *extra: str):
-    from .stream import start_sim
-
-    return start_sim(records, *extra)
-
-
-def _stop(proc) -> None:
-    proc.terminate()
-    proc.wait()
+                   ceiling_events=1_000, e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2])
 
 
 async def _fields(url: str, table: str = "account") -> list[str]:
-    from .peers import column_types
-
-    return list(await column_types(url, table))
+    return list(await peers.column_types(url, table))
 
 
 async def _backfill_once(sim: dict, plan: Plan, page_size: int, parallel: int, obj: str = "Account") -> dict:
+    """One `replicator backfill` into a new database: rows/s from job completion to the last committed page
+    (download + load, what replicator controls), end-to-end rows/s (the process's wall time: start-up, describe and
+    the org's processing of the query job as well), its peak RSS."""
     url = await fresh_database(plan.server_url, plan.db(""))
-    cfg = write_config(sim, url, SimpleNamespace(parallel_pages=parallel, page_size=page_size), obj)
-    result = run_backfill(cfg, sim, obj)
+    cfg = write_config(sim, url, parallel, page_size, obj)
+    try:
+        result = run_backfill(cfg, sim, obj)
+    finally:
+        cfg.unlink()
     done = next(e for e in result["events"] if e.get("event") == "backfill.done")
-    return {"rows": done["rows"], "rows_per_s": done["rows"] / done["load_s"], "peak_rss_mb": result["peak_rss_mb"],
+    return {"rows": done["rows"], "rows_per_s": done["rows"] / done["load_s"],
+            "end_to_end_rows_per_s": done["rows"] / result["wall_s"], "peak_rss_mb": result["peak_rss_mb"],
             "url": url}
 
 
@@ -96,9 +110,7 @@ async def _copy_ceiling(sim: dict, plan: Plan) -> tuple[float, float]:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "account.csv"
             down = await ceilings.bulk_download(sim, fields, path)
-            from .backfill import copy_ceiling
-
-            return {"copy_rows_per_s": await copy_ceiling(first["url"], sim, path),
+            return {"copy_rows_per_s": await copy_ceiling(first["url"], path),
                     "bytes_per_row": down["bytes"] / max(down["rows"], 1)}
     m = await median_of(plan.repeat, once)
     return m["copy_rows_per_s"], m["bytes_per_row"]
@@ -107,7 +119,7 @@ async def _copy_ceiling(sim: dict, plan: Plan) -> tuple[float, float]:
 async def backfill(plan: Plan) -> dict:
     """Rows/s, ratio to COPY and peak RSS against page size, parallel pages and record count."""
     sweeps, figures = [], {}
-    proc, sim = await _sim(plan.records)
+    proc, sim = start_sim(plan.records)
     try:
         copy, row_bytes = await _copy_ceiling(sim, plan)
         figures["copy_rows_per_s"] = copy
@@ -124,18 +136,18 @@ async def backfill(plan: Plan) -> dict:
         sweeps.append(sweep("parallel pages", "parallel_pages", [await row(default_page, n, n) for n in plan.parallel],
                             ["rows_per_s", "peak_rss_mb"], f"{plan.records:,} rows, pages of {default_page:,}"))
     finally:
-        _stop(proc)
+        stop_sim(proc)
     rows = []
     for count in plan.record_counts:
-        proc, sim = await _sim(count)
+        proc, sim = start_sim(count)
         try:
             copy, _ = await _copy_ceiling(sim, plan)
             m = await median_of(plan.repeat, lambda s=sim: _strip(_backfill_once(s, plan, plan.page_sizes[-1], 3)))
             rows.append({"x": count, "rows_per_s": m["rows_per_s"], "ratio_to_copy": m["rows_per_s"] / copy,
                          "seconds": m["rows"] / m["rows_per_s"], "peak_rss_mb": m["peak_rss_mb"],
-                         "copy_rows_per_s": copy})
+                         "copy_rows_per_s": copy, "end_to_end_rows_per_s": m["end_to_end_rows_per_s"]})
         finally:
-            _stop(proc)
+            stop_sim(proc)
     sweeps.append(sweep("record count", "records", rows, ["seconds", "peak_rss_mb"],
                         "cost should grow linearly and memory stay flat"))
     sweeps.append(await _widths(plan))
@@ -145,7 +157,7 @@ async def backfill(plan: Plan) -> dict:
 async def _widths(plan: Plan) -> dict:
     """Rows/s and ratio to COPY against row width: the simulator's objects from 14 fields to Wide__c's 200
     (about 4 KB a row), and Invoice__c, whose long text reaches 131,072 characters on 1% of rows."""
-    proc, sim = await _sim(plan.width_records, "--wide-object")
+    proc, sim = start_sim(plan.width_records, "--wide-object")
     rows = []
     try:
         for obj in ("Opportunity", "Account", "Invoice__c", "Wide__c"):
@@ -157,9 +169,7 @@ async def _widths(plan: Plan) -> dict:
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / "rows.csv"
                     down = await ceilings.bulk_download(sim, f, path, o)
-                    from .backfill import copy_ceiling
-
-                    copy = await copy_ceiling(url, sim, path, t)
+                    copy = await copy_ceiling(url, path, t)
                 ours = await _strip(_backfill_once(sim, plan, plan.page_sizes[-1], 3, o))
                 return {"bytes_per_row": down["bytes"] / max(down["rows"], 1), "fields": len(f),
                         "rows_per_s": ours["rows_per_s"], "copy_rows_per_s": copy,
@@ -171,7 +181,7 @@ async def _widths(plan: Plan) -> dict:
                          "ratio_to_copy": m["ratio_to_copy"], "copy_rows_per_s": m["copy_rows_per_s"],
                          "peak_rss_mb": m["peak_rss_mb"]})
     finally:
-        _stop(proc)
+        stop_sim(proc)
     rows.sort(key=lambda r: r["x"])
     return sweep("row width", "bytes per row", rows, ["rows_per_s", "mb_per_s", "peak_rss_mb"],
                  f"{plan.width_records:,} rows per object, pages of {plan.page_sizes[-1]:,} rows (page_mb: the "
@@ -196,18 +206,16 @@ def _with(cfg, num_requested: int):
 
 async def stream(plan: Plan) -> dict:
     """Events/s against apply batch size, event mix and key collisions; lag p50/p99 against offered rate."""
-    proc, sim = await _sim(plan.stream_records)
+    proc, sim = start_sim(plan.stream_records)
     sweeps, figures = [], {}
     try:
         url = await fresh_database(plan.server_url, plan.db("_stream"))
         cfg = settings(sim, url, 2_000)
         svc, task = await start_service(cfg)  # backfill, then streaming: the checkpoint exists afterwards
-        await until(lambda: _streaming(svc), timeout=600)
+        await until(lambda: account_streaming(svc), timeout=600)
         svc.stop.set()
         await task
-        from .stream import copy_rate
-
-        copy = await copy_rate(url)
+        copy = await copy_ceiling(url, checkpoint=True)
         figures["copy_rows_per_s"] = copy
         n = plan.stream_events
         narrow = {"mix": {"UPDATE": 1.0}}
@@ -246,21 +254,20 @@ async def stream(plan: Plan) -> dict:
         sweeps.append(sweep("offered rate", "changes_per_s", rows, ["lag_p50_s", "lag_p99_s", "applied_per_s"],
                             f"narrow updates for {plan.lag_seconds:g} s; lag = commit → applied; achieved: what "
                             "the simulator managed to offer; applied: events ÷ (start → last applied)"))
-        from . import transactions
-
         rows = await transactions.run(sim, cfg, plan.transaction_changes)
         sweeps.append(sweep("large transaction", "transaction", rows, ["events_per_s", "rss_growth_mb"],
                             "one transaction, held whole and committed as one; past the threshold Salesforce sends "
                             "GAP_OVERFLOW and replicator resyncs (seconds: commit request → table equal to the org)"))
-        figures["peak_rss_mb"] = _peak_rss_mb()
+        figures["peak_rss_mb"] = peak_rss_mb()
     finally:
-        _stop(proc)
+        stop_sim(proc)
     return {"figures": figures, "sweeps": sweeps}
 
 
 async def ceiling(plan: Plan) -> dict:
-    """Each stage alone, medians of the plan's repeats."""
-    proc, sim = await _sim(plan.stream_records)
+    """Each stage alone, medians of the plan's repeats; the stream's apply stage (memory → Postgres) after the
+    others, with its ratio to the COPY of the same run."""
+    proc, sim = start_sim(plan.stream_records)
     try:
         first = await _backfill_once(sim, plan, 250_000 if not plan.quick else plan.stream_records, 1)
         fields = await _fields(first["url"])
@@ -270,17 +277,18 @@ async def ceiling(plan: Plan) -> dict:
             with tempfile.TemporaryDirectory() as tmp:
                 return await ceilings.measure(sim, first["url"], fields, Path(tmp), plan.ceiling_events)
         figures = await median_of(plan.repeat, once)
+        apply = await ceilings.StreamApply.make(sim, first["url"])
+        figures.update(await median_of(plan.repeat, lambda: apply.rates(plan.ceiling_events)))
     finally:
-        _stop(proc)
+        stop_sim(proc)
+    for kind in ("narrow", "full"):
+        figures[f"apply_{kind}_ratio_to_copy"] = figures[f"apply_{kind}_events_per_s"] / figures["copy_rows_per_s"]
     return {"figures": figures, "sweeps": []}
 
 
 async def peer(plan: Plan) -> dict:
     """target-postgres and dlt against replicator on the same rows and the same Postgres."""
-    from . import peers
-    from .backfill import copy_ceiling
-
-    proc, sim = await _sim(plan.peer_records)
+    proc, sim = start_sim(plan.peer_records)
     try:
         first = await _backfill_once(sim, plan, 100_000, 3)
         url = first["url"]
@@ -295,21 +303,21 @@ async def peer(plan: Plan) -> dict:
 
             async def once() -> dict:
                 ours = await _backfill_once(sim, plan, 100_000, 3)
-                copy = await copy_ceiling(ours["url"], sim, path)
+                copy = await copy_ceiling(ours["url"], path)
                 conn = await asyncpg.connect(ours["url"])
                 await conn.execute("DROP SCHEMA IF EXISTS peer_singer CASCADE; DROP SCHEMA IF EXISTS peer_dlt CASCADE")
                 await conn.close()
                 t_singer = await peers.target_postgres(ours["url"], singer, work)
                 t_dlt = await peers.dlt(ours["url"], lines, work)
-                loaded = {"target-postgres": await peers._count(ours["url"], "peer_singer.account"),
-                          "dlt": await peers._count(ours["url"], "peer_dlt.account")}
+                loaded = {"target-postgres": await peers.count(ours["url"], "peer_singer.account"),
+                          "dlt": await peers.count(ours["url"], "peer_dlt.account")}
                 if any(v != n for v in loaded.values()):
-                    raise SystemExit(f"a peer did not load every row: {loaded} of {n}")
+                    raise RuntimeError(f"a peer did not load every row: {loaded} of {n}")
                 return {"copy_rows_per_s": copy, "replicator_rows_per_s": ours["rows_per_s"],
                         "target_postgres_rows_per_s": n / t_singer, "dlt_rows_per_s": n / t_dlt}
             m = await median_of(plan.repeat, once)
     finally:
-        _stop(proc)
+        stop_sim(proc)
     m["rows"] = n
     m["replicator_vs_target_postgres"] = m["replicator_rows_per_s"] / m["target_postgres_rows_per_s"]
     m["replicator_vs_dlt"] = m["replicator_rows_per_s"] / m["dlt_rows_per_s"]
@@ -322,20 +330,34 @@ async def peer(plan: Plan) -> dict:
 
 async def limit(plan: Plan) -> dict:
     """Long text, events near and over the size limit, hostile values: landed correctly, events/s, MB/s."""
-    from . import limits
-
-    proc, sim = await _sim(plan.stream_records)
+    proc, sim = start_sim(plan.stream_records)
     try:
         rows = await limits.run(sim, plan.server_url, plan.limit_events, plan.db("_limits"))
     finally:
-        _stop(proc)
+        stop_sim(proc)
     bad = [r for r in rows if r["landed_correctly"] != r["of"]]
     return {"figures": {"cases": len(rows), "all_landed_correctly": int(not bad)},
             "sweeps": [sweep("size limits", "case", rows, ["events_per_s"], "each touched row compared with the org")]}
 
 
-SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "limits": limit, "peers": peer}
-QUICK = ["ceilings", "backfill", "stream", "limits"]  # peers install tools from PyPI: full runs only
+async def whole_path(plan: Plan) -> dict:
+    """Backfill of 4 objects, then changes of every kind, then `replicator verify`, without and with crashes
+    (e2e.run raises unless every table ends equal to the org)."""
+    rows = []
+    for kills in plan.e2e_kills:
+        m = await median_of(plan.repeat, lambda k=kills: e2e.run(plan.server_url, plan.db("_e2e"), plan.e2e_records,
+                                                                 plan.e2e_changes, plan.e2e_rate, k))
+        rows.append(_row(kills, m))
+    note = (f"4 objects of {plan.e2e_records:,} records, then {plan.e2e_changes:,} changes offered at "
+            f"{plan.e2e_rate:,}/s and one GAP_OVERFLOW transaction; kills: `replicator run` SIGKILLed and restarted "
+            "at that many moments of the traffic; stream_s: traffic start → every event applied and the resync done")
+    return {"figures": {"records_per_object": plan.e2e_records, "changes": plan.e2e_changes},
+            "sweeps": [sweep("crashes", "kills", rows, ["backfill_s", "stream_s"], note)]}
+
+
+SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "limits": limit, "peers": peer,
+             "e2e": whole_path}
+QUICK = ["ceilings", "backfill", "stream", "limits", "e2e"]  # peers install tools from PyPI: full runs only
 
 
 def run(name: str, plan: Plan) -> dict:

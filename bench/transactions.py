@@ -1,4 +1,10 @@
-"""Large transactions: one Salesforce transaction of `threshold` changes, and one past it (overflow, §7).
+"""Large transactions: one Salesforce transaction of `threshold` changes, and one past it (an overflow).
+
+Salesforce: "An overflow event is generated when a single transaction contains more than 100,000 changes"; the
+first 100,000 changes generate change events, the rest one GAP_OVERFLOW event an object, with no record id
+(Overflow Events, Change Data Capture Developer Guide:
+https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_other_events_overflow.htm;
+docs/salesforce-pubsub-cdc.md, section 7).
 
 - At the threshold (100,000 in Salesforce): every change is its own event and the events share one
   transactionKey. replicator keeps a transaction whole in one Postgres commit, so it holds all of it in memory
@@ -21,7 +27,7 @@ import asyncpg
 
 from replicator.sim.admin_client import sim_admin
 
-from .stream import _applied_at_least, all_streaming, org_records, published, q, start_service, until
+from .stream import all_streaming, applied_at_least, org_records, published, q, start_service, until
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -69,7 +75,7 @@ async def _case(sim: dict, url: str, changes: int, overflow: bool) -> dict:
     await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Account", "type": "CREATE"}] * changes, timeout=600)
     committed = time.monotonic() - t0  # the simulator's own work: make the records, encode the events
     target = await published(sim)
-    await until(lambda: _applied_at_least(url, target), timeout=1800, interval=0.05)
+    await until(lambda: applied_at_least(url, target), timeout=1800, interval=0.05)
     if overflow:
         await until(lambda: _resynced(url, resyncs), timeout=1800, interval=0.05)
     seconds = time.monotonic() - t0

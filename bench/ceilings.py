@@ -27,11 +27,11 @@ import asyncpg
 
 from replicator.app.runtime import salesforce_client
 from replicator.config import load_settings
-from replicator.model import Change, Checkpoint, Version
+from replicator.model import Change, Checkpoint, TableInfo, Version
 from replicator.pipeline.changes import ColumnMap, fold
 from replicator.pipeline.schema import table_spec, version_column
 from replicator.postgres.apply import StreamSink
-from replicator.postgres.sink import TableInfo
+from replicator.postgres.store import Store
 from replicator.protocol import pubsub_api_pb2 as pb
 from replicator.salesforce.bulk import BulkClient
 from replicator.salesforce.cdc import CdcSchema, decode_event
@@ -164,33 +164,37 @@ class StreamApply:
             return cls(url, await client.describe("Account"), batch)
 
     async def rates(self, events: int) -> dict:
-        pool = await asyncpg.create_pool(self.url, min_size=2, max_size=4)
+        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2)  # the bench's own reads
         try:
-            sink = StreamSink(pool, TableInfo(self.spec, version_column(self.spec), True, False))
-            async with pool.acquire() as conn:
-                ids = [r[0] for r in await conn.fetch("SELECT id FROM salesforce.account")]
-                sample = [dict(r) for r in await conn.fetch("SELECT * FROM salesforce.account LIMIT 1000")]
-            rng = random.Random(1)
-            rng.shuffle(ids)  # narrow updates walk the ids in this order: no id twice in a batch, nothing folds
-            now_ms = int(time.time() * 1000)
-
-            def narrow(i: int) -> Change:
-                return Change("Account", ids[i % len(ids)], "UPDATE", Version(now_ms + i, i), f"t{i}",
-                              {"Phone": f"+1 555 {i:07d}", "LastModifiedDate": now_ms + i})
-
-            def full(i: int) -> Change:
-                row = sample[i % len(sample)]
-                fields = {self.field_of[c]: _avro_like(v) for c, v in row.items()
-                          if c in self.field_of and c not in ("id", "isdeleted", "systemmodstamp") and v is not None}
-                return Change("Account", f"001BENCH{i:010d}", "CREATE", Version(now_ms + i, i), f"c{i}", fields)
-
-            out = {"apply_narrow_events_per_s": await self._timed(sink, narrow, events, now_ms),
-                   "apply_full_events_per_s": await self._timed(sink, full, events, now_ms)}
-            async with pool.acquire() as conn:
-                await conn.execute("DELETE FROM salesforce.account WHERE id LIKE '001BENCH%'")
-            return out
+            async with Store.open(self.url, pool_size=4) as store:
+                sink = store.stream_sink(TableInfo(self.spec, version_column(self.spec), True, False))
+                return await self._rates(pool, sink, events)
         finally:
             await pool.close()
+
+    async def _rates(self, pool, sink: StreamSink, events: int) -> dict:
+        async with pool.acquire() as conn:
+            ids = [r[0] for r in await conn.fetch("SELECT id FROM salesforce.account")]
+            sample = [dict(r) for r in await conn.fetch("SELECT * FROM salesforce.account LIMIT 1000")]
+        rng = random.Random(1)
+        rng.shuffle(ids)  # narrow updates walk the ids in this order: no id twice in a batch, nothing folds
+        now_ms = int(time.time() * 1000)
+
+        def narrow(i: int) -> Change:
+            return Change("Account", ids[i % len(ids)], "UPDATE", Version(now_ms + i, i), f"t{i}",
+                          {"Phone": f"+1 555 {i:07d}", "LastModifiedDate": now_ms + i})
+
+        def full(i: int) -> Change:
+            row = sample[i % len(sample)]
+            fields = {self.field_of[c]: _avro_like(v) for c, v in row.items()
+                      if c in self.field_of and c not in ("id", "isdeleted", "systemmodstamp") and v is not None}
+            return Change("Account", f"001BENCH{i:010d}", "CREATE", Version(now_ms + i, i), f"c{i}", fields)
+
+        out = {"apply_narrow_events_per_s": await self._timed(sink, narrow, events, now_ms),
+               "apply_full_events_per_s": await self._timed(sink, full, events, now_ms)}
+        async with pool.acquire() as conn:
+            await conn.execute("DELETE FROM salesforce.account WHERE id LIKE '001BENCH%'")
+        return out
 
     async def _timed(self, sink: StreamSink, make, events: int, now_ms: int) -> float:
         """events/s of fold + apply; each batch's changes are made before its clock starts (one batch in memory at a

@@ -1,6 +1,6 @@
 """End to end at CI size: backfill, then changes of every kind (multi-record events, transactions, gaps, an
 overflow, a schema change, duplicates); when the traffic stops and the stream drains, `verify` finds every table
-equal to the org. `python -m bench.e2e` runs the same scenario at 200,000 records and 100,000 changes."""
+equal to the org. `python -m bench --only e2e` runs the same scenario at 200,000 records and 100,000 changes."""
 
 from __future__ import annotations
 

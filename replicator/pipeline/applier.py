@@ -1,7 +1,8 @@
 """Applying one object's batches of change events, in steps that read top to bottom:
 
 classify (duplicates skipped, dead letters, resync triggers) → follow schema changes → fold per key →
-reconcile (fetch full records for gap events and for updates of rows the table lacks) → check keys → commit
+resolve diffs (text sent as a diff of the stored value) → reconcile (fetch full records for gap events, for
+updates of rows the table lacks and for diffs that do not fit) → check keys → commit
 the rows, the dead letters and the checkpoint in one transaction (docs/design.md, contracts 2–4 and 9).
 
 The lifecycle around it (subscribe, batch, resync) is pipeline/stream.py.
@@ -20,6 +21,7 @@ from ..model import Checkpoint, DeadLetter, RejectedDataError, RowOp, StreamEven
 from ..observe.metrics import Metrics
 from ..postgres.apply import ApplyResult
 from ..postgres.store import Store
+from ..salesforce.diffs import TextDiff, apply_diffs
 from ..salesforce.records import records_by_id
 from ..salesforce.topics import identifies_record
 from .changes import ColumnMap, UnknownFieldError, fold, record_op
@@ -93,6 +95,7 @@ class BatchApplier:
         found = self.classify(batch)
         await self.follow_schema(found.changes)
         ops = await self.fold(found.changes)
+        await self.resolve_diffs(ops)
         await self.reconcile(ops)
         rows, bad_keys = self.check_keys(list(ops.values()))
         found.dead += bad_keys
@@ -159,6 +162,30 @@ class BatchApplier:
             await self.load_schema()
             self._schemas_described |= schemas
             return fold(changes, self.cmap, strict=False)
+
+    # ---- resolve diffs ----------------------------------------------------------------------------------
+    async def resolve_diffs(self, ops: dict[str, RowOp]) -> None:
+        """Fields sent as diffs (diffFields, salesforce/diffs.py) become values: each diff applies to the value
+        Postgres holds and must reproduce the SHA-256 it names. One that does not (the row is missing, or holds
+        another value than the one the diff was made from) turns the operation into a fetch of the record."""
+        pending = {k: [c for c, v in o.values.items() if isinstance(v, TextDiff)] for k, o in ops.items()}
+        pending = {k: cols for k, cols in pending.items() if cols}
+        if not pending:
+            return
+        stored = await self.sink.current_values(list(pending), sorted({c for cols in pending.values() for c in cols}))
+        for key, cols in pending.items():
+            op, row = ops[key], stored.get(key, {})
+            values = dict(op.values)
+            for col in cols:
+                base = row.get(col)
+                values[col] = apply_diffs(base, values[col]) if isinstance(base, str) else None
+                if values[col] is None:
+                    log.info("stream.diff_not_applicable", object=self.name, record_id=key, column=col,
+                             action="fetch the record")
+                    ops[key] = RowOp(key, "refetch", version=op.version, commit_ms=op.commit_ms, position=op.position)
+                    break
+            else:
+                op.values = values
 
     # ---- reconcile --------------------------------------------------------------------------------------
     async def reconcile(self, ops: dict[str, RowOp]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..model import Change, ObjectDescribe, RowOp, TableSpec, TerminalError
 from ..salesforce.compounds import find_component, flatten_compound, group_components
+from ..salesforce.diffs import TextDiff, apply_diffs
 from ..salesforce.topics import FULL_BODY_TYPES, GAP_TYPES
 from ..salesforce.values import decode_avro_value, decode_rest_value, encode_epoch_ms
 
@@ -70,6 +71,10 @@ class ColumnMap:
             raise UnknownFieldError(unknown)
         return out
 
+    def columns_of(self, names: frozenset[str]) -> set[str]:
+        """The columns of these field names (those the table has)."""
+        return {col for n in names if (col := self.column(n)) is not None}
+
     def nulled(self, names: frozenset[str]) -> set[str]:
         cols = set()
         for n in names:
@@ -115,15 +120,38 @@ def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True) -> dict[st
             values = cmap.values(ch.fields, strict)
             for col in cmap.nulled(ch.nulled):
                 values[col] = None
-            if cur is None or cur.kind == "update":
-                merged = {**(cur.values if cur else {}), **values}
+            for col in cmap.columns_of(ch.diff_fields):
+                if isinstance(values.get(col), str):  # sent as a diff of the stored value (diffFields)
+                    values[col] = TextDiff((values[col],))
+            merged = merge_values(cur.values, values) if cur is not None and cur.kind != "refetch" else values
+            if merged is None or (cur is not None and cur.kind == "refetch"):
+                # a diff that does not fit the value before it, or values unknown: fetch the record
+                ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms, position=pos)
+            elif cur is None or cur.kind == "update":
                 ops[key] = RowOp(key, "update", merged, ver, ms, position=pos)
             elif cur.kind in ("upsert", "undelete"):
-                ops[key] = RowOp(key, cur.kind, {**cur.values, **values}, ver, ms, position=pos)
-            elif cur.kind == "refetch":
-                ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms, position=pos)
+                ops[key] = RowOp(key, cur.kind, merged, ver, ms, position=pos)
             # an update after a delete in the same batch cannot happen in Salesforce; the delete stands
     return ops
+
+
+def merge_values(before: dict[str, Any], later: dict[str, Any]) -> dict[str, Any] | None:
+    """`later`'s values over `before`'s. A diff applies to the value before it (a full value, or earlier diffs
+    of the batch, which it follows); None when it does not fit (or follows a NULL): the record must be fetched."""
+    merged = dict(before)
+    for col, value in later.items():
+        prev = merged.get(col)
+        if isinstance(value, TextDiff) and col in before:
+            if isinstance(prev, TextDiff):
+                value = prev.then(value)
+            elif isinstance(prev, str):
+                value = apply_diffs(prev, value)
+                if value is None:
+                    return None
+            else:
+                return None
+        merged[col] = value
+    return merged
 
 
 def record_op(record: dict[str, Any], spec: TableSpec, fallback_ms: int) -> RowOp:

@@ -48,6 +48,14 @@ class StreamSink:
         return {r[0] for r in rows}
 
     @mapped
+    async def current_values(self, ids: list[str], columns: list[str]) -> dict[str, dict]:
+        """{id: {column: value}} of the rows with these ids that exist (to apply diffs to)."""
+        cols = ", ".join(ddl.quote_ident(c) for c in columns)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(f'SELECT "id", {cols} FROM {self.q} WHERE "id" = ANY($1::text[])', ids)
+        return {r["id"]: {c: r[c] for c in columns} for r in rows}
+
+    @mapped
     async def apply(
         self, ops: list[RowOp], dead: list[DeadLetter], checkpoint: Checkpoint | None, events: int = 0
     ) -> ApplyResult:

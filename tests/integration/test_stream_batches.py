@@ -143,3 +143,45 @@ async def test_fields_outside_a_configured_subset_cost_one_describe_per_schema(s
     finally:
         await conn.close()
     assert names == {rid: f"N{n}" for n, rid in enumerate(ids)}
+
+
+async def test_text_sent_as_a_diff_is_applied_to_the_stored_value_or_fetched(sim, pg_url):
+    import difflib
+    import hashlib
+
+    def sf_diff(old: str, new: str) -> str:
+        hunks = list(difflib.unified_diff(old.split("\n"), new.split("\n"), n=0, lineterm=""))[2:]
+        return "--- \n+++ " + hashlib.sha256(new.encode()).hexdigest() + "\n" + "\n".join(hunks)
+
+    long = "\n".join(f"Paragraph {i}: business applications are moving to the cloud." for i in range(40))
+    a, b = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][30:32]
+    await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Account", "type": "UPDATE", "ids": [a, b],
+                                                    "fields": {"Description": long}}])
+    settings = settings_for(sim, pg_url, "diffs", objects={"Account": {}})
+    await run_backfills(settings, ["Account"])  # Postgres holds `long` for both
+    new_a = long.replace("Paragraph 3: business applications", "Paragraph 3: business apps")
+    new_b = long.replace("Paragraph 9:", "Paragraph nine:")
+    await sim_admin(sim, "POST", "/__sim/changes", [
+        {"object": "Account", "type": "UPDATE", "ids": [a], "fields": {"Description": new_a}},
+        {"object": "Account", "type": "UPDATE", "ids": [b], "fields": {"Description": new_b}}])
+    now = 4_000_000_000_000
+
+    def diff_change(rid: str, n: int, diff: str) -> Change:
+        return Change("Account", rid, "UPDATE", Version(now + n), f"d{n}", {"Description": diff},
+                      diff_fields=frozenset({"Description"}), replay_id=(40 + n).to_bytes(10, "big"))
+
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        stream = ObjectStream(client, None, store, settings, "Account", settings.objects["Account"])
+        await stream.applier.load_schema()
+        stale = long.replace("Paragraph 1:", "Paragraph one:")  # b's diff was made from a value we never had
+        await stream.apply_batch([ev(40, diff_change(a, 0, sf_diff(long, new_a))),
+                                  ev(41, diff_change(b, 1, sf_diff(stale, stale.replace("Paragraph 9:", "P9:"))))])
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = {r["id"]: r["description"] for r in await conn.fetch(
+            "SELECT id, description FROM diffs.account WHERE id = ANY($1)", [a, b])}
+    finally:
+        await conn.close()
+    assert rows[a] == new_a  # the diff applied to the stored value, its SHA-256 checked
+    assert rows[b] == new_b  # the diff did not fit: the record was fetched from the org
+    assert stream.stats.refetched == 1

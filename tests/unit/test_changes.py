@@ -94,3 +94,27 @@ def test_unknown_field_is_reported_so_the_table_can_grow():
 def test_delete_after_a_gap_still_fetches_the_record():
     ops = fold([ch("GAP_UPDATE", ts=1000), ch("DELETE", ts=2000)], CMAP)
     assert ops["001A"].kind == "refetch" and ops["001A"].commit_ms == 2000
+
+
+def test_text_diffs_fold_onto_the_value_before_them_or_ask_for_a_fetch():
+    import difflib
+    import hashlib
+
+    from replicator.salesforce.diffs import TextDiff
+
+    def diff(old: str, new: str) -> str:
+        hunks = list(difflib.unified_diff(old.split("\n"), new.split("\n"), n=0, lineterm=""))[2:]
+        return "--- \n+++ " + hashlib.sha256(new.encode()).hexdigest() + "\n" + "\n".join(hunks)
+
+    def upd(ts, old, new):
+        return Change("Account", "001A", "UPDATE", Version(ts), "t", {"Name": diff(old, new)},
+                      diff_fields=frozenset({"Name"}))
+
+    v1 = "\n".join(f"line {i}" for i in range(30))
+    v2, v3 = v1.replace("line 4", "LINE 4"), v1.replace("line 4", "LINE 4").replace("line 9", "LINE 9")
+    created = fold([ch("CREATE", ts=1, fields={"Name": v1}), upd(2, v1, v2)], CMAP)["001A"]
+    assert created.kind == "upsert" and created.values["name"] == v2  # applied to the full value in the batch
+    chained = fold([upd(2, v1, v2), upd(3, v2, v3)], CMAP)["001A"]
+    assert chained.kind == "update" and chained.values["name"] == TextDiff((diff(v1, v2), diff(v2, v3)))
+    unfit = fold([ch("CREATE", ts=1, fields={"Name": "something else"}), upd(2, v1, v2)], CMAP)["001A"]
+    assert unfit.kind == "refetch"

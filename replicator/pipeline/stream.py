@@ -12,9 +12,10 @@ import time
 import structlog
 
 from ..config import ObjectSettings, Settings
-from ..model import Checkpoint, ReplayIdInvalidError, ResyncRequested, StreamEvent
+from ..model import Checkpoint, ReplayIdInvalidError, ResyncRequested, StreamEvent, TerminalError
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
+from ..retry import restart_delay
 from ..salesforce.topics import topic_for
 from .applier import BatchApplier, StreamStats
 from .backfill import Backfill
@@ -45,6 +46,8 @@ class ObjectStream:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         await self.applier.load_schema()
+        refused_at: bytes | None = None  # the stored position Pub/Sub last refused without saying why
+        captured_after_refusal = False
         while not stop.is_set():
             position = await self.store.load_checkpoint(self.topic)
             requested = await self.store.resync_requested(self.name)
@@ -61,11 +64,26 @@ class ObjectStream:
                 continue  # the loop above finds the flag and resyncs
             except ReplayIdInvalidError as exc:
                 # Never resubscribe at LATEST: that would lose every event in between (docs/design.md, "What we
-                # refuse"). Capture the
-                # position now, extract everything again, then stream from the captured position.
+                # refuse"). Capture the position now, extract everything again, then stream from it.
                 log.error("stream.replay_id_invalid", object=self.name, topic=self.topic, error=str(exc),
                           action="capture the current position, resync from a fresh Bulk extract, stream on")
                 await self.resync(reason="replay id expired or invalid", capture=True)
+            except TerminalError as exc:
+                if exc.code != "INVALID_ARGUMENT" or (captured_after_refusal and position == refused_at):
+                    raise  # not about the position, or refused even from a freshly captured one: stop loudly
+                if position != refused_at:  # the first refusal of this position: once more, after a pause
+                    refused_at, captured_after_refusal = position, False
+                    log.warning("stream.subscription_refused", object=self.name, topic=self.topic, error=str(exc),
+                                replay_id=(position or b"").hex(), action="subscribe again from the same position")
+                    await _pause(stop, restart_delay(exc, 1))
+                    continue
+                # Refused again without a replay-id error code (docs/salesforce-pubsub-cdc.md §4): the stored
+                # position is what Pub/Sub will not take. Same answer as an invalid replay id: resync, loudly.
+                log.error("stream.replay_position_refused", object=self.name, topic=self.topic, error=str(exc),
+                          replay_id=(position or b"").hex(),
+                          action="capture the current position, resync from a fresh Bulk extract, stream on")
+                await self.resync(reason="Pub/Sub refused the stored position twice (INVALID_ARGUMENT)", capture=True)
+                refused_at, captured_after_refusal = await self.store.load_checkpoint(self.topic), True
             finally:
                 h.connected = False
 
@@ -152,3 +170,11 @@ class ObjectStream:
         resync_reason = await self.applier.apply(batch)
         if resync_reason:
             await self.resync(resync_reason)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less when the service stops."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

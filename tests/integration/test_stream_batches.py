@@ -185,3 +185,102 @@ async def test_text_sent_as_a_diff_is_applied_to_the_stored_value_or_fetched(sim
     assert rows[a] == new_a  # the diff applied to the stored value, its SHA-256 checked
     assert rows[b] == new_b  # the diff did not fit: the record was fetched from the org
     assert stream.stats.refetched == 1
+
+
+class _RefusingPubSub:
+    """Pub/Sub that answers INVALID_ARGUMENT without an error-code trailer to one stored position (a fake stream
+    is enough here: what is tested is the lifecycle's answer to a refusal, not the transport)."""
+
+    def __init__(self, refused: bytes, fresh: bytes, stop):
+        self.refused, self.fresh, self.stop, self.subscribed = refused, fresh, stop, []
+
+    def subscribe(self, topic, *, replay_id, **_):
+        self.subscribed.append(replay_id)
+        return _Sub(self, replay_id)
+
+    async def current_position(self, topic, timeout):
+        return self.fresh
+
+
+class _Sub:
+    connected = False
+
+    def __init__(self, pubsub, replay_id):
+        self.pubsub, self.replay_id = pubsub, replay_id
+
+    def take_ready(self, limit):
+        return []
+
+    async def wait_ready(self, timeout):
+        from replicator.model import TerminalError
+
+        if self.replay_id == self.pubsub.refused:
+            raise TerminalError("Subscribe /data/AccountChangeEvent: gRPC INVALID_ARGUMENT", code="INVALID_ARGUMENT")
+        self.pubsub.stop.set()  # streaming from the fresh position: the test is over
+
+    async def close(self):
+        pass
+
+
+async def test_a_position_refused_twice_without_a_reason_resyncs_loudly(sim, pg_url):
+    import asyncio
+
+    from replicator.model import Checkpoint
+
+    settings = settings_for(sim, pg_url, "refused", objects={"Account": {}})
+    await run_backfills(settings, ["Account"])
+    refused, fresh = (7).to_bytes(10, "big"), (9).to_bytes(10, "big")
+    stop = asyncio.Event()
+    pubsub = _RefusingPubSub(refused, fresh, stop)
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        await store.save_checkpoint(Checkpoint(TOPIC, refused, None))
+        stream = ObjectStream(client, pubsub, store, settings, "Account", settings.objects["Account"])
+        await asyncio.wait_for(stream.run(stop), timeout=60)
+        state = await store.get_object("Account")
+    assert pubsub.subscribed == [refused, refused, fresh]  # once more, then a resync from a captured position
+    assert stream.stats.resyncs == 1 and state.phase == "STREAMING"
+
+
+async def test_a_subscription_refused_even_from_a_fresh_position_stops_instead_of_resyncing_forever(sim, pg_url):
+    import asyncio
+
+    from replicator.model import Checkpoint, TerminalError
+
+    settings = settings_for(sim, pg_url, "refused2", objects={"Account": {}})
+    await run_backfills(settings, ["Account"])
+    refused = (7).to_bytes(10, "big")
+    pubsub = _RefusingPubSub(refused, refused, asyncio.Event())  # the captured position is refused too
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        await store.save_checkpoint(Checkpoint(TOPIC, refused, None))
+        stream = ObjectStream(client, pubsub, store, settings, "Account", settings.objects["Account"])
+        with pytest.raises(TerminalError, match="INVALID_ARGUMENT"):
+            await asyncio.wait_for(stream.run(asyncio.Event()), timeout=60)
+    assert stream.stats.resyncs == 1 and len(pubsub.subscribed) == 3
+
+
+async def test_dead_letters_postgres_refuses_too_do_not_stop_the_stream(sim, pg_url):
+    # The row-by-row fallback ends with one commit of the dead letters and the checkpoint. If Postgres refuses
+    # that too, the letters are logged in full and the checkpoint still moves on: the object never gets stuck.
+    from structlog.testing import capture_logs
+
+    settings = settings_for(sim, pg_url, "stuck", objects={"Account": {}})
+    await run_backfills(settings, ["Account"])
+    a, b = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][:2]
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute("ALTER TABLE replicator.dead_letters ADD CONSTRAINT poison "
+                       "CHECK (payload::text NOT LIKE '%1099511627776%')")
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        stream = ObjectStream(client, None, store, settings, "Account", settings.objects["Account"])
+        await stream.applier.load_schema()
+        with capture_logs() as logs:
+            await stream.apply_batch([ev(7, upd(a, 4_000_000_000_000, NumberOfEmployees=2**40)),
+                                      ev(8, upd(b, 4_000_000_000_000, Phone="+1 333"))])
+    try:
+        assert await conn.fetchval("SELECT phone FROM stuck.account WHERE id = $1", b) == "+1 333"
+        assert await load_checkpoint(conn, TOPIC) == (8).to_bytes(10, "big")
+        letters = await conn.fetch("SELECT record_key, payload FROM replicator.dead_letters")
+        assert [r["record_key"] for r in letters] == [a]  # kept, with its payload in the log
+        logged = [e for e in logs if e["event"] == "stream.dead_letters_refused"]
+        assert logged and "1099511627776" in str(logged[0]["dead_letters"])
+    finally:
+        await conn.close()

@@ -45,7 +45,7 @@ def _require(binary: str) -> str:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -71,7 +71,7 @@ class PostgresServer:
             self._as_user = ["runuser", "-u", _USER, "--"]
         self.data = os.path.join(self.root, "data")
         self.log = os.path.join(self.root, "server.log")
-        self.port = _free_port()
+        self.port = free_port()
         self._run(self.initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "--no-sync", "--encoding=UTF8",
                   "--locale=C")
         self.running = False

@@ -24,7 +24,7 @@ import pytest
 from replicator.sim.server import SimulatorThread
 
 from .helpers import OBJECTS, config_toml, pg_value, sim_admin, wait_for
-from .pg_server import _free_port, own_postgres  # noqa: F401 (the fixture)
+from .pg_server import free_port, own_postgres  # noqa: F401 (the fixture)
 
 SHUTDOWN_BOUND_S = 15
 OUTAGE_S = 10  # a failover or a restart after a crash: what the service must ride out without a restart
@@ -72,81 +72,70 @@ async def test_service_rides_out_a_postgres_restart_and_an_outage(own_postgres, 
     started = time.monotonic()
     sim, server = own_sim, own_postgres
     pg_url = await server.create_database("replicator")
-    port = _free_port()
+    port = free_port()
     cfg = _config(tmp_path, sim, pg_url, port)
     log_path = tmp_path / "service.log"
-    log = open(log_path, "wb")
-    proc = _start(cfg, sim, log)
     phases: dict[str, float] = {}
+    with open(log_path, "wb") as log:
+        proc = _start(cfg, sim, log)
 
-    def alive() -> None:
-        assert proc.poll() is None, f"the service exited ({proc.returncode}): " + log_path.read_text()[-3000:]
+        def alive() -> None:
+            assert proc.poll() is None, f"the service exited ({proc.returncode}): " + log_path.read_text()[-3000:]
 
-    async def ready_and_applying_since(before: int) -> bool:
-        """200 from /readyz with every object streaming, and batches committed since `before` events."""
-        alive()
-        r = await _get(port, "/readyz")
-        if r is None or r.status_code != 200 or r.json()["postgres"] != "ok":
-            return False
-        if not all(o["phase"] == "STREAMING" for o in r.json()["objects"].values()):
-            return False
-        return await _applied(pg_url) > before
-
-    try:
-        await wait_for(lambda: ready_and_applying_since(-1), timeout=120)
-        await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "rate": 200, "transaction_size": 3,
-                                                       "records_per_event": 2, "platform_event_rate": 0.2})
-        await wait_for(lambda: ready_and_applying_since(0), timeout=60)
-        phases["streaming"] = time.monotonic() - started
-
-        # (a) a fast restart: sessions are ended, the server comes back at once
-        before = await _applied(pg_url)
-        server.restart("fast")
-        alive()
-        await wait_for(lambda: ready_and_applying_since(before), timeout=60)
-        phases["after restart"] = time.monotonic() - started
-
-        # (b) a crash-like stop and an outage. Staying down OUTAGE_S seconds is the scenario itself (how long the
-        # database is unavailable), not synchronisation: meanwhile the service must stay alive, /healthz answer
-        # 200 and /readyz 503 naming Postgres.
-        before = await _applied(pg_url)
-        server.stop("immediate")
-        answers = []
-        down_until = time.monotonic() + OUTAGE_S
-        while time.monotonic() < down_until:
+        async def ready_and_applying_since(before: int) -> bool:
+            """200 from /readyz with every object streaming, and batches committed since `before` events."""
             alive()
-            health = await _get(port, "/healthz")
-            assert health is not None and health.status_code == 200
-            ready = await _get(port, "/readyz")
-            assert ready is not None
-            answers.append((ready.status_code, ready.json()))
-            await asyncio.sleep(0.25)  # the probes' interval during the outage window above, not a synchronisation
-        server.start()
-        assert len(answers) >= 5, answers
-        assert all(status == 503 for status, _ in answers), [a for a in answers if a[0] != 503]
-        assert all(body["postgres"].startswith("unreachable: ") for _, body in answers), answers[-1]
-        last = answers[-1][1]
-        assert all(o["ready"] is False and "postgres" in o["reason"].lower() for o in last["objects"].values()), last
-        up = time.monotonic()
-        await wait_for(lambda: ready_and_applying_since(before), timeout=90)
-        phases["recovered after outage"] = time.monotonic() - up
+            r = await _get(port, "/readyz")
+            if r is None or r.status_code != 200 or r.json()["postgres"] != "ok":
+                return False
+            if not all(o["phase"] == "STREAMING" for o in r.json()["objects"].values()):
+                return False
+            return await _applied(pg_url) > before
 
-        # nothing lost: once the traffic stops, every published event is applied (exactly once: the counts
-        # commit with their batches, so a batch rolled back by the outage is counted when it is applied again)
-        await sim_admin(sim, "PUT", "/__sim/traffic", {"running": False})
-        published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
+        try:
+            await wait_for(lambda: ready_and_applying_since(-1), timeout=120)
+            await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "rate": 200, "transaction_size": 3,
+                                                           "records_per_event": 2, "platform_event_rate": 0.2})
+            await wait_for(lambda: ready_and_applying_since(0), timeout=60)
+            phases["streaming"] = time.monotonic() - started
 
-        async def caught_up() -> bool:
+            # (a) a fast restart: sessions are ended, the server is back when pg_ctl returns; what is committed
+            # from then on was committed on the new server
+            server.restart("fast")
             alive()
-            return await _applied(pg_url) >= published
-        await wait_for(caught_up, timeout=60)
-    except BaseException:
-        print(log_path.read_text()[-20_000:])
-        raise
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=SHUTDOWN_BOUND_S + 30)
-        log.close()
+            before = await _applied(pg_url)
+            await wait_for(lambda: ready_and_applying_since(before), timeout=60)
+            phases["after restart"] = time.monotonic() - started
+
+            # (b) a crash-like stop, then down for OUTAGE_S seconds: that wait is the scenario (how long the database
+            # is unavailable), not a synchronisation; meanwhile the service must stay alive and say why it is not ready
+            before = await _applied(pg_url)
+            answers = await _outage(server, proc, port, OUTAGE_S)
+            assert len(answers) >= 5, answers
+            assert all(status == 503 for status, _ in answers), [a for a in answers if a[0] != 503]
+            assert all(body["postgres"].startswith("unreachable: ") for _, body in answers), answers[-1]
+            last = answers[-1][1]
+            assert all(o["ready"] is False and "postgres" in o["reason"].lower()
+                       for o in last["objects"].values()), last
+            up = time.monotonic()
+            await wait_for(lambda: ready_and_applying_since(before), timeout=90)
+            phases["recovered after outage"] = time.monotonic() - up
+
+            # nothing lost: once the traffic stops, every published event is applied (exactly once: the counts
+            # commit with their batches, so a batch rolled back by the outage is counted when it is applied again)
+            await sim_admin(sim, "PUT", "/__sim/traffic", {"running": False})
+            published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
+
+            async def caught_up() -> bool:
+                alive()
+                return await _applied(pg_url) >= published
+            await wait_for(caught_up, timeout=60)
+        except BaseException:
+            print(log_path.read_text()[-20_000:])
+            raise
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=SHUTDOWN_BOUND_S + 30)
     err = log_path.read_text()
     assert proc.returncode == 0, err[-3000:]
     assert await _applied(pg_url) == published
@@ -165,7 +154,6 @@ async def test_service_rides_out_a_postgres_restart_and_an_outage(own_postgres, 
     assert verify.stdout.count("(equal)") == len(OBJECTS)
     phases["total"] = time.monotonic() - started
     print("timings (s from start):", {k: round(v, 1) for k, v in phases.items()})
-
 
 
 async def _outage(server, proc, port: int, seconds: float) -> list[tuple[int, dict]]:
@@ -191,7 +179,7 @@ async def test_a_backfill_interrupted_by_a_postgres_outage_resumes_its_job_page_
     with SimulatorThread(records=pages * page_size, seed=61, keepalive_seconds=0.2) as thread:
         sim, server = thread.info, own_postgres
         pg_url = await server.create_database("replicator")
-        port = _free_port()
+        port = free_port()
         cfg = tmp_path / "backfill.toml"
         cfg.write_text("\n".join([
             "[salesforce]", f'instance_url = "{sim["instance_url"]}"', f'client_id = "{sim["client_id"]}"',

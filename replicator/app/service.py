@@ -29,11 +29,31 @@ from .runtime import open_store, salesforce_client
 
 log = structlog.get_logger(__name__)
 
+# How long storing an object's error in Postgres may take before the supervisor gives up on it and retries the
+# object: a few round trips on a healthy database; a connect to an unreachable one otherwise waits asyncpg's
+# 60 s connect timeout.
+_REPORT_TIMEOUT_S = 5.0
+
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:
         pass
+
+
+async def _report(on_error: Callable[[str], Awaitable[None]], error: str) -> str | None:
+    """Run an error handler that may fail itself: storing an error in Postgres fails exactly when the database
+    is what failed. Returns why it failed (None when it did not); the supervisor goes on either way, and the error
+    stays visible in the log, in /readyz and in the metrics. Bounded, so that a database that does not answer
+    (a failover in progress) cannot hold up the retry."""
+    try:
+        async with asyncio.timeout(_REPORT_TIMEOUT_S):
+            await on_error(error)
+    except TimeoutError:
+        return f"no answer within {_REPORT_TIMEOUT_S:g} s"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _stuck_tasks() -> list[str]:
@@ -139,10 +159,12 @@ class Service:
                 failures += 1
                 error = f"{type(exc).__name__}: {exc}"
                 delay = restart_delay(exc, failures)
-                log.error("service.failed", what=what, error=error, retry_in_s=round(delay, 1), failures=failures)
                 self.metrics.errors.labels(object=what, kind=type(exc).__name__).inc()
-                if on_error is not None:
-                    await on_error(error)
+                unrecorded = await _report(on_error, error) if on_error is not None else None
+                # One line per failure, without a traceback: the error says what failed (a database outage is
+                # `DatabaseUnavailableError: postgres: …`), and when it could not be stored, why.
+                log.error("service.failed", what=what, error=error, retry_in_s=round(delay, 1), failures=failures,
+                          **({"not_recorded": unrecorded} if unrecorded else {}))
                 await _sleep_or_stop(self.stop, delay)
 
     async def _supervise(self, client, pubsub, store: Store, name: str) -> None:

@@ -7,8 +7,9 @@ https://www.postgresql.org/docs/current/errcodes-appendix.html):
 - transient (`DatabaseUnavailableError`): 08 connection exception, 40 transaction rollback (serialization
   failure, deadlock), 53 insufficient resources (too many connections, disk full), 55P03 lock not available,
   57 operator intervention (admin/crash shutdown, cannot connect now, query canceled), 58 system error;
-  and the socket errors below SQL (OSError, TimeoutError), asyncpg's "connection was closed" and its
-  outdated statement cache (cleared by the retry).
+  and the socket errors below SQL (OSError, TimeoutError), asyncpg's "connection was closed", its protocol
+  state error on a connection the server ended ("cannot switch to state …") and its outdated statement cache
+  (cleared by the retry).
 - data (`RejectedDataError`): 22 data exception, 23 integrity constraint violation, 54 program limit exceeded
   (a value too large for its index), and asyncpg's client-side DataError (a value that does not encode as its
   parameter's type). The same data fails again; the caller isolates the rows and dead-letters them.
@@ -65,6 +66,11 @@ def error_kind(exc: BaseException) -> type[ReplicatorError] | None:
         return DatabaseError
     if isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc) and "closed" in str(exc):
         return DatabaseUnavailableError  # "connection is closed", "connection was closed in the middle of …"
+    if isinstance(exc, asyncpg_base.InternalClientError) and str(exc).startswith("cannot switch to state"):
+        # A pooled connection the server ended (a shutdown's FATAL arrived, the socket's close not yet seen) used
+        # for a new statement: "cannot switch to state 11; another operation (2) is in progress". Measured during
+        # `pg_ctl restart -m fast`; a new connection works.
+        return DatabaseUnavailableError
     for cls in type(exc).__mro__:
         if cls in CLIENT_ERRORS:
             return CLIENT_ERRORS[cls]

@@ -166,7 +166,12 @@ class Store:
 
 @mapped
 async def _create_pool(dsn: str, size: int) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+    # No floor of idle connections (min_size=0): a floor is restored by a background task of asyncpg's that logs a
+    # traceback at every failed reconnect during an outage ("Failed to restore the pool connection floor"). Without
+    # one, connections are made when work needs them and fail into that work's own retry; idle ones are kept for
+    # max_inactive_connection_lifetime (300 s). asyncpg documentation, "Connection Pools",
+    # https://magicstack.github.io/asyncpg/current/api/index.html#connection-pools
+    return await asyncpg.create_pool(dsn, min_size=0, max_size=size)
 
 
 @contextlib.asynccontextmanager

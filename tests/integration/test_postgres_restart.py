@@ -224,14 +224,3 @@ async def test_a_backfill_interrupted_by_a_postgres_outage_resumes_its_job_page_
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert verify.stdout.count("(equal)") == 1
 
-
-def test_a_statement_on_a_connection_the_server_ended_is_transient():
-    # What asyncpg raised during `pg_ctl restart -m fast` when a pooled connection had received the server's FATAL
-    # but not yet its close: the database is restarting, not refusing the work (postgres/errors.py).
-    from asyncpg.exceptions import _base as asyncpg_base
-
-    from replicator.model import DatabaseUnavailableError
-    from replicator.postgres.errors import map_error
-
-    exc = asyncpg_base.InternalClientError("cannot switch to state 11; another operation (2) is in progress")
-    assert isinstance(map_error(exc), DatabaseUnavailableError)

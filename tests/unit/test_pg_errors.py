@@ -111,3 +111,15 @@ async def test_mapped_raises_the_kind_with_the_original_as_cause():
 
     with pytest.raises(KeyError):
         await bug()
+
+
+def test_a_statement_on_a_connection_the_server_ended_is_transient():
+    # What asyncpg raised during `pg_ctl restart -m fast` when a pooled connection had received the server's FATAL
+    # but not yet its close: the database is restarting, not refusing the work (postgres/errors.py).
+    from asyncpg.exceptions import _base as asyncpg_base
+
+    from replicator.model import DatabaseUnavailableError
+    from replicator.postgres.errors import map_error
+
+    exc = asyncpg_base.InternalClientError("cannot switch to state 11; another operation (2) is in progress")
+    assert isinstance(map_error(exc), DatabaseUnavailableError)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -28,6 +29,9 @@ from ..salesforce.pubsub import PubSubClient
 from .runtime import open_store, salesforce_client
 
 log = structlog.get_logger(__name__)
+
+# An attempt that ran this long before failing counts as a recovery (the backoff's ceiling, retry.restart_delay).
+HEALTHY_RUN_S = 60.0
 
 # How long storing an object's error in Postgres may take before the supervisor gives up on it and retries the
 # object: a few round trips on a healthy database; a connect to an unreachable one otherwise waits asyncpg's
@@ -148,6 +152,7 @@ class Service:
         to 60 s, jittered) and never stops the other objects. A configuration error stops the service."""
         failures = 0
         while not self.stop.is_set():
+            started = time.monotonic()
             try:
                 await once()
                 failures = 0
@@ -156,7 +161,9 @@ class Service:
             except ConfigError:
                 raise
             except Exception as exc:
-                failures += 1
+                # An attempt that ran a while (a stream runs until it fails) was a recovery: start the backoff
+                # over, so a new outage hours later waits 1 s, not the ceiling.
+                failures = 1 if time.monotonic() - started >= HEALTHY_RUN_S else failures + 1
                 error = f"{type(exc).__name__}: {exc}"
                 delay = restart_delay(exc, failures)
                 self.metrics.errors.labels(object=what, kind=type(exc).__name__).inc()

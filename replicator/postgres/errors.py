@@ -28,13 +28,16 @@ from typing import ParamSpec, TypeVar
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
 
-from ..model import DatabaseError, DatabaseUnavailableError, RejectedDataError, ReplicatorError
+from ..model import ConfigError, DatabaseError, DatabaseUnavailableError, RejectedDataError, ReplicatorError
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 TRANSIENT_SQLSTATES = ("08", "40", "53", "55P03", "57", "58")
 DATA_SQLSTATES = ("22", "23", "54")
+# 28 invalid authorization (a wrong password or user), 3D000 invalid catalog name (no such database): what
+# `postgres.url` says is wrong. A ConfigError: the command exits 2 with one line, the service stops.
+CONFIG_SQLSTATES = ("28", "3D")
 
 # asyncpg's own exceptions that carry no SQLSTATE, each with its kind (a new one fails the unit test).
 CLIENT_ERRORS: dict[type[BaseException], type[ReplicatorError]] = {
@@ -63,6 +66,8 @@ def error_kind(exc: BaseException) -> type[ReplicatorError] | None:
             return DatabaseUnavailableError
         if state.startswith(DATA_SQLSTATES):
             return RejectedDataError
+        if state.startswith(CONFIG_SQLSTATES):
+            return ConfigError
         return DatabaseError
     if isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc) and "closed" in str(exc):
         return DatabaseUnavailableError  # "connection is closed", "connection was closed in the middle of …"
@@ -86,7 +91,8 @@ def map_error(exc: BaseException) -> BaseException:
     if kind is None:
         return exc
     first_line = (str(exc).splitlines() or [""])[0]
-    error = kind(f"postgres: {type(exc).__name__}: {first_line}")
+    hint = "; check postgres.url (or DATABASE_URL)" if kind is ConfigError else ""
+    error = kind(f"postgres: {first_line}{hint}" if hint else f"postgres: {type(exc).__name__}: {first_line}")
     error.__cause__ = exc
     return error
 

@@ -31,6 +31,18 @@ def test_invalid_config_names_the_key_and_exits_2(tmp_path):
     )
 
 
+def test_a_database_that_does_not_exist_is_one_line_that_names_it(tmp_path, sim, pg_url):
+    # A new user's first typo: one line that names the database and the setting, exit 2 — not a traceback.
+    cfg = tmp_path / "nodb.toml"
+    missing = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    cfg.write_text(config_toml(sim, missing, "cli"))
+    out = _cli("backfill", "--config", str(cfg), env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]})
+    assert out.returncode == 2, out.stderr
+    assert _last_line(out.stderr) == ('replicator: postgres: database "no_such_database_here" does not exist; '
+                                      "check postgres.url (or DATABASE_URL)")
+    assert "Traceback" not in out.stderr
+
+
 def test_unknown_object_and_missing_file_exit_2(tmp_path, sim, pg_url):
     cfg = tmp_path / "ok.toml"
     cfg.write_text(config_toml(sim, pg_url, "cli"))

@@ -72,9 +72,16 @@ def test_refused_values_are_rejected_data(exc_type):
     assert error_kind(make(exc_type)) is RejectedDataError
 
 
+def test_a_missing_database_or_a_wrong_password_is_a_configuration_error():
+    from replicator.model import ConfigError
+
+    error = map_error(asyncpg.InvalidCatalogNameError('database "nope" does not exist'))
+    assert isinstance(error, ConfigError)
+    assert str(error) == 'postgres: database "nope" does not exist; check postgres.url (or DATABASE_URL)'
+    assert error_kind(asyncpg.InvalidPasswordError("password authentication failed")) is ConfigError
+
+
 @pytest.mark.parametrize("exc_type", [
-    asyncpg.InvalidCatalogNameError,  # 3D000: the database does not exist
-    asyncpg.InvalidPasswordError,  # 28P01
     asyncpg.InsufficientPrivilegeError,  # 42501
     asyncpg.UndefinedTableError,  # 42P01
     asyncpg.PostgresSyntaxError,  # 42601

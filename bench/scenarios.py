@@ -18,7 +18,7 @@ import asyncpg
 
 from replicator.postgres.server import fresh_database
 
-from . import ceilings, e2e, limits, peers, transactions
+from . import ceilings, chaos, e2e, limits, peers, transactions
 from .backfill import run_backfill, write_config
 from .harness import copy_ceiling, median_of, start_sim, stop_sim, sweep
 from .stream import (
@@ -64,6 +64,12 @@ class Plan:
     e2e_changes: int = 100_000
     e2e_rate: int = 5_000
     e2e_kills: list[int] = field(default_factory=lambda: [0, 10])
+    chaos_records: int = 20_000  # per object, 4 objects
+    chaos_changes: int = 20_000
+    chaos_rate: int = 1_000
+    chaos_kills: int = 16  # during the traffic, plus chaos_backfill_kills during the backfill: 20 in all
+    chaos_backfill_kills: int = 4
+    chaos_runs: int = 3
 
     def db(self, name: str) -> str:
         """A scenario's database name: quick runs (the CI smoke test) use their own, so a quick run never drops
@@ -78,7 +84,9 @@ class Plan:
                    page_sizes=[1_000, 6_000], parallel=[1, 3], stream_records=2_000, stream_events=1_500,
                    batch_sizes=[100, 2_000], num_requested=[10, 100], width_records=1_000, limit_events=5, collisions=[0.0, 0.9], rates=[300, 600], lag_seconds=3.0,
                    transaction_changes=1_000,
-                   ceiling_events=1_000, e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2])
+                   ceiling_events=1_000, e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
+                   chaos_records=1_600, chaos_changes=3_000, chaos_rate=1_000, chaos_kills=2, chaos_backfill_kills=1,
+                   chaos_runs=1)
 
 
 async def _fields(url: str, table: str = "account") -> list[str]:
@@ -355,9 +363,26 @@ async def whole_path(plan: Plan) -> dict:
             "sweeps": [sweep("crashes", "kills", rows, ["backfill_s", "stream_s"], note)]}
 
 
+async def chaos_runs(plan: Plan) -> dict:
+    """`replicator run` SIGKILLed during the backfill and the stream with every fault on; each run must end with
+    `replicator verify` equal for every object (chaos.run raises otherwise)."""
+    rows = []
+    for n in range(plan.chaos_runs):
+        figures = await chaos.run(plan.server_url, plan.db("_chaos"), plan.chaos_records, plan.chaos_changes,
+                                  plan.chaos_rate, plan.chaos_kills, plan.chaos_backfill_kills, seed=11 + n)
+        rows.append(_row(n + 1, figures))
+    note = (f"4 objects of {plan.chaos_records:,} records, {plan.chaos_changes:,} changes offered at "
+            f"{plan.chaos_rate:,}/s; faults: {', '.join(f'{k}={v}' for k, v in chaos.FAULTS.items())}; kills: "
+            f"{plan.chaos_backfill_kills} during the backfill, {plan.chaos_kills} during the traffic; every run ended "
+            "with verify equal for all 4 objects")
+    return {"figures": {"runs": plan.chaos_runs, "kills_per_run": plan.chaos_kills + plan.chaos_backfill_kills,
+                        "runs_equal": sum(r["objects_equal"] == 4 for r in rows)},
+            "sweeps": [sweep("chaos", "run", rows, ["backfill_s", "stream_s"], note)]}
+
+
 SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "limits": limit, "peers": peer,
-             "e2e": whole_path}
-QUICK = ["ceilings", "backfill", "stream", "limits", "e2e"]  # peers install tools from PyPI: full runs only
+             "e2e": whole_path, "chaos": chaos_runs}
+QUICK = ["ceilings", "backfill", "stream", "limits", "e2e", "chaos"]  # peers install tools from PyPI: full runs only
 
 
 def run(name: str, plan: Plan) -> dict:

@@ -73,14 +73,14 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     for path in tmp_path.glob("*.json"):
         report = json.loads(path.read_text())
         reports[report["scenario"]] = report
-    assert set(reports) == {"ceilings", "backfill", "stream", "limits", "e2e"}
+    assert set(reports) == {"ceilings", "backfill", "stream", "limits", "e2e", "chaos"}
     for name, report in reports.items():
         assert report["command"].startswith("python -m bench --quick")
         assert {"cores", "memory_gib", "python", "postgres"} <= set(report["machine"]), name
         figures = _numbers(report["figures"])
         assert figures and all(math.isfinite(v) and v > 0 for v in figures), (name, report["figures"])
         for sw in report["sweeps"]:
-            assert len(sw["rows"]) >= 2 or sw["name"] == "offered rate", (name, sw["name"])
+            assert len(sw["rows"]) >= 2 or sw["name"] in ("offered rate", "chaos"), (name, sw["name"])
             for row in sw["rows"]:
                 for key in sw["y"]:
                     assert isinstance(row[key], int | float) and row[key] >= 0, (name, sw["name"], key, row)
@@ -108,6 +108,8 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     crashes = reports["e2e"]["sweeps"][0]["rows"]  # e2e.run raises unless verify finds every table equal
     assert [r["x"] for r in crashes] == [0, 2] and all(r["objects_equal"] == 4 for r in crashes), crashes
     assert crashes[1]["events_applied"] == crashes[1]["events_published"], crashes  # crashes: none lost, none twice
+    chaos = reports["chaos"]["sweeps"][0]["rows"]  # chaos.run raises unless verify finds every table equal
+    assert chaos and all(r["objects_equal"] == 4 and r["kills"] == 3 for r in chaos), chaos
     md = (tmp_path / "RESULTS.md").read_text()
     for name in reports:
         assert f"<!-- bench:{name}:start -->" in md and f"<!-- bench:{name}:end -->" in md

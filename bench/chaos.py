@@ -1,0 +1,134 @@
+"""Chaos: `replicator run` SIGKILLed at random moments of the backfill and of the stream, with every fault on.
+
+Faults, all at once, from the start: 5% HTTP 503, 1% HTTP 500, 1% 403 REQUEST_LIMIT_EXCEEDED, access tokens that
+expire after 30 s unused, 1% duplicate deliveries, Subscribe streams ended with UNAVAILABLE every 10 s, whole-second
+timestamps (the simulator's default), diffs of long text when the simulator sends them (`diff_fields`); and in the
+traffic: transactions of up to 4 events, events naming up to 3 records, creates/updates/deletes/undeletes, events
+over 64 KB as GAP events, a field added mid-way, and at the end one transaction large enough for GAP_OVERFLOW (a
+resync). `backfill_kills` kills land while the backfill is loading pages (after a page more committed), `kills`
+while the traffic runs (after that many changes). Afterwards `replicator verify` must find every object equal to
+the org; the run raises otherwise.
+
+`python -m bench --only chaos` (three runs, 20 kills); `--quick` runs a small one in CI.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from replicator.postgres.server import fresh_database
+from replicator.sim.admin_client import sim_admin
+
+from .e2e import _Replicator, config, traffic
+from .harness import start_sim, stop_sim
+from .stream import org_records, q, until
+
+FAULTS = {"error_503_rate": 0.05, "error_500_rate": 0.01, "limit_exceeded_rate": 0.01, "token_idle_seconds": 30,
+          "duplicate_rate": 0.01, "stream_close_seconds": 10, "gap_event_bytes": 65536,
+          "overflow_threshold": 100_000}
+
+
+async def _faults(sim: dict) -> dict:
+    """Every fault on; diffs of long text too when this simulator sends them."""
+    known = (await sim_admin(sim, "GET", "/__sim/faults")).json()
+    faults = dict(FAULTS, **({"diff_fields": "on"} if "diff_fields" in known else {}))
+    await sim_admin(sim, "PUT", "/__sim/faults", faults)
+    return faults
+
+
+async def _kill_during_backfill(url: str, replicator: _Replicator, kills: int) -> int:
+    """Kill after each further committed page while objects are still backfilling; the kills that landed."""
+    done = 0
+    for _ in range(kills):
+        pages = int(await q(url, "SELECT count(*) FROM replicator.backfill_pages") or 0)
+
+        async def progressed(p=pages):
+            left = await q(url, "SELECT count(*) FROM replicator.objects WHERE phase <> 'STREAMING'")
+            return left == 0 or int(await q(url, "SELECT count(*) FROM replicator.backfill_pages") or 0) > p
+        await until(progressed, timeout=600, interval=0.05)
+        if await q(url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"):
+            break  # the backfill finished first: the remaining kills land in the stream
+        replicator.restart()
+        done += 1
+    return done
+
+
+async def run(server_url: str, database: str, records: int, changes: int, rate: int, kills: int,
+              backfill_kills: int, seed: int = 11) -> dict:
+    """One chaos run on a new org and database; its figures. Raises unless `replicator verify` ends equal."""
+    proc, sim = start_sim(records)
+    url = await fresh_database(server_url, database)
+    cfg = Path(tempfile.mkstemp(suffix=".toml")[1])
+    # Eight pages an object, so the backfill's kills land between committed pages.
+    cfg.write_text(config(sim, url).replace("poll_max_s = 1.0", f"poll_max_s = 1.0\npage_size = {max(records // 8, 100)}"))
+    log = tempfile.NamedTemporaryFile("w", suffix=".log", prefix="bench-chaos-", delete=False)
+    figures: dict = {"kills": 0}
+    try:
+        faults = await _faults(sim)
+        figures["diffs"] = int("diff_fields" in faults)
+        replicator = _Replicator(cfg, sim, log)
+        try:
+            t0 = time.monotonic()
+            figures["kills"] += await _kill_during_backfill(url, replicator, backfill_kills)
+            await until(lambda: q(url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
+                        timeout=3600, interval=0.5)
+            figures["backfill_s"] = time.monotonic() - t0
+            stream_kills = kills + backfill_kills - figures["kills"]
+            rng = random.Random(seed)
+            kill_at = sorted(rng.sample(range(changes // 10, changes - changes // 10), stream_kills))
+            half = changes // 2
+            await traffic(sim, half, rate, [k for k in kill_at if k < half], replicator.restart)
+            await sim_admin(sim, "POST", "/__sim/schema/Account/fields", {"name": "Segment__c", "type": "string"})
+            await traffic(sim, changes, rate, [k for k in kill_at if k >= half], replicator.restart)
+            figures["kills"] += len(kill_at)
+            await _overflow(sim)
+            await _drained(sim, url)
+            figures["stream_s"] = time.monotonic() - t0 - figures["backfill_s"]
+            figures.update(await _counts(sim, url))
+        finally:
+            figures["run_exit"] = replicator.stop()
+        verify = subprocess.run([sys.executable, "-m", "replicator.cli", "verify", "--config", str(cfg)],
+                                env=replicator.env, capture_output=True, text=True)
+    finally:
+        stop_sim(proc)
+        log.close()
+        cfg.unlink()
+    figures["verify_exit"] = verify.returncode
+    figures["objects_equal"] = sum(line.endswith("(equal)") for line in verify.stdout.splitlines())
+    if verify.returncode != 0 or figures["run_exit"] != 0:
+        raise RuntimeError(f"chaos run did not end equal: {figures}; verify: {verify.stdout[-2000:]} "
+                           f"{verify.stderr[-1000:]}; replicator's log: {log.name}")
+    Path(log.name).unlink()
+    return figures
+
+
+async def _overflow(sim: dict) -> None:
+    """One transaction over the overflow threshold: GAP_OVERFLOW, which the stream answers with a resync."""
+    await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": 300})
+    await sim_admin(sim, "PUT", "/__sim/traffic", {"transaction_size": 1, "records_per_event": 1})
+    ids = [r["Id"] async for r in org_records(sim, "Contact") if not r["IsDeleted"]][:400]
+    await sim_admin(sim, "POST", "/__sim/changes", [
+        {"object": "Contact", "type": "UPDATE", "ids": ids, "fields": {"Phone": "overflow"}}])
+
+
+async def _drained(sim: dict, url: str) -> None:
+    """Every published event applied (duplicates are counted once) and the overflow's resync done."""
+    published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
+    await until(lambda: q(url, f"SELECT sum(events_applied) >= {published} FROM replicator.checkpoints"),
+                timeout=1800, interval=0.5)
+    await until(lambda: q(url, "SELECT sum(resyncs) >= 1 AND bool_and(phase = 'STREAMING') FROM replicator.objects"),
+                timeout=1800, interval=0.5)
+
+
+async def _counts(sim: dict, url: str) -> dict:
+    stats = (await sim_admin(sim, "GET", "/__sim/stats")).json()
+    return {"changes_made": stats["changes"]["total"], "events_published": stats["events_published"],
+            "events_applied": int(await q(url, "SELECT sum(events_applied) FROM replicator.checkpoints")),
+            "resyncs": int(await q(url, "SELECT sum(resyncs) FROM replicator.objects")),
+            "dead_letters": int(await q(url, "SELECT count(*) FROM replicator.dead_letters")),
+            "streams_cut": stats.get("streams_cut", 0)}

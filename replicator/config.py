@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +54,13 @@ class SalesforceSettings(_Section):
     )
     pubsub_tls: bool = Field(True, description="TLS for the Pub/Sub channel (trusting ca_file when set). Leave on.")
 
+    @field_validator("instance_url", "token_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and (urllib.parse.urlsplit(v).scheme not in ("https", "http") or not urllib.parse.urlsplit(v).hostname):
+            raise ValueError("must be an https:// URL such as https://acme.my.salesforce.com")
+        return v
+
     @field_validator("api_version")
     @classmethod
     def _version(cls, v: str) -> str:
@@ -67,7 +75,11 @@ class SalesforceSettings(_Section):
         if self.client_secret is not None:
             return self.client_secret.get_secret_value()
         if self.client_secret_file is not None:
-            return self.client_secret_file.read_text().strip()
+            try:
+                return self.client_secret_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"'salesforce.client_secret_file': cannot read {self.client_secret_file}: "
+                                  f"{exc.strerror}") from None
         return None
 
 
@@ -172,6 +184,21 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     service: ServiceSettings = ServiceSettings()
     objects: dict[str, ObjectSettings] = Field(default_factory=dict)
+
+    @field_validator("objects")
+    @classmethod
+    def _api_names(cls, objects: dict[str, ObjectSettings]) -> dict[str, ObjectSettings]:
+        """Object and field names travel into REST paths and SOQL text: only Salesforce API names pass."""
+        from .salesforce.names import is_api_name
+
+        for name, obj in objects.items():
+            if not is_api_name(name):
+                raise ValueError(f"{name!r} is not a Salesforce API name (letters, digits, underscores), "
+                                 "e.g. Account or Invoice__c")
+            for field in [obj.key, *(obj.fields or [])]:
+                if not is_api_name(field):
+                    raise ValueError(f"objects.{name}: {field!r} is not a Salesforce field API name")
+        return objects
 
     @classmethod
     def settings_customise_sources(

@@ -6,12 +6,12 @@ Pure functions over model types; the README's type table is generated from `PG_T
 from __future__ import annotations
 
 import hashlib
-import re
 
 import structlog
 
 from ..config import ObjectSettings
 from ..model import ColumnSpec, ConfigError, FieldSpec, ObjectDescribe, TableInfo, TableSpec
+from ..salesforce.names import API_NAME
 
 # Describe `type` → Postgres type. Text types are unbounded `text`: Salesforce can lengthen a field at any
 # time, and a varchar(n) would then reject rows. Numbers are unconstrained `numeric` so the CSV value
@@ -53,9 +53,9 @@ VERSION_FIELDS = ("SystemModstamp", "LastModifiedDate", "CreatedDate")
 
 log = structlog.get_logger(__name__)
 
-# Salesforce API names: a letter, then letters, digits and single underscores (custom ones end in __c and
-# friends). SOQL has no identifier quoting, so a name outside this grammar cannot be selected at all.
-_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Salesforce API names (salesforce/names.py): SOQL has no identifier quoting, so a name outside the grammar
+# cannot be selected at all.
+_API_NAME = API_NAME
 
 # Postgres truncates identifiers to 63 bytes; two long names could then collide silently.
 MAX_IDENTIFIER_BYTES = 63

@@ -20,6 +20,7 @@ import structlog
 
 from ..config import ObjectSettings, Settings
 from ..model import DeadLetter, JobFailedError, RejectedDataError, TerminalError
+from ..postgres.sink import strip_nul_chunks
 from ..postgres.store import Store
 from ..retry import retry_transient
 from ..salesforce.bulk import BulkClient, ResultPage
@@ -180,8 +181,8 @@ class Backfill:
         """Download the page again, check every row, load the good ones, dead-letter the rest."""
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="w+b") as spool:
             async with self.bulk.open_page(page) as stream:
-                async for chunk in stream.chunks():
-                    spool.write(chunk.replace(b"\x00", b""))
+                async for chunk in strip_nul_chunks(stream.chunks()):  # checked as COPY will receive it
+                    spool.write(chunk)
             spool.seek(0)
             with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="w+b") as good:
                 dead = await asyncio.to_thread(self._split_page, spool, good, page)

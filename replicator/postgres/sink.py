@@ -7,6 +7,12 @@ Two load modes, chosen when a job starts (README "Backfill"):
   temporary staging table, then one keyed upsert with the version guard.
 Either way the page record (`replicator.backfill_pages`, `replicator.objects`) commits with the rows, so a
 crash at any instant leaves each page loaded entirely or not at all.
+
+NUL bytes: Salesforce results hold them (docs/salesforce-bulk-rest-oauth.md §1.8), and COPY breaks on them
+(docs/baselines.md, "Salesforce-style CSV straight into COPY"). `strip_nul_chunks` removes them from CSV bytes, here at
+the COPY because the CSV never becomes Python values on the fast path; every route of Bulk CSV into Postgres uses it:
+this sink, the careful path's row checks (pipeline/backfill.py, so a value is checked as COPY will receive it), and
+`verify` (postgres/compare.py). Values that do become Python values lose their NULs in salesforce/values.py.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ from .errors import mapped
 
 log = structlog.get_logger(__name__)
 
-async def _strip_nul(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    # NUL bytes occur in real results and break COPY (docs/baselines.md, "Salesforce-style CSV straight into COPY");
-    # every client strips them (docs/salesforce-bulk-rest-oauth.md §1.8).
+async def strip_nul_chunks(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """CSV bytes without NUL bytes (see the module docstring). A NUL byte is never part of a multi-byte UTF-8
+    character, so removing it from any chunk boundary is safe."""
     async for chunk in chunks:
         yield chunk.replace(b"\x00", b"") if b"\x00" in chunk else chunk
 
@@ -74,7 +80,7 @@ class PageSink:
             source = _once(source)
         status = await conn.copy_to_table(
             target,
-            source=_strip_nul(source),
+            source=strip_nul_chunks(source),
             schema_name=spec.schema if target == spec.name else None,
             columns=[c.name for c in spec.columns],
             format="csv",

@@ -13,13 +13,16 @@ import asyncio
 import io
 import tempfile
 import time
-from collections.abc import Callable
+from array import array
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from ..config import ObjectSettings, Settings
-from ..model import DeadLetter, JobFailedError, RejectedDataError, TerminalError
+from ..model import DeadLetter, JobFailedError, RejectedDataError, TableSpec, TerminalError
+from ..postgres.sink import strip_nul_chunks
 from ..postgres.store import Store
 from ..retry import retry_transient
 from ..salesforce.bulk import BulkClient, ResultPage
@@ -177,47 +180,109 @@ class Backfill:
         self._on_progress(self.progress)
 
     async def _load_page_checked(self, page: ResultPage, mode: str) -> tuple[int, int]:
-        """Download the page again, check every row, load the good ones, dead-letter the rest."""
+        """Download the page again, check every row, load the good ones, dead-letter the rest (those the checks
+        catch here, and those Postgres still refuses: `PageSink.load_checked`)."""
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="w+b") as spool:
             async with self.bulk.open_page(page) as stream:
-                async for chunk in stream.chunks():
-                    spool.write(chunk.replace(b"\x00", b""))
+                async for chunk in strip_nul_chunks(stream.chunks()):  # checked as COPY will receive it
+                    spool.write(chunk)
             spool.seek(0)
-            with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="w+b") as good:
-                dead = await asyncio.to_thread(self._split_page, spool, good, page)
-                good.seek(0)
-                rows = await self.sink.load_checked(page.job_id, page.locator, mode, _read_chunks(good), dead)
-        return rows, len(dead)
+            with CheckedPage(self.name, self.spec, page) as good:
+                dead = await asyncio.to_thread(self._split_page, spool, good)
+                return await self.sink.load_checked(page.job_id, page.locator, mode, good, dead)
 
-    def _split_page(self, spool, good_file, page: ResultPage) -> list[DeadLetter]:
+    def _split_page(self, spool, good: CheckedPage) -> list[DeadLetter]:
         text = io.TextIOWrapper(spool, encoding="utf-8", errors="replace", newline="")
-        out = io.TextIOWrapper(good_file, encoding="utf-8", newline="")
         reader = rowcheck.page_rows(text)
         header = next(reader, [])
         try:
             rowcheck.check_header(header, self.spec)
         except ValueError as exc:
             raise TerminalError(f"{self.name}: {exc}") from exc
-        good = rowcheck.csv_writer(out)
-        good.writerow(header)
+        good.start(header)
         dead: list[DeadLetter] = []
-        key_at = [c.name for c in self.spec.columns].index(self.spec.key)
         for row, reason in rowcheck.split_rows(reader, self.spec):
             if reason is None:
-                good.writerow(row)
+                good.append(row)
             else:
-                dead.append(
-                    DeadLetter(
-                        object=self.name,
-                        reason=reason,
-                        key=row[key_at] if len(row) > key_at else None,
-                        payload={"header": header, "row": row, "job_id": page.job_id, "locator": page.locator},
-                    )
-                )
+                dead.append(good.dead_letter(row, reason))
         text.detach()
-        out.flush()
-        out.detach()
         return dead
+
+
+class CheckedPage:
+    """The rows of a page that passed the checks, spooled as CSV (the rows, and each row's key with its index) with
+    each row's offset (8 bytes a row in memory), so that `PageSink.load_checked` can load any range of them again
+    and turn any one into a dead letter. A context manager: the spools are removed on exit."""
+
+    def __init__(self, name: str, spec: TableSpec, page: ResultPage):
+        self.name, self.page = name, page
+        self.key_index = [c.name for c in spec.columns].index(spec.key)
+        self.encoder = rowcheck.RowEncoder()
+        self.rows = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="w+b")
+        self.keys = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="w+b")
+        self.offsets = array("q", [0])
+        self.header: list[str] = []
+        self.header_line = b""
+
+    def __enter__(self) -> CheckedPage:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.rows.close()
+        self.keys.close()
+
+    def start(self, header: list[str]) -> None:
+        self.header, self.header_line = header, self.encoder.encode(header)
+
+    @property
+    def count(self) -> int:
+        return len(self.offsets) - 1
+
+    def append(self, row: list[str]) -> None:
+        line = self.encoder.encode(row)
+        self.keys.write(self.encoder.encode([row[self.key_index], str(self.count)]))
+        self.rows.write(line)
+        self.offsets.append(self.offsets[-1] + len(line))
+
+    async def chunks(self, start: int, stop: int, skip: Sequence[int] = ()) -> AsyncIterator[bytes]:
+        """CSV of rows [start, stop) but those in `skip` (sorted), header first. Seeks before every read, so
+        attempts never share a file position."""
+        yield self.header_line
+        at = bisect_left(skip, start)
+        while start < stop:
+            end = skip[at] if at < len(skip) and skip[at] < stop else stop
+            for chunk in _read(self.rows, self.offsets[start], self.offsets[end]):
+                yield chunk
+            start, at = end + 1, at + 1
+
+    async def key_chunks(self) -> AsyncIterator[bytes]:
+        for chunk in _read(self.keys, 0, self.keys.seek(0, io.SEEK_END)):
+            yield chunk
+
+    def refused(self, index: int, reason: str) -> DeadLetter:
+        line = b"".join(_read(self.rows, self.offsets[index], self.offsets[index + 1]))
+        return self.dead_letter(rowcheck.decode_row(line), reason)
+
+    def dead_letter(self, row: list[str], reason: str) -> DeadLetter:
+        """A row of the page that cannot load: its raw values, where it came from, and why."""
+        return DeadLetter(
+            object=self.name,
+            reason=reason,
+            key=row[self.key_index] if len(row) > self.key_index else None,
+            payload={"header": self.header, "row": row, "job_id": self.page.job_id, "locator": self.page.locator},
+        )
+
+
+def _read(file, start: int, end: int, size: int = 1 << 20) -> Iterator[bytes]:
+    """Bytes [start, end) of a spool, in pieces of at most `size`."""
+    while start < end:
+        file.seek(start)
+        piece = file.read(min(size, end - start))
+        if not piece:
+            raise OSError(f"spool ended at byte {start} of {end}")
+        start += len(piece)
+        yield piece
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
@@ -226,7 +291,3 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
         exc = exc.exceptions[0]
     return exc
 
-
-async def _read_chunks(fh, size: int = 1 << 20):
-    while chunk := fh.read(size):
-        yield chunk

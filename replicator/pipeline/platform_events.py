@@ -9,6 +9,7 @@ import structlog
 
 from ..model import Checkpoint, DeadLetter, StreamEvent
 from ..postgres.store import Store
+from ..salesforce.values import strip_nul
 from .batcher import Batcher
 
 log = structlog.get_logger(__name__)
@@ -53,7 +54,8 @@ class PlatformEventStream:
                 dead.append(DeadLetter(self.name, f"undecodable event: {e.error}", source="stream",
                                        payload={"replay_id": e.replay_id.hex(), "payload_hex": e.payload.hex()}))
             elif not e.keepalive:
-                rows.append((e.replay_id, e.schema_id, None, e.record or {}))
+                # stored as jsonb, which cannot hold NUL (salesforce/values.py)
+                rows.append((e.replay_id, e.schema_id, None, strip_nul(e.record or {})))
         events = sum(1 for e in batch if not e.keepalive)
         checkpoint = Checkpoint(self.topic, batch[-1].replay_id, None)
         self.appended += await self.store.append_events(self.schema, self.table, rows, checkpoint, events, dead)

@@ -3,6 +3,11 @@
 The fast path hands Salesforce's CSV to COPY untouched. When COPY rejects a page (a row with the wrong
 number of columns, a value that is not of its column's type), the page is downloaded again and each row is
 checked here: good rows go on to COPY, bad rows become dead letters with their values and the reason.
+
+These checks are a first sieve that names the column at fault, not the judge: they refuse only what Postgres would
+certainly refuse. Postgres has the last word (`PageSink.load_checked`): a row that passes here and is still refused
+(an impossible datetime such as `2024-13-45T25:61`, a key the page holds twice, a constraint) becomes a dead letter
+with Postgres's reason there.
 """
 
 from __future__ import annotations
@@ -122,3 +127,23 @@ def page_rows(text: io.TextIOBase, delimiter: str = ",") -> Iterator[list[str]]:
 def csv_writer(out: io.TextIOBase, delimiter: str = ","):
     """A writer of the CSV shape COPY reads (every value quoted, like Salesforce's)."""
     return csv.writer(out, delimiter=delimiter, quoting=csv.QUOTE_ALL, lineterminator="\n")
+
+
+class RowEncoder:
+    """One row at a time → one CSV record of the shape COPY reads, as UTF-8 bytes (its length is the row's size
+    in the file, which the careful path records to read any row again)."""
+
+    def __init__(self, delimiter: str = ","):
+        self._buffer = io.StringIO()
+        self._writer = csv_writer(self._buffer, delimiter)
+
+    def encode(self, row: list[str]) -> bytes:
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerow(row)
+        return self._buffer.getvalue().encode()
+
+
+def decode_row(record: bytes, delimiter: str = ",") -> list[str]:
+    """The values of one CSV record written by `RowEncoder`."""
+    return next(page_rows(io.StringIO(record.decode("utf-8", errors="replace"), newline=""), delimiter), [])

@@ -10,7 +10,7 @@ import asyncpg
 from ..model import SYNCED_COLUMN, TableSpec
 from . import ddl
 from .errors import mapped
-from .sink import _strip_nul
+from .sink import strip_nul_chunks
 
 _STAGING = "_verify_extract"
 _REPAIR = "_verify_repair"
@@ -53,7 +53,7 @@ class Comparison:
     async def load(self, chunks: AsyncIterable[bytes]) -> int:
         status = await self.conn.copy_to_table(
             _STAGING,
-            source=_strip_nul(chunks),
+            source=strip_nul_chunks(chunks),
             columns=[c.name for c in self.spec.columns],
             format="csv",
             header=True,

@@ -7,26 +7,65 @@ Two load modes, chosen when a job starts (README "Backfill"):
   temporary staging table, then one keyed upsert with the version guard.
 Either way the page record (`replicator.backfill_pages`, `replicator.objects`) commits with the rows, so a
 crash at any instant leaves each page loaded entirely or not at all.
+
+A page Postgres refuses goes the careful way: pipeline/backfill.py checks each row in Python, and `load_checked`
+loads the rows that passed, finding any that Postgres still refuses by bisection in savepoints; those become dead
+letters with Postgres's reason, in the page's transaction (docs/design.md, contract 9). A key an extract holds
+twice is an inconsistency: the first row loads, every later one is a dead letter, in both modes (the staging
+table's key sends an upsert page with a repeated key the careful way).
+
+NUL bytes: Salesforce results hold them (docs/salesforce-bulk-rest-oauth.md §1.8), and COPY breaks on them
+(docs/baselines.md, "Salesforce-style CSV straight into COPY"). `strip_nul_chunks` removes them from CSV bytes, here at
+the COPY because the CSV never becomes Python values on the fast path; every route of Bulk CSV into Postgres uses it:
+this sink, the careful path's row checks (pipeline/backfill.py, so a value is checked as COPY will receive it), and
+`verify` (postgres/compare.py). Values that do become Python values lose their NULs in salesforce/values.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from array import array
+from bisect import bisect_left
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 import asyncpg
 import structlog
 
-from ..model import DeadLetter, TableInfo
+from ..model import DeadLetter, RejectedDataError, TableInfo
 from . import ddl, state
-from .errors import mapped
+from .errors import error_kind, mapped
 
 log = structlog.get_logger(__name__)
 
-async def _strip_nul(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    # NUL bytes occur in real results and break COPY (docs/baselines.md, "Salesforce-style CSV straight into COPY");
-    # every client strips them (docs/salesforce-bulk-rest-oauth.md §1.8).
+_STAGED_KEY = "_staged_key"  # the staging table's primary key (upsert mode)
+_PAGE_KEYS = "_page_keys"  # the careful path's table of the page's keys and row indexes
+_HELD = "_page_held"  # … and of the rows whose key an earlier row holds
+# Rows of held keys are read and dead-lettered this many at a time, so a page of them is never held in memory.
+_BATCH = 1000
+
+
+async def strip_nul_chunks(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """CSV bytes without NUL bytes (see the module docstring). A NUL byte is never part of a multi-byte UTF-8
+    character, so removing it from any chunk boundary is safe."""
     async for chunk in chunks:
         yield chunk.replace(b"\x00", b"") if b"\x00" in chunk else chunk
+
+
+class CheckedRows(Protocol):
+    """The rows of a page that passed the careful path's checks, on disk (pipeline/backfill.py)."""
+
+    @property
+    def count(self) -> int:
+        """How many rows."""
+
+    def chunks(self, start: int, stop: int, skip: Sequence[int]) -> AsyncIterator[bytes]:
+        """CSV of rows [start, stop) but those in `skip` (sorted indexes), header line first."""
+
+    def key_chunks(self) -> AsyncIterator[bytes]:
+        """CSV of every row's key and index (`key,index`), no header."""
+
+    def refused(self, index: int, reason: str) -> DeadLetter:
+        """The dead letter of row `index` (its raw values), refused for `reason`."""
 
 
 def _copied(status: str) -> int:
@@ -74,7 +113,7 @@ class PageSink:
             source = _once(source)
         status = await conn.copy_to_table(
             target,
-            source=_strip_nul(source),
+            source=strip_nul_chunks(source),
             schema_name=spec.schema if target == spec.name else None,
             columns=[c.name for c in spec.columns],
             format="csv",
@@ -83,20 +122,39 @@ class PageSink:
         )
         return _copied(status)
 
-    async def _load(
-        self, conn: asyncpg.Connection, mode: str, source: AsyncIterable[bytes] | bytes
-    ) -> int:
+    async def _create_staging(self, conn: asyncpg.Connection) -> str:
+        """The page's staging table (upsert mode), keyed like the target: a key the page holds twice is refused
+        by Postgres (and the page goes the careful way), where the upsert would keep one of the rows and drop the
+        other silently. The key's index costs little next to the upsert: 100,000 rows of 18 columns loaded
+        through staging into a table holding them took 1.50 s with it and 1.47 s without (medians of 6, the
+        2-core machine of docs/baselines.md), within the run-to-run spread."""
         spec = self.t.spec
+        await conn.execute(ddl.create_staging(spec, self._staging))
+        await conn.execute(f"ALTER TABLE {ddl.quote_ident(self._staging)} ADD CONSTRAINT {_STAGED_KEY} PRIMARY KEY"
+                           f" ({ddl.quote_ident(spec.key)})")
+        return self._staging
+
+    @property
+    def _staging(self) -> str:
+        return f"_stage_{self.t.spec.name}"[:63]
+
+    async def _load(self, conn: asyncpg.Connection, mode: str, source: AsyncIterable[bytes] | bytes) -> int:
+        """Load CSV rows into the target: COPY (`copy`), or COPY into staging and the keyed upsert (`upsert`)."""
         if mode == "copy":
-            rows = await self._copy(conn, spec.name, source)
+            rows = await self._copy(conn, self.t.spec.name, source)
         else:
-            staging = f"_stage_{spec.name}"[:63]
-            await conn.execute(ddl.create_staging(spec, staging))
-            rows = await self._copy(conn, staging, source)
-            await conn.execute(ddl.upsert_from_staging(spec, staging, self.t.version_column))
-        if self.t.hard_deletes and self.t.has_isdeleted:
-            await conn.execute(f"DELETE FROM {ddl.qualified(spec)} WHERE {ddl.quote_ident('isdeleted')}")
+            await self._create_staging(conn)
+            rows = await self._copy(conn, self._staging, source)
+            await self._upsert_staged(conn)
+        await self._remove_deleted(conn)
         return rows
+
+    async def _upsert_staged(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(ddl.upsert_from_staging(self.t.spec, self._staging, self.t.version_column))
+
+    async def _remove_deleted(self, conn: asyncpg.Connection) -> None:
+        if self.t.hard_deletes and self.t.has_isdeleted:
+            await conn.execute(f"DELETE FROM {ddl.qualified(self.t.spec)} WHERE {ddl.quote_ident('isdeleted')}")
 
     @mapped
     async def load_page(
@@ -114,14 +172,144 @@ class PageSink:
 
     @mapped
     async def load_checked(
-        self, job_id: str, locator: str, mode: str, csv_chunks: AsyncIterable[bytes], dead: list[DeadLetter]
-    ) -> int:
-        """The careful path: rows already checked (CSV with header) plus the page's dead letters."""
+        self, job_id: str, locator: str, mode: str, rows: CheckedRows, dead: list[DeadLetter]
+    ) -> tuple[int, int]:
+        """The careful path: load the rows that passed the checks in Python, dead-letter the ones Postgres still
+        refuses, and record the page with every dead letter (`dead`: those of the Python checks), in ONE
+        transaction. Returns (rows loaded, dead letters).
+
+        1. Keys. An extract that holds a key twice is inconsistent: the first row with the key loads, every later
+           one is a dead letter; in `copy` mode a key already in the table (from an earlier page of the same
+           extract) is one too. Postgres finds them by query in a table of the page's keys rather than by
+           refusing inserts: each unique violation inside a savepoint holds a lock until the transaction ends
+           (seen on PostgreSQL 15), and thousands of them (a key field that is not unique) would exhaust the
+           lock table.
+        2. Values. The other rows are COPied in one savepoint (into the table, or in `upsert` mode into staging);
+           when Postgres refuses them, each half in its own savepoint, and so on down to single rows: a row
+           refused alone is a dead letter with Postgres's reason, the rest loads. A few bad rows cost about
+           log2(page rows) small COPYs each, a page of bad rows at most twice as many COPYs as rows. Each attempt
+           reads its rows again from `rows` (a file), never from memory.
+        3. `upsert` mode: the staged rows go through the keyed upsert in one statement. Should the table refuse
+           it (a constraint of its own, keys two records swapped), the rows are bisected again, each attempt
+           staged and upserted on its own.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await self._load(conn, mode, csv_chunks)
-            await state.add_dead_letters(conn, dead)
-            await state.record_page(conn, self.t.spec.object, job_id, locator, rows, len(dead))
+            letters = _Letters(conn)
+            await letters.add_all(dead)
+            skip = await self._held_keys(conn, mode, rows, letters)
+            if mode == "copy":
+                loaded = await self._bisect(conn, rows, 0, rows.count, skip, letters, self._copy_into_table)
+            else:
+                await self._create_staging(conn)
+                loaded = await self._bisect(conn, rows, 0, rows.count, skip, letters, self._copy_into_staging)
+                try:
+                    async with conn.transaction():
+                        await self._upsert_staged(conn)
+                except Exception as exc:
+                    if error_kind(exc) is not RejectedDataError:
+                        raise
+                    skip = array("q", sorted([*skip, *letters.refused_at]))
+                    loaded = await self._bisect(conn, rows, 0, rows.count, skip, letters, self._stage_and_upsert)
+            await self._remove_deleted(conn)
+            await letters.flush()
+            await state.record_page(conn, self.t.spec.object, job_id, locator, loaded, letters.count)
+        return loaded, letters.count
+
+    async def _copy_into_table(self, conn: asyncpg.Connection, source: AsyncIterator[bytes]) -> int:
+        return await self._copy(conn, self.t.spec.name, source)
+
+    async def _copy_into_staging(self, conn: asyncpg.Connection, source: AsyncIterator[bytes]) -> int:
+        return await self._copy(conn, self._staging, source)
+
+    async def _stage_and_upsert(self, conn: asyncpg.Connection, source: AsyncIterator[bytes]) -> int:
+        await conn.execute(f"TRUNCATE {ddl.quote_ident(self._staging)}")
+        rows = await self._copy(conn, self._staging, source)
+        await self._upsert_staged(conn)
         return rows
+
+    async def _held_keys(self, conn: asyncpg.Connection, mode: str, rows: CheckedRows, letters: _Letters) -> array:
+        """Step 1 of `load_checked`: dead-letter the rows whose key an earlier row holds (in this page, or in
+        `copy` mode in the table). Returns their indexes, sorted."""
+        spec = self.t.spec
+        key_column = spec.column(spec.key)
+        await conn.execute(f"CREATE TEMP TABLE {_PAGE_KEYS} (k text, n bigint) ON COMMIT DROP")
+        await conn.copy_to_table(_PAGE_KEYS, source=rows.key_chunks(), columns=["k", "n"], format="csv")
+        await conn.execute(f"ANALYZE {_PAGE_KEYS}")  # its size, for the plan of the join with the table
+        queries = [f"SELECT n, k, first FROM (SELECT n, k, first_value(n) OVER (PARTITION BY k ORDER BY n) AS first"
+                   f" FROM {_PAGE_KEYS}) q WHERE n <> first"]
+        if mode == "copy" and (key_column.pg_type == "text" or key_column.pg_type.startswith("varchar")):
+            # keys already in the table, compared as text (only when the key's type is text-like, where text
+            # equality is the key's equality)
+            queries.append(f"SELECT p.n, p.k, NULL::bigint FROM {_PAGE_KEYS} p "
+                           f"JOIN {ddl.qualified(spec)} t ON t.{ddl.quote_ident(spec.key)} = p.k")
+        await conn.execute(f"CREATE TEMP TABLE {_HELD} ON COMMIT DROP AS SELECT DISTINCT ON (n) n, k, first FROM ("
+                           + " UNION ALL ".join(queries) + ") u ORDER BY n, first NULLS FIRST")
+        await conn.execute(f"CREATE INDEX ON {_HELD} (n)")
+        skip = array("q")
+        while True:  # in batches: a page of held keys is never held in memory
+            batch = await conn.fetch(f"SELECT n, k, first FROM {_HELD} WHERE n > $1 ORDER BY n LIMIT {_BATCH}",
+                                     skip[-1] if skip else -1)
+            if not batch:
+                return skip
+            for r in batch:
+                skip.append(r["n"])
+                where = ("is in the table already, from an earlier page of this extract" if r["first"] is None
+                         else "is held by an earlier row of this page")
+                await letters.add(rows.refused(r["n"], f"duplicate key: {key_column.field} {r['k']!r} {where} (an "
+                                                       "extract holds each key once: the first row with it loads, "
+                                                       "the later ones are dead letters)"))
+
+    async def _bisect(self, conn: asyncpg.Connection, rows: CheckedRows, start: int, stop: int, skip: array,
+                      letters: _Letters, attempt: Callable[[asyncpg.Connection, AsyncIterator[bytes]], Awaitable[int]],
+                      ) -> int:
+        """Steps 2 and 3 of `load_checked`: rows [start, stop) but those in `skip`, through `attempt` in a
+        savepoint; when Postgres refuses them, each half on its own. Returns the rows loaded."""
+        if stop - start <= bisect_left(skip, stop) - bisect_left(skip, start):
+            return 0  # nothing left to load here
+        try:
+            async with conn.transaction():  # nested: a savepoint, so a refusal undoes only this attempt
+                return await attempt(conn, rows.chunks(start, stop, skip))
+        except Exception as exc:
+            if error_kind(exc) is not RejectedDataError:
+                raise
+            if stop - start == 1:
+                await letters.add(rows.refused(start, _refusal(exc)), start)
+                return 0
+        middle = (start + stop) // 2
+        return (await self._bisect(conn, rows, start, middle, skip, letters, attempt)
+                + await self._bisect(conn, rows, middle, stop, skip, letters, attempt))
+
+
+class _Letters:
+    """The dead letters of one careful page, written in its transaction a batch at a time (never a page of them
+    in memory), with the indexes of the rows Postgres refused."""
+
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn, self.pending, self.count, self.refused_at = conn, [], 0, array("q")
+
+    async def add(self, letter: DeadLetter, refused_at: int | None = None) -> None:
+        self.pending.append(letter)
+        self.count += 1
+        if refused_at is not None:
+            self.refused_at.append(refused_at)
+        if len(self.pending) >= _BATCH:
+            await self.flush()
+
+    async def add_all(self, letters: list[DeadLetter]) -> None:
+        for letter in letters:
+            await self.add(letter)
+
+    async def flush(self) -> None:
+        """Only between attempts: a savepoint rolled back would take the letters with it."""
+        await state.add_dead_letters(self.conn, self.pending)
+        self.pending = []
+
+
+def _refusal(exc: Exception) -> str:
+    """Postgres's reason for refusing one row, with its detail (the value, for a unique violation)."""
+    message = (str(exc).splitlines() or [""])[0]
+    detail = getattr(exc, "detail", None)
+    return f"postgres refused the row: {type(exc).__name__}: {message}" + (f" ({detail})" if detail else "")
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import orjson
@@ -105,13 +106,31 @@ async def fail_object(conn: asyncpg.Connection, name: str, error: str) -> None:
     )
 
 
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
+
+
 async def add_dead_letters(conn: asyncpg.Connection, dead: list[DeadLetter]) -> None:
-    """Store dead letters in the caller's transaction (with the rows or checkpoint they accompany)."""
+    """Store dead letters in the caller's transaction (with the rows or checkpoint they accompany).
+
+    A dead letter must always be storable, or what it carries is lost and the batch or page it belongs to is
+    refused again and again (docs/design.md, contract 9). Its payload holds whatever the caller had: a raw CSV row,
+    event values, an error that quotes a value. Postgres stores NUL in neither `text` nor `jsonb`
+    (docs/baselines.md, "Salesforce-style CSV straight into COPY"), so this writer, the one every dead letter goes
+    through, strips NUL from the key, the reason and every string of the payload (keys included). Values that
+    came from Salesforce have lost theirs already (salesforce/values.py); this covers the rest."""
     if dead:
         await conn.executemany(
             "INSERT INTO replicator.dead_letters (object, record_key, source, reason, payload)"
             " VALUES ($1, $2, $3, $4, $5::jsonb)",
-            [(d.object, d.key, d.source, d.reason, orjson.dumps(d.payload).decode()) for d in dead],
+            [(d.object, _without_nul(d.key), d.source, _without_nul(d.reason),
+              orjson.dumps(_without_nul(d.payload)).decode()) for d in dead],
         )
 
 

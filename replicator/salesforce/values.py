@@ -9,6 +9,14 @@ https://developer.salesforce.com/docs/atlas.en-us.api_streaming.meta/api_streami
 docs/salesforce-pubsub-cdc.md §5). Salesforce does not state the units of date and time fields
 (docs/salesforce-pubsub-cdc.md §10, item 4); we read, as the simulator writes: date = epoch milliseconds at
 UTC midnight, time = milliseconds since midnight.
+
+NUL: text from Salesforce can hold NUL characters (they occur in real results, docs/salesforce-bulk-rest-oauth.md
+§1.8), and Postgres can store NUL in neither `text` nor `jsonb` (docs/baselines.md, "Salesforce-style CSV straight
+into COPY"): a value that keeps it is refused, and so is a dead letter that quotes it. `strip_nul` is the one place
+a Salesforce value loses its NULs on its way to a Python value, whichever API brought it: change events (Avro),
+records fetched by REST (gap healing, dead-letter retry), platform event fields. The Bulk CSV never becomes Python
+values on the fast path; its bytes are stripped at the COPY (`postgres/sink.strip_nul_chunks`), so a record lands
+the same, without its NULs, by every path.
 """
 
 from __future__ import annotations
@@ -18,6 +26,18 @@ from decimal import Decimal
 from typing import Any
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def strip_nul(value: Any) -> Any:
+    """`value` without NUL characters: a string, or the strings inside lists and dicts (keys too), as decoded from
+    Avro or JSON. Other values are returned as they are."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {strip_nul(k): strip_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strip_nul(v) for v in value]
+    return value
 
 
 def decode_epoch_ms(ms: int) -> dt.datetime:
@@ -48,8 +68,7 @@ def decode_avro_value(value: Any, pg_type: str) -> Any:
         return int(value)
     if pg_type == "boolean":
         return bool(value)
-    text = value if isinstance(value, str) else str(value)
-    return text.replace("\x00", "") if "\x00" in text else text  # Postgres text cannot hold NUL
+    return strip_nul(value if isinstance(value, str) else str(value))
 
 
 def decode_rest_value(value: Any, pg_type: str) -> Any:
@@ -72,4 +91,4 @@ def decode_rest_value(value: Any, pg_type: str) -> Any:
         return int(value)
     if pg_type == "boolean":
         return bool(value)
-    return value if isinstance(value, str) else str(value)
+    return strip_nul(value if isinstance(value, str) else str(value))

@@ -60,3 +60,37 @@ def test_csv_round_trip_keeps_quotes_and_newlines():
     rows.csv_writer(buf).writerows([["a", 'he said "hi"', "line1\nline2", "é日本"]])
     parsed = list(rows.page_rows(io.StringIO(buf.getvalue())))
     assert parsed == [["a", 'he said "hi"', "line1\nline2", "é日本"]]
+
+
+def test_row_encoder_writes_one_record_per_row_that_decode_row_reads_back():
+    encoder = rows.RowEncoder()
+    row = ["001000000000001AAA", 'he said "hi"', "line1\r\nline2", "a,b", "é日本", ""]
+    record = encoder.encode(row)
+    assert record.endswith(b"\n") and rows.decode_row(record) == row
+    assert encoder.encode(["x"]) == b'"x"\n'  # nothing left over from the row before
+
+
+async def test_checked_page_serves_any_range_of_rows_without_the_skipped_ones():
+    from replicator.pipeline.backfill import CheckedPage
+    from replicator.salesforce.bulk import ResultPage
+
+    with CheckedPage("Account", SPEC, ResultPage("750", "MA", "url")) as page:
+        page.start([c.field for c in SPEC.columns])
+        for n in range(10):
+            page.append([f"00100000000000{n}AAA", "true", str(n), "", "", "", "line\nbreak"])
+        assert page.count == 10
+
+        async def ids(start, stop, skip=()):
+            data = b"".join([c async for c in page.chunks(start, stop, skip)])
+            parsed = list(rows.page_rows(io.StringIO(data.decode(), newline="")))
+            assert parsed[0][0] == "Id"
+            return [int(r[2]) for r in parsed[1:]]
+
+        assert await ids(0, 10) == list(range(10))
+        assert await ids(2, 7, skip=[0, 3, 4, 9]) == [2, 5, 6]
+        assert await ids(3, 5, skip=[3, 4]) == []
+        keys = b"".join([c async for c in page.key_chunks()]).decode()
+        assert keys.splitlines()[4] == '"001000000000004AAA","4"'
+        letter = page.refused(7, "because")
+        assert (letter.key, letter.reason, letter.payload["row"][2], letter.payload["locator"]) == (
+            "001000000000007AAA", "because", "7", "MA")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from .state import without_nul
+
 # A dead letter that fails again waits 1, 2, 4 … minutes before it is due again, at most a day.
 _BACKOFF = "least(interval '1 minute' * power(2, least(attempts, 11)), interval '1 day')"
 
@@ -43,7 +45,7 @@ async def failed_again(conn: asyncpg.Connection, ids: list[int], reason: str) ->
     """A retry failed: count the attempt and schedule the next one (exponential, at most daily)."""
     await conn.execute(
         f"UPDATE replicator.dead_letters SET attempts = attempts + 1, last_seen = now(), reason = $2,"
-        f" next_retry_at = now() + {_BACKOFF} WHERE id = ANY($1::bigint[])", ids, reason[:2000])
+        f" next_retry_at = now() + {_BACKOFF} WHERE id = ANY($1::bigint[])", ids, without_nul(reason)[:2000])
 
 
 async def drop(conn: asyncpg.Connection, object_: str | None, ids: list[int] | None) -> int:

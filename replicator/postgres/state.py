@@ -102,17 +102,19 @@ async def finish_backfill(conn: asyncpg.Connection, name: str) -> None:
 async def fail_object(conn: asyncpg.Connection, name: str, error: str) -> None:
     await conn.execute(
         "UPDATE replicator.objects SET phase = 'FAILED', last_error = $2, updated_at = now() WHERE object = $1",
-        name, error[:2000],
+        name, without_nul(error)[:2000],
     )
 
 
-def _without_nul(value: Any) -> Any:
+def without_nul(value: Any) -> Any:
+    """`value` (a string, or strings inside dicts and lists) without NUL, which Postgres stores in neither text nor
+    jsonb."""
     if isinstance(value, str):
         return value.replace("\x00", "") if "\x00" in value else value
     if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_without_nul(v) for v in value]
+        return [without_nul(v) for v in value]
     return value
 
 
@@ -129,21 +131,22 @@ async def add_dead_letters(conn: asyncpg.Connection, dead: list[DeadLetter]) -> 
         await conn.executemany(
             "INSERT INTO replicator.dead_letters (object, record_key, source, reason, payload)"
             " VALUES ($1, $2, $3, $4, $5::jsonb)",
-            [(d.object, _without_nul(d.key), d.source, _without_nul(d.reason),
-              orjson.dumps(_without_nul(d.payload)).decode()) for d in dead],
+            [(d.object, without_nul(d.key), d.source, without_nul(d.reason),
+              orjson.dumps(without_nul(d.payload)).decode()) for d in dead],
         )
 
 
 async def set_phase(conn: asyncpg.Connection, name: str, phase: str, error: str | None = None) -> None:
     await conn.execute(
         "UPDATE replicator.objects SET phase = $2, last_error = $3, updated_at = now() WHERE object = $1",
-        name, phase, error[:2000] if error else None,
+        name, phase, without_nul(error)[:2000] if error else None,
     )
 
 
 async def record_error(conn: asyncpg.Connection, name: str, error: str) -> None:
     await conn.execute(
-        "UPDATE replicator.objects SET last_error = $2, updated_at = now() WHERE object = $1", name, error[:2000]
+        "UPDATE replicator.objects SET last_error = $2, updated_at = now() WHERE object = $1", name,
+        without_nul(error)[:2000]
     )
 
 

@@ -2,7 +2,7 @@
 a defined exit code (2: bad usage or configuration; 1: a runtime failure), never a traceback. The data path's
 bad input (malformed rows, NUL bytes, impossible dates, duplicate and moving keys, corrupt Avro, hostile names
 and values) ends as dead letters: tests/integration/test_backfill_hostile.py, test_stream_batches.py,
-test_nul_bytes.py, test_external_keys.py and test_ops_commands.py."""
+test_nul.py, test_backfill_rows.py and test_ops_commands.py."""
 
 from __future__ import annotations
 

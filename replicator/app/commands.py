@@ -93,7 +93,11 @@ async def verify_command(settings: Settings, names: list[str], repair: bool = Fa
             line = f"{name}: missing {diff.missing}, extra {diff.extra}, different {diff.different}"
             print(line + ("  (equal)" if diff.equal else ""))
             for kind, keys in diff.examples.items():
-                print(f"  {kind}: {', '.join(keys)}")
+                if kind != "unkeyed":
+                    print(f"  {kind}: {', '.join(keys)}")
+            if diff.unkeyed:
+                print(f"  unkeyed {diff.unkeyed}: records whose key field is empty in Salesforce cannot be in the table "
+                      f"(not counted as missing; each has a dead letter): {', '.join(diff.examples['unkeyed'])}")
             if diff.missing_columns:
                 print(f"  columns missing in Postgres: {', '.join(diff.missing_columns)}")
     return 0 if equal else 1

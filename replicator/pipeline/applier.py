@@ -2,8 +2,9 @@
 
 classify (duplicates skipped, dead letters, resync triggers) → follow schema changes → fold per key →
 resolve diffs (text sent as a diff of the stored value) → reconcile (fetch full records for gap events, for
-updates of rows the table lacks and for diffs that do not fit) → check keys → commit
-the rows, the dead letters and the checkpoint in one transaction (docs/design.md, contracts 2–4 and 9).
+updates of rows the table lacks and for diffs that do not fit) → check keys (fetch both records of a key two
+records claim) → commit the rows, the dead letters and the checkpoint in one transaction (docs/design.md,
+contracts 2–4 and 9).
 
 The lifecycle around it (subscribe, batch, resync) is pipeline/stream.py.
 """
@@ -38,6 +39,10 @@ LAG_SAMPLES = 100_000
 # subscription may be owed; 10,000 ids (~1 MB) cover the default batch five times over. An older duplicate is
 # still harmless (the version guard skips it); only its count would be off.
 RECENT_IDS = 10_000
+# Rounds of fetching the records of key collisions in one batch. A collision means a stale row (Salesforce keeps
+# the key unique); one round fetches each losing record's current state, a second is needed only when a fetched
+# record collides with yet another stale row. What is left after that, the sink settles with dead letters.
+KEY_ROUNDS = 3
 
 
 @dataclass(slots=True)
@@ -97,8 +102,8 @@ class BatchApplier:
         ops = await self.fold(found.changes)
         await self.resolve_diffs(ops)
         await self.reconcile(ops)
-        rows, bad_keys = self.check_keys(list(ops.values()))
-        found.dead += bad_keys
+        await self.check_keys(ops)
+        rows = list(ops.values())
         result = await self.commit(rows, found.dead, self.checkpoint_of(batch), found.delivered)
         self.observe(batch, found, rows, result, time.monotonic() - started)
         return found.resync_reason
@@ -197,7 +202,10 @@ class BatchApplier:
                 if k not in have:
                     ops[k] = RowOp(k, "refetch", version=ops[k].version, commit_ms=ops[k].commit_ms,
                                    position=ops[k].position)
-        wanted = [k for k, o in ops.items() if o.kind == "refetch"]
+        await self._fetch(ops, [k for k, o in ops.items() if o.kind == "refetch"])
+
+    async def _fetch(self, ops: dict[str, RowOp], wanted: list[str]) -> None:
+        """Replace the operations of these records (each must be in `ops`) by their current state, fetched by Id."""
         if not wanted:
             return
         records = await self.client.retrieve(self.name, wanted, self.spec.fields)
@@ -216,19 +224,28 @@ class BatchApplier:
                 ops[key] = record_op(record, self.spec, ops[key].commit_ms)
                 ops[key].position = position
 
-    def check_keys(self, ops: list[RowOp]) -> tuple[list[RowOp], list[DeadLetter]]:
-        """A full record for a table keyed by an external id needs that id; one without it is a dead letter."""
+    async def check_keys(self, ops: dict[str, RowOp]) -> None:
+        """A table keyed by an external id: when two records claim one key (a record of the batch and another
+        one's row, or two of the batch), Salesforce, where the key is unique, says one of them is stale here: the
+        copy missed the change that took the key away. The newer claim wins (the sink's rule, apply.py); the
+        loser is fetched again by Id now, so the batch commits its current state, and again in case that state
+        collides with another stale row (`KEY_ROUNDS`). A record fetched once is not fetched again: what still
+        collides is left to the sink, which removes the older row with a dead letter naming both Ids."""
         if self.spec.key == "id":
-            return ops, []
-        good, dead = [], []
-        for o in ops:
-            if o.kind in ("upsert", "undelete") and not o.values.get(self.spec.key):
-                dead.append(DeadLetter(self.name, f"record has no value for the key field {self.obj.key}",
-                                       key=o.key, source="stream",
-                                       payload={"values": {k: str(v) for k, v in o.values.items()}}))
-            else:
-                good.append(o)
-        return good, dead
+            return
+        fetched: set[str] = set()
+        for _ in range(KEY_ROUNDS):
+            losers = [k for k in await self.sink.key_conflicts(list(ops.values())) if k not in fetched]
+            if not losers:
+                return
+            log.info("stream.key_conflicts_fetched", object=self.name, records=losers,
+                     action="fetch the records again by Id")
+            latest = max((o.commit_ms for o in ops.values()), default=0)
+            for key in losers:  # a row displaced without a change of its own in the batch is fetched too
+                op = ops.get(key) or RowOp(key, "refetch", version=(latest, 0, 0), commit_ms=latest)
+                ops[key] = RowOp(key, "refetch", version=op.version, commit_ms=op.commit_ms, position=op.position)
+            fetched.update(losers)
+            await self._fetch(ops, losers)
 
     # ---- commit -----------------------------------------------------------------------------------------
     def checkpoint_of(self, batch: list[StreamEvent]) -> Checkpoint:
@@ -259,6 +276,7 @@ class BatchApplier:
             total.updates += r.updates
             total.deletes += r.deletes
             total.skipped += r.skipped
+            total.dead_letters += r.dead_letters
         try:
             await self.sink.apply([], dead, checkpoint, delivered)
         except RejectedDataError as exc:
@@ -285,7 +303,7 @@ class BatchApplier:
         s.updates += result.updates
         s.deletes += result.deletes
         s.skipped += result.skipped
-        s.dead_letters += len(dead)
+        s.dead_letters += len(dead) + result.dead_letters
         now = time.time()
         commits = [e.commit_timestamp for e in batch if e.commit_timestamp]
         if commits:
@@ -299,8 +317,8 @@ class BatchApplier:
             count = getattr(result, op)
             if count:
                 m.rows_written.labels(object=name, op=op.rstrip("s")).inc(count)
-        if dead:
-            m.dead_letters.labels(object=name, source="stream").inc(len(dead))
+        if dead or result.dead_letters:
+            m.dead_letters.labels(object=name, source="stream").inc(len(dead) + result.dead_letters)
         if s.last_commit_ms is not None:
             h.last_commit = s.last_commit_ms / 1000
         last = batch[-1]
@@ -311,7 +329,7 @@ class BatchApplier:
         (log.info if delivered or dead else log.debug)(
             "stream.batch", object=name, phase="STREAMING", batch_id=self._batch_id, events=len(batch),
             rows=len(rows), upserts=result.upserts, updates=result.updates, deletes=result.deletes,
-            skipped=result.skipped, dead_letters=len(dead), lag_s=None if lag is None else round(lag, 3),
+            skipped=result.skipped, dead_letters=len(dead) + result.dead_letters, lag_s=None if lag is None else round(lag, 3),
             duration_s=round(seconds, 4))
 
 

@@ -87,9 +87,16 @@ def table_spec(
     key = describe.field(key_field)
     if key is None:
         raise ConfigError(f"objects.{describe.name}.key: {describe.name} has no field {key_field!r}")
-    if key.type != "id" and not (key.external_id or key.unique or key.id_lookup):
+    if key.type != "id" and not key.unique:
+        # The key is the table's primary key: only a field Salesforce keeps unique can be one. An External ID
+        # that is not also Unique (describe `externalId` without `unique`), or an `idLookup` field, can repeat,
+        # and the second record would replace the first one's row (docs/salesforce-bulk-rest-oauth.md §3.2;
+        # "Field", SOAP API Developer Guide, `unique`: https://developer.salesforce.com/docs/atlas.en-us.api.meta/
+        # api/sforce_api_calls_describesobjects_describesobjectresult.htm).
         raise ConfigError(
-            f"objects.{describe.name}.key: {key_field} is neither the Id nor an externalId/unique field"
+            f"objects.{describe.name}.key: {key_field} is not unique in Salesforce (describe unique=false), so two "
+            f"records can share a value; remove objects.{describe.name}.key to key the table by Id, or name a field "
+            "marked Unique (External ID and Unique)"
         )
     wanted = None
     if fields is not None:

@@ -40,5 +40,6 @@ async def verify_object(client: SalesforceClient, store: Store, settings: Settin
             log.info("verify.repaired", object=name, written=fixed.written, deleted=fixed.deleted,
                      kept_newer=fixed.kept_newer)
             diff = await cmp.diff()
-    log.info("verify.done", object=name, rows=rows, missing=diff.missing, extra=diff.extra, different=diff.different)
+    log.info("verify.done", object=name, rows=rows, missing=diff.missing, extra=diff.extra, different=diff.different,
+             unkeyed=diff.unkeyed)
     return diff, fixed

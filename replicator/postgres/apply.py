@@ -7,11 +7,19 @@ found by their Salesforce Id (`id` column), whatever the table's key, because ch
 
 Safe to call again with the same batch: a change is applied only when it is newer than the row (commit time,
 then replay id: `ddl.newer_than_row`), so the same change again is skipped and leaves the same row.
+
+A table keyed by an external id settles the batch's keys first, all together, by Id (`ddl.place_keys`): a key
+that moved, swapped or chained with another is moved with no placeholder value; a write never replaces the row of
+another Id. When two records claim one key (in Salesforce it is unique, so one of them is stale: the copy missed
+the change that took it away), the newer claim wins, and the loser's row is removed with a dead letter naming
+both Ids (`dead-letters retry` fetches it again by Id; the applier's check step fetches both records before the
+batch gets here, so this is the last line). A key nulled in Salesforce cannot key a row: the record's row is
+removed and a dead letter keeps its Id and last values. Nothing disappears without a dead letter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import orjson
@@ -30,6 +38,8 @@ class ApplyResult:
     updates: int = 0
     deletes: int = 0
     skipped: int = 0  # older than the row (version guard) or, for updates/deletes, no such row
+    dead_letters: int = 0  # written by the key step: keys nulled, or claimed by a newer record
+    key_losers: dict[str, str] = field(default_factory=dict)  # record Id → "unkeyed", "refused" or "displaced"
 
 
 class StreamSink:
@@ -69,6 +79,25 @@ class StreamSink:
             if self.t.hard_deletes:  # a record that ends deleted is removed, whatever came before
                 ops = [RowOp(o.key, "delete", version=o.version, commit_ms=o.commit_ms, position=o.position)
                        if o.deleted else o for o in ops]
+            claims = self._claims(ops)
+            if claims:
+                await conn.execute(ddl.lock_for_keys(self.t.spec))
+            soft = "isdeleted" in self.types and not self.t.hard_deletes
+            deletes = [o for o in ops if o.kind == "delete" and not (soft and o.values)]
+            if deletes:  # first: a hard-deleted record's key is free for the rest of the batch
+                n = await self._delete(conn, deletes)
+                result.deletes += n
+                result.skipped += len(deletes) - n
+            if claims:
+                losers = await self._place_keys(conn, claims)
+                if losers:
+                    ops = [o for o in ops if o.key not in losers]
+                    for outcome in losers.values():
+                        if outcome == "older":
+                            result.skipped += 1
+                        else:
+                            result.dead_letters += 1
+                    result.key_losers = {k: v for k, v in losers.items() if v != "older"}
             full = [o for o in ops if o.kind in ("upsert", "undelete")]
             if full:
                 n = await self._upsert(conn, full)
@@ -79,24 +108,80 @@ class StreamSink:
                 n = await self._update(conn, updates)
                 result.updates += n
                 result.skipped += len(updates) - n
-            deletes = [o for o in ops if o.kind == "delete"]
-            if "isdeleted" in self.types and not self.t.hard_deletes:
-                # Fields changed earlier in the batch, then the soft delete: one write at the delete's version.
-                changed = [RowOp(o.key, "update", {**o.values, "isdeleted": True}, o.version, o.commit_ms,
-                                 position=o.position) for o in deletes if o.values]
-                if changed:
-                    n = await self._update(conn, changed)
-                    result.deletes += n
-                    result.skipped += len(changed) - n
-                deletes = [o for o in deletes if not o.values]
-            if deletes:
-                n = await self._delete(conn, deletes)
+            # Fields changed earlier in the batch, then the soft delete: one write at the delete's version.
+            changed = [RowOp(o.key, "update", {**o.values, "isdeleted": True}, o.version, o.commit_ms,
+                             position=o.position) for o in ops if soft and o.kind == "delete" and o.values]
+            if changed:
+                n = await self._update(conn, changed)
                 result.deletes += n
-                result.skipped += len(deletes) - n
+                result.skipped += len(changed) - n
             await state.add_dead_letters(conn, dead)
             if checkpoint is not None:
                 await state.save_checkpoint(conn, checkpoint, events)
         return result
+
+    def _claims(self, ops: list[RowOp]) -> list[RowOp]:
+        """The operations that name a record's key (full records, and updates that change or null it), when the
+        table is keyed by an external id."""
+        spec = self.t.spec
+        if not ddl.keyed_by_external_id(spec):
+            return []
+        soft = "isdeleted" in self.types and not self.t.hard_deletes
+        return [o for o in ops if o.kind in ("upsert", "undelete")
+                or (spec.key in o.values and (o.kind == "update" or (o.kind == "delete" and soft)))]
+
+    def _keys(self, claims: list[RowOp]) -> list:
+        """Each claim's key; an empty one is none (Salesforce has no empty text: it is a record without a key)."""
+        return [None if (k := o.values.get(self.t.spec.key)) == "" else k for o in claims]
+
+    async def _place_keys(self, conn: asyncpg.Connection, claims: list[RowOp]) -> dict[str, str]:
+        """The key step (`ddl.place_keys`) for the batch's claims, under the table lock. Returns {Id: outcome} of
+        the claims whose write must not go on (older than the row, unkeyed, refused) and of rows displaced."""
+        spec = self.t.spec
+        if not await conn.fetchval(ddl.key_trouble(spec), [o.key for o in claims], self._keys(claims)):
+            return {}
+        await self._fill_claims(conn, claims)
+        for statement in ddl.place_keys(spec, _stream_newer, "stream"):
+            await conn.execute(statement)
+        rows = await conn.fetch(f"SELECT id, outcome FROM {ddl.quote_ident(ddl.KEY_OUTCOME)} "
+                                f"WHERE outcome <> ALL($1::text[])", list(ddl.KEPT))
+        losers = {r["id"]: r["outcome"] for r in rows if r["outcome"] != "older"}
+        losers.update({r["id"]: "older" for r in rows if r["outcome"] == "older" and r["id"] not in losers})
+        if any(v != "older" for v in losers.values()):
+            log.warning("stream.key_conflicts", object=spec.object,
+                        records={k: v for k, v in losers.items() if v != "older"},
+                        action="rows removed with a dead letter each; dead-letters retry fetches them by Id")
+        return losers
+
+    async def _fill_claims(self, conn: asyncpg.Connection, claims: list[RowOp]) -> None:
+        spec = self.t.spec
+        versions, positions = _versions(claims)
+        await conn.execute(ddl.key_claims_table(spec))
+        await conn.execute(ddl.fill_key_claims(spec), [o.key for o in claims], self._keys(claims), versions, positions,
+                           [orjson.dumps(o.values, default=str).decode() for o in claims])
+
+    @mapped
+    async def key_conflicts(self, ops: list[RowOp]) -> dict[str, str]:
+        """What the key step would decide for these operations now, without writing: {Id: outcome} of the records
+        that would lose a key ("refused": the claim; "displaced": a row holding the key). The applier fetches
+        them again by Id before it commits, so a collision resolves to the org's current state."""
+        claims = self._claims(ops)
+        if not claims:
+            return {}
+        spec = self.t.spec
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval(ddl.key_trouble(spec), [o.key for o in claims], self._keys(claims)):
+                return {}
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                await self._fill_claims(conn, claims)
+                await conn.execute(ddl.key_outcomes(spec, _stream_newer))
+                rows = await conn.fetch(f"SELECT id, outcome FROM {ddl.quote_ident(ddl.KEY_OUTCOME)} "
+                                        "WHERE outcome IN ('refused', 'displaced')")
+            finally:
+                await tr.rollback()
+        return {r["id"]: r["outcome"] for r in rows}
 
     def _system(self, op: RowOp) -> dict:
         """Columns every change sets: the version, and SystemModstamp (the org sets it to the change's time)."""
@@ -113,16 +198,6 @@ class StreamSink:
                 row["isdeleted"] = op.deleted
             for i, c in enumerate(cols):
                 arrays[i].append(row.get(c))
-        if spec.key != "id":  # an external id can change: re-key rows by their Id first (see ddl.upsert_…)
-            key_at = cols.index(spec.key)
-            await conn.execute(
-                f"UPDATE {self.q} AS cur SET {ddl.quote_ident(spec.key)} = u.k "
-                f"FROM unnest($1::text[], $2::{self.types[spec.key]}[], $3::timestamptz[], $4::bytea[]) "
-                f"AS u(_id, k, _v, _p) "
-                f'WHERE cur."id" = u._id AND cur.{ddl.quote_ident(spec.key)} IS DISTINCT FROM u.k '
-                f"AND u.k IS NOT NULL AND {ddl.newer_than_row('cur', 'u._v', 'u._p')}",
-                [o.key for o in ops], arrays[key_at], versions, positions,
-            )
         params = ", ".join(f"${i + 1}::{self.types[c]}[]" for i, c in enumerate(cols))
         col_sql = ", ".join(ddl.quote_ident(c) for c in cols)
         sets = ", ".join(f"{ddl.quote_ident(c)} = EXCLUDED.{ddl.quote_ident(c)}" for c in cols if c != spec.key)
@@ -190,6 +265,10 @@ class StreamSink:
             sql = f"UPDATE {self.q} AS cur SET {', '.join(sets)} FROM {src} WHERE {guard}"
         status = await conn.execute(sql, ids, versions, positions)
         return int(status.rsplit(" ", 1)[-1])
+
+
+def _stream_newer(row: str, claim: str) -> str:
+    return ddl.newer_than_row(row, f"{claim}.v", f"{claim}.p")
 
 
 def _versions(ops: list[RowOp]) -> tuple[list, list]:

@@ -21,11 +21,14 @@ class Diff:
     missing: int = 0  # in Salesforce, not in Postgres
     extra: int = 0  # in Postgres, not in Salesforce
     different: int = 0  # same key, some column differs
+    unkeyed: int = 0  # extract rows without a key (its field is empty in Salesforce): they cannot be in the table
     examples: dict[str, list[str]] = field(default_factory=dict)
     missing_columns: list[str] = field(default_factory=list)  # fields Salesforce has and the table lacks
 
     @property
     def equal(self) -> bool:
+        """Every row the table can hold matches. Unkeyed records are not differences: no row can hold them (the
+        stream removed their rows with a dead letter each, README "Tables")."""
         return self.missing == self.extra == self.different == 0 and not self.missing_columns
 
 
@@ -57,7 +60,8 @@ class Comparison:
             columns=[c.name for c in self.spec.columns],
             format="csv",
             header=True,
-            force_null=[c.name for c in self.spec.columns if c.nullable],
+            # the key too: Salesforce has no empty text, so an empty key is a record without one ("unkeyed")
+            force_null=[c.name for c in self.spec.columns if c.nullable or c.name == self.spec.key],
         )
         return int(status.rsplit(" ", 1)[-1])
 
@@ -88,7 +92,8 @@ class Comparison:
         missing_columns, changed = await self._changed()
         out = Diff(missing_columns=missing_columns)
         queries = {
-            "missing": f"SELECT b.{k} FROM {src} b LEFT JOIN {t} a USING ({k}) WHERE a.{k} IS NULL",
+            "missing": f"SELECT b.{k} FROM {src} b LEFT JOIN {t} a USING ({k}) WHERE a.{k} IS NULL AND b.{k} IS NOT NULL",
+            "unkeyed": f'SELECT b."id" FROM {src} b WHERE b.{k} IS NULL',  # named by Id: they have no key
             "extra": f"SELECT a.{k} FROM {t} a LEFT JOIN {src} b USING ({k}) WHERE b.{k} IS NULL",
             "different": f"SELECT a.{k} FROM {t} a JOIN {src} b USING ({k}) WHERE {changed}",
         }
@@ -112,9 +117,13 @@ class Comparison:
         _, changed = await self._changed()
         out = Repair()
         async with self.conn.transaction():
+            # An unkeyed record only matters when the table still has its row under an old key (the key step
+            # removes it with a dead letter); otherwise it would be dead-lettered again at every repair.
+            unkeyed = f'OR (b.{k} IS NULL AND EXISTS (SELECT 1 FROM {t} r WHERE r."id" = b."id"))' \
+                if ddl.keyed_by_external_id(self.spec) else ""
             await self.conn.execute(
                 f"CREATE TEMP TABLE {ddl.quote_ident(_REPAIR)} ON COMMIT DROP AS SELECT b.* FROM {src} b "
-                f"LEFT JOIN {t} a USING ({k}) WHERE a.{k} IS NULL OR {changed}")
+                f"LEFT JOIN {t} a USING ({k}) WHERE (b.{k} IS NOT NULL AND (a.{k} IS NULL OR {changed})) {unkeyed}")
             wanted = await self.conn.fetchval(f"SELECT count(*) FROM {ddl.quote_ident(_REPAIR)}")
             status = ""
             for statement in ddl.upsert_from_staging(self.spec, _REPAIR, version_column, wins_ties=False).split(";\n"):

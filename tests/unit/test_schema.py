@@ -43,7 +43,7 @@ def test_external_id_key_and_bad_keys():
     assert spec.key == "external_id__c"
     with pytest.raises(ConfigError, match="no field 'Nope'"):
         table_spec(describe(), schema="s", key_field="Nope")
-    with pytest.raises(ConfigError, match="neither the Id nor an externalId"):
+    with pytest.raises(ConfigError, match="Name is not unique in Salesforce"):
         table_spec(describe(), schema="s", key_field="Name")
 
 

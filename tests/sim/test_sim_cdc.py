@@ -26,7 +26,7 @@ from replicator.sim.faults import Faults
 from replicator.sim.server import SimulatorThread
 
 from .conftest import V, wait_for, wait_job
-from .pubsub_client import Org, decode_bitmap
+from .pubsub_client import Org, decode_bitmap, events_of
 
 # A live org's Account schema (captured via GetSchema, docs/salesforce-pubsub-cdc.md §5), kept with the client's tests.
 CAPTURED = Path(__file__).parents[1] / "salesforce" / "data" / "AccountChangeEvent.v1.avsc"
@@ -45,22 +45,6 @@ def org():
 def reset(org):
     yield
     org.faults(**Faults().to_dict())
-
-
-def events_of(org: Org, replay_ids: list[str], topic: str = "/data/ChangeEvents") -> list[dict]:
-    """The decoded events with these replay ids, read with CUSTOM from just before the first."""
-    start = (int(replay_ids[0][:16], 16) - 1).to_bytes(8, "big") + b"\0\0"
-    preset = pb.CUSTOM if int(replay_ids[0][:16], 16) > 1 else pb.EARLIEST
-    with org.subscribe(topic, preset, start if preset == pb.CUSTOM else b"", num_requested=100) as sub:
-        wait_for(lambda: {e.replay_id.hex() for e in sub.events} >= set(replay_ids))
-        found = {e.replay_id.hex(): e for e in sub.events}
-    out = []
-    for rid in replay_ids:
-        decoded = org.decode(found[rid])
-        decoded["_schema"] = org.schema(found[rid].event.schema_id)
-        decoded["_schema_id"] = found[rid].event.schema_id
-        out.append(decoded)
-    return out
 
 
 def schema_of(org: Org, topic: str) -> dict:

@@ -6,7 +6,9 @@
          {"object": "Account", "type": "CREATE", "fields": {...}, "count": 1},
          {"object": "Account", "type": "DELETE", "ids": [...]}, {"object": "Account", "type": "UNDELETE", "ids": [...]}]
         -> {"transaction_key", "commit_timestamp", "commit_number", "replay_ids": [hex…], "ids": [[ids per item]]}
-        Address components are given by their flat names (BillingState) and travel as the nested subfield.
+        Compound components are given by their flat names (BillingState, FirstName) and travel as the nested
+        subfield (BillingAddress.State, Name.FirstName); read-only fields (Contact.Name, formulas, system fields)
+        cannot be set.
         Values: JSON types; datetimes ISO 8601 (…Z or +0000) or epoch ms; dates YYYY-MM-DD; times HH:MM:SS.sssZ.
         400 {"error": …} and nothing applied when any item is invalid.
     POST /__sim/schema/{Object}/fields   {"name": "Loyalty_Tier__c", "type": "string"} -> {"schema_id", "topic",
@@ -94,7 +96,7 @@ def _item(org, raw: dict, whole_seconds: bool) -> ChangeItem:
             raise ChangeError("count must be 1..100000")
     for name, value in {**fields_in, **{n: None for n in nulled}}.items():
         spec = store.spec.field(name)
-        if spec is None or spec.is_compound or spec.calculated or spec.name in NOT_SETTABLE:
+        if spec is None or not spec.writable or spec.name in NOT_SETTABLE:
             raise ChangeError(f"INVALID_FIELD: {name} cannot be set on {store.spec.name}")
         try:
             parsed = parse_value(spec.type, value, whole_seconds)

@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .avro import ChangeEventSchema, PlatformEventSchema, event_name, from_epoch_ms, null_body
+from .derived import recompute
 from .diffs import text_diff
 from .events import ALL_CHANGE_EVENTS, EventBus
 from .faults import Faults
@@ -251,7 +252,7 @@ class ChangeCapture:
             changed = [*item.values, *item.nulled]
             if "LastModifiedDate" not in changed:
                 changed.append("LastModifiedDate")
-        return self._apply_change(item, stamp, changed), changed
+        return self._apply_change(item, stamp), changed
 
     def _apply_create(self, item: ChangeItem, stamp: dt.datetime) -> list[str]:
         store = item.store
@@ -272,7 +273,7 @@ class ChangeCapture:
             ids.append(template[0])
         return ids
 
-    def _apply_change(self, item: ChangeItem, stamp: dt.datetime, changed: list[str]) -> list[str]:
+    def _apply_change(self, item: ChangeItem, stamp: dt.datetime) -> list[str]:
         """UPDATE, DELETE, UNDELETE of the item's records; an UPDATE of one record keeps its old row in
         `item.before` (the base of a diff)."""
         store = item.store
@@ -293,9 +294,7 @@ class ChangeCapture:
                     row[col[name]] = value
                 for name in item.nulled:
                     row[col[name]] = None
-                if store.spec.name == "Contact" and ("FirstName" in changed or "LastName" in changed):
-                    first, last = row[col["FirstName"]], row[col["LastName"]]
-                    row[col["Name"]] = f"{first} {last}" if first else last  # the calculated Name follows
+                recompute(store.spec.name, col, row)  # values the org computes follow their inputs
             store.put(pos, tuple(row))
             ids.append(row[0])
         return ids
@@ -313,6 +312,7 @@ class ChangeCapture:
         row[store.deleted_pos] = False
         for name, value in item.values.items():
             row[col[name]] = value
+        recompute(store.spec.name, col, row)
         return row
 
     def stats(self) -> dict:

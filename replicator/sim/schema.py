@@ -3,6 +3,9 @@
 
 Field order here is the column order of stored rows (see generator.py) and of describe `fields[]`.
 Compound fields (type `address`) are listed in describe but hold no stored value: their components do.
+Contact's `Name` is a compound too (its components Salutation, FirstName, MiddleName, LastName and Suffix carry
+`compoundFieldName` "Name"), but one with a stored, read-only string value the org computes (derived.py); change
+events carry it as a `PersonName` record (avro.py, docs/salesforce-pubsub-cdc.md §5).
 """
 
 from __future__ import annotations
@@ -55,10 +58,16 @@ class FieldSpec:
     compound_field_name: str | None = None
     calculated: bool = False
     system: bool = False  # audit/system fields: not createable/updateable
+    read_only: bool = False  # computed by the org, not a formula (Contact.Name): not createable/updateable
 
     @property
     def is_compound(self) -> bool:
         return self.type == "address"
+
+    @property
+    def writable(self) -> bool:
+        """Createable and updateable: a value a client (or the traffic generator) may set."""
+        return not (self.system or self.calculated or self.read_only or self.type == "id" or self.is_compound)
 
     def describe(self) -> dict:
         """The describe `fields[]` item (docs/salesforce-bulk-rest-oauth.md §3.2), keys in alphabetical order
@@ -102,7 +111,7 @@ class FieldSpec:
 
     def _capabilities(self) -> dict:
         """What a client may do with it: write it, filter, group, sort or aggregate by it."""
-        editable = not (self.system or self.calculated or self.type == "id" or self.is_compound)
+        editable = self.writable
         short = self.length <= 255
         return {
             "aggregatable": self.type not in NOT_AGGREGATABLE,
@@ -134,6 +143,10 @@ class ObjectSpec:
 
     def position(self, name: str) -> int | None:
         return self.index.get(name.lower())
+
+    def components(self, compound: str) -> list[FieldSpec]:
+        """The fields whose `compoundFieldName` is `compound`, in describe order."""
+        return [f for f in self.fields if f.compound_field_name == compound]
 
     @property
     def stored_fields(self) -> list[FieldSpec]:
@@ -202,6 +215,7 @@ INDUSTRIES = ("Agriculture", "Banking", "Chemicals", "Education", "Energy", "Fin
 REGIONS = ("EMEA", "APAC", "NA", "LATAM")
 STAGES = ("Prospecting", "Qualification", "Proposal", "Negotiation", "Closed Won", "Closed Lost")
 INVOICE_STATUS = ("Draft", "Sent", "Paid", "Void")
+SALUTATIONS = ("Mr.", "Ms.", "Mrs.", "Dr.", "Prof.")
 HOSTILE_FIELD = 'Bad"Name;DROP__c'
 
 
@@ -248,12 +262,30 @@ def _account_id() -> FieldSpec:
                      relationship_name="Account")
 
 
+def _person_name() -> list[FieldSpec]:
+    """Contact's name fields in describe order. `extraTypeInfo` "personname" and the Salutation picklist values
+    (Salesforce's defaults) are this simulator's choice, as live orgs' describe shows them; the Avro record also
+    has InformalName (tests/salesforce/data/AccountChangeEvent.v1.avsc), which this org never sets."""
+    def part(name: str, label: str, length: int, **extra) -> FieldSpec:
+        return FieldSpec(name, extra.pop("type", "string"), label, length=length, compound_field_name="Name",
+                         extra_type_info="personname", **extra)
+    return [
+        part("LastName", "Last Name", 80, nillable=False),
+        part("FirstName", "First Name", 40),
+        part("Salutation", "Salutation", 40, type="picklist", picklist=SALUTATIONS),
+        part("MiddleName", "Middle Name", 40),
+        part("Suffix", "Suffix", 40),
+        FieldSpec("Name", "string", "Full Name", length=121, nillable=False, read_only=True,
+                  extra_type_info="personname"),
+    ]
+
+
 def _contact_fields() -> list[FieldSpec]:
     return [
         _account_id(),
-        FieldSpec("FirstName", "string", "First Name", length=40),
-        FieldSpec("LastName", "string", "Last Name", length=80, nillable=False),
-        FieldSpec("Name", "string", "Full Name", length=121, nillable=False, calculated=True),
+        *_person_name(),
+        *_address("Other"),
+        *_address("Mailing"),
         FieldSpec("Email", "email", "Email", length=80),
         FieldSpec("Phone", "phone", "Business Phone", length=40),
         FieldSpec("Birthdate", "date", "Birthdate"),

@@ -218,7 +218,7 @@ class Traffic:
             settable = self._settable[name] = [
                 f.name for f in store.spec.stored_fields
                 # unique fields (External_Id__c) are left alone: Salesforce rejects a duplicate value
-                if not (f.system or f.calculated or f.type == "id" or f.unique or f.external_id)
+                if f.writable and not (f.unique or f.external_id)
                 and f.name in store.names]
         source = store.generator.row(rng.randrange(1 << 30))
         values, nulled = {}, []

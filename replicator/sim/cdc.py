@@ -14,6 +14,11 @@ always agree. Rules every change follows (the client relies on them):
   sequenceNumber counts 1, 2, … in the order published; commitNumber increases per transaction;
 - an event whose encoding exceeds `gap_event_bytes` (or an item with force_gap) becomes GAP_<type>: header
   only, all bitmaps empty (docs/salesforce-pubsub-cdc.md §7);
+- values the org computes follow their inputs in the store (derived.py: Contact's Name, formula fields), and a
+  formula is never in an event (docs/salesforce-pubsub-cdc.md §5);
+- `touch` changes fields that change without an event (LastActivityDate, LastViewedDate): no event, and
+  SystemModstamp and LastModifiedDate stay as they were (this simulator's choice: viewing a record or logging an
+  activity is not an edit of it), so only a comparison of values can see it (docs/salesforce-coverage.md §2);
 - overflow (docs/salesforce-pubsub-cdc.md §7): a transaction counts 1 per created/deleted/undeleted record and
   1 per changed field of each updated record; once the count would pass `overflow_threshold`, that change and
   every later one of the transaction still change the store but publish nothing, and the transaction ends with
@@ -34,7 +39,7 @@ from .diffs import text_diff
 from .events import ALL_CHANGE_EVENTS, EventBus
 from .faults import Faults
 from .ids import make_id
-from .schema import FieldSpec
+from .schema import SILENT_FIELDS, FieldSpec
 from .store import ObjectStore, OrgStore
 
 TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
@@ -92,6 +97,7 @@ class ChangeCapture:
         self.by_object: Counter = Counter()
         self.by_type: Counter = Counter()
         self.transactions = 0
+        self.silent = 0  # records changed by `touch`
 
     def schema(self, object_name: str) -> ChangeEventSchema:
         current = self._current.get(object_name)
@@ -192,6 +198,27 @@ class ChangeCapture:
             replay_ids.append(self.bus.publish(self._topic(entity), True, schema.id, payload).replay_id.hex())
         self.bus.notify()
         return CommitResult(key, ts, self.commit_number, replay_ids, ids_out)
+
+    def touch(self, store: ObjectStore, positions: list[int], values: dict) -> list[str]:
+        """Set SILENT_FIELDS of live records without an event and without a new SystemModstamp; returns the ids.
+        Raises ChangeError (nothing applied) for another field or a deleted record."""
+        self.schema(store.spec.name)
+        col = self._columns[store.spec.name]
+        for name in values:
+            if name not in SILENT_FIELDS or name not in col:
+                raise ChangeError(f"INVALID_FIELD: {name} does not change silently on {store.spec.name}")
+        for pos in positions:
+            if store.row(pos)[store.deleted_pos]:
+                raise ChangeError(f"ENTITY_IS_DELETED: {store.row(pos)[0]}")
+        ids = []
+        for pos in positions:
+            row = list(store.row(pos))
+            for name, value in values.items():
+                row[col[name]] = value
+            store.put(pos, tuple(row))
+            ids.append(row[0])
+        self.silent += len(ids)
+        return ids
 
     def _commit_timestamp(self) -> int:
         """Epoch milliseconds of the next commit: never before the previous one (delivery order is commit
@@ -310,6 +337,9 @@ class ChangeCapture:
                 if not f.nillable and f.name in col:  # checkboxes default to false, like describe says
                     row[col[f.name]] = False if f.type == "boolean" else generated[col[f.name]]
         row[store.deleted_pos] = False
+        for name in SILENT_FIELDS:  # a new record has not been viewed, nor had an activity
+            if name in col:
+                row[col[name]] = None
         for name, value in item.values.items():
             row[col[name]] = value
         recompute(store.spec.name, col, row)
@@ -320,6 +350,7 @@ class ChangeCapture:
         return {
             "changes": {"total": self.changes, "by_object": dict(self.by_object), "by_type": dict(self.by_type)},
             "transactions": self.transactions,
+            "silent_changes": self.silent,
             "events_published": self.bus.published,
             "events_retained": self.bus.retained(),
             "last_replay_id": (last.to_bytes(8, "big") + b"\0\0").hex() if last else None,

@@ -6,6 +6,10 @@ change (cdc.py): clients read them (Bulk, REST, ground truth) but never set them
   English (United States) long format of "lightning:formattedName" (Lightning Components Developer Guide,
   https://developer.salesforce.com/docs/atlas.en-us.212.0.lightning.meta/lightning/aura_compref_lightning_formattedName.htm,
   "Mr. John Middleton Doe The 3rd Jo"), without the informal name, which this org never sets.
+- Opportunity `Expected_Revenue__c`, a formula: Amount x Probability / 100, rounded to its 2 decimal places, null
+  when either input is null (describe's formulaTreatNullNumberAsZero is false). Formula fields are never in
+  change events (docs/salesforce-pubsub-cdc.md §5; docs/salesforce-coverage.md §2), so it changes in the org's
+  records, Bulk and REST results, but never appears in an event.
 """
 
 from __future__ import annotations
@@ -18,9 +22,14 @@ def person_name(salutation: str | None, first: str | None, middle: str | None, l
     return " ".join(p for p in (salutation, first, middle, last, suffix) if p) or None
 
 
+def expected_revenue(amount: float | None, probability: float | None) -> float | None:
+    return None if amount is None or probability is None else round(amount * probability / 100, 2)
+
+
 # object -> computed field -> (input fields, function of the inputs' values)
 DERIVED: dict[str, dict[str, tuple[tuple[str, ...], Callable]]] = {
     "Contact": {"Name": (("Salutation", "FirstName", "MiddleName", "LastName", "Suffix"), person_name)},
+    "Opportunity": {"Expected_Revenue__c": (("Amount", "Probability"), expected_revenue)},
 }
 
 

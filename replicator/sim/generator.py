@@ -90,6 +90,16 @@ def _audit(h: int) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
     return created, modified, stamp
 
 
+def _activity(h: int, created: dt.datetime, modified: dt.datetime) -> tuple[dt.date | None, dt.datetime | None]:
+    """LastActivityDate (a third of records have none) and LastViewedDate (a quarter never viewed), both after
+    creation and in the past."""
+    days = (END.date() - created.date()).days
+    activity = None if h % 3 == 0 else created.date() + dt.timedelta(days=(h >> 2) % (days + 1))
+    seconds = int((END - modified).total_seconds())
+    viewed = None if (h >> 24) % 4 == 0 else modified + ((h >> 26) % (seconds + 1)) * _SECOND
+    return activity, viewed
+
+
 def _name(h: int, i: int) -> str:
     if h % 10 == 0:
         return f"{HAZARDS[(h >> 4) % len(HAZARDS)]} {i}"
@@ -238,6 +248,7 @@ class Generator:
         self._body = _BODIES[spec.name]
         names = [f.name for f in spec.stored_fields]
         self._pick = itemgetter(*names)
+        self._activity = "LastViewedDate" in names
 
     def row(self, i: int) -> tuple:
         """Record i (0-based; its Id counter is i + 1) as a tuple in `stored_fields` order."""
@@ -251,4 +262,6 @@ class Generator:
         d["CreatedDate"] = created
         d["LastModifiedDate"] = modified
         d["SystemModstamp"] = stamp
+        if self._activity:
+            d["LastActivityDate"], d["LastViewedDate"] = _activity(h >> 400, created, modified)
         return self._pick(d)

@@ -25,8 +25,8 @@ NUMBER_TYPES = {"int", "double", "currency", "percent"}
 LONG_TEXT_LENGTH = 131072  # the largest Long Text Area Salesforce allows
 NOT_AGGREGATABLE = {"textarea", "multipicklist", "address"}  # also not sortable unless 255 characters or less
 NOT_GROUPABLE = {"textarea", "multipicklist", "double", "currency", "percent", "datetime", "address"}
-# describe `fields[]` attributes with the same value on every field of this org (no formulas, masks,
-# encryption, dependent picklists or polymorphic references here).
+# describe `fields[]` attributes with the same value on every field of this org (no masks, encryption,
+# dependent picklists or polymorphic references here; calculatedFormula is the field's own).
 DESCRIBE_CONSTANTS = {
     "autoNumber": False, "calculatedFormula": None, "cascadeDelete": False, "caseSensitive": False,
     "controllerName": None, "defaultValueFormula": None, "dependentPicklist": False, "deprecatedAndHidden": False,
@@ -59,6 +59,7 @@ class FieldSpec:
     calculated: bool = False
     system: bool = False  # audit/system fields: not createable/updateable
     read_only: bool = False  # computed by the org, not a formula (Contact.Name): not createable/updateable
+    formula: str | None = None  # calculated fields: describe's calculatedFormula
 
     @property
     def is_compound(self) -> bool:
@@ -79,6 +80,7 @@ class FieldSpec:
         """What the field is: names, keys, references, picklist values."""
         return {
             "calculated": self.calculated,
+            "calculatedFormula": self.formula,
             "compoundFieldName": self.compound_field_name,
             "custom": self.custom,
             "externalId": self.external_id,
@@ -180,8 +182,9 @@ class ObjectSpec:
         return doc
 
 
-def _common(own: list[FieldSpec]) -> list[FieldSpec]:
-    """Id and IsDeleted first, the object's own fields, then the audit datetimes."""
+def _common(own: list[FieldSpec], activity: bool = False) -> list[FieldSpec]:
+    """Id and IsDeleted first, the object's own fields, then the audit datetimes; with `activity`, also
+    LastActivityDate and LastViewedDate (SILENT_FIELDS), read-only fields that change without an event."""
     head = [
         FieldSpec("Id", "id", "Record ID", length=18, nillable=False, system=True),
         FieldSpec("IsDeleted", "boolean", "Deleted", nillable=False, system=True),
@@ -191,6 +194,9 @@ def _common(own: list[FieldSpec]) -> list[FieldSpec]:
         FieldSpec("LastModifiedDate", "datetime", "Last Modified Date", nillable=False, system=True),
         FieldSpec("SystemModstamp", "datetime", "System Modstamp", nillable=False, system=True),
     ]
+    if activity:
+        audit += [FieldSpec("LastActivityDate", "date", "Last Activity", system=True),
+                  FieldSpec("LastViewedDate", "datetime", "Last Viewed Date", system=True)]
     return head + own + audit
 
 
@@ -306,6 +312,10 @@ def _opportunity_fields() -> list[FieldSpec]:
         FieldSpec("TotalOpportunityQuantity", "double", "Quantity", precision=18, scale=2),
         FieldSpec("NextStep", "string", "Next Step", length=255),
         FieldSpec("Follow_Up_Time__c", "time", "Follow-up Time", custom=True),
+        # A formula (derived.py computes it): Salesforce formulas read a percent as a fraction (25% is 0.25), so
+        # the API value is Amount x Probability / 100.
+        FieldSpec("Expected_Revenue__c", "currency", "Expected Revenue", precision=18, scale=2, custom=True,
+                  calculated=True, formula="Amount * Probability"),
     ]
 
 
@@ -340,6 +350,11 @@ OBJECTS = (
     ("Invoice__c", "Invoice", "Invoices", "a0X", True, _invoice_fields),
 )
 WIDE_OBJECT = ("Wide__c", "Wide", "Wides", "a1W", True, _wide_fields)
+# Objects with LastActivityDate and LastViewedDate. Both change without a change event (the captured Account
+# schema, tests/salesforce/data/AccountChangeEvent.v1.avsc, has neither; docs/salesforce-coverage.md §2): viewing a
+# record or logging an activity does not publish one.
+ACTIVITY_OBJECTS = ("Account", "Contact", "Opportunity")
+SILENT_FIELDS = ("LastActivityDate", "LastViewedDate")
 
 
 def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dict[str, ObjectSpec]:
@@ -350,7 +365,7 @@ def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dic
         own = own_fields()
         if hostile_field and name == "Account":
             own.append(FieldSpec(HOSTILE_FIELD, "string", "Hostile name", length=80, custom=True))
-        specs[name] = ObjectSpec(name, label, plural, prefix, custom, _common(own))
+        specs[name] = ObjectSpec(name, label, plural, prefix, custom, _common(own, name in ACTIVITY_OBJECTS))
     return specs
 
 

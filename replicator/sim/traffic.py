@@ -5,13 +5,16 @@ Configured with GET/PUT /__sim/traffic (PUT merges; `{"running": false}` pauses)
 Values come from the seeded generator (the row of a random position), so they look like the org's data and
 include nulls (which become nulledFields). A share of UPDATEs (`text_edit_rate`) edits one word of a long
 multi-line text value instead (longtext.py), the change Salesforce sends as a diff when the `diff_fields` knob
-is on; where a record has no such value to edit, it gets a fresh one. Generation runs in ticks of TICK seconds: each tick makes the
+is on; where a record has no such value to edit, it gets a fresh one. With the `silent_changes` knob on, one
+transaction in five is followed by a change that publishes no event (LastViewedDate or LastActivityDate of a
+record, cdc.ChangeCapture.touch). Generation runs in ticks of TICK seconds: each tick makes the
 changes owed by `rate` since the run (re)started, so the long-run rate holds even when a tick runs late.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import time
 import uuid
@@ -26,6 +29,7 @@ from .longtext import edit_word, long_value
 TICK = 0.01  # seconds between bursts: small enough for smooth low rates, large enough to batch at 10k/s
 BURST = 0.05  # at most this many seconds' worth of changes between two yields to the event loop
 RECENT = 256  # recently changed records remembered per object for key collisions
+SILENT_RATE = 0.2  # with silent_changes on: probability a transaction is followed by a silent change
 REEDIT = 0.8  # probability a text edit goes back to a record given a long value earlier (so diffs occur)
 ORIGIN = "com/salesforce/api/soap/67.0;client=replicator-sim-traffic"
 
@@ -167,6 +171,8 @@ class Traffic:
                 recent.extend(positions)
         if cfg.platform_event_rate and rng.random() < cfg.platform_event_rate:
             self._order_ready(result.commit_timestamp)
+        if self.capture.faults.silent_changes == "on" and rng.random() < SILENT_RATE:
+            self._touch()
         self.made += made
         return max(made, 1)
 
@@ -249,3 +255,18 @@ class Traffic:
         pool.append(pos)
         value = edit_word(rng, row[store.names.index(field)]) or long_value(rng, rng.choice(("\n", "\r\n")))
         return ChangeItem(store, "UPDATE", positions=[pos], values={field: value})
+
+    def _touch(self) -> None:
+        """A record viewed (LastViewedDate = now) or given an activity (LastActivityDate = today): no event."""
+        rng, org = self.rng, self.capture.org
+        names = [n for n in self.config.objects if "LastViewedDate" in org.stores[n].names]
+        if not names:
+            return
+        store = org.stores[rng.choice(names)]
+        pos = rng.randrange(store.count()) if store.count() else None
+        if pos is None or store.row(pos)[store.deleted_pos]:
+            return
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        now = now.replace(microsecond=0 if self.capture.faults.whole_seconds else now.microsecond // 1000 * 1000)
+        values = {"LastViewedDate": now} if rng.random() < 0.7 else {"LastActivityDate": now.date()}
+        self.capture.touch(store, [pos], values)

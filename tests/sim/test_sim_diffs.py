@@ -198,3 +198,16 @@ def test_traffic_edits_long_text_and_its_events_rebuild_the_org(org):
             values[record] = event["Body__c"]
     assert diffs >= 10
     assert values == body_values(org)
+
+
+def test_knobs_are_flags_and_faults_with_on_off_values(org):
+    from replicator.sim.__main__ import build_parser
+    defaults = build_parser().parse_args([])
+    assert (defaults.diff_fields, defaults.silent_changes) == ("off", "off")
+    args = build_parser().parse_args(["--diff-fields", "on", "--silent-changes", "on"])
+    assert (args.diff_fields, args.silent_changes) == ("on", "on")
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--diff-fields", "yes"])
+    assert exc.value.code == 2
+    assert org.http.put("/__sim/faults", json={"diff_fields": "yes"}).status_code == 400
+    assert org.http.put("/__sim/faults", json={"silent_changes": "on"}).json()["silent_changes"] == "on"

@@ -3,7 +3,8 @@
 It serves OAuth 2.0, REST (describe, SOQL query, collections retrieve, limits) and Bulk API 2.0 query jobs
 over HTTPS, from a seeded, lazily generated org, with fault knobs and an admin API under /__sim/; and the
 Pub/Sub API over gRPC (pubsub.py) with change data capture of every change to the org (cdc.py, avro.py,
-events.py) made by the admin API or the traffic generator (traffic.py).
+events.py, diffs.py for large text sent as diffs) made by the admin API or the traffic generator (traffic.py,
+longtext.py); values the org computes (Contact's Name, formulas) live in derived.py.
 It follows Salesforce's published contract as docs/salesforce-bulk-rest-oauth.md, docs/salesforce-pubsub-cdc.md
 and docs/salesforce-coverage.md record it (comments cite them by page and section, e.g.
 "docs/salesforce-bulk-rest-oauth.md §1.5"), and imports nothing from replicator.salesforce, replicator.pipeline,

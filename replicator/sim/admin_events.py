@@ -6,14 +6,20 @@
          {"object": "Account", "type": "CREATE", "fields": {...}, "count": 1},
          {"object": "Account", "type": "DELETE", "ids": [...]}, {"object": "Account", "type": "UNDELETE", "ids": [...]}]
         -> {"transaction_key", "commit_timestamp", "commit_number", "replay_ids": [hex…], "ids": [[ids per item]]}
-        Address components are given by their flat names (BillingState) and travel as the nested subfield.
+        Compound components are given by their flat names (BillingState, FirstName) and travel as the nested
+        subfield (BillingAddress.State, Name.FirstName); read-only fields (Contact.Name, formulas, system fields)
+        cannot be set.
         Values: JSON types; datetimes ISO 8601 (…Z or +0000) or epoch ms; dates YYYY-MM-DD; times HH:MM:SS.sssZ.
         400 {"error": …} and nothing applied when any item is invalid.
+    POST /__sim/silent-changes           {"object": "Account", "ids": ["001…"], "fields": {"LastViewedDate": "…Z",
+                                          "LastActivityDate": "2026-01-31"}} -> {"ids": [...]}: set fields that
+                                          change without an event (cdc.ChangeCapture.touch); 400, nothing applied,
+                                          for another field or a deleted record
     POST /__sim/schema/{Object}/fields   {"name": "Loyalty_Tier__c", "type": "string"} -> {"schema_id", "topic",
                                           "position"}: a schema change (cdc.ChangeCapture.add_field)
     GET  /__sim/traffic                  the traffic settings (traffic.TrafficConfig) plus "made"
     PUT  /__sim/traffic                  merge settings; {"running": false} pauses
-    GET  /__sim/stats                    {"changes": {"total", "by_object", "by_type"}, "transactions",
+    GET  /__sim/stats                    {"changes": {"total", "by_object", "by_type"}, "transactions", "silent_changes",
                                           "events_published", "events_retained", "last_replay_id": hex|null,
                                           "subscribers", "streams_cut"}
 """
@@ -30,6 +36,7 @@ from .avro import event_name, from_epoch_ms
 from .cdc import NOT_SETTABLE, ChangeError, ChangeItem
 from .errors import json_ok
 from .state import STATE
+from .store import ObjectStore
 
 ADMIN_ORIGIN = "com/salesforce/api/rest/67.0;client=replicator-sim-admin"
 
@@ -69,19 +76,26 @@ def parse_value(ftype: str, value: object, whole_seconds: bool = False) -> objec
     return value
 
 
-def _item(org, raw: dict, whole_seconds: bool) -> ChangeItem:
+def _records(org, raw: dict) -> tuple[ObjectStore, list[int]]:
+    """The object store and record positions named by a change's "object" and "ids"."""
     if not isinstance(raw, dict):
         raise ChangeError("each change must be a JSON object")
     store = org.lookup(str(raw.get("object", "")))
     if store is None:
         raise ChangeError(f"unknown object: {raw.get('object')!r}")
-    kind = str(raw.get("type", "")).upper()
-    item = ChangeItem(store, kind, force_gap=bool(raw.get("force_gap", False)))
+    positions = []
     for record_id in raw.get("ids") or []:
         pos = store.position(str(record_id))
         if pos is None:
             raise ChangeError(f"INVALID_ID: {record_id}")
-        item.positions.append(pos)
+        positions.append(pos)
+    return store, positions
+
+
+def _item(org, raw: dict, whole_seconds: bool) -> ChangeItem:
+    store, positions = _records(org, raw)
+    kind = str(raw.get("type", "")).upper()
+    item = ChangeItem(store, kind, positions=positions, force_gap=bool(raw.get("force_gap", False)))
     fields_in = raw.get("fields") or {}
     nulled = raw.get("nulled") or []
     if kind in ("DELETE", "UNDELETE") and (fields_in or nulled):
@@ -94,7 +108,7 @@ def _item(org, raw: dict, whole_seconds: bool) -> ChangeItem:
             raise ChangeError("count must be 1..100000")
     for name, value in {**fields_in, **{n: None for n in nulled}}.items():
         spec = store.spec.field(name)
-        if spec is None or spec.is_compound or spec.calculated or spec.name in NOT_SETTABLE:
+        if spec is None or not spec.writable or spec.name in NOT_SETTABLE:
             raise ChangeError(f"INVALID_FIELD: {name} cannot be set on {store.spec.name}")
         try:
             parsed = parse_value(spec.type, value, whole_seconds)
@@ -123,6 +137,28 @@ async def post_changes(request: web.Request) -> web.Response:
     result = capture.commit(items, ADMIN_ORIGIN)
     return json_ok({"transaction_key": result.transaction_key, "commit_timestamp": result.commit_timestamp,
                     "commit_number": result.commit_number, "replay_ids": result.replay_ids, "ids": result.ids})
+
+
+async def post_silent(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        body = orjson.loads(await request.read())
+        if not isinstance(body, dict) or not isinstance(body.get("fields"), dict):
+            raise ChangeError("body must be a JSON object with object, ids and fields")
+        store, positions = _records(state.org, body)
+        if not positions:
+            raise ChangeError("ids: at least one record id")
+        spec = store.spec
+        values = {}
+        for name, value in body["fields"].items():
+            field = spec.field(name)
+            if field is None:
+                raise ChangeError(f"INVALID_FIELD: {name} is not a field of {spec.name}")
+            values[field.name] = parse_value(field.type, value, state.faults.whole_seconds)
+        ids = state.capture.touch(store, positions, values)
+    except (orjson.JSONDecodeError, ChangeError, ValueError, TypeError) as exc:
+        return json_ok({"error": str(exc)}, status=400)
+    return json_ok({"ids": ids})
 
 
 async def post_field(request: web.Request) -> web.Response:
@@ -168,6 +204,7 @@ async def stats(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/__sim/changes", post_changes)
+    app.router.add_post("/__sim/silent-changes", post_silent)
     app.router.add_post("/__sim/schema/{object}/fields", post_field)
     app.router.add_get("/__sim/traffic", get_traffic)
     app.router.add_put("/__sim/traffic", put_traffic)

@@ -6,11 +6,14 @@ tests/salesforce/data/AccountChangeEvent.v1.avsc): record `<Object>ChangeEvent` 
 12 fields of the header table in docs/salesforce-pubsub-cdc.md §5); then every replicated field in describe order
 as `["null", T]` with default null and a `doc` tag (`Data:Text`, `CreatedDate:DateTime`, custom fields
 `Data:Text:00N…`). Never included (docs/salesforce-pubsub-cdc.md §5): Id (it is in `recordIds`), IsDeleted,
-SystemModstamp, calculated fields.
+SystemModstamp, calculated (formula) fields, LastActivityDate and LastViewedDate.
 A compound address is one field `["null", Address{Street, City, State, PostalCode, Country, StateCode,
 CountryCode, Latitude, Longitude, Xyz, GeocodeAccuracy}]` at the position of its first component (where the
 captured schema has it); the first one defines the named record `Address`, later ones refer to it by name.
-Component fields (BillingStreet…) are not Avro fields of their own.
+Contact's Name is `["null", PersonName{Salutation, FirstName, LastName, MiddleName, InformalName, Suffix}]`
+(doc `Data:PersonName`; the subfields of the captured Account schema's Switchable_PersonName, without its
+string branch: docs/salesforce-pubsub-cdc.md §5), also at the position of its first component. Component fields
+(BillingStreet…, FirstName…) are not Avro fields of their own, nor is the computed Name string.
 
 Value encoding: datetime -> epoch milliseconds (docs/salesforce-pubsub-cdc.md §5, confirmed); the units of
 DateOnly and TimeOnly are not documented (docs/salesforce-pubsub-cdc.md §10, question 4), and this simulator
@@ -39,8 +42,15 @@ CHANGE_TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE", "GAP_CREATE", "GAP_UPD
                 "GAP_UNDELETE", "GAP_OVERFLOW")
 ADDRESS_PARTS = ("Street", "City", "State", "PostalCode", "Country", "StateCode", "CountryCode", "Latitude",
                  "Longitude", "Xyz", "GeocodeAccuracy")
+# The person-name record, in the order of the captured Switchable_PersonName (docs/salesforce-pubsub-cdc.md §5)
+PERSON_NAME_PARTS = ("Salutation", "FirstName", "LastName", "MiddleName", "InformalName", "Suffix")
+# compound kind -> (named record, its subfields, doc tag)
+COMPOUNDS = {"address": ("Address", ADDRESS_PARTS, "Data:Address"),
+             "personname": ("PersonName", PERSON_NAME_PARTS, "Data:PersonName")}
 # Fields change events never include (docs/salesforce-pubsub-cdc.md §5); the Id travels in recordIds.
-NEVER_INCLUDED = {"Id", "IsDeleted", "SystemModstamp"}
+# LastActivityDate and LastViewedDate are absent from the captured Account schema too
+# (tests/salesforce/data/AccountChangeEvent.v1.avsc): they change without an event (docs/salesforce-coverage.md §2).
+NEVER_INCLUDED = {"Id", "IsDeleted", "SystemModstamp", "LastActivityDate", "LastViewedDate"}
 AVRO_TYPES = {"boolean": "boolean", "int": "int", "double": "double", "currency": "double", "percent": "double",
               "date": "long", "datetime": "long", "time": "long"}  # everything else is a string
 DOC_TAGS = {"string": "Text", "textarea": "TextArea", "picklist": "DynamicEnum", "multipicklist": "MultiEnum",
@@ -119,12 +129,34 @@ def from_epoch_ms(ms: int) -> dt.datetime:
 
 @dataclass
 class Slot:
-    """One top-level Avro field after the header: a plain field or a compound address."""
+    """One top-level Avro field after the header: a plain field or a compound (address, person name)."""
     name: str
     position: int  # position in the Avro record (the header is 0)
     row_index: int | None  # plain field: its column in the stored row
     convert: object  # plain field: stored value -> Avro value, or None when the value is already right
-    parts: tuple[tuple[str, int, int], ...] = ()  # compound: (subfield name, subfield index, row column)
+    # compound: (subfield name, subfield index, row column, component field name) per component the org has
+    parts: tuple[tuple[str, int, int, str], ...] = ()
+    subfields: tuple[str, ...] = ()  # compound: every subfield of its record, in record order
+
+
+def _record_type(kind: str) -> dict:
+    """The named record of a compound kind, as the captured schema spells it (docs/salesforce-pubsub-cdc.md §5)."""
+    name, parts = COMPOUNDS[kind][0], COMPOUNDS[kind][1]
+    return {"type": "record", "name": name, "fields": [
+        {"name": p, "type": ["null", "double" if p in ("Latitude", "Longitude") else "string"], "default": None}
+        for p in parts]}
+
+
+def compound_kind(spec: ObjectSpec, compound: str) -> str:
+    """"address" for an address field, "personname" for a name whose components are its subfields."""
+    parent = spec.field(compound)
+    return "address" if parent is not None and parent.is_compound else "personname"
+
+
+def component_name(compound: str, kind: str, part: str) -> str:
+    """The describe field that holds subfield `part`: BillingAddress.State -> BillingState; Name.FirstName ->
+    FirstName."""
+    return compound[: -len("Address")] + part if kind == "address" else part
 
 
 class ChangeEventSchema:
@@ -136,36 +168,17 @@ class ChangeEventSchema:
         fields: list[dict] = [{"name": "ChangeEventHeader", "type": header_schema(), "doc": "Data:ComplexValueType"}]
         self.slots: list[Slot] = []
         self.top_bit: dict[str, int] = {}  # stored field name -> top-level position
-        self.nested_bit: dict[str, tuple[int, int]] = {}  # address component -> (compound position, sub index)
-        seen_compound: set[str] = set()
-        address_defined = False
+        self.nested_bit: dict[str, tuple[int, int]] = {}  # compound component -> (compound position, sub index)
+        self._defined: set[str] = set()  # named record types already defined (later fields refer to them)
+        parents = {f.compound_field_name for f in spec.fields if f.compound_field_name}
         column = {n: i for i, n in enumerate(names)}
         for f in spec.fields:
             if f.name in NEVER_INCLUDED or f.calculated:
                 continue
-            compound = f.compound_field_name or (f.name if f.is_compound else None)
+            compound = f.compound_field_name or (f.name if f.is_compound or f.name in parents else None)
             if compound is not None:
-                if compound in seen_compound:
-                    continue
-                seen_compound.add(compound)
-                prefix = compound[: -len("Address")]
-                pos = len(fields)
-                parts = []
-                for k, part in enumerate(ADDRESS_PARTS):
-                    name = prefix + part
-                    if name in column and spec.field(name) is not None:
-                        parts.append((part, k, column[name]))
-                        self.nested_bit[name] = (pos, k)
-                if address_defined:
-                    avro_type: object = "Address"
-                else:
-                    address_defined = True
-                    avro_type = {"type": "record", "name": "Address", "fields": [
-                        {"name": p, "type": ["null", "double" if p in ("Latitude", "Longitude") else "string"],
-                         "default": None} for p in ADDRESS_PARTS]}
-                fields.append({"name": compound, "type": ["null", avro_type], "doc": "Data:Address",
-                               "default": None})
-                self.slots.append(Slot(compound, pos, None, None, tuple(parts)))
+                if compound not in {s.name for s in self.slots}:
+                    fields.append(self._compound(spec, compound, len(fields), column))
                 continue
             pos = len(fields)
             fields.append({"name": f.name, "type": ["null", AVRO_TYPES.get(f.type, "string")],
@@ -178,6 +191,21 @@ class ChangeEventSchema:
         self.parsed = fastavro.parse_schema(self.schema)
         self.field_names = [f["name"] for f in fields]
 
+    def _compound(self, spec: ObjectSpec, compound: str, pos: int, column: dict[str, int]) -> dict:
+        """The Avro field of a compound at `pos` (where its first component is in describe), and its slot."""
+        kind = compound_kind(spec, compound)
+        record_name, subfields, doc = COMPOUNDS[kind]
+        parts = []
+        for k, part in enumerate(subfields):
+            name = component_name(compound, kind, part)
+            if name in column and spec.field(name) is not None:
+                parts.append((part, k, column[name], name))
+                self.nested_bit[name] = (pos, k)
+        avro_type: object = record_name if record_name in self._defined else _record_type(kind)
+        self._defined.add(record_name)
+        self.slots.append(Slot(compound, pos, None, None, tuple(parts), subfields))
+        return {"name": compound, "type": ["null", avro_type], "doc": doc, "default": None}
+
     def body(self, row: tuple, only: set[str] | None = None) -> dict:
         """The Avro record body (without header) from a stored row; `only`: stored names to include."""
         out: dict = {}
@@ -189,11 +217,10 @@ class ChangeEventSchema:
                 v = row[slot.row_index]
                 out[slot.name] = v if v is None or slot.convert is None else slot.convert(v)
             else:
-                sub = {p: None for p in ADDRESS_PARTS}
+                sub = dict.fromkeys(slot.subfields)
                 any_set = False
-                prefix = slot.name[: -len("Address")]
-                for part, _k, col in slot.parts:
-                    if only is None or prefix + part in only:
+                for part, _k, col, name in slot.parts:
+                    if only is None or name in only:
                         sub[part] = row[col]
                         any_set = any_set or row[col] is not None or only is not None
                 out[slot.name] = sub if any_set else None

@@ -6,13 +6,19 @@ always agree. Rules every change follows (the client relies on them):
   also set `LastModifiedDate` to it (so an UPDATE's changedFields always names LastModifiedDate);
 - DELETE sets IsDeleted=true and its event is header only; UNDELETE sets IsDeleted=false and carries all fields;
 - CREATE carries every field (changedFields empty); UPDATE carries only its changed fields, with bitmaps as in
-  docs/salesforce-pubsub-cdc.md §6 (a nulled field is in both changedFields and nulledFields; diffFields is
-  always empty: full values are sent);
+  docs/salesforce-pubsub-cdc.md §6 (a nulled field is in both changedFields and nulledFields); with the
+  `diff_fields` knob on, a large text value of a single-record UPDATE may travel as a unified diff, listed in
+  diffFields as well as changedFields (diffs.py has the rules); with it off (the default) full values are sent;
 - one item of a transaction is one event, even when it names several records (recordIds has them all, the
   body is shared); events of a transaction share transactionKey, commitTimestamp and commitNumber, and
   sequenceNumber counts 1, 2, … in the order published; commitNumber increases per transaction;
 - an event whose encoding exceeds `gap_event_bytes` (or an item with force_gap) becomes GAP_<type>: header
   only, all bitmaps empty (docs/salesforce-pubsub-cdc.md §7);
+- values the org computes follow their inputs in the store (derived.py: Contact's Name, formula fields), and a
+  formula is never in an event (docs/salesforce-pubsub-cdc.md §5);
+- `touch` changes fields that change without an event (LastActivityDate, LastViewedDate): no event, and
+  SystemModstamp and LastModifiedDate stay as they were (this simulator's choice: viewing a record or logging an
+  activity is not an edit of it), so only a comparison of values can see it (docs/salesforce-coverage.md §2);
 - overflow (docs/salesforce-pubsub-cdc.md §7): a transaction counts 1 per created/deleted/undeleted record and
   1 per changed field of each updated record; once the count would pass `overflow_threshold`, that change and
   every later one of the transaction still change the store but publish nothing, and the transaction ends with
@@ -28,10 +34,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .avro import ChangeEventSchema, PlatformEventSchema, event_name, from_epoch_ms, null_body
+from .derived import recompute
+from .diffs import text_diff
 from .events import ALL_CHANGE_EVENTS, EventBus
 from .faults import Faults
 from .ids import make_id
-from .schema import FieldSpec
+from .schema import SILENT_FIELDS, FieldSpec
 from .store import ObjectStore, OrgStore
 
 TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
@@ -57,6 +65,7 @@ class ChangeItem:
     count: int = 1  # CREATE: how many records (one event, shared body)
     force_gap: bool = False
     generated: bool = False  # CREATE: start from the generator's row (traffic) rather than from nulls
+    before: tuple | None = None  # UPDATE of one record: the row as it was (the base of a diff)
 
 
 @dataclass
@@ -88,6 +97,7 @@ class ChangeCapture:
         self.by_object: Counter = Counter()
         self.by_type: Counter = Counter()
         self.transactions = 0
+        self.silent = 0  # records changed by `touch`
 
     def schema(self, object_name: str) -> ChangeEventSchema:
         current = self._current.get(object_name)
@@ -189,6 +199,27 @@ class ChangeCapture:
         self.bus.notify()
         return CommitResult(key, ts, self.commit_number, replay_ids, ids_out)
 
+    def touch(self, store: ObjectStore, positions: list[int], values: dict) -> list[str]:
+        """Set SILENT_FIELDS of live records without an event and without a new SystemModstamp; returns the ids.
+        Raises ChangeError (nothing applied) for another field or a deleted record."""
+        self.schema(store.spec.name)
+        col = self._columns[store.spec.name]
+        for name in values:
+            if name not in SILENT_FIELDS or name not in col:
+                raise ChangeError(f"INVALID_FIELD: {name} does not change silently on {store.spec.name}")
+        for pos in positions:
+            if store.row(pos)[store.deleted_pos]:
+                raise ChangeError(f"ENTITY_IS_DELETED: {store.row(pos)[0]}")
+        ids = []
+        for pos in positions:
+            row = list(store.row(pos))
+            for name, value in values.items():
+                row[col[name]] = value
+            store.put(pos, tuple(row))
+            ids.append(row[0])
+        self.silent += len(ids)
+        return ids
+
     def _commit_timestamp(self) -> int:
         """Epoch milliseconds of the next commit: never before the previous one (delivery order is commit
         order); whole seconds when `timestamp_precision` is "s", rounding up after a switch from "ms"."""
@@ -208,65 +239,92 @@ class ChangeCapture:
              "nulledFields": [], "changedFields": []}
         row = store.get(ids[0])
         if item.type == "UPDATE":
+            diffs = self._diffs(item, row) if len(ids) == 1 else {}
             h["changedFields"] = schema.bitmap(changed)
             h["nulledFields"] = schema.bitmap(item.nulled)
-            body = schema.body(row, set(changed))
+            h["diffFields"] = schema.bitmap(list(diffs))
+            body = {**schema.body(row, set(changed)), **diffs}
         elif item.type == "DELETE":
             body = null_body(schema)
         else:
             body = schema.body(row)
         payload = b"" if item.force_gap else schema.encode(h, body)
         if item.force_gap or len(payload) > self.faults.gap_event_bytes:
-            h.update(changeType="GAP_" + item.type, nulledFields=[], changedFields=[])
+            h.update(changeType="GAP_" + item.type, nulledFields=[], diffFields=[], changedFields=[])
             payload = schema.encode(h, null_body(schema))
         return self.bus.publish(self._topic(store.spec.name), True, schema.id, payload)
 
+    def _diffs(self, item: ChangeItem, row: tuple) -> dict[str, str]:
+        """Text fields of a single-record UPDATE to send as a diff (knob `diff_fields`): field -> diff value."""
+        if self.faults.diff_fields != "on" or item.before is None:
+            return {}
+        store, out = item.store, {}
+        for name in item.values:
+            spec = store.spec.field(name)
+            if spec is None or spec.type != "textarea" or spec.compound_field_name:
+                continue
+            col = self._columns[store.spec.name][name]
+            diff = text_diff(item.before[col], row[col])
+            if diff is not None:
+                out[name] = diff
+        return out
+
     def _apply(self, item: ChangeItem, stamp: dt.datetime) -> tuple[list[str], list[str]]:
         """Change the store; returns the record ids and (UPDATE) the changed stored field names."""
-        store = item.store
-        self.schema(store.spec.name)
-        col = self._columns[store.spec.name]
-        deleted, modified, system = store.deleted_pos, col["LastModifiedDate"], col["SystemModstamp"]
+        self.schema(item.store.spec.name)
         if item.type == "CREATE":
-            template = self._create_template(item, col)
-            template[col["CreatedDate"]] = template[modified] = template[system] = stamp
-            ids = []
-            unique = [col[f.name] for f in store.spec.stored_fields
-                      if (f.unique or f.external_id) and f.name in col and f.name not in item.values]
-            for _ in range(item.count):
-                pos = store.count()
-                template[0] = make_id(store.spec.key_prefix, pos + 1)
-                if unique:  # one record, one value of each unique field (DUPLICATE_VALUE otherwise)
-                    generated = store.generator.row(pos)
-                    for c in unique:
-                        template[c] = generated[c]
-                store.put(pos, tuple(template))
-                ids.append(template[0])
-            return ids, []
+            return self._apply_create(item, stamp), []
         changed: list[str] = []
         if item.type == "UPDATE":
             changed = [*item.values, *item.nulled]
             if "LastModifiedDate" not in changed:
                 changed.append("LastModifiedDate")
+        return self._apply_change(item, stamp), changed
+
+    def _apply_create(self, item: ChangeItem, stamp: dt.datetime) -> list[str]:
+        store = item.store
+        col = self._columns[store.spec.name]
+        template = self._create_template(item, col)
+        template[col["CreatedDate"]] = template[col["LastModifiedDate"]] = template[col["SystemModstamp"]] = stamp
+        ids = []
+        unique = [col[f.name] for f in store.spec.stored_fields
+                  if (f.unique or f.external_id) and f.name in col and f.name not in item.values]
+        for _ in range(item.count):
+            pos = store.count()
+            template[0] = make_id(store.spec.key_prefix, pos + 1)
+            if unique:  # one record, one value of each unique field (DUPLICATE_VALUE otherwise)
+                generated = store.generator.row(pos)
+                for c in unique:
+                    template[c] = generated[c]
+            store.put(pos, tuple(template))
+            ids.append(template[0])
+        return ids
+
+    def _apply_change(self, item: ChangeItem, stamp: dt.datetime) -> list[str]:
+        """UPDATE, DELETE, UNDELETE of the item's records; an UPDATE of one record keeps its old row in
+        `item.before` (the base of a diff)."""
+        store = item.store
+        col = self._columns[store.spec.name]
         ids = []
         for pos in item.positions:
-            row = list(store.row(pos))
-            row[system] = stamp
+            before = store.row(pos)
+            if item.type == "UPDATE" and len(item.positions) == 1:
+                item.before = before
+            row = list(before)
+            row[col["SystemModstamp"]] = stamp
             if item.type == "DELETE":
-                row[deleted] = True
+                row[store.deleted_pos] = True
             else:
-                row[modified] = stamp
-                row[deleted] = False
+                row[col["LastModifiedDate"]] = stamp
+                row[store.deleted_pos] = False
                 for name, value in item.values.items():
                     row[col[name]] = value
                 for name in item.nulled:
                     row[col[name]] = None
-                if store.spec.name == "Contact" and ("FirstName" in changed or "LastName" in changed):
-                    first, last = row[col["FirstName"]], row[col["LastName"]]
-                    row[col["Name"]] = f"{first} {last}" if first else last  # the calculated Name follows
+                recompute(store.spec.name, col, row)  # values the org computes follow their inputs
             store.put(pos, tuple(row))
             ids.append(row[0])
-        return ids, changed
+        return ids
 
     def _create_template(self, item: ChangeItem, col: dict[str, int]) -> list:
         store = item.store
@@ -279,8 +337,12 @@ class ChangeCapture:
                 if not f.nillable and f.name in col:  # checkboxes default to false, like describe says
                     row[col[f.name]] = False if f.type == "boolean" else generated[col[f.name]]
         row[store.deleted_pos] = False
+        for name in SILENT_FIELDS:  # a new record has not been viewed, nor had an activity
+            if name in col:
+                row[col[name]] = None
         for name, value in item.values.items():
             row[col[name]] = value
+        recompute(store.spec.name, col, row)
         return row
 
     def stats(self) -> dict:
@@ -288,6 +350,7 @@ class ChangeCapture:
         return {
             "changes": {"total": self.changes, "by_object": dict(self.by_object), "by_type": dict(self.by_type)},
             "transactions": self.transactions,
+            "silent_changes": self.silent,
             "events_published": self.bus.published,
             "events_retained": self.bus.retained(),
             "last_replay_id": (last.to_bytes(8, "big") + b"\0\0").hex() if last else None,

@@ -41,9 +41,16 @@ KNOB_HELP = {
                        "docs/salesforce-pubsub-cdc.md §7)",
     "overflow_threshold": "changes per transaction before GAP_OVERFLOW (Salesforce: 100,000, "
                           "docs/salesforce-pubsub-cdc.md §7)",
+    "diff_fields": "on: a large text value of an UPDATE travels as a unified diff listed in diffFields when "
+                   "Salesforce's rules allow (docs/salesforce-pubsub-cdc.md §6, diffFields contents); off "
+                   "(default for now): full values",
+    "silent_changes": "on: the traffic generator now and then sets LastViewedDate or LastActivityDate of a record "
+                      "with no change event and no new SystemModstamp, as Salesforce does (docs/salesforce-"
+                      "coverage.md §2); off (default for now): it never does",
 }
 
-KNOB_CHOICES = {"timestamp_precision": ("ms", "s")}  # the knobs that take one of a few words
+# The knobs that take one of a few words.
+KNOB_CHOICES = {"timestamp_precision": ("ms", "s"), "diff_fields": ("on", "off"), "silent_changes": ("on", "off")}
 
 
 @dataclass
@@ -67,6 +74,8 @@ class Faults:
     keepalive_ahead: int = 0
     gap_event_bytes: int = 1_000_000
     overflow_threshold: int = 100_000
+    diff_fields: str = "off"
+    silent_changes: str = "off"
 
     def __post_init__(self) -> None:
         self.rng = random.Random(0)

@@ -17,8 +17,18 @@ import hashlib
 from collections.abc import Callable
 from operator import itemgetter
 
+from .derived import compute
 from .ids import make_id
-from .schema import HOSTILE_FIELD, INDUSTRIES, INVOICE_STATUS, REGIONS, STAGES, WIDE_FIELDS, ObjectSpec
+from .schema import (
+    HOSTILE_FIELD,
+    INDUSTRIES,
+    INVOICE_STATUS,
+    REGIONS,
+    SALUTATIONS,
+    STAGES,
+    WIDE_FIELDS,
+    ObjectSpec,
+)
 
 EPOCH = dt.datetime(2024, 1, 1)
 # Every generated timestamp is in the past: a record's SystemModstamp is its version, and a live change
@@ -45,6 +55,7 @@ LAST = ("Müller", "Smith", "O'Neil", "Tanaka", "García", "Nguyen", "Dubois", "
 CITIES = ("Paris", "Zürich", "東京", "New York", "São Paulo", "Kraków", "Lagos", "Montréal")
 COUNTRIES = ("France", "Switzerland", "Japan", "USA", "Brazil", "Poland", "Nigeria", "Canada")
 STATES = ("IDF", "ZH", "Tokyo", "NY", "SP", "MA", "LA", "QC")
+SUFFIXES = ("Jr.", "Sr.", "III", "PhD")
 _LONG_UNIT = (
     "Lorem ipsum dolor sit amet, \"consectetur\" adipiscing elit.\nSed do eiusmod, tempor — été 日本語 🚀.\r\n"
 )
@@ -77,6 +88,16 @@ def _audit(h: int) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
     modified = created + ((h >> 26) % (remaining + 1)) * _SECOND
     stamp = modified + min((h >> 56) % 120, int((END - modified).total_seconds())) * _SECOND
     return created, modified, stamp
+
+
+def _activity(h: int, created: dt.datetime, modified: dt.datetime) -> tuple[dt.date | None, dt.datetime | None]:
+    """LastActivityDate (a third of records have none) and LastViewedDate (a quarter never viewed), both after
+    creation and in the past."""
+    days = (END.date() - created.date()).days
+    activity = None if h % 3 == 0 else created.date() + dt.timedelta(days=(h >> 2) % (days + 1))
+    seconds = int((END - modified).total_seconds())
+    viewed = None if (h >> 24) % 4 == 0 else modified + ((h >> 26) % (seconds + 1)) * _SECOND
+    return activity, viewed
 
 
 def _name(h: int, i: int) -> str:
@@ -113,6 +134,18 @@ def _account(h: int, i: int, n_accounts: int) -> dict:
     return d
 
 
+def _place(h: int, prefix: str) -> dict:
+    """The components of one of Contact's addresses (Mailing…, Other…)."""
+    c = h % 8
+    return {
+        f"{prefix}Street": f"{(h >> 3) % 999 + 1} Rue de l'Église\nBuilding {(h >> 13) % 9}",
+        f"{prefix}City": CITIES[c], f"{prefix}State": STATES[c], f"{prefix}PostalCode": f"{(h >> 17) % 100000:05d}",
+        f"{prefix}Country": COUNTRIES[c],
+        f"{prefix}Latitude": round(((h >> 34) % 180_000_000) / 1e6 - 90, 6),
+        f"{prefix}Longitude": round(((h >> 62) % 360_000_000) / 1e6 - 180, 6),
+    }
+
+
 def _contact(h: int, i: int, n_accounts: int) -> dict:
     first = FIRST[(h >> 10) % len(FIRST)] if (h >> 14) % 25 else None
     last = LAST[(h >> 20) % len(LAST)] + ("" if h % 7 else ', "Jr."')
@@ -122,16 +155,21 @@ def _contact(h: int, i: int, n_accounts: int) -> dict:
         notes = _long_text(h >> 80, 131072)
     elif (h >> 70) % 3:
         notes = _hazard_text(h >> 80, i)
+    other = _place(h >> 300, "Other") if (h >> 296) % 5 == 0 else dict.fromkeys(_place(0, "Other"))
     return {
         "AccountId": make_id("001", acct + 1) if acct is not None else None,
         "FirstName": first,
         "LastName": last,
-        "Name": f"{first} {last}" if first else last,
+        "Salutation": SALUTATIONS[(h >> 200) % 8] if (h >> 200) % 8 < len(SALUTATIONS) else None,
+        "MiddleName": FIRST[(h >> 204) % len(FIRST)][0] + "." if (h >> 208) % 6 == 0 else None,
+        "Suffix": SUFFIXES[(h >> 212) % len(SUFFIXES)] if (h >> 216) % 10 == 0 else None,
         "Email": f"user{i}@example.com" if (h >> 120) % 10 else None,
         "Phone": f"+33 1 {(h >> 130) % 10**8:08d}",
         "Birthdate": dt.date(1950, 1, 1) + dt.timedelta(days=(h >> 160) % 20000) if (h >> 180) % 8 else None,
         "HasOptedOutOfEmail": bool((h >> 190) & 1),
         "Notes__c": notes,
+        **_place(h >> 220, "Mailing"),
+        **other,
     }
 
 
@@ -210,16 +248,20 @@ class Generator:
         self._body = _BODIES[spec.name]
         names = [f.name for f in spec.stored_fields]
         self._pick = itemgetter(*names)
+        self._activity = "LastViewedDate" in names
 
     def row(self, i: int) -> tuple:
         """Record i (0-based; its Id counter is i + 1) as a tuple in `stored_fields` order."""
         digest = hashlib.blake2b(self._prefix + i.to_bytes(8, "little"), digest_size=64).digest()
         h = int.from_bytes(digest, "little")
         d = self._body(h >> 12, i, self.n_accounts)
+        compute(self.spec.name, d)
         created, modified, stamp = _audit(h >> 300)
         d["Id"] = make_id(self.spec.key_prefix, i + 1)
         d["IsDeleted"] = h % 50 == 0  # ~2% soft-deleted: visible to queryAll and ground truth only
         d["CreatedDate"] = created
         d["LastModifiedDate"] = modified
         d["SystemModstamp"] = stamp
+        if self._activity:
+            d["LastActivityDate"], d["LastViewedDate"] = _activity(h >> 400, created, modified)
         return self._pick(d)

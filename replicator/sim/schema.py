@@ -3,6 +3,9 @@
 
 Field order here is the column order of stored rows (see generator.py) and of describe `fields[]`.
 Compound fields (type `address`) are listed in describe but hold no stored value: their components do.
+Contact's `Name` is a compound too (its components Salutation, FirstName, MiddleName, LastName and Suffix carry
+`compoundFieldName` "Name"), but one with a stored, read-only string value the org computes (derived.py); change
+events carry it as a `PersonName` record (avro.py, docs/salesforce-pubsub-cdc.md §5).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ NUMBER_TYPES = {"int", "double", "currency", "percent"}
 LONG_TEXT_LENGTH = 131072  # the largest Long Text Area Salesforce allows
 NOT_AGGREGATABLE = {"textarea", "multipicklist", "address"}  # also not sortable unless 255 characters or less
 NOT_GROUPABLE = {"textarea", "multipicklist", "double", "currency", "percent", "datetime", "address"}
-# describe `fields[]` attributes with the same value on every field of this org (no formulas, masks,
-# encryption, dependent picklists or polymorphic references here).
+# describe `fields[]` attributes with the same value on every field of this org (no masks, encryption,
+# dependent picklists or polymorphic references here; calculatedFormula is the field's own).
 DESCRIBE_CONSTANTS = {
     "autoNumber": False, "calculatedFormula": None, "cascadeDelete": False, "caseSensitive": False,
     "controllerName": None, "defaultValueFormula": None, "dependentPicklist": False, "deprecatedAndHidden": False,
@@ -55,10 +58,17 @@ class FieldSpec:
     compound_field_name: str | None = None
     calculated: bool = False
     system: bool = False  # audit/system fields: not createable/updateable
+    read_only: bool = False  # computed by the org, not a formula (Contact.Name): not createable/updateable
+    formula: str | None = None  # calculated fields: describe's calculatedFormula
 
     @property
     def is_compound(self) -> bool:
         return self.type == "address"
+
+    @property
+    def writable(self) -> bool:
+        """Createable and updateable: a value a client (or the traffic generator) may set."""
+        return not (self.system or self.calculated or self.read_only or self.type == "id" or self.is_compound)
 
     def describe(self) -> dict:
         """The describe `fields[]` item (docs/salesforce-bulk-rest-oauth.md §3.2), keys in alphabetical order
@@ -70,6 +80,7 @@ class FieldSpec:
         """What the field is: names, keys, references, picklist values."""
         return {
             "calculated": self.calculated,
+            "calculatedFormula": self.formula,
             "compoundFieldName": self.compound_field_name,
             "custom": self.custom,
             "externalId": self.external_id,
@@ -102,7 +113,7 @@ class FieldSpec:
 
     def _capabilities(self) -> dict:
         """What a client may do with it: write it, filter, group, sort or aggregate by it."""
-        editable = not (self.system or self.calculated or self.type == "id" or self.is_compound)
+        editable = self.writable
         short = self.length <= 255
         return {
             "aggregatable": self.type not in NOT_AGGREGATABLE,
@@ -134,6 +145,10 @@ class ObjectSpec:
 
     def position(self, name: str) -> int | None:
         return self.index.get(name.lower())
+
+    def components(self, compound: str) -> list[FieldSpec]:
+        """The fields whose `compoundFieldName` is `compound`, in describe order."""
+        return [f for f in self.fields if f.compound_field_name == compound]
 
     @property
     def stored_fields(self) -> list[FieldSpec]:
@@ -167,8 +182,9 @@ class ObjectSpec:
         return doc
 
 
-def _common(own: list[FieldSpec]) -> list[FieldSpec]:
-    """Id and IsDeleted first, the object's own fields, then the audit datetimes."""
+def _common(own: list[FieldSpec], activity: bool = False) -> list[FieldSpec]:
+    """Id and IsDeleted first, the object's own fields, then the audit datetimes; with `activity`, also
+    LastActivityDate and LastViewedDate (SILENT_FIELDS), read-only fields that change without an event."""
     head = [
         FieldSpec("Id", "id", "Record ID", length=18, nillable=False, system=True),
         FieldSpec("IsDeleted", "boolean", "Deleted", nillable=False, system=True),
@@ -178,6 +194,9 @@ def _common(own: list[FieldSpec]) -> list[FieldSpec]:
         FieldSpec("LastModifiedDate", "datetime", "Last Modified Date", nillable=False, system=True),
         FieldSpec("SystemModstamp", "datetime", "System Modstamp", nillable=False, system=True),
     ]
+    if activity:
+        audit += [FieldSpec("LastActivityDate", "date", "Last Activity", system=True),
+                  FieldSpec("LastViewedDate", "datetime", "Last Viewed Date", system=True)]
     return head + own + audit
 
 
@@ -202,6 +221,7 @@ INDUSTRIES = ("Agriculture", "Banking", "Chemicals", "Education", "Energy", "Fin
 REGIONS = ("EMEA", "APAC", "NA", "LATAM")
 STAGES = ("Prospecting", "Qualification", "Proposal", "Negotiation", "Closed Won", "Closed Lost")
 INVOICE_STATUS = ("Draft", "Sent", "Paid", "Void")
+SALUTATIONS = ("Mr.", "Ms.", "Mrs.", "Dr.", "Prof.")
 HOSTILE_FIELD = 'Bad"Name;DROP__c'
 
 
@@ -248,12 +268,30 @@ def _account_id() -> FieldSpec:
                      relationship_name="Account")
 
 
+def _person_name() -> list[FieldSpec]:
+    """Contact's name fields in describe order. `extraTypeInfo` "personname" and the Salutation picklist values
+    (Salesforce's defaults) are this simulator's choice, as live orgs' describe shows them; the Avro record also
+    has InformalName (tests/salesforce/data/AccountChangeEvent.v1.avsc), which this org never sets."""
+    def part(name: str, label: str, length: int, **extra) -> FieldSpec:
+        return FieldSpec(name, extra.pop("type", "string"), label, length=length, compound_field_name="Name",
+                         extra_type_info="personname", **extra)
+    return [
+        part("LastName", "Last Name", 80, nillable=False),
+        part("FirstName", "First Name", 40),
+        part("Salutation", "Salutation", 40, type="picklist", picklist=SALUTATIONS),
+        part("MiddleName", "Middle Name", 40),
+        part("Suffix", "Suffix", 40),
+        FieldSpec("Name", "string", "Full Name", length=121, nillable=False, read_only=True,
+                  extra_type_info="personname"),
+    ]
+
+
 def _contact_fields() -> list[FieldSpec]:
     return [
         _account_id(),
-        FieldSpec("FirstName", "string", "First Name", length=40),
-        FieldSpec("LastName", "string", "Last Name", length=80, nillable=False),
-        FieldSpec("Name", "string", "Full Name", length=121, nillable=False, calculated=True),
+        *_person_name(),
+        *_address("Other"),
+        *_address("Mailing"),
         FieldSpec("Email", "email", "Email", length=80),
         FieldSpec("Phone", "phone", "Business Phone", length=40),
         FieldSpec("Birthdate", "date", "Birthdate"),
@@ -274,6 +312,10 @@ def _opportunity_fields() -> list[FieldSpec]:
         FieldSpec("TotalOpportunityQuantity", "double", "Quantity", precision=18, scale=2),
         FieldSpec("NextStep", "string", "Next Step", length=255),
         FieldSpec("Follow_Up_Time__c", "time", "Follow-up Time", custom=True),
+        # A formula (derived.py computes it): Salesforce formulas read a percent as a fraction (25% is 0.25), so
+        # the API value is Amount x Probability / 100.
+        FieldSpec("Expected_Revenue__c", "currency", "Expected Revenue", precision=18, scale=2, custom=True,
+                  calculated=True, formula="Amount * Probability"),
     ]
 
 
@@ -308,6 +350,11 @@ OBJECTS = (
     ("Invoice__c", "Invoice", "Invoices", "a0X", True, _invoice_fields),
 )
 WIDE_OBJECT = ("Wide__c", "Wide", "Wides", "a1W", True, _wide_fields)
+# Objects with LastActivityDate and LastViewedDate. Both change without a change event (the captured Account
+# schema, tests/salesforce/data/AccountChangeEvent.v1.avsc, has neither; docs/salesforce-coverage.md §2): viewing a
+# record or logging an activity does not publish one.
+ACTIVITY_OBJECTS = ("Account", "Contact", "Opportunity")
+SILENT_FIELDS = ("LastActivityDate", "LastViewedDate")
 
 
 def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dict[str, ObjectSpec]:
@@ -318,7 +365,7 @@ def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dic
         own = own_fields()
         if hostile_field and name == "Account":
             own.append(FieldSpec(HOSTILE_FIELD, "string", "Hostile name", length=80, custom=True))
-        specs[name] = ObjectSpec(name, label, plural, prefix, custom, _common(own))
+        specs[name] = ObjectSpec(name, label, plural, prefix, custom, _common(own, name in ACTIVITY_OBJECTS))
     return specs
 
 

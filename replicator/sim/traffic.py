@@ -3,13 +3,18 @@
 Configured with GET/PUT /__sim/traffic (PUT merges; `{"running": false}` pauses) and `replicator sim --rate R
 --changes N`. A "change" is one record changed (an event naming 3 records is 3 changes), as in the stats.
 Values come from the seeded generator (the row of a random position), so they look like the org's data and
-include nulls (which become nulledFields). Generation runs in ticks of TICK seconds: each tick makes the
+include nulls (which become nulledFields). A share of UPDATEs (`text_edit_rate`) edits one word of a long
+multi-line text value instead (longtext.py), the change Salesforce sends as a diff when the `diff_fields` knob
+is on; where a record has no such value to edit, it gets a fresh one. With the `silent_changes` knob on, one
+transaction in five is followed by a change that publishes no event (LastViewedDate or LastActivityDate of a
+record, cdc.ChangeCapture.touch). Generation runs in ticks of TICK seconds: each tick makes the
 changes owed by `rate` since the run (re)started, so the long-run rate holds even when a tick runs late.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import time
 import uuid
@@ -18,10 +23,14 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .avro import ORDER_READY_TOPIC
 from .cdc import TYPES, ChangeCapture, ChangeError, ChangeItem
+from .diffs import MIN_LENGTH
+from .longtext import edit_word, long_value
 
 TICK = 0.01  # seconds between bursts: small enough for smooth low rates, large enough to batch at 10k/s
 BURST = 0.05  # at most this many seconds' worth of changes between two yields to the event loop
 RECENT = 256  # recently changed records remembered per object for key collisions
+SILENT_RATE = 0.2  # with silent_changes on: probability a transaction is followed by a silent change
+REEDIT = 0.8  # probability a text edit goes back to a record given a long value earlier (so diffs occur)
 ORIGIN = "com/salesforce/api/soap/67.0;client=replicator-sim-traffic"
 
 
@@ -41,6 +50,7 @@ class TrafficConfig:
     collision_rate: float = 0.1  # probability an UPDATE hits a recently changed record
     changes: int | None = None  # stop (running=false) once the generator has made this many changes
     platform_event_rate: float = 0.0  # probability a transaction also publishes an Order_Ready__e event
+    text_edit_rate: float = 0.05  # probability an UPDATE is a small edit of a long text value
 
     def merge(self, changes: dict, known_objects) -> None:
         """Merge a PUT body; raise ValueError naming the first bad key (nothing is applied then)."""
@@ -52,11 +62,11 @@ class TrafficConfig:
             staged[key] = value
         if not isinstance(staged["running"], bool):
             raise ValueError("running must be a boolean")
-        for key in ("rate", "collision_rate", "platform_event_rate"):
+        for key in ("rate", "collision_rate", "platform_event_rate", "text_edit_rate"):
             if isinstance(staged[key], bool) or not isinstance(staged[key], int | float) or staged[key] < 0:
                 raise ValueError(f"{key} must be a non-negative number")
-        if staged["collision_rate"] > 1 or staged["platform_event_rate"] > 1:
-            raise ValueError("collision_rate and platform_event_rate are probabilities (0..1)")
+        if max(staged["collision_rate"], staged["platform_event_rate"], staged["text_edit_rate"]) > 1:
+            raise ValueError("collision_rate, platform_event_rate and text_edit_rate are probabilities (0..1)")
         for key in ("transaction_size", "records_per_event", "fields_per_update"):
             if isinstance(staged[key], bool) or not isinstance(staged[key], int) or staged[key] < 1:
                 raise ValueError(f"{key} must be a positive integer")
@@ -83,6 +93,7 @@ class Traffic:
         self._recent: dict[str, deque] = {}
         self._deleted: dict[str, list[int]] = {}
         self._settable: dict[str, list[str]] = {}
+        self._long: dict[tuple[str, str], deque] = {}  # (object, field) -> positions given a long value
         self._task: asyncio.Task | None = None
 
     def to_dict(self) -> dict:
@@ -160,6 +171,8 @@ class Traffic:
                 recent.extend(positions)
         if cfg.platform_event_rate and rng.random() < cfg.platform_event_rate:
             self._order_ready(result.commit_timestamp)
+        if self.capture.faults.silent_changes == "on" and rng.random() < SILENT_RATE:
+            self._touch()
         self.made += made
         return max(made, 1)
 
@@ -185,6 +198,10 @@ class Traffic:
                     used.add((name, pos))
                     return ChangeItem(store, "UNDELETE", positions=[pos])
             kind = "UPDATE"
+        if kind == "UPDATE" and self.config.text_edit_rate and rng.random() < self.config.text_edit_rate:
+            edit = self._text_edit(name, used)
+            if edit is not None:
+                return edit
         positions = []
         recent = self._recent.get(name)
         for _ in range(rng.randint(1, records) * 2):
@@ -207,7 +224,7 @@ class Traffic:
             settable = self._settable[name] = [
                 f.name for f in store.spec.stored_fields
                 # unique fields (External_Id__c) are left alone: Salesforce rejects a duplicate value
-                if not (f.system or f.calculated or f.type == "id" or f.unique or f.external_id)
+                if f.writable and not (f.unique or f.external_id)
                 and f.name in store.names]
         source = store.generator.row(rng.randrange(1 << 30))
         values, nulled = {}, []
@@ -219,3 +236,37 @@ class Traffic:
             else:
                 values[fname] = value
         return ChangeItem(store, "UPDATE", positions=positions, values=values, nulled=nulled)
+
+    def _text_edit(self, name: str, used: set) -> ChangeItem | None:
+        """One word changed in a long text value of one record; a fresh long value (lines ending in \\n or
+        \\r\\n) where the record has none to edit. None when the object has no long text field."""
+        rng, store = self.rng, self.capture.org.stores[name]
+        fields = [f.name for f in store.spec.stored_fields if f.type == "textarea" and f.length >= MIN_LENGTH
+                  and not f.compound_field_name and f.name in store.names]
+        if not fields or store.count() == 0:
+            return None
+        field = rng.choice(fields)
+        pool = self._long.setdefault((name, field), deque(maxlen=RECENT))
+        pos = pool[rng.randrange(len(pool))] if pool and rng.random() < REEDIT else rng.randrange(store.count())
+        row = store.row(pos)
+        if (name, pos) in used or row[store.deleted_pos]:
+            return None
+        used.add((name, pos))
+        pool.append(pos)
+        value = edit_word(rng, row[store.names.index(field)]) or long_value(rng, rng.choice(("\n", "\r\n")))
+        return ChangeItem(store, "UPDATE", positions=[pos], values={field: value})
+
+    def _touch(self) -> None:
+        """A record viewed (LastViewedDate = now) or given an activity (LastActivityDate = today): no event."""
+        rng, org = self.rng, self.capture.org
+        names = [n for n in self.config.objects if "LastViewedDate" in org.stores[n].names]
+        if not names:
+            return
+        store = org.stores[rng.choice(names)]
+        pos = rng.randrange(store.count()) if store.count() else None
+        if pos is None or store.row(pos)[store.deleted_pos]:
+            return
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        now = now.replace(microsecond=0 if self.capture.faults.whole_seconds else now.microsecond // 1000 * 1000)
+        values = {"LastViewedDate": now} if rng.random() < 0.7 else {"LastActivityDate": now.date()}
+        self.capture.touch(store, [pos], values)

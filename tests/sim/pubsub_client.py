@@ -18,6 +18,8 @@ import httpx
 from replicator.protocol import pubsub_api_pb2 as pb
 from replicator.protocol import pubsub_api_pb2_grpc as pb_grpc
 
+from .conftest import wait_for
+
 
 class Org:
     """One simulator seen from a test: HTTP admin client, an access token, the gRPC stub and its metadata."""
@@ -200,6 +202,23 @@ class Follower:
     def close(self) -> None:
         if self._sub is not None:
             self._sub.close()
+
+
+def events_of(org: Org, replay_ids: list[str], topic: str = "/data/ChangeEvents") -> list[dict]:
+    """The decoded events with these replay ids, read with CUSTOM from just before the first; each also carries
+    `_schema` (its schema JSON) and `_schema_id`."""
+    start = (int(replay_ids[0][:16], 16) - 1).to_bytes(8, "big") + b"\0\0"
+    preset = pb.CUSTOM if int(replay_ids[0][:16], 16) > 1 else pb.EARLIEST
+    with org.subscribe(topic, preset, start if preset == pb.CUSTOM else b"", num_requested=100) as sub:
+        wait_for(lambda: {e.replay_id.hex() for e in sub.events} >= set(replay_ids))
+        found = {e.replay_id.hex(): e for e in sub.events}
+    out = []
+    for rid in replay_ids:
+        decoded = org.decode(found[rid])
+        decoded["_schema"] = org.schema(found[rid].event.schema_id)
+        decoded["_schema_id"] = found[rid].event.schema_id
+        out.append(decoded)
+    return out
 
 
 def trailer(error: grpc.RpcError, key: str = "error-code") -> str | None:

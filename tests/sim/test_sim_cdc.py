@@ -26,7 +26,7 @@ from replicator.sim.faults import Faults
 from replicator.sim.server import SimulatorThread
 
 from .conftest import V, wait_for, wait_job
-from .pubsub_client import Org, decode_bitmap
+from .pubsub_client import Org, decode_bitmap, events_of
 
 # A live org's Account schema (captured via GetSchema, docs/salesforce-pubsub-cdc.md §5), kept with the client's tests.
 CAPTURED = Path(__file__).parents[1] / "salesforce" / "data" / "AccountChangeEvent.v1.avsc"
@@ -45,22 +45,6 @@ def org():
 def reset(org):
     yield
     org.faults(**Faults().to_dict())
-
-
-def events_of(org: Org, replay_ids: list[str], topic: str = "/data/ChangeEvents") -> list[dict]:
-    """The decoded events with these replay ids, read with CUSTOM from just before the first."""
-    start = (int(replay_ids[0][:16], 16) - 1).to_bytes(8, "big") + b"\0\0"
-    preset = pb.CUSTOM if int(replay_ids[0][:16], 16) > 1 else pb.EARLIEST
-    with org.subscribe(topic, preset, start if preset == pb.CUSTOM else b"", num_requested=100) as sub:
-        wait_for(lambda: {e.replay_id.hex() for e in sub.events} >= set(replay_ids))
-        found = {e.replay_id.hex(): e for e in sub.events}
-    out = []
-    for rid in replay_ids:
-        decoded = org.decode(found[rid])
-        decoded["_schema"] = org.schema(found[rid].event.schema_id)
-        decoded["_schema_id"] = found[rid].event.schema_id
-        out.append(decoded)
-    return out
 
 
 def schema_of(org: Org, topic: str) -> dict:
@@ -91,9 +75,6 @@ def test_schemas_look_like_the_captured_account_schema(org):
     docs = {f["name"]: f["doc"] for f in account["fields"]}
     assert docs["CreatedDate"] == "CreatedDate:DateTime" and docs["Phone"] == "Data:Phone"
     assert re.fullmatch(r"Data:MultiEnum:00N\w{12}", docs["Regions__c"])
-    contact = [f["name"] for f in schema_of(org, "/data/ContactChangeEvent")["fields"]]
-    # Contact.Name is calculated here: never in change events (docs/salesforce-pubsub-cdc.md §5)
-    assert "Name" not in contact
 
 
 def test_update_bitmap_names_exactly_the_changed_fields(org):
@@ -166,7 +147,7 @@ def test_transaction_shares_key_and_counts_sequence(org):
     assert [a["ChangeEventHeader"]["sequenceNumber"], b["ChangeEventHeader"]["sequenceNumber"]] == [1, 2]
     assert c["ChangeEventHeader"]["commitNumber"] > a["ChangeEventHeader"]["commitNumber"]
     assert c["ChangeEventHeader"]["transactionKey"] != a["ChangeEventHeader"]["transactionKey"]
-    assert org.record("Contact", ids[0])["Name"].endswith("Lee")  # the calculated Name follows
+    assert "Lee" in org.record("Contact", ids[0])["Name"].split(" ")  # the computed Name follows
 
 
 def test_gap_events_are_header_only(org):

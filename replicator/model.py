@@ -216,6 +216,9 @@ class TableInfo:
     version_column: str | None
     has_isdeleted: bool
     hard_deletes: bool
+    # Columns change events never carry (salesforce/topics.EVENTLESS_FIELDS, a computed compound name): a change
+    # from an event leaves them as the row holds them; only a record fetched from the org writes them.
+    eventless: frozenset[str] = frozenset()
 
 
 # Metadata columns every target table carries.
@@ -313,6 +316,7 @@ class RowOp:
     # The replay id of the newest change folded in: orders changes of the same second (`_sf_stream_position`).
     # Empty for records not from an event (a dead letter retried): they win no tie against an event's change.
     position: bytes = b""
+    fetched: bool = False  # a whole record read from the org (it carries the columns events never carry)
     # upsert: the record ends deleted (created, then deleted, in one batch); delete: `values` are the fields
     # changed before the delete in the same batch (a soft-deleted row keeps the record's last values)
     deleted: bool = False

@@ -36,7 +36,10 @@ class ColumnMap:
         for c in spec.columns:
             self.by_field.setdefault(c.field.lower(), c.name)
         self.compounds = group_components(f for f in describe.fields if f.name.lower() in self.types)
+        # Compound parents that are columns themselves (Contact.Name): their value is computed by the org from
+        # components events carry, so it only comes with a record fetched from the org.
         self._cache: dict[str, str | None] = {}
+        self.derived = frozenset(p for p in self.compounds if self.column(p) is not None)
 
     def column(self, name: str) -> str | None:
         try:
@@ -71,6 +74,18 @@ class ColumnMap:
             raise UnknownFieldError(unknown)
         return out
 
+    def touches_derived(self, ch: Change) -> bool:
+        """The change sets or nulls a component of a computed compound (`Name.FirstName` of Contact.Name)."""
+        return bool(self.derived) and any(n.split(".", 1)[0] in self.derived or self._parent_of(n) in self.derived
+                                          for n in (*ch.fields, *ch.nulled))
+
+    def _parent_of(self, name: str) -> str | None:
+        """The compound a component field belongs to (`FirstName` → `Name`), or None."""
+        for parent, components in self.compounds.items():
+            if name in components:
+                return parent
+        return None
+
     def columns_of(self, names: frozenset[str]) -> set[str]:
         """The columns of these field names (those the table has)."""
         return {col for n in names if (col := self.column(n)) is not None}
@@ -100,6 +115,10 @@ def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True) -> dict[st
         cur = ops.get(key)
         ver, ms, pos = ch.version.key(), ch.version.commit_timestamp, ch.replay_id
         if ch.change_type in GAP_TYPES:
+            ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms, position=pos)
+        elif ch.change_type == "UNDELETE" or (ch.change_type in FULL_BODY_TYPES and cmap.derived) or \
+                (ch.change_type == "UPDATE" and cmap.touches_derived(ch)):
+            # The undeleted record's fields events never carry, or a computed name: only the org has them now.
             ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms, position=pos)
         elif ch.change_type in FULL_BODY_TYPES:
             values = cmap.values(ch.fields, strict)
@@ -165,4 +184,4 @@ def record_op(record: dict[str, Any], spec: TableSpec, fallback_ms: int) -> RowO
     ms = encode_epoch_ms(stamp) if isinstance(stamp, dt.datetime) else fallback_ms
     # a deleted record (from queryAll) lands as a full row that is deleted: soft deletes keep its last values
     return RowOp(str(record.get("Id") or values.get("id")), "upsert", values, (ms, 0, 0), ms,
-                 deleted=bool(values.get("isdeleted")))
+                 deleted=bool(values.get("isdeleted")), fetched=True)

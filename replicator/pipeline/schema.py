@@ -12,6 +12,7 @@ import structlog
 from ..config import ObjectSettings
 from ..model import ColumnSpec, ConfigError, FieldSpec, ObjectDescribe, TableInfo, TableSpec
 from ..salesforce.names import API_NAME
+from ..salesforce.topics import EVENTLESS_FIELDS
 
 # Describe `type` → Postgres type. Text types are unbounded `text`: Salesforce can lengthen a field at any
 # time, and a varchar(n) would then reject rows. Numbers are unconstrained `numeric` so the CSV value
@@ -167,4 +168,12 @@ def object_table(describe: ObjectDescribe, schema: str, obj: ObjectSettings) -> 
         version_column=version_column(spec),
         has_isdeleted=spec.column("isdeleted") is not None,
         hard_deletes=obj.deletes == "hard",
+        eventless=eventless_columns(describe, spec),
     )
+
+
+def eventless_columns(describe: ObjectDescribe, spec: TableSpec) -> frozenset[str]:
+    """The table's columns that change events never carry: derived fields (salesforce/topics.EVENTLESS_FIELDS)
+    and compound parents that are columns themselves (Contact.Name; an address is not a column)."""
+    parents = {f.compound_field_name for f in describe.fields if f.compound_field_name}
+    return frozenset(c.name for c in spec.columns if c.field in EVENTLESS_FIELDS or c.field in parents)

@@ -99,10 +99,11 @@ class StreamSink:
                             result.dead_letters += 1
                     result.key_losers = {k: v for k, v in losers.items() if v != "older"}
             full = [o for o in ops if o.kind in ("upsert", "undelete")]
-            if full:
-                n = await self._upsert(conn, full)
-                result.upserts += n
-                result.skipped += len(full) - n
+            for group in ([o for o in full if o.fetched], [o for o in full if not o.fetched]):
+                if group:  # from events, columns events never carry keep the row's values
+                    n = await self._upsert(conn, group, keep=frozenset() if group[0].fetched else self.t.eventless)
+                    result.upserts += n
+                    result.skipped += len(group) - n
             updates = [o for o in ops if o.kind == "update"]
             if updates:
                 n = await self._update(conn, updates)
@@ -187,7 +188,8 @@ class StreamSink:
         """Columns every change sets: the version, and SystemModstamp (the org sets it to the change's time)."""
         return {"systemmodstamp": _ts(op.commit_ms)} if self.has_modstamp else {}
 
-    async def _upsert(self, conn: asyncpg.Connection, ops: list[RowOp]) -> int:
+    async def _upsert(self, conn: asyncpg.Connection, ops: list[RowOp], keep: frozenset[str] = frozenset()) -> int:
+        """Full records in one statement. `keep`: columns an existing row keeps (a new row gets NULL there)."""
         spec = self.t.spec
         cols = [c.name for c in spec.columns]
         arrays: list[list] = [[] for _ in cols]
@@ -200,7 +202,8 @@ class StreamSink:
                 arrays[i].append(row.get(c))
         params = ", ".join(f"${i + 1}::{self.types[c]}[]" for i, c in enumerate(cols))
         col_sql = ", ".join(ddl.quote_ident(c) for c in cols)
-        sets = ", ".join(f"{ddl.quote_ident(c)} = EXCLUDED.{ddl.quote_ident(c)}" for c in cols if c != spec.key)
+        sets = ", ".join(f"{ddl.quote_ident(c)} = EXCLUDED.{ddl.quote_ident(c)}" for c in cols
+                         if c != spec.key and c not in keep)
         stream_v, stream_p = ddl.quote_ident(ddl.STREAM_VERSION_COLUMN), ddl.quote_ident(ddl.STREAM_POSITION_COLUMN)
         n = len(cols)
         sql = (

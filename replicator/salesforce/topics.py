@@ -25,6 +25,16 @@ GAP_OVERFLOW = "GAP_OVERFLOW"
 # docs/salesforce-pubsub-cdc.md §5 "Body contents per change type").
 FULL_BODY_TYPES = frozenset({"CREATE", "UNDELETE"})
 
+# Fields a change event never carries although they are on the record: IsDeleted and SystemModstamp (the stream
+# sets them from the change itself), formula fields, and "any field whose value isn't on the record and is derived
+# from another record ... Examples of fields with derived values include LastActivityDate and PhotoUrl"
+# ("StandardObjectNameChangeEvent", Object Reference:
+# https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_associated_objects_change_event.htm;
+# docs/salesforce-coverage.md §2). LastViewedDate and LastReferencedDate are derived from the user's recent items
+# the same way; the captured AccountChangeEvent schemas (tests/salesforce/data/) hold none of them. A compound
+# name (Contact.Name, computed from FirstName, LastName, …) is derived too: events carry its components only.
+EVENTLESS_FIELDS = frozenset({"LastActivityDate", "LastViewedDate", "LastReferencedDate", "PhotoUrl"})
+
 # The overflow event's `recordIds` is always this "empty record ID" ("Overflow Events", above).
 EMPTY_RECORD_ID = "000000000000000AAA"
 # A field type conversion that loses data gives a wildcard record id such as `001*`: every record of the

@@ -42,8 +42,8 @@ KNOB_HELP = {
     "overflow_threshold": "changes per transaction before GAP_OVERFLOW (Salesforce: 100,000, "
                           "docs/salesforce-pubsub-cdc.md §7)",
     "diff_fields": "on: a large text value of an UPDATE travels as a unified diff listed in diffFields when "
-                   "Salesforce's rules allow (docs/salesforce-pubsub-cdc.md §6, diffFields contents); off "
-                   "(default for now): full values",
+                   "Salesforce's rules allow (docs/salesforce-pubsub-cdc.md §6, diffFields contents), as Salesforce "
+                   "does (default); off: full values",
     "silent_changes": "on: the traffic generator now and then sets LastViewedDate or LastActivityDate of a record "
                       "with no change event and no new SystemModstamp, as Salesforce does (docs/salesforce-"
                       "coverage.md §2); off (default for now): it never does",
@@ -74,7 +74,7 @@ class Faults:
     keepalive_ahead: int = 0
     gap_event_bytes: int = 1_000_000
     overflow_threshold: int = 100_000
-    diff_fields: str = "off"
+    diff_fields: str = "on"
     silent_changes: str = "off"
 
     def __post_init__(self) -> None:

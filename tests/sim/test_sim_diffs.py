@@ -203,7 +203,7 @@ def test_traffic_edits_long_text_and_its_events_rebuild_the_org(org):
 def test_knobs_are_flags_and_faults_with_on_off_values(org):
     from replicator.sim.__main__ import build_parser
     defaults = build_parser().parse_args([])
-    assert (defaults.diff_fields, defaults.silent_changes) == ("off", "off")
+    assert (defaults.diff_fields, defaults.silent_changes) == ("on", "off")
     args = build_parser().parse_args(["--diff-fields", "on", "--silent-changes", "on"])
     assert (args.diff_fields, args.silent_changes) == ("on", "on")
     with pytest.raises(SystemExit) as exc:

@@ -64,11 +64,26 @@ def test_updates_merge_in_version_order_and_nulled_fields_become_null():
     assert op.commit_ms == 3000
 
 
-def test_delete_wins_and_undelete_restores_the_full_record():
+def test_delete_wins_and_undelete_fetches_the_whole_record():
     ops = fold([ch("UPDATE", ts=1, fields={"Phone": "1"}), ch("DELETE", ts=2)], CMAP)
     assert ops["001A"].kind == "delete"
+    # An undelete's body lacks the fields events never carry (LastActivityDate, …): only the org has them.
     ops = fold([ch("DELETE", ts=1), ch("UNDELETE", ts=2, fields={"Name": "back"})], CMAP)
-    assert ops["001A"].kind == "undelete" and ops["001A"].values == {"name": "back"}
+    assert ops["001A"].kind == "refetch" and ops["001A"].commit_ms == 2
+
+
+def test_a_computed_compound_name_is_fetched():
+    describe = ObjectDescribe(name="Contact", fields=(
+        FieldSpec("Id", "id"), FieldSpec("Name", "string"), FieldSpec("Phone", "phone"),
+        FieldSpec("FirstName", "string", compound_field_name="Name"),
+        FieldSpec("LastName", "string", compound_field_name="Name"),
+    ))
+    cmap = ColumnMap(table_spec(describe, schema="s"), describe)
+    assert cmap.derived == {"Name"}
+    contact = lambda kind, ts, **f: Change("Contact", "003A", kind, Version(ts), "t", f)  # noqa: E731
+    assert fold([contact("UPDATE", 1, **{"Name.LastName": "Doe"})], cmap)["003A"].kind == "refetch"
+    assert fold([contact("UPDATE", 1, Phone="1")], cmap)["003A"].kind == "update"
+    assert fold([contact("CREATE", 1, Phone="1", **{"Name.LastName": "Doe"})], cmap)["003A"].kind == "refetch"
 
 
 def test_create_then_update_is_one_full_upsert():

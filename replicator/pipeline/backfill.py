@@ -97,6 +97,11 @@ class Backfill:
             job_id, mode, page_size = await self._job(empty, resume=attempt == 1)
             try:
                 await self._extract(job_id, mode, page_size)
+                if mode == "upsert":  # the table had rows: those the whole extract lacks left the org
+                    removed = await self.sink.remove_unseen()
+                    if removed:
+                        log.warning("backfill.rows_gone", object=self.name, rows=removed, job_id=job_id,
+                                    reason="not in the extract: purged or hard-deleted in the org")
                 break
             except JobFailedError as exc:
                 log.warning("backfill.job_failed", object=self.name, job_id=job_id, attempt=attempt, error=str(exc))

@@ -65,6 +65,15 @@ class Comparison:
         )
         return int(status.rsplit(" ", 1)[-1])
 
+    @property
+    def _soft(self) -> bool:
+        return not self.hard_deletes and self.spec.column("isdeleted") is not None
+
+    def _live(self, alias: str) -> str:
+        """With soft deletes, a deleted row the org no longer has (purged from its Recycle Bin) is history the copy
+        keeps, not an extra row: only live rows count."""
+        return f" AND NOT {alias}.{ddl.quote_ident('isdeleted')}" if self._soft else ""
+
     def _source(self) -> str:
         src = f"(SELECT * FROM {ddl.quote_ident(_STAGING)}"
         if self.hard_deletes and self.spec.column("isdeleted"):
@@ -94,7 +103,7 @@ class Comparison:
         queries = {
             "missing": f"SELECT b.{k} FROM {src} b LEFT JOIN {t} a USING ({k}) WHERE a.{k} IS NULL AND b.{k} IS NOT NULL",
             "unkeyed": f'SELECT b."id" FROM {src} b WHERE b.{k} IS NULL',  # named by Id: they have no key
-            "extra": f"SELECT a.{k} FROM {t} a LEFT JOIN {src} b USING ({k}) WHERE b.{k} IS NULL",
+            "extra": f"SELECT a.{k} FROM {t} a LEFT JOIN {src} b USING ({k}) WHERE b.{k} IS NULL{self._live('a')}",
             "different": f"SELECT a.{k} FROM {t} a JOIN {src} b USING ({k}) WHERE {changed}",
         }
         for kind, sql in queries.items():
@@ -130,9 +139,14 @@ class Comparison:
                 status = await self.conn.execute(statement)
             out.written = int(status.rsplit(" ", 1)[-1])
             out.kept_newer = wanted - out.written
-            status = await self.conn.execute(
-                f"DELETE FROM {t} a WHERE NOT EXISTS (SELECT 1 FROM {src} b WHERE b.{k} = a.{k}) "
-                f"AND a.{ddl.quote_ident(SYNCED_COLUMN)} < $1", extract_started)
+            gone = (f"NOT EXISTS (SELECT 1 FROM {src} b WHERE b.{k} = a.{k}) "
+                    f"AND a.{ddl.quote_ident(SYNCED_COLUMN)} < $1{self._live('a')}")
+            if self._soft:  # soft deletes keep the row of a record the org no longer has, marked deleted
+                status = await self.conn.execute(
+                    f"UPDATE {t} a SET {ddl.quote_ident('isdeleted')} = true, "
+                    f"{ddl.quote_ident(SYNCED_COLUMN)} = now() WHERE {gone}", extract_started)
+            else:
+                status = await self.conn.execute(f"DELETE FROM {t} a WHERE {gone}", extract_started)
             out.deleted = int(status.rsplit(" ", 1)[-1])
         return out
 

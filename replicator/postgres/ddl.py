@@ -92,6 +92,26 @@ def column_list(spec: TableSpec) -> str:
     return ", ".join(quote_ident(c.name) for c in spec.columns)
 
 
+def remove_unseen(spec: TableSpec, soft: bool) -> str:
+    """SQL ($1: the object's name): after a whole extract loaded through the upsert, the rows it did not write are
+    records the org no longer has: purged from the Recycle Bin or hard-deleted while the stream was away, which
+    publishes no change event ("General Considerations", Change Data Capture Developer Guide,
+    https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_general_considerations.htm).
+    Every row the extract holds was written (a tie with the row's version rewrites it), so a row whose
+    `_sf_synced_at` is older than the job is one it lacks; a row the stream wrote since is newer. Rows with a
+    dead letter from this job stay: their record is in the org, its row was refused. Soft deletes mark them
+    deleted; hard deletes remove them."""
+    t = qualified(spec)
+    since = "(SELECT job_created_at FROM replicator.objects WHERE object = $1)"
+    lettered = (f"EXISTS (SELECT 1 FROM replicator.dead_letters d WHERE d.object = $1 "
+                f"AND d.record_key = t.{quote_ident(spec.key)}::text AND d.first_seen >= {since})")
+    where = f"t.{quote_ident(SYNCED_COLUMN)} < {since} AND NOT {lettered}"
+    if soft:
+        return (f"UPDATE {t} AS t SET {quote_ident('isdeleted')} = true, {quote_ident(SYNCED_COLUMN)} = now() "
+                f"WHERE {where} AND NOT t.{quote_ident('isdeleted')}")
+    return f"DELETE FROM {t} AS t WHERE {where}"
+
+
 def create_staging(spec: TableSpec, staging: str) -> str:
     """A temporary table shaped like the Salesforce columns, dropped at commit."""
     cols = ", ".join(f"{quote_ident(c.name)} {c.pg_type}" for c in spec.columns)

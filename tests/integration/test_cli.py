@@ -105,4 +105,5 @@ async def test_verify_reports_a_corrupted_table_and_repair_fixes_it(tmp_path, si
     again = _cli("verify", "--config", str(cfg), "Account", env=env)
     assert again.returncode == 0 and "(equal)" in again.stdout
     assert await pg_value(pg_url, f"SELECT name FROM fix.account WHERE id = '{victim}'") == name
-    assert await pg_value(pg_url, "SELECT count(*) FROM fix.account WHERE id = '001000000000000ZZZ'") == 0
+    # soft deletes (the default): the row of a record the org does not have stays as history, marked deleted
+    assert await pg_value(pg_url, "SELECT isdeleted FROM fix.account WHERE id = '001000000000000ZZZ'") is True

@@ -121,7 +121,7 @@ async def test_a_redelivered_change_older_than_a_move_is_skipped(table):
     store, info, cmap, (x, y, *_), conn = table
     await create(store, info, cmap, {A: x})
     await apply(store, info, cmap, [change(A, "UPDATE", T0 + 10, 10, Key__c=y)])
-    r = await apply(store, info, cmap, [change(A, "UNDELETE", T0 + 5, 7, Name="old", Key__c=x)])
+    r = await apply(store, info, cmap, [change(A, "CREATE", T0 + 5, 7, Name="old", Key__c=x)])
     assert {k: norm(v[0]) for k, v in (await rows(conn)).items()} == {A: norm(y)}
     assert r.skipped == 1 and r.dead_letters == 0 and await letters(conn) == []
 

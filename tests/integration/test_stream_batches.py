@@ -284,3 +284,27 @@ async def test_dead_letters_postgres_refuses_too_do_not_stop_the_stream(sim, pg_
         assert logged and "1099511627776" in str(logged[0]["dead_letters"])
     finally:
         await conn.close()
+
+
+async def test_a_resync_removes_rows_the_org_no_longer_has(sim, pg_url):
+    # Records purged from the Recycle Bin (or hard-deleted while the stream was away) publish no change event:
+    # only the resync's extract shows they are gone. Rows it lacks, that nothing wrote since it began, go.
+    settings = settings_for(sim, pg_url, "purged", objects={"Account": {}})
+    await run_backfills(settings, ["Account"])
+    conn = await asyncpg.connect(pg_url)
+    ghost, kept = "001000000000GHOSTA", [r["Id"] for r in await ground_truth(sim, "Account")][:1]
+    await conn.execute("INSERT INTO purged.account (id, name, isdeleted, systemmodstamp, _sf_synced_at) "
+                       "VALUES ($1, 'purged in the org', false, now() - interval '1 day', now() - interval '1 day')",
+                       ghost)
+    try:
+        async with salesforce_client(settings) as client, open_store(settings) as store:
+            stream = ObjectStream(client, None, store, settings, "Account", settings.objects["Account"])
+            await stream.resync("test: the stream was away")
+        row = await conn.fetchrow("SELECT isdeleted FROM purged.account WHERE id = $1", ghost)
+        assert row is not None and row["isdeleted"] is True  # soft deletes: kept, marked deleted
+        assert await conn.fetchval("SELECT count(*) FROM purged.account WHERE id = $1 AND NOT isdeleted", kept[0]) \
+            == (0 if next(r for r in await ground_truth(sim, "Account") if r["Id"] == kept[0])["IsDeleted"] else 1)
+    finally:
+        await conn.close()
+    problems = await compare_with_truth(pg_url, "purged", "Account", "Id", await ground_truth(sim, "Account"))
+    assert problems == [f"Account {ghost}: extra"]  # the row stays as history, marked deleted (soft deletes)

@@ -98,3 +98,26 @@ def test_bad_usage_is_one_line_and_exit_2(args, expected, tmp_path):
     out = _cli(*[str(cfg) if a == "CFG" else a for a in args])
     assert out.returncode == 2, out.stderr[-2000:]
     assert expected in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("case", "settings", "secret", "expected"), [
+    ("wrong client secret", "", "wrong-secret", "invalid_client"),
+    ("expired refresh token", 'auth = "refresh_token"\nrefresh_token = "5Aep861expired"\n', None, "invalid_grant"),
+    ("unreachable org", "UNREACHABLE", None, "ConnectError"),
+])
+def test_credentials_and_reachability_fail_in_one_line(case, settings, secret, expected, tmp_path, sim, pg_url):
+    from .helpers import config_toml
+
+    text = config_toml(sim, pg_url, "creds")
+    if settings == "UNREACHABLE":  # a port nothing listens on: retried with backoff, then one line
+        text = text.replace(sim["instance_url"], "https://127.0.0.1:9")
+    elif settings:
+        text = text.replace("[postgres]", settings + "[postgres]", 1)
+    cfg = tmp_path / "replicator.toml"
+    cfg.write_text(text)
+    out = _cli("backfill", "--config", str(cfg), env={"REPLICATOR_SALESFORCE__CLIENT_SECRET":
+                                                       secret or sim["client_secret"]})
+    assert out.returncode == 1, (case, out.stderr[-2000:])
+    line = _one_line_error(out)
+    assert expected in line and line.startswith("replicator: backfill of "), (case, line)
+    assert (secret or sim["client_secret"]) not in out.stderr  # secrets never reach the output

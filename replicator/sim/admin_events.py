@@ -4,8 +4,12 @@
         [{"object": "Account", "type": "UPDATE", "ids": ["001…"], "fields": {"Phone": "555", "BillingState": "CA"},
           "nulled": ["Fax"], "force_gap": false},
          {"object": "Account", "type": "CREATE", "fields": {...}, "count": 1},
-         {"object": "Account", "type": "DELETE", "ids": [...]}, {"object": "Account", "type": "UNDELETE", "ids": [...]}]
+         {"object": "Account", "type": "DELETE", "ids": [...]}, {"object": "Account", "type": "UNDELETE", "ids": [...]},
+         {"object": "Account", "type": "HARD_DELETE", "ids": [...]}, {"object": "Account", "type": "PURGE", "ids": [...]}]
         -> {"transaction_key", "commit_timestamp", "commit_number", "replay_ids": [hex…], "ids": [[ids per item]]}
+        HARD_DELETE (live records) publishes a DELETE event, then removes them for good; PURGE (soft-deleted
+        records only: 400 for a live one) removes them with no event (changes.py). A removed record's Id is
+        INVALID_ID from then on.
         Compound components are given by their flat names (BillingState, FirstName) and travel as the nested
         subfield (BillingAddress.State, Name.FirstName); read-only fields (Contact.Name, formulas, system fields)
         cannot be set.
@@ -20,8 +24,8 @@
     GET  /__sim/traffic                  the traffic settings (traffic.TrafficConfig) plus "made"
     PUT  /__sim/traffic                  merge settings; {"running": false} pauses
     GET  /__sim/stats                    {"changes": {"total", "by_object", "by_type"}, "transactions", "silent_changes",
-                                          "events_published", "events_retained", "last_replay_id": hex|null,
-                                          "subscribers", "streams_cut"}
+                                          "purged" (records PURGE removed), "events_published", "events_retained",
+                                          "last_replay_id": hex|null, "subscribers", "streams_cut"}
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ def _item(org, raw: dict, whole_seconds: bool) -> ChangeItem:
     item = ChangeItem(store, kind, positions=positions, force_gap=bool(raw.get("force_gap", False)))
     fields_in = raw.get("fields") or {}
     nulled = raw.get("nulled") or []
-    if kind in ("DELETE", "UNDELETE") and (fields_in or nulled):
+    if kind in ("DELETE", "UNDELETE", "HARD_DELETE", "PURGE") and (fields_in or nulled):
         raise ChangeError(f"{kind} takes no fields")
     if kind == "CREATE":
         if item.positions:

@@ -14,7 +14,10 @@
         subfield (BillingAddress.State, Name.FirstName); read-only fields (Contact.Name, formulas, system fields)
         cannot be set.
         Values: JSON types; datetimes ISO 8601 (…Z or +0000) or epoch ms; dates YYYY-MM-DD; times HH:MM:SS.sssZ.
-        400 {"error": …} and nothing applied when any item is invalid.
+        400 {"error": …} and nothing applied when any item is invalid; a unique field given a value another live
+        record holds (at the end of the request: swaps are allowed) is 400 in Salesforce's shape instead,
+        [{"message": "duplicate value found: External_Id__c duplicates value on record with id: a0X…",
+          "errorCode": "DUPLICATE_VALUE", "fields": []}] (changes.py).
     POST /__sim/silent-changes           {"object": "Account", "ids": ["001…"], "fields": {"LastViewedDate": "…Z",
                                           "LastActivityDate": "2026-01-31"}} -> {"ids": [...]}: set fields that
                                           change without an event (cdc.ChangeCapture.touch); 400, nothing applied,
@@ -38,6 +41,7 @@ from aiohttp import web
 
 from .avro import event_name, from_epoch_ms
 from .cdc import NOT_SETTABLE, ChangeError, ChangeItem
+from .changes import DuplicateValue
 from .errors import json_ok
 from .state import STATE
 from .store import ObjectStore
@@ -136,6 +140,8 @@ async def post_changes(request: web.Request) -> web.Response:
             raise ChangeError("body must be a non-empty JSON list of changes")
         items = [_item(state.org, raw, state.faults.whole_seconds) for raw in body]
         capture.validate(items)
+    except DuplicateValue as exc:  # the REST error shape (docs/salesforce-bulk-rest-oauth.md §2.2)
+        return json_ok([{"message": str(exc), "errorCode": "DUPLICATE_VALUE", "fields": []}], status=400)
     except (orjson.JSONDecodeError, ChangeError, ValueError) as exc:
         return json_ok({"error": str(exc)}, status=400)
     result = capture.commit(items, ADMIN_ORIGIN)

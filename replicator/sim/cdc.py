@@ -272,15 +272,19 @@ class ChangeCapture:
         template = self._create_template(item, col)
         template[col["CreatedDate"]] = template[col["LastModifiedDate"]] = template[col["SystemModstamp"]] = stamp
         ids = []
-        unique = [col[f.name] for f in store.spec.stored_fields
-                  if (f.unique or f.external_id) and f.name in col and f.name not in item.values]
-        for _ in range(item.count):
+        # external ids not given get the generator's value for each record; a unique field's value was chosen by
+        # validate (changes.py: never a duplicate)
+        own = [col[f.name] for f in store.spec.stored_fields
+               if f.external_id and not f.unique and f.name in col and f.name not in item.values]
+        for k in range(item.count):
             pos = store.count()
             template[0] = make_id(store.spec.key_prefix, pos + 1)
-            if unique:  # one record, one value of each unique field (DUPLICATE_VALUE otherwise)
+            if own:
                 generated = store.generator.row(pos)
-                for c in unique:
+                for c in own:
                     template[c] = generated[c]
+            for name, value in (item.unique_values[k] if k < len(item.unique_values) else {}).items():
+                template[col[name]] = value
             store.put(pos, tuple(template))
             ids.append(template[0])
         return ids

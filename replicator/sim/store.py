@@ -5,6 +5,8 @@ iteration in Id order (ids.py). The overlay maps a position to a replacement row
 writes there); positions at or beyond the generated count are records created after start.
 A record removed for good (emptied from the Recycle Bin, or hard-deleted: cdc.py) keeps its position, and its Id
 is never issued again, but no lookup, iteration or count sees it any more (`removed`).
+Unique fields (describe `unique: true`) have an index of who holds each value (unique.py), kept up to date by
+`put` and `remove`.
 Fields added at run time (`add_field`, a schema change) are appended to the row tuple, whatever their describe
 position: `names` is the storage order and is the only way to find a column in a row.
 Thread-safety: reads may run in executor threads while the event loop mutates the overlay; every
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from .generator import Generator
 from .ids import parse_counter, to_id18
 from .schema import ObjectSpec, build_objects
+from .unique import UniqueIndex
 
 
 class ObjectStore:
@@ -39,6 +42,7 @@ class ObjectStore:
         self._count = count
         self._pad: tuple = ()  # values of fields added after start, for generated (base) rows
         self.removed: set[int] = set()  # positions of records removed for good (see the module docstring)
+        self.unique = UniqueIndex(self)
 
     def count(self) -> int:
         """Record Ids issued so far (the next record takes position count()); removed records included."""
@@ -97,13 +101,17 @@ class ObjectStore:
         """Replace (or, beyond count(), create) the record at `pos` (overlay only; base rows never change)."""
         if len(row) != len(self.names):
             raise ValueError("row does not match the object's fields")
+        if self.unique.columns:
+            self.unique.replace(pos, self.overlay.get(pos), row)
         self.overlay[pos] = row
         if pos >= self._count:
             self._count = pos + 1
 
     def remove(self, pos: int) -> None:
-        """Remove a record for good: its position (and Id) stays taken, nothing finds it any more. Its
+        """Remove a record for good: its position (and Id) stays taken, its values leave the unique index. Its
         last row stays readable by position (`row`) for a query cursor opened before (rest.py)."""
+        if self.unique.columns:
+            self.unique.replace(pos, self.overlay.get(pos), None)
         self.removed.add(pos)
 
     def add_field(self, name: str, ftype: str) -> None:

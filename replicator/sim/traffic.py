@@ -3,7 +3,8 @@
 Configured with GET/PUT /__sim/traffic (PUT merges; `{"running": false}` pauses) and `replicator sim --rate R
 --changes N`. A "change" is one record changed (an event naming 3 records is 3 changes), as in the stats.
 Values come from the seeded generator (the row of a random position), so they look like the org's data and
-include nulls (which become nulledFields). A share of UPDATEs (`text_edit_rate`) edits one word of a long
+include nulls (which become nulledFields). It never makes a duplicate value of a unique field: UPDATEs leave
+unique fields alone and a CREATE's unique values are chosen free of every other record's (changes.py). A share of UPDATEs (`text_edit_rate`) edits one word of a long
 multi-line text value instead (longtext.py), the change Salesforce sends as a diff when the `diff_fields` knob
 is on; where a record has no such value to edit, it gets a fresh one. With the `silent_changes` knob on, one
 transaction in five is followed by a change that publishes no event (LastViewedDate or LastActivityDate of a

@@ -216,6 +216,8 @@ def _invoice(h: int, i: int, n_accounts: int) -> dict:
         "Portal_Url__c": f"https://portal.example.org/invoices/{i + 1}",
         "Memo__c": _hazard_text(h >> 250, i) if (h >> 245) % 4 else None,
         "Body__c": body,
+        # An External ID that is not Unique (schema.py): pairs of invoices share a code, one in ten has none.
+        "Legacy_Code__c": None if (h >> 280) % 10 == 0 else f"LEG-{i // 2:06d}",
     }
 
 

@@ -230,8 +230,9 @@ class Traffic:
         if settable is None or len(settable) == 0:
             settable = self._settable[name] = [
                 f.name for f in store.spec.stored_fields
-                # unique fields (External_Id__c) are left alone: Salesforce rejects a duplicate value
-                if f.writable and not (f.unique or f.external_id)
+                # unique fields (External_Id__c) are left alone: Salesforce rejects a duplicate value; an external
+                # id that is not unique (Legacy_Code__c) changes like any field, duplicates and all
+                if f.writable and not f.unique
                 and f.name in store.names]
         source = store.generator.row(rng.randrange(1 << 30))
         values, nulled = {}, []

@@ -1,6 +1,7 @@
 """Unique fields are unique (Invoice__c.External_Id__c, describe `unique: true`): POST /__sim/changes refuses a
 duplicate with Salesforce's DUPLICATE_VALUE error, judges a request by its end state (swaps and chains pass), and
-the traffic generator never makes a duplicate."""
+the traffic generator never makes a duplicate. An External ID that is not Unique (Invoice__c.Legacy_Code__c)
+repeats freely."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from replicator.sim.ids import parse_counter
 from replicator.sim.server import SimulatorThread
 
 from .conftest import V, wait_for
-from .pubsub_client import Org
+from .pubsub_client import Org, events_of
 
 OBJ = "Invoice__c"
 
@@ -148,3 +149,25 @@ def test_the_traffic_generator_never_makes_a_duplicate(org):
     values = [r["External_Id__c"].lower() for r in truth.values() if r["External_Id__c"] is not None]
     assert len(values) == len(set(values))  # not even a soft-deleted record shares a value
     assert sum(1 for r in truth.values() if (r["External_Id__c"] or "").endswith("-2")) >= len(live)
+
+
+def test_an_external_id_that_is_not_unique_says_so_in_describe_and_repeats(org):
+    auth = {"Authorization": f"Bearer {org.token}"}
+    fields = {f["name"]: f for f in org.http.get(f"/services/data/{V}/sobjects/{OBJ}/describe",
+                                                 headers=auth).json()["fields"]}
+    legacy = fields["Legacy_Code__c"]
+    assert (legacy["externalId"], legacy["unique"], legacy["idLookup"], legacy["type"]) == (True, False, True, "string")
+    codes = [r["Legacy_Code__c"] for r in _truth(org).values() if r["Legacy_Code__c"] is not None]
+    assert len(set(codes)) < len(codes)  # the generated data repeats codes already
+    a, b = _live(org, 2)
+    result = org.changes([{"object": OBJ, "type": "UPDATE", "ids": [a["Id"], b["Id"]],
+                           "fields": {"Legacy_Code__c": "LEG-SHARED"}},
+                          {"object": OBJ, "type": "CREATE", "fields": {"Name": "legacy", "Legacy_Code__c": "leg-shared"}}])
+    truth = _truth(org)
+    assert [truth[i]["Legacy_Code__c"] for i in (a["Id"], b["Id"], result["ids"][1][0])] == \
+        ["LEG-SHARED", "LEG-SHARED", "leg-shared"]
+    update, create = events_of(org, result["replay_ids"], "/data/Invoice__ChangeEvent")
+    assert update["Legacy_Code__c"] == "LEG-SHARED" and create["Legacy_Code__c"] == "leg-shared"
+    q = org.http.get(f"/services/data/{V}/query", headers=auth,
+                     params={"q": f"SELECT Id FROM {OBJ} WHERE Legacy_Code__c = 'LEG-SHARED'"}).json()
+    assert {r["Id"] for r in q["records"]} == {a["Id"], b["Id"], result["ids"][1][0]}  # SOQL text = ignores case

@@ -3,7 +3,8 @@
 Change types:
 - CREATE, UPDATE, DELETE (to the Recycle Bin: IsDeleted=true) and UNDELETE publish a change event of that type;
 - HARD_DELETE removes live records for good and publishes a DELETE event, like a Bulk API `hardDelete` (its
-  records skip the Recycle Bin), so `queryAll` no longer returns them;
+  records skip the Recycle Bin), so `queryAll` no longer returns them (this simulator's reading: the no-event rule
+  below names deleting from the Recycle Bin only);
 - PURGE removes soft-deleted records for good, as emptying the Recycle Bin (or its 15 days running out) does, and
   publishes nothing: "Hard-deleting a record, that is, deleting a record from the Recycle Bin" generates no change
   event ("General Considerations", Change Data Capture Developer Guide,

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records-per-event", type=int, default=1, help="traffic: records per event, 1..N")
     p.add_argument("--collision-rate", type=float, default=0.1,
                    help="traffic: probability an update hits a recently changed record (default 0.1)")
+    p.add_argument("--purge-rate", type=float, default=0.0,
+                   help="traffic: probability a transaction is followed by the purge of a soft-deleted record "
+                        "(emptied from the Recycle Bin: gone for good, no change event) (default 0)")
     defaults = Faults()
     for name, text in KNOB_HELP.items():
         flag = "--" + name.replace("_", "-")
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     knobs = {name: getattr(args, name) for name in KNOB_HELP}
     traffic = {"running": args.rate > 0, "rate": args.rate or 10.0, "changes": args.changes,
                "transaction_size": args.transaction_size, "records_per_event": args.records_per_event,
-               "collision_rate": args.collision_rate}
+               "collision_rate": args.collision_rate, "purge_rate": args.purge_rate}
     try:
         sim = Simulator(records=args.records, seed=args.seed, host=args.host, port=args.port, tls=not args.no_tls,
                         client_id=args.client_id, client_secret=args.client_secret, username=args.username,

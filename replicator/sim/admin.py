@@ -1,7 +1,7 @@
 """Admin endpoints under /__sim/ (no auth, never faulted): ground truth, counts, fault knobs, jobs, info.
 
     GET  /__sim/info                      the ready info (same JSON as the ready line)
-    GET  /__sim/counts                    {Object: {"total": n, "deleted": d}}
+    GET  /__sim/counts                    {Object: {"total": n, "deleted": d}} (records the org has: none removed)
     GET  /__sim/objects/{Object}/records  NDJSON, every record incl. IsDeleted ones, every non-compound
                                           field; JSON types; datetimes 2024-05-01T12:34:56.000Z
     GET  /__sim/faults                    the knobs (faults.py)
@@ -38,7 +38,7 @@ async def counts(request: web.Request) -> web.Response:
     out = {}
     for name, store in org.stores.items():
         deleted = await loop.run_in_executor(None, store.deleted_count)
-        out[name] = {"total": store.count(), "deleted": deleted}
+        out[name] = {"total": store.present(), "deleted": deleted}
     return json_ok(out)
 
 

@@ -4,13 +4,20 @@
         [{"object": "Account", "type": "UPDATE", "ids": ["001…"], "fields": {"Phone": "555", "BillingState": "CA"},
           "nulled": ["Fax"], "force_gap": false},
          {"object": "Account", "type": "CREATE", "fields": {...}, "count": 1},
-         {"object": "Account", "type": "DELETE", "ids": [...]}, {"object": "Account", "type": "UNDELETE", "ids": [...]}]
+         {"object": "Account", "type": "DELETE", "ids": [...]}, {"object": "Account", "type": "UNDELETE", "ids": [...]},
+         {"object": "Account", "type": "HARD_DELETE", "ids": [...]}, {"object": "Account", "type": "PURGE", "ids": [...]}]
         -> {"transaction_key", "commit_timestamp", "commit_number", "replay_ids": [hex…], "ids": [[ids per item]]}
+        HARD_DELETE (live records) publishes a DELETE event, then removes them for good; PURGE (soft-deleted
+        records only: 400 for a live one) removes them with no event (changes.py). A removed record's Id is
+        INVALID_ID from then on.
         Compound components are given by their flat names (BillingState, FirstName) and travel as the nested
         subfield (BillingAddress.State, Name.FirstName); read-only fields (Contact.Name, formulas, system fields)
         cannot be set.
         Values: JSON types; datetimes ISO 8601 (…Z or +0000) or epoch ms; dates YYYY-MM-DD; times HH:MM:SS.sssZ.
-        400 {"error": …} and nothing applied when any item is invalid.
+        400 {"error": …} and nothing applied when any item is invalid; a unique field given a value another live
+        record holds (at the end of the request: swaps are allowed) is 400 in Salesforce's shape instead,
+        [{"message": "duplicate value found: External_Id__c duplicates value on record with id: a0X…",
+          "errorCode": "DUPLICATE_VALUE", "fields": []}] (changes.py).
     POST /__sim/silent-changes           {"object": "Account", "ids": ["001…"], "fields": {"LastViewedDate": "…Z",
                                           "LastActivityDate": "2026-01-31"}} -> {"ids": [...]}: set fields that
                                           change without an event (cdc.ChangeCapture.touch); 400, nothing applied,
@@ -20,8 +27,8 @@
     GET  /__sim/traffic                  the traffic settings (traffic.TrafficConfig) plus "made"
     PUT  /__sim/traffic                  merge settings; {"running": false} pauses
     GET  /__sim/stats                    {"changes": {"total", "by_object", "by_type"}, "transactions", "silent_changes",
-                                          "events_published", "events_retained", "last_replay_id": hex|null,
-                                          "subscribers", "streams_cut"}
+                                          "purged" (records PURGE removed), "events_published", "events_retained",
+                                          "last_replay_id": hex|null, "subscribers", "streams_cut"}
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from aiohttp import web
 
 from .avro import event_name, from_epoch_ms
 from .cdc import NOT_SETTABLE, ChangeError, ChangeItem
+from .changes import DuplicateValue
 from .errors import json_ok
 from .state import STATE
 from .store import ObjectStore
@@ -98,7 +106,7 @@ def _item(org, raw: dict, whole_seconds: bool) -> ChangeItem:
     item = ChangeItem(store, kind, positions=positions, force_gap=bool(raw.get("force_gap", False)))
     fields_in = raw.get("fields") or {}
     nulled = raw.get("nulled") or []
-    if kind in ("DELETE", "UNDELETE") and (fields_in or nulled):
+    if kind in ("DELETE", "UNDELETE", "HARD_DELETE", "PURGE") and (fields_in or nulled):
         raise ChangeError(f"{kind} takes no fields")
     if kind == "CREATE":
         if item.positions:
@@ -132,6 +140,8 @@ async def post_changes(request: web.Request) -> web.Response:
             raise ChangeError("body must be a non-empty JSON list of changes")
         items = [_item(state.org, raw, state.faults.whole_seconds) for raw in body]
         capture.validate(items)
+    except DuplicateValue as exc:  # the REST error shape (docs/salesforce-bulk-rest-oauth.md §2.2)
+        return json_ok([{"message": str(exc), "errorCode": "DUPLICATE_VALUE", "fields": []}], status=400)
     except (orjson.JSONDecodeError, ChangeError, ValueError) as exc:
         return json_ok({"error": str(exc)}, status=400)
     result = capture.commit(items, ADMIN_ORIGIN)

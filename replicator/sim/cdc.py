@@ -5,6 +5,9 @@ always agree. Rules every change follows (the client relies on them):
 - every changed record gets `SystemModstamp` = the transaction's commitTimestamp; CREATE, UPDATE and UNDELETE
   also set `LastModifiedDate` to it (so an UPDATE's changedFields always names LastModifiedDate);
 - DELETE sets IsDeleted=true and its event is header only; UNDELETE sets IsDeleted=false and carries all fields;
+- HARD_DELETE publishes a DELETE event like DELETE's and then removes its records from the store; PURGE removes
+  soft-deleted records with no event, no commit of its own and no new SystemModstamp (changes.py has the
+  Salesforce rules); neither Bulk, REST nor the ground truth sees a removed record again;
 - CREATE carries every field (changedFields empty); UPDATE carries only its changed fields, with bitmaps as in
   docs/salesforce-pubsub-cdc.md §6 (a nulled field is in both changedFields and nulledFields); with the
   `diff_fields` knob on, a large text value of a single-record UPDATE may travel as a unified diff, listed in
@@ -31,9 +34,10 @@ import datetime as dt
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .avro import ChangeEventSchema, PlatformEventSchema, event_name, from_epoch_ms, null_body
+from .changes import EVENT_TYPE, TYPES, ChangeError, ChangeItem, validate
 from .derived import recompute
 from .diffs import text_diff
 from .events import ALL_CHANGE_EVENTS, EventBus
@@ -42,30 +46,13 @@ from .ids import make_id
 from .schema import SILENT_FIELDS, FieldSpec
 from .store import ObjectStore, OrgStore
 
-TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
+__all__ = ["TYPES", "ChangeCapture", "ChangeError", "ChangeItem", "CommitResult"]
 EMPTY_RECORD_ID = "000000000000000AAA"  # docs/salesforce-pubsub-cdc.md §7: recordIds of a GAP_OVERFLOW event
 # The SCN magnitude of the documented example (commitNumber in docs/salesforce-pubsub-cdc.md §5).
 FIRST_COMMIT_NUMBER = 72_657_170_000
 NOT_SETTABLE = {"Id", "IsDeleted", "CreatedDate", "LastModifiedDate", "SystemModstamp"}
 ADDABLE_TYPES = {"string", "textarea", "picklist", "multipicklist", "email", "phone", "url", "boolean", "int",
                  "double", "currency", "percent", "date", "datetime", "time"}
-
-
-class ChangeError(ValueError):
-    """A change that cannot be applied (unknown record, wrong state, unknown field); nothing was applied."""
-
-
-@dataclass
-class ChangeItem:
-    store: ObjectStore
-    type: str
-    positions: list[int] = field(default_factory=list)  # UPDATE / DELETE / UNDELETE
-    values: dict = field(default_factory=dict)  # stored field name -> Python value (UPDATE, CREATE)
-    nulled: list[str] = field(default_factory=list)  # UPDATE
-    count: int = 1  # CREATE: how many records (one event, shared body)
-    force_gap: bool = False
-    generated: bool = False  # CREATE: start from the generator's row (traffic) rather than from nulls
-    before: tuple | None = None  # UPDATE of one record: the row as it was (the base of a diff)
 
 
 @dataclass
@@ -98,6 +85,7 @@ class ChangeCapture:
         self.by_type: Counter = Counter()
         self.transactions = 0
         self.silent = 0  # records changed by `touch`
+        self.purged = 0  # records removed by PURGE (no event)
 
     def schema(self, object_name: str) -> ChangeEventSchema:
         current = self._current.get(object_name)
@@ -137,25 +125,8 @@ class ChangeCapture:
 
     # -- transactions -----------------------------------------------------------------------------------------
     def validate(self, items: list[ChangeItem]) -> None:
-        """Raise ChangeError unless every item applies, in order (a record deleted by an earlier item may be
-        undeleted by a later one)."""
-        deleted: dict[tuple[str, int], bool] = {}
-        for item in items:
-            if item.type not in TYPES:
-                raise ChangeError(f"unknown change type: {item.type}")
-            store = item.store
-            if item.type != "CREATE" and not item.positions:
-                raise ChangeError(f"{item.type} needs at least one record id")
-            for pos in item.positions:
-                key = (store.spec.name, pos)
-                is_deleted = deleted.get(key)
-                if is_deleted is None:
-                    is_deleted = bool(store.row(pos)[store.deleted_pos])
-                if item.type in ("UPDATE", "DELETE") and is_deleted:
-                    raise ChangeError(f"ENTITY_IS_DELETED: {store.row(pos)[0]}")
-                if item.type == "UNDELETE" and not is_deleted:
-                    raise ChangeError(f"UNDELETE_FAILED: {store.row(pos)[0]} is not deleted")
-                deleted[key] = item.type == "DELETE"
+        """Raise ChangeError unless every item applies, in order (changes.validate)."""
+        validate(items)
 
     def commit(self, items: list[ChangeItem], origin: str = "") -> CommitResult:
         """Apply `items` as ONE transaction (call validate() first) and publish its events."""
@@ -175,6 +146,9 @@ class ChangeCapture:
         for item in items:
             ids, changed = self._apply(item, stamp)
             ids_out.append(ids)
+            if item.type == "PURGE":  # removed from the Recycle Bin: no event
+                self.purged += len(ids)
+                continue
             entity = item.store.spec.name
             n = len(ids)
             self.changes += n
@@ -235,7 +209,8 @@ class ChangeCapture:
     def _event(self, item: ChangeItem, ids: list[str], changed: list[str], header: dict):
         store = item.store
         schema = self.schema(store.spec.name)
-        h = {**header, "entityName": store.spec.name, "recordIds": ids, "changeType": item.type,
+        kind = EVENT_TYPE.get(item.type, item.type)
+        h = {**header, "entityName": store.spec.name, "recordIds": ids, "changeType": kind,
              "nulledFields": [], "changedFields": []}
         row = store.get(ids[0])
         if item.type == "UPDATE":
@@ -244,13 +219,13 @@ class ChangeCapture:
             h["nulledFields"] = schema.bitmap(item.nulled)
             h["diffFields"] = schema.bitmap(list(diffs))
             body = {**schema.body(row, set(changed)), **diffs}
-        elif item.type == "DELETE":
+        elif kind == "DELETE":
             body = null_body(schema)
         else:
             body = schema.body(row)
         payload = b"" if item.force_gap else schema.encode(h, body)
         if item.force_gap or len(payload) > self.faults.gap_event_bytes:
-            h.update(changeType="GAP_" + item.type, nulledFields=[], diffFields=[], changedFields=[])
+            h.update(changeType="GAP_" + kind, nulledFields=[], diffFields=[], changedFields=[])
             payload = schema.encode(h, null_body(schema))
         return self.bus.publish(self._topic(store.spec.name), True, schema.id, payload)
 
@@ -271,15 +246,25 @@ class ChangeCapture:
 
     def _apply(self, item: ChangeItem, stamp: dt.datetime) -> tuple[list[str], list[str]]:
         """Change the store; returns the record ids and (UPDATE) the changed stored field names."""
-        self.schema(item.store.spec.name)
+        store = item.store
+        self.schema(store.spec.name)
         if item.type == "CREATE":
             return self._apply_create(item, stamp), []
+        if item.type == "PURGE":  # the row stays as it was: nothing edits a record emptied from the Recycle Bin
+            ids = [store.row(pos)[0] for pos in item.positions]
+            for pos in item.positions:
+                store.remove(pos)
+            return ids, []
         changed: list[str] = []
         if item.type == "UPDATE":
             changed = [*item.values, *item.nulled]
             if "LastModifiedDate" not in changed:
                 changed.append("LastModifiedDate")
-        return self._apply_change(item, stamp), changed
+        ids = self._apply_change(item, stamp)
+        if item.type == "HARD_DELETE":
+            for pos in item.positions:
+                store.remove(pos)
+        return ids, changed
 
     def _apply_create(self, item: ChangeItem, stamp: dt.datetime) -> list[str]:
         store = item.store
@@ -287,21 +272,25 @@ class ChangeCapture:
         template = self._create_template(item, col)
         template[col["CreatedDate"]] = template[col["LastModifiedDate"]] = template[col["SystemModstamp"]] = stamp
         ids = []
-        unique = [col[f.name] for f in store.spec.stored_fields
-                  if (f.unique or f.external_id) and f.name in col and f.name not in item.values]
-        for _ in range(item.count):
+        # external ids not given get the generator's value for each record; a unique field's value was chosen by
+        # validate (changes.py: never a duplicate)
+        own = [col[f.name] for f in store.spec.stored_fields
+               if f.external_id and not f.unique and f.name in col and f.name not in item.values]
+        for k in range(item.count):
             pos = store.count()
             template[0] = make_id(store.spec.key_prefix, pos + 1)
-            if unique:  # one record, one value of each unique field (DUPLICATE_VALUE otherwise)
+            if own:
                 generated = store.generator.row(pos)
-                for c in unique:
+                for c in own:
                     template[c] = generated[c]
+            for name, value in (item.unique_values[k] if k < len(item.unique_values) else {}).items():
+                template[col[name]] = value
             store.put(pos, tuple(template))
             ids.append(template[0])
         return ids
 
     def _apply_change(self, item: ChangeItem, stamp: dt.datetime) -> list[str]:
-        """UPDATE, DELETE, UNDELETE of the item's records; an UPDATE of one record keeps its old row in
+        """UPDATE, DELETE, HARD_DELETE, UNDELETE of the item's records; an UPDATE of one record keeps its old row in
         `item.before` (the base of a diff)."""
         store = item.store
         col = self._columns[store.spec.name]
@@ -312,7 +301,7 @@ class ChangeCapture:
                 item.before = before
             row = list(before)
             row[col["SystemModstamp"]] = stamp
-            if item.type == "DELETE":
+            if item.type in ("DELETE", "HARD_DELETE"):
                 row[store.deleted_pos] = True
             else:
                 row[col["LastModifiedDate"]] = stamp
@@ -351,6 +340,7 @@ class ChangeCapture:
             "changes": {"total": self.changes, "by_object": dict(self.by_object), "by_type": dict(self.by_type)},
             "transactions": self.transactions,
             "silent_changes": self.silent,
+            "purged": self.purged,
             "events_published": self.bus.published,
             "events_retained": self.bus.retained(),
             "last_replay_id": (last.to_bytes(8, "big") + b"\0\0").hex() if last else None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Callable
 from operator import itemgetter
 
@@ -60,6 +61,9 @@ _LONG_UNIT = (
     "Lorem ipsum dolor sit amet, \"consectetur\" adipiscing elit.\nSed do eiusmod, tempor — été 日本語 🚀.\r\n"
 )
 LONG_BASE = _LONG_UNIT * (2 * 131072 // len(_LONG_UNIT) + 2)
+# A unique field's generated value names its record (External_Id__c "EXT-00000042" is record 41), so the record
+# holding a value is found without generating every row (unique.py).
+BASE_POSITIONS = {("Invoice__c", "External_Id__c"): re.compile(r"EXT-(\d{8,})", re.IGNORECASE)}
 
 
 def _multi(bits: int) -> str | None:
@@ -212,6 +216,8 @@ def _invoice(h: int, i: int, n_accounts: int) -> dict:
         "Portal_Url__c": f"https://portal.example.org/invoices/{i + 1}",
         "Memo__c": _hazard_text(h >> 250, i) if (h >> 245) % 4 else None,
         "Body__c": body,
+        # An External ID that is not Unique (schema.py): pairs of invoices share a code, one in ten has none.
+        "Legacy_Code__c": None if (h >> 280) % 10 == 0 else f"LEG-{i // 2:06d}",
     }
 
 
@@ -249,6 +255,15 @@ class Generator:
         names = [f.name for f in spec.stored_fields]
         self._pick = itemgetter(*names)
         self._activity = "LastViewedDate" in names
+
+    def has_base_positions(self, field: str) -> bool:
+        return (self.spec.name, field) in BASE_POSITIONS
+
+    def base_position(self, field: str, value: object) -> int | None:
+        """The position whose generated `field` would be `value` (case-insensitive), if any; the caller checks
+        the row (a value can look like a generated one and not be)."""
+        match = BASE_POSITIONS[(self.spec.name, field)].fullmatch(value) if isinstance(value, str) else None
+        return int(match.group(1)) - 1 if match else None
 
     def row(self, i: int) -> tuple:
         """Record i (0-based; its Id counter is i + 1) as a tuple in `stored_fields` order."""

@@ -174,7 +174,7 @@ def iter_matches(plan: Plan, include_deleted: bool) -> Iterator[tuple[int, tuple
     deleted_pos, predicate = store.deleted_pos, plan.predicate
 
     def matches() -> Iterator[tuple[int, tuple]]:
-        for pos, row in enumerate(store.rows()):
+        for pos, row in store.items():
             if not include_deleted and row[deleted_pos]:
                 continue
             if predicate is None or predicate(row):

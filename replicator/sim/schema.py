@@ -339,6 +339,11 @@ def _invoice_fields() -> list[FieldSpec]:
         FieldSpec("Memo__c", "textarea", "Memo", length=255, custom=True),
         FieldSpec("Body__c", "textarea", "Body", length=LONG_TEXT_LENGTH, custom=True,
                   extra_type_info="plaintextarea"),
+        # External ID but not Unique: values repeat, so no client may key a table by it ("Field", SOAP API
+        # Developer Guide, `externalId`, `idLookup`, `unique`: https://developer.salesforce.com/docs/
+        # atlas.en-us.api.meta/api/sforce_api_calls_describesobjects_describesobjectresult.htm).
+        FieldSpec("Legacy_Code__c", "string", "Legacy Code", length=20, custom=True, external_id=True,
+                  id_lookup=True),
     ]
 
 

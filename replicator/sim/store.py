@@ -3,6 +3,10 @@
 Record positions are 0-based and equal to the Id counter minus one, so iteration in position order is
 iteration in Id order (ids.py). The overlay maps a position to a replacement row (a later CDC simulator
 writes there); positions at or beyond the generated count are records created after start.
+A record removed for good (emptied from the Recycle Bin, or hard-deleted: cdc.py) keeps its position, and its Id
+is never issued again, but no lookup, iteration or count sees it any more (`removed`).
+Unique fields (describe `unique: true`) have an index of who holds each value (unique.py), kept up to date by
+`put` and `remove`.
 Fields added at run time (`add_field`, a schema change) are appended to the row tuple, whatever their describe
 position: `names` is the storage order and is the only way to find a column in a row.
 Thread-safety: reads may run in executor threads while the event loop mutates the overlay; every
@@ -18,6 +22,7 @@ from collections.abc import Iterator
 from .generator import Generator
 from .ids import parse_counter, to_id18
 from .schema import ObjectSpec, build_objects
+from .unique import UniqueIndex
 
 
 class ObjectStore:
@@ -36,31 +41,52 @@ class ObjectStore:
         self.deleted_pos = self.names.index("IsDeleted")
         self._count = count
         self._pad: tuple = ()  # values of fields added after start, for generated (base) rows
+        self.removed: set[int] = set()  # positions of records removed for good (see the module docstring)
+        self.unique = UniqueIndex(self)
 
     def count(self) -> int:
-        """Every record, including soft-deleted ones."""
+        """Record Ids issued so far (the next record takes position count()); removed records included."""
         return self._count
+
+    def present(self) -> int:
+        """Every record the org still has, including soft-deleted ones."""
+        return self._count - len(self.removed)
+
+    def exists(self, pos: int) -> bool:
+        return 0 <= pos < self._count and pos not in self.removed
+
+    def live(self, pos: int) -> bool:
+        """The record exists and is not soft-deleted."""
+        return self.exists(pos) and not self.row(pos)[self.deleted_pos]
 
     def row(self, pos: int) -> tuple:
         hit = self.overlay.get(pos)
         return hit if hit is not None else self.generator.row(pos) + self._pad
 
     def rows(self, start: int = 0, stop: int | None = None) -> Iterator[tuple]:
-        """Rows in Id order from position `start` (inclusive) to `stop` (exclusive)."""
+        """Rows in Id order from position `start` (inclusive) to `stop` (exclusive), removed records skipped."""
+        return (row for _, row in self.items(start, stop))
+
+    def items(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, tuple]]:
+        """(position, row) in Id order from position `start` (inclusive) to `stop` (exclusive), removed
+        records skipped."""
         stop = self.count() if stop is None else min(stop, self.count())
-        overlay, gen_row, pad = self.overlay, self.generator.row, self._pad
+        overlay, gen_row, pad, removed = self.overlay, self.generator.row, self._pad, self.removed
         for pos in range(start, stop):
+            if pos in removed:
+                continue
             hit = overlay.get(pos)
-            yield hit if hit is not None else gen_row(pos) + pad
+            yield pos, (hit if hit is not None else gen_row(pos) + pad)
 
     def position(self, record_id: str) -> int | None:
-        """The position of a record by 15- or 18-character Id, or None when no such record exists."""
+        """The position of a record by 15- or 18-character Id, or None when no such record exists (or it was
+        removed)."""
         try:
             to_id18(record_id)
         except ValueError:
             return None
         counter = parse_counter(record_id, self.spec.key_prefix)
-        if counter is None or not 1 <= counter <= self.count():
+        if counter is None or not self.exists(counter - 1):
             return None
         return counter - 1
 
@@ -75,9 +101,18 @@ class ObjectStore:
         """Replace (or, beyond count(), create) the record at `pos` (overlay only; base rows never change)."""
         if len(row) != len(self.names):
             raise ValueError("row does not match the object's fields")
+        if self.unique.columns:
+            self.unique.replace(pos, self.overlay.get(pos), row)
         self.overlay[pos] = row
         if pos >= self._count:
             self._count = pos + 1
+
+    def remove(self, pos: int) -> None:
+        """Remove a record for good: its position (and Id) stays taken, its values leave the unique index. Its
+        last row stays readable by position (`row`) for a query cursor opened before (rest.py)."""
+        if self.unique.columns:
+            self.unique.replace(pos, self.overlay.get(pos), None)
+        self.removed.add(pos)
 
     def add_field(self, name: str, ftype: str) -> None:
         """Append a column to every row (None everywhere): the storage side of a schema change."""
@@ -97,9 +132,13 @@ class ObjectStore:
             if self._base_deleted is None:
                 self._base_deleted = sum(1 for p in range(self.base_count) if self._base_is_deleted(p))
         delta = 0
+        removed = set(self.removed)
         for pos, row in list(self.overlay.items()):
-            base = self._base_is_deleted(pos) if pos < self.base_count else False
-            delta += int(bool(row[self.deleted_pos])) - int(base)
+            if pos not in removed:
+                base = self._base_is_deleted(pos) if pos < self.base_count else False
+                delta += int(bool(row[self.deleted_pos])) - int(base)
+        for pos in removed:  # a removed record is counted nowhere, whatever its last state
+            delta -= int(pos < self.base_count and self._base_is_deleted(pos))
         return self._base_deleted + delta
 
 

@@ -3,11 +3,13 @@
 Configured with GET/PUT /__sim/traffic (PUT merges; `{"running": false}` pauses) and `replicator sim --rate R
 --changes N`. A "change" is one record changed (an event naming 3 records is 3 changes), as in the stats.
 Values come from the seeded generator (the row of a random position), so they look like the org's data and
-include nulls (which become nulledFields). A share of UPDATEs (`text_edit_rate`) edits one word of a long
+include nulls (which become nulledFields). It never makes a duplicate value of a unique field: UPDATEs leave
+unique fields alone and a CREATE's unique values are chosen free of every other record's (changes.py). A share of UPDATEs (`text_edit_rate`) edits one word of a long
 multi-line text value instead (longtext.py), the change Salesforce sends as a diff when the `diff_fields` knob
 is on; where a record has no such value to edit, it gets a fresh one. With the `silent_changes` knob on, one
 transaction in five is followed by a change that publishes no event (LastViewedDate or LastActivityDate of a
-record, cdc.ChangeCapture.touch). Generation runs in ticks of TICK seconds: each tick makes the
+record, cdc.ChangeCapture.touch). With `purge_rate`, a transaction is now and then followed by a PURGE of one
+soft-deleted record (emptied from the Recycle Bin: removed for good, no event; changes.py). Generation runs in ticks of TICK seconds: each tick makes the
 changes owed by `rate` since the run (re)started, so the long-run rate holds even when a tick runs late.
 """
 
@@ -31,6 +33,7 @@ BURST = 0.05  # at most this many seconds' worth of changes between two yields t
 RECENT = 256  # recently changed records remembered per object for key collisions
 SILENT_RATE = 0.2  # with silent_changes on: probability a transaction is followed by a silent change
 REEDIT = 0.8  # probability a text edit goes back to a record given a long value earlier (so diffs occur)
+PURGE_TRIES = 20  # random positions tried for a soft-deleted record to purge (about 2% of records are)
 ORIGIN = "com/salesforce/api/soap/67.0;client=replicator-sim-traffic"
 
 
@@ -51,6 +54,7 @@ class TrafficConfig:
     changes: int | None = None  # stop (running=false) once the generator has made this many changes
     platform_event_rate: float = 0.0  # probability a transaction also publishes an Order_Ready__e event
     text_edit_rate: float = 0.05  # probability an UPDATE is a small edit of a long text value
+    purge_rate: float = 0.0  # probability a transaction is followed by a PURGE of a soft-deleted record
 
     def merge(self, changes: dict, known_objects) -> None:
         """Merge a PUT body; raise ValueError naming the first bad key (nothing is applied then)."""
@@ -62,11 +66,12 @@ class TrafficConfig:
             staged[key] = value
         if not isinstance(staged["running"], bool):
             raise ValueError("running must be a boolean")
-        for key in ("rate", "collision_rate", "platform_event_rate", "text_edit_rate"):
+        probabilities = ("collision_rate", "platform_event_rate", "text_edit_rate", "purge_rate")
+        for key in ("rate", *probabilities):
             if isinstance(staged[key], bool) or not isinstance(staged[key], int | float) or staged[key] < 0:
                 raise ValueError(f"{key} must be a non-negative number")
-        if max(staged["collision_rate"], staged["platform_event_rate"], staged["text_edit_rate"]) > 1:
-            raise ValueError("collision_rate, platform_event_rate and text_edit_rate are probabilities (0..1)")
+        if max(staged[key] for key in probabilities) > 1:
+            raise ValueError(", ".join(probabilities) + " are probabilities (0..1)")
         for key in ("transaction_size", "records_per_event", "fields_per_update"):
             if isinstance(staged[key], bool) or not isinstance(staged[key], int) or staged[key] < 1:
                 raise ValueError(f"{key} must be a positive integer")
@@ -173,6 +178,8 @@ class Traffic:
             self._order_ready(result.commit_timestamp)
         if self.capture.faults.silent_changes == "on" and rng.random() < SILENT_RATE:
             self._touch()
+        if cfg.purge_rate and rng.random() < cfg.purge_rate:
+            self._purge()
         self.made += made
         return max(made, 1)
 
@@ -194,7 +201,7 @@ class Traffic:
             deleted = self._deleted.get(name)
             while deleted:
                 pos = deleted.pop(rng.randrange(len(deleted)))
-                if (name, pos) not in used and store.row(pos)[store.deleted_pos]:
+                if (name, pos) not in used and store.exists(pos) and store.row(pos)[store.deleted_pos]:
                     used.add((name, pos))
                     return ChangeItem(store, "UNDELETE", positions=[pos])
             kind = "UPDATE"
@@ -211,7 +218,7 @@ class Traffic:
                 pos = recent[rng.randrange(len(recent))]
             else:
                 pos = rng.randrange(store.count())
-            if (name, pos) in used or store.row(pos)[store.deleted_pos]:
+            if (name, pos) in used or not store.live(pos):
                 continue
             used.add((name, pos))
             positions.append(pos)
@@ -223,8 +230,9 @@ class Traffic:
         if settable is None or len(settable) == 0:
             settable = self._settable[name] = [
                 f.name for f in store.spec.stored_fields
-                # unique fields (External_Id__c) are left alone: Salesforce rejects a duplicate value
-                if f.writable and not (f.unique or f.external_id)
+                # unique fields (External_Id__c) are left alone: Salesforce rejects a duplicate value; an external
+                # id that is not unique (Legacy_Code__c) changes like any field, duplicates and all
+                if f.writable and not f.unique
                 and f.name in store.names]
         source = store.generator.row(rng.randrange(1 << 30))
         values, nulled = {}, []
@@ -248,9 +256,9 @@ class Traffic:
         field = rng.choice(fields)
         pool = self._long.setdefault((name, field), deque(maxlen=RECENT))
         pos = pool[rng.randrange(len(pool))] if pool and rng.random() < REEDIT else rng.randrange(store.count())
-        row = store.row(pos)
-        if (name, pos) in used or row[store.deleted_pos]:
+        if (name, pos) in used or not store.live(pos):
             return None
+        row = store.row(pos)
         used.add((name, pos))
         pool.append(pos)
         value = edit_word(rng, row[store.names.index(field)]) or long_value(rng, rng.choice(("\n", "\r\n")))
@@ -264,9 +272,24 @@ class Traffic:
             return
         store = org.stores[rng.choice(names)]
         pos = rng.randrange(store.count()) if store.count() else None
-        if pos is None or store.row(pos)[store.deleted_pos]:
+        if pos is None or not store.live(pos):
             return
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         now = now.replace(microsecond=0 if self.capture.faults.whole_seconds else now.microsecond // 1000 * 1000)
         values = {"LastViewedDate": now} if rng.random() < 0.7 else {"LastActivityDate": now.date()}
         self.capture.touch(store, [pos], values)
+
+    def _purge(self) -> None:
+        """One soft-deleted record emptied from the Recycle Bin: removed for good, no event (changes.py). Records
+        the generator deleted go first; otherwise a few random positions are tried."""
+        rng, org = self.rng, self.capture.org
+        name = rng.choice(self.config.objects)
+        store, deleted = org.stores[name], self._deleted.get(name, [])
+        candidates = [deleted.pop(rng.randrange(len(deleted)))] if deleted else []
+        candidates += [rng.randrange(store.count()) for _ in range(PURGE_TRIES)] if store.count() else []
+        for pos in candidates:
+            if store.exists(pos) and store.row(pos)[store.deleted_pos]:
+                item = ChangeItem(store, "PURGE", positions=[pos])
+                self.capture.validate([item])
+                self.capture.commit([item], ORIGIN)
+                return

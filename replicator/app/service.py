@@ -184,6 +184,9 @@ class Service:
             if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
                 health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
                 if st is None or st.phase == "NEW" or not st.job_id:  # a resumed backfill keeps its position
+                    # Describe first: a configuration the org refuses (a key that is not unique) stops here, in
+                    # one line, before a stream position is captured and stored.
+                    await stream.applier.load_schema()
                     await until_stopped(self.stop, stream.capture_position())
                 log.info("service.backfill", object=name)
                 backfill = Backfill(client, store, self.settings, name, obj, self.metrics.backfill_progress)

@@ -200,7 +200,7 @@ async def test_verify_repair_moves_swaps_and_unkeys_rows_through_the_staging_ups
 
 
 async def test_a_key_field_that_is_not_unique_is_refused_at_start(sim, pg_url):
-    settings = _settings(sim, pg_url, "keyrefused", objects={OBJ: {"key": "Contact_Email__c"}})
+    settings = _settings(sim, pg_url, "keyrefused", objects={OBJ: {"key": "Legacy_Code__c"}})  # External ID, not Unique
     with pytest.raises(ConfigError) as refused:
         await Service(settings).run()
     message = str(refused.value)

@@ -308,3 +308,21 @@ async def test_a_resync_removes_rows_the_org_no_longer_has(sim, pg_url):
         await conn.close()
     problems = await compare_with_truth(pg_url, "purged", "Account", "Id", await ground_truth(sim, "Account"))
     assert problems == [f"Account {ghost}: extra"]  # the row stays as history, marked deleted (soft deletes)
+
+
+async def test_records_purged_while_the_stream_was_away_leave_the_table_at_the_resync(sim, pg_url):
+    settings = settings_for(sim, pg_url, "away", objects={"Account": {"deletes": "hard"}})
+    await run_backfills(settings, ["Account"])
+    live = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]]
+    purged, hard = live[40], live[41]
+    # While the stream is away: one record deleted then emptied from the Recycle Bin, one hard-deleted.
+    for change in ({"object": "Account", "type": "DELETE", "ids": [purged]},
+                   {"object": "Account", "type": "PURGE", "ids": [purged]},
+                   {"object": "Account", "type": "HARD_DELETE", "ids": [hard]}):
+        r = await sim_admin(sim, "POST", "/__sim/changes", [change])
+        assert r.status_code == 200, r.text
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        stream = ObjectStream(client, None, store, settings, "Account", settings.objects["Account"])
+        await stream.resync("test: replay position expired")
+    truth = [r for r in await ground_truth(sim, "Account") if not r["IsDeleted"]]  # hard deletes: live rows only
+    assert await compare_with_truth(pg_url, "away", "Account", "Id", truth) == []

@@ -166,7 +166,7 @@ class ServiceSettings(_Section):
 
 
 class ObjectSettings(_Section):
-    key: str = Field("Id", description="Field whose value keys the table (primary key): Id, or an externalId field.")
+    key: str = Field("Id", description="Field whose value keys the table (primary key): Id, or a field Salesforce keeps unique (External ID and Unique).")
     deletes: Literal["soft", "hard"] = Field(
         "soft", description="soft: keep deleted rows with _sf_deleted_at set; hard: remove them."
     )

@@ -85,20 +85,7 @@ def table_spec(
     Columns follow describe order (the SOQL select order). `fields` limits the selection; Id, the key field,
     IsDeleted and the version fields are always kept when the object has them.
     """
-    key = describe.field(key_field)
-    if key is None:
-        raise ConfigError(f"objects.{describe.name}.key: {describe.name} has no field {key_field!r}")
-    if key.type != "id" and not key.unique:
-        # The key is the table's primary key: only a field Salesforce keeps unique can be one. An External ID
-        # that is not also Unique (describe `externalId` without `unique`), or an `idLookup` field, can repeat,
-        # and the second record would replace the first one's row (docs/salesforce-bulk-rest-oauth.md §3.2;
-        # "Field", SOAP API Developer Guide, `unique`: https://developer.salesforce.com/docs/atlas.en-us.api.meta/
-        # api/sforce_api_calls_describesobjects_describesobjectresult.htm).
-        raise ConfigError(
-            f"objects.{describe.name}.key: {key_field} is not unique in Salesforce (describe unique=false), so two "
-            f"records can share a value; remove objects.{describe.name}.key to key the table by Id, or name a field "
-            "marked Unique (External ID and Unique)"
-        )
+    _check_key(describe, key_field)
     wanted = None
     if fields is not None:
         wanted = {f.lower() for f in fields} | {"id", key_field.lower(), "isdeleted"} | {
@@ -136,6 +123,24 @@ def table_spec(
         key=key_field.lower(),
     )
     return TableSpec(**{**_asdict(spec), "fingerprint": fingerprint(spec)})
+
+
+def _check_key(describe: ObjectDescribe, key_field: str) -> None:
+    """The key must exist and be unique in Salesforce (ConfigError in one line otherwise)."""
+    key = describe.field(key_field)
+    if key is None:
+        raise ConfigError(f"objects.{describe.name}.key: {describe.name} has no field {key_field!r}")
+    if key.type != "id" and not key.unique:
+        # The key is the table's primary key: only a field Salesforce keeps unique can be one. An External ID
+        # that is not also Unique (describe `externalId` without `unique`), or an `idLookup` field, can repeat,
+        # and the second record would replace the first one's row (docs/salesforce-bulk-rest-oauth.md §3.2;
+        # "Field", SOAP API Developer Guide, `unique`: https://developer.salesforce.com/docs/atlas.en-us.api.meta/
+        # api/sforce_api_calls_describesobjects_describesobjectresult.htm).
+        raise ConfigError(
+            f"objects.{describe.name}.key: {key_field} is not unique in Salesforce (describe unique=false), so two "
+            f"records can share a value; remove objects.{describe.name}.key to key the table by Id, or name a field "
+            "marked Unique (External ID and Unique)"
+        )
 
 
 def _asdict(spec: TableSpec) -> dict:

@@ -142,7 +142,10 @@ def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True) -> dict[st
             for col in cmap.columns_of(ch.diff_fields):
                 if isinstance(values.get(col), str):  # sent as a diff of the stored value (diffFields)
                     values[col] = TextDiff((values[col],))
-            merged = merge_values(cur.values, values) if cur is not None and cur.kind != "refetch" else values
+            if cur is None or cur.kind == "refetch":
+                merged = values
+            else:  # only a change that carries diffs needs more than a plain merge (the hot path: no diffs)
+                merged = merge_values(cur.values, values) if ch.diff_fields else {**cur.values, **values}
             if merged is None or (cur is not None and cur.kind == "refetch"):
                 # a diff that does not fit the value before it, or values unknown: fetch the record
                 ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms, position=pos)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import subprocess
+import tempfile
 import time
 from decimal import Decimal
 from typing import Any
@@ -156,3 +158,19 @@ async def pg_value(pg_url: str, sql: str) -> Any:
         return None
     finally:
         await conn.close()
+
+
+def start_logged(args: list[str], env: dict) -> subprocess.Popen:
+    """A process whose stderr goes to a temporary file: a pipe read only at the end would block a process that
+    logs more than the pipe holds (64 KiB), and the test would wait on a process that waits on the test."""
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    proc.log_file = log  # type: ignore[attr-defined]
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    """Wait for `proc` (started by `start_logged`) to exit; its stderr."""
+    proc.wait(timeout=timeout)
+    proc.log_file.seek(0)  # type: ignore[attr-defined]
+    return proc.log_file.read().decode(errors="replace")  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from replicator.sim.server import SimulatorThread
 
-from .helpers import OBJECTS, config_toml, pg_value, sim_admin, wait_for
+from .helpers import OBJECTS, config_toml, finish, pg_value, sim_admin, start_logged, wait_for
 
 SHUTDOWN_BOUND_S = 15
 
@@ -49,16 +49,15 @@ def _config(tmp_path, sim, pg_url, schema: str, port: int) -> str:
 
 def _start(cfg: str, sim, level: str = "info") -> subprocess.Popen:
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
-    return subprocess.Popen([sys.executable, "-m", "replicator.cli", "--log-json", "--log-level", level, "run",
-                             "--config", cfg],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return start_logged([sys.executable, "-m", "replicator.cli", "--log-json", "--log-level", level, "run",
+                         "--config", cfg], env)
 
 
 def _stop(proc: subprocess.Popen) -> tuple[int, float, str]:
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=SHUTDOWN_BOUND_S + 30)
-    return proc.returncode, time.monotonic() - started, err.decode()
+    err = finish(proc, SHUTDOWN_BOUND_S + 30)
+    return proc.returncode, time.monotonic() - started, err
 
 
 async def _get(port: int, path: str) -> httpx.Response | None:
@@ -215,9 +214,8 @@ async def test_a_drain_that_cannot_commit_ends_at_the_bound_or_at_a_second_signa
         if second_signal:
             await wait_for(lambda: _stopping(port), timeout=30)  # the first signal was taken
             proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        err = finish(proc, 60)
         seconds = time.monotonic() - started
-        err = err.decode()
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -13,7 +13,17 @@ import pytest
 
 from replicator.sim.server import SimulatorThread
 
-from .helpers import OBJECTS, compare_with_truth, config_toml, ground_truth, pg_value, sim_admin, wait_for
+from .helpers import (
+    OBJECTS,
+    compare_with_truth,
+    config_toml,
+    finish,
+    ground_truth,
+    pg_value,
+    sim_admin,
+    start_logged,
+    wait_for,
+)
 
 CHANGES = 3_000
 KILLS = 10
@@ -27,8 +37,7 @@ def sim():
 
 def _start(cfg, sim) -> subprocess.Popen:
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
-    return subprocess.Popen([sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", str(cfg)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return start_logged([sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", str(cfg)], env)
 
 
 
@@ -60,8 +69,8 @@ async def test_sigkill_ten_times_during_traffic_converges_exactly_once(sim, pg_u
                        timeout=120)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()[-3000:]
+        err = finish(proc, 60)
+    assert proc.returncode == 0, err[-3000:]
     applied = await pg_value(pg_url, "SELECT sum(events_applied) FROM replicator.checkpoints")
     assert applied == published, f"{applied} events applied for {published} published"
     for name, opts in OBJECTS.items():

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purge-rate", type=float, default=0.0,
                    help="traffic: probability a transaction is followed by the purge of a soft-deleted record "
                         "(emptied from the Recycle Bin: gone for good, no change event) (default 0)")
+    p.add_argument("--cdc-objects", type=_names, default=None, metavar="A,B",
+                   help="objects selected for Change Data Capture: only they publish change events and have a "
+                        "/data/<Object>ChangeEvent topic; an empty value selects none (default: every object "
+                        "but Task and Shipment__c). PUT /__sim/cdc {\"objects\": [...]} changes it at run time")
     defaults = Faults()
     for name, text in KNOB_HELP.items():
         flag = "--" + name.replace("_", "-")
@@ -65,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"{text} (default {value})")
     return p
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 async def _serve(sim: Simulator) -> None:
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                         jwt_public_key=args.jwt_public_key, page_size=args.page_size, gzip_level=args.gzip_level,
                         state_dir=args.state_dir, hostile_field=args.hostile_field,
                         wide_object=args.wide_object, faults=knobs,
-                        traffic=traffic)
+                        traffic=traffic, cdc_objects=args.cdc_objects)
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"replicator sim: {exc}\n")
         return 2

@@ -7,6 +7,17 @@
          {"object": "Account", "type": "DELETE", "ids": [...]}, {"object": "Account", "type": "UNDELETE", "ids": [...]},
          {"object": "Account", "type": "HARD_DELETE", "ids": [...]}, {"object": "Account", "type": "PURGE", "ids": [...]}]
         -> {"transaction_key", "commit_timestamp", "commit_number", "replay_ids": [hex…], "ids": [[ids per item]]}
+        The body may instead be {"changes": [...], "separate_transactions": true, "visible_after_seconds": 5}:
+        - separate_transactions: each change is its own transaction (its own transactionKey, commitNumber and
+          events), every record stamped with ONE SystemModstamp (many records share one whole second, as in
+          Salesforce: docs/salesforce-coverage.md §1) -> {"transactions": [one result as above per change]};
+        - visible_after_seconds: a late commit, a transaction in flight (docs/salesforce-coverage.md §1 "Time and
+          visibility"): its SystemModstamp is taken now, but nothing (store, queries, Bulk, ground truth, events)
+          sees it until it commits that many seconds later; meanwhile getUpdated/getDeleted hold latestDateCovered
+          back to it -> at once {"commit_timestamp": null, "system_modstamp": epoch ms, "visible_after_seconds"}.
+          It is validated now and again when it commits; if it no longer applies it is rolled back (`/__sim/stats`
+          "rolled_back"). Nothing locks its records meanwhile: a change to them in between may be overwritten
+          with the older stamp (Salesforce would make that change wait on the row lock).
         HARD_DELETE (live records) publishes a DELETE event, then removes them for good; PURGE (soft-deleted
         records only: 400 for a live one) removes them with no event (changes.py). A removed record's Id is
         INVALID_ID from then on.
@@ -24,15 +35,21 @@
                                           for another field or a deleted record
     POST /__sim/schema/{Object}/fields   {"name": "Loyalty_Tier__c", "type": "string"} -> {"schema_id", "topic",
                                           "position"}: a schema change (cdc.ChangeCapture.add_field)
+    GET  /__sim/cdc                      {"objects": [...]}: the entity selection, the objects that publish change
+                                          events (cdc.py); the others have no /data/<Object>ChangeEvent topic
+    PUT  /__sim/cdc                      {"objects": ["Account", "Task"]} replaces it ([] selects none); 400 and
+                                          no change for an unknown object
     GET  /__sim/traffic                  the traffic settings (traffic.TrafficConfig) plus "made"
     PUT  /__sim/traffic                  merge settings; {"running": false} pauses
     GET  /__sim/stats                    {"changes": {"total", "by_object", "by_type"}, "transactions", "silent_changes",
-                                          "purged" (records PURGE removed), "events_published", "events_retained",
+                                          "purged" (records PURGE removed), "rolled_back" (late
+                                          commits that no longer applied), "events_published", "events_retained",
                                           "last_replay_id": hex|null, "subscribers", "streams_cut"}
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 
@@ -131,22 +148,67 @@ def _item(org, raw: dict, whole_seconds: bool) -> ChangeItem:
     return item
 
 
+def _options(body) -> tuple[list, bool, float]:
+    """(changes, separate_transactions, visible_after_seconds) of a POST /__sim/changes body: a list of changes,
+    or an object {"changes": [...], "separate_transactions": bool, "visible_after_seconds": number}."""
+    if isinstance(body, dict):
+        unknown = set(body) - {"changes", "separate_transactions", "visible_after_seconds"}
+        if unknown:
+            raise ChangeError(f"unknown option: {sorted(unknown)[0]}")
+        separate, delay = body.get("separate_transactions", False), body.get("visible_after_seconds", 0)
+        if not isinstance(separate, bool):
+            raise ChangeError("separate_transactions must be a boolean")
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 3600:
+            raise ChangeError("visible_after_seconds must be a number of seconds, 0..3600")
+        body = body.get("changes")
+    else:
+        separate, delay = False, 0
+    if not isinstance(body, list) or not body:
+        raise ChangeError("changes must be a non-empty JSON list")
+    return body, separate, float(delay)
+
+
+def _result(result) -> dict:
+    return {"transaction_key": result.transaction_key, "commit_timestamp": result.commit_timestamp,
+            "commit_number": result.commit_number, "replay_ids": result.replay_ids, "ids": result.ids}
+
+
+def _commit(capture, items: list[ChangeItem], separate: bool, stamp_ms: int | None) -> dict:
+    """One transaction, or one per item sharing one SystemModstamp (`separate`)."""
+    if not separate:
+        return _result(capture.commit(items, ADMIN_ORIGIN, stamp_ms))
+    stamp_ms = capture.next_stamp() if stamp_ms is None else stamp_ms
+    return {"transactions": [_result(capture.commit([item], ADMIN_ORIGIN, stamp_ms)) for item in items]}
+
+
+def _commit_late(capture, items: list[ChangeItem], separate: bool, stamp_ms: int) -> None:
+    """The end of a late commit: applied if it still applies (the org may have changed meanwhile), else rolled
+    back; either way no longer in flight."""
+    try:
+        capture.validate(items)
+        _commit(capture, items, separate, stamp_ms)
+    except ChangeError:
+        capture.rolled_back += 1
+    finally:
+        capture.end(stamp_ms)
+
+
 async def post_changes(request: web.Request) -> web.Response:
     state = request.app[STATE]
     capture = state.capture
     try:
-        body = orjson.loads(await request.read())
-        if not isinstance(body, list) or not body:
-            raise ChangeError("body must be a non-empty JSON list of changes")
-        items = [_item(state.org, raw, state.faults.whole_seconds) for raw in body]
+        raw_items, separate, delay = _options(orjson.loads(await request.read()))
+        items = [_item(state.org, raw, state.faults.whole_seconds) for raw in raw_items]
         capture.validate(items)
     except DuplicateValue as exc:  # the REST error shape (docs/salesforce-bulk-rest-oauth.md §2.2)
         return json_ok([{"message": str(exc), "errorCode": "DUPLICATE_VALUE", "fields": []}], status=400)
     except (orjson.JSONDecodeError, ChangeError, ValueError) as exc:
         return json_ok({"error": str(exc)}, status=400)
-    result = capture.commit(items, ADMIN_ORIGIN)
-    return json_ok({"transaction_key": result.transaction_key, "commit_timestamp": result.commit_timestamp,
-                    "commit_number": result.commit_number, "replay_ids": result.replay_ids, "ids": result.ids})
+    if delay > 0:
+        stamp_ms = capture.begin()
+        asyncio.get_running_loop().call_later(delay, _commit_late, capture, items, separate, stamp_ms)
+        return json_ok({"commit_timestamp": None, "system_modstamp": stamp_ms, "visible_after_seconds": delay})
+    return json_ok(_commit(capture, items, separate, None))
 
 
 async def post_silent(request: web.Request) -> web.Response:
@@ -204,6 +266,22 @@ async def put_traffic(request: web.Request) -> web.Response:
     return json_ok(traffic.to_dict())
 
 
+async def get_cdc(request: web.Request) -> web.Response:
+    return json_ok({"objects": request.app[STATE].capture.selection()})
+
+
+async def put_cdc(request: web.Request) -> web.Response:
+    capture = request.app[STATE].capture
+    try:
+        body = orjson.loads(await request.read())
+        if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
+            raise ChangeError('body must be {"objects": [object names]}')
+        selection = capture.select(body["objects"])
+    except (orjson.JSONDecodeError, ChangeError) as exc:
+        return json_ok({"error": str(exc)}, status=400)
+    return json_ok({"objects": selection})
+
+
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     out = state.capture.stats()
@@ -216,6 +294,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/__sim/changes", post_changes)
     app.router.add_post("/__sim/silent-changes", post_silent)
     app.router.add_post("/__sim/schema/{object}/fields", post_field)
+    app.router.add_get("/__sim/cdc", get_cdc)
+    app.router.add_put("/__sim/cdc", put_cdc)
     app.router.add_get("/__sim/traffic", get_traffic)
     app.router.add_put("/__sim/traffic", put_traffic)
     app.router.add_get("/__sim/stats", stats)

@@ -22,6 +22,11 @@ always agree. Rules every change follows (the client relies on them):
 - `touch` changes fields that change without an event (LastActivityDate, LastViewedDate): no event, and
   SystemModstamp and LastModifiedDate stay as they were (this simulator's choice: viewing a record or logging an
   activity is not an edit of it), so only a comparison of values can see it (docs/salesforce-coverage.md §2);
+- entity selection (docs/salesforce-coverage.md §2, §4): only selected objects publish change events; a change to
+  any other object changes the store (new SystemModstamp, LastModifiedDate) and publishes nothing, and its
+  `/data/<Object>ChangeEvent` topic does not exist (GetTopic and Subscribe answer NOT_FOUND `topic.not.found`,
+  docs/salesforce-pubsub-cdc.md §4). The default selection is every object but polled.POLLED_OBJECTS;
+  `select` replaces it (`--cdc-objects`, `PUT /__sim/cdc`);
 - overflow (docs/salesforce-pubsub-cdc.md §7): a transaction counts 1 per created/deleted/undeleted record and
   1 per changed field of each updated record; once the count would pass `overflow_threshold`, that change and
   every later one of the transaction still change the store but publish nothing, and the transaction ends with
@@ -43,6 +48,7 @@ from .diffs import text_diff
 from .events import ALL_CHANGE_EVENTS, EventBus
 from .faults import Faults
 from .ids import make_id
+from .polled import POLLED_OBJECTS
 from .schema import SILENT_FIELDS, FieldSpec
 from .store import ObjectStore, OrgStore
 
@@ -78,6 +84,9 @@ class ChangeCapture:
         for name in org.stores:
             self.topics["/data/" + event_name(name)] = name
             self.schema(name)
+        unselected = {entry[0] for entry in POLLED_OBJECTS}
+        self.selected: set[str] = {name for name in org.stores if name not in unselected}
+        self._in_flight: list[int] = []  # SystemModstamps (epoch ms) of transactions begun, not yet committed
         self.commit_number = FIRST_COMMIT_NUMBER
         self.last_timestamp = 0
         self.changes = 0
@@ -86,6 +95,7 @@ class ChangeCapture:
         self.transactions = 0
         self.silent = 0  # records changed by `touch`
         self.purged = 0  # records removed by PURGE (no event)
+        self.rolled_back = 0  # late commits that no longer applied when due
 
     def schema(self, object_name: str) -> ChangeEventSchema:
         current = self._current.get(object_name)
@@ -100,7 +110,22 @@ class ChangeCapture:
         if topic == ALL_CHANGE_EVENTS:
             return None
         name = self.topics.get(topic)
-        return None if name is None else self.schema(name).id
+        return None if name is None or name not in self.selected else self.schema(name).id
+
+    def select(self, names: list[str]) -> list[str]:
+        """Replace the entity selection (object API names, any case); returns it in the org's order. Raises
+        ChangeError, selection unchanged, for a name the org does not have."""
+        chosen = set()
+        for name in names:
+            store = self.org.lookup(str(name))
+            if store is None:
+                raise ChangeError(f"unknown object: {name!r}")
+            chosen.add(store.spec.name)
+        self.selected = chosen
+        return self.selection()
+
+    def selection(self) -> list[str]:
+        return [name for name in self.org.stores if name in self.selected]
 
     # -- schema change ----------------------------------------------------------------------------------------
     def add_field(self, object_name: str, name: str, ftype: str) -> str:
@@ -128,10 +153,12 @@ class ChangeCapture:
         """Raise ChangeError unless every item applies, in order (changes.validate)."""
         validate(items)
 
-    def commit(self, items: list[ChangeItem], origin: str = "") -> CommitResult:
-        """Apply `items` as ONE transaction (call validate() first) and publish its events."""
+    def commit(self, items: list[ChangeItem], origin: str = "", stamp_ms: int | None = None) -> CommitResult:
+        """Apply `items` as ONE transaction (call validate() first) and publish its events. `stamp_ms`: the
+        SystemModstamp its records get, when the transaction began before it commits (`begin`); else the commit's
+        own time."""
         ts = self._commit_timestamp()
-        stamp = from_epoch_ms(ts)
+        stamp = from_epoch_ms(ts if stamp_ms is None else stamp_ms)
         self.commit_number += 1
         self.transactions += 1
         raw = os.urandom(16).hex()
@@ -154,6 +181,8 @@ class ChangeCapture:
             self.changes += n
             self.by_object[entity] += n
             self.by_type[item.type] += n
+            if entity not in self.selected:  # not selected for Change Data Capture: no event
+                continue
             cost = len(changed) if item.type == "UPDATE" else 1
             fit = 0 if overflowed else min(n, (budget - used) // max(cost, 1))
             used += fit * cost
@@ -172,6 +201,24 @@ class ChangeCapture:
             replay_ids.append(self.bus.publish(self._topic(entity), True, schema.id, payload).replay_id.hex())
         self.bus.notify()
         return CommitResult(key, ts, self.commit_number, replay_ids, ids_out)
+
+    def next_stamp(self) -> int:
+        """A SystemModstamp (epoch ms) for transactions committed now that must share one."""
+        return self._commit_timestamp()
+
+    def begin(self) -> int:
+        """Start a transaction that commits later (a late commit): its records' SystemModstamp, epoch ms. Until
+        `end`, getUpdated and getDeleted hold latestDateCovered back to it (rest_replication.py)."""
+        stamp_ms = self._commit_timestamp()
+        self._in_flight.append(stamp_ms)
+        return stamp_ms
+
+    def end(self, stamp_ms: int) -> None:
+        self._in_flight.remove(stamp_ms)
+
+    def in_flight_since(self) -> dt.datetime | None:
+        """The SystemModstamp of the oldest transaction still in flight, if any."""
+        return from_epoch_ms(min(self._in_flight)).replace(microsecond=0) if self._in_flight else None
 
     def touch(self, store: ObjectStore, positions: list[int], values: dict) -> list[str]:
         """Set SILENT_FIELDS of live records without an event and without a new SystemModstamp; returns the ids.
@@ -341,6 +388,7 @@ class ChangeCapture:
             "transactions": self.transactions,
             "silent_changes": self.silent,
             "purged": self.purged,
+            "rolled_back": self.rolled_back,
             "events_published": self.bus.published,
             "events_retained": self.bus.retained(),
             "last_replay_id": (last.to_bytes(8, "big") + b"\0\0").hex() if last else None,

@@ -20,6 +20,7 @@ from operator import itemgetter
 
 from .derived import compute
 from .ids import make_id
+from .polled import BODIES as POLLED_BODIES
 from .schema import (
     HOSTILE_FIELD,
     INDUSTRIES,
@@ -240,7 +241,7 @@ def _wide(h: int, i: int, n_accounts: int) -> dict:
 
 _BODIES: dict[str, Callable[[int, int, int], dict]] = {
     "Account": _account, "Contact": _contact, "Opportunity": _opportunity, "Invoice__c": _invoice,
-    "Wide__c": _wide,
+    "Wide__c": _wide, **POLLED_BODIES,
 }
 
 

@@ -89,6 +89,9 @@ class FieldSpec:
             "label": self.label or self.name,
             "name": self.name,
             "nameField": self.name == "Name",
+            # a reference to several objects (Task.WhatId) is polymorphic ("Field", SOAP API Developer Guide,
+            # https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_describesobjects_describesobjectresult.htm)
+            "polymorphicForeignKey": len(self.reference_to) > 1,
             "picklistValues": [{"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v}
                                for v in self.picklist],
             "referenceTo": list(self.reference_to),
@@ -362,11 +365,12 @@ ACTIVITY_OBJECTS = ("Account", "Contact", "Opportunity")
 SILENT_FIELDS = ("LastActivityDate", "LastViewedDate")
 
 
-def build_objects(hostile_field: bool = False, wide_object: bool = False) -> dict[str, ObjectSpec]:
+def build_objects(hostile_field: bool = False, wide_object: bool = False, more: tuple = ()) -> dict[str, ObjectSpec]:
     """The org's objects by API name. `hostile_field` adds a custom field whose name needs quoting to
-    Account; `wide_object` adds Wide__c (200 fields) for benchmarks."""
+    Account; `wide_object` adds Wide__c (200 fields) for benchmarks; `more` adds objects given in OBJECTS' shape
+    (polled.POLLED_OBJECTS)."""
     specs = {}
-    for name, label, plural, prefix, custom, own_fields in OBJECTS + ((WIDE_OBJECT,) if wide_object else ()):
+    for name, label, plural, prefix, custom, own_fields in OBJECTS + ((WIDE_OBJECT,) if wide_object else ()) + more:
         own = own_fields()
         if hostile_field and name == "Account":
             own.append(FieldSpec(HOSTILE_FIELD, "string", "Hostile name", length=80, custom=True))

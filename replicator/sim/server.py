@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from . import admin, admin_events, bulk, rest
+from . import admin, admin_events, bulk, rest, rest_replication
 from .cdc import ChangeCapture
 from .errors import invalid_session, not_found, sf_error
 from .events import EventBus
@@ -88,15 +88,16 @@ async def _limit_header(request: web.Request, response: web.StreamResponse) -> N
 
 class Simulator:
     """A local Salesforce org: OAuth, REST, Bulk API 2.0 query, Pub/Sub API (gRPC) with change data capture,
-    admin API. See __main__.py for flags. `traffic`: initial traffic settings (traffic.TrafficConfig)."""
+    admin API. See __main__.py for flags. `traffic`: initial traffic settings (traffic.TrafficConfig);
+    `cdc_objects`: the objects selected for Change Data Capture (None: the default selection, cdc.py)."""
 
     def __init__(self, *, records: int | dict[str, int] = 1000, seed: int = 42, host: str = "127.0.0.1",
                  port: int = 0, tls: bool = True, client_id: str = DEMO_CLIENT_ID,
                  client_secret: str = DEMO_CLIENT_SECRET, username: str = "integration@replicator.sim",
                  jwt_public_key: str | bytes | None = None, page_size: int = 50_000, gzip_level: int = 1,
                  state_dir: str | None = None, hostile_field: bool = False, wide_object: bool = False,
-                 faults: dict | None = None,
-                 traffic: dict | None = None, **knobs) -> None:
+                 faults: dict | None = None, traffic: dict | None = None, cdc_objects: list[str] | None = None,
+                 **knobs) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.seed = seed
         self.records = records
@@ -117,6 +118,10 @@ class Simulator:
         self.traffic_settings = traffic or {}
         TrafficConfig().merge(self.traffic_settings, self.org.stores)  # ValueError now, not at start()
         self.traffic: Traffic | None = None
+        unknown = [name for name in cdc_objects or () if self.org.lookup(name) is None]
+        if unknown:
+            raise ValueError(f"--cdc-objects: unknown object {unknown[0]!r}")
+        self.cdc_objects = cdc_objects  # None: the default entity selection (cdc.py)
 
     async def start(self) -> dict:
         """Bind, start the Pub/Sub (gRPC) and HTTP servers and the traffic generator; returns the ready info."""
@@ -154,6 +159,8 @@ class Simulator:
         self._jobs = JobManager(self.org, self.faults, os.path.join(self.state_dir, "jobs"))
         bus = EventBus(lambda: self.faults.retention_seconds, lambda: self.faults.retention_events)
         state.capture = ChangeCapture(self.org, self.faults, bus, self.user_id)
+        if self.cdc_objects is not None:
+            state.capture.select(self.cdc_objects)
         state.traffic = self.traffic = Traffic(state.capture, self.seed)
         self.traffic.update(self.traffic_settings)
         state.pubsub = PubSubService(state.capture, bus, tokens, self.faults, self.org_id, instance_url)
@@ -170,7 +177,7 @@ class Simulator:
         app.on_response_prepare.append(_limit_header)
         app.router.add_post("/services/oauth2/token", oauth.token)
         app.router.add_post("/services/oauth2/revoke", oauth.revoke)
-        for module in (rest, bulk, admin, admin_events):
+        for module in (rest_replication, rest, bulk, admin, admin_events):
             module.add_routes(app)
         return app
 

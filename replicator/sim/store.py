@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 from .generator import Generator
 from .ids import parse_counter, to_id18
+from .polled import POLLED_OBJECTS
 from .schema import ObjectSpec, build_objects
 from .unique import UniqueIndex
 
@@ -147,7 +148,7 @@ class OrgStore:
 
     def __init__(self, records: int | dict[str, int], seed: int, hostile_field: bool = False,
                  wide_object: bool = False) -> None:
-        self.objects = build_objects(hostile_field, wide_object)
+        self.objects = build_objects(hostile_field, wide_object, POLLED_OBJECTS)
         counts = records if isinstance(records, dict) else {name: records for name in self.objects}
         n_accounts = counts.get("Account", 0)
         self.stores = {

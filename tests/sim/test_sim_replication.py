@@ -1,0 +1,163 @@
+"""Polling an object without change events: getDeleted and getUpdated (docs/salesforce-bulk-rest-oauth.md §3.5),
+many records sharing one SystemModstamp, and a late commit that becomes visible after its stamp
+(docs/salesforce-coverage.md §1 "Time and visibility")."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import pytest
+
+from replicator.protocol import pubsub_api_pb2 as pb
+from replicator.sim.server import SimulatorThread
+
+from .conftest import V, wait_for
+from .pubsub_client import Org
+
+
+@pytest.fixture(scope="module")
+def org():
+    with SimulatorThread(records=30, seed=13) as running:
+        o = Org(running.info)
+        yield o
+        o.close()
+
+
+def auth(org: Org) -> dict:
+    return {"Authorization": f"Bearer {org.token}"}
+
+
+def truth(org: Org, obj: str) -> dict[str, dict]:
+    return {r["Id"]: r for r in map(json.loads, org.http.get(f"/__sim/objects/{obj}/records").content.splitlines())}
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def iso(value: dt.datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def when(text: str) -> dt.datetime:
+    """A REST datetime ("2026-01-02T03:04:05.000+0000") or a ground-truth one ("…Z") as naive UTC."""
+    return dt.datetime.fromisoformat(text.replace("+0000", "").replace("Z", ""))
+
+
+def replication(org: Org, obj: str, kind: str, start: dt.datetime, end: dt.datetime):
+    return org.http.get(f"/services/data/{V}/sobjects/{obj}/{kind}/", headers=auth(org),
+                        params={"start": iso(start), "end": iso(end)})
+
+
+def recent_window() -> tuple[dt.datetime, dt.datetime]:
+    now = utc_now()
+    return now - dt.timedelta(minutes=5), now + dt.timedelta(minutes=5)
+
+
+def test_get_deleted_lists_records_deleted_in_the_window(org):
+    kept, deleted, hard, undeleted = org.first_ids("Task", 4)
+    org.changes([{"object": "Task", "type": "DELETE", "ids": [deleted, undeleted]}])
+    org.changes([{"object": "Task", "type": "HARD_DELETE", "ids": [hard]},
+                 {"object": "Task", "type": "UNDELETE", "ids": [undeleted]}])
+    start, end = recent_window()
+    r = replication(org, "Task", "deleted", start, end)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [d["id"] for d in body["deletedRecords"]] == [deleted, hard]
+    assert when(body["deletedRecords"][0]["deletedDate"]) == when(truth(org, "Task")[deleted]["SystemModstamp"])
+    earliest = when(body["earliestDateAvailable"])
+    assert abs(earliest - (utc_now() - dt.timedelta(days=15))) < dt.timedelta(minutes=2)
+    assert when(body["deletedRecords"][-1]["deletedDate"]) <= when(body["latestDateCovered"]) <= end
+    before = replication(org, "Task", "deleted", start, start + dt.timedelta(minutes=1)).json()
+    assert before["deletedRecords"] == []
+
+
+def test_windows_are_15_days_for_deletes_and_30_for_updates(org):
+    now = utc_now()
+    for kind, days in (("deleted", 15), ("updated", 30)):
+        assert replication(org, "Shipment__c", kind, now - dt.timedelta(days=days - 1), now).status_code == 200
+        r = replication(org, "Shipment__c", kind, now - dt.timedelta(days=days + 1), now)
+        assert (r.status_code, r.json()[0]["errorCode"]) == (400, "INVALID_REPLICATION_DATE")
+    r = replication(org, "Shipment__c", "updated", now, now - dt.timedelta(minutes=5))
+    assert (r.status_code, r.json()[0]["errorCode"]) == (400, "INVALID_REPLICATION_DATE")
+    assert replication(org, "Nope__c", "updated", now, now).status_code == 404
+
+
+def test_get_updated_lists_live_records_changed_in_the_window(org):
+    changed, gone = org.first_ids("Shipment__c", 2)
+    created = org.changes([{"object": "Shipment__c", "type": "UPDATE", "ids": [changed],
+                            "fields": {"Carrier__c": "UPS"}},
+                           {"object": "Shipment__c", "type": "CREATE", "fields": {"Name": "SHP-NEW"}},
+                           {"object": "Shipment__c", "type": "DELETE", "ids": [gone]}])["ids"][1][0]
+    start, end = recent_window()
+    body = replication(org, "Shipment__c", "updated", start, end).json()
+    assert set(body["ids"]) == {changed, created}
+    assert when(body["latestDateCovered"]) >= when(truth(org, "Shipment__c")[created]["SystemModstamp"])
+
+
+def test_separate_transactions_share_one_whole_second_stamp(org):
+    result = org.http.post("/__sim/changes", json={"separate_transactions": True, "changes": [
+        {"object": "Task", "type": "CREATE", "fields": {"Subject": f"same second {k}"}, "count": 30}
+        for k in range(4)]}).json()
+    transactions = result["transactions"]
+    assert len({t["transaction_key"] for t in transactions}) == 4
+    numbers = [t["commit_number"] for t in transactions]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 4
+    ids = {i for t in transactions for i in t["ids"][0]}
+    rows = truth(org, "Task")
+    stamps = {rows[i]["SystemModstamp"] for i in ids}
+    assert len(ids) == 120 and len(stamps) == 1 and stamps.pop().endswith(".000Z")
+    stamp = rows[next(iter(ids))]["SystemModstamp"]
+    r = org.http.get(f"/services/data/{V}/query", headers=auth(org),
+                     params={"q": f"SELECT Id FROM Task WHERE SystemModstamp = {stamp}"})
+    assert {rec["Id"] for rec in r.json()["records"]} >= ids
+
+
+def test_a_late_commit_is_stamped_before_it_becomes_visible(org):
+    task, account = org.first_ids("Task", 1)[0], org.first_ids("Account", 1)[0]
+    org.faults(purge_before_now=True)
+    asked = time.monotonic()
+    pending = org.http.post("/__sim/changes", json={"visible_after_seconds": 2, "changes": [
+        {"object": "Task", "type": "UPDATE", "ids": [task], "fields": {"Subject": "Late"}},
+        {"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": "late"}}]}).json()
+    stamp = dt.datetime.fromtimestamp(pending["system_modstamp"] / 1000, dt.UTC).replace(tzinfo=None)
+    assert truth(org, "Task")[task]["Subject"] != "Late"
+    start, end = recent_window()
+    held = replication(org, "Task", "updated", start, end).json()
+    assert when(held["latestDateCovered"]) == stamp and task not in held["ids"]
+    wait_for(lambda: truth(org, "Task")[task]["Subject"] == "Late")
+    waited = time.monotonic() - asked
+    assert waited >= 1.9  # measured: it stayed invisible for the whole delay
+    assert when(truth(org, "Task")[task]["SystemModstamp"]) == stamp
+    r = org.http.get(f"/services/data/{V}/query", headers=auth(org),
+                     params={"q": f"SELECT Id, SystemModstamp FROM Task WHERE Id = '{task}'"})
+    assert when(r.json()["records"][0]["SystemModstamp"]) == stamp
+    after = replication(org, "Task", "updated", stamp, end).json()
+    assert task in after["ids"] and when(after["latestDateCovered"]) > stamp
+    with org.subscribe("/data/AccountChangeEvent", pb.EARLIEST, num_requested=5) as sub:
+        wait_for(lambda: sub.events)
+        header = org.decode(sub.events[0])["ChangeEventHeader"]
+    # the event is published when the transaction commits, and says so; the record keeps its earlier stamp
+    assert header["recordIds"] == [account]
+    assert header["commitTimestamp"] >= pending["system_modstamp"] + 2000
+
+
+def test_a_late_commit_that_no_longer_applies_is_rolled_back(org):
+    task = org.first_ids("Task", 1)[0]
+    rolled = org.http.get("/__sim/stats").json()["rolled_back"]
+    org.http.post("/__sim/changes", json={"visible_after_seconds": 0.3, "changes": [
+        {"object": "Task", "type": "DELETE", "ids": [task]}]})
+    org.changes([{"object": "Task", "type": "DELETE", "ids": [task]}])
+    wait_for(lambda: org.http.get("/__sim/stats").json()["rolled_back"] == rolled + 1)
+    start, end = recent_window()
+    held = replication(org, "Task", "deleted", start, end).json()
+    assert when(held["latestDateCovered"]) <= end and task in [d["id"] for d in held["deletedRecords"]]
+
+
+def test_bad_options_are_refused(org):
+    for body in ({"changes": []}, {"changes": [{"object": "Task", "type": "DELETE", "ids": []}], "nope": 1},
+                 {"changes": [{"object": "Task", "type": "CREATE"}], "visible_after_seconds": -1},
+                 {"changes": [{"object": "Task", "type": "CREATE"}], "separate_transactions": "yes"}):
+        assert org.http.post("/__sim/changes", json=body).status_code == 400

@@ -15,8 +15,6 @@ the org; the run raises otherwise.
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +22,9 @@ from pathlib import Path
 from replicator.postgres.server import fresh_database
 from replicator.sim.admin_client import sim_admin
 
-from .e2e import _Replicator, config, traffic
+from .e2e import _Replicator, config, counts, drained, overflow, traffic, verdict, verify
 from .harness import start_sim, stop_sim
-from .stream import org_records, q, until
+from .stream import q, until
 
 FAULTS = {"error_503_rate": 0.05, "error_500_rate": 0.01, "limit_exceeded_rate": 0.01, "token_idle_seconds": 30,
           "duplicate_rate": 0.01, "stream_close_seconds": 10, "gap_event_bytes": 65536,
@@ -86,49 +84,20 @@ async def run(server_url: str, database: str, records: int, changes: int, rate: 
             await sim_admin(sim, "POST", "/__sim/schema/Account/fields", {"name": "Segment__c", "type": "string"})
             await traffic(sim, changes, rate, [k for k in kill_at if k >= half], replicator.restart)
             figures["kills"] += len(kill_at)
-            await _overflow(sim)
-            await _drained(sim, url)
+            await overflow(sim, threshold=300, records=400)
+            await drained(sim, url)
             figures["stream_s"] = time.monotonic() - t0 - figures["backfill_s"]
-            figures.update(await _counts(sim, url))
+            figures.update(await counts(sim, url))
         finally:
             figures["run_exit"] = replicator.stop()
-        verify = subprocess.run([sys.executable, "-m", "replicator.cli", "verify", "--config", str(cfg)],
-                                env=replicator.env, capture_output=True, text=True)
+        verified = verify(cfg, replicator.env)
     finally:
         stop_sim(proc)
         log.close()
         cfg.unlink()
-    figures["verify_exit"] = verify.returncode
-    figures["objects_equal"] = sum(line.endswith("(equal)") for line in verify.stdout.splitlines())
-    if verify.returncode != 0 or figures["run_exit"] != 0:
-        raise RuntimeError(f"chaos run did not end equal: {figures}; verify: {verify.stdout[-2000:]} "
-                           f"{verify.stderr[-1000:]}; replicator's log: {log.name}")
+    figures.update(verdict(verified))
+    if verified.returncode != 0 or figures["run_exit"] != 0:
+        raise RuntimeError(f"chaos run did not end equal: {figures}; verify: {verified.stdout[-2000:]} "
+                           f"{verified.stderr[-1000:]}; replicator's log: {log.name}")
     Path(log.name).unlink()
     return figures
-
-
-async def _overflow(sim: dict) -> None:
-    """One transaction over the overflow threshold: GAP_OVERFLOW, which the stream answers with a resync."""
-    await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": 300})
-    await sim_admin(sim, "PUT", "/__sim/traffic", {"transaction_size": 1, "records_per_event": 1})
-    ids = [r["Id"] async for r in org_records(sim, "Contact") if not r["IsDeleted"]][:400]
-    await sim_admin(sim, "POST", "/__sim/changes", [
-        {"object": "Contact", "type": "UPDATE", "ids": ids, "fields": {"Phone": "overflow"}}])
-
-
-async def _drained(sim: dict, url: str) -> None:
-    """Every published event applied (duplicates are counted once) and the overflow's resync done."""
-    published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
-    await until(lambda: q(url, f"SELECT sum(events_applied) >= {published} FROM replicator.checkpoints"),
-                timeout=1800, interval=0.5)
-    await until(lambda: q(url, "SELECT sum(resyncs) >= 1 AND bool_and(phase = 'STREAMING') FROM replicator.objects"),
-                timeout=1800, interval=0.5)
-
-
-async def _counts(sim: dict, url: str) -> dict:
-    stats = (await sim_admin(sim, "GET", "/__sim/stats")).json()
-    return {"changes_made": stats["changes"]["total"], "events_published": stats["events_published"],
-            "events_applied": int(await q(url, "SELECT sum(events_applied) FROM replicator.checkpoints")),
-            "resyncs": int(await q(url, "SELECT sum(resyncs) FROM replicator.objects")),
-            "dead_letters": int(await q(url, "SELECT count(*) FROM replicator.dead_letters")),
-            "streams_cut": stats.get("streams_cut", 0)}

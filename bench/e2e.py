@@ -110,38 +110,62 @@ async def run(server_url: str, database: str, records: int, changes: int, rate: 
             await traffic(sim, half, rate, [k for k in kill_at if k < half], replicator.restart)
             await sim_admin(sim, "POST", "/__sim/schema/Account/fields", {"name": "Segment__c", "type": "string"})
             await traffic(sim, changes, rate, [k for k in kill_at if k >= half], replicator.restart)
-            await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": 500})
-            await sim_admin(sim, "PUT", "/__sim/traffic", {"transaction_size": 1, "records_per_event": 1})
-            ids = [r["Id"] async for r in org_records(sim, "Contact") if not r["IsDeleted"]][:600]
-            await sim_admin(sim, "POST", "/__sim/changes", [
-                {"object": "Contact", "type": "UPDATE", "ids": ids, "fields": {"Phone": "overflow"}}])
-            stats = (await sim_admin(sim, "GET", "/__sim/stats")).json()
-            figures["changes_made"] = stats["changes"]["total"]
-            figures["events_published"] = stats["events_published"]
-            await until(lambda: q(url, f"SELECT sum(events_applied) >= {stats['events_published']} "
-                                       "FROM replicator.checkpoints"), timeout=1800, interval=0.5)
-            await until(lambda: q(url, "SELECT sum(resyncs) >= 1 AND bool_and(phase = 'STREAMING') "
-                                       "FROM replicator.objects"), timeout=1800, interval=0.5)  # the overflow's
+            await overflow(sim, threshold=500, records=600)
+            await drained(sim, url)
             figures["stream_s"] = time.monotonic() - t1
-            figures["resyncs"] = int(await q(url, "SELECT sum(resyncs) FROM replicator.objects"))
-            figures["events_applied"] = int(await q(url, "SELECT sum(events_applied) FROM replicator.checkpoints"))
-            figures["dead_letters"] = int(await q(url, "SELECT count(*) FROM replicator.dead_letters"))
+            figures.update(await counts(sim, url))
         finally:
             figures["run_exit"] = replicator.stop()
-        verify = subprocess.run([sys.executable, "-m", "replicator.cli", "verify", "--config", str(cfg)],
-                                env=replicator.env, capture_output=True, text=True)
+        verified = verify(cfg, replicator.env)
     finally:
         stop_sim(proc)
         log.close()
         cfg.unlink()
-    figures["verify_exit"] = verify.returncode
-    figures["objects_equal"] = sum(line.endswith("(equal)") for line in verify.stdout.splitlines())
+    figures.update(verdict(verified))
     exact = not kills or figures["events_applied"] == figures["events_published"]
-    if verify.returncode != 0 or figures["run_exit"] != 0 or not exact:
-        raise RuntimeError(f"e2e with {kills} kills did not end equal: {figures}; verify: {verify.stdout[-2000:]} "
-                           f"{verify.stderr[-1000:]}; replicator's log: {log.name}")
+    if verified.returncode != 0 or figures["run_exit"] != 0 or not exact:
+        raise RuntimeError(f"e2e with {kills} kills did not end equal: {figures}; verify: {verified.stdout[-2000:]} "
+                           f"{verified.stderr[-1000:]}; replicator's log: {log.name}")
     os.unlink(log.name)
     return figures
+
+
+async def overflow(sim: dict, threshold: int, records: int) -> None:
+    """One transaction over the (lowered) overflow threshold: GAP_OVERFLOW, which the stream answers with a resync."""
+    await sim_admin(sim, "PUT", "/__sim/faults", {"overflow_threshold": threshold})
+    await sim_admin(sim, "PUT", "/__sim/traffic", {"transaction_size": 1, "records_per_event": 1})
+    ids = [r["Id"] async for r in org_records(sim, "Contact") if not r["IsDeleted"]][:records]
+    await sim_admin(sim, "POST", "/__sim/changes", [
+        {"object": "Contact", "type": "UPDATE", "ids": ids, "fields": {"Phone": "overflow"}}])
+
+
+async def drained(sim: dict, url: str) -> None:
+    """Every published event applied (the checkpoints count each once) and the overflow's resync done."""
+    published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
+    await until(lambda: q(url, f"SELECT sum(events_applied) >= {published} FROM replicator.checkpoints"),
+                timeout=1800, interval=0.5)
+    await until(lambda: q(url, "SELECT sum(resyncs) >= 1 AND bool_and(phase = 'STREAMING') FROM replicator.objects"),
+                timeout=1800, interval=0.5)
+
+
+async def counts(sim: dict, url: str) -> dict:
+    stats = (await sim_admin(sim, "GET", "/__sim/stats")).json()
+    return {"changes_made": stats["changes"]["total"], "events_published": stats["events_published"],
+            "events_applied": int(await q(url, "SELECT sum(events_applied) FROM replicator.checkpoints")),
+            "resyncs": int(await q(url, "SELECT sum(resyncs) FROM replicator.objects")),
+            "dead_letters": int(await q(url, "SELECT count(*) FROM replicator.dead_letters")),
+            "streams_cut": stats.get("streams_cut", 0)}
+
+
+def verify(cfg: Path, env: dict) -> subprocess.CompletedProcess:
+    """`replicator verify` of every configured object."""
+    return subprocess.run([sys.executable, "-m", "replicator.cli", "verify", "--config", str(cfg)],
+                          env=env, capture_output=True, text=True)
+
+
+def verdict(verified: subprocess.CompletedProcess) -> dict:
+    return {"verify_exit": verified.returncode,
+            "objects_equal": sum(line.endswith("(equal)") for line in verified.stdout.splitlines())}
 
 
 if __name__ == "__main__":

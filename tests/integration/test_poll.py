@@ -100,12 +100,32 @@ async def test_account_streams_task_polls_and_both_end_equal(sim, pg_url, capsys
     assert await status_command(settings, as_json=True) == 0
     rows = {r["object"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["Account"]["mode"] == "cdc" and rows["Task"]["mode"] == "poll"
+    assert "no change-event topic /data/TaskChangeEvent" in rows["Task"]["mode_reason"]
     assert rows["Task"]["poll_systemmodstamp"] and rows["Task"]["poll_id"]
     assert rows["Account"]["poll_systemmodstamp"] is None
 
 
 async def _after(ms: float) -> bool:
     return time.time() * 1000 >= ms
+
+
+async def test_polled_deletes_hard_remove_soft_and_hard_deleted_records(sim, pg_url):
+    settings = _settings(sim, pg_url, "poll_hard", objects={"Task": {"mode": "poll", "deletes": "hard",
+                                                                      "poll_interval_s": 0.3}})
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects WHERE object = 'Task'"
+                                                " AND mode = 'poll'"), timeout=120)
+        soft, hard, *_ = await _live(sim, "Task")
+        await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Task", "type": "DELETE", "ids": [soft]},
+                                                        {"object": "Task", "type": "HARD_DELETE", "ids": [hard]}])
+        await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 0 FROM poll_hard.task WHERE id IN ('{soft}', '{hard}')"),
+                       timeout=30)
+        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_cdc_mode_on_an_object_without_a_topic_is_a_config_error(sim, pg_url):

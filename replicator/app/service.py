@@ -220,14 +220,17 @@ class Service:
         poller = ObjectPoller(client, store, self.settings, name, obj, self.metrics)
         st = await store.get_object(name)
         has_position = await store.load_poll_position(poller.topic) is not None
-        if st is not None and st.phase in ("BACKFILLED", "STREAMING") and not has_position:
-            # Replicated before without a poll position (it streamed change events): extract it again from a
-            # fresh position. A switch without a new extract (capture, then hand off) is issue 12 §1, not yet done.
+        if st is not None and st.phase != "NEW" and not has_position:
+            # Replicated (or extracted) before without a poll position: it streamed change events. Extract it again
+            # from a fresh position: an extract begun earlier would leave a hole. A switch without a new extract
+            # (capture, then hand off) is issue 12 §1, not done yet.
             await store.begin_resync(name, "polled without a stored poll position")
             st = await store.get_object(name)
         if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
             health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
-            if st is None or st.phase in ("NEW", "RESYNCING") or not st.job_id or not has_position:
+            # A resync always starts a new Bulk job (Backfill resumes only a BACKFILLING one): the position is
+            # captured before it; a resumed backfill keeps the position captured before its job.
+            if st is None or st.phase in ("NEW", "RESYNCING") or not st.job_id:
                 await poller.applier.load_schema()  # describe first, as for a streamed object
                 await poller.capture_position()
             log.info("service.backfill", object=name)

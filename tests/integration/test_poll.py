@@ -128,6 +128,65 @@ async def test_polled_deletes_hard_remove_soft_and_hard_deleted_records(sim, pg_
         assert await asyncio.wait_for(task, 60) == 0
 
 
+async def test_polling_resumes_from_its_position_after_a_restart(sim, pg_url):
+    settings = _settings(sim, pg_url, "poll_restart", objects={"Task": {"poll_interval_s": 0.3}})
+    job = "SELECT job_id FROM replicator.objects WHERE object = 'Task'"
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        # a round committed after the backfill
+        await wait_for(lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM replicator.checkpoints c,"
+                                                " replicator.objects o WHERE c.topic = 'poll:Task' AND o.object = 'Task'"),
+                       timeout=120)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+    first_job = await pg_value(pg_url, job)
+    changed, gone, *_ = await _live(sim, "Task")
+    await sim_admin(sim, "POST", "/__sim/changes", [
+        {"object": "Task", "type": "UPDATE", "ids": [changed], "fields": {"Subject": "while stopped"}},
+        {"object": "Task", "type": "HARD_DELETE", "ids": [gone]},
+        {"object": "Task", "type": "CREATE", "fields": {"Subject": "created while stopped"}, "count": 3}])
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM poll_restart.task"
+                                                " WHERE subject = 'created while stopped'"), timeout=60)
+        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+    assert await pg_value(pg_url, job) == first_job  # resumed from the position: no second extract
+    assert await pg_value(pg_url, f"SELECT subject FROM poll_restart.task WHERE id = '{changed}'") == "while stopped"
+
+
+async def test_a_streamed_object_configured_to_poll_is_extracted_again_then_polled(sim, pg_url):
+    streamed = _settings(sim, pg_url, "poll_switch", objects={"Account": {}})
+    svc = Service(streamed)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' AND mode = 'cdc' FROM replicator.objects"
+                                                " WHERE object = 'Account'"), timeout=120)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+    polled = _settings(sim, pg_url, "poll_switch", objects={"Account": {"mode": "poll", "poll_interval_s": 0.3}})
+    svc = Service(polled)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT mode = 'poll' AND resyncs = 1 AND phase = 'STREAMING'"
+                                                " FROM replicator.objects WHERE object = 'Account'"), timeout=120)
+        account = (await _live(sim, "Account"))[0]
+        await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": "555-0199"}}])
+        await wait_for(lambda: pg_value(pg_url, f"SELECT phone = '555-0199' FROM poll_switch.account WHERE id = '{account}'"),
+                       timeout=30)
+        await wait_for(lambda: _all_equal(polled), timeout=60, interval=0.5)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
 async def test_cdc_mode_on_an_object_without_a_topic_is_a_config_error(sim, pg_url):
     settings = _settings(sim, pg_url, "poll_cdc", objects={"Task": {"mode": "cdc"}})
     with pytest.raises(ConfigError, match="Task.*no change-event topic"):

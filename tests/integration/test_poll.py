@@ -187,6 +187,31 @@ async def test_a_streamed_object_configured_to_poll_is_extracted_again_then_poll
         assert await asyncio.wait_for(task, 60) == 0
 
 
+async def test_a_failed_round_is_retried_by_the_supervisor(sim, pg_url):
+    settings = _settings(sim, pg_url, "poll_fail", objects={"Task": {"poll_interval_s": 0.3}})
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM replicator.checkpoints c,"
+                                                " replicator.objects o WHERE c.topic = 'poll:Task' AND o.object = 'Task'"),
+                       timeout=120)
+        await sim_admin(sim, "PUT", "/__sim/faults", {"error_500_rate": 1.0})
+        try:
+            await wait_for(lambda: pg_value(pg_url, "SELECT last_error LIKE '%UNKNOWN_EXCEPTION%' FROM replicator.objects"
+                                                    " WHERE object = 'Task'"), timeout=60)
+            changed = (await _live(sim, "Task"))[0]
+            await sim_admin(sim, "POST", "/__sim/changes", [
+                {"object": "Task", "type": "UPDATE", "ids": [changed], "fields": {"Subject": "after a failure"}}])
+        finally:
+            await sim_admin(sim, "PUT", "/__sim/faults", {"error_500_rate": 0.0})
+        await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'after a failure' FROM poll_fail.task WHERE id = '{changed}'"),
+                       timeout=90)
+        assert svc.metrics.object("Task").mode == "poll"
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
 async def test_cdc_mode_on_an_object_without_a_topic_is_a_config_error(sim, pg_url):
     settings = _settings(sim, pg_url, "poll_cdc", objects={"Task": {"mode": "cdc"}})
     with pytest.raises(ConfigError, match="Task.*no change-event topic"):

@@ -26,7 +26,7 @@ import time
 import structlog
 
 from ..config import ObjectSettings, Settings
-from ..model import Checkpoint, ConfigError, RowOp
+from ..model import Checkpoint, ConfigError, RowOp, TerminalError
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
 from ..salesforce.records import soql_datetime, soql_string
@@ -95,8 +95,8 @@ class ObjectPoller:
         started = time.monotonic()
         pos = await self.store.load_poll_position(self.topic)
         if pos is None or pos.poll_modstamp is None:
-            raise ConfigError(f"{self.name}: no poll position stored (topic {self.topic}); it is captured before "
-                              "the backfill")
+            # the service captures it before the backfill: without it, a retry goes through that again
+            raise TerminalError(f"{self.name}: no poll position stored (topic {self.topic})", code="NO_POLL_POSITION")
         newest = (pos.poll_modstamp, pos.poll_id or "")
         # Whole seconds: SOQL compares datetimes without milliseconds (docs/salesforce-coverage.md §1).
         key = ((pos.poll_modstamp - self.lookback_ms) // 1000 * 1000, "") if self.lookback_ms else newest

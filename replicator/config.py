@@ -143,6 +143,22 @@ class StreamSettings(_Section):
     )
 
 
+class PollSettings(_Section):
+    # Datetimes have whole seconds and a transaction commits after its SystemModstamp, so a record can become
+    # visible behind a position already read (docs/salesforce-coverage.md §1, "Time and visibility").
+    lookback_s: float = Field(
+        10.0, ge=0, le=3600,
+        description="Polled objects: each round reads again the records stamped this many seconds before the poll "
+        "position, to catch transactions that committed after their SystemModstamp (late commits). Set it to about "
+        "twice the longest transaction seen in the org; re-reads cost queries, never correctness (version guard).",
+    )
+    page_size: int = Field(
+        2_000, ge=1, le=2_000,
+        description="Records per poll query (SOQL LIMIT; one REST queryAll call, at most 2,000 records). Each page "
+        "commits with the poll position in one transaction.",
+    )
+
+
 class ServiceSettings(_Section):
     host: str = Field("0.0.0.0", description="Address of the metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`).")
     port: int = Field(9108, ge=0, le=65535, description="Port of those endpoints; 0 picks a free port (logged at start).")
@@ -171,6 +187,16 @@ class ObjectSettings(_Section):
         "soft", description="soft: keep deleted rows with _sf_deleted_at set; hard: remove them."
     )
     fields: list[str] | None = Field(None, description="Fields to replicate (default: every queryable field).")
+    mode: Literal["auto", "cdc", "poll"] = Field(
+        "auto",
+        description="auto: stream change events when the object's change-event topic exists (Pub/Sub GetTopic; the "
+        "entity is selected for Change Data Capture), else poll; cdc: stream, and refuse to start without the topic; "
+        "poll: poll with REST queryAll on (SystemModstamp, Id) and getDeleted (README \"Polling\").",
+    )
+    poll_interval_s: float = Field(
+        60.0, gt=0, le=86_400,
+        description="Polled objects: seconds between two poll rounds (each costs at least two API calls).",
+    )
 
 
 class Settings(BaseSettings):
@@ -183,6 +209,7 @@ class Settings(BaseSettings):
     backfill: BackfillSettings = BackfillSettings()
     stream: StreamSettings = StreamSettings()
     service: ServiceSettings = ServiceSettings()
+    poll: PollSettings = PollSettings()
     objects: dict[str, ObjectSettings] = Field(default_factory=dict)
 
     @field_validator("objects")

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from .config import (
     BackfillSettings,
     ObjectSettings,
+    PollSettings,
     PostgresSettings,
     SalesforceSettings,
     ServiceSettings,
@@ -23,6 +24,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("backfill", BackfillSettings),
     ("stream", StreamSettings),
     ("service", ServiceSettings),
+    ("poll", PollSettings),
     ("objects.NAME", ObjectSettings),
 ]
 

@@ -327,5 +327,10 @@ class Checkpoint:
     """The position a batch covers, stored in the batch's transaction."""
 
     topic: str
-    replay_id: bytes
+    replay_id: bytes | None
     commit_timestamp: int | None = None  # epoch ms of the last applied event
+    # a polled object's position (topic `poll:<Object>`, pipeline/poll.py): the keyset (SystemModstamp in epoch
+    # ms, Id) of the newest record read, and the end of the window getDeleted covered (epoch ms)
+    poll_modstamp: int | None = None
+    poll_id: str | None = None
+    poll_deleted_through: int | None = None

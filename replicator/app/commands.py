@@ -111,19 +111,26 @@ async def status_command(settings: Settings, as_json: bool) -> int:
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
         return 0
-    table = Table("object", "phase", "rows", "expected", "events applied", "lag s", "checkpoint age s",
+    table = Table("object", "phase", "mode", "rows", "expected", "events applied", "lag s", "checkpoint age s",
                   "last event committed", "dead letters", "resyncs", "replay id", "last error")
     for r in rows:
         phase = r["phase"] + (" (resync requested)" if r["resync_requested"] else "")
         committed = r["last_event_committed_at"]
         table.add_row(
-            r["object"], phase, f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}",
+            r["object"], phase, _mode(r), f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}",
             f"{r['events_applied'] or 0:,}", _num(r["lag_s"]), _num(r["checkpoint_age_s"]),
             committed.isoformat(timespec="seconds") if committed else "", str(r["dead_letters"]),
             str(r["resyncs"]), r["replay_id"] or "", (r["last_error"] or "")[:60],
         )
     Console().print(table)
     return 0
+
+
+def _mode(row: dict) -> str:
+    """cdc, or poll with its position (SystemModstamp of the newest record read)."""
+    if row.get("mode") != "poll" or row.get("poll_systemmodstamp") is None:
+        return row.get("mode") or ""
+    return f"poll @ {row['poll_systemmodstamp'].isoformat(timespec='seconds')}"
 
 
 def _num(value: float | None) -> str:

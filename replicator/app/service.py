@@ -16,16 +16,18 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
-from ..model import ConfigError, Stopped
+from ..model import ConfigError, Stopped, TerminalError
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
 from ..pipeline.backfill import Backfill
 from ..pipeline.platform_events import PlatformEventStream
+from ..pipeline.poll import ObjectPoller
 from ..pipeline.stopping import until_stopped
 from ..pipeline.stream import ObjectStream
 from ..postgres.store import Store
 from ..retry import restart_delay
 from ..salesforce.pubsub import PubSubClient
+from ..salesforce.topics import topic_for
 from .runtime import open_store, salesforce_client
 
 log = structlog.get_logger(__name__)
@@ -177,8 +179,18 @@ class Service:
     async def _supervise(self, client, pubsub, store: Store, name: str) -> None:
         obj = self.settings.objects[name]
         health = self.metrics.object(name)
+        decided: list[str] = []  # the mode, decided once (a switch between modes is not handled yet: issue 12 §1)
 
         async def once() -> None:
+            if not decided:
+                mode, reason = await _choose_mode(pubsub, name, obj.mode)
+                log.info("service.mode", object=name, mode=mode, reason=reason)
+                await store.set_mode(name, mode, reason)
+                decided.append(mode)
+                health.mode = mode
+            if decided[0] == "poll":
+                await self._poll(client, store, name)
+                return
             st = await store.get_object(name)
             stream = self.streams[name] = ObjectStream(client, pubsub, store, self.settings, name, obj, self.metrics)
             if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
@@ -201,9 +213,56 @@ class Service:
 
         await self._keep_running(name, once, record)
 
+    async def _poll(self, client, store: Store, name: str) -> None:
+        """A polled object (pipeline/poll.py): the same backfill, its poll position captured before it, then
+        rounds until the service stops."""
+        obj, health = self.settings.objects[name], self.metrics.object(name)
+        poller = ObjectPoller(client, store, self.settings, name, obj, self.metrics)
+        st = await store.get_object(name)
+        has_position = await store.load_poll_position(poller.topic) is not None
+        if st is not None and st.phase != "NEW" and not has_position:
+            # Replicated (or extracted) before without a poll position: it streamed change events. Extract it again
+            # from a fresh position: an extract begun earlier would leave a hole. A switch without a new extract
+            # (capture, then hand off) is issue 12 §1, not done yet.
+            await store.begin_resync(name, "polled without a stored poll position")
+            st = await store.get_object(name)
+        if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
+            health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
+            # A resync always starts a new Bulk job (Backfill resumes only a BACKFILLING one): the position is
+            # captured before it; a resumed backfill keeps the position captured before its job.
+            if st is None or st.phase in ("NEW", "RESYNCING") or not st.job_id:
+                await poller.applier.load_schema()  # describe first, as for a streamed object
+                await poller.capture_position()
+            log.info("service.backfill", object=name)
+            backfill = Backfill(client, store, self.settings, name, obj, self.metrics.backfill_progress)
+            await until_stopped(self.stop, backfill.run())
+        await store.set_phase(name, "STREAMING")
+        health.last_error = None
+        await poller.run(self.stop)
+
     async def _supervise_events(self, pubsub, store: Store, name: str) -> None:
         await self._keep_running(f"/event/{name}",
                                  lambda: PlatformEventStream(pubsub, store, self.settings, name).run(self.stop))
+
+
+async def _choose_mode(pubsub, name: str, configured: str) -> tuple[str, str]:
+    """(mode, why) of an object: `poll` when configured; else `cdc` when its change-event topic exists (Pub/Sub
+    GetTopic answers NOT_FOUND for an entity not selected for Change Data Capture: docs/salesforce-pubsub-cdc.md
+    §4, "Topic unknown, or CDC not enabled for the entity"; docs/salesforce-coverage.md §2), else `poll` for
+    `auto`, and a configuration error for `cdc`."""
+    if configured == "poll":
+        return "poll", 'configured (mode = "poll")'
+    topic = topic_for(name)
+    try:
+        await pubsub.get_topic(topic)
+    except TerminalError as exc:
+        if exc.code != "TOPIC_NOT_FOUND":
+            raise
+        if configured == "cdc":
+            raise ConfigError(f'objects.{name}: mode = "cdc" but {name} has no change-event topic ({topic}): select '
+                              'it for Change Data Capture in the org, or set mode = "auto" or "poll"') from None
+        return "poll", f"no change-event topic {topic} (the entity is not selected for Change Data Capture)"
+    return "cdc", ('configured (mode = "cdc"), ' if configured == "cdc" else "") + f"change-event topic {topic} exists"
 
 
 async def run_command(settings: Settings) -> int:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 PHASES = ("STARTING", "BACKFILLING", "RESYNCING", "STREAMING", "RETRYING")
+MODES = ("cdc", "poll")
 
 
 @dataclass(slots=True)
@@ -36,6 +37,8 @@ class ObjectHealth:
     rows_done: int = 0
     rows_expected: int | None = None
     last_error: str | None = None
+    mode: str | None = None  # cdc or poll, once decided at start-up
+    poll_position: float | None = None  # epoch s: SystemModstamp of the poll position (polled objects)
 
     def lag(self, now: float) -> float | None:
         if self.phase == "STREAMING" and self.connected and self.idle:
@@ -68,6 +71,8 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_time_to_data_loss_seconds", "gauge", "object", "Retention (72 h) − age of the oldest unapplied position: below 0, events were purged before being applied."),
     ("replicator_stream_connected", "gauge", "object", "1 while the object's Pub/Sub stream is connected."),
     ("replicator_object_phase", "gauge", "object, phase", "1 for the object's current phase (STARTING, BACKFILLING, RESYNCING, STREAMING, RETRYING)."),
+    ("replicator_object_mode", "gauge", "object, mode", "1 for how the object is replicated: cdc (change events) or poll (README \"Polling\")."),
+    ("replicator_poll_position_timestamp_seconds", "gauge", "object", "Polled objects: SystemModstamp of the poll position (epoch)."),
     ("replicator_gaps_healed_total", "counter", "object", "Records fetched by id to heal gap events and updates of rows not yet present."),
     ("replicator_resyncs_total", "counter", "object", "Resyncs from a fresh Bulk extract (expired replay id, GAP_OVERFLOW, operator request)."),
     ("replicator_dead_letters_total", "counter", "object, source", "Records and events sent to replicator.dead_letters."),
@@ -149,6 +154,7 @@ class _Collector:
         g = {name: GaugeMetricFamily(name, doc, labels=["object"]) for name, kind, labels, doc in CATALOGUE
              if kind == "gauge" and labels == "object"}
         phase = GaugeMetricFamily("replicator_object_phase", "Current phase.", labels=["object", "phase"])
+        mode = GaugeMetricFamily("replicator_object_mode", "How the object is replicated.", labels=["object", "mode"])
         for name, h in list(self.m.objects.items()):
             lag = h.lag(now)
             ttl = h.time_to_data_loss(now, self.m.retention_s)
@@ -159,6 +165,7 @@ class _Collector:
                 "replicator_time_to_data_loss_seconds": ttl,
                 "replicator_stream_connected": 1.0 if h.connected else 0.0,
                 "replicator_backfill_rows_expected": h.rows_expected,
+                "replicator_poll_position_timestamp_seconds": h.poll_position,
                 "replicator_backfill_progress_ratio": (
                     min(1.0, h.rows_done / h.rows_expected) if h.rows_expected else None),
             }
@@ -167,8 +174,12 @@ class _Collector:
                     g[metric].add_metric([name], float(value))
             for p in PHASES:
                 phase.add_metric([name, p], 1.0 if h.phase == p else 0.0)
+            if h.mode is not None:
+                for m in MODES:
+                    mode.add_metric([name, m], 1.0 if h.mode == m else 0.0)
         yield from g.values()
         yield phase
+        yield mode
         client = self.m.client
         if client is not None:
             calls = CounterMetricFamily("replicator_api_calls", "REST and Bulk API calls made.")

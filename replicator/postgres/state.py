@@ -175,6 +175,9 @@ async def request_resync(conn: asyncpg.Connection, name: str) -> bool:
 
 
 async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, events: int = 0) -> None:
+    if cp.poll_modstamp is not None or cp.poll_deleted_through is not None:
+        await _save_poll_position(conn, cp, events)
+        return
     await conn.execute(
         "INSERT INTO replicator.checkpoints (topic, replay_id, commit_timestamp, events_applied, updated_at,"
         " applied_at) VALUES ($1, $2, $3, $4, now(), CASE WHEN $4::bigint > 0 THEN now() END)"
@@ -183,6 +186,49 @@ async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, events: int 
         " events_applied = replicator.checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now(),"
         " applied_at = coalesce(EXCLUDED.applied_at, replicator.checkpoints.applied_at)",
         cp.topic, cp.replay_id, ms_to_datetime(cp.commit_timestamp) if cp.commit_timestamp is not None else None, events,
+    )
+
+
+async def _save_poll_position(conn: asyncpg.Connection, cp: Checkpoint, rows: int) -> None:
+    """A polled object's position (sql/005_polling.sql); `rows`: records applied, counted in events_applied."""
+    await conn.execute(
+        "INSERT INTO replicator.checkpoints (topic, replay_id, poll_systemmodstamp, poll_id, poll_deleted_through,"
+        " events_applied, updated_at, applied_at) VALUES ($1, NULL, $2, $3, $4, $5, now(),"
+        " CASE WHEN $5::bigint > 0 THEN now() END)"
+        " ON CONFLICT (topic) DO UPDATE SET"
+        " poll_systemmodstamp = coalesce(EXCLUDED.poll_systemmodstamp, replicator.checkpoints.poll_systemmodstamp),"
+        " poll_id = coalesce(EXCLUDED.poll_id, replicator.checkpoints.poll_id),"
+        " poll_deleted_through = coalesce(EXCLUDED.poll_deleted_through, replicator.checkpoints.poll_deleted_through),"
+        " events_applied = replicator.checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now(),"
+        " applied_at = coalesce(EXCLUDED.applied_at, replicator.checkpoints.applied_at)",
+        cp.topic, _maybe_ts(cp.poll_modstamp), cp.poll_id, _maybe_ts(cp.poll_deleted_through), rows,
+    )
+
+
+def _maybe_ts(ms: int | None) -> dt.datetime | None:
+    return ms_to_datetime(ms) if ms is not None else None
+
+
+async def load_poll_position(conn: asyncpg.Connection, topic: str) -> Checkpoint | None:
+    row = await conn.fetchrow(
+        "SELECT poll_systemmodstamp, poll_id, poll_deleted_through FROM replicator.checkpoints WHERE topic = $1",
+        topic)
+    if row is None or row["poll_systemmodstamp"] is None:
+        return None
+    return Checkpoint(topic, None, poll_modstamp=_epoch_ms(row["poll_systemmodstamp"]), poll_id=row["poll_id"],
+                      poll_deleted_through=_epoch_ms(row["poll_deleted_through"]))
+
+
+def _epoch_ms(value: dt.datetime | None) -> int | None:
+    return None if value is None else round((value - EPOCH).total_seconds() * 1000)
+
+
+async def set_mode(conn: asyncpg.Connection, name: str, mode: str, reason: str) -> None:
+    """How the object is replicated (cdc or poll) and why, decided at start-up."""
+    await conn.execute(
+        "INSERT INTO replicator.objects (object, mode, mode_reason) VALUES ($1, $2, $3)"
+        " ON CONFLICT (object) DO UPDATE SET mode = $2, mode_reason = $3, updated_at = now()",
+        name, mode, reason[:500],
     )
 
 

@@ -13,13 +13,15 @@ async def object_rows(conn: asyncpg.Connection) -> list[dict]:
         " o.pages_done, o.rows_loaded, o.rows_expected, o.backfill_started_at, o.backfill_finished_at,"
         " o.last_error, o.updated_at, o.resyncs, o.last_resync_at, o.last_resync_reason, o.resync_requested,"
         " c.replay_id, c.commit_timestamp AS last_event_committed_at, c.applied_at AS last_event_applied_at,"
-        " c.events_applied,"
+        " c.events_applied, o.mode, o.mode_reason, p.poll_systemmodstamp, p.poll_id, p.poll_deleted_through,"
+        " p.events_applied AS rows_polled,"
         " round(extract(epoch FROM c.applied_at - c.commit_timestamp)::numeric, 3)::float8 AS lag_s,"
         " round(extract(epoch FROM now() - c.updated_at)::numeric, 1)::float8 AS checkpoint_age_s,"
         " (SELECT count(*) FROM replicator.dead_letters d WHERE d.object = o.object AND d.resolved_at IS NULL)"
         "   AS dead_letters"
         " FROM replicator.objects o LEFT JOIN replicator.checkpoints c ON c.topic = '/data/' ||"
         "   CASE WHEN o.object LIKE '%\\_\\_c' THEN left(o.object, -1) ELSE o.object END || 'ChangeEvent'"
+        " LEFT JOIN replicator.checkpoints p ON p.topic = 'poll:' || o.object"
         " ORDER BY o.object"
     )
     return [dict(r) for r in rows]

@@ -117,6 +117,12 @@ class Store:
     async def drop_checkpoint(self, topic: str) -> None:
         await self._run(state.drop_checkpoint, topic)
 
+    async def load_poll_position(self, topic: str) -> Checkpoint | None:
+        return await self._run(state.load_poll_position, topic)
+
+    async def set_mode(self, name: str, mode: str, reason: str) -> None:
+        await self._run(state.set_mode, name, mode, reason)
+
     async def checkpoint_times(self, topic: str) -> tuple[float | None, float, float] | None:
         return await self._run(state.checkpoint_times, topic)
 

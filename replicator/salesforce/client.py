@@ -9,6 +9,7 @@ raw `request`/`stream` primitives used by `bulk.py`).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import ssl
 import time
@@ -31,6 +32,7 @@ from replicator.salesforce.errors import (
     error_for_response,
     map_httpx_error,
 )
+from replicator.salesforce.records import soql_datetime
 
 log = structlog.get_logger(__name__)
 
@@ -310,6 +312,15 @@ class SalesforceClient:
                 )
             out.extend(strip_attributes(r) if isinstance(r, dict) else None for r in data)
         return out
+
+    async def get_deleted(self, object_name: str, start: dt.datetime, end: dt.datetime) -> dict:
+        """sObject Get Deleted: `{"deletedRecords": [{"id", "deletedDate"}], "earliestDateAvailable",
+        "latestDateCovered"}` for records deleted between `start` and `end` (UTC; Salesforce truncates their
+        seconds; the last 15 days only). REST API Developer Guide, "sObject Get Deleted",
+        https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getdeleted.htm
+        (docs/salesforce-bulk-rest-oauth.md §3.5)."""
+        params = {"start": soql_datetime(start), "end": soql_datetime(end)}
+        return dict(await self._json("GET", f"sobjects/{object_name}/deleted/", params=params) or {})
 
     async def limits(self) -> dict:
         """`GET limits`: `{Name: {Max, Remaining}}` (docs/salesforce-bulk-rest-oauth.md §2.1)."""

@@ -6,6 +6,7 @@ never in the result). Every other string literal goes through `soql_string`.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,15 @@ def soql_string(value: str) -> str:
     https://developer.salesforce.com/docs/atlas.en-us.soql_sosl.meta/soql_sosl/sforce_api_calls_soql_select_quotedstringescapes.htm"""
     escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
     return f"'{escaped}'"
+
+
+def soql_datetime(value: dt.datetime) -> str:
+    """A SOQL dateTime literal in UTC, `2026-11-30T15:39:01Z` (no quotes; whole seconds: Salesforce stores no
+    milliseconds, docs/salesforce-coverage.md §1). "Date Formats and Date Literals", SOQL and SOSL Reference:
+    https://developer.salesforce.com/docs/atlas.en-us.soql_sosl.meta/soql_sosl/sforce_api_calls_soql_select_dateformats.htm"""
+    if value.tzinfo is None:
+        raise ValueError("a SOQL dateTime needs an aware datetime (UTC)")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _select_list(fields: Iterable[str], key_field: str) -> list[str]:

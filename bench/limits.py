@@ -13,7 +13,7 @@ Every case checks that each touched row in Postgres equals the org's record, and
 Salesforce replaces a change event over "the maximum 1 MB message size" with a gap event, which names the record
 but carries none of its fields (Gap Events, Change Data Capture Developer Guide:
 https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_other_events_gap.htm;
-docs/salesforce-pubsub-cdc.md, sections 7 and 9).
+docs/pubsub-cdc.md, sections 7 and 9).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from .stream import (
 # Salesforce's overflow threshold: "An overflow event is generated when a single transaction contains more than
 # 100,000 changes" (Overflow Events, Change Data Capture Developer Guide:
 # https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_other_events_overflow.htm;
-# docs/salesforce-pubsub-cdc.md, section 7)
+# docs/pubsub-cdc.md, section 7)
 OVERFLOW_THRESHOLD = 100_000
 
 

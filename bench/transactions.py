@@ -4,7 +4,7 @@ Salesforce: "An overflow event is generated when a single transaction contains m
 first 100,000 changes generate change events, the rest one GAP_OVERFLOW event an object, with no record id
 (Overflow Events, Change Data Capture Developer Guide:
 https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_other_events_overflow.htm;
-docs/salesforce-pubsub-cdc.md, section 7).
+docs/pubsub-cdc.md, section 7).
 
 - At the threshold (100,000 in Salesforce): every change is its own event and the events share one
   transactionKey. replicator keeps a transaction whole in one Postgres commit, so it holds all of it in memory

@@ -6,7 +6,7 @@ once (docs/design.md, principle 4); this module only asks "transient or terminal
 Backoff is exponential with *full jitter* (delay drawn from [0, min(cap, base * 2**n)]), which spreads the
 retries of many concurrent workers instead of having them hit a recovering server in lock step. API-limit
 errors (403 REQUEST_LIMIT_EXCEEDED) wait on a longer scale: the org's allowance is a rolling 24 h window
-(docs/salesforce-bulk-rest-oauth.md §2.1), so a retry after half a second only burns another call against an exhausted allowance.
+(docs/bulk-rest-oauth.md §2.1), so a retry after half a second only burns another call against an exhausted allowance.
 """
 
 from __future__ import annotations

@@ -247,7 +247,7 @@ class Service:
 
 async def _choose_mode(pubsub, name: str, configured: str) -> tuple[str, str]:
     """(mode, why) of an object: `poll` when configured; else `cdc` when its change-event topic exists (Pub/Sub
-    GetTopic answers NOT_FOUND for an entity not selected for Change Data Capture: docs/salesforce-pubsub-cdc.md
+    GetTopic answers NOT_FOUND for an entity not selected for Change Data Capture: docs/pubsub-cdc.md
     §4, "Topic unknown, or CDC not enabled for the entity"; docs/salesforce-coverage.md §2), else `poll` for
     `auto`, and a configuration error for `cdc`."""
     if configured == "poll":

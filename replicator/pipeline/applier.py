@@ -143,7 +143,7 @@ class BatchApplier:
 
     # ---- schema and fold --------------------------------------------------------------------------------
     async def follow_schema(self, changes: list) -> None:
-        """A new schema id means the object's fields changed (docs/salesforce-pubsub-cdc.md §5): add the
+        """A new schema id means the object's fields changed (docs/pubsub-cdc.md §5): add the
         columns now, even for fields no event has set yet, so the table always has every field Salesforce has."""
         new_schemas = {ch.schema_id for ch in changes if ch.schema_id} - self._schemas_seen
         if not new_schemas:

@@ -3,7 +3,7 @@
 Resumable: the job id is stored before any page is downloaded, and each page is recorded in the transaction
 that loads it. A restart continues the same job at the pages not yet committed while the job exists
 (Salesforce deletes terminal jobs after 7 days,
-docs/salesforce-bulk-rest-oauth.md §2.1); otherwise a new job starts, loaded through the
+docs/bulk-rest-oauth.md §2.1); otherwise a new job starts, loaded through the
 keyed upsert so rows already present are not duplicated.
 """
 

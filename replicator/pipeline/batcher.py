@@ -1,7 +1,7 @@
 """Cutting the event stream into batches, bounded by events and by time, never inside a transaction.
 
 A Salesforce transaction (all changes sharing a `transactionKey`) must be applied in one database
-transaction (docs/salesforce-pubsub-cdc.md §7). Events of one transaction arrive back to back, in commit order, so a
+transaction (docs/pubsub-cdc.md §7). Events of one transaction arrive back to back, in commit order, so a
 transaction is known complete when an event of another transaction or a keepalive follows it. The
 trailing transaction is held back until then, or until it has been idle for `hold_s` (its events were
 published together at commit, so a pause means it is over), so a quiet stream is not delayed forever.

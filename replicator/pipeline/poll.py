@@ -9,7 +9,7 @@
 - queryAll returns deleted records still in the recycle bin (`IsDeleted` true): they land soft-deleted (removed
   with `deletes = "hard"`). Records removed for good are only in getDeleted ("sObject Get Deleted", REST API
   Developer Guide, https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getdeleted.htm;
-  docs/salesforce-bulk-rest-oauth.md §3.5): applied as deletes at their deletedDate, from the window's start up to
+  docs/bulk-rest-oauth.md §3.5): applied as deletes at their deletedDate, from the window's start up to
   `latestDateCovered`, which Salesforce holds back while a transaction is in flight.
 - Each page commits with the position (topic `poll:<Object>` in replicator.checkpoints) in one transaction
   (docs/design.md, contract 4), so a crash repeats at most one page.
@@ -142,7 +142,7 @@ class ObjectPoller:
         """Records deleted since the last window (less the lookback: a delete can commit late too), applied as
         deletes at their deletedDate; the window's end (`latestDateCovered`) commits with them."""
         start = _at(through_ms - self.lookback_ms)
-        # Salesforce truncates the seconds of `end` (docs/salesforce-bulk-rest-oauth.md §3.5): an end of now would
+        # Salesforce truncates the seconds of `end` (docs/bulk-rest-oauth.md §3.5): an end of now would
         # cover only up to the current minute. The next minute's start covers what is committed now; the window
         # actually covered is `latestDateCovered`, which is what is stored.
         end = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)

@@ -86,7 +86,7 @@ def checker(pg_type: str) -> Callable[[str], None] | None:
 
 def check_header(header: list[str], spec: TableSpec) -> None:
     """The page's columns must be the table's, in order (API v50.0 and later return them in SELECT order,
-    docs/salesforce-bulk-rest-oauth.md §1.5)."""
+    docs/bulk-rest-oauth.md §1.5)."""
     want = [f.lower() for f in spec.fields]
     got = [h.lower() for h in header]
     if got != want:

@@ -45,8 +45,8 @@ PG_TYPES: dict[str, str] = {
     "time": "time",
 }
 
-# Compound fields are rejected by Bulk queries (docs/salesforce-bulk-rest-oauth.md §1.9): their components are
-# ordinary fields. base64 is not supported by Bulk API queries either (airbyte leaves it out, docs/salesforce-bulk-rest-oauth.md §1.8).
+# Compound fields are rejected by Bulk queries (docs/bulk-rest-oauth.md §1.9): their components are
+# ordinary fields. base64 is not supported by Bulk API queries either (airbyte leaves it out, docs/bulk-rest-oauth.md §1.8).
 SKIPPED_TYPES = frozenset({"address", "location", "base64"})
 
 # The record version of a bulk row, in order of preference (docs/design.md, contract 2).
@@ -103,7 +103,7 @@ def table_spec(
         if wanted is not None and f.name.lower() not in wanted:
             continue
         if f.calculated and f.name.lower() not in always:
-            # Formula fields are never in change events (docs/salesforce-pubsub-cdc.md §5): a copy could not keep them current.
+            # Formula fields are never in change events (docs/pubsub-cdc.md §5): a copy could not keep them current.
             continue
         if not _API_NAME.match(f.name):
             log.warning("schema.field_skipped", object=describe.name, field=f.name,
@@ -133,7 +133,7 @@ def _check_key(describe: ObjectDescribe, key_field: str) -> None:
     if key.type != "id" and not key.unique:
         # The key is the table's primary key: only a field Salesforce keeps unique can be one. An External ID
         # that is not also Unique (describe `externalId` without `unique`), or an `idLookup` field, can repeat,
-        # and the second record would replace the first one's row (docs/salesforce-bulk-rest-oauth.md §3.2;
+        # and the second record would replace the first one's row (docs/bulk-rest-oauth.md §3.2;
         # "Field", SOAP API Developer Guide, `unique`: https://developer.salesforce.com/docs/atlas.en-us.api.meta/
         # api/sforce_api_calls_describesobjects_describesobjectresult.htm).
         raise ConfigError(
@@ -161,7 +161,7 @@ def version_column(spec: TableSpec) -> str | None:
 
 
 def soql(spec: TableSpec) -> str:
-    """The Bulk query that extracts the table's columns (no ORDER BY: it disables PK chunking, docs/salesforce-bulk-rest-oauth.md §1.9)."""
+    """The Bulk query that extracts the table's columns (no ORDER BY: it disables PK chunking, docs/bulk-rest-oauth.md §1.9)."""
     return f"SELECT {', '.join(spec.fields)} FROM {spec.object}"
 
 

@@ -77,7 +77,7 @@ class ObjectStream:
                                 replay_id=(position or b"").hex(), action="subscribe again from the same position")
                     await _pause(stop, restart_delay(exc, 1))
                     continue
-                # Refused again without a replay-id error code (docs/salesforce-pubsub-cdc.md §4): the stored
+                # Refused again without a replay-id error code (docs/pubsub-cdc.md §4): the stored
                 # position is what Pub/Sub will not take. Same answer as an invalid replay id: resync, loudly.
                 log.error("stream.replay_position_refused", object=self.name, topic=self.topic, error=str(exc),
                           replay_id=(position or b"").hex(),

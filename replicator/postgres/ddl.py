@@ -9,7 +9,7 @@ STREAM_VERSION_COLUMN = "_sf_stream_version"
 # Set by the stream to that event's replay id; NULL when the row's version is its SystemModstamp (an extract).
 # Salesforce stamps whole seconds, so changes of one record often share a commit time: the replay id orders them.
 # Replay ids of one topic compare as bytes in delivery order (their first 8 bytes are a big-endian counter,
-# docs/salesforce-pubsub-cdc.md §3).
+# docs/pubsub-cdc.md §3).
 STREAM_POSITION_COLUMN = "_sf_stream_position"
 
 

@@ -14,7 +14,7 @@ letters with Postgres's reason, in the page's transaction (docs/design.md, contr
 twice is an inconsistency: the first row loads, every later one is a dead letter, in both modes (the staging
 table's key sends an upsert page with a repeated key the careful way).
 
-NUL bytes: Salesforce results hold them (docs/salesforce-bulk-rest-oauth.md §1.8), and COPY breaks on them
+NUL bytes: Salesforce results hold them (docs/bulk-rest-oauth.md §1.8), and COPY breaks on them
 (docs/baselines.md, "Salesforce-style CSV straight into COPY"). `strip_nul_chunks` removes them from CSV bytes, here at
 the COPY because the CSV never becomes Python values on the fast path; every route of Bulk CSV into Postgres uses it:
 this sink, the careful path's row checks (pipeline/backfill.py, so a value is checked as COPY will receive it), and

@@ -1,8 +1,8 @@
 """OAuth 2.0 against the Salesforce token endpoint: client credentials, JWT bearer, refresh token
-(docs/salesforce-bulk-rest-oauth.md §4).
+(docs/bulk-rest-oauth.md §4).
 
-Owns the current access token. Salesforce sends no `expires_in` (docs/salesforce-bulk-rest-oauth.md §4.1): a
-session ends after inactivity (docs/salesforce-bulk-rest-oauth.md §4.2), so the client reacts to 401
+Owns the current access token. Salesforce sends no `expires_in` (docs/bulk-rest-oauth.md §4.1): a
+session ends after inactivity (docs/bulk-rest-oauth.md §4.2), so the client reacts to 401
 INVALID_SESSION_ID by calling `refresh(stale)`, which is single-flight. Secrets never appear in a repr, a log
 line or an exception message.
 """
@@ -27,11 +27,11 @@ log = structlog.get_logger(__name__)
 FLOWS = ("client_credentials", "jwt_bearer", "refresh_token")
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 DEFAULT_AUDIENCE = "https://login.salesforce.com"
-# simple-salesforce signs assertions valid for 3 minutes (docs/salesforce-bulk-rest-oauth.md §4.1): long
+# simple-salesforce signs assertions valid for 3 minutes (docs/bulk-rest-oauth.md §4.1): long
 # enough for clock skew, short if leaked.
 JWT_LIFETIME_SECONDS = 180
 
-# What to fix, per OAuth error code (docs/salesforce-bulk-rest-oauth.md §4.1; "OAuth 2.0 Authorization
+# What to fix, per OAuth error code (docs/bulk-rest-oauth.md §4.1; "OAuth 2.0 Authorization
 # Errors", https://help.salesforce.com/s/articleView?id=xcloud.remoteaccess_oauth_flow_errors.htm&type=5).
 # Shown to the operator; never includes a secret.
 _HINTS = {
@@ -97,7 +97,7 @@ class Token:
     access_token: str
     instance_url: str
     issued_at: float  # epoch seconds
-    # The org id (`00D…`): Pub/Sub's `tenantid` header (docs/salesforce-pubsub-cdc.md §1). From the token
+    # The org id (`00D…`): Pub/Sub's `tenantid` header (docs/pubsub-cdc.md §1). From the token
     # response's identity URL `…/id/<orgId>/<userId>`, else from the access token itself, which Salesforce
     # issues as `<orgId>!…`.
     org_id: str | None = None
@@ -113,7 +113,7 @@ class Token:
 
 def jwt_assertion(creds: Credentials, *, now: float | None = None) -> str:
     """The RS256-signed JWT bearer assertion: iss = consumer key, sub = username, aud, exp
-    (docs/salesforce-bulk-rest-oauth.md §4.1)."""
+    (docs/bulk-rest-oauth.md §4.1)."""
     issued = int(time.time() if now is None else now)
     claims = {
         "iss": creds.client_id,
@@ -139,7 +139,7 @@ class TokenProvider:
         self._http = http
         self._lock = asyncio.Lock()
         self._current: Token | None = None
-        # Refresh-token rotation (docs/salesforce-bulk-rest-oauth.md §4.1): each refresh may issue a new
+        # Refresh-token rotation (docs/bulk-rest-oauth.md §4.1): each refresh may issue a new
         # refresh token and invalidate the old one.
         self._refresh_token = creds.refresh_token
         self.logins = 0  # token requests made, for tests and metrics
@@ -242,7 +242,7 @@ def org_id_of(identity_url: object, access_token: str = "") -> str | None:
 
 
 def _issued_at_seconds(value: object) -> float:
-    """`issued_at` is epoch milliseconds as a string (docs/salesforce-bulk-rest-oauth.md §4.1); fall back to
+    """`issued_at` is epoch milliseconds as a string (docs/bulk-rest-oauth.md §4.1); fall back to
     now."""
     try:
         return int(str(value)) / 1000.0

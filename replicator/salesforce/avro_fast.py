@@ -1,7 +1,7 @@
 """A schemaless Avro reader specialised per schema: Python source generated once per schema id, compiled with
 `compile()`, giving the same dict fastavro's `schemaless_reader` gives (writer schema only, no resolution).
 
-Why: a CDC record is mostly `["null", T]` unions (docs/salesforce-pubsub-cdc.md §5: every body field is optional,
+Why: a CDC record is mostly `["null", T]` unions (docs/pubsub-cdc.md §5: every body field is optional,
 and an UPDATE carries values only in its changed fields). In Avro's binary encoding a union is its branch index as a
 zig-zag varint long followed by the branch's value, and null is written as zero bytes (Avro 1.11.1 specification,
 "Binary Encoding", https://avro.apache.org/docs/1.11.1/specification/#binary-encoding): a null field of such a

@@ -1,10 +1,10 @@
-"""Bulk API 2.0 query jobs (docs/salesforce-bulk-rest-oauth.md §1): create, poll, list result pages, stream
+"""Bulk API 2.0 query jobs (docs/bulk-rest-oauth.md §1): create, poll, list result pages, stream
 each page's CSV.
 
 Pages are streamed: `PageStream.chunks()` yields decompressed bytes as they arrive, so a page is never held in
 memory (docs/design.md, Contracts 8). Every failure leaves this module as a `model` error; a network error in
 the middle of a page is a `TransientError`, and the caller re-fetches the whole page (locators are
-re-fetchable, docs/salesforce-bulk-rest-oauth.md §1.5).
+re-fetchable, docs/bulk-rest-oauth.md §1.5).
 """
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ from replicator.salesforce.errors import HTTPX_ERRORS, map_httpx_error
 
 log = structlog.get_logger(__name__)
 
-# Polling: 0.5 s first (airbyte's first poll, docs/salesforce-bulk-rest-oauth.md §5) growing ×1.5 to 10 s.
+# Polling: 0.5 s first (airbyte's first poll, docs/bulk-rest-oauth.md §5) growing ×1.5 to 10 s.
 # Small jobs finish in seconds; a large job can run for hours, and at 10 s a 24 h job costs ~8,600 calls of a
-# 100k+ daily allowance (docs/salesforce-bulk-rest-oauth.md §2.1).
+# 100k+ daily allowance (docs/bulk-rest-oauth.md §2.1).
 POLL_GROWTH = 1.5
 # Salesforce keeps a query job's results for 7 days, but a job still running after 24 h is stuck (airbyte #17148);
-# simple-salesforce and airbyte give up after the same 24 h (docs/salesforce-bulk-rest-oauth.md §5).
+# simple-salesforce and airbyte give up after the same 24 h (docs/bulk-rest-oauth.md §5).
 DEFAULT_JOB_TIMEOUT = 86400.0
 # zlib window bits for a gzip header and trailer (16 + 15): the trailer's CRC32 and length are checked.
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
 def job_from_json(data: dict[str, Any]) -> BulkJob:
-    """Job info JSON (docs/salesforce-bulk-rest-oauth.md §1.3) → BulkJob. `apiVersion` arrives as a JSON
+    """Job info JSON (docs/bulk-rest-oauth.md §1.3) → BulkJob. `apiVersion` arrives as a JSON
     number (58.0)."""
     api_version = data.get("apiVersion")
     return BulkJob(
@@ -63,7 +63,7 @@ def locator_of(url: str) -> str:
 
 def next_locator(header: str | None) -> str | None:
     """`Sforce-Locator`: the next page's locator, or None at the end (the literal "null", or absent;
-    docs/salesforce-bulk-rest-oauth.md §1.5)."""
+    docs/bulk-rest-oauth.md §1.5)."""
     if header is None or header.strip() in ("", "null"):
         return None
     return header.strip()
@@ -84,7 +84,7 @@ class PageStream:
         self.content_encoding: str = response.headers.get("Content-Encoding", "identity")
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Decompressed CSV bytes as they arrive (gzip or identity, docs/salesforce-bulk-rest-oauth.md §1.7).
+        """Decompressed CSV bytes as they arrive (gzip or identity, docs/bulk-rest-oauth.md §1.7).
         Network errors → TransientError.
 
         gzip is decoded here rather than by httpx, because httpx accepts a gzip stream that ends early: a body
@@ -161,7 +161,7 @@ class BulkClient:
         self, soql: str, *, all_rows: bool = True, column_delimiter: str = "COMMA", line_ending: str = "LF"
     ) -> BulkJob:
         """Create a query job: `queryAll` (deleted and archived rows too,
-        docs/salesforce-bulk-rest-oauth.md §1.2) unless `all_rows` is False.
+        docs/bulk-rest-oauth.md §1.2) unless `all_rows` is False.
 
         Not idempotent: when a create is retried after a lost response, an orphan job may run and expire.
         """
@@ -209,21 +209,21 @@ class BulkClient:
     async def _abort_quietly(self, job_id: str) -> None:
         try:
             await self.abort_job(job_id)
-        except Exception as exc:  # best effort: it expires after 7 days (docs/salesforce-bulk-rest-oauth.md §2.1)
+        except Exception as exc:  # best effort: it expires after 7 days (docs/bulk-rest-oauth.md §2.1)
             log.warning("bulk job abort failed", job_id=job_id, error=str(exc))
 
     async def abort_job(self, job_id: str) -> BulkJob:
-        """Abort a job that is UploadComplete or InProgress (docs/salesforce-bulk-rest-oauth.md §1.4)."""
+        """Abort a job that is UploadComplete or InProgress (docs/bulk-rest-oauth.md §1.4)."""
         return await self._job_call("PATCH", self._jobs(f"/{job_id}"), json={"state": "Aborted"})
 
     async def delete_job(self, job_id: str) -> None:
-        """Delete a terminal job and its results (204, empty body; docs/salesforce-bulk-rest-oauth.md §1.4)."""
+        """Delete a terminal job and its results (204, empty body; docs/bulk-rest-oauth.md §1.4)."""
         await self.client.request("DELETE", self._jobs(f"/{job_id}"))
         self._next = {k: v for k, v in self._next.items() if k[0] != job_id}
 
     async def result_pages(self, job_id: str, *, max_records: int | None = None) -> AsyncIterator[ResultPage]:
         """Every result page of a completed job, for concurrent download (`resultPages`, API v58+,
-        docs/salesforce-bulk-rest-oauth.md §1.6)."""
+        docs/bulk-rest-oauth.md §1.6)."""
         params = {"maxRecords": str(max_records)} if max_records else None
         url: str | None = self._jobs(f"/{job_id}/resultPages")
         while url:
@@ -233,7 +233,7 @@ class BulkClient:
                 result_url = entry["resultUrl"]
                 yield ResultPage(job_id=job_id, locator=locator_of(result_url), url=result_url)
             # The docs' element table says nextRecordUrl, their example nextRecordsUrl
-            # (docs/salesforce-bulk-rest-oauth.md §1.6): accept both.
+            # (docs/bulk-rest-oauth.md §1.6): accept both.
             next_url = data.get("nextRecordsUrl") or data.get("nextRecordUrl")
             if data.get("done", True) or not next_url:
                 return
@@ -242,14 +242,14 @@ class BulkClient:
     @asynccontextmanager
     async def open_page(self, page: ResultPage) -> AsyncIterator[PageStream]:
         """Open one page for streaming. Sends `Accept-Encoding: gzip` and accepts either encoding
-        (docs/salesforce-bulk-rest-oauth.md §1.7)."""
+        (docs/bulk-rest-oauth.md §1.7)."""
         async with self.client.stream("GET", page.url, headers={"Accept-Encoding": "gzip"}) as response:
             stream = PageStream(page, response)
             self._next[(page.job_id, page.locator)] = stream.next_locator
             yield stream
 
     async def pages_sequential(self, job_id: str, *, max_records: int | None = None) -> AsyncIterator[ResultPage]:
-        """Pages one after another by following `Sforce-Locator` (docs/salesforce-bulk-rest-oauth.md §1.5):
+        """Pages one after another by following `Sforce-Locator` (docs/bulk-rest-oauth.md §1.5):
         the fallback for API < 58.
 
         The next locator is known only once a page is fetched, so open each page (`open_page`) before asking

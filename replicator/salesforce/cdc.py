@@ -1,10 +1,10 @@
 """Change Data Capture decoding: Avro payload + header bitmaps → `model.StreamEvent` of `model.Change`s.
 
 Pure: no sockets, no gRPC. `pubsub.py` hands each delivered event here with the schema named by the event's
-*own* `schema_id` (docs/salesforce-pubsub-cdc.md §3: a schema change may insert a field in the middle, so a
+*own* `schema_id` (docs/pubsub-cdc.md §3: a schema change may insert a field in the middle, so a
 bitmap read against an older schema silently names the wrong fields; `SchemaCache` keys by id for that reason).
 
-Bitmaps (`changedFields`, `nulledFields`, `diffFields`) follow docs/salesforce-pubsub-cdc.md §6 ("Event
+Bitmaps (`changedFields`, `nulledFields`, `diffFields`) follow docs/pubsub-cdc.md §6 ("Event
 Deserialization Considerations", Pub/Sub API Developer Guide:
 https://developer.salesforce.com/docs/platform/pub-sub-api/guide/event-deserialization-considerations.html):
 an element `0x…` is a bitmap over the top-level fields (bit i, least significant = 0, names `schema.fields[i]`);
@@ -167,7 +167,7 @@ class CdcSchema:
 
 
 def decode_bitmap(bitmaps: list[str], schema: Mapping[str, Any] | FieldLayout | CdcSchema) -> list[str]:
-    """Field names of a bitmap array (docs/salesforce-pubsub-cdc.md §6): top-level names in position order,
+    """Field names of a bitmap array (docs/pubsub-cdc.md §6): top-level names in position order,
     then `Parent.Child` names by parent position and subfield position. Any element order, lowercase hex and
     odd digit counts are accepted. A malformed element, a nested element on a non-record field or a bit beyond
     the field count raises ValueError (the caller dead-letters the event)."""
@@ -324,7 +324,7 @@ def _change_event(
         fields = _full_body(record)
     elif change_type == "UPDATE":
         fields = _changed_body(record, cdc.bitmap_names(header["changedFields"]))
-    else:  # DELETE and GAP_*: header only (docs/salesforce-pubsub-cdc.md §5, §7)
+    else:  # DELETE and GAP_*: header only (docs/pubsub-cdc.md §5, §7)
         fields = {}
     changes = []
     for i, record_id in enumerate(header["recordIds"]):

@@ -1,5 +1,5 @@
 """The REST client: authenticated requests with one error mapping, retries, and the REST calls we use
-(docs/salesforce-bulk-rest-oauth.md §3).
+(docs/bulk-rest-oauth.md §3).
 
 Every Salesforce HTTP call of the program goes through `SalesforceClient.request` or `.stream`: they add the
 Bearer token, refresh it once on 401 INVALID_SESSION_ID, map errors once (`errors.py`) and retry transient
@@ -37,12 +37,12 @@ from replicator.salesforce.records import soql_datetime
 log = structlog.get_logger(__name__)
 
 # sObject Collections retrieve by POST takes at most 2,000 ids per call; more gives a 400
-# (docs/salesforce-bulk-rest-oauth.md §3.5; "Get Records With a Request Body Using sObject Collections",
+# (docs/bulk-rest-oauth.md §3.5; "Get Records With a Request Body Using sObject Collections",
 # https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_composite_sobjects_collections_retrieve_post.htm).
 RETRIEVE_BATCH = 2000
 
 # `api-usage=N/M`, alone or followed by `; api-bursts=…`, or with the pilot `per-app-api-usage=…`
-# (docs/salesforce-bulk-rest-oauth.md §2.1). The anchor keeps `per-app-api-usage=17/250` from matching as the
+# (docs/bulk-rest-oauth.md §2.1). The anchor keeps `per-app-api-usage=17/250` from matching as the
 # org's usage.
 _API_USAGE = re.compile(r"(?:^|[;,\s])api-usage=(\d+)/(\d+)")
 
@@ -270,11 +270,11 @@ class SalesforceClient:
 
     async def versions(self) -> list[dict]:
         """`GET /services/data/`: the API versions the org serves, oldest first
-        (docs/salesforce-bulk-rest-oauth.md §3.1)."""
+        (docs/bulk-rest-oauth.md §3.1)."""
         return list(await self._json("GET", "/services/data/") or [])
 
     async def describe_global(self) -> list[dict]:
-        """describeGlobal's `sobjects` entries (docs/salesforce-bulk-rest-oauth.md §3.1)."""
+        """describeGlobal's `sobjects` entries (docs/bulk-rest-oauth.md §3.1)."""
         data = await self._json("GET", "sobjects/")
         return list((data or {}).get("sobjects") or [])
 
@@ -285,7 +285,7 @@ class SalesforceClient:
     async def query(self, soql: str, *, all_rows: bool = False) -> AsyncIterator[dict]:
         """Records of a REST SOQL query (`queryAll` when `all_rows`, which includes deleted and archived rows),
         following `nextRecordsUrl` page by page (≤2,000 records each,
-        docs/salesforce-bulk-rest-oauth.md §3.4); `attributes` stripped."""
+        docs/bulk-rest-oauth.md §3.4); `attributes` stripped."""
         data = await self._json("GET", "queryAll" if all_rows else "query", params={"q": soql})
         while True:
             for record in data.get("records") or ():
@@ -296,7 +296,7 @@ class SalesforceClient:
             data = await self._json("GET", next_url)
 
     async def retrieve(self, object_name: str, ids: Sequence[str], fields: Sequence[str]) -> list[dict | None]:
-        """Full records by id via sObject Collections POST (docs/salesforce-bulk-rest-oauth.md §3.5), in the
+        """Full records by id via sObject Collections POST (docs/bulk-rest-oauth.md §3.5), in the
         order of `ids`; None for an id that is unknown or not readable. Calls are batched by 2,000 ids."""
         out: list[dict | None] = []
         for start in range(0, len(ids), RETRIEVE_BATCH):
@@ -318,10 +318,10 @@ class SalesforceClient:
         "latestDateCovered"}` for records deleted between `start` and `end` (UTC; Salesforce truncates their
         seconds; the last 15 days only). REST API Developer Guide, "sObject Get Deleted",
         https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getdeleted.htm
-        (docs/salesforce-bulk-rest-oauth.md §3.5)."""
+        (docs/bulk-rest-oauth.md §3.5)."""
         params = {"start": soql_datetime(start), "end": soql_datetime(end)}
         return dict(await self._json("GET", f"sobjects/{object_name}/deleted/", params=params) or {})
 
     async def limits(self) -> dict:
-        """`GET limits`: `{Name: {Max, Remaining}}` (docs/salesforce-bulk-rest-oauth.md §2.1)."""
+        """`GET limits`: `{Name: {Max, Remaining}}` (docs/bulk-rest-oauth.md §2.1)."""
         return dict(await self._json("GET", "limits") or {})

@@ -5,7 +5,7 @@ subfields `CompoundField.ComponentField` in the header bitmaps; the object's des
 fields under their own names (`BillingState`, `FirstName`, `Loc__Latitude__s`) with `compoundFieldName` set.
 "Get Compound Fields in Change Events", Change Data Capture Developer Guide:
 https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_subscribe_compound_fields.htm
-(docs/salesforce-pubsub-cdc.md §5, §6). Pure functions.
+(docs/pubsub-cdc.md §5, §6). Pure functions.
 """
 
 from __future__ import annotations

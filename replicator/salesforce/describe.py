@@ -1,4 +1,4 @@
-"""REST describe JSON → `model.ObjectDescribe` / `model.FieldSpec` (docs/salesforce-bulk-rest-oauth.md §3.2).
+"""REST describe JSON → `model.ObjectDescribe` / `model.FieldSpec` (docs/bulk-rest-oauth.md §3.2).
 Pure functions, no I/O."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 "Sending Data Differences for Fields of Updated Records"
 (https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_data_diff.htm;
-docs/salesforce-pubsub-cdc.md §6): for an update of a large text field Salesforce may send, instead of the
+docs/pubsub-cdc.md §6): for an update of a large text field Salesforce may send, instead of the
 value, `"--- \\n+++ <SHA-256 hex of the new value>\\n@@ -a,b +c,d @@\\n-old line\\n+new line…"`, computed per
 line of the value. The new value is the stored value with the hunks applied; its SHA-256 must equal the one sent
 ("How to Reconstruct a Field from Its Diff Value" and "Considerations for Newline Characters and Computing the

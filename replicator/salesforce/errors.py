@@ -25,7 +25,7 @@ from replicator.model import (
 )
 
 # 420 is what the Salesforce edge answers while an org "is setting things up" and 429 is throttling: airbyte
-# retries both (docs/salesforce-bulk-rest-oauth.md §2.2). 408 Request Timeout means the server gave up waiting
+# retries both (docs/bulk-rest-oauth.md §2.2). 408 Request Timeout means the server gave up waiting
 # for the request, so sending it again may succeed (RFC 9110 §15.5.9, https://www.rfc-editor.org/rfc/rfc9110#name-408-request-timeout).
 # 5xx is retried as a rule.
 TRANSIENT_STATUSES = frozenset({408, 420, 429})
@@ -71,7 +71,7 @@ HTTPX_ERRORS: tuple[type[BaseException], ...] = (
 
 def error_body(response: httpx.Response) -> tuple[str | None, str]:
     """(errorCode, message) from a REST error body: an array `[{errorCode, message}]`
-    (docs/salesforce-bulk-rest-oauth.md §2.2), a single object, or an OAuth `{error, error_description}`.
+    (docs/bulk-rest-oauth.md §2.2), a single object, or an OAuth `{error, error_description}`.
     Falls back to a short excerpt of the raw text."""
     try:
         data: Any = orjson.loads(response.content) if response.content else None
@@ -142,7 +142,7 @@ def _normal(code: str) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # Pub/Sub API (gRPC). Plain strings here so this module does not import grpc: `pubsub.py` hands over the
-# status name, the details and the `error-code` trailer (docs/salesforce-pubsub-cdc.md §4). Every
+# status name, the details and the `error-code` trailer (docs/pubsub-cdc.md §4). Every
 # grpc.StatusCode has a row; tests/salesforce/test_sf_pubsub_errors.py fails when grpc grows one that is not
 # classified.
 #   transient: reconnect with backoff. auth: refresh the token once. terminal: stop the object.

@@ -1,4 +1,4 @@
-"""The Pub/Sub API subscriber (gRPC, docs/salesforce-pubsub-cdc.md §1–4): auth metadata, flow control,
+"""The Pub/Sub API subscriber (gRPC, docs/pubsub-cdc.md §1–4): auth metadata, flow control,
 reconnects, decoding.
 
 `PubSubClient.subscribe(topic, replay_id=…)` gives a `Subscription`, an async iterator of `model.StreamEvent`:
@@ -40,13 +40,13 @@ from replicator.salesforce.errors import map_grpc_status
 log = structlog.get_logger(__name__)
 
 # At most 100 events may be outstanding per Subscribe call; the server silently caps larger requests
-# (docs/salesforce-pubsub-cdc.md §3).
+# (docs/pubsub-cdc.md §3).
 MAX_PENDING_LIMIT = 100
-# An event is at most 1 MB (docs/salesforce-pubsub-cdc.md §9) and one FetchResponse may carry every owed
+# An event is at most 1 MB (docs/pubsub-cdc.md §9) and one FetchResponse may carry every owed
 # event: 100 × 1 MB plus framing. gRPC's default 4 MB receive limit would fail the stream (RESOURCE_EXHAUSTED)
 # on a batch of large events.
 MAX_RECEIVE_BYTES = 110 * 1024 * 1024
-# The server sends a keepalive within 270 s while events are owed (docs/salesforce-pubsub-cdc.md §3); silence
+# The server sends a keepalive within 270 s while events are owed (docs/pubsub-cdc.md §3); silence
 # well past that means a dead connection that TCP has not noticed yet, so the subscriber reconnects.
 STALL_TIMEOUT_S = 330.0
 
@@ -57,7 +57,7 @@ TokenSource = Any  # a TokenProvider (token() / refresh(stale)), or a callable r
 
 def grpc_error(exc: grpc.aio.AioRpcError, what: str, rpc: str = "") -> ReplicatorError:
     """The model error for a failed RPC, with the Salesforce `error-code` trailer
-    (docs/salesforce-pubsub-cdc.md §4)."""
+    (docs/pubsub-cdc.md §4)."""
     error_code = None
     for key, value in exc.trailing_metadata() or ():
         if key == "error-code":
@@ -142,7 +142,7 @@ class PubSubClient:
         return self._stub
 
     def metadata(self, token: Token) -> tuple[tuple[str, str], ...]:
-        """The three auth headers of every RPC (docs/salesforce-pubsub-cdc.md §1)."""
+        """The three auth headers of every RPC (docs/pubsub-cdc.md §1)."""
         tenant = self._tenant_id or token.org_id or org_id_of(None, token.access_token)
         if not tenant:
             raise ConfigError("the org id is unknown: set tenant_id (the 00D… org id)", code="tenant_id")
@@ -214,7 +214,7 @@ class PubSubClient:
         """The stream's position now, for a handoff: subscribe at LATEST and take the first thing the server
         sends, a keepalive's `latest_replay_id` or the replay id of an event committed after this call began.
         None when nothing arrives within `timeout` (Salesforce sends a keepalive within 270 s,
-        docs/salesforce-pubsub-cdc.md §3)."""
+        docs/pubsub-cdc.md §3)."""
         sub = Subscription(self, topic, None, 1, latest=True)
         try:
             await sub.wait_ready(timeout)
@@ -227,7 +227,7 @@ class PubSubClient:
 class Subscription:
     """An async iterator of StreamEvent over one topic, resubscribing transparently after transient failures.
 
-    Flow control (docs/salesforce-pubsub-cdc.md §3): at most `max_pending` events are ever queued here or owed
+    Flow control (docs/pubsub-cdc.md §3): at most `max_pending` events are ever queued here or owed
     by the server together. A FetchRequest asks only for the free room, and only once the consumer has taken
     events out. Reconnects resume CUSTOM after the last event received (queued events are kept), so nothing is
     lost or delivered twice by this side. Errors: ReplayIdInvalidError / TerminalError / AuthError at once;
@@ -244,7 +244,7 @@ class Subscription:
         self.topic = topic
         self._start = replay_id or None
         self._latest = latest  # first request LATEST (only for current_position)
-        # events owed by the server: at most this (Salesforce's cap is 100, docs/salesforce-pubsub-cdc.md §3)
+        # events owed by the server: at most this (Salesforce's cap is 100, docs/pubsub-cdc.md §3)
         self._max = max_pending
         # events held here plus owed: at most this. A buffer larger than max_pending lets the server keep
         # sending while the consumer is busy (applying a batch) without ever owing more than max_pending.
@@ -430,7 +430,7 @@ class Subscription:
             if free > 0 and (first or starving or free >= self._threshold):
                 request = pb.FetchRequest(topic_name=self.topic, num_requested=free)
                 # replay options are honoured only on the first request of a call
-                # (docs/salesforce-pubsub-cdc.md §3)
+                # (docs/pubsub-cdc.md §3)
                 if first:
                     if position:
                         request.replay_preset = pb.ReplayPreset.CUSTOM
@@ -452,7 +452,7 @@ class Subscription:
 
     async def _accept(self, response: Any) -> None:
         if not response.events:
-            # Keepalive: the position may be ahead of our last event (docs/salesforce-pubsub-cdc.md §3 "replay
+            # Keepalive: the position may be ahead of our last event (docs/pubsub-cdc.md §3 "replay
             # tightening"). Consecutive keepalives collapse into the newest, so a slow consumer does not pile
             # them up.
             if response.latest_replay_id:

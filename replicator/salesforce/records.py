@@ -22,7 +22,7 @@ RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 # Ids per query. The SOQL travels in the URL (`GET …/queryAll?q=`), and Salesforce refuses a URI over 16,384
 # bytes with 414 ("Status Codes and Error Responses",
 # https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm;
-# docs/salesforce-bulk-rest-oauth.md §2.1). An id costs at most 28 bytes URL-encoded (`%2718…%27%2C+`): 200
+# docs/bulk-rest-oauth.md §2.1). An id costs at most 28 bytes URL-encoded (`%2718…%27%2C+`): 200
 # ids are ~5.6 KB, leaving ~10 KB for the SELECT list. More ids per call would save calls but fail on wide
 # objects; the field list is not part of this budget check.
 IDS_PER_QUERY = 200
@@ -68,7 +68,7 @@ async def records_by_id(
     `include_deleted` uses queryAll, which also returns deleted records (`IsDeleted` true, while they are in the
     recycle bin) and archived ones ("QueryAll",
     https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_queryall.htm;
-    docs/salesforce-bulk-rest-oauth.md §3.4). An id that is not a record id is refused: it is never queried and
+    docs/bulk-rest-oauth.md §3.4). An id that is not a record id is refused: it is never queried and
     never in the result, like an id the org does not have. Keys are the ids Salesforce returns (18 characters).
     `object_name` and `fields` must be API names from describe: they are spliced as they are.
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 # Change types (the `changeType` enum of ChangeEventHeader). Gap events carry a header only; the subscriber
 # fetches the records by id. "Gap Events", Change Data Capture Developer Guide:
 # https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_other_events_gap.htm
-# (docs/salesforce-pubsub-cdc.md §7).
+# (docs/pubsub-cdc.md §7).
 GAP_CREATE = "GAP_CREATE"
 GAP_UPDATE = "GAP_UPDATE"
 GAP_DELETE = "GAP_DELETE"
@@ -22,7 +22,7 @@ GAP_OVERFLOW = "GAP_OVERFLOW"
 
 # Change types whose body carries the whole record ("Change Event Body Fields":
 # https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_event_fields_body.htm,
-# docs/salesforce-pubsub-cdc.md §5 "Body contents per change type").
+# docs/pubsub-cdc.md §5 "Body contents per change type").
 FULL_BODY_TYPES = frozenset({"CREATE", "UNDELETE"})
 
 # Fields a change event never carries although they are on the record: IsDeleted and SystemModstamp (the stream
@@ -40,7 +40,7 @@ EMPTY_RECORD_ID = "000000000000000AAA"
 # A field type conversion that loses data gives a wildcard record id such as `001*`: every record of the
 # object whose id starts with the key prefix ("ChangeEventHeader Fields", `recordIds`:
 # https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_event_fields_header.htm,
-# docs/salesforce-pubsub-cdc.md §5).
+# docs/pubsub-cdc.md §5).
 WILDCARD = "*"
 
 
@@ -48,7 +48,7 @@ def topic_for(object_name: str) -> str:
     """The object's change event channel: `/data/AccountChangeEvent`; a custom object drops the `c` of `__c`:
     `Invoice__c` → `/data/Invoice__ChangeEvent`. "Subscription Channels", Change Data Capture Developer Guide:
     https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_subscribe_channels.htm
-    (docs/salesforce-pubsub-cdc.md §5)."""
+    (docs/pubsub-cdc.md §5)."""
     base = object_name[:-1] if object_name.endswith("__c") else object_name
     return f"/data/{base}ChangeEvent"
 

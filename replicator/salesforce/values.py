@@ -6,11 +6,11 @@ asyncpg sends for it. Pure functions.
 Units of change events: datetime fields are epoch milliseconds ("Differences Between Change Events Received
 with Streaming API vs. Pub/Sub API",
 https://developer.salesforce.com/docs/atlas.en-us.api_streaming.meta/api_streaming/cdc_event_diff_pubsub_cometd.htm;
-docs/salesforce-pubsub-cdc.md §5). Salesforce does not state the units of date and time fields
-(docs/salesforce-pubsub-cdc.md §10, item 4); we read, as the simulator writes: date = epoch milliseconds at
+docs/pubsub-cdc.md §5). Salesforce does not state the units of date and time fields
+(docs/pubsub-cdc.md §10, item 4); we read, as the simulator writes: date = epoch milliseconds at
 UTC midnight, time = milliseconds since midnight.
 
-NUL: text from Salesforce can hold NUL characters (they occur in real results, docs/salesforce-bulk-rest-oauth.md
+NUL: text from Salesforce can hold NUL characters (they occur in real results, docs/bulk-rest-oauth.md
 §1.8), and Postgres can store NUL in neither `text` nor `jsonb` (docs/baselines.md, "Salesforce-style CSV straight
 into COPY"): a value that keeps it is refused, and so is a dead letter that quotes it. `strip_nul` is the one place
 a Salesforce value loses its NULs on its way to a Python value, whichever API brought it: change events (Avro),
@@ -74,7 +74,7 @@ def decode_avro_value(value: Any, pg_type: str) -> Any:
 def decode_rest_value(value: Any, pg_type: str) -> Any:
     """A REST JSON value (query, queryAll, sObject Collections retrieve) → the Python value for `pg_type`.
 
-    REST sends datetimes as `2013-05-08T21:20:00.000+0000` (docs/salesforce-bulk-rest-oauth.md §3.5), dates as
+    REST sends datetimes as `2013-05-08T21:20:00.000+0000` (docs/bulk-rest-oauth.md §3.5), dates as
     `2024-05-01`, times as `08:30:00.000Z`; `…Z` datetimes are accepted too. An empty string is no value.
     """
     if value is None or value == "":

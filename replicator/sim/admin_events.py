@@ -200,7 +200,7 @@ async def post_changes(request: web.Request) -> web.Response:
         raw_items, separate, delay = _options(orjson.loads(await request.read()))
         items = [_item(state.org, raw, state.faults.whole_seconds) for raw in raw_items]
         capture.validate(items)
-    except DuplicateValue as exc:  # the REST error shape (docs/salesforce-bulk-rest-oauth.md §2.2)
+    except DuplicateValue as exc:  # the REST error shape (docs/bulk-rest-oauth.md §2.2)
         return json_ok([{"message": str(exc), "errorCode": "DUPLICATE_VALUE", "fields": []}], status=400)
     except (orjson.JSONDecodeError, ChangeError, ValueError) as exc:
         return json_ok({"error": str(exc)}, status=400)

@@ -1,26 +1,26 @@
 """Avro schemas of change events and platform events in Salesforce's shape, and their binary encoding.
 
-Shape (docs/salesforce-pubsub-cdc.md §5, modelled on the captured Account schema that the tests keep in
+Shape (docs/pubsub-cdc.md §5, modelled on the captured Account schema that the tests keep in
 tests/salesforce/data/AccountChangeEvent.v1.avsc): record `<Object>ChangeEvent` (custom objects:
 `<Name>__ChangeEvent`) in namespace `com.sforce.eventbus`; field 0 is the non-null `ChangeEventHeader` record (the
-12 fields of the header table in docs/salesforce-pubsub-cdc.md §5); then every replicated field in describe order
+12 fields of the header table in docs/pubsub-cdc.md §5); then every replicated field in describe order
 as `["null", T]` with default null and a `doc` tag (`Data:Text`, `CreatedDate:DateTime`, custom fields
-`Data:Text:00N…`). Never included (docs/salesforce-pubsub-cdc.md §5): Id (it is in `recordIds`), IsDeleted,
+`Data:Text:00N…`). Never included (docs/pubsub-cdc.md §5): Id (it is in `recordIds`), IsDeleted,
 SystemModstamp, calculated (formula) fields, LastActivityDate and LastViewedDate.
 A compound address is one field `["null", Address{Street, City, State, PostalCode, Country, StateCode,
 CountryCode, Latitude, Longitude, Xyz, GeocodeAccuracy}]` at the position of its first component (where the
 captured schema has it); the first one defines the named record `Address`, later ones refer to it by name.
 Contact's Name is `["null", PersonName{Salutation, FirstName, LastName, MiddleName, InformalName, Suffix}]`
 (doc `Data:PersonName`; the subfields of the captured Account schema's Switchable_PersonName, without its
-string branch: docs/salesforce-pubsub-cdc.md §5), also at the position of its first component. Component fields
+string branch: docs/pubsub-cdc.md §5), also at the position of its first component. Component fields
 (BillingStreet…, FirstName…) are not Avro fields of their own, nor is the computed Name string.
 
-Value encoding: datetime -> epoch milliseconds (docs/salesforce-pubsub-cdc.md §5, confirmed); the units of
-DateOnly and TimeOnly are not documented (docs/salesforce-pubsub-cdc.md §10, question 4), and this simulator
+Value encoding: datetime -> epoch milliseconds (docs/pubsub-cdc.md §5, confirmed); the units of
+DateOnly and TimeOnly are not documented (docs/pubsub-cdc.md §10, question 4), and this simulator
 DECIDES: **DateOnly = epoch milliseconds at UTC midnight; TimeOnly = milliseconds since midnight**.
 
 Schema id: the first 16 bytes of SHA-256 over the schema JSON, URL-safe base64 without padding (22 characters,
-like `I8b-dYxvxs5wOtCBr4qsew`, docs/salesforce-pubsub-cdc.md §2).
+like `I8b-dYxvxs5wOtCBr4qsew`, docs/pubsub-cdc.md §2).
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ CHANGE_TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE", "GAP_CREATE", "GAP_UPD
                 "GAP_UNDELETE", "GAP_OVERFLOW")
 ADDRESS_PARTS = ("Street", "City", "State", "PostalCode", "Country", "StateCode", "CountryCode", "Latitude",
                  "Longitude", "Xyz", "GeocodeAccuracy")
-# The person-name record, in the order of the captured Switchable_PersonName (docs/salesforce-pubsub-cdc.md §5)
+# The person-name record, in the order of the captured Switchable_PersonName (docs/pubsub-cdc.md §5)
 PERSON_NAME_PARTS = ("Salutation", "FirstName", "LastName", "MiddleName", "InformalName", "Suffix")
 # compound kind -> (named record, its subfields, doc tag)
 COMPOUNDS = {"address": ("Address", ADDRESS_PARTS, "Data:Address"),
              "personname": ("PersonName", PERSON_NAME_PARTS, "Data:PersonName")}
-# Fields change events never include (docs/salesforce-pubsub-cdc.md §5); the Id travels in recordIds.
+# Fields change events never include (docs/pubsub-cdc.md §5); the Id travels in recordIds.
 # LastActivityDate and LastViewedDate are absent from the captured Account schema too
 # (tests/salesforce/data/AccountChangeEvent.v1.avsc): they change without an event (docs/salesforce-coverage.md §2).
 NEVER_INCLUDED = {"Id", "IsDeleted", "SystemModstamp", "LastActivityDate", "LastViewedDate"}
@@ -90,7 +90,7 @@ def schema_id_of(schema_json: str) -> str:
 
 
 def event_name(object_name: str) -> str:
-    """AccountChangeEvent; Invoice__c -> Invoice__ChangeEvent (docs/salesforce-pubsub-cdc.md §5)."""
+    """AccountChangeEvent; Invoice__c -> Invoice__ChangeEvent (docs/pubsub-cdc.md §5)."""
     return (object_name[:-3] + "__" if object_name.endswith("__c") else object_name) + "ChangeEvent"
 
 
@@ -140,7 +140,7 @@ class Slot:
 
 
 def _record_type(kind: str) -> dict:
-    """The named record of a compound kind, as the captured schema spells it (docs/salesforce-pubsub-cdc.md §5)."""
+    """The named record of a compound kind, as the captured schema spells it (docs/pubsub-cdc.md §5)."""
     name, parts = COMPOUNDS[kind][0], COMPOUNDS[kind][1]
     return {"type": "record", "name": name, "fields": [
         {"name": p, "type": ["null", "double" if p in ("Latitude", "Longitude") else "string"], "default": None}
@@ -234,10 +234,10 @@ class ChangeEventSchema:
         return buf.getvalue()
 
     def bitmap(self, names: list[str]) -> list[str]:
-        """Bitmap strings naming `names` (stored field names; docs/salesforce-pubsub-cdc.md §6): element 0
+        """Bitmap strings naming `names` (stored field names; docs/pubsub-cdc.md §6): element 0
         `0x…` over top-level positions, then `"{pos}-0x…"` per compound whose subfields are named. A subfield
         change sets only the nested element, not the compound's own top-level bit (worked example 2 of
-        docs/salesforce-pubsub-cdc.md §6). Empty list for no names."""
+        docs/pubsub-cdc.md §6). Empty list for no names."""
         if not names:
             return []
         top = 0
@@ -255,7 +255,7 @@ class ChangeEventSchema:
 
 def hex_bits(value: int) -> str:
     """Uppercase, zero-padded to whole bytes like Salesforce's examples `0x400080`, `0x06`
-    (docs/salesforce-pubsub-cdc.md §6)."""
+    (docs/pubsub-cdc.md §6)."""
     text = format(value, "X")
     return "0x" + ("0" + text if len(text) % 2 else text)
 

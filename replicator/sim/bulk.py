@@ -1,9 +1,9 @@
-"""Bulk API 2.0 query HTTP endpoints (docs/salesforce-bulk-rest-oauth.md §1.1): create, list, info, abort,
+"""Bulk API 2.0 query HTTP endpoints (docs/bulk-rest-oauth.md §1.1): create, list, info, abort,
 delete, results, resultPages.
 
 Result pages are byte ranges of the job's rendered file with the header line prepended
-(docs/salesforce-bulk-rest-oauth.md §1.5, §1.8), streamed in 1 MiB reads; gzip when the request's
-Accept-Encoding includes gzip (docs/salesforce-bulk-rest-oauth.md §1.7).
+(docs/bulk-rest-oauth.md §1.5, §1.8), streamed in 1 MiB reads; gzip when the request's
+Accept-Encoding includes gzip (docs/bulk-rest-oauth.md §1.7).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ READ_CHUNK = 1 << 20
 # "Up to five URIs" per response: Get Parallel Results for a Query Job,
 # https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/query_get_parallel_job_results.htm
 RESULT_PAGES_PER_CALL = 5
-# At most 1,000 jobs per list call: Get Information About All Query Jobs (docs/salesforce-bulk-rest-oauth.md §1.4)
+# At most 1,000 jobs per list call: Get Information About All Query Jobs (docs/bulk-rest-oauth.md §1.4)
 LIST_PAGE = 1000
 
 
@@ -41,11 +41,11 @@ def _job(request: web.Request) -> Job:
 
 
 def _completed(request: web.Request, job: Job) -> None:
-    # A different API version than the job's returns 409 (docs/salesforce-bulk-rest-oauth.md §1.5, §1.6).
+    # A different API version than the job's returns 409 (docs/bulk-rest-oauth.md §1.5, §1.6).
     if _version(request) != job.api_version:
         raise JobError(409, "API_ERROR", f"Job {job.id} was created with API version {job.api_version}; use the "
                                          "same version to get its results")
-    if job.state != "JobComplete":  # 412 JOB_NOT_COMPLETE (docs/salesforce-bulk-rest-oauth.md §1.5)
+    if job.state != "JobComplete":  # 412 JOB_NOT_COMPLETE (docs/bulk-rest-oauth.md §1.5)
         raise JobError(412, "JOB_NOT_COMPLETE", "can only download query results of successfully completed bulk "
                                                 f"job with status: JOB_COMPLETE. Current status: {job.wire_state()}")
 
@@ -65,7 +65,7 @@ async def create_job(request: web.Request) -> web.Response:
     except JobError as exc:
         return _error(exc)
     state.jobs_created += 1
-    # The status is not documented (docs/salesforce-bulk-rest-oauth.md §1.3); clients accept any below 300.
+    # The status is not documented (docs/bulk-rest-oauth.md §1.3); clients accept any below 300.
     return json_ok(job.info(False, state.user_id))
 
 
@@ -109,7 +109,7 @@ async def patch_job(request: web.Request) -> web.Response:
         request.app[JOBS].abort(job)
     except JobError as exc:
         return _error(exc)
-    return json_ok(job.info(False, state.user_id))  # 200 with the job body (docs/salesforce-bulk-rest-oauth.md §1.4)
+    return json_ok(job.info(False, state.user_id))  # 200 with the job body (docs/bulk-rest-oauth.md §1.4)
 
 
 async def delete_job(request: web.Request) -> web.Response:
@@ -123,7 +123,7 @@ async def delete_job(request: web.Request) -> web.Response:
 def _max_records(request: web.Request, default: int) -> int:
     raw = request.query.get("maxRecords")
     if raw is None:
-        return default  # omitted: a service default, configurable here (docs/salesforce-bulk-rest-oauth.md §1.5)
+        return default  # omitted: a service default, configurable here (docs/bulk-rest-oauth.md §1.5)
     if not raw.isdigit() or int(raw) < 1:
         raise JobError(400, "INVALIDMAXRECORDS", f"Invalid maxRecords: {raw}")
     return int(raw)
@@ -189,7 +189,7 @@ async def results(request: web.Request) -> web.StreamResponse:
 
 async def result_pages(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if _version(request) < 58.0:  # available since v58.0 (docs/salesforce-bulk-rest-oauth.md §1.6)
+    if _version(request) < 58.0:  # available since v58.0 (docs/bulk-rest-oauth.md §1.6)
         return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
     try:
         job = _job(request)

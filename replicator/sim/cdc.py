@@ -9,25 +9,25 @@ always agree. Rules every change follows (the client relies on them):
   soft-deleted records with no event, no commit of its own and no new SystemModstamp (changes.py has the
   Salesforce rules); neither Bulk, REST nor the ground truth sees a removed record again;
 - CREATE carries every field (changedFields empty); UPDATE carries only its changed fields, with bitmaps as in
-  docs/salesforce-pubsub-cdc.md §6 (a nulled field is in both changedFields and nulledFields); with the
+  docs/pubsub-cdc.md §6 (a nulled field is in both changedFields and nulledFields); with the
   `diff_fields` knob on, a large text value of a single-record UPDATE may travel as a unified diff, listed in
   diffFields as well as changedFields (diffs.py has the rules); with it off (the default) full values are sent;
 - one item of a transaction is one event, even when it names several records (recordIds has them all, the
   body is shared); events of a transaction share transactionKey, commitTimestamp and commitNumber, and
   sequenceNumber counts 1, 2, … in the order published; commitNumber increases per transaction;
 - an event whose encoding exceeds `gap_event_bytes` (or an item with force_gap) becomes GAP_<type>: header
-  only, all bitmaps empty (docs/salesforce-pubsub-cdc.md §7);
+  only, all bitmaps empty (docs/pubsub-cdc.md §7);
 - values the org computes follow their inputs in the store (derived.py: Contact's Name, formula fields), and a
-  formula is never in an event (docs/salesforce-pubsub-cdc.md §5);
+  formula is never in an event (docs/pubsub-cdc.md §5);
 - `touch` changes fields that change without an event (LastActivityDate, LastViewedDate): no event, and
   SystemModstamp and LastModifiedDate stay as they were (this simulator's choice: viewing a record or logging an
   activity is not an edit of it), so only a comparison of values can see it (docs/salesforce-coverage.md §2);
 - entity selection (docs/salesforce-coverage.md §2, §4): only selected objects publish change events; a change to
   any other object changes the store (new SystemModstamp, LastModifiedDate) and publishes nothing, and its
   `/data/<Object>ChangeEvent` topic does not exist (GetTopic and Subscribe answer NOT_FOUND `topic.not.found`,
-  docs/salesforce-pubsub-cdc.md §4). The default selection is every object but polled.POLLED_OBJECTS;
+  docs/pubsub-cdc.md §4). The default selection is every object but polled.POLLED_OBJECTS;
   `select` replaces it (`--cdc-objects`, `PUT /__sim/cdc`);
-- overflow (docs/salesforce-pubsub-cdc.md §7): a transaction counts 1 per created/deleted/undeleted record and
+- overflow (docs/pubsub-cdc.md §7): a transaction counts 1 per created/deleted/undeleted record and
   1 per changed field of each updated record; once the count would pass `overflow_threshold`, that change and
   every later one of the transaction still change the store but publish nothing, and the transaction ends with
   one GAP_OVERFLOW per entity (recordIds ["000000000000000AAA"]).
@@ -53,8 +53,8 @@ from .schema import SILENT_FIELDS, FieldSpec
 from .store import ObjectStore, OrgStore
 
 __all__ = ["TYPES", "ChangeCapture", "ChangeError", "ChangeItem", "CommitResult"]
-EMPTY_RECORD_ID = "000000000000000AAA"  # docs/salesforce-pubsub-cdc.md §7: recordIds of a GAP_OVERFLOW event
-# The SCN magnitude of the documented example (commitNumber in docs/salesforce-pubsub-cdc.md §5).
+EMPTY_RECORD_ID = "000000000000000AAA"  # docs/pubsub-cdc.md §7: recordIds of a GAP_OVERFLOW event
+# The SCN magnitude of the documented example (commitNumber in docs/pubsub-cdc.md §5).
 FIRST_COMMIT_NUMBER = 72_657_170_000
 NOT_SETTABLE = {"Id", "IsDeleted", "CreatedDate", "LastModifiedDate", "SystemModstamp"}
 ADDABLE_TYPES = {"string", "textarea", "picklist", "multipicklist", "email", "phone", "url", "boolean", "int",

@@ -15,7 +15,7 @@ undeleted by the next; nothing may follow its removal).
 
 Unique fields (describe `unique: true`, unique.py): a CREATE or UPDATE that gives one a value another live record
 holds is refused with DUPLICATE_VALUE, worded as Salesforce words it ("duplicate value found: <field> duplicates
-value on record with id: <id>"; the error shape of docs/salesforce-bulk-rest-oauth.md §2.2). A transaction is
+value on record with id: <id>"; the error shape of docs/bulk-rest-oauth.md §2.2). A transaction is
 judged by its end state, so values swapped or passed along a chain inside one request are allowed. A soft-deleted
 record holds no value a live one may not take, so an UNDELETE whose value a live record took meanwhile is
 refused the same way (this simulator's reading of the Recycle Bin). A CREATE that gives a unique field no value

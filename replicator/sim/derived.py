@@ -8,7 +8,7 @@ change (cdc.py): clients read them (Bulk, REST, ground truth) but never set them
   "Mr. John Middleton Doe The 3rd Jo"), without the informal name, which this org never sets.
 - Opportunity `Expected_Revenue__c`, a formula: Amount x Probability / 100, rounded to its 2 decimal places, null
   when either input is null (describe's formulaTreatNullNumberAsZero is false). Formula fields are never in
-  change events (docs/salesforce-pubsub-cdc.md §5; docs/salesforce-coverage.md §2), so it changes in the org's
+  change events (docs/pubsub-cdc.md §5; docs/salesforce-coverage.md §2), so it changes in the org's
   records, Bulk and REST results, but never appears in an event.
 """
 

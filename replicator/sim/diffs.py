@@ -3,7 +3,7 @@
 Salesforce may send an updated text value as a unified diff instead of the whole value, and lists the field in
 the header's `diffFields` ("Sending Data Differences for Fields of Updated Records",
 https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_data_diff.htm;
-docs/salesforce-pubsub-cdc.md §6 "diffFields contents"). The field then holds (Pub/Sub API form of "Data
+docs/pubsub-cdc.md §6 "diffFields contents"). The field then holds (Pub/Sub API form of "Data
 Differences in Event Fields", https://developer.salesforce.com/docs/platform/change-data-capture/guide/cdc-data-diff-event-fields.html):
 
     "--- \\n+++ <SHA-256 hex of the full new value>\\n@@ -2,1 +2,1 @@\\n-old line\\n+new line"

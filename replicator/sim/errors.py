@@ -1,5 +1,5 @@
 """Salesforce-shaped error responses: REST and Bulk 2.0 errors are JSON arrays of
-{"message", "errorCode"} objects (docs/salesforce-bulk-rest-oauth.md §2.2)."""
+{"message", "errorCode"} objects (docs/bulk-rest-oauth.md §2.2)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ def json_ok(payload, status: int = 200, headers: dict | None = None) -> web.Resp
 
 def not_found() -> web.Response:
     # 404 {"message":"The requested resource does not exist","errorCode":"NOT_FOUND"}, in an array
-    # (docs/salesforce-bulk-rest-oauth.md §2.2).
+    # (docs/bulk-rest-oauth.md §2.2).
     return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
 
 
 def invalid_session() -> web.Response:
-    # An expired or unknown session is 401 INVALID_SESSION_ID (docs/salesforce-bulk-rest-oauth.md §2.2, §4.2).
+    # An expired or unknown session is 401 INVALID_SESSION_ID (docs/bulk-rest-oauth.md §2.2, §4.2).
     return sf_error(401, "INVALID_SESSION_ID", "Session expired or invalid")

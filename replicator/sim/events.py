@@ -1,15 +1,15 @@
 """The event bus: every published event in replay order, retention, topic filtering and subscriber wake-ups.
 
-Replay ids (docs/salesforce-pubsub-cdc.md §3): ONE counter for the whole org, shared by every topic. An event
+Replay ids (docs/pubsub-cdc.md §3): ONE counter for the whole org, shared by every topic. An event
 has exactly one replay id and it is the same on each topic it appears on: a change event of Account is on
 `/data/AccountChangeEvent` and on `/data/ChangeEvents` with the same id; a platform event only on its `/event/…`
 topic. Seen from one topic the ids are therefore increasing but not contiguous, which Salesforce allows
-("consecutive IDs are not contiguous", docs/salesforce-pubsub-cdc.md §3). Wire form: 10 bytes, the counter as a
-big-endian uint64 then two zero bytes, as observed on the wire (docs/salesforce-pubsub-cdc.md §3). A CUSTOM
+("consecutive IDs are not contiguous", docs/pubsub-cdc.md §3). Wire form: 10 bytes, the counter as a
+big-endian uint64 then two zero bytes, as observed on the wire (docs/pubsub-cdc.md §3). A CUSTOM
 replay id may also be the bare 8-byte big-endian long, which is how the Java example and other clients build
 one from an integer (same section).
 
-Retention (72 h, docs/salesforce-pubsub-cdc.md §3): events older than `retention_seconds` are expired;
+Retention (72 h, docs/pubsub-cdc.md §3): events older than `retention_seconds` are expired;
 `purge_now()` expires every stored event. At most `retention_events` events are kept (a memory bound for long
 high-rate runs; the oldest go first). Expiry is logical (a floor counter), the list is compacted in large steps
 so purging stays O(1) amortised per event. With `keepalive_ahead` the log also holds positions of no topic
@@ -32,7 +32,7 @@ SCAN_LIMIT = 20_000  # events examined per take(): keeps one call short when a t
 
 class ReplayIdError(Exception):
     """A CUSTOM replay id that is malformed, unknown or outside the retention window
-    (docs/salesforce-pubsub-cdc.md §4)."""
+    (docs/pubsub-cdc.md §4)."""
 
 
 def encode_replay_id(counter: int) -> bytes:
@@ -57,7 +57,7 @@ class Event:
     schema_id: str
     payload: bytes
     time: float  # wall-clock seconds when published (retention)
-    # ProducerEvent.id: set on platform events only, "not on change events" (docs/salesforce-pubsub-cdc.md §3)
+    # ProducerEvent.id: set on platform events only, "not on change events" (docs/pubsub-cdc.md §3)
     event_id: str = ""
 
     @property
@@ -154,7 +154,7 @@ class EventBus:
 
     def start_after(self, replay_id: bytes) -> int:
         """The cursor for CUSTOM: start AFTER this id, which must name a retained event
-        (docs/salesforce-pubsub-cdc.md §3, §4)."""
+        (docs/pubsub-cdc.md §3, §4)."""
         self.expire()
         counter = decode_replay_id(replay_id)
         # Before the first event, a keepalive's latest_replay_id is position 0: resuming there is valid while
@@ -162,7 +162,7 @@ class EventBus:
         at_start = counter == 0 and self.floor == 0
         # A keepalive's latest_replay_id is a position, not an event: valid until the window passes it, even
         # when no event follows it yet (on Salesforce's shared bus it is ahead of this org's last event:
-        # replay tightening, docs/salesforce-pubsub-cdc.md §3).
+        # replay tightening, docs/pubsub-cdc.md §3).
         position = counter in self.keepalive_positions and self.floor <= counter <= self.last_counter
         if not (self.floor < counter <= self.last_counter or at_start or position):
             raise ReplayIdError("replay id unknown or outside the retention window")

@@ -15,34 +15,34 @@ KNOB_HELP = {
     "limit_exceeded_rate": "probability (0..1) that a REST request fails with 403 REQUEST_LIMIT_EXCEEDED",
     "latency_ms": "added latency per Salesforce request, milliseconds",
     "token_idle_seconds": "an access token unused for this long expires (Salesforce default: 120 min, "
-                          "docs/salesforce-bulk-rest-oauth.md §4.2)",
+                          "docs/bulk-rest-oauth.md §4.2)",
     "fail_jobs": "the next N created query jobs end in state Failed",
     "malformed_rows": "N records of the NEXT completed job's results are rendered with one column missing",
     "hold_jobs": "while true, query jobs wait in UploadComplete (lets tests observe a job before completion)",
     "failed_job_error_message": "include `errorMessage` in Failed job info (optional: "
-                                "docs/salesforce-bulk-rest-oauth.md §1.3)",
+                                "docs/bulk-rest-oauth.md §1.3)",
     "keepalive_seconds": "Subscribe: empty FetchResponse with latest_replay_id after this long without events "
-                         "while events are owed (Salesforce: within 270 s, docs/salesforce-pubsub-cdc.md §3)",
-    "retention_seconds": "events older than this are expired (Salesforce: 72 h, docs/salesforce-pubsub-cdc.md §3)",
+                         "while events are owed (Salesforce: within 270 s, docs/pubsub-cdc.md §3)",
+    "retention_seconds": "events older than this are expired (Salesforce: 72 h, docs/pubsub-cdc.md §3)",
     "retention_events": "at most this many events are kept (memory bound; the oldest expire first)",
     "duplicate_rate": "probability (0..1) that Subscribe delivers an event twice (same replay id)",
     "stream_close_seconds": "Subscribe: end every stream with UNAVAILABLE (no error-code) this many seconds "
-                            "after it started, like a network cut (docs/salesforce-pubsub-cdc.md §4); 0 = never",
+                            "after it started, like a network cut (docs/pubsub-cdc.md §4); 0 = never",
     "stream_close_rate": "Subscribe: probability (0..1) that a stream ends with UNAVAILABLE right after a "
                          "FetchResponse",
     "keepalive_ahead": "Subscribe: a keepalive's latest_replay_id runs this many positions past the newest "
                        "event, as if other orgs' events went by on the shared bus (replay tightening, "
-                       "docs/salesforce-pubsub-cdc.md §3); 0 = off",
+                       "docs/pubsub-cdc.md §3); 0 = off",
     "timestamp_precision": "s (default), or ms for comparison: stamp every SystemModstamp, LastModifiedDate, CreatedDate, datetime value "
                            "set through /__sim/changes, commitTimestamp and job timestamp in whole seconds, as "
                            "Salesforce does (datetime fields store no milliseconds: docs/salesforce-coverage.md, "
                            "Time and visibility)",
     "gap_event_bytes": "a change event whose encoding exceeds this becomes a GAP_* event (Salesforce: 1 MB, "
-                       "docs/salesforce-pubsub-cdc.md §7)",
+                       "docs/pubsub-cdc.md §7)",
     "overflow_threshold": "changes per transaction before GAP_OVERFLOW (Salesforce: 100,000, "
-                          "docs/salesforce-pubsub-cdc.md §7)",
+                          "docs/pubsub-cdc.md §7)",
     "diff_fields": "on: a large text value of an UPDATE travels as a unified diff listed in diffFields when "
-                   "Salesforce's rules allow (docs/salesforce-pubsub-cdc.md §6, diffFields contents), as Salesforce "
+                   "Salesforce's rules allow (docs/pubsub-cdc.md §6, diffFields contents), as Salesforce "
                    "does (default); off: full values",
     "silent_changes": "on: the traffic generator now and then sets LastViewedDate or LastActivityDate of a record "
                       "with no change event and no new SystemModstamp, as Salesforce does (docs/salesforce-"

@@ -1,7 +1,7 @@
 """Bulk API 2.0 query jobs: creation checks, the background lifecycle, and result pages on disk
-(docs/salesforce-bulk-rest-oauth.md §1).
+(docs/bulk-rest-oauth.md §1).
 
-Lifecycle (docs/salesforce-bulk-rest-oauth.md §1.4): UploadComplete -> InProgress -> JobComplete | Failed |
+Lifecycle (docs/bulk-rest-oauth.md §1.4): UploadComplete -> InProgress -> JobComplete | Failed |
 Aborted. A job is processed by an asyncio task that renders the CSV in a worker thread (render.py), so the event
 loop keeps serving.
 """
@@ -38,7 +38,7 @@ class JobError(Exception):
 
 def encode_locator(offset: int) -> str:
     # From v49.0 locators are opaque strings like `MTAwMDA` (base64 of "10000"); ours encode the offset too
-    # (docs/salesforce-bulk-rest-oauth.md §1.5).
+    # (docs/bulk-rest-oauth.md §1.5).
     return base64.b64encode(str(offset).encode()).decode().rstrip("=")
 
 
@@ -53,12 +53,12 @@ def decode_locator(locator: str) -> int:
 
 
 def sf_timestamp(moment: float) -> str:
-    """Job JSON timestamps: yyyy-MM-ddTHH:mm:ss.SSS+0000 (docs/salesforce-bulk-rest-oauth.md §1.3)."""
+    """Job JSON timestamps: yyyy-MM-ddTHH:mm:ss.SSS+0000 (docs/bulk-rest-oauth.md §1.3)."""
     return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
 
 
 def check_bulk_query(plan: Plan) -> None:
-    """What Bulk 2.0 query rejects (docs/salesforce-bulk-rest-oauth.md §1.8, §1.9). Only the compound-field text
+    """What Bulk 2.0 query rejects (docs/bulk-rest-oauth.md §1.8, §1.9). Only the compound-field text
     is documented wire text (FUNCTIONALITY_NOT_ENABLED); the others reuse that form, unverified."""
     q = plan.query
 
@@ -112,12 +112,12 @@ class Job:
             "concurrencyMode": "Parallel", "contentType": "CSV", "apiVersion": self.api_version,
             "lineEnding": self.line_ending, "columnDelimiter": self.column_delimiter,
         }
-        if full:  # GET job info adds these (docs/salesforce-bulk-rest-oauth.md §1.3)
+        if full:  # GET job info adds these (docs/bulk-rest-oauth.md §1.3)
             body.update({
                 "jobType": "V2Query",
                 "numberRecordsProcessed": self.rendered.count if self.rendered else 0,
                 "retries": 0, "totalProcessingTime": self.processing_ms,
-                # automatic chunking applies to custom objects (docs/salesforce-bulk-rest-oauth.md §1.9)
+                # automatic chunking applies to custom objects (docs/bulk-rest-oauth.md §1.9)
                 "isPkChunkingSupported": self.plan.store.spec.custom,
             })
             if self.state == "Failed" and error_message and self.error_message:
@@ -153,7 +153,7 @@ class JobManager:
         content = body.get("contentType", "CSV")
         delimiter = body.get("columnDelimiter", "COMMA")
         line_ending = body.get("lineEnding", "LF")
-        if content != "CSV":  # only CSV (docs/salesforce-bulk-rest-oauth.md §1.2)
+        if content != "CSV":  # only CSV (docs/bulk-rest-oauth.md §1.2)
             raise JobError(400, "INVALIDJOB", f"Invalid contentType: {content}")
         if delimiter not in DELIMITERS:
             raise JobError(400, "INVALIDJOB", f"Invalid columnDelimiter: {delimiter}")
@@ -184,7 +184,7 @@ class JobManager:
             return
         job.malformed_rows = self.faults.take_malformed_rows()  # the next job that renders results
         path = os.path.join(self.directory, f"{job.id}.csv")
-        # queryAll also returns deleted records (docs/salesforce-bulk-rest-oauth.md §1.2)
+        # queryAll also returns deleted records (docs/bulk-rest-oauth.md §1.2)
         include_deleted = job.operation == "queryAll"
 
         def work() -> Rendered:
@@ -210,13 +210,13 @@ class JobManager:
         return job
 
     def abort(self, job: Job) -> None:
-        # Abort only from UploadComplete or InProgress (docs/salesforce-bulk-rest-oauth.md §1.4).
+        # Abort only from UploadComplete or InProgress (docs/bulk-rest-oauth.md §1.4).
         if job.state not in ("UploadComplete", "InProgress"):
             raise JobError(400, "INVALIDJOBSTATE", f"Job is already in state {job.state} and cannot be aborted")
         job.state, job.modified = "Aborted", self._now()
 
     def delete(self, job: Job) -> None:
-        # Delete only terminal jobs, else 400 API_ERROR (docs/salesforce-bulk-rest-oauth.md §1.4).
+        # Delete only terminal jobs, else 400 API_ERROR (docs/bulk-rest-oauth.md §1.4).
         if job.state not in TERMINAL:
             raise JobError(400, "API_ERROR", "Error encountered when deleting the job because the job is not "
                                              "terminated")
@@ -226,7 +226,7 @@ class JobManager:
 
     def page_bounds(self, job: Job, locator: str | None, max_records: int) -> tuple[int, int, str]:
         """(first record, end record, next locator) of one results page; 'null' after the last
-        (docs/salesforce-bulk-rest-oauth.md §1.5)."""
+        (docs/bulk-rest-oauth.md §1.5)."""
         assert job.rendered is not None
         total = job.rendered.count
         start = decode_locator(locator) if locator else 0

@@ -1,7 +1,7 @@
 """Long multi-line text for the traffic generator: fresh values, and small edits of existing ones.
 
 A small edit (one word of one line) of a value of 1,000 characters or more is what Salesforce sends as a diff
-(docs/salesforce-pubsub-cdc.md §6, diffFields contents; the rules are in diffs.py), so live traffic carries
+(docs/pubsub-cdc.md §6, diffFields contents; the rules are in diffs.py), so live traffic carries
 diffs when the `diff_fields` knob is on. Words include non-ASCII text, so the SHA-256 of a diff covers
 multi-byte UTF-8.
 """

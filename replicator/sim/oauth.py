@@ -1,12 +1,12 @@
-"""OAuth 2.0 token endpoint, revocation and session bookkeeping (docs/salesforce-bulk-rest-oauth.md §4).
+"""OAuth 2.0 token endpoint, revocation and session bookkeeping (docs/bulk-rest-oauth.md §4).
 
-Flows (docs/salesforce-bulk-rest-oauth.md §4.1): client_credentials (form fields or `Authorization: Basic`),
+Flows (docs/bulk-rest-oauth.md §4.1): client_credentials (form fields or `Authorization: Basic`),
 refresh_token, and JWT bearer (RS256 assertion checked against the configured public key: iss = client_id, aud,
 exp, sub). Refresh tokens: neither client credentials nor JWT bearer issues one (the flow table of
-docs/salesforce-bulk-rest-oauth.md §4.1). The simulator plays a connected app that was authorised once through a
+docs/bulk-rest-oauth.md §4.1). The simulator plays a connected app that was authorised once through a
 browser flow: it mints one refresh token at start and reports it in the ready info (`refresh_token`); the
 refresh flow trades it for access tokens without rotation. Sessions expire after `token_idle_seconds` without
-use; each call resets the timer (docs/salesforce-bulk-rest-oauth.md §4.2).
+use; each call resets the timer (docs/bulk-rest-oauth.md §4.2).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import jwt
 from aiohttp import web
 
-# Audiences Salesforce accepts for a JWT bearer assertion (docs/salesforce-bulk-rest-oauth.md §4.1), plus this
+# Audiences Salesforce accepts for a JWT bearer assertion (docs/bulk-rest-oauth.md §4.1), plus this
 # simulator's own URL.
 STANDARD_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
 
@@ -77,14 +77,14 @@ class TokenStore:
         if token in self.refresh_tokens:
             self.refresh_tokens.discard(token)
             for key in [k for k, s in self.sessions.items() if s.refresh_token == token]:
-                # revoking a refresh token revokes its access tokens (docs/salesforce-bulk-rest-oauth.md §4.2)
+                # revoking a refresh token revokes its access tokens (docs/bulk-rest-oauth.md §4.2)
                 del self.sessions[key]
             return True
         return False
 
 
 def oauth_error(error: str, description: str, status: int = 400) -> web.Response:
-    """Token errors are HTTP 400 JSON {error, error_description} (docs/salesforce-bulk-rest-oauth.md §4.1)."""
+    """Token errors are HTTP 400 JSON {error, error_description} (docs/bulk-rest-oauth.md §4.1)."""
     return web.json_response({"error": error, "error_description": description}, status=status)
 
 
@@ -102,7 +102,7 @@ class OAuthEndpoints:
 
     def success(self, refresh_token: str | None, scope: str, issue_refresh: bool = False) -> web.Response:
         access = self.tokens.issue(refresh_token)
-        # epoch milliseconds, as a string (docs/salesforce-bulk-rest-oauth.md §4.1)
+        # epoch milliseconds, as a string (docs/bulk-rest-oauth.md §4.1)
         issued_at = str(int(time.time() * 1000))
         identity = f"{self.instance_url()}/id/{self.org_id}/{self.user_id}"
         signature = base64.b64encode(hmac.new(self.client_secret.encode(), (identity + issued_at).encode(),
@@ -112,7 +112,7 @@ class OAuthEndpoints:
                 "issued_at": issued_at}
         if issue_refresh and refresh_token:
             body["refresh_token"] = refresh_token
-        return web.json_response(body)  # no expires_in (docs/salesforce-bulk-rest-oauth.md §4.1)
+        return web.json_response(body)  # no expires_in (docs/bulk-rest-oauth.md §4.1)
 
     def _client(self, request: web.Request, form) -> tuple[str | None, str | None]:
         client_id, secret = form.get("client_id"), form.get("client_secret")

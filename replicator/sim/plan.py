@@ -1,7 +1,7 @@
 """Bind a parsed SOQL query to the org: resolve the object and fields, type-check literals, build a row
 predicate, and run the query in Id order (or ORDER BY order) with OFFSET/LIMIT.
 
-Errors follow Salesforce's codes (docs/salesforce-bulk-rest-oauth.md §2.2): INVALID_TYPE for an unknown object,
+Errors follow Salesforce's codes (docs/bulk-rest-oauth.md §2.2): INVALID_TYPE for an unknown object,
 INVALID_FIELD for an unknown field or a literal of the wrong type, MALFORMED_QUERY for what the simulator does
 not support.
 """

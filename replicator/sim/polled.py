@@ -4,7 +4,7 @@ and their seeded record bodies.
 Both are served by describe, REST and Bulk like the other objects, but publish no change event unless a client
 selects them for Change Data Capture (`--cdc-objects`, `PUT /__sim/cdc`: cdc.py): an entity an admin has not
 selected publishes nothing and its `/data/<Object>ChangeEvent` topic does not exist (docs/salesforce-coverage.md
-§2, §5; docs/salesforce-pubsub-cdc.md §4, "Topic unknown, or CDC not enabled for the entity"). A client keeps
+§2, §5; docs/pubsub-cdc.md §4, "Topic unknown, or CDC not enabled for the entity"). A client keeps
 them current by polling (SystemModstamp keyset, getUpdated, getDeleted: rest_replication.py).
 
 Task's fields follow the Object Reference ("Task", https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_task.htm):

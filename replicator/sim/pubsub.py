@@ -1,12 +1,12 @@
-"""The Pub/Sub API over grpc.aio: GetTopic, GetSchema, Subscribe, Publish (docs/salesforce-pubsub-cdc.md §2-§4).
+"""The Pub/Sub API over grpc.aio: GetTopic, GetSchema, Subscribe, Publish (docs/pubsub-cdc.md §2-§4).
 
-Auth (docs/salesforce-pubsub-cdc.md §1, §4): every RPC needs metadata `accesstoken` (a live session of the OAuth
+Auth (docs/pubsub-cdc.md §1, §4): every RPC needs metadata `accesstoken` (a live session of the OAuth
 token store, same idle expiry as REST), `instanceurl` (the simulator's instance URL) and `tenantid` (the org id,
 or `core/<anything>/<orgId>`); otherwise UNAUTHENTICATED with trailer `error-code:
 sfdc.platform.eventbus.grpc.service.auth.error`. Every error description ends with ` rpcId: <uuid>`
-(docs/salesforce-pubsub-cdc.md §4), except the UNAVAILABLE of a simulated network cut (below).
+(docs/pubsub-cdc.md §4), except the UNAVAILABLE of a simulated network cut (below).
 
-Subscribe (docs/salesforce-pubsub-cdc.md §3): pull-based; at most 100 events owed per call (bigger requests are
+Subscribe (docs/pubsub-cdc.md §3): pull-based; at most 100 events owed per call (bigger requests are
 capped silently); several events per FetchResponse (bounded to ~3 MB so a client's default 4 MB receive limit
 holds); every response reports pending_num_requested; replay options are read from the first FetchRequest only;
 a later request naming another topic fails with INVALID_ARGUMENT `…subscription.fetch.topic.mismatch`; while
@@ -17,10 +17,10 @@ an event of the topic. A CUSTOM replay id is accepted in the 10-byte form sent h
 
 Stream faults (faults.py): `stream_close_seconds` and `stream_close_rate` end a stream with UNAVAILABLE, the
 description "RST_STREAM closed stream" and no error-code trailer, as Salesforce reports a transient network
-failure (docs/salesforce-pubsub-cdc.md §4); only ever between two responses, so a client that resubscribes from
+failure (docs/pubsub-cdc.md §4); only ever between two responses, so a client that resubscribes from
 the last replay id it received loses nothing. `keepalive_ahead` makes a keepalive's latest_replay_id run past the
 org's newest event, as other orgs' events do on Salesforce's shared bus (replay tightening,
-docs/salesforce-pubsub-cdc.md §3): those positions are reserved on the bus (EventBus.pass_foreign), so every
+docs/pubsub-cdc.md §3): those positions are reserved on the bus (EventBus.pass_foreign), so every
 later event comes after them.
 
 Not built: the 60 s idle close when nothing is owed, PublishStream and ManagedSubscribe (UNIMPLEMENTED).
@@ -49,11 +49,11 @@ TOPIC_NOT_FOUND = PREFIX + "topic.not.found"
 REPLAY_CORRUPTED = PREFIX + "subscription.fetch.replayid.corrupted"
 REPLAY_VALIDATION = PREFIX + "subscription.fetch.replayid.validation.failed"
 TOPIC_MISMATCH = PREFIX + "subscription.fetch.topic.mismatch"
-# Events owed per Subscribe call; larger requests are capped, not rejected (docs/salesforce-pubsub-cdc.md §3, §9).
+# Events owed per Subscribe call; larger requests are capped, not rejected (docs/pubsub-cdc.md §3, §9).
 MAX_OUTSTANDING = 100
-# Payload bytes per FetchResponse: under gRPC's 4 MB default receive limit (docs/salesforce-pubsub-cdc.md §9).
+# Payload bytes per FetchResponse: under gRPC's 4 MB default receive limit (docs/pubsub-cdc.md §9).
 MAX_RESPONSE_BYTES = 3_000_000
-MAX_PUBLISH_EVENT_BYTES = 1_000_000  # each published event at most 1 MB (docs/salesforce-pubsub-cdc.md §9)
+MAX_PUBLISH_EVENT_BYTES = 1_000_000  # each published event at most 1 MB (docs/pubsub-cdc.md §9)
 AUTH_TEXT = "An authentication exception occurred. Provide valid authentication via metadata headers."
 REPLAY_TEXT = ("The Replay ID validation failed. Ensure that the replay_id field value in FetchRequest is valid "
                "and refers to an event that is within the retention window.")
@@ -222,7 +222,7 @@ class PubSubService(pb_grpc.PubSubServicer):
 
     async def _start(self, first, context) -> int:
         """The cursor from the first request's replay options: LATEST, EARLIEST or after a CUSTOM id
-        (docs/salesforce-pubsub-cdc.md §3)."""
+        (docs/pubsub-cdc.md §3)."""
         if first.replay_preset == pb.EARLIEST:
             return self.bus.start_earliest()
         if first.replay_preset == pb.CUSTOM:
@@ -273,7 +273,7 @@ async def _next_request(iterator):
 
 async def _read_requests(iterator, topic: str, stream: _Stream) -> None:
     """Later FetchRequests add to what is owed (capped at 100); their replay options are ignored
-    (docs/salesforce-pubsub-cdc.md §3)."""
+    (docs/pubsub-cdc.md §3)."""
     try:
         async for request in iterator:
             if request.topic_name and request.topic_name != topic:

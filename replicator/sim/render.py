@@ -2,8 +2,8 @@
 
 The file holds the records only; the header line is kept apart and prepended to every page, because each
 locator page is a standalone CSV with its own header. Every value is double-quoted with embedded quotes doubled
-and nulls are `""` (docs/salesforce-bulk-rest-oauth.md §1.8); delimiter and line ending follow the job
-(docs/salesforce-bulk-rest-oauth.md §1.2).
+and nulls are `""` (docs/bulk-rest-oauth.md §1.8); delimiter and line ending follow the job
+(docs/bulk-rest-oauth.md §1.2).
 Runs in a worker thread: pure CPU plus sequential writes; memory is the offsets array (8 bytes/record).
 """
 
@@ -32,7 +32,7 @@ class Rendered:
 
 
 def ordered_columns(plan: Plan, api_version: float):
-    """Columns in SELECT order from v50.0, alphabetical up to v49.0 (docs/salesforce-bulk-rest-oauth.md §1.5)."""
+    """Columns in SELECT order from v50.0, alphabetical up to v49.0 (docs/bulk-rest-oauth.md §1.5)."""
     if api_version < 50.0:
         return sorted(plan.columns, key=lambda c: c.name.lower())
     return plan.columns

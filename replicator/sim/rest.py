@@ -1,5 +1,5 @@
 """REST API: versions, describeGlobal, describe, query/queryAll with nextRecordsUrl paging, sObject
-Collections retrieve, a single-record retrieve, and limits (docs/salesforce-bulk-rest-oauth.md §3).
+Collections retrieve, a single-record retrieve, and limits (docs/bulk-rest-oauth.md §3).
 
 Authentication, fault injection and `Sforce-Limit-Info` are handled by middleware (server.py).
 """
@@ -24,13 +24,13 @@ from .state import DAILY_API_REQUESTS, DAILY_BULK_V2_QUERY_JOBS, RELEASES, STATE
 from .store import ObjectStore
 from .values import address_value, rest_value
 
-# Up to 2,000 records per batch; Sforce-Query-Options batchSize 200..2,000 (docs/salesforce-bulk-rest-oauth.md §3.4;
+# Up to 2,000 records per batch; Sforce-Query-Options batchSize 200..2,000 (docs/bulk-rest-oauth.md §3.4;
 # Salesforce: "Query More Results",
 # https://developer.salesforce.com/docs/platform/api-rest/guide/resources-query-more-results.html).
 QUERY_BATCH = 2000
 MAX_CURSORS = 200  # open query cursors kept (oldest dropped first)
 # sObject Collections retrieve: GET works up to about 800 ids (URL length), POST takes 2,000
-# (docs/salesforce-bulk-rest-oauth.md §3.5; Salesforce: "sObject Collections",
+# (docs/bulk-rest-oauth.md §3.5; Salesforce: "sObject Collections",
 # https://developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-sobjects-collections-retrieve.html).
 GET_IDS_LIMIT = 800
 POST_IDS_LIMIT = 2000
@@ -66,8 +66,8 @@ def record_json(store: ObjectStore, row: tuple, columns: list[Column], version: 
 
 
 async def versions(request: web.Request) -> web.Response:
-    # No auth (docs/salesforce-bulk-rest-oauth.md §3.1), and no Sforce-Limit-Info and no API usage for this
-    # resource (docs/salesforce-bulk-rest-oauth.md §2.1).
+    # No auth (docs/bulk-rest-oauth.md §3.1), and no Sforce-Limit-Info and no API usage for this
+    # resource (docs/bulk-rest-oauth.md §2.1).
     return json_ok([{"label": label, "url": f"/services/data/v{v}.0", "version": f"{v}.0"}
                     for v, label in RELEASES.items()])
 
@@ -92,7 +92,7 @@ async def describe(request: web.Request) -> web.Response:
         return not_found()
     started = state.extras["metadata_modified"]
     since = request.headers.get("If-Modified-Since")
-    if since:  # unchanged metadata returns 304 with no body (docs/salesforce-bulk-rest-oauth.md §3.1)
+    if since:  # unchanged metadata returns 304 with no body (docs/bulk-rest-oauth.md §3.1)
         try:
             if email.utils.parsedate_to_datetime(since).timestamp() >= int(started):
                 return web.Response(status=304)
@@ -217,7 +217,7 @@ async def retrieve_collection(request: web.Request) -> web.Response:
     out = []
     for record_id in ids:
         row = store.get(str(record_id))
-        # An inaccessible or invalid id is null at its position (docs/salesforce-bulk-rest-oauth.md §3.5);
+        # An inaccessible or invalid id is null at its position (docs/bulk-rest-oauth.md §3.5);
         # soft-deleted rows are not retrievable.
         out.append(None if row is None or row[store.deleted_pos] else
                    record_json(store, row, columns, _version(request)))
@@ -246,7 +246,7 @@ async def limits(request: web.Request) -> web.Response:
         "DailyApiRequests": {"Max": DAILY_API_REQUESTS, "Remaining": max(0, DAILY_API_REQUESTS - state.api_usage)},
         "DailyBulkV2QueryJobs": {"Max": DAILY_BULK_V2_QUERY_JOBS,
                                  "Remaining": max(0, DAILY_BULK_V2_QUERY_JOBS - state.jobs_created)},
-        # 1 TB of results and 15,000 batches a day (docs/salesforce-bulk-rest-oauth.md §2.1)
+        # 1 TB of results and 15,000 batches a day (docs/bulk-rest-oauth.md §2.1)
         "DailyBulkV2QueryFileStorageMB": {"Max": 1_048_576, "Remaining": 1_048_576},
         "DailyBulkApiBatches": {"Max": 15_000, "Remaining": 15_000},
         "ConcurrentAsyncGetReportInstances": {"Max": 200, "Remaining": 200},

@@ -1,4 +1,4 @@
-"""REST replication resources: sObject Get Updated and sObject Get Deleted (docs/salesforce-bulk-rest-oauth.md §3.5;
+"""REST replication resources: sObject Get Updated and sObject Get Deleted (docs/bulk-rest-oauth.md §3.5;
 REST API Developer Guide, "sObject Get Updated",
 https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getupdated.htm, and
 "sObject Get Deleted", https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getdeleted.htm).

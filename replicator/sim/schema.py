@@ -1,18 +1,18 @@
 """The simulated org's metadata: objects, fields, and their describe / describeGlobal JSON
-(docs/salesforce-bulk-rest-oauth.md §3.1, §3.2).
+(docs/bulk-rest-oauth.md §3.1, §3.2).
 
 Field order here is the column order of stored rows (see generator.py) and of describe `fields[]`.
 Compound fields (type `address`) are listed in describe but hold no stored value: their components do.
 Contact's `Name` is a compound too (its components Salutation, FirstName, MiddleName, LastName and Suffix carry
 `compoundFieldName` "Name"), but one with a stored, read-only string value the org computes (derived.py); change
-events carry it as a `PersonName` record (avro.py, docs/salesforce-pubsub-cdc.md §5).
+events carry it as a `PersonName` record (avro.py, docs/pubsub-cdc.md §5).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# soapType per field type (partner WSDL, docs/salesforce-bulk-rest-oauth.md §3.2).
+# soapType per field type (partner WSDL, docs/bulk-rest-oauth.md §3.2).
 SOAP_TYPES = {
     "id": "tns:ID", "reference": "tns:ID", "string": "xsd:string", "textarea": "xsd:string",
     "picklist": "xsd:string", "multipicklist": "xsd:string", "email": "xsd:string", "phone": "xsd:string",
@@ -71,7 +71,7 @@ class FieldSpec:
         return not (self.system or self.calculated or self.read_only or self.type == "id" or self.is_compound)
 
     def describe(self) -> dict:
-        """The describe `fields[]` item (docs/salesforce-bulk-rest-oauth.md §3.2), keys in alphabetical order
+        """The describe `fields[]` item (docs/bulk-rest-oauth.md §3.2), keys in alphabetical order
         like Salesforce's."""
         doc = {**DESCRIBE_CONSTANTS, **self._identity(), **self._typing(), **self._capabilities()}
         return dict(sorted(doc.items()))
@@ -159,7 +159,7 @@ class ObjectSpec:
         return [f for f in self.fields if not f.is_compound]
 
     def describe_global_entry(self, version: str) -> dict:
-        """One `sobjects[]` entry of describeGlobal (docs/salesforce-bulk-rest-oauth.md §3.1)."""
+        """One `sobjects[]` entry of describeGlobal (docs/bulk-rest-oauth.md §3.1)."""
         base = f"/services/data/v{version}/sobjects/{self.name}"
         return {
             "activateable": False, "createable": True, "custom": self.custom, "customSetting": False,
@@ -173,7 +173,7 @@ class ObjectSpec:
         }
 
     def describe(self, version: str, children: list[dict]) -> dict:
-        """The sObject describe document (docs/salesforce-bulk-rest-oauth.md §3.1)."""
+        """The sObject describe document (docs/bulk-rest-oauth.md §3.1)."""
         doc = self.describe_global_entry(version)
         doc.update({
             "actionOverrides": [], "childRelationships": children, "compactLayoutable": True,

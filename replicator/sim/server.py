@@ -32,7 +32,7 @@ from .traffic import Traffic, TrafficConfig
 
 DEMO_CLIENT_ID = "3MVG9replicator.sim.demo.client.id"
 DEMO_CLIENT_SECRET = "replicator-sim-demo-secret"
-MAX_URI_BYTES = 16_384  # longer URIs get 414 (docs/salesforce-bulk-rest-oauth.md §2.1)
+MAX_URI_BYTES = 16_384  # longer URIs get 414 (docs/bulk-rest-oauth.md §2.1)
 SF_REST: web.RequestKey[bool] = web.RequestKey("sf_rest", bool)
 
 
@@ -81,7 +81,7 @@ async def salesforce_edge(request: web.Request, handler):
 
 async def _limit_header(request: web.Request, response: web.StreamResponse) -> None:
     # Sforce-Limit-Info on every REST response except /services/data/, the versions list
-    # (docs/salesforce-bulk-rest-oauth.md §2.1).
+    # (docs/bulk-rest-oauth.md §2.1).
     if request.get(SF_REST):
         response.headers["Sforce-Limit-Info"] = request.app[STATE].limit_info()
 

@@ -8,9 +8,9 @@ Grammar:
     cond    := ident op literal | ident [NOT] IN "(" literal {"," literal} ")" | ident LIKE string
              | ident (INCLUDES|EXCLUDES) "(" string {"," string} ")"
 Constructs Bulk queries must reject (GROUP BY, OFFSET, TYPEOF, aggregates, subqueries, FIELDS()) are parsed
-and recorded on the Query so that each API can decide (docs/salesforce-bulk-rest-oauth.md §1.9). Errors carry
+and recorded on the Query so that each API can decide (docs/bulk-rest-oauth.md §1.9). Errors carry
 Salesforce's message shape: the query line, a caret, "ERROR at Row:r:Column:c" and the reason
-(docs/salesforce-bulk-rest-oauth.md §2.2).
+(docs/bulk-rest-oauth.md §2.2).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Query:
 
 
 def error_at(text: str, pos: int, code: str, reason: str) -> SoqlError:
-    """Salesforce's positional error message (the INVALID_FIELD example of docs/salesforce-bulk-rest-oauth.md §2.2)."""
+    """Salesforce's positional error message (the INVALID_FIELD example of docs/bulk-rest-oauth.md §2.2)."""
     line_start = text.rfind("\n", 0, pos) + 1
     line_end = text.find("\n", pos)
     line = text[line_start:] if line_end < 0 else text[line_start:line_end]

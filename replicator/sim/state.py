@@ -11,8 +11,8 @@ from .faults import Faults
 from .oauth import TokenStore
 from .store import OrgStore
 
-# API versions served (docs/salesforce-bulk-rest-oauth.md §3.1; the current docs run to v67.0, Summer '26).
-# Bulk 2.0 query needs v47.0 or later (docs/salesforce-bulk-rest-oauth.md §1.1).
+# API versions served (docs/bulk-rest-oauth.md §3.1; the current docs run to v67.0, Summer '26).
+# Bulk 2.0 query needs v47.0 or later (docs/bulk-rest-oauth.md §1.1).
 RELEASES = {
     47: "Winter '20", 48: "Spring '20", 49: "Summer '20", 50: "Winter '21", 51: "Spring '21", 52: "Summer '21",
     53: "Winter '22", 54: "Spring '22", 55: "Summer '22", 56: "Winter '23", 57: "Spring '23", 58: "Summer '23",
@@ -22,7 +22,7 @@ RELEASES = {
 LATEST_VERSION = "67.0"
 MIN_VERSION = min(RELEASES)
 # A typical Enterprise Edition allocation: it depends on edition and licences; query jobs are 10,000 a day
-# (docs/salesforce-bulk-rest-oauth.md §2.1).
+# (docs/bulk-rest-oauth.md §2.1).
 DAILY_API_REQUESTS = 100_000
 DAILY_BULK_V2_QUERY_JOBS = 10_000
 
@@ -46,7 +46,7 @@ class SimState:
     pubsub: Any = None  # pubsub.PubSubService
 
     def limit_info(self) -> str:
-        """`Sforce-Limit-Info` value (docs/salesforce-bulk-rest-oauth.md §2.1)."""
+        """`Sforce-Limit-Info` value (docs/bulk-rest-oauth.md §2.1)."""
         return f"api-usage={self.api_usage}/{DAILY_API_REQUESTS}"
 
 

@@ -2,7 +2,7 @@
 
 The certificate is its own CA (basicConstraints CA:TRUE, keyCertSign), so its PEM file works as
 `verify=<ca_file>` for httpx and as REQUESTS_CA_BUNDLE for requests (simple-salesforce's Bulk 2.0
-downloads ignore a session's `verify`, docs/salesforce-bulk-rest-oauth.md §6). SAN: DNS localhost, IP
+downloads ignore a session's `verify`, docs/bulk-rest-oauth.md §6). SAN: DNS localhost, IP
 127.0.0.1 (plus the bind host).
 """
 

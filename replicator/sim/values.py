@@ -1,9 +1,9 @@
 """How one stored value is written on each wire: Bulk CSV, REST JSON, and the admin ground truth.
 
-Formats: REST JSON datetimes `2024-05-01T12:34:56.000+0000` (docs/salesforce-bulk-rest-oauth.md §1.8); Bulk CSV
+Formats: REST JSON datetimes `2024-05-01T12:34:56.000+0000` (docs/bulk-rest-oauth.md §1.8); Bulk CSV
 and ground truth datetimes `2024-05-01T12:34:56.000Z`, dates `2024-05-01`, times `08:30:00.000Z`, booleans
 `true`/`false`, numbers plain (no exponent). The CSV datetime form is this simulator's choice: Salesforce does
-not document it (docs/salesforce-bulk-rest-oauth.md §8, question 1).
+not document it (docs/bulk-rest-oauth.md §8, question 1).
 """
 
 from __future__ import annotations

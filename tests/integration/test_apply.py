@@ -143,7 +143,7 @@ async def test_a_replayed_older_event_of_the_same_second_changes_nothing(sink):
 
 
 async def test_a_batch_applies_changes_in_replay_order_not_by_commit_number(sink):
-    # commitNumber is diagnostic only (docs/salesforce-pubsub-cdc.md §5): delivery (replay) order decides.
+    # commitNumber is diagnostic only (docs/pubsub-cdc.md §5): delivery (replay) order decides.
     s, cmap, pool = sink
     await _apply(s, cmap, [at("CREATE", T0 - 1000, 1, {"Name": "a"})])
     await _apply(s, cmap, [at("UPDATE", T0, 2, {"Name": "first"}, commit_number=9),

@@ -1,4 +1,4 @@
-"""A NUL byte in a text value (it occurs in real Salesforce data, docs/salesforce-bulk-rest-oauth.md §1.8) reaches
+"""A NUL byte in a text value (it occurs in real Salesforce data, docs/bulk-rest-oauth.md §1.8) reaches
 Postgres without the NUL by every path (backfill page, change event, gap-healed record, dead-letter retry, platform
 event, dead letter), and the stream goes on behind it."""
 

@@ -1,4 +1,4 @@
-"""cdc.py: header bitmaps (docs/salesforce-pubsub-cdc.md §6) and event decoding over the two captured Account
+"""cdc.py: header bitmaps (docs/pubsub-cdc.md §6) and event decoding over the two captured Account
 schemas."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ REPLAY = bytes([0, 0, 0, 0, 0, 7, 111, 91, 0, 0])
 
 def doc_schema() -> dict[str, Any]:
     """The layout of the org behind the documented examples: v1 without RecordTypeId (that org had no record
-    types), so 4 = BillingAddress, 7 = Fax, 22 = LastModifiedDate exactly as docs/salesforce-pubsub-cdc.md §6
+    types), so 4 = BillingAddress, 7 = Fax, 22 = LastModifiedDate exactly as docs/pubsub-cdc.md §6
     lists them."""
     schema = copy.deepcopy(V1)
     schema["fields"] = [f for f in schema["fields"] if f["name"] != "RecordTypeId"]

@@ -1,8 +1,8 @@
 """pubsub.py against a fake PubSub servicer (grpc.aio on a loopback port, plaintext).
 
-The fake honours the protocol's subscribe rules (docs/salesforce-pubsub-cdc.md §3): replay options from the
+The fake honours the protocol's subscribe rules (docs/pubsub-cdc.md §3): replay options from the
 first FetchRequest only, events sent only while requested, keepalives on demand, and the errors of
-docs/salesforce-pubsub-cdc.md §4 with their `error-code` trailers. Synchronisation is by conditions with
+docs/pubsub-cdc.md §4 with their `error-code` trailers. Synchronisation is by conditions with
 deadlines, never by sleeping.
 """
 

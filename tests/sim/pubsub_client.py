@@ -1,6 +1,6 @@
 """Test-side Pub/Sub helpers: a TLS channel trusting the simulator's certificate, a Subscribe call driven from
 a queue (responses collected by a thread), a client that resubscribes after stream failures, Avro decoding by
-schema id and the bitmap decoding, written here from docs/salesforce-pubsub-cdc.md §5-§6 (the simulator's encoder
+schema id and the bitmap decoding, written here from docs/pubsub-cdc.md §5-§6 (the simulator's encoder
 is not reused, so the two cannot share a mistake)."""
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def _record_of(field_type, named: dict) -> dict | None:
 
 def decode_bitmap(schema: dict, bitmap: list[str]) -> set[str]:
     """Element 0 `0x…`: bit i -> schema.fields[i]; `"{pos}-0x…"`: bits over that compound's fields
-    (docs/salesforce-pubsub-cdc.md §6)."""
+    (docs/pubsub-cdc.md §6)."""
     fields = schema["fields"]
     named: dict[str, dict] = {}
     for f in fields:

@@ -1,5 +1,5 @@
 """Bulk API 2.0 query jobs: lifecycle, result pages, resultPages, gzip, errors
-(docs/salesforce-bulk-rest-oauth.md §1, §7)."""
+(docs/bulk-rest-oauth.md §1, §7)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_job_lifecycle_and_paging_matches_ground_truth(client, auth):
             return str(int(v))
         return str(v)
     assert records == [[norm(t[f]) for f in fields] for t in truth]
-    # Locators are stable and re-fetchable (docs/salesforce-bulk-rest-oauth.md §1.5).
+    # Locators are stable and re-fetchable (docs/bulk-rest-oauth.md §1.5).
     again = client.get(f"{JOBS}/{job['id']}/results", params={"locator": pages[0][0], "maxRecords": 100},
                        headers=auth)
     assert list(csv.reader(io.StringIO(again.text, newline=""))) == pages[1][1]
@@ -114,7 +114,7 @@ def test_result_pages_in_batches_of_five(client, auth):
     assert len(urls) == 15 and calls == 3  # 600 records / 40 per page
     assert all("locator=" in u and "maxRecords=40" in u for u in urls)
     total = 0
-    for u in urls:  # each resultUrl is an ordinary results call (docs/salesforce-bulk-rest-oauth.md §1.6)
+    for u in urls:  # each resultUrl is an ordinary results call (docs/bulk-rest-oauth.md §1.6)
         r = client.get(u, headers=auth)
         total += int(r.headers["Sforce-NumberOfRecords"])
     assert total == 600

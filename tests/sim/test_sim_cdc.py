@@ -1,5 +1,5 @@
 """Change data capture: schema shape against the captured Account schemas, event bodies and bitmaps
-(docs/salesforce-pubsub-cdc.md §5, §6), store agreement (Bulk, ground truth), transactions, GAP and GAP_OVERFLOW,
+(docs/pubsub-cdc.md §5, §6), store agreement (Bulk, ground truth), transactions, GAP and GAP_OVERFLOW,
 schema changes, traffic and the CLI."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from replicator.sim.server import SimulatorThread
 from .conftest import V, wait_for, wait_job
 from .pubsub_client import Org, decode_bitmap, events_of
 
-# A live org's Account schema (captured via GetSchema, docs/salesforce-pubsub-cdc.md §5), kept with the client's tests.
+# A live org's Account schema (captured via GetSchema, docs/pubsub-cdc.md §5), kept with the client's tests.
 CAPTURED = Path(__file__).parents[1] / "salesforce" / "data" / "AccountChangeEvent.v1.avsc"
 ACCOUNTS = "/data/AccountChangeEvent"
 

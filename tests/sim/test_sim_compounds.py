@@ -1,6 +1,6 @@
 """Contact's compound fields as a real org has them: Name (a person name) and the Mailing and Other addresses,
-in describe (`compoundFieldName`), Bulk CSV, REST and change events (docs/salesforce-pubsub-cdc.md §5, §6;
-docs/salesforce-bulk-rest-oauth.md §1.9, §3.2)."""
+in describe (`compoundFieldName`), Bulk CSV, REST and change events (docs/pubsub-cdc.md §5, §6;
+docs/bulk-rest-oauth.md §1.9, §3.2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """diffFields: large text values of UPDATE events sent as unified diffs ("Sending Data Differences for Fields of
-Updated Records", docs/salesforce-pubsub-cdc.md §6, diffFields contents), with the `diff_fields` knob on.
+Updated Records", docs/pubsub-cdc.md §6, diffFields contents), with the `diff_fields` knob on.
 
 The patcher below is written from Salesforce's description of the format and of rebuilding a value (split the
 old value into lines, apply the hunks, join with the old value's line break, compare the SHA-256), not from the

@@ -12,7 +12,7 @@ from replicator.sim.store import OrgStore
 
 
 def test_checksum_suffix_matches_documented_id():
-    # the example id 005R0000000UyrWIAS of docs/salesforce-bulk-rest-oauth.md §1.5
+    # the example id 005R0000000UyrWIAS of docs/bulk-rest-oauth.md §1.5
     assert checksum_suffix("005R0000000UyrW") == "IAS"
     assert to_id18("005R0000000UyrW") == "005R0000000UyrWIAS"
 

@@ -1,4 +1,4 @@
-"""OAuth 2.0 token endpoint and session idle expiry (docs/salesforce-bulk-rest-oauth.md §4.1, §4.2)."""
+"""OAuth 2.0 token endpoint and session idle expiry (docs/bulk-rest-oauth.md §4.1, §4.2)."""
 
 from __future__ import annotations
 

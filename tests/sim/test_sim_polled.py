@@ -1,5 +1,5 @@
 """Objects that publish no change events (Task, Shipment__c) and the entity selection: served by describe, REST
-and Bulk like the others, no `/data/<Object>ChangeEvent` topic unless selected (docs/salesforce-pubsub-cdc.md §4,
+and Bulk like the others, no `/data/<Object>ChangeEvent` topic unless selected (docs/pubsub-cdc.md §4,
 "Topic unknown, or CDC not enabled for the entity"), and their changes still happen in the org
 (docs/salesforce-coverage.md §2, §5)."""
 

@@ -1,6 +1,6 @@
 """Pub/Sub API over real gRPC sockets with TLS (the simulator's certificate as root): auth, topics, flow
 control, keepalive, replay presets, replay id errors, topic mismatch, duplicates, stream faults, Publish
-(docs/salesforce-pubsub-cdc.md §2-§4)."""
+(docs/pubsub-cdc.md §2-§4)."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_flow_control_reports_pending_and_caps_at_100(org):
         touch_account(org, "flow", 5)
         wait_for(lambda: len(sub.events) == 2)
         assert sub.responses[-1].pending_num_requested == 0
-        sub.request(150)  # capped silently at 100 outstanding (docs/salesforce-pubsub-cdc.md §3)
+        sub.request(150)  # capped silently at 100 outstanding (docs/pubsub-cdc.md §3)
         wait_for(lambda: len(sub.events) == 5)
         assert sub.responses[-1].pending_num_requested == 97
         assert all(r.pending_num_requested <= 100 for r in sub.responses)

@@ -1,4 +1,4 @@
-"""Polling an object without change events: getDeleted and getUpdated (docs/salesforce-bulk-rest-oauth.md §3.5),
+"""Polling an object without change events: getDeleted and getUpdated (docs/bulk-rest-oauth.md §3.5),
 many records sharing one SystemModstamp, and a late commit that becomes visible after its stamp
 (docs/salesforce-coverage.md §1 "Time and visibility")."""
 

@@ -1,5 +1,5 @@
 """REST: versions, describe, query/queryAll paging, SOQL over HTTP, collections retrieve, limits
-(docs/salesforce-bulk-rest-oauth.md §3)."""
+(docs/bulk-rest-oauth.md §3)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Fields that change without a change event (docs/salesforce-coverage.md §2, "What change events never carry";
-docs/salesforce-pubsub-cdc.md §5): LastActivityDate and LastViewedDate, and the formula Opportunity
+docs/pubsub-cdc.md §5): LastActivityDate and LastViewedDate, and the formula Opportunity
 Expected_Revenue__c, which follows its inputs in the org but never appears in an event."""
 
 from __future__ import annotations

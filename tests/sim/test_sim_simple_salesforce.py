@@ -1,4 +1,4 @@
-"""simple-salesforce 1.12.10, unmodified, against the simulator over HTTPS (docs/salesforce-bulk-rest-oauth.md §6)."""
+"""simple-salesforce 1.12.10, unmodified, against the simulator over HTTPS (docs/bulk-rest-oauth.md §6)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _text(v) -> str:
 
 def test_bulk2_query_all_equals_ground_truth(sim, client, token, monkeypatch):
     # The Bulk 2.0 download ignores a session's verify; REQUESTS_CA_BUNDLE makes the whole flow trust us
-    # (docs/salesforce-bulk-rest-oauth.md §6).
+    # (docs/bulk-rest-oauth.md §6).
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", sim["ca_file"])
     sf = Salesforce(session_id=token, instance_url=sim["instance_url"], version=V[1:])
     describe = sf.Account.describe()

@@ -1,4 +1,4 @@
-"""Which fields may key a table: the Id, or a field describe marks `unique` (docs/salesforce-bulk-rest-oauth.md §3.2)."""
+"""Which fields may key a table: the Id, or a field describe marks `unique` (docs/bulk-rest-oauth.md §3.2)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from ..observe.metrics import Metrics
 from ..pipeline.backfill import Backfill
 from ..pipeline.platform_events import PlatformEventStream
 from ..pipeline.poll import ObjectPoller
-from ..pipeline.stopping import until_stopped
+from ..pipeline.stopping import sleep_or_stop, until_stopped
 from ..pipeline.stream import ObjectStream
 from ..postgres.store import Store
 from ..retry import restart_delay
@@ -39,13 +39,6 @@ HEALTHY_RUN_S = 60.0
 # object: a few round trips on a healthy database; a connect to an unreachable one otherwise waits asyncpg's
 # 60 s connect timeout.
 _REPORT_TIMEOUT_S = 5.0
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
-
 
 async def _report(on_error: Callable[[str], Awaitable[None]], error: str) -> str | None:
     """Run an error handler that may fail itself: storing an error in Postgres fails exactly when the database
@@ -174,7 +167,7 @@ class Service:
                 # `DatabaseUnavailableError: postgres: …`), and when it could not be stored, why.
                 log.error("service.failed", what=what, error=error, retry_in_s=round(delay, 1), failures=failures,
                           **({"not_recorded": unrecorded} if unrecorded else {}))
-                await _sleep_or_stop(self.stop, delay)
+                await sleep_or_stop(self.stop, delay)
 
     async def _supervise(self, client, pubsub, store: Store, name: str) -> None:
         obj = self.settings.objects[name]

@@ -285,7 +285,7 @@ class BatchApplier:
             log.error("stream.dead_letters_refused", object=self.name, error=str(exc),
                       dead_letters=[{"key": d.key, "reason": d.reason, "payload": d.payload} for d in dead],
                       action="kept without their payloads; the payloads are in this log line")
-            bare = [DeadLetter(d.object, _printable(d.reason), source=d.source, key=d.key,
+            bare = [DeadLetter(d.object, d.reason, source=d.source, key=d.key,
                                payload={"payload": "refused by postgres; see the log line stream.dead_letters_refused"})
                     for d in dead]
             await self.sink.apply([], bare, checkpoint, delivered)
@@ -331,8 +331,3 @@ class BatchApplier:
             rows=len(rows), upserts=result.upserts, updates=result.updates, deletes=result.deletes,
             skipped=result.skipped, dead_letters=len(dead) + result.dead_letters, lag_s=None if lag is None else round(lag, 3),
             duration_s=round(seconds, 4))
-
-
-def _printable(text: str) -> str:
-    """`text` as Postgres can store it in a text column (no NUL), bounded."""
-    return text.replace("\x00", "\\x00")[:2000]

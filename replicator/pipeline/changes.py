@@ -40,6 +40,9 @@ class ColumnMap:
         # components events carry, so it only comes with a record fetched from the org.
         self._cache: dict[str, str | None] = {}
         self.derived = frozenset(p for p in self.compounds if self.column(p) is not None)
+        # The names a change may use for a part of such a compound: `Name.LastName` starts with the parent's name,
+        # a flat `LastName` is one of its components.
+        self._derived_parts = self.derived | {c for p in self.derived for c in self.compounds[p]}
 
     def column(self, name: str) -> str | None:
         try:
@@ -76,15 +79,7 @@ class ColumnMap:
 
     def touches_derived(self, ch: Change) -> bool:
         """The change sets or nulls a component of a computed compound (`Name.FirstName` of Contact.Name)."""
-        return bool(self.derived) and any(n.split(".", 1)[0] in self.derived or self._parent_of(n) in self.derived
-                                          for n in (*ch.fields, *ch.nulled))
-
-    def _parent_of(self, name: str) -> str | None:
-        """The compound a component field belongs to (`FirstName` → `Name`), or None."""
-        for parent, components in self.compounds.items():
-            if name in components:
-                return parent
-        return None
+        return bool(self.derived) and any(n.split(".", 1)[0] in self._derived_parts for n in (*ch.fields, *ch.nulled))
 
     def columns_of(self, names: frozenset[str]) -> set[str]:
         """The columns of these field names (those the table has)."""

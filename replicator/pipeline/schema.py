@@ -54,9 +54,6 @@ VERSION_FIELDS = ("SystemModstamp", "LastModifiedDate", "CreatedDate")
 
 log = structlog.get_logger(__name__)
 
-# Salesforce API names (salesforce/names.py): SOQL has no identifier quoting, so a name outside the grammar
-# cannot be selected at all.
-_API_NAME = API_NAME
 
 # Postgres truncates identifiers to 63 bytes; two long names could then collide silently.
 MAX_IDENTIFIER_BYTES = 63
@@ -105,7 +102,7 @@ def table_spec(
         if f.calculated and f.name.lower() not in always:
             # Formula fields are never in change events (docs/pubsub-cdc.md §5): a copy could not keep them current.
             continue
-        if not _API_NAME.match(f.name):
+        if not API_NAME.match(f.name):  # SOQL has no identifier quoting: such a field cannot be selected
             log.warning("schema.field_skipped", object=describe.name, field=f.name,
                         reason="not a valid Salesforce API name; it cannot appear in SOQL")
             continue

@@ -27,3 +27,11 @@ async def until_stopped(stop: asyncio.Event, coro: Awaitable[T]) -> T:
     if task.cancelled():
         raise Stopped()
     return task.result()
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less when `stop` is set first."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

@@ -20,7 +20,7 @@ from ..salesforce.topics import topic_for
 from .applier import BatchApplier, StreamStats
 from .backfill import Backfill
 from .batcher import Batcher
-from .stopping import until_stopped
+from .stopping import sleep_or_stop, until_stopped
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +75,7 @@ class ObjectStream:
                     refused_at, captured_after_refusal = position, False
                     log.warning("stream.subscription_refused", object=self.name, topic=self.topic, error=str(exc),
                                 replay_id=(position or b"").hex(), action="subscribe again from the same position")
-                    await _pause(stop, restart_delay(exc, 1))
+                    await sleep_or_stop(stop, restart_delay(exc, 1))
                     continue
                 # Refused again without a replay-id error code (docs/pubsub-cdc.md §4): the stored
                 # position is what Pub/Sub will not take. Same answer as an invalid replay id: resync, loudly.
@@ -171,10 +171,3 @@ class ObjectStream:
         if resync_reason:
             await self.resync(resync_reason)
 
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    """Wait `seconds`, or less when the service stops."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

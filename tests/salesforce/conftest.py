@@ -26,3 +26,12 @@ async def client(org: FakeOrg, creds: Credentials):
         creds, transport=httpx.MockTransport(org.handler), retry_attempts=3, retry_base=0.001
     ) as sf:
         yield sf
+
+
+@pytest.fixture
+async def sf(sim):
+    """A client of the simulator the test module starts (its `sim` fixture), over real HTTPS."""
+    creds = Credentials(flow="client_credentials", token_url=sim["token_url"], client_id=sim["client_id"],
+                        client_secret=sim["client_secret"])
+    async with SalesforceClient(creds, api_version="62.0", ca_file=sim["ca_file"], retry_base=0.01) as client:
+        yield client

@@ -9,7 +9,7 @@ import io
 import pytest
 
 from replicator.model import TerminalError
-from replicator.salesforce import BulkClient, Credentials, SalesforceClient
+from replicator.salesforce import BulkClient
 from replicator.sim.server import SimulatorThread
 
 RECORDS = 300
@@ -19,14 +19,6 @@ RECORDS = 300
 def sim():
     with SimulatorThread(records=RECORDS, seed=11, page_size=100) as running:
         yield running.info
-
-
-@pytest.fixture
-async def sf(sim):
-    creds = Credentials(flow="client_credentials", token_url=sim["token_url"], client_id=sim["client_id"],
-                        client_secret=sim["client_secret"])
-    async with SalesforceClient(creds, api_version="62.0", ca_file=sim["ca_file"], retry_base=0.01) as client:
-        yield client
 
 
 def csv_rows(data: bytes) -> list[list[str]]:

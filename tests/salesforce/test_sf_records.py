@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from replicator.salesforce import Credentials, SalesforceClient
 from replicator.salesforce.records import IDS_PER_QUERY, records_by_id, soql_string
 from replicator.sim.admin_client import sim_admin
 from replicator.sim.server import SimulatorThread
@@ -17,14 +16,6 @@ FIELDS = ["Id", "Name", "IsDeleted"]
 def sim():
     with SimulatorThread(records=RECORDS, seed=23, page_size=100) as running:
         yield running.info
-
-
-@pytest.fixture
-async def sf(sim):
-    creds = Credentials(flow="client_credentials", token_url=sim["token_url"], client_id=sim["client_id"],
-                        client_secret=sim["client_secret"])
-    async with SalesforceClient(creds, api_version="62.0", ca_file=sim["ca_file"], retry_base=0.01) as client:
-        yield client
 
 
 async def live_ids(sf) -> list[str]:

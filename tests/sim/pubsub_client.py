@@ -10,6 +10,8 @@ import json
 import queue
 import ssl
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import fastavro
 import grpc
@@ -258,3 +260,16 @@ def decode_bitmap(schema: dict, bitmap: list[str]) -> set[str]:
         else:
             out.update(fields[i]["name"] for i in _bits(element))
     return out
+
+
+@contextmanager
+def running_org(**simulator: object) -> Iterator[Org]:
+    """A simulator of its own (SimulatorThread options) and an `Org` talking to it, closed after."""
+    from replicator.sim.server import SimulatorThread
+
+    with SimulatorThread(**simulator) as running:
+        org = Org(running.info)
+        try:
+            yield org
+        finally:
+            org.close()

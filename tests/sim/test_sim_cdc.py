@@ -23,10 +23,9 @@ import pytest
 
 from replicator.protocol import pubsub_api_pb2 as pb
 from replicator.sim.faults import Faults
-from replicator.sim.server import SimulatorThread
 
 from .conftest import V, wait_for, wait_job
-from .pubsub_client import Org, decode_bitmap, events_of
+from .pubsub_client import Org, decode_bitmap, events_of, running_org
 
 # A live org's Account schema (captured via GetSchema, docs/pubsub-cdc.md §5), kept with the client's tests.
 CAPTURED = Path(__file__).parents[1] / "salesforce" / "data" / "AccountChangeEvent.v1.avsc"
@@ -35,10 +34,8 @@ ACCOUNTS = "/data/AccountChangeEvent"
 
 @pytest.fixture(scope="module")
 def org():
-    with SimulatorThread(records=40, seed=5) as running:
-        o = Org(running.info)
+    with running_org(records=40, seed=5) as o:
         yield o
-        o.close()
 
 
 @pytest.fixture(autouse=True)

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from replicator.protocol import pubsub_api_pb2 as pb
-from replicator.sim.server import SimulatorThread
 from replicator.sim.store import OrgStore
 
 from .conftest import V, wait_job
-from .pubsub_client import Org, decode_bitmap, events_of
+from .pubsub_client import Org, decode_bitmap, events_of, running_org
 
 CAPTURED = Path(__file__).parents[1] / "salesforce" / "data" / "AccountChangeEvent.v1.avsc"
 NAME_PARTS = ("Salutation", "FirstName", "MiddleName", "LastName", "Suffix")
@@ -24,10 +23,8 @@ NAME_PARTS = ("Salutation", "FirstName", "MiddleName", "LastName", "Suffix")
 
 @pytest.fixture(scope="module")
 def org():
-    with SimulatorThread(records=40, seed=13) as running:
-        o = Org(running.info)
+    with running_org(records=40, seed=13) as o:
         yield o
-        o.close()
 
 
 def auth(org: Org) -> dict:

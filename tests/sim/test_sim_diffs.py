@@ -15,10 +15,9 @@ import pytest
 
 from replicator.protocol import pubsub_api_pb2 as pb
 from replicator.sim.faults import Faults
-from replicator.sim.server import SimulatorThread
 
 from .conftest import wait_for
-from .pubsub_client import Org, decode_bitmap, events_of
+from .pubsub_client import Org, decode_bitmap, events_of, running_org
 
 HUNK = re.compile(r"@@ -(\d+),(\d+) \+(\d+),(\d+) @@")
 INVOICES = "/data/Invoice__ChangeEvent"
@@ -26,10 +25,8 @@ INVOICES = "/data/Invoice__ChangeEvent"
 
 @pytest.fixture(scope="module")
 def org():
-    with SimulatorThread(records=30, seed=9, faults={"diff_fields": "on"}) as running:
-        o = Org(running.info)
+    with running_org(records=30, seed=9, faults={"diff_fields": "on"}) as o:
         yield o
-        o.close()
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from replicator.sim.__main__ import build_parser, main
 from replicator.sim.server import Simulator, SimulatorThread
 
 from .conftest import V, wait_for, wait_job
-from .pubsub_client import Org, trailer
+from .pubsub_client import Org, running_org, trailer
 
 DEFAULT_SELECTION = ["Account", "Contact", "Opportunity", "Invoice__c"]
 NOT_FOUND = "sfdc.platform.eventbus.grpc.topic.not.found"
@@ -25,10 +25,8 @@ NOT_FOUND = "sfdc.platform.eventbus.grpc.topic.not.found"
 
 @pytest.fixture(scope="module")
 def org():
-    with SimulatorThread(records=30, seed=11) as running:
-        o = Org(running.info)
+    with running_org(records=30, seed=11) as o:
         yield o
-        o.close()
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from replicator.sim.faults import Faults
 from replicator.sim.server import SimulatorThread
 
 from .conftest import wait_for
-from .pubsub_client import Follower, Org, trailer
+from .pubsub_client import Follower, Org, running_org, trailer
 
 ACCOUNTS = "/data/AccountChangeEvent"
 CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
@@ -23,10 +23,8 @@ CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
 
 @pytest.fixture(scope="module")
 def org():
-    with SimulatorThread(records=50, seed=3) as running:
-        o = Org(running.info)
+    with running_org(records=50, seed=3) as o:
         yield o
-        o.close()
 
 
 @pytest.fixture(autouse=True)

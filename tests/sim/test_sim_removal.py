@@ -10,18 +10,15 @@ import io
 import pytest
 
 from replicator.sim.faults import Faults
-from replicator.sim.server import SimulatorThread
 
 from .conftest import V, wait_for, wait_job
-from .pubsub_client import Org, events_of
+from .pubsub_client import Org, events_of, running_org
 
 
 @pytest.fixture(scope="module")
 def org():
-    with SimulatorThread(records=60, seed=23) as running:
-        o = Org(running.info)
+    with running_org(records=60, seed=23) as o:
         yield o
-        o.close()
 
 
 @pytest.fixture(autouse=True)

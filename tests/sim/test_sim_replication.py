@@ -11,18 +11,15 @@ import time
 import pytest
 
 from replicator.protocol import pubsub_api_pb2 as pb
-from replicator.sim.server import SimulatorThread
 
 from .conftest import V, wait_for
-from .pubsub_client import Org
+from .pubsub_client import Org, running_org
 
 
 @pytest.fixture(scope="module")
 def org():
-    with SimulatorThread(records=30, seed=13) as running:
-        o = Org(running.info)
+    with running_org(records=30, seed=13) as o:
         yield o
-        o.close()
 
 
 def auth(org: Org) -> dict:

@@ -13,10 +13,9 @@ import pytest
 
 from replicator.protocol import pubsub_api_pb2 as pb
 from replicator.sim.faults import Faults
-from replicator.sim.server import SimulatorThread
 
 from .conftest import V, wait_for, wait_job
-from .pubsub_client import Org, decode_bitmap, events_of
+from .pubsub_client import Org, decode_bitmap, events_of, running_org
 
 CAPTURED = Path(__file__).parents[1] / "salesforce" / "data"
 SILENT = {"LastActivityDate", "LastViewedDate"}
@@ -25,10 +24,8 @@ GENERATED_UNTIL = "2026"  # every generated timestamp is before 2026 (generator.
 
 @pytest.fixture(scope="module")
 def org():
-    with SimulatorThread(records=40, seed=21) as running:
-        o = Org(running.info)
+    with running_org(records=40, seed=21) as o:
         yield o
-        o.close()
 
 
 @pytest.fixture(autouse=True)

@@ -12,20 +12,17 @@ import pytest
 
 from replicator.protocol import pubsub_api_pb2 as pb
 from replicator.sim.faults import Faults
-from replicator.sim.server import SimulatorThread
 
 from .conftest import V, wait_for
-from .pubsub_client import Org
+from .pubsub_client import Org, running_org
 
 DATETIMES = ("CreatedDate", "LastModifiedDate", "SystemModstamp", "Paid_At__c")
 
 
 @pytest.fixture(scope="module")
 def org():
-    with SimulatorThread(records=20, seed=5) as running:
-        o = Org(running.info)
+    with running_org(records=20, seed=5) as o:
         yield o
-        o.close()
 
 
 def make_changes(org: Org) -> None:

@@ -9,20 +9,17 @@ import orjson
 import pytest
 
 from replicator.sim.ids import parse_counter
-from replicator.sim.server import SimulatorThread
 
 from .conftest import V, wait_for
-from .pubsub_client import Org, events_of
+from .pubsub_client import Org, events_of, running_org
 
 OBJ = "Invoice__c"
 
 
 @pytest.fixture(scope="module")
 def org():
-    with SimulatorThread(records=50, seed=29) as running:
-        o = Org(running.info)
+    with running_org(records=50, seed=29) as o:
         yield o
-        o.close()
 
 
 def _truth(org: Org) -> dict[str, dict]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from replicator.postgres.server import fresh_database
 from replicator.sim.admin_client import sim_admin
 
-from .e2e import _Replicator, config, counts, drained, overflow, traffic, verdict, verify
+from .e2e import _Replicator, changes_then_overflow, config, counts, verdict, verify
 from .harness import start_sim, stop_sim
 from .stream import q, until
 
@@ -79,13 +79,8 @@ async def run(server_url: str, database: str, records: int, changes: int, rate: 
             stream_kills = kills + backfill_kills - figures["kills"]
             rng = random.Random(seed)
             kill_at = sorted(rng.sample(range(changes // 10, changes - changes // 10), stream_kills))
-            half = changes // 2
-            await traffic(sim, half, rate, [k for k in kill_at if k < half], replicator.restart)
-            await sim_admin(sim, "POST", "/__sim/schema/Account/fields", {"name": "Segment__c", "type": "string"})
-            await traffic(sim, changes, rate, [k for k in kill_at if k >= half], replicator.restart)
+            await changes_then_overflow(sim, url, changes, rate, kill_at, replicator.restart, threshold=300, records=400)
             figures["kills"] += len(kill_at)
-            await overflow(sim, threshold=300, records=400)
-            await drained(sim, url)
             figures["stream_s"] = time.monotonic() - t0 - figures["backfill_s"]
             figures.update(await counts(sim, url))
         finally:

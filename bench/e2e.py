@@ -106,12 +106,7 @@ async def run(server_url: str, database: str, records: int, changes: int, rate: 
                                                          "duplicate_rate": 0 if kills else 0.05,
                                                          "overflow_threshold": 100_000})
             t1 = time.monotonic()
-            half = changes // 2
-            await traffic(sim, half, rate, [k for k in kill_at if k < half], replicator.restart)
-            await sim_admin(sim, "POST", "/__sim/schema/Account/fields", {"name": "Segment__c", "type": "string"})
-            await traffic(sim, changes, rate, [k for k in kill_at if k >= half], replicator.restart)
-            await overflow(sim, threshold=500, records=600)
-            await drained(sim, url)
+            await changes_then_overflow(sim, url, changes, rate, kill_at, replicator.restart, threshold=500, records=600)
             figures["stream_s"] = time.monotonic() - t1
             figures.update(await counts(sim, url))
         finally:
@@ -128,6 +123,18 @@ async def run(server_url: str, database: str, records: int, changes: int, rate: 
                            f"{verified.stderr[-1000:]}; replicator's log: {log.name}")
     os.unlink(log.name)
     return figures
+
+
+async def changes_then_overflow(sim: dict, url: str, changes: int, rate: int, kill_at: list[int], restart,
+                                threshold: int, records: int) -> None:
+    """The traffic's two halves with a field added between them (kills at the counts in `kill_at`), then one
+    overflowing transaction; returns once every event is applied and the overflow's resync done."""
+    half = changes // 2
+    await traffic(sim, half, rate, [k for k in kill_at if k < half], restart)
+    await sim_admin(sim, "POST", "/__sim/schema/Account/fields", {"name": "Segment__c", "type": "string"})
+    await traffic(sim, changes, rate, [k for k in kill_at if k >= half], restart)
+    await overflow(sim, threshold, records)
+    await drained(sim, url)
 
 
 async def overflow(sim: dict, threshold: int, records: int) -> None:

@@ -3,6 +3,9 @@
 A dead letter names a record (its key). Retrying fetches that record's current state from Salesforce
 (queryAll, so deleted records come too) and applies it through the stream's sink with the version guard:
 - applied → resolved; the record no longer exists anywhere in the org → resolved as gone;
+- the key step refuses it again (its external key is still empty, or another record holds that key): the key step
+  wrote a new dead letter with the record's current values, so the retried one is resolved as superseded and
+  counted as failed (one open letter per record, never two, never "applied");
 - Postgres refuses it again → attempts + 1, next retry after an exponential wait (1 min … 1 day);
 - a dead letter without a record key (an undecodable event) cannot be fetched alone: it stays open and
   the command says to resync the object (`replicator resync OBJECT`), which re-extracts every record.
@@ -74,9 +77,15 @@ async def _retry_object(client, store: Store, settings: Settings, name: str, let
             out.gone += 1
             continue
         try:
-            await sink.apply([record_op(record, spec, 0)], [], None)
+            result = await sink.apply([record_op(record, spec, 0)], [], None)
         except RejectedDataError as exc:
             await store.dead_letters_failed_again([letter["id"]], f"retry refused by postgres: {exc}")
+            out.failed += 1
+            continue
+        outcome = result.key_losers.get(str(record.get("Id")))
+        if outcome is not None:  # the key step wrote a new letter for the record, with its current values
+            await store.resolve_dead_letters([letter["id"]], f"retried: key step said {outcome!r} again; "
+                                                             "a new dead letter holds the record's current values")
             out.failed += 1
             continue
         await store.resolve_dead_letters([letter["id"]], "applied on retry")

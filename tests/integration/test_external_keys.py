@@ -16,6 +16,7 @@ from replicator.app.commands import run_backfills
 from replicator.app.runtime import open_store, salesforce_client
 from replicator.app.service import Service
 from replicator.model import ConfigError
+from replicator.pipeline.dead_letters import retry as retry_dead_letters
 from replicator.pipeline.stream import ObjectStream
 from replicator.pipeline.verify import verify_object
 from replicator.postgres.state import load_checkpoint
@@ -155,6 +156,28 @@ async def test_a_nulled_key_removes_the_row_with_a_dead_letter_and_a_new_key_bri
         await stream.apply_batch(await _events(pubsub, keyed))  # an update of a row we lack: fetched by Id
     diff, _ = await _verify(settings)
     assert (diff.missing, diff.extra, diff.different, diff.unkeyed) == (0, 0, 0, 0), diff.examples
+
+
+async def test_retrying_the_dead_letter_of_a_record_still_without_a_key_leaves_one_open_letter(sim, pg_url):
+    settings = _settings(sim, pg_url, "keyretry")
+    await run_backfills(settings, [OBJ])
+    a = (await _invoices(sim))[9]
+    nulled = await _change(sim, [{"object": OBJ, "type": "UPDATE", "ids": [a["Id"]], "nulled": ["External_Id__c"]}])
+    async with _stream(settings) as (stream, client, store, pubsub):
+        await stream.apply_batch(await _events(pubsub, nulled))
+        assert [x["record_key"] for x in await _dead_letters(pg_url)] == [a["Id"]]
+        result = await retry_dead_letters(client, store, settings, OBJ, force=True)
+    # still unkeyed in the org: not applied; the key step's new letter replaces the retried one
+    assert (result.applied, result.failed, result.gone) == (0, 1, 0)
+    (letter,) = await _dead_letters(pg_url)
+    assert letter["record_key"] == a["Id"] and "External_Id__c" in letter["reason"]
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM keyretry.invoice__c WHERE id = $1", a["Id"]) == 0
+    finally:
+        await conn.close()
+    # the org's record gets a key again (the module's other tests share this org)
+    await _change(sim, [{"object": OBJ, "type": "UPDATE", "ids": [a["Id"]], "fields": {"External_Id__c": "RETRY-KEY"}}])
 
 
 async def test_keys_swapped_or_chained_in_one_transaction_apply_together(sim, pg_url):

@@ -232,6 +232,11 @@ async def set_mode(conn: asyncpg.Connection, name: str, mode: str, reason: str) 
     )
 
 
+async def get_mode(conn: asyncpg.Connection, name: str) -> str | None:
+    """The mode stored by the last `set_mode` (cdc or poll), None before the first."""
+    return await conn.fetchval("SELECT mode FROM replicator.objects WHERE object = $1", name)
+
+
 async def load_checkpoint(conn: asyncpg.Connection, topic: str) -> bytes | None:
     return await conn.fetchval("SELECT replay_id FROM replicator.checkpoints WHERE topic = $1", topic)
 

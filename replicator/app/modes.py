@@ -8,7 +8,9 @@ without a hole and without a new extract (issue 12 §1, §4; README "Polling").
   stream checkpoint's commitTimestamp; when no event was applied since the position was captured, the time that
   position was saved), less `poll.lookback_s` (a round reads from that much earlier again); getDeleted starts there
   too. Every change after the last applied event has a SystemModstamp at or after its commit, so the first round
-  reads it; records read twice are harmless (the version guard).
+  reads it; records read twice are harmless (the version guard). The rows it reads again forget their stream
+  position in the same transaction: a polled record stamped in the same second as the last streamed change is
+  newer than it (read later), and must win the guard's tie (postgres/state.py `poll_from_stream`).
 - poll → cdc (`to_cdc`): capture the stream's position first (as before a backfill), then one more poll round, which
   reads everything up to at least the capture; the stream then starts from the captured position. Changes in
   between arrive twice, harmlessly.
@@ -73,10 +75,10 @@ async def to_poll(store: Store, name: str, lookback_s: float) -> bool:
     commit, _basis, saved = times
     since = commit if commit is not None else saved
     start = (int(since * 1000) - int(lookback_s * 1000)) // 1000 * 1000  # whole seconds, as SOQL compares
-    await store.save_checkpoint(Checkpoint(poll_topic(name), None, poll_modstamp=start, poll_id="",
-                                           poll_deleted_through=start))
+    forgotten = await store.poll_from_stream(name, Checkpoint(poll_topic(name), None, poll_modstamp=start, poll_id="",
+                                                              poll_deleted_through=start))
     log.info("mode.poll_position_from_stream", object=name, last_commit=commit, position_saved=saved,
-             poll_from_ms=start)
+             poll_from_ms=start, stream_positions_forgotten=forgotten)
     return True
 
 

@@ -157,3 +157,36 @@ async def test_poll_rounds_wait_while_the_api_budget_is_spent_and_streams_go_on(
 
 async def _async(value):
     return value
+
+
+async def test_a_polled_object_selected_while_the_service_was_down_streams_after_a_restart(sim, pg_url):
+    settings = _settings(sim, pg_url, "restart", {"Opportunity": {"poll_interval_s": 0.3}})
+    selection = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
+    job = "SELECT job_id FROM replicator.objects WHERE object = 'Opportunity'"
+    await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selection if o != "Opportunity"]})
+    try:
+        svc, task = await _run(settings)
+        try:
+            await wait_for(_mode(pg_url, "Opportunity", "poll"), timeout=120)
+        finally:
+            svc.stop.set()
+            assert await asyncio.wait_for(task, 60) == 0
+        first_job = await pg_value(pg_url, job)
+        ids = (await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "Opportunity", "type": "CREATE", "fields": {"Name": "while down"}, "count": 5}])).json()
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})
+        svc, task = await _run(settings)
+        try:
+            await wait_for(_mode(pg_url, "Opportunity", "cdc"), timeout=60)
+            await sim_admin(sim, "POST", "/__sim/changes", [
+                {"object": "Opportunity", "type": "CREATE", "fields": {"Name": "streamed"}, "count": 5}])
+            await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 5 FROM restart.opportunity"
+                                                    " WHERE name = 'streamed'"), timeout=30)
+            await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+            assert await pg_value(pg_url, "SELECT count(*) FROM restart.opportunity WHERE name = 'while down'") == 5
+            assert await pg_value(pg_url, job) == first_job and ids
+        finally:
+            svc.stop.set()
+            assert await asyncio.wait_for(task, 60) == 0
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})

@@ -83,6 +83,7 @@ class Service:
             self.metrics.object(name)
         self.endpoints: Endpoints | None = None
         self.limits: OrgLimits | None = None  # the org's allocations and the API budget, once connected
+        self._polled_for_allocation: set[str] = set()  # objects polled while the event allocation is used up
         self._signals = 0
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -217,6 +218,11 @@ class Service:
         health = self.metrics.object(name)
         stored = await store.get_mode(name)
         st = await store.get_object(name)
+        if mode == "poll" and cause == ALLOCATION:
+            self._polled_for_allocation.add(name)
+        elif mode == "cdc" and name in self._polled_for_allocation:
+            self._polled_for_allocation.discard(name)
+            cause = ALLOCATION  # back to the stream because the allocation has room again
         if stored is not None and stored != mode and st is not None and st.phase != "NEW":
             if mode == "poll":
                 await to_poll(store, name, self.settings.poll.lookback_s)

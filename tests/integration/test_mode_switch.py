@@ -115,7 +115,9 @@ async def test_the_event_allocation_used_up_polls_loudly_then_streams_again(sim,
         await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=60)
         await _traffic(sim, running=False)
         await wait_for(lambda: _all_equal(settings), timeout=90, interval=0.5)
-        assert "replicator_event_allocation_exhausted 0.0" in generate_latest(svc.metrics.registry).decode()
+        metrics = generate_latest(svc.metrics.registry).decode()
+        assert "replicator_event_allocation_exhausted 0.0" in metrics
+        assert 'replicator_mode_switches_total{cause="allocation",mode="cdc",object="Contact"} 1.0' in metrics
         assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Contact'") == 0
     finally:
         await _traffic(sim, running=False)

@@ -53,6 +53,20 @@ class SalesforceSettings(_Section):
         "api.pubsub.salesforce.com:7443", description="Pub/Sub API host:port (gRPC over TLS) for the change stream."
     )
     pubsub_tls: bool = Field(True, description="TLS for the Pub/Sub channel (trusting ca_file when set). Leave on.")
+    # REST `/limits` (docs/bulk-rest-oauth.md §2.1; docs/salesforce-coverage.md §3): one API request per read.
+    limits_interval_s: float = Field(
+        300.0, gt=0,
+        description="How often the org's allocations are read from REST `/limits` (DailyApiRequests, "
+        "DailyDeliveredPlatformEvents, DailyBulkV2QueryJobs, …): metrics of use, allocation and projected "
+        "exhaustion, a warning at 80%, the API budget below, and when change events may flow again after the "
+        "delivery allocation ran out. One API request per read (288 a day at the default).",
+    )
+    api_reserve: float = Field(
+        0.2, ge=0, le=1,
+        description="Share of the org's daily API requests left to others: while Remaining / Max of "
+        "DailyApiRequests is below it, poll rounds (and other scheduled API work) are not started; streams go on. "
+        "0 turns the budget off.",
+    )
 
     @field_validator("instance_url", "token_url")
     @classmethod
@@ -135,6 +149,12 @@ class StreamSettings(_Section):
         300.0, gt=0,
         description="Before a backfill or resync, how long to wait for the stream's current position (Salesforce "
         "sends a keepalive within 270 s). Without one, the stream later starts from the earliest retained event.",
+    )
+    topic_check_s: float = Field(
+        300.0, gt=0,
+        description="Objects in `auto` mode: how often each one's change-event topic is looked up again (one Pub/Sub "
+        "GetTopic per object per interval), so an entity selected for or removed from Change Data Capture switches "
+        "between streaming and polling without a hole and without a new extract.",
     )
     platform_events: list[str] = Field(
         default_factory=list,

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
-from ..model import ConfigError, Stopped, TerminalError
+from ..model import ConfigError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
 from ..pipeline.backfill import Backfill
@@ -26,8 +26,10 @@ from ..pipeline.stopping import sleep_or_stop, until_stopped
 from ..pipeline.stream import ObjectStream
 from ..postgres.store import Store
 from ..retry import restart_delay
-from ..salesforce.pubsub import PubSubClient
+from ..salesforce.pubsub import PubSubClient, event_allocation_exhausted
 from ..salesforce.topics import topic_for
+from .limits import OrgLimits
+from .modes import ALLOCATION, choose_mode, to_cdc, to_poll, topic_exists
 from .runtime import open_store, salesforce_client
 
 log = structlog.get_logger(__name__)
@@ -80,6 +82,8 @@ class Service:
         for name in settings.objects:
             self.metrics.object(name)
         self.endpoints: Endpoints | None = None
+        self.limits: OrgLimits | None = None  # the org's allocations and the API budget, once connected
+        self._polled_for_allocation: set[str] = set()  # objects polled while the event allocation is used up
         self._signals = 0
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -128,10 +132,12 @@ class Service:
         async with salesforce_client(self.settings) as client, open_store(self.settings) as store:
             self.metrics.client, self.metrics.store = client, store
             sf = self.settings.salesforce
+            self.limits = self.metrics.limits = OrgLimits(client, sf.api_reserve, sf.limits_interval_s)
             pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens, ca_file=str(sf.ca_file) if sf.ca_file else None,
                                   tls=sf.pubsub_tls)
             try:
                 await asyncio.gather(
+                    self._keep_running("limits", lambda: self.limits.run(self.stop)),
                     *(self._supervise(client, pubsub, store, n) for n in self.settings.objects),
                     *(self._supervise_events(pubsub, store, n) for n in self.settings.stream.platform_events),
                 )
@@ -170,35 +176,35 @@ class Service:
                 await sleep_or_stop(self.stop, delay)
 
     async def _supervise(self, client, pubsub, store: Store, name: str) -> None:
+        """One object, in the mode app/modes.py decides; a watcher ends the running mode when the other one is
+        due (topic gained or lost, event allocation used up or back), and the next round switches."""
         obj = self.settings.objects[name]
         health = self.metrics.object(name)
-        decided: list[str] = []  # the mode, decided once (a switch between modes is not handled yet: issue 12 §1)
 
         async def once() -> None:
-            if not decided:
-                mode, reason = await _choose_mode(pubsub, name, obj.mode)
-                log.info("service.mode", object=name, mode=mode, reason=reason)
-                await store.set_mode(name, mode, reason)
-                decided.append(mode)
-                health.mode = mode
-            if decided[0] == "poll":
-                await self._poll(client, store, name)
-                return
-            st = await store.get_object(name)
-            stream = self.streams[name] = ObjectStream(client, pubsub, store, self.settings, name, obj, self.metrics)
-            if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
-                health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
-                if st is None or st.phase == "NEW" or not st.job_id:  # a resumed backfill keeps its position
-                    # Describe first: a configuration the org refuses (a key that is not unique) stops here, in
-                    # one line, before a stream position is captured and stored.
-                    await stream.applier.load_schema()
-                    await until_stopped(self.stop, stream.capture_position())
-                log.info("service.backfill", object=name)
-                backfill = Backfill(client, store, self.settings, name, obj, self.metrics.backfill_progress)
-                await until_stopped(self.stop, backfill.run())
-            await store.set_phase(name, "STREAMING")
-            health.last_error = None
-            await stream.run(self.stop)
+            halt = asyncio.Event()  # set by the watcher: the service stops, or the other mode is due
+            watcher = None
+            mode = "cdc"
+            try:
+                mode, reason, cause = await choose_mode(pubsub, name, obj.mode, self.limits)
+                await self._enter_mode(client, pubsub, store, name, mode, reason, cause)
+                watcher = asyncio.ensure_future(self._watch_mode(pubsub, name, mode, halt))
+                if mode == "poll":
+                    await self._poll(client, store, name, halt)
+                else:
+                    await self._stream(client, pubsub, store, name, halt)
+            except Stopped:
+                if self.stop.is_set():
+                    raise
+                # halted for a switch during a resumable step (a resync's extract): the next round goes on
+            except Exception as exc:
+                if mode != "cdc" or self.limits is None or not event_allocation_exhausted(exc):
+                    raise
+                self.limits.events_exhausted(f"{type(exc).__name__}: {exc}")  # the next round polls, loudly
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
 
         async def record(error: str) -> None:
             health.phase, health.connected, health.last_error = "RETRYING", False, error
@@ -206,17 +212,94 @@ class Service:
 
         await self._keep_running(name, once, record)
 
-    async def _poll(self, client, store: Store, name: str) -> None:
-        """A polled object (pipeline/poll.py): the same backfill, its poll position captured before it, then
-        rounds until the service stops."""
+    async def _enter_mode(self, client, pubsub, store: Store, name: str, mode: str, reason: str, cause: str) -> None:
+        """Store the decided mode; when it differs from the stored one, hand the object over first (app/modes.py):
+        the stored mode changes only once the handoff is stored, so a crash repeats it."""
+        health = self.metrics.object(name)
+        stored = await store.get_mode(name)
+        st = await store.get_object(name)
+        if mode == "poll" and cause == ALLOCATION:
+            self._polled_for_allocation.add(name)
+        elif mode == "cdc" and name in self._polled_for_allocation:
+            self._polled_for_allocation.discard(name)
+            cause = ALLOCATION  # back to the stream because the allocation has room again
+        if stored is not None and stored != mode and st is not None and st.phase != "NEW":
+            if mode == "poll":
+                await to_poll(store, name, self.settings.poll.lookback_s)
+            else:
+                obj = self.settings.objects[name]
+                stream = ObjectStream(client, pubsub, store, self.settings, name, obj, self.metrics)
+                poller = ObjectPoller(client, store, self.settings, name, obj, self.metrics)
+                await to_cdc(stream, poller, self.stop)
+            self.metrics.mode_switches.labels(object=name, mode=mode, cause=cause).inc()
+            (log.error if cause == ALLOCATION else log.warning)(
+                "service.mode_switch", object=name, mode=mode, previous=stored, reason=reason)
+        elif health.mode == mode:
+            return  # decided before in this process, nothing changed
+        else:
+            log.info("service.mode", object=name, mode=mode, reason=reason)
+        await store.set_mode(name, mode, reason)
+        health.mode = mode
+
+    async def _watch_mode(self, pubsub, name: str, mode: str, halt: asyncio.Event) -> None:
+        """Set `halt` when the service stops or the object should run in the other mode: in `auto` mode its
+        change-event topic appeared or went away (one GetTopic every `stream.topic_check_s`); a poll for want of
+        event allocation once /limits shows room again."""
+        configured = self.settings.objects[name].mode
+        tick = min(self.settings.service.control_poll_s, self.settings.stream.topic_check_s)
+        next_topic_check = time.monotonic() + self.settings.stream.topic_check_s
+        limits = self.limits
+        while not self.stop.is_set():
+            await sleep_or_stop(self.stop, tick)
+            waiting_for_events = limits is not None and limits.events_exhausted_at is not None
+            if mode == "poll" and configured != "poll" and waiting_for_events:
+                if limits.events_available():
+                    break
+                continue
+            if configured == "auto" and time.monotonic() >= next_topic_check:
+                next_topic_check = time.monotonic() + self.settings.stream.topic_check_s
+                try:
+                    exists = await topic_exists(pubsub, topic_for(name))
+                except Exception as exc:  # the running mode reports its own failures; look again next time
+                    log.debug("service.topic_check_failed", object=name, error=str(exc))
+                    continue
+                if exists != (mode == "cdc"):
+                    log.info("service.topic_changed", object=name, topic=topic_for(name), exists=exists)
+                    break
+        halt.set()
+
+    async def _stream(self, client, pubsub, store: Store, name: str, halt: asyncio.Event) -> None:
+        """A streamed object: backfill when needed (its stream position captured first), then stream until
+        `halt`."""
         obj, health = self.settings.objects[name], self.metrics.object(name)
-        poller = ObjectPoller(client, store, self.settings, name, obj, self.metrics)
+        st = await store.get_object(name)
+        stream = self.streams[name] = ObjectStream(client, pubsub, store, self.settings, name, obj, self.metrics)
+        if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
+            health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
+            if st is None or st.phase == "NEW" or not st.job_id:  # a resumed backfill keeps its position
+                # Describe first: a configuration the org refuses (a key that is not unique) stops here, in
+                # one line, before a stream position is captured and stored.
+                await stream.applier.load_schema()
+                await until_stopped(self.stop, stream.capture_position())
+            log.info("service.backfill", object=name)
+            backfill = Backfill(client, store, self.settings, name, obj, self.metrics.backfill_progress)
+            await until_stopped(self.stop, backfill.run())
+        await store.set_phase(name, "STREAMING")
+        health.last_error = None
+        await stream.run(halt)
+
+    async def _poll(self, client, store: Store, name: str, halt: asyncio.Event | None = None) -> None:
+        """A polled object (pipeline/poll.py): the same backfill, its poll position captured before it, then
+        rounds until `halt` (the service stops, or the object switches mode), each only while the API budget
+        allows (app/limits.py)."""
+        obj, health = self.settings.objects[name], self.metrics.object(name)
+        poller = ObjectPoller(client, store, self.settings, name, obj, self.metrics, budget=self.limits)
         st = await store.get_object(name)
         has_position = await store.load_poll_position(poller.topic) is not None
         if st is not None and st.phase != "NEW" and not has_position:
-            # Replicated (or extracted) before without a poll position: it streamed change events. Extract it again
-            # from a fresh position: an extract begun earlier would leave a hole. A switch without a new extract
-            # (capture, then hand off) is issue 12 §1, not done yet.
+            # Replicated (or extracted) before without a poll position, and no stream checkpoint to start one
+            # from (app/modes.py): extract it again from a fresh position, an extract begun earlier would leave
+            # a hole.
             await store.begin_resync(name, "polled without a stored poll position")
             st = await store.get_object(name)
         if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
@@ -231,31 +314,11 @@ class Service:
             await until_stopped(self.stop, backfill.run())
         await store.set_phase(name, "STREAMING")
         health.last_error = None
-        await poller.run(self.stop)
+        await poller.run(halt if halt is not None else self.stop)
 
     async def _supervise_events(self, pubsub, store: Store, name: str) -> None:
         await self._keep_running(f"/event/{name}",
                                  lambda: PlatformEventStream(pubsub, store, self.settings, name).run(self.stop))
-
-
-async def _choose_mode(pubsub, name: str, configured: str) -> tuple[str, str]:
-    """(mode, why) of an object: `poll` when configured; else `cdc` when its change-event topic exists (Pub/Sub
-    GetTopic answers NOT_FOUND for an entity not selected for Change Data Capture: docs/pubsub-cdc.md
-    §4, "Topic unknown, or CDC not enabled for the entity"; docs/salesforce-coverage.md §2), else `poll` for
-    `auto`, and a configuration error for `cdc`."""
-    if configured == "poll":
-        return "poll", 'configured (mode = "poll")'
-    topic = topic_for(name)
-    try:
-        await pubsub.get_topic(topic)
-    except TerminalError as exc:
-        if exc.code != "TOPIC_NOT_FOUND":
-            raise
-        if configured == "cdc":
-            raise ConfigError(f'objects.{name}: mode = "cdc" but {name} has no change-event topic ({topic}): select '
-                              'it for Change Data Capture in the org, or set mode = "auto" or "poll"') from None
-        return "poll", f"no change-event topic {topic} (the entity is not selected for Change Data Capture)"
-    return "cdc", ('configured (mode = "cdc"), ' if configured == "cdc" else "") + f"change-event topic {topic} exists"
 
 
 async def run_command(settings: Settings) -> int:

@@ -37,7 +37,7 @@ class ObjectHealth:
     rows_done: int = 0
     rows_expected: int | None = None
     last_error: str | None = None
-    mode: str | None = None  # cdc or poll, once decided at start-up
+    mode: str | None = None  # cdc or poll: decided at start-up, switched by the service (app/service.py)
     poll_position: float | None = None  # epoch s: SystemModstamp of the poll position (polled objects)
 
     def lag(self, now: float) -> float | None:
@@ -81,6 +81,13 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_api_requests_remaining", "gauge", "", "Daily API requests left, from the last Sforce-Limit-Info header."),
     ("replicator_api_requests_max", "gauge", "", "Daily API request allocation, from the last Sforce-Limit-Info header."),
     ("replicator_postgres_pool_connections", "gauge", "state", "Pool connections: in_use, idle, max."),
+    ("replicator_salesforce_requests_total", "counter", "kind", "Salesforce HTTP calls by kind: bulk, query, queryAll, retrieve, getDeleted, getUpdated, describe, sobjects, limits, other."),
+    ("replicator_salesforce_limit_max", "gauge", "limit", "The org's allocation from REST /limits (DailyApiRequests, DailyDeliveredPlatformEvents, DailyBulkV2QueryJobs, …)."),
+    ("replicator_salesforce_limit_used", "gauge", "limit", "Used of that allocation (Max − Remaining) at the last /limits read."),
+    ("replicator_salesforce_limit_exhaustion_seconds", "gauge", "limit", "Projected seconds until the allocation is used up, at the rate between the last two reads (absent while unused)."),
+    ("replicator_api_budget_paused", "gauge", "", "1 while poll rounds wait because the org's remaining daily API requests are below salesforce.api_reserve."),
+    ("replicator_event_allocation_exhausted", "gauge", "", "1 while the event delivery allocation is used up and streamed objects are polled instead."),
+    ("replicator_mode_switches_total", "counter", "object, mode, cause", "Switches between cdc and poll: mode switched to, cause (topic, allocation)."),
 ]
 
 # Histogram buckets, chosen from what the bench measured (bench/RESULTS.md): a batch of the default 2,000 narrow
@@ -101,6 +108,7 @@ class Metrics:
         self.objects: dict[str, ObjectHealth] = {}
         self.client = None  # SalesforceClient: API calls and the daily allocation
         self.store = None  # postgres.store.Store: pool usage
+        self.limits = None  # app.limits.OrgLimits: the org's allocations and the API budget
         r = self.registry
         self.backfill_rows = Counter("replicator_backfill_rows", "Rows loaded by backfills.", ["object"], registry=r)
         self.events_received = Counter("replicator_events_received", "Change events received.", ["object"], registry=r)
@@ -115,6 +123,8 @@ class Metrics:
         self.resyncs = Counter("replicator_resyncs", "Resyncs.", ["object"], registry=r)
         self.dead_letters = Counter("replicator_dead_letters", "Dead letters.", ["object", "source"], registry=r)
         self.errors = Counter("replicator_errors", "Failures by kind.", ["object", "kind"], registry=r)
+        self.mode_switches = Counter("replicator_mode_switches", "Mode switches.", ["object", "mode", "cause"],
+                                     registry=r)
         r.register(_Collector(self))
         self._backfill_seen: dict[str, tuple[int, int]] = {}
 
@@ -185,12 +195,19 @@ class _Collector:
             calls = CounterMetricFamily("replicator_api_calls", "REST and Bulk API calls made.")
             calls.add_metric([], float(client.call_count))
             yield calls
+            kinds = CounterMetricFamily("replicator_salesforce_requests", "Salesforce calls by kind.",
+                                        labels=["kind"])
+            for kind, count in sorted(getattr(client, "calls_by_kind", {}).items()):
+                kinds.add_metric([kind], float(count))
+            yield kinds
             usage = getattr(client, "api_usage", None)
             if usage:
                 used, cap = usage
                 yield GaugeMetricFamily("replicator_api_requests_remaining", "Daily API requests left.",
                                         value=float(cap - used))
                 yield GaugeMetricFamily("replicator_api_requests_max", "Daily API allocation.", value=float(cap))
+        if self.m.limits is not None:
+            yield from self.m.limits.collect()
         store = self.m.store
         if store is not None:
             conns = GaugeMetricFamily("replicator_postgres_pool_connections", "Pool connections.", labels=["state"])

@@ -14,6 +14,9 @@
 - Each page commits with the position (topic `poll:<Object>` in replicator.checkpoints) in one transaction
   (docs/design.md, contract 4), so a crash repeats at most one page.
 
+A round is not started while the org's API budget is spent (`budget.allows()` false: app/limits.py,
+`salesforce.api_reserve`); the position stays, so the next allowed round reads everything since.
+
 Cost per round: one queryAll call per page of `poll.page_size` records (at least one), plus one getDeleted call.
 """
 
@@ -56,8 +59,9 @@ class ObjectPoller:
     propagates to the service's supervisor, which retries the object."""
 
     def __init__(self, client, store: Store, settings: Settings, name: str, obj: ObjectSettings,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, budget=None):
         self.client, self.store, self.settings, self.name, self.obj = client, store, settings, name, obj
+        self.budget = budget  # .allows(): False while the org's API budget is spent (app/limits.py); None: always
         self.topic = poll_topic(name)
         self.stats = StreamStats()
         self.metrics = metrics or Metrics()
@@ -83,8 +87,9 @@ class ObjectPoller:
         h.phase, h.mode = "STREAMING", "poll"
         while not stop.is_set():
             started = time.time()
-            await self.round(stop)
-            h.connected, h.idle, h.caught_up_at = True, False, started
+            if self.budget is None or self.budget.allows():  # else skipped: salesforce.api_reserve
+                await self.round(stop)
+                h.connected, h.idle, h.caught_up_at = True, False, started
             try:
                 await asyncio.wait_for(stop.wait(), self.obj.poll_interval_s)
             except TimeoutError:

@@ -10,7 +10,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from ..model import Checkpoint, DeadLetter
+from ..model import VERSION_COLUMN, Checkpoint, DeadLetter
+from . import ddl
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -230,6 +231,29 @@ async def set_mode(conn: asyncpg.Connection, name: str, mode: str, reason: str) 
         " ON CONFLICT (object) DO UPDATE SET mode = $2, mode_reason = $3, updated_at = now()",
         name, mode, reason[:500],
     )
+
+
+async def poll_from_stream(conn: asyncpg.Connection, name: str, position: Checkpoint) -> int:
+    """cdc → poll (app/modes.py), in one transaction: store the poll position, and forget the stream positions
+    of the rows the first rounds read again (version at or after the position). A polled record is read after
+    every change the stream applied, but stamped in whole seconds: without this, a change made in the same second
+    as the last streamed one, and never streamed, would lose the version guard's tie to the streamed row
+    (`ddl.newer_than_row`). Returns the rows whose position was forgotten."""
+    since = ms_to_datetime(position.poll_modstamp or 0)
+    async with conn.transaction():
+        await save_checkpoint(conn, position)
+        row = await conn.fetchrow("SELECT table_schema, table_name FROM replicator.objects WHERE object = $1", name)
+        if row is None or not row["table_name"]:
+            return 0
+        table = f"{ddl.quote_ident(row['table_schema'])}.{ddl.quote_ident(row['table_name'])}"
+        p, v = ddl.quote_ident(ddl.STREAM_POSITION_COLUMN), ddl.quote_ident(VERSION_COLUMN)
+        status = await conn.execute(f"UPDATE {table} SET {p} = NULL WHERE {p} IS NOT NULL AND {v} >= $1", since)
+    return int(status.split()[-1])
+
+
+async def get_mode(conn: asyncpg.Connection, name: str) -> str | None:
+    """The mode stored by the last `set_mode` (cdc or poll), None before the first."""
+    return await conn.fetchval("SELECT mode FROM replicator.objects WHERE object = $1", name)
 
 
 async def load_checkpoint(conn: asyncpg.Connection, topic: str) -> bytes | None:

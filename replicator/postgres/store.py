@@ -123,6 +123,12 @@ class Store:
     async def set_mode(self, name: str, mode: str, reason: str) -> None:
         await self._run(state.set_mode, name, mode, reason)
 
+    async def poll_from_stream(self, name: str, position: Checkpoint) -> int:
+        return await self._run(state.poll_from_stream, name, position)
+
+    async def get_mode(self, name: str) -> str | None:
+        return await self._run(state.get_mode, name)
+
     async def checkpoint_times(self, topic: str) -> tuple[float | None, float, float] | None:
         return await self._run(state.checkpoint_times, topic)
 

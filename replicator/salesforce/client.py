@@ -47,6 +47,26 @@ RETRIEVE_BATCH = 2000
 _API_USAGE = re.compile(r"(?:^|[;,\s])api-usage=(\d+)/(\d+)")
 
 
+# What a call is, for `replicator_salesforce_requests_total{kind}` (bench/api_calls.py counts calls per row
+# with it): the resource after /services/data/vXX.X/, the first match wins.
+_CALL_KINDS = (
+    ("jobs/query", "bulk"), ("queryAll", "queryAll"), ("query", "query"), ("composite/", "retrieve"),
+    ("/deleted", "getDeleted"), ("/updated", "getUpdated"), ("/describe", "describe"), ("sobjects", "sobjects"),
+    ("limits", "limits"),
+)
+
+
+def call_kind(path_or_url: str) -> str:
+    """`bulk`, `query`, `queryAll`, `retrieve`, `getDeleted`, `getUpdated`, `describe`, `sobjects`, `limits` or `other`."""
+    path = urlsplit(path_or_url).path
+    if path.startswith("/services/data/v"):
+        path = path.split("/", 4)[4] if path.count("/") >= 4 else ""
+    for marker, kind in _CALL_KINDS:
+        if path.startswith(marker) or (marker.startswith("/") and marker in path):
+            return kind
+    return "other"
+
+
 def parse_limit_info(value: str | None) -> tuple[int, int] | None:
     """(used, max) from a `Sforce-Limit-Info` header, or None when absent or unparsable."""
     if not value:
@@ -97,6 +117,7 @@ class SalesforceClient:
         self._retry_base = retry_base
         self.api_usage: tuple[int, int] | None = None
         self.call_count = 0  # HTTP requests sent to the instance (token requests not included)
+        self.calls_by_kind: dict[str, int] = {}  # the same, by call_kind()
 
     async def __aenter__(self) -> SalesforceClient:
         return self
@@ -230,6 +251,8 @@ class SalesforceClient:
                 method, self._url(path_or_url, token), params=params, content=content, headers=all_headers
             )
             self.call_count += 1
+            kind = call_kind(path_or_url)
+            self.calls_by_kind[kind] = self.calls_by_kind.get(kind, 0) + 1
             response = await self._http.send(request, stream=stream)
         except HTTPX_ERRORS as exc:
             raise map_httpx_error(exc, what) from exc
@@ -325,3 +348,9 @@ class SalesforceClient:
     async def limits(self) -> dict:
         """`GET limits`: `{Name: {Max, Remaining}}` (docs/bulk-rest-oauth.md §2.1)."""
         return dict(await self._json("GET", "limits") or {})
+
+    async def limits_once(self) -> dict:
+        """`GET limits` in one attempt, not retried: the allocation watcher (app/limits.py) reads it on its own
+        schedule, and must see 403 REQUEST_LIMIT_EXCEEDED (`ApiLimitError`) at once rather than wait it out."""
+        response = await self._send("GET", "limits", params=None, json=None, headers=None, stream=False)
+        return dict(orjson.loads(response.content) or {}) if response.content else {}

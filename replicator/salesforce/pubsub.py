@@ -52,6 +52,19 @@ STALL_TIMEOUT_S = 330.0
 
 _TOPIC_FIELDS = ("topic_name", "tenant_guid", "can_publish", "can_subscribe", "schema_id", "rpc_id")
 
+# The org's daily event delivery allocation is used up: Salesforce ends the subscription (docs/pubsub-cdc.md §4,
+# "Daily delivery allocation exhausted"; Change Data Capture Developer Guide, "Change Data Capture Allocations",
+# https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_allocations.htm).
+# Its gRPC status is not documented: the `error-code` trailer alone identifies it.
+EVENT_ALLOCATION_CODE = "subscription.limit.exceeded"
+
+
+def event_allocation_exhausted(exc: BaseException) -> bool:
+    """True for the error a Subscribe ends with once the org's event delivery allocation is used up: resubscribing
+    cannot help for hours, so it is surfaced at once (the service polls the object meanwhile)."""
+    return isinstance(exc, ReplicatorError) and (getattr(exc, "code", None) or "").endswith(EVENT_ALLOCATION_CODE)
+
+
 TokenSource = Any  # a TokenProvider (token() / refresh(stale)), or a callable returning a Token (or awaitable)
 
 
@@ -377,7 +390,7 @@ class Subscription:
                     auth_refreshed = True
                     await self._client.refresh(token)
                     continue
-                if not is_transient(error):
+                if not is_transient(error) or event_allocation_exhausted(error):
                     raise error
                 attempt += 1
                 if attempt >= self._client.reconnect_attempts:

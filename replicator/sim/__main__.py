@@ -16,6 +16,7 @@ import sys
 import orjson
 
 from .faults import KNOB_CHOICES, KNOB_HELP, Faults
+from .limits import DEFAULT_API_ALLOCATION, DEFAULT_EVENT_ALLOCATION
 from .server import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator
 
 
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="objects selected for Change Data Capture: only they publish change events and have a "
                         "/data/<Object>ChangeEvent topic; an empty value selects none (default: every object "
                         "but Task and Shipment__c). PUT /__sim/cdc {\"objects\": [...]} changes it at run time")
+    p.add_argument("--api-allocation", type=int, default=DEFAULT_API_ALLOCATION, metavar="N",
+                   help="DailyApiRequests: REST and Bulk requests served before 403 REQUEST_LIMIT_EXCEEDED "
+                        f"(default {DEFAULT_API_ALLOCATION:,}; PUT /__sim/limits changes it or resets the usage)")
+    p.add_argument("--event-allocation", type=int, default=DEFAULT_EVENT_ALLOCATION, metavar="N",
+                   help="DailyDeliveredPlatformEvents: events delivered over Pub/Sub before Subscribe ends with "
+                        f"subscription.limit.exceeded (default {DEFAULT_EVENT_ALLOCATION:,})")
     defaults = Faults()
     for name, text in KNOB_HELP.items():
         flag = "--" + name.replace("_", "-")
@@ -101,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                         jwt_public_key=args.jwt_public_key, page_size=args.page_size, gzip_level=args.gzip_level,
                         state_dir=args.state_dir, hostile_field=args.hostile_field,
                         wide_object=args.wide_object, faults=knobs,
-                        traffic=traffic, cdc_objects=args.cdc_objects)
+                        traffic=traffic, cdc_objects=args.cdc_objects,
+                        api_allocation=args.api_allocation, event_allocation=args.event_allocation)
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"replicator sim: {exc}\n")
         return 2

@@ -23,6 +23,10 @@ org's newest event, as other orgs' events do on Salesforce's shared bus (replay 
 docs/pubsub-cdc.md §3): those positions are reserved on the bus (EventBus.pass_foreign), so every
 later event comes after them.
 
+Delivery allocation (limits.py): every event sent counts against `DailyDeliveredPlatformEvents`; an event that
+would pass the allocation is not sent and the stream ends with `…subscription.limit.exceeded`; a Subscribe while
+nothing is left is refused the same way. The events stay on the bus: a reset of the allocation delivers them.
+
 Not built: the 60 s idle close when nothing is owed, PublishStream and ManagedSubscribe (UNIMPLEMENTED).
 """
 
@@ -41,6 +45,7 @@ from .avro import ORDER_READY_TOPIC
 from .cdc import ChangeCapture
 from .events import ALL_CHANGE_EVENTS, EventBus, ReplayIdError
 from .faults import Faults
+from .limits import EVENT_LIMIT_CODE, EVENT_LIMIT_TEXT, Allocations
 from .oauth import TokenStore
 
 PREFIX = "sfdc.platform.eventbus.grpc."
@@ -66,6 +71,7 @@ class PubSubService(pb_grpc.PubSubServicer):
         self.org_id, self.instance_url = org_id, instance_url.rstrip("/")
         self.subscribers = 0
         self.streams_cut = 0  # Subscribe streams ended by the stream_close_* faults
+        self.allocations = Allocations()  # the org's (server.py hands over the shared one)
 
     # -- helpers ----------------------------------------------------------------------------------------------
     async def _fail(self, context, code: grpc.StatusCode, error_code: str, text: str):
@@ -147,6 +153,8 @@ class PubSubService(pb_grpc.PubSubServicer):
             return
         topic = first.topic_name
         await self._require_topic(topic, context)
+        if self.allocations.event_room() <= 0:
+            await self._limit_exceeded(context)
         stream = _Stream(topic, await self._start(first, context), min(MAX_OUTSTANDING, max(0, first.num_requested)))
         self.bus.register(stream.wake)
         reader = asyncio.ensure_future(_read_requests(request_iterator, topic, stream))
@@ -159,6 +167,8 @@ class PubSubService(pb_grpc.PubSubServicer):
                 if self._cut_due(stream):
                     await self._cut(context)
                 response = self._next_response(stream)
+                if response is _EXHAUSTED:
+                    await self._limit_exceeded(context)
                 if response is None:
                     await self._wait(stream)
                     continue
@@ -175,10 +185,14 @@ class PubSubService(pb_grpc.PubSubServicer):
         """The next FetchResponse of a stream: its owed events, else a keepalive when one is due, else None."""
         if stream.pending <= 0:
             return None
-        events, scanned = self.bus.take(stream.topic, stream.cursor, stream.pending, MAX_RESPONSE_BYTES)
+        room = min(stream.pending, self.allocations.event_room())
+        events, scanned = self.bus.take(stream.topic, stream.cursor, max(1, room), MAX_RESPONSE_BYTES)
         if events:
-            out, stream.cursor = self._consumer_events(events, stream.pending, scanned)
+            if room <= 0:
+                return _EXHAUSTED  # an event to send and no allocation left: it stays on the bus
+            out, stream.cursor = self._consumer_events(events, room, scanned)
             stream.pending -= len(out)
+            self.allocations.delivered(len(out))
             return pb.FetchResponse(events=out, latest_replay_id=_replay(stream.cursor), rpc_id=str(uuid.uuid4()),
                                     pending_num_requested=stream.pending)
         stream.cursor = scanned  # past other topics' events
@@ -213,6 +227,11 @@ class PubSubService(pb_grpc.PubSubServicer):
             await asyncio.wait_for(stream.wake.wait(), max(0.0, min(timeouts)) if timeouts else None)
         except TimeoutError:
             pass
+
+    async def _limit_exceeded(self, context) -> None:
+        """The daily delivery allocation is used up (limits.py): end or refuse the Subscribe."""
+        self.allocations.refused_subscribes += 1
+        await self._fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, EVENT_LIMIT_CODE, EVENT_LIMIT_TEXT)
 
     async def _cut(self, context) -> None:
         """End the stream like a transient network failure: UNAVAILABLE, no error-code trailer. Every event
@@ -252,6 +271,9 @@ class PubSubService(pb_grpc.PubSubServicer):
             if rate > 0 and len(out) < room and roll(rate):
                 out.append(message)  # a duplicate delivery: the same event, the same replay id
         return out, scanned
+
+
+_EXHAUSTED = object()  # _next_response: an event is due but the delivery allocation is used up
 
 
 class _Stream:

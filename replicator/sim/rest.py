@@ -20,7 +20,7 @@ from .ids import make_id
 from .plan import Column, Plan, _resolve, bind, iter_matches
 from .schema import child_relationships
 from .soql import SoqlError, Token
-from .state import DAILY_API_REQUESTS, DAILY_BULK_V2_QUERY_JOBS, RELEASES, STATE, SimState
+from .state import RELEASES, STATE, SimState
 from .store import ObjectStore
 from .values import address_value, rest_value
 
@@ -241,16 +241,9 @@ async def retrieve_record(request: web.Request) -> web.Response:
 
 
 async def limits(request: web.Request) -> web.Response:
+    """`{Name: {Max, Remaining}}` (docs/bulk-rest-oauth.md §2.1); what is counted and enforced: limits.py."""
     state = request.app[STATE]
-    return json_ok({
-        "DailyApiRequests": {"Max": DAILY_API_REQUESTS, "Remaining": max(0, DAILY_API_REQUESTS - state.api_usage)},
-        "DailyBulkV2QueryJobs": {"Max": DAILY_BULK_V2_QUERY_JOBS,
-                                 "Remaining": max(0, DAILY_BULK_V2_QUERY_JOBS - state.jobs_created)},
-        # 1 TB of results and 15,000 batches a day (docs/bulk-rest-oauth.md §2.1)
-        "DailyBulkV2QueryFileStorageMB": {"Max": 1_048_576, "Remaining": 1_048_576},
-        "DailyBulkApiBatches": {"Max": 15_000, "Remaining": 15_000},
-        "ConcurrentAsyncGetReportInstances": {"Max": 200, "Remaining": 200},
-    })
+    return json_ok(state.limits.limits_body(state.jobs_created))
 
 
 def add_routes(app: web.Application) -> None:

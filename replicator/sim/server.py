@@ -16,13 +16,14 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from . import admin, admin_events, bulk, rest, rest_replication
+from . import admin, admin_events, bulk, limits, rest, rest_replication
 from .cdc import ChangeCapture
 from .errors import invalid_session, not_found, sf_error
 from .events import EventBus
 from .faults import Faults
 from .ids import make_id
 from .jobs import JobManager
+from .limits import API_LIMIT_TEXT, Allocations
 from .oauth import OAuthEndpoints, TokenStore
 from .pubsub import PubSubService, start_server
 from .state import LATEST_VERSION, STATE, SimState, parse_version
@@ -67,7 +68,8 @@ async def salesforce_edge(request: web.Request, handler):
         if token is None or not state.tokens.touch(token):
             return invalid_session()
         request[SF_REST] = True  # on_response_prepare adds Sforce-Limit-Info
-        state.api_usage += 1
+        if not state.limits.charge_api():  # past the daily API allocation (limits.py)
+            return sf_error(403, "REQUEST_LIMIT_EXCEEDED", API_LIMIT_TEXT)
         if faults.roll(faults.limit_exceeded_rate):
             return sf_error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
     try:
@@ -97,7 +99,7 @@ class Simulator:
                  jwt_public_key: str | bytes | None = None, page_size: int = 50_000, gzip_level: int = 1,
                  state_dir: str | None = None, hostile_field: bool = False, wide_object: bool = False,
                  faults: dict | None = None, traffic: dict | None = None, cdc_objects: list[str] | None = None,
-                 **knobs) -> None:
+                 api_allocation: int | None = None, event_allocation: int | None = None, **knobs) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.seed = seed
         self.records = records
@@ -108,6 +110,9 @@ class Simulator:
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="replicator-sim-")
         self.faults = Faults()
         self.faults.update({**(faults or {}), **knobs})
+        self.limits = Allocations()  # the daily allocations (limits.py); PUT /__sim/limits changes them
+        self.limits.update({k: v for k, v in (("api_allocation", api_allocation),
+                                              ("event_allocation", event_allocation)) if v is not None})
         self.org = OrgStore(records, seed, hostile_field, wide_object)
         self.org_id = make_id("00D", 1)
         self.user_id = make_id("005", 1)
@@ -154,7 +159,7 @@ class Simulator:
         and the refresh token handed out in the ready info."""
         tokens = TokenStore(self.org_id, lambda: self.faults.token_idle_seconds)
         state = SimState(self.org, self.faults, tokens, self.org_id, self.user_id, instance_url,
-                         self.page_size, self.gzip_level, self.state_dir)
+                         self.page_size, self.gzip_level, self.state_dir, limits=self.limits)
         refresh_token = tokens.mint_refresh_token()
         self._jobs = JobManager(self.org, self.faults, os.path.join(self.state_dir, "jobs"))
         bus = EventBus(lambda: self.faults.retention_seconds, lambda: self.faults.retention_events)
@@ -164,6 +169,7 @@ class Simulator:
         state.traffic = self.traffic = Traffic(state.capture, self.seed)
         self.traffic.update(self.traffic_settings)
         state.pubsub = PubSubService(state.capture, bus, tokens, self.faults, self.org_id, instance_url)
+        state.pubsub.allocations = self.limits
         return state, refresh_token
 
     def _app(self, state: SimState, instance_url: str) -> web.Application:
@@ -177,7 +183,7 @@ class Simulator:
         app.on_response_prepare.append(_limit_header)
         app.router.add_post("/services/oauth2/token", oauth.token)
         app.router.add_post("/services/oauth2/revoke", oauth.revoke)
-        for module in (rest_replication, rest, bulk, admin, admin_events):
+        for module in (rest_replication, rest, bulk, admin, admin_events, limits):
             module.add_routes(app)
         return app
 

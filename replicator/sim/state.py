@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from .faults import Faults
+from .limits import Allocations
 from .oauth import TokenStore
 from .store import OrgStore
 
@@ -21,10 +22,6 @@ RELEASES = {
 }
 LATEST_VERSION = "67.0"
 MIN_VERSION = min(RELEASES)
-# A typical Enterprise Edition allocation: it depends on edition and licences; query jobs are 10,000 a day
-# (docs/bulk-rest-oauth.md §2.1).
-DAILY_API_REQUESTS = 100_000
-DAILY_BULK_V2_QUERY_JOBS = 10_000
 
 
 @dataclass
@@ -38,16 +35,16 @@ class SimState:
     page_size: int = 50_000
     gzip_level: int = 1
     state_dir: str = ""
-    api_usage: int = 0
     jobs_created: int = 0
     extras: dict = field(default_factory=dict)
     capture: Any = None  # cdc.ChangeCapture
     traffic: Any = None  # traffic.Traffic
     pubsub: Any = None  # pubsub.PubSubService
+    limits: Allocations = field(default_factory=Allocations)  # daily allocations and their use (limits.py)
 
     def limit_info(self) -> str:
         """`Sforce-Limit-Info` value (docs/bulk-rest-oauth.md §2.1)."""
-        return f"api-usage={self.api_usage}/{DAILY_API_REQUESTS}"
+        return f"api-usage={self.limits.api_used}/{self.limits.api_allocation}"
 
 
 STATE: web.AppKey[SimState] = web.AppKey("sim_state", SimState)

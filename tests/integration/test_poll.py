@@ -160,7 +160,8 @@ async def test_polling_resumes_from_its_position_after_a_restart(sim, pg_url):
     assert await pg_value(pg_url, f"SELECT subject FROM poll_restart.task WHERE id = '{changed}'") == "while stopped"
 
 
-async def test_a_streamed_object_configured_to_poll_is_extracted_again_then_polled(sim, pg_url):
+async def test_a_streamed_object_configured_to_poll_is_polled_from_its_stream_position(sim, pg_url):
+    """No new extract (app/modes.py): the poll position starts at the stream checkpoint, less the lookback."""
     streamed = _settings(sim, pg_url, "poll_switch", objects={"Account": {}})
     svc = Service(streamed)
     task = asyncio.create_task(svc.run())
@@ -170,11 +171,12 @@ async def test_a_streamed_object_configured_to_poll_is_extracted_again_then_poll
     finally:
         svc.stop.set()
         assert await asyncio.wait_for(task, 60) == 0
+    job = await pg_value(pg_url, "SELECT job_id FROM replicator.objects WHERE object = 'Account'")
     polled = _settings(sim, pg_url, "poll_switch", objects={"Account": {"mode": "poll", "poll_interval_s": 0.3}})
     svc = Service(polled)
     task = asyncio.create_task(svc.run())
     try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT mode = 'poll' AND resyncs = 1 AND phase = 'STREAMING'"
+        await wait_for(lambda: pg_value(pg_url, "SELECT mode = 'poll' AND resyncs = 0 AND phase = 'STREAMING'"
                                                 " FROM replicator.objects WHERE object = 'Account'"), timeout=120)
         account = (await _live(sim, "Account"))[0]
         await sim_admin(sim, "POST", "/__sim/changes", [
@@ -182,6 +184,7 @@ async def test_a_streamed_object_configured_to_poll_is_extracted_again_then_poll
         await wait_for(lambda: pg_value(pg_url, f"SELECT phone = '555-0199' FROM poll_switch.account WHERE id = '{account}'"),
                        timeout=30)
         await wait_for(lambda: _all_equal(polled), timeout=60, interval=0.5)
+        assert await pg_value(pg_url, "SELECT job_id FROM replicator.objects WHERE object = 'Account'") == job
     finally:
         svc.stop.set()
         assert await asyncio.wait_for(task, 60) == 0

@@ -65,3 +65,21 @@ def test_replicator_sim_help_lists_every_option():
         assert "see `replicator sim --help`" not in result.output
     listing = CliRunner().invoke(main, ["--help"]).output
     assert "sim" in listing and "see `replicator sim --help`" not in listing
+
+
+def test_cli_allocations():
+    proc = subprocess.Popen([sys.executable, "-m", "replicator.sim", "--records", "10", "--no-tls",
+                             "--api-allocation", "70", "--event-allocation", "9"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        assert sel.select(timeout=15), "no ready line"
+        info = json.loads(proc.stdout.readline())
+        limits = httpx.get(info["instance_url"] + "/__sim/limits").json()
+        assert (limits["api_allocation"], limits["event_allocation"]) == (70, 9)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    bad = subprocess.run([sys.executable, "-m", "replicator.sim", "--event-allocation", "-1"], capture_output=True)
+    assert bad.returncode == 2 and b"event_allocation" in bad.stderr

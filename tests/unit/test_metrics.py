@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from replicator.app.limits import OrgLimits, Reading
 from replicator.observe.endpoints import readiness
 from replicator.observe.metrics import CATALOGUE, Metrics, ObjectHealth
 
@@ -60,8 +61,11 @@ def test_readiness_names_what_is_not_ready():
 
 def test_exposition_has_every_catalogued_metric():
     m = Metrics()
-    m.client = SimpleNamespace(call_count=7, api_usage=(25, 15000))
+    m.client = SimpleNamespace(call_count=7, api_usage=(25, 15000), calls_by_kind={"query": 5, "bulk": 2})
     m.store = SimpleNamespace(usage=lambda: (3, 1, 8))
+    m.limits = OrgLimits(m.client)
+    m.limits.readings["DailyDeliveredPlatformEvents"] = Reading(10_000, 4_000, NOW, rate=2.0)
+    m.mode_switches.labels(object="Account", mode="poll", cause="allocation").inc()
     h = m.object("Account")
     h.phase, h.connected, h.last_commit, h.position_time, h.checkpoint_saved = "STREAMING", True, NOW, NOW, NOW
     h.rows_done, h.rows_expected = 50, 100
@@ -81,6 +85,10 @@ def test_exposition_has_every_catalogued_metric():
     assert remaining == 15000 - 25
     progress = families["replicator_backfill_progress_ratio"].samples[0].value
     assert progress == 0.5
+    ends = families["replicator_salesforce_limit_exhaustion_seconds"].samples[0]
+    assert ends.labels == {"limit": "DailyDeliveredPlatformEvents"} and ends.value == 2_000.0  # 4,000 left at 2/s
+    assert {s.labels["kind"]: s.value for s in families["replicator_salesforce_requests"].samples
+            if s.name.endswith("_total")} == {"query": 5.0, "bulk": 2.0}
     in_use = [s.value for s in families["replicator_postgres_pool_connections"].samples if s.labels["state"] == "in_use"]
     assert in_use == [2.0]
 

@@ -1,0 +1,194 @@
+"""Mode switches without a hole and without a new extract (app/modes.py; issue 12 §1, §4): an entity removed from
+and added back to the Change Data Capture selection while traffic flows; the event delivery allocation used up
+(Subscribe ends with subscription.limit.exceeded) and restored; the API budget pausing poll rounds while streams
+go on. Each ends with `verify` equal."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import generate_latest
+
+from replicator.app.runtime import open_store, salesforce_client
+from replicator.app.service import Service
+from replicator.pipeline.verify import verify_object
+from replicator.sim.server import SimulatorThread
+
+from .helpers import pg_value, settings_for, sim_admin, wait_for
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorThread(records=200, seed=21, keepalive_seconds=0.2) as thread:
+        yield thread.info
+
+
+def _settings(sim, pg_url, schema, objects):
+    return settings_for(sim, pg_url, schema,
+                        salesforce={"pubsub_endpoint": sim["pubsub_endpoint"], "limits_interval_s": 0.3},
+                        stream={"batch_max_wait_s": 0.05, "topic_check_s": 0.3, "position_timeout_s": 10},
+                        service={"control_poll_s": 0.2}, poll={"page_size": 100, "lookback_s": 2},
+                        objects=objects)
+
+
+async def _all_equal(settings) -> bool:
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        for name in settings.objects:
+            diff, _ = await verify_object(client, store, settings, name)
+            if not diff.equal:
+                return False
+    return True
+
+
+def _mode(pg_url, name: str, mode: str):
+    return lambda: pg_value(pg_url, f"SELECT mode = '{mode}' AND phase = 'STREAMING' FROM replicator.objects"
+                                    f" WHERE object = '{name}'")
+
+
+async def _traffic(sim, **settings) -> None:
+    r = await sim_admin(sim, "PUT", "/__sim/traffic", settings)
+    assert r.status_code == 200, r.text
+
+
+async def _run(settings):
+    svc = Service(settings)
+    return svc, asyncio.create_task(svc.run())
+
+
+async def test_an_entity_deselected_and_selected_again_under_traffic_switches_without_a_hole(sim, pg_url):
+    settings = _settings(sim, pg_url, "switch", {"Account": {"poll_interval_s": 0.3}})
+    selection = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
+    job = "SELECT job_id FROM replicator.objects WHERE object = 'Account'"
+    svc, task = await _run(settings)
+    try:
+        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=120)
+        first_job = await pg_value(pg_url, job)
+        await _traffic(sim, running=True, rate=40, objects=["Account"], purge_rate=0.2, changes=None)
+        await wait_for(lambda: pg_value(pg_url, "SELECT events_applied > 20 FROM replicator.checkpoints"
+                                                " WHERE topic = '/data/AccountChangeEvent'"), timeout=60)
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selection if o != "Account"]})
+        await wait_for(_mode(pg_url, "Account", "poll"), timeout=60)
+        polled = await pg_value(pg_url, "SELECT events_applied FROM replicator.checkpoints WHERE topic = 'poll:Account'")
+        await wait_for(lambda: pg_value(pg_url, "SELECT events_applied > "
+                                                f"{polled or 0} + 20 FROM replicator.checkpoints"
+                                                " WHERE topic = 'poll:Account'"), timeout=60)
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})
+        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=60)
+        streamed = await pg_value(pg_url, "SELECT events_applied FROM replicator.checkpoints"
+                                          " WHERE topic = '/data/AccountChangeEvent'")
+        await wait_for(lambda: pg_value(pg_url, f"SELECT events_applied > {streamed} + 20 FROM replicator.checkpoints"
+                                                " WHERE topic = '/data/AccountChangeEvent'"), timeout=60)
+        await _traffic(sim, running=False)
+        await wait_for(lambda: _all_equal(settings), timeout=90, interval=0.5)
+        assert await pg_value(pg_url, job) == first_job  # no new extract either way
+        assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'") == 0
+        metrics = generate_latest(svc.metrics.registry).decode()
+        assert 'replicator_mode_switches_total{cause="topic",mode="poll",object="Account"} 1.0' in metrics
+        assert 'replicator_mode_switches_total{cause="topic",mode="cdc",object="Account"} 1.0' in metrics
+    finally:
+        await _traffic(sim, running=False)
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def test_the_event_allocation_used_up_polls_loudly_then_streams_again(sim, pg_url):
+    settings = _settings(sim, pg_url, "alloc", {"Contact": {"poll_interval_s": 0.3}})
+    svc, task = await _run(settings)
+    try:
+        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=120)
+        used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["events_delivered"]
+        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used + 5})
+        await _traffic(sim, running=True, rate=40, objects=["Contact"], changes=None)
+        await wait_for(_mode(pg_url, "Contact", "poll"), timeout=60)
+        reason = await pg_value(pg_url, "SELECT mode_reason FROM replicator.objects WHERE object = 'Contact'")
+        assert "event delivery allocation" in reason
+        metrics = generate_latest(svc.metrics.registry).decode()
+        assert "replicator_event_allocation_exhausted 1.0" in metrics
+        assert 'replicator_mode_switches_total{cause="allocation",mode="poll",object="Contact"} 1.0' in metrics
+        assert 'replicator_salesforce_limit_used{limit="DailyDeliveredPlatformEvents"}' in metrics
+        polled = await pg_value(pg_url, "SELECT events_applied FROM replicator.checkpoints WHERE topic = 'poll:Contact'")
+        await wait_for(lambda: pg_value(pg_url, f"SELECT events_applied > {polled or 0} + 20"
+                                                " FROM replicator.checkpoints WHERE topic = 'poll:Contact'"), timeout=60)
+        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
+        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=60)
+        await _traffic(sim, running=False)
+        await wait_for(lambda: _all_equal(settings), timeout=90, interval=0.5)
+        metrics = generate_latest(svc.metrics.registry).decode()
+        assert "replicator_event_allocation_exhausted 0.0" in metrics
+        assert 'replicator_mode_switches_total{cause="allocation",mode="cdc",object="Contact"} 1.0' in metrics
+        assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Contact'") == 0
+    finally:
+        await _traffic(sim, running=False)
+        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def test_poll_rounds_wait_while_the_api_budget_is_spent_and_streams_go_on(sim, pg_url):
+    settings = _settings(sim, pg_url, "budget", {"Account": {}, "Task": {"poll_interval_s": 0.2}})
+    svc, task = await _run(settings)
+    try:
+        await wait_for(_mode(pg_url, "Task", "poll"), timeout=120)
+        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=120)
+        used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["api_used"]
+        await sim_admin(sim, "PUT", "/__sim/limits", {"api_allocation": int(used / 0.85)})  # ~15% left < 20%
+        await wait_for(lambda: _async(svc.limits.api_paused), timeout=30)
+        queries = svc.metrics.client.calls_by_kind.get("queryAll", 0)
+        ids = (await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "Task", "type": "CREATE", "fields": {"Subject": "while paused"}},
+            {"object": "Account", "type": "CREATE", "fields": {"Name": "streamed while paused"}}])).json()
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM budget.account"
+                                                " WHERE name = 'streamed while paused'"), timeout=30)
+        rounds = svc.metrics.object("Task").caught_up_at
+        await wait_for(lambda: _async(svc.metrics.object("Account").idle), timeout=10)
+        assert svc.metrics.client.calls_by_kind.get("queryAll", 0) == queries  # no poll round started
+        assert svc.metrics.object("Task").caught_up_at == rounds
+        assert await pg_value(pg_url, "SELECT count(*) FROM budget.task WHERE subject = 'while paused'") == 0
+        assert "replicator_api_budget_paused 1.0" in generate_latest(svc.metrics.registry).decode()
+        await sim_admin(sim, "PUT", "/__sim/limits", {"api_allocation": 5_000_000})
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM budget.task WHERE subject = 'while paused'"),
+                       timeout=30)
+        assert not svc.limits.api_paused and ids
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/limits", {"api_allocation": 5_000_000})
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def _async(value):
+    return value
+
+
+async def test_a_polled_object_selected_while_the_service_was_down_streams_after_a_restart(sim, pg_url):
+    settings = _settings(sim, pg_url, "restart", {"Opportunity": {"poll_interval_s": 0.3}})
+    selection = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
+    job = "SELECT job_id FROM replicator.objects WHERE object = 'Opportunity'"
+    await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selection if o != "Opportunity"]})
+    try:
+        svc, task = await _run(settings)
+        try:
+            await wait_for(_mode(pg_url, "Opportunity", "poll"), timeout=120)
+        finally:
+            svc.stop.set()
+            assert await asyncio.wait_for(task, 60) == 0
+        first_job = await pg_value(pg_url, job)
+        ids = (await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "Opportunity", "type": "CREATE", "fields": {"Name": "while down"}, "count": 5}])).json()
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})
+        svc, task = await _run(settings)
+        try:
+            await wait_for(_mode(pg_url, "Opportunity", "cdc"), timeout=60)
+            await sim_admin(sim, "POST", "/__sim/changes", [
+                {"object": "Opportunity", "type": "CREATE", "fields": {"Name": "streamed"}, "count": 5}])
+            await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 5 FROM restart.opportunity"
+                                                    " WHERE name = 'streamed'"), timeout=30)
+            await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+            assert await pg_value(pg_url, "SELECT count(*) FROM restart.opportunity WHERE name = 'while down'") == 5
+            assert await pg_value(pg_url, job) == first_job and ids
+        finally:
+            svc.stop.set()
+            assert await asyncio.wait_for(task, 60) == 0
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})

@@ -78,6 +78,22 @@ def test_rest_and_bulk_serve_them_as_the_ground_truth(org):
     assert rows == {i: s["Name"] for i, s in truth(org, "Shipment__c").items()}
 
 
+def test_count_answers_the_number_of_matching_records_without_records(org):
+    """`SELECT COUNT() FROM … WHERE …` (SOQL and SOSL Reference, "COUNT() and COUNT(fieldName)"): what a poller asks
+    before reading a large delta page by page."""
+    rows = truth(org, "Task")
+    cut = sorted(r["SystemModstamp"] for r in rows.values())[len(rows) // 2]
+    where = f"SystemModstamp >= {cut.replace('+0000', 'Z')}"
+    for kind, expected in (("query", [r for r in rows.values() if not r["IsDeleted"]]), ("queryAll", list(rows.values()))):
+        r = org.http.get(f"/services/data/{V}/{kind}", headers=auth(org),
+                         params={"q": f"SELECT COUNT() FROM Task WHERE {where}"})
+        assert r.status_code == 200, r.text
+        want = sum(1 for rec in expected if rec["SystemModstamp"] >= cut)
+        assert r.json() == {"totalSize": want, "done": True, "records": []} and 0 < want < len(rows)
+    r = org.http.get(f"/services/data/{V}/query", headers=auth(org), params={"q": "SELECT COUNT(Id) FROM Task"})
+    assert (r.status_code, r.json()[0]["errorCode"]) == (400, "MALFORMED_QUERY")
+
+
 def test_unselected_objects_have_no_topic(org):
     assert org.http.get("/__sim/cdc").json() == {"objects": DEFAULT_SELECTION}
     for topic in ("/data/TaskChangeEvent", "/data/Shipment__ChangeEvent"):

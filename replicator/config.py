@@ -157,6 +157,18 @@ class PollSettings(_Section):
         description="Records per poll query (SOQL LIMIT; one REST queryAll call, at most 2,000 records). Each page "
         "commits with the poll position in one transaction.",
     )
+    bulk_threshold: int = Field(
+        10_000, ge=0,
+        description="Polled objects: when a round's first REST page comes back full, one `SELECT COUNT()` with the "
+        "same WHERE asks how large the delta is; at this many records or more the round reads it with one Bulk API "
+        "2.0 queryAll job (staged with COPY, applied through the version guard) instead of page by page. 0: never.",
+    )
+    reconcile_interval_s: float = Field(
+        86_400.0, ge=0,
+        description="Polled objects: every this many seconds (and at once when getDeleted answers "
+        "INVALID_REPLICATION_DATE, its 15-day window passed) an Id-only Bulk extract is compared with the table; rows "
+        "the org no longer has and stamped before the extract began are deleted (per `deletes`). 0: never scheduled.",
+    )
 
 
 class ServiceSettings(_Section):

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 
+import asyncpg
 import pytest
 from prometheus_client import generate_latest
 
@@ -15,6 +16,7 @@ from replicator.app.commands import status_command
 from replicator.app.runtime import open_store, salesforce_client
 from replicator.app.service import Service
 from replicator.model import ConfigError
+from replicator.pipeline.poll import ObjectPoller
 from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
 
@@ -29,9 +31,9 @@ def sim():
         yield thread.info
 
 
-def _settings(sim, pg_url, schema, objects=OBJECTS):
+def _settings(sim, pg_url, schema, objects=OBJECTS, **poll):
     return settings_for(sim, pg_url, schema, salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
-                        stream={"batch_max_wait_s": 0.05}, poll={"page_size": 60, "lookback_s": 10},
+                        stream={"batch_max_wait_s": 0.05}, poll={"page_size": 60, "lookback_s": 10, **poll},
                         objects=objects)
 
 
@@ -216,3 +218,108 @@ async def test_cdc_mode_on_an_object_without_a_topic_is_a_config_error(sim, pg_u
     settings = _settings(sim, pg_url, "poll_cdc", objects={"Task": {"mode": "cdc"}})
     with pytest.raises(ConfigError, match="Task.*no change-event topic"):
         await asyncio.wait_for(Service(settings).run(), 60)
+
+
+async def _backfilled(settings, pg_url: str, name: str = "Task") -> None:
+    """Run the service until the polled object's first round after its backfill committed, then stop it."""
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM"
+                                        " replicator.checkpoints c, replicator.objects o WHERE c.topic = "
+                                        f"'poll:{name}' AND o.object = '{name}'"), timeout=120)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def _execute(pg_url: str, sql: str, *args) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def test_a_large_delta_is_read_with_one_bulk_job_through_the_version_guard(sim, pg_url):
+    settings = _settings(sim, pg_url, "poll_bulk", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3}},
+                         page_size=50, lookback_s=0, bulk_threshold=100)
+    await _backfilled(settings, pg_url)
+    guarded, updated, soft, *_ = await _live(sim, "Task")
+    await sim_admin(sim, "POST", "/__sim/changes", {"separate_transactions": True, "changes": [
+        {"object": "Task", "type": "CREATE", "fields": {"Subject": f"bulk delta {k}"}, "count": 30} for k in range(5)]})
+    await sim_admin(sim, "POST", "/__sim/changes", [
+        {"object": "Task", "type": "UPDATE", "ids": [guarded, updated], "fields": {"Subject": "changed in the org"}},
+        {"object": "Task", "type": "DELETE", "ids": [soft]}])
+    changed = time.time()
+    # a row newer than what the job reads (as if written by a later change): the version guard keeps it
+    await _execute(pg_url, "UPDATE poll_bulk.task SET subject = 'newer', systemmodstamp = now() + interval '1 day'"
+                           " WHERE id = $1", guarded)
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.prepare()
+        # the first round's getDeleted window ends in a later second than the changes: the next round reads
+        # after them (poll.lookback_s is 0 here)
+        await wait_for(lambda: _after((changed + 1.1) * 1000), timeout=5)
+        await poller.round()
+        assert poller.bulk_rounds == 1
+        bulk_calls = poller.api_calls
+        assert await pg_value(pg_url, "SELECT count(*) = 150 FROM poll_bulk.task WHERE subject LIKE 'bulk delta %'")
+        assert await pg_value(pg_url, f"SELECT subject FROM poll_bulk.task WHERE id = '{updated}'") == "changed in the org"
+        assert await pg_value(pg_url, f"SELECT subject FROM poll_bulk.task WHERE id = '{guarded}'") == "newer"
+        assert await pg_value(pg_url, f"SELECT isdeleted FROM poll_bulk.task WHERE id = '{soft}'") is True
+        # the position commits with the last page: the newest record of the job, whole seconds
+        assert await pg_value(pg_url, "SELECT c.poll_systemmodstamp = (SELECT max(systemmodstamp) FROM poll_bulk.task"
+                                      " WHERE subject LIKE 'bulk delta %' OR subject = 'changed in the org' OR"
+                                      f" id = '{soft}') FROM replicator.checkpoints c WHERE c.topic = 'poll:Task'")
+        # the next round is small again: REST, one query call and one getDeleted call
+        await poller.round()
+        assert (poller.bulk_rounds, poller.api_calls - bulk_calls) == (1, 2)
+    # queryAll page (1), COUNT() (1), job create, status polls, resultPages, one page, getDeleted (1)
+    assert 7 <= bulk_calls <= 12
+    await _execute(pg_url, "UPDATE poll_bulk.task SET systemmodstamp = now() - interval '1 day' WHERE id = $1", guarded)
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.prepare()
+        await poller.reconcile()  # leaves every row of a record the org has
+    await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'newer' FROM poll_bulk.task WHERE id = '{guarded}'"))
+
+
+async def test_deletes_past_get_deleted_window_are_found_by_key_reconciliation(sim, pg_url):
+    settings = _settings(sim, pg_url, "poll_keys", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3}},
+                         lookback_s=2)
+    await _backfilled(settings, pg_url)
+    hard, *_ = await _live(sim, "Task")
+    await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Task", "type": "HARD_DELETE", "ids": [hard]}])
+    conn = await asyncpg.connect(pg_url)
+    try:
+        cols = [r["column_name"] for r in await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'poll_keys' AND table_name = "
+            "'task' AND is_generated = 'NEVER' AND column_name NOT LIKE '\\_sf\\_%' AND column_name <> 'id'")]
+        listed = ", ".join(f'"{c}"' for c in cols)
+        # rows of records the org does not have: one stamped long ago (gone), one stamped in the future (written
+        # after the extract began, as far as the reconciliation can tell): only the first is deleted
+        for fake, stamp in (("00T0000000GONE1AAA", "now() - interval '30 days'"),
+                            ("00T0000000NEW01AAA", "now() + interval '1 hour'")):
+            await conn.execute(f"INSERT INTO poll_keys.task (id, {listed}) SELECT '{fake}', {listed} FROM"
+                               f" poll_keys.task WHERE id = '{hard}'")
+            await conn.execute(f"UPDATE poll_keys.task SET systemmodstamp = {stamp} WHERE id = '{fake}'")
+        # getDeleted's window begins 20 days ago: Salesforce keeps 15 (INVALID_REPLICATION_DATE)
+        await conn.execute("UPDATE replicator.checkpoints SET poll_deleted_through = now() - interval '20 days'"
+                           " WHERE topic = 'poll:Task'")
+    finally:
+        await conn.close()
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.prepare()
+        await poller.round()
+        assert poller.reconciliations == 1
+        await poller.reconcile_if_due()  # just reconciled: not due for a day
+        assert poller.reconciliations == 1
+    deleted = {r: await pg_value(pg_url, f"SELECT isdeleted FROM poll_keys.task WHERE id = '{r}'")
+               for r in (hard, "00T0000000GONE1AAA", "00T0000000NEW01AAA")}
+    assert deleted == {hard: True, "00T0000000GONE1AAA": True, "00T0000000NEW01AAA": False}
+    assert await pg_value(pg_url, "SELECT poll_deleted_through > now() - interval '1 minute' AND poll_reconciled_at"
+                                  " > now() - interval '1 minute' FROM replicator.checkpoints WHERE topic = 'poll:Task'")
+    await _execute(pg_url, "DELETE FROM poll_keys.task WHERE id = '00T0000000NEW01AAA'")
+    assert await _all_equal(settings)

@@ -323,3 +323,37 @@ async def test_deletes_past_get_deleted_window_are_found_by_key_reconciliation(s
                                   " > now() - interval '1 minute' FROM replicator.checkpoints WHERE topic = 'poll:Task'")
     await _execute(pg_url, "DELETE FROM poll_keys.task WHERE id = '00T0000000NEW01AAA'")
     assert await _all_equal(settings)
+
+
+async def test_a_late_commit_longer_than_the_lookback_is_read_after_getdeleted_held_its_window(sim, pg_url):
+    """No lookback at all and a transaction visible 4 s after its stamp, while newer records move the position past
+    it: getDeleted's `latestDateCovered` stays at the transaction's start while it is in flight (SOAP API
+    "GetDeletedResult"), each round starts its keyset no later than the previous round's, and so reads it once it
+    commits."""
+    settings = _settings(sim, pg_url, "poll_late", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3}},
+                         lookback_s=0)
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM replicator.checkpoints"
+                                                " c, replicator.objects o WHERE c.topic = 'poll:Task' AND o.object = 'Task'"),
+                       timeout=120)
+        late, *_ = await _live(sim, "Task")
+        pending = (await sim_admin(sim, "POST", "/__sim/changes", {"visible_after_seconds": 4, "changes": [
+            {"object": "Task", "type": "UPDATE", "ids": [late], "fields": {"Subject": "committed 4 s late"}}]})).json()
+        await wait_for(lambda: _after(pending["system_modstamp"] + 1000), timeout=5)
+        created = (await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "Task", "type": "CREATE", "fields": {"Subject": "after the late one"}}])).json()
+        assert created
+        # the position passes the late commit's stamp while it is still in flight
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM poll_late.task WHERE subject = 'after the late one'"
+                                                " AND systemmodstamp <= (SELECT poll_systemmodstamp FROM"
+                                                " replicator.checkpoints WHERE topic = 'poll:Task')"), timeout=30)
+        assert await pg_value(pg_url, "SELECT extract(epoch FROM poll_systemmodstamp) * 1000 > "
+                                      f"{pending['system_modstamp']} FROM replicator.checkpoints WHERE topic = 'poll:Task'")
+        await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'committed 4 s late' FROM poll_late.task WHERE id = '{late}'"),
+                       timeout=30)
+        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0

@@ -160,3 +160,32 @@ def test_cdc_objects_flag():
                                    metadata=o.metadata).schema_id
         finally:
             o.close()
+
+
+def test_share_and_history_objects_have_the_audit_fields_salesforce_documents(org):
+    """AccountShare has LastModifiedDate and no SystemModstamp or CreatedDate; AccountHistory has CreatedDate only
+    (Object Reference, "AccountShare" and "AccountHistory"). A share's change and delete move its LastModifiedDate,
+    which getUpdated and getDeleted then read (REST API Developer Guide, "sObject Get Updated": SystemModstamp, else
+    LastModifiedDate)."""
+    audit = ("CreatedDate", "LastModifiedDate", "SystemModstamp")
+    for obj, has in (("AccountShare", ["LastModifiedDate"]), ("AccountHistory", ["CreatedDate"])):
+        fields = {f["name"] for f in org.http.get(f"/services/data/{V}/sobjects/{obj}/describe",
+                                                  headers=auth(org)).json()["fields"]}
+        assert [f for f in audit if f in fields] == has and {"Id", "IsDeleted", "AccountId"} <= fields
+        assert truth(org, obj)
+    changed, gone, *_ = [i for i, r in truth(org, "AccountShare").items() if not r["IsDeleted"]]
+    before = truth(org, "AccountShare")[changed]["LastModifiedDate"]
+    r = org.http.post("/__sim/changes", json=[
+        {"object": "AccountShare", "type": "UPDATE", "ids": [changed], "fields": {"RowCause": "Manual"}},
+        {"object": "AccountShare", "type": "HARD_DELETE", "ids": [gone]}])
+    assert r.status_code == 200, r.text
+    after = truth(org, "AccountShare")[changed]
+    assert after["RowCause"] == "Manual" and after["LastModifiedDate"] > before and "SystemModstamp" not in after
+    window = {"start": after["LastModifiedDate"].replace("+0000", "Z")[:17] + "00Z",
+              "end": "2100-01-01T00:00:00Z"}
+    ids = org.http.get(f"/services/data/{V}/sobjects/AccountShare/updated/", headers=auth(org), params=window).json()
+    deleted = org.http.get(f"/services/data/{V}/sobjects/AccountShare/deleted/", headers=auth(org), params=window).json()
+    assert changed in ids["ids"] and [d["id"] for d in deleted["deletedRecords"]] == [gone]
+    r = org.http.get(f"/services/data/{V}/queryAll", headers=auth(org),
+                     params={"q": f"SELECT Id FROM AccountShare WHERE LastModifiedDate >= {window['start']}"})
+    assert {rec["Id"] for rec in r.json()["records"]} == {changed}  # a hard delete leaves queryAll too

@@ -186,7 +186,8 @@ class ObjectPoller:
             pages += 1
             ops: dict[str, RowOp] = {}
             for record in records:
-                op = record_op(record, self.applier.spec, 0)
+                # versioned by SystemModstamp; an object without it by the key field (its table's version too)
+                op = record_op(record, self.applier.spec, _stamp_ms(record.get(self.key_field)) or 0)
                 ops[op.key] = op
             if records:
                 last = records[-1]

@@ -357,3 +357,41 @@ async def test_a_late_commit_longer_than_the_lookback_is_read_after_getdeleted_h
     finally:
         svc.stop.set()
         assert await asyncio.wait_for(task, 60) == 0
+
+
+async def test_objects_without_systemmodstamp_poll_on_lastmodifieddate_or_are_extracted_again(sim, pg_url, capsys):
+    """AccountShare has LastModifiedDate and no SystemModstamp: its rounds read a keyset on (LastModifiedDate, Id).
+    AccountHistory has neither: every round is a whole extract, whose missing rows are removed (Object Reference,
+    "AccountShare", "AccountHistory")."""
+    settings = _settings(sim, pg_url, "poll_audit", objects={"AccountShare": {"poll_interval_s": 0.3},
+                                                             "AccountHistory": {"poll_interval_s": 0.3}})
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects WHERE phase = 'STREAMING'"
+                                                " AND mode = 'poll'"), timeout=120)
+        shares, history = await _live(sim, "AccountShare"), await _live(sim, "AccountHistory")
+        await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "AccountShare", "type": "UPDATE", "ids": shares[:2], "fields": {"RowCause": "Manual"}},
+            {"object": "AccountShare", "type": "DELETE", "ids": shares[2:3]},
+            {"object": "AccountShare", "type": "HARD_DELETE", "ids": shares[3:4]},
+            {"object": "AccountShare", "type": "CREATE", "fields": {"RowCause": "Team"}, "count": 3},
+            {"object": "AccountShare", "type": "UPDATE", "ids": shares[4:5], "fields": {"ContactAccessLevel": None}},
+            {"object": "AccountHistory", "type": "CREATE", "fields": {"Field": "Phone", "NewValue": "555"}, "count": 2},
+            {"object": "AccountHistory", "type": "HARD_DELETE", "ids": history[:1]}])
+        await wait_for(lambda: pg_value(pg_url, f"SELECT isdeleted FROM poll_audit.accountshare WHERE id = '{shares[3]}'"),
+                       timeout=30)
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM poll_audit.accounthistory WHERE newvalue = '555'"),
+                       timeout=30)
+        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+        assert await pg_value(pg_url, f"SELECT isdeleted FROM poll_audit.accounthistory WHERE id = '{history[0]}'")
+        assert await pg_value(pg_url, f"SELECT count(*) FROM poll_audit.accountshare WHERE rowcause = 'Manual' AND id IN"
+                                      f" ('{shares[0]}', '{shares[1]}')") == 2
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+    capsys.readouterr()
+    assert await status_command(settings, as_json=True) == 0
+    rows = {r["object"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["AccountShare"]["mode_reason"].endswith("; polls on (LastModifiedDate, Id)")
+    assert "polls on nothing: a full extract every poll_interval_s" in rows["AccountHistory"]["mode_reason"]

@@ -189,3 +189,23 @@ def test_share_and_history_objects_have_the_audit_fields_salesforce_documents(or
     r = org.http.get(f"/services/data/{V}/queryAll", headers=auth(org),
                      params={"q": f"SELECT Id FROM AccountShare WHERE LastModifiedDate >= {window['start']}"})
     assert {rec["Id"] for rec in r.json()["records"]} == {changed}  # a hard delete leaves queryAll too
+
+
+def test_order_by_id_is_the_order_id_comparisons_use(org):
+    """A keyset `WHERE Id > :last ORDER BY Id` reads every record once: ORDER BY Id sorts ids as `>` compares
+    them, across ids whose characters differ only in case (base-62 ids: digits, upper case, lower case)."""
+    r = org.http.post("/__sim/changes", json=[{"object": "Task", "type": "CREATE", "fields": {"Subject": "keyset"},
+                                               "count": 200}])
+    assert r.status_code == 200, r.text
+    seen, last = [], None
+    while True:
+        where = "Subject = 'keyset'" + (f" AND Id > '{last}'" if last else "")
+        page = org.http.get(f"/services/data/{V}/query", headers=auth(org),
+                            params={"q": f"SELECT Id FROM Task WHERE {where} ORDER BY Id LIMIT 30"}).json()["records"]
+        if not page:
+            break
+        seen += [rec["Id"] for rec in page]
+        last = page[-1]["Id"]
+    created = [i for i, rec in truth(org, "Task").items() if rec["Subject"] == "keyset"]
+    assert seen == sorted(created) and len(seen) == 200
+    assert any(a[:15].lower() > b[:15].lower() for a, b in zip(seen, seen[1:], strict=False))  # both cases met

@@ -77,7 +77,7 @@ class ObjectPoller:
         self.key_field: str | None = "SystemModstamp"
         self.bulk = BulkClient(client, poll_max=settings.backfill.poll_max_s)
         self.api_calls = 0  # REST and Bulk calls made by rounds (README "Polling": calls per round)
-        self.bulk_rounds = self.reconciliations = 0
+        self.bulk_rounds = self.reconciliations = self.reconciled_ids = 0
 
     async def capture_position(self) -> None:
         """Before a backfill: the first round reads from here. This process's clock, less the lookback (which
@@ -324,7 +324,7 @@ class ObjectPoller:
 
         checkpoint = Checkpoint(self.topic, None, poll_deleted_through=started_ms)
         seen, removed = await self.sink.reconcile_keys(chunks(), _at(started_ms), checkpoint)
-        self.reconciliations += 1
+        self.reconciliations, self.reconciled_ids = self.reconciliations + 1, seen
         if removed:
             self.metrics.rows_written.labels(object=self.name, op="delete").inc(removed)
         (log.warning if removed else log.info)(

@@ -148,9 +148,10 @@ class PollSettings(_Section):
     # visible behind a position already read (docs/salesforce-coverage.md §1, "Time and visibility").
     lookback_s: float = Field(
         10.0, ge=0, le=3600,
-        description="Polled objects: each round reads again the records stamped this many seconds before the poll "
-        "position, to catch transactions that committed after their SystemModstamp (late commits). Set it to about "
-        "twice the longest transaction seen in the org; re-reads cost queries, never correctness (version guard).",
+        description="Polled objects: each round's keyset starts no later than the previous round's getDeleted "
+        "`latestDateCovered` (held back by Salesforce while a transaction is in flight) less this many seconds, a "
+        "margin for clock skew and late commits Salesforce does not hold back (README \"Polling\"). Re-reads cost "
+        "queries, never correctness (version guard).",
     )
     page_size: int = Field(
         2_000, ge=1, le=2_000,

@@ -1,20 +1,30 @@
 """Poll one object that publishes no change events (README "Polling"; issue 12 §1): after the backfill, every
-`objects.X.poll_interval_s` a round reads what changed with REST queryAll and what was deleted with getDeleted.
+`objects.X.poll_interval_s` a round reads what was deleted with getDeleted, then what changed with REST queryAll, or
+with one Bulk API 2.0 job when the delta is large.
 
 - Changes: a keyset on (SystemModstamp, Id), never `>` on the timestamp alone: datetimes have whole seconds and
-  many records share one (docs/salesforce-coverage.md §1, "Time and visibility"). Each round starts
-  `poll.lookback_s` seconds before the stored position, because a transaction commits after its SystemModstamp:
-  a record can become visible behind a position already read (same section). Re-reads are harmless: rows are
-  full-record upserts (`changes.record_op`) through the stream's version guard.
+  many records share one (docs/salesforce-coverage.md §1, "Time and visibility"). An object without SystemModstamp
+  reads by LastModifiedDate (share objects); without either, each round extracts it whole (field history objects).
+- Where a round starts (`start_key`): no later than the previous round's getDeleted `latestDateCovered`, less
+  `poll.lookback_s`. Salesforce holds that value back to the start of a transaction still in flight ("for safety,
+  you must use this value for the startDate of your next call", SOAP API Developer Guide, "GetDeletedResult",
+  https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_getdeleted_getdeletedresult.htm),
+  so a record that commits after its stamp is read once it is visible. Re-reads are harmless: rows are full-record
+  upserts (`changes.record_op`) through the stream's version guard.
 - queryAll returns deleted records still in the recycle bin (`IsDeleted` true): they land soft-deleted (removed
   with `deletes = "hard"`). Records removed for good are only in getDeleted ("sObject Get Deleted", REST API
   Developer Guide, https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getdeleted.htm;
   docs/bulk-rest-oauth.md §3.5): applied as deletes at their deletedDate, from the window's start up to
-  `latestDateCovered`, which Salesforce holds back while a transaction is in flight.
+  `latestDateCovered`. What getDeleted cannot serve (older than its 15 days: INVALID_REPLICATION_DATE, or purged
+  early) a key reconciliation finds: an Id-only extract compared with the table (`reconcile`), also every
+  `poll.reconcile_interval_s`.
+- Large deltas (`poll.bulk_threshold`, asked with `SELECT COUNT()` when a first page comes back full): one Bulk
+  queryAll job, each result page staged with COPY and upserted through the version guard (`DeltaSink`).
 - Each page commits with the position (topic `poll:<Object>` in replicator.checkpoints) in one transaction
-  (docs/design.md, contract 4), so a crash repeats at most one page.
+  (docs/design.md, contract 4), so a crash repeats at most one page (a Bulk delta: the job).
 
-Cost per round: one queryAll call per page of `poll.page_size` records (at least one), plus one getDeleted call.
+Cost per round (README "Polling", `python -m bench.poll_calls`): one getDeleted call and one queryAll call per page
+of `poll.page_size` records (at least one); a large delta one COUNT() and a Bulk job (about a dozen calls).
 """
 
 from __future__ import annotations

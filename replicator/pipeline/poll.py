@@ -246,7 +246,7 @@ class ObjectPoller:
         soql = f"SELECT {', '.join(self.applier.spec.fields)} FROM {self.name} WHERE {self._where(key)}"
         job = await self.bulk.create_query_job(soql, all_rows=True)
         job = await self.bulk.wait_for_job(job.id)
-        pages = [p async for p in self.bulk.result_pages(job.id)]
+        pages = [p async for p in self.bulk.result_pages(job.id, max_records=self.settings.backfill.page_size)]
         self.api_calls += 3 + len(pages)  # create, status (at least once), resultPages, one call a page
         seen: list[tuple[int, str]] = [newest]
 
@@ -324,7 +324,7 @@ class ObjectPoller:
         started_ms = (int(time.time() * 1000) - self.lookback_ms) // 1000 * 1000
         job = await self.bulk.create_query_job(f"SELECT Id FROM {self.name}", all_rows=True)
         job = await self.bulk.wait_for_job(job.id)
-        pages = [p async for p in self.bulk.result_pages(job.id)]
+        pages = [p async for p in self.bulk.result_pages(job.id, max_records=self.settings.backfill.page_size)]
         self.api_calls += 3 + len(pages)
 
         async def chunks():

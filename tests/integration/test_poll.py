@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from replicator.app.commands import status_command
 from replicator.app.runtime import open_store, salesforce_client
 from replicator.app.service import Service
-from replicator.model import ConfigError
+from replicator.model import ConfigError, JobFailedError
 from replicator.pipeline.poll import ObjectPoller
 from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
@@ -395,3 +395,27 @@ async def test_objects_without_systemmodstamp_poll_on_lastmodifieddate_or_are_ex
     rows = {r["object"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["AccountShare"]["mode_reason"].endswith("; polls on (LastModifiedDate, Id)")
     assert "polls on nothing: a full extract every poll_interval_s" in rows["AccountHistory"]["mode_reason"]
+
+
+async def test_a_failed_delta_job_moves_nothing_and_a_refused_page_is_read_over_rest(sim, pg_url):
+    settings = _settings(sim, pg_url, "poll_bulk_faults", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3}},
+                         page_size=500, lookback_s=0, bulk_threshold=1000)
+    await _backfilled(settings, pg_url)
+    position = "SELECT poll_systemmodstamp::text || poll_id FROM replicator.checkpoints WHERE topic = 'poll:Task'"
+    await sim_admin(sim, "POST", "/__sim/changes", [
+        {"object": "Task", "type": "CREATE", "fields": {"Subject": "delta with faults"}, "count": 2500}])
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.prepare()
+        before = await pg_value(pg_url, position)
+        await sim_admin(sim, "PUT", "/__sim/faults", {"fail_jobs": 1})
+        with pytest.raises(JobFailedError):  # the supervisor retries the round
+            await poller.round()
+        assert await pg_value(pg_url, position) == before
+        # the next job's results lack a column in 5 rows: Postgres refuses their page, the round reads over REST
+        await sim_admin(sim, "PUT", "/__sim/faults", {"malformed_rows": 5})
+        await poller.round()
+        assert poller.bulk_rounds == 0
+    assert await pg_value(pg_url, "SELECT count(*) FROM poll_bulk_faults.task WHERE subject = 'delta with faults'") == 2500
+    assert await pg_value(pg_url, position) != before
+    assert await _all_equal(settings)

@@ -285,9 +285,10 @@ async def test_a_large_delta_is_read_with_one_bulk_job_through_the_version_guard
     await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'newer' FROM poll_bulk.task WHERE id = '{guarded}'"))
 
 
-async def test_deletes_past_get_deleted_window_are_found_by_key_reconciliation(sim, pg_url):
-    settings = _settings(sim, pg_url, "poll_keys", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3}},
-                         lookback_s=2)
+@pytest.mark.parametrize("deletes", ["soft", "hard"])
+async def test_deletes_past_get_deleted_window_are_found_by_key_reconciliation(sim, pg_url, deletes):
+    settings = _settings(sim, pg_url, "poll_keys", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3,
+                                                                     "deletes": deletes}}, lookback_s=2)
     await _backfilled(settings, pg_url)
     hard, *_ = await _live(sim, "Task")
     await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Task", "type": "HARD_DELETE", "ids": [hard]}])
@@ -318,7 +319,8 @@ async def test_deletes_past_get_deleted_window_are_found_by_key_reconciliation(s
         assert poller.reconciliations == 1
     deleted = {r: await pg_value(pg_url, f"SELECT isdeleted FROM poll_keys.task WHERE id = '{r}'")
                for r in (hard, "00T0000000GONE1AAA", "00T0000000NEW01AAA")}
-    assert deleted == {hard: True, "00T0000000GONE1AAA": True, "00T0000000NEW01AAA": False}
+    gone = True if deletes == "soft" else None  # marked deleted, or no row at all
+    assert deleted == {hard: gone, "00T0000000GONE1AAA": gone, "00T0000000NEW01AAA": False}
     assert await pg_value(pg_url, "SELECT poll_deleted_through > now() - interval '1 minute' AND poll_reconciled_at"
                                   " > now() - interval '1 minute' FROM replicator.checkpoints WHERE topic = 'poll:Task'")
     await _execute(pg_url, "DELETE FROM poll_keys.task WHERE id = '00T0000000NEW01AAA'")

@@ -46,6 +46,7 @@ from ..salesforce.values import EPOCH, decode_rest_value, encode_epoch_ms
 from .applier import BatchApplier, StreamStats
 from .backfill import Backfill
 from .changes import record_op
+from .stopping import until_stopped
 
 log = structlog.get_logger(__name__)
 
@@ -128,7 +129,7 @@ class ObjectPoller:
         for field in KEY_FIELDS:
             if self.applier.spec.column(field.lower()) is not None:
                 return field
-        log.warning("poll.no_key", object=self.name, fields=[f for f in KEY_FIELDS],
+        log.warning("poll.no_key", object=self.name, fields=list(KEY_FIELDS),
                     action=f"objects.{self.name} has neither field (or objects.{self.name}.fields leaves them out): "
                     "every round extracts the whole object again with Bulk API 2.0")
         return None
@@ -137,7 +138,9 @@ class ObjectPoller:
         """An object without SystemModstamp or LastModifiedDate: the backfill again (a Bulk queryAll job loaded
         through the version guard; rows the extract lacks are removed or marked deleted, `remove_unseen`)."""
         started = time.monotonic()
-        progress = await Backfill(self.client, self.store, self.settings, self.name, self.obj).run()
+        extract = Backfill(self.client, self.store, self.settings, self.name, self.obj).run()
+        # resumable (page by page): a stop does not wait for it
+        progress = await (until_stopped(stop, extract) if stop is not None else extract)
         await self.store.set_phase(self.name, "STREAMING")
         self.rounds += 1
         self.api_calls += 4  # create, at least one status poll, resultPages, one page

@@ -168,14 +168,27 @@ class PollSettings(_Section):
     # visible behind a position already read (docs/salesforce-coverage.md §1, "Time and visibility").
     lookback_s: float = Field(
         10.0, ge=0, le=3600,
-        description="Polled objects: each round reads again the records stamped this many seconds before the poll "
-        "position, to catch transactions that committed after their SystemModstamp (late commits). Set it to about "
-        "twice the longest transaction seen in the org; re-reads cost queries, never correctness (version guard).",
+        description="Polled objects: each round's keyset starts no later than the previous round's getDeleted "
+        "`latestDateCovered` (held back by Salesforce while a transaction is in flight) less this many seconds, a "
+        "margin for clock skew and late commits Salesforce does not hold back (README \"Polling\"). Re-reads cost "
+        "queries, never correctness (version guard).",
     )
     page_size: int = Field(
         2_000, ge=1, le=2_000,
         description="Records per poll query (SOQL LIMIT; one REST queryAll call, at most 2,000 records). Each page "
         "commits with the poll position in one transaction.",
+    )
+    bulk_threshold: int = Field(
+        10_000, ge=0,
+        description="Polled objects: when a round's first REST page comes back full, one `SELECT COUNT()` with the "
+        "same WHERE asks how large the delta is; at this many records or more the round reads it with one Bulk API "
+        "2.0 queryAll job (staged with COPY, applied through the version guard) instead of page by page. 0: never.",
+    )
+    reconcile_interval_s: float = Field(
+        86_400.0, ge=0,
+        description="Polled objects: every this many seconds (and at once when getDeleted answers "
+        "INVALID_REPLICATION_DATE, its 15-day window passed) an Id-only Bulk extract is compared with the table; rows "
+        "the org no longer has and stamped before the extract began are deleted (per `deletes`). 0: never scheduled.",
     )
 
 

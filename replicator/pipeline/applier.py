@@ -92,6 +92,7 @@ class BatchApplier:
         info = object_table(describe, self.settings.postgres.schema_, self.obj)
         await self.store.page_sink(info).prepare()
         self.spec, self.cmap = info.spec, ColumnMap(info.spec, describe)
+        self.table = info
         self.sink = self.store.stream_sink(info)
 
     async def apply(self, batch: list[StreamEvent]) -> str | None:

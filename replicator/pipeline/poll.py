@@ -1,23 +1,33 @@
 """Poll one object that publishes no change events (README "Polling"; issue 12 §1): after the backfill, every
-`objects.X.poll_interval_s` a round reads what changed with REST queryAll and what was deleted with getDeleted.
+`objects.X.poll_interval_s` a round reads what was deleted with getDeleted, then what changed with REST queryAll, or
+with one Bulk API 2.0 job when the delta is large.
 
 - Changes: a keyset on (SystemModstamp, Id), never `>` on the timestamp alone: datetimes have whole seconds and
-  many records share one (docs/salesforce-coverage.md §1, "Time and visibility"). Each round starts
-  `poll.lookback_s` seconds before the stored position, because a transaction commits after its SystemModstamp:
-  a record can become visible behind a position already read (same section). Re-reads are harmless: rows are
-  full-record upserts (`changes.record_op`) through the stream's version guard.
+  many records share one (docs/salesforce-coverage.md §1, "Time and visibility"). An object without SystemModstamp
+  reads by LastModifiedDate (share objects); without either, each round extracts it whole (field history objects).
+- Where a round starts (`start_key`): no later than the previous round's getDeleted `latestDateCovered`, less
+  `poll.lookback_s`. Salesforce holds that value back to the start of a transaction still in flight ("for safety,
+  you must use this value for the startDate of your next call", SOAP API Developer Guide, "GetDeletedResult",
+  https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_getdeleted_getdeletedresult.htm),
+  so a record that commits after its stamp is read once it is visible. Re-reads are harmless: rows are full-record
+  upserts (`changes.record_op`) through the stream's version guard.
 - queryAll returns deleted records still in the recycle bin (`IsDeleted` true): they land soft-deleted (removed
   with `deletes = "hard"`). Records removed for good are only in getDeleted ("sObject Get Deleted", REST API
   Developer Guide, https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getdeleted.htm;
   docs/bulk-rest-oauth.md §3.5): applied as deletes at their deletedDate, from the window's start up to
-  `latestDateCovered`, which Salesforce holds back while a transaction is in flight.
+  `latestDateCovered`. What getDeleted cannot serve (older than its 15 days: INVALID_REPLICATION_DATE, or purged
+  early) a key reconciliation finds: an Id-only extract compared with the table (`reconcile`), also every
+  `poll.reconcile_interval_s`.
+- Large deltas (`poll.bulk_threshold`, asked with `SELECT COUNT()` when a first page comes back full): one Bulk
+  queryAll job, each result page staged with COPY and upserted through the version guard (`DeltaSink`).
 - Each page commits with the position (topic `poll:<Object>` in replicator.checkpoints) in one transaction
-  (docs/design.md, contract 4), so a crash repeats at most one page.
+  (docs/design.md, contract 4), so a crash repeats at most one page (a Bulk delta: the job).
 
 A round is not started while the org's API budget is spent (`budget.allows()` false: app/limits.py,
 `salesforce.api_reserve`); the position stays, so the next allowed round reads everything since.
 
-Cost per round: one queryAll call per page of `poll.page_size` records (at least one), plus one getDeleted call.
+Cost per round (README "Polling", `python -m bench.poll_calls`): one getDeleted call and one queryAll call per page
+of `poll.page_size` records (at least one); a large delta one COUNT() and a Bulk job (about a dozen calls).
 """
 
 from __future__ import annotations
@@ -29,13 +39,17 @@ import time
 import structlog
 
 from ..config import ObjectSettings, Settings
-from ..model import Checkpoint, ConfigError, RowOp, TerminalError
+from ..model import Checkpoint, RejectedDataError, RowOp, TerminalError
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
+from ..retry import retry_transient
+from ..salesforce.bulk import BulkClient
 from ..salesforce.records import soql_datetime, soql_string
 from ..salesforce.values import EPOCH, decode_rest_value, encode_epoch_ms
 from .applier import BatchApplier, StreamStats
+from .backfill import Backfill
 from .changes import record_op
+from .stopping import until_stopped
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +57,12 @@ log = structlog.get_logger(__name__)
 def poll_topic(object_name: str) -> str:
     """The checkpoint row of a polled object's position."""
     return f"poll:{object_name}"
+
+
+# The field a round's keyset reads by, in order of preference: SystemModstamp changes with every change (system ones
+# included); LastModifiedDate only with a user's, and is what objects without SystemModstamp have (share objects,
+# "AccountShare", Object Reference). Without either a round extracts the whole object again.
+KEY_FIELDS = ("SystemModstamp", "LastModifiedDate")
 
 
 def _at(ms: int) -> dt.datetime:
@@ -69,6 +89,10 @@ class ObjectPoller:
         self.applier = BatchApplier(client, store, settings, name, obj, self.topic, self.metrics, self.stats)
         self.lookback_ms = int(settings.poll.lookback_s * 1000)
         self.rounds = 0
+        self.key_field: str | None = "SystemModstamp"
+        self.bulk = BulkClient(client, poll_max=settings.backfill.poll_max_s)
+        self.api_calls = 0  # REST and Bulk calls made by rounds (README "Polling": calls per round)
+        self.bulk_rounds = self.reconciliations = self.reconciled_ids = 0
 
     async def capture_position(self) -> None:
         """Before a backfill: the first round reads from here. This process's clock, less the lookback (which
@@ -78,45 +102,114 @@ class ObjectPoller:
                                                     poll_deleted_through=start))
         log.info("poll.position_captured", object=self.name, topic=self.topic, systemmodstamp=_at(start).isoformat())
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def prepare(self) -> None:
+        """Describe the object, bring its table up to date, choose the field rounds read by (logged, and noted in
+        `status`'s mode reason)."""
         await self.applier.load_schema()
-        if self.applier.spec.column("systemmodstamp") is None:
-            raise ConfigError(f"objects.{self.name}: polling needs SystemModstamp, which this object lacks "
-                              f"(or objects.{self.name}.fields leaves out)")
+        self.key_field = self._choose_key()
+        self.sink = self.store.delta_sink(self.applier.table)
+        how = f"({self.key_field}, Id)" if self.key_field else "nothing: a full extract every poll_interval_s"
+        log.info("poll.key", object=self.name, key=how)
+        await self.sink.note_poll_key(self.name, how)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.prepare()
         h = self.health
         h.phase, h.mode = "STREAMING", "poll"
         while not stop.is_set():
             started = time.time()
             if self.budget is None or self.budget.allows():  # else skipped: salesforce.api_reserve
-                await self.round(stop)
+                if self.key_field is None:
+                    await self.extract_round(stop)
+                else:
+                    await self.round(stop)
+                    await self.reconcile_if_due()
                 h.connected, h.idle, h.caught_up_at = True, False, started
             try:
                 await asyncio.wait_for(stop.wait(), self.obj.poll_interval_s)
             except TimeoutError:
                 pass
 
+    def _choose_key(self) -> str | None:
+        for field in KEY_FIELDS:
+            if self.applier.spec.column(field.lower()) is not None:
+                return field
+        log.warning("poll.no_key", object=self.name, fields=list(KEY_FIELDS),
+                    action=f"objects.{self.name} has neither field (or objects.{self.name}.fields leaves them out): "
+                    "every round extracts the whole object again with Bulk API 2.0")
+        return None
+
+    async def extract_round(self, stop: asyncio.Event | None = None) -> None:
+        """An object without SystemModstamp or LastModifiedDate: the backfill again (a Bulk queryAll job loaded
+        through the version guard; rows the extract lacks are removed or marked deleted, `remove_unseen`)."""
+        started = time.monotonic()
+        extract = Backfill(self.client, self.store, self.settings, self.name, self.obj).run()
+        # resumable (page by page): a stop does not wait for it
+        progress = await (until_stopped(stop, extract) if stop is not None else extract)
+        await self.store.set_phase(self.name, "STREAMING")
+        self.rounds += 1
+        self.api_calls += 4  # create, at least one status poll, resultPages, one page
+        self.health.checkpoint_saved = time.time()
+        log.info("poll.round", object=self.name, key=None, rows=progress.rows_done, extract=progress.job_id,
+                 duration_s=round(time.monotonic() - started, 3))
+
     async def round(self, stop: asyncio.Event | None = None) -> None:
-        """Read what changed since the position (less the lookback), page by page, then what was deleted."""
+        """Read what changed since the position (less the lookback): page by page over REST, or with one Bulk job
+        when the delta is large (`poll.bulk_threshold`); then what was deleted."""
         started = time.monotonic()
         pos = await self.store.load_poll_position(self.topic)
         if pos is None or pos.poll_modstamp is None:
             # the service captures it before the backfill: without it, a retry goes through that again
             raise TerminalError(f"{self.name}: no poll position stored (topic {self.topic})", code="NO_POLL_POSITION")
         newest = (pos.poll_modstamp, pos.poll_id or "")
-        # Whole seconds: SOQL compares datetimes without milliseconds (docs/salesforce-coverage.md §1).
-        key = ((pos.poll_modstamp - self.lookback_ms) // 1000 * 1000, "") if self.lookback_ms else newest
+        key = self.start_key(newest, pos.poll_deleted_through)
+        deleted = await self._deletes(pos.poll_deleted_through if pos.poll_deleted_through is not None else newest[0])
+        rows, pages, newest, bulk = await self._changes(key, newest, stop)
+        self.rounds += 1
+        self.health.poll_position = newest[0] / 1000
+        self.health.checkpoint_saved = time.time()
+        (log.info if rows or deleted else log.debug)(
+            "poll.round", object=self.name, key=self.key_field, rows=rows, pages=pages, bulk_job=bulk,
+            deleted=deleted, position=f"{_at(newest[0]).isoformat()} {newest[1]}",
+            duration_s=round(time.monotonic() - started, 3))
+
+    def start_key(self, newest: tuple[int, str], covered_ms: int | None) -> tuple[int, str]:
+        """Where a round's keyset starts: after the newest record read, but no later than where the previous
+        round's getDeleted window ended (`latestDateCovered`, asked before that round read its changes, and held
+        back by Salesforce to the start of a transaction still in flight), less `poll.lookback_s`. A record that
+        committed after the previous read, stamped before it, is read again; an idle object re-reads nothing, as
+        that window's end passes its position. Whole seconds: SOQL compares datetimes without milliseconds
+        (docs/salesforce-coverage.md §1)."""
+        if covered_ms is None:
+            covered_ms = newest[0]
+        held = ((covered_ms - self.lookback_ms) // 1000 * 1000, "")
+        return min(newest, held)
+
+    async def _changes(self, key: tuple[int, str], newest: tuple[int, str], stop: asyncio.Event | None,
+                       ) -> tuple[int, int, tuple[int, str], str | None]:
+        """REST pages from `key`, each committed with the position; a first page that comes back full and a
+        count at or above `poll.bulk_threshold` send the delta to `_bulk_delta` instead (the page is not
+        committed: the job reads it again). Returns (rows, pages, newest position, Bulk job id or None)."""
         rows = pages = 0
         page_size = self.settings.poll.page_size
         while stop is None or not stop.is_set():
             records = [r async for r in self.client.query(self._soql(key, page_size), all_rows=True)]
+            self.api_calls += 1
+            if pages == 0 and len(records) == page_size and await self._large(key):
+                try:
+                    job_id, rows, newest = await self._bulk_delta(key, newest)
+                    return rows, 0, newest, job_id
+                except RejectedDataError as exc:  # a row Postgres refuses: REST pages dead-letter it alone
+                    log.warning("poll.bulk_rejected", object=self.name, error=str(exc), action="read over REST")
             pages += 1
             ops: dict[str, RowOp] = {}
             for record in records:
-                op = record_op(record, self.applier.spec, 0)
+                # versioned by SystemModstamp; an object without it by the key field (its table's version too)
+                op = record_op(record, self.applier.spec, _stamp_ms(record.get(self.key_field)) or 0)
                 ops[op.key] = op
             if records:
                 last = records[-1]
-                key = (_stamp_ms(last.get("SystemModstamp")) or key[0], str(last["Id"]))
+                key = (_stamp_ms(last.get(self.key_field)) or key[0], str(last["Id"]))
                 if key[0] > newest[0] or (key[0] == newest[0] and key[1] > newest[1]):
                     newest = key
             await self.applier.check_keys(ops)
@@ -125,33 +218,92 @@ class ObjectPoller:
             rows += len(records)
             if len(records) < page_size:
                 break
-        deleted = await self._deletes(pos.poll_deleted_through if pos.poll_deleted_through is not None else newest[0])
-        self.rounds += 1
-        self.health.poll_position = newest[0] / 1000
-        self.health.checkpoint_saved = time.time()
-        (log.info if rows or deleted else log.debug)(
-            "poll.round", object=self.name, rows=rows, pages=pages, deleted=deleted,
-            position=f"{_at(newest[0]).isoformat()} {newest[1]}", duration_s=round(time.monotonic() - started, 3))
+        return rows, pages, newest, None
+
+    def _where(self, key: tuple[int, str]) -> str:
+        """After `key` in (stamp, Id) order; without an Id (the start of a second), from that second on: Salesforce
+        refuses an Id compared with a value that is not a record id. Values are literals (soql_datetime,
+        soql_string); the field is an API name."""
+        f, t = self.key_field, soql_datetime(_at(key[0]))
+        return f"{f} > {t} OR ({f} = {t} AND Id > {soql_string(key[1])})" if key[1] else f"{f} >= {t}"
 
     def _soql(self, key: tuple[int, str], limit: int) -> str:
-        """The next page after `key` in (SystemModstamp, Id) order; without an Id (the start of a second), from
-        that second on: Salesforce refuses an Id compared with a value that is not a record id. Field and object
-        names are API names from describe; values are literals (soql_datetime, soql_string)."""
+        """The next page after `key` in (stamp, Id) order. Field and object names are API names from describe."""
         select = ", ".join(self.applier.spec.fields)
-        t = soql_datetime(_at(key[0]))
-        where = (f"SystemModstamp > {t} OR (SystemModstamp = {t} AND Id > {soql_string(key[1])})" if key[1]
-                 else f"SystemModstamp >= {t}")
-        return f"SELECT {select} FROM {self.name} WHERE {where} ORDER BY SystemModstamp, Id LIMIT {limit}"
+        return (f"SELECT {select} FROM {self.name} WHERE {self._where(key)} "
+                f"ORDER BY {self.key_field}, Id LIMIT {limit}")
+
+    async def _large(self, key: tuple[int, str]) -> bool:
+        """Whether the delta from `key` holds `poll.bulk_threshold` records or more: one `SELECT COUNT()` call
+        (SOQL and SOSL Reference, "COUNT() and COUNT(fieldName)")."""
+        threshold = self.settings.poll.bulk_threshold
+        if not threshold:
+            return False
+        count = await self.client.count(f"SELECT COUNT() FROM {self.name} WHERE {self._where(key)}", all_rows=True)
+        self.api_calls += 1
+        log.info("poll.delta_counted", object=self.name, records=count, bulk=count >= threshold)
+        return count >= threshold
+
+    async def _bulk_delta(self, key: tuple[int, str], newest: tuple[int, str]) -> tuple[str, int, tuple[int, str]]:
+        """A large delta with one Bulk API 2.0 queryAll job (no ORDER BY: docs/bulk-rest-oauth.md §1.9), its pages
+        one after another, each staged with COPY and upserted through the version guard in its transaction. The
+        position commits with the last page: the newest (stamp, Id) of the job, but no later than when the job was
+        created (pages hold no order: a record changed while the job ran may be missing behind a newer one; the
+        next round reads again from there). A crash in the middle repeats the job, which rewrites what it wrote."""
+        cap = int(time.time() * 1000) // 1000 * 1000
+        soql = f"SELECT {', '.join(self.applier.spec.fields)} FROM {self.name} WHERE {self._where(key)}"
+        job = await self.bulk.create_query_job(soql, all_rows=True)
+        job = await self.bulk.wait_for_job(job.id)
+        pages = [p async for p in self.bulk.result_pages(job.id, max_records=self.settings.backfill.page_size)]
+        self.api_calls += 3 + len(pages)  # create, status (at least once), resultPages, one call a page
+        seen: list[tuple[int, str]] = [newest]
+
+        def final(page_newest: tuple | None) -> Checkpoint:
+            if page_newest is not None:
+                seen.append((encode_epoch_ms(page_newest[0]), str(page_newest[1])))
+            top = max(seen)
+            pos = max(top if top[0] < cap else (cap, ""), newest)
+            return Checkpoint(self.topic, None, poll_modstamp=pos[0], poll_id=pos[1])
+
+        rows = 0
+        column = self.key_field.lower()
+        last_index = len(pages) - 1
+        for i, page in enumerate(pages):
+            async def load(page=page, last=i == last_index) -> tuple[int, tuple | None]:
+                async with self.bulk.open_page(page) as stream:
+                    return await self.sink.load_delta_page(stream.chunks(), column, final if last else None)
+
+            count, page_newest = await retry_transient(load, what=f"{self.name} delta page {page.locator or 'first'}")
+            if page_newest is not None and i < len(pages) - 1:
+                seen.append((encode_epoch_ms(page_newest[0]), str(page_newest[1])))
+            rows += count
+        self.bulk_rounds += 1
+        self.metrics.rows_written.labels(object=self.name, op="upsert").inc(rows)
+        pos = final(None)
+        log.info("poll.bulk_delta", object=self.name, job_id=job.id, rows=rows, pages=len(pages),
+                 position=f"{_at(pos.poll_modstamp).isoformat()} {pos.poll_id}")
+        return job.id, rows, (pos.poll_modstamp, pos.poll_id or "")
 
     async def _deletes(self, through_ms: int) -> int:
         """Records deleted since the last window (less the lookback: a delete can commit late too), applied as
-        deletes at their deletedDate; the window's end (`latestDateCovered`) commits with them."""
+        deletes at their deletedDate; the window's end (`latestDateCovered`) commits with them. A window
+        Salesforce no longer serves (INVALID_REPLICATION_DATE: getDeleted keeps 15 days) is a key reconciliation,
+        which moves the window's start to its own."""
         start = _at(through_ms - self.lookback_ms)
         # Salesforce truncates the seconds of `end` (docs/bulk-rest-oauth.md §3.5): an end of now would
         # cover only up to the current minute. The next minute's start covers what is committed now; the window
         # actually covered is `latestDateCovered`, which is what is stored.
         end = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
-        body = await self.client.get_deleted(self.name, start, end)
+        try:
+            body = await self.client.get_deleted(self.name, start, end)
+        except TerminalError as exc:
+            if exc.code != "INVALID_REPLICATION_DATE":
+                raise
+            log.warning("poll.deletes_window_gone", object=self.name, start=start.isoformat(), error=str(exc),
+                        action="reconciling keys with an Id-only extract")
+            return await self.reconcile()
+        finally:
+            self.api_calls += 1
         ops: dict[str, RowOp] = {}
         for rec in body.get("deletedRecords") or ():
             ms = _stamp_ms(rec.get("deletedDate"))
@@ -160,6 +312,43 @@ class ObjectPoller:
         covered = max(_stamp_ms(body.get("latestDateCovered")) or through_ms, through_ms)
         await self._commit(list(ops.values()), Checkpoint(self.topic, None, poll_deleted_through=covered), 0)
         return len(ops)
+
+    async def reconcile_if_due(self) -> None:
+        """The scheduled key reconciliation: `poll.reconcile_interval_s` after the last one (or after the backfill,
+        whose extract removed what the org lacked then)."""
+        every = self.settings.poll.reconcile_interval_s
+        if not every:
+            return
+        last = await self.sink.reconciled_at(self.topic)
+        if last is None or (dt.datetime.now(dt.UTC) - last).total_seconds() >= every:
+            await self.reconcile()
+
+    async def reconcile(self) -> int:
+        """Deletes getDeleted cannot serve (purged past its 15 days, or its log emptied early: "sObject Get
+        Deleted", REST API Developer Guide; docs/bulk-rest-oauth.md §3.5): an Id-only Bulk queryAll extract
+        compared with the table in one transaction (`DeltaSink.reconcile_keys`). A row the extract lacks is
+        deleted unless stamped after the extract began (less the lookback: this clock may run behind Salesforce's),
+        and getDeleted's window then starts there. Returns the rows deleted."""
+        started_ms = (int(time.time() * 1000) - self.lookback_ms) // 1000 * 1000
+        job = await self.bulk.create_query_job(f"SELECT Id FROM {self.name}", all_rows=True)
+        job = await self.bulk.wait_for_job(job.id)
+        pages = [p async for p in self.bulk.result_pages(job.id, max_records=self.settings.backfill.page_size)]
+        self.api_calls += 3 + len(pages)
+
+        async def chunks():
+            for page in pages:
+                async with self.bulk.open_page(page) as stream:
+                    yield stream.chunks()
+
+        checkpoint = Checkpoint(self.topic, None, poll_deleted_through=started_ms)
+        seen, removed = await self.sink.reconcile_keys(chunks(), _at(started_ms), checkpoint)
+        self.reconciliations, self.reconciled_ids = self.reconciliations + 1, seen
+        if removed:
+            self.metrics.rows_written.labels(object=self.name, op="delete").inc(removed)
+        (log.warning if removed else log.info)(
+            "poll.reconciled", object=self.name, job_id=job.id, ids=seen, removed=removed,
+            since=_at(started_ms).isoformat(), reason="records the org no longer has: purged or hard-deleted")
+        return removed
 
     async def _commit(self, ops: list[RowOp], checkpoint: Checkpoint, records: int) -> None:
         result = await self.applier.commit(ops, [], checkpoint, records)

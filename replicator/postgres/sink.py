@@ -23,6 +23,7 @@ this sink, the careful path's row checks (pipeline/backfill.py, so a value is ch
 
 from __future__ import annotations
 
+import datetime as dt
 from array import array
 from bisect import bisect_left
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
@@ -31,7 +32,7 @@ from typing import Protocol
 import asyncpg
 import structlog
 
-from ..model import DeadLetter, RejectedDataError, TableInfo
+from ..model import SYNCED_COLUMN, VERSION_COLUMN, Checkpoint, DeadLetter, RejectedDataError, TableInfo
 from . import ddl, state
 from .errors import error_kind, mapped
 
@@ -324,3 +325,74 @@ def _refusal(exc: Exception) -> str:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+class DeltaSink(PageSink):
+    """A polled object's large delta read with a Bulk job, and its key reconciliation (pipeline/poll.py)."""
+
+    @mapped
+    async def load_delta_page(self, chunks: AsyncIterable[bytes], key_column: str,
+                              final: Callable[[tuple | None], Checkpoint] | None) -> tuple[int, tuple | None]:
+        """One result page of a delta job: COPY into staging, the newest (key, Id) it holds, the keyed upsert with
+        the version guard (a row newer than the page's stays), in one transaction; with `final` (the last page),
+        the position `final(newest)` commits with it. Returns (rows, newest (datetime, Id) or None)."""
+        q = ddl.quote_ident
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._create_staging(conn)
+            rows = await self._copy(conn, self._staging, chunks)
+            newest = await conn.fetchrow(f"SELECT {q(key_column)} AS k, \"id\" FROM {q(self._staging)} "
+                                         f"WHERE {q(key_column)} IS NOT NULL ORDER BY 1 DESC, 2 DESC LIMIT 1")
+            await self._upsert_staged(conn)
+            await self._remove_deleted(conn)
+            newest_key = (newest["k"], newest["id"]) if newest else None
+            if final is not None:
+                await state.save_checkpoint(conn, final(newest_key), rows)
+        return rows, newest_key
+
+    @mapped
+    async def reconcile_keys(self, pages: AsyncIterable[AsyncIterable[bytes]], started: dt.datetime,
+                             checkpoint: Checkpoint) -> tuple[int, int]:
+        """Key reconciliation: the Ids of an Id-only extract (CSV pages, header `Id`) against the table, in ONE
+        transaction. Rows whose Id the extract lacks and whose version is older than `started` (when the extract
+        began) are records the org no longer has: marked deleted, or removed with `deletes = "hard"` or without
+        IsDeleted; a row stamped since may be a record the extract could not see yet, and stays. `checkpoint`
+        (getDeleted's window moved to `started`) commits with them, and the time of the reconciliation. Returns
+        (Ids in the extract, rows deleted)."""
+        t, q = ddl.qualified(self.t.spec), ddl.quote_ident
+        soft = self.t.has_isdeleted and not self.t.hard_deletes
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("CREATE TEMP TABLE _reconcile_ids (id text) ON COMMIT DROP")
+            seen = 0
+            async for chunks in pages:
+                seen += _copied(await conn.copy_to_table("_reconcile_ids", source=strip_nul_chunks(chunks),
+                                                         columns=["id"], format="csv", header=True))
+            await conn.execute("CREATE INDEX ON _reconcile_ids (id); ANALYZE _reconcile_ids")
+            where = (f"NOT EXISTS (SELECT 1 FROM _reconcile_ids r WHERE r.id = t.\"id\"::text) "
+                     f"AND t.{q(VERSION_COLUMN)} < $1")
+            if soft:
+                sql = (f"UPDATE {t} AS t SET {q('isdeleted')} = true, {q(SYNCED_COLUMN)} = now() "
+                       f"WHERE {where} AND NOT t.{q('isdeleted')}")
+            else:
+                sql = f"DELETE FROM {t} AS t WHERE {where}"
+            removed = int((await conn.execute(sql, started)).rsplit(" ", 1)[-1])
+            await state.save_checkpoint(conn, checkpoint, 0)
+            await conn.execute("UPDATE replicator.checkpoints SET poll_reconciled_at = $2 WHERE topic = $1",
+                               checkpoint.topic, started)
+        return seen, removed
+
+    @mapped
+    async def reconciled_at(self, topic: str) -> dt.datetime | None:
+        """When the last key reconciliation of a polled object began (sql/008_poll_reconcile.sql), else when its
+        backfill ended (an extract removes what the org lacks too)."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(
+                "SELECT coalesce(c.poll_reconciled_at, o.backfill_finished_at) FROM replicator.objects o"
+                " LEFT JOIN replicator.checkpoints c ON c.topic = $1 WHERE o.object = $2", topic, self.t.spec.object)
+
+    @mapped
+    async def note_poll_key(self, object_name: str, how: str) -> None:
+        """What a polled object's rounds read by, after why it is polled (`replicator.objects.mode_reason`, shown by
+        `status`): `…; polls on (SystemModstamp, Id)`."""
+        async with self.pool.acquire() as conn:
+            await conn.execute("UPDATE replicator.objects SET mode_reason = split_part(coalesce(mode_reason, ''),"
+                               " '; polls on ', 1) || '; polls on ' || $2 WHERE object = $1", object_name, how)

@@ -23,7 +23,7 @@ from .compare import Comparison
 from .errors import map_error, mapped
 from .migrate import migrate
 from .server import resolve_database
-from .sink import PageSink
+from .sink import DeltaSink, PageSink
 from .state import ObjectState
 
 P = ParamSpec("P")
@@ -57,6 +57,10 @@ class Store:
     # ---- the sinks ------------------------------------------------------------------------------------------
     def page_sink(self, table: TableInfo) -> PageSink:
         return PageSink(self._pool, table)
+
+    def delta_sink(self, table: TableInfo) -> DeltaSink:
+        """A polled object's Bulk deltas and key reconciliation (pipeline/poll.py)."""
+        return DeltaSink(self._pool, table)
 
     def stream_sink(self, table: TableInfo) -> StreamSink:
         return StreamSink(self._pool, table)

@@ -318,6 +318,13 @@ class SalesforceClient:
                 return
             data = await self._json("GET", next_url)
 
+    async def count(self, soql: str, *, all_rows: bool = False) -> int:
+        """`SELECT COUNT() FROM … WHERE …`: the number of matching records, read from `totalSize` (one call; "COUNT()
+        and COUNT(fieldName)", SOQL and SOSL Reference,
+        https://developer.salesforce.com/docs/atlas.en-us.soql_sosl.meta/soql_sosl/sforce_api_calls_soql_select_count.htm)."""
+        data = await self._json("GET", "queryAll" if all_rows else "query", params={"q": soql})
+        return int((data or {}).get("totalSize") or 0)
+
     async def retrieve(self, object_name: str, ids: Sequence[str], fields: Sequence[str]) -> list[dict | None]:
         """Full records by id via sObject Collections POST (docs/bulk-rest-oauth.md §3.5), in the
         order of `ids`; None for an id that is unknown or not readable. Calls are batched by 2,000 ids."""

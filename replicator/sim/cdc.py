@@ -317,7 +317,9 @@ class ChangeCapture:
         store = item.store
         col = self._columns[store.spec.name]
         template = self._create_template(item, col)
-        template[col["CreatedDate"]] = template[col["LastModifiedDate"]] = template[col["SystemModstamp"]] = stamp
+        for audit in ("CreatedDate", "LastModifiedDate", "SystemModstamp"):  # those the object has (schema.py)
+            if audit in col:
+                template[col[audit]] = stamp
         ids = []
         # external ids not given get the generator's value for each record; a unique field's value was chosen by
         # validate (changes.py: never a duplicate)
@@ -347,11 +349,15 @@ class ChangeCapture:
             if item.type == "UPDATE" and len(item.positions) == 1:
                 item.before = before
             row = list(before)
-            row[col["SystemModstamp"]] = stamp
+            if "SystemModstamp" in col:
+                row[col["SystemModstamp"]] = stamp
+            elif "LastModifiedDate" in col:  # a share object: its one audit datetime follows deletes too
+                row[col["LastModifiedDate"]] = stamp
             if item.type in ("DELETE", "HARD_DELETE"):
                 row[store.deleted_pos] = True
             else:
-                row[col["LastModifiedDate"]] = stamp
+                if "LastModifiedDate" in col:
+                    row[col["LastModifiedDate"]] = stamp
                 row[store.deleted_pos] = False
                 for name, value in item.values.items():
                     row[col[name]] = value

@@ -187,7 +187,10 @@ def iter_matches(plan: Plan, include_deleted: bool) -> Iterator[tuple[int, tuple
             hits.append((pos, [row[c.position] if c.position is not None else None for c, _ in keys]))
         for k in range(len(keys) - 1, -1, -1):  # stable sorts, last key first
             col, order = keys[k]
-            text = col.spec.type in TEXT_TYPES
+            # text sorts without case; ids and references by their value, the order `Id > '…'` compares in (a
+            # keyset `WHERE Id > :last ORDER BY Id` must neither repeat nor skip a record; Bulk API PK chunking
+            # splits on the same Id ranges: "PK Chunking Header", Bulk API Developer Guide)
+            text = col.spec.type in TEXT_TYPES and col.spec.type not in ("id", "reference")
 
             def sort_key(hit, k=k, text=text, order=order):
                 v = hit[1][k]

@@ -1,5 +1,6 @@
-"""Objects outside the default entity selection: Task (standard-shaped) and Shipment__c (custom), their fields
-and their seeded record bodies.
+"""Objects outside the default entity selection: Task (standard-shaped), Shipment__c (custom), AccountShare
+(no SystemModstamp: LastModifiedDate only) and AccountHistory (neither: CreatedDate only), their fields and their
+seeded record bodies.
 
 Both are served by describe, REST and Bulk like the other objects, but publish no change event unless a client
 selects them for Change Data Capture (`--cdc-objects`, `PUT /__sim/cdc`: cdc.py): an entity an admin has not
@@ -55,10 +56,53 @@ def _shipment_fields() -> list[FieldSpec]:
     ]
 
 
+ACCESS = ("Read", "Edit")  # "All" is the owner's, not valid for create or update
+SUB_ACCESS = ("None", "Read", "Edit")
+ROW_CAUSES = ("Manual", "Owner", "Rule", "ImplicitChild", "Team")
+HISTORY_FIELDS = ("Name", "Phone", "Industry", "created", "Owner")
+
+
+def _share_fields() -> list[FieldSpec]:
+    """AccountShare (Object Reference, "AccountShare",
+    https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_accountshare.htm):
+    no SystemModstamp and no CreatedDate, only LastModifiedDate (schema.FEWER_AUDIT_FIELDS). UserOrGroupId points at
+    a User or Group, objects this org does not serve."""
+    return [
+        FieldSpec("AccountId", "reference", "Account ID", length=18, nillable=False, reference_to=("Account",),
+                  relationship_name="Account"),
+        FieldSpec("UserOrGroupId", "reference", "User or Group ID", length=18, nillable=False,
+                  reference_to=("Group", "User")),
+        FieldSpec("AccountAccessLevel", "picklist", "Account Access", length=40, nillable=False, picklist=ACCESS),
+        FieldSpec("OpportunityAccessLevel", "picklist", "Opportunity Access", length=40, nillable=False,
+                  picklist=SUB_ACCESS),
+        FieldSpec("CaseAccessLevel", "picklist", "Case Access", length=40, nillable=False, picklist=SUB_ACCESS),
+        FieldSpec("ContactAccessLevel", "picklist", "Contact Access", length=40, picklist=SUB_ACCESS),
+        FieldSpec("RowCause", "picklist", "Row Cause", length=40, picklist=ROW_CAUSES),
+    ]
+
+
+def _history_fields() -> list[FieldSpec]:
+    """AccountHistory (Object Reference, "AccountHistory",
+    https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_accounthistory.htm):
+    a tracked field's change, never edited; no SystemModstamp and no LastModifiedDate, only CreatedDate
+    (schema.FEWER_AUDIT_FIELDS). OldValue and NewValue are anyType in Salesforce; served here as strings (their
+    values are text, and a replicator column for anyType is text too)."""
+    return [
+        FieldSpec("AccountId", "reference", "Account ID", length=18, nillable=False, reference_to=("Account",),
+                  relationship_name="Account"),
+        FieldSpec("Field", "picklist", "Changed Field", length=255, nillable=False, picklist=HISTORY_FIELDS),
+        FieldSpec("DataType", "picklist", "Data Type", length=40, picklist=("Text", "Phone", "Picklist")),
+        FieldSpec("OldValue", "string", "Old Value", length=255),
+        FieldSpec("NewValue", "string", "New Value", length=255),
+    ]
+
+
 # Same shape as schema.OBJECTS: API name, label, plural label, key prefix (Task's is Salesforce's), custom, fields.
 POLLED_OBJECTS = (
     ("Task", "Task", "Tasks", "00T", False, _task_fields),
     ("Shipment__c", "Shipment", "Shipments", "a2S", True, _shipment_fields),
+    ("AccountShare", "Account Share", "Account Share", "00r", False, _share_fields),
+    ("AccountHistory", "Account History", "Account History", "017", False, _history_fields),
 )
 
 
@@ -92,8 +136,32 @@ def _shipment(h: int, i: int, n_accounts: int) -> dict:
     }
 
 
+def _share(h: int, i: int, n_accounts: int) -> dict:
+    return {
+        "AccountId": make_id("001", (h >> 30) % max(n_accounts, 1) + 1),
+        "UserOrGroupId": make_id("005" if h & 1 else "00G", (h >> 40) % 50 + 1),
+        "AccountAccessLevel": ACCESS[(h >> 2) % 2],
+        "OpportunityAccessLevel": SUB_ACCESS[(h >> 4) % 3],
+        "CaseAccessLevel": SUB_ACCESS[(h >> 6) % 3],
+        "ContactAccessLevel": SUB_ACCESS[(h >> 8) % 3] if (h >> 10) % 5 else None,
+        "RowCause": ROW_CAUSES[(h >> 12) % len(ROW_CAUSES)],
+    }
+
+
+def _history(h: int, i: int, n_accounts: int) -> dict:
+    field = HISTORY_FIELDS[(h >> 2) % len(HISTORY_FIELDS)]
+    created = field == "created"
+    return {
+        "AccountId": make_id("001", (h >> 30) % max(n_accounts, 1) + 1),
+        "Field": field,
+        "DataType": None if created else ("Phone" if field == "Phone" else "Text"),
+        "OldValue": None if created or (h >> 8) % 4 == 0 else f"old {field} {i}",
+        "NewValue": None if created else f"new {field} {i}, \"quoted\"",
+    }
+
+
 def _day(h: int) -> dt.date:
     return dt.date(2024, 1, 1) + dt.timedelta(days=h % 1096)
 
 
-BODIES = {"Task": _task, "Shipment__c": _shipment}
+BODIES = {"Task": _task, "Shipment__c": _shipment, "AccountShare": _share, "AccountHistory": _history}

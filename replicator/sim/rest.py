@@ -106,6 +106,18 @@ def _soql_error(exc: SoqlError) -> web.Response:
     return sf_error(400, exc.code, exc.message)
 
 
+def _count_only(plan: Plan) -> bool:
+    """`SELECT COUNT() FROM …`: the number of matching records as `totalSize`, no records ("COUNT() and
+    COUNT(fieldName)", SOQL and SOSL Reference,
+    https://developer.salesforce.com/docs/atlas.en-us.soql_sosl.meta/soql_sosl/sforce_api_calls_soql_select_count.htm).
+    COUNT(fieldName) and the other aggregates are not served here."""
+    q = plan.query
+    if len(q.select) != 1 or q.select[0].kind != "function" or q.select[0].name != "COUNT":
+        return False
+    rest = q.text[q.select[0].token.pos + len(q.select[0].token.text):].lstrip()
+    return rest.startswith("(") and rest[1:].lstrip().startswith(")")
+
+
 def _rest_supported(plan: Plan) -> None:
     q = plan.query
     for item in q.select:
@@ -149,9 +161,15 @@ async def query(request: web.Request) -> web.Response:
         return sf_error(400, "MALFORMED_QUERY", "A query string has to be specified")
     try:
         plan = bind(text, state.org)
-        _rest_supported(plan)
+        counted = _count_only(plan)
+        if not counted:
+            _rest_supported(plan)
     except SoqlError as exc:
         return _soql_error(exc)
+    if counted:
+        total = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: sum(1 for _ in iter_matches(plan, all_rows)))
+        return json_ok({"totalSize": total, "done": True, "records": []})
     positions = await asyncio.get_running_loop().run_in_executor(
         None, lambda: array("q", (pos for pos, _ in iter_matches(plan, all_rows))))
     cursors = _cursors(state)

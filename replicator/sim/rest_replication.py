@@ -82,8 +82,17 @@ def _candidates(store: ObjectStore, start: dt.datetime) -> Iterator[int]:
     return iter(sorted(store.overlay))
 
 
+def _stamp(store: ObjectStore) -> int:
+    """The column getUpdated and getDeleted read: SystemModstamp, else LastModifiedDate (§3.5: "uses SystemModstamp
+    (else LastModifiedDate)"; a share object has only that), else CreatedDate (a history object: never edited)."""
+    for name in ("SystemModstamp", "LastModifiedDate", "CreatedDate"):
+        if name in store.names:
+            return store.names.index(name)
+    raise ValueError(f"{store.spec.name} has no audit datetime")
+
+
 def updated_ids(store: ObjectStore, start: dt.datetime, covered: dt.datetime) -> list[str]:
-    stamp = store.names.index("SystemModstamp")
+    stamp = _stamp(store)
     out = []
     for pos in _candidates(store, start):
         if store.exists(pos):
@@ -94,7 +103,7 @@ def updated_ids(store: ObjectStore, start: dt.datetime, covered: dt.datetime) ->
 
 
 def deleted_records(store: ObjectStore, start: dt.datetime, covered: dt.datetime) -> list[tuple[dt.datetime, str]]:
-    stamp = store.names.index("SystemModstamp")
+    stamp = _stamp(store)
     out = []
     for pos in _candidates(store, start):
         if pos < store.count():

@@ -185,18 +185,30 @@ class ObjectSpec:
         return doc
 
 
-def _common(own: list[FieldSpec], activity: bool = False) -> list[FieldSpec]:
-    """Id and IsDeleted first, the object's own fields, then the audit datetimes; with `activity`, also
-    LastActivityDate and LastViewedDate (SILENT_FIELDS), read-only fields that change without an event."""
+AUDIT_FIELDS = ("CreatedDate", "LastModifiedDate", "SystemModstamp")
+# Standard objects with fewer audit datetimes than the others, as the Object Reference documents them: a share
+# object has LastModifiedDate only ("AccountShare",
+# https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_accountshare.htm),
+# a field history object CreatedDate only ("AccountHistory",
+# https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_accounthistory.htm).
+# Neither has SystemModstamp (polled.py).
+FEWER_AUDIT_FIELDS = {"AccountShare": ("LastModifiedDate",), "AccountHistory": ("CreatedDate",)}
+
+
+def _common(own: list[FieldSpec], activity: bool = False, audit_fields: tuple[str, ...] = AUDIT_FIELDS,
+            ) -> list[FieldSpec]:
+    """Id and IsDeleted first, the object's own fields, then the audit datetimes (`audit_fields` of them); with
+    `activity`, also LastActivityDate and LastViewedDate (SILENT_FIELDS), read-only fields that change without an
+    event."""
     head = [
         FieldSpec("Id", "id", "Record ID", length=18, nillable=False, system=True),
         FieldSpec("IsDeleted", "boolean", "Deleted", nillable=False, system=True),
     ]
-    audit = [
+    audit = [f for f in (
         FieldSpec("CreatedDate", "datetime", "Created Date", nillable=False, system=True),
         FieldSpec("LastModifiedDate", "datetime", "Last Modified Date", nillable=False, system=True),
         FieldSpec("SystemModstamp", "datetime", "System Modstamp", nillable=False, system=True),
-    ]
+    ) if f.name in audit_fields]
     if activity:
         audit += [FieldSpec("LastActivityDate", "date", "Last Activity", system=True),
                   FieldSpec("LastViewedDate", "datetime", "Last Viewed Date", system=True)]
@@ -374,7 +386,8 @@ def build_objects(hostile_field: bool = False, wide_object: bool = False, more: 
         own = own_fields()
         if hostile_field and name == "Account":
             own.append(FieldSpec(HOSTILE_FIELD, "string", "Hostile name", length=80, custom=True))
-        specs[name] = ObjectSpec(name, label, plural, prefix, custom, _common(own, name in ACTIVITY_OBJECTS))
+        specs[name] = ObjectSpec(name, label, plural, prefix, custom, _common(
+            own, name in ACTIVITY_OBJECTS, FEWER_AUDIT_FIELDS.get(name, AUDIT_FIELDS)))
     return specs
 
 

@@ -8,13 +8,15 @@ import asyncio
 import json
 import time
 
+import asyncpg
 import pytest
 from prometheus_client import generate_latest
 
 from replicator.app.commands import status_command
 from replicator.app.runtime import open_store, salesforce_client
 from replicator.app.service import Service
-from replicator.model import ConfigError
+from replicator.model import ConfigError, JobFailedError
+from replicator.pipeline.poll import ObjectPoller
 from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
 
@@ -29,9 +31,9 @@ def sim():
         yield thread.info
 
 
-def _settings(sim, pg_url, schema, objects=OBJECTS):
+def _settings(sim, pg_url, schema, objects=OBJECTS, **poll):
     return settings_for(sim, pg_url, schema, salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
-                        stream={"batch_max_wait_s": 0.05}, poll={"page_size": 60, "lookback_s": 10},
+                        stream={"batch_max_wait_s": 0.05}, poll={"page_size": 60, "lookback_s": 10, **poll},
                         objects=objects)
 
 
@@ -219,3 +221,210 @@ async def test_cdc_mode_on_an_object_without_a_topic_is_a_config_error(sim, pg_u
     settings = _settings(sim, pg_url, "poll_cdc", objects={"Task": {"mode": "cdc"}})
     with pytest.raises(ConfigError, match="Task.*no change-event topic"):
         await asyncio.wait_for(Service(settings).run(), 60)
+
+
+async def _backfilled(settings, pg_url: str, name: str = "Task") -> None:
+    """Run the service until the polled object's first round after its backfill committed, then stop it."""
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM"
+                                        " replicator.checkpoints c, replicator.objects o WHERE c.topic = "
+                                        f"'poll:{name}' AND o.object = '{name}'"), timeout=120)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def _execute(pg_url: str, sql: str, *args) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def test_a_large_delta_is_read_with_one_bulk_job_through_the_version_guard(sim, pg_url):
+    settings = _settings(sim, pg_url, "poll_bulk", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3}},
+                         page_size=50, lookback_s=0, bulk_threshold=100)
+    await _backfilled(settings, pg_url)
+    guarded, updated, soft, *_ = await _live(sim, "Task")
+    await sim_admin(sim, "POST", "/__sim/changes", {"separate_transactions": True, "changes": [
+        {"object": "Task", "type": "CREATE", "fields": {"Subject": f"bulk delta {k}"}, "count": 30} for k in range(5)]})
+    await sim_admin(sim, "POST", "/__sim/changes", [
+        {"object": "Task", "type": "UPDATE", "ids": [guarded, updated], "fields": {"Subject": "changed in the org"}},
+        {"object": "Task", "type": "DELETE", "ids": [soft]}])
+    changed = time.time()
+    # a row newer than what the job reads (as if written by a later change): the version guard keeps it
+    await _execute(pg_url, "UPDATE poll_bulk.task SET subject = 'newer', systemmodstamp = now() + interval '1 day'"
+                           " WHERE id = $1", guarded)
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.prepare()
+        # the first round's getDeleted window ends in a later second than the changes: the next round reads
+        # after them (poll.lookback_s is 0 here)
+        await wait_for(lambda: _after((changed + 1.1) * 1000), timeout=5)
+        await poller.round()
+        assert poller.bulk_rounds == 1
+        bulk_calls = poller.api_calls
+        assert await pg_value(pg_url, "SELECT count(*) = 150 FROM poll_bulk.task WHERE subject LIKE 'bulk delta %'")
+        assert await pg_value(pg_url, f"SELECT subject FROM poll_bulk.task WHERE id = '{updated}'") == "changed in the org"
+        assert await pg_value(pg_url, f"SELECT subject FROM poll_bulk.task WHERE id = '{guarded}'") == "newer"
+        assert await pg_value(pg_url, f"SELECT isdeleted FROM poll_bulk.task WHERE id = '{soft}'") is True
+        # the position commits with the last page: the newest record of the job, whole seconds
+        assert await pg_value(pg_url, "SELECT c.poll_systemmodstamp = (SELECT max(systemmodstamp) FROM poll_bulk.task"
+                                      " WHERE subject LIKE 'bulk delta %' OR subject = 'changed in the org' OR"
+                                      f" id = '{soft}') FROM replicator.checkpoints c WHERE c.topic = 'poll:Task'")
+        # the next round is small again: REST, one query call and one getDeleted call
+        await poller.round()
+        assert (poller.bulk_rounds, poller.api_calls - bulk_calls) == (1, 2)
+    # queryAll page (1), COUNT() (1), job create, status polls, resultPages, one page, getDeleted (1)
+    assert 7 <= bulk_calls <= 12
+    await _execute(pg_url, "UPDATE poll_bulk.task SET systemmodstamp = now() - interval '1 day' WHERE id = $1", guarded)
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.prepare()
+        await poller.reconcile()  # leaves every row of a record the org has
+    await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'newer' FROM poll_bulk.task WHERE id = '{guarded}'"))
+
+
+@pytest.mark.parametrize("deletes", ["soft", "hard"])
+async def test_deletes_past_get_deleted_window_are_found_by_key_reconciliation(sim, pg_url, deletes):
+    settings = _settings(sim, pg_url, "poll_keys", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3,
+                                                                     "deletes": deletes}}, lookback_s=2)
+    await _backfilled(settings, pg_url)
+    hard, *_ = await _live(sim, "Task")
+    # The delete in a later second than any earlier change of the record (the previous test changes many Tasks):
+    # a delete stamped in the same whole second as the row's version is the tie noted in README "Polling".
+    next_second = (time.time() // 1 + 1) * 1000
+    await wait_for(lambda: _after(next_second), timeout=5)
+    await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Task", "type": "HARD_DELETE", "ids": [hard]}])
+    conn = await asyncpg.connect(pg_url)
+    try:
+        cols = [r["column_name"] for r in await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'poll_keys' AND table_name = "
+            "'task' AND is_generated = 'NEVER' AND column_name NOT LIKE '\\_sf\\_%' AND column_name <> 'id'")]
+        listed = ", ".join(f'"{c}"' for c in cols)
+        # rows of records the org does not have: one stamped long ago (gone), one stamped in the future (written
+        # after the extract began, as far as the reconciliation can tell): only the first is deleted
+        for fake, stamp in (("00T0000000GONE1AAA", "now() - interval '30 days'"),
+                            ("00T0000000NEW01AAA", "now() + interval '1 hour'")):
+            await conn.execute(f"INSERT INTO poll_keys.task (id, {listed}) SELECT '{fake}', {listed} FROM"
+                               f" poll_keys.task WHERE id = '{hard}'")
+            await conn.execute(f"UPDATE poll_keys.task SET systemmodstamp = {stamp} WHERE id = '{fake}'")
+        # getDeleted's window begins 20 days ago: Salesforce keeps 15 (INVALID_REPLICATION_DATE)
+        await conn.execute("UPDATE replicator.checkpoints SET poll_deleted_through = now() - interval '20 days'"
+                           " WHERE topic = 'poll:Task'")
+    finally:
+        await conn.close()
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.prepare()
+        await poller.round()
+        assert poller.reconciliations == 1
+        await poller.reconcile_if_due()  # just reconciled: not due for a day
+        assert poller.reconciliations == 1
+    deleted = {r: await pg_value(pg_url, f"SELECT isdeleted FROM poll_keys.task WHERE id = '{r}'")
+               for r in (hard, "00T0000000GONE1AAA", "00T0000000NEW01AAA")}
+    gone = True if deletes == "soft" else None  # marked deleted, or no row at all
+    assert deleted == {hard: gone, "00T0000000GONE1AAA": gone, "00T0000000NEW01AAA": False}
+    assert await pg_value(pg_url, "SELECT poll_deleted_through > now() - interval '1 minute' AND poll_reconciled_at"
+                                  " > now() - interval '1 minute' FROM replicator.checkpoints WHERE topic = 'poll:Task'")
+    await _execute(pg_url, "DELETE FROM poll_keys.task WHERE id = '00T0000000NEW01AAA'")
+    assert await _all_equal(settings)
+
+
+async def test_a_late_commit_longer_than_the_lookback_is_read_after_getdeleted_held_its_window(sim, pg_url):
+    """No lookback at all and a transaction visible 4 s after its stamp, while newer records move the position past
+    it: getDeleted's `latestDateCovered` stays at the transaction's start while it is in flight (SOAP API
+    "GetDeletedResult"), each round starts its keyset no later than the previous round's, and so reads it once it
+    commits."""
+    settings = _settings(sim, pg_url, "poll_late", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3}},
+                         lookback_s=0)
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM replicator.checkpoints"
+                                                " c, replicator.objects o WHERE c.topic = 'poll:Task' AND o.object = 'Task'"),
+                       timeout=120)
+        late, *_ = await _live(sim, "Task")
+        pending = (await sim_admin(sim, "POST", "/__sim/changes", {"visible_after_seconds": 4, "changes": [
+            {"object": "Task", "type": "UPDATE", "ids": [late], "fields": {"Subject": "committed 4 s late"}}]})).json()
+        await wait_for(lambda: _after(pending["system_modstamp"] + 1000), timeout=5)
+        created = (await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "Task", "type": "CREATE", "fields": {"Subject": "after the late one"}}])).json()
+        assert created
+        # the position passes the late commit's stamp while it is still in flight
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM poll_late.task WHERE subject = 'after the late one'"
+                                                " AND systemmodstamp <= (SELECT poll_systemmodstamp FROM"
+                                                " replicator.checkpoints WHERE topic = 'poll:Task')"), timeout=30)
+        assert await pg_value(pg_url, "SELECT extract(epoch FROM poll_systemmodstamp) * 1000 > "
+                                      f"{pending['system_modstamp']} FROM replicator.checkpoints WHERE topic = 'poll:Task'")
+        await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'committed 4 s late' FROM poll_late.task WHERE id = '{late}'"),
+                       timeout=30)
+        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def test_objects_without_systemmodstamp_poll_on_lastmodifieddate_or_are_extracted_again(sim, pg_url, capsys):
+    """AccountShare has LastModifiedDate and no SystemModstamp: its rounds read a keyset on (LastModifiedDate, Id).
+    AccountHistory has neither: every round is a whole extract, whose missing rows are removed (Object Reference,
+    "AccountShare", "AccountHistory")."""
+    settings = _settings(sim, pg_url, "poll_audit", objects={"AccountShare": {"poll_interval_s": 0.3},
+                                                             "AccountHistory": {"poll_interval_s": 0.3}})
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects WHERE phase = 'STREAMING'"
+                                                " AND mode = 'poll'"), timeout=120)
+        shares, history = await _live(sim, "AccountShare"), await _live(sim, "AccountHistory")
+        await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "AccountShare", "type": "UPDATE", "ids": shares[:2], "fields": {"RowCause": "Manual"}},
+            {"object": "AccountShare", "type": "DELETE", "ids": shares[2:3]},
+            {"object": "AccountShare", "type": "HARD_DELETE", "ids": shares[3:4]},
+            {"object": "AccountShare", "type": "CREATE", "fields": {"RowCause": "Team"}, "count": 3},
+            {"object": "AccountShare", "type": "UPDATE", "ids": shares[4:5], "fields": {"ContactAccessLevel": None}},
+            {"object": "AccountHistory", "type": "CREATE", "fields": {"Field": "Phone", "NewValue": "555"}, "count": 2},
+            {"object": "AccountHistory", "type": "HARD_DELETE", "ids": history[:1]}])
+        await wait_for(lambda: pg_value(pg_url, f"SELECT isdeleted FROM poll_audit.accountshare WHERE id = '{shares[3]}'"),
+                       timeout=30)
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM poll_audit.accounthistory WHERE newvalue = '555'"),
+                       timeout=30)
+        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+        assert await pg_value(pg_url, f"SELECT isdeleted FROM poll_audit.accounthistory WHERE id = '{history[0]}'")
+        assert await pg_value(pg_url, f"SELECT count(*) FROM poll_audit.accountshare WHERE rowcause = 'Manual' AND id IN"
+                                      f" ('{shares[0]}', '{shares[1]}')") == 2
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+    capsys.readouterr()
+    assert await status_command(settings, as_json=True) == 0
+    rows = {r["object"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["AccountShare"]["mode_reason"].endswith("; polls on (LastModifiedDate, Id)")
+    assert "polls on nothing: a full extract every poll_interval_s" in rows["AccountHistory"]["mode_reason"]
+
+
+async def test_a_failed_delta_job_moves_nothing_and_a_refused_page_is_read_over_rest(sim, pg_url):
+    settings = _settings(sim, pg_url, "poll_bulk_faults", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3}},
+                         page_size=500, lookback_s=0, bulk_threshold=1000)
+    await _backfilled(settings, pg_url)
+    position = "SELECT poll_systemmodstamp::text || poll_id FROM replicator.checkpoints WHERE topic = 'poll:Task'"
+    await sim_admin(sim, "POST", "/__sim/changes", [
+        {"object": "Task", "type": "CREATE", "fields": {"Subject": "delta with faults"}, "count": 2500}])
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.prepare()
+        before = await pg_value(pg_url, position)
+        await sim_admin(sim, "PUT", "/__sim/faults", {"fail_jobs": 1})
+        with pytest.raises(JobFailedError):  # the supervisor retries the round
+            await poller.round()
+        assert await pg_value(pg_url, position) == before
+        # the next job's results lack a column in 5 rows: Postgres refuses their page, the round reads over REST
+        await sim_admin(sim, "PUT", "/__sim/faults", {"malformed_rows": 5})
+        await poller.round()
+        assert poller.bulk_rounds == 0
+    assert await pg_value(pg_url, "SELECT count(*) FROM poll_bulk_faults.task WHERE subject = 'delta with faults'") == 2500
+    assert await pg_value(pg_url, position) != before
+    assert await _all_equal(settings)

@@ -58,8 +58,10 @@ def test_generated_records_carry_the_hazards_and_invariants():
         for row in store.rows():
             rows += 1
             rec = store.as_dict(row)
-            assert rec["CreatedDate"] <= rec["LastModifiedDate"] <= rec["SystemModstamp"]
-            assert 2024 <= rec["CreatedDate"].year and rec["SystemModstamp"].year <= 2026
+            # the audit datetimes an object has (a share or history object has one: sim/schema.FEWER_AUDIT_FIELDS)
+            stamps = [rec[f] for f in ("CreatedDate", "LastModifiedDate", "SystemModstamp") if f in rec]
+            assert stamps and stamps == sorted(stamps)
+            assert 2024 <= stamps[0].year and stamps[-1].year <= 2026
             deleted += rec["IsDeleted"]
             text.extend(v for v in rec.values() if isinstance(v, str))
             if name == "Contact" and rec["AccountId"]:

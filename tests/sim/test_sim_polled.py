@@ -78,6 +78,22 @@ def test_rest_and_bulk_serve_them_as_the_ground_truth(org):
     assert rows == {i: s["Name"] for i, s in truth(org, "Shipment__c").items()}
 
 
+def test_count_answers_the_number_of_matching_records_without_records(org):
+    """`SELECT COUNT() FROM … WHERE …` (SOQL and SOSL Reference, "COUNT() and COUNT(fieldName)"): what a poller asks
+    before reading a large delta page by page."""
+    rows = truth(org, "Task")
+    cut = sorted(r["SystemModstamp"] for r in rows.values())[len(rows) // 2]
+    where = f"SystemModstamp >= {cut.replace('+0000', 'Z')}"
+    for kind, expected in (("query", [r for r in rows.values() if not r["IsDeleted"]]), ("queryAll", list(rows.values()))):
+        r = org.http.get(f"/services/data/{V}/{kind}", headers=auth(org),
+                         params={"q": f"SELECT COUNT() FROM Task WHERE {where}"})
+        assert r.status_code == 200, r.text
+        want = sum(1 for rec in expected if rec["SystemModstamp"] >= cut)
+        assert r.json() == {"totalSize": want, "done": True, "records": []} and 0 < want < len(rows)
+    r = org.http.get(f"/services/data/{V}/query", headers=auth(org), params={"q": "SELECT COUNT(Id) FROM Task"})
+    assert (r.status_code, r.json()[0]["errorCode"]) == (400, "MALFORMED_QUERY")
+
+
 def test_unselected_objects_have_no_topic(org):
     assert org.http.get("/__sim/cdc").json() == {"objects": DEFAULT_SELECTION}
     for topic in ("/data/TaskChangeEvent", "/data/Shipment__ChangeEvent"):
@@ -144,3 +160,52 @@ def test_cdc_objects_flag():
                                    metadata=o.metadata).schema_id
         finally:
             o.close()
+
+
+def test_share_and_history_objects_have_the_audit_fields_salesforce_documents(org):
+    """AccountShare has LastModifiedDate and no SystemModstamp or CreatedDate; AccountHistory has CreatedDate only
+    (Object Reference, "AccountShare" and "AccountHistory"). A share's change and delete move its LastModifiedDate,
+    which getUpdated and getDeleted then read (REST API Developer Guide, "sObject Get Updated": SystemModstamp, else
+    LastModifiedDate)."""
+    audit = ("CreatedDate", "LastModifiedDate", "SystemModstamp")
+    for obj, has in (("AccountShare", ["LastModifiedDate"]), ("AccountHistory", ["CreatedDate"])):
+        fields = {f["name"] for f in org.http.get(f"/services/data/{V}/sobjects/{obj}/describe",
+                                                  headers=auth(org)).json()["fields"]}
+        assert [f for f in audit if f in fields] == has and {"Id", "IsDeleted", "AccountId"} <= fields
+        assert truth(org, obj)
+    changed, gone, *_ = [i for i, r in truth(org, "AccountShare").items() if not r["IsDeleted"]]
+    before = truth(org, "AccountShare")[changed]["LastModifiedDate"]
+    r = org.http.post("/__sim/changes", json=[
+        {"object": "AccountShare", "type": "UPDATE", "ids": [changed], "fields": {"RowCause": "Manual"}},
+        {"object": "AccountShare", "type": "HARD_DELETE", "ids": [gone]}])
+    assert r.status_code == 200, r.text
+    after = truth(org, "AccountShare")[changed]
+    assert after["RowCause"] == "Manual" and after["LastModifiedDate"] > before and "SystemModstamp" not in after
+    window = {"start": after["LastModifiedDate"].replace("+0000", "Z")[:17] + "00Z",
+              "end": "2100-01-01T00:00:00Z"}
+    ids = org.http.get(f"/services/data/{V}/sobjects/AccountShare/updated/", headers=auth(org), params=window).json()
+    deleted = org.http.get(f"/services/data/{V}/sobjects/AccountShare/deleted/", headers=auth(org), params=window).json()
+    assert changed in ids["ids"] and [d["id"] for d in deleted["deletedRecords"]] == [gone]
+    r = org.http.get(f"/services/data/{V}/queryAll", headers=auth(org),
+                     params={"q": f"SELECT Id FROM AccountShare WHERE LastModifiedDate >= {window['start']}"})
+    assert {rec["Id"] for rec in r.json()["records"]} == {changed}  # a hard delete leaves queryAll too
+
+
+def test_order_by_id_is_the_order_id_comparisons_use(org):
+    """A keyset `WHERE Id > :last ORDER BY Id` reads every record once: ORDER BY Id sorts ids as `>` compares
+    them, across ids whose characters differ only in case (base-62 ids: digits, upper case, lower case)."""
+    r = org.http.post("/__sim/changes", json=[{"object": "Task", "type": "CREATE", "fields": {"Subject": "keyset"},
+                                               "count": 200}])
+    assert r.status_code == 200, r.text
+    seen, last = [], None
+    while True:
+        where = "Subject = 'keyset'" + (f" AND Id > '{last}'" if last else "")
+        page = org.http.get(f"/services/data/{V}/query", headers=auth(org),
+                            params={"q": f"SELECT Id FROM Task WHERE {where} ORDER BY Id LIMIT 30"}).json()["records"]
+        if not page:
+            break
+        seen += [rec["Id"] for rec in page]
+        last = page[-1]["Id"]
+    created = [i for i, rec in truth(org, "Task").items() if rec["Subject"] == "keyset"]
+    assert seen == sorted(created) and len(seen) == 200
+    assert any(a[:15].lower() > b[:15].lower() for a, b in zip(seen, seen[1:], strict=False))  # both cases met

@@ -1,4 +1,5 @@
-"""The poll query: a keyset on (SystemModstamp, Id), literals quoted (pipeline/poll.py)."""
+"""The poll query: a keyset on (SystemModstamp, Id) or (LastModifiedDate, Id), literals quoted, and where a round
+starts (pipeline/poll.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from replicator.pipeline.poll import ObjectPoller
 from replicator.salesforce.records import soql_datetime
 
 
-def _poller() -> ObjectPoller:
+def _poller(key_field: str = "SystemModstamp", lookback_ms: int = 10_000) -> ObjectPoller:
     poller = ObjectPoller.__new__(ObjectPoller)
-    poller.name = "Task"
+    poller.name, poller.key_field, poller.lookback_ms = "Task", key_field, lookback_ms
     poller.applier = SimpleNamespace(spec=SimpleNamespace(fields=["Id", "Subject", "SystemModstamp"]))
     return poller
 
@@ -40,3 +41,20 @@ def test_soql_datetime_is_utc_whole_seconds():
     assert soql_datetime(dt.datetime(2026, 1, 2, 5, 4, 5, 999_000, tzinfo=tz)) == "2026-01-02T03:04:05Z"
     with pytest.raises(ValueError):
         soql_datetime(dt.datetime(2026, 1, 2))
+
+
+def test_an_object_without_systemmodstamp_keys_on_lastmodifieddate():
+    soql = _poller("LastModifiedDate")._soql((0, "00r5g0000000001AAA"), 5)
+    assert soql.endswith("WHERE LastModifiedDate > 1970-01-01T00:00:00Z OR (LastModifiedDate = 1970-01-01T00:00:00Z"
+                         " AND Id > '00r5g0000000001AAA') ORDER BY LastModifiedDate, Id LIMIT 5")
+
+
+def test_a_round_starts_no_later_than_the_previous_delete_window_less_the_lookback():
+    poller, position = _poller(lookback_ms=10_000), (1_000_000, "00T5g0000000009AAA")
+    # the window ended long after the position (an idle object): after the position, nothing read again
+    assert poller.start_key(position, 2_000_000) == position
+    # the window held back to a transaction in flight: from its start less the lookback, whole seconds
+    assert poller.start_key(position, 1_005_500) == (995_000, "")
+    # no window yet: the position less the lookback
+    assert poller.start_key(position, None) == (990_000, "")
+    assert _poller(lookback_ms=0).start_key(position, 1_000_000) == (1_000_000, "")

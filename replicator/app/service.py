@@ -22,6 +22,7 @@ from ..observe.metrics import Metrics
 from ..pipeline.backfill import Backfill
 from ..pipeline.platform_events import PlatformEventStream
 from ..pipeline.poll import ObjectPoller
+from ..pipeline.refresh import RefreshSchedule
 from ..pipeline.stopping import sleep_or_stop, until_stopped
 from ..pipeline.stream import ObjectStream
 from ..postgres.store import Store
@@ -134,6 +135,9 @@ class Service:
                 await asyncio.gather(
                     *(self._supervise(client, pubsub, store, n) for n in self.settings.objects),
                     *(self._supervise_events(pubsub, store, n) for n in self.settings.stream.platform_events),
+                    # beside each object's stream or poll rounds: the refresh of what events never carry
+                    *(RefreshSchedule(client, store, self.settings, n, self.metrics).run(self.stop)
+                      for n in self.settings.objects),
                 )
             finally:
                 self.metrics.store = None

@@ -187,7 +187,10 @@ def iter_matches(plan: Plan, include_deleted: bool) -> Iterator[tuple[int, tuple
             hits.append((pos, [row[c.position] if c.position is not None else None for c, _ in keys]))
         for k in range(len(keys) - 1, -1, -1):  # stable sorts, last key first
             col, order = keys[k]
-            text = col.spec.type in TEXT_TYPES
+            # Text sorts without case; ids do not: they sort as WHERE compares them (18-character form, `_compile`),
+            # so a keyset `ORDER BY SystemModstamp, Id` with `Id > :last` never skips a record whose id differs from
+            # another's by case alone (tests/sim/test_sim_id_order.py)
+            text = col.spec.type in TEXT_TYPES and col.spec.type not in ("id", "reference")
 
             def sort_key(hit, k=k, text=text, order=order):
                 v = hit[1][k]

@@ -165,7 +165,10 @@ async def counts(sim: dict, url: str) -> dict:
 
 
 def verify(cfg: Path, env: dict) -> subprocess.CompletedProcess:
-    """`replicator verify` of every configured object."""
+    """`replicator refresh` (formula values follow their inputs without an event: README "Refresh"), then
+    `replicator verify` of every configured object; a failed refresh shows as differences."""
+    subprocess.run([sys.executable, "-m", "replicator.cli", "refresh", "--config", str(cfg)],
+                   env=env, capture_output=True, text=True)
     return subprocess.run([sys.executable, "-m", "replicator.cli", "verify", "--config", str(cfg)],
                           env=env, capture_output=True, text=True)
 

@@ -1,4 +1,4 @@
-"""Command line: run | backfill | verify | status | resync | dead-letters | sim | demo.
+"""Command line: run | backfill | verify | status | resync | refresh | dead-letters | sim | demo.
 
 Exit codes (docs/design.md, Interfaces): 0 done, 1 runtime failure (one clear line on stderr), 2 bad usage or configuration.
 """
@@ -141,6 +141,18 @@ def resync(config_path: str | None, objects: tuple[str, ...]) -> None:
     from .app.ops_commands import resync_command
 
     _run(lambda: resync_command(settings, list(objects)))
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--object", "objects", multiple=True, help="Only this object (repeatable); default: every configured one.")
+def refresh(config_path: str | None, objects: tuple[str, ...]) -> None:
+    """Refresh the columns change events never carry (formula fields, LastActivityDate, LastViewedDate) once: a
+    Bulk extract of Id and those fields, then one UPDATE of the rows that differ. Safe beside a running service."""
+    settings = _settings(config_path, objects)
+    from .app.ops_commands import refresh_command
+
+    _run(lambda: refresh_command(settings, list(objects) or list(settings.objects)))
 
 
 @main.group("dead-letters")

@@ -230,6 +230,16 @@ class ObjectSettings(_Section):
         60.0, gt=0, le=86_400,
         description="Polled objects: seconds between two poll rounds (each costs at least two API calls).",
     )
+    # A day, as Estuary refreshes formula fields by default (docs/salesforce-coverage.md §5): a refresh is one Bulk
+    # query job of Id plus the refreshed fields, a few API calls and one of the 10,000 query jobs Salesforce allows
+    # per rolling 24 h (docs/bulk-rest-oauth.md §2.1).
+    formula_refresh_s: float = Field(
+        86_400.0, ge=0,
+        description="Seconds between two refreshes of the columns change events never carry (formula fields, "
+        "LastActivityDate, LastViewedDate): a Bulk query of Id and those fields, then one UPDATE of the rows whose "
+        "values differ (README \"Refresh\"). The first is due this long after the last one stored (at once when "
+        "none is); 0 turns the schedule off (`replicator refresh` still runs it).",
+    )
 
 
 class Settings(BaseSettings):

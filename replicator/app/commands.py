@@ -112,7 +112,7 @@ async def status_command(settings: Settings, as_json: bool) -> int:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
         return 0
     table = Table("object", "phase", "mode", "rows", "expected", "events applied", "lag s", "checkpoint age s",
-                  "last event committed", "dead letters", "resyncs", "replay id", "last error")
+                  "last event committed", "dead letters", "resyncs", "replay id", "last refresh", "last error")
     for r in rows:
         phase = r["phase"] + (" (resync requested)" if r["resync_requested"] else "")
         committed = r["last_event_committed_at"]
@@ -120,7 +120,7 @@ async def status_command(settings: Settings, as_json: bool) -> int:
             r["object"], phase, _mode(r), f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}",
             f"{r['events_applied'] or 0:,}", _num(r["lag_s"]), _num(r["checkpoint_age_s"]),
             committed.isoformat(timespec="seconds") if committed else "", str(r["dead_letters"]),
-            str(r["resyncs"]), r["replay_id"] or "", (r["last_error"] or "")[:60],
+            str(r["resyncs"]), r["replay_id"] or "", _refreshed(r), (r["last_error"] or "")[:60],
         )
     Console().print(table)
     return 0
@@ -131,6 +131,15 @@ def _mode(row: dict) -> str:
     if row.get("mode") != "poll" or row.get("poll_systemmodstamp") is None:
         return row.get("mode") or ""
     return f"poll @ {row['poll_systemmodstamp'].isoformat(timespec='seconds')}"
+
+
+def _refreshed(row: dict) -> str:
+    """When the last refresh finished and how many rows it changed, or its failure."""
+    if row.get("refresh_error"):
+        return f"failed: {row['refresh_error'][:40]}"
+    if row.get("refreshed_at") is None:
+        return ""
+    return f"{row['refreshed_at'].isoformat(timespec='seconds')} ({row['refresh_rows_changed']:,} changed)"
 
 
 def _num(value: float | None) -> str:

@@ -1,4 +1,4 @@
-"""Operator commands against the state tables: resync, dead-letters list | retry | drop.
+"""Operator commands against the state tables: resync, dead-letters list | retry | drop, refresh.
 
 They work whether or not a service is running: a resync request is a flag the running service (or the next
 one started) picks up; dead letters are rows.
@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import Settings
+from ..model import ReplicatorError
 from ..pipeline import dead_letters
 from .runtime import open_store, salesforce_client
 
@@ -62,3 +63,26 @@ async def dead_letters_drop(settings: Settings, object_: str | None, ids: list[i
         count = await store.drop_dead_letters(object_, ids or None)
     print(f"dropped {count} dead letter(s) (kept in replicator.dead_letters as resolved)")
     return 0
+
+
+async def refresh_command(settings: Settings, names: list[str]) -> int:
+    """Refresh the columns change events never carry, once, for each object (pipeline/refresh.py); beside a
+    running service or not. Exit 1 when any object's refresh failed (the others still run)."""
+    from ..pipeline.refresh import refresh_object
+
+    failed = 0
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        for name in names:
+            try:
+                r = await refresh_object(client, store, settings, name)
+            except ReplicatorError as exc:
+                failed += 1
+                print(f"{name}: refresh failed: {exc}")
+                await store.record_refresh_error(name, f"{type(exc).__name__}: {exc}")
+                continue
+            if not r.columns:
+                print(f"{name}: nothing to refresh (no formula field, LastActivityDate or LastViewedDate)")
+                continue
+            print(f"{name}: {r.rows_compared:,} rows compared, {r.rows_changed:,} changed, {r.rows_skipped:,} "
+                  f"skipped (written after the job began) in {r.duration_s:.1f} s ({', '.join(r.columns)})")
+    return 1 if failed else 0

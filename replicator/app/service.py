@@ -22,6 +22,7 @@ from ..observe.metrics import Metrics
 from ..pipeline.backfill import Backfill
 from ..pipeline.platform_events import PlatformEventStream
 from ..pipeline.poll import ObjectPoller
+from ..pipeline.refresh import RefreshSchedule
 from ..pipeline.stopping import sleep_or_stop, until_stopped
 from ..pipeline.stream import ObjectStream
 from ..postgres.store import Store
@@ -140,12 +141,21 @@ class Service:
                     self._keep_running("limits", lambda: self.limits.run(self.stop)),
                     *(self._supervise(client, pubsub, store, n) for n in self.settings.objects),
                     *(self._supervise_events(pubsub, store, n) for n in self.settings.stream.platform_events),
+                    # beside each object's stream or poll rounds: the refresh of what events never carry
+                    *(RefreshSchedule(client, store, self.settings, n, self.metrics, gate=self._api_budget).run(self.stop)
+                      for n in self.settings.objects),
                 )
             finally:
                 self.metrics.store = None
                 close = getattr(pubsub, "close", None)
                 if close is not None:
                     await close()
+
+    async def _api_budget(self, name: str) -> None:
+        """The refresh's gate: wait while the org's remaining daily API requests are below `salesforce.api_reserve`
+        (app/limits.py logs entering and leaving that state); the service's stop ends the wait."""
+        while self.limits is not None and not self.limits.allows() and not self.stop.is_set():
+            await sleep_or_stop(self.stop, self.settings.service.control_poll_s)
 
     async def _keep_running(self, what: str, once: Callable[[], Awaitable[None]],
                             on_error: Callable[[str], Awaitable[None]] | None = None) -> None:

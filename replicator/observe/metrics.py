@@ -39,6 +39,8 @@ class ObjectHealth:
     last_error: str | None = None
     mode: str | None = None  # cdc or poll: decided at start-up, switched by the service (app/service.py)
     poll_position: float | None = None  # epoch s: SystemModstamp of the poll position (polled objects)
+    refreshed_at: float | None = None  # epoch s: when the object's last refresh finished (pipeline/refresh.py)
+    refresh_due_at: float | None = None  # epoch s: when its next refresh is due
 
     def lag(self, now: float) -> float | None:
         if self.phase == "STREAMING" and self.connected and self.idle:
@@ -73,6 +75,8 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_object_phase", "gauge", "object, phase", "1 for the object's current phase (STARTING, BACKFILLING, RESYNCING, STREAMING, RETRYING)."),
     ("replicator_object_mode", "gauge", "object, mode", "1 for how the object is replicated: cdc (change events) or poll (README \"Polling\")."),
     ("replicator_poll_position_timestamp_seconds", "gauge", "object", "Polled objects: SystemModstamp of the poll position (epoch)."),
+    ("replicator_refresh_last_timestamp_seconds", "gauge", "object", "When the last refresh of the columns change events never carry (formula fields, LastActivityDate, LastViewedDate) finished (epoch)."),
+    ("replicator_refresh_rows_changed_total", "counter", "object", "Rows whose refreshed columns a refresh changed."),
     ("replicator_gaps_healed_total", "counter", "object", "Records fetched by id to heal gap events and updates of rows not yet present."),
     ("replicator_resyncs_total", "counter", "object", "Resyncs from a fresh Bulk extract (expired replay id, GAP_OVERFLOW, operator request)."),
     ("replicator_dead_letters_total", "counter", "object, source", "Records and events sent to replicator.dead_letters."),
@@ -121,6 +125,8 @@ class Metrics:
                                     buckets=_BATCH_SIZES, registry=r)
         self.gaps_healed = Counter("replicator_gaps_healed", "Records fetched by id.", ["object"], registry=r)
         self.resyncs = Counter("replicator_resyncs", "Resyncs.", ["object"], registry=r)
+        self.refresh_rows_changed = Counter("replicator_refresh_rows_changed", "Rows a refresh changed.", ["object"],
+                                            registry=r)
         self.dead_letters = Counter("replicator_dead_letters", "Dead letters.", ["object", "source"], registry=r)
         self.errors = Counter("replicator_errors", "Failures by kind.", ["object", "kind"], registry=r)
         self.mode_switches = Counter("replicator_mode_switches", "Mode switches.", ["object", "mode", "cause"],
@@ -133,7 +139,7 @@ class Metrics:
         if health is None:
             health = self.objects[name] = ObjectHealth(name)
             for m in (self.backfill_rows, self.events_received, self.events_applied, self.batches,
-                      self.gaps_healed, self.resyncs):
+                      self.gaps_healed, self.resyncs, self.refresh_rows_changed):
                 m.labels(object=name)  # present (at 0) from the start, so rate() works from the first scrape
         return health
 
@@ -176,6 +182,7 @@ class _Collector:
                 "replicator_stream_connected": 1.0 if h.connected else 0.0,
                 "replicator_backfill_rows_expected": h.rows_expected,
                 "replicator_poll_position_timestamp_seconds": h.poll_position,
+                "replicator_refresh_last_timestamp_seconds": h.refreshed_at,
                 "replicator_backfill_progress_ratio": (
                     min(1.0, h.rows_done / h.rows_expected) if h.rows_expected else None),
             }

@@ -91,16 +91,12 @@ def table_spec(
         unknown = {f.lower() for f in fields} - {f.name.lower() for f in describe.fields}
         if unknown:
             raise ConfigError(f"objects.{describe.name}.fields: unknown field(s) {sorted(unknown)}")
-    always = {"id", key_field.lower()}
     columns: list[ColumnSpec] = []
     seen: set[str] = set()
     for f in describe.fields:
         if f.type in SKIPPED_TYPES:
             continue
         if wanted is not None and f.name.lower() not in wanted:
-            continue
-        if f.calculated and f.name.lower() not in always:
-            # Formula fields are never in change events (docs/pubsub-cdc.md §5): a copy could not keep them current.
             continue
         if not API_NAME.match(f.name):  # SOQL has no identifier quoting: such a field cannot be selected
             log.warning("schema.field_skipped", object=describe.name, field=f.name,
@@ -175,7 +171,22 @@ def object_table(describe: ObjectDescribe, schema: str, obj: ObjectSettings) -> 
 
 
 def eventless_columns(describe: ObjectDescribe, spec: TableSpec) -> frozenset[str]:
-    """The table's columns that change events never carry: derived fields (salesforce/topics.EVENTLESS_FIELDS)
-    and compound parents that are columns themselves (Contact.Name; an address is not a column)."""
+    """The table's columns that change events never carry: formula fields and other derived fields
+    (salesforce/topics.EVENTLESS_FIELDS), and compound parents that are columns themselves (Contact.Name; an
+    address is not a column)."""
     parents = {f.compound_field_name for f in describe.fields if f.compound_field_name}
-    return frozenset(c.name for c in spec.columns if c.field in EVENTLESS_FIELDS or c.field in parents)
+    return frozenset(refreshed_columns(describe, spec)) | frozenset(c.name for c in spec.columns if c.field in parents)
+
+
+def refreshed_columns(describe: ObjectDescribe, spec: TableSpec) -> list[str]:
+    """The columns the scheduled refresh owns (pipeline/refresh.py), in column order: formula (calculated) fields
+    and the derived fields of salesforce/topics.EVENTLESS_FIELDS. Change events never carry them ("Change Event
+    Body Fields", Change Data Capture Developer Guide,
+    https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_event_fields_body.htm;
+    docs/salesforce-coverage.md §2) and a formula changes when its inputs change without SystemModstamp moving
+    past them, so only a comparison of values keeps them current. The key and Id are never refreshed. A computed
+    compound name (Contact.Name) is not among them: its components travel in events, and a change of one fetches
+    the record (pipeline/changes.py)."""
+    calculated = {f.name.lower() for f in describe.fields if f.calculated}
+    return [c.name for c in spec.columns
+            if c.name not in ("id", spec.key) and (c.name in calculated or c.field in EVENTLESS_FIELDS)]

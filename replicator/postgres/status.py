@@ -15,6 +15,9 @@ async def object_rows(conn: asyncpg.Connection) -> list[dict]:
         " c.replay_id, c.commit_timestamp AS last_event_committed_at, c.applied_at AS last_event_applied_at,"
         " c.events_applied, o.mode, o.mode_reason, p.poll_systemmodstamp, p.poll_id, p.poll_deleted_through,"
         " p.events_applied AS rows_polled,"
+        " r.finished_at AS refreshed_at, r.rows_compared AS refresh_rows_compared,"
+        " r.rows_changed AS refresh_rows_changed, r.rows_skipped AS refresh_rows_skipped,"
+        " r.duration_s AS refresh_duration_s, r.columns AS refresh_columns, r.last_error AS refresh_error,"
         " round(extract(epoch FROM c.applied_at - c.commit_timestamp)::numeric, 3)::float8 AS lag_s,"
         " round(extract(epoch FROM now() - c.updated_at)::numeric, 1)::float8 AS checkpoint_age_s,"
         " (SELECT count(*) FROM replicator.dead_letters d WHERE d.object = o.object AND d.resolved_at IS NULL)"
@@ -22,6 +25,7 @@ async def object_rows(conn: asyncpg.Connection) -> list[dict]:
         " FROM replicator.objects o LEFT JOIN replicator.checkpoints c ON c.topic = '/data/' ||"
         "   CASE WHEN o.object LIKE '%\\_\\_c' THEN left(o.object, -1) ELSE o.object END || 'ChangeEvent'"
         " LEFT JOIN replicator.checkpoints p ON p.topic = 'poll:' || o.object"
+        " LEFT JOIN replicator.refreshes r ON r.object = o.object"
         " ORDER BY o.object"
     )
     return [dict(r) for r in rows]

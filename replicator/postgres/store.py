@@ -17,11 +17,12 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg
 
 from ..model import Checkpoint, DeadLetter, TableInfo, TableSpec
-from . import dead_letters, events, state, status
+from . import dead_letters, events, refresh, state, status
 from .apply import StreamSink
 from .compare import Comparison
 from .errors import map_error, mapped
 from .migrate import migrate
+from .refresh import Refresh
 from .server import resolve_database
 from .sink import DeltaSink, PageSink
 from .state import ObjectState
@@ -75,6 +76,23 @@ class Store:
                 yield cmp
             finally:
                 await cmp.close()
+
+    @contextlib.asynccontextmanager
+    async def refresh(self, table: TableInfo, columns: list[str]) -> AsyncIterator[Refresh]:
+        """A refresh of `columns` of `table` (postgres/refresh.py), on one connection held for its staging table."""
+        async with _acquire(self._pool) as conn:
+            job = Refresh(conn, table, columns)
+            await job.start()
+            try:
+                yield job
+            finally:
+                await job.close()
+
+    async def last_refresh(self, name: str) -> dict | None:
+        return await self._run(refresh.last_refresh, name)
+
+    async def record_refresh_error(self, name: str, error: str) -> None:
+        await self._run(refresh.record_error, name, error)
 
     # ---- objects --------------------------------------------------------------------------------------------
     async def get_object(self, name: str) -> ObjectState | None:

@@ -46,7 +46,7 @@ KNOB_HELP = {
                    "does (default); off: full values",
     "silent_changes": "on: the traffic generator now and then sets LastViewedDate or LastActivityDate of a record "
                       "with no change event and no new SystemModstamp, as Salesforce does (docs/salesforce-"
-                      "coverage.md §2); off (default for now): it never does",
+                      "coverage.md §2) (default); off: it never does",
 }
 
 # The knobs that take one of a few words.
@@ -75,7 +75,7 @@ class Faults:
     gap_event_bytes: int = 1_000_000
     overflow_threshold: int = 100_000
     diff_fields: str = "on"
-    silent_changes: str = "off"
+    silent_changes: str = "on"
 
     def __post_init__(self) -> None:
         self.rng = random.Random(0)

@@ -148,6 +148,10 @@ async def test_service_rides_out_a_postgres_restart_and_an_outage(own_postgres, 
     assert "Traceback" not in err, err[err.index("Traceback") - 500:][:3000]
 
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
+    # formula values follow their inputs without an event: `replicator refresh` brings them current
+    refresh = subprocess.run([sys.executable, "-m", "replicator.cli", "refresh", "--config", cfg],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert refresh.returncode == 0, refresh.stdout + refresh.stderr
     verify = subprocess.run([sys.executable, "-m", "replicator.cli", "verify", "--config", cfg],
                             env=env, capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -177,6 +177,10 @@ async def test_sigterm_during_heavy_stream_commits_and_loses_nothing(own_sim, pg
     applied = await pg_value(pg_url, "SELECT sum(events_applied) FROM replicator.checkpoints")
     assert applied == published
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
+    # formula values follow their inputs without an event: `replicator refresh` brings them current
+    refresh = subprocess.run([sys.executable, "-m", "replicator.cli", "refresh", "--config", cfg],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert refresh.returncode == 0 and "Opportunity: " in refresh.stdout, refresh.stdout + refresh.stderr
     verify = subprocess.run([sys.executable, "-m", "replicator.cli", "verify", "--config", cfg],
                             env=env, capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -200,9 +200,9 @@ def test_traffic_edits_long_text_and_its_events_rebuild_the_org(org):
 def test_knobs_are_flags_and_faults_with_on_off_values(org):
     from replicator.sim.__main__ import build_parser
     defaults = build_parser().parse_args([])
-    assert (defaults.diff_fields, defaults.silent_changes) == ("on", "off")
-    args = build_parser().parse_args(["--diff-fields", "on", "--silent-changes", "on"])
-    assert (args.diff_fields, args.silent_changes) == ("on", "on")
+    assert (defaults.diff_fields, defaults.silent_changes) == ("on", "on")  # as a real org sends them
+    args = build_parser().parse_args(["--diff-fields", "off", "--silent-changes", "off"])
+    assert (args.diff_fields, args.silent_changes) == ("off", "off")
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["--diff-fields", "yes"])
     assert exc.value.code == 2

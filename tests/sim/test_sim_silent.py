@@ -142,6 +142,7 @@ def _run_creates(org: Org, n: int) -> None:
 
 def test_traffic_touches_records_silently_only_with_the_knob_on(org):
     """The traffic only creates Accounts here, so any change to an existing record is a silent one."""
+    org.faults(silent_changes="off")  # on by default, as in a real org
     before, stats = truth(org, "Account"), org.http.get("/__sim/stats").json()
     _run_creates(org, 100)
     assert {i: r for i, r in truth(org, "Account").items() if i in before} == before  # knob off: untouched

@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="objects selected for Change Data Capture: only they publish change events and have a "
                         "/data/<Object>ChangeEvent topic; an empty value selects none (default: every object "
                         "but Task and Shipment__c). PUT /__sim/cdc {\"objects\": [...]} changes it at run time")
+    p.add_argument("--objects", type=int, default=0, metavar="N",
+                   help="add N generated small custom objects Gen001__c … (describe, Bulk, REST and change events; "
+                        "traffic changes them when listed in its objects)")
+    p.add_argument("--object-records", type=int, default=None, metavar="N",
+                   help="records of each generated object (default: --records)")
+    p.add_argument("--channel", action="append", default=[], type=_channel, metavar="Name=A,B",
+                   help="a custom channel /data/<Name>__chn carrying the change events of its members (repeatable; "
+                        "its members are selected for Change Data Capture); PUT /__sim/channels at run time")
     defaults = Faults()
     for name, text in KNOB_HELP.items():
         flag = "--" + name.replace("_", "-")
@@ -69,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"{text} (default {value})")
     return p
+
+
+def _channel(text: str) -> tuple[str, list[str]]:
+    name, sep, members = text.partition("=")
+    if not sep or not name.strip() or not _names(members):
+        raise argparse.ArgumentTypeError("expected Name=Object,Object")
+    return name.strip(), _names(members)
 
 
 def _names(text: str) -> list[str]:
@@ -101,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         jwt_public_key=args.jwt_public_key, page_size=args.page_size, gzip_level=args.gzip_level,
                         state_dir=args.state_dir, hostile_field=args.hostile_field,
                         wide_object=args.wide_object, faults=knobs,
-                        traffic=traffic, cdc_objects=args.cdc_objects)
+                        traffic=traffic, cdc_objects=args.cdc_objects, objects=args.objects,
+                        object_records=args.object_records, channel_members=dict(args.channel))
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"replicator sim: {exc}\n")
         return 2

@@ -44,6 +44,7 @@ class SimState:
     capture: Any = None  # cdc.ChangeCapture
     traffic: Any = None  # traffic.Traffic
     pubsub: Any = None  # pubsub.PubSubService
+    channels: Any = None  # channels.Channels
 
     def limit_info(self) -> str:
         """`Sforce-Limit-Info` value (docs/bulk-rest-oauth.md §2.1)."""

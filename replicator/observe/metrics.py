@@ -115,6 +115,9 @@ class Metrics:
         self.resyncs = Counter("replicator_resyncs", "Resyncs.", ["object"], registry=r)
         self.dead_letters = Counter("replicator_dead_letters", "Dead letters.", ["object", "source"], registry=r)
         self.errors = Counter("replicator_errors", "Failures by kind.", ["object", "kind"], registry=r)
+        self.channel_skipped = Counter("replicator_channel_events_skipped", "Change events a channel subscription "
+                                       "received for objects it does not serve (not configured, or on a "
+                                       "subscription of their own).", ["channel", "object"], registry=r)
         r.register(_Collector(self))
         self._backfill_seen: dict[str, tuple[int, int]] = {}
 

@@ -148,11 +148,13 @@ class ChannelStream:
         checkpoint in one transaction; then the objects that asked for a resync leave the channel."""
         started = time.monotonic()
         routed, dead = self.route(batch)
-        prepared = []
-        for name, events in routed.items():
-            applier = self.members[name].applier
-            found, rows = await applier.prepare(events)
-            prepared.append((name, applier, events, found, rows))
+        # The objects' steps run concurrently: their fetches and lookups are independent round trips (the pool
+        # bounds them), and only the commit below must be one transaction.
+        appliers = [self.members[name].applier for name in routed]
+        steps = await asyncio.gather(*(a.prepare(events) for a, events in zip(appliers, routed.values(), strict=True)))
+        prepared = [(name, applier, events, found, rows) for (name, events), applier, (found, rows)
+                    in zip(routed.items(), appliers, steps, strict=True)]
+        for _, _, _, found, _ in prepared:
             dead += found.dead
         resync = {name: found.resync_reason for name, _, _, found, _ in prepared if found.resync_reason}
         for name, reason in resync.items():  # before the commit moves the channel past the event that asks

@@ -1,16 +1,15 @@
 """Multi-entity channels: `/data/ChangeEvents` and custom channels `/data/<Name>__chn` with members.
 
-Salesforce facts (docs/pubsub-cdc.md §5 "Channels", §11):
+Salesforce facts (docs/pubsub-cdc.md §5, "Multi-entity channels"):
 - `/data/ChangeEvents` carries the change events of every entity selected for Change Data Capture; a custom
-  channel `/data/<Name>__chn` (PlatformEventChannel, channelType "data") carries those of its members
-  (PlatformEventChannelMember, e.g. `AccountChangeEvent`), and adding a member selects the entity ("Compose
-  Streams of Change Data Capture Notifications with Custom Channels", Change Data Capture Developer Guide,
-  https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_custom_channel.htm).
-- Replay ids are per channel: each custom channel numbers its events itself, so a position on one channel means
-  nothing on another ("Event Message Durability", Platform Events Developer Guide,
-  https://developer.salesforce.com/docs/atlas.en-us.platform_events.meta/platform_events/platform_event_durability.htm).
+  channel `/data/<Name>__chn` carries those of its members (PlatformEventChannelMember records), and adding a
+  member selects the entity ("Select Objects for Change Notifications", Change Data Capture Developer Guide,
+  https://developer.salesforce.com/docs/platform/change-data-capture/guide/cdc-object-selections-metadata.md).
+- Replay ids are opaque positions of the stream they were read from ("Event Message Durability", Pub/Sub API
+  Developer Guide, https://developer.salesforce.com/docs/platform/pub-sub-api/guide/event-message-durability.html):
+  each custom channel here numbers its events itself, so a position on one channel means nothing on another.
 - Events on one channel carry the schema ids of their own entities (each event's `schema_id`); TopicInfo of a
-  channel names no schema (this simulator answers `schema_id` "").
+  channel names no schema (this simulator answers `schema_id` "", a choice: the documentation says nothing).
 
 Each custom channel here is an EventBus of its own (events.py: its own counter, retention and keepalive
 positions), fed with a copy of every change event of its members the org publishes, in publish order, so a

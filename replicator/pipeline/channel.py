@@ -10,8 +10,8 @@ name; replay ids are per channel), in one Postgres transaction (docs/design.md, 
 - Events of entities that are not members (not configured, or running on a subscription of their own) are
   skipped, counted per object (`replicator_channel_events_skipped`).
 - One object that needs a resync (GAP_OVERFLOW, a wildcard record id, an operator's `replicator resync`) leaves the
-  channel: it is marked RESYNCING before the batch commits (so a crash at any instant still resyncs it), then
-  handed to `detach`, which runs it on a subscription of its own with the usual handoff (capture its topic's
+  channel: after a GAP_OVERFLOW it is marked RESYNCING before the batch commits (so a crash at any instant still
+  resyncs it; an operator's request stays raised until the resync clears it), then handed to `detach`, which runs it on a subscription of its own with the usual handoff (capture its topic's
   position, extract, stream), while the channel goes on with the others. A channel cannot be replayed for one
   object, and applying its events during its extract would let an older extract row win a same-second tie.
 - An expired or refused channel position resyncs every member from a freshly captured channel position (never
@@ -104,10 +104,13 @@ class ChannelStream:
                 events = sub.take_ready(_TAKE)
                 if not events:
                     timeout = batcher.next_deadline()
+                    if timeout is None and sub.connected:  # nothing received that is not applied: caught up
+                        self._mark(idle=True, caught_up_at=time.time())
                     await sub.wait_ready(0.5 if timeout is None else min(timeout, 0.5))
                     if batch := batcher.due():
                         await self.apply_batch(batch)
                     continue
+                self._mark(idle=False)
                 for event in events:
                     if batch := batcher.add(event):
                         await self.apply_batch(batch)
@@ -120,7 +123,6 @@ class ChannelStream:
 
     async def _operator_requests(self) -> None:
         for name in sorted(await self.store.resync_requests() & set(self.members)):
-            await self.store.begin_resync(name, "requested by an operator (replicator resync)")
             await self._detach(name, "requested by an operator (replicator resync)")
 
     def route(self, batch: list[StreamEvent]) -> tuple[dict[str, list[StreamEvent]], list[DeadLetter]]:
@@ -157,8 +159,8 @@ class ChannelStream:
         for _, _, _, found, _ in prepared:
             dead += found.dead
         resync = {name: found.resync_reason for name, _, _, found, _ in prepared if found.resync_reason}
-        for name, reason in resync.items():  # before the commit moves the channel past the event that asks
-            await self.store.begin_resync(name, reason)
+        for name in resync:  # before the commit moves the channel past the event that asks (counted by the resync)
+            await self.store.set_phase(name, "RESYNCING")
         commits = [e.commit_timestamp for e in batch if e.commit_timestamp]
         checkpoint = Checkpoint(self.topic, batch[-1].replay_id, max(commits) if commits else None)
         delivered = sum(p[3].delivered for p in prepared) + sum(1 for e in batch if e.error)
@@ -166,31 +168,39 @@ class ChannelStream:
             results = await self.store.apply_objects([(applier.sink, rows) for _, applier, _, _, rows in prepared],
                                                      dead, checkpoint, delivered)
         except RejectedDataError as exc:
-            results = await self._commit_apart(prepared, dead, checkpoint, str(exc))
+            results = await self._commit_apart(prepared, dead, checkpoint, delivered, str(exc))
         seconds = time.monotonic() - started
         for (_, applier, events, found, rows), result in zip(prepared, results, strict=True):
             applier.observe(events, found, rows, result, seconds)
+        now = time.time()  # the channel's checkpoint is every member's
+        last = batch[-1]
+        self._mark(checkpoint_saved=now,
+                   position_time=now if last.keepalive or not last.commit_timestamp else last.commit_timestamp / 1000)
         for name, reason in resync.items():
             await self._detach(name, reason)
 
-    async def _commit_apart(self, prepared: list, dead: list[DeadLetter], checkpoint: Checkpoint, error: str) -> list:
+    async def _commit_apart(self, prepared: list, dead: list[DeadLetter], checkpoint: Checkpoint, delivered: int,
+                            error: str) -> list:
         """Postgres refused a value: each object commits alone (the applier isolates the rows it refuses, with dead
         letters), then the checkpoint. Not one transaction any more; a crash in between applies the batch again,
         which the version guard makes harmless."""
         log.warning("channel.batch_refused", channel=self.topic, error=error, objects=len(prepared))
         results = []
         for _, applier, _, found, rows in prepared:
-            results.append(await applier.commit(rows, found.dead, None, found.delivered))
+            results.append(await applier.commit(rows, found.dead, None, 0))
         own = [d for d in dead if d.object == self.topic]  # the undecodable events
-        await self.store.apply_objects([], own, checkpoint, len(own))
+        await self.store.apply_objects([], own, checkpoint, delivered)
         return results
 
+    def _mark(self, **health) -> None:
+        """Set these health fields of every member (the channel's connection, position and idleness are theirs)."""
+        for stream in self.members.values():
+            for key, value in health.items():
+                setattr(stream.health, key, value)
+
     async def _detach(self, name: str, reason: str) -> None:
-        stream = self.members.pop(name, None)
-        if stream is None:
+        if self.members.pop(name, None) is None:
             return
-        stream.stats.resyncs += 1
-        self.metrics.resyncs.labels(object=name).inc()
         log.warning("channel.object_detached", channel=self.topic, object=name, reason=reason,
                     action="resync it and stream it on a subscription of its own")
         await self.detach(name, reason)

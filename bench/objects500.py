@@ -4,7 +4,8 @@ over ONE channel (`stream.channel = "/data/ChangeEvents"`).
 
 Figures per mode:
 - `startup_s`: `replicator run` started → every object STREAMING (mode decided, described, position captured,
-  extracted) and its subscription answering (the checkpoint of every topic saved once, from a keepalive);
+  extracted) and then every subscription serving (each topic's checkpoint committed again after that, a keepalive's
+  at least);
 - `peak_rss_mb`: the peak resident memory of the `replicator run` process (VmHWM), read before it stops;
 - `lag_p50_s`, `lag_p99_s`: commit → applied, over every row the stream wrote while the org made `rate` changes a
   second spread over all 500 objects for `seconds` seconds: `_sf_synced_at` (the applying transaction's start)
@@ -62,8 +63,10 @@ async def _all_streaming(url: str, n: int) -> bool:
     return bool(await q(url, f"SELECT count(*) >= {n} FROM replicator.objects WHERE phase = 'STREAMING'"))
 
 
-async def _subscribed(url: str, topics: int) -> bool:
-    return bool(await q(url, f"SELECT count(*) >= {topics} FROM replicator.checkpoints WHERE updated_at IS NOT NULL"))
+async def _subscribed(url: str, topics: int, after) -> bool:
+    """Every topic's checkpoint committed since `after` (a keepalive's, at least): its subscription is serving."""
+    return bool(await q(url, f"SELECT count(*) >= {topics} FROM replicator.checkpoints "
+                             f"WHERE updated_at > '{after.isoformat()}'::timestamptz"))
 
 
 async def _made(sim: dict, changes: int) -> bool:
@@ -103,7 +106,8 @@ async def run_mode(server_url: str, database: str, n: int, channel: str, rate: i
     try:
         t0 = time.monotonic()
         await until(lambda: _all_streaming(url, n), timeout=1800, interval=0.2)
-        await until(lambda: _subscribed(url, 1 if channel else n), timeout=600, interval=0.2)
+        streaming_at = await q(url, "SELECT now()")
+        await until(lambda: _subscribed(url, 1 if channel else n, streaming_at), timeout=600, interval=0.2)
         figures: dict = {"startup_s": round(time.monotonic() - t0, 1)}
         since = time.time()
         changes = int(rate * seconds)

@@ -41,8 +41,6 @@ from .stream import ObjectStream
 
 log = structlog.get_logger(__name__)
 
-# Events taken from the subscription at once (as pipeline/stream.py).
-_TAKE = 100
 # Objects described or extracted at once when a channel starts or resyncs: each extract holds Postgres connections
 # (backfill.parallel_pages) and a Bulk job; a few at a time keep the pool and the org's job queue usable.
 PARALLEL_OBJECTS = 4
@@ -64,7 +62,8 @@ class ChannelStream:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        await for_each(list(self.members.values()), lambda s: s.applier.load_schema())
+        described = [s for s in self.members.values() if getattr(s.applier, "sink", None) is None]
+        await for_each(described, lambda s: s.applier.load_schema())  # the ones not described at start
         while not stop.is_set():
             position = await self.store.load_checkpoint(self.topic)
             for stream in self.members.values():
@@ -101,7 +100,9 @@ class ChannelStream:
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + poll_every
                     await self._operator_requests()
-                events = sub.take_ready(_TAKE)
+                # Everything received so far (up to a batch): while a batch of many objects commits, the next one
+                # gathers, so each object's fixed cost per batch (a lookup, a statement) is paid for more events.
+                events = sub.take_ready(stream_cfg.batch_max_events)
                 if not events:
                     timeout = batcher.next_deadline()
                     if timeout is None and sub.connected:  # nothing received that is not applied: caught up
@@ -242,7 +243,7 @@ async def backfill_members(store: Store, settings: Settings, streams: list[Objec
     async def extract(stream: ObjectStream) -> None:
         st = await store.get_object(stream.name)
         if st is not None and st.phase in ("BACKFILLED", "STREAMING"):
-            return
+            return  # described when the channel starts
         stream.health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
         backfill = Backfill(stream.client, store, settings, stream.name, stream.obj, stream.metrics.backfill_progress)
         await until_stopped(stop, backfill.run())

@@ -511,6 +511,10 @@ class Subscription:
             self.received += 1
             self._last_received = consumer_event.replay_id
             self._ready.set()
+        # Once every event of the response is queued (owed and queued agree again): the writer may ask for more
+        # while the buffer has room, so the server keeps sending while the consumer is busy applying a batch
+        # (never more than max_pending owed, nor more than the buffer held).
+        self._room.set()
 
     async def _decode(self, consumer_event: Any) -> StreamEvent:
         event = consumer_event.event

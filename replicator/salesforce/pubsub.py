@@ -511,10 +511,13 @@ class Subscription:
             self.received += 1
             self._last_received = consumer_event.replay_id
             self._ready.set()
-        # Once every event of the response is queued (owed and queued agree again): the writer may ask for more
-        # while the buffer has room, so the server keeps sending while the consumer is busy applying a batch
-        # (never more than max_pending owed, nor more than the buffer held).
-        self._room.set()
+        # A buffer larger than max_pending: once every event of the response is queued (owed and queued agree
+        # again), let the writer ask for more while the buffer has room, so the server keeps sending while the
+        # consumer applies a batch (never more than max_pending owed, nor more than the buffer holds). Only when a
+        # request is due: each write races with a server closing the call.
+        room = min(self._max - self._owed, self._buffer_max - self._queued - self._owed)
+        if self._buffer_max > self._max and room >= self._threshold:
+            self._room.set()
 
     async def _decode(self, consumer_event: Any) -> StreamEvent:
         event = consumer_event.event

@@ -226,14 +226,15 @@ class Service:
         those that are known (a row in replicator.objects) and have none. An object added to the configuration later
         runs on its own subscription with the usual handoff, as does one that left the channel for a resync."""
         channel = self.settings.stream.channel
+        known = {n for n in self.settings.objects if await store.get_object(n) is not None}  # before modes add rows
         modes = await _choose_modes(pubsub, store, self.settings, self.metrics)
         topics = await store.checkpoint_topics()
         first_start = channel not in topics
         carried = set(self.settings.stream.channel_objects or modes)  # the channel's members in Salesforce
         members, alone = [], []
         for name, mode in modes.items():
-            known = first_start or await store.get_object(name) is not None
-            on_channel = mode == "cdc" and name in carried and known and topic_for(name) not in topics
+            on_channel = (mode == "cdc" and name in carried and (first_start or name in known)
+                          and topic_for(name) not in topics)
             (members if on_channel else alone).append(name)
         log.info("service.channel", channel=channel, members=len(members), own_subscriptions=len(alone))
         extra: list[asyncio.Task] = []
@@ -295,7 +296,7 @@ class Service:
 
 
 async def _choose_modes(pubsub, store: Store, settings: Settings, metrics: Metrics) -> dict[str, str]:
-    """Every object's mode (as _supervise decides it), a few GetTopic calls at a time; stored and logged."""
+    """Every object's mode (as _supervise decides it, which logs it again), a few GetTopic calls at a time; stored."""
     gate, modes = asyncio.Semaphore(8), {}
 
     async def one(name: str) -> None:

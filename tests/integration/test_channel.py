@@ -28,16 +28,16 @@ def sim():
         yield thread.info
 
 
-def _config(sim, pg_url: str, schema: str, tmp_path) -> str:
+def _config(sim, pg_url: str, schema: str, tmp_path, objects: dict = OBJECTS) -> str:
     lines = ["[salesforce]", f'instance_url = "{sim["instance_url"]}"', f'client_id = "{sim["client_id"]}"',
              f'ca_file = "{sim["ca_file"]}"', f'pubsub_endpoint = "{sim["pubsub_endpoint"]}"',
              "[postgres]", f'url = "{pg_url}"', f'schema = "{schema}"',
              "[service]", "port = 0", 'host = "127.0.0.1"', "[backfill]", "poll_max_s = 0.2", "page_size = 200",
              "[stream]", f'channel = "{CHANNEL}"', "batch_max_wait_s = 0.05"]
-    for name, opts in OBJECTS.items():
+    for name, opts in objects.items():
         lines.append(f"[objects.{name}]")
         lines += [f'{k} = "{v}"' for k, v in opts.items()]
-    cfg = tmp_path / f"{schema}.toml"
+    cfg = tmp_path / f"{schema}-{len(objects)}.toml"
     cfg.write_text("\n".join(lines) + "\n")
     return str(cfg)
 
@@ -58,8 +58,8 @@ async def _equal(sim, pg_url: str, schema: str) -> None:
         assert problems == [], (name, problems[:10])
 
 
-async def _streaming(pg_url: str) -> bool:
-    return await pg_value(pg_url, f"SELECT count(*) = {len(OBJECTS)} FROM replicator.objects WHERE phase = 'STREAMING'")
+async def _streaming(pg_url: str, n: int = len(OBJECTS)) -> bool:
+    return await pg_value(pg_url, f"SELECT count(*) = {n} FROM replicator.objects WHERE phase = 'STREAMING'")
 
 
 async def test_one_channel_serves_every_object_through_sigkills(sim, pg_url, tmp_path):
@@ -119,6 +119,36 @@ async def test_an_overflow_moves_one_object_off_the_channel_and_the_others_go_on
     assert proc.returncode == 0, err[-3000:]
     assert '"channel.object_detached"' in err
     await _equal(sim, pg_url, "over")
+
+
+async def test_an_object_added_later_runs_on_its_own_subscription_while_the_channel_goes_on(sim, pg_url, tmp_path):
+    first = {k: v for k, v in OBJECTS.items() if k != "Gen003__c"}
+    proc = _start(_config(sim, pg_url, "added", tmp_path, first), sim)
+    try:
+        await wait_for(lambda: _streaming(pg_url, len(first)), timeout=120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = finish(proc, 60)
+    assert proc.returncode == 0, err[-3000:]
+    proc = _start(_config(sim, pg_url, "added", tmp_path), sim)
+    topic = "/data/Gen003__ChangeEvent"
+    try:
+        await wait_for(lambda: _streaming(pg_url), timeout=120)
+        start = await _made(sim)
+        await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "rate": 200, "changes": start + 200,
+                                                       "objects": TRAFFIC})
+        await wait_for(lambda: _at_least(sim, start + 200), timeout=120)
+        last = bytes.fromhex((await sim_admin(sim, "GET", "/__sim/stats")).json()["last_replay_id"])
+        for t in (CHANNEL, topic):
+            await wait_for(lambda t=t: pg_value(pg_url, f"SELECT replay_id >= '\\x{last.hex()}'::bytea FROM "
+                                                f"replicator.checkpoints WHERE topic = '{t}'"), timeout=120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = finish(proc, 60)
+    assert proc.returncode == 0, err[-3000:]
+    topics = await pg_value(pg_url, "SELECT array_agg(topic ORDER BY topic) FROM replicator.checkpoints")
+    assert topics == [CHANNEL, topic]
+    await _equal(sim, pg_url, "added")
 
 
 async def _at_least(sim, n):

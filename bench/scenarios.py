@@ -18,7 +18,7 @@ import asyncpg
 
 from replicator.postgres.server import fresh_database
 
-from . import ceilings, chaos, e2e, limits, peers, transactions
+from . import ceilings, chaos, e2e, limits, objects500, peers, transactions
 from .backfill import run_backfill, write_config
 from .harness import copy_ceiling, median_of, start_sim, stop_sim, sweep
 from .stream import (
@@ -385,7 +385,7 @@ async def chaos_runs(plan: Plan) -> dict:
 
 
 SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "limits": limit, "peers": peer,
-             "e2e": whole_path, "chaos": chaos_runs}
+             "e2e": whole_path, "chaos": chaos_runs, "objects500": objects500.scenario}
 QUICK = ["ceilings", "backfill", "stream", "limits", "e2e", "chaos"]  # peers install tools from PyPI: full runs only
 
 

@@ -156,6 +156,23 @@ class StreamSettings(_Section):
         "GetTopic per object per interval), so an entity selected for or removed from Change Data Capture switches "
         "between streaming and polling without a hole and without a new extract.",
     )
+    # "/data/ChangeEvents" carries every entity selected for Change Data Capture; "/data/<Name>__chn" a custom
+    # channel's members ("Subscription Channels", Change Data Capture Developer Guide,
+    # https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_subscribe_channels.htm;
+    # docs/pubsub-cdc.md §5).
+    channel: str = Field(
+        "", pattern=r"^(|/data/ChangeEvents|/data/[A-Za-z][A-Za-z0-9_]*__chn)$",
+        description="Empty: one Pub/Sub subscription per object. \"/data/ChangeEvents\" or a custom channel "
+        "\"/data/<Name>__chn\": ONE subscription serves every object in cdc mode, with one checkpoint for the "
+        "channel (README \"One channel for many objects\"). Objects added to the configuration later, and objects "
+        "that need a resync, run on their own subscription from then on.",
+    )
+    channel_objects: list[str] = Field(
+        default_factory=list,
+        description="With a custom `stream.channel`: the objects it carries (its members in Salesforce). Empty: every "
+        "object in cdc mode (right for /data/ChangeEvents, which carries every selected entity). Objects in cdc mode "
+        "not listed run on subscriptions of their own.",
+    )
     platform_events: list[str] = Field(
         default_factory=list,
         description="Platform events to keep, e.g. [\"Order_Ready__e\"]: each `/event/<name>` topic is appended to "

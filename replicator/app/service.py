@@ -20,6 +20,7 @@ from ..model import ConfigError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
 from ..pipeline.backfill import Backfill
+from ..pipeline.channel import ChannelStream, backfill_members, capture_channel_position, for_each
 from ..pipeline.platform_events import PlatformEventStream
 from ..pipeline.poll import ObjectPoller
 from ..pipeline.refresh import RefreshSchedule
@@ -137,9 +138,12 @@ class Service:
             pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens, ca_file=str(sf.ca_file) if sf.ca_file else None,
                                   tls=sf.pubsub_tls)
             try:
+                objects = ([self._channel_mode(client, pubsub, store)] if self.settings.stream.channel  # one
+                           # subscription for many objects (pipeline/channel.py), else one per object
+                           else [self._supervise(client, pubsub, store, n) for n in self.settings.objects])
                 await asyncio.gather(
                     self._keep_running("limits", lambda: self.limits.run(self.stop)),
-                    *(self._supervise(client, pubsub, store, n) for n in self.settings.objects),
+                    *objects,
                     *(self._supervise_events(pubsub, store, n) for n in self.settings.stream.platform_events),
                     # beside each object's stream or poll rounds: the refresh of what events never carry
                     *(RefreshSchedule(client, store, self.settings, n, self.metrics, gate=self._api_budget).run(self.stop)
@@ -185,13 +189,19 @@ class Service:
                           **({"not_recorded": unrecorded} if unrecorded else {}))
                 await sleep_or_stop(self.stop, delay)
 
-    async def _supervise(self, client, pubsub, store: Store, name: str) -> None:
+    async def _supervise(self, client, pubsub, store: Store, name: str, detached: str | None = None) -> None:
         """One object, in the mode app/modes.py decides; a watcher ends the running mode when the other one is
-        due (topic gained or lost, event allocation used up or back), and the next round switches."""
+        due (topic gained or lost, event allocation used up or back), and the next round switches. `detached`: the
+        reason a channel member left the channel (pipeline/channel.py); it resyncs from its own topic's position
+        captured first, unless it already has one."""
         obj = self.settings.objects[name]
         health = self.metrics.object(name)
 
         async def once() -> None:
+            if detached and await store.load_checkpoint(topic_for(name)) is None:
+                stream = ObjectStream(client, pubsub, store, self.settings, name, obj, self.metrics)
+                await stream.applier.load_schema()
+                await stream.resync(detached, capture=True)
             halt = asyncio.Event()  # set by the watcher: the service stops, or the other mode is due
             watcher = None
             mode = "cdc"
@@ -221,6 +231,51 @@ class Service:
             await store.record_error(name, error)
 
         await self._keep_running(name, once, record)
+
+    async def _channel_mode(self, client, pubsub, store: Store) -> None:
+        """`stream.channel` set: the objects in cdc mode without a subscription of their own share ONE subscription
+        to the channel; the others run as usual (README "One channel for many objects").
+
+        Members: at the first start (no channel checkpoint), every cdc object without a checkpoint of its own; later,
+        those that are known (a row in replicator.objects) and have none. An object added to the configuration later
+        runs on its own subscription with the usual handoff, as does one that left the channel for a resync."""
+        channel = self.settings.stream.channel
+        known = {n for n in self.settings.objects if await store.get_object(n) is not None}  # before modes add rows
+        modes = await _choose_modes(pubsub, store, self.settings, self.metrics)
+        topics = await store.checkpoint_topics()
+        first_start = channel not in topics
+        carried = set(self.settings.stream.channel_objects or modes)  # the channel's members in Salesforce
+        members, alone = [], []
+        for name, mode in modes.items():
+            on_channel = (mode == "cdc" and name in carried and (first_start or name in known)
+                          and topic_for(name) not in topics)
+            (members if on_channel else alone).append(name)
+        log.info("service.channel", channel=channel, members=len(members), own_subscriptions=len(alone))
+        extra: list[asyncio.Task] = []
+
+        async def detach(name: str, reason: str) -> None:
+            extra.append(asyncio.ensure_future(self._supervise(client, pubsub, store, name, detached=reason)))
+
+        async def once() -> None:
+            streams = {n: ObjectStream(client, pubsub, store, self.settings, n, self.settings.objects[n], self.metrics)
+                       for n in members}
+            if channel not in await store.checkpoint_topics():
+                # Describe first (a configuration the org refuses stops here), then capture the channel's position
+                # before any extract: the channel replays every change after it (docs/design.md, contract 5).
+                await for_each(list(streams.values()), lambda s: s.applier.load_schema())
+                await until_stopped(self.stop, capture_channel_position(pubsub, store, self.settings))
+            await backfill_members(store, self.settings, list(streams.values()), self.stop)
+            channel_stream = ChannelStream(pubsub, store, self.settings, streams, self.metrics, detach)
+            try:
+                await channel_stream.run(self.stop)
+            finally:
+                members[:] = list(channel_stream.members)
+
+        try:
+            await asyncio.gather(self._keep_running(channel, once),
+                                 *(self._supervise(client, pubsub, store, n) for n in alone))
+        finally:
+            await asyncio.gather(*extra, return_exceptions=True)
 
     async def _enter_mode(self, client, pubsub, store: Store, name: str, mode: str, reason: str, cause: str) -> None:
         """Store the decided mode; when it differs from the stored one, hand the object over first (app/modes.py):
@@ -329,6 +384,20 @@ class Service:
     async def _supervise_events(self, pubsub, store: Store, name: str) -> None:
         await self._keep_running(f"/event/{name}",
                                  lambda: PlatformEventStream(pubsub, store, self.settings, name).run(self.stop))
+
+
+async def _choose_modes(pubsub, store: Store, settings: Settings, metrics: Metrics) -> dict[str, str]:
+    """Every object's mode (as _supervise decides it, which logs it again), a few GetTopic calls at a time; stored."""
+    gate, modes = asyncio.Semaphore(8), {}
+
+    async def one(name: str) -> None:
+        async with gate:
+            mode, reason, _ = await choose_mode(pubsub, name, settings.objects[name].mode)
+        await store.set_mode(name, mode, reason)
+        metrics.object(name).mode = modes[name] = mode
+
+    await asyncio.gather(*(one(n) for n in settings.objects))
+    return {name: modes[name] for name in settings.objects}
 
 
 async def run_command(settings: Settings) -> int:

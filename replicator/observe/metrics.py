@@ -131,6 +131,9 @@ class Metrics:
         self.errors = Counter("replicator_errors", "Failures by kind.", ["object", "kind"], registry=r)
         self.mode_switches = Counter("replicator_mode_switches", "Mode switches.", ["object", "mode", "cause"],
                                      registry=r)
+        self.channel_skipped = Counter("replicator_channel_events_skipped", "Change events a channel subscription "
+                                       "received for objects it does not serve (not configured, or on a "
+                                       "subscription of their own).", ["channel", "object"], registry=r)
         r.register(_Collector(self))
         self._backfill_seen: dict[str, tuple[int, int]] = {}
 

@@ -109,6 +109,18 @@ class BatchApplier:
         self.observe(batch, found, rows, result, time.monotonic() - started)
         return found.resync_reason
 
+    async def prepare(self, batch: list[StreamEvent]) -> tuple[Classified, list[RowOp]]:
+        """Every step of `apply` but the commit, for a caller that commits several objects' rows and one
+        checkpoint in one transaction (pipeline/channel.py); it calls `observe` after its commit."""
+        self._batch_id += 1
+        found = self.classify(batch)
+        await self.follow_schema(found.changes)
+        ops = await self.fold(found.changes)
+        await self.resolve_diffs(ops)
+        await self.reconcile(ops)
+        await self.check_keys(ops)
+        return found, list(ops.values())
+
     # ---- classify ---------------------------------------------------------------------------------------
     def classify(self, batch: list[StreamEvent]) -> Classified:
         out = Classified()

@@ -74,51 +74,57 @@ class StreamSink:
 
         Raises RejectedDataError when Postgres refuses a value (nothing committed; the caller isolates the
         bad rows), DatabaseUnavailableError when the database cannot serve now."""
-        result = ApplyResult()
         async with self.pool.acquire() as conn, conn.transaction():
-            if self.t.hard_deletes:  # a record that ends deleted is removed, whatever came before
-                ops = [RowOp(o.key, "delete", version=o.version, commit_ms=o.commit_ms, position=o.position)
-                       if o.deleted else o for o in ops]
-            claims = self._claims(ops)
-            if claims:
-                await conn.execute(ddl.lock_for_keys(self.t.spec))
-            soft = "isdeleted" in self.types and not self.t.hard_deletes
-            deletes = [o for o in ops if o.kind == "delete" and not (soft and o.values)]
-            if deletes:  # first: a hard-deleted record's key is free for the rest of the batch
-                n = await self._delete(conn, deletes)
-                result.deletes += n
-                result.skipped += len(deletes) - n
-            if claims:
-                losers = await self._place_keys(conn, claims)
-                if losers:
-                    ops = [o for o in ops if o.key not in losers]
-                    for outcome in losers.values():
-                        if outcome == "older":
-                            result.skipped += 1
-                        else:
-                            result.dead_letters += 1
-                    result.key_losers = {k: v for k, v in losers.items() if v != "older"}
-            full = [o for o in ops if o.kind in ("upsert", "undelete")]
-            for group in ([o for o in full if o.fetched], [o for o in full if not o.fetched]):
-                if group:  # from events, columns events never carry keep the row's values
-                    n = await self._upsert(conn, group, keep=frozenset() if group[0].fetched else self.t.eventless)
-                    result.upserts += n
-                    result.skipped += len(group) - n
-            updates = [o for o in ops if o.kind == "update"]
-            if updates:
-                n = await self._update(conn, updates)
-                result.updates += n
-                result.skipped += len(updates) - n
-            # Fields changed earlier in the batch, then the soft delete: one write at the delete's version.
-            changed = [RowOp(o.key, "update", {**o.values, "isdeleted": True}, o.version, o.commit_ms,
-                             position=o.position) for o in ops if soft and o.kind == "delete" and o.values]
-            if changed:
-                n = await self._update(conn, changed)
-                result.deletes += n
-                result.skipped += len(changed) - n
+            result = await self.apply_in(conn, ops)
             await state.add_dead_letters(conn, dead)
             if checkpoint is not None:
                 await state.save_checkpoint(conn, checkpoint, events)
+        return result
+
+    async def apply_in(self, conn: asyncpg.Connection, ops: list[RowOp]) -> ApplyResult:
+        """The rows of `apply`, inside the caller's open transaction (one transaction for several objects' rows:
+        apply_objects)."""
+        result = ApplyResult()
+        if self.t.hard_deletes:  # a record that ends deleted is removed, whatever came before
+            ops = [RowOp(o.key, "delete", version=o.version, commit_ms=o.commit_ms, position=o.position)
+                   if o.deleted else o for o in ops]
+        claims = self._claims(ops)
+        if claims:
+            await conn.execute(ddl.lock_for_keys(self.t.spec))
+        soft = "isdeleted" in self.types and not self.t.hard_deletes
+        deletes = [o for o in ops if o.kind == "delete" and not (soft and o.values)]
+        if deletes:  # first: a hard-deleted record's key is free for the rest of the batch
+            n = await self._delete(conn, deletes)
+            result.deletes += n
+            result.skipped += len(deletes) - n
+        if claims:
+            losers = await self._place_keys(conn, claims)
+            if losers:
+                ops = [o for o in ops if o.key not in losers]
+                for outcome in losers.values():
+                    if outcome == "older":
+                        result.skipped += 1
+                    else:
+                        result.dead_letters += 1
+                result.key_losers = {k: v for k, v in losers.items() if v != "older"}
+        full = [o for o in ops if o.kind in ("upsert", "undelete")]
+        for group in ([o for o in full if o.fetched], [o for o in full if not o.fetched]):
+            if group:  # from events, columns events never carry keep the row's values
+                n = await self._upsert(conn, group, keep=frozenset() if group[0].fetched else self.t.eventless)
+                result.upserts += n
+                result.skipped += len(group) - n
+        updates = [o for o in ops if o.kind == "update"]
+        if updates:
+            n = await self._update(conn, updates)
+            result.updates += n
+            result.skipped += len(updates) - n
+        # Fields changed earlier in the batch, then the soft delete: one write at the delete's version.
+        changed = [RowOp(o.key, "update", {**o.values, "isdeleted": True}, o.version, o.commit_ms,
+                         position=o.position) for o in ops if soft and o.kind == "delete" and o.values]
+        if changed:
+            n = await self._update(conn, changed)
+            result.deletes += n
+            result.skipped += len(changed) - n
         return result
 
     def _claims(self, ops: list[RowOp]) -> list[RowOp]:
@@ -268,6 +274,19 @@ class StreamSink:
             sql = f"UPDATE {self.q} AS cur SET {', '.join(sets)} FROM {src} WHERE {guard}"
         status = await conn.execute(sql, ids, versions, positions)
         return int(status.rsplit(" ", 1)[-1])
+
+
+@mapped
+async def apply_objects(pool: asyncpg.Pool, parts: list[tuple[StreamSink, list[RowOp]]], dead: list[DeadLetter],
+                        checkpoint: Checkpoint, events: int) -> list[ApplyResult]:
+    """Several objects' folded row operations, the dead letters and ONE checkpoint (a channel's) in one
+    transaction (docs/design.md, contract 4). Safe to call again with the same batch, as StreamSink.apply.
+    Raises RejectedDataError when Postgres refuses a value (nothing committed)."""
+    async with pool.acquire() as conn, conn.transaction():
+        results = [await sink.apply_in(conn, ops) for sink, ops in parts]
+        await state.add_dead_letters(conn, dead)
+        await state.save_checkpoint(conn, checkpoint, events)
+    return results
 
 
 def _stream_newer(row: str, claim: str) -> str:

@@ -16,9 +16,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 
-from ..model import Checkpoint, DeadLetter, TableInfo, TableSpec
+from ..model import Checkpoint, DeadLetter, RowOp, TableInfo, TableSpec
 from . import dead_letters, events, refresh, state, status
-from .apply import StreamSink
+from .apply import ApplyResult, StreamSink, apply_objects
 from .compare import Comparison
 from .errors import map_error, mapped
 from .migrate import migrate
@@ -66,6 +66,11 @@ class Store:
     def stream_sink(self, table: TableInfo) -> StreamSink:
         return StreamSink(self._pool, table)
 
+    async def apply_objects(self, parts: list[tuple[StreamSink, list[RowOp]]], dead: list[DeadLetter],
+                            checkpoint: Checkpoint, events: int) -> list[ApplyResult]:
+        """Several objects' rows, the dead letters and one checkpoint in ONE transaction (a channel's batch)."""
+        return await apply_objects(self._pool, parts, dead, checkpoint, events)
+
     @contextlib.asynccontextmanager
     async def comparison(self, spec: TableSpec, hard_deletes: bool) -> AsyncIterator[Comparison]:
         """A comparison of `spec`'s table with an extract, on one connection held for its temporary tables."""
@@ -112,6 +117,14 @@ class Store:
 
     async def resync_requested(self, name: str) -> bool:
         return await self._run(state.resync_requested, name)
+
+    async def resync_requests(self) -> set[str]:
+        """Objects an operator asked to resync (one query for every object of a channel)."""
+        return await self._run(_resync_requests)
+
+    async def checkpoint_topics(self) -> set[str]:
+        """The topics and channels that have a checkpoint."""
+        return await self._run(_checkpoint_topics)
 
     async def request_resync(self, name: str) -> bool:
         return await self._run(state.request_resync, name)
@@ -223,3 +236,11 @@ async def _acquire(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
 async def _fetch_now(conn: asyncpg.Connection) -> dt.datetime:
     return await conn.fetchval("SELECT now()")
 
+
+
+async def _resync_requests(conn: asyncpg.Connection) -> set[str]:
+    return {r[0] for r in await conn.fetch("SELECT object FROM replicator.objects WHERE resync_requested")}
+
+
+async def _checkpoint_topics(conn: asyncpg.Connection) -> set[str]:
+    return {r[0] for r in await conn.fetch("SELECT topic FROM replicator.checkpoints")}

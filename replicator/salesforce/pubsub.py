@@ -49,6 +49,11 @@ MAX_RECEIVE_BYTES = 110 * 1024 * 1024
 # The server sends a keepalive within 270 s while events are owed (docs/pubsub-cdc.md §3); silence
 # well past that means a dead connection that TCP has not noticed yet, so the subscriber reconnects.
 STALL_TIMEOUT_S = 330.0
+# "A gRPC channel can have a maximum of 100 concurrent streams on an underlying HTTP/2 connection" ("Pub/Sub API
+# and Event Allocations", https://developer.salesforce.com/docs/platform/pub-sub-api/guide/allocations.html;
+# docs/pubsub-cdc.md §9). Subscriptions get channels of their own, at most this many streams each; unary RPCs
+# (GetTopic, GetSchema) use the first channel, which holds no subscription.
+MAX_STREAMS_PER_CHANNEL = 100
 
 _TOPIC_FIELDS = ("topic_name", "tenant_guid", "can_publish", "can_subscribe", "schema_id", "rpc_id")
 
@@ -137,6 +142,8 @@ class PubSubClient:
         self.sleep = sleep
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.PubSubStub | None = None
+        # Channels for Subscribe calls: [channel, stub, subscriptions holding it], a new one per 100.
+        self._stream_channels: list[list] = []
         self.schemas = SchemaCache(self.get_schema)
 
     # -- channel and metadata ------------------------------------------------------------------------------
@@ -145,14 +152,40 @@ class PubSubClient:
     def stub(self) -> pb_grpc.PubSubStub:
         """The stub, on a channel opened at first use (grpc.aio binds a channel to the running loop)."""
         if self._stub is None:
-            options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES), ("grpc.primary_user_agent", "replicator")]
-            if self._tls:
-                creds = grpc.ssl_channel_credentials(root_certificates=self._root_certificates)
-                self._channel = grpc.aio.secure_channel(self.endpoint, creds, options=options)
-            else:
-                self._channel = grpc.aio.insecure_channel(self.endpoint, options=options)
+            self._channel = self._open_channel()
             self._stub = pb_grpc.PubSubStub(self._channel)
         return self._stub
+
+    def _open_channel(self) -> grpc.aio.Channel:
+        # A local subchannel pool: gRPC otherwise shares one connection between channels to the same target, and
+        # the 100-stream cap is per HTTP/2 connection.
+        options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES), ("grpc.primary_user_agent", "replicator"),
+                   ("grpc.use_local_subchannel_pool", 1)]
+        if self._tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=self._root_certificates)
+            return grpc.aio.secure_channel(self.endpoint, creds, options=options)
+        return grpc.aio.insecure_channel(self.endpoint, options=options)
+
+    def acquire_stream_stub(self) -> pb_grpc.PubSubStub:
+        """A stub for one more Subscribe call: on a channel holding fewer than MAX_STREAMS_PER_CHANNEL; release it
+        with release_stream_stub."""
+        for slot in self._stream_channels:
+            if slot[2] < MAX_STREAMS_PER_CHANNEL:
+                slot[2] += 1
+                return slot[1]
+        channel = self._open_channel()
+        self._stream_channels.append([channel, pb_grpc.PubSubStub(channel), 1])
+        return self._stream_channels[-1][1]
+
+    def release_stream_stub(self, stub: pb_grpc.PubSubStub) -> None:
+        for slot in self._stream_channels:
+            if slot[1] is stub:
+                slot[2] -= 1
+
+    @property
+    def stream_channels(self) -> list[int]:
+        """Subscriptions per open stream channel (for tests and metrics)."""
+        return [slot[2] for slot in self._stream_channels]
 
     def metadata(self, token: Token) -> tuple[tuple[str, str], ...]:
         """The three auth headers of every RPC (docs/pubsub-cdc.md §1)."""
@@ -171,6 +204,9 @@ class PubSubClient:
         if self._channel is not None:
             await self._channel.close()
         self._channel = self._stub = None
+        slots, self._stream_channels = self._stream_channels, []
+        for channel, _, _ in slots:
+            await channel.close()
 
     async def __aenter__(self) -> PubSubClient:
         return self
@@ -283,6 +319,7 @@ class Subscription:
         self.peak_outstanding = 0  # highest queued + owed observed
         self.connected = False  # a Subscribe call is open and has answered
         self._call: Any = None  # the open Subscribe call, cancelled first on close
+        self._stub: Any = None  # the stream channel's stub, held from the first read to close()
 
     # -- consumer side -------------------------------------------------------------------------------------
 
@@ -336,6 +373,7 @@ class Subscription:
 
     def _ensure_running(self) -> None:
         if self._task is None and not self._closed:
+            self._stub = self._client.acquire_stream_stub()
             self._task = asyncio.create_task(self._run(), name=f"subscribe {self.topic}")
 
     async def close(self) -> None:
@@ -350,6 +388,9 @@ class Subscription:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        stub, self._stub = self._stub, None
+        if stub is not None:
+            self._client.release_stream_stub(stub)
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -416,7 +457,7 @@ class Subscription:
         """One Subscribe call, until it ends (returns) or fails (raises)."""
         self._owed = 0
         self.streams += 1
-        call = self._call = self._client.stub.Subscribe(metadata=self._client.metadata(token))
+        call = self._call = self._stub.Subscribe(metadata=self._client.metadata(token))
         writer = asyncio.create_task(self._write_requests(call, self.position))
         try:
             while True:
@@ -483,6 +524,13 @@ class Subscription:
             self.received += 1
             self._last_received = consumer_event.replay_id
             self._ready.set()
+        # A buffer larger than max_pending: once every event of the response is queued (owed and queued agree
+        # again), let the writer ask for more while the buffer has room, so the server keeps sending while the
+        # consumer applies a batch (never more than max_pending owed, nor more than the buffer holds). Only when a
+        # request is due: each write races with a server closing the call.
+        room = min(self._max - self._owed, self._buffer_max - self._queued - self._owed)
+        if self._buffer_max > self._max and room >= self._threshold:
+            self._room.set()
 
     async def _decode(self, consumer_event: Any) -> StreamEvent:
         event = consumer_event.event

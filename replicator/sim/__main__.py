@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event-allocation", type=int, default=DEFAULT_EVENT_ALLOCATION, metavar="N",
                    help="DailyDeliveredPlatformEvents: events delivered over Pub/Sub before Subscribe ends with "
                         f"subscription.limit.exceeded (default {DEFAULT_EVENT_ALLOCATION:,})")
+    p.add_argument("--objects", type=int, default=0, metavar="N",
+                   help="add N generated small custom objects Gen001__c … (describe, Bulk, REST and change events; "
+                        "traffic changes them when listed in its objects)")
+    p.add_argument("--object-records", type=int, default=None, metavar="N",
+                   help="records of each generated object (default: --records)")
+    p.add_argument("--channel", action="append", default=[], type=_channel, metavar="Name=A,B",
+                   help="a custom channel /data/<Name>__chn carrying the change events of its members (repeatable; "
+                        "its members are selected for Change Data Capture); PUT /__sim/channels at run time")
     defaults = Faults()
     for name, text in KNOB_HELP.items():
         flag = "--" + name.replace("_", "-")
@@ -76,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"{text} (default {value})")
     return p
+
+
+def _channel(text: str) -> tuple[str, list[str]]:
+    name, sep, members = text.partition("=")
+    if not sep or not name.strip() or not _names(members):
+        raise argparse.ArgumentTypeError("expected Name=Object,Object")
+    return name.strip(), _names(members)
 
 
 def _names(text: str) -> list[str]:
@@ -109,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                         state_dir=args.state_dir, hostile_field=args.hostile_field,
                         wide_object=args.wide_object, faults=knobs,
                         traffic=traffic, cdc_objects=args.cdc_objects,
-                        api_allocation=args.api_allocation, event_allocation=args.event_allocation)
+                        api_allocation=args.api_allocation, event_allocation=args.event_allocation,
+                        objects=args.objects, object_records=args.object_records,
+                        channel_members=dict(args.channel))
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"replicator sim: {exc}\n")
         return 2

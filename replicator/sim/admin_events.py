@@ -287,6 +287,7 @@ async def stats(request: web.Request) -> web.Response:
     out = state.capture.stats()
     out["subscribers"] = state.pubsub.subscribers if state.pubsub is not None else 0
     out["streams_cut"] = state.pubsub.streams_cut if state.pubsub is not None else 0
+    out["peak_streams_per_connection"] = state.pubsub.peak_streams_per_connection if state.pubsub is not None else 0
     return json_ok(out)
 
 

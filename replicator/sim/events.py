@@ -1,9 +1,10 @@
 """The event bus: every published event in replay order, retention, topic filtering and subscriber wake-ups.
 
-Replay ids (docs/pubsub-cdc.md §3): ONE counter for the whole org, shared by every topic. An event
-has exactly one replay id and it is the same on each topic it appears on: a change event of Account is on
-`/data/AccountChangeEvent` and on `/data/ChangeEvents` with the same id; a platform event only on its `/event/…`
-topic. Seen from one topic the ids are therefore increasing but not contiguous, which Salesforce allows
+Replay ids (docs/pubsub-cdc.md §3): ONE counter for the org's entity, `/data/ChangeEvents` and platform event
+topics. A change event of Account is on `/data/AccountChangeEvent` and on `/data/ChangeEvents` with the same id;
+a platform event only on its `/event/…` topic. Custom channels (`/data/<Name>__chn`) are buses of their own with
+their own counters (channels.py: replay ids are per channel), fed through `followers`. Seen from one topic the ids are therefore
+increasing but not contiguous, which Salesforce allows
 ("consecutive IDs are not contiguous", docs/pubsub-cdc.md §3). Wire form: 10 bytes, the counter as a
 big-endian uint64 then two zero bytes, as observed on the wire (docs/pubsub-cdc.md §3). A CUSTOM
 replay id may also be the bare 8-byte big-endian long, which is how the Java example and other clients build
@@ -76,6 +77,8 @@ class EventBus:
         self._waiters: set[asyncio.Event] = set()
         self.published = 0
         self.keepalive_positions: set[int] = set()  # positions handed out in keepalives (bounded below)
+        # Channels fed from this bus (channels.Channels): told of every event, notify and purge.
+        self.followers: list = []
 
     # -- publishing -------------------------------------------------------------------------------------------
     def publish(self, topic: str, change: bool, schema_id: str, payload: bytes, event_id: str = "") -> Event:
@@ -84,6 +87,8 @@ class EventBus:
         event = Event(self.last_counter, topic, change, schema_id, payload, time.time(), event_id)
         self._log.append(event)
         self.published += 1
+        for follower in self.followers:
+            follower.published(event)
         return event
 
     def pass_foreign(self, n: int) -> int:
@@ -100,6 +105,8 @@ class EventBus:
         self.expire()
         for waiter in self._waiters:
             waiter.set()
+        for follower in self.followers:
+            follower.notified()
 
     def register(self, waiter: asyncio.Event) -> None:
         self._waiters.add(waiter)
@@ -130,6 +137,8 @@ class EventBus:
         self.floor = self.last_counter
         self._first = self.last_counter + 1
         self._log = []
+        for follower in self.followers:
+            follower.purged()
         return expired
 
     def keepalive_position(self, counter: int) -> int:

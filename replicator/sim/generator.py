@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from operator import itemgetter
 
+from . import generated
 from .derived import compute
 from .ids import make_id
 from .polled import BODIES as POLLED_BODIES
@@ -252,7 +253,7 @@ class Generator:
         self.spec = spec
         self.n_accounts = n_accounts
         self._prefix = f"{seed}:{spec.name}:".encode()
-        self._body = _BODIES[spec.name]
+        self._body = generated.body if generated.is_generated(spec.name) else _BODIES[spec.name]
         names = [f.name for f in spec.stored_fields]
         self._pick = itemgetter(*names)
         self._activity = "LastViewedDate" in names

@@ -26,6 +26,11 @@ later event comes after them.
 Delivery allocation (limits.py): every event sent counts against `DailyDeliveredPlatformEvents`; an event that
 would pass the allocation is not sent and the stream ends with `…subscription.limit.exceeded`; a Subscribe while
 nothing is left is refused the same way. The events stay on the bus: a reset of the allocation delivers them.
+Channels (channels.py): custom `/data/<Name>__chn` channels are served from buses of their own (their own replay
+ids), `/data/ChangeEvents` from the org's bus; GetTopic answers for them with an empty schema_id, each event
+names its schema.
+`peak_streams_per_connection` counts the most Subscribe calls one client connection held at once; the server
+allows 100 concurrent streams per connection (docs/pubsub-cdc.md §9).
 
 Not built: the 60 s idle close when nothing is owed, PublishStream and ManagedSubscribe (UNIMPLEMENTED).
 """
@@ -58,6 +63,7 @@ TOPIC_MISMATCH = PREFIX + "subscription.fetch.topic.mismatch"
 MAX_OUTSTANDING = 100
 # Payload bytes per FetchResponse: under gRPC's 4 MB default receive limit (docs/pubsub-cdc.md §9).
 MAX_RESPONSE_BYTES = 3_000_000
+MAX_STREAMS_PER_CONNECTION = 100  # concurrent streams on one HTTP/2 connection (docs/pubsub-cdc.md §9)
 MAX_PUBLISH_EVENT_BYTES = 1_000_000  # each published event at most 1 MB (docs/pubsub-cdc.md §9)
 AUTH_TEXT = "An authentication exception occurred. Provide valid authentication via metadata headers."
 REPLAY_TEXT = ("The Replay ID validation failed. Ensure that the replay_id field value in FetchRequest is valid "
@@ -69,7 +75,10 @@ class PubSubService(pb_grpc.PubSubServicer):
                  org_id: str, instance_url: str) -> None:
         self.capture, self.bus, self.tokens, self.faults = capture, bus, tokens, faults
         self.org_id, self.instance_url = org_id, instance_url.rstrip("/")
+        self.channels = None  # channels.Channels: the multi-entity channels, each a bus of its own
         self.subscribers = 0
+        self.peak_streams_per_connection = 0  # most Subscribe calls open at once on one client connection
+        self._streams_by_peer: dict[str, int] = {}
         self.streams_cut = 0  # Subscribe streams ended by the stream_close_* faults
         self.allocations = Allocations()  # the org's (server.py hands over the shared one)
 
@@ -89,9 +98,13 @@ class PubSubService(pb_grpc.PubSubServicer):
     def _schema_id(self, topic: str) -> str | None:
         if topic == ORDER_READY_TOPIC:
             return self.capture.platform.id
-        if topic == ALL_CHANGE_EVENTS:
-            return ""
+        if topic == ALL_CHANGE_EVENTS or (self.channels is not None and self.channels.bus_for(topic) is not None):
+            return ""  # a multi-entity channel: each event names its own schema (channels.py)
         return self.capture.topic_schema_id(topic)
+
+    def _bus(self, topic: str) -> EventBus:
+        channel = self.channels.bus_for(topic) if self.channels is not None else None
+        return channel or self.bus
 
     async def _require_topic(self, topic: str, context) -> str:
         schema_id = self._schema_id(topic)
@@ -155,10 +168,15 @@ class PubSubService(pb_grpc.PubSubServicer):
         await self._require_topic(topic, context)
         if self.allocations.event_room() <= 0:
             await self._limit_exceeded(context)
-        stream = _Stream(topic, await self._start(first, context), min(MAX_OUTSTANDING, max(0, first.num_requested)))
-        self.bus.register(stream.wake)
+        bus = self._bus(topic)
+        stream = _Stream(topic, await self._start(first, context, bus),
+                         min(MAX_OUTSTANDING, max(0, first.num_requested)), bus)
+        bus.register(stream.wake)
         reader = asyncio.ensure_future(_read_requests(request_iterator, topic, stream))
         self.subscribers += 1
+        peer = context.peer()
+        self._streams_by_peer[peer] = open_here = self._streams_by_peer.get(peer, 0) + 1
+        self.peak_streams_per_connection = max(self.peak_streams_per_connection, open_here)
         try:
             while not (stream.closed and stream.pending == 0):  # a half-closed client owed nothing: done
                 if stream.mismatch:
@@ -178,7 +196,10 @@ class PubSubService(pb_grpc.PubSubServicer):
                     await self._cut(context)
         finally:
             self.subscribers -= 1
-            self.bus.unregister(stream.wake)
+            self._streams_by_peer[peer] -= 1
+            if not self._streams_by_peer[peer]:
+                del self._streams_by_peer[peer]
+            bus.unregister(stream.wake)
             reader.cancel()
 
     def _next_response(self, stream: _Stream):
@@ -186,7 +207,7 @@ class PubSubService(pb_grpc.PubSubServicer):
         if stream.pending <= 0:
             return None
         room = min(stream.pending, self.allocations.event_room())
-        events, scanned = self.bus.take(stream.topic, stream.cursor, max(1, room), MAX_RESPONSE_BYTES)
+        events, scanned = stream.bus.take(stream.topic, stream.cursor, max(1, room), MAX_RESPONSE_BYTES)
         if events:
             if room <= 0:
                 return _EXHAUSTED  # an event to send and no allocation left: it stays on the bus
@@ -199,10 +220,10 @@ class PubSubService(pb_grpc.PubSubServicer):
         if self._keepalive_wait(stream) > 0:
             return None
         position = stream.cursor
-        if self.faults.keepalive_ahead and position == self.bus.last_counter:
+        if self.faults.keepalive_ahead and position == stream.bus.last_counter:
             # Only once everything is scanned: the positions passed belong to no event of this org.
-            position = self.bus.pass_foreign(self.faults.keepalive_ahead)
-        return pb.FetchResponse(latest_replay_id=_replay(self.bus.keepalive_position(position)),
+            position = stream.bus.pass_foreign(self.faults.keepalive_ahead)
+        return pb.FetchResponse(latest_replay_id=_replay(stream.bus.keepalive_position(position)),
                                 rpc_id=str(uuid.uuid4()), pending_num_requested=stream.pending)
 
     def _keepalive_wait(self, stream: _Stream) -> float:
@@ -215,7 +236,7 @@ class PubSubService(pb_grpc.PubSubServicer):
     async def _wait(self, stream: _Stream) -> None:
         """Sleep until a wake-up (new events, a FetchRequest, a fault change), a due keepalive or a due cut."""
         stream.wake.clear()
-        if stream.pending > 0 and self.bus.last_counter > stream.cursor:
+        if stream.pending > 0 and stream.bus.last_counter > stream.cursor:
             await asyncio.sleep(0)  # more of the log to scan first; let the other streams run meanwhile
             return
         timeouts = []
@@ -239,20 +260,20 @@ class PubSubService(pb_grpc.PubSubServicer):
         self.streams_cut += 1
         await context.abort(grpc.StatusCode.UNAVAILABLE, "RST_STREAM closed stream")
 
-    async def _start(self, first, context) -> int:
+    async def _start(self, first, context, bus: EventBus) -> int:
         """The cursor from the first request's replay options: LATEST, EARLIEST or after a CUSTOM id
         (docs/pubsub-cdc.md §3)."""
         if first.replay_preset == pb.EARLIEST:
-            return self.bus.start_earliest()
+            return bus.start_earliest()
         if first.replay_preset == pb.CUSTOM:
             if not first.replay_id:
                 await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, REPLAY_VALIDATION,
                                  "The Replay ID validation failed. A replay_id is required with CUSTOM.")
             try:
-                return self.bus.start_after(first.replay_id)
+                return bus.start_after(first.replay_id)
             except ReplayIdError:
                 await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, REPLAY_CORRUPTED, REPLAY_TEXT)
-        return self.bus.start_latest()
+        return bus.start_latest()
 
     def _consumer_events(self, events, room: int, scanned: int) -> tuple[list, int]:
         """The ConsumerEvents of one response (at most `room`, duplicates included) and the cursor after it.
@@ -279,8 +300,8 @@ _EXHAUSTED = object()  # _next_response: an event is due but the delivery alloca
 class _Stream:
     """One Subscribe call: its topic, cursor (the last counter scanned or sent), what is owed, and timing."""
 
-    def __init__(self, topic: str, cursor: int, pending: int) -> None:
-        self.topic, self.cursor, self.pending = topic, cursor, pending
+    def __init__(self, topic: str, cursor: int, pending: int, bus: EventBus) -> None:
+        self.topic, self.cursor, self.pending, self.bus = topic, cursor, pending, bus
         self.mismatch = self.closed = False
         self.wake = asyncio.Event()
         self.started = self.last_sent = time.monotonic()
@@ -319,7 +340,10 @@ def _replay(counter: int) -> bytes:
 async def start_server(service: PubSubService, host: str, credentials: grpc.ServerCredentials | None
                        ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server on `host` (port chosen by the OS); plaintext when `credentials` is None."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 << 20)])
+    # At most 100 concurrent streams per HTTP/2 connection, as Salesforce ("Pub/Sub API and Event Allocations",
+    # docs/pubsub-cdc.md §9): a client's 101st call on one connection waits for a free stream.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 << 20),
+                                      ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)])
     pb_grpc.add_PubSubServicer_to_server(service, server)
     address = f"[{host}]:0" if ":" in host else f"{host}:0"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)

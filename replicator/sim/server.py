@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from . import admin, admin_events, bulk, limits, rest, rest_replication
+from . import admin, admin_events, bulk, channels, limits, rest, rest_replication
 from .cdc import ChangeCapture
 from .errors import invalid_session, not_found, sf_error
 from .events import EventBus
@@ -99,7 +99,9 @@ class Simulator:
                  jwt_public_key: str | bytes | None = None, page_size: int = 50_000, gzip_level: int = 1,
                  state_dir: str | None = None, hostile_field: bool = False, wide_object: bool = False,
                  faults: dict | None = None, traffic: dict | None = None, cdc_objects: list[str] | None = None,
-                 api_allocation: int | None = None, event_allocation: int | None = None, **knobs) -> None:
+                 api_allocation: int | None = None, event_allocation: int | None = None,
+                 objects: int = 0, object_records: int | None = None,
+                 channel_members: dict[str, list[str]] | None = None, **knobs) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.seed = seed
         self.records = records
@@ -113,7 +115,7 @@ class Simulator:
         self.limits = Allocations()  # the daily allocations (limits.py); PUT /__sim/limits changes them
         self.limits.update({k: v for k, v in (("api_allocation", api_allocation),
                                               ("event_allocation", event_allocation)) if v is not None})
-        self.org = OrgStore(records, seed, hostile_field, wide_object)
+        self.org = OrgStore(records, seed, hostile_field, wide_object, objects, object_records)
         self.org_id = make_id("00D", 1)
         self.user_id = make_id("005", 1)
         self.info: dict = {}
@@ -127,6 +129,13 @@ class Simulator:
         if unknown:
             raise ValueError(f"--cdc-objects: unknown object {unknown[0]!r}")
         self.cdc_objects = cdc_objects  # None: the default entity selection (cdc.py)
+        self.channel_members = channel_members or {}  # custom channel name -> members (channels.py)
+        for name, members in self.channel_members.items():
+            channels.channel_topic(name)  # ValueError now, not at start()
+            unknown = [m for m in members if self.org.lookup(m) is None]
+            if unknown or not members:
+                raise ValueError(f"--channel {name}: unknown object {unknown[0]!r}" if unknown
+                                 else f"--channel {name}: no members")
 
     async def start(self) -> dict:
         """Bind, start the Pub/Sub (gRPC) and HTTP servers and the traffic generator; returns the ready info."""
@@ -166,10 +175,14 @@ class Simulator:
         state.capture = ChangeCapture(self.org, self.faults, bus, self.user_id)
         if self.cdc_objects is not None:
             state.capture.select(self.cdc_objects)
+        state.channels = channels.Channels(state.capture, bus)
+        for name, members in self.channel_members.items():
+            state.channels.define(name, members)
         state.traffic = self.traffic = Traffic(state.capture, self.seed)
         self.traffic.update(self.traffic_settings)
         state.pubsub = PubSubService(state.capture, bus, tokens, self.faults, self.org_id, instance_url)
         state.pubsub.allocations = self.limits
+        state.pubsub.channels = state.channels
         return state, refresh_token
 
     def _app(self, state: SimState, instance_url: str) -> web.Application:
@@ -183,7 +196,7 @@ class Simulator:
         app.on_response_prepare.append(_limit_header)
         app.router.add_post("/services/oauth2/token", oauth.token)
         app.router.add_post("/services/oauth2/revoke", oauth.revoke)
-        for module in (rest_replication, rest, bulk, admin, admin_events, limits):
+        for module in (rest_replication, rest, bulk, admin, admin_events, limits, channels):
             module.add_routes(app)
         return app
 

@@ -41,6 +41,7 @@ class SimState:
     traffic: Any = None  # traffic.Traffic
     pubsub: Any = None  # pubsub.PubSubService
     limits: Allocations = field(default_factory=Allocations)  # daily allocations and their use (limits.py)
+    channels: Any = None  # channels.Channels
 
     def limit_info(self) -> str:
         """`Sforce-Limit-Info` value (docs/bulk-rest-oauth.md §2.1)."""

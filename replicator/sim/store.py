@@ -19,6 +19,7 @@ import hashlib
 import threading
 from collections.abc import Iterator
 
+from .generated import generated_objects, is_generated
 from .generator import Generator
 from .ids import parse_counter, to_id18
 from .polled import POLLED_OBJECTS
@@ -147,9 +148,13 @@ class OrgStore:
     """Every object of the simulated org."""
 
     def __init__(self, records: int | dict[str, int], seed: int, hostile_field: bool = False,
-                 wide_object: bool = False) -> None:
-        self.objects = build_objects(hostile_field, wide_object, POLLED_OBJECTS)
-        counts = records if isinstance(records, dict) else {name: records for name in self.objects}
+                 wide_object: bool = False, generated: int = 0, generated_records: int | None = None) -> None:
+        """`generated`: that many generated custom objects (generated.py), `generated_records` records each
+        (default: as many as the other objects)."""
+        self.objects = build_objects(hostile_field, wide_object, POLLED_OBJECTS + generated_objects(generated))
+        counts = dict(records) if isinstance(records, dict) else {name: records for name in self.objects}
+        if generated_records is not None:
+            counts.update({name: generated_records for name in self.objects if is_generated(name)})
         n_accounts = counts.get("Account", 0)
         self.stores = {
             name: ObjectStore(spec, seed, counts.get(name, 0), n_accounts) for name, spec in self.objects.items()

@@ -85,3 +85,26 @@ async def test_unknown_replay_id_is_refused_not_skipped(pubsub):
             await asyncio.wait_for(sub.__anext__(), 10)
     finally:
         await sub.close()
+
+
+async def test_subscriptions_take_a_new_channel_per_hundred_streams(sim, http, pubsub):
+    """Salesforce allows 100 concurrent streams per HTTP/2 connection (docs/pubsub-cdc.md §9), as the simulator's
+    server does: 150 subscriptions hold two stream channels (100 + 50), each its own connection, and all 150 are
+    served at once."""
+    await http.put("/__sim/faults", json={"keepalive_seconds": 0.2})
+    subs = [pubsub.subscribe(TOPIC, replay_id=None, max_pending=1) for _ in range(150)]
+    try:
+        for sub in subs:
+            sub.take_ready(1)  # starts the Subscribe call
+        deadline = asyncio.get_running_loop().time() + 60
+        while not all(sub.connected for sub in subs):
+            assert asyncio.get_running_loop().time() < deadline, sum(sub.connected for sub in subs)
+            await asyncio.sleep(0.05)
+        assert pubsub.stream_channels == [100, 50]
+        stats = (await http.get("/__sim/stats")).json()
+        assert stats["subscribers"] >= 150 and stats["peak_streams_per_connection"] == 100
+    finally:
+        for sub in subs:
+            await sub.close()
+        await http.put("/__sim/faults", json={"keepalive_seconds": 270.0})
+    assert pubsub.stream_channels == [0, 0]

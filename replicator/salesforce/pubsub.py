@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -269,6 +270,7 @@ class Subscription:
         self.received = 0  # events received
         self.peak_outstanding = 0  # highest queued + owed observed
         self.connected = False  # a Subscribe call is open and has answered
+        self.decode_seconds = 0.0  # spent decoding received events (the stream's "decode" stage)
         self._call: Any = None  # the open Subscribe call, cancelled first on close
 
     # -- consumer side -------------------------------------------------------------------------------------
@@ -464,12 +466,14 @@ class Subscription:
                 self._ready.set()
             return
         self._owed = max(0, self._owed - len(response.events))
+        started = time.perf_counter()
         for consumer_event in response.events:
             self._buffer.append(await self._decode(consumer_event))
             self._queued += 1
             self.received += 1
             self._last_received = consumer_event.replay_id
-            self._ready.set()
+        self.decode_seconds += time.perf_counter() - started
+        self._ready.set()
 
     async def _decode(self, consumer_event: Any) -> StreamEvent:
         event = consumer_event.event

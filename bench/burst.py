@@ -116,14 +116,15 @@ async def drain(sim: dict, url: str, n: int, batch: int) -> dict:
         out.update({f"{k}_us_per_event": v / events * 1e6 for k, v in stages.items()})
         # decode runs while a batch awaits Postgres, so the stages may overlap: the rest is at least 0
         out["rest_us_per_event"] = max(0.0, seconds - sum(stages.values())) / events * 1e6
-    out["decode_alone_events_per_s"] = await decode_alone(sim, before["replay_id"], events)
+    out["serving_events_per_s"], out["decode_alone_events_per_s"] = await decode_alone(sim, before["replay_id"],
+                                                                                       events)
     out["ratio_to_decode_alone"] = out["events_per_s"] / out["decode_alone_events_per_s"]
     return out
 
 
-async def decode_alone(sim: dict, position: bytes, events: int) -> float:
+async def decode_alone(sim: dict, position: bytes, events: int) -> tuple[float, float]:
     """The same events subscribed again raw (from `position`, before the burst) and decoded in a loop:
-    events/s of `cdc.decode_event` alone."""
+    (events/s the simulator served them at to a bare Subscribe, events/s of `cdc.decode_event` alone)."""
     cfg = settings(sim, "postgresql://unused")
     async with salesforce_client(cfg) as client:
         await client.tokens.token()
@@ -131,6 +132,7 @@ async def decode_alone(sim: dict, position: bytes, events: int) -> float:
         try:
             call = pubsub.stub.Subscribe(metadata=pubsub.metadata(await pubsub.token()))
             got: list = []
+            t0 = time.perf_counter()
             await call.write(pb.FetchRequest(topic_name=TOPIC, replay_preset=pb.ReplayPreset.CUSTOM,
                                              replay_id=position, num_requested=100))
             while len(got) < events:
@@ -138,6 +140,7 @@ async def decode_alone(sim: dict, position: bytes, events: int) -> float:
                 got.extend(response.events)
                 if response.pending_num_requested == 0:
                     await call.write(pb.FetchRequest(topic_name=TOPIC, num_requested=100))
+            serving = len(got) / (time.perf_counter() - t0)
             call.cancel()
             schemas = {sid: CdcSchema(sid, await pubsub.get_schema(sid)) for sid in {e.event.schema_id for e in got}}
         finally:
@@ -151,7 +154,7 @@ async def decode_alone(sim: dict, position: bytes, events: int) -> float:
     seconds = time.perf_counter() - t0
     if bad:
         raise RuntimeError(f"{bad} events of the burst did not decode")
-    return len(got) / seconds
+    return serving, len(got) / seconds
 
 
 def main(argv: list[str]) -> int:

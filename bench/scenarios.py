@@ -59,6 +59,7 @@ class Plan:
     lag_seconds: float = 10.0
     ceiling_events: int = 20_000
     burst_events: int = 60_000
+    burst_lag_rates: list[int] = field(default_factory=lambda: [1_000, 10_000])
     # Another checkout (a worktree with its own .venv) whose burst drain is measured beside this one's, alternated.
     against: str | None = None
     peer_records: int = 200_000
@@ -89,7 +90,7 @@ class Plan:
                    page_sizes=[1_000, 6_000], parallel=[1, 3], stream_records=2_000, stream_events=1_500,
                    batch_sizes=[100, 2_000], num_requested=[10, 100], width_records=1_000, limit_events=5, collisions=[0.0, 0.9], rates=[300, 600], lag_seconds=3.0,
                    transaction_changes=1_000,
-                   ceiling_events=1_000, burst_events=2_000, e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
+                   ceiling_events=1_000, burst_events=2_000, burst_lag_rates=[300], e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
                    chaos_records=1_600, chaos_changes=3_000, chaos_rate=1_000, chaos_kills=2, chaos_backfill_kills=1,
                    chaos_runs=1)
 
@@ -299,10 +300,19 @@ async def burst(plan: Plan) -> dict:
             for label in (list(checkouts) if r % 2 == 0 else list(reversed(checkouts))):
                 runs[label].append(await _driver(checkouts[label], "drain", sim=sims[label][1], url=urls[label],
                                                  n=plan.burst_events, batch=2_000))
+        lags = []
+        for rate in plan.burst_lag_rates:  # HEAD, in this process: commit → applied lag and where the time goes
+            lag = await lag_at(sims["HEAD"][1], settings(sims["HEAD"][1], urls["HEAD"], 2_000), rate,
+                               plan.lag_seconds)
+            lags.append({"x": rate, **{k: v for k, v in lag.items() if k != "offered_per_s"}})
     finally:
         for proc, _ in sims.values():
             stop_sim(proc)
-    return _burst_report(plan, {label: _medians(r) for label, r in runs.items()})
+    report = _burst_report(plan, {label: _medians(r) for label, r in runs.items()})
+    report["sweeps"].append(sweep("lag by stage", "changes_per_s", lags, ["lag_p99_s", "applied_per_s"],
+                                  f"narrow updates offered for {plan.lag_seconds:g} s, simulator stamping "
+                                  "milliseconds; stage columns: µs an applied event"))
+    return report
 
 
 def _burst_report(plan: Plan, m: dict[str, dict]) -> dict:

@@ -87,6 +87,7 @@ class BatchApplier:
         # table lacks is one the configuration leaves out (`objects.X.fields`), not a new one.
         self._schemas_described: set[str] = set()
         self._batch_id = 0
+        self._diffs = True  # the batch being applied has changes with diffFields (set by fold)
 
     async def load_schema(self) -> None:
         """Describe the object and bring its table up to date (columns for fields added in Salesforce)."""
@@ -173,6 +174,7 @@ class BatchApplier:
         """Fold the batch's changes per key. A field the table lacks means a field added in Salesforce, or one the
         configuration leaves out: describe again, once per schema id, then leave such fields out."""
         schemas = {ch.schema_id for ch in changes}
+        self._diffs = any(ch.diff_fields for ch in changes)
         if schemas <= self._schemas_described:
             return fold(changes, self.cmap, strict=False)
         try:
@@ -188,6 +190,8 @@ class BatchApplier:
         """Fields sent as diffs (diffFields, salesforce/diffs.py) become values: each diff applies to the value
         Postgres holds and must reproduce the SHA-256 it names. One that does not (the row is missing, or holds
         another value than the one the diff was made from) turns the operation into a fetch of the record."""
+        if not self._diffs:  # no change of the batch named diffFields: no value is a TextDiff (the usual batch)
+            return
         pending = {k: [c for c, v in o.values.items() if isinstance(v, TextDiff)] for k, o in ops.items()}
         pending = {k: cols for k, cols in pending.items() if cols}
         if not pending:

@@ -109,7 +109,7 @@ async def drain(sim: dict, url: str, n: int, batch: int) -> dict:
         await conn.close()
     stats = svc.streams["Account"].stats
     out = {"events": events, "events_per_s": events / seconds, "seconds": seconds,
-           "cpu_us_per_event": cpu / events * 1e6, "peak_rss_mb": round(resource.getrusage(
+           "cpu_us_per_event": cpu / events * 1e6, "events_per_batch": events / max(stats.batches, 1), "peak_rss_mb": round(resource.getrusage(
                resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "rss_before_mb": round(ru0 / 1024, 1)}
     stages = getattr(stats, "stages", None)  # an older checkout does not count stages
     if stages:

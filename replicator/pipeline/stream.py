@@ -142,6 +142,10 @@ class ObjectStream:
                     timeout = batcher.next_deadline()
                     if timeout is None and sub.connected:  # nothing received that is not applied: caught up
                         h.idle, h.caught_up_at = True, time.time()
+                    batch = batcher.complete() if timeout is not None else None
+                    if batch:  # nothing more to read now: commit the complete transactions (group commit)
+                        await self.apply_batch(batch)
+                        continue
                     await sub.wait_ready(0.5 if timeout is None else min(timeout, 0.5))
                     batch = batcher.due()
                     if batch:

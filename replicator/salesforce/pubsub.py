@@ -466,14 +466,23 @@ class Subscription:
                 self._ready.set()
             return
         self._owed = max(0, self._owed - len(response.events))
-        started = time.perf_counter()
-        for consumer_event in response.events:
-            self._buffer.append(await self._decode(consumer_event))
-            self._queued += 1
-            self.received += 1
-            self._last_received = consumer_event.replay_id
-        self.decode_seconds += time.perf_counter() - started
-        self._ready.set()
+        # Counted as queued before they are decoded, and the request writer woken first: the next request goes
+        # out (when the buffer has room) while these events decode, instead of after the consumer took them.
+        arrived, decoded = len(response.events), 0
+        self._queued += arrived
+        try:
+            self._room.set()
+            await asyncio.sleep(0)
+            started = time.perf_counter()
+            for consumer_event in response.events:
+                self._buffer.append(await self._decode(consumer_event))
+                decoded += 1
+                self.received += 1
+                self._last_received = consumer_event.replay_id
+            self.decode_seconds += time.perf_counter() - started
+        finally:
+            self._queued -= arrived - decoded  # a failure part way: only what reached the buffer is queued
+            self._ready.set()
 
     async def _decode(self, consumer_event: Any) -> StreamEvent:
         event = consumer_event.event

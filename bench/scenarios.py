@@ -90,7 +90,7 @@ class Plan:
                    page_sizes=[1_000, 6_000], parallel=[1, 3], stream_records=2_000, stream_events=1_500,
                    batch_sizes=[100, 2_000], num_requested=[10, 100], width_records=1_000, limit_events=5, collisions=[0.0, 0.9], rates=[300, 600], lag_seconds=3.0,
                    transaction_changes=1_000,
-                   ceiling_events=1_000, burst_events=2_000, burst_lag_rates=[300], e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
+                   ceiling_events=1_000, burst_events=2_000, burst_lag_rates=[], e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
                    chaos_records=1_600, chaos_changes=3_000, chaos_rate=1_000, chaos_kills=2, chaos_backfill_kills=1,
                    chaos_runs=1)
 
@@ -309,9 +309,10 @@ async def burst(plan: Plan) -> dict:
         for proc, _ in sims.values():
             stop_sim(proc)
     report = _burst_report(plan, {label: _medians(r) for label, r in runs.items()})
-    report["sweeps"].append(sweep("lag by stage", "changes_per_s", lags, ["lag_p99_s", "applied_per_s"],
-                                  f"narrow updates offered for {plan.lag_seconds:g} s, simulator stamping "
-                                  "milliseconds; stage columns: µs an applied event"))
+    if lags:  # quick runs (CI) leave the lag sweep to the stream scenario
+        report["sweeps"].append(sweep("lag by stage", "changes_per_s", lags, ["lag_p99_s", "applied_per_s"],
+                                      f"narrow updates offered for {plan.lag_seconds:g} s, simulator stamping "
+                                      "milliseconds; stage columns: µs an applied event"))
     return report
 
 

@@ -63,6 +63,7 @@ def _numbers(d: dict) -> list[float]:
     return [v for v in d.values() if isinstance(v, int | float) and not isinstance(v, bool)]
 
 
+@pytest.mark.timeout(600)  # the bench subprocess's own bound below; 300 s is too tight on a loaded 2-core machine
 def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     server = pg_url.rsplit("/", 1)[0] + "/test"
     out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],

@@ -7,6 +7,7 @@
     python -m bench --only peers    # target-postgres and dlt (installed into bench/.peers/ on first use)
     python -m bench --only e2e      # the whole path: 4 objects, changes of every kind, crashes, `replicator verify`
     python -m bench --render        # rebuild RESULTS.md and charts from bench/results/*.json
+    python -m bench --only burst --against ../wt-base   # the burst drain of HEAD beside another checkout's
 
 Postgres: DATABASE_URL, else the server at 127.0.0.1:5432 (database `test`), else a throwaway server (the
 `embedded` extra). Scenarios use databases of their own on that server (replicator_bench*; quick runs replicator_benchq*),
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=list(SCENARIOS), help="run only these scenarios")
     ap.add_argument("--repeat", type=int, help="repeats per figure (default 3, quick 1); figures are medians")
     ap.add_argument("--out", type=Path, help="directory for results, RESULTS.md and charts")
+    ap.add_argument("--against", type=Path, help="burst: another checkout (with its .venv) measured beside this one")
     ap.add_argument("--render", action="store_true", help="only rebuild RESULTS.md and charts from the JSON files")
     args = ap.parse_args(argv)
     setup_logging("warning")
@@ -54,6 +56,7 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
     async with resolve_database(os.environ.get("DATABASE_URL")) as server_url:
         machine = await harness.machine(server_url)
         plan = Plan.make(args.quick, args.repeat, server_url)
+        plan.against = str(args.against) if args.against else None
         reports, failed = {}, []
         for name in names:
             started = time.monotonic()

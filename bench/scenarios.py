@@ -10,6 +10,8 @@ stream service in this one (its apply loop is what is measured). Every ratio to 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from replicator.postgres.server import fresh_database
 
 from . import ceilings, chaos, e2e, limits, objects500, peers, transactions
 from .backfill import run_backfill, write_config
-from .harness import copy_ceiling, median_of, start_sim, stop_sim, sweep
+from .harness import ROOT, copy_ceiling, median_of, start_sim, stop_sim, sweep
 from .stream import (
     account_streaming,
     drain_rate,
@@ -56,6 +58,10 @@ class Plan:
     rates: list[int] = field(default_factory=lambda: [1_000, 2_000, 3_000, 5_000, 10_000, 20_000])
     lag_seconds: float = 10.0
     ceiling_events: int = 20_000
+    burst_events: int = 60_000
+    burst_lag_rates: list[int] = field(default_factory=lambda: [1_000, 10_000])
+    # Another checkout (a worktree with its own .venv) whose burst drain is measured beside this one's, alternated.
+    against: str | None = None
     peer_records: int = 200_000
     width_records: int = 200_000
     limit_events: int = 50
@@ -84,7 +90,7 @@ class Plan:
                    page_sizes=[1_000, 6_000], parallel=[1, 3], stream_records=2_000, stream_events=1_500,
                    batch_sizes=[100, 2_000], num_requested=[10, 100], width_records=1_000, limit_events=5, collisions=[0.0, 0.9], rates=[300, 600], lag_seconds=3.0,
                    transaction_changes=1_000,
-                   ceiling_events=1_000, e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
+                   ceiling_events=1_000, burst_events=2_000, burst_lag_rates=[], e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
                    chaos_records=1_600, chaos_changes=3_000, chaos_rate=1_000, chaos_kills=2, chaos_backfill_kills=1,
                    chaos_runs=1)
 
@@ -276,6 +282,89 @@ async def stream(plan: Plan) -> dict:
     return {"figures": figures, "sweeps": sweeps}
 
 
+async def burst(plan: Plan) -> dict:
+    """A pre-made burst of narrow UPDATE events drained with the simulator idle (bench/burst.py, a process per
+    drain): events/s, µs an event by stage, the ratio to decode alone of the same events; with `--against DIR`,
+    the same drain by that checkout too, alternated with this one's in each repeat, and the ratio between them."""
+    checkouts = {"HEAD": (sys.executable, ROOT.parent)}
+    if plan.against:
+        other = Path(plan.against).resolve()
+        checkouts[_describe(other)] = (str(other / ".venv" / "bin" / "python"), other)
+    sims, urls, runs = {}, {}, {label: [] for label in checkouts}
+    try:
+        for i, label in enumerate(checkouts):  # an org per checkout: one's burst is never the other's backlog
+            sims[label] = start_sim(plan.stream_records, "--timestamp-precision", "ms")
+            urls[label] = await fresh_database(plan.server_url, plan.db(f"_burst{i}"))
+            await _driver(checkouts[label], "setup", sim=sims[label][1], url=urls[label])
+        for r in range(plan.repeat):
+            for label in (list(checkouts) if r % 2 == 0 else list(reversed(checkouts))):
+                runs[label].append(await _driver(checkouts[label], "drain", sim=sims[label][1], url=urls[label],
+                                                 n=plan.burst_events, batch=2_000))
+        lags = []
+        for rate in plan.burst_lag_rates:  # HEAD, in this process: commit → applied lag and where the time goes
+            lag = await lag_at(sims["HEAD"][1], settings(sims["HEAD"][1], urls["HEAD"], 2_000), rate,
+                               plan.lag_seconds)
+            lags.append({"x": rate, **{k: v for k, v in lag.items() if k != "offered_per_s"}})
+    finally:
+        for proc, _ in sims.values():
+            stop_sim(proc)
+    report = _burst_report(plan, {label: _medians(r) for label, r in runs.items()})
+    if lags:  # quick runs (CI) leave the lag sweep to the stream scenario
+        report["sweeps"].append(sweep("lag by stage", "changes_per_s", lags, ["lag_p99_s", "applied_per_s"],
+                                      f"narrow updates offered for {plan.lag_seconds:g} s, simulator stamping "
+                                      "milliseconds; stage columns: µs an applied event"))
+    return report
+
+
+def _burst_report(plan: Plan, m: dict[str, dict]) -> dict:
+    head = m["HEAD"]
+    figures = {"events": plan.burst_events, "events_per_s": head["events_per_s"],
+               "decode_alone_events_per_s": head["decode_alone_events_per_s"],
+               "ratio_to_decode_alone": head["ratio_to_decode_alone"], "cpu_us_per_event": head["cpu_us_per_event"],
+               "peak_rss_mb": head["peak_rss_mb"]}
+    for label, other in m.items():
+        if label != "HEAD":
+            figures[f"events_per_s_{label}"] = other["events_per_s"]
+            figures[f"ratio_to_{label}"] = head["events_per_s"] / other["events_per_s"]
+    stages = [{"x": k.removesuffix("_us_per_event"), "us_per_event": v} for k, v in head.items()
+              if k.endswith("_us_per_event") and k != "cpu_us_per_event"]
+    rows = [{"x": label, **{k: v for k, v in r.items() if not k.endswith("_us_per_event") or k == "cpu_us_per_event"}}
+            for label, r in m.items()]
+    note = (f"{plan.burst_events:,} narrow UPDATE events (Account, one changed field) made while replicator was "
+            "stopped, then drained with the simulator idle; decode alone: the same events decoded in a loop")
+    return {"figures": figures, "sweeps": [
+        sweep("burst stages", "stage", stages, ["us_per_event"], "HEAD, µs an event (wall time); rest: receiving "
+              "(gRPC reads, protobuf), batching and the event loop: the wall time no stage counted"),
+        sweep("burst drain", "checkout", rows, ["events_per_s", "cpu_us_per_event"], note)]}
+
+
+def _medians(runs: list[dict]) -> dict:
+    import statistics
+
+    return {k: statistics.median(r[k] for r in runs) if "rss" not in k else max(r[k] for r in runs)
+            for k in runs[0]}
+
+
+def _describe(checkout: Path) -> str:
+    import subprocess
+
+    sha = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    return sha or checkout.name
+
+
+async def _driver(checkout: tuple[str, Path], what: str, **args) -> dict:
+    """Run bench/burst.py with a checkout's Python (`-P`: that checkout's `replicator`); its one JSON line."""
+    python, cwd = checkout
+    proc = await asyncio.create_subprocess_exec(python, "-P", str(ROOT / "burst.py"), what, json.dumps(args),
+                                                cwd=str(cwd), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"burst {what} with {python} failed: {err.decode()[-2000:]}")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
 async def ceiling(plan: Plan) -> dict:
     """Each stage alone, medians of the plan's repeats; the stream's apply stage (memory → Postgres) after the
     others, with its ratio to the COPY of the same run."""
@@ -384,9 +473,9 @@ async def chaos_runs(plan: Plan) -> dict:
             "sweeps": [sweep("chaos", "run", rows, ["backfill_s", "stream_s"], note)]}
 
 
-SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "limits": limit, "peers": peer,
-             "e2e": whole_path, "chaos": chaos_runs, "objects500": objects500.scenario}
-QUICK = ["ceilings", "backfill", "stream", "limits", "e2e", "chaos"]  # peers install tools from PyPI: full runs only
+SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "burst": burst, "limits": limit,
+             "peers": peer, "e2e": whole_path, "chaos": chaos_runs, "objects500": objects500.scenario}
+QUICK = ["ceilings", "backfill", "stream", "burst", "limits", "e2e", "chaos"]  # peers install tools from PyPI: full runs only
 
 
 def run(name: str, plan: Plan) -> dict:

@@ -120,9 +120,10 @@ async def lag_at(sim, cfg, rate: int, seconds: float) -> dict:
     svc.stop.set()
     await task
     pick = lambda p: lags[min(len(lags) - 1, int(p * len(lags)))]  # noqa: E731
+    stages = {f"{k}_us_per_event": v / max(len(lags), 1) * 1e6 for k, v in stream.stats.stages.items()}
     return {"offered_per_s": rate, "achieved_offered_per_s": (target - before) / offered_s,
             "applied_per_s": (target - before) / applied_s, "events": len(lags), "lag_p50_s": pick(0.50),
-            "lag_p99_s": pick(0.99), "lag_max_s": lags[-1]}
+            "lag_p99_s": pick(0.99), "lag_max_s": lags[-1], **stages}
 
 
 async def org_records(sim: dict, obj: str):

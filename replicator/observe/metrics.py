@@ -67,6 +67,7 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_batches_total", "counter", "object", "Apply batches committed."),
     ("replicator_batch_duration_seconds", "histogram", "object", "Time to fold, reconcile and commit one batch."),
     ("replicator_batch_size_events", "histogram", "object", "Events per committed batch."),
+    ("replicator_stage_seconds_total", "counter", "object, stage", "Seconds spent per stage of the stream: decode (Avro → changes), fold (classify and fold a batch), reconcile (reads before the commit: rows present, diffs, keys, fetches), commit (the batch's transaction)."),
     ("replicator_lag_seconds", "gauge", "object", "now − commitTimestamp of the newest applied event; 0 while caught up."),
     ("replicator_last_event_commit_timestamp_seconds", "gauge", "object", "commitTimestamp of the newest applied event (epoch)."),
     ("replicator_checkpoint_age_seconds", "gauge", "object", "Seconds since the object's checkpoint was last committed."),
@@ -134,6 +135,8 @@ class Metrics:
         self.channel_skipped = Counter("replicator_channel_events_skipped", "Change events a channel subscription "
                                        "received for objects it does not serve (not configured, or on a "
                                        "subscription of their own).", ["channel", "object"], registry=r)
+        self.stage_seconds = Counter("replicator_stage_seconds", "Seconds per stream stage.", ["object", "stage"],
+                                     registry=r)
         r.register(_Collector(self))
         self._backfill_seen: dict[str, tuple[int, int]] = {}
 

@@ -78,6 +78,12 @@ class Batcher:
             return self._cut(len(self.pending))
         return self._cut(self._complete_prefix())
 
+    def complete(self) -> list[StreamEvent] | None:
+        """The events that end on a known transaction boundary, now: the stream takes them when nothing more is
+        ready to read, so a quiet or steady stream commits at once and a busy one gathers its next batch while
+        the last commits (group commit); `max_wait_s` stays the bound while events keep arriving."""
+        return self._cut(self._complete_prefix())
+
     def drain(self) -> list[StreamEvent] | None:
         """Stopping: the events that end on a known transaction boundary. The trailing transaction, which may
         go on, is not committed alone: the checkpoint stays before it and a restart receives it whole."""

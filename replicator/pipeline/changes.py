@@ -132,11 +132,13 @@ def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True) -> dict[st
                 ops[key] = RowOp(key, "delete", version=ver, commit_ms=ms, position=pos)
         elif ch.change_type == "UPDATE":
             values = cmap.values(ch.fields, strict)
-            for col in cmap.nulled(ch.nulled):
-                values[col] = None
-            for col in cmap.columns_of(ch.diff_fields):
-                if isinstance(values.get(col), str):  # sent as a diff of the stored value (diffFields)
-                    values[col] = TextDiff((values[col],))
+            if ch.nulled:
+                for col in cmap.nulled(ch.nulled):
+                    values[col] = None
+            if ch.diff_fields:
+                for col in cmap.columns_of(ch.diff_fields):
+                    if isinstance(values.get(col), str):  # sent as a diff of the stored value (diffFields)
+                        values[col] = TextDiff((values[col],))
             if cur is None or cur.kind == "refetch":
                 merged = values
             else:  # only a change that carries diffs needs more than a plain merge (the hot path: no diffs)

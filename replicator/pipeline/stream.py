@@ -128,6 +128,7 @@ class ObjectStream:
         h = self.health
         poll_every = self.settings.service.control_poll_s
         next_poll = time.monotonic() + poll_every
+        decoded = 0.0  # the subscription's decode seconds already counted
         try:
             while not stop.is_set():
                 h.connected = sub.connected
@@ -136,10 +137,15 @@ class ObjectStream:
                     if await self.store.resync_requested(self.name):
                         break
                 events = sub.take_ready(_TAKE)
+                decoded = self._count_decode(sub, decoded)
                 if not events:
                     timeout = batcher.next_deadline()
                     if timeout is None and sub.connected:  # nothing received that is not applied: caught up
                         h.idle, h.caught_up_at = True, time.time()
+                    batch = batcher.complete() if timeout is not None else None
+                    if batch:  # nothing more to read now: commit the complete transactions (group commit)
+                        await self.apply_batch(batch)
+                        continue
                     await sub.wait_ready(0.5 if timeout is None else min(timeout, 0.5))
                     batch = batcher.due()
                     if batch:
@@ -164,6 +170,12 @@ class ObjectStream:
             await sub.close()
         if not stop.is_set():
             raise ResyncRequested()
+
+    def _count_decode(self, sub, counted: float) -> float:
+        """Count the decode time the subscription added since `counted`; returns the new total."""
+        total = getattr(sub, "decode_seconds", 0.0)
+        self.applier.count_stage("decode", total - counted)
+        return total
 
     async def apply_batch(self, batch: list[StreamEvent]) -> None:
         """Apply one batch; resync afterwards when it asked for one (GAP_OVERFLOW, a wildcard record id)."""

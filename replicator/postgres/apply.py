@@ -228,16 +228,12 @@ class StreamSink:
         (`SET c = CASE WHEN u.j ? 'c' THEN (u.j->>'c')::type ELSE cur.c END`), so unset columns keep theirs.
         One small object per row is far cheaper to send than a value and a mask per column per row."""
         system = list(self._system(ops[0]))
-        cols = sorted({c for o in ops for c in o.values if c not in system})
-        ids, docs = [], []
+        cols = sorted(set().union(*(o.values.keys() for o in ops)).difference(system))
+        dumps = orjson.dumps
+        ids = [op.key for op in ops]
+        docs = [dumps(op.values, default=str).decode() for op in ops]
         versions, positions = _versions(ops)
-        sys_values: list[list] = [[] for _ in system]
-        for op in ops:
-            ids.append(op.key)
-            docs.append(orjson.dumps(op.values, default=str).decode())
-            row = self._system(op)
-            for i, c in enumerate(system):
-                sys_values[i].append(row[c])
+        sys_values = [versions for _ in system]  # SystemModstamp: the change's time, which is its version
         sets = []
         for c in cols:
             key = ddl.quote_literal(c)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -318,6 +319,7 @@ class Subscription:
         self.received = 0  # events received
         self.peak_outstanding = 0  # highest queued + owed observed
         self.connected = False  # a Subscribe call is open and has answered
+        self.decode_seconds = 0.0  # spent decoding received events (the stream's "decode" stage)
         self._call: Any = None  # the open Subscribe call, cancelled first on close
         self._stub: Any = None  # the stream channel's stub, held from the first read to close()
 
@@ -518,11 +520,22 @@ class Subscription:
                 self._ready.set()
             return
         self._owed = max(0, self._owed - len(response.events))
-        for consumer_event in response.events:
-            self._buffer.append(await self._decode(consumer_event))
-            self._queued += 1
-            self.received += 1
-            self._last_received = consumer_event.replay_id
+        # Counted as queued before they are decoded, and the request writer woken first: the next request goes
+        # out (when the buffer has room) while these events decode, instead of after the consumer took them.
+        arrived, decoded = len(response.events), 0
+        self._queued += arrived
+        try:
+            self._room.set()
+            await asyncio.sleep(0)
+            started = time.perf_counter()
+            for consumer_event in response.events:
+                self._buffer.append(await self._decode(consumer_event))
+                decoded += 1
+                self.received += 1
+                self._last_received = consumer_event.replay_id
+            self.decode_seconds += time.perf_counter() - started
+        finally:
+            self._queued -= arrived - decoded  # a failure part way: only what reached the buffer is queued
             self._ready.set()
         # A buffer larger than max_pending: once every event of the response is queued (owed and queued agree
         # again), let the writer ask for more while the buffer has room, so the server keeps sending while the

@@ -63,6 +63,7 @@ def _numbers(d: dict) -> list[float]:
     return [v for v in d.values() if isinstance(v, int | float) and not isinstance(v, bool)]
 
 
+@pytest.mark.timeout(600)  # the bench subprocess's own bound below; 300 s is too tight on a loaded 2-core machine
 def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     server = pg_url.rsplit("/", 1)[0] + "/test"
     out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
@@ -73,14 +74,14 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     for path in tmp_path.glob("*.json"):
         report = json.loads(path.read_text())
         reports[report["scenario"]] = report
-    assert set(reports) == {"ceilings", "backfill", "stream", "limits", "e2e", "chaos"}
+    assert set(reports) == {"ceilings", "backfill", "stream", "burst", "limits", "e2e", "chaos"}
     for name, report in reports.items():
         assert report["command"].startswith("python -m bench --quick")
         assert {"cores", "memory_gib", "python", "postgres"} <= set(report["machine"]), name
         figures = _numbers(report["figures"])
         assert figures and all(math.isfinite(v) and v > 0 for v in figures), (name, report["figures"])
         for sw in report["sweeps"]:
-            assert len(sw["rows"]) >= 2 or sw["name"] in ("offered rate", "chaos"), (name, sw["name"])
+            assert len(sw["rows"]) >= 2 or sw["name"] in ("offered rate", "chaos", "burst drain"), (name, sw["name"])
             for row in sw["rows"]:
                 for key in sw["y"]:
                     assert isinstance(row[key], int | float) and row[key] >= 0, (name, sw["name"], key, row)
@@ -105,6 +106,12 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     for row in limits["sweeps"][0]["rows"]:  # GAP cases fetch every record by id; the others fetch none
         assert row["refetched"] == (row["of"] if "GAP" in row["x"] else 0), row
     assert any("1 MB limit: GAP" in r["x"] for r in limits["sweeps"][0]["rows"])
+    burst = reports["burst"]  # every stage counted, and what none counted is not most of the time
+    stages = {r["x"]: r["us_per_event"] for r in burst["sweeps"][0]["rows"]}
+    assert {"decode", "fold", "reconcile", "commit", "rest"} <= set(stages), stages
+    drained = burst["sweeps"][1]["rows"][0]
+    assert drained["x"] == "HEAD" and drained["events"] == burst["figures"]["events"], drained
+    assert 0 < burst["figures"]["ratio_to_decode_alone"] < 1, burst["figures"]
     crashes = reports["e2e"]["sweeps"][0]["rows"]  # e2e.run raises unless verify finds every table equal
     assert [r["x"] for r in crashes] == [0, 2] and all(r["objects_equal"] == 4 for r in crashes), crashes
     assert crashes[1]["events_applied"] == crashes[1]["events_published"], crashes  # crashes: none lost, none twice

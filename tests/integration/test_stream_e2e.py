@@ -65,6 +65,11 @@ async def test_every_kind_of_change_then_verify_equal(sim, pg_url):
     assert await pg_value(pg_url, "SELECT sum(events_applied) FROM replicator.checkpoints") == published
     assert sum(s.stats.duplicates for s in svc.streams.values()) > 0
     assert sum(s.stats.refetched for s in svc.streams.values()) > 0  # gap events healed by id
+    # time per stage is counted where the work happens, and exported (replicator_stage_seconds_total)
+    for name, stream in svc.streams.items():
+        assert {"decode", "fold", "reconcile", "commit"} <= set(stream.stats.stages), (name, stream.stats.stages)
+        exported = svc.metrics.stage_seconds.labels(object=name, stage="decode")._value.get()
+        assert exported >= stream.stats.stages["decode"] > 0, name  # a restarted object's stream starts at 0
     async with salesforce_client(settings) as client, open_store(settings) as store:
         for name in OBJECTS:
             # formula values (Opportunity.Expected_Revenue__c) follow their inputs without an event: a refresh

@@ -145,6 +145,25 @@ async def test_flow_control_never_exceeds_max_pending(fake, client):
     assert len(fake.calls[0]["requests"]) < 60
 
 
+async def test_next_window_is_requested_as_events_arrive_up_to_the_buffer(fake, client):
+    """With a buffer larger than the window, the subscriber asks for the next window as soon as a response
+    arrives (while it decodes), not only once the consumer takes events; it never holds more than the buffer."""
+    fake.max_pending = 40  # the fake checks requested − taken: here, at most the buffer
+    got: list = []
+    fake.consumed_total = lambda: len(got)
+    fake.add(100)
+    sub = client.subscribe(TOPIC, replay_id=None, max_pending=10, buffer=40)
+    await sub.wait_ready(0)  # starts the subscription; nothing is taken until the buffer is full
+    await until(lambda: sub.received == 40)
+    got += sub.take_ready(100)
+    await until(lambda: sub.received == 80)  # taking frees the buffer: the next windows follow
+    got += sub.take_ready(100)
+    await sub.close()
+    assert [e.replay_id for e in got] == [replay(n) for n in range(1, 81)]
+    assert sub.peak_outstanding <= 40 and fake.delivered_total == 80 and fake.violations == []
+    assert all(r.num_requested <= 10 for r in fake.calls[0]["requests"])  # never more than the window owed
+
+
 async def test_keepalive_yields_latest_replay_id(fake, client):
     fake.add(2)
     sub = client.subscribe(TOPIC, replay_id=None, max_pending=5)

@@ -118,3 +118,19 @@ def test_stopping_commits_only_complete_transactions():
     assert [e.changes[0].transaction_key for e in b.pending] == ["b"]
     assert b.drain() is None  # nothing known complete is left
 
+
+
+def test_complete_takes_the_finished_transactions_now_and_holds_the_trailing_one():
+    """What the stream commits when nothing more is ready to read (group commit): every transaction known to be
+    complete, before any time bound, and never the trailing one, which may go on."""
+    b = Batcher(max_events=100, max_wait_s=10, hold_s=10)
+    assert b.complete() is None
+    b.add(ev("a", 1), now=0)
+    assert b.complete() is None  # "a" may go on
+    b.add(ev("a", 2), now=0)
+    b.add(ev("b", 3), now=0)
+    batch = b.complete()
+    assert [e.replay_id for e in batch] == [bytes([1]), bytes([2])]
+    assert [e.changes[0].transaction_key for e in b.pending] == ["b"] and b.complete() is None
+    b.add(StreamEvent("/t", b"k", keepalive=True), now=0)  # a keepalive cuts on its own
+    assert b.pending == []

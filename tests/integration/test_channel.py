@@ -83,6 +83,8 @@ async def test_one_channel_serves_every_object_through_sigkills(sim, pg_url, tmp
             proc.wait(timeout=30)
             proc = _start(cfg, sim)
         await wait_for(lambda: _at_least(sim, changes), timeout=120)
+        # the generator counts its own changes against `changes` (not the org's total): pause it first
+        await sim_admin(sim, "PUT", "/__sim/traffic", {"running": False})
         last = bytes.fromhex((await sim_admin(sim, "GET", "/__sim/stats")).json()["last_replay_id"])
         await wait_for(lambda: pg_value(pg_url, "SELECT replay_id >= '\\x" + last.hex() + "'::bytea FROM "
                                         f"replicator.checkpoints WHERE topic = '{CHANNEL}'"), timeout=120)
@@ -114,6 +116,8 @@ async def test_an_overflow_moves_one_object_off_the_channel_and_the_others_go_on
         await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "rate": 200, "changes": start + 300,
                                                        "objects": TRAFFIC})
         await wait_for(lambda: _at_least(sim, start + 300), timeout=120)
+        # the generator counts its own changes against `changes` (not the org's total): pause it first
+        await sim_admin(sim, "PUT", "/__sim/traffic", {"running": False})
         last = bytes.fromhex((await sim_admin(sim, "GET", "/__sim/stats")).json()["last_replay_id"])
         for t in (CHANNEL, topic):
             await wait_for(lambda t=t: pg_value(pg_url, f"SELECT replay_id >= '\\x{last.hex()}'::bytea FROM "
@@ -144,6 +148,8 @@ async def test_an_object_added_later_runs_on_its_own_subscription_while_the_chan
         await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "rate": 200, "changes": start + 200,
                                                        "objects": TRAFFIC})
         await wait_for(lambda: _at_least(sim, start + 200), timeout=120)
+        # the generator counts its own changes against `changes` (not the org's total): pause it first
+        await sim_admin(sim, "PUT", "/__sim/traffic", {"running": False})
         last = bytes.fromhex((await sim_admin(sim, "GET", "/__sim/stats")).json()["last_replay_id"])
         for t in (CHANNEL, topic):
             await wait_for(lambda t=t: pg_value(pg_url, f"SELECT replay_id >= '\\x{last.hex()}'::bytea FROM "

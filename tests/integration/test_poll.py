@@ -256,8 +256,9 @@ async def test_a_large_delta_is_read_with_one_bulk_job_through_the_version_guard
         {"object": "Task", "type": "DELETE", "ids": [soft]}])
     changed = time.time()
     # a row newer than what the job reads (as if written by a later change): the version guard keeps it
-    await _execute(pg_url, "UPDATE poll_bulk.task SET subject = 'newer', systemmodstamp = now() + interval '1 day'"
-                           " WHERE id = $1", guarded)
+    # (the version is the SystemModstamp once no stream version is set: a poll round may have set one)
+    await _execute(pg_url, "UPDATE poll_bulk.task SET subject = 'newer', systemmodstamp = now() + interval '1 day',"
+                           " _sf_stream_version = NULL, _sf_stream_position = NULL WHERE id = $1", guarded)
     async with salesforce_client(settings) as client, open_store(settings) as store:
         poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
         await poller.prepare()

@@ -20,7 +20,7 @@ from replicator.app.service import Service
 from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
 
-from .helpers import ground_truth, pg_value, settings_for, sim_admin, wait_for
+from .helpers import compare_with_truth, ground_truth, pg_value, settings_for, sim_admin, wait_for
 
 OBJECTS = {"Account": {}, "Contact": {}, "Opportunity": {"poll_interval_s": 0.5},
            "Invoice__c": {"key": "External_Id__c", "poll_interval_s": 0.5}}
@@ -134,7 +134,9 @@ async def test_cdc_and_polled_objects_end_equal_with_formulas_after_a_refresh(si
             await wait_for(lambda: _equal_or_none(settings), timeout=90, interval=0.5)
         except TimeoutError:
             diffs = await _all_equal(settings)
-            assert all(d.equal for d in diffs.values()), repr(diffs)
+            problems = {n: (await compare_with_truth(pg_url, "coverage", n, "Id", await ground_truth(sim, n)))[:5]
+                        for n, d in diffs.items() if not d.equal}
+            assert all(d.equal for d in diffs.values()), (repr(diffs), problems)
     finally:
         svc.stop.set()
         assert await asyncio.wait_for(task, 60) == 0

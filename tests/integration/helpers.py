@@ -174,3 +174,20 @@ def finish(proc: subprocess.Popen, timeout: float) -> str:
     proc.wait(timeout=timeout)
     proc.log_file.seek(0)  # type: ignore[attr-defined]
     return proc.log_file.read().decode(errors="replace")  # type: ignore[attr-defined]
+
+
+async def all_equal(settings: Settings, refresh: bool = False) -> bool:
+    """`replicator verify` of every configured object says equal. `refresh`: run `replicator refresh` first (formula
+    and eventless columns change in the org without events)."""
+    from replicator.app.ops_commands import refresh_command
+    from replicator.app.runtime import open_store, salesforce_client
+    from replicator.pipeline.verify import verify_object
+
+    if refresh:
+        assert await refresh_command(settings, list(settings.objects)) == 0
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        for name in settings.objects:
+            diff, _ = await verify_object(client, store, settings, name)
+            if not diff.equal:
+                return False
+    return True

@@ -10,13 +10,10 @@ import asyncio
 import pytest
 from prometheus_client import generate_latest
 
-from replicator.app.ops_commands import refresh_command
-from replicator.app.runtime import open_store, salesforce_client
 from replicator.app.service import Service
-from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
 
-from .helpers import pg_value, settings_for, sim_admin, wait_for
+from .helpers import all_equal, pg_value, settings_for, sim_admin, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +30,6 @@ def _settings(sim, pg_url, schema, objects):
                         objects=objects)
 
 
-async def _all_equal(settings) -> bool:
-    # LastViewedDate and LastActivityDate change without events (the simulator's silent changes): refresh first
-    assert await refresh_command(settings, list(settings.objects)) == 0
-    async with salesforce_client(settings) as client, open_store(settings) as store:
-        for name in settings.objects:
-            diff, _ = await verify_object(client, store, settings, name)
-            if not diff.equal:
-                return False
-    return True
 
 
 def _mode(pg_url, name: str, mode: str):
@@ -83,7 +71,7 @@ async def test_an_entity_deselected_and_selected_again_under_traffic_switches_wi
         await wait_for(lambda: pg_value(pg_url, f"SELECT events_applied > {streamed} + 20 FROM replicator.checkpoints"
                                                 " WHERE topic = '/data/AccountChangeEvent'"), timeout=60)
         await _traffic(sim, running=False)
-        await wait_for(lambda: _all_equal(settings), timeout=90, interval=0.5)
+        await wait_for(lambda: all_equal(settings, refresh=True), timeout=90, interval=0.5)
         assert await pg_value(pg_url, job) == first_job  # no new extract either way
         assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'") == 0
         metrics = generate_latest(svc.metrics.registry).decode()
@@ -117,7 +105,7 @@ async def test_the_event_allocation_used_up_polls_loudly_then_streams_again(sim,
         await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
         await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=60)
         await _traffic(sim, running=False)
-        await wait_for(lambda: _all_equal(settings), timeout=90, interval=0.5)
+        await wait_for(lambda: all_equal(settings, refresh=True), timeout=90, interval=0.5)
         metrics = generate_latest(svc.metrics.registry).decode()
         assert "replicator_event_allocation_exhausted 0.0" in metrics
         assert 'replicator_mode_switches_total{cause="allocation",mode="cdc",object="Contact"} 1.0' in metrics
@@ -187,7 +175,7 @@ async def test_a_polled_object_selected_while_the_service_was_down_streams_after
                 {"object": "Opportunity", "type": "CREATE", "fields": {"Name": "streamed"}, "count": 5}])
             await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 5 FROM restart.opportunity"
                                                     " WHERE name = 'streamed'"), timeout=30)
-            await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+            await wait_for(lambda: all_equal(settings, refresh=True), timeout=60, interval=0.5)
             assert await pg_value(pg_url, "SELECT count(*) FROM restart.opportunity WHERE name = 'while down'") == 5
             assert await pg_value(pg_url, job) == first_job and ids
         finally:

@@ -17,10 +17,9 @@ from replicator.app.runtime import open_store, salesforce_client
 from replicator.app.service import Service
 from replicator.model import ConfigError, JobFailedError
 from replicator.pipeline.poll import ObjectPoller
-from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
 
-from .helpers import pg_value, settings_for, sim_admin, wait_for
+from .helpers import all_equal, pg_value, settings_for, sim_admin, wait_for
 
 OBJECTS = {"Account": {}, "Task": {"poll_interval_s": 0.3}}
 
@@ -42,13 +41,6 @@ async def _live(sim, obj: str) -> list[str]:
     return [r["Id"] for r in (json.loads(line) for line in body.splitlines() if line.strip()) if not r["IsDeleted"]]
 
 
-async def _all_equal(settings) -> bool:
-    async with salesforce_client(settings) as client, open_store(settings) as store:
-        for name in settings.objects:
-            diff, _ = await verify_object(client, store, settings, name)
-            if not diff.equal:
-                return False
-    return True
 
 
 async def test_account_streams_task_polls_and_both_end_equal(sim, pg_url, capsys):
@@ -86,7 +78,7 @@ async def test_account_streams_task_polls_and_both_end_equal(sim, pg_url, capsys
         await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'committed late' FROM poll.task WHERE id = '{late}'"),
                        timeout=30)
         await wait_for(lambda: pg_value(pg_url, f"SELECT isdeleted FROM poll.task WHERE id = '{hard}'"), timeout=30)
-        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+        await wait_for(lambda: all_equal(settings), timeout=60, interval=0.5)
         metrics = generate_latest(svc.metrics.registry).decode()
         assert 'replicator_object_mode{mode="poll",object="Task"} 1.0' in metrics
         assert 'replicator_object_mode{mode="cdc",object="Account"} 1.0' in metrics
@@ -124,7 +116,7 @@ async def test_polled_deletes_hard_remove_soft_and_hard_deleted_records(sim, pg_
                                                         {"object": "Task", "type": "HARD_DELETE", "ids": [hard]}])
         await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 0 FROM poll_hard.task WHERE id IN ('{soft}', '{hard}')"),
                        timeout=30)
-        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+        await wait_for(lambda: all_equal(settings), timeout=60, interval=0.5)
     finally:
         svc.stop.set()
         assert await asyncio.wait_for(task, 60) == 0
@@ -154,7 +146,7 @@ async def test_polling_resumes_from_its_position_after_a_restart(sim, pg_url):
     try:
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM poll_restart.task"
                                                 " WHERE subject = 'created while stopped'"), timeout=60)
-        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+        await wait_for(lambda: all_equal(settings), timeout=60, interval=0.5)
     finally:
         svc.stop.set()
         assert await asyncio.wait_for(task, 60) == 0
@@ -185,7 +177,7 @@ async def test_a_streamed_object_configured_to_poll_is_polled_from_its_stream_po
             {"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": "555-0199"}}])
         await wait_for(lambda: pg_value(pg_url, f"SELECT phone = '555-0199' FROM poll_switch.account WHERE id = '{account}'"),
                        timeout=30)
-        await wait_for(lambda: _all_equal(polled), timeout=60, interval=0.5)
+        await wait_for(lambda: all_equal(polled), timeout=60, interval=0.5)
         assert await pg_value(pg_url, "SELECT job_id FROM replicator.objects WHERE object = 'Account'") == job
     finally:
         svc.stop.set()
@@ -332,7 +324,7 @@ async def test_deletes_past_get_deleted_window_are_found_by_key_reconciliation(s
     assert await pg_value(pg_url, "SELECT poll_deleted_through > now() - interval '1 minute' AND poll_reconciled_at"
                                   " > now() - interval '1 minute' FROM replicator.checkpoints WHERE topic = 'poll:Task'")
     await _execute(pg_url, "DELETE FROM poll_keys.task WHERE id = '00T0000000NEW01AAA'")
-    assert await _all_equal(settings)
+    assert await all_equal(settings)
 
 
 async def test_a_late_commit_longer_than_the_lookback_is_read_after_getdeleted_held_its_window(sim, pg_url):
@@ -363,7 +355,7 @@ async def test_a_late_commit_longer_than_the_lookback_is_read_after_getdeleted_h
                                       f"{pending['system_modstamp']} FROM replicator.checkpoints WHERE topic = 'poll:Task'")
         await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'committed 4 s late' FROM poll_late.task WHERE id = '{late}'"),
                        timeout=30)
-        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+        await wait_for(lambda: all_equal(settings), timeout=60, interval=0.5)
     finally:
         svc.stop.set()
         assert await asyncio.wait_for(task, 60) == 0
@@ -393,7 +385,7 @@ async def test_objects_without_systemmodstamp_poll_on_lastmodifieddate_or_are_ex
                        timeout=30)
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM poll_audit.accounthistory WHERE newvalue = '555'"),
                        timeout=30)
-        await wait_for(lambda: _all_equal(settings), timeout=60, interval=0.5)
+        await wait_for(lambda: all_equal(settings), timeout=60, interval=0.5)
         assert await pg_value(pg_url, f"SELECT isdeleted FROM poll_audit.accounthistory WHERE id = '{history[0]}'")
         assert await pg_value(pg_url, f"SELECT count(*) FROM poll_audit.accountshare WHERE rowcause = 'Manual' AND id IN"
                                       f" ('{shares[0]}', '{shares[1]}')") == 2
@@ -428,4 +420,4 @@ async def test_a_failed_delta_job_moves_nothing_and_a_refused_page_is_read_over_
         assert poller.bulk_rounds == 0
     assert await pg_value(pg_url, "SELECT count(*) FROM poll_bulk_faults.task WHERE subject = 'delta with faults'") == 2500
     assert await pg_value(pg_url, position) != before
-    assert await _all_equal(settings)
+    assert await all_equal(settings)

@@ -16,8 +16,9 @@
           sees it until it commits that many seconds later; meanwhile getUpdated/getDeleted hold latestDateCovered
           back to it -> at once {"commit_timestamp": null, "system_modstamp": epoch ms, "visible_after_seconds"}.
           It is validated now and again when it commits; if it no longer applies it is rolled back (`/__sim/stats`
-          "rolled_back"). Nothing locks its records meanwhile: a change to them in between may be overwritten
-          with the older stamp (Salesforce would make that change wait on the row lock).
+          "rolled_back"). Meanwhile it holds the row locks of the records it changes, as in Salesforce: a
+          request changing one of them waits until it commits (then is stamped after it), at most 10 s, then
+          fails 400 [{"errorCode": "UNABLE_TO_LOCK_ROW", …}]; the traffic generator leaves them alone.
         HARD_DELETE (live records) publishes a DELETE event, then removes them for good; PURGE (soft-deleted
         records only: 400 for a live one) removes them with no event (changes.py). A removed record's Id is
         INVALID_ID from then on.
@@ -64,6 +65,7 @@ from .state import STATE
 from .store import ObjectStore
 
 ADMIN_ORIGIN = "com/salesforce/api/rest/67.0;client=replicator-sim-admin"
+LOCK_WAIT_S = 10.0  # how long a change waits for a row lock a late commit holds (cdc.ChangeCapture.locked)
 
 
 def parse_value(ftype: str, value: object, whole_seconds: bool = False) -> object:
@@ -182,15 +184,21 @@ def _commit(capture, items: list[ChangeItem], separate: bool, stamp_ms: int | No
 
 
 def _commit_late(capture, items: list[ChangeItem], separate: bool, stamp_ms: int) -> None:
-    """The end of a late commit: applied if it still applies (the org may have changed meanwhile), else rolled
-    back; either way no longer in flight."""
+    """The end of a late commit: applied if it still applies (a record it creates may clash with one created
+    meanwhile), else rolled back; either way no longer in flight, its row locks released."""
     try:
         capture.validate(items)
         _commit(capture, items, separate, stamp_ms)
     except ChangeError:
         capture.rolled_back += 1
     finally:
-        capture.end(stamp_ms)
+        capture.end(stamp_ms, items)
+
+
+def _lock_refused(record_id: str) -> web.Response:
+    """Salesforce's answer when a row lock is not granted in time (the REST error shape)."""
+    return json_ok([{"message": f"unable to obtain exclusive access to this record or 1 records: {record_id}",
+                     "errorCode": "UNABLE_TO_LOCK_ROW", "fields": []}], status=400)
 
 
 async def post_changes(request: web.Request) -> web.Response:
@@ -204,8 +212,18 @@ async def post_changes(request: web.Request) -> web.Response:
         return json_ok([{"message": str(exc), "errorCode": "DUPLICATE_VALUE", "fields": []}], status=400)
     except (orjson.JSONDecodeError, ChangeError, ValueError) as exc:
         return json_ok({"error": str(exc)}, status=400)
+    if capture.locked(items) is not None:  # a late commit holds a record's row lock: wait for it, like Salesforce
+        held = await capture.wait_unlocked(items, LOCK_WAIT_S)
+        if held is not None:
+            return _lock_refused(held)
+        try:  # the late commit may have changed what applies
+            capture.validate(items)
+        except DuplicateValue as exc:
+            return json_ok([{"message": str(exc), "errorCode": "DUPLICATE_VALUE", "fields": []}], status=400)
+        except (ChangeError, ValueError) as exc:
+            return json_ok({"error": str(exc)}, status=400)
     if delay > 0:
-        stamp_ms = capture.begin()
+        stamp_ms = capture.begin(items)
         asyncio.get_running_loop().call_later(delay, _commit_late, capture, items, separate, stamp_ms)
         return json_ok({"commit_timestamp": None, "system_modstamp": stamp_ms, "visible_after_seconds": delay})
     return json_ok(_commit(capture, items, separate, None))

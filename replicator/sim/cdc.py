@@ -35,6 +35,7 @@ always agree. Rules every change follows (the client relies on them):
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import time
@@ -70,6 +71,10 @@ class CommitResult:
     ids: list[list[str]]
 
 
+def _lock_keys(items) -> set[tuple[str, int]]:
+    return {(item.store.spec.name, pos) for item in items for pos in item.positions}
+
+
 class ChangeCapture:
     """Owns the CDC schemas (every version, by id), the commit sequence and change statistics."""
 
@@ -87,6 +92,8 @@ class ChangeCapture:
         unselected = {entry[0] for entry in POLLED_OBJECTS}
         self.selected: set[str] = {name for name in org.stores if name not in unselected}
         self._in_flight: list[int] = []  # SystemModstamps (epoch ms) of transactions begun, not yet committed
+        self._locks: set[tuple[str, int]] = set()  # (object, position) of records those transactions changed
+        self._lock_waiters: list[asyncio.Future] = []
         self.commit_number = FIRST_COMMIT_NUMBER
         self.last_timestamp = 0
         self.changes = 0
@@ -206,15 +213,52 @@ class ChangeCapture:
         """A SystemModstamp (epoch ms) for transactions committed now that must share one."""
         return self._commit_timestamp()
 
-    def begin(self) -> int:
+    def begin(self, items: list[ChangeItem] = ()) -> int:
         """Start a transaction that commits later (a late commit): its records' SystemModstamp, epoch ms. Until
-        `end`, getUpdated and getDeleted hold latestDateCovered back to it (rest_replication.py)."""
+        `end`, getUpdated and getDeleted hold latestDateCovered back to it (rest_replication.py), and it holds the
+        row lock of every record its items change (`locked`). The caller checks `locked(items)` first."""
         stamp_ms = self._commit_timestamp()
         self._in_flight.append(stamp_ms)
+        self._locks.update(_lock_keys(items))
         return stamp_ms
 
-    def end(self, stamp_ms: int) -> None:
+    def end(self, stamp_ms: int, items: list[ChangeItem] = ()) -> None:
+        """The late transaction committed or rolled back: no longer in flight, its row locks released."""
         self._in_flight.remove(stamp_ms)
+        self._locks.difference_update(_lock_keys(items))
+        waiters, self._lock_waiters = self._lock_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def locked(self, items: list[ChangeItem]) -> str | None:
+        """The Id of the first record of `items` whose row lock a transaction in flight holds, else None. In
+        Salesforce a transaction that changes a record holds its row lock until it ends; another one changing it
+        waits for the lock, at most 10 seconds, then fails with UNABLE_TO_LOCK_ROW (Apex Developer Guide,
+        "Locking Statements", https://developer.salesforce.com/docs/atlas.en-us.apexcode.meta/apexcode/langCon_apex_locking_statements.htm;
+        "Record Locking Cheat Sheet"). So a change never lands between a late commit's stamp and its commit."""
+        for item in items:
+            for pos in item.positions:
+                if (item.store.spec.name, pos) in self._locks:
+                    return item.store.row(pos)[0]
+        return None
+
+    async def wait_unlocked(self, items: list[ChangeItem], timeout: float) -> str | None:
+        """Wait until no transaction in flight holds a row lock of `items`; the Id still locked after `timeout`
+        seconds, else None."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (held := self.locked(items)) is not None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return held
+            waiter = loop.create_future()
+            self._lock_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return self.locked(items)
+        return None
 
     def in_flight_since(self) -> dt.datetime | None:
         """The SystemModstamp of the oldest transaction still in flight, if any."""

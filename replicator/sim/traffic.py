@@ -159,7 +159,7 @@ class Traffic:
             if item is not None:
                 items.append(item)
                 made += max(len(item.positions), item.count if item.type == "CREATE" else 0)
-        if not items:
+        if not items or self.capture.locked(items) is not None:  # a late commit holds a row lock: not now
             return 1
         try:
             self.capture.validate(items)
@@ -290,6 +290,8 @@ class Traffic:
         for pos in candidates:
             if store.exists(pos) and store.row(pos)[store.deleted_pos]:
                 item = ChangeItem(store, "PURGE", positions=[pos])
+                if self.capture.locked([item]) is not None:
+                    continue
                 self.capture.validate([item])
                 self.capture.commit([item], ORIGIN)
                 return

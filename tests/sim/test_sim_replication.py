@@ -142,15 +142,40 @@ def test_a_late_commit_is_stamped_before_it_becomes_visible(org):
 
 
 def test_a_late_commit_that_no_longer_applies_is_rolled_back(org):
-    task = org.first_ids("Task", 1)[0]
+    # a record created meanwhile took the unique value the late one creates (a new record holds no row lock)
     rolled = org.http.get("/__sim/stats").json()["rolled_back"]
-    org.http.post("/__sim/changes", json={"visible_after_seconds": 0.3, "changes": [
-        {"object": "Task", "type": "DELETE", "ids": [task]}]})
-    org.changes([{"object": "Task", "type": "DELETE", "ids": [task]}])
+    late = {"object": "Invoice__c", "type": "CREATE", "fields": {"External_Id__c": "LATE-CLASH"}}
+    org.http.post("/__sim/changes", json={"visible_after_seconds": 0.3, "changes": [late]}).raise_for_status()
+    org.changes([late])
     wait_for(lambda: org.http.get("/__sim/stats").json()["rolled_back"] == rolled + 1)
-    start, end = recent_window()
-    held = replication(org, "Task", "deleted", start, end).json()
-    assert when(held["latestDateCovered"]) <= end and task in [d["id"] for d in held["deletedRecords"]]
+    assert [r["External_Id__c"] for r in truth(org, "Invoice__c").values()].count("LATE-CLASH") == 1
+
+
+def test_a_change_to_a_record_a_late_commit_holds_waits_for_its_row_lock(org):
+    # Salesforce makes the second transaction wait for the first one's row lock: it lands after it, newer
+    task = org.first_ids("Task", 2)[1]
+    pending = org.http.post("/__sim/changes", json={"visible_after_seconds": 1, "changes": [
+        {"object": "Task", "type": "UPDATE", "ids": [task], "fields": {"Subject": "First"}}]}).json()
+    asked = time.monotonic()
+    org.changes([{"object": "Task", "type": "UPDATE", "ids": [task], "fields": {"Subject": "Second"}}])
+    assert time.monotonic() - asked >= 0.5  # it waited for the commit (1 s after the stamp)
+    record = truth(org, "Task")[task]
+    assert record["Subject"] == "Second"
+    assert when(record["SystemModstamp"]) >= dt.datetime.fromtimestamp(
+        pending["system_modstamp"] / 1000 + 1, dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def test_a_row_lock_not_released_in_time_is_unable_to_lock_row(org, monkeypatch):
+    from replicator.sim import admin_events
+
+    monkeypatch.setattr(admin_events, "LOCK_WAIT_S", 0.3)
+    task = org.first_ids("Task", 3)[2]
+    org.http.post("/__sim/changes", json={"visible_after_seconds": 2, "changes": [
+        {"object": "Task", "type": "UPDATE", "ids": [task], "fields": {"Subject": "Held"}}]}).raise_for_status()
+    r = org.http.post("/__sim/changes", json=[
+        {"object": "Task", "type": "UPDATE", "ids": [task], "fields": {"Subject": "Refused"}}])
+    assert r.status_code == 400 and r.json()[0]["errorCode"] == "UNABLE_TO_LOCK_ROW" and task in r.json()[0]["message"]
+    wait_for(lambda: truth(org, "Task")[task]["Subject"] == "Held")
 
 
 def test_bad_options_are_refused(org):

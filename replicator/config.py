@@ -254,8 +254,9 @@ class ObjectSettings(_Section):
         86_400.0, ge=0,
         description="Seconds between two refreshes of the columns change events never carry (formula fields, "
         "LastActivityDate, LastViewedDate): a Bulk query of Id and those fields, then one UPDATE of the rows whose "
-        "values differ (README \"Refresh\"). The first is due this long after the last one stored (at once when "
-        "none is); 0 turns the schedule off (`replicator refresh` still runs it).",
+        "values differ (README \"Refresh\"). The next is due this long after the last one stored, a finished backfill "
+        "or resync counting as one (at once when none is); 0 turns the schedule off (`replicator refresh` still "
+        "runs it).",
     )
 
 

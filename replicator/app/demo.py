@@ -89,7 +89,7 @@ async def demo_command(records: int, seed: int, duration: float = 60.0, rate: fl
         task = asyncio.create_task(svc.run())
         view = DemoView(svc, settings.postgres.schema_, console, live=live)
         try:
-            await view.run_until(task, time.monotonic() + duration)
+            await view.run_until(task, duration)
             if not task.done():
                 await sim_admin(sim, "PUT", "/__sim/traffic", {"running": False})
                 await _drained(svc, task, since=time.time())

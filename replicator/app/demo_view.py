@@ -23,21 +23,33 @@ class DemoView:
         self._last: dict[str, tuple[float, float]] = {}  # object → (time, events applied) of the last sample
         self._rates: dict[str, float] = {}
 
-    async def run_until(self, task: asyncio.Task, deadline: float) -> None:
+    async def run_until(self, task: asyncio.Task, duration: float) -> None:
+        """Show the service until it has streamed for `duration` seconds, counted from when every object is
+        STREAMING (the backfill before is shown too, however long it takes), or until it ends. Plain lines come
+        every few seconds and once more at the end."""
         started, next_plain = time.monotonic(), 0.0
+        deadline: float | None = None
         live = Live(console=self.console, refresh_per_second=4, transient=False) if self.live else None
         with live if live is not None else contextlib.nullcontext():
-            while time.monotonic() < deadline and not task.done():
+            while (deadline is None or time.monotonic() < deadline) and not task.done():
                 await asyncio.wait([task], timeout=1.0)
                 rows = await self._rows()
                 self._sample()
-                elapsed = time.monotonic() - started
+                now = time.monotonic()
+                if deadline is None and self._all_streaming():
+                    deadline = now + duration
+                elapsed = now - started
+                left = duration if deadline is None else deadline - now
                 if live is not None:
-                    live.update(self._table(rows, elapsed, deadline - time.monotonic()))
-                elif elapsed >= next_plain:
+                    live.update(self._table(rows, elapsed, left))
+                elif elapsed >= next_plain or left <= 0 or task.done():
                     next_plain = elapsed + _PLAIN_EVERY_S
                     for line in self._lines(rows, elapsed):
                         print(line, flush=True)
+
+    def _all_streaming(self) -> bool:
+        objects = self.svc.metrics.objects
+        return bool(objects) and all(h.phase == "STREAMING" for h in objects.values())
 
     async def _rows(self) -> dict[str, int]:
         """Rows per table, through the running service's store (none yet: 0)."""

@@ -35,6 +35,14 @@ log = structlog.get_logger(__name__)
 TOPIC, ALLOCATION, CONFIGURED = "topic", "allocation", "configured"  # why the object runs in its mode
 
 
+ALLOCATION_REASON = ("the org's event delivery allocation (DailyDeliveredPlatformEvents) is used up: polling until "
+                     "/limits shows room")
+
+
+def no_topic_reason(name: str) -> str:
+    return f"no change-event topic {topic_for(name)} (the entity is not selected for Change Data Capture)"
+
+
 async def choose_mode(pubsub, name: str, configured: str, limits=None) -> tuple[str, str, str]:
     """(mode, why, cause) of an object now: `poll` when configured; `poll` while the event delivery allocation is
     used up (`limits.events_available()` false); else `cdc` when its change-event topic exists, `poll` for `auto`
@@ -42,14 +50,13 @@ async def choose_mode(pubsub, name: str, configured: str, limits=None) -> tuple[
     if configured == "poll":
         return "poll", 'configured (mode = "poll")', CONFIGURED
     if limits is not None and not limits.events_available():
-        return "poll", ("the org's event delivery allocation (DailyDeliveredPlatformEvents) is used up: polling "
-                        "until /limits shows room"), ALLOCATION
+        return "poll", ALLOCATION_REASON, ALLOCATION
     topic = topic_for(name)
     if not await topic_exists(pubsub, topic):
         if configured == "cdc":
             raise ConfigError(f'objects.{name}: mode = "cdc" but {name} has no change-event topic ({topic}): select '
                               'it for Change Data Capture in the org, or set mode = "auto" or "poll"')
-        return "poll", f"no change-event topic {topic} (the entity is not selected for Change Data Capture)", TOPIC
+        return "poll", no_topic_reason(name), TOPIC
     why = ('configured (mode = "cdc"), ' if configured == "cdc" else "") + f"change-event topic {topic} exists"
     return "cdc", why, TOPIC
 
@@ -66,10 +73,11 @@ async def topic_exists(pubsub, topic: str) -> bool:
     return True
 
 
-async def to_poll(store: Store, name: str, lookback_s: float) -> bool:
-    """cdc → poll: store the poll position from the stream checkpoint. False without a stream checkpoint (nothing
-    to continue from: the poll path extracts the object again)."""
-    times = await store.checkpoint_times(topic_for(name))
+async def to_poll(store: Store, name: str, lookback_s: float, stream_topic: str | None = None) -> bool:
+    """cdc → poll: store the poll position from the stream checkpoint (the object's topic's, or `stream_topic`'s:
+    the channel it streamed on). False without a stream checkpoint (nothing to continue from: the poll path
+    extracts the object again)."""
+    times = await store.checkpoint_times(stream_topic or topic_for(name))
     if times is None:
         return False
     commit, _basis, saved = times

@@ -31,7 +31,16 @@ from ..retry import restart_delay
 from ..salesforce.pubsub import PubSubClient, event_allocation_exhausted
 from ..salesforce.topics import topic_for
 from .limits import OrgLimits
-from .modes import ALLOCATION, choose_mode, to_cdc, to_poll, topic_exists
+from .modes import (
+    ALLOCATION,
+    ALLOCATION_REASON,
+    TOPIC,
+    choose_mode,
+    no_topic_reason,
+    to_cdc,
+    to_poll,
+    topic_exists,
+)
 from .runtime import open_store, salesforce_client
 
 log = structlog.get_logger(__name__)
@@ -257,6 +266,9 @@ class Service:
             extra.append(asyncio.ensure_future(self._supervise(client, pubsub, store, name, detached=reason)))
 
         async def once() -> None:
+            if not members:  # every member left the channel (resyncs, the event allocation used up)
+                await self.stop.wait()
+                return
             streams = {n: ObjectStream(client, pubsub, store, self.settings, n, self.settings.objects[n], self.metrics)
                        for n in members}
             if channel not in await store.checkpoint_topics():
@@ -265,17 +277,65 @@ class Service:
                 await for_each(list(streams.values()), lambda s: s.applier.load_schema())
                 await until_stopped(self.stop, capture_channel_position(pubsub, store, self.settings))
             await backfill_members(store, self.settings, list(streams.values()), self.stop)
-            channel_stream = ChannelStream(pubsub, store, self.settings, streams, self.metrics, detach)
+            channel_stream = running["stream"] = ChannelStream(pubsub, store, self.settings, streams, self.metrics,
+                                                               detach)
             try:
                 await channel_stream.run(self.stop)
+            except Exception as exc:
+                if self.limits is None or not event_allocation_exhausted(exc):
+                    raise
+                self.limits.events_exhausted(f"{type(exc).__name__}: {exc}")
+                for name in list(channel_stream.members):  # each polls now, and streams on its own topic after
+                    await self._channel_member_to_poll(store, channel, name, ALLOCATION_REASON, ALLOCATION)
+                    channel_stream.members.pop(name)
+                    extra.append(asyncio.ensure_future(self._supervise(client, pubsub, store, name)))
             finally:
                 members[:] = list(channel_stream.members)
+                running.pop("stream", None)
 
+        running: dict[str, ChannelStream] = {}
+
+        async def watch_topics() -> None:
+            """A member in `auto` mode whose change-event topic went away (deselected from Change Data Capture)
+            gets no more events on the channel: it polls from the channel's checkpoint, and `_supervise` streams it
+            on its own topic if the topic comes back (one GetTopic per member every `stream.topic_check_s`)."""
+            while not self.stop.is_set():
+                await sleep_or_stop(self.stop, self.settings.stream.topic_check_s)
+                channel_stream = running.get("stream")
+                for name in list(channel_stream.members) if channel_stream is not None else []:
+                    if self.settings.objects[name].mode != "auto":
+                        continue
+                    try:
+                        exists = await topic_exists(pubsub, topic_for(name))
+                    except Exception as exc:  # the channel reports its own failures; look again next time
+                        log.debug("service.topic_check_failed", object=name, error=str(exc))
+                        continue
+                    if not exists and channel_stream.members.pop(name, None) is not None:
+                        log.info("service.topic_changed", object=name, topic=topic_for(name), exists=False)
+                        await self._channel_member_to_poll(store, channel, name, no_topic_reason(name), TOPIC)
+                        extra.append(asyncio.ensure_future(self._supervise(client, pubsub, store, name)))
+
+        watcher = asyncio.ensure_future(watch_topics())
         try:
             await asyncio.gather(self._keep_running(channel, once),
                                  *(self._supervise(client, pubsub, store, n) for n in alone))
         finally:
-            await asyncio.gather(*extra, return_exceptions=True)
+            watcher.cancel()
+            await asyncio.gather(watcher, *extra, return_exceptions=True)
+
+    async def _channel_member_to_poll(self, store: Store, channel: str, name: str, reason: str, cause: str) -> None:
+        """A channel member that gets no more events (the event allocation used up, or its topic gone) polls from
+        the channel's checkpoint (less the lookback, app/modes.py: no hole, no extract), loudly; `_supervise` runs it
+        from here, and streams it on its own topic once events flow again (a channel cannot take one object back
+        at a position of its own: README "One channel for many objects")."""
+        await to_poll(store, name, self.settings.poll.lookback_s, stream_topic=channel)
+        await store.set_mode(name, "poll", reason)
+        if cause == ALLOCATION:
+            self._polled_for_allocation.add(name)
+        self.metrics.object(name).mode = "poll"
+        self.metrics.mode_switches.labels(object=name, mode="poll", cause=cause).inc()
+        (log.error if cause == ALLOCATION else log.warning)(
+            "service.mode_switch", object=name, mode="poll", previous="cdc", channel=channel, reason=reason)
 
     async def _enter_mode(self, client, pubsub, store: Store, name: str, mode: str, reason: str, cause: str) -> None:
         """Store the decided mode; when it differs from the stored one, hand the object over first (app/modes.py):

@@ -20,7 +20,7 @@ import structlog
 from ..config import ObjectSettings, Settings
 from ..model import Checkpoint, DeadLetter, RejectedDataError, RowOp, StreamEvent
 from ..observe.metrics import Metrics
-from ..postgres.apply import ApplyResult
+from ..postgres.apply import ApplyResult, UpdatesMissed
 from ..postgres.store import Store
 from ..salesforce.diffs import TextDiff, apply_diffs
 from ..salesforce.records import records_by_id
@@ -107,11 +107,13 @@ class BatchApplier:
         ops = await self.fold(found.changes)
         t1 = time.perf_counter()
         await self.resolve_diffs(ops)
-        await self.reconcile(ops)
+        look_up = self.looks_up_first()
+        await self.reconcile(ops, look_up)
         await self.check_keys(ops)
         rows = list(ops.values())
         t2 = time.perf_counter()
-        result = await self.commit(rows, found.dead, self.checkpoint_of(batch), found.delivered)
+        result = await self.commit(rows, found.dead, self.checkpoint_of(batch), found.delivered,
+                                   must_find=not look_up)
         t3 = time.perf_counter()
         self.count_stage("fold", t1 - t0)
         self.count_stage("reconcile", t2 - t1)
@@ -121,15 +123,29 @@ class BatchApplier:
 
     async def prepare(self, batch: list[StreamEvent]) -> tuple[Classified, list[RowOp]]:
         """Every step of `apply` but the commit, for a caller that commits several objects' rows and one
-        checkpoint in one transaction (pipeline/channel.py); it calls `observe` after its commit."""
+        checkpoint in one transaction (pipeline/channel.py); it commits with `must_find` unless
+        `looks_up_first()`, and calls `look_up` on UpdatesMissed, `observe` after its commit."""
         self._batch_id += 1
         found = self.classify(batch)
         await self.follow_schema(found.changes)
         ops = await self.fold(found.changes)
         await self.resolve_diffs(ops)
-        await self.reconcile(ops)
+        await self.reconcile(ops, self.looks_up_first())
         await self.check_keys(ops)
         return found, list(ops.values())
+
+    def looks_up_first(self) -> bool:
+        """Whether the rows of partial updates are looked up before the commit. Only for a table keyed by an
+        external id: its key step must see a record this copy lacks whole (fetched). Any other table commits
+        without (`must_find`), and only a batch whose update found no row pays the lookup (`look_up`)."""
+        return self.spec.key != "id"
+
+    async def look_up(self, rows: list[RowOp]) -> list[RowOp]:
+        """After UpdatesMissed: the rows of partial updates looked up; those missing fetched by Id."""
+        ops = {op.key: op for op in rows}
+        await self.reconcile(ops)
+        await self.check_keys(ops)
+        return list(ops.values())
 
     def count_stage(self, stage: str, seconds: float) -> None:
         """Add time spent in a stage of the stream (bench: µs per event by stage; production: a counter)."""
@@ -225,9 +241,10 @@ class BatchApplier:
                 op.values = values
 
     # ---- reconcile --------------------------------------------------------------------------------------
-    async def reconcile(self, ops: dict[str, RowOp]) -> None:
-        """Gap events, and updates of rows we do not have: fetch the full records by id (≤2,000 a call)."""
-        updates = [k for k, o in ops.items() if o.kind == "update"]
+    async def reconcile(self, ops: dict[str, RowOp], look_up: bool = True) -> None:
+        """Gap events, and updates of rows we do not have (with `look_up`: else the commit finds them,
+        `looks_up_first`): fetch the full records by id (≤2,000 a call)."""
+        updates = [k for k, o in ops.items() if o.kind == "update"] if look_up else []
         if updates:
             have = await self.sink.existing_ids(updates)
             for k in updates:
@@ -284,11 +301,18 @@ class BatchApplier:
         commits = [e.commit_timestamp for e in batch if e.commit_timestamp]
         return Checkpoint(self.topic, batch[-1].replay_id, max(commits) if commits else None)
 
-    async def commit(self, ops: list[RowOp], dead: list[DeadLetter], checkpoint: Checkpoint,
-                     delivered: int) -> ApplyResult:
+    async def commit(self, ops: list[RowOp], dead: list[DeadLetter], checkpoint: Checkpoint | None,
+                     delivered: int, must_find: bool = False) -> ApplyResult:
+        """`must_find`: the rows of partial updates were not looked up (`looks_up_first`); when one is missing
+        (UpdatesMissed: nothing committed) they are, and the batch is applied again."""
         try:
-            return await self.sink.apply(ops, dead, checkpoint, delivered)
+            return await self.sink.apply(ops, dead, checkpoint, delivered, must_find)
+        except UpdatesMissed as exc:
+            log.info("stream.rows_looked_up", object=self.name, reason=str(exc))
+            return await self.commit(await self.look_up(ops), dead, checkpoint, delivered)
         except RejectedDataError as exc:
+            if must_find:  # row by row below finds no missing row: look them up first
+                ops = await self.look_up(ops)
             return await self._commit_isolating(ops, dead, checkpoint, delivered, str(exc))
 
     async def _commit_isolating(self, ops, dead, checkpoint, delivered, error: str) -> ApplyResult:
@@ -325,8 +349,9 @@ class BatchApplier:
 
     # ---- observe ----------------------------------------------------------------------------------------
     def observe(self, batch: list[StreamEvent], found: Classified, rows: list[RowOp], result: ApplyResult,
-                seconds: float) -> None:
-        """Stats, metrics and health after a committed batch, and its one canonical log line."""
+                seconds: float, log_line: bool = True) -> None:
+        """Stats, metrics and health after a committed batch, and its one canonical log line (at debug level
+        without `log_line`: a channel logs one line for all the objects of its batch)."""
         s, m, name, h = self.stats, self.metrics, self.name, self.metrics.object(self.name)
         delivered, dead = found.delivered, found.dead
         s.events += delivered
@@ -358,7 +383,7 @@ class BatchApplier:
         h.position_time = now if last.keepalive or not last.commit_timestamp else last.commit_timestamp / 1000
         h.checkpoint_saved = now
         lag = (now * 1000 - s.last_commit_ms) / 1000 if commits else None
-        (log.info if delivered or dead else log.debug)(
+        (log.info if log_line and (delivered or dead) else log.debug)(
             "stream.batch", object=name, phase="STREAMING", batch_id=self._batch_id, events=len(batch),
             rows=len(rows), upserts=result.upserts, updates=result.updates, deletes=result.deletes,
             skipped=result.skipped, dead_letters=len(dead) + result.dead_letters, lag_s=None if lag is None else round(lag, 3),

@@ -28,7 +28,7 @@ from ..retry import retry_transient
 from ..salesforce.bulk import BulkClient, ResultPage
 from ..salesforce.client import SalesforceClient
 from . import rows as rowcheck
-from .schema import object_table, soql
+from .schema import object_table, refreshed_columns, soql
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +91,7 @@ class Backfill:
         info = object_table(describe, self.settings.postgres.schema_, self.obj)
         self.sink = self.store.page_sink(info)
         self.spec = info.spec
+        refreshed = bool(refreshed_columns(describe, info.spec))  # the extract reads them: it counts as a refresh
         empty = await self.sink.prepare()
         attempts = self.settings.backfill.job_retries + 1
         for attempt in range(1, attempts + 1):
@@ -110,7 +111,7 @@ class Backfill:
                     raise TerminalError(
                         f"{self.name}: Bulk query job failed {attempts} times (last {job_id}): {exc}"
                     ) from exc
-        await self.store.finish_backfill(self.name)
+        await self.store.finish_backfill(self.name, counts_as_refresh=refreshed)
         self.progress.finished = time.monotonic()
         self._on_progress(self.progress)
         return self.progress

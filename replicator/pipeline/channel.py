@@ -33,6 +33,7 @@ import structlog
 from ..config import Settings
 from ..model import Checkpoint, DeadLetter, RejectedDataError, ReplayIdInvalidError, StreamEvent
 from ..observe.metrics import Metrics
+from ..postgres.apply import ApplyResult, UpdatesMissed
 from ..postgres.store import Store
 from .backfill import Backfill
 from .batcher import Batcher
@@ -44,6 +45,9 @@ log = structlog.get_logger(__name__)
 # Objects described or extracted at once when a channel starts or resyncs: each extract holds Postgres connections
 # (backfill.parallel_pages) and a Bulk job; a few at a time keep the pool and the org's job queue usable.
 PARALLEL_OBJECTS = 4
+
+# Schemas fetched at once before a channel subscribes (GetTopic and GetSchema, one unary call each).
+WARM_PARALLEL = 16
 
 Detach = Callable[[str, str], Awaitable[None]]
 
@@ -64,6 +68,7 @@ class ChannelStream:
         self._stop = stop
         described = [s for s in self.members.values() if getattr(s.applier, "sink", None) is None]
         await for_each(described, lambda s: s.applier.load_schema())  # the ones not described at start
+        await for_each(list(self.members.values()), self._warm, parallel=WARM_PARALLEL)
         while not stop.is_set():
             position = await self.store.load_checkpoint(self.topic)
             for stream in self.members.values():
@@ -77,6 +82,14 @@ class ChannelStream:
             finally:
                 for stream in self.members.values():
                     stream.health.connected = False
+
+    async def _warm(self, stream: ObjectStream) -> None:
+        """The member's change-event schema fetched and compiled before the first event (salesforce/pubsub.py);
+        a failure here only leaves it to the first event."""
+        try:
+            await self.pubsub.warm_schema(stream.topic)
+        except Exception as exc:  # noqa: BLE001 - an optimisation: the event path fetches it again and reports
+            log.warning("channel.schema_not_warmed", channel=self.topic, object=stream.name, error=str(exc))
 
     async def resync_all(self, reason: str) -> None:
         """Capture the channel's position, then extract every member again (keyed upsert into the live tables)."""
@@ -165,20 +178,49 @@ class ChannelStream:
         commits = [e.commit_timestamp for e in batch if e.commit_timestamp]
         checkpoint = Checkpoint(self.topic, batch[-1].replay_id, max(commits) if commits else None)
         delivered = sum(p[3].delivered for p in prepared) + sum(1 for e in batch if e.error)
+        # Rows of partial updates are not looked up first (BatchApplier.looks_up_first): the commit finds a
+        # missing one, and only then are they looked up and the batch applied again.
+        must_find = not all(applier.looks_up_first() for applier in appliers)
         try:
-            results = await self.store.apply_objects([(applier.sink, rows) for _, applier, _, _, rows in prepared],
-                                                     dead, checkpoint, delivered)
+            try:
+                results = await self.store.apply_objects(
+                    [(applier.sink, rows) for _, applier, _, _, rows in prepared], dead, checkpoint, delivered,
+                    must_find)
+            except UpdatesMissed as exc:
+                log.info("channel.rows_looked_up", channel=self.topic, reason=str(exc))
+                prepared, must_find = await self._looked_up(prepared), False
+                results = await self.store.apply_objects(
+                    [(applier.sink, rows) for _, applier, _, _, rows in prepared], dead, checkpoint, delivered)
         except RejectedDataError as exc:
+            if must_find:  # each object alone finds no missing row: look them up first
+                prepared = await self._looked_up(prepared)
             results = await self._commit_apart(prepared, dead, checkpoint, delivered, str(exc))
         seconds = time.monotonic() - started
+        total = ApplyResult()
         for (_, applier, events, found, rows), result in zip(prepared, results, strict=True):
-            applier.observe(events, found, rows, result, seconds)
+            applier.observe(events, found, rows, result, seconds, log_line=False)
+            for counter in ("upserts", "updates", "deletes", "skipped", "dead_letters"):
+                setattr(total, counter, getattr(total, counter) + getattr(result, counter))
         now = time.time()  # the channel's checkpoint is every member's
+        # One line for the batch (each object's own line is at debug level: hundreds of objects a batch)
+        lag = round(now - max(commits) / 1000, 3) if commits else None
+        (log.info if delivered or dead else log.debug)(
+            "channel.batch", channel=self.topic, events=len(batch), objects=len(prepared),
+            rows=sum(len(p[4]) for p in prepared), upserts=total.upserts, updates=total.updates,
+            deletes=total.deletes, skipped=total.skipped, dead_letters=len(dead) + total.dead_letters, lag_s=lag,
+            duration_s=round(seconds, 4))
         last = batch[-1]
         self._mark(checkpoint_saved=now,
                    position_time=now if last.keepalive or not last.commit_timestamp else last.commit_timestamp / 1000)
         for name, reason in resync.items():
             await self._detach(name, reason)
+
+    @staticmethod
+    async def _looked_up(prepared: list) -> list:
+        """The batch's rows with partial updates' rows looked up (missing records fetched by Id), per object."""
+        rows = await asyncio.gather(*(applier.look_up(rows) for _, applier, _, _, rows in prepared))
+        return [(name, applier, events, found, looked) for (name, applier, events, found, _), looked
+                in zip(prepared, rows, strict=True)]
 
     async def _commit_apart(self, prepared: list, dead: list[DeadLetter], checkpoint: Checkpoint, delivered: int,
                             error: str) -> list:

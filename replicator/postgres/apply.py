@@ -1,9 +1,14 @@
 """Applying a batch of folded changes, its dead letters and its checkpoint in ONE transaction.
 
-Statements work on whole batches through `unnest` of typed arrays (one statement per kind of operation,
-one per set of columns for partial updates), never one round trip per row. Every statement carries the
+Statements work on whole batches through `unnest` of typed arrays (one per kind of operation: deletes, full
+records, partial updates), never one round trip per row; the statements of a batch, of one table or of the many
+tables of a channel batch, travel as ONE statement of WITH queries (`merged_writes`). Every statement carries the
 version guard: a change older than the row (`_sf_version`) is skipped (docs/design.md, contract 2). Rows are
 found by their Salesforce Id (`id` column), whatever the table's key, because change events carry Ids.
+
+A partial update needs its row. The applier does not look rows up before it writes (`must_find`): when an update
+writes no row (missing, or newer), the transaction rolls back with `UpdatesMissed`, and the applier looks the
+rows up, fetches the missing records by Id and applies again. That costs a lookup only when it is needed.
 
 Safe to call again with the same batch: a change is applied only when it is newer than the row (commit time,
 then replay id: `ddl.newer_than_row`), so the same change again is skipped and leaves the same row.
@@ -32,6 +37,7 @@ from .state import ms_to_datetime as _ts
 
 log = structlog.get_logger(__name__)
 
+
 @dataclass(slots=True)
 class ApplyResult:
     upserts: int = 0
@@ -40,6 +46,46 @@ class ApplyResult:
     skipped: int = 0  # older than the row (version guard) or, for updates/deletes, no such row
     dead_letters: int = 0  # written by the key step: keys nulled, or claimed by a newer record
     key_losers: dict[str, str] = field(default_factory=dict)  # record Id → "unkeyed", "refused" or "displaced"
+
+    def add(self, piece: Piece, rows: int) -> None:
+        """Count a statement's rows: what it wrote, the rest of its operations skipped."""
+        setattr(self, piece.counts, getattr(self, piece.counts) + rows)
+        self.skipped += piece.ops - rows
+
+
+# A statement's positional parameters are counted in 16 bits by the wire protocol (asyncpg refuses more than
+# 32,767): a merged statement stops short of that and the rest go into the next one.
+MAX_PARAMS = 30_000
+
+
+class Params:
+    """The positional parameters of one statement: `p(value)` keeps the value and returns its placeholder."""
+
+    __slots__ = ("args",)
+
+    def __init__(self) -> None:
+        self.args: list = []
+
+    def __call__(self, value: object) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+
+@dataclass(slots=True)
+class Piece:
+    """One data-modifying statement of a batch (no RETURNING), its values in `params`."""
+
+    sql: str
+    params: Params
+    counts: str  # the ApplyResult field its rows add to: "upserts", "updates" or "deletes"
+    ops: int  # operations it carries (those it does not write are skipped: older than the row, or no row)
+    must_find: bool = False  # partial updates: each names a row that must exist (`UpdatesMissed`)
+
+
+class UpdatesMissed(Exception):
+    """A batch applied without looking its rows up first (`must_find`) had a partial update that wrote no row:
+    the row is missing, or newer. Nothing was committed; the caller looks the rows up, fetches the missing
+    records by Id, and applies again."""
 
 
 class StreamSink:
@@ -65,38 +111,74 @@ class StreamSink:
             rows = await conn.fetch(f'SELECT "id", {cols} FROM {self.q} WHERE "id" = ANY($1::text[])', ids)
         return {r["id"]: {c: r[c] for c in columns} for r in rows}
 
-    @mapped
-    async def apply(
-        self, ops: list[RowOp], dead: list[DeadLetter], checkpoint: Checkpoint | None, events: int = 0
-    ) -> ApplyResult:
+    async def apply(self, ops: list[RowOp], dead: list[DeadLetter], checkpoint: Checkpoint | None, events: int = 0,
+                    must_find: bool = False) -> ApplyResult:
         """Apply folded row operations, dead letters and the checkpoint in one transaction. `events`: how many
-        delivered events (not keepalives) the batch covers, added to the topic's count.
+        delivered events (not keepalives) the batch covers, added to the topic's count. `must_find`: the caller
+        did not look the rows of partial updates up (`apply_objects`).
 
         Raises RejectedDataError when Postgres refuses a value (nothing committed; the caller isolates the
-        bad rows), DatabaseUnavailableError when the database cannot serve now."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            result = await self.apply_in(conn, ops)
-            await state.add_dead_letters(conn, dead)
-            if checkpoint is not None:
-                await state.save_checkpoint(conn, checkpoint, events)
-        return result
+        bad rows), DatabaseUnavailableError when the database cannot serve now, UpdatesMissed (nothing
+        committed) when `must_find` and an update wrote no row."""
+        return (await apply_objects(self.pool, [(self, ops)], dead, checkpoint, events, must_find))[0]
 
-    async def apply_in(self, conn: asyncpg.Connection, ops: list[RowOp]) -> ApplyResult:
-        """The rows of `apply`, inside the caller's open transaction (one transaction for several objects' rows:
-        apply_objects)."""
-        result = ApplyResult()
+    def _final(self, ops: list[RowOp]) -> list[RowOp]:
         if self.t.hard_deletes:  # a record that ends deleted is removed, whatever came before
-            ops = [RowOp(o.key, "delete", version=o.version, commit_ms=o.commit_ms, position=o.position)
-                   if o.deleted else o for o in ops]
+            return [RowOp(o.key, "delete", version=o.version, commit_ms=o.commit_ms, position=o.position)
+                    if o.deleted else o for o in ops]
+        return ops
+
+    def _deletes(self, ops: list[RowOp]) -> list[RowOp]:
+        soft = "isdeleted" in self.types and not self.t.hard_deletes
+        return [o for o in ops if o.kind == "delete" and not (soft and o.values)]
+
+    def _writes(self, ops: list[RowOp], p: Params | None = None) -> list[Piece]:
+        """The statements after the deletes (and the key step): full records (fetched ones, then those from events,
+        which keep the columns events never carry), partial updates, and soft deletes that also change fields (one
+        write at the delete's version). Each with its own parameters, or all with `p`."""
+        out = []
+        full = [o for o in ops if o.kind in ("upsert", "undelete")]
+        for group in ([o for o in full if o.fetched], [o for o in full if not o.fetched]):
+            if group:
+                q = p or Params()
+                sql = self._upsert_sql(group, frozenset() if group[0].fetched else self.t.eventless, q)
+                out.append(Piece(sql, q, "upserts", len(group)))
+        updates = [o for o in ops if o.kind == "update"]
+        if updates:
+            q = p or Params()
+            out.append(Piece(self._update_sql(updates, q), q, "updates", len(updates), must_find=True))
+        soft = "isdeleted" in self.types and not self.t.hard_deletes
+        changed = [RowOp(o.key, "update", {**o.values, "isdeleted": True}, o.version, o.commit_ms,
+                         position=o.position) for o in ops if soft and o.kind == "delete" and o.values]
+        if changed:
+            q = p or Params()
+            out.append(Piece(self._update_sql(changed, q), q, "deletes", len(changed)))
+        return out
+
+    def pieces(self, ops: list[RowOp], p: Params) -> list[Piece] | None:
+        """Every statement of `apply_in`, all with `p`, to run as one statement with other tables' (`merged_writes`):
+        each operation names another row, so none depends on another. None when the batch needs the key step
+        (a table keyed by an external id, where a key claimed in the batch orders the statements)."""
+        ops = self._final(ops)
+        if self._claims(ops):
+            return None
+        deletes = self._deletes(ops)
+        out = [Piece(self._delete_sql(deletes, p), p, "deletes", len(deletes))] if deletes else []
+        return out + self._writes(ops, p)
+
+    async def apply_in(self, conn: asyncpg.Connection, ops: list[RowOp], must_find: bool = False) -> ApplyResult:
+        """The rows of `apply`, inside the caller's open transaction, one statement after another (the key step
+        needs that order: a hard-deleted record's key is free for the rest of the batch)."""
+        result = ApplyResult()
+        ops = self._final(ops)
         claims = self._claims(ops)
         if claims:
             await conn.execute(ddl.lock_for_keys(self.t.spec))
-        soft = "isdeleted" in self.types and not self.t.hard_deletes
-        deletes = [o for o in ops if o.kind == "delete" and not (soft and o.values)]
+        deletes = self._deletes(ops)
         if deletes:  # first: a hard-deleted record's key is free for the rest of the batch
-            n = await self._delete(conn, deletes)
-            result.deletes += n
-            result.skipped += len(deletes) - n
+            q = Params()
+            piece = Piece(self._delete_sql(deletes, q), q, "deletes", len(deletes))
+            result.add(piece, await _run(conn, piece))
         if claims:
             losers = await self._place_keys(conn, claims)
             if losers:
@@ -107,24 +189,11 @@ class StreamSink:
                     else:
                         result.dead_letters += 1
                 result.key_losers = {k: v for k, v in losers.items() if v != "older"}
-        full = [o for o in ops if o.kind in ("upsert", "undelete")]
-        for group in ([o for o in full if o.fetched], [o for o in full if not o.fetched]):
-            if group:  # from events, columns events never carry keep the row's values
-                n = await self._upsert(conn, group, keep=frozenset() if group[0].fetched else self.t.eventless)
-                result.upserts += n
-                result.skipped += len(group) - n
-        updates = [o for o in ops if o.kind == "update"]
-        if updates:
-            n = await self._update(conn, updates)
-            result.updates += n
-            result.skipped += len(updates) - n
-        # Fields changed earlier in the batch, then the soft delete: one write at the delete's version.
-        changed = [RowOp(o.key, "update", {**o.values, "isdeleted": True}, o.version, o.commit_ms,
-                         position=o.position) for o in ops if soft and o.kind == "delete" and o.values]
-        if changed:
-            n = await self._update(conn, changed)
-            result.deletes += n
-            result.skipped += len(changed) - n
+        for piece in self._writes(ops):
+            rows = await _run(conn, piece)
+            if must_find and piece.must_find and rows < piece.ops:
+                raise UpdatesMissed(f"{self.t.spec.object}: {piece.ops - rows} of {piece.ops} updates found no row")
+            result.add(piece, rows)
         return result
 
     def _claims(self, ops: list[RowOp]) -> list[RowOp]:
@@ -194,7 +263,7 @@ class StreamSink:
         """Columns every change sets: the version, and SystemModstamp (the org sets it to the change's time)."""
         return {"systemmodstamp": _ts(op.commit_ms)} if self.has_modstamp else {}
 
-    async def _upsert(self, conn: asyncpg.Connection, ops: list[RowOp], keep: frozenset[str] = frozenset()) -> int:
+    def _upsert_sql(self, ops: list[RowOp], keep: frozenset[str], p: Params) -> str:
         """Full records in one statement. `keep`: columns an existing row keeps (a new row gets NULL there)."""
         spec = self.t.spec
         cols = [c.name for c in spec.columns]
@@ -206,23 +275,20 @@ class StreamSink:
                 row["isdeleted"] = op.deleted
             for i, c in enumerate(cols):
                 arrays[i].append(row.get(c))
-        params = ", ".join(f"${i + 1}::{self.types[c]}[]" for i, c in enumerate(cols))
+        params = ", ".join(f"{p(arrays[i])}::{self.types[c]}[]" for i, c in enumerate(cols))
         col_sql = ", ".join(ddl.quote_ident(c) for c in cols)
         sets = ", ".join(f"{ddl.quote_ident(c)} = EXCLUDED.{ddl.quote_ident(c)}" for c in cols
                          if c != spec.key and c not in keep)
         stream_v, stream_p = ddl.quote_ident(ddl.STREAM_VERSION_COLUMN), ddl.quote_ident(ddl.STREAM_POSITION_COLUMN)
-        n = len(cols)
-        sql = (
+        return (
             f"INSERT INTO {self.q} AS cur ({col_sql}, {stream_v}, {stream_p}) "
-            f"SELECT * FROM unnest({params}, ${n + 1}::timestamptz[], ${n + 2}::bytea[]) "
+            f"SELECT * FROM unnest({params}, {p(versions)}::timestamptz[], {p(positions)}::bytea[]) "
             f"ON CONFLICT ({ddl.quote_ident(spec.key)}) DO UPDATE SET {sets}, {stream_v} = EXCLUDED.{stream_v}, "
             f"{stream_p} = EXCLUDED.{stream_p}, {ddl.quote_ident(SYNCED_COLUMN)} = now() "
             f"WHERE {ddl.newer_than_row('cur', f'EXCLUDED.{stream_v}', f'EXCLUDED.{stream_p}')}"
         )
-        status = await conn.execute(sql, *arrays, versions, positions)
-        return int(status.rsplit(" ", 1)[-1])
 
-    async def _update(self, conn: asyncpg.Connection, ops: list[RowOp]) -> int:
+    def _update_sql(self, ops: list[RowOp], p: Params) -> str:
         """Partial updates of any mix of columns in ONE statement. Each row's changed values travel as one
         jsonb object; a column takes the value only when its key is present
         (`SET c = CASE WHEN u.j ? 'c' THEN (u.j->>'c')::type ELSE cur.c END`), so unset columns keep theirs.
@@ -230,58 +296,107 @@ class StreamSink:
         system = list(self._system(ops[0]))
         cols = sorted(set().union(*(o.values.keys() for o in ops)).difference(system))
         dumps = orjson.dumps
-        ids = [op.key for op in ops]
-        docs = [dumps(op.values, default=str).decode() for op in ops]
         versions, positions = _versions(ops)
-        sys_values = [versions for _ in system]  # SystemModstamp: the change's time, which is its version
         sets = []
         for c in cols:
             key = ddl.quote_literal(c)
             sets.append(f"{ddl.quote_ident(c)} = CASE WHEN u._j ? {key} THEN (u._j->>{key})::{self.types[c]} "
                         f"ELSE cur.{ddl.quote_ident(c)} END")
-        args: list = [ids, versions, positions, docs]
-        unnest = ["$1::text[]", "$2::timestamptz[]", "$3::bytea[]", "$4::jsonb[]"]
+        unnest = [f"{p([op.key for op in ops])}::text[]", f"{p(versions)}::timestamptz[]",
+                  f"{p(positions)}::bytea[]", f"{p([dumps(op.values, default=str).decode() for op in ops])}::jsonb[]"]
         names = ["_id", "_v", "_p", "_j"]
-        for i, c in enumerate(system):
-            args.append(sys_values[i])
-            unnest.append(f"${len(args)}::{self.types[c]}[]")
+        for i, c in enumerate(system):  # SystemModstamp: the change's time, which is its version
+            unnest.append(f"{p(versions)}::{self.types[c]}[]")
             names.append(f"s{i}")
             sets.append(f"{ddl.quote_ident(c)} = u.s{i}")
         sets += _stamp_sets()
-        sql = (
+        return (
             f"UPDATE {self.q} AS cur SET {', '.join(sets)} "
             f"FROM unnest({', '.join(unnest)}) AS u({', '.join(names)}) "
             f"WHERE cur.\"id\" = u._id AND {ddl.newer_than_row('cur', 'u._v', 'u._p')}"
         )
-        status = await conn.execute(sql, *args)
-        return int(status.rsplit(" ", 1)[-1])
 
-    async def _delete(self, conn: asyncpg.Connection, ops: list[RowOp]) -> int:
-        ids = [o.key for o in ops]
+    def _delete_sql(self, ops: list[RowOp], p: Params) -> str:
         versions, positions = _versions(ops)
+        src = (f"unnest({p([o.key for o in ops])}::text[], {p(versions)}::timestamptz[], {p(positions)}::bytea[]) "
+               "AS u(_id, _v, _p)")
         guard = f'cur."id" = u._id AND {ddl.newer_than_row("cur", "u._v", "u._p")}'
-        src = "unnest($1::text[], $2::timestamptz[], $3::bytea[]) AS u(_id, _v, _p)"
         if self.t.hard_deletes or "isdeleted" not in self.types:
-            sql = f"DELETE FROM {self.q} AS cur USING {src} WHERE {guard}"
-        else:
-            sets = ['"isdeleted" = true', *_stamp_sets()]
-            if self.has_modstamp:
-                sets.append('"systemmodstamp" = u._v')
-            sql = f"UPDATE {self.q} AS cur SET {', '.join(sets)} FROM {src} WHERE {guard}"
-        status = await conn.execute(sql, ids, versions, positions)
-        return int(status.rsplit(" ", 1)[-1])
+            return f"DELETE FROM {self.q} AS cur USING {src} WHERE {guard}"
+        sets = ['"isdeleted" = true', *_stamp_sets()]
+        if self.has_modstamp:
+            sets.append('"systemmodstamp" = u._v')
+        return f"UPDATE {self.q} AS cur SET {', '.join(sets)} FROM {src} WHERE {guard}"
+
+
+async def _run(conn: asyncpg.Connection, piece: Piece) -> int:
+    """Run one statement; the rows it wrote."""
+    status = await conn.execute(piece.sql, *piece.params.args)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def merged_writes(parts: list[tuple[StreamSink, list[RowOp]]]) -> tuple[list[int], list[tuple[list[int], list[Piece], Params]]]:
+    """The writes of several tables' batches as few statements as the parameter limit allows (a channel batch
+    touches hundreds of tables: one statement each would be hundreds of round trips and parses). Returns the
+    parts that need the key step, by index (they run `apply_in`), and the merged statements as (index of the
+    part of each piece, pieces, parameters)."""
+    alone, statements = [], []
+    pieces: list[Piece] = []
+    owners: list[int] = []
+    p = Params()
+    for i, (sink, ops) in enumerate(parts):
+        if not ops:
+            continue
+        mark = len(p.args)
+        found = sink.pieces(ops, p)
+        if found is None:
+            del p.args[mark:]
+            alone.append(i)
+            continue
+        if len(p.args) > MAX_PARAMS and pieces:  # over the limit: this part starts the next statement
+            del p.args[mark:]
+            statements.append((owners, pieces, p))
+            pieces, owners, p = [], [], Params()
+            found = sink.pieces(ops, p)
+        pieces += found
+        owners += [i] * len(found)
+    if pieces:
+        statements.append((owners, pieces, p))
+    return alone, statements
+
+
+async def _run_merged(conn: asyncpg.Connection, pieces: list[Piece], p: Params) -> list[int]:
+    """Data-modifying statements of different tables as ONE statement: each a WITH query (PostgreSQL
+    documentation, "WITH Queries", §7.8.4 "Data-Modifying Statements in WITH": all run, on one snapshot; no two
+    touch the same row here). Returns the rows each wrote."""
+    if len(pieces) == 1:
+        return [await _run(conn, pieces[0])]
+    ctes = ",\n".join(f"w{i} AS ({piece.sql} RETURNING 1)" for i, piece in enumerate(pieces))
+    counts = ", ".join(f"(SELECT count(*) FROM w{i})" for i in range(len(pieces)))
+    return list(await conn.fetchval(f"WITH {ctes}\nSELECT ARRAY[{counts}]::bigint[]", *p.args))
 
 
 @mapped
 async def apply_objects(pool: asyncpg.Pool, parts: list[tuple[StreamSink, list[RowOp]]], dead: list[DeadLetter],
-                        checkpoint: Checkpoint, events: int) -> list[ApplyResult]:
-    """Several objects' folded row operations, the dead letters and ONE checkpoint (a channel's) in one
-    transaction (docs/design.md, contract 4). Safe to call again with the same batch, as StreamSink.apply.
-    Raises RejectedDataError when Postgres refuses a value (nothing committed)."""
+                        checkpoint: Checkpoint | None, events: int, must_find: bool = False) -> list[ApplyResult]:
+    """Several objects' folded row operations (or one object's), the dead letters and the checkpoint in ONE
+    transaction (docs/design.md, contract 4); the writes as few statements as `merged_writes` makes. Safe to call
+    again with the same batch: each write carries the version guard. Raises RejectedDataError when Postgres
+    refuses a value, UpdatesMissed when `must_find` and a partial update wrote no row (nothing committed)."""
+    results = [ApplyResult() for _ in parts]
+    alone, statements = merged_writes(parts)
     async with pool.acquire() as conn, conn.transaction():
-        results = [await sink.apply_in(conn, ops) for sink, ops in parts]
+        for i in alone:
+            results[i] = await parts[i][0].apply_in(conn, parts[i][1], must_find)
+        for owners, pieces, p in statements:
+            for i, piece, rows in zip(owners, pieces, await _run_merged(conn, pieces, p), strict=True):
+                if must_find and piece.must_find and rows < piece.ops:
+                    raise UpdatesMissed(f"{parts[i][0].t.spec.object}: {piece.ops - rows} of {piece.ops} "
+                                        "updates found no row to write")
+                results[i].add(piece, rows)
         await state.add_dead_letters(conn, dead)
-        await state.save_checkpoint(conn, checkpoint, events)
+        if checkpoint is not None:
+            await state.save_checkpoint(conn, checkpoint, events)
     return results
 
 

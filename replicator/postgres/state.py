@@ -92,12 +92,27 @@ async def record_page(
     )
 
 
-async def finish_backfill(conn: asyncpg.Connection, name: str) -> None:
-    await conn.execute(
-        "UPDATE replicator.objects SET phase = 'BACKFILLED', backfill_finished_at = now(), last_error = NULL,"
-        " updated_at = now() WHERE object = $1",
-        name,
-    )
+async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh: bool = False) -> None:
+    """The extract is loaded. It read every column, formula fields and LastViewedDate included, as of when it began:
+    with `counts_as_refresh` (the object has such columns) it is stored as the object's last refresh
+    (replicator.refreshes: its job, started_at, rows compared, no row changed), so the next scheduled refresh is due
+    `formula_refresh_s` after it, not at once (README "Refresh")."""
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE replicator.objects SET phase = 'BACKFILLED', backfill_finished_at = now(), last_error = NULL,"
+            " updated_at = now() WHERE object = $1",
+            name,
+        )
+        if not counts_as_refresh:
+            return
+        await conn.execute(
+            "INSERT INTO replicator.refreshes AS r (object, job_id, started_at, finished_at, rows_compared)"
+            " SELECT object, job_id, backfill_started_at, now(), rows_loaded FROM replicator.objects WHERE object = $1"
+            " ON CONFLICT (object) DO UPDATE SET job_id = EXCLUDED.job_id, started_at = EXCLUDED.started_at,"
+            " finished_at = now(), rows_compared = EXCLUDED.rows_compared, rows_changed = 0, rows_skipped = 0,"
+            " duration_s = NULL, last_error = NULL, failed_at = NULL",
+            name,
+        )
 
 
 async def fail_object(conn: asyncpg.Connection, name: str, error: str) -> None:

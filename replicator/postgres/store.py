@@ -67,9 +67,9 @@ class Store:
         return StreamSink(self._pool, table)
 
     async def apply_objects(self, parts: list[tuple[StreamSink, list[RowOp]]], dead: list[DeadLetter],
-                            checkpoint: Checkpoint, events: int) -> list[ApplyResult]:
+                            checkpoint: Checkpoint, events: int, must_find: bool = False) -> list[ApplyResult]:
         """Several objects' rows, the dead letters and one checkpoint in ONE transaction (a channel's batch)."""
-        return await apply_objects(self._pool, parts, dead, checkpoint, events)
+        return await apply_objects(self._pool, parts, dead, checkpoint, events, must_find)
 
     @contextlib.asynccontextmanager
     async def comparison(self, spec: TableSpec, hard_deletes: bool) -> AsyncIterator[Comparison]:
@@ -139,8 +139,8 @@ class Store:
     async def committed_pages(self, name: str, job_id: str) -> set[str]:
         return await self._run(state.committed_pages, name, job_id)
 
-    async def finish_backfill(self, name: str) -> None:
-        await self._run(state.finish_backfill, name)
+    async def finish_backfill(self, name: str, counts_as_refresh: bool = False) -> None:
+        await self._run(state.finish_backfill, name, counts_as_refresh)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     async def load_checkpoint(self, topic: str) -> bytes | None:

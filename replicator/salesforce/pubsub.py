@@ -243,6 +243,14 @@ class PubSubClient:
         info = await self._unary("GetTopic", pb.TopicRequest(topic_name=topic), f"GetTopic {topic}")
         return {name: getattr(info, name) for name in _TOPIC_FIELDS}
 
+    async def warm_schema(self, topic: str) -> None:
+        """Fetch and compile the topic's current schema now (GetTopic, then GetSchema into the schema cache), so
+        the topic's first event is not kept waiting for it: a channel of hundreds of objects would otherwise
+        fetch and compile hundreds of schemas one after another as their first events arrive."""
+        schema_id = (await self.get_topic(topic))["schema_id"]
+        if schema_id:
+            await self.schemas.get(schema_id)
+
     async def get_schema(self, schema_id: str) -> dict[str, Any]:
         """The Avro schema JSON of a schema id, parsed."""
         info = await self._unary("GetSchema", pb.SchemaRequest(schema_id=schema_id), f"GetSchema {schema_id}")

@@ -194,3 +194,61 @@ async def test_changes_then_a_delete_in_one_batch_land_together(sink):
     r = await _apply(s, cmap, [at("UPDATE", T0, 2, {"Phone": "2"}), at("DELETE", T0, 3)])
     row = await _row(pool)
     assert r.deletes == 1 and row["isdeleted"] and row["phone"] == "2"
+
+
+async def test_a_batch_whose_update_finds_no_row_commits_nothing_when_rows_were_not_looked_up(sink):
+    """must_find (the applier did not look the rows up first): an update that writes no row rolls back the whole
+    batch, its checkpoint included, so the applier can fetch the record and apply again; nothing is lost."""
+    from replicator.postgres.apply import UpdatesMissed
+
+    s, cmap, pool = sink
+    ops = list(fold([ch("CREATE", T0, {"Name": "New"}, rid="001000000000002AAA"),
+                     ch("UPDATE", T0 + 1, {"Phone": "9"}, rid="001000000000003AAA")], cmap).values())
+    checkpoint = Checkpoint("/data/AccountChangeEvent", b"\x07", None)
+    with pytest.raises(UpdatesMissed, match="1 of 1 updates"):
+        await s.apply(ops, [], checkpoint, 2, must_find=True)
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM apply.account") == 0
+        assert await load_checkpoint(conn, "/data/AccountChangeEvent") is None
+    # looked up (the caller turns the update into a fetch; here: applied as it is): the rest lands
+    r = await s.apply(ops, [], checkpoint, 2)
+    assert (r.upserts, r.updates, r.skipped) == (1, 0, 1)
+    # an update whose row exists but is newer is skipped by the guard, and also reported (the caller looks up)
+    with pytest.raises(UpdatesMissed):
+        await s.apply(list(fold([ch("UPDATE", T0 - 5, {"Phone": "1"}, rid="001000000000002AAA")], cmap).values()),
+                      [], checkpoint, 1, must_find=True)
+
+
+async def test_many_tables_land_in_one_transaction_across_statements_split_at_the_parameter_limit(pg_url, monkeypatch):
+    """A channel batch: the writes of many tables as few merged statements as the parameter limit allows."""
+    from replicator.postgres import apply as apply_mod
+
+    monkeypatch.setattr(apply_mod, "MAX_PARAMS", 12)  # an upsert of this table takes 11 parameters, an update 5
+    async with Store.open(pg_url, pool_size=2) as store:
+        parts = []
+        for k in range(5):
+            spec = table_spec(DESCRIBE, schema=f"many{k}")
+            info = TableInfo(spec, version_column(spec), True, hard_deletes=False)
+            await store.page_sink(info).prepare()
+            parts.append(store.stream_sink(info))
+        cmap = ColumnMap(table_spec(DESCRIBE, schema="many0"), DESCRIBE)
+        creates = [(sink, list(fold([ch("CREATE", T0, {"Name": f"N{k}"}, rid=f"00100000000000{k}AAA")], cmap).values()))
+                   for k, sink in enumerate(parts)]
+        alone, statements = apply_mod.merged_writes(creates)
+        assert alone == [] and len(statements) == 5  # one upsert each: each its own statement at this limit
+        results = await store.apply_objects(creates, [], Checkpoint("/data/ChangeEvents", b"\x01", None), 5)
+        assert [r.upserts for r in results] == [1] * 5
+        updates = [(sink, list(fold([ch("UPDATE", T0 + 1, {"Phone": str(k)}, rid=f"00100000000000{k}AAA")],
+                                    cmap).values())) for k, sink in enumerate(parts)]
+        assert [len(s[1]) for s in apply_mod.merged_writes(updates)[1]] == [2, 2, 1]  # 10 parameters a statement
+        results = await store.apply_objects(updates, [], Checkpoint("/data/ChangeEvents", b"\x02", None), 5,
+                                            must_find=True)
+        assert [r.updates for r in results] == [1] * 5
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for k in range(5):
+            assert tuple(await conn.fetchrow(f"SELECT name, phone FROM many{k}.account")) == (f"N{k}", str(k))
+        assert await conn.fetchval("SELECT replay_id FROM replicator.checkpoints WHERE topic = '/data/ChangeEvents'") \
+            == b"\x02"
+    finally:
+        await conn.close()

@@ -22,10 +22,10 @@ def sim():
         yield thread.info
 
 
-def _settings(sim, pg_url, schema, objects):
+def _settings(sim, pg_url, schema, objects, **stream):
     return settings_for(sim, pg_url, schema,
                         salesforce={"pubsub_endpoint": sim["pubsub_endpoint"], "limits_interval_s": 0.3},
-                        stream={"batch_max_wait_s": 0.05, "topic_check_s": 0.3, "position_timeout_s": 10},
+                        stream={"batch_max_wait_s": 0.05, "topic_check_s": 0.3, "position_timeout_s": 10, **stream},
                         service={"control_poll_s": 0.2}, poll={"page_size": 100, "lookback_s": 2},
                         objects=objects)
 
@@ -113,6 +113,80 @@ async def test_the_event_allocation_used_up_polls_loudly_then_streams_again(sim,
     finally:
         await _traffic(sim, running=False)
         await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def test_a_channel_whose_event_allocation_is_used_up_polls_its_objects_then_streams_them_again(sim, pg_url):
+    """One channel for both objects: Subscribe ends with the limit error; each member polls from the channel's
+    checkpoint (no extract), loudly, then streams on its own topic once /limits shows room; verify equal."""
+    settings = _settings(sim, pg_url, "challoc", {"Account": {"poll_interval_s": 0.3},
+                                                  "Contact": {"poll_interval_s": 0.3}}, channel="/data/ChangeEvents")
+    svc, task = await _run(settings)
+    names = ("Account", "Contact")
+    try:
+        for name in names:
+            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
+                                                " WHERE topic = '/data/ChangeEvents'"), timeout=60)
+        used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["events_delivered"]
+        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used + 5})
+        await _traffic(sim, running=True, rate=40, objects=list(names), changes=None)
+        for name in names:
+            await wait_for(_mode(pg_url, name, "poll"), timeout=60)
+            reason = await pg_value(pg_url, f"SELECT mode_reason FROM replicator.objects WHERE object = '{name}'")
+            assert "event delivery allocation" in reason
+        metrics = generate_latest(svc.metrics.registry).decode()
+        assert "replicator_event_allocation_exhausted 1.0" in metrics
+        for name in names:
+            assert f'replicator_mode_switches_total{{cause="allocation",mode="poll",object="{name}"}} 1.0' in metrics
+            await wait_for(lambda n=name: pg_value(pg_url, "SELECT events_applied > 10 FROM replicator.checkpoints"
+                                                           f" WHERE topic = 'poll:{n}'"), timeout=60)
+        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
+        for name in names:  # back to the stream, each on its own topic
+            await wait_for(_mode(pg_url, name, "cdc"), timeout=60)
+            await wait_for(lambda n=name: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
+                                                           f" WHERE topic = '/data/{n}ChangeEvent'"), timeout=60)
+        await _traffic(sim, running=False)
+        await wait_for(lambda: all_equal(settings, refresh=True), timeout=90, interval=0.5)
+        assert await pg_value(pg_url, "SELECT sum(resyncs) FROM replicator.objects") == 0
+    finally:
+        await _traffic(sim, running=False)
+        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def test_a_channel_member_deselected_from_cdc_polls_then_streams_on_its_own_topic(sim, pg_url):
+    """Its events stop coming on the channel: without a switch the copy would go stale silently. It polls from the
+    channel's checkpoint under traffic, streams on its own topic once selected again; verify equal, no extract."""
+    settings = _settings(sim, pg_url, "chtopic", {"Account": {}, "Contact": {"poll_interval_s": 0.3}},
+                         channel="/data/ChangeEvents")
+    selected = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
+    svc, task = await _run(settings)
+    try:
+        for name in ("Account", "Contact"):
+            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+        await _traffic(sim, running=True, rate=40, objects=["Account", "Contact"], changes=None)
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [n for n in selected if n != "Contact"]})
+        await wait_for(_mode(pg_url, "Contact", "poll"), timeout=60)
+        reason = await pg_value(pg_url, "SELECT mode_reason FROM replicator.objects WHERE object = 'Contact'")
+        assert "no change-event topic" in reason
+        assert 'replicator_mode_switches_total{cause="topic",mode="poll",object="Contact"} 1.0' in \
+            generate_latest(svc.metrics.registry).decode()
+        await wait_for(lambda: pg_value(pg_url, "SELECT events_applied > 10 FROM replicator.checkpoints"
+                                                " WHERE topic = 'poll:Contact'"), timeout=60)
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selected})
+        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=60)
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
+                                                " WHERE topic = '/data/ContactChangeEvent'"), timeout=60)
+        assert await pg_value(pg_url, "SELECT mode FROM replicator.objects WHERE object = 'Account'") == "cdc"
+        await _traffic(sim, running=False)
+        await wait_for(lambda: all_equal(settings, refresh=True), timeout=90, interval=0.5)
+        assert await pg_value(pg_url, "SELECT sum(resyncs) FROM replicator.objects") == 0
+    finally:
+        await _traffic(sim, running=False)
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selected})
         svc.stop.set()
         assert await asyncio.wait_for(task, 60) == 0
 

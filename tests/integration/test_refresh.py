@@ -162,7 +162,34 @@ async def _refresh_metrics(svc) -> bool:
             and 'replicator_refresh_last_timestamp_seconds{object="Account"}' in text)
 
 
-async def _due_in_a_day(svc) -> bool:
-    health, now = svc.metrics.object("Account"), dt.datetime.now(dt.UTC).timestamp()
+async def _due_in_a_day(svc, name: str = "Account") -> bool:
+    health, now = svc.metrics.object(name), dt.datetime.now(dt.UTC).timestamp()
     return health.refreshed_at is not None and health.refresh_due_at is not None \
         and health.refresh_due_at > now + 86_400 - 600
+
+
+async def test_a_finished_backfill_counts_as_a_refresh_so_none_follows_it_at_once(sim, pg_url):
+    """The extract read the formula and eventless columns too: stored as the last refresh (its job, no row
+    changed), the next refresh is due a day later, and no refresh job follows the backfill."""
+    settings = _settings(sim, pg_url, "refresh_bf", objects={"Opportunity": {}, "Invoice__c": {}},
+                         service={"control_poll_s": 0.2})
+    jobs_before = {j["id"] for j in (await sim_admin(sim, "GET", "/__sim/jobs")).json()}
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects WHERE phase = 'STREAMING'"),
+                       timeout=120)
+        await wait_for(lambda: _due_in_a_day(svc, "Opportunity"), timeout=30)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+    backfill_job = await pg_value(pg_url, "SELECT job_id FROM replicator.objects WHERE object = 'Opportunity'")
+    assert await pg_value(pg_url, "SELECT job_id || ' ' || refreshes || ' ' || rows_changed || ' ' || rows_compared"
+                                  " FROM replicator.refreshes WHERE object = 'Opportunity'") == \
+        f"{backfill_job} 0 0 {await pg_value(pg_url, 'SELECT count(*) FROM refresh_bf.opportunity')}"
+    # Invoice__c has nothing to refresh: no refresh stored
+    assert await pg_value(pg_url, "SELECT count(*) FROM replicator.refreshes WHERE object = 'Invoice__c'") == 0
+    jobs = {j["id"] for j in (await sim_admin(sim, "GET", "/__sim/jobs")).json()} - jobs_before
+    backfills = {await pg_value(pg_url, f"SELECT job_id FROM replicator.objects WHERE object = '{n}'")
+                 for n in ("Opportunity", "Invoice__c")}
+    assert jobs == backfills  # no refresh job

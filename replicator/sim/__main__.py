@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event-allocation", type=int, default=DEFAULT_EVENT_ALLOCATION, metavar="N",
                    help="DailyDeliveredPlatformEvents: events delivered over Pub/Sub before Subscribe ends with "
                         f"subscription.limit.exceeded (default {DEFAULT_EVENT_ALLOCATION:,})")
+    p.add_argument("--monthly-event-entitlement", type=int, default=None, metavar="N",
+                   help="an org with the platform events add-on: /limits reports MonthlyPlatformEventsUsageEntitlement "
+                        "(Max N, Remaining N minus the events delivered, negative past it; delivery goes on)")
     p.add_argument("--objects", type=int, default=0, metavar="N",
                    help="add N generated small custom objects Gen001__c … (describe, Bulk, REST and change events; "
                         "traffic changes them when listed in its objects)")
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         wide_object=args.wide_object, faults=knobs,
                         traffic=traffic, cdc_objects=args.cdc_objects,
                         api_allocation=args.api_allocation, event_allocation=args.event_allocation,
-                        objects=args.objects, object_records=args.object_records,
+                        monthly_event_entitlement=args.monthly_event_entitlement, objects=args.objects, object_records=args.object_records,
                         channel_members=dict(args.channel))
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"replicator sim: {exc}\n")

@@ -15,13 +15,21 @@
   RESOURCE_EXHAUSTED, and a client should rely on the error code alone. Nothing is lost by it: events stay retained
   on the bus and are delivered after a reset.
 - `DailyBulkV2QueryJobs`: query jobs created (docs/bulk-rest-oauth.md §2.1).
+- `MonthlyPlatformEventsUsageEntitlement`: present only in an org with the platform events add-on (here: with
+  `--monthly-event-entitlement N`, or `monthly_entitlement` set by PUT): the month's entitlement and what is left
+  of it after the events delivered this month. Salesforce updates it daily and its Remaining goes negative past
+  the entitlement; it is a usage measure, delivery goes on (Platform Events Developer Guide, "Monitor Platform
+  Event Publishing and Delivery Usage",
+  https://developer.salesforce.com/docs/atlas.en-us.platform_events.meta/platform_events/platform_events_monitor_usage.htm).
+  Here it is updated at once, and `reset` (the daily window) leaves the month's count alone.
 
 Salesforce counts over a rolling 24 h; the simulator counts from its start (or the last reset). Defaults are
 large, as a busy real org's allocation is for one client (an Unlimited Edition org's API allocation grows with its
 licences; the add-on adds 100,000 events a day): a test or a benchmark that wants to reach them sets them low.
 
 Admin: `GET /__sim/limits` (allocations and usage), `PUT /__sim/limits` with any of `{"api_allocation": N,
-"event_allocation": N, "reset": true}` (`reset` sets the usage back to 0, as a rolling window that has moved on).
+"event_allocation": N, "monthly_entitlement": N | null, "reset": true}` (`reset` sets the daily usage back to 0,
+as a rolling window that has moved on).
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ class Allocations:
     events_delivered: int = 0
     refused_requests: int = 0  # REST requests answered 403 REQUEST_LIMIT_EXCEEDED
     refused_subscribes: int = 0  # Subscribe calls ended or refused by the delivery allocation
+    monthly_entitlement: int | None = None  # MonthlyPlatformEventsUsageEntitlement's Max; None: no add-on
+    events_this_month: int = 0  # not reset by `reset` (a daily window)
 
     def charge_api(self) -> bool:
         """Count one API request; False (not counted) once the allocation is used up."""
@@ -63,33 +73,42 @@ class Allocations:
 
     def delivered(self, count: int) -> None:
         self.events_delivered += count
+        self.events_this_month += count
 
     def update(self, body: object) -> None:
         """Apply an admin change; ValueError (nothing changed) for anything but the documented keys."""
         if not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
-        unknown = set(body) - {"api_allocation", "event_allocation", "reset"}
+        unknown = set(body) - {"api_allocation", "event_allocation", "monthly_entitlement", "reset"}
         if unknown:
-            raise ValueError(f"unknown key {sorted(unknown)[0]!r} (api_allocation, event_allocation, reset)")
-        for key in ("api_allocation", "event_allocation"):
+            raise ValueError(f"unknown key {sorted(unknown)[0]!r} (api_allocation, event_allocation, "
+                             "monthly_entitlement, reset)")
+        for key in ("api_allocation", "event_allocation", "monthly_entitlement"):
             value = body.get(key)
+            if key == "monthly_entitlement" and value is None:
+                continue  # no add-on
             if key in body and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"{key} must be an integer ≥ 0")
         if "reset" in body and not isinstance(body["reset"], bool):
             raise ValueError("reset must be true or false")
         self.api_allocation = body.get("api_allocation", self.api_allocation)
         self.event_allocation = body.get("event_allocation", self.event_allocation)
+        self.monthly_entitlement = body.get("monthly_entitlement", self.monthly_entitlement)
         if body.get("reset"):
             self.api_used = self.events_delivered = 0
 
     def to_dict(self) -> dict:
         return {"api_allocation": self.api_allocation, "api_used": self.api_used,
                 "event_allocation": self.event_allocation, "events_delivered": self.events_delivered,
-                "refused_requests": self.refused_requests, "refused_subscribes": self.refused_subscribes}
+                "refused_requests": self.refused_requests, "refused_subscribes": self.refused_subscribes,
+                "monthly_entitlement": self.monthly_entitlement, "events_this_month": self.events_this_month}
 
     def limits_body(self, jobs_created: int) -> dict:
         """REST `/limits`: `{Name: {Max, Remaining}}` (docs/bulk-rest-oauth.md §2.1)."""
+        monthly = {} if self.monthly_entitlement is None else {"MonthlyPlatformEventsUsageEntitlement": {
+            "Max": self.monthly_entitlement, "Remaining": self.monthly_entitlement - self.events_this_month}}
         return {
+            **monthly,
             "DailyApiRequests": {"Max": self.api_allocation,
                                  "Remaining": max(0, self.api_allocation - self.api_used)},
             "DailyDeliveredPlatformEvents": {"Max": self.event_allocation, "Remaining": self.event_room()},

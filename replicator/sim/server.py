@@ -100,7 +100,7 @@ class Simulator:
                  state_dir: str | None = None, hostile_field: bool = False, wide_object: bool = False,
                  faults: dict | None = None, traffic: dict | None = None, cdc_objects: list[str] | None = None,
                  api_allocation: int | None = None, event_allocation: int | None = None,
-                 objects: int = 0, object_records: int | None = None,
+                 monthly_event_entitlement: int | None = None, objects: int = 0, object_records: int | None = None,
                  channel_members: dict[str, list[str]] | None = None, **knobs) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.seed = seed
@@ -114,7 +114,8 @@ class Simulator:
         self.faults.update({**(faults or {}), **knobs})
         self.limits = Allocations()  # the daily allocations (limits.py); PUT /__sim/limits changes them
         self.limits.update({k: v for k, v in (("api_allocation", api_allocation),
-                                              ("event_allocation", event_allocation)) if v is not None})
+                                              ("event_allocation", event_allocation),
+                                              ("monthly_entitlement", monthly_event_entitlement)) if v is not None})
         self.org = OrgStore(records, seed, hostile_field, wide_object, objects, object_records)
         self.org_id = make_id("00D", 1)
         self.user_id = make_id("005", 1)

@@ -97,3 +97,23 @@ def test_calls_are_counted_by_kind():
              "sobjects/Account/deleted/": "getDeleted", "sobjects/Account/describe/": "describe",
              "sobjects/": "sobjects", "limits": "limits", "/services/data/": "other"}
     assert {path: call_kind(path) for path in cases} == cases
+
+
+async def test_the_monthly_entitlement_is_read_where_present_and_its_overrun_warned(sf, sim):
+    _admin(sim, {"monthly_entitlement": None, "reset": True})
+    limits = OrgLimits(sf, reserve=0.2)
+    await limits.refresh()
+    assert "MonthlyPlatformEventsUsageEntitlement" not in limits.readings  # an org without the add-on
+    _admin(sim, {"monthly_entitlement": 10})
+    await limits.refresh()
+    reading = limits.readings["MonthlyPlatformEventsUsageEntitlement"]
+    assert (reading.max, reading.remaining) == (10, 10)  # nothing delivered in this org yet
+    # past the entitlement Salesforce reports a negative Remaining: warned, and never a reason to stop streaming
+    with capture_logs() as logs:
+        limits._record("MonthlyPlatformEventsUsageEntitlement", 10, -5, reading.at + 60)
+    overrun = limits.readings["MonthlyPlatformEventsUsageEntitlement"]
+    assert overrun.used == 15 and overrun.exhaustion_s() == 0.0
+    assert [(e["event"], e["limit"], e["used_pct"]) for e in logs] == \
+        [("limits.high", "MonthlyPlatformEventsUsageEntitlement", 150.0)]
+    assert limits.events_available()
+    _admin(sim, {"monthly_entitlement": None})

@@ -72,3 +72,21 @@ def test_delivery_allocation_ends_subscribe_and_nothing_is_lost(org):
     assert [e.replay_id.hex() for r in resumed.responses for e in r.events] == replay_ids[3:]
     assert _limit(org, "DailyDeliveredPlatformEvents") == {"Max": 100, "Remaining": 95}
     resumed.close()
+
+
+def test_the_monthly_entitlement_appears_with_the_add_on_and_goes_negative_without_refusing(org):
+    assert "MonthlyPlatformEventsUsageEntitlement" not in org.http.get(
+        f"/services/data/{V}/limits", headers=_auth(org)).json()  # no add-on: absent
+    assert org.http.put("/__sim/limits", json={"monthly_entitlement": 2, "event_allocation": 100}).status_code == 200
+    account = org.first_ids("Account", 1)[0]
+    before = _limit(org, "MonthlyPlatformEventsUsageEntitlement")["Remaining"]
+    sub = org.subscribe("/data/AccountChangeEvent", preset=pb.EARLIEST, num_requested=100)  # a new org: these 4
+    for k in range(4):
+        org.changes([{"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": f"556-{k}"}}])
+    wait_for(lambda: len([e for r in sub.responses for e in r.events]) == 4)  # delivery goes on past it
+    sub.close()
+    assert _limit(org, "MonthlyPlatformEventsUsageEntitlement") == {"Max": 2, "Remaining": before - 4}
+    assert before - 4 < 0
+    assert org.http.put("/__sim/limits", json={"reset": True}).status_code == 200  # a daily window: the month stays
+    assert _limit(org, "MonthlyPlatformEventsUsageEntitlement")["Remaining"] == before - 4
+    assert org.http.put("/__sim/limits", json={"monthly_entitlement": -1}).status_code == 400

@@ -68,6 +68,18 @@ async def _report(on_error: Callable[[str], Awaitable[None]], error: str) -> str
     return None
 
 
+async def _all_or_none(*steps: Awaitable[None]) -> None:
+    """Run the steps together until all end; when one fails (a configuration error stops the service), the others
+    are cancelled before the error propagates, so none goes on using a store or client its caller then closes."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _stuck_tasks() -> list[str]:
     """Where each unfinished task waits: what an operator needs when a drain overruns its bound."""
     out = []
@@ -150,7 +162,7 @@ class Service:
                 objects = ([self._channel_mode(client, pubsub, store)] if self.settings.stream.channel  # one
                            # subscription for many objects (pipeline/channel.py), else one per object
                            else [self._supervise(client, pubsub, store, n) for n in self.settings.objects])
-                await asyncio.gather(
+                await _all_or_none(
                     self._keep_running("limits", lambda: self.limits.run(self.stop)),
                     *objects,
                     *(self._supervise_events(pubsub, store, n) for n in self.settings.stream.platform_events),
@@ -317,8 +329,8 @@ class Service:
 
         watcher = asyncio.ensure_future(watch_topics())
         try:
-            await asyncio.gather(self._keep_running(channel, once),
-                                 *(self._supervise(client, pubsub, store, n) for n in alone))
+            await _all_or_none(self._keep_running(channel, once),
+                               *(self._supervise(client, pubsub, store, n) for n in alone))
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, *extra, return_exceptions=True)

@@ -210,9 +210,13 @@ async def test_a_failed_round_is_retried_by_the_supervisor(sim, pg_url):
 
 
 async def test_cdc_mode_on_an_object_without_a_topic_is_a_config_error(sim, pg_url):
-    settings = _settings(sim, pg_url, "poll_cdc", objects={"Task": {"mode": "cdc"}})
+    settings = _settings(sim, pg_url, "poll_cdc", objects={"Task": {"mode": "cdc"}, "Account": {}})
     with pytest.raises(ConfigError, match="Task.*no change-event topic"):
         await asyncio.wait_for(Service(settings).run(), 60)
+    # the other objects' work (Account's stream, every refresh schedule) was cancelled with it, not left running
+    # on a store the service closed
+    left = [t.get_coro().__qualname__ for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert not [name for name in left if name.startswith(("Service.", "RefreshSchedule.", "OrgLimits."))], left
 
 
 async def _backfilled(settings, pg_url: str, name: str = "Task") -> None:

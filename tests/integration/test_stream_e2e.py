@@ -46,8 +46,10 @@ async def test_every_kind_of_change_then_verify_equal(sim, pg_url):
         ids = [r["Id"] for r in (await _records(sim, "Account"))[:450]]
         await sim_admin(sim, "POST", "/__sim/changes", [
             {"object": "Account", "type": "UPDATE", "ids": ids, "fields": {"Segment__c": "enterprise"}}])
-        await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "changes": CHANGES // 2})
+        # `changes` is the generator's total: the second half makes CHANGES // 2 more, after the schema change
+        await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "changes": CHANGES})
         await wait_for(lambda: _traffic_stopped(sim), timeout=120)
+        assert (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"] >= CHANGES
         published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
         await wait_for(lambda: pg_value(pg_url, f"SELECT sum(events_applied) >= {published} FROM replicator.checkpoints"),
                        timeout=180)

@@ -100,6 +100,18 @@ class BatchApplier:
 
     async def apply(self, batch: list[StreamEvent]) -> str | None:
         started = time.monotonic()
+        found, rows = await self.prepare(batch)
+        t2 = time.perf_counter()
+        result = await self.commit(rows, found.dead, self.checkpoint_of(batch), found.delivered,
+                                   must_find=not self.looks_up_first())
+        self.count_stage("commit", time.perf_counter() - t2)
+        self.observe(batch, found, rows, result, time.monotonic() - started)
+        return found.resync_reason
+
+    async def prepare(self, batch: list[StreamEvent]) -> tuple[Classified, list[RowOp]]:
+        """Every step of `apply` but the commit (timed as the stages fold and reconcile), also for a caller that
+        commits several objects' rows and one checkpoint in one transaction (pipeline/channel.py): it commits
+        with `must_find` unless `looks_up_first()`, calls `look_up` on UpdatesMissed, `observe` after its commit."""
         t0 = time.perf_counter()
         self._batch_id += 1
         found = self.classify(batch)
@@ -107,31 +119,10 @@ class BatchApplier:
         ops = await self.fold(found.changes)
         t1 = time.perf_counter()
         await self.resolve_diffs(ops)
-        look_up = self.looks_up_first()
-        await self.reconcile(ops, look_up)
-        await self.check_keys(ops)
-        rows = list(ops.values())
-        t2 = time.perf_counter()
-        result = await self.commit(rows, found.dead, self.checkpoint_of(batch), found.delivered,
-                                   must_find=not look_up)
-        t3 = time.perf_counter()
-        self.count_stage("fold", t1 - t0)
-        self.count_stage("reconcile", t2 - t1)
-        self.count_stage("commit", t3 - t2)
-        self.observe(batch, found, rows, result, time.monotonic() - started)
-        return found.resync_reason
-
-    async def prepare(self, batch: list[StreamEvent]) -> tuple[Classified, list[RowOp]]:
-        """Every step of `apply` but the commit, for a caller that commits several objects' rows and one
-        checkpoint in one transaction (pipeline/channel.py); it commits with `must_find` unless
-        `looks_up_first()`, and calls `look_up` on UpdatesMissed, `observe` after its commit."""
-        self._batch_id += 1
-        found = self.classify(batch)
-        await self.follow_schema(found.changes)
-        ops = await self.fold(found.changes)
-        await self.resolve_diffs(ops)
         await self.reconcile(ops, self.looks_up_first())
         await self.check_keys(ops)
+        self.count_stage("fold", t1 - t0)
+        self.count_stage("reconcile", time.perf_counter() - t1)
         return found, list(ops.values())
 
     def looks_up_first(self) -> bool:

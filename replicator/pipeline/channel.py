@@ -175,6 +175,7 @@ class ChannelStream:
         resync = {name: found.resync_reason for name, _, _, found, _ in prepared if found.resync_reason}
         for name in resync:  # before the commit moves the channel past the event that asks (counted by the resync)
             await self.store.set_phase(name, "RESYNCING")
+        committing = time.perf_counter()
         commits = [e.commit_timestamp for e in batch if e.commit_timestamp]
         checkpoint = Checkpoint(self.topic, batch[-1].replay_id, max(commits) if commits else None)
         delivered = sum(p[3].delivered for p in prepared) + sum(1 for e in batch if e.error)
@@ -195,9 +196,11 @@ class ChannelStream:
             if must_find:  # each object alone finds no missing row: look them up first
                 prepared = await self._looked_up(prepared)
             results = await self._commit_apart(prepared, dead, checkpoint, delivered, str(exc))
-        seconds = time.monotonic() - started
+        seconds, committed = time.monotonic() - started, time.perf_counter() - committing
         total = ApplyResult()
+        all_rows = sum(len(p[4]) for p in prepared)
         for (_, applier, events, found, rows), result in zip(prepared, results, strict=True):
+            applier.count_stage("commit", committed * len(rows) / (all_rows or 1))  # the shared commit, by rows
             applier.observe(events, found, rows, result, seconds, log_line=False)
             for counter in ("upserts", "updates", "deletes", "skipped", "dead_letters"):
                 setattr(total, counter, getattr(total, counter) + getattr(result, counter))
@@ -206,7 +209,7 @@ class ChannelStream:
         lag = round(now - max(commits) / 1000, 3) if commits else None
         (log.info if delivered or dead else log.debug)(
             "channel.batch", channel=self.topic, events=len(batch), objects=len(prepared),
-            rows=sum(len(p[4]) for p in prepared), upserts=total.upserts, updates=total.updates,
+            rows=all_rows, upserts=total.upserts, updates=total.updates,
             deletes=total.deletes, skipped=total.skipped, dead_letters=len(dead) + total.dead_letters, lag_s=lag,
             duration_s=round(seconds, 4))
         last = batch[-1]

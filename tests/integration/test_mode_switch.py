@@ -181,6 +181,9 @@ async def test_a_channel_member_deselected_from_cdc_polls_then_streams_on_its_ow
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
                                                 " WHERE topic = '/data/ContactChangeEvent'"), timeout=60)
         assert await pg_value(pg_url, "SELECT mode FROM replicator.objects WHERE object = 'Account'") == "cdc"
+        # Account stayed on the channel: its batches' stages are timed there too (the commit shared by rows)
+        assert all(svc.metrics.stage_seconds.labels(object="Account", stage=stage)._value.get() > 0
+                   for stage in ("fold", "reconcile", "commit"))
         await _traffic(sim, running=False)
         await wait_for(lambda: all_equal(settings, refresh=True), timeout=90, interval=0.5)
         assert await pg_value(pg_url, "SELECT sum(resyncs) FROM replicator.objects") == 0

@@ -29,6 +29,7 @@ from .state import ObjectState
 
 P = ParamSpec("P")
 T = TypeVar("T")
+_Job = TypeVar("_Job", Comparison, Refresh)  # a job held on one connection (`Store._held`)
 
 
 class Store:
@@ -71,22 +72,19 @@ class Store:
         """Several objects' rows, the dead letters and one checkpoint in ONE transaction (a channel's batch)."""
         return await apply_objects(self._pool, parts, dead, checkpoint, events, must_find)
 
-    @contextlib.asynccontextmanager
-    async def comparison(self, spec: TableSpec, hard_deletes: bool) -> AsyncIterator[Comparison]:
+    def comparison(self, spec: TableSpec, hard_deletes: bool) -> contextlib.AbstractAsyncContextManager[Comparison]:
         """A comparison of `spec`'s table with an extract, on one connection held for its temporary tables."""
-        async with _acquire(self._pool) as conn:
-            cmp = Comparison(conn, spec, hard_deletes)
-            await cmp.start()
-            try:
-                yield cmp
-            finally:
-                await cmp.close()
+        return self._held(lambda conn: Comparison(conn, spec, hard_deletes))
+
+    def refresh(self, table: TableInfo, columns: list[str]) -> contextlib.AbstractAsyncContextManager[Refresh]:
+        """A refresh of `columns` of `table` (postgres/refresh.py), on one connection held for its staging table."""
+        return self._held(lambda conn: Refresh(conn, table, columns))
 
     @contextlib.asynccontextmanager
-    async def refresh(self, table: TableInfo, columns: list[str]) -> AsyncIterator[Refresh]:
-        """A refresh of `columns` of `table` (postgres/refresh.py), on one connection held for its staging table."""
+    async def _held(self, make: Callable[[asyncpg.Connection], _Job]) -> AsyncIterator[_Job]:
+        """A job on one connection held for its temporary tables: `start()`ed, and `close()`d whatever happens."""
         async with _acquire(self._pool) as conn:
-            job = Refresh(conn, table, columns)
+            job = make(conn)
             await job.start()
             try:
                 yield job

@@ -291,8 +291,8 @@ async def test_deletes_past_get_deleted_window_are_found_by_key_reconciliation(s
                                                                      "deletes": deletes}}, lookback_s=2)
     await _backfilled(settings, pg_url)
     hard, *_ = await _live(sim, "Task")
-    # The delete in a later second than any earlier change of the record (the previous test changes many Tasks):
-    # a delete stamped in the same whole second as the row's version is the tie noted in README "Polling".
+    # The delete in a later second than any earlier change of the record (the previous test changes many Tasks), so
+    # that getDeleted's window (begun 20 days ago below) and nothing else decides what this test sees.
     next_second = (time.time() // 1 + 1) * 1000
     await wait_for(lambda: _after(next_second), timeout=5)
     await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Task", "type": "HARD_DELETE", "ids": [hard]}])
@@ -425,3 +425,35 @@ async def test_a_failed_delta_job_moves_nothing_and_a_refused_page_is_read_over_
     assert await pg_value(pg_url, "SELECT count(*) FROM poll_bulk_faults.task WHERE subject = 'delta with faults'") == 2500
     assert await pg_value(pg_url, position) != before
     assert await all_equal(settings)
+
+
+async def test_a_record_changed_then_hard_deleted_in_the_same_whole_second_ends_deleted(sim, pg_url):
+    """Whole-second stamps (the simulator's default, as Salesforce's): the change and the delete share a second, and
+    a round reads the change (row version = that second, no stream position) before getDeleted shows the delete at
+    the same second. The delete wins that tie over a row without a stream position (ddl.newer_than_row). The delete
+    is a late commit stamped in the change's second, so the round surely reads the change first."""
+    settings = _settings(sim, pg_url, "poll_tie", objects={"Task": {"mode": "poll", "poll_interval_s": 0.2}},
+                         lookback_s=2)
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"
+                                                " WHERE object = 'Task'"), timeout=120)
+        rid = (await _live(sim, "Task"))[0]
+        next_second = (time.time() // 1 + 1) * 1000
+        await wait_for(lambda: _after(next_second), timeout=5)  # both stamps in one fresh second
+        changed = (await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "Task", "type": "UPDATE", "ids": [rid], "fields": {"Subject": "changed, then deleted"}}])).json()
+        deleted = (await sim_admin(sim, "POST", "/__sim/changes", {"visible_after_seconds": 3, "changes": [
+            {"object": "Task", "type": "HARD_DELETE", "ids": [rid]}]})).json()
+        assert changed["commit_timestamp"] // 1000 == deleted["system_modstamp"] // 1000  # one whole second
+        await wait_for(lambda: pg_value(pg_url, "SELECT subject = 'changed, then deleted' AND NOT isdeleted FROM"
+                                                f" poll_tie.task WHERE id = '{rid}'"), timeout=30)
+        await wait_for(lambda: pg_value(pg_url, f"SELECT isdeleted FROM poll_tie.task WHERE id = '{rid}'"),
+                       timeout=60)
+        # deleted at the very second the row already had: the tie went to the delete
+        assert await pg_value(pg_url, "SELECT floor(extract(epoch FROM _sf_deleted_at))::bigint FROM poll_tie.task"
+                                      f" WHERE id = '{rid}'") == changed["commit_timestamp"] // 1000
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0

@@ -68,6 +68,25 @@ async def _report(on_error: Callable[[str], Awaitable[None]], error: str) -> str
     return None
 
 
+# Objects streamed on subscriptions of their own past which one channel serves better: measured, 500 objects at
+# 1,000 changes/s keep a lag p99 of 0.18 s on one channel and fall behind one subscription each (bench/RESULTS.md,
+# "Many objects"); a Salesforce transaction touching many objects is then also one Postgres transaction.
+MANY_SUBSCRIPTIONS = 50
+
+
+def subscription_advice(settings: Settings) -> dict | None:
+    """The start-up warning's fields when many objects may stream without `stream.channel`, else None."""
+    if settings.stream.channel:
+        return None
+    streamed = sum(1 for obj in settings.objects.values() if obj.mode != "poll")
+    if streamed <= MANY_SUBSCRIPTIONS:
+        return None
+    return {"objects": streamed, "action": 'set [stream] channel = "/data/ChangeEvents" (or a custom channel with '
+            'these members): one subscription and one transaction per batch for all of them (README "One channel '
+            'for many objects"); each object on its own subscription costs a stream, a batch transaction and a '
+            'keepalive checkpoint of its own'}
+
+
 async def _all_or_none(*steps: Awaitable[None]) -> None:
     """Run the steps together until all end; when one fails (a configuration error stops the service), the others
     are cancelled before the error propagates, so none goes on using a store or client its caller then closes."""
@@ -152,6 +171,8 @@ class Service:
         return 0
 
     async def _work(self) -> None:
+        if advice := subscription_advice(self.settings):
+            log.warning("service.many_subscriptions", **advice)
         async with salesforce_client(self.settings) as client, open_store(self.settings) as store:
             self.metrics.client, self.metrics.store = client, store
             sf = self.settings.salesforce

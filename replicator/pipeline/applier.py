@@ -319,11 +319,7 @@ class BatchApplier:
                                        source="stream", payload={"kind": op.kind, "values": {
                                            k: str(v) for k, v in op.values.items()}}))
                 continue
-            total.upserts += r.upserts
-            total.updates += r.updates
-            total.deletes += r.deletes
-            total.skipped += r.skipped
-            total.dead_letters += r.dead_letters
+            total.merge(r)
         try:
             await self.sink.apply([], dead, checkpoint, delivered)
         except RejectedDataError as exc:

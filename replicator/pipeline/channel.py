@@ -202,8 +202,7 @@ class ChannelStream:
         for (_, applier, events, found, rows), result in zip(prepared, results, strict=True):
             applier.count_stage("commit", committed * len(rows) / (all_rows or 1))  # the shared commit, by rows
             applier.observe(events, found, rows, result, seconds, log_line=False)
-            for counter in ("upserts", "updates", "deletes", "skipped", "dead_letters"):
-                setattr(total, counter, getattr(total, counter) + getattr(result, counter))
+            total.merge(result)
         now = time.time()  # the channel's checkpoint is every member's
         # One line for the batch (each object's own line is at debug level: hundreds of objects a batch)
         lag = round(now - max(commits) / 1000, 3) if commits else None
@@ -220,8 +219,13 @@ class ChannelStream:
 
     @staticmethod
     async def _looked_up(prepared: list) -> list:
-        """The batch's rows with partial updates' rows looked up (missing records fetched by Id), per object."""
-        rows = await asyncio.gather(*(applier.look_up(rows) for _, applier, _, _, rows in prepared))
+        """The batch's rows with partial updates' rows looked up (missing records fetched by Id), per object; an
+        object that looked its rows up before (`looks_up_first`) keeps them."""
+
+        async def looked(applier, rows: list) -> list:
+            return rows if applier.looks_up_first() else await applier.look_up(rows)
+
+        rows = await asyncio.gather(*(looked(applier, rows) for _, applier, _, _, rows in prepared))
         return [(name, applier, events, found, looked) for (name, applier, events, found, _), looked
                 in zip(prepared, rows, strict=True)]
 

@@ -47,10 +47,18 @@ class ApplyResult:
     dead_letters: int = 0  # written by the key step: keys nulled, or claimed by a newer record
     key_losers: dict[str, str] = field(default_factory=dict)  # record Id → "unkeyed", "refused" or "displaced"
 
-    def add(self, piece: Piece, rows: int) -> None:
-        """Count a statement's rows: what it wrote, the rest of its operations skipped."""
+    def add(self, piece: Piece, rows: int, must_find: bool = False) -> None:
+        """Count a statement's rows: what it wrote, the rest of its operations skipped. With `must_find` (rows not
+        looked up first), a partial update that wrote fewer rows than it carries raises UpdatesMissed."""
+        if must_find and piece.must_find and rows < piece.ops:
+            raise UpdatesMissed(f"{piece.object}: {piece.ops - rows} of {piece.ops} updates found no row to write")
         setattr(self, piece.counts, getattr(self, piece.counts) + rows)
         self.skipped += piece.ops - rows
+
+    def merge(self, other: ApplyResult) -> None:
+        """Add another result's counts (several statements or objects of one batch)."""
+        for counter in ("upserts", "updates", "deletes", "skipped", "dead_letters"):
+            setattr(self, counter, getattr(self, counter) + getattr(other, counter))
 
 
 # A statement's positional parameters are counted in 16 bits by the wire protocol (asyncpg refuses more than
@@ -79,6 +87,7 @@ class Piece:
     params: Params
     counts: str  # the ApplyResult field its rows add to: "upserts", "updates" or "deletes"
     ops: int  # operations it carries (those it does not write are skipped: older than the row, or no row)
+    object: str  # the sObject of its table (for UpdatesMissed)
     must_find: bool = False  # partial updates: each names a row that must exist (`UpdatesMissed`)
 
 
@@ -96,6 +105,7 @@ class StreamSink:
         self.q = ddl.qualified(spec)
         self.types = {c.name: c.pg_type for c in spec.columns}
         self.has_modstamp = "systemmodstamp" in self.types
+        self.soft = "isdeleted" in self.types and not table.hard_deletes  # deletes mark rows, not remove them
 
     @mapped
     async def existing_ids(self, ids: list[str]) -> set[str]:
@@ -129,8 +139,7 @@ class StreamSink:
         return ops
 
     def _deletes(self, ops: list[RowOp]) -> list[RowOp]:
-        soft = "isdeleted" in self.types and not self.t.hard_deletes
-        return [o for o in ops if o.kind == "delete" and not (soft and o.values)]
+        return [o for o in ops if o.kind == "delete" and not (self.soft and o.values)]
 
     def _writes(self, ops: list[RowOp], p: Params | None = None) -> list[Piece]:
         """The statements after the deletes (and the key step): full records (fetched ones, then those from events,
@@ -142,17 +151,17 @@ class StreamSink:
             if group:
                 q = p or Params()
                 sql = self._upsert_sql(group, frozenset() if group[0].fetched else self.t.eventless, q)
-                out.append(Piece(sql, q, "upserts", len(group)))
+                out.append(Piece(sql, q, "upserts", len(group), self.t.spec.object))
         updates = [o for o in ops if o.kind == "update"]
         if updates:
             q = p or Params()
-            out.append(Piece(self._update_sql(updates, q), q, "updates", len(updates), must_find=True))
-        soft = "isdeleted" in self.types and not self.t.hard_deletes
+            out.append(Piece(self._update_sql(updates, q), q, "updates", len(updates), self.t.spec.object,
+                             must_find=True))
         changed = [RowOp(o.key, "update", {**o.values, "isdeleted": True}, o.version, o.commit_ms,
-                         position=o.position) for o in ops if soft and o.kind == "delete" and o.values]
+                         position=o.position) for o in ops if self.soft and o.kind == "delete" and o.values]
         if changed:
             q = p or Params()
-            out.append(Piece(self._update_sql(changed, q), q, "deletes", len(changed)))
+            out.append(Piece(self._update_sql(changed, q), q, "deletes", len(changed), self.t.spec.object))
         return out
 
     def pieces(self, ops: list[RowOp], p: Params) -> list[Piece] | None:
@@ -163,7 +172,7 @@ class StreamSink:
         if self._claims(ops):
             return None
         deletes = self._deletes(ops)
-        out = [Piece(self._delete_sql(deletes, p), p, "deletes", len(deletes))] if deletes else []
+        out = [Piece(self._delete_sql(deletes, p), p, "deletes", len(deletes), self.t.spec.object)] if deletes else []
         return out + self._writes(ops, p)
 
     async def apply_in(self, conn: asyncpg.Connection, ops: list[RowOp], must_find: bool = False) -> ApplyResult:
@@ -177,7 +186,7 @@ class StreamSink:
         deletes = self._deletes(ops)
         if deletes:  # first: a hard-deleted record's key is free for the rest of the batch
             q = Params()
-            piece = Piece(self._delete_sql(deletes, q), q, "deletes", len(deletes))
+            piece = Piece(self._delete_sql(deletes, q), q, "deletes", len(deletes), self.t.spec.object)
             result.add(piece, await _run(conn, piece))
         if claims:
             losers = await self._place_keys(conn, claims)
@@ -190,10 +199,7 @@ class StreamSink:
                         result.dead_letters += 1
                 result.key_losers = {k: v for k, v in losers.items() if v != "older"}
         for piece in self._writes(ops):
-            rows = await _run(conn, piece)
-            if must_find and piece.must_find and rows < piece.ops:
-                raise UpdatesMissed(f"{self.t.spec.object}: {piece.ops - rows} of {piece.ops} updates found no row")
-            result.add(piece, rows)
+            result.add(piece, await _run(conn, piece), must_find)
         return result
 
     def _claims(self, ops: list[RowOp]) -> list[RowOp]:
@@ -202,9 +208,8 @@ class StreamSink:
         spec = self.t.spec
         if not ddl.keyed_by_external_id(spec):
             return []
-        soft = "isdeleted" in self.types and not self.t.hard_deletes
         return [o for o in ops if o.kind in ("upsert", "undelete")
-                or (spec.key in o.values and (o.kind == "update" or (o.kind == "delete" and soft)))]
+                or (spec.key in o.values and (o.kind == "update" or (o.kind == "delete" and self.soft)))]
 
     def _keys(self, claims: list[RowOp]) -> list:
         """Each claim's key; an empty one is none (Salesforce has no empty text: it is a record without a key)."""
@@ -390,10 +395,7 @@ async def apply_objects(pool: asyncpg.Pool, parts: list[tuple[StreamSink, list[R
             results[i] = await parts[i][0].apply_in(conn, parts[i][1], must_find)
         for owners, pieces, p in statements:
             for i, piece, rows in zip(owners, pieces, await _run_merged(conn, pieces, p), strict=True):
-                if must_find and piece.must_find and rows < piece.ops:
-                    raise UpdatesMissed(f"{parts[i][0].t.spec.object}: {piece.ops - rows} of {piece.ops} "
-                                        "updates found no row to write")
-                results[i].add(piece, rows)
+                results[i].add(piece, rows, must_find)
         await state.add_dead_letters(conn, dead)
         if checkpoint is not None:
             await state.save_checkpoint(conn, checkpoint, events)

@@ -319,7 +319,8 @@ class Service:
                     raise
                 self.limits.events_exhausted(f"{type(exc).__name__}: {exc}")
                 for name in list(channel_stream.members):  # each polls now, and streams on its own topic after
-                    await self._channel_member_to_poll(store, channel, name, ALLOCATION_REASON, ALLOCATION)
+                    await self._enter_mode(client, pubsub, store, name, "poll", ALLOCATION_REASON, ALLOCATION,
+                                           stream_topic=channel)
                     channel_stream.members.pop(name)
                     extra.append(asyncio.ensure_future(self._supervise(client, pubsub, store, name)))
             finally:
@@ -345,7 +346,8 @@ class Service:
                         continue
                     if not exists and channel_stream.members.pop(name, None) is not None:
                         log.info("service.topic_changed", object=name, topic=topic_for(name), exists=False)
-                        await self._channel_member_to_poll(store, channel, name, no_topic_reason(name), TOPIC)
+                        await self._enter_mode(client, pubsub, store, name, "poll", no_topic_reason(name), TOPIC,
+                                               stream_topic=channel)
                         extra.append(asyncio.ensure_future(self._supervise(client, pubsub, store, name)))
 
         watcher = asyncio.ensure_future(watch_topics())
@@ -356,23 +358,13 @@ class Service:
             watcher.cancel()
             await asyncio.gather(watcher, *extra, return_exceptions=True)
 
-    async def _channel_member_to_poll(self, store: Store, channel: str, name: str, reason: str, cause: str) -> None:
-        """A channel member that gets no more events (the event allocation used up, or its topic gone) polls from
-        the channel's checkpoint (less the lookback, app/modes.py: no hole, no extract), loudly; `_supervise` runs it
-        from here, and streams it on its own topic once events flow again (a channel cannot take one object back
-        at a position of its own: README "One channel for many objects")."""
-        await to_poll(store, name, self.settings.poll.lookback_s, stream_topic=channel)
-        await store.set_mode(name, "poll", reason)
-        if cause == ALLOCATION:
-            self._polled_for_allocation.add(name)
-        self.metrics.object(name).mode = "poll"
-        self.metrics.mode_switches.labels(object=name, mode="poll", cause=cause).inc()
-        (log.error if cause == ALLOCATION else log.warning)(
-            "service.mode_switch", object=name, mode="poll", previous="cdc", channel=channel, reason=reason)
-
-    async def _enter_mode(self, client, pubsub, store: Store, name: str, mode: str, reason: str, cause: str) -> None:
+    async def _enter_mode(self, client, pubsub, store: Store, name: str, mode: str, reason: str, cause: str,
+                          stream_topic: str | None = None) -> None:
         """Store the decided mode; when it differs from the stored one, hand the object over first (app/modes.py):
-        the stored mode changes only once the handoff is stored, so a crash repeats it."""
+        the stored mode changes only once the handoff is stored, so a crash repeats it. `stream_topic`: a channel
+        member going to poll takes its position from the channel's checkpoint (no hole, no extract); `_supervise`
+        runs it from then on, and streams it on its own topic once events flow again (a channel cannot take one
+        object back at a position of its own: README "One channel for many objects")."""
         health = self.metrics.object(name)
         stored = await store.get_mode(name)
         st = await store.get_object(name)
@@ -383,7 +375,7 @@ class Service:
             cause = ALLOCATION  # back to the stream because the allocation has room again
         if stored is not None and stored != mode and st is not None and st.phase != "NEW":
             if mode == "poll":
-                await to_poll(store, name, self.settings.poll.lookback_s)
+                await to_poll(store, name, self.settings.poll.lookback_s, stream_topic)
             else:
                 obj = self.settings.objects[name]
                 stream = ObjectStream(client, pubsub, store, self.settings, name, obj, self.metrics)
@@ -391,7 +383,8 @@ class Service:
                 await to_cdc(stream, poller, self.stop)
             self.metrics.mode_switches.labels(object=name, mode=mode, cause=cause).inc()
             (log.error if cause == ALLOCATION else log.warning)(
-                "service.mode_switch", object=name, mode=mode, previous=stored, reason=reason)
+                "service.mode_switch", object=name, mode=mode, previous=stored, reason=reason,
+                **({"channel": stream_topic} if stream_topic else {}))
         elif health.mode == mode:
             return  # decided before in this process, nothing changed
         else:

@@ -6,6 +6,7 @@ go on. Each ends with `verify` equal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from prometheus_client import generate_latest
@@ -42,17 +43,27 @@ async def _traffic(sim, **settings) -> None:
     assert r.status_code == 200, r.text
 
 
-async def _run(settings):
+@contextlib.asynccontextmanager
+async def _running(sim, settings, **restore):
+    """A running service. On the way out, whatever happened: the traffic paused, the simulator's settings named in
+    `restore` (admin path → body: cdc, limits) given back, and the service stopped, exiting 0."""
     svc = Service(settings)
-    return svc, asyncio.create_task(svc.run())
+    task = asyncio.create_task(svc.run())
+    try:
+        yield svc
+    finally:
+        await _traffic(sim, running=False)
+        for path, body in restore.items():
+            await sim_admin(sim, "PUT", f"/__sim/{path}", body)
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_an_entity_deselected_and_selected_again_under_traffic_switches_without_a_hole(sim, pg_url):
     settings = _settings(sim, pg_url, "switch", {"Account": {"poll_interval_s": 0.3}})
     selection = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
     job = "SELECT job_id FROM replicator.objects WHERE object = 'Account'"
-    svc, task = await _run(settings)
-    try:
+    async with _running(sim, settings, cdc={"objects": selection}) as svc:
         await wait_for(_mode(pg_url, "Account", "cdc"), timeout=120)
         first_job = await pg_value(pg_url, job)
         await _traffic(sim, running=True, rate=40, objects=["Account"], purge_rate=0.2, changes=None)
@@ -77,17 +88,11 @@ async def test_an_entity_deselected_and_selected_again_under_traffic_switches_wi
         metrics = generate_latest(svc.metrics.registry).decode()
         assert 'replicator_mode_switches_total{cause="topic",mode="poll",object="Account"} 1.0' in metrics
         assert 'replicator_mode_switches_total{cause="topic",mode="cdc",object="Account"} 1.0' in metrics
-    finally:
-        await _traffic(sim, running=False)
-        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_the_event_allocation_used_up_polls_loudly_then_streams_again(sim, pg_url):
     settings = _settings(sim, pg_url, "alloc", {"Contact": {"poll_interval_s": 0.3}})
-    svc, task = await _run(settings)
-    try:
+    async with _running(sim, settings, limits={"event_allocation": 10_000_000, "reset": True}) as svc:
         await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=120)
         used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["events_delivered"]
         await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used + 5})
@@ -110,11 +115,6 @@ async def test_the_event_allocation_used_up_polls_loudly_then_streams_again(sim,
         assert "replicator_event_allocation_exhausted 0.0" in metrics
         assert 'replicator_mode_switches_total{cause="allocation",mode="cdc",object="Contact"} 1.0' in metrics
         assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Contact'") == 0
-    finally:
-        await _traffic(sim, running=False)
-        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_a_channel_whose_event_allocation_is_used_up_polls_its_objects_then_streams_them_again(sim, pg_url):
@@ -122,9 +122,8 @@ async def test_a_channel_whose_event_allocation_is_used_up_polls_its_objects_the
     checkpoint (no extract), loudly, then streams on its own topic once /limits shows room; verify equal."""
     settings = _settings(sim, pg_url, "challoc", {"Account": {"poll_interval_s": 0.3},
                                                   "Contact": {"poll_interval_s": 0.3}}, channel="/data/ChangeEvents")
-    svc, task = await _run(settings)
     names = ("Account", "Contact")
-    try:
+    async with _running(sim, settings, limits={"event_allocation": 10_000_000, "reset": True}) as svc:
         for name in names:
             await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
@@ -150,11 +149,6 @@ async def test_a_channel_whose_event_allocation_is_used_up_polls_its_objects_the
         await _traffic(sim, running=False)
         await wait_for(lambda: all_equal(settings, refresh=True), timeout=90, interval=0.5)
         assert await pg_value(pg_url, "SELECT sum(resyncs) FROM replicator.objects") == 0
-    finally:
-        await _traffic(sim, running=False)
-        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_a_channel_member_deselected_from_cdc_polls_then_streams_on_its_own_topic(sim, pg_url):
@@ -163,8 +157,7 @@ async def test_a_channel_member_deselected_from_cdc_polls_then_streams_on_its_ow
     settings = _settings(sim, pg_url, "chtopic", {"Account": {}, "Contact": {"poll_interval_s": 0.3}},
                          channel="/data/ChangeEvents")
     selected = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
-    svc, task = await _run(settings)
-    try:
+    async with _running(sim, settings, cdc={"objects": selected}) as svc:
         for name in ("Account", "Contact"):
             await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
         await _traffic(sim, running=True, rate=40, objects=["Account", "Contact"], changes=None)
@@ -187,17 +180,11 @@ async def test_a_channel_member_deselected_from_cdc_polls_then_streams_on_its_ow
         await _traffic(sim, running=False)
         await wait_for(lambda: all_equal(settings, refresh=True), timeout=90, interval=0.5)
         assert await pg_value(pg_url, "SELECT sum(resyncs) FROM replicator.objects") == 0
-    finally:
-        await _traffic(sim, running=False)
-        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selected})
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_poll_rounds_wait_while_the_api_budget_is_spent_and_streams_go_on(sim, pg_url):
     settings = _settings(sim, pg_url, "budget", {"Account": {}, "Task": {"poll_interval_s": 0.2}})
-    svc, task = await _run(settings)
-    try:
+    async with _running(sim, settings, limits={"api_allocation": 5_000_000}) as svc:
         await wait_for(_mode(pg_url, "Task", "poll"), timeout=120)
         await wait_for(_mode(pg_url, "Account", "cdc"), timeout=120)
         used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["api_used"]
@@ -219,10 +206,6 @@ async def test_poll_rounds_wait_while_the_api_budget_is_spent_and_streams_go_on(
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM budget.task WHERE subject = 'while paused'"),
                        timeout=30)
         assert not svc.limits.api_paused and ids
-    finally:
-        await sim_admin(sim, "PUT", "/__sim/limits", {"api_allocation": 5_000_000})
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def _async(value):
@@ -235,18 +218,13 @@ async def test_a_polled_object_selected_while_the_service_was_down_streams_after
     job = "SELECT job_id FROM replicator.objects WHERE object = 'Opportunity'"
     await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selection if o != "Opportunity"]})
     try:
-        svc, task = await _run(settings)
-        try:
+        async with _running(sim, settings):
             await wait_for(_mode(pg_url, "Opportunity", "poll"), timeout=120)
-        finally:
-            svc.stop.set()
-            assert await asyncio.wait_for(task, 60) == 0
         first_job = await pg_value(pg_url, job)
         ids = (await sim_admin(sim, "POST", "/__sim/changes", [
             {"object": "Opportunity", "type": "CREATE", "fields": {"Name": "while down"}, "count": 5}])).json()
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})
-        svc, task = await _run(settings)
-        try:
+        async with _running(sim, settings):
             await wait_for(_mode(pg_url, "Opportunity", "cdc"), timeout=60)
             await sim_admin(sim, "POST", "/__sim/changes", [
                 {"object": "Opportunity", "type": "CREATE", "fields": {"Name": "streamed"}, "count": 5}])
@@ -255,8 +233,5 @@ async def test_a_polled_object_selected_while_the_service_was_down_streams_after
             await wait_for(lambda: all_equal(settings, refresh=True), timeout=60, interval=0.5)
             assert await pg_value(pg_url, "SELECT count(*) FROM restart.opportunity WHERE name = 'while down'") == 5
             assert await pg_value(pg_url, job) == first_job and ids
-        finally:
-            svc.stop.set()
-            assert await asyncio.wait_for(task, 60) == 0
     finally:
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})

@@ -195,6 +195,14 @@ def _commit_late(capture, items: list[ChangeItem], separate: bool, stamp_ms: int
         capture.end(stamp_ms, items)
 
 
+def _refused(exc: Exception) -> web.Response:
+    """400 for a change that does not apply: a duplicate unique value in the REST error shape
+    (docs/bulk-rest-oauth.md §2.2), anything else as {"error": …}."""
+    if isinstance(exc, DuplicateValue):
+        return json_ok([{"message": str(exc), "errorCode": "DUPLICATE_VALUE", "fields": []}], status=400)
+    return json_ok({"error": str(exc)}, status=400)
+
+
 def _lock_refused(record_id: str) -> web.Response:
     """Salesforce's answer when a row lock is not granted in time (the REST error shape)."""
     return json_ok([{"message": f"unable to obtain exclusive access to this record or 1 records: {record_id}",
@@ -208,20 +216,16 @@ async def post_changes(request: web.Request) -> web.Response:
         raw_items, separate, delay = _options(orjson.loads(await request.read()))
         items = [_item(state.org, raw, state.faults.whole_seconds) for raw in raw_items]
         capture.validate(items)
-    except DuplicateValue as exc:  # the REST error shape (docs/bulk-rest-oauth.md §2.2)
-        return json_ok([{"message": str(exc), "errorCode": "DUPLICATE_VALUE", "fields": []}], status=400)
     except (orjson.JSONDecodeError, ChangeError, ValueError) as exc:
-        return json_ok({"error": str(exc)}, status=400)
+        return _refused(exc)
     if capture.locked(items) is not None:  # a late commit holds a record's row lock: wait for it, like Salesforce
         held = await capture.wait_unlocked(items, LOCK_WAIT_S)
         if held is not None:
             return _lock_refused(held)
         try:  # the late commit may have changed what applies
             capture.validate(items)
-        except DuplicateValue as exc:
-            return json_ok([{"message": str(exc), "errorCode": "DUPLICATE_VALUE", "fields": []}], status=400)
         except (ChangeError, ValueError) as exc:
-            return json_ok({"error": str(exc)}, status=400)
+            return _refused(exc)
     if delay > 0:
         stamp_ms = capture.begin(items)
         asyncio.get_running_loop().call_later(delay, _commit_late, capture, items, separate, stamp_ms)

@@ -84,9 +84,15 @@ class DatabaseError(TerminalError):
 class Stopped(TerminalError):
     """The service is stopping: the interrupted step is resumable and runs again after a restart."""
 
+    def __init__(self, message: str = "the service is stopping", **kw):
+        super().__init__(message, **kw)
+
 
 class ResyncRequested(TerminalError):
     """An operator asked for a resync (`replicator resync`): the stream stops after committing its batches."""
+
+    def __init__(self, message: str = "a resync was requested", **kw):
+        super().__init__(message, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------

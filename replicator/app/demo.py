@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import load_settings
+from ..lifecycle import Phase
 from ..model import ReplicatorError
 from ..observe.logs import setup_logging
 from ..pipeline.refresh import refresh_object
@@ -121,7 +122,7 @@ async def _drained(svc: Service, task: asyncio.Task, since: float) -> None:
     deadline = time.monotonic() + _DRAIN_S
     while time.monotonic() < deadline and not task.done():
         objects = svc.metrics.objects.values()
-        if all(h.phase == "STREAMING" and h.connected and h.idle and (h.caught_up_at or 0) > since + 1.5
+        if all(h.phase == Phase.STREAMING and h.connected and h.idle and (h.caught_up_at or 0) > since + 1.5
                for h in objects):
             return
         await asyncio.wait([task], timeout=0.2)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ..lifecycle import Phase
 from ..postgres.store import Store
 from .service import Service
 
@@ -49,7 +50,7 @@ class DemoView:
 
     def _all_streaming(self) -> bool:
         objects = self.svc.metrics.objects
-        return bool(objects) and all(h.phase == "STREAMING" for h in objects.values())
+        return bool(objects) and all(h.phase == Phase.STREAMING for h in objects.values())
 
     async def _rows(self) -> dict[str, int]:
         """Rows per table, through the running service's store (none yet: 0)."""
@@ -78,7 +79,7 @@ class DemoView:
 
     def _phase(self, name: str) -> str:
         h = self.svc.metrics.objects[name]
-        if h.phase in ("BACKFILLING", "RESYNCING") and h.rows_expected:
+        if h.phase in (Phase.BACKFILLING, Phase.RESYNCING) and h.rows_expected:
             return f"{h.phase} {h.rows_done / h.rows_expected:.0%}"
         return h.phase
 

@@ -1,20 +1,20 @@
-"""An object's mode (cdc: change events; poll: pipeline/poll.py) and the switch between the two, both ways,
-without a hole and without a new extract (issue 12 §1, §4; README "Polling").
+"""The handoffs of an object's life (replicator/lifecycle.py `HANDOFFS`): each function carries the position from
+the way the object leaves to the way it enters, and stores the new way only once the handoff is stored, so a crash
+in the middle repeats it (README "Lifecycle").
 
 - Why an object polls: configured (`mode = "poll"`); no change-event topic (`auto`: GetTopic answers NOT_FOUND for
   an entity not selected for Change Data Capture, docs/pubsub-cdc.md §4); or the org's event delivery allocation
   is used up (any mode but `poll`: a stream ended with `subscription.limit.exceeded`, app/limits.py).
-- cdc → poll (`to_poll`): the poll position starts at the commit time of the last change the stream applied (the
-  stream checkpoint's commitTimestamp; when no event was applied since the position was captured, the time that
-  position was saved), less `poll.lookback_s` (a round reads from that much earlier again); getDeleted starts there
-  too. Every change after the last applied event has a SystemModstamp at or after its commit, so the first round
-  reads it; records read twice are harmless (the version guard). The rows it reads again forget their stream
-  position in the same transaction: a polled record stamped in the same second as the last streamed change is
-  newer than it (read later), and must win the guard's tie (postgres/state.py `poll_from_stream`).
-- poll → cdc (`to_cdc`): capture the stream's position first (as before a backfill), then one more poll round, which
-  reads everything up to at least the capture; the stream then starts from the captured position. Changes in
-  between arrive twice, harmlessly.
-A crash in the middle repeats the switch: the stored mode changes only after the handoff is stored.
+- Events → poll (`leave_events`): the poll position starts at the object's own position (postgres/state.py
+  `own_position`: its newest change applied from events, its last poll position, its last extract's start; never
+  another object's events or a keepalive), less `poll.lookback_s`; getDeleted starts there too. Every change the
+  events did not bring has a SystemModstamp at or after it, so the first round reads it; records read twice are
+  harmless (the version guard). The rows it reads again forget their stream position in the same transaction: a
+  polled record stamped in the same second as the last streamed change is newer than it (read later), and must win
+  the guard's tie (postgres/state.py `poll_from_stream`).
+- Poll → events (`enter_events`): the stream's position first (a topic's captured now; a channel's checkpoint,
+  captured at its first start), then one more poll round, which reads everything up to at least that position;
+  the stream then starts from it. Changes in between arrive twice, harmlessly.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import asyncio
 
 import structlog
 
+from ..lifecycle import Way
 from ..model import Checkpoint, ConfigError, TerminalError
 from ..pipeline.poll import ObjectPoller, poll_topic
 from ..pipeline.stopping import until_stopped
@@ -73,30 +74,43 @@ async def topic_exists(pubsub, topic: str) -> bool:
     return True
 
 
-async def to_poll(store: Store, name: str, lookback_s: float, stream_topic: str | None = None) -> bool:
-    """cdc → poll: store the poll position from the stream checkpoint (the object's topic's, or `stream_topic`'s:
-    the channel it streamed on). False without a stream checkpoint (nothing to continue from: the poll path
-    extracts the object again)."""
-    times = await store.checkpoint_times(stream_topic or topic_for(name))
-    if times is None:
+async def stored_way(store: Store, name: str) -> tuple[Way, str | None]:
+    """The way the stored state says the object was kept current, and its channel."""
+    st = await store.get_object(name)
+    if st is None or st.mode is None:
+        return Way.NONE, None
+    if st.mode == "poll":
+        return Way.POLL, None
+    return (Way.CHANNEL, st.channel) if st.channel else (Way.TOPIC, None)
+
+
+async def leave_events(store: Store, name: str, lookback_s: float, reason: str, floor_ms: int | None = None) -> bool:
+    """Events → poll: store the poll position from the object's own position (`Store.own_position`), or from
+    `floor_ms` when later (a channel's newest commit when its event allocation ran out: every member's events up
+    to it are applied), less `lookback_s`; then the mode `poll`. False when the object has no position at all (it
+    was never extracted: the poll path extracts it)."""
+    own = await store.own_position(name)
+    since = max((p for p in (own, floor_ms) if p is not None), default=None)
+    if since is None:
         return False
-    commit, _basis, saved = times
-    since = commit if commit is not None else saved
-    start = (int(since * 1000) - int(lookback_s * 1000)) // 1000 * 1000  # whole seconds, as SOQL compares
+    start = (since - int(lookback_s * 1000)) // 1000 * 1000  # whole seconds, as SOQL compares
     forgotten = await store.poll_from_stream(name, Checkpoint(poll_topic(name), None, poll_modstamp=start, poll_id="",
                                                               poll_deleted_through=start))
-    log.info("mode.poll_position_from_stream", object=name, last_commit=commit, position_saved=saved,
-             poll_from_ms=start, stream_positions_forgotten=forgotten)
+    await store.set_mode(name, "poll", reason)
+    log.info("handoff.to_poll", object=name, own_position_ms=own, floor_ms=floor_ms, poll_from_ms=start,
+             stream_positions_forgotten=forgotten)
     return True
 
 
-async def to_cdc(stream: ObjectStream, poller: ObjectPoller, stop: asyncio.Event) -> bool:
-    """poll → cdc: capture the stream position, then one poll round past it. False without a poll position (the
-    object was never polled: the stream path backfills it as usual)."""
-    if await stream.store.load_poll_position(poller.topic) is None:
+async def enter_events(poller: ObjectPoller, stop: asyncio.Event, stream: ObjectStream | None = None) -> bool:
+    """Poll → events: the stream's position first (`stream` given: capture its topic's now; else the caller's
+    channel already has its checkpoint), then one poll round past it. False without a poll position (the object
+    was never polled: the event path extracts it as usual). `poller` is prepared (`ObjectPoller.prepare`); the
+    caller stores the new way afterwards."""
+    if await poller.store.load_poll_position(poller.topic) is None:
         return False
-    await until_stopped(stop, stream.capture_position())
-    await poller.applier.load_schema()
+    if stream is not None:
+        await until_stopped(stop, stream.capture_position())
     await poller.round(stop)
-    log.info("mode.handoff_polled", object=stream.name, rounds=poller.rounds)
+    log.info("handoff.polled_past_position", object=poller.name, rounds=poller.rounds)
     return True

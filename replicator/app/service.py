@@ -19,28 +19,18 @@ from ..config import Settings
 from ..model import ConfigError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
-from ..pipeline.backfill import Backfill
-from ..pipeline.channel import ChannelStream, backfill_members, capture_channel_position, for_each
 from ..pipeline.platform_events import PlatformEventStream
-from ..pipeline.poll import ObjectPoller
 from ..pipeline.refresh import RefreshSchedule
-from ..pipeline.stopping import sleep_or_stop, until_stopped
+from ..pipeline.stopping import sleep_or_stop
 from ..pipeline.stream import ObjectStream
 from ..postgres.store import Store
 from ..retry import restart_delay
-from ..salesforce.pubsub import PubSubClient, event_allocation_exhausted
+from ..salesforce.pubsub import PubSubClient
 from ..salesforce.topics import topic_for
+from .channel_unit import ChannelUnit
+from .handoffs import leave_events
 from .limits import OrgLimits
-from .modes import (
-    ALLOCATION,
-    ALLOCATION_REASON,
-    TOPIC,
-    choose_mode,
-    no_topic_reason,
-    to_cdc,
-    to_poll,
-    topic_exists,
-)
+from .object_unit import ObjectUnit
 from .runtime import open_store, salesforce_client
 
 log = structlog.get_logger(__name__)
@@ -87,16 +77,19 @@ def subscription_advice(settings: Settings) -> dict | None:
             'keepalive checkpoint of its own'}
 
 
-async def _all_or_none(*steps: Awaitable[None]) -> None:
-    """Run the steps together until all end; when one fails (a configuration error stops the service), the others
-    are cancelled before the error propagates, so none goes on using a store or client its caller then closes."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error a unit group ended with: a configuration error first (it decides the exit code), else the first."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, ConfigError)), leaves[0])
 
 
 def _stuck_tasks() -> list[str]:
@@ -116,6 +109,10 @@ def _stuck_tasks() -> list[str]:
 
 
 class Service:
+    """The supervisor: the units of work (app/object_unit.py, app/channel_unit.py, platform events, refresh
+    schedules, the limits watcher) run in one task group; a unit retries its own failures (`keep_running`), and a
+    configuration error in any of them stops them all and the service (exit code 2)."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.stop = asyncio.Event()
@@ -125,7 +122,9 @@ class Service:
             self.metrics.object(name)
         self.endpoints: Endpoints | None = None
         self.limits: OrgLimits | None = None  # the org's allocations and the API budget, once connected
-        self._polled_for_allocation: set[str] = set()  # objects polled while the event allocation is used up
+        self.client = self.pubsub = None
+        self.store: Store | None = None
+        self._group: asyncio.TaskGroup | None = None
         self._signals = 0
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -174,28 +173,53 @@ class Service:
         if advice := subscription_advice(self.settings):
             log.warning("service.many_subscriptions", **advice)
         async with salesforce_client(self.settings) as client, open_store(self.settings) as store:
+            self.client, self.store = client, store
             self.metrics.client, self.metrics.store = client, store
             sf = self.settings.salesforce
             self.limits = self.metrics.limits = OrgLimits(client, sf.api_reserve, sf.limits_interval_s)
-            pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens, ca_file=str(sf.ca_file) if sf.ca_file else None,
-                                  tls=sf.pubsub_tls)
+            self.pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens,
+                                       ca_file=str(sf.ca_file) if sf.ca_file else None, tls=sf.pubsub_tls)
             try:
-                objects = ([self._channel_mode(client, pubsub, store)] if self.settings.stream.channel  # one
-                           # subscription for many objects (pipeline/channel.py), else one per object
-                           else [self._supervise(client, pubsub, store, n) for n in self.settings.objects])
-                await _all_or_none(
-                    self._keep_running("limits", lambda: self.limits.run(self.stop)),
-                    *objects,
-                    *(self._supervise_events(pubsub, store, n) for n in self.settings.stream.platform_events),
-                    # beside each object's stream or poll rounds: the refresh of what events never carry
-                    *(RefreshSchedule(client, store, self.settings, n, self.metrics, gate=self._api_budget).run(self.stop)
-                      for n in self.settings.objects),
-                )
+                await self._leave_unconfigured()
+                async with asyncio.TaskGroup() as self._group:
+                    self.spawn(self.keep_running("limits", lambda: self.limits.run(self.stop)))
+                    if self.settings.stream.channel:  # one subscription for many objects, else one unit each
+                        self.spawn(ChannelUnit(self).run())
+                    else:
+                        for name in self.settings.objects:
+                            self.spawn(ObjectUnit(self, name).run())
+                    for name in self.settings.stream.platform_events:
+                        self.spawn(self.keep_running(
+                            f"/event/{name}", lambda n=name: PlatformEventStream(self.pubsub, store, self.settings,
+                                                                                 n).run(self.stop)))
+                    for name in self.settings.objects:  # beside each object's way: what events never carry
+                        self.spawn(RefreshSchedule(client, store, self.settings, name, self.metrics,
+                                                   gate=self._api_budget).run(self.stop))
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
             finally:
+                self._group = None
                 self.metrics.store = None
-                close = getattr(pubsub, "close", None)
+                close = getattr(self.pubsub, "close", None)
                 if close is not None:
                     await close()
+
+    def spawn(self, unit: Awaitable[None]) -> None:
+        """Run a unit in the service's task group (a channel hands members to units of their own this way)."""
+        assert self._group is not None, "units run inside Service._work"
+        self._group.create_task(unit)
+
+    async def _leave_unconfigured(self) -> None:
+        """An object out of the configuration whose position is a channel's checkpoint keeps it as a time position of
+        its own (lifecycle HANDOFFS CHANNEL -> NONE), so that adding it back later continues from there; an own
+        topic's checkpoint or a poll position stays as it is."""
+        topics = await self.store.checkpoint_topics()
+        for name, channel in (await self.store.streamed_objects()).items():
+            if name in self.settings.objects or (channel is None and topic_for(name) in topics):
+                continue
+            if await leave_events(self.store, name, self.settings.poll.lookback_s,
+                                  f"out of the configuration: its position left channel {channel or '?'}"):
+                log.info("service.object_left", object=name, channel=channel)
 
     async def _api_budget(self, name: str) -> None:
         """The refresh's gate: wait while the org's remaining daily API requests are below `salesforce.api_reserve`
@@ -203,8 +227,8 @@ class Service:
         while self.limits is not None and not self.limits.allows() and not self.stop.is_set():
             await sleep_or_stop(self.stop, self.settings.service.control_poll_s)
 
-    async def _keep_running(self, what: str, once: Callable[[], Awaitable[None]],
-                            on_error: Callable[[str], Awaitable[None]] | None = None) -> None:
+    async def keep_running(self, what: str, once: Callable[[], Awaitable[None]],
+                           on_error: Callable[[str], Awaitable[None]] | None = None) -> None:
         """Run `once` until the service stops; a failure runs it again after `retry.restart_delay` (1 s doubling
         to 60 s, jittered) and never stops the other objects. A configuration error stops the service."""
         failures = 0
@@ -230,260 +254,6 @@ class Service:
                 log.error("service.failed", what=what, error=error, retry_in_s=round(delay, 1), failures=failures,
                           **({"not_recorded": unrecorded} if unrecorded else {}))
                 await sleep_or_stop(self.stop, delay)
-
-    async def _supervise(self, client, pubsub, store: Store, name: str, detached: str | None = None) -> None:
-        """One object, in the mode app/modes.py decides; a watcher ends the running mode when the other one is
-        due (topic gained or lost, event allocation used up or back), and the next round switches. `detached`: the
-        reason a channel member left the channel (pipeline/channel.py); it resyncs from its own topic's position
-        captured first, unless it already has one."""
-        obj = self.settings.objects[name]
-        health = self.metrics.object(name)
-
-        async def once() -> None:
-            if detached and await store.load_checkpoint(topic_for(name)) is None:
-                stream = ObjectStream(client, pubsub, store, self.settings, name, obj, self.metrics)
-                await stream.applier.load_schema()
-                await stream.resync(detached, capture=True)
-            halt = asyncio.Event()  # set by the watcher: the service stops, or the other mode is due
-            watcher = None
-            mode = "cdc"
-            try:
-                mode, reason, cause = await choose_mode(pubsub, name, obj.mode, self.limits)
-                await self._enter_mode(client, pubsub, store, name, mode, reason, cause)
-                watcher = asyncio.ensure_future(self._watch_mode(pubsub, name, mode, halt))
-                if mode == "poll":
-                    await self._poll(client, store, name, halt)
-                else:
-                    await self._stream(client, pubsub, store, name, halt)
-            except Stopped:
-                if self.stop.is_set():
-                    raise
-                # halted for a switch during a resumable step (a resync's extract): the next round goes on
-            except Exception as exc:
-                if mode != "cdc" or self.limits is None or not event_allocation_exhausted(exc):
-                    raise
-                self.limits.events_exhausted(f"{type(exc).__name__}: {exc}")  # the next round polls, loudly
-            finally:
-                if watcher is not None:
-                    watcher.cancel()
-                    await asyncio.gather(watcher, return_exceptions=True)
-
-        async def record(error: str) -> None:
-            health.phase, health.connected, health.last_error = "RETRYING", False, error
-            await store.record_error(name, error)
-
-        await self._keep_running(name, once, record)
-
-    async def _channel_mode(self, client, pubsub, store: Store) -> None:
-        """`stream.channel` set: the objects in cdc mode without a subscription of their own share ONE subscription
-        to the channel; the others run as usual (README "One channel for many objects").
-
-        Members: at the first start (no channel checkpoint), every cdc object without a checkpoint of its own; later,
-        those that are known (a row in replicator.objects) and have none. An object added to the configuration later
-        runs on its own subscription with the usual handoff, as does one that left the channel for a resync."""
-        channel = self.settings.stream.channel
-        known = {n for n in self.settings.objects if await store.get_object(n) is not None}  # before modes add rows
-        modes = await _choose_modes(pubsub, store, self.settings, self.metrics)
-        topics = await store.checkpoint_topics()
-        first_start = channel not in topics
-        carried = set(self.settings.stream.channel_objects or modes)  # the channel's members in Salesforce
-        members, alone = [], []
-        for name, mode in modes.items():
-            on_channel = (mode == "cdc" and name in carried and (first_start or name in known)
-                          and topic_for(name) not in topics)
-            (members if on_channel else alone).append(name)
-        log.info("service.channel", channel=channel, members=len(members), own_subscriptions=len(alone))
-        extra: list[asyncio.Task] = []
-
-        async def detach(name: str, reason: str) -> None:
-            extra.append(asyncio.ensure_future(self._supervise(client, pubsub, store, name, detached=reason)))
-
-        async def once() -> None:
-            if not members:  # every member left the channel (resyncs, the event allocation used up)
-                await self.stop.wait()
-                return
-            streams = {n: ObjectStream(client, pubsub, store, self.settings, n, self.settings.objects[n], self.metrics)
-                       for n in members}
-            if channel not in await store.checkpoint_topics():
-                # Describe first (a configuration the org refuses stops here), then capture the channel's position
-                # before any extract: the channel replays every change after it (docs/design.md, contract 5).
-                await for_each(list(streams.values()), lambda s: s.applier.load_schema())
-                await until_stopped(self.stop, capture_channel_position(pubsub, store, self.settings))
-            await backfill_members(store, self.settings, list(streams.values()), self.stop)
-            channel_stream = running["stream"] = ChannelStream(pubsub, store, self.settings, streams, self.metrics,
-                                                               detach)
-            try:
-                await channel_stream.run(self.stop)
-            except Exception as exc:
-                if self.limits is None or not event_allocation_exhausted(exc):
-                    raise
-                self.limits.events_exhausted(f"{type(exc).__name__}: {exc}")
-                for name in list(channel_stream.members):  # each polls now, and streams on its own topic after
-                    await self._enter_mode(client, pubsub, store, name, "poll", ALLOCATION_REASON, ALLOCATION,
-                                           stream_topic=channel)
-                    channel_stream.members.pop(name)
-                    extra.append(asyncio.ensure_future(self._supervise(client, pubsub, store, name)))
-            finally:
-                members[:] = list(channel_stream.members)
-                running.pop("stream", None)
-
-        running: dict[str, ChannelStream] = {}
-
-        async def watch_topics() -> None:
-            """A member in `auto` mode whose change-event topic went away (deselected from Change Data Capture)
-            gets no more events on the channel: it polls from the channel's checkpoint, and `_supervise` streams it
-            on its own topic if the topic comes back (one GetTopic per member every `stream.topic_check_s`)."""
-            while not self.stop.is_set():
-                await sleep_or_stop(self.stop, self.settings.stream.topic_check_s)
-                channel_stream = running.get("stream")
-                for name in list(channel_stream.members) if channel_stream is not None else []:
-                    if self.settings.objects[name].mode != "auto":
-                        continue
-                    try:
-                        exists = await topic_exists(pubsub, topic_for(name))
-                    except Exception as exc:  # the channel reports its own failures; look again next time
-                        log.debug("service.topic_check_failed", object=name, error=str(exc))
-                        continue
-                    if not exists and channel_stream.members.pop(name, None) is not None:
-                        log.info("service.topic_changed", object=name, topic=topic_for(name), exists=False)
-                        await self._enter_mode(client, pubsub, store, name, "poll", no_topic_reason(name), TOPIC,
-                                               stream_topic=channel)
-                        extra.append(asyncio.ensure_future(self._supervise(client, pubsub, store, name)))
-
-        watcher = asyncio.ensure_future(watch_topics())
-        try:
-            await _all_or_none(self._keep_running(channel, once),
-                               *(self._supervise(client, pubsub, store, n) for n in alone))
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, *extra, return_exceptions=True)
-
-    async def _enter_mode(self, client, pubsub, store: Store, name: str, mode: str, reason: str, cause: str,
-                          stream_topic: str | None = None) -> None:
-        """Store the decided mode; when it differs from the stored one, hand the object over first (app/modes.py):
-        the stored mode changes only once the handoff is stored, so a crash repeats it. `stream_topic`: a channel
-        member going to poll takes its position from the channel's checkpoint (no hole, no extract); `_supervise`
-        runs it from then on, and streams it on its own topic once events flow again (a channel cannot take one
-        object back at a position of its own: README "One channel for many objects")."""
-        health = self.metrics.object(name)
-        stored = await store.get_mode(name)
-        st = await store.get_object(name)
-        if mode == "poll" and cause == ALLOCATION:
-            self._polled_for_allocation.add(name)
-        elif mode == "cdc" and name in self._polled_for_allocation:
-            self._polled_for_allocation.discard(name)
-            cause = ALLOCATION  # back to the stream because the allocation has room again
-        if stored is not None and stored != mode and st is not None and st.phase != "NEW":
-            if mode == "poll":
-                await to_poll(store, name, self.settings.poll.lookback_s, stream_topic)
-            else:
-                obj = self.settings.objects[name]
-                stream = ObjectStream(client, pubsub, store, self.settings, name, obj, self.metrics)
-                poller = ObjectPoller(client, store, self.settings, name, obj, self.metrics)
-                await to_cdc(stream, poller, self.stop)
-            self.metrics.mode_switches.labels(object=name, mode=mode, cause=cause).inc()
-            (log.error if cause == ALLOCATION else log.warning)(
-                "service.mode_switch", object=name, mode=mode, previous=stored, reason=reason,
-                **({"channel": stream_topic} if stream_topic else {}))
-        elif health.mode == mode:
-            return  # decided before in this process, nothing changed
-        else:
-            log.info("service.mode", object=name, mode=mode, reason=reason)
-        await store.set_mode(name, mode, reason)
-        health.mode = mode
-
-    async def _watch_mode(self, pubsub, name: str, mode: str, halt: asyncio.Event) -> None:
-        """Set `halt` when the service stops or the object should run in the other mode: in `auto` mode its
-        change-event topic appeared or went away (one GetTopic every `stream.topic_check_s`); a poll for want of
-        event allocation once /limits shows room again."""
-        configured = self.settings.objects[name].mode
-        tick = min(self.settings.service.control_poll_s, self.settings.stream.topic_check_s)
-        next_topic_check = time.monotonic() + self.settings.stream.topic_check_s
-        limits = self.limits
-        while not self.stop.is_set():
-            await sleep_or_stop(self.stop, tick)
-            waiting_for_events = limits is not None and limits.events_exhausted_at is not None
-            if mode == "poll" and configured != "poll" and waiting_for_events:
-                if limits.events_available():
-                    break
-                continue
-            if configured == "auto" and time.monotonic() >= next_topic_check:
-                next_topic_check = time.monotonic() + self.settings.stream.topic_check_s
-                try:
-                    exists = await topic_exists(pubsub, topic_for(name))
-                except Exception as exc:  # the running mode reports its own failures; look again next time
-                    log.debug("service.topic_check_failed", object=name, error=str(exc))
-                    continue
-                if exists != (mode == "cdc"):
-                    log.info("service.topic_changed", object=name, topic=topic_for(name), exists=exists)
-                    break
-        halt.set()
-
-    async def _stream(self, client, pubsub, store: Store, name: str, halt: asyncio.Event) -> None:
-        """A streamed object: backfill when needed (its stream position captured first), then stream until
-        `halt`."""
-        obj, health = self.settings.objects[name], self.metrics.object(name)
-        st = await store.get_object(name)
-        stream = self.streams[name] = ObjectStream(client, pubsub, store, self.settings, name, obj, self.metrics)
-        if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
-            health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
-            if st is None or st.phase == "NEW" or not st.job_id:  # a resumed backfill keeps its position
-                # Describe first: a configuration the org refuses (a key that is not unique) stops here, in
-                # one line, before a stream position is captured and stored.
-                await stream.applier.load_schema()
-                await until_stopped(self.stop, stream.capture_position())
-            log.info("service.backfill", object=name)
-            backfill = Backfill(client, store, self.settings, name, obj, self.metrics.backfill_progress)
-            await until_stopped(self.stop, backfill.run())
-        await store.set_phase(name, "STREAMING")
-        health.last_error = None
-        await stream.run(halt)
-
-    async def _poll(self, client, store: Store, name: str, halt: asyncio.Event | None = None) -> None:
-        """A polled object (pipeline/poll.py): the same backfill, its poll position captured before it, then
-        rounds until `halt` (the service stops, or the object switches mode), each only while the API budget
-        allows (app/limits.py)."""
-        obj, health = self.settings.objects[name], self.metrics.object(name)
-        poller = ObjectPoller(client, store, self.settings, name, obj, self.metrics, budget=self.limits)
-        st = await store.get_object(name)
-        has_position = await store.load_poll_position(poller.topic) is not None
-        if st is not None and st.phase != "NEW" and not has_position:
-            # Replicated (or extracted) before without a poll position, and no stream checkpoint to start one
-            # from (app/modes.py): extract it again from a fresh position, an extract begun earlier would leave
-            # a hole.
-            await store.begin_resync(name, "polled without a stored poll position")
-            st = await store.get_object(name)
-        if st is None or st.phase not in ("BACKFILLED", "STREAMING"):
-            health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
-            # A resync always starts a new Bulk job (Backfill resumes only a BACKFILLING one): the position is
-            # captured before it; a resumed backfill keeps the position captured before its job.
-            if st is None or st.phase in ("NEW", "RESYNCING") or not st.job_id:
-                await poller.applier.load_schema()  # describe first, as for a streamed object
-                await poller.capture_position()
-            log.info("service.backfill", object=name)
-            backfill = Backfill(client, store, self.settings, name, obj, self.metrics.backfill_progress)
-            await until_stopped(self.stop, backfill.run())
-        await store.set_phase(name, "STREAMING")
-        health.last_error = None
-        await poller.run(halt if halt is not None else self.stop)
-
-    async def _supervise_events(self, pubsub, store: Store, name: str) -> None:
-        await self._keep_running(f"/event/{name}",
-                                 lambda: PlatformEventStream(pubsub, store, self.settings, name).run(self.stop))
-
-
-async def _choose_modes(pubsub, store: Store, settings: Settings, metrics: Metrics) -> dict[str, str]:
-    """Every object's mode (as _supervise decides it, which logs it again), a few GetTopic calls at a time; stored."""
-    gate, modes = asyncio.Semaphore(8), {}
-
-    async def one(name: str) -> None:
-        async with gate:
-            mode, reason, _ = await choose_mode(pubsub, name, settings.objects[name].mode)
-        await store.set_mode(name, mode, reason)
-        metrics.object(name).mode = modes[name] = mode
-
-    await asyncio.gather(*(one(n) for n in settings.objects))
-    return {name: modes[name] for name in settings.objects}
 
 
 async def run_command(settings: Settings) -> int:

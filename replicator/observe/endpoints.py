@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..lifecycle import Phase
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -32,9 +33,9 @@ def readiness(metrics: Metrics, pg_ok: bool, pg_error: str | None, max_lag_s: fl
     for name, h in metrics.objects.items():
         lag = h.lag(now)
         why = None
-        if h.phase in ("BACKFILLING", "RESYNCING"):
+        if h.phase in (Phase.BACKFILLING, Phase.RESYNCING):
             pass
-        elif h.phase != "STREAMING":
+        elif h.phase != Phase.STREAMING:
             why = f"phase {h.phase}" + (f": {h.last_error}" if h.last_error else "")
         elif not h.connected:
             why = "stream not connected"

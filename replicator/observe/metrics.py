@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-PHASES = ("STARTING", "BACKFILLING", "RESYNCING", "STREAMING", "RETRYING")
+from ..lifecycle import Phase
+
+PHASES = (Phase.STARTING, Phase.BACKFILLING, Phase.RESYNCING, Phase.STREAMING, Phase.RETRYING)
 MODES = ("cdc", "poll")
 
 
@@ -27,7 +29,7 @@ class ObjectHealth:
     """What the service knows about one object right now (read by the collector and by /readyz)."""
 
     name: str
-    phase: str = "STARTING"
+    phase: str = Phase.STARTING
     connected: bool = False  # the subscription has a live stream
     idle: bool = False  # caught up: nothing received that is not yet applied
     caught_up_at: float | None = None  # epoch s when last seen caught up
@@ -43,13 +45,13 @@ class ObjectHealth:
     refresh_due_at: float | None = None  # epoch s: when its next refresh is due
 
     def lag(self, now: float) -> float | None:
-        if self.phase == "STREAMING" and self.connected and self.idle:
+        if self.phase == Phase.STREAMING and self.connected and self.idle:
             return 0.0
         fresh = max((t for t in (self.last_commit, self.caught_up_at) if t is not None), default=None)
         return None if fresh is None else max(0.0, now - fresh)
 
     def time_to_data_loss(self, now: float, retention_s: float) -> float | None:
-        if self.phase == "STREAMING" and self.connected and self.idle:
+        if self.phase == Phase.STREAMING and self.connected and self.idle:
             return retention_s
         if self.position_time is None:
             return None

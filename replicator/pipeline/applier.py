@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ..config import ObjectSettings, Settings
+from ..lifecycle import Phase
 from ..model import Checkpoint, DeadLetter, RejectedDataError, RowOp, StreamEvent
 from ..observe.metrics import Metrics
 from ..postgres.apply import ApplyResult, UpdatesMissed
@@ -371,7 +372,7 @@ class BatchApplier:
         h.checkpoint_saved = now
         lag = (now * 1000 - s.last_commit_ms) / 1000 if commits else None
         (log.info if log_line and (delivered or dead) else log.debug)(
-            "stream.batch", object=name, phase="STREAMING", batch_id=self._batch_id, events=len(batch),
+            "stream.batch", object=name, phase=Phase.STREAMING, batch_id=self._batch_id, events=len(batch),
             rows=len(rows), upserts=result.upserts, updates=result.updates, deletes=result.deletes,
             skipped=result.skipped, dead_letters=len(dead) + result.dead_letters, lag_s=None if lag is None else round(lag, 3),
             duration_s=round(seconds, 4))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import structlog
 
 from ..config import ObjectSettings, Settings
+from ..lifecycle import Phase
 from ..model import DeadLetter, JobFailedError, RejectedDataError, TableSpec, TerminalError
 from ..postgres.sink import strip_nul_chunks
 from ..postgres.store import Store
@@ -119,7 +120,7 @@ class Backfill:
     async def _job(self, table_empty: bool, resume: bool) -> tuple[str, str, int]:
         """The job to extract from: the stored one if it still exists, else a new one (recorded first)."""
         st = await self.store.get_object(self.name)
-        if resume and st and st.phase == "BACKFILLING" and st.job_id:
+        if resume and st and st.phase == Phase.BACKFILLING and st.job_id:
             try:
                 job = await self.bulk.get_job(st.job_id)
             except TerminalError as exc:

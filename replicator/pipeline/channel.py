@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
+from ..lifecycle import Phase
 from ..model import Checkpoint, DeadLetter, RejectedDataError, ReplayIdInvalidError, StreamEvent
 from ..observe.metrics import Metrics
 from ..postgres.apply import ApplyResult, UpdatesMissed
@@ -72,7 +73,7 @@ class ChannelStream:
         while not stop.is_set():
             position = await self.store.load_checkpoint(self.topic)
             for stream in self.members.values():
-                stream.health.phase = "STREAMING"
+                stream.health.phase = Phase.STREAMING
             try:
                 await self._stream(position, stop)
             except ReplayIdInvalidError as exc:
@@ -174,7 +175,7 @@ class ChannelStream:
             dead += found.dead
         resync = {name: found.resync_reason for name, _, _, found, _ in prepared if found.resync_reason}
         for name in resync:  # before the commit moves the channel past the event that asks (counted by the resync)
-            await self.store.set_phase(name, "RESYNCING")
+            await self.store.set_phase(name, Phase.RESYNCING)
         committing = time.perf_counter()
         commits = [e.commit_timestamp for e in batch if e.commit_timestamp]
         checkpoint = Checkpoint(self.topic, batch[-1].replay_id, max(commits) if commits else None)
@@ -291,12 +292,12 @@ async def backfill_members(store: Store, settings: Settings, streams: list[Objec
 
     async def extract(stream: ObjectStream) -> None:
         st = await store.get_object(stream.name)
-        if st is not None and st.phase in ("BACKFILLED", "STREAMING"):
+        if st is not None and st.phase in (Phase.BACKFILLED, Phase.STREAMING):
             return  # described when the channel starts
-        stream.health.phase = "RESYNCING" if st is not None and st.phase == "RESYNCING" else "BACKFILLING"
+        stream.health.phase = Phase.RESYNCING if st is not None and st.phase == Phase.RESYNCING else Phase.BACKFILLING
         backfill = Backfill(stream.client, store, settings, stream.name, stream.obj, stream.metrics.backfill_progress)
         await until_stopped(stop, backfill.run())
-        await store.set_phase(stream.name, "STREAMING")
+        await store.set_phase(stream.name, Phase.STREAMING)
         await stream.applier.load_schema()
 
     await for_each(streams, extract)

@@ -39,6 +39,7 @@ import time
 import structlog
 
 from ..config import ObjectSettings, Settings
+from ..lifecycle import Phase
 from ..model import Checkpoint, RejectedDataError, RowOp, TerminalError
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
@@ -115,7 +116,7 @@ class ObjectPoller:
     async def run(self, stop: asyncio.Event) -> None:
         await self.prepare()
         h = self.health
-        h.phase, h.mode = "STREAMING", "poll"
+        h.phase, h.mode = Phase.STREAMING, "poll"
         while not stop.is_set():
             started = time.time()
             if self.budget is None or self.budget.allows():  # else skipped: salesforce.api_reserve
@@ -146,7 +147,7 @@ class ObjectPoller:
         extract = Backfill(self.client, self.store, self.settings, self.name, self.obj).run()
         # resumable (page by page): a stop does not wait for it
         progress = await (until_stopped(stop, extract) if stop is not None else extract)
-        await self.store.set_phase(self.name, "STREAMING")
+        await self.store.set_phase(self.name, Phase.STREAMING)
         self.rounds += 1
         self.api_calls += 4  # create, at least one status poll, resultPages, one page
         self.health.checkpoint_saved = time.time()

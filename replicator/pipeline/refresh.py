@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ..config import Settings
+from ..lifecycle import Phase
 from ..model import Stopped
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
@@ -135,7 +136,7 @@ class RefreshSchedule:
         poll_s = self.settings.service.control_poll_s
         while not stop.is_set():
             st = await self.store.get_object(self.name)
-            if st is not None and st.phase == "STREAMING":
+            if st is not None and st.phase == Phase.STREAMING:
                 last = await self.store.last_refresh(self.name)
                 finished = last["finished_at"].timestamp() if last and last["finished_at"] else None
                 health = self.metrics.object(self.name)

@@ -12,6 +12,7 @@ import time
 import structlog
 
 from ..config import ObjectSettings, Settings
+from ..lifecycle import Phase
 from ..model import Checkpoint, ReplayIdInvalidError, ResyncRequested, StreamEvent, TerminalError
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
@@ -56,7 +57,7 @@ class ObjectStream:
                 await self.resync(reason="requested by an operator (replicator resync)")
                 continue
             h = self.health
-            h.phase = "STREAMING"
+            h.phase = Phase.STREAMING
             h.last_commit, h.position_time, h.checkpoint_saved = saved if saved else (None, None, None)
             try:
                 await self._stream(position, stop)
@@ -110,14 +111,14 @@ class ObjectStream:
         self.metrics.resyncs.labels(object=self.name).inc()
         log.warning("stream.resync", object=self.name, reason=reason, resyncs=self.stats.resyncs)
         await self.store.begin_resync(self.name, reason)
-        self.health.phase, self.health.connected = "RESYNCING", False
+        self.health.phase, self.health.connected = Phase.RESYNCING, False
         if capture:
             await until_stopped(self._stop, self.capture_position())
         backfill = Backfill(self.client, self.store, self.settings, self.name, self.obj,
                             self.metrics.backfill_progress)
         await until_stopped(self._stop, backfill.run())
-        await self.store.set_phase(self.name, "STREAMING")
-        self.health.phase = "STREAMING"
+        await self.store.set_phase(self.name, Phase.STREAMING)
+        self.health.phase = Phase.STREAMING
         await self.applier.load_schema()
 
     async def _stream(self, position: bytes | None, stop: asyncio.Event) -> None:

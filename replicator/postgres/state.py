@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ..lifecycle import Phase
 from ..model import VERSION_COLUMN, Checkpoint, DeadLetter
 from . import ddl
 
@@ -32,12 +33,14 @@ class ObjectState:
     rows_expected: int | None
     fingerprint: str | None
     last_error: str | None
+    mode: str | None = None  # cdc | poll (lifecycle.Way with `channel`)
+    channel: str | None = None  # the channel whose checkpoint carries its position (mode cdc)
 
 
 async def get_object(conn: asyncpg.Connection, name: str) -> ObjectState | None:
     row = await conn.fetchrow(
         "SELECT object, phase, job_id, load_mode, page_size, pages_done, rows_loaded, rows_expected, fingerprint,"
-        " last_error FROM replicator.objects WHERE object = $1",
+        " last_error, mode, channel FROM replicator.objects WHERE object = $1",
         name,
     )
     return ObjectState(**dict(row)) if row else None
@@ -56,11 +59,11 @@ async def register_object(conn: asyncpg.Connection, name: str, schema: str, tabl
 async def start_job(conn: asyncpg.Connection, name: str, job_id: str, load_mode: str, page_size: int) -> None:
     """A new extract begins: forget the previous job's page counts (its committed pages stay as history)."""
     await conn.execute(
-        "UPDATE replicator.objects SET phase = 'BACKFILLING', job_id = $2, job_created_at = now(), load_mode = $3,"
+        "UPDATE replicator.objects SET phase = $5, job_id = $2, job_created_at = now(), load_mode = $3,"
         " page_size = $4, pages_done = 0, last_locator = NULL, rows_loaded = 0, rows_expected = NULL,"
         " backfill_started_at = now(), backfill_finished_at = NULL, last_error = NULL, updated_at = now()"
         " WHERE object = $1",
-        name, job_id, load_mode, page_size,
+        name, job_id, load_mode, page_size, Phase.BACKFILLING,
     )
 
 
@@ -99,9 +102,9 @@ async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh
     `formula_refresh_s` after it, not at once (README "Refresh")."""
     async with conn.transaction():
         await conn.execute(
-            "UPDATE replicator.objects SET phase = 'BACKFILLED', backfill_finished_at = now(), last_error = NULL,"
+            "UPDATE replicator.objects SET phase = $2, backfill_finished_at = now(), last_error = NULL,"
             " updated_at = now() WHERE object = $1",
-            name,
+            name, Phase.BACKFILLED,
         )
         if not counts_as_refresh:
             return
@@ -117,8 +120,8 @@ async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh
 
 async def fail_object(conn: asyncpg.Connection, name: str, error: str) -> None:
     await conn.execute(
-        "UPDATE replicator.objects SET phase = 'FAILED', last_error = $2, updated_at = now() WHERE object = $1",
-        name, without_nul(error)[:2000],
+        "UPDATE replicator.objects SET phase = $3, last_error = $2, updated_at = now() WHERE object = $1",
+        name, without_nul(error)[:2000], Phase.FAILED,
     )
 
 
@@ -169,9 +172,9 @@ async def record_error(conn: asyncpg.Connection, name: str, error: str) -> None:
 async def begin_resync(conn: asyncpg.Connection, name: str, reason: str) -> None:
     """Mark the object RESYNCING (so a restart extracts it again), clear an operator's request, count it."""
     await conn.execute(
-        "UPDATE replicator.objects SET phase = 'RESYNCING', resync_requested = false, resyncs = resyncs + 1,"
+        "UPDATE replicator.objects SET phase = $3, resync_requested = false, resyncs = resyncs + 1,"
         " last_resync_at = now(), last_resync_reason = $2, updated_at = now() WHERE object = $1",
-        name, reason[:500],
+        name, reason[:500], Phase.RESYNCING,
     )
 
 
@@ -239,17 +242,51 @@ def _epoch_ms(value: dt.datetime | None) -> int | None:
     return None if value is None else round((value - EPOCH).total_seconds() * 1000)
 
 
-async def set_mode(conn: asyncpg.Connection, name: str, mode: str, reason: str) -> None:
-    """How the object is replicated (cdc or poll) and why, decided at start-up."""
+async def set_mode(conn: asyncpg.Connection, name: str, mode: str, reason: str, channel: str | None = None) -> None:
+    """How the object is kept current (cdc or poll; with cdc, the channel carrying its position, else NULL) and
+    why: stored once its handoff is stored (app/handoffs.py), so a crash in between repeats the handoff."""
     await conn.execute(
-        "INSERT INTO replicator.objects (object, mode, mode_reason) VALUES ($1, $2, $3)"
-        " ON CONFLICT (object) DO UPDATE SET mode = $2, mode_reason = $3, updated_at = now()",
-        name, mode, reason[:500],
+        "INSERT INTO replicator.objects (object, mode, mode_reason, channel) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (object) DO UPDATE SET mode = $2, mode_reason = $3, channel = $4, updated_at = now()",
+        name, mode, reason[:500], channel,
     )
 
 
+async def channel_objects(conn: asyncpg.Connection, channel: str) -> set[str]:
+    """The objects whose stored position is `channel`'s checkpoint."""
+    return {r[0] for r in await conn.fetch(
+        "SELECT object FROM replicator.objects WHERE mode = 'cdc' AND channel = $1", channel)}
+
+
+async def streamed_objects(conn: asyncpg.Connection) -> dict[str, str | None]:
+    """Every object stored as kept current by change events, with its channel (None: a subscription of its own)."""
+    return {r[0]: r[1] for r in await conn.fetch("SELECT object, channel FROM replicator.objects WHERE mode = 'cdc'")}
+
+
+async def own_position(conn: asyncpg.Connection, name: str) -> int | None:
+    """The newest time (epoch ms, Salesforce's clock where it can be) before which every change of the object is in
+    its table: the latest of its newest change applied from events (its rows' stream versions: commit times), its
+    stored poll position, and the creation of its last extract's job (every row the extract lacked was changed
+    after it). Never another object's events (a channel's checkpoint), a keepalive's save time or this host's clock
+    (docs/design.md, contract 5). None when the object has neither table nor extract."""
+    row = await conn.fetchrow(
+        "SELECT o.table_schema, o.table_name, o.job_created_at, p.poll_systemmodstamp FROM replicator.objects o"
+        " LEFT JOIN replicator.checkpoints p ON p.topic = 'poll:' || o.object WHERE o.object = $1", name)
+    if row is None:
+        return None
+    candidates = [row["job_created_at"], row["poll_systemmodstamp"]]
+    if row["table_name"]:
+        table = f"{ddl.quote_ident(row['table_schema'])}.{ddl.quote_ident(row['table_name'])}"
+        if await conn.fetchval("SELECT to_regclass($1)", table) is not None:
+            # A scan at a handoff only (rare); events' rows carry their commit time as the stream version.
+            candidates.append(await conn.fetchval(
+                f"SELECT max({ddl.quote_ident(ddl.STREAM_VERSION_COLUMN)}) FROM {table}"))
+    known = [c for c in candidates if c is not None]
+    return _epoch_ms(max(known)) if known else None
+
+
 async def poll_from_stream(conn: asyncpg.Connection, name: str, position: Checkpoint) -> int:
-    """cdc → poll (app/modes.py), in one transaction: store the poll position, and forget the stream positions
+    """events → poll (app/handoffs.py), in one transaction: store the poll position, and forget the stream positions
     of the rows the first rounds read again (version at or after the position). A polled record is read after
     every change the stream applied, but stamped in whole seconds: without this, a change made in the same second
     as the last streamed one, and never streamed, would lose the version guard's tie to the streamed row
@@ -264,11 +301,6 @@ async def poll_from_stream(conn: asyncpg.Connection, name: str, position: Checkp
         p, v = ddl.quote_ident(ddl.STREAM_POSITION_COLUMN), ddl.quote_ident(VERSION_COLUMN)
         status = await conn.execute(f"UPDATE {table} SET {p} = NULL WHERE {p} IS NOT NULL AND {v} >= $1", since)
     return int(status.split()[-1])
-
-
-async def get_mode(conn: asyncpg.Connection, name: str) -> str | None:
-    """The mode stored by the last `set_mode` (cdc or poll), None before the first."""
-    return await conn.fetchval("SELECT mode FROM replicator.objects WHERE object = $1", name)
 
 
 async def load_checkpoint(conn: asyncpg.Connection, topic: str) -> bytes | None:

@@ -153,14 +153,20 @@ class Store:
     async def load_poll_position(self, topic: str) -> Checkpoint | None:
         return await self._run(state.load_poll_position, topic)
 
-    async def set_mode(self, name: str, mode: str, reason: str) -> None:
-        await self._run(state.set_mode, name, mode, reason)
+    async def set_mode(self, name: str, mode: str, reason: str, channel: str | None = None) -> None:
+        await self._run(state.set_mode, name, mode, reason, channel)
+
+    async def channel_objects(self, channel: str) -> set[str]:
+        return await self._run(state.channel_objects, channel)
+
+    async def streamed_objects(self) -> dict[str, str | None]:
+        return await self._run(state.streamed_objects)
+
+    async def own_position(self, name: str) -> int | None:
+        return await self._run(state.own_position, name)
 
     async def poll_from_stream(self, name: str, position: Checkpoint) -> int:
         return await self._run(state.poll_from_stream, name, position)
-
-    async def get_mode(self, name: str) -> str | None:
-        return await self._run(state.get_mode, name)
 
     async def checkpoint_times(self, topic: str) -> tuple[float | None, float, float] | None:
         return await self._run(state.checkpoint_times, topic)

@@ -1,4 +1,4 @@
-"""Mode switches without a hole and without a new extract (app/modes.py; issue 12 §1, §4): an entity removed from
+"""Mode switches without a hole and without a new extract (app/handoffs.py; issue 12 §1, §4): an entity removed from
 and added back to the Change Data Capture selection while traffic flows; the event delivery allocation used up
 (Subscribe ends with subscription.limit.exceeded) and restored; the API budget pausing poll rounds while streams
 go on. Each ends with `verify` equal."""

@@ -1,0 +1,180 @@
+"""`stream.channel` set: the objects that stream change events share ONE subscription to the channel
+(pipeline/channel.py); the others run as units of their own (app/object_unit.py). README "One channel for many
+objects" and "Lifecycle".
+
+Who is a member, from the stored way (lifecycle.Way) and the configured one:
+- stored on this channel: stays a member (its position is the channel's checkpoint);
+- never replicated: a member at the channel's first start (its extract follows the channel's captured position),
+  later a unit of its own (the channel does not wait for a new object's extract);
+- polled before (configured `poll` then, or removed from the configuration, or polled for want of allocation):
+  joins through one poll round after the channel's position (lifecycle HANDOFFS POLL -> CHANNEL);
+- on a subscription of its own: stays there.
+A member leaves the channel as a time position of its own (app/handoffs.py `leave_events`): deselected from Change
+Data Capture, the event allocation used up, configured `poll`, removed from the configuration; a resync leaves it
+for a subscription of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import structlog
+
+from ..lifecycle import Way
+from ..pipeline.channel import ChannelStream, backfill_members, capture_channel_position, for_each
+from ..pipeline.stopping import sleep_or_stop, until_stopped
+from ..pipeline.stream import ObjectStream
+from ..salesforce.pubsub import event_allocation_exhausted
+from ..salesforce.topics import topic_for
+from .handoffs import (
+    ALLOCATION,
+    ALLOCATION_REASON,
+    choose_mode,
+    enter_events,
+    leave_events,
+    no_topic_reason,
+    stored_way,
+    topic_exists,
+)
+from .object_unit import ObjectUnit
+
+if TYPE_CHECKING:
+    from .service import Service
+
+log = structlog.get_logger(__name__)
+
+
+class ChannelUnit:
+    def __init__(self, svc: Service):
+        self.svc = svc
+        self.channel = svc.settings.stream.channel
+        self.members: list[str] = []
+        self.joiners: list[str] = []  # polled before: one poll round, then members
+        self.running: ChannelStream | None = None
+
+    async def run(self) -> None:
+        svc = self.svc
+        alone = await self.plan()
+        log.info("service.channel", channel=self.channel, members=len(self.members), joining=len(self.joiners),
+                 own_units=len(alone))
+        for name in alone:
+            svc.spawn(ObjectUnit(svc, name).run())
+        svc.spawn(self.watch_topics())
+        await svc.keep_running(self.channel, self.once)
+
+    async def plan(self) -> list[str]:
+        """Split the configured objects into members, joiners and units of their own (see the module's rules)."""
+        svc = self.svc
+        modes = await _choose_modes(svc)
+        topics = await svc.store.checkpoint_topics()
+        first_start = self.channel not in topics
+        carried = set(svc.settings.stream.channel_objects or modes)  # the channel's members in Salesforce
+        alone = []
+        for name, mode in modes.items():
+            source, channel = await stored_way(svc.store, name)
+            if mode != "cdc" or name not in carried:
+                alone.append(name)
+            elif source == Way.CHANNEL and channel == self.channel:
+                self.members.append(name)
+            elif source == Way.TOPIC and topic_for(name) not in topics and not first_start:
+                self.members.append(name)  # a member stored before channels were (sql/012_lifecycle.sql)
+            elif source == Way.NONE:
+                (self.members if first_start else alone).append(name)
+            elif source in (Way.POLL, Way.CHANNEL):  # another channel: its own position first
+                if source == Way.CHANNEL:
+                    await leave_events(svc.store, name, svc.settings.poll.lookback_s, f"left channel {channel}")
+                self.joiners.append(name)
+            else:
+                alone.append(name)
+        return alone
+
+    async def once(self) -> None:
+        svc, channel = self.svc, self.channel
+        if not self.members and not self.joiners:  # every member left the channel (resyncs, allocation used up)
+            await svc.stop.wait()
+            return
+        streams = {n: ObjectStream(svc.client, svc.pubsub, svc.store, svc.settings, n, svc.settings.objects[n],
+                                   svc.metrics) for n in self.members + self.joiners}
+        if channel not in await svc.store.checkpoint_topics():
+            # Describe first (a configuration the org refuses stops here), then capture the channel's position
+            # before any extract or poll round: the channel replays every change after it (contract 5).
+            await for_each(list(streams.values()), lambda s: s.applier.load_schema())
+            await until_stopped(svc.stop, capture_channel_position(svc.pubsub, svc.store, svc.settings))
+        for name in list(self.joiners):  # POLL -> CHANNEL: one round past the channel's position
+            poller = ObjectUnit(svc, name).poller()
+            await poller.prepare()
+            await enter_events(poller, svc.stop)
+            await svc.store.set_mode(name, "cdc", f"joined channel {channel} after a poll round", channel=channel)
+            self.joiners.remove(name)
+            self.members.append(name)
+        await backfill_members(svc.store, svc.settings, [streams[n] for n in self.members], svc.stop)
+        for name in self.members:
+            await svc.store.set_mode(name, "cdc", f"member of channel {channel}", channel=channel)
+            svc.metrics.object(name).mode = "cdc"
+        self.running = ChannelStream(svc.pubsub, svc.store, svc.settings, {n: streams[n] for n in self.members},
+                                     svc.metrics, self.detach)
+        try:
+            await self.running.run(svc.stop)
+        except Exception as exc:
+            if svc.limits is None or not event_allocation_exhausted(exc):
+                raise
+            svc.limits.events_exhausted(f"{type(exc).__name__}: {exc}")
+            times = await svc.store.checkpoint_times(channel)
+            floor = int(times[0] * 1000) if times and times[0] is not None else None  # every member's events to it
+            for name in list(self.running.members):  # each polls now, and streams on its own topic after
+                await self.to_poll(name, ALLOCATION_REASON, floor)
+                svc.spawn(ObjectUnit(svc, name, cause=ALLOCATION).run())
+        finally:
+            if self.running is not None:
+                self.members[:] = list(self.running.members)
+            self.running = None
+
+    async def to_poll(self, name: str, reason: str, floor_ms: int | None = None) -> None:
+        """A member leaves the channel for poll rounds, from its own position (never the channel's newest commit,
+        which other objects' events move: app/handoffs.py)."""
+        svc = self.svc
+        if self.running is not None:
+            self.running.members.pop(name, None)
+        await leave_events(svc.store, name, svc.settings.poll.lookback_s, reason, floor_ms)
+        svc.metrics.mode_switches.labels(object=name, mode="poll", cause=ALLOCATION if floor_ms else "topic").inc()
+        (log.error if floor_ms else log.warning)("service.mode_switch", object=name, mode="poll", previous="cdc",
+                                                 reason=reason, channel=self.channel)
+        svc.metrics.object(name).mode = "poll"
+
+    async def detach(self, name: str, reason: str) -> None:
+        """A member that needs a resync runs it on a subscription of its own (pipeline/channel.py)."""
+        self.svc.spawn(ObjectUnit(self.svc, name, detached=reason).run())
+
+    async def watch_topics(self) -> None:
+        """A member in `auto` mode whose change-event topic went away (deselected from Change Data Capture) gets no
+        more events on the channel: it polls from its own position, and its unit streams it on its own topic if
+        the topic comes back (one GetTopic per member every `stream.topic_check_s`)."""
+        svc = self.svc
+        while not svc.stop.is_set():
+            await sleep_or_stop(svc.stop, svc.settings.stream.topic_check_s)
+            running = self.running
+            for name in list(running.members) if running is not None else []:
+                if svc.settings.objects[name].mode != "auto":
+                    continue
+                try:
+                    exists = await topic_exists(svc.pubsub, topic_for(name))
+                except Exception as exc:  # the channel reports its own failures; look again next time
+                    log.debug("service.topic_check_failed", object=name, error=str(exc))
+                    continue
+                if not exists and name in running.members:
+                    log.info("service.topic_changed", object=name, topic=topic_for(name), exists=False)
+                    await self.to_poll(name, no_topic_reason(name))
+                    svc.spawn(ObjectUnit(svc, name).run())
+
+
+async def _choose_modes(svc: Service) -> dict[str, str]:
+    """Every object's mode now, a few GetTopic calls at a time. Not stored: each object's handoff stores it."""
+    gate, modes = asyncio.Semaphore(8), {}
+
+    async def one(name: str) -> None:
+        async with gate:
+            modes[name], _, _ = await choose_mode(svc.pubsub, name, svc.settings.objects[name].mode)
+
+    await asyncio.gather(*(one(n) for n in svc.settings.objects))
+    return {name: modes[name] for name in svc.settings.objects}

@@ -1,0 +1,351 @@
+"""Handoffs of an object's lifecycle that must leave no hole (issue 18 §1, defects 2, 3, 4, 8, 9; docs/design.md
+contract 5): an object removed from the configuration and added back beside a channel; a mode changed across a
+restart beside a channel; a channel member deselected from Change Data Capture; a configuration error meeting a
+channel member at run time; several `mode = "cdc"` objects after the event allocation recovers.
+
+Each test makes a few named changes in the org at the handoff and asserts they end in the copy (then `verify`
+equal). The service runs in this process (app/service.py `Service`), against the simulator and a real Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import httpx
+import pytest
+
+from replicator.app.service import Service
+from replicator.model import ConfigError
+from replicator.salesforce.pubsub import PubSubClient
+from replicator.sim.server import SimulatorThread
+
+from .helpers import all_equal, ground_truth, pg_value, settings_for, sim_admin, wait_for
+
+CHANNEL = "/data/ChangeEvents"
+NOT_CHANNEL = ""
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorThread(records=60, seed=18, keepalive_seconds=0.2) as thread:
+        yield thread.info
+
+
+def _settings(sim, pg_url, schema, objects, channel: str = NOT_CHANNEL, lookback_s: float = 1):
+    return settings_for(sim, pg_url, schema,
+                        salesforce={"pubsub_endpoint": sim["pubsub_endpoint"], "limits_interval_s": 0.3},
+                        stream={"batch_max_wait_s": 0.05, "topic_check_s": 0.3, "position_timeout_s": 10,
+                                "channel": channel},
+                        service={"control_poll_s": 0.2}, poll={"page_size": 100, "lookback_s": lookback_s},
+                        objects=objects)
+
+
+def _mode(pg_url, name: str, mode: str):
+    return lambda: pg_value(pg_url, f"SELECT mode = '{mode}' AND phase = 'STREAMING' FROM replicator.objects"
+                                    f" WHERE object = '{name}'")
+
+
+@contextlib.asynccontextmanager
+async def _running(sim, settings, **restore):
+    """A running service; on the way out the simulator's settings named in `restore` (admin path → body) given
+    back, and the service stopped, exiting 0."""
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        yield svc
+    finally:
+        for path, body in restore.items():
+            await sim_admin(sim, "PUT", f"/__sim/{path}", body)
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def _live_ids(sim, name: str, start: int, count: int) -> list[str]:
+    live = [r["Id"] for r in await ground_truth(sim, name) if not r["IsDeleted"]]
+    assert len(live) >= start + count
+    return live[start:start + count]
+
+
+async def _update(sim, name: str, ids: list[str], phone: str) -> int:
+    """One transaction updating `ids`' Phone; its commit time (epoch ms)."""
+    r = await sim_admin(sim, "POST", "/__sim/changes",
+                        [{"object": name, "type": "UPDATE", "ids": ids, "fields": {"Phone": phone}}])
+    assert r.status_code == 200, r.text
+    return r.json()["commit_timestamp"]
+
+
+async def _arrived(pg_url, schema: str, name: str, ids: list[str], phone: str) -> int:
+    """How many of `ids` have that Phone in the copy."""
+    listed = ", ".join(f"'{i}'" for i in ids)
+    return await pg_value(pg_url, f"SELECT count(*) FROM {schema}.{name.lower()}"
+                                  f" WHERE id IN ({listed}) AND phone = '{phone}'")
+
+
+async def _marker(sim, pg_url, schema: str, name: str, record: str, phone: str) -> None:
+    """A change made now, waited for in the copy: whatever the object runs on has read past every earlier change."""
+    await _update(sim, name, [record], phone)
+    await wait_for(lambda: _arrived(pg_url, schema, name, [record], phone), timeout=30)
+
+
+async def _after(ms: int) -> None:
+    """Wait until the org's clock (this host's: the simulator runs here) has passed `ms`."""
+    async def passed():
+        return time.time() * 1000 >= ms
+    await wait_for(passed, timeout=10)
+
+
+async def _channel_commit_ms(pg_url) -> int | None:
+    return await pg_value(pg_url, "SELECT (extract(epoch FROM commit_timestamp) * 1000)::bigint"
+                                  f" FROM replicator.checkpoints WHERE topic = '{CHANNEL}'")
+
+
+# -- defect 2: removed from the configuration, then added back -------------------------------------------------
+
+@pytest.mark.parametrize("channel", [CHANNEL, NOT_CHANNEL], ids=["channel", "own_subscriptions"])
+async def test_an_object_removed_from_the_configuration_and_added_back_keeps_the_changes_made_meanwhile(
+        sim, pg_url, channel):
+    """Contact out of the configuration for one run, 4 of its records changed meanwhile (their events are skipped
+    by a channel, which moves past them), then Contact back: the 4 changes must be in the copy. Without a channel
+    (the control) its own topic's checkpoint replays them."""
+    schema = "readd"
+    both = _settings(sim, pg_url, schema, {"Account": {}, "Contact": {}}, channel)
+    without = _settings(sim, pg_url, schema, {"Account": {}}, channel)
+    changed, marker = await _live_ids(sim, "Contact", 0, 4), (await _live_ids(sim, "Contact", 4, 1))[0]
+    account = (await _live_ids(sim, "Account", 0, 1))[0]
+    async with _running(sim, both):
+        for name in ("Account", "Contact"):
+            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+    async with _running(sim, without):
+        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=60)
+        await _update(sim, "Contact", changed, f"out {channel}")
+        await _marker(sim, pg_url, schema, "Account", account, f"out {channel}")  # the stream read past them
+    async with _running(sim, both):
+        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=60)
+        await _marker(sim, pg_url, schema, "Contact", marker, f"back {channel}")
+        assert await _arrived(pg_url, schema, "Contact", changed, f"out {channel}") == len(changed)
+        assert await all_equal(both)
+
+
+# -- defect 3: a mode changed across a restart, beside a channel -------------------------------------------------
+
+async def test_a_polled_object_configured_auto_after_a_restart_joins_the_stream_without_a_hole(sim, pg_url):
+    """Account polled (mode = "poll") beside a channel member; 4 Accounts changed after its last poll round (the
+    channel skips their events and moves past them), 4 more while the service is down; restarted with
+    mode = "auto", Account streams: all 8 changes must be in the copy (the poll → cdc handoff: capture, one more
+    poll round, then the stream)."""
+    schema = "polltoauto"
+    polled = _settings(sim, pg_url, schema, {"Account": {"mode": "poll", "poll_interval_s": 3600}, "Contact": {}},
+                       CHANNEL)
+    auto = _settings(sim, pg_url, schema, {"Account": {}, "Contact": {}}, CHANNEL)
+    while_polled, while_down = await _live_ids(sim, "Account", 10, 4), await _live_ids(sim, "Account", 14, 4)
+    marker, contact = (await _live_ids(sim, "Account", 18, 1))[0], (await _live_ids(sim, "Contact", 10, 1))[0]
+    async with _running(sim, polled) as svc:
+        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=120)
+        await wait_for(_mode(pg_url, "Account", "poll"), timeout=120)
+
+        async def polled_once():
+            return svc.metrics.object("Account").caught_up_at is not None
+        await wait_for(polled_once, timeout=30)  # its first round is done; the next is an hour away
+        await _update(sim, "Account", while_polled, "while polled")
+        await _marker(sim, pg_url, schema, "Contact", contact, "polled")  # the channel is past Account's events
+    await _update(sim, "Account", while_down, "while down")
+    async with _running(sim, auto):
+        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=60)
+        await _marker(sim, pg_url, schema, "Account", marker, "streamed")
+        assert await _arrived(pg_url, schema, "Account", while_down, "while down") == len(while_down)
+        assert await _arrived(pg_url, schema, "Account", while_polled, "while polled") == len(while_polled)
+        assert await all_equal(auto)
+
+
+async def test_a_channel_member_configured_poll_after_a_restart_polls_without_a_new_extract(sim, pg_url):
+    """Account streamed on the channel, 4 Accounts changed while the service is down, restarted with
+    mode = "poll": it must poll from where the channel left it (the cdc → poll handoff), not extract again."""
+    schema = "autotopoll"
+    auto = _settings(sim, pg_url, schema, {"Account": {}, "Contact": {}}, CHANNEL)
+    polled = _settings(sim, pg_url, schema, {"Account": {"mode": "poll", "poll_interval_s": 0.3}, "Contact": {}},
+                       CHANNEL)
+    while_down = await _live_ids(sim, "Account", 20, 4)
+    job = "SELECT job_id FROM replicator.objects WHERE object = 'Account'"
+    async with _running(sim, auto):
+        for name in ("Account", "Contact"):
+            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+    first_job = await pg_value(pg_url, job)
+    await _update(sim, "Account", while_down, "down, then polled")
+    async with _running(sim, polled):
+        await wait_for(_mode(pg_url, "Account", "poll"), timeout=60)
+        await wait_for(lambda: _arrived(pg_url, schema, "Account", while_down, "down, then polled"), timeout=30)
+        resyncs = await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'")
+        reason = await pg_value(pg_url, "SELECT last_resync_reason FROM replicator.objects WHERE object = 'Account'")
+        assert (resyncs, reason) == (0, None)
+        assert await pg_value(pg_url, job) == first_job  # no new Bulk extract
+        assert await _arrived(pg_url, schema, "Account", while_down, "down, then polled") == len(while_down)
+        assert await all_equal(polled)
+
+
+# -- defect 4: a channel member deselected from Change Data Capture ------------------------------------------------
+
+class _TopicGate:
+    """Holds the service's GetTopic calls for one topic while armed, until released: the service has not looked
+    the topic up again yet (it does every `stream.topic_check_s`), so the test decides what happens in the org
+    between a deselection and the moment the service notices it."""
+
+    def __init__(self) -> None:
+        self.topic: str | None = None
+        self.held = asyncio.Event()  # a call is waiting at the gate
+        self.release = asyncio.Event()
+
+    def arm(self, topic: str) -> None:
+        self.topic = topic
+
+
+@pytest.fixture
+def topic_gate(monkeypatch):
+    gate = _TopicGate()
+    original = PubSubClient.get_topic
+
+    async def get_topic(client, topic):
+        if topic == gate.topic and not gate.release.is_set():
+            gate.held.set()
+            await gate.release.wait()
+        return await original(client, topic)
+
+    monkeypatch.setattr(PubSubClient, "get_topic", get_topic)
+    yield gate
+    gate.release.set()
+
+
+@pytest.mark.parametrize("moved_by", ["other_objects_events", "keepalives"])
+async def test_changes_between_a_deselection_and_the_switch_to_polling_are_read(sim, pg_url, topic_gate, moved_by):
+    """Contact (auto) and Account (cdc) on one channel. Contact is deselected from Change Data Capture, 3 Contacts
+    change (no events now), and before the service looks Contact's topic up again the channel's checkpoint moves
+    on: by an Account event committed 3 s later (`other_objects_events`), or, with no event at all on the channel,
+    by keepalives saved 3 s later (`keepalives`). Contact then polls: the 3 changes must be read (lookback 1 s)."""
+    schema = f"desel_{moved_by}"
+    settings = _settings(sim, pg_url, schema, {"Account": {"mode": "cdc"}, "Contact": {"poll_interval_s": 0.3}},
+                         CHANNEL, lookback_s=1)
+    selected = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
+    changed, marker = await _live_ids(sim, "Contact", 20, 3), (await _live_ids(sim, "Contact", 23, 1))[0]
+    account = (await _live_ids(sim, "Account", 30, 1))[0]
+    async with _running(sim, settings, cdc={"objects": selected}):
+        for name in ("Account", "Contact"):
+            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
+                                                f" WHERE topic = '{CHANNEL}'"), timeout=30)
+        try:
+            topic_gate.arm("/data/ContactChangeEvent")
+            await wait_for(lambda: _is_set(topic_gate.held), timeout=30)  # the next look-up waits at the gate
+            await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selected if o != "Contact"]})
+            stamp = await _update(sim, "Contact", changed, f"deselected {moved_by}")
+            later = stamp + MOVED_MS
+            await _after(later)
+            if moved_by == "other_objects_events":
+                await _marker(sim, pg_url, schema, "Account", account, "moves the channel")
+                assert await _channel_commit_ms(pg_url) >= later
+            else:
+                assert await _channel_commit_ms(pg_url) is None  # no event on the channel since its capture
+                await wait_for(lambda: pg_value(pg_url, "SELECT updated_at >= to_timestamp("
+                                                        f"{later / 1000}) FROM replicator.checkpoints"
+                                                        f" WHERE topic = '{CHANNEL}'"), timeout=10)
+        finally:
+            topic_gate.release.set()
+        await wait_for(_mode(pg_url, "Contact", "poll"), timeout=30)
+        await _marker(sim, pg_url, schema, "Contact", marker, f"polled {moved_by}")
+        assert await _arrived(pg_url, schema, "Contact", changed, f"deselected {moved_by}") == len(changed)
+        assert await all_equal(settings)
+
+
+# How much later than the changes the channel's checkpoint is moved: past the poll lookback (1 s) even where it is
+# taken twice (the poll position, then a round's start at the getDeleted window less the lookback), to a later
+# whole second.
+MOVED_MS = 3000
+
+
+async def _is_set(event: asyncio.Event) -> bool:
+    return event.is_set()
+
+
+# -- defect 8: a configuration error meets a channel member at run time ------------------------------------------
+
+async def _exhaust_events(sim, pg_url, names: list[str]) -> None:
+    """Use up the event delivery allocation: each object gets an event it cannot be sent, its stream ends with
+    subscription.limit.exceeded, and it polls."""
+    used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["events_delivered"]
+    await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used})
+    for k, name in enumerate(names):
+        await _update(sim, name, await _live_ids(sim, name, 40 + k, 1), "exhausting")
+    for name in names:
+        await wait_for(_mode(pg_url, name, "poll"), timeout=60)
+
+
+@pytest.mark.parametrize("channel", [NOT_CHANNEL, CHANNEL], ids=["own_subscription", "channel"])
+async def test_a_cdc_object_whose_topic_went_away_stops_the_service_with_a_configuration_error(sim, pg_url, channel):
+    """Contact in mode = "cdc" polls while the event allocation is used up; meanwhile it is deselected from Change
+    Data Capture. When the allocation recovers it cannot stream (no topic): without a channel the service stops
+    with the configuration error (exit code 2 from `replicator run`); on a channel it must do the same, not lose
+    the object silently (no log line, /readyz 200, no more rounds)."""
+    settings = _settings(sim, pg_url, "cfgerr", {"Contact": {"mode": "cdc", "poll_interval_s": 0.3}}, channel)
+    selected = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=120)
+        await _exhaust_events(sim, pg_url, ["Contact"])
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selected if o != "Contact"]})
+        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
+        done, _ = await asyncio.wait({task}, timeout=10)  # without a channel: within a second
+        if not done:
+            async with httpx.AsyncClient() as http:
+                ready = (await http.get(f"http://127.0.0.1:{svc.endpoints.port}/readyz")).status_code
+            error = await pg_value(pg_url, "SELECT last_error FROM replicator.objects WHERE object = 'Contact'")
+            idle = await pg_value(pg_url, "SELECT round(extract(epoch FROM now() - updated_at)) FROM"
+                                          " replicator.checkpoints WHERE topic = 'poll:Contact'")
+            pytest.fail(f"the service still runs 10 s after the allocation came back: /readyz {ready},"
+                        f" Contact's last_error {error!r}, its last poll round {idle} s ago")
+        with pytest.raises(ConfigError, match=r"objects\.Contact: .*no change-event topic"):
+            task.result()
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selected})
+        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
+        if not task.done():
+            svc.stop.set()
+            await asyncio.wait_for(task, 60)
+
+
+# -- defect 9: several cdc objects after the event allocation recovers --------------------------------------------
+
+async def test_every_cdc_object_streams_again_once_the_event_allocation_recovers(sim, pg_url):
+    """Account and Contact (mode = "cdc", subscriptions of their own) poll while the allocation is used up; once
+    /limits shows room, both must stream again, and a change made after that arrives by each one's stream."""
+    names = ["Account", "Contact"]
+    settings = _settings(sim, pg_url, "recover", {n: {"mode": "cdc", "poll_interval_s": 0.3} for n in names})
+    async with _running(sim, settings, limits={"event_allocation": 10_000_000, "reset": True}):
+        for name in names:
+            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+        await _exhaust_events(sim, pg_url, names)
+        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
+
+        async def modes():
+            return {n: await pg_value(pg_url, f"SELECT mode FROM replicator.objects WHERE object = '{n}'")
+                    for n in names}
+
+        async def one_back():
+            return "cdc" in (await modes()).values()
+        await wait_for(one_back, timeout=30)
+        with contextlib.suppress(TimeoutError):  # the others follow within a few /limits reads
+            await wait_for(lambda: _all_cdc(modes), timeout=8)
+        assert await modes() == {n: "cdc" for n in names}, "still polling 8 s after the first streamed again"
+        for name in names:
+            await wait_for(_mode(pg_url, name, "cdc"), timeout=30)
+            topic = f"/data/{name}ChangeEvent"
+            before = await pg_value(pg_url, f"SELECT events_applied FROM replicator.checkpoints WHERE topic = '{topic}'")
+            await _marker(sim, pg_url, "recover", name, (await _live_ids(sim, name, 50, 1))[0], "after recovery")
+            await wait_for(lambda t=topic, b=before: pg_value(pg_url, f"SELECT events_applied > {b}"
+                                                                      f" FROM replicator.checkpoints WHERE topic = '{t}'"),
+                           timeout=10)
+        assert await all_equal(settings)
+
+
+async def _all_cdc(modes) -> bool:
+    return set((await modes()).values()) == {"cdc"}

@@ -226,7 +226,7 @@ class ServiceSettings(_Section):
         "`replicator_time_to_data_loss_seconds`.",
     )
     control_poll_s: float = Field(
-        2.0, gt=0, le=300, description="How often a streaming object looks for an operator's request "
+        2.0, gt=0, le=300, description="How often a streamed or polled object looks for an operator's request "
         "(`replicator resync`) in the state tables."
     )
 

@@ -126,6 +126,8 @@ class ObjectPoller:
         h = self.health
         h.phase, h.mode = "STREAMING", "poll"
         while not stop.is_set():
+            if await self.store.resync_requested(self.name):
+                await self.resync("requested by an operator (replicator resync)", stop)
             started = time.time()
             if self.budget is None or self.budget.allows():  # else skipped: salesforce.api_reserve
                 if self.key_field is None:
@@ -134,10 +136,37 @@ class ObjectPoller:
                     await self.round(stop)
                     await self.reconcile_if_due()
                 h.connected, h.idle, h.caught_up_at = True, False, started
+            await self._wait(stop)
+
+    async def _wait(self, stop: asyncio.Event) -> None:
+        """Until the next round (`objects.X.poll_interval_s`), or sooner for an operator's resync request, looked
+        for every `service.control_poll_s` (one small query, as a stream does)."""
+        deadline = time.monotonic() + self.obj.poll_interval_s
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
             try:
-                await asyncio.wait_for(stop.wait(), self.obj.poll_interval_s)
+                await asyncio.wait_for(stop.wait(), min(left, self.settings.service.control_poll_s))
             except TimeoutError:
-                pass
+                if await self.store.resync_requested(self.name):
+                    return
+
+    async def resync(self, reason: str, stop: asyncio.Event | None = None) -> None:
+        """Extract the object again into the live table (keyed upsert through the version guard; rows the extract
+        lacks are removed or marked deleted), then rounds go on. Marked RESYNCING first, which clears an operator's
+        request: a crash before the extract's job is recorded captures and extracts again after the restart
+        (app/service.py); after, it resumes the job, its position stored. The position is captured before the
+        extract (`capture_position`: Salesforce's time), so the rounds after it read what changed meanwhile."""
+        self.stats.resyncs += 1
+        self.metrics.resyncs.labels(object=self.name).inc()
+        log.warning("poll.resync", object=self.name, reason=reason, resyncs=self.stats.resyncs)
+        await self.store.begin_resync(self.name, reason)
+        self.health.phase = "RESYNCING"
+        await self.capture_position()
+        extract = Backfill(self.client, self.store, self.settings, self.name, self.obj,
+                           self.metrics.backfill_progress).run()
+        await (until_stopped(stop, extract) if stop is not None else extract)  # resumable: a stop does not wait
+        await self.store.set_phase(self.name, "STREAMING")
+        self.health.phase = "STREAMING"
+        await self.prepare()  # the extract described the object again: a field it added is read from now on
 
     def _choose_key(self) -> str | None:
         for field in KEY_FIELDS:

@@ -35,7 +35,7 @@ import time
 import structlog
 
 from ..config import ObjectSettings, Settings
-from ..model import Checkpoint, RejectedDataError, RowOp, TerminalError
+from ..model import Checkpoint, RejectedDataError, ReplicatorError, RowOp, TerminalError
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
 from ..retry import retry_transient
@@ -202,7 +202,15 @@ class ObjectPoller:
         newest = (pos.poll_modstamp, pos.poll_id or "")
         key = self.start_key(newest, pos.poll_deleted_through)
         through = pos.poll_deleted_through if pos.poll_deleted_through is not None else newest[0]
-        deleted, covered = await self.deletes.read(through)
+        failed: ReplicatorError | None = None
+        try:
+            deleted, covered = await self.deletes.read(through)
+        except ReplicatorError as exc:
+            # Never let deletes block the changes: read them all the same, then fail the round (the supervisor
+            # retries it). The window's start stays, so the next round's keyset starts no later than before.
+            failed, deleted, covered = exc, 0, None
+            log.error("poll.deletes_failed", object=self.name, error=f"{type(exc).__name__}: {exc}",
+                      action="reading the changes all the same; the round fails after them and is retried")
         rows, pages, newest, bulk = await self._changes(key, newest, stop, covered)
         self.rounds += 1
         self.health.poll_position = newest[0] / 1000
@@ -211,6 +219,8 @@ class ObjectPoller:
             "poll.round", object=self.name, key=self.key_field, rows=rows, pages=pages, bulk_job=bulk,
             deleted=deleted, position=f"{_at(newest[0]).isoformat()} {newest[1]}",
             duration_s=round(time.monotonic() - started, 3))
+        if failed is not None:
+            raise failed
 
     def start_key(self, newest: tuple[int, str], covered_ms: int | None) -> tuple[int, str]:
         """Where a round's keyset starts: after the newest record read, but no later than where the previous

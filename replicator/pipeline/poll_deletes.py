@@ -33,12 +33,11 @@ from ..salesforce.values import EPOCH, decode_rest_value, encode_epoch_ms
 
 log = structlog.get_logger(__name__)
 
-# The window `salesforce_position` asks getDeleted about ends at the next minute of this host's clock (Salesforce
-# truncates the seconds of start and end, docs/bulk-rest-oauth.md §3.5) and starts this far back: a host clock up
-# to that far ahead of Salesforce's still asks a window Salesforce has reached, so the answer is Salesforce's own.
+# The window `salesforce_position` asks about ends at the next minute of this host's clock (Salesforce truncates the
+# seconds of start and end, docs/bulk-rest-oauth.md §3.5) and starts this far back: a host clock up to that far ahead
+# of Salesforce's still asks a window Salesforce has reached, so the answer is Salesforce's own.
 POSITION_WINDOW = dt.timedelta(minutes=10)
-# The narrower window asked when that one held more deletes than getDeleted answers (EXCEEDED_ID_LIMIT).
-POSITION_WINDOW_NARROW = dt.timedelta(minutes=2)
+MINUTE = dt.timedelta(minutes=1)
 # Ids per lookup of rows the reconciliation's extract lacks (`SELECT Id … WHERE Id IN (…)` in the URL): 200 quoted
 # 18-character Ids, URL-encoded, make about 5.5 kB, well inside the 16,384 bytes a request URI may have
 # (docs/bulk-rest-oauth.md §2.1: 414 beyond).
@@ -57,7 +56,18 @@ def stamp_ms(value: object) -> int | None:
 
 
 def _next_minute() -> dt.datetime:
-    return (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
+    """The end of a getDeleted window that covers what is committed now: Salesforce truncates the seconds of `end`
+    (docs/bulk-rest-oauth.md §3.5), so an end of now would cover only up to the current minute. What the window
+    actually covered is its `latestDateCovered`."""
+    return (dt.datetime.now(dt.UTC) + MINUTE).replace(second=0, microsecond=0)
+
+
+def _middle(start: dt.datetime, end: dt.datetime) -> dt.datetime | None:
+    """A whole minute strictly inside (start, end) halving it, or None for a window of a minute or less (seconds
+    are truncated: nothing narrower can be asked)."""
+    first = start.replace(second=0, microsecond=0)
+    minutes = int((end - first) / MINUTE)
+    return first + MINUTE * (minutes // 2) if minutes >= 2 else None
 
 
 async def salesforce_position(client, name: str) -> int:
@@ -67,12 +77,13 @@ async def salesforce_position(client, name: str) -> int:
     Contract: every record whose SystemModstamp (or deletedDate) is before the returned time is committed when this
     returns, and a transaction that commits later is stamped at or after it. So reads that start at it (less a
     lookback, for what Salesforce does not hold back) miss nothing committed later, however late. This host's clock
-    only chooses the window. Raises TransientError when even a two-minute window holds more deletes than getDeleted
-    answers (EXCEEDED_ID_LIMIT): the caller retries later."""
+    only chooses the window. When the window holds more deletes than getDeleted answers (EXCEEDED_ID_LIMIT, a mass
+    delete) getUpdated is asked instead, whose `latestDateCovered` is held back the same way (SOAP API Developer
+    Guide, "GetUpdatedResult"); when both refuse, TransientError: the caller retries later."""
     end = _next_minute()
-    for width in (POSITION_WINDOW, POSITION_WINDOW_NARROW):
+    for read in (client.get_deleted, client.get_updated):
         try:
-            body = await client.get_deleted(name, end - width, end)
+            body = await read(name, end - POSITION_WINDOW, end)
         except TerminalError as exc:
             if exc.code != "EXCEEDED_ID_LIMIT":
                 raise
@@ -81,7 +92,7 @@ async def salesforce_position(client, name: str) -> int:
         if covered is None:
             raise TerminalError(f"{name}: getDeleted answered without latestDateCovered", code="BAD_JSON")
         return covered
-    raise TransientError(f"{name}: getDeleted holds too many deletes even for the last {POSITION_WINDOW_NARROW}"
+    raise TransientError(f"{name}: getDeleted and getUpdated hold too many ids for the last {POSITION_WINDOW}"
                          " (EXCEEDED_ID_LIMIT): the position is asked for again later", code="EXCEEDED_ID_LIMIT")
 
 
@@ -104,35 +115,46 @@ class PollDeletes:
     async def read(self, through_ms: int) -> tuple[int, int | None]:
         """Records deleted since the last window (less the lookback: a delete can commit late too), applied as
         deletes at their deletedDate; the window's end (`latestDateCovered`, Salesforce's, held back) commits with
-        them as the next window's start. A window Salesforce no longer serves (INVALID_REPLICATION_DATE:
-        getDeleted keeps 15 days) is a key reconciliation, which moves the window's start to its own. Returns
-        (records deleted, the window's end in epoch ms, None after a reconciliation)."""
-        start = at(through_ms - self.lookback_ms)
-        # Salesforce truncates the seconds of `end` (docs/bulk-rest-oauth.md §3.5): an end of now would cover only
-        # up to the current minute. The next minute's start covers what is committed now; the window actually
-        # covered is `latestDateCovered`, which is what is stored.
-        end = _next_minute()
-        try:
-            body = await self.client.get_deleted(self.name, start, end)
-        except TerminalError as exc:
-            if exc.code != "INVALID_REPLICATION_DATE":
-                raise
-            log.warning("poll.deletes_window_gone", object=self.name, start=start.isoformat(), error=str(exc),
-                        action="reconciling keys with an Id-only extract")
-            return await self.reconcile(), None
-        finally:
-            self.calls += 1
-        ops: dict[str, RowOp] = {}
-        for rec in body.get("deletedRecords") or ():
-            ms = stamp_ms(rec.get("deletedDate"))
-            if rec.get("id") and ms is not None:
-                ops[str(rec["id"])] = RowOp(str(rec["id"]), "delete", version=(ms, 0, 0), commit_ms=ms)
-        # Stored as Salesforce answers it, even when earlier than the previous window's end: a transaction in
-        # flight holds it back, and the next window (and the next round's keyset, poll.py `start_key`) must start
-        # there to read that transaction once it commits.
-        covered = stamp_ms(body.get("latestDateCovered")) or through_ms
-        await self.commit(list(ops.values()), Checkpoint(self.topic, None, poll_deleted_through=covered), 0)
-        return len(ops), covered
+        them as the next window's start. Returns (records deleted, the window's end in epoch ms, None after a key
+        reconciliation, which moves the window's start to its own position), when getDeleted cannot serve:
+        - INVALID_REPLICATION_DATE: the window begins before getDeleted's 15 days;
+        - EXCEEDED_ID_LIMIT (more than 600,000 deletes; "You can correct the error by choosing start and end dates
+          that are closer together", REST API Developer Guide, "sObject Get Deleted"): the window is halved, the
+          earlier half first, each half committed on its own, down to one minute (Salesforce truncates seconds);
+          a minute that still holds too many is reconciled. A 15-day window costs at most about 30 calls so."""
+        start, end = at(through_ms - self.lookback_ms), _next_minute()
+        windows, deleted = [(start, end)], 0
+        while windows:
+            w_start, w_end = windows.pop(0)
+            try:
+                body = await self._get_deleted(w_start, w_end)
+            except TerminalError as exc:
+                if exc.code == "EXCEEDED_ID_LIMIT" and (middle := _middle(w_start, w_end)) is not None:
+                    windows[:0] = [(w_start, middle), (middle, w_end)]
+                    continue
+                if exc.code not in ("INVALID_REPLICATION_DATE", "EXCEEDED_ID_LIMIT"):
+                    raise
+                log.warning("poll.deletes_window_refused", object=self.name, start=w_start.isoformat(),
+                            end=w_end.isoformat(), error=str(exc), action="reconciling keys with an Id-only extract")
+                return deleted + await self.reconcile(), None
+            ops: dict[str, RowOp] = {}
+            for rec in body.get("deletedRecords") or ():
+                ms = stamp_ms(rec.get("deletedDate"))
+                if rec.get("id") and ms is not None:
+                    ops[str(rec["id"])] = RowOp(str(rec["id"]), "delete", version=(ms, 0, 0), commit_ms=ms)
+            # Stored as Salesforce answers it, even when earlier than the previous window's end: a transaction in
+            # flight holds it back, and the next window (and the next round's keyset, poll.py `start_key`) must
+            # start there to read that transaction once it commits.
+            covered = stamp_ms(body.get("latestDateCovered")) or through_ms
+            await self.commit(list(ops.values()), Checkpoint(self.topic, None, poll_deleted_through=covered), 0)
+            deleted += len(ops)
+            if covered < encode_epoch_ms(w_end):  # held back (or now): the windows after it wait for a later round
+                return deleted, covered
+        return deleted, covered
+
+    async def _get_deleted(self, start: dt.datetime, end: dt.datetime) -> dict:
+        self.calls += 1
+        return await self.client.get_deleted(self.name, start, end)
 
     async def reconcile_if_due(self) -> None:
         """The scheduled key reconciliation: `poll.reconcile_interval_s` after the last one (or after the backfill,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import NamedTuple
 
 import structlog
 
@@ -48,9 +49,15 @@ from .changes import record_op
 from .poll_deletes import PollDeletes, salesforce_position
 from .poll_deletes import at as _at
 from .poll_deletes import stamp_ms as _stamp_ms
+from .schema import object_table
 from .stopping import until_stopped
 
 log = structlog.get_logger(__name__)
+
+
+class FieldsChecked(NamedTuple):
+    columns: set[str]  # the table's columns as the org describes the object now
+    added: list[str]  # fields (API names) whose column the existing table lacks
 
 
 def poll_topic(object_name: str) -> str:
@@ -83,6 +90,7 @@ class ObjectPoller:
         self.bulk = BulkClient(client, poll_max=settings.backfill.poll_max_s)
         self.calls = 0  # REST and Bulk calls made by rounds, but for deletes (`api_calls`)
         self.bulk_rounds = 0
+        self.describe_at = 0.0  # when the object is described again (`poll.describe_interval_s`)
         self.deletes = PollDeletes(client, self.bulk, settings, name, self.topic, self.metrics, self._commit)
 
     @property
@@ -111,10 +119,21 @@ class ObjectPoller:
         log.info("poll.position_captured", object=self.name, topic=self.topic,
                  systemmodstamp=_at(position).isoformat())
 
-    async def prepare(self) -> None:
+    async def prepare(self, stop: asyncio.Event | None = None) -> None:
         """Describe the object, bring its table up to date, choose the field rounds read by (logged, and noted in
-        `status`'s mode reason)."""
+        `status`'s mode reason). A field the existing table lacks was added in Salesforce since: its values set
+        before were never read (rounds select the fields they know, and read only records changed since), so the
+        object is resynced first (`fields_added`)."""
+        checked = await self.fields_added()
+        if checked.added:
+            await self.resync(f"fields added in Salesforce: {', '.join(checked.added)}", stop)
+            return  # the resync prepared the table and describes again
         await self.applier.load_schema()
+        if unchecked := [c.field for c in self.applier.spec.columns if c.name not in checked.columns]:
+            # added between the two describes: the column exists now, so no later check would see it
+            await self.resync(f"fields added in Salesforce: {', '.join(unchecked)}", stop)
+            return
+        self.describe_at = time.monotonic() + self.settings.poll.describe_interval_s
         self.key_field = self._choose_key()
         self.sink = self.deletes.sink = self.store.delta_sink(self.applier.table)
         how = f"({self.key_field}, Id)" if self.key_field else "nothing: a full extract every poll_interval_s"
@@ -122,12 +141,18 @@ class ObjectPoller:
         await self.sink.note_poll_key(self.name, how)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.prepare()
+        await self.prepare(stop)
         h = self.health
         h.phase, h.mode = "STREAMING", "poll"
         while not stop.is_set():
             if await self.store.resync_requested(self.name):
                 await self.resync("requested by an operator (replicator resync)", stop)
+            elif time.monotonic() >= self.describe_at:  # poll.describe_interval_s: one describe
+                added = (await self.fields_added()).added
+                if added:
+                    await self.resync(f"fields added in Salesforce: {', '.join(added)}", stop)
+                else:
+                    self.describe_at = time.monotonic() + self.settings.poll.describe_interval_s
             started = time.time()
             if self.budget is None or self.budget.allows():  # else skipped: salesforce.api_reserve
                 if self.key_field is None:
@@ -167,6 +192,16 @@ class ObjectPoller:
         await self.store.set_phase(self.name, "STREAMING")
         self.health.phase = "STREAMING"
         await self.prepare()  # the extract described the object again: a field it added is read from now on
+
+    async def fields_added(self) -> FieldsChecked:
+        """Describe the object (one call) and compare with its table before the table is altered: the fields whose
+        column it lacks. The resync that follows is marked (RESYNCING) before its extract adds the columns, so a
+        crash in between cannot hide them: the restart extracts again."""
+        describe = await self.client.describe(self.name)
+        self.calls += 1
+        info = object_table(describe, self.settings.postgres.schema_, self.obj)
+        added = await self.store.delta_sink(info).missing_columns()
+        return FieldsChecked({c.name for c in info.spec.columns}, added or [])
 
     def _choose_key(self) -> str | None:
         for field in KEY_FIELDS:

@@ -108,6 +108,17 @@ class PageSink:
             await state.register_object(conn, spec.object, spec.schema, spec.name, spec.key, spec.fingerprint)
         return bool(empty)
 
+    @mapped
+    async def missing_columns(self) -> list[str] | None:
+        """The fields (API names) of the table's description whose column the table lacks (added in Salesforce
+        since it was last prepared), in description order; None while the table does not exist."""
+        spec = self.t.spec
+        async with self.pool.acquire() as conn:
+            existing = {r["column_name"] for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+                spec.schema, spec.name)}
+        return [c.field for c in spec.columns if c.name not in existing] if existing else None
+
     async def _copy(self, conn: asyncpg.Connection, target: str, source: AsyncIterable[bytes] | bytes) -> int:
         spec = self.t.spec
         if isinstance(source, bytes):

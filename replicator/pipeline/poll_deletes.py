@@ -115,9 +115,9 @@ class PollDeletes:
     async def read(self, through_ms: int) -> tuple[int, int | None]:
         """Records deleted since the last window (less the lookback: a delete can commit late too), applied as
         deletes at their deletedDate; the window's end (`latestDateCovered`, Salesforce's, held back) commits with
-        them as the next window's start. Returns (records deleted, the window's end in epoch ms, None after a key
-        reconciliation, which moves the window's start to its own position), when getDeleted cannot serve:
-        - INVALID_REPLICATION_DATE: the window begins before getDeleted's 15 days;
+        them as the next window's start. Returns (records deleted, the stored window end in epoch ms, or None after
+        a key reconciliation, which moves the window's start to its own position). When getDeleted cannot serve:
+        - INVALID_REPLICATION_DATE: the window begins before getDeleted's 15 days: a key reconciliation;
         - EXCEEDED_ID_LIMIT (more than 600,000 deletes; "You can correct the error by choosing start and end dates
           that are closer together", REST API Developer Guide, "sObject Get Deleted"): the window is halved, the
           earlier half first, each half committed on its own, down to one minute (Salesforce truncates seconds);

@@ -201,11 +201,18 @@ class PollSettings(_Section):
         "same WHERE asks how large the delta is; at this many records or more the round reads it with one Bulk API "
         "2.0 queryAll job (staged with COPY, applied through the version guard) instead of page by page. 0: never.",
     )
+    describe_interval_s: float = Field(
+        600.0, gt=0,
+        description="Polled objects: every this many seconds (and at every start) the object is described again (one "
+        "API call; no change event tells a polled object its fields changed). A field the table lacks is added "
+        "and the object resynced, so the values set before are read too (README \"Polling\").",
+    )
     reconcile_interval_s: float = Field(
         86_400.0, ge=0,
         description="Polled objects: every this many seconds (and at once when getDeleted answers "
-        "INVALID_REPLICATION_DATE, its 15-day window passed) an Id-only Bulk extract is compared with the table; rows "
-        "the org no longer has and stamped before the extract began are deleted (per `deletes`). 0: never scheduled.",
+        "INVALID_REPLICATION_DATE, its 15-day window passed, or EXCEEDED_ID_LIMIT for a single minute) an Id-only Bulk "
+        "extract is compared with the table; rows the org no longer has are deleted (per `deletes`). 0: never "
+        "scheduled.",
     )
 
 
@@ -226,7 +233,7 @@ class ServiceSettings(_Section):
         "`replicator_time_to_data_loss_seconds`.",
     )
     control_poll_s: float = Field(
-        2.0, gt=0, le=300, description="How often a streaming object looks for an operator's request "
+        2.0, gt=0, le=300, description="How often a streamed or polled object looks for an operator's request "
         "(`replicator resync`) in the state tables."
     )
 

@@ -83,7 +83,8 @@ class ChannelUnit:
                 (self.members if first_start else alone).append(name)
             elif source in (Way.POLL, Way.CHANNEL):  # another channel: its own position first
                 if source == Way.CHANNEL:
-                    await leave_events(svc.store, name, svc.settings.poll.lookback_s, f"left channel {channel}")
+                    await leave_events(svc.store, svc.client, name, svc.settings.poll.lookback_s,
+                                       f"left channel {channel}")
                 self.joiners.append(name)
             else:
                 alone.append(name)
@@ -103,7 +104,7 @@ class ChannelUnit:
             await until_stopped(svc.stop, capture_channel_position(svc.pubsub, svc.store, svc.settings))
         for name in list(self.joiners):  # POLL -> CHANNEL: one round past the channel's position
             poller = ObjectUnit(svc, name).poller()
-            await poller.prepare()
+            await poller.prepare(svc.stop)
             await enter_events(poller, svc.stop)
             await svc.store.set_mode(name, "cdc", f"joined channel {channel} after a poll round", channel=channel)
             self.joiners.remove(name)
@@ -136,7 +137,7 @@ class ChannelUnit:
         svc = self.svc
         if self.running is not None:
             self.running.members.pop(name, None)
-        await leave_events(svc.store, name, svc.settings.poll.lookback_s, reason, floor_ms)
+        await leave_events(svc.store, svc.client, name, svc.settings.poll.lookback_s, reason, floor_ms)
         svc.metrics.mode_switches.labels(object=name, mode="poll", cause=ALLOCATION if floor_ms else "topic").inc()
         (log.error if floor_ms else log.warning)("service.mode_switch", object=name, mode="poll", previous="cdc",
                                                  reason=reason, channel=self.channel)

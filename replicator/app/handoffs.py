@@ -25,7 +25,7 @@ import structlog
 
 from ..lifecycle import Way
 from ..model import Checkpoint, ConfigError, TerminalError
-from ..pipeline.poll import ObjectPoller, poll_topic
+from ..pipeline.poll import ObjectPoller, poll_topic, salesforce_position
 from ..pipeline.stopping import until_stopped
 from ..pipeline.stream import ObjectStream
 from ..postgres.store import Store
@@ -84,20 +84,24 @@ async def stored_way(store: Store, name: str) -> tuple[Way, str | None]:
     return (Way.CHANNEL, st.channel) if st.channel else (Way.TOPIC, None)
 
 
-async def leave_events(store: Store, name: str, lookback_s: float, reason: str, floor_ms: int | None = None) -> bool:
+async def leave_events(store: Store, client, name: str, lookback_s: float, reason: str,
+                       floor_ms: int | None = None) -> bool:
     """Events → poll: store the poll position from the object's own position (`Store.own_position`), or from
     `floor_ms` when later (a channel's newest commit when its event allocation ran out: every member's events up
-    to it are applied), less `lookback_s`; then the mode `poll`. False when the object has no position at all (it
-    was never extracted: the poll path extracts it)."""
+    to it are applied), but no later than Salesforce's position now (`salesforce_position`: held back to the start
+    of a transaction still in flight, which commits with an older stamp), less `lookback_s`; then the mode `poll`.
+    False when the object has no position at all (it was never extracted: the poll path extracts it)."""
     own = await store.own_position(name)
     since = max((p for p in (own, floor_ms) if p is not None), default=None)
     if since is None:
         return False
+    held = await salesforce_position(client, name)
+    since = min(since, held)
     start = (since - int(lookback_s * 1000)) // 1000 * 1000  # whole seconds, as SOQL compares
     forgotten = await store.poll_from_stream(name, Checkpoint(poll_topic(name), None, poll_modstamp=start, poll_id="",
                                                               poll_deleted_through=start))
     await store.set_mode(name, "poll", reason)
-    log.info("handoff.to_poll", object=name, own_position_ms=own, floor_ms=floor_ms, poll_from_ms=start,
+    log.info("handoff.to_poll", object=name, own_position_ms=own, floor_ms=floor_ms, held_ms=held, poll_from_ms=start,
              stream_positions_forgotten=forgotten)
     return True
 

@@ -97,10 +97,10 @@ class ObjectUnit:
         steps = route(source, target) if st is not None and st.phase != Phase.NEW else []
         for leaving, entering in steps:
             if entering == Way.POLL:
-                await leave_events(svc.store, name, svc.settings.poll.lookback_s, reason)
+                await leave_events(svc.store, svc.client, name, svc.settings.poll.lookback_s, reason)
             elif leaving == Way.POLL:
                 poller = self.poller()
-                await poller.prepare()
+                await poller.prepare(svc.stop)
                 await enter_events(poller, svc.stop, self.stream())
         if steps:
             svc.metrics.mode_switches.labels(object=name, mode=mode, cause=cause).inc()

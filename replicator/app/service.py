@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
-from ..model import ConfigError, Stopped
+from ..model import ConfigError, ReplicatorError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
 from ..pipeline.platform_events import PlatformEventStream
@@ -217,8 +217,14 @@ class Service:
         for name, channel in (await self.store.streamed_objects()).items():
             if name in self.settings.objects or (channel is None and topic_for(name) in topics):
                 continue
-            if await leave_events(self.store, name, self.settings.poll.lookback_s,
-                                  f"out of the configuration: its position left channel {channel or '?'}"):
+            try:
+                left = await leave_events(self.store, self.client, name, self.settings.poll.lookback_s,
+                                          f"out of the configuration: its position left channel {channel or '?'}")
+            except ReplicatorError as exc:  # the org may have lost the object too: it is not replicated any more
+                log.error("service.object_left_without_position", object=name, channel=channel, error=str(exc),
+                          action="if it is configured again it joins at the channel's checkpoint: resync it then")
+                continue
+            if left:
                 log.info("service.object_left", object=name, channel=channel)
 
     async def _api_budget(self, name: str) -> None:

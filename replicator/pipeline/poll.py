@@ -12,12 +12,9 @@ with one Bulk API 2.0 job when the delta is large.
   so a record that commits after its stamp is read once it is visible. Re-reads are harmless: rows are full-record
   upserts (`changes.record_op`) through the stream's version guard.
 - queryAll returns deleted records still in the recycle bin (`IsDeleted` true): they land soft-deleted (removed
-  with `deletes = "hard"`). Records removed for good are only in getDeleted ("sObject Get Deleted", REST API
-  Developer Guide, https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getdeleted.htm;
-  docs/bulk-rest-oauth.md §3.5): applied as deletes at their deletedDate, from the window's start up to
-  `latestDateCovered`. What getDeleted cannot serve (older than its 15 days: INVALID_REPLICATION_DATE, or purged
-  early) a key reconciliation finds: an Id-only extract compared with the table (`reconcile`), also every
-  `poll.reconcile_interval_s`.
+  with `deletes = "hard"`). Records removed for good, and the key reconciliation for what getDeleted cannot serve:
+  pipeline/poll_deletes.py, which also captures positions (`salesforce_position`): Salesforce's time with its
+  hold-back, never this host's clock.
 - Large deltas (`poll.bulk_threshold`, asked with `SELECT COUNT()` when a first page comes back full): one Bulk
   queryAll job, each result page staged with COPY and upserted through the version guard (`DeltaSink`).
 - Each page commits with the position (topic `poll:<Object>` in replicator.checkpoints) in one transaction
@@ -33,26 +30,35 @@ of `poll.page_size` records (at least one); a large delta one COUNT() and a Bulk
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
+from typing import NamedTuple
 
 import structlog
 
 from ..config import ObjectSettings, Settings
 from ..lifecycle import Phase
-from ..model import Checkpoint, RejectedDataError, RowOp, TerminalError
+from ..model import Checkpoint, RejectedDataError, ReplicatorError, RowOp, TerminalError
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
 from ..retry import retry_transient
 from ..salesforce.bulk import BulkClient
 from ..salesforce.records import soql_datetime, soql_string
-from ..salesforce.values import EPOCH, decode_rest_value, encode_epoch_ms
+from ..salesforce.values import encode_epoch_ms
 from .applier import BatchApplier, StreamStats
 from .backfill import Backfill
 from .changes import record_op
+from .poll_deletes import PollDeletes, salesforce_position
+from .poll_deletes import at as _at
+from .poll_deletes import stamp_ms as _stamp_ms
+from .schema import object_table
 from .stopping import until_stopped
 
 log = structlog.get_logger(__name__)
+
+
+class FieldsChecked(NamedTuple):
+    columns: set[str]  # the table's columns as the org describes the object now
+    added: list[str]  # fields (API names) whose column the existing table lacks
 
 
 def poll_topic(object_name: str) -> str:
@@ -64,15 +70,6 @@ def poll_topic(object_name: str) -> str:
 # included); LastModifiedDate only with a user's, and is what objects without SystemModstamp have (share objects,
 # "AccountShare", Object Reference). Without either a round extracts the whole object again.
 KEY_FIELDS = ("SystemModstamp", "LastModifiedDate")
-
-
-def _at(ms: int) -> dt.datetime:
-    return EPOCH + dt.timedelta(milliseconds=ms)
-
-
-def _stamp_ms(value: object) -> int | None:
-    when = decode_rest_value(value, "timestamptz")
-    return encode_epoch_ms(when) if isinstance(when, dt.datetime) else None
 
 
 class ObjectPoller:
@@ -92,32 +89,71 @@ class ObjectPoller:
         self.rounds = 0
         self.key_field: str | None = "SystemModstamp"
         self.bulk = BulkClient(client, poll_max=settings.backfill.poll_max_s)
-        self.api_calls = 0  # REST and Bulk calls made by rounds (README "Polling": calls per round)
-        self.bulk_rounds = self.reconciliations = self.reconciled_ids = 0
+        self.calls = 0  # REST and Bulk calls made by rounds, but for deletes (`api_calls`)
+        self.bulk_rounds = 0
+        self.describe_at = 0.0  # when the object is described again (`poll.describe_interval_s`)
+        self.deletes = PollDeletes(client, self.bulk, settings, name, self.topic, self.metrics, self._commit)
+
+    @property
+    def api_calls(self) -> int:
+        """REST and Bulk calls made by rounds (README "Polling": calls per round)."""
+        return self.calls + self.deletes.calls
+
+    @property
+    def reconciliations(self) -> int:
+        return self.deletes.reconciliations
+
+    async def reconcile(self) -> int:
+        return await self.deletes.reconcile()
+
+    async def reconcile_if_due(self) -> None:
+        await self.deletes.reconcile_if_due()
 
     async def capture_position(self) -> None:
-        """Before a backfill: the first round reads from here. This process's clock, less the lookback (which
-        also absorbs a small skew from Salesforce's clock); what the extract holds too is re-read harmlessly."""
-        start = (int(time.time() * 1000) - self.lookback_ms) // 1000 * 1000
-        await self.store.save_checkpoint(Checkpoint(self.topic, None, poll_modstamp=start, poll_id="",
-                                                    poll_deleted_through=start))
-        log.info("poll.position_captured", object=self.name, topic=self.topic, systemmodstamp=_at(start).isoformat())
+        """Before a backfill: the first round reads from here. Salesforce's time, held back to the start of a
+        transaction still in flight (`salesforce_position`, one API call), never this host's clock: a late commit
+        the extract cannot see yet is stamped at or after it, so the first rounds read it once it commits. The
+        keyset starts a lookback earlier (`start_key`); what the extract holds too is re-read harmlessly."""
+        position = await salesforce_position(self.client, self.name) // 1000 * 1000
+        await self.store.save_checkpoint(Checkpoint(self.topic, None, poll_modstamp=position, poll_id="",
+                                                    poll_deleted_through=position))
+        log.info("poll.position_captured", object=self.name, topic=self.topic,
+                 systemmodstamp=_at(position).isoformat())
 
-    async def prepare(self) -> None:
+    async def prepare(self, stop: asyncio.Event | None = None) -> None:
         """Describe the object, bring its table up to date, choose the field rounds read by (logged, and noted in
-        `status`'s mode reason)."""
+        `status`'s mode reason). A field the existing table lacks was added in Salesforce since: its values set
+        before were never read (rounds select the fields they know, and read only records changed since), so the
+        object is resynced first (`fields_added`)."""
+        checked = await self.fields_added()
+        if checked.added:
+            await self.resync(f"fields added in Salesforce: {', '.join(checked.added)}", stop)
+            return  # the resync prepared the table and describes again
         await self.applier.load_schema()
+        if unchecked := [c.field for c in self.applier.spec.columns if c.name not in checked.columns]:
+            # added between the two describes: the column exists now, so no later check would see it
+            await self.resync(f"fields added in Salesforce: {', '.join(unchecked)}", stop)
+            return
+        self.describe_at = time.monotonic() + self.settings.poll.describe_interval_s
         self.key_field = self._choose_key()
-        self.sink = self.store.delta_sink(self.applier.table)
+        self.sink = self.deletes.sink = self.store.delta_sink(self.applier.table)
         how = f"({self.key_field}, Id)" if self.key_field else "nothing: a full extract every poll_interval_s"
         log.info("poll.key", object=self.name, key=how)
         await self.sink.note_poll_key(self.name, how)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.prepare()
+        await self.prepare(stop)
         h = self.health
         h.phase, h.mode = Phase.STREAMING, "poll"
         while not stop.is_set():
+            if await self.store.resync_requested(self.name):
+                await self.resync("requested by an operator (replicator resync)", stop)
+            elif time.monotonic() >= self.describe_at:  # poll.describe_interval_s: one describe
+                added = (await self.fields_added()).added
+                if added:
+                    await self.resync(f"fields added in Salesforce: {', '.join(added)}", stop)
+                else:
+                    self.describe_at = time.monotonic() + self.settings.poll.describe_interval_s
             started = time.time()
             if self.budget is None or self.budget.allows():  # else skipped: salesforce.api_reserve
                 if self.key_field is None:
@@ -126,10 +162,47 @@ class ObjectPoller:
                     await self.round(stop)
                     await self.reconcile_if_due()
                 h.connected, h.idle, h.caught_up_at = True, False, started
+            await self._wait(stop)
+
+    async def _wait(self, stop: asyncio.Event) -> None:
+        """Until the next round (`objects.X.poll_interval_s`), or sooner for an operator's resync request, looked
+        for every `service.control_poll_s` (one small query, as a stream does)."""
+        deadline = time.monotonic() + self.obj.poll_interval_s
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
             try:
-                await asyncio.wait_for(stop.wait(), self.obj.poll_interval_s)
+                await asyncio.wait_for(stop.wait(), min(left, self.settings.service.control_poll_s))
             except TimeoutError:
-                pass
+                if await self.store.resync_requested(self.name):
+                    return
+
+    async def resync(self, reason: str, stop: asyncio.Event | None = None) -> None:
+        """Extract the object again into the live table (keyed upsert through the version guard; rows the extract
+        lacks are removed or marked deleted), then rounds go on. Marked RESYNCING first, which clears an operator's
+        request: a crash before the extract's job is recorded captures and extracts again after the restart
+        (app/service.py); after, it resumes the job, its position stored. The position is captured before the
+        extract (`capture_position`: Salesforce's time), so the rounds after it read what changed meanwhile."""
+        self.stats.resyncs += 1
+        self.metrics.resyncs.labels(object=self.name).inc()
+        log.warning("poll.resync", object=self.name, reason=reason, resyncs=self.stats.resyncs)
+        await self.store.begin_resync(self.name, reason)
+        self.health.phase = Phase.RESYNCING
+        await self.capture_position()
+        extract = Backfill(self.client, self.store, self.settings, self.name, self.obj,
+                           self.metrics.backfill_progress).run()
+        await (until_stopped(stop, extract) if stop is not None else extract)  # resumable: a stop does not wait
+        await self.store.set_phase(self.name, Phase.STREAMING)
+        self.health.phase = Phase.STREAMING
+        await self.prepare()  # the extract described the object again: a field it added is read from now on
+
+    async def fields_added(self) -> FieldsChecked:
+        """Describe the object (one call) and compare with its table before the table is altered: the fields whose
+        column it lacks. The resync that follows is marked (RESYNCING) before its extract adds the columns, so a
+        crash in between cannot hide them: the restart extracts again."""
+        describe = await self.client.describe(self.name)
+        self.calls += 1
+        info = object_table(describe, self.settings.postgres.schema_, self.obj)
+        added = await self.store.delta_sink(info).missing_columns()
+        return FieldsChecked({c.name for c in info.spec.columns}, added or [])
 
     def _choose_key(self) -> str | None:
         for field in KEY_FIELDS:
@@ -149,7 +222,7 @@ class ObjectPoller:
         progress = await (until_stopped(stop, extract) if stop is not None else extract)
         await self.store.set_phase(self.name, Phase.STREAMING)
         self.rounds += 1
-        self.api_calls += 4  # create, at least one status poll, resultPages, one page
+        self.calls += 4  # create, at least one status poll, resultPages, one page
         self.health.checkpoint_saved = time.time()
         log.info("poll.round", object=self.name, key=None, rows=progress.rows_done, extract=progress.job_id,
                  duration_s=round(time.monotonic() - started, 3))
@@ -164,8 +237,17 @@ class ObjectPoller:
             raise TerminalError(f"{self.name}: no poll position stored (topic {self.topic})", code="NO_POLL_POSITION")
         newest = (pos.poll_modstamp, pos.poll_id or "")
         key = self.start_key(newest, pos.poll_deleted_through)
-        deleted = await self._deletes(pos.poll_deleted_through if pos.poll_deleted_through is not None else newest[0])
-        rows, pages, newest, bulk = await self._changes(key, newest, stop)
+        through = pos.poll_deleted_through if pos.poll_deleted_through is not None else newest[0]
+        failed: ReplicatorError | None = None
+        try:
+            deleted, covered = await self.deletes.read(through)
+        except ReplicatorError as exc:
+            # Never let deletes block the changes: read them all the same, then fail the round (the supervisor
+            # retries it). The window's start stays, so the next round's keyset starts no later than before.
+            failed, deleted, covered = exc, 0, None
+            log.error("poll.deletes_failed", object=self.name, error=f"{type(exc).__name__}: {exc}",
+                      action="reading the changes all the same; the round fails after them and is retried")
+        rows, pages, newest, bulk = await self._changes(key, newest, stop, covered)
         self.rounds += 1
         self.health.poll_position = newest[0] / 1000
         self.health.checkpoint_saved = time.time()
@@ -173,6 +255,8 @@ class ObjectPoller:
             "poll.round", object=self.name, key=self.key_field, rows=rows, pages=pages, bulk_job=bulk,
             deleted=deleted, position=f"{_at(newest[0]).isoformat()} {newest[1]}",
             duration_s=round(time.monotonic() - started, 3))
+        if failed is not None:
+            raise failed
 
     def start_key(self, newest: tuple[int, str], covered_ms: int | None) -> tuple[int, str]:
         """Where a round's keyset starts: after the newest record read, but no later than where the previous
@@ -187,18 +271,19 @@ class ObjectPoller:
         return min(newest, held)
 
     async def _changes(self, key: tuple[int, str], newest: tuple[int, str], stop: asyncio.Event | None,
-                       ) -> tuple[int, int, tuple[int, str], str | None]:
+                       covered: int | None = None) -> tuple[int, int, tuple[int, str], str | None]:
         """REST pages from `key`, each committed with the position; a first page that comes back full and a
         count at or above `poll.bulk_threshold` send the delta to `_bulk_delta` instead (the page is not
-        committed: the job reads it again). Returns (rows, pages, newest position, Bulk job id or None)."""
+        committed: the job reads it again; `covered`, this round's getDeleted `latestDateCovered`, caps its
+        position). Returns (rows, pages, newest position, Bulk job id or None)."""
         rows = pages = 0
         page_size = self.settings.poll.page_size
         while stop is None or not stop.is_set():
             records = [r async for r in self.client.query(self._soql(key, page_size), all_rows=True)]
-            self.api_calls += 1
+            self.calls += 1
             if pages == 0 and len(records) == page_size and await self._large(key):
                 try:
-                    job_id, rows, newest = await self._bulk_delta(key, newest)
+                    job_id, rows, newest = await self._bulk_delta(key, newest, covered)
                     return rows, 0, newest, job_id
                 except RejectedDataError as exc:  # a row Postgres refuses: REST pages dead-letter it alone
                     log.warning("poll.bulk_rejected", object=self.name, error=str(exc), action="read over REST")
@@ -241,22 +326,25 @@ class ObjectPoller:
         if not threshold:
             return False
         count = await self.client.count(f"SELECT COUNT() FROM {self.name} WHERE {self._where(key)}", all_rows=True)
-        self.api_calls += 1
+        self.calls += 1
         log.info("poll.delta_counted", object=self.name, records=count, bulk=count >= threshold)
         return count >= threshold
 
-    async def _bulk_delta(self, key: tuple[int, str], newest: tuple[int, str]) -> tuple[str, int, tuple[int, str]]:
+    async def _bulk_delta(self, key: tuple[int, str], newest: tuple[int, str], covered: int | None,
+                          ) -> tuple[str, int, tuple[int, str]]:
         """A large delta with one Bulk API 2.0 queryAll job (no ORDER BY: docs/bulk-rest-oauth.md §1.9), its pages
         one after another, each staged with COPY and upserted through the version guard in its transaction. The
-        position commits with the last page: the newest (stamp, Id) of the job, but no later than when the job was
-        created (pages hold no order: a record changed while the job ran may be missing behind a newer one; the
-        next round reads again from there). A crash in the middle repeats the job, which rewrites what it wrote."""
-        cap = int(time.time() * 1000) // 1000 * 1000
+        position commits with the last page: the newest (stamp, Id) of the job, but no later than Salesforce's time
+        before the job (`covered`: this round's getDeleted window end; pages hold no order: a record changed while
+        the job ran may be missing behind a newer one; the next round reads again from there). A crash in the
+        middle repeats the job, which rewrites what it wrote."""
+        # After a reconciliation the round has no window end of its own: Salesforce's time, asked now
+        cap = (covered if covered is not None else await self._position()) // 1000 * 1000
         soql = f"SELECT {', '.join(self.applier.spec.fields)} FROM {self.name} WHERE {self._where(key)}"
         job = await self.bulk.create_query_job(soql, all_rows=True)
         job = await self.bulk.wait_for_job(job.id)
         pages = [p async for p in self.bulk.result_pages(job.id, max_records=self.settings.backfill.page_size)]
-        self.api_calls += 3 + len(pages)  # create, status (at least once), resultPages, one call a page
+        self.calls += 3 + len(pages)  # create, status (at least once), resultPages, one call a page
         seen: list[tuple[int, str]] = [newest]
 
         def final(page_newest: tuple | None) -> Checkpoint:
@@ -285,71 +373,9 @@ class ObjectPoller:
                  position=f"{_at(pos.poll_modstamp).isoformat()} {pos.poll_id}")
         return job.id, rows, (pos.poll_modstamp, pos.poll_id or "")
 
-    async def _deletes(self, through_ms: int) -> int:
-        """Records deleted since the last window (less the lookback: a delete can commit late too), applied as
-        deletes at their deletedDate; the window's end (`latestDateCovered`) commits with them. A window
-        Salesforce no longer serves (INVALID_REPLICATION_DATE: getDeleted keeps 15 days) is a key reconciliation,
-        which moves the window's start to its own."""
-        start = _at(through_ms - self.lookback_ms)
-        # Salesforce truncates the seconds of `end` (docs/bulk-rest-oauth.md §3.5): an end of now would
-        # cover only up to the current minute. The next minute's start covers what is committed now; the window
-        # actually covered is `latestDateCovered`, which is what is stored.
-        end = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
-        try:
-            body = await self.client.get_deleted(self.name, start, end)
-        except TerminalError as exc:
-            if exc.code != "INVALID_REPLICATION_DATE":
-                raise
-            log.warning("poll.deletes_window_gone", object=self.name, start=start.isoformat(), error=str(exc),
-                        action="reconciling keys with an Id-only extract")
-            return await self.reconcile()
-        finally:
-            self.api_calls += 1
-        ops: dict[str, RowOp] = {}
-        for rec in body.get("deletedRecords") or ():
-            ms = _stamp_ms(rec.get("deletedDate"))
-            if rec.get("id") and ms is not None:
-                ops[str(rec["id"])] = RowOp(str(rec["id"]), "delete", version=(ms, 0, 0), commit_ms=ms)
-        covered = max(_stamp_ms(body.get("latestDateCovered")) or through_ms, through_ms)
-        await self._commit(list(ops.values()), Checkpoint(self.topic, None, poll_deleted_through=covered), 0)
-        return len(ops)
-
-    async def reconcile_if_due(self) -> None:
-        """The scheduled key reconciliation: `poll.reconcile_interval_s` after the last one (or after the backfill,
-        whose extract removed what the org lacked then)."""
-        every = self.settings.poll.reconcile_interval_s
-        if not every:
-            return
-        last = await self.sink.reconciled_at(self.topic)
-        if last is None or (dt.datetime.now(dt.UTC) - last).total_seconds() >= every:
-            await self.reconcile()
-
-    async def reconcile(self) -> int:
-        """Deletes getDeleted cannot serve (purged past its 15 days, or its log emptied early: "sObject Get
-        Deleted", REST API Developer Guide; docs/bulk-rest-oauth.md §3.5): an Id-only Bulk queryAll extract
-        compared with the table in one transaction (`DeltaSink.reconcile_keys`). A row the extract lacks is
-        deleted unless stamped after the extract began (less the lookback: this clock may run behind Salesforce's),
-        and getDeleted's window then starts there. Returns the rows deleted."""
-        started_ms = (int(time.time() * 1000) - self.lookback_ms) // 1000 * 1000
-        job = await self.bulk.create_query_job(f"SELECT Id FROM {self.name}", all_rows=True)
-        job = await self.bulk.wait_for_job(job.id)
-        pages = [p async for p in self.bulk.result_pages(job.id, max_records=self.settings.backfill.page_size)]
-        self.api_calls += 3 + len(pages)
-
-        async def chunks():
-            for page in pages:
-                async with self.bulk.open_page(page) as stream:
-                    yield stream.chunks()
-
-        checkpoint = Checkpoint(self.topic, None, poll_deleted_through=started_ms)
-        seen, removed = await self.sink.reconcile_keys(chunks(), _at(started_ms), checkpoint)
-        self.reconciliations, self.reconciled_ids = self.reconciliations + 1, seen
-        if removed:
-            self.metrics.rows_written.labels(object=self.name, op="delete").inc(removed)
-        (log.warning if removed else log.info)(
-            "poll.reconciled", object=self.name, job_id=job.id, ids=seen, removed=removed,
-            since=_at(started_ms).isoformat(), reason="records the org no longer has: purged or hard-deleted")
-        return removed
+    async def _position(self) -> int:
+        self.calls += 1
+        return await salesforce_position(self.client, self.name)
 
     async def _commit(self, ops: list[RowOp], checkpoint: Checkpoint, records: int) -> None:
         result = await self.applier.commit(ops, [], checkpoint, records)

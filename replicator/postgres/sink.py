@@ -108,6 +108,17 @@ class PageSink:
             await state.register_object(conn, spec.object, spec.schema, spec.name, spec.key, spec.fingerprint)
         return bool(empty)
 
+    @mapped
+    async def missing_columns(self) -> list[str] | None:
+        """The fields (API names) of the table's description whose column the table lacks (added in Salesforce
+        since it was last prepared), in description order; None while the table does not exist."""
+        spec = self.t.spec
+        async with self.pool.acquire() as conn:
+            existing = {r["column_name"] for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+                spec.schema, spec.name)}
+        return [c.field for c in spec.columns if c.name not in existing] if existing else None
+
     async def _copy(self, conn: asyncpg.Connection, target: str, source: AsyncIterable[bytes] | bytes) -> int:
         spec = self.t.spec
         if isinstance(source, bytes):
@@ -350,14 +361,16 @@ class DeltaSink(PageSink):
         return rows, newest_key
 
     @mapped
-    async def reconcile_keys(self, pages: AsyncIterable[AsyncIterable[bytes]], started: dt.datetime,
-                             checkpoint: Checkpoint) -> tuple[int, int]:
+    async def reconcile_keys(self, pages: AsyncIterable[AsyncIterable[bytes]], before: dt.datetime,
+                             checkpoint: Checkpoint, present: Callable[[list[str]], Awaitable[set[str]]],
+                             reconciled_at: dt.datetime) -> tuple[int, int]:
         """Key reconciliation: the Ids of an Id-only extract (CSV pages, header `Id`) against the table, in ONE
-        transaction. Rows whose Id the extract lacks and whose version is older than `started` (when the extract
-        began) are records the org no longer has: marked deleted, or removed with `deletes = "hard"` or without
-        IsDeleted; a row stamped since may be a record the extract could not see yet, and stays. `checkpoint`
-        (getDeleted's window moved to `started`) commits with them, and the time of the reconciliation. Returns
-        (Ids in the extract, rows deleted)."""
+        transaction. A row whose Id the extract lacks is a record the org no longer has when its version is older
+        than `before` (a record committed before the extract began, which the extract would hold); a row written
+        since is looked up by Id (`present`: the Ids the org still has) and counts as gone only when the org lacks
+        it too, never kept or removed for when it was written. Gone rows are marked deleted, or removed with
+        `deletes = "hard"` or without IsDeleted. `checkpoint` (getDeleted's window moved) commits with them, and
+        `reconciled_at`. Returns (Ids in the extract, rows deleted)."""
         t, q = ddl.qualified(self.t.spec), ddl.quote_ident
         soft = self.t.has_isdeleted and not self.t.hard_deletes
         async with self.pool.acquire() as conn, conn.transaction():
@@ -367,17 +380,20 @@ class DeltaSink(PageSink):
                 seen += _copied(await conn.copy_to_table("_reconcile_ids", source=strip_nul_chunks(chunks),
                                                          columns=["id"], format="csv", header=True))
             await conn.execute("CREATE INDEX ON _reconcile_ids (id); ANALYZE _reconcile_ids")
-            where = (f"NOT EXISTS (SELECT 1 FROM _reconcile_ids r WHERE r.id = t.\"id\"::text) "
-                     f"AND t.{q(VERSION_COLUMN)} < $1")
+            unseen = "NOT EXISTS (SELECT 1 FROM _reconcile_ids r WHERE r.id = t.\"id\"::text)"
+            live = f" AND NOT t.{q('isdeleted')}" if soft else ""
+            recent = [r[0] for r in await conn.fetch(
+                f"SELECT t.\"id\"::text FROM {t} AS t WHERE {unseen} AND t.{q(VERSION_COLUMN)} >= $1{live}", before)]
+            gone = sorted(set(recent) - await present(recent)) if recent else []
+            where = f"{unseen} AND (t.{q(VERSION_COLUMN)} < $1 OR t.\"id\"::text = ANY($2::text[])){live}"
             if soft:
-                sql = (f"UPDATE {t} AS t SET {q('isdeleted')} = true, {q(SYNCED_COLUMN)} = now() "
-                       f"WHERE {where} AND NOT t.{q('isdeleted')}")
+                sql = f"UPDATE {t} AS t SET {q('isdeleted')} = true, {q(SYNCED_COLUMN)} = now() WHERE {where}"
             else:
                 sql = f"DELETE FROM {t} AS t WHERE {where}"
-            removed = int((await conn.execute(sql, started)).rsplit(" ", 1)[-1])
+            removed = int((await conn.execute(sql, before, gone)).rsplit(" ", 1)[-1])
             await state.save_checkpoint(conn, checkpoint, 0)
             await conn.execute("UPDATE replicator.checkpoints SET poll_reconciled_at = $2 WHERE topic = $1",
-                               checkpoint.topic, started)
+                               checkpoint.topic, reconciled_at)
         return seen, removed
 
     @mapped

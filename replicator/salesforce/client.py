@@ -352,6 +352,14 @@ class SalesforceClient:
         params = {"start": soql_datetime(start), "end": soql_datetime(end)}
         return dict(await self._json("GET", f"sobjects/{object_name}/deleted/", params=params) or {})
 
+    async def get_updated(self, object_name: str, start: dt.datetime, end: dt.datetime) -> dict:
+        """sObject Get Updated: `{"ids": [...], "latestDateCovered"}` for records changed between `start` and `end`
+        (the last 30 days). REST API Developer Guide, "sObject Get Updated",
+        https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getupdated.htm
+        (docs/bulk-rest-oauth.md §3.5)."""
+        params = {"start": soql_datetime(start), "end": soql_datetime(end)}
+        return dict(await self._json("GET", f"sobjects/{object_name}/updated/", params=params) or {})
+
     async def limits(self) -> dict:
         """`GET limits`: `{Name: {Max, Remaining}}` (docs/bulk-rest-oauth.md §2.1)."""
         return dict(await self._json("GET", "limits") or {})

@@ -23,12 +23,18 @@
   https://developer.salesforce.com/docs/atlas.en-us.platform_events.meta/platform_events/platform_events_monitor_usage.htm).
   Here it is updated at once, and `reset` (the daily window) leaves the month's count alone.
 
+- getDeleted and getUpdated answer at most 600,000 ids a call; more found is `EXCEEDED_ID_LIMIT`, corrected by
+  "choosing start and end dates that are closer together" (REST API Developer Guide, "sObject Get Deleted",
+  https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_getdeleted.htm, and "sObject
+  Get Updated"; SOAP API Developer Guide, "getDeleted()"). Not a daily allocation, but set here with them:
+  `replication_id_limit` lowers it so a test reaches it with a few deletes (rest_replication.py).
+
 Salesforce counts over a rolling 24 h; the simulator counts from its start (or the last reset). Defaults are
 large, as a busy real org's allocation is for one client (an Unlimited Edition org's API allocation grows with its
 licences; the add-on adds 100,000 events a day): a test or a benchmark that wants to reach them sets them low.
 
 Admin: `GET /__sim/limits` (allocations and usage), `PUT /__sim/limits` with any of `{"api_allocation": N,
-"event_allocation": N, "monthly_entitlement": N | null, "reset": true}` (`reset` sets the daily usage back to 0,
+"event_allocation": N, "monthly_entitlement": N | null, "replication_id_limit": N, "reset": true}` (`reset` sets the daily usage back to 0,
 as a rolling window that has moved on).
 """
 
@@ -44,6 +50,7 @@ from .errors import json_ok
 DEFAULT_API_ALLOCATION = 5_000_000
 DEFAULT_EVENT_ALLOCATION = 10_000_000
 DAILY_BULK_V2_QUERY_JOBS = 10_000  # docs/bulk-rest-oauth.md §2.1
+REPLICATION_ID_LIMIT = 600_000  # ids a getDeleted or getUpdated call answers (docs/bulk-rest-oauth.md §3.5)
 API_LIMIT_TEXT = "TotalRequests Limit exceeded."
 EVENT_LIMIT_CODE = "sfdc.platform.eventbus.grpc.subscription.limit.exceeded"
 EVENT_LIMIT_TEXT = "You have exceeded the event delivery limit for your org."
@@ -59,6 +66,7 @@ class Allocations:
     refused_subscribes: int = 0  # Subscribe calls ended or refused by the delivery allocation
     monthly_entitlement: int | None = None  # MonthlyPlatformEventsUsageEntitlement's Max; None: no add-on
     events_this_month: int = 0  # not reset by `reset` (a daily window)
+    replication_id_limit: int = REPLICATION_ID_LIMIT  # more ids than this: EXCEEDED_ID_LIMIT
 
     def charge_api(self) -> bool:
         """Count one API request; False (not counted) once the allocation is used up."""
@@ -79,11 +87,11 @@ class Allocations:
         """Apply an admin change; ValueError (nothing changed) for anything but the documented keys."""
         if not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
-        unknown = set(body) - {"api_allocation", "event_allocation", "monthly_entitlement", "reset"}
+        keys = ("api_allocation", "event_allocation", "monthly_entitlement", "replication_id_limit")
+        unknown = set(body) - {*keys, "reset"}
         if unknown:
-            raise ValueError(f"unknown key {sorted(unknown)[0]!r} (api_allocation, event_allocation, "
-                             "monthly_entitlement, reset)")
-        for key in ("api_allocation", "event_allocation", "monthly_entitlement"):
+            raise ValueError(f"unknown key {sorted(unknown)[0]!r} ({', '.join(keys)}, reset)")
+        for key in keys:
             value = body.get(key)
             if key == "monthly_entitlement" and value is None:
                 continue  # no add-on
@@ -94,6 +102,7 @@ class Allocations:
         self.api_allocation = body.get("api_allocation", self.api_allocation)
         self.event_allocation = body.get("event_allocation", self.event_allocation)
         self.monthly_entitlement = body.get("monthly_entitlement", self.monthly_entitlement)
+        self.replication_id_limit = body.get("replication_id_limit", self.replication_id_limit)
         if body.get("reset"):
             self.api_used = self.events_delivered = 0
 
@@ -101,7 +110,8 @@ class Allocations:
         return {"api_allocation": self.api_allocation, "api_used": self.api_used,
                 "event_allocation": self.event_allocation, "events_delivered": self.events_delivered,
                 "refused_requests": self.refused_requests, "refused_subscribes": self.refused_subscribes,
-                "monthly_entitlement": self.monthly_entitlement, "events_this_month": self.events_this_month}
+                "monthly_entitlement": self.monthly_entitlement, "events_this_month": self.events_this_month,
+                "replication_id_limit": self.replication_id_limit}
 
     def limits_body(self, jobs_created: int) -> dict:
         """REST `/limits`: `{Name: {Max, Remaining}}` (docs/bulk-rest-oauth.md §2.1)."""

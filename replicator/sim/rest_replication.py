@@ -12,12 +12,13 @@ https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resourc
 
 The rules, from §3.5 and the pages above: the seconds of `start` and `end` are truncated; getUpdated covers the
 last 30 days and getDeleted the last 15, so an earlier start is 400 `INVALID_REPLICATION_DATE`, as is a start after
-the end; more than 600,000 ids is 400 `EXCEEDED_ID_LIMIT`. `latestDateCovered` is at most the end and is held back
-to the SystemModstamp of the oldest transaction still in flight (a late commit, cdc.py: "the start time of that
-long-running transaction until it completes", SOAP API "GetUpdatedResult"): the next call must start there. This
-simulator's readings: a window is inclusive at both ends; an end in the future is covered up to the current second;
-`earliestDateAvailable` is the start of the 15 days (the delete log is never purged early here); an undeleted
-record is no longer in the delete log.
+the end; more than 600,000 ids is 400 `EXCEEDED_ID_LIMIT` ("choose start and end dates that are closer together";
+`PUT /__sim/limits {"replication_id_limit": N}` lowers the limit, limits.py). `latestDateCovered` is at most the end
+and is held back to the SystemModstamp of the oldest transaction still in flight (a late commit, cdc.py: "the start
+time of that long-running transaction until it completes", SOAP API "GetUpdatedResult"): the next call must start
+there. This simulator's readings: a window is inclusive at both ends; an end in the future is covered up to the
+current second; `earliestDateAvailable` is the start of the 15 days (the delete log is never purged early here); an
+undeleted record is no longer in the delete log.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from .values import rest_value
 
 UPDATED_DAYS = 30
 DELETED_DAYS = 15
-ID_LIMIT = 600_000
 
 
 class ReplicationError(ValueError):
@@ -133,7 +133,7 @@ async def get_updated(request: web.Request) -> web.Response:
         return answer
     store, start, covered, _ = answer
     ids = await asyncio.get_running_loop().run_in_executor(None, updated_ids, store, start, covered)
-    if len(ids) > ID_LIMIT:
+    if len(ids) > request.app[STATE].limits.replication_id_limit:
         return sf_error(400, "EXCEEDED_ID_LIMIT", "Too many ids: choose start and end dates closer together")
     return json_ok({"ids": ids, "latestDateCovered": rest_value("datetime", covered)})
 
@@ -144,7 +144,7 @@ async def get_deleted(request: web.Request) -> web.Response:
         return answer
     store, start, covered, now = answer
     found = await asyncio.get_running_loop().run_in_executor(None, deleted_records, store, start, covered)
-    if len(found) > ID_LIMIT:
+    if len(found) > request.app[STATE].limits.replication_id_limit:
         return sf_error(400, "EXCEEDED_ID_LIMIT", "Too many ids: choose start and end dates closer together")
     return json_ok({
         "deletedRecords": [{"id": rec_id, "deletedDate": rest_value("datetime", when)} for when, rec_id in found],

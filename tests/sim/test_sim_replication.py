@@ -82,6 +82,24 @@ def test_windows_are_15_days_for_deletes_and_30_for_updates(org):
     assert replication(org, "Nope__c", "updated", now, now).status_code == 404
 
 
+def test_more_ids_than_the_replication_limit_is_exceeded_id_limit(org):
+    """"sObject Get Deleted" (REST API Developer Guide): more than 600,000 ids found is EXCEEDED_ID_LIMIT; closer
+    start and end dates serve. PUT /__sim/limits replication_id_limit lowers the limit so a test reaches it."""
+    org.changes([{"object": "Contact", "type": "DELETE", "ids": org.first_ids("Contact", 3)},
+                 {"object": "Contact", "type": "CREATE", "fields": {"LastName": "Limit"}, "count": 3}])
+    start, end = recent_window()
+    try:
+        assert org.http.put("/__sim/limits", json={"replication_id_limit": 2}).json()["replication_id_limit"] == 2
+        for kind in ("deleted", "updated"):
+            r = replication(org, "Contact", kind, start, end)
+            assert (r.status_code, r.json()[0]["errorCode"]) == (400, "EXCEEDED_ID_LIMIT"), r.text
+        assert replication(org, "Contact", "deleted", start, start + dt.timedelta(minutes=1)).status_code == 200
+    finally:
+        org.http.put("/__sim/limits", json={"replication_id_limit": 600_000})
+    assert replication(org, "Contact", "deleted", start, end).status_code == 200
+    assert org.http.put("/__sim/limits", json={"replication_id_limit": -1}).status_code == 400
+
+
 def test_get_updated_lists_live_records_changed_in_the_window(org):
     changed, gone = org.first_ids("Shipment__c", 2)
     created = org.changes([{"object": "Shipment__c", "type": "UPDATE", "ids": [changed],

@@ -16,6 +16,7 @@ from .config import (
     ServiceSettings,
     StreamSettings,
 )
+from .lifecycle import diagram, handoff_table
 from .pipeline.schema import PG_TYPES, SKIPPED_TYPES
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -75,7 +76,8 @@ def metrics_table() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"config": config_table, "types": type_table, "metrics": metrics_table}
+BLOCKS = {"config": config_table, "types": type_table, "metrics": metrics_table, "lifecycle": diagram,
+          "handoffs": handoff_table}
 
 
 def render_readme(text: str) -> str:

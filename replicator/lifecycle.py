@@ -13,12 +13,13 @@ position passes (README "Lifecycle"; docs/design.md, contract 5 "Handoff without
   applied change (never another object's events, a keepalive or this host's clock); a time position becomes a
   stream's by capturing the stream's position first, then one poll round, so that everything between the two is
   read twice at worst (the version guard makes the overlap harmless) and never missed.
-- `PHASES`: the allowed phase changes. `step()` refuses any other, so a new path through the life has to be added
-  here, with its reason, before code can take it.
+- `PHASES`: the allowed phase changes, each with why it happens. The README's diagram and handoff table are
+  generated from these tables (`python -m replicator.docs`; a test fails when they differ).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -35,30 +36,25 @@ class Phase(StrEnum):
     STANDBY = "STANDBY"          # another process holds it (a lease), this one waits to take over
 
     @property
-    def extracting(self) -> bool:
-        return self in (Phase.BACKFILLING, Phase.RESYNCING)
-
-    @property
     def extracted(self) -> bool:
         """The table holds a whole extract (its way may go on without another)."""
         return self in (Phase.BACKFILLED, Phase.STREAMING)
 
 
-STORED = (Phase.NEW, Phase.BACKFILLING, Phase.BACKFILLED, Phase.STREAMING, Phase.RESYNCING, Phase.FAILED)
-
-# Allowed phase changes, each with why it happens. FAILED and RETRYING are reachable from any phase (an error).
+# Allowed phase changes of the stored phase, each with why it happens. FAILED is reachable from any phase (an error
+# no retry fixes); STARTING, RETRYING and STANDBY are the process's view of any phase.
 PHASES: dict[tuple[Phase, Phase], str] = {
-    (Phase.NEW, Phase.BACKFILLING): "the first extract starts (its position captured before it)",
-    (Phase.BACKFILLING, Phase.BACKFILLING): "a restart resumes the extract at its pages not yet committed",
+    (Phase.NEW, Phase.BACKFILLING): "position captured, the extract starts",
+    (Phase.BACKFILLING, Phase.BACKFILLING): "a restart resumes the extract at its pages not committed",
     (Phase.BACKFILLING, Phase.BACKFILLED): "every page committed",
-    (Phase.BACKFILLED, Phase.STREAMING): "its way starts from the position captured before the extract",
-    (Phase.STREAMING, Phase.RESYNCING): "the position cannot continue: resync from a freshly captured one",
+    (Phase.BACKFILLED, Phase.STREAMING): "its way starts at the captured position",
     (Phase.STREAMING, Phase.STREAMING): "a change of way (HANDOFFS)",
-    (Phase.RESYNCING, Phase.BACKFILLING): "the resync's extract starts",
+    (Phase.STREAMING, Phase.RESYNCING): "position expired or refused, GAP_OVERFLOW, replicator resync, a field added",
     (Phase.RESYNCING, Phase.RESYNCING): "a restart repeats the resync",
-    (Phase.BACKFILLED, Phase.RESYNCING): "extracted, but without a position its way can continue from",
-    (Phase.NEW, Phase.RESYNCING): "a way without a position asks for an extract before any was made",
-    (Phase.FAILED, Phase.BACKFILLING): "the operator fixed the cause; the extract starts again",
+    (Phase.RESYNCING, Phase.BACKFILLING): "position captured again, a new extract into the live table",
+    (Phase.STREAMING, Phase.BACKFILLING): "a polled object without SystemModstamp: every round is an extract",
+    (Phase.BACKFILLED, Phase.RESYNCING): "polled without a stored poll position",
+    (Phase.FAILED, Phase.BACKFILLING): "the cause fixed, the extract starts again",
 }
 
 
@@ -68,41 +64,61 @@ class Way(StrEnum):
     CHANNEL = "channel"  # change events as a member of a channel's subscription
     POLL = "poll"        # poll rounds (pipeline/poll.py)
 
-    @property
-    def mode(self) -> str | None:
-        """The stored `mode` column: cdc for both event ways, poll, or None."""
-        return {Way.TOPIC: "cdc", Way.CHANNEL: "cdc", Way.POLL: "poll"}.get(self)
 
-
-def stored_way(mode: str | None, channel: str | None) -> Way:
-    """The way the stored state says the object was kept current."""
-    if mode == "poll":
-        return Way.POLL
-    if mode == "cdc":
-        return Way.CHANNEL if channel else Way.TOPIC
-    return Way.NONE
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    label: str    # the diagram's arrow
+    carries: str  # how the position passes, in full
 
 
 # How the position passes at each change of way (source, target). A change between two event ways (a topic and
 # a channel, or two channels) goes through POLL: leave to a time position, then enter from it.
-HANDOFFS: dict[tuple[Way, Way], str] = {
-    (Way.NONE, Way.TOPIC): "capture the topic's position, extract, stream from the captured position",
-    (Way.NONE, Way.CHANNEL): "the channel's position captured first (at its first start), extract, then the channel "
-                             "streams from its checkpoint",
-    (Way.NONE, Way.POLL): "capture a poll position, extract, poll from it",
-    (Way.TOPIC, Way.POLL): "poll from the object's newest applied change (its rows' stream versions; else its "
-                           "stream checkpoint's newest commit), less poll.lookback_s; its rows forget their stream "
-                           "positions in the same transaction",
-    (Way.CHANNEL, Way.POLL): "poll from the object's own newest applied change (its rows' stream versions, never the "
-                             "channel's newest commit, which other objects move), less poll.lookback_s",
-    (Way.POLL, Way.TOPIC): "capture the topic's position, one poll round past it, stream from the captured position",
-    (Way.POLL, Way.CHANNEL): "the channel's position exists (captured first at its first start), one poll round "
-                             "past it, then the object joins the channel at the channel's checkpoint",
-    (Way.TOPIC, Way.CHANNEL): "through POLL: leave the topic to a time position, then join the channel from it",
-    (Way.CHANNEL, Way.TOPIC): "through POLL: leave the channel to a time position, then the topic from it",
-    (Way.CHANNEL, Way.NONE): "out of the configuration: its position leaves the channel as a time position (stored "
-                             "as its poll position), so adding it back later continues from there",
+HANDOFFS: dict[tuple[Way, Way], Handoff] = {
+    (Way.NONE, Way.TOPIC): Handoff("capture, extract, stream", "capture the topic's position, extract, stream from "
+                                   "the captured position"),
+    (Way.NONE, Way.CHANNEL): Handoff("first start: capture, extract", "the channel's position captured first (at its "
+                                     "first start), extract, then the channel streams from its checkpoint"),
+    (Way.NONE, Way.POLL): Handoff("capture, extract, poll", "capture a poll position (Salesforce's time, held back), "
+                                  "extract, poll from it"),
+    (Way.TOPIC, Way.POLL): Handoff("own position", "poll from the object's own position (its newest change applied "
+                                   "from events, its last poll position, its last extract's start), no later than "
+                                   "Salesforce's held-back position, less poll.lookback_s; its rows forget their "
+                                   "stream positions in the same transaction"),
+    (Way.CHANNEL, Way.POLL): Handoff("own position", "the same own position, never the channel's newest commit "
+                                     "(other objects move it) nor a keepalive's save time; when the event allocation "
+                                     "ran out, no earlier than the channel's newest commit"),
+    (Way.POLL, Way.TOPIC): Handoff("capture, poll round, stream", "capture the topic's position, one poll round past "
+                                   "it, stream from the captured position"),
+    (Way.POLL, Way.CHANNEL): Handoff("poll round, join", "the channel's position exists (captured first at its first "
+                                     "start), one poll round past it, then the object joins the channel at its "
+                                     "checkpoint"),
+    (Way.TOPIC, Way.CHANNEL): Handoff("through POLL", "leave the topic to a time position, then join the channel "
+                                      "from it"),
+    (Way.CHANNEL, Way.TOPIC): Handoff("through POLL", "leave the channel to a time position, then the topic from it"),
+    (Way.CHANNEL, Way.NONE): Handoff("removed: own position kept", "out of the configuration: its position leaves "
+                                     "the channel as its own, stored as its poll position, so adding it back later "
+                                     "joins from there (POLL -> CHANNEL)"),
 }
+
+
+def diagram() -> str:
+    """The lifecycle as a Mermaid state diagram, from `PHASES` and `HANDOFFS` (the README shows it)."""
+    lines = ["```mermaid", "stateDiagram-v2", "    [*] --> NEW: configured (described)"]
+    def label(text: str) -> str:
+        return text.replace(":", ",")  # a colon would end Mermaid's label
+
+    lines += [f"    {a} --> {b}: {label(why)}" for (a, b), why in PHASES.items() if a != b]
+    lines.append("    state STREAMING {")
+    lines += [f"        {a.name} --> {b.name}: {label(h.label)}" for (a, b), h in HANDOFFS.items()]
+    lines += ["    }", "```"]
+    return "\n".join(lines)
+
+
+def handoff_table() -> str:
+    """Every handoff and how it carries the position (the README shows it under the diagram)."""
+    lines = ["| from | to | how the position passes |", "|---|---|---|"]
+    lines += [f"| {a.name} | {b.name} | {h.carries} |" for (a, b), h in HANDOFFS.items()]
+    return "\n".join(lines)
 
 
 def route(source: Way, target: Way) -> list[tuple[Way, Way]]:
@@ -116,11 +132,3 @@ def route(source: Way, target: Way) -> list[tuple[Way, Way]]:
     if target == Way.NONE:  # out of the configuration: an object's own topic keeps its checkpoint, a poll its
         return []           # position; only a channel's must be turned into the object's own
     raise ValueError(f"no handoff from {source} to {target}")
-
-
-def step(current: Phase | str | None, target: Phase) -> Phase:
-    """`target`, when the lifecycle allows moving there from `current`; a ValueError names the change otherwise."""
-    now = Phase(current) if current is not None else Phase.NEW
-    if now == target or target in (Phase.FAILED, Phase.RETRYING) or (now, target) in PHASES:
-        return target
-    raise ValueError(f"lifecycle: no transition {now} -> {target}")

@@ -125,8 +125,9 @@ class PageSink:
 
     @mapped
     async def remove_unseen(self) -> int:
-        """After a whole extract in upsert mode: rows it lacks are removed, or marked deleted (`ddl.remove_unseen`).
-        Returns how many."""
+        """After a whole extract in upsert mode: rows whose key none of its pages held are removed, or marked
+        deleted (`ddl.remove_unseen`). Safe to call again (a crash before the backfill is marked finished resumes
+        the job and calls it again: the key set stays until then). Returns how many."""
         soft = self.t.has_isdeleted and not self.t.hard_deletes
         async with self.pool.acquire() as conn:
             status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), self.t.spec.object)
@@ -157,8 +158,14 @@ class PageSink:
             await self._create_staging(conn)
             rows = await self._copy(conn, self._staging, source)
             await self._upsert_staged(conn)
+            await self._record_keys(conn)
         await self._remove_deleted(conn)
         return rows
+
+    async def _record_keys(self, conn: asyncpg.Connection) -> None:
+        """The staged page's keys, into the job's extract key set (`ddl.record_extract_keys`): an upsert-mode page
+        only, since only such a job removes rows afterwards (a `copy` job filled an empty table)."""
+        await conn.execute(ddl.record_extract_keys(self.t.spec, self._staging), self.t.spec.object)
 
     async def _upsert_staged(self, conn: asyncpg.Connection) -> None:
         await conn.execute(ddl.upsert_from_staging(self.t.spec, self._staging, self.t.version_column))
@@ -216,6 +223,7 @@ class PageSink:
                 try:
                     async with conn.transaction():
                         await self._upsert_staged(conn)
+                        await self._record_keys(conn)
                 except Exception as exc:
                     if error_kind(exc) is not RejectedDataError:
                         raise
@@ -236,6 +244,7 @@ class PageSink:
         await conn.execute(f"TRUNCATE {ddl.quote_ident(self._staging)}")
         rows = await self._copy(conn, self._staging, source)
         await self._upsert_staged(conn)
+        await self._record_keys(conn)
         return rows
 
     async def _held_keys(self, conn: asyncpg.Connection, mode: str, rows: CheckedRows, letters: _Letters) -> array:

@@ -53,15 +53,24 @@ async def register_object(conn: asyncpg.Connection, name: str, schema: str, tabl
     )
 
 
-async def start_job(conn: asyncpg.Connection, name: str, job_id: str, load_mode: str, page_size: int) -> None:
-    """A new extract begins: forget the previous job's page counts (its committed pages stay as history)."""
-    await conn.execute(
-        "UPDATE replicator.objects SET phase = 'BACKFILLING', job_id = $2, job_created_at = now(), load_mode = $3,"
-        " page_size = $4, pages_done = 0, last_locator = NULL, rows_loaded = 0, rows_expected = NULL,"
-        " backfill_started_at = now(), backfill_finished_at = NULL, last_error = NULL, updated_at = now()"
-        " WHERE object = $1",
-        name, job_id, load_mode, page_size,
-    )
+async def start_job(conn: asyncpg.Connection, name: str, job_id: str, load_mode: str, page_size: int,
+                    created_in_org: dt.datetime | None = None) -> None:
+    """A new extract begins: forget the previous job's page counts (its committed pages stay as history) and the
+    keys its pages held (`replicator.extract_keys`: the key set is always the running job's). `created_in_org`: the
+    job's createdDate (Salesforce's clock), for the removal of rows the extract lacks (`ddl.remove_unseen`)."""
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE replicator.objects SET phase = 'BACKFILLING', job_id = $2, job_created_at = now(), load_mode = $3,"
+            " page_size = $4, pages_done = 0, last_locator = NULL, rows_loaded = 0, rows_expected = NULL,"
+            " backfill_started_at = now(), backfill_finished_at = NULL, last_error = NULL, updated_at = now(),"
+            " job_created_in_org = $5 WHERE object = $1",
+            name, job_id, load_mode, page_size, created_in_org,
+        )
+        await forget_extract_keys(conn, name)
+
+
+async def forget_extract_keys(conn: asyncpg.Connection, name: str) -> None:
+    await conn.execute("DELETE FROM replicator.extract_keys WHERE object = $1", name)
 
 
 async def set_expected(conn: asyncpg.Connection, name: str, rows: int) -> None:
@@ -103,6 +112,9 @@ async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh
             " updated_at = now() WHERE object = $1",
             name,
         )
+        # Kept until now, not dropped with the removal: a crash between the two resumes the job, whose removal
+        # runs again and needs them.
+        await forget_extract_keys(conn, name)
         if not counts_as_refresh:
             return
         await conn.execute(

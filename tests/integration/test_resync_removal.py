@@ -1,0 +1,97 @@
+"""A resync removes the rows its extract lacks, decided by presence in the extract, never by when a row was
+written (docs/design.md contract 5): a row the stream wrote from a late commit (its commitTimestamp seconds after the
+records' SystemModstamp) is newer than the extract's copy of its record, so the extract does not rewrite it; it is
+still in the extract, and stays live."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from replicator.app.commands import run_backfills
+from replicator.app.runtime import open_store, salesforce_client
+from replicator.app.service import Service
+from replicator.pipeline.backfill import Backfill
+from replicator.sim.server import SimulatorThread
+
+from .helpers import compare_with_truth, ground_truth, pg_value, settings_for, sim_admin, wait_for
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorThread(records=500, seed=18, keepalive_seconds=0.2) as thread:
+        yield thread.info
+
+
+def _object_state(pg_url: str, condition: str):
+    return lambda: pg_value(pg_url, f"SELECT coalesce(bool_and({condition}), false) FROM replicator.objects "
+                                    "WHERE object = 'Account'")
+
+
+@pytest.mark.parametrize("deletes", ["soft", "hard"])
+async def test_a_resync_after_a_late_commit_keeps_the_records_it_streamed(sim, pg_url, deletes):
+    schema = f"late_{deletes}"
+    settings = settings_for(sim, pg_url, schema, salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            stream={"batch_max_wait_s": 0.05}, service={"control_poll_s": 0.2},
+                            objects={"Account": {"deletes": deletes}})
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    try:
+        await wait_for(_object_state(pg_url, "phase = 'STREAMING'"), timeout=60)
+        ids = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][:3]
+        # A long transaction: its records are stamped now, it commits (and its events carry that commit time)
+        # 1.5 s later, so the stream's version of these rows is newer than their SystemModstamp.
+        late = (await sim_admin(sim, "POST", "/__sim/changes", {"visible_after_seconds": 1.5, "changes": [
+            {"object": "Account", "type": "UPDATE", "ids": ids, "fields": {"Phone": "late-commit"}}]})).json()
+        assert late["commit_timestamp"] is None
+        in_list = ", ".join(f"'{i}'" for i in ids)
+        await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 3 FROM {schema}.account "
+                                                f"WHERE phone = 'late-commit' AND id IN ({in_list})"), timeout=30)
+        async with open_store(settings) as store:
+            assert await store.request_resync("Account")  # what `replicator resync Account` does
+        await wait_for(_object_state(pg_url, "resyncs >= 1 AND phase = 'STREAMING' AND NOT resync_requested"),
+                       timeout=60)
+        live = await pg_value(pg_url, f"SELECT count(*) FROM {schema}.account WHERE id IN ({in_list})"
+                                      + (" AND NOT isdeleted" if deletes == "soft" else ""))
+        assert live == 3, f"{3 - live} of the 3 live records the stream wrote were removed by the resync"
+    finally:
+        service.stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def test_a_resync_resumed_after_a_crash_removes_only_the_rows_its_whole_extract_lacked(sim, pg_url):
+    # The keys each page held commit with the page: a job stopped after some pages and resumed knows what its
+    # committed pages held, and removes neither their records nor those of the pages loaded after the restart.
+    settings = settings_for(sim, pg_url, "resumed", backfill={"page_size": 100, "parallel_pages": 1},
+                            objects={"Account": {}})
+    await run_backfills(settings, ["Account"])
+    ghost = "001000000000GHOSTA"  # purged in the org while the stream was away
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute("INSERT INTO resumed.account (id, name, isdeleted, systemmodstamp, _sf_synced_at) "
+                       "VALUES ($1, 'purged', false, now() - interval '1 day', now() - interval '1 day')", ghost)
+    pages = "SELECT count(*) FROM replicator.backfill_pages p JOIN replicator.objects o USING (object, job_id) " \
+            "WHERE o.load_mode = 'upsert'"
+    try:
+        async with salesforce_client(settings) as client, open_store(settings) as store:
+            await store.begin_resync("Account", "test: stopped after two pages, then resumed")
+            await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 300})
+            first = asyncio.create_task(Backfill(client, store, settings, "Account", settings.objects["Account"]).run())
+            try:
+                await wait_for(lambda: pg_value(pg_url, f"SELECT ({pages}) >= 2"), timeout=60)
+            finally:
+                first.cancel()
+                await asyncio.gather(first, return_exceptions=True)
+                await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 0})
+            job = await conn.fetchval("SELECT job_id FROM replicator.objects WHERE object = 'Account'")
+            assert 2 <= await conn.fetchval(pages) < 5, "the extract finished before it was stopped"
+            await Backfill(client, store, settings, "Account", settings.objects["Account"]).run()
+        assert await conn.fetchval("SELECT job_id FROM replicator.objects WHERE object = 'Account'") == job
+        assert await conn.fetchval(pages) == 5
+        assert await conn.fetchval("SELECT isdeleted FROM resumed.account WHERE id = $1", ghost) is True
+        assert await conn.fetchval("SELECT count(*) FROM replicator.extract_keys") == 0  # forgotten when done
+    finally:
+        await conn.close()
+    problems = await compare_with_truth(pg_url, "resumed", "Account", "Id", await ground_truth(sim, "Account"))
+    assert problems == [f"Account {ghost}: extra"]  # the row stays as history, marked deleted (soft deletes)

@@ -13,7 +13,10 @@ import pytest
 from replicator.app.commands import run_backfills
 from replicator.app.runtime import open_store, salesforce_client
 from replicator.app.service import Service
+from replicator.model import FieldSpec, ObjectDescribe, TableInfo
 from replicator.pipeline.backfill import Backfill
+from replicator.pipeline.schema import table_spec, version_column
+from replicator.postgres.store import Store
 from replicator.sim.server import SimulatorThread
 
 from .helpers import compare_with_truth, ground_truth, pg_value, settings_for, sim_admin, wait_for
@@ -95,3 +98,37 @@ async def test_a_resync_resumed_after_a_crash_removes_only_the_rows_its_whole_ex
         await conn.close()
     problems = await compare_with_truth(pg_url, "resumed", "Account", "Id", await ground_truth(sim, "Account"))
     assert problems == [f"Account {ghost}: extra"]  # the row stays as history, marked deleted (soft deletes)
+
+
+async def test_a_resync_page_rewrites_a_tie_only_when_its_values_differ(pg_url):
+    # Salesforce stamps whole seconds: an extract row in the second of the row's version may hold a change the
+    # stream missed (it was away), and is written; one whose values are the row's already changes nothing, and is
+    # left unwritten (the resync of a loaded object rewrote every row before: `python -m bench.resync_load`).
+    describe = ObjectDescribe(name="Account", fields=(
+        FieldSpec("Id", "id"), FieldSpec("Name", "string"), FieldSpec("Phone", "phone"),
+        FieldSpec("IsDeleted", "boolean"), FieldSpec("SystemModstamp", "datetime")))
+    spec = table_spec(describe, schema="ties")
+    stamp = "2026-11-30T12:00:00.000Z"
+
+    async def page(*phones: str):
+        yield ("Id,Name,Phone,IsDeleted,SystemModstamp\n" + "".join(
+            f"001000000000{n:03d}AAA,a,{p},false,{stamp}\n" for n, p in enumerate(phones))).encode()
+
+    async with Store.open(pg_url, pool_size=2) as store:
+        sink = store.page_sink(TableInfo(spec, version_column(spec), True, hard_deletes=False))
+        await sink.prepare()
+        await store.start_job("Account", "750000000000001AAA", "copy", 100)
+        await sink.load_page("750000000000001AAA", "", "copy", page("1", "2"))
+        conn = await asyncpg.connect(pg_url)
+        try:
+            before = dict(await conn.fetch("SELECT id, xmin::text FROM ties.account"))
+            await store.start_job("Account", "750000000000002AAA", "upsert", 100)
+            await sink.load_page("750000000000002AAA", "", "upsert", page("1", "2 changed in the same second"))
+            assert await sink.remove_unseen() == 0
+            after = {r["id"]: r for r in await conn.fetch("SELECT id, phone, isdeleted, xmin::text FROM ties.account")}
+        finally:
+            await conn.close()
+    same, changed = "001000000000000AAA", "001000000000001AAA"
+    assert after[same]["xmin"] == before[same] and after[same]["phone"] == "1"  # not written
+    assert after[changed]["xmin"] != before[changed] and after[changed]["phone"] == "2 changed in the same second"
+    assert not any(r["isdeleted"] for r in after.values())

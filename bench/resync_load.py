@@ -1,6 +1,6 @@
 """A resync's load against plain COPY, on the same rows, memory → Postgres (no simulator, no network).
 
-`python -m bench.resync_load [--rows 100000] [--repeat 3] [--url postgresql://127.0.0.1:5432/test]`
+`python -m bench.resync_load [--rows 100000] [--repeat 3] [--changed] [--url postgresql://127.0.0.1:5432/test]`
 
 For each repeat, in a database made for the run and dropped after it:
 1. `copy`: a first load of `rows` records (pages of 50,000, the table empty: `load_mode` copy, plain COPY);
@@ -10,7 +10,8 @@ For each repeat, in a database made for the run and dropped after it:
 It prints the median of `copy_s / resync_s`: the resync's speed as a fraction of COPY's (issue 18 asks ≥ 0.7).
 The rows are Account-shaped (19 fields, ~250 bytes of CSV a row), every one unchanged since the first load: the
 resync of a loaded object whose records did not change, its commonest case (a GAP_OVERFLOW, an expired replay id,
-an operator's `replicator resync`).
+an operator's `replicator resync`); with `--changed`, every record is an hour newer with another phone number, the
+resync that rewrites every row.
 """
 
 from __future__ import annotations
@@ -40,16 +41,18 @@ FIELDS = (
 PAGE = 50_000
 
 
-def _pages(rows: int) -> list[bytes]:
-    """CSV pages as Bulk API 2.0 serves them (header line first, empty field = NULL)."""
+def _pages(rows: int, changed: bool = False) -> list[bytes]:
+    """CSV pages as Bulk API 2.0 serves them (header line first, empty field = NULL); `changed`: every record an
+    hour newer, with another phone number."""
     header = ",".join(f.name for f in FIELDS) + "\n"
-    stamp = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+    stamp = dt.datetime(2026, 11, 30, 13 if changed else 12, 0, tzinfo=dt.UTC)
+    phone = "556" if changed else "555"
     pages = []
     for start in range(0, rows, PAGE):
         lines = [header]
         for i in range(start, min(rows, start + PAGE)):
             ts = (stamp + dt.timedelta(seconds=i // 50)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-            lines.append(f"001{i:015d},Account {i},+1 555 {i % 10000:04d},,https://example.com/{i},Technology,"
+            lines.append(f"001{i:015d},Account {i},+1 {phone} {i % 10000:04d},,https://example.com/{i},Technology,"
                          f"Customer,City {i % 300},CA,United States,{i * 10}.5,{i % 5000},Hot,"
                          f"\"A description of account {i}, with a comma\",false,{ts},{ts},{ts},AN-{i}\n")
         pages.append("".join(lines).encode())
@@ -71,12 +74,12 @@ async def _job(store: Store, sink, name: str, mode: str, pages: list[bytes]) -> 
     return time.perf_counter() - t0
 
 
-async def main(url: str, rows: int, repeat: int) -> None:
+async def main(url: str, rows: int, repeat: int, changed: bool) -> None:
     db = f"bench_resync_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(url)
     await admin.execute(f'CREATE DATABASE "{db}"')
     try:
-        pages = _pages(rows)
+        pages, again = _pages(rows), _pages(rows, changed)
         spec = table_spec(ObjectDescribe(name="Account", fields=FIELDS), schema="bench_resync")
         info = TableInfo(spec, version_column(spec), True, hard_deletes=False)
         ratios = []
@@ -89,13 +92,14 @@ async def main(url: str, rows: int, repeat: int) -> None:
                 copy_s = await _job(store, sink, "Account", "copy", pages)
                 async with store._pool.acquire() as conn:
                     await conn.execute("VACUUM ANALYZE bench_resync.account")
-                resync_s = await _job(store, sink, "Account", "upsert", pages)
+                resync_s = await _job(store, sink, "Account", "upsert", again)
                 async with store._pool.acquire() as conn:
                     live = await conn.fetchval("SELECT count(*) FROM bench_resync.account WHERE NOT isdeleted")
                 assert live == rows, f"the resync left {live} of {rows} rows live"
                 ratios.append(copy_s / resync_s)
                 print(f"copy {copy_s:.2f} s, resync {resync_s:.2f} s: resync at {copy_s / resync_s:.2f}x COPY")
-        print(f"median of {repeat}: resync at {statistics.median(ratios):.2f}x COPY ({rows:,} rows)")
+        print(f"median of {repeat}: resync at {statistics.median(ratios):.2f}x COPY ({rows:,} rows, "
+              f"{'every one' if changed else 'none'} changed)")
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await admin.close()
@@ -106,5 +110,6 @@ if __name__ == "__main__":
     parser.add_argument("--url", default="postgresql://127.0.0.1:5432/test")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--changed", action="store_true", help="every record changed since the first load")
     args = parser.parse_args()
-    asyncio.run(main(args.url, args.rows, args.repeat))
+    asyncio.run(main(args.url, args.rows, args.repeat, args.changed))

@@ -3,8 +3,9 @@
 Two load modes, chosen when a job starts (README "Backfill"):
 - `copy`: the table was empty, so the page's CSV goes straight into `COPY … FROM STDIN (FORMAT csv,
   FORCE_NULL …)` as bytes, never becoming Python objects: the fastest route Postgres has.
-- `upsert`: the table already had rows (a resumed job replaced by a new one, a second backfill): COPY into a
-  temporary staging table, then one keyed upsert with the version guard.
+- `upsert`: the table already had rows (a resumed job replaced by a new one, a second backfill, a resync): COPY into a
+  temporary staging table, then one keyed upsert with the version guard, and the page's keys into the job's key set
+  (`replicator.extract_keys`), by which `remove_unseen` finds the rows the whole extract lacked.
 Either way the page record (`replicator.backfill_pages`, `replicator.objects`) commits with the rows, so a
 crash at any instant leaves each page loaded entirely or not at all.
 

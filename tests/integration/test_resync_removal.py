@@ -16,6 +16,7 @@ from replicator.app.service import Service
 from replicator.model import FieldSpec, ObjectDescribe, TableInfo
 from replicator.pipeline.backfill import Backfill
 from replicator.pipeline.schema import table_spec, version_column
+from replicator.pipeline.verify import verify_object
 from replicator.postgres.store import Store
 from replicator.sim.server import SimulatorThread
 
@@ -44,14 +45,15 @@ async def test_a_resync_after_a_late_commit_keeps_the_records_it_streamed(sim, p
     try:
         await wait_for(_object_state(pg_url, "phase = 'STREAMING'"), timeout=60)
         ids = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][:3]
+        phone = f"late commit, {deletes} deletes"  # a value of this test's own (the simulator is the module's)
         # A long transaction: its records are stamped now, it commits (and its events carry that commit time)
         # 1.5 s later, so the stream's version of these rows is newer than their SystemModstamp.
         late = (await sim_admin(sim, "POST", "/__sim/changes", {"visible_after_seconds": 1.5, "changes": [
-            {"object": "Account", "type": "UPDATE", "ids": ids, "fields": {"Phone": "late-commit"}}]})).json()
+            {"object": "Account", "type": "UPDATE", "ids": ids, "fields": {"Phone": phone}}]})).json()
         assert late["commit_timestamp"] is None
         in_list = ", ".join(f"'{i}'" for i in ids)
         await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 3 FROM {schema}.account "
-                                                f"WHERE phone = 'late-commit' AND id IN ({in_list})"), timeout=30)
+                                                f"WHERE phone = '{phone}' AND id IN ({in_list})"), timeout=30)
         async with open_store(settings) as store:
             assert await store.request_resync("Account")  # what `replicator resync Account` does
         await wait_for(_object_state(pg_url, "resyncs >= 1 AND phase = 'STREAMING' AND NOT resync_requested"),
@@ -59,6 +61,15 @@ async def test_a_resync_after_a_late_commit_keeps_the_records_it_streamed(sim, p
         live = await pg_value(pg_url, f"SELECT count(*) FROM {schema}.account WHERE id IN ({in_list})"
                                       + (" AND NOT isdeleted" if deletes == "soft" else ""))
         assert live == 3, f"{3 - live} of the 3 live records the stream wrote were removed by the resync"
+        # and the copy equals the org, SystemModstamp included: not the commit time, which change events carry, but
+        # the time the records were saved (their LastModifiedDate)
+        truth = await ground_truth(sim, "Account")
+        if deletes == "hard":
+            truth = [r for r in truth if not r["IsDeleted"]]
+        assert await compare_with_truth(pg_url, schema, "Account", "Id", truth) == []
+        async with salesforce_client(settings) as client, open_store(settings) as store:
+            diff, _ = await verify_object(client, store, settings, "Account")
+        assert diff.equal, diff
     finally:
         service.stop.set()
         assert await asyncio.wait_for(task, 30) == 0

@@ -58,6 +58,10 @@ async def test_a_resync_after_a_late_commit_keeps_the_records_it_streamed(sim, p
             assert await store.request_resync("Account")  # what `replicator resync Account` does
         await wait_for(_object_state(pg_url, "resyncs >= 1 AND phase = 'STREAMING' AND NOT resync_requested"),
                        timeout=60)
+        # the stream hands over to the resync it was asked for: no failure on the way
+        failures = {s.labels["kind"]: s.value for m in service.metrics.errors.collect() for s in m.samples
+                    if s.name == "replicator_errors_total" and s.value}
+        assert failures == {}
         live = await pg_value(pg_url, f"SELECT count(*) FROM {schema}.account WHERE id IN ({in_list})"
                                       + (" AND NOT isdeleted" if deletes == "soft" else ""))
         assert live == 3, f"{3 - live} of the 3 live records the stream wrote were removed by the resync"

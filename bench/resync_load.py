@@ -6,7 +6,7 @@ For each repeat, in a database made for the run and dropped after it:
 1. `copy`: a first load of `rows` records (pages of 50,000, the table empty: `load_mode` copy, plain COPY);
 2. `resync`: a second job over the same records with the table loaded (`load_mode` upsert: staging, the keyed upsert
    with the version guard), then the removal of the rows the whole extract lacked (`PageSink.remove_unseen`), as
-   `Backfill.run` does after an upsert-mode extract.
+   `Backfill.run` does after an upsert-mode extract, and the backfill's end (`finish_backfill`).
 It prints the median of `copy_s / resync_s`: the resync's speed as a fraction of COPY's (issue 18 asks ≥ 0.7).
 The rows are Account-shaped (19 fields, ~250 bytes of CSV a row), every one unchanged since the first load: the
 resync of a loaded object whose records did not change, its commonest case (a GAP_OVERFLOW, an expired replay id,
@@ -71,6 +71,7 @@ async def _job(store: Store, sink, name: str, mode: str, pages: list[bytes]) -> 
         await sink.load_page(job_id, f"p{n}", mode, _chunks(page))
     if mode == "upsert":
         await sink.remove_unseen()
+    await store.finish_backfill(name)
     return time.perf_counter() - t0
 
 

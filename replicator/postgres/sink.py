@@ -130,8 +130,9 @@ class PageSink:
         deleted (`ddl.remove_unseen`). Safe to call again (a crash before the backfill is marked finished resumes
         the job and calls it again: the key set stays until then). Returns how many."""
         soft = self.t.has_isdeleted and not self.t.hard_deletes
+        name = self.t.spec.object
         async with self.pool.acquire() as conn:
-            status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), self.t.spec.object)
+            status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), name)
         return int(status.rsplit(" ", 1)[-1])
 
     async def _create_staging(self, conn: asyncpg.Connection) -> str:
@@ -151,7 +152,7 @@ class PageSink:
     def _staging(self) -> str:
         return f"_stage_{self.t.spec.name}"[:63]
 
-    async def _load(self, conn: asyncpg.Connection, mode: str, source: AsyncIterable[bytes] | bytes) -> int:
+    async def _load(self, conn: asyncpg.Connection, job_id: str, mode: str, source: AsyncIterable[bytes] | bytes) -> int:
         """Load CSV rows into the target: COPY (`copy`), or COPY into staging and the keyed upsert (`upsert`)."""
         if mode == "copy":
             rows = await self._copy(conn, self.t.spec.name, source)
@@ -159,14 +160,14 @@ class PageSink:
             await self._create_staging(conn)
             rows = await self._copy(conn, self._staging, source)
             await self._upsert_staged(conn)
-            await self._record_keys(conn)
+            await self._record_keys(conn, job_id)
         await self._remove_deleted(conn)
         return rows
 
-    async def _record_keys(self, conn: asyncpg.Connection) -> None:
+    async def _record_keys(self, conn: asyncpg.Connection, job_id: str) -> None:
         """The staged page's keys, into the job's extract key set (`ddl.record_extract_keys`): an upsert-mode page
         only, since only such a job removes rows afterwards (a `copy` job filled an empty table)."""
-        await conn.execute(ddl.record_extract_keys(self.t.spec, self._staging), self.t.spec.object)
+        await conn.execute(ddl.record_extract_keys(self.t.spec, self._staging), self.t.spec.object, job_id)
 
     async def _upsert_staged(self, conn: asyncpg.Connection) -> None:
         await conn.execute(ddl.upsert_from_staging(self.t.spec, self._staging, self.t.version_column))
@@ -185,7 +186,7 @@ class PageSink:
         on a connection problem. Not safe to call twice for the same page: the page record is unique.
         """
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await self._load(conn, mode, chunks)
+            rows = await self._load(conn, job_id, mode, chunks)
             await state.record_page(conn, self.t.spec.object, job_id, locator, rows, 0)
         return rows
 
@@ -224,12 +225,13 @@ class PageSink:
                 try:
                     async with conn.transaction():
                         await self._upsert_staged(conn)
-                        await self._record_keys(conn)
+                        await self._record_keys(conn, job_id)
                 except Exception as exc:
                     if error_kind(exc) is not RejectedDataError:
                         raise
                     skip = array("q", sorted([*skip, *letters.refused_at]))
-                    loaded = await self._bisect(conn, rows, 0, rows.count, skip, letters, self._stage_and_upsert)
+                    loaded = await self._bisect(conn, rows, 0, rows.count, skip, letters,
+                                                lambda c, source: self._stage_and_upsert(c, source, job_id))
             await self._remove_deleted(conn)
             await letters.flush()
             await state.record_page(conn, self.t.spec.object, job_id, locator, loaded, letters.count)
@@ -241,11 +243,11 @@ class PageSink:
     async def _copy_into_staging(self, conn: asyncpg.Connection, source: AsyncIterator[bytes]) -> int:
         return await self._copy(conn, self._staging, source)
 
-    async def _stage_and_upsert(self, conn: asyncpg.Connection, source: AsyncIterator[bytes]) -> int:
+    async def _stage_and_upsert(self, conn: asyncpg.Connection, source: AsyncIterator[bytes], job_id: str) -> int:
         await conn.execute(f"TRUNCATE {ddl.quote_ident(self._staging)}")
         rows = await self._copy(conn, self._staging, source)
         await self._upsert_staged(conn)
-        await self._record_keys(conn)
+        await self._record_keys(conn, job_id)
         return rows
 
     async def _held_keys(self, conn: asyncpg.Connection, mode: str, rows: CheckedRows, letters: _Letters) -> array:

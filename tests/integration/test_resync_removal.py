@@ -147,3 +147,22 @@ async def test_a_resync_page_rewrites_a_tie_only_when_its_values_differ(pg_url):
     assert after[same]["xmin"] == before[same] and after[same]["phone"] == "1"  # not written
     assert after[changed]["xmin"] != before[changed] and after[changed]["phone"] == "2 changed in the same second"
     assert not any(r["isdeleted"] for r in after.values())
+
+
+async def test_verify_repair_brings_back_a_live_record_an_earlier_resync_marked_deleted(sim, pg_url):
+    # What the removal by write time left behind (before it went by presence): a live record the stream wrote from a
+    # late commit (its version, the commit time, after the SystemModstamp the org holds), marked deleted. The
+    # extract's copy of the record is older by version, but the extract began after that commit: its live record
+    # is the org's state, and `verify --repair` writes it.
+    settings = settings_for(sim, pg_url, "damaged", objects={"Account": {}})
+    await run_backfills(settings, ["Account"])
+    damaged = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][40]
+    await pg_value(pg_url, "UPDATE damaged.account SET isdeleted = true, _sf_stream_position = '\\x01', "
+                           "_sf_stream_version = systemmodstamp + interval '3 seconds' "
+                           f"WHERE id = '{damaged}' RETURNING true")
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        diff, _ = await verify_object(client, store, settings, "Account")
+        assert diff.examples.get("different") == [damaged]
+        diff, fixed = await verify_object(client, store, settings, "Account", repair=True)
+    assert diff.equal, (diff, fixed)
+    assert await pg_value(pg_url, f"SELECT NOT isdeleted FROM damaged.account WHERE id = '{damaged}'")

@@ -130,9 +130,8 @@ class PageSink:
         deleted (`ddl.remove_unseen`). Safe to call again (a crash before the backfill is marked finished resumes
         the job and calls it again: the key set stays until then). Returns how many."""
         soft = self.t.has_isdeleted and not self.t.hard_deletes
-        name = self.t.spec.object
         async with self.pool.acquire() as conn:
-            status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), name)
+            status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), self.t.spec.object)
         return int(status.rsplit(" ", 1)[-1])
 
     async def _create_staging(self, conn: asyncpg.Connection) -> str:

@@ -6,6 +6,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,7 @@ class BulkJob:
     error_message: str | None = None
     column_delimiter: str = "COMMA"
     line_ending: str = "LF"
+    created_date: dt.datetime | None = None  # `createdDate`, on Salesforce's clock
 
     @property
     def done(self) -> bool:

@@ -170,7 +170,7 @@ class ObjectStream:
         finally:
             await sub.close()
         if not stop.is_set():
-            raise ResyncRequested()
+            raise ResyncRequested("requested by an operator (replicator resync)")
 
     def _count_decode(self, sub, counted: float) -> float:
         """Count the decode time the subscription added since `counted`; returns the new total."""

@@ -36,7 +36,7 @@ async def verify_object(client: SalesforceClient, store: Store, settings: Settin
         diff = await cmp.diff()
         fixed = None
         if repair and not diff.equal:
-            fixed = await cmp.repair(table.version_column, extract_started)
+            fixed = await cmp.repair(table.version_column, extract_started, job.created_date)
             log.info("verify.repaired", object=name, written=fixed.written, deleted=fixed.deleted,
                      kept_newer=fixed.kept_newer)
             diff = await cmp.diff()

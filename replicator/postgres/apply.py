@@ -24,6 +24,7 @@ removed and a dead letter keeps its Id and last values. Nothing disappears witho
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -157,7 +158,7 @@ class StreamSink:
             q = p or Params()
             out.append(Piece(self._update_sql(updates, q), q, "updates", len(updates), self.t.spec.object,
                              must_find=True))
-        changed = [RowOp(o.key, "update", {**o.values, "isdeleted": True}, o.version, o.commit_ms,
+        changed = [RowOp(o.key, "update", {**o.values, "isdeleted": True}, o.version, o.commit_ms, deleted=True,
                          position=o.position) for o in ops if self.soft and o.kind == "delete" and o.values]
         if changed:
             q = p or Params()
@@ -265,8 +266,20 @@ class StreamSink:
         return {r["id"]: r["outcome"] for r in rows}
 
     def _system(self, op: RowOp) -> dict:
-        """Columns every change sets: the version, and SystemModstamp (the org sets it to the change's time)."""
-        return {"systemmodstamp": _ts(op.commit_ms)} if self.has_modstamp else {}
+        """SystemModstamp, which change events never carry ("Change Event Body Fields", Change Data Capture Developer
+        Guide, https://developer.salesforce.com/docs/atlas.en-us.change_data_capture.meta/change_data_capture/cdc_event_fields_body.htm):
+        the change's LastModifiedDate when it carries one (a CREATE's body, an UPDATE's changedFields always name it:
+        the org stamps both fields in the same save), else (a delete, a change that leaves LastModifiedDate alone)
+        its commit time, the nearest the event tells. Never the commit time when the change has LastModifiedDate:
+        a transaction that commits seconds after its save (a long one) has a commitTimestamp later than the record's
+        SystemModstamp. The row's version stays the commit time (docs/design.md contract 2). A record fetched whole
+        (a gap healed, an undelete) has its own SystemModstamp."""
+        if not self.has_modstamp:
+            return {}
+        if isinstance(op.values.get("systemmodstamp"), dt.datetime):
+            return {"systemmodstamp": op.values["systemmodstamp"]}
+        stamp = None if op.deleted else op.values.get("lastmodifieddate")
+        return {"systemmodstamp": stamp if isinstance(stamp, dt.datetime) else _ts(op.commit_ms)}
 
     def _upsert_sql(self, ops: list[RowOp], keep: frozenset[str], p: Params) -> str:
         """Full records in one statement. `keep`: columns an existing row keeps (a new row gets NULL there)."""
@@ -310,8 +323,8 @@ class StreamSink:
         unnest = [f"{p([op.key for op in ops])}::text[]", f"{p(versions)}::timestamptz[]",
                   f"{p(positions)}::bytea[]", f"{p([dumps(op.values, default=str).decode() for op in ops])}::jsonb[]"]
         names = ["_id", "_v", "_p", "_j"]
-        for i, c in enumerate(system):  # SystemModstamp: the change's time, which is its version
-            unnest.append(f"{p(versions)}::{self.types[c]}[]")
+        for i, c in enumerate(system):  # SystemModstamp: the change's (`_system`)
+            unnest.append(f"{p([self._system(op)[c] for op in ops])}::{self.types[c]}[]")
             names.append(f"s{i}")
             sets.append(f"{ddl.quote_ident(c)} = u.s{i}")
         sets += _stamp_sets()

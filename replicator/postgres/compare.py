@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from ..model import SYNCED_COLUMN, TableSpec
+from ..model import SYNCED_COLUMN, VERSION_COLUMN, TableSpec
 from . import ddl
 from .errors import mapped
 from .sink import strip_nul_chunks
@@ -115,11 +115,18 @@ class Comparison:
         return out
 
     @mapped
-    async def repair(self, version_column: str | None, extract_started) -> Repair:
+    async def repair(self, version_column: str | None, extract_started, extract_created_in_org=None) -> Repair:
         """Make the table equal to the extract, in one transaction, without undoing newer work: missing and
         different rows are written through the keyed upsert with its version guard (a row the stream changed
         after the extract keeps its newer values); rows the org does not have are deleted unless they were
-        written after the extract began. Call `diff()` again afterwards to confirm."""
+        written after the extract began. Call `diff()` again afterwards to confirm.
+
+        `extract_created_in_org`, the extract job's createdDate (Salesforce's clock): with soft deletes, a row marked
+        deleted whose version is older (by a whole second) than that, while the extract holds its record live, is
+        stale whatever the versions say: the extract began after the row's last change, so the org undeleted the
+        record since or the row was marked wrongly (a resync that removed rows by write time did so to rows the
+        stream wrote from a late commit, whose version, a commit time, is after the SystemModstamp the extract
+        holds). Such a row is replaced by the extract's."""
         t = ddl.qualified(self.spec)
         k = ddl.quote_ident(self.spec.key)
         src = self._source()
@@ -134,6 +141,12 @@ class Comparison:
                 f"CREATE TEMP TABLE {ddl.quote_ident(_REPAIR)} ON COMMIT DROP AS SELECT b.* FROM {src} b "
                 f"LEFT JOIN {t} a USING ({k}) WHERE (b.{k} IS NOT NULL AND (a.{k} IS NULL OR {changed})) {unkeyed}")
             wanted = await self.conn.fetchval(f"SELECT count(*) FROM {ddl.quote_ident(_REPAIR)}")
+            if self._soft and extract_created_in_org is not None:
+                deleted = ddl.quote_ident("isdeleted")
+                await self.conn.execute(
+                    f"DELETE FROM {t} a USING {ddl.quote_ident(_REPAIR)} b WHERE a.{k} = b.{k} AND a.{deleted} "
+                    f"AND NOT b.{deleted} AND a.{ddl.quote_ident(VERSION_COLUMN)} < date_trunc('second', $1::timestamptz)",
+                    extract_created_in_org)
             status = ""
             for statement in ddl.upsert_from_staging(self.spec, _REPAIR, version_column, wins_ties=False).split(";\n"):
                 status = await self.conn.execute(statement)

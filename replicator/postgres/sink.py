@@ -3,8 +3,9 @@
 Two load modes, chosen when a job starts (README "Backfill"):
 - `copy`: the table was empty, so the page's CSV goes straight into `COPY … FROM STDIN (FORMAT csv,
   FORCE_NULL …)` as bytes, never becoming Python objects: the fastest route Postgres has.
-- `upsert`: the table already had rows (a resumed job replaced by a new one, a second backfill): COPY into a
-  temporary staging table, then one keyed upsert with the version guard.
+- `upsert`: the table already had rows (a resumed job replaced by a new one, a second backfill, a resync): COPY into a
+  temporary staging table, then one keyed upsert with the version guard, and the page's keys into the job's key set
+  (`replicator.extract_keys`), by which `remove_unseen` finds the rows the whole extract lacked.
 Either way the page record (`replicator.backfill_pages`, `replicator.objects`) commits with the rows, so a
 crash at any instant leaves each page loaded entirely or not at all.
 
@@ -136,8 +137,9 @@ class PageSink:
 
     @mapped
     async def remove_unseen(self) -> int:
-        """After a whole extract in upsert mode: rows it lacks are removed, or marked deleted (`ddl.remove_unseen`).
-        Returns how many."""
+        """After a whole extract in upsert mode: rows whose key none of its pages held are removed, or marked
+        deleted (`ddl.remove_unseen`). Safe to call again (a crash before the backfill is marked finished resumes
+        the job and calls it again: the key set stays until then). Returns how many."""
         soft = self.t.has_isdeleted and not self.t.hard_deletes
         async with self.pool.acquire() as conn:
             status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), self.t.spec.object)
@@ -160,7 +162,7 @@ class PageSink:
     def _staging(self) -> str:
         return f"_stage_{self.t.spec.name}"[:63]
 
-    async def _load(self, conn: asyncpg.Connection, mode: str, source: AsyncIterable[bytes] | bytes) -> int:
+    async def _load(self, conn: asyncpg.Connection, job_id: str, mode: str, source: AsyncIterable[bytes] | bytes) -> int:
         """Load CSV rows into the target: COPY (`copy`), or COPY into staging and the keyed upsert (`upsert`)."""
         if mode == "copy":
             rows = await self._copy(conn, self.t.spec.name, source)
@@ -168,8 +170,14 @@ class PageSink:
             await self._create_staging(conn)
             rows = await self._copy(conn, self._staging, source)
             await self._upsert_staged(conn)
+            await self._record_keys(conn, job_id)
         await self._remove_deleted(conn)
         return rows
+
+    async def _record_keys(self, conn: asyncpg.Connection, job_id: str) -> None:
+        """The staged page's keys, into the job's extract key set (`ddl.record_extract_keys`): an upsert-mode page
+        only, since only such a job removes rows afterwards (a `copy` job filled an empty table)."""
+        await conn.execute(ddl.record_extract_keys(self.t.spec, self._staging), self.t.spec.object, job_id)
 
     async def _upsert_staged(self, conn: asyncpg.Connection) -> None:
         await conn.execute(ddl.upsert_from_staging(self.t.spec, self._staging, self.t.version_column))
@@ -188,7 +196,7 @@ class PageSink:
         on a connection problem. Not safe to call twice for the same page: the page record is unique.
         """
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await self._load(conn, mode, chunks)
+            rows = await self._load(conn, job_id, mode, chunks)
             await state.record_page(conn, self.t.spec.object, job_id, locator, rows, 0)
         return rows
 
@@ -227,11 +235,13 @@ class PageSink:
                 try:
                     async with conn.transaction():
                         await self._upsert_staged(conn)
+                        await self._record_keys(conn, job_id)
                 except Exception as exc:
                     if error_kind(exc) is not RejectedDataError:
                         raise
                     skip = array("q", sorted([*skip, *letters.refused_at]))
-                    loaded = await self._bisect(conn, rows, 0, rows.count, skip, letters, self._stage_and_upsert)
+                    loaded = await self._bisect(conn, rows, 0, rows.count, skip, letters,
+                                                lambda c, source: self._stage_and_upsert(c, source, job_id))
             await self._remove_deleted(conn)
             await letters.flush()
             await state.record_page(conn, self.t.spec.object, job_id, locator, loaded, letters.count)
@@ -243,10 +253,11 @@ class PageSink:
     async def _copy_into_staging(self, conn: asyncpg.Connection, source: AsyncIterator[bytes]) -> int:
         return await self._copy(conn, self._staging, source)
 
-    async def _stage_and_upsert(self, conn: asyncpg.Connection, source: AsyncIterator[bytes]) -> int:
+    async def _stage_and_upsert(self, conn: asyncpg.Connection, source: AsyncIterator[bytes], job_id: str) -> int:
         await conn.execute(f"TRUNCATE {ddl.quote_ident(self._staging)}")
         rows = await self._copy(conn, self._staging, source)
         await self._upsert_staged(conn)
+        await self._record_keys(conn, job_id)
         return rows
 
     async def _held_keys(self, conn: asyncpg.Connection, mode: str, rows: CheckedRows, letters: _Letters) -> array:

@@ -56,15 +56,24 @@ async def register_object(conn: asyncpg.Connection, name: str, schema: str, tabl
     )
 
 
-async def start_job(conn: asyncpg.Connection, name: str, job_id: str, load_mode: str, page_size: int) -> None:
-    """A new extract begins: forget the previous job's page counts (its committed pages stay as history)."""
-    await conn.execute(
-        "UPDATE replicator.objects SET phase = $5, job_id = $2, job_created_at = now(), load_mode = $3,"
-        " page_size = $4, pages_done = 0, last_locator = NULL, rows_loaded = 0, rows_expected = NULL,"
-        " backfill_started_at = now(), backfill_finished_at = NULL, last_error = NULL, updated_at = now()"
-        " WHERE object = $1",
-        name, job_id, load_mode, page_size, Phase.BACKFILLING,
-    )
+async def start_job(conn: asyncpg.Connection, name: str, job_id: str, load_mode: str, page_size: int,
+                    created_in_org: dt.datetime | None = None) -> None:
+    """A new extract begins: forget the previous job's page counts (its committed pages stay as history) and the
+    keys its pages held (`replicator.extract_keys`: the key set is always the running job's). `created_in_org`: the
+    job's createdDate (Salesforce's clock), for the removal of rows the extract lacks (`ddl.remove_unseen`)."""
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE replicator.objects SET phase = $6, job_id = $2, job_created_at = now(), load_mode = $3,"
+            " page_size = $4, pages_done = 0, last_locator = NULL, rows_loaded = 0, rows_expected = NULL,"
+            " backfill_started_at = now(), backfill_finished_at = NULL, last_error = NULL, updated_at = now(),"
+            " job_created_in_org = $5 WHERE object = $1",
+            name, job_id, load_mode, page_size, created_in_org, Phase.BACKFILLING,
+        )
+        await forget_extract_keys(conn, name)
+
+
+async def forget_extract_keys(conn: asyncpg.Connection, name: str) -> None:
+    await conn.execute("DELETE FROM replicator.extract_keys WHERE object = $1", name)
 
 
 async def set_expected(conn: asyncpg.Connection, name: str, rows: int) -> None:
@@ -106,6 +115,9 @@ async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh
             " updated_at = now() WHERE object = $1",
             name, Phase.BACKFILLED,
         )
+        # Kept until now, not dropped with the removal: a crash between the two resumes the job, whose removal
+        # runs again and needs them.
+        await forget_extract_keys(conn, name)
         if not counts_as_refresh:
             return
         await conn.execute(
@@ -270,11 +282,13 @@ async def own_position(conn: asyncpg.Connection, name: str) -> int | None:
     after it). Never another object's events (a channel's checkpoint), a keepalive's save time or this host's clock
     (docs/design.md, contract 5). None when the object has neither table nor extract."""
     row = await conn.fetchrow(
-        "SELECT o.table_schema, o.table_name, o.job_created_at, p.poll_systemmodstamp FROM replicator.objects o"
+        "SELECT o.table_schema, o.table_name, coalesce(o.job_created_in_org, o.job_created_at) AS job_created,"
+        " p.poll_systemmodstamp FROM replicator.objects o"
         " LEFT JOIN replicator.checkpoints p ON p.topic = 'poll:' || o.object WHERE o.object = $1", name)
     if row is None:
         return None
-    candidates = [row["job_created_at"], row["poll_systemmodstamp"]]
+    # the job's createdDate in Salesforce's clock; the database's when a job older than that column was recorded
+    candidates = [row["job_created"], row["poll_systemmodstamp"]]
     if row["table_name"]:
         table = f"{ddl.quote_ident(row['table_schema'])}.{ddl.quote_ident(row['table_name'])}"
         if await conn.fetchval("SELECT to_regclass($1)", table) is not None:

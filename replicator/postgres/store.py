@@ -128,8 +128,9 @@ class Store:
         return await self._run(state.request_resync, name)
 
     # ---- backfill jobs --------------------------------------------------------------------------------------
-    async def start_job(self, name: str, job_id: str, load_mode: str, page_size: int) -> None:
-        await self._run(state.start_job, name, job_id, load_mode, page_size)
+    async def start_job(self, name: str, job_id: str, load_mode: str, page_size: int,
+                        created_in_org: dt.datetime | None = None) -> None:
+        await self._run(state.start_job, name, job_id, load_mode, page_size, created_in_org)
 
     async def set_expected(self, name: str, rows: int) -> None:
         await self._run(state.set_expected, name, rows)

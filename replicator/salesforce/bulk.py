@@ -10,6 +10,7 @@ re-fetchable, docs/bulk-rest-oauth.md §1.5).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,7 +53,19 @@ def job_from_json(data: dict[str, Any]) -> BulkJob:
         error_message=data.get("errorMessage") or None,
         column_delimiter=str(data.get("columnDelimiter") or "COMMA"),
         line_ending=str(data.get("lineEnding") or "LF"),
+        created_date=_job_time(data.get("createdDate")),
     )
+
+
+def _job_time(value: Any) -> dt.datetime | None:
+    """A job JSON timestamp (`2018-12-10T17:50:19.000+0000`, docs/bulk-rest-oauth.md §1.3); None when absent or
+    not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("+0000", "+00:00"))
+    except ValueError:
+        return None
 
 
 def locator_of(url: str) -> str:

@@ -19,6 +19,7 @@ from replicator.model import (
 from replicator.pipeline.changes import ColumnMap, fold
 from replicator.pipeline.schema import table_spec, version_column
 from replicator.postgres.state import load_checkpoint
+from replicator.postgres.state import ms_to_datetime as _ts
 from replicator.postgres.store import Store
 
 DESCRIBE = ObjectDescribe(name="Account", fields=(
@@ -186,6 +187,25 @@ async def test_a_repair_extract_of_the_same_second_does_not_undo_the_stream(pg_u
             assert await conn.fetchval("SELECT phone FROM repairtie.account") == "new"
         finally:
             await conn.close()
+
+
+async def test_systemmodstamp_is_the_saved_time_a_change_carries_not_its_commit_time(sink):
+    # Change events carry no SystemModstamp. A long transaction saves at T0 and commits 3 s later: its events carry
+    # LastModifiedDate T0 (the org stamps both fields in one save) and commitTimestamp T0 + 3 s, the row's version.
+    s, cmap, pool = sink
+    saved = 1_700_000_000_000
+    await _apply(s, cmap, [at("CREATE", saved - 60_000, 1, {"Name": "a", "LastModifiedDate": saved - 60_000})])
+    await _apply(s, cmap, [at("UPDATE", saved + 3_000, 2, {"Phone": "late", "LastModifiedDate": saved})])
+    row = await _row(pool)
+    assert row["systemmodstamp"] == row["lastmodifieddate"] == _ts(saved)
+    assert row["_sf_version"] == _ts(saved + 3_000)
+    # A delete carries no field: its commit time is the nearest the event tells (an update and a delete folded in
+    # one batch too: the delete is the record's last save, and it leaves LastModifiedDate alone)
+    await _apply(s, cmap, [at("UPDATE", saved + 10_000, 3, {"Phone": "x", "LastModifiedDate": saved + 10_000}),
+                           at("DELETE", saved + 12_000, 4)])
+    row = await _row(pool)
+    assert row["isdeleted"] and row["phone"] == "x" and row["lastmodifieddate"] == _ts(saved + 10_000)
+    assert row["systemmodstamp"] == row["_sf_version"] == _ts(saved + 12_000)
 
 
 async def test_changes_then_a_delete_in_one_batch_land_together(sink):

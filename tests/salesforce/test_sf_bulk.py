@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import inspect
 
@@ -46,6 +47,13 @@ def test_job_from_json():
     assert j == BulkJob(id=JOB, state="JobComplete", operation="queryAll", object="Account", api_version="62.0",
                         number_records_processed=2, error_message=None)
     assert j.done
+
+
+def test_job_created_date_is_read_on_salesforces_clock():
+    # the job info's createdDate (docs/bulk-rest-oauth.md §1.3's example), for the removal after a resync
+    j = job_from_json(job("JobComplete", createdDate="2018-12-10T17:50:19.000+0000"))
+    assert j.created_date == dt.datetime(2018, 12, 10, 17, 50, 19, tzinfo=dt.UTC)
+    assert job_from_json(job("JobComplete", createdDate="not a time")).created_date is None
 
 
 def test_locators():

@@ -33,7 +33,7 @@ import asyncpg
 import structlog
 
 from ..model import SYNCED_COLUMN, VERSION_COLUMN, Checkpoint, DeadLetter, RejectedDataError, TableInfo
-from . import ddl, state
+from . import ddl, leases, state
 from .errors import error_kind, mapped
 
 log = structlog.get_logger(__name__)
@@ -128,8 +128,9 @@ class PageSink:
         """After a whole extract in upsert mode: rows it lacks are removed, or marked deleted (`ddl.remove_unseen`).
         Returns how many."""
         soft = self.t.has_isdeleted and not self.t.hard_deletes
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), self.t.spec.object)
+            await leases.check(conn)
         return int(status.rsplit(" ", 1)[-1])
 
     async def _create_staging(self, conn: asyncpg.Connection) -> str:
@@ -179,6 +180,7 @@ class PageSink:
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await self._load(conn, mode, chunks)
             await state.record_page(conn, self.t.spec.object, job_id, locator, rows, 0)
+            await leases.check(conn)
         return rows
 
     @mapped
@@ -224,6 +226,7 @@ class PageSink:
             await self._remove_deleted(conn)
             await letters.flush()
             await state.record_page(conn, self.t.spec.object, job_id, locator, loaded, letters.count)
+            await leases.check(conn)
         return loaded, letters.count
 
     async def _copy_into_table(self, conn: asyncpg.Connection, source: AsyncIterator[bytes]) -> int:
@@ -347,6 +350,7 @@ class DeltaSink(PageSink):
             newest_key = (newest["k"], newest["id"]) if newest else None
             if final is not None:
                 await state.save_checkpoint(conn, final(newest_key), rows)
+            await leases.check(conn)
         return rows, newest_key
 
     @mapped
@@ -378,6 +382,7 @@ class DeltaSink(PageSink):
             await state.save_checkpoint(conn, checkpoint, 0)
             await conn.execute("UPDATE replicator.checkpoints SET poll_reconciled_at = $2 WHERE topic = $1",
                                checkpoint.topic, started)
+            await leases.check(conn)
         return seen, removed
 
     @mapped
@@ -393,6 +398,7 @@ class DeltaSink(PageSink):
     async def note_poll_key(self, object_name: str, how: str) -> None:
         """What a polled object's rounds read by, after why it is polled (`replicator.objects.mode_reason`, shown by
         `status`): `…; polls on (SystemModstamp, Id)`."""
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await leases.check(conn)
             await conn.execute("UPDATE replicator.objects SET mode_reason = split_part(coalesce(mode_reason, ''),"
                                " '; polls on ', 1) || '; polls on ' || $2 WHERE object = $1", object_name, how)

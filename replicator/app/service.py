@@ -42,6 +42,7 @@ from .modes import (
     topic_exists,
 )
 from .runtime import open_store, salesforce_client
+from .units import Units
 
 log = structlog.get_logger(__name__)
 
@@ -175,6 +176,7 @@ class Service:
             log.warning("service.many_subscriptions", **advice)
         async with salesforce_client(self.settings) as client, open_store(self.settings) as store:
             self.metrics.client, self.metrics.store = client, store
+            self.units = Units(store, self.settings.service, self.metrics, self.stop)  # one writer per unit
             sf = self.settings.salesforce
             self.limits = self.metrics.limits = OrgLimits(client, sf.api_reserve, sf.limits_interval_s)
             pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens, ca_file=str(sf.ca_file) if sf.ca_file else None,
@@ -188,10 +190,12 @@ class Service:
                     *objects,
                     *(self._supervise_events(pubsub, store, n) for n in self.settings.stream.platform_events),
                     # beside each object's stream or poll rounds: the refresh of what events never carry
-                    *(RefreshSchedule(client, store, self.settings, n, self.metrics, gate=self._api_budget).run(self.stop)
+                    *(self.units.follow([f"object:{n}", f"channel:{self.settings.stream.channel}"], lambda n=n:
+                      RefreshSchedule(client, store, self.settings, n, self.metrics, gate=self._api_budget).run(self.stop))
                       for n in self.settings.objects),
                 )
             finally:
+                await self.units.close()  # after the drain: a standby takes the units over at once
                 self.metrics.store = None
                 close = getattr(pubsub, "close", None)
                 if close is not None:
@@ -272,7 +276,7 @@ class Service:
             health.phase, health.connected, health.last_error = "RETRYING", False, error
             await store.record_error(name, error)
 
-        await self._keep_running(name, once, record)
+        await self._keep_running(name, self.units.holding(f"object:{name}", once), record)
 
     async def _channel_mode(self, client, pubsub, store: Store) -> None:
         """`stream.channel` set: the objects in cdc mode without a subscription of their own share ONE subscription
@@ -352,7 +356,7 @@ class Service:
 
         watcher = asyncio.ensure_future(watch_topics())
         try:
-            await _all_or_none(self._keep_running(channel, once),
+            await _all_or_none(self._keep_running(channel, self.units.holding(f"channel:{channel}", once)),
                                *(self._supervise(client, pubsub, store, n) for n in alone))
         finally:
             watcher.cancel()
@@ -468,8 +472,8 @@ class Service:
         await poller.run(halt if halt is not None else self.stop)
 
     async def _supervise_events(self, pubsub, store: Store, name: str) -> None:
-        await self._keep_running(f"/event/{name}",
-                                 lambda: PlatformEventStream(pubsub, store, self.settings, name).run(self.stop))
+        await self._keep_running(f"/event/{name}", self.units.holding(
+            f"events:{name}", lambda: PlatformEventStream(pubsub, store, self.settings, name).run(self.stop)))
 
 
 async def _choose_modes(pubsub, store: Store, settings: Settings, metrics: Metrics) -> dict[str, str]:

@@ -33,6 +33,8 @@ from ..postgres.store import Store
 
 log = structlog.get_logger(__name__)
 
+_FAILED = object()  # a lease call the database did not answer
+
 
 def replica_id(settings: ServiceSettings) -> str:
     """`service.replica_id`, else this host's name and process id (unique per process)."""
@@ -157,12 +159,12 @@ class Units:
             log.warning("lease.work_cancelled", unit=lease.unit, fence=fence.number)
         except LeaseLost as exc:  # a commit was refused before a renewal found the lease lost (a pause)
             log.warning("lease.fenced", unit=lease.unit, fence=fence.number, error=str(exc))
-            if lease.fence is fence:
+        finally:
+            if fence.lost and lease.fence is fence:  # refused (whatever the work made of LeaseLost): stand by
                 self._drop(lease, fence)
                 cut = asyncio.ensure_future(self._cut(lease))  # any other work under it (a refresh)
                 self._cutting.add(cut)
                 cut.add_done_callback(self._cutting.discard)
-        finally:
             lease.holders.discard(task)
             lease.cut.discard(task)
             if not lease.holders:
@@ -177,6 +179,9 @@ class Units:
         while True:
             if lease.fence is None:
                 number = await self._try(self.store.acquire_lease(lease.unit, self.owner, self.lease_s), "acquire")
+                if number is _FAILED:
+                    await asyncio.sleep(every)
+                    continue
                 if number is None:
                     if not waited:
                         await self._log_standing_by(lease.unit)
@@ -196,10 +201,10 @@ class Units:
                 waited = True
                 continue
             ok = await self._try(self.store.renew_lease(lease.unit, self.owner, fence.number, self.lease_s), "renew")
-            if ok:
+            if ok is True:
                 renewed = loop.time()
                 continue
-            if ok is None and loop.time() - renewed < self.lease_s:
+            if ok is _FAILED and loop.time() - renewed < self.lease_s:
                 continue  # the database did not answer; the lease still runs: try again
             if lease.fence is fence:
                 self._drop(lease, fence)
@@ -227,16 +232,16 @@ class Units:
             task.cancel()
 
     async def _try(self, aw: Awaitable, what: str):
-        """`aw`'s answer, or None when the database failed (logged; the keeper tries again)."""
+        """`aw`'s answer, or _FAILED when the database failed (logged; the keeper tries again)."""
         try:
             return await aw
         except Exception as exc:
             log.warning(f"lease.{what}_failed", error=f"{type(exc).__name__}: {exc}")
-            return None
+            return _FAILED
 
     async def _log_standing_by(self, unit: str) -> None:
         rows = await self._try(self.store.leases(), "read")
-        row = next((r for r in rows or [] if r["unit"] == unit), None)
+        row = next((r for r in rows if r["unit"] == unit), None) if rows is not _FAILED else None
         log.info("lease.standing_by", unit=unit, owner=self.owner, held_by=row["owner"] if row else None,
                  fence=row["fence"] if row else None,
                  action="another process holds this unit; this one takes over when its lease expires")

@@ -399,6 +399,6 @@ class DeltaSink(PageSink):
         """What a polled object's rounds read by, after why it is polled (`replicator.objects.mode_reason`, shown by
         `status`): `…; polls on (SystemModstamp, Id)`."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await leases.check(conn)
             await conn.execute("UPDATE replicator.objects SET mode_reason = split_part(coalesce(mode_reason, ''),"
                                " '; polls on ', 1) || '; polls on ' || $2 WHERE object = $1", object_name, how)
+            await leases.check(conn)

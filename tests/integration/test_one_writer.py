@@ -37,7 +37,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(tmp_path, sim, pg_url: str) -> str:
+def _config(tmp_path, sim, pg_url: str, channel: str | None = None) -> str:
     cfg = tmp_path / "run.toml"
     cfg.write_text(
         "[salesforce]\n"
@@ -45,15 +45,16 @@ def _config(tmp_path, sim, pg_url: str) -> str:
         f'pubsub_endpoint = "{sim["pubsub_endpoint"]}"\n'
         f'[postgres]\nurl = "{pg_url}"\nschema = "one"\n'
         f'[service]\nhost = "127.0.0.1"\nshutdown_timeout_s = 15\ncontrol_poll_s = 0.2\nlease_s = {LEASE_S}\n'
-        "[backfill]\npoll_max_s = 0.2\n[stream]\nbatch_max_wait_s = 0.05\n[objects.Account]\n")
+        "[backfill]\npoll_max_s = 0.2\n[stream]\nbatch_max_wait_s = 0.05\n"
+        + (f'channel = "{channel}"\n' if channel else "") + "[objects.Account]\n")
     return str(cfg)
 
 
 class _Run:
     """One `replicator run` with a replica id and a metrics port of its own."""
 
-    def __init__(self, cfg: str, sim, replica: str):
-        self.replica, self.port = replica, _free_port()
+    def __init__(self, cfg: str, sim, replica: str, unit: str = UNIT):
+        self.replica, self.unit, self.port = replica, unit, _free_port()
         env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"],
                    REPLICATOR_SERVICE__PORT=str(self.port), REPLICATOR_SERVICE__REPLICA_ID=replica)
         self.proc: subprocess.Popen = start_logged(
@@ -74,7 +75,7 @@ class _Run:
 
     async def standing_by(self) -> bool:
         r = await self.get("/readyz")
-        return r is not None and r.json().get("standby") == [UNIT]
+        return r is not None and r.json().get("standby") == [self.unit]
 
     def stop(self) -> tuple[int | None, str]:
         if self.proc.poll() is None:
@@ -88,8 +89,8 @@ async def _stats(sim) -> dict:
     return (await sim_admin(sim, "GET", "/__sim/stats")).json()
 
 
-async def _owner(pg_url: str) -> str | None:
-    return await pg_value(pg_url, f"SELECT owner FROM replicator.leases WHERE unit = '{UNIT}'")
+async def _owner(pg_url: str, unit: str = UNIT) -> str | None:
+    return await pg_value(pg_url, f"SELECT owner FROM replicator.leases WHERE unit = '{unit}'")
 
 
 async def _applied(pg_url: str) -> int:
@@ -116,19 +117,22 @@ async def _streaming(pg_url: str) -> bool:
     return await pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects WHERE object = 'Account'")
 
 
-async def test_second_run_stands_by_then_takes_over_after_sigkill(sim, pg_url, tmp_path):
-    cfg = _config(tmp_path, sim, pg_url)
+@pytest.mark.parametrize("channel", [None, "/data/ChangeEvents"], ids=["object", "channel"])
+async def test_second_run_stands_by_then_takes_over_after_sigkill(sim, pg_url, tmp_path, channel):
+    """Per object, and for a channel (its members written under the channel's lease)."""
+    cfg = _config(tmp_path, sim, pg_url, channel)
+    unit = f"channel:{channel}" if channel else UNIT
     before = (await _stats(sim))["events_published"]  # by earlier tests: the backfill covers them
-    first = _Run(cfg, sim, "first")
+    first = _Run(cfg, sim, "first", unit)
     second = None
     try:
         await wait_for(lambda: _streaming(pg_url), timeout=90)
-        second = _Run(cfg, sim, "second")
+        second = _Run(cfg, sim, "second", unit)
         await wait_for(lambda: second.get("/healthz"), timeout=30)
         published = await _traffic(sim, 150) - before
         await wait_for(lambda: _applied_at_least(pg_url, published), timeout=60)
         assert await _applied(pg_url) == published, "each event applied once, by one of the two"
-        assert await _owner(pg_url) == "first"
+        assert await _owner(pg_url, unit) == "first"
         await wait_for(second.standing_by, timeout=10)
 
         first.proc.send_signal(signal.SIGKILL)
@@ -137,7 +141,7 @@ async def test_second_run_stands_by_then_takes_over_after_sigkill(sim, pg_url, t
         published = await _traffic(sim, 150) - before
         await wait_for(lambda: _applied_at_least(pg_url, published), timeout=60)
         assert time.monotonic() - killed < 20, "the standby applies within 20 s of the first's death"
-        assert await _owner(pg_url) == "second"
+        assert await _owner(pg_url, unit) == "second"
         assert await _applied(pg_url) == published
     finally:
         first.stop()

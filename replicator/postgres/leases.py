@@ -12,9 +12,9 @@ this process acquired, else the transaction raises `LeaseLost` and rolls back. `
 commit, so an acquisition (an UPDATE of the row) waits for commits already past their check and every commit after
 it fails: there is no instant at which both owners can commit. A shared lock, so the unit's concurrent
 transactions (a backfill's parallel pages) do not wait for each other; last in the transaction, so a renewal waits
-at most for one commit. This is the fence of Estuary Flow's SQL materializations (github.com/estuary/connectors: a new owner installs
-a bumped fence, a stale one fails "fenced off by another"). Advisory locks
-cannot do it: a pooler in transaction mode (PgBouncer) hands their session to another client.
+at most for one commit. This is the fence of Estuary Flow's SQL materializations (github.com/estuary/connectors: a
+new owner installs a bumped fence, a stale one fails "fenced off by another"). Advisory locks cannot do it: a pooler
+in transaction mode (PgBouncer) hands their session to another client.
 
 Work outside any unit (the one-shot commands: `backfill`, `refresh`, `verify --repair`, `dead-letters`) runs
 without a fence and is not checked.

@@ -99,8 +99,8 @@ async def _applied(pg_url: str) -> int:
 
 async def _traffic(sim, changes: int, wait: bool = True) -> int:
     """Make `changes` more changes of Accounts (and with `wait` wait until the org made them); the events published
-    so far (by this module's org: earlier tests' included). Creates and updates only: a deleted Account's Contacts and Opportunities are deleted with it, and
-    their events (on topics not replicated here) would count as published."""
+    so far (by this module's org: earlier tests' included). Creates and updates only: a deleted Account's Contacts
+    and Opportunities are deleted with it, and their events (on topics not replicated here) would count."""
     target = (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"] + changes
     await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "rate": 200, "changes": target,
                                                    "transaction_size": 2, "objects": ["Account"],

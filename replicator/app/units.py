@@ -107,9 +107,13 @@ class Units:
                 if lease is None:
                     await self._until(changed.wait())
                     continue
+                finished = False
                 async with self._under(lease):
                     await work()
-                return
+                    finished = True
+                if finished:
+                    return
+                # the lease was lost under it: follow again once this process holds one of the units
             except Stopped:
                 return
 

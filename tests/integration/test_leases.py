@@ -152,3 +152,37 @@ async def test_status_tells_a_held_object_from_one_nobody_holds(store, pg_url, c
     assert (row["phase"], row["running"], row["held_by"]) == ("STREAMING", False, None)
     assert await status_command(settings, as_json=False) == 0
     assert "STREAMING (not running)" in capsys.readouterr().out
+
+
+async def test_a_follower_ends_with_the_lost_lease_and_runs_again_when_it_is_held_again(store):
+    stop = asyncio.Event()
+    first, _ = _units(store, "first", stop)
+    second, _ = _units(store, "second", stop)
+    runs: list[int] = []
+
+    async def refresh() -> None:  # runs under the unit's fence until the service stops
+        runs.append(first.held()[UNIT])
+        await stop.wait()
+
+    holder = asyncio.ensure_future(_hold_until(first, stop))
+    follower = asyncio.ensure_future(first.follow([UNIT], refresh))
+    await wait_for(lambda: _async(runs == [1]), timeout=10)
+    first._leases[UNIT].keeper.cancel()  # renewals stop: the second takes the unit, the first stands by
+    second_holder = asyncio.ensure_future(_hold_once_then_release(second))
+    await asyncio.wait_for(second_holder, 20)
+    first._leases[UNIT].keeper = asyncio.ensure_future(first._keep(first._leases[UNIT]))  # the first wakes up
+    await wait_for(lambda: _async(runs == [1, 3]), timeout=20)  # followed again under its new fence
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(holder, follower), 10)
+    await first.close()
+
+
+async def _hold_until(units: Units, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await units.holding(UNIT, stop.wait)()
+
+
+async def _hold_once_then_release(units: Units) -> None:
+    async with units.hold(UNIT):
+        pass
+    await units.close()

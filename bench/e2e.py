@@ -66,7 +66,10 @@ class _Replicator:
 
     def __init__(self, cfg: Path, sim: dict, log):
         self.args = [sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", str(cfg)]
-        self.env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
+        # One replica id for every restart: it takes its units over at once (README "One writer"), as the
+        # restarts measured before leases did, rather than after the killed process's lease expires.
+        self.env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"],
+                        REPLICATOR_SERVICE__REPLICA_ID="bench")
         self.env.pop("DATABASE_URL", None)  # it would win over the config file's database (environment > file)
         self.log = log
         self.proc = self._start()

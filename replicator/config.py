@@ -236,6 +236,19 @@ class ServiceSettings(_Section):
         2.0, gt=0, le=300, description="How often a streamed or polled object looks for an operator's request "
         "(`replicator resync`) in the state tables."
     )
+    lease_s: float = Field(
+        15.0, ge=1, le=600,
+        description="One writer per object and per channel (README \"One writer\"): how long a process's hold on "
+        "one lasts without renewal (renewed every third of it, on the database's clock). A second process on the "
+        "same database stands by and takes an object over within this long after its holder dies; a holder paused "
+        "past it can commit nothing more. Shorter: faster takeover, more renewals (one UPDATE per object every "
+        "third).",
+    )
+    replica_id: str = Field(
+        "", description="This process's name in `replicator.leases` and `replicator status` (who holds what). "
+        "Default: host name and process id. Must differ between processes: one that finds its own name on a "
+        "lease takes it at once (a restart).",
+    )
 
 
 class ObjectSettings(_Section):

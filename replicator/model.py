@@ -96,6 +96,12 @@ class ResyncRequested(TerminalError):
         super().__init__(message, **kw)
 
 
+class LeaseLost(TerminalError):
+    """This process no longer holds the unit it was writing for (README "One writer"): another process acquired
+    its lease (this one was paused, partitioned or slow past `service.lease_s`). Raised by a commit whose fence
+    check failed, inside its transaction, so nothing of it was committed; the unit stands by again."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Metadata: what REST describe tells about an sObject.
 

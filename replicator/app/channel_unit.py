@@ -33,6 +33,7 @@ from .handoffs import (
     choose_mode,
     enter_events,
     leave_events,
+    leave_unconfigured,
     no_topic_reason,
     stored_way,
     topic_exists,
@@ -51,27 +52,26 @@ class ChannelUnit:
         self.channel = svc.settings.stream.channel
         self.members: list[str] = []
         self.joiners: list[str] = []  # polled before: one poll round, then members
+        self.own: set[str] = set()  # objects this process runs as units of their own (left the channel, or never on it)
         self.running: ChannelStream | None = None
 
     async def run(self) -> None:
         svc = self.svc
-        alone = await self.plan()
-        log.info("service.channel", channel=self.channel, members=len(self.members), joining=len(self.joiners),
-                 own_units=len(alone))
-        for name in alone:
-            svc.spawn(ObjectUnit(svc, name).run())
-        svc.spawn(self.watch_topics())
-        await svc.keep_running(self.channel, self.once)
+        await svc.keep_running(self.channel, svc.units.holding(f"channel:{self.channel}", self.once))
 
     async def plan(self) -> list[str]:
-        """Split the configured objects into members, joiners and units of their own (see the module's rules)."""
+        """Split the configured objects this process does not already run on their own into members, joiners and
+        units of their own (see the module's rules), from the stored state as it is now: run at every held round,
+        since another process may have held the channel meanwhile. Returns the new units of their own."""
         svc = self.svc
         modes = await _choose_modes(svc)
         topics = await svc.store.checkpoint_topics()
         first_start = self.channel not in topics
         carried = set(svc.settings.stream.channel_objects or modes)  # the channel's members in Salesforce
-        alone = []
+        self.members, self.joiners, alone = [], [], []
         for name, mode in modes.items():
+            if name in self.own:
+                continue
             source, channel = await stored_way(svc.store, name)
             if mode != "cdc" or name not in carried:
                 alone.append(name)
@@ -88,10 +88,27 @@ class ChannelUnit:
                 self.joiners.append(name)
             else:
                 alone.append(name)
+        self.own.update(alone)
         return alone
+
+    async def leave_unconfigured(self) -> None:
+        """Members out of the configuration keep their position as their own (app/handoffs.py), also those stored
+        before channels were (mode cdc, no channel, no checkpoint of their own)."""
+        svc = self.svc
+        topics = await svc.store.checkpoint_topics()
+        gone = [name for name, channel in (await svc.store.streamed_objects()).items()
+                if name not in svc.settings.objects
+                and (channel == self.channel or (channel is None and topic_for(name) not in topics))]
+        await leave_unconfigured(svc.store, svc.client, svc.settings, self.channel, gone)
 
     async def once(self) -> None:
         svc, channel = self.svc, self.channel
+        await self.leave_unconfigured()
+        alone = await self.plan()
+        log.info("service.channel", channel=channel, members=len(self.members), joining=len(self.joiners),
+                 own_units=len(alone))
+        for name in alone:
+            svc.spawn(ObjectUnit(svc, name).run())
         if not self.members and not self.joiners:  # every member left the channel (resyncs, allocation used up)
             await svc.stop.wait()
             return
@@ -115,6 +132,7 @@ class ChannelUnit:
             svc.metrics.object(name).mode = "cdc"
         self.running = ChannelStream(svc.pubsub, svc.store, svc.settings, {n: streams[n] for n in self.members},
                                      svc.metrics, self.detach)
+        watcher = asyncio.ensure_future(self.watch_topics())  # under the channel's lease, as its handoffs write
         try:
             await self.running.run(svc.stop)
         except Exception as exc:
@@ -127,6 +145,8 @@ class ChannelUnit:
                 await self.to_poll(name, ALLOCATION_REASON, floor)
                 svc.spawn(ObjectUnit(svc, name, cause=ALLOCATION).run())
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             if self.running is not None:
                 self.members[:] = list(self.running.members)
             self.running = None
@@ -135,6 +155,7 @@ class ChannelUnit:
         """A member leaves the channel for poll rounds, from its own position (never the channel's newest commit,
         which other objects' events move: app/handoffs.py)."""
         svc = self.svc
+        self.own.add(name)
         if self.running is not None:
             self.running.members.pop(name, None)
         await leave_events(svc.store, svc.client, name, svc.settings.poll.lookback_s, reason, floor_ms)
@@ -145,6 +166,7 @@ class ChannelUnit:
 
     async def detach(self, name: str, reason: str) -> None:
         """A member that needs a resync runs it on a subscription of its own (pipeline/channel.py)."""
+        self.own.add(name)
         self.svc.spawn(ObjectUnit(self.svc, name, detached=reason).run())
 
     async def watch_topics(self) -> None:

@@ -108,22 +108,32 @@ async def status_command(settings: Settings, as_json: bool) -> int:
         rows = await store.object_rows()
     for r in rows:
         r["replay_id"] = r["replay_id"].hex() if r["replay_id"] else None
+        r["running"] = r["held_by"] is not None  # a live process holds it (README "One writer")
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
         return 0
-    table = Table("object", "phase", "mode", "rows", "expected", "events applied", "lag s", "checkpoint age s",
+    table = Table("object", "phase", "held by", "mode", "rows", "expected", "events applied", "lag s", "checkpoint age s",
                   "last event committed", "dead letters", "resyncs", "replay id", "last refresh", "last error")
     for r in rows:
         phase = r["phase"] + (" (resync requested)" if r["resync_requested"] else "")
+        phase += "" if r["running"] else " (not running)"  # the stored phase, but no live process holds it
         committed = r["last_event_committed_at"]
         table.add_row(
-            r["object"], phase, _mode(r), f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}",
+            r["object"], phase, _held(r), _mode(r), f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}",
             f"{r['events_applied'] or 0:,}", _num(r["lag_s"]), _num(r["checkpoint_age_s"]),
             committed.isoformat(timespec="seconds") if committed else "", str(r["dead_letters"]),
             str(r["resyncs"]), r["replay_id"] or "", _refreshed(r), (r["last_error"] or "")[:60],
         )
     Console().print(table)
     return 0
+
+
+def _held(row: dict) -> str:
+    """The process that holds the object and its fence (a channel's member: through the channel's lease)."""
+    if row["held_by"] is None:
+        return ""
+    via = f" via {row['held_unit'].removeprefix('channel:')}" if row["held_unit"].startswith("channel:") else ""
+    return f"{row['held_by']} #{row['fence']}{via}"
 
 
 def _mode(row: dict) -> str:

@@ -24,7 +24,7 @@ import asyncio
 import structlog
 
 from ..lifecycle import Way
-from ..model import Checkpoint, ConfigError, TerminalError
+from ..model import Checkpoint, ConfigError, ReplicatorError, TerminalError, TransientError
 from ..pipeline.poll import ObjectPoller, poll_topic, salesforce_position
 from ..pipeline.stopping import until_stopped
 from ..pipeline.stream import ObjectStream
@@ -118,3 +118,21 @@ async def enter_events(poller: ObjectPoller, stop: asyncio.Event, stream: Object
     await poller.round(stop)
     log.info("handoff.polled_past_position", object=poller.name, rounds=poller.rounds)
     return True
+
+
+async def leave_unconfigured(store: Store, client, settings, channel: str, names: list[str]) -> None:
+    """Objects out of the configuration whose position is `channel`'s checkpoint keep it as a time position of their
+    own (lifecycle HANDOFFS CHANNEL -> NONE: `leave_events`), so that adding one back later joins from there. Run
+    under the channel's lease. An object the org no longer answers for is logged and left."""
+    for name in names:
+        try:
+            left = await leave_events(store, client, name, settings.poll.lookback_s,
+                                      f"out of the configuration: its position left channel {channel}")
+        except TransientError:
+            raise
+        except ReplicatorError as exc:  # the org may have lost the object too: it is not replicated any more
+            log.error("handoff.left_without_position", object=name, channel=channel, error=str(exc),
+                      action="if it is configured again it joins at the channel's checkpoint: resync it then")
+            continue
+        if left:
+            log.info("handoff.object_left", object=name, channel=channel)

@@ -41,7 +41,7 @@ class ObjectUnit:
         self.health = svc.metrics.object(name)
 
     async def run(self) -> None:
-        await self.svc.keep_running(self.name, self.once, self.record)
+        await self.svc.keep_running(self.name, self.svc.units.holding(f"object:{self.name}", self.once), self.record)
 
     async def record(self, error: str) -> None:
         self.health.phase, self.health.connected, self.health.last_error = Phase.RETRYING, False, error

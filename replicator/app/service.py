@@ -16,22 +16,23 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
-from ..model import ConfigError, ReplicatorError, Stopped
+from ..model import ConfigError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
 from ..pipeline.platform_events import PlatformEventStream
 from ..pipeline.refresh import RefreshSchedule
 from ..pipeline.stopping import sleep_or_stop
 from ..pipeline.stream import ObjectStream
+from ..postgres import leases
 from ..postgres.store import Store
 from ..retry import restart_delay
 from ..salesforce.pubsub import PubSubClient
-from ..salesforce.topics import topic_for
 from .channel_unit import ChannelUnit
-from .handoffs import leave_events
+from .handoffs import leave_unconfigured
 from .limits import OrgLimits
 from .object_unit import ObjectUnit
 from .runtime import open_store, salesforce_client
+from .units import Units
 
 log = structlog.get_logger(__name__)
 
@@ -175,12 +176,12 @@ class Service:
         async with salesforce_client(self.settings) as client, open_store(self.settings) as store:
             self.client, self.store = client, store
             self.metrics.client, self.metrics.store = client, store
+            self.units = Units(store, self.settings.service, self.metrics, self.stop)  # one writer per unit
             sf = self.settings.salesforce
             self.limits = self.metrics.limits = OrgLimits(client, sf.api_reserve, sf.limits_interval_s)
             self.pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens,
                                        ca_file=str(sf.ca_file) if sf.ca_file else None, tls=sf.pubsub_tls)
             try:
-                await self._leave_unconfigured()
                 async with asyncio.TaskGroup() as self._group:
                     self.spawn(self.keep_running("limits", lambda: self.limits.run(self.stop)))
                     if self.settings.stream.channel:  # one subscription for many objects, else one unit each
@@ -188,44 +189,53 @@ class Service:
                     else:
                         for name in self.settings.objects:
                             self.spawn(ObjectUnit(self, name).run())
+                    self.spawn(self._leave_unconfigured())
                     for name in self.settings.stream.platform_events:
-                        self.spawn(self.keep_running(
-                            f"/event/{name}", lambda n=name: PlatformEventStream(self.pubsub, store, self.settings,
-                                                                                 n).run(self.stop)))
+                        self.spawn(self.keep_running(f"/event/{name}", self.units.holding(
+                            f"events:{name}", lambda n=name: PlatformEventStream(self.pubsub, store, self.settings,
+                                                                                 n).run(self.stop))))
                     for name in self.settings.objects:  # beside each object's way: what events never carry
-                        self.spawn(RefreshSchedule(client, store, self.settings, name, self.metrics,
-                                                   gate=self._api_budget).run(self.stop))
+                        self.spawn(self.units.follow(
+                            [f"object:{name}", f"channel:{self.settings.stream.channel}"],
+                            lambda n=name: RefreshSchedule(client, store, self.settings, n, self.metrics,
+                                                           gate=self._api_budget).run(self.stop)))
             except BaseExceptionGroup as group:
                 raise _first_error(group) from None
             finally:
                 self._group = None
+                await self.units.close()  # after the drain: a standby takes the units over at once
                 self.metrics.store = None
                 close = getattr(self.pubsub, "close", None)
                 if close is not None:
                     await close()
 
     def spawn(self, unit: Awaitable[None]) -> None:
-        """Run a unit in the service's task group (a channel hands members to units of their own this way)."""
+        """Run a unit in the service's task group (a channel hands members to units of their own this way). The
+        unit starts outside the spawner's lease: it writes under its own (app/units.py), never another's."""
+
+        async def own() -> None:
+            with leases.fenced(None):
+                await unit
+
         assert self._group is not None, "units run inside Service._work"
-        self._group.create_task(unit)
+        self._group.create_task(own())
 
     async def _leave_unconfigured(self) -> None:
         """An object out of the configuration whose position is a channel's checkpoint keeps it as a time position of
         its own (lifecycle HANDOFFS CHANNEL -> NONE), so that adding it back later continues from there; an own
-        topic's checkpoint or a poll position stays as it is."""
-        topics = await self.store.checkpoint_topics()
+        topic's checkpoint or a poll position stays as it is. The configured channel's unit does this for its own
+        members (app/channel_unit.py); here, under each other channel's lease, for the channels no longer
+        configured."""
+        stored: dict[str | None, list[str]] = {}
         for name, channel in (await self.store.streamed_objects()).items():
-            if name in self.settings.objects or (channel is None and topic_for(name) in topics):
-                continue
-            try:
-                left = await leave_events(self.store, self.client, name, self.settings.poll.lookback_s,
-                                          f"out of the configuration: its position left channel {channel or '?'}")
-            except ReplicatorError as exc:  # the org may have lost the object too: it is not replicated any more
-                log.error("service.object_left_without_position", object=name, channel=channel, error=str(exc),
-                          action="if it is configured again it joins at the channel's checkpoint: resync it then")
-                continue
-            if left:
-                log.info("service.object_left", object=name, channel=channel)
+            if name not in self.settings.objects and channel and channel != self.settings.stream.channel:
+                stored.setdefault(channel, []).append(name)
+        try:
+            for channel, names in stored.items():
+                async with self.units.hold(f"channel:{channel}"):
+                    await leave_unconfigured(self.store, self.client, self.settings, channel, names)
+        except Stopped:
+            return
 
     async def _api_budget(self, name: str) -> None:
         """The refresh's gate: wait while the org's remaining daily API requests are below `salesforce.api_reserve`

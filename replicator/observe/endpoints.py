@@ -26,13 +26,21 @@ _PG_TIMEOUT_S = 2.0
 
 def readiness(metrics: Metrics, pg_ok: bool, pg_error: str | None, max_lag_s: float) -> tuple[bool, dict]:
     """Ready when Postgres answers and every object is backfilling / resyncing, or streaming connected with
-    its lag under the threshold. Returns (ready, the reasons per object)."""
+    its lag under the threshold, or stands by (another process holds it: README "One writer"; a standby is ready
+    to take over). Returns (ready, the reasons per object); `standby` lists the units this process waits for."""
     now = time.time()
     objects: dict[str, dict] = {}
     ready = pg_ok
+    standby = metrics.units.standby() if metrics.units is not None else []
+    channel_standby = any(u.startswith("channel:") for u in standby)
     for name, h in metrics.objects.items():
         lag = h.lag(now)
         why = None
+        # An object whose unit another process holds has not started here (a channel's members: not started
+        # while the channel stands by).
+        if f"object:{name}" in standby or (channel_standby and h.phase == Phase.STARTING):
+            objects[name] = {"phase": Phase.STANDBY, "lag_s": None, "ready": True}
+            continue
         if h.phase in (Phase.BACKFILLING, Phase.RESYNCING):
             pass
         elif h.phase != Phase.STREAMING:
@@ -44,7 +52,8 @@ def readiness(metrics: Metrics, pg_ok: bool, pg_error: str | None, max_lag_s: fl
         ready &= why is None
         objects[name] = {"phase": h.phase, "lag_s": None if lag is None else round(lag, 3), "ready": why is None,
                          **({"reason": why} if why else {})}
-    body = {"ready": ready, "postgres": "ok" if pg_ok else f"unreachable: {pg_error}", "objects": objects}
+    body = {"ready": ready, "postgres": "ok" if pg_ok else f"unreachable: {pg_error}", "objects": objects,
+            "standby": standby}
     return ready, body
 
 

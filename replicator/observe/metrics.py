@@ -95,6 +95,8 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_api_budget_paused", "gauge", "", "1 while poll rounds wait because the org's remaining daily API requests are below salesforce.api_reserve."),
     ("replicator_event_allocation_exhausted", "gauge", "", "1 while the event delivery allocation is used up and streamed objects are polled instead."),
     ("replicator_mode_switches_total", "counter", "object, mode, cause", "Switches between cdc and poll: mode switched to, cause (topic, allocation)."),
+    ("replicator_unit_held", "gauge", "unit", "1 for a unit (object:NAME, channel:NAME) this process holds and writes, 0 for one it stands by for (another process holds it; README \"One writer\")."),
+    ("replicator_fenced_commits_total", "counter", "unit", "Commits refused because this process no longer held the unit's lease (another took it over while this one was paused or cut off): nothing of them was written."),
 ]
 
 # Histogram buckets, chosen from what the bench measured (bench/RESULTS.md): a batch of the default 2,000 narrow
@@ -116,6 +118,7 @@ class Metrics:
         self.client = None  # SalesforceClient: API calls and the daily allocation
         self.store = None  # postgres.store.Store: pool usage
         self.limits = None  # app.limits.OrgLimits: the org's allocations and the API budget
+        self.units = None  # app.units.Units: the units this process holds or stands by for
         r = self.registry
         self.backfill_rows = Counter("replicator_backfill_rows", "Rows loaded by backfills.", ["object"], registry=r)
         self.events_received = Counter("replicator_events_received", "Change events received.", ["object"], registry=r)
@@ -137,6 +140,8 @@ class Metrics:
         self.channel_skipped = Counter("replicator_channel_events_skipped", "Change events a channel subscription "
                                        "received for objects it does not serve (not configured, or on a "
                                        "subscription of their own).", ["channel", "object"], registry=r)
+        self.fenced_commits = Counter("replicator_fenced_commits", "Commits refused: the unit's lease was lost.",
+                                      ["unit"], registry=r)
         self.stage_seconds = Counter("replicator_stage_seconds", "Seconds per stream stage.", ["object", "stage"],
                                      registry=r)
         r.register(_Collector(self))
@@ -205,6 +210,13 @@ class _Collector:
         yield from g.values()
         yield phase
         yield mode
+        held = GaugeMetricFamily("replicator_unit_held", "1 held, 0 standing by.", labels=["unit"])
+        if self.m.units is not None:
+            for unit in self.m.units.held():
+                held.add_metric([unit], 1.0)
+            for unit in self.m.units.standby():
+                held.add_metric([unit], 0.0)
+        yield held
         client = self.m.client
         if client is not None:
             calls = CounterMetricFamily("replicator_api_calls", "REST and Bulk API calls made.")

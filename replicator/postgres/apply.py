@@ -32,7 +32,7 @@ import orjson
 import structlog
 
 from ..model import SYNCED_COLUMN, Checkpoint, DeadLetter, RowOp, TableInfo
-from . import ddl, state
+from . import ddl, leases, state
 from .errors import mapped
 from .state import ms_to_datetime as _ts
 
@@ -400,7 +400,8 @@ async def apply_objects(pool: asyncpg.Pool, parts: list[tuple[StreamSink, list[R
     """Several objects' folded row operations (or one object's), the dead letters and the checkpoint in ONE
     transaction (docs/design.md, contract 4); the writes as few statements as `merged_writes` makes. Safe to call
     again with the same batch: each write carries the version guard. Raises RejectedDataError when Postgres
-    refuses a value, UpdatesMissed when `must_find` and a partial update wrote no row (nothing committed)."""
+    refuses a value, UpdatesMissed when `must_find` and a partial update wrote no row, LeaseLost when another
+    process holds the unit now (nothing committed in each case)."""
     results = [ApplyResult() for _ in parts]
     alone, statements = merged_writes(parts)
     async with pool.acquire() as conn, conn.transaction():
@@ -412,6 +413,7 @@ async def apply_objects(pool: asyncpg.Pool, parts: list[tuple[StreamSink, list[R
         await state.add_dead_letters(conn, dead)
         if checkpoint is not None:
             await state.save_checkpoint(conn, checkpoint, events)
+        await leases.check(conn)  # last: this process still holds the unit (postgres/leases.py)
     return results
 
 

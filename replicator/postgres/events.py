@@ -6,7 +6,7 @@ import asyncpg
 import orjson
 
 from ..model import Checkpoint, DeadLetter
-from . import ddl, state
+from . import ddl, leases, state
 
 
 def table_sql(schema: str, table: str) -> str:
@@ -40,4 +40,5 @@ async def append(conn: asyncpg.Connection, schema: str, table: str, rows: list[t
             inserted = int(status.rsplit(" ", 1)[-1])
         await state.add_dead_letters(conn, dead)
         await state.save_checkpoint(conn, checkpoint, events)
+        await leases.check(conn)
     return inserted

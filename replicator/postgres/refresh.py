@@ -24,7 +24,7 @@ from collections.abc import AsyncIterable
 import asyncpg
 
 from ..model import SYNCED_COLUMN, TableInfo
-from . import ddl
+from . import ddl, leases
 from .errors import mapped
 from .sink import strip_nul_chunks
 
@@ -80,6 +80,7 @@ class Refresh:
                 f'SELECT count(*) FROM {t} AS t JOIN {s} AS s ON t."id" = s."id" WHERE {self._differs("t", "s")}')
             await record(self.conn, self.t.spec.object, self.columns, job_id, started_at, compared, changed, skipped,
                          duration_s)
+            await leases.check(self.conn)
         return compared, changed, skipped
 
     @mapped

@@ -34,7 +34,7 @@ import asyncpg
 import structlog
 
 from ..model import SYNCED_COLUMN, VERSION_COLUMN, Checkpoint, DeadLetter, RejectedDataError, TableInfo
-from . import ddl, state
+from . import ddl, leases, state
 from .errors import error_kind, mapped
 
 log = structlog.get_logger(__name__)
@@ -141,8 +141,9 @@ class PageSink:
         deleted (`ddl.remove_unseen`). Safe to call again (a crash before the backfill is marked finished resumes
         the job and calls it again: the key set stays until then). Returns how many."""
         soft = self.t.has_isdeleted and not self.t.hard_deletes
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), self.t.spec.object)
+            await leases.check(conn)
         return int(status.rsplit(" ", 1)[-1])
 
     async def _create_staging(self, conn: asyncpg.Connection) -> str:
@@ -198,6 +199,7 @@ class PageSink:
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await self._load(conn, job_id, mode, chunks)
             await state.record_page(conn, self.t.spec.object, job_id, locator, rows, 0)
+            await leases.check(conn)
         return rows
 
     @mapped
@@ -245,6 +247,7 @@ class PageSink:
             await self._remove_deleted(conn)
             await letters.flush()
             await state.record_page(conn, self.t.spec.object, job_id, locator, loaded, letters.count)
+            await leases.check(conn)
         return loaded, letters.count
 
     async def _copy_into_table(self, conn: asyncpg.Connection, source: AsyncIterator[bytes]) -> int:
@@ -369,6 +372,7 @@ class DeltaSink(PageSink):
             newest_key = (newest["k"], newest["id"]) if newest else None
             if final is not None:
                 await state.save_checkpoint(conn, final(newest_key), rows)
+            await leases.check(conn)
         return rows, newest_key
 
     @mapped
@@ -405,6 +409,7 @@ class DeltaSink(PageSink):
             await state.save_checkpoint(conn, checkpoint, 0)
             await conn.execute("UPDATE replicator.checkpoints SET poll_reconciled_at = $2 WHERE topic = $1",
                                checkpoint.topic, reconciled_at)
+            await leases.check(conn)
         return seen, removed
 
     @mapped
@@ -420,6 +425,7 @@ class DeltaSink(PageSink):
     async def note_poll_key(self, object_name: str, how: str) -> None:
         """What a polled object's rounds read by, after why it is polled (`replicator.objects.mode_reason`, shown by
         `status`): `…; polls on (SystemModstamp, Id)`."""
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("UPDATE replicator.objects SET mode_reason = split_part(coalesce(mode_reason, ''),"
                                " '; polls on ', 1) || '; polls on ' || $2 WHERE object = $1", object_name, how)
+            await leases.check(conn)

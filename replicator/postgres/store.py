@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg
 
 from ..model import Checkpoint, DeadLetter, RowOp, TableInfo, TableSpec
-from . import dead_letters, events, refresh, state, status
+from . import dead_letters, events, leases, refresh, state, status
 from .apply import ApplyResult, StreamSink, apply_objects
 from .compare import Comparison
 from .errors import map_error, mapped
@@ -55,6 +55,15 @@ class Store:
     async def _run(self, fn: Callable[Concatenate[asyncpg.Connection, P], Awaitable[T]], *args: Any) -> T:
         async with self._pool.acquire() as conn:
             return await fn(conn, *args)
+
+    @mapped
+    async def _write(self, fn: Callable[Concatenate[asyncpg.Connection, P], Awaitable[T]], *args: Any) -> T:
+        """`fn` in a transaction that ends with the fence check of the unit the caller works for (postgres/leases.py):
+        a process that lost the unit commits nothing (LeaseLost)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            result = await fn(conn, *args)
+            await leases.check(conn)
+            return result
 
     # ---- the sinks ------------------------------------------------------------------------------------------
     def page_sink(self, table: TableInfo) -> PageSink:
@@ -95,23 +104,23 @@ class Store:
         return await self._run(refresh.last_refresh, name)
 
     async def record_refresh_error(self, name: str, error: str) -> None:
-        await self._run(refresh.record_error, name, error)
+        await self._write(refresh.record_error, name, error)
 
     # ---- objects --------------------------------------------------------------------------------------------
     async def get_object(self, name: str) -> ObjectState | None:
         return await self._run(state.get_object, name)
 
     async def set_phase(self, name: str, phase: str, error: str | None = None) -> None:
-        await self._run(state.set_phase, name, phase, error)
+        await self._write(state.set_phase, name, phase, error)
 
     async def record_error(self, name: str, error: str) -> None:
-        await self._run(state.record_error, name, error)
+        await self._write(state.record_error, name, error)
 
     async def fail_object(self, name: str, error: str) -> None:
-        await self._run(state.fail_object, name, error)
+        await self._write(state.fail_object, name, error)
 
     async def begin_resync(self, name: str, reason: str) -> None:
-        await self._run(state.begin_resync, name, reason)
+        await self._write(state.begin_resync, name, reason)
 
     async def resync_requested(self, name: str) -> bool:
         return await self._run(state.resync_requested, name)
@@ -130,32 +139,32 @@ class Store:
     # ---- backfill jobs --------------------------------------------------------------------------------------
     async def start_job(self, name: str, job_id: str, load_mode: str, page_size: int,
                         created_in_org: dt.datetime | None = None) -> None:
-        await self._run(state.start_job, name, job_id, load_mode, page_size, created_in_org)
+        await self._write(state.start_job, name, job_id, load_mode, page_size, created_in_org)
 
     async def set_expected(self, name: str, rows: int) -> None:
-        await self._run(state.set_expected, name, rows)
+        await self._write(state.set_expected, name, rows)
 
     async def committed_pages(self, name: str, job_id: str) -> set[str]:
         return await self._run(state.committed_pages, name, job_id)
 
     async def finish_backfill(self, name: str, counts_as_refresh: bool = False) -> None:
-        await self._run(state.finish_backfill, name, counts_as_refresh)
+        await self._write(state.finish_backfill, name, counts_as_refresh)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     async def load_checkpoint(self, topic: str) -> bytes | None:
         return await self._run(state.load_checkpoint, topic)
 
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        await self._run(state.save_checkpoint, checkpoint)
+        await self._write(state.save_checkpoint, checkpoint)
 
     async def drop_checkpoint(self, topic: str) -> None:
-        await self._run(state.drop_checkpoint, topic)
+        await self._write(state.drop_checkpoint, topic)
 
     async def load_poll_position(self, topic: str) -> Checkpoint | None:
         return await self._run(state.load_poll_position, topic)
 
     async def set_mode(self, name: str, mode: str, reason: str, channel: str | None = None) -> None:
-        await self._run(state.set_mode, name, mode, reason, channel)
+        await self._write(state.set_mode, name, mode, reason, channel)
 
     async def channel_objects(self, channel: str) -> set[str]:
         return await self._run(state.channel_objects, channel)
@@ -167,7 +176,7 @@ class Store:
         return await self._run(state.own_position, name)
 
     async def poll_from_stream(self, name: str, position: Checkpoint) -> int:
-        return await self._run(state.poll_from_stream, name, position)
+        return await self._write(state.poll_from_stream, name, position)
 
     async def checkpoint_times(self, topic: str) -> tuple[float | None, float, float] | None:
         return await self._run(state.checkpoint_times, topic)
@@ -192,7 +201,20 @@ class Store:
 
     async def append_events(self, schema: str, table: str, rows: list[tuple[bytes, str, str | None, dict]],
                             checkpoint: Checkpoint, count: int, dead: list[DeadLetter]) -> int:
-        return await self._run(events.append, schema, table, rows, checkpoint, count, dead)
+        return await self._write(events.append, schema, table, rows, checkpoint, count, dead)
+
+    # ---- leases (postgres/leases.py) ----------------------------------------------------------------------------
+    async def acquire_lease(self, unit: str, owner: str, lease_s: float) -> int | None:
+        return await self._run(leases.acquire, unit, owner, lease_s)
+
+    async def renew_lease(self, unit: str, owner: str, fence: int, lease_s: float) -> bool:
+        return await self._run(leases.renew, unit, owner, fence, lease_s)
+
+    async def release_lease(self, unit: str, owner: str, fence: int) -> None:
+        await self._run(leases.release, unit, owner, fence)
+
+    async def leases(self) -> list[dict]:
+        return await self._run(leases.list_leases)
 
     # ---- views ----------------------------------------------------------------------------------------------
     async def object_rows(self) -> list[dict]:

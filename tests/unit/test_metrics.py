@@ -59,6 +59,19 @@ def test_readiness_names_what_is_not_ready():
     assert not ready and body["postgres"].startswith("unreachable")
 
 
+def test_readiness_of_a_standby_is_ready_and_says_it_stands_by():
+    m = Metrics()
+    m.objects["A"] = ObjectHealth("A")  # never started here: another process holds it
+    m.objects["B"] = ObjectHealth("B", phase="STREAMING", connected=True, idle=True)
+    m.units = SimpleNamespace(standby=lambda: ["object:A"], held=lambda: {"object:B": 3})
+    ready, body = readiness(m, True, None, 60)
+    assert ready and body["standby"] == ["object:A"]
+    assert body["objects"]["A"] == {"phase": "STANDBY", "lag_s": None, "ready": True}
+    held = {s.labels["unit"]: s.value for f in text_string_to_metric_families(generate_latest(m.registry).decode())
+            if f.name == "replicator_unit_held" for s in f.samples}
+    assert held == {"object:A": 0.0, "object:B": 1.0}
+
+
 def test_exposition_has_every_catalogued_metric():
     m = Metrics()
     m.client = SimpleNamespace(call_count=7, api_usage=(25, 15000), calls_by_kind={"query": 5, "bulk": 2})

@@ -1,0 +1,188 @@
+"""Leases and fences on a real Postgres (postgres/leases.py, app/units.py): two holders of one unit in one database,
+as two replicas would be. The second stands by, takes over once the first's lease expires, and the first's next
+commit is refused inside its transaction, counted, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from replicator.app.commands import status_command
+from replicator.app.units import Units
+from replicator.config import ServiceSettings, load_settings
+from replicator.model import Checkpoint, LeaseLost
+from replicator.observe.metrics import Metrics
+from replicator.postgres.leases import Fence, fenced
+from replicator.postgres.store import Store
+
+from .helpers import wait_for
+
+UNIT = "object:Account"
+TOPIC = "/data/AccountChangeEvent"
+
+
+def _fenced_commits(metrics: Metrics) -> float:
+    return metrics.fenced_commits.labels(unit=UNIT)._value.get()
+
+
+@pytest.fixture
+async def store(pg_url):
+    async with Store.open(pg_url, 4) as store:
+        yield store
+
+
+def _units(store: Store, name: str, stop: asyncio.Event) -> tuple[Units, Metrics]:
+    metrics = Metrics()
+    return Units(store, ServiceSettings(lease_s=1, replica_id=name), metrics, stop), metrics
+
+
+async def test_second_holder_takes_over_after_expiry_and_the_first_commit_is_fenced(store):
+    stop = asyncio.Event()
+    first, first_metrics = _units(store, "first", stop)
+    second, _ = _units(store, "second", stop)
+    inside, commit, refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def first_work() -> None:
+        async with first.hold(UNIT):
+            inside.set()
+            await store.save_checkpoint(Checkpoint(TOPIC, b"first-1"))
+            await commit.wait()  # paused here past its lease
+            try:
+                await store.save_checkpoint(Checkpoint(TOPIC, b"first-2"))
+            except LeaseLost:
+                refused.set()
+                raise
+
+    async def second_work() -> None:
+        async with second.hold(UNIT):
+            await store.save_checkpoint(Checkpoint(TOPIC, b"second-1"))
+            await stop.wait()
+
+    one = asyncio.ensure_future(first_work())
+    await asyncio.wait_for(inside.wait(), 10)
+    two = asyncio.ensure_future(second_work())
+    await wait_for(lambda: _async(second.standby() == [UNIT]), timeout=10)
+    assert first.held() == {UNIT: 1}
+    assert await store.load_checkpoint(TOPIC) == b"first-1"  # the standby wrote nothing
+
+    first._leases[UNIT].keeper.cancel()  # its renewals stop: as if paused
+    await wait_for(lambda: _async(second.held() == {UNIT: 2}), timeout=10)
+    assert await store.load_checkpoint(TOPIC) == b"second-1"
+
+    commit.set()  # the first resumes and commits
+    await asyncio.wait_for(refused.wait(), 10)
+    await asyncio.wait_for(one, 10)  # its hold ends quietly: the unit would stand by again
+    assert await store.load_checkpoint(TOPIC) == b"second-1", "the refused commit wrote nothing"
+    assert _fenced_commits(first_metrics) == 1
+
+    stop.set()
+    await asyncio.wait_for(two, 10)
+    await second.close()
+    await first.close()
+
+
+async def test_a_clean_stop_releases_the_unit_to_a_standby_at_once(store):
+    stop = asyncio.Event()
+    first, _ = _units(store, "first", stop)
+    second, _ = _units(store, "second", stop)
+    first.lease_s = 60  # its expiry cannot be what hands the unit over within the test's 10 s
+    async with first.hold(UNIT):
+        waiting = asyncio.ensure_future(_hold_once(second))
+        await wait_for(lambda: _async(second.standby() == [UNIT]), timeout=10)
+    await first.close()
+    await asyncio.wait_for(waiting, 10)
+    assert second.held() == {UNIT: 2}
+    await second.close()
+    rows = await store.leases()
+    assert [(r["unit"], r["owner"], r["fence"], r["live"]) for r in rows] == [(UNIT, "second", 2, False)]
+
+
+async def _hold_once(units: Units) -> None:
+    async with units.hold(UNIT):
+        pass
+
+
+@pytest.mark.parametrize("write", ["save_checkpoint", "set_phase", "begin_resync", "set_mode", "apply_objects",
+                                   "append_events"])
+async def test_every_write_under_a_stale_fence_is_refused_and_rolled_back(store, write):
+    assert await store.acquire_lease(UNIT, "first", 60) == 1
+    await store.set_mode("Account", "cdc", "configured")  # the object's row (no fence: outside any unit)
+    await store.prepare_events("events", "order_ready__e")
+    assert await store.acquire_lease(UNIT, "second", 60) is None  # held: the second stands by
+    await store.release_lease(UNIT, "first", 1)
+    assert await store.acquire_lease(UNIT, "second", 60) == 2  # taken over: fence 1 is stale
+    refused: list[str] = []
+    calls = {
+        "save_checkpoint": lambda: store.save_checkpoint(Checkpoint(TOPIC, b"x")),
+        "set_phase": lambda: store.set_phase("Account", "FAILED"),
+        "begin_resync": lambda: store.begin_resync("Account", "stale"),
+        "set_mode": lambda: store.set_mode("Account", "poll", "stale"),
+        "apply_objects": lambda: store.apply_objects([], [], Checkpoint(TOPIC, b"x"), 5),
+        "append_events": lambda: store.append_events("events", "order_ready__e", [(b"r", "s", None, {})],
+                                                     Checkpoint("/event/Order_Ready__e", b"r"), 1, []),
+    }
+    with fenced(Fence(UNIT, "first", 1, on_refused=refused.append)), pytest.raises(LeaseLost, match="fenced off"):
+        await calls[write]()
+    assert refused == [UNIT]
+    st = await store.get_object("Account")
+    assert (st.phase, await store.get_mode("Account")) == ("NEW", "cdc")
+    assert await store.checkpoint_topics() == set()
+    with fenced(Fence(UNIT, "second", 2)):  # the holder's fence passes
+        await calls[write]()
+
+
+async def _async(value):
+    return value
+
+
+async def test_status_tells_a_held_object_from_one_nobody_holds(store, pg_url, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # the table's width: wide enough for whole cells
+    settings = load_settings(overrides={"postgres": {"url": pg_url}})
+    await store.set_mode("Account", "cdc", "configured")
+    await store.set_phase("Account", "STREAMING")
+    fence = await store.acquire_lease(UNIT, "replica-a", 60)
+    assert await status_command(settings, as_json=True) == 0
+    row = orjson.loads(capsys.readouterr().out)[0]
+    assert (row["running"], row["held_by"], row["fence"]) == (True, "replica-a", fence)
+    await store.release_lease(UNIT, "replica-a", fence)  # stopped: the stored phase stays STREAMING
+    assert await status_command(settings, as_json=True) == 0
+    row = orjson.loads(capsys.readouterr().out)[0]
+    assert (row["phase"], row["running"], row["held_by"]) == ("STREAMING", False, None)
+    assert await status_command(settings, as_json=False) == 0
+    assert "STREAMING (not running)" in capsys.readouterr().out
+
+
+async def test_a_follower_ends_with_the_lost_lease_and_runs_again_when_it_is_held_again(store):
+    stop = asyncio.Event()
+    first, _ = _units(store, "first", stop)
+    second, _ = _units(store, "second", stop)
+    runs: list[int] = []
+
+    async def refresh() -> None:  # runs under the unit's fence until the service stops
+        runs.append(first.held()[UNIT])
+        await stop.wait()
+
+    holder = asyncio.ensure_future(_hold_until(first, stop))
+    follower = asyncio.ensure_future(first.follow([UNIT], refresh))
+    await wait_for(lambda: _async(runs == [1]), timeout=10)
+    first._leases[UNIT].keeper.cancel()  # renewals stop: the second takes the unit, the first stands by
+    second_holder = asyncio.ensure_future(_hold_once_then_release(second))
+    await asyncio.wait_for(second_holder, 20)
+    first._leases[UNIT].keeper = asyncio.ensure_future(first._keep(first._leases[UNIT]))  # the first wakes up
+    await wait_for(lambda: _async(runs == [1, 3]), timeout=20)  # followed again under its new fence
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(holder, follower), 10)
+    await first.close()
+
+
+async def _hold_until(units: Units, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await units.holding(UNIT, stop.wait)()
+
+
+async def _hold_once_then_release(units: Units) -> None:
+    async with units.hold(UNIT):
+        pass
+    await units.close()

@@ -127,7 +127,7 @@ async def test_every_write_under_a_stale_fence_is_refused_and_rolled_back(store,
         await calls[write]()
     assert refused == [UNIT]
     st = await store.get_object("Account")
-    assert (st.phase, await store.get_mode("Account")) == ("NEW", "cdc")
+    assert (st.phase, st.mode) == ("NEW", "cdc")
     assert await store.checkpoint_topics() == set()
     with fenced(Fence(UNIT, "second", 2)):  # the holder's fence passes
         await calls[write]()

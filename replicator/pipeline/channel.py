@@ -36,6 +36,7 @@ from ..model import Checkpoint, DeadLetter, RejectedDataError, ReplayIdInvalidEr
 from ..observe.metrics import Metrics
 from ..postgres.apply import ApplyResult, UpdatesMissed
 from ..postgres.store import Store
+from ..retry import stop_ends_waits
 from .backfill import Backfill
 from .batcher import Batcher
 from .stopping import until_stopped
@@ -65,6 +66,7 @@ class ChannelStream:
         self.skipped: Counter = Counter()  # events of objects this channel does not serve
         self._stop = asyncio.Event()
 
+    @stop_ends_waits
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         described = [s for s in self.members.values() if getattr(s.applier, "sink", None) is None]

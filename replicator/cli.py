@@ -14,7 +14,7 @@ import click
 
 from .config import Settings, load_settings, require_salesforce
 from .model import ConfigError, ReplicatorError
-from .observe.logs import redact, setup_logging
+from .observe.logs import fatal, setup_logging
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -23,7 +23,7 @@ CONFIG_OPTION = click.option(
 
 
 def _fail(code: int, message: str) -> None:
-    click.echo(f"replicator: {redact(message)}", err=True)
+    fatal(message, code)
     sys.exit(code)
 
 

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..config import Settings
 from ..model import ReplicatorError, Stopped
+from ..observe.logs import fatal
 from ..pipeline.backfill import Backfill
 from ..pipeline.backfill import Progress as BackfillProgress
 from ..pipeline.stopping import until_stopped
@@ -108,7 +109,7 @@ async def backfill_command(settings: Settings, names: list[str]) -> int:
                      dead_letters=r.dead_letters, resumed_pages=r.resumed_pages, job_id=r.job_id)
     if failed:
         name, exc = next(iter(failed.items()))
-        print(f"replicator: backfill of {name} failed: {exc}", file=sys.stderr)
+        fatal(f"backfill of {name} failed: {exc}", 1)
         return 1
     if received:
         stopped = sorted(n for n, r in results.items() if isinstance(r, Stopped))

@@ -124,7 +124,7 @@ class Store:
         """The topics and channels that have a checkpoint."""
         return await self._run(_checkpoint_topics)
 
-    async def request_resync(self, name: str) -> bool:
+    async def request_resync(self, name: str) -> str:
         return await self._run(state.request_resync, name)
 
     # ---- backfill jobs --------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ async def backfill_command(settings: Settings, names: list[str]) -> int:
 
 async def verify_command(settings: Settings, names: list[str], repair: bool = False) -> int:
     equal = True
-    async with salesforce_client(settings) as client, open_store(settings) as store:
+    async with salesforce_client(settings) as client, open_store(settings, migrate=repair) as store:
         for name in names:
             diff, fixed = await verify_object(client, store, settings, name, repair=repair)
             if fixed is not None:
@@ -142,7 +142,7 @@ async def verify_command(settings: Settings, names: list[str], repair: bool = Fa
 
 
 async def status_command(settings: Settings, as_json: bool) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, migrate=False) as store:
         rows = await store.object_rows()
     for r in rows:
         r["replay_id"] = r["replay_id"].hex() if r["replay_id"] else None

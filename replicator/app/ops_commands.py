@@ -35,7 +35,7 @@ async def resync_command(settings: Settings, names: list[str]) -> int:
 
 
 async def dead_letters_list(settings: Settings, object_: str | None, as_json: bool, limit: int) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, migrate=False) as store:
         rows = await store.open_dead_letters(object_, limit=limit)
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())

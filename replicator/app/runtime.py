@@ -1,4 +1,4 @@
-"""Wiring shared by the commands: settings → Salesforce client, Postgres store (migrated)."""
+"""Wiring shared by the commands: settings → Salesforce client, Postgres store (migrated, except for read-only commands)."""
 
 from __future__ import annotations
 
@@ -50,10 +50,11 @@ def salesforce_client(settings: Settings) -> SalesforceClient:
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """A migrated store on the configured Postgres (or the local / a throwaway one, see postgres/server.py)."""
+async def open_store(settings: Settings, migrate: bool = True) -> AsyncIterator[Store]:
+    """A migrated store on the configured Postgres (or the local / a throwaway one, see postgres/server.py). The
+    read-only commands pass `migrate=False`: they never create or change the state schema."""
     url = settings.postgres.url.get_secret_value() if settings.postgres.url else None
     if url:
         register_secret(urllib.parse.urlsplit(url).password)
-    async with Store.open(url, settings.postgres.pool_size) as store:
+    async with Store.open(url, settings.postgres.pool_size, migrate) as store:
         yield store

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from replicator.app.commands import run_backfills
 from replicator.app.service import Service
 
@@ -126,3 +128,15 @@ async def test_dead_letters_list_retry_and_drop(sim, pg_url, tmp_path):
     assert resolutions == "applied on retry|dropped by an operator"
     status = json.loads(_cli("status", "--config", str(cfg), "--json").stdout)
     assert status[0]["dead_letters"] == 0
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["dead-letters", "list"], ["verify", "Account"]])
+async def test_read_only_commands_never_create_the_state_schema(command, sim, pg_url, tmp_path):
+    # A read-only command pointed at a database where nothing ran (a typo in postgres.url, no configuration at all)
+    # must not leave a `replicator` schema there: it says so in one line and exits 1.
+    cfg = tmp_path / "ro.toml"
+    cfg.write_text(config_toml(sim, pg_url, "ro"))
+    out = _cli(*command[:2], "--config", str(cfg), *command[2:], secret=sim["client_secret"])
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "has no replicator state" in _fatal(out.stderr)["error"], out.stderr
+    assert await pg_value(pg_url, "SELECT count(*) FROM pg_namespace WHERE nspname IN ('replicator', 'ro')") == 0

@@ -213,7 +213,7 @@ class ChannelStream:
             "channel.batch", channel=self.topic, events=len(batch), objects=len(prepared),
             rows=all_rows, upserts=total.upserts, updates=total.updates,
             deletes=total.deletes, skipped=total.skipped, dead_letters=len(dead) + total.dead_letters, lag_s=lag,
-            duration_s=round(seconds, 4))
+            duration_s=round(seconds, 4), first_replay_id=batch[0].replay_id.hex(), last_replay_id=batch[-1].replay_id.hex())
         last = batch[-1]
         self._mark(checkpoint_saved=now,
                    position_time=now if last.keepalive or not last.commit_timestamp else last.commit_timestamp / 1000)

@@ -130,3 +130,26 @@ async def test_verify_reports_a_corrupted_table_and_repair_fixes_it(tmp_path, si
     assert await pg_value(pg_url, f"SELECT name FROM fix.account WHERE id = '{victim}'") == name
     # soft deletes (the default): the row of a record the org does not have stays as history, marked deleted
     assert await pg_value(pg_url, "SELECT isdeleted FROM fix.account WHERE id = '001000000000000ZZZ'") is True
+
+
+def test_the_readme_example_configuration_for_the_simulator_runs(tmp_path, sim, pg_url):
+    # A newcomer copies the README's example next to `replicator sim` and fills in its ready line: it must run.
+    import re
+    import tomllib
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "replicator sim" in b]
+    assert len(blocks) == 1, "one README example configuration names `replicator sim`"
+    example = tomllib.loads(blocks[0])
+    assert {"instance_url", "client_id", "client_secret", "ca_file", "pubsub_endpoint"} <= set(example["salesforce"])
+    lines = ["[salesforce]"]
+    lines += [f'{k} = "{sim[k] if k in sim else v}"' for k, v in example["salesforce"].items()]
+    lines += ["[postgres]", f'url = "{pg_url}"']
+    lines += [f'{k} = "{v}"' for k, v in example["postgres"].items() if k != "url"]
+    for name, opts in example["objects"].items():
+        lines += [f"[objects.{name}]", *(f'{k} = "{v}"' for k, v in opts.items())]
+    cfg = tmp_path / "example.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    out = _cli("backfill", "--config", str(cfg), *example["objects"])
+    assert out.returncode == 0, out.stderr[-2000:]

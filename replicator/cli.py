@@ -1,4 +1,4 @@
-"""Command line: run | backfill | verify | status | resync | refresh | dead-letters | config show | sim | demo.
+"""Command line: run | backfill | verify | status | resync | refresh | dead-letters | check | config show | sim | demo.
 
 Exit codes (docs/design.md, Interfaces): 0 done, 1 runtime failure (one clear line on stderr), 2 bad usage or configuration.
 """
@@ -203,6 +203,19 @@ def dead_letters_drop(config_path: str | None, object_: str | None, ids: tuple[i
     from .app.ops_commands import dead_letters_drop as command
 
     _run(lambda: command(settings, object_, list(ids)))
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
+def check(config_path: str | None, as_json: bool) -> None:
+    """Check that the configuration is ready to run, one line per check: credentials, API version, Pub/Sub, each
+    object's describe, key and change-event topic, Postgres and the privileges the first start needs. Creates
+    nothing. Exit 0 all good, 1 a check failed, 2 bad configuration."""
+    settings = _settings(config_path, ())
+    from .app.check import check_command
+
+    _run(lambda: check_command(settings, as_json))
 
 
 @main.group("config")

@@ -36,7 +36,7 @@ def credentials(settings: Settings) -> Credentials:
     )
 
 
-def salesforce_client(settings: Settings) -> SalesforceClient:
+def salesforce_client(settings: Settings, retry_attempts: int = 6) -> SalesforceClient:
     sf = settings.salesforce
     if not sf.verify:
         log.warning("tls.verification_disabled", hint="salesforce.verify = false: anyone on the path can read the data")
@@ -46,6 +46,7 @@ def salesforce_client(settings: Settings) -> SalesforceClient:
         ca_file=str(sf.ca_file) if sf.ca_file else None,
         verify=sf.verify,
         timeout=sf.timeout_s,
+        retry_attempts=retry_attempts,
     )
 
 

@@ -151,5 +151,7 @@ def test_the_readme_example_configuration_for_the_simulator_runs(tmp_path, sim, 
         lines += [f"[objects.{name}]", *(f'{k} = "{v}"' for k, v in opts.items())]
     cfg = tmp_path / "example.toml"
     cfg.write_text("\n".join(lines) + "\n")
+    out = _cli("check", "--config", str(cfg))  # credentials, Pub/Sub, each object, Postgres
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     out = _cli("backfill", "--config", str(cfg), *example["objects"])
     assert out.returncode == 0, out.stderr[-2000:]

@@ -50,3 +50,103 @@ def test_config_show_is_the_file_and_environment_with_secrets_hidden(tmp_path):
 
     missing = _cli("config", "show", "--config", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2 and "file not found" in missing.stderr
+
+
+def _check_config(tmp_path, sim, pg_url, objects: dict | None = None) -> str:
+    from .helpers import config_toml
+
+    text = config_toml(sim, pg_url, "chk").replace("[postgres]", f'pubsub_endpoint = "{sim["pubsub_endpoint"]}"\n'
+                                                                 "[postgres]", 1)
+    if objects is not None:
+        text = text.split("[objects.", 1)[0] + "".join(f"[objects.{n}]\n" + "".join(f'{k} = "{v}"\n'
+                                                                                   for k, v in o.items())
+                                                       for n, o in objects.items())
+    cfg = tmp_path / "check.toml"
+    cfg.write_text(text)
+    return str(cfg)
+
+
+def test_check_passes_against_the_simulator_one_line_per_check(tmp_path, sim, pg_url):
+    cfg = _check_config(tmp_path, sim, pg_url)
+    out = _cli("check", "--config", cfg, env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]})
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines and all(line.startswith("ok ") for line in lines), lines
+    for name in ("credentials", "API version", "Pub/Sub", "Account describe", "Invoice__c key", "Contact topic",
+                 "Postgres", "schema chk", "schema replicator"):
+        assert any(name in line for line in lines), (name, lines)
+    assert "External_Id__c" in next(line for line in lines if "Invoice__c key" in line)
+    shown = json.loads(_cli("check", "--config", cfg, "--json",
+                            env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]}).stdout)
+    assert shown["ok"] is True and {c["status"] for c in shown["checks"]} == {"ok"} and len(shown["checks"]) == len(lines)
+    # check reads, it creates nothing
+    assert _pg_schemas(pg_url) == []
+
+
+def test_check_names_a_misspelled_object_and_a_wrong_secret_and_exits_1(tmp_path, sim, pg_url):
+    cfg = _check_config(tmp_path, sim, pg_url, objects={"Account": {}, "Acount": {}})
+    out = _cli("check", "--config", cfg, env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]})
+    assert out.returncode == 1, out.stdout + out.stderr
+    failed = [line for line in out.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and "Acount describe" in failed[0] and "NOT_FOUND" in failed[0], out.stdout
+
+    out = _cli("check", "--config", cfg, env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": "wrong-secret-0a9b8c7d"})
+    assert out.returncode == 1, out.stdout + out.stderr
+    failed = [line for line in out.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and "credentials" in failed[0] and "invalid_client" in failed[0], out.stdout
+    assert "wrong-secret-0a9b8c7d" not in out.stdout + out.stderr
+    assert any(line.startswith("ok ") and "Postgres" in line for line in out.stdout.splitlines())  # the rest still runs
+
+
+def test_check_with_an_unreadable_configuration_exits_2(tmp_path):
+    cfg = tmp_path / "broken.toml"
+    cfg.write_text("[salesforce\n")
+    out = _cli("check", "--config", str(cfg))
+    assert out.returncode == 2 and "not valid TOML" in out.stderr, out.stderr
+    out = _cli("check", "--config", str(tmp_path / "missing.toml"))
+    assert out.returncode == 2 and "file not found" in out.stderr, out.stderr
+
+
+def _pg_schemas(pg_url: str) -> list[str]:
+    import asyncio
+
+    import asyncpg
+
+    async def names() -> list[str]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return [r[0] for r in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname IN ('chk', "
+                                                   "'replicator')")]
+        finally:
+            await conn.close()
+
+    return asyncio.run(names())
+
+
+def test_check_names_the_grant_a_role_without_create_needs(tmp_path, sim, pg_url):
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    role = f"chk_{uuid.uuid4().hex[:8]}"
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(sql(f'CREATE ROLE "{role}" LOGIN'))  # may connect (PUBLIC), may not create schemas
+    try:
+        as_role = pg_url.replace("://postgres@", f"://{role}@", 1)
+        assert as_role != pg_url
+        cfg = _check_config(tmp_path, sim, as_role, objects={"Account": {}})
+        out = _cli("check", "--config", cfg, env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]})
+        assert out.returncode == 1, out.stdout + out.stderr
+        failed = [line for line in out.stdout.splitlines() if line.startswith("FAIL")]
+        assert [line.split(":")[0] for line in failed] == ["FAIL  schema replicator", "FAIL  schema chk"], out.stdout
+        assert "GRANT CREATE ON DATABASE" in failed[0]
+    finally:
+        asyncio.run(sql(f'DROP ROLE "{role}"'))

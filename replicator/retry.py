@@ -55,7 +55,7 @@ def stop_ends_waits(
     """A method `run(self, stop, ...)` whose waits (and those of everything it calls) end at once on `stop`."""
 
     @functools.wraps(fn)
-    async def run(self: S, stop: asyncio.Event | None, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def run(self: S, stop: asyncio.Event | None = None, *args: P.args, **kwargs: P.kwargs) -> T:
         if stop is None:
             return await fn(self, stop, *args, **kwargs)
         with waits_end_on(stop):

@@ -1,4 +1,4 @@
-"""Command line: run | backfill | verify | status | resync | refresh | dead-letters | sim | demo.
+"""Command line: run | backfill | verify | status | resync | refresh | dead-letters | check | config show | sim | demo.
 
 Exit codes (docs/design.md, Interfaces): 0 done, 1 runtime failure (one clear line on stderr), 2 bad usage or configuration.
 """
@@ -14,7 +14,7 @@ import click
 
 from .config import Settings, load_settings, require_salesforce
 from .model import ConfigError, ReplicatorError
-from .observe.logs import redact, setup_logging
+from .observe.logs import fatal, setup_logging
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -23,7 +23,7 @@ CONFIG_OPTION = click.option(
 
 
 def _fail(code: int, message: str) -> None:
-    click.echo(f"replicator: {redact(message)}", err=True)
+    fatal(message, code)
     sys.exit(code)
 
 
@@ -58,6 +58,7 @@ def _settings(config_path: str | None, objects: tuple[str, ...], *, need_salesfo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="replicator", prog_name="replicator", message="%(prog)s %(version)s")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-json/--log-console", default=None, help="Log format (default: JSON unless stderr is a terminal).")
 def main(log_level: str, log_json: bool | None) -> None:
@@ -202,6 +203,36 @@ def dead_letters_drop(config_path: str | None, object_: str | None, ids: tuple[i
     from .app.ops_commands import dead_letters_drop as command
 
     _run(lambda: command(settings, object_, list(ids)))
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
+def check(config_path: str | None, as_json: bool) -> None:
+    """Check that the configuration is ready to run, one line per check: credentials, API version, Pub/Sub, each
+    object's describe, key and change-event topic, Postgres and the privileges the first start needs. Creates
+    nothing. Exit 0 all good, 1 a check failed, 2 bad configuration."""
+    settings = _settings(config_path, ())
+    from .app.check import check_command
+
+    _run(lambda: check_command(settings, as_json))
+
+
+@main.group("config")
+def config_group() -> None:
+    """The configuration: show what is in effect."""
+
+
+@config_group.command("show")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML.")
+def config_show(config_path: str | None, as_json: bool) -> None:
+    """The effective configuration (defaults, the file, then the environment, which wins), secrets hidden: TOML in
+    the file's shape, each value set from the environment followed by the variable's name."""
+    settings = _settings(config_path, (), need_salesforce=False)
+    from .app.config_show import config_show as command
+
+    sys.exit(command(settings, as_json))
 
 
 @main.command(add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

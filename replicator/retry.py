@@ -7,23 +7,76 @@ Backoff is exponential with *full jitter* (delay drawn from [0, min(cap, base * 
 retries of many concurrent workers instead of having them hit a recovering server in lock step. API-limit
 errors (403 REQUEST_LIMIT_EXCEEDED) wait on a longer scale: the org's allowance is a rolling 24 h window
 (docs/bulk-rest-oauth.md §2.1), so a retry after half a second only burns another call against an exhausted allowance.
+
+Every wait here ends at once on a stop: a step run under `waits_end_on(stop)` (the service's units, the backfill
+command) raises `Stopped` from a wait when `stop` is set, instead of finishing a wait of up to minutes first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextvars import ContextVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from replicator.model import ApiLimitError, JobFailedError, SessionExpiredError, TransientError
+from replicator.model import ApiLimitError, JobFailedError, SessionExpiredError, Stopped, TransientError
 
 T = TypeVar("T")
+P = ParamSpec("P")
+S = TypeVar("S")
 
 log = structlog.get_logger(__name__)
+
+# The stop that ends the waits of the current task (and of the tasks it starts, which copy its context). A context
+# variable rather than a parameter: the waits are deep inside the edges (a REST call's retry, a Bulk job's status
+# polls, a Subscribe's reconnect), which know nothing of the service.
+_stop: ContextVar[asyncio.Event | None] = ContextVar("replicator_stop", default=None)
+
+
+@contextlib.contextmanager
+def waits_end_on(stop: asyncio.Event) -> Iterator[None]:
+    """Within this block (and in tasks started from it), `pause` raises `Stopped` as soon as `stop` is set."""
+    token = _stop.set(stop)
+    try:
+        yield
+    finally:
+        _stop.reset(token)
+
+
+def stop_ends_waits(
+    fn: Callable[Concatenate[S, asyncio.Event | None, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[S, asyncio.Event | None, P], Coroutine[Any, Any, T]]:
+    """A method `run(self, stop, ...)` whose waits (and those of everything it calls) end at once on `stop`."""
+
+    @functools.wraps(fn)
+    async def run(self: S, stop: asyncio.Event | None = None, *args: P.args, **kwargs: P.kwargs) -> T:
+        if stop is None:
+            return await fn(self, stop, *args, **kwargs)
+        with waits_end_on(stop):
+            return await fn(self, stop, *args, **kwargs)
+
+    return run
+
+
+async def pause(seconds: float) -> None:
+    """Wait `seconds`; raise `Stopped` at once when the stop bound by `waits_end_on` is set, before or during the
+    wait. The wait of every retry and poll interval at the edges."""
+    stop = _stop.get()
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    if not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+        except TimeoutError:
+            return
+    raise Stopped()
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -80,12 +133,13 @@ async def retry_transient(
     limit_base: float = 30.0,
     limit_cap: float = 600.0,
     what: str = "",
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[None]] = pause,
 ) -> T:
     """Call `fn()` until it returns, retrying `TransientError` (see `is_transient`) up to `attempts` calls in all.
 
     The last transient error is re-raised when the attempts are used up; `TerminalError` and any other
-    exception propagate at once. `sleep` is injectable so tests can record delays without waiting.
+    exception propagate at once; so does `Stopped` when a stop ends a wait (`pause`). `sleep` is injectable so
+    tests can record delays without waiting.
     """
 
     def wait(state: RetryCallState) -> float:

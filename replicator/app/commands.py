@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 
 import orjson
 import structlog
@@ -12,9 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..config import Settings
-from ..model import ReplicatorError
+from ..model import ReplicatorError, Stopped
+from ..observe.logs import fatal
 from ..pipeline.backfill import Backfill
 from ..pipeline.backfill import Progress as BackfillProgress
+from ..pipeline.stopping import until_stopped
 from ..pipeline.verify import verify_object
 from .runtime import open_store, salesforce_client
 
@@ -43,15 +48,21 @@ class _Bars:
         )
 
 
-async def run_backfills(settings: Settings, names: list[str], on_progress=None) -> dict[str, BackfillProgress | BaseException]:
-    """Backfill objects concurrently; one failing object does not stop the others."""
+async def run_backfills(settings: Settings, names: list[str], on_progress=None,
+                        stop: asyncio.Event | None = None) -> dict[str, BackfillProgress | BaseException]:
+    """Backfill objects concurrently; one failing object does not stop the others. When `stop` is set, every
+    backfill is cancelled where it stands: the page being loaded rolls back, the committed ones stay, and the next
+    run resumes the same job at the pages not committed (its result is `Stopped`)."""
     results: dict[str, BackfillProgress | BaseException] = {}
+    stop = stop or asyncio.Event()
     async with salesforce_client(settings) as client, open_store(settings) as store:
 
         async def one(name: str) -> None:
             job = Backfill(client, store, settings, name, settings.objects[name], on_progress)
             try:
-                results[name] = await job.run()
+                results[name] = await until_stopped(stop, job.run())
+            except Stopped as exc:  # resumable: neither a failure nor an error to store
+                results[name] = exc
             except Exception as exc:  # one failing object does not stop the others
                 results[name] = exc
                 if isinstance(exc, ReplicatorError):
@@ -64,11 +75,33 @@ async def run_backfills(settings: Settings, names: list[str], on_progress=None) 
     return results
 
 
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event, received: list[signal.Signals]) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop` (and are recorded in `received`). A handler of our own also makes the process
+    stop when it is PID 1 in a container, where the kernel ignores signals that have no handler."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
 async def backfill_command(settings: Settings, names: list[str]) -> int:
+    """Exit 0 when every object is complete, 1 when one failed, 128 + the signal's number (143 for SIGTERM, 130 for
+    SIGINT) when a signal stopped it: the committed pages stay and the next run resumes the same jobs."""
     bars = _Bars(names)
-    with bars.bars:
-        results = await run_backfills(settings, names, bars.update)
-    failed = {n: r for n, r in results.items() if isinstance(r, BaseException)}
+    stop, received = asyncio.Event(), []
+    with bars.bars, _stop_on_signals(stop, received):
+        results = await run_backfills(settings, names, bars.update, stop)
+    failed = {n: r for n, r in results.items() if isinstance(r, BaseException) and not isinstance(r, Stopped)}
     for name, r in results.items():
         if not isinstance(r, BaseException):
             log.info("backfill.done", object=name, rows=r.rows_done, rows_per_s=round(r.rows_per_s),
@@ -76,14 +109,19 @@ async def backfill_command(settings: Settings, names: list[str]) -> int:
                      dead_letters=r.dead_letters, resumed_pages=r.resumed_pages, job_id=r.job_id)
     if failed:
         name, exc = next(iter(failed.items()))
-        print(f"replicator: backfill of {name} failed: {exc}", file=sys.stderr)
+        fatal(f"backfill of {name} failed: {exc}", 1)
         return 1
+    if received:
+        stopped = sorted(n for n, r in results.items() if isinstance(r, Stopped))
+        log.warning("backfill.stopped", signal=received[0].name, objects=stopped,
+                    action="committed pages kept; run `replicator backfill` again to resume at the next page")
+        return 128 + received[0]
     return 0
 
 
 async def verify_command(settings: Settings, names: list[str], repair: bool = False) -> int:
     equal = True
-    async with salesforce_client(settings) as client, open_store(settings) as store:
+    async with salesforce_client(settings) as client, open_store(settings, migrate=repair) as store:
         for name in names:
             diff, fixed = await verify_object(client, store, settings, name, repair=repair)
             if fixed is not None:
@@ -104,7 +142,7 @@ async def verify_command(settings: Settings, names: list[str], repair: bool = Fa
 
 
 async def status_command(settings: Settings, as_json: bool) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, migrate=False) as store:
         rows = await store.object_rows()
     for r in rows:
         r["replay_id"] = r["replay_id"].hex() if r["replay_id"] else None

@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..model import ApiLimitError, ReplicatorError
 from ..pipeline.stopping import sleep_or_stop
+from ..retry import stop_ends_waits
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +74,7 @@ class OrgLimits:
         self.events_exhausted_at: float | None = None
         self._warned: set[str] = set()
 
+    @stop_ends_waits
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.refresh()

@@ -12,25 +12,30 @@ from rich.table import Table
 
 from ..config import Settings
 from ..model import ReplicatorError
+from ..observe.logs import fatal
 from ..pipeline import dead_letters
 from .runtime import open_store, salesforce_client
 
 
 async def resync_command(settings: Settings, names: list[str]) -> int:
+    """Raise the resync flag of objects extracted before; exit 1 (one line) when one never was: there is nothing
+    to extract again, and its first extract is the backfill's (`replicator backfill` or `run`)."""
     async with open_store(settings) as store:
-        unknown = [n for n in names if not await store.request_resync(n)]
-    for name in names:
-        if name not in unknown:
+        answers = {n: await store.request_resync(n) for n in names}
+    for name, answer in answers.items():
+        if answer == "requested":
             print(f"{name}: resync requested; a running service starts it within "
                   f"{settings.service.control_poll_s:g} s, otherwise the next `replicator run` does")
-    if unknown:
-        print(f"replicator: {', '.join(unknown)} never ran here (no state): `replicator run` backfills it")
+    refused = [f"{n} never ran here (no state)" if a == "unknown" else f"{n} has never been extracted ({a})"
+               for n, a in answers.items() if a != "requested"]
+    if refused:
+        fatal(f"{'; '.join(refused)}: `replicator backfill` or `replicator run` extracts it first", 1)
         return 1
     return 0
 
 
 async def dead_letters_list(settings: Settings, object_: str | None, as_json: bool, limit: int) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, migrate=False) as store:
         rows = await store.open_dead_letters(object_, limit=limit)
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())

@@ -1,4 +1,4 @@
-"""Wiring shared by the commands: settings → Salesforce client, Postgres store (migrated)."""
+"""Wiring shared by the commands: settings → Salesforce client, Postgres store (migrated, except for read-only commands)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def credentials(settings: Settings) -> Credentials:
     )
 
 
-def salesforce_client(settings: Settings) -> SalesforceClient:
+def salesforce_client(settings: Settings, retry_attempts: int = 6) -> SalesforceClient:
     sf = settings.salesforce
     if not sf.verify:
         log.warning("tls.verification_disabled", hint="salesforce.verify = false: anyone on the path can read the data")
@@ -46,14 +46,16 @@ def salesforce_client(settings: Settings) -> SalesforceClient:
         ca_file=str(sf.ca_file) if sf.ca_file else None,
         verify=sf.verify,
         timeout=sf.timeout_s,
+        retry_attempts=retry_attempts,
     )
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """A migrated store on the configured Postgres (or the local / a throwaway one, see postgres/server.py)."""
+async def open_store(settings: Settings, migrate: bool = True) -> AsyncIterator[Store]:
+    """A migrated store on the configured Postgres (or the local / a throwaway one, see postgres/server.py). The
+    read-only commands pass `migrate=False`: they never create or change the state schema."""
     url = settings.postgres.url.get_secret_value() if settings.postgres.url else None
     if url:
         register_secret(urllib.parse.urlsplit(url).password)
-    async with Store.open(url, settings.postgres.pool_size) as store:
+    async with Store.open(url, settings.postgres.pool_size, migrate) as store:
         yield store

@@ -25,7 +25,7 @@ from ..pipeline.stopping import sleep_or_stop
 from ..pipeline.stream import ObjectStream
 from ..postgres import leases
 from ..postgres.store import Store
-from ..retry import restart_delay
+from ..retry import restart_delay, waits_end_on
 from ..salesforce.pubsub import PubSubClient
 from .channel_unit import ChannelUnit
 from .handoffs import leave_unconfigured
@@ -182,23 +182,8 @@ class Service:
             self.pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens,
                                        ca_file=str(sf.ca_file) if sf.ca_file else None, tls=sf.pubsub_tls)
             try:
-                async with asyncio.TaskGroup() as self._group:
-                    self.spawn(self.keep_running("limits", lambda: self.limits.run(self.stop)))
-                    if self.settings.stream.channel:  # one subscription for many objects, else one unit each
-                        self.spawn(ChannelUnit(self).run())
-                    else:
-                        for name in self.settings.objects:
-                            self.spawn(ObjectUnit(self, name).run())
-                    self.spawn(self._leave_unconfigured())
-                    for name in self.settings.stream.platform_events:
-                        self.spawn(self.keep_running(f"/event/{name}", self.units.holding(
-                            f"events:{name}", lambda n=name: PlatformEventStream(self.pubsub, store, self.settings,
-                                                                                 n).run(self.stop))))
-                    for name in self.settings.objects:  # beside each object's way: what events never carry
-                        self.spawn(self.units.follow(
-                            [f"object:{name}", f"channel:{self.settings.stream.channel}"],
-                            lambda n=name: RefreshSchedule(client, store, self.settings, n, self.metrics,
-                                                           gate=self._api_budget).run(self.stop)))
+                with waits_end_on(self.stop):  # every retry wait ends at once when the service stops
+                    await self._run_units(client, store)
             except BaseExceptionGroup as group:
                 raise _first_error(group) from None
             finally:
@@ -208,6 +193,27 @@ class Service:
                 close = getattr(self.pubsub, "close", None)
                 if close is not None:
                     await close()
+
+    async def _run_units(self, client, store: Store) -> None:
+        """Every unit in one task group: a unit retries its own failures; an error that escapes one (a
+        configuration error) cancels the others."""
+        async with asyncio.TaskGroup() as self._group:
+            self.spawn(self.keep_running("limits", lambda: self.limits.run(self.stop)))
+            if self.settings.stream.channel:  # one subscription for many objects, else one unit each
+                self.spawn(ChannelUnit(self).run())
+            else:
+                for name in self.settings.objects:
+                    self.spawn(ObjectUnit(self, name).run())
+            self.spawn(self._leave_unconfigured())
+            for name in self.settings.stream.platform_events:
+                self.spawn(self.keep_running(f"/event/{name}", self.units.holding(
+                    f"events:{name}", lambda n=name: PlatformEventStream(self.pubsub, store, self.settings,
+                                                                         n).run(self.stop))))
+            for name in self.settings.objects:  # beside each object's way: what events never carry
+                self.spawn(self.units.follow(
+                    [f"object:{name}", f"channel:{self.settings.stream.channel}"],
+                    lambda n=name: RefreshSchedule(client, store, self.settings, n, self.metrics,
+                                                   gate=self._api_budget).run(self.stop)))
 
     def spawn(self, unit: Awaitable[None]) -> None:
         """Run a unit in the service's task group (a channel hands members to units of their own this way). The

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sys
 from typing import Any
 
+import orjson
 import structlog
 
 _secrets: set[str] = set()
+_json_mode = False  # set by setup_logging: how `fatal` writes its line
 
 
 def register_secret(value: str | None) -> None:
@@ -36,8 +39,10 @@ def _redact_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[s
 
 def setup_logging(level: str = "info", *, json: bool | None = None) -> None:
     """JSON lines on stderr when it is not a terminal, readable console output when it is."""
+    global _json_mode
     if json is None:
         json = not sys.stderr.isatty()
+    _json_mode = json
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=True)
     structlog.configure(
         processors=[
@@ -52,3 +57,16 @@ def setup_logging(level: str = "info", *, json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def fatal(message: str, exit_code: int) -> None:
+    """The one line a command ends with when it fails: `replicator: <message>` on stderr, or in JSON log mode one JSON
+    line like every other (event `replicator.failed`, the message as `error`, and `exit_code`), so that a log
+    collector parses the last line too. Secrets are redacted."""
+    message = redact(message)
+    if _json_mode:
+        line = {"event": "replicator.failed", "level": "error", "error": message, "exit_code": exit_code,
+                "timestamp": dt.datetime.now(dt.UTC).isoformat()}
+        print(orjson.dumps(line).decode(), file=sys.stderr, flush=True)
+    else:
+        print(f"replicator: {message}", file=sys.stderr, flush=True)

@@ -375,4 +375,4 @@ class BatchApplier:
             "stream.batch", object=name, phase=Phase.STREAMING, batch_id=self._batch_id, events=len(batch),
             rows=len(rows), upserts=result.upserts, updates=result.updates, deletes=result.deletes,
             skipped=result.skipped, dead_letters=len(dead) + result.dead_letters, lag_s=None if lag is None else round(lag, 3),
-            duration_s=round(seconds, 4))
+            duration_s=round(seconds, 4), first_replay_id=batch[0].replay_id.hex(), last_replay_id=last.replay_id.hex())

@@ -169,6 +169,8 @@ class Backfill:
             raise _first_leaf(group) from group
 
     async def _load_page(self, page: ResultPage, mode: str) -> None:
+        started = time.monotonic()
+
         async def fast() -> int:
             async with self.bulk.open_page(page) as stream:
                 return await self.sink.load_page(page.job_id, page.locator, mode, stream.chunks())
@@ -183,7 +185,8 @@ class Backfill:
         self.progress.pages_done += 1
         self.progress.dead_letters += dead
         log.info("backfill.page", object=self.name, job_id=page.job_id, locator=page.locator, rows=rows,
-                 dead_letters=dead, rows_done=self.progress.rows_done)
+                 dead_letters=dead, rows_done=self.progress.rows_done,
+                 duration_s=round(time.monotonic() - started, 4))  # download and load, retries included
         self._on_progress(self.progress)
 
     async def _load_page_checked(self, page: ResultPage, mode: str) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from ..model import Checkpoint, DeadLetter, RejectedDataError, ReplayIdInvalidEr
 from ..observe.metrics import Metrics
 from ..postgres.apply import ApplyResult, UpdatesMissed
 from ..postgres.store import Store
+from ..retry import stop_ends_waits
 from .backfill import Backfill
 from .batcher import Batcher
 from .stopping import until_stopped
@@ -65,6 +66,7 @@ class ChannelStream:
         self.skipped: Counter = Counter()  # events of objects this channel does not serve
         self._stop = asyncio.Event()
 
+    @stop_ends_waits
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         described = [s for s in self.members.values() if getattr(s.applier, "sink", None) is None]
@@ -211,7 +213,7 @@ class ChannelStream:
             "channel.batch", channel=self.topic, events=len(batch), objects=len(prepared),
             rows=all_rows, upserts=total.upserts, updates=total.updates,
             deletes=total.deletes, skipped=total.skipped, dead_letters=len(dead) + total.dead_letters, lag_s=lag,
-            duration_s=round(seconds, 4))
+            duration_s=round(seconds, 4), first_replay_id=batch[0].replay_id.hex(), last_replay_id=batch[-1].replay_id.hex())
         last = batch[-1]
         self._mark(checkpoint_saved=now,
                    position_time=now if last.keepalive or not last.commit_timestamp else last.commit_timestamp / 1000)

@@ -9,6 +9,7 @@ import structlog
 
 from ..model import Checkpoint, DeadLetter, StreamEvent
 from ..postgres.store import Store
+from ..retry import stop_ends_waits
 from ..salesforce.values import strip_nul
 from .batcher import Batcher
 
@@ -22,6 +23,7 @@ class PlatformEventStream:
         self.schema, self.table = settings.postgres.schema_, name.lower()
         self.appended = 0
 
+    @stop_ends_waits
     async def run(self, stop: asyncio.Event) -> None:
         await self.store.prepare_events(self.schema, self.table)
         position = await self.store.load_checkpoint(self.topic)

@@ -40,7 +40,7 @@ from ..lifecycle import Phase
 from ..model import Checkpoint, RejectedDataError, ReplicatorError, RowOp, TerminalError
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
-from ..retry import retry_transient
+from ..retry import retry_transient, stop_ends_waits
 from ..salesforce.bulk import BulkClient
 from ..salesforce.records import soql_datetime, soql_string
 from ..salesforce.values import encode_epoch_ms
@@ -120,6 +120,7 @@ class ObjectPoller:
         log.info("poll.position_captured", object=self.name, topic=self.topic,
                  systemmodstamp=_at(position).isoformat())
 
+    @stop_ends_waits
     async def prepare(self, stop: asyncio.Event | None = None) -> None:
         """Describe the object, bring its table up to date, choose the field rounds read by (logged, and noted in
         `status`'s mode reason). A field the existing table lacks was added in Salesforce since: its values set
@@ -141,6 +142,7 @@ class ObjectPoller:
         log.info("poll.key", object=self.name, key=how)
         await self.sink.note_poll_key(self.name, how)
 
+    @stop_ends_waits
     async def run(self, stop: asyncio.Event) -> None:
         await self.prepare(stop)
         h = self.health

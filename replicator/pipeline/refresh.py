@@ -27,7 +27,7 @@ from ..lifecycle import Phase
 from ..model import Stopped
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
-from ..retry import backoff_delay, retry_transient
+from ..retry import backoff_delay, retry_transient, stop_ends_waits
 from ..salesforce.bulk import BulkClient
 from ..salesforce.client import SalesforceClient
 from .schema import object_table, refreshed_columns
@@ -113,6 +113,7 @@ class RefreshSchedule:
         self.failures = 0
         self.runs = 0
 
+    @stop_ends_waits
     async def run(self, stop: asyncio.Event) -> None:
         if self.interval <= 0:
             return

@@ -16,7 +16,7 @@ from ..lifecycle import Phase
 from ..model import Checkpoint, ReplayIdInvalidError, ResyncRequested, StreamEvent, TerminalError
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
-from ..retry import restart_delay
+from ..retry import restart_delay, stop_ends_waits
 from ..salesforce.topics import topic_for
 from .applier import BatchApplier, StreamStats
 from .backfill import Backfill
@@ -44,6 +44,7 @@ class ObjectStream:
         self.applier = BatchApplier(client, store, settings, name, obj, self.topic, self.metrics, self.stats)
         self._stop = asyncio.Event()  # replaced by the service's in run()
 
+    @stop_ends_waits
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         await self.applier.load_schema()

@@ -7,6 +7,8 @@ from importlib import resources
 import asyncpg
 import structlog
 
+from ..model import TerminalError
+
 log = structlog.get_logger(__name__)
 
 # Any constant works; it keeps two processes from migrating at the same time.
@@ -42,3 +44,20 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     if applied:
         log.info("postgres.migrated", applied=applied)
     return applied
+
+
+async def require_migrated(conn: asyncpg.Connection) -> None:
+    """For the read-only commands, which never migrate (a command that only reads must not create a schema in
+    whatever database it reached): raise `TerminalError` with one line when the state schema is missing, or is
+    from an earlier release with migrations still to apply."""
+    database = await conn.fetchval("SELECT current_database()")
+    if await conn.fetchval("SELECT to_regclass('replicator.schema_migrations')") is None:
+        raise TerminalError(f'postgres: database "{database}" has no replicator state (no schema replicator): nothing '
+                            "ran against it; check postgres.url (or DATABASE_URL), or `replicator run` / `replicator "
+                            "backfill` first", code="NO_STATE")
+    done = {r["version"] for r in await conn.fetch("SELECT version FROM replicator.schema_migrations")}
+    pending = [name for version, name, _ in migration_files() if version not in done]
+    if pending:
+        raise TerminalError(f'postgres: the replicator state in database "{database}" is from an earlier release '
+                            f"({', '.join(pending)} not applied): `replicator run` or `replicator backfill` applies "
+                            "them; read-only commands do not", code="STATE_OUTDATED")

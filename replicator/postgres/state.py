@@ -194,12 +194,24 @@ async def resync_requested(conn: asyncpg.Connection, name: str) -> bool:
     return bool(await conn.fetchval("SELECT resync_requested FROM replicator.objects WHERE object = $1", name))
 
 
-async def request_resync(conn: asyncpg.Connection, name: str) -> bool:
-    """`replicator resync`: raise the flag a running (or the next) service picks up. False if unknown."""
-    return await conn.fetchval(
-        "UPDATE replicator.objects SET resync_requested = true, updated_at = now() WHERE object = $1 RETURNING true",
-        name,
-    ) is not None
+async def request_resync(conn: asyncpg.Connection, name: str) -> str:
+    """`replicator resync`: raise the flag a running (or the next) service picks up, for an object extracted before
+    (a finished backfill, a resync begun, or live now). Returns "requested", "unknown" (no state), or the phase of
+    an object whose first extract never finished (the flag stays down: the backfill is its extract)."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT phase, backfill_finished_at IS NOT NULL OR resyncs > 0 OR phase = ANY($2::text[]) AS extracted"
+            " FROM replicator.objects WHERE object = $1 FOR UPDATE",
+            name, [Phase.BACKFILLED, Phase.STREAMING, Phase.RESYNCING],
+        )
+        if row is None:
+            return "unknown"
+        if not row["extracted"]:
+            return row["phase"]
+        await conn.execute(
+            "UPDATE replicator.objects SET resync_requested = true, updated_at = now() WHERE object = $1", name
+        )
+        return "requested"
 
 
 # Checkpoints: one row per Pub/Sub topic, written in the transaction of the batch it covers.

@@ -21,7 +21,8 @@ from . import dead_letters, events, leases, refresh, state, status
 from .apply import ApplyResult, StreamSink, apply_objects
 from .compare import Comparison
 from .errors import map_error, mapped
-from .migrate import migrate
+from .migrate import migrate as apply_migrations
+from .migrate import require_migrated
 from .refresh import Refresh
 from .server import resolve_database
 from .sink import DeltaSink, PageSink
@@ -40,13 +41,15 @@ class Store:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, url: str | None, pool_size: int) -> AsyncIterator[Store]:
-        """A migrated store on `url` (or the local server, or a throwaway one: postgres/server.py)."""
+    async def open(cls, url: str | None, pool_size: int, migrate: bool = True) -> AsyncIterator[Store]:
+        """A migrated store on `url` (or the local server, or a throwaway one: postgres/server.py). With `migrate`
+        false (the read-only commands), nothing is created: a database without the current state schema raises
+        `TerminalError` in one line (postgres/migrate.py `require_migrated`)."""
         async with resolve_database(url) as dsn:
             pool = await _create_pool(dsn, pool_size)
             try:
                 store = cls(pool)
-                await store._run(migrate)
+                await store._run(apply_migrations if migrate else require_migrated)
                 yield store
             finally:
                 await pool.close()
@@ -133,7 +136,7 @@ class Store:
         """The topics and channels that have a checkpoint."""
         return await self._run(_checkpoint_topics)
 
-    async def request_resync(self, name: str) -> bool:
+    async def request_resync(self, name: str) -> str:
         return await self._run(state.request_resync, name)
 
     # ---- backfill jobs --------------------------------------------------------------------------------------

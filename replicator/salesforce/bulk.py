@@ -9,7 +9,6 @@ re-fetchable, docs/bulk-rest-oauth.md §1.5).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 import zlib
@@ -23,6 +22,7 @@ import orjson
 import structlog
 
 from replicator.model import BulkJob, JobFailedError, ResultPage, TerminalError, TransientError
+from replicator.retry import pause
 from replicator.salesforce.client import SalesforceClient
 from replicator.salesforce.errors import HTTPX_ERRORS, map_httpx_error
 
@@ -153,7 +153,7 @@ class BulkClient:
         poll_initial: float = 0.5,
         poll_max: float = 10.0,
         job_timeout: float = DEFAULT_JOB_TIMEOUT,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,  # injectable so tests need not wait
+        sleep: Callable[[float], Awaitable[None]] = pause,  # ends at once on a stop; injectable so tests need not wait
     ):
         self.client = client
         self.poll_initial = poll_initial

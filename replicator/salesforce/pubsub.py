@@ -12,7 +12,6 @@ own: a refused replay id raises `model.ReplayIdInvalidError`, and the pipeline r
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable
@@ -29,7 +28,7 @@ from replicator.model import (
 )
 from replicator.protocol import pubsub_api_pb2 as pb
 from replicator.protocol import pubsub_api_pb2_grpc as pb_grpc
-from replicator.retry import retry_transient
+from replicator.retry import pause, retry_transient
 from replicator.salesforce.auth import Token, org_id_of
 from replicator.salesforce.cdc import SchemaCache
 from replicator.salesforce.subscription import (  # noqa: F401 - event_allocation_exhausted: part of this API
@@ -97,7 +96,7 @@ class PubSubClient:
         backoff_cap: float = 30.0,
         rpc_timeout: float = 60.0,
         stall_timeout: float = STALL_TIMEOUT_S,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[None]] = pause,  # ends at once on a stop (retry.waits_end_on)
     ):
         self.endpoint = endpoint
         self._tokens = _Tokens(tokens)

@@ -121,3 +121,41 @@ async def _delete_job(sim, job_id: str) -> None:
         if not job.done:
             await bulk.wait_for_job(job_id)
         await bulk.delete_job(job_id)
+
+
+async def test_sigterm_mid_backfill_stops_at_a_page_boundary_with_one_line_and_resumes(sim, pg_url, tmp_path):
+    # A container's stop (SIGTERM) must not kill the backfill mid-page without a word: it stops where pages resume,
+    # says so in one line, exits 143 (128 + SIGTERM, README "Commands"), and the next run continues the same job.
+    cfg = tmp_path / "replicator.toml"
+    cfg.write_text(config_toml(sim, pg_url, "term", page_size=PAGE, parallel_pages=2))
+    await sim_put(sim, "/__sim/faults", {"latency_ms": 60})
+    proc = _backfill(cfg, sim)
+    try:
+        await wait_for(lambda: _at_least(pg_url, 2), timeout=90)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await sim_put(sim, "/__sim/faults", {"latency_ms": 0})
+    lines = err.decode().splitlines()
+    assert proc.returncode == 128 + signal.SIGTERM, lines[-5:]
+    stopped = [line for line in lines if '"backfill.stopped"' in line]
+    assert len(stopped) == 1 and '"signal": "SIGTERM"' in stopped[0], lines[-5:]
+    assert not [line for line in lines if '"backfill.failed"' in line or "Traceback" in line], lines[-5:]
+    conn = await asyncpg.connect(pg_url)
+    try:
+        phase, error = await conn.fetchrow("SELECT phase, last_error FROM replicator.objects WHERE object = 'Account'")
+    finally:
+        await conn.close()
+    assert (phase, error) == ("BACKFILLING", None)  # resumable, not failed
+
+    before = await _committed(pg_url)
+    second = _backfill(cfg, sim)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err.decode()[-2000:]
+    after = await _committed(pg_url)
+    assert {r["job_id"] for r in after} == {r["job_id"] for r in before}
+    assert len(after) == -(-3000 // PAGE)
+    truth = await ground_truth(sim, "Account")
+    assert await compare_with_truth(pg_url, "term", "Account", "Id", truth) == []

@@ -6,6 +6,7 @@ test_nul.py, test_backfill_rows.py and test_ops_commands.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,11 +24,13 @@ def _cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedP
 
 
 def _one_line_error(out: subprocess.CompletedProcess) -> str:
-    lines = [line for line in out.stderr.splitlines() if line.strip() and not line.startswith("{")]
+    """The one failure line (JSON with --log-json, as every line is), as the console shows it."""
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert len(lines) == 1, out.stderr[-2000:]
-    assert lines[0].startswith("replicator: "), lines
-    return lines[0]
+    assert all(line.startswith("{") for line in lines), out.stderr[-2000:]
+    failed = [json.loads(line) for line in lines if '"replicator.failed"' in line]
+    assert len(failed) == 1 and lines[-1].startswith('{"event":"replicator.failed"'), out.stderr[-2000:]
+    return f"replicator: {failed[0]['error']}"
 
 
 CONFIG_CASES = {

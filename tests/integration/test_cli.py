@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,15 +21,37 @@ def _last_line(text: str) -> str:
     return [line for line in text.splitlines() if line.strip()][-1]
 
 
+def _error_line(text: str) -> str:
+    """The failure a command ended with (its last line, JSON with --log-json), as the console shows it."""
+    line = json.loads(_last_line(text))
+    assert line["event"] == "replicator.failed", line
+    return f"replicator: {line['error']}"
+
+
 def test_invalid_config_names_the_key_and_exits_2(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[salesforce]\ninstance_url = "https://x"\nclient_id = "a"\nclient_secret = "b"\n'
                    "[backfill]\nparallel_pages = 9\n[objects.Account]\n")
     out = _cli("backfill", "--config", str(cfg))
     assert out.returncode == 2
-    assert _last_line(out.stderr) == (
+    assert _error_line(out.stderr) == (
         f"replicator: {cfg}: 'backfill.parallel_pages': Input should be less than or equal to 5"
     )
+
+
+def test_the_fatal_line_is_json_in_json_log_mode_and_plain_text_otherwise(tmp_path):
+    # A log collector reading a container's stderr parses every line, the last one too.
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[salesforce]\ninstance_url = "https://x"\nclient_id = "a"\nclient_secret = "b"\n'
+                   "[backfill]\nparallel_pages = 9\n[objects.Account]\n")
+    out = _cli("backfill", "--config", str(cfg))
+    assert out.returncode == 2
+    line = json.loads(_last_line(out.stderr))
+    assert (line["event"], line["level"], line["exit_code"]) == ("replicator.failed", "error", 2), line
+    assert line["error"] == f"{cfg}: 'backfill.parallel_pages': Input should be less than or equal to 5"
+    plain = subprocess.run([sys.executable, "-m", "replicator.cli", "--log-console", "backfill", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 2 and _last_line(plain.stderr) == f"replicator: {line['error']}"
 
 
 def test_a_database_that_does_not_exist_is_one_line_that_names_it(tmp_path, sim, pg_url):
@@ -38,7 +61,7 @@ def test_a_database_that_does_not_exist_is_one_line_that_names_it(tmp_path, sim,
     cfg.write_text(config_toml(sim, missing, "cli"))
     out = _cli("backfill", "--config", str(cfg), env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]})
     assert out.returncode == 2, out.stderr
-    assert _last_line(out.stderr) == ('replicator: postgres: database "no_such_database_here" does not exist; '
+    assert _error_line(out.stderr) == ('replicator: postgres: database "no_such_database_here" does not exist; '
                                       "check postgres.url (or DATABASE_URL)")
     assert "Traceback" not in out.stderr
 
@@ -59,7 +82,7 @@ def test_bad_credentials_fail_loudly_with_one_line_and_no_secret(tmp_path, sim, 
     secret = "wrong-secret-9f8e7d6c5b4a"
     out = _cli("backfill", "--config", str(cfg), "Account", env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": secret})
     assert out.returncode == 1
-    assert _last_line(out.stderr).startswith("replicator: backfill of Account failed:")
+    assert _error_line(out.stderr).startswith("replicator: backfill of Account failed:")
     assert secret not in out.stderr + out.stdout
 
 
@@ -107,3 +130,28 @@ async def test_verify_reports_a_corrupted_table_and_repair_fixes_it(tmp_path, si
     assert await pg_value(pg_url, f"SELECT name FROM fix.account WHERE id = '{victim}'") == name
     # soft deletes (the default): the row of a record the org does not have stays as history, marked deleted
     assert await pg_value(pg_url, "SELECT isdeleted FROM fix.account WHERE id = '001000000000000ZZZ'") is True
+
+
+def test_the_readme_example_configuration_for_the_simulator_runs(tmp_path, sim, pg_url):
+    # A newcomer copies the README's example next to `replicator sim` and fills in its ready line: it must run.
+    import re
+    import tomllib
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "replicator sim" in b]
+    assert len(blocks) == 1, "one README example configuration names `replicator sim`"
+    example = tomllib.loads(blocks[0])
+    assert {"instance_url", "client_id", "client_secret", "ca_file", "pubsub_endpoint"} <= set(example["salesforce"])
+    lines = ["[salesforce]"]
+    lines += [f'{k} = "{sim[k] if k in sim else v}"' for k, v in example["salesforce"].items()]
+    lines += ["[postgres]", f'url = "{pg_url}"']
+    lines += [f'{k} = "{v}"' for k, v in example["postgres"].items() if k != "url"]
+    for name, opts in example["objects"].items():
+        lines += [f"[objects.{name}]", *(f'{k} = "{v}"' for k, v in opts.items())]
+    cfg = tmp_path / "example.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    out = _cli("check", "--config", str(cfg))  # credentials, Pub/Sub, each object, Postgres
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    out = _cli("backfill", "--config", str(cfg), *example["objects"])
+    assert out.returncode == 0, out.stderr[-2000:]

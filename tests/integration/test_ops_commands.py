@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from replicator.app.commands import run_backfills
 from replicator.app.service import Service
 
@@ -57,9 +59,31 @@ def test_resync_of_an_object_that_never_ran_says_so(sim, pg_url, tmp_path):
     cfg = tmp_path / "never.toml"
     cfg.write_text(config_toml(sim, pg_url, "never"))
     out = _cli("resync", "--config", str(cfg), "Contact")
-    assert out.returncode == 1 and "never ran here" in out.stdout
+    assert out.returncode == 1 and _fatal(out.stderr)["error"].startswith("Contact never ran here"), out.stderr
     bad = _cli("resync", "--config", str(cfg), "Nope__c")
     assert bad.returncode == 2 and "'Nope__c' is not configured" in bad.stderr
+
+
+async def test_resync_of_an_object_whose_first_backfill_never_finished_exits_1(sim, pg_url, tmp_path):
+    # Its row exists (the backfill registered it, then its job failed), but no extract ever finished: there is
+    # nothing to extract "again"; `replicator backfill` or `run` does the first one.
+    cfg = tmp_path / "failed.toml"
+    cfg.write_text(config_toml(sim, pg_url, "failed", job_retries=0))
+    await sim_put(sim, "/__sim/faults", {"fail_jobs": 1})
+    out = _cli("backfill", "--config", str(cfg), "Contact", secret=sim["client_secret"])
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert await pg_value(pg_url, "SELECT phase FROM replicator.objects WHERE object = 'Contact'") == "FAILED"
+    out = _cli("resync", "--config", str(cfg), "Contact")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Contact has never been extracted" in _fatal(out.stderr)["error"], out.stderr
+    assert await pg_value(pg_url, "SELECT resync_requested FROM replicator.objects WHERE object = 'Contact'") is False
+
+
+def _fatal(stderr: str) -> dict:
+    """The last line of a command run with --log-json that failed: one JSON line, `replicator.failed`."""
+    last = json.loads([line for line in stderr.splitlines() if line.strip()][-1])
+    assert last["event"] == "replicator.failed" and last["level"] == "error", last
+    return last
 
 
 async def test_dead_letters_list_retry_and_drop(sim, pg_url, tmp_path):
@@ -104,3 +128,15 @@ async def test_dead_letters_list_retry_and_drop(sim, pg_url, tmp_path):
     assert resolutions == "applied on retry|dropped by an operator"
     status = json.loads(_cli("status", "--config", str(cfg), "--json").stdout)
     assert status[0]["dead_letters"] == 0
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["dead-letters", "list"], ["verify", "Account"]])
+async def test_read_only_commands_never_create_the_state_schema(command, sim, pg_url, tmp_path):
+    # A read-only command pointed at a database where nothing ran (a typo in postgres.url, no configuration at all)
+    # must not leave a `replicator` schema there: it says so in one line and exits 1.
+    cfg = tmp_path / "ro.toml"
+    cfg.write_text(config_toml(sim, pg_url, "ro"))
+    out = _cli(*command[:2], "--config", str(cfg), *command[2:], secret=sim["client_secret"])
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "has no replicator state" in _fatal(out.stderr)["error"], out.stderr
+    assert await pg_value(pg_url, "SELECT count(*) FROM pg_namespace WHERE nspname IN ('replicator', 'ro')") == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from replicator.app.commands import run_backfills
 from replicator.app.runtime import open_store, salesforce_client
@@ -326,3 +327,21 @@ async def test_records_purged_while_the_stream_was_away_leave_the_table_at_the_r
         await stream.resync("test: replay position expired")
     truth = [r for r in await ground_truth(sim, "Account") if not r["IsDeleted"]]  # hard deletes: live rows only
     assert await compare_with_truth(pg_url, "away", "Account", "Id", truth) == []
+
+
+async def test_batch_lines_carry_the_replay_id_range_and_page_lines_a_duration(sim, pg_url):
+    # An operator following a batch from the log to Pub/Sub (or a page to its Bulk job) needs where it began and
+    # ended, and how long a page took.
+    settings = settings_for(sim, pg_url, "lines", objects={"Account": {}})
+    with capture_logs() as logs:
+        await run_backfills(settings, ["Account"])
+        a = next(iter(r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]))
+        async with salesforce_client(settings) as client, open_store(settings) as store:
+            stream = ObjectStream(client, None, store, settings, "Account", settings.objects["Account"])
+            await stream.applier.load_schema()
+            await stream.apply_batch([ev(0x10, upd(a, 4_000_000_000_000, Phone="1")),
+                                      ev(0x2A, upd(a, 4_000_000_001_000, Phone="2"))])
+    pages = [e for e in logs if e["event"] == "backfill.page"]
+    assert pages and all(isinstance(e["duration_s"], float) and e["duration_s"] >= 0 for e in pages), pages
+    (batch,) = [e for e in logs if e["event"] == "stream.batch"]
+    assert (batch["first_replay_id"], batch["last_replay_id"]) == ("00" * 9 + "10", "00" * 9 + "2a"), batch

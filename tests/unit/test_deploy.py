@@ -33,6 +33,19 @@ def test_dashboard_queries_only_exported_metrics():
     assert {"replicator_lag_seconds", "replicator_time_to_data_loss_seconds", "replicator_events_applied_total"} <= used
 
 
+def test_dashboard_phase_is_an_instant_table_and_api_scales_are_apart():
+    dash = json.loads((ROOT / "deploy/grafana/replicator-dashboard.json").read_text())
+    (phase,) = [p for p in dash["panels"] if p["title"] == "Phase"]
+    # a table of the current phase per object: one instant query, not a range of samples per row
+    assert phase["type"] == "table"
+    assert all(t.get("instant") is True and t.get("range") is False and t.get("format") == "table"
+               for t in phase["targets"]), phase["targets"]
+    # calls/s (~1) and requests remaining (~5,000,000) on one axis flatten the first to zero
+    for panel in dash["panels"]:
+        used = set().union(*(_series(t["expr"]) for t in panel["targets"]))
+        assert len(used & {"replicator_api_calls_total", "replicator_api_requests_remaining"}) <= 1, panel["title"]
+
+
 def test_dockerfile_commands_exist_and_port_matches():
     text = (ROOT / "Dockerfile").read_text()
     entry = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1))

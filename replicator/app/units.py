@@ -53,6 +53,7 @@ class _Lease:
         self.idle = asyncio.Event()  # set while no task works under the unit
         self.idle.set()
         self.keeper: asyncio.Task | None = None
+        self.refused = False  # the last acquire found another process holding it (not merely: not yet asked)
 
 
 class Units:
@@ -66,8 +67,9 @@ class Units:
         metrics.units = self
 
     def standby(self) -> list[str]:
-        """The units this process waits for (another process holds them)."""
-        return sorted(u for u, lease in self._leases.items() if lease.fence is None)
+        """The units this process waits for because another process holds them (a unit whose first acquire has
+        not answered yet is starting, not standing by)."""
+        return sorted(u for u, lease in self._leases.items() if lease.fence is None and lease.refused)
 
     def held(self) -> dict[str, int]:
         """{unit: fence} of the units this process holds."""
@@ -187,12 +189,14 @@ class Units:
                     await asyncio.sleep(every)
                     continue
                 if number is None:
+                    lease.refused = True
                     if not waited:
                         await self._log_standing_by(lease.unit)
                         waited = True
                     await asyncio.sleep(every)
                     continue
                 lease.fence = Fence(lease.unit, self.owner, number, on_refused=self._refused)
+                lease.refused = False
                 renewed = loop.time()
                 log.info("lease.taken_over" if waited else "lease.acquired", unit=lease.unit, owner=self.owner,
                          fence=number, lease_s=self.lease_s)

@@ -186,3 +186,33 @@ async def _hold_once_then_release(units: Units) -> None:
     async with units.hold(UNIT):
         pass
     await units.close()
+
+
+async def test_a_unit_whose_first_acquire_has_not_answered_is_starting_not_standing_by(store, pg_url):
+    """/readyz and status say STANDBY only when another process holds the unit: a process whose first acquire is
+    still on its way (a slow database at start-up) is starting."""
+    import asyncpg
+
+    stop = asyncio.Event()
+    units, _ = _units(store, "only", stop)
+    blocker = await asyncpg.connect(pg_url)
+    try:
+        tr = blocker.transaction()
+        await tr.start()
+        await blocker.execute("LOCK TABLE replicator.leases IN ACCESS EXCLUSIVE MODE")  # the acquire waits
+        work = asyncio.ensure_future(units.hold(UNIT).__aenter__())
+
+        async def acquire_waits() -> bool:  # the acquire reached the database and waits on the lock
+            return await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'INSERT INTO replicator.leases%'") == 1
+
+        await wait_for(acquire_waits, timeout=10)
+        assert units.standby() == []
+        await tr.rollback()
+        await asyncio.wait_for(work, 10)
+        assert units.held() == {UNIT: 1} and units.standby() == []
+    finally:
+        stop.set()
+        await units.close()
+        await blocker.close()

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--length", help="transitions: operations per sequence, MIN-MAX (default 5-15)")
     ap.add_argument("--own-postgres", action="store_true",
                     help="transitions: run on a Postgres server of the harness's own, so `pgrestart` can restart it")
+    ap.add_argument("--minimise", action="store_true",
+                    help="transitions: shrink each failing sequence to the fewest operations that still fail alike")
     args = ap.parse_args(argv)
     setup_logging("warning")
     out = args.out or (harness.ROOT / "results" / "quick" if args.quick else None)
@@ -107,6 +109,7 @@ def _transitions_options(plan: Plan, args) -> None:
         low, _, high = args.length.partition("-")
         plan.transitions_length = (int(low), int(high or low))
     plan.transitions_own_postgres = args.own_postgres
+    plan.transitions_minimise = args.minimise
 
 
 def render(results_dir: Path, results_md: Path, charts_dir: Path) -> int:

@@ -82,6 +82,7 @@ class Plan:
     transitions_kinds: list[str] | None = None  # None: every kind (pgrestart only with an own Postgres)
     transitions_ops: str | None = None  # one sequence given by hand ("kill; mode:Contact:poll"), to minimise
     transitions_own_postgres: bool = False
+    transitions_minimise: bool = False  # after the run, shrink each failing sequence to its fewest operations
 
     def db(self, name: str) -> str:
         """A scenario's database name: quick runs (the CI smoke test) use their own, so a quick run never drops

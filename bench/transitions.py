@@ -32,6 +32,7 @@ converge a round later) must say equal; otherwise the seed, its operations and v
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import random
 import signal
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -64,7 +66,7 @@ WEIGHTS = {"traffic": 3, "late": 2, "kill": 2, "term": 1, "resync": 1.5, "remove
            "channel": 1, "cdc": 1.2, "alloc": 1, "field": 0.5, "pgrestart": 0.7}
 RECORDS = 300  # per object: a backfill or resync takes a second or two
 SETTLE_S = 120  # longest wait for the service to settle after an operation before it is noted as stuck
-VERIFY_S = 60  # how long refresh + verify is repeated at the end before the sequence counts as failed
+VERIFY_S = 20  # how long refresh + verify is repeated at the end before the sequence counts as failed
 RATE = 100  # changes/s of a traffic operation
 
 
@@ -419,6 +421,11 @@ async def run_sequence(server_url: str, seed: int, ops: list[str], pg=None) -> d
         # verify's findings are on stdout (its stderr is the log); the log's tail only when stdout says nothing
         record.update(equal=verified.returncode == 0, verify_exit=verified.returncode,
                       verify=verified.stdout[-3000:] or verified.stderr[-1500:])
+        if not record["equal"]:
+            try:
+                record["explain"] = await explain(sim, url, verified.stdout)
+            except Exception as exc:  # diagnosis only: the verdict stands without it
+                record["explain"] = [f"explain failed: {type(exc).__name__}: {exc}"]
     except Exception as exc:  # a harness or service failure is a failed sequence too, with its reason
         record.update(equal=False, verify_exit=None, verify=f"harness: {type(exc).__name__}: {exc}")
     finally:
@@ -433,6 +440,106 @@ async def run_sequence(server_url: str, seed: int, ops: list[str], pg=None) -> d
     else:
         record.update(log=log.name, database=with_database(base, database))
     return record
+
+
+def signature(record: dict) -> list[str]:
+    """What a failure looks like, independent of which records: per object, the columns that differ (or missing /
+    extra / deleted rows). A minimised sequence must fail the same way, not by another defect."""
+    out = set()
+    for line in record.get("explain", []):
+        obj, _, rest = line.partition(" ")
+        _, _, what = rest.partition("): ")
+        if what.startswith("org ") and "table" in what:
+            out.add(f"{obj}: row {what.split(' [')[0]}")
+        else:
+            for part in what.split(" [")[0].split("; "):
+                out.add(f"{obj}: {part.split(':')[0]}")
+    if not out and not record["equal"]:
+        out.add(record["verify"].splitlines()[0] if record["verify"] else "no verify output")
+    return sorted(out)
+
+
+async def minimise(server_url: str, record: dict, pg=None) -> dict:
+    """The fewest operations (greedy: drop one at a time, from the last, keep the drop while the sequence still
+    fails with the same signature) that still fail like `record`; returns the minimal record."""
+    ops, want, best = list(record["ops"]), signature(record), record
+    print(f"minimising seed {record['seed']} ({len(ops)} operations), signature {want}", flush=True)
+    i = len(ops) - 1
+    while i >= 0 and len(ops) > 1:
+        trial = ops[:i] + ops[i + 1:]
+        got = await run_sequence(server_url, record["seed"], trial, pg)
+        same = not got["equal"] and signature(got) == want
+        print(f"  without {ops[i]}: {'still fails' if same else 'passes or differs'} "
+              f"({'equal' if got['equal'] else signature(got)})", flush=True)
+        if same:
+            ops, best = trial, got
+        i -= 1
+    return best
+
+
+def _norm(value, pg_type: str):
+    """A value of the org's dump or of a Postgres row in one comparable form (enough to name differing columns;
+    `replicator verify` is the judge)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        if pg_type == "timestamptz":
+            return dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("+0000", "+00:00"))
+        if pg_type == "date":
+            return dt.date.fromisoformat(value)
+        if pg_type in ("numeric", "integer", "bigint", "double precision"):
+            return Decimal(value).normalize()
+        if pg_type == "time":
+            return dt.time.fromisoformat(value.rstrip("Z"))
+        if pg_type == "boolean":
+            return value.lower() == "true"
+        return value
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float | Decimal):
+        return Decimal(str(value)).normalize()
+    if isinstance(value, dt.time):
+        return value.replace(tzinfo=None)
+    return value
+
+
+async def explain(sim: dict, url: str, verify_out: str, per_object: int = 3) -> list[str]:
+    """For the first example keys of each object verify names: which columns differ between the org and the
+    row (with both values), or whether the row is missing, soft-deleted or extra."""
+    examples: dict[str, list[tuple[str, str]]] = {}
+    obj = None
+    for line in verify_out.splitlines():
+        if not line.startswith(" ") and ":" in line:
+            obj = line.split(":")[0]
+        elif obj and line.strip().split(":")[0] in ("missing", "extra", "different"):
+            kind, _, keys = line.strip().partition(": ")
+            examples.setdefault(obj, []).extend((kind, k.strip()) for k in keys.split(",")[:per_object])
+    out: list[str] = []
+    conn = await asyncpg.connect(url)
+    try:
+        for obj, keys in examples.items():
+            key_field = KEYS.get(obj, "Id")
+            truth = {r.get(key_field): r async for r in org_records(sim, obj)}
+            types = {r["column_name"]: r["t"] for r in await conn.fetch(
+                "SELECT column_name, CASE WHEN data_type = 'timestamp with time zone' THEN 'timestamptz' "
+                "WHEN data_type LIKE 'time%' THEN 'time' ELSE data_type END AS t FROM information_schema.columns WHERE table_schema = 'salesforce' "
+                "AND table_name = $1", obj.lower())}
+            for kind, key in keys:
+                row = await conn.fetchrow(f'SELECT * FROM salesforce."{obj.lower()}" WHERE "{key_field.lower()}" = $1',
+                                          key)
+                rec = truth.get(key)
+                if row is None or rec is None:
+                    out.append(f"{obj} {key} ({kind}): org {'has it' if rec else 'lacks it'}"
+                               f"{' (IsDeleted)' if rec and rec.get('IsDeleted') else ''}, table "
+                               f"{'lacks it' if row is None else 'has it'}")
+                    continue
+                cols = [f"{c}: org {rec[f]!r} table {row[c]!r}" for f in rec if (c := f.lower()) in types
+                        and not c.startswith("_sf_") and _norm(rec[f], types[c]) != _norm(row[c], types[c])]
+                meta = f"_sf_deleted_at {row['_sf_deleted_at']}, _sf_version {row['_sf_version']}"
+                out.append(f"{obj} {key} ({kind}): {'; '.join(cols) or 'no column differs now'} [{meta}]")
+    finally:
+        await conn.close()
+    return out
 
 
 async def _drop(server_url: str, database: str) -> None:
@@ -468,11 +575,20 @@ async def scenario(plan) -> dict:
             print(f"transitions seed {seed}: {verdict} in {record['seconds']} s"
                   + (f"; stuck: {record['stuck']}" if record["stuck"] else "")
                   + (f"; exits: {record['exits']}" if record["exits"] else "")
-                  + ("" if record["equal"] else f"\n{record['verify']}\nlog: {record.get('log')}"), flush=True)
+                  + ("" if record["equal"] else f"\n{record['verify']}\n" + "\n".join(record.get("explain", []))
+                     + f"\nlog: {record.get('log')}"), flush=True)
+        failures = [r for r in records if not r["equal"]]
+        for r in failures:
+            r["signature"] = signature(r)
+            if plan.transitions_minimise:
+                small = await minimise(plan.server_url, r, pg)
+                r["minimal"] = {"ops": small["ops"], "verify": small["verify"], "explain": small.get("explain", []),
+                                "log": small.get("log")}
+                print(f"transitions seed {r['seed']}: minimal: {'; '.join(small['ops'])}\n{small['verify']}\n"
+                      + "\n".join(small.get("explain", [])), flush=True)
     finally:
         if pg is not None:
             pg.remove()
-    failures = [r for r in records if not r["equal"]]
     figures = {"sequences": len(records), "operations": sum(len(r["ops"]) for r in records),
                "equal": len(records) - len(failures), "different": len(failures),
                "stuck_conditions": sum(len(r["stuck"]) for r in records),
@@ -481,9 +597,13 @@ async def scenario(plan) -> dict:
     kinds_rows = [{"x": k, "operations": v} for k, v in by_kind.items() if v]
     seq_rows = [{"x": r["seed"], "operations": len(r["ops"]), "equal": "yes" if r["equal"] else "NO",
                  "stuck": len(r["stuck"]), "seconds": r["seconds"], "ops": "; ".join(r["ops"])} for r in records]
+    fail_rows = [{"x": r["seed"], "signature": "; ".join(r["signature"]),
+                  "minimal": "; ".join(r["minimal"]["ops"]) if "minimal" in r else "—"} for r in failures]
     note = (f"{RECORDS} records an object, traffic at {RATE}/s; each sequence ends with refresh + verify of every "
             "configured object")
     return {"figures": figures,
             "sweeps": [sweep("operations by kind", "kind", kinds_rows, ["operations"]),
-                       sweep("sequences", "seed", seq_rows, [], note)],
+                       sweep("sequences", "seed", seq_rows, [], note),
+                       *([sweep("failures", "seed", fail_rows, [], "minimal: fewest operations that still fail "
+                                "alike (--minimise); replay: --seed N --sequences 1 or --ops")] if fail_rows else [])],
             "failures": failures, "stuck": [{"seed": r["seed"], "stuck": r["stuck"]} for r in records if r["stuck"]]}

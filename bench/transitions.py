@@ -11,6 +11,7 @@ Operations (`--kinds` picks some; each is `kind[:arg…]`):
     traffic:N            the simulator's generator makes N changes (creates, updates, deletes, undeletes) at 100/s on
                          all four objects, configured or not; the next operation starts when half are made
     late:OBJ:K:S         a long transaction: K records of OBJ updated, stamped now, visible S seconds later
+    wait                 until every late commit so far is visible and the service has settled
     kill / term          SIGKILL / SIGTERM `replicator run`, a few changes while it is down, start it again
     resync:OBJ           `replicator resync OBJ` beside the running service
     remove:OBJ / add:OBJ the object taken out of / put back into the configuration, then a restart
@@ -59,13 +60,13 @@ KEYS = {"Invoice__c": "External_Id__c"}
 # A field each object lets a change set (a late commit changes it).
 SETTABLE = {"Account": ("Phone", "str"), "Contact": ("Phone", "str"), "Opportunity": ("Amount", "num"),
             "Invoice__c": ("Amount__c", "num")}
-KINDS = ("traffic", "late", "kill", "term", "resync", "remove", "add", "mode", "channel", "cdc", "alloc", "field",
+KINDS = ("traffic", "late", "wait", "kill", "term", "resync", "remove", "add", "mode", "channel", "cdc", "alloc", "field",
          "pgrestart")
 # How often each kind is drawn (those that cannot apply in the current state are skipped).
-WEIGHTS = {"traffic": 3, "late": 2, "kill": 2, "term": 1, "resync": 1.5, "remove": 1.2, "add": 1.5, "mode": 1.5,
+WEIGHTS = {"traffic": 3, "late": 2, "wait": 1, "kill": 2, "term": 1, "resync": 1.5, "remove": 1.2, "add": 1.5, "mode": 1.5,
            "channel": 1, "cdc": 1.2, "alloc": 1, "field": 0.5, "pgrestart": 0.7}
 RECORDS = 300  # per object: a backfill or resync takes a second or two
-SETTLE_S = 120  # longest wait for the service to settle after an operation before it is noted as stuck
+SETTLE_S = 60  # longest wait for the service to settle after an operation before it is noted as stuck
 VERIFY_S = 20  # how long refresh + verify is repeated at the end before the sequence counts as failed
 RATE = 100  # changes/s of a traffic operation
 
@@ -114,7 +115,7 @@ def _draw(rng: random.Random, world: World, kind: str) -> str | None:
         return f"traffic:{rng.choice([100, 200, 400])}"
     if kind == "late":
         return f"late:{rng.choice(OBJECTS)}:{rng.randint(1, 5)}:{rng.randint(2, 5)}"
-    if kind in ("kill", "term", "pgrestart"):
+    if kind in ("kill", "term", "pgrestart", "wait"):
         return kind
     if kind == "resync":
         return f"resync:{rng.choice(configured)}"
@@ -347,6 +348,10 @@ class Sequence:
             await self.changes({"visible_after_seconds": secs, "changes": [
                 {"object": obj, "type": "UPDATE", "ids": await self.live(obj, k), "fields": {name: value}}]})
             self.late_until = max(self.late_until, time.monotonic() + secs + 1)
+        elif kind == "wait":
+            while time.monotonic() < self.late_until:
+                await asyncio.sleep(0.2)
+            await self.settle(op)
         elif kind == "kill":
             await self.restart(op, signal.SIGKILL)
         elif kind in ("term", "remove", "add", "mode", "channel"):

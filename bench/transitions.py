@@ -187,6 +187,7 @@ class Sequence:
         self.proc: subprocess.Popen | None = None
         self.late_until = 0.0  # monotonic time by which every late commit made so far is visible
         self.stuck: list[str] = []
+        self.waived: set[str] = set()  # conditions once stuck, not waited for again in this sequence
         self.exits: list[str] = []  # unexpected exit codes of `replicator run`
         self.write_config()
 
@@ -255,40 +256,47 @@ class Sequence:
         except httpx.HTTPError as exc:
             return 0, f"{type(exc).__name__}: {exc}"
 
-    async def settled(self, modes: bool = True) -> bool:
-        """The service up and ready, every configured object STREAMING with no resync pending, and (with `modes`)
-        in the mode the world leads to."""
-        if self.proc is not None and self.proc.poll() is not None:
-            return False
+    async def unmet(self, modes: bool = True) -> list[str]:
+        """The conditions of a settled service not met now: the service up and ready (/readyz 200 naming every
+        configured object), every configured object STREAMING with no resync pending, and (with `modes`) in the
+        mode the world leads to. Conditions waived after they were once stuck are left out."""
+        if self.proc is None or self.proc.poll() is not None:
+            return ["process"]
         status, body = await self._readyz()
+        out = []
         if status != 200 or not all(f'"{o}"' in body for o in self.world.configured):
-            return False
+            out.append("readyz")
         rows = await self._rows()
         for obj in self.world.configured:
             row = rows.get(obj)
-            if row is None or row["phase"] != "STREAMING" or row["resync_requested"]:
-                return False
+            if row is None or row["phase"] != "STREAMING":
+                out.append(f"{obj}.phase")
+            elif row["resync_requested"]:
+                out.append(f"{obj}.resync")
             want = self.world.expected_mode(obj) if modes else None
-            if want is not None and row["mode"] != want:
-                return False
-        return True
+            if row is not None and want is not None and row["mode"] != want:
+                out.append(f"{obj}.mode")
+        return [c for c in out if c not in self.waived]
 
     async def settle(self, op: str, modes: bool = True, timeout: float = SETTLE_S) -> None:
+        """Wait until settled; when not in `timeout`, note it as stuck and waive the unmet conditions for the rest
+        of the sequence (a resync flag that stays raised would otherwise cost every later operation the timeout)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc is not None and self.proc.poll() is not None:
                 self.exits.append(f"exit {self.proc.returncode} on its own after {op}")
                 self.proc = None
                 self.start()  # as an orchestrator would
-            if await self.settled(modes):
+            if not (unmet := await self.unmet(modes)):
                 return
             await asyncio.sleep(0.2)
         status, body = await self._readyz()
         rows = await self._rows()
         state = {o: (r["phase"], r["mode"], r["resync_requested"]) for o, r in rows.items()
                  if o in self.world.configured}
-        self.stuck.append(f"after {op}: not settled in {timeout:.0f} s: readyz {status} {body[:400]}; "
-                          f"state {state}; expected modes "
+        self.waived.update(c for c in unmet if c != "process")
+        self.stuck.append(f"after {op}: not settled in {timeout:.0f} s: unmet {unmet}; readyz {status} "
+                          f"{body[:300]}; state {state}; expected modes "
                           f"{ {o: self.world.expected_mode(o) for o in self.world.configured} }")
 
     # -- the org -------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ Operations (`--kinds` picks some; each is `kind[:arg…]`):
     cdc:OBJ:off|on       the entity deselected from / selected again for Change Data Capture (simulator admin)
     alloc:off|on         the event delivery allocation used up / given back (simulator limits admin)
     field:OBJ            a custom field added to OBJ in the org, then set on a few records
-    pgrestart            the Postgres server restarted (only with `--own-postgres`: never the shared one)
+    pgrestart:fast|immediate  the Postgres server restarted, cleanly or as after a crash (only with
+                         `--own-postgres`: never the shared one)
 
 Between operations the harness waits on conditions, never on fixed sleeps: the service's /readyz (200, every
 configured object present), the state tables (every configured object STREAMING, no resync pending, the mode a
@@ -115,7 +116,9 @@ def _draw(rng: random.Random, world: World, kind: str) -> str | None:
         return f"traffic:{rng.choice([100, 200, 400])}"
     if kind == "late":
         return f"late:{rng.choice(OBJECTS)}:{rng.randint(1, 5)}:{rng.randint(2, 5)}"
-    if kind in ("kill", "term", "pgrestart", "wait"):
+    if kind == "pgrestart":
+        return f"pgrestart:{rng.choice(['fast', 'immediate'])}"
+    if kind in ("kill", "term", "wait"):
         return kind
     if kind == "resync":
         return f"resync:{rng.choice(configured)}"
@@ -392,7 +395,7 @@ class Sequence:
         elif kind == "pgrestart":
             if self.pg is None:
                 return  # only against a Postgres of the harness's own (--own-postgres)
-            await asyncio.to_thread(self.pg.restart, "fast")
+            await asyncio.to_thread(self.pg.restart, args[0] if args else "fast")
             await self.settle(op)
         else:
             raise ValueError(op)

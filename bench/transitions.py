@@ -189,7 +189,7 @@ class Sequence:
         self.env.pop("DATABASE_URL", None)  # it would win over the config file's database
         self.proc: subprocess.Popen | None = None
         self.late_until = 0.0  # monotonic time by which every late commit made so far is visible
-        self.stuck: list[str] = []
+        self.stuck: list[dict] = []  # conditions not met in time: after which operation, which, the state
         self.waived: set[str] = set()  # conditions once stuck, not waited for again in this sequence
         self.exits: list[str] = []  # unexpected exit codes of `replicator run`
         self.write_config()
@@ -298,9 +298,9 @@ class Sequence:
         state = {o: (r["phase"], r["mode"], r["resync_requested"]) for o, r in rows.items()
                  if o in self.world.configured}
         self.waived.update(c for c in unmet if c != "process")
-        self.stuck.append(f"after {op}: not settled in {timeout:.0f} s: unmet {unmet}; readyz {status} "
-                          f"{body[:300]}; state {state}; expected modes "
-                          f"{ {o: self.world.expected_mode(o) for o in self.world.configured} }")
+        self.stuck.append({"after": op, "unmet": unmet, "detail": (
+            f"not settled in {timeout:.0f} s: readyz {status} {body[:300]}; state {state}; expected modes "
+            f"{ {o: self.world.expected_mode(o) for o in self.world.configured} }")})
 
     # -- the org -------------------------------------------------------------------------------------------------
     async def live(self, obj: str, k: int) -> list[str]:
@@ -370,7 +370,8 @@ class Sequence:
         elif kind == "resync":
             done = self.cli("resync", args[0])
             if done.returncode != 0:
-                self.stuck.append(f"{op}: replicator resync exited {done.returncode}: {done.stdout} {done.stderr}")
+                self.stuck.append({"after": op, "unmet": ["resync command"],
+                                   "detail": f"exit {done.returncode}: {done.stdout} {done.stderr}"[:500]})
             await self.settle(op)
         elif kind == "cdc":
             selected = set((await sim_admin(self.sim, "GET", "/__sim/cdc")).json()["objects"])
@@ -589,7 +590,7 @@ async def scenario(plan) -> dict:
                 by_kind[op.split(":")[0]] += 1
             verdict = "equal" if record["equal"] else "DIFFERENT"
             print(f"transitions seed {seed}: {verdict} in {record['seconds']} s"
-                  + (f"; stuck: {record['stuck']}" if record["stuck"] else "")
+                  + "".join(f"\n  stuck after {st['after']}: {st['unmet']}: {st['detail']}" for st in record["stuck"])
                   + (f"; exits: {record['exits']}" if record["exits"] else "")
                   + ("" if record["equal"] else f"\n{record['verify']}\n" + "\n".join(record.get("explain", []))
                      + f"\nlog: {record.get('log')}"), flush=True)
@@ -613,6 +614,8 @@ async def scenario(plan) -> dict:
     kinds_rows = [{"x": k, "operations": v} for k, v in by_kind.items() if v]
     seq_rows = [{"x": r["seed"], "operations": len(r["ops"]), "equal": "yes" if r["equal"] else "NO",
                  "stuck": len(r["stuck"]), "seconds": r["seconds"], "ops": "; ".join(r["ops"])} for r in records]
+    stuck_rows = [{"x": r["seed"], "after": st["after"], "unmet": ", ".join(st["unmet"]), "ops": "; ".join(r["ops"])}
+                  for r in records for st in r["stuck"]]
     fail_rows = [{"x": r["seed"], "signature": "; ".join(r["signature"]),
                   "minimal": "; ".join(r["minimal"]["ops"]) if "minimal" in r else "—"} for r in failures]
     note = (f"{RECORDS} records an object, traffic at {RATE}/s; each sequence ends with refresh + verify of every "
@@ -621,5 +624,7 @@ async def scenario(plan) -> dict:
             "sweeps": [sweep("operations by kind", "kind", kinds_rows, ["operations"]),
                        sweep("sequences", "seed", seq_rows, [], note),
                        *([sweep("failures", "seed", fail_rows, [], "minimal: fewest operations that still fail "
-                                "alike (--minimise); replay: --seed N --sequences 1 or --ops")] if fail_rows else [])],
+                                "alike (--minimise); replay: --seed N --sequences 1 or --ops")] if fail_rows else []),
+                       *([sweep("stuck", "seed", stuck_rows, [], f"a condition not met within {SETTLE_S} s of the "
+                                "operation (then waived for the rest of the sequence)")] if stuck_rows else [])],
             "failures": failures, "stuck": [{"seed": r["seed"], "stuck": r["stuck"]} for r in records if r["stuck"]]}

@@ -70,6 +70,10 @@ RECORDS = 300  # per object: a backfill or resync takes a second or two
 SETTLE_S = 60  # longest wait for the service to settle after an operation before it is noted as stuck
 VERIFY_S = 20  # how long refresh + verify is repeated at the end before the sequence counts as failed
 RATE = 100  # changes/s of a traffic operation
+# poll.lookback_s: a margin re-read before each poll position. In production it is 10 s against a topic check every
+# 300 s; here topic checks run every 0.5 s, so any margin would cover a hole a production ratio leaves open. With no
+# margin, a hole in a handoff (a position taken too late) shows as a difference.
+LOOKBACK_S = 0
 
 
 @dataclass
@@ -204,7 +208,7 @@ class Sequence:
                  "[backfill]", "poll_max_s = 0.2", "page_size = 1000",
                  "[stream]", "batch_max_wait_s = 0.05", "topic_check_s = 0.5", "position_timeout_s = 10",
                  f'channel = "{"/data/ChangeEvents" if w.channel else ""}"',
-                 "[poll]", "lookback_s = 2", "page_size = 200",
+                 "[poll]", f"lookback_s = {LOOKBACK_S}", "page_size = 200",
                  "[service]", 'host = "127.0.0.1"', f"port = {self.port}", "control_poll_s = 0.3"]
         for name in w.configured:
             lines += [f"[objects.{name}]", f'mode = "{w.modes[name]}"', "poll_interval_s = 0.5"]

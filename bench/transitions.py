@@ -14,6 +14,7 @@ Operations (`--kinds` picks some; each is `kind[:arg…]`):
     wait                 until every late commit so far is visible and the service has settled
     kill / term          SIGKILL / SIGTERM `replicator run`, a few changes while it is down, start it again
     resync:OBJ           `replicator resync OBJ` beside the running service
+    resynckill:OBJ       the same, then SIGKILL as soon as the object is RESYNCING, a few changes, a restart
     remove:OBJ / add:OBJ the object taken out of / put back into the configuration, then a restart
     mode:OBJ:M           `mode = M` (auto, cdc, poll) for OBJ, then a restart
     channel:on|off       `stream.channel = "/data/ChangeEvents"` or none, then a restart
@@ -61,10 +62,10 @@ KEYS = {"Invoice__c": "External_Id__c"}
 # A field each object lets a change set (a late commit changes it).
 SETTABLE = {"Account": ("Phone", "str"), "Contact": ("Phone", "str"), "Opportunity": ("Amount", "num"),
             "Invoice__c": ("Amount__c", "num")}
-KINDS = ("traffic", "late", "wait", "kill", "term", "resync", "remove", "add", "mode", "channel", "cdc", "alloc", "field",
+KINDS = ("traffic", "late", "wait", "kill", "term", "resync", "resynckill", "remove", "add", "mode", "channel", "cdc", "alloc", "field",
          "pgrestart")
 # How often each kind is drawn (those that cannot apply in the current state are skipped).
-WEIGHTS = {"traffic": 3, "late": 2, "wait": 1, "kill": 2, "term": 1, "resync": 1.5, "remove": 1.2, "add": 1.5, "mode": 1.5,
+WEIGHTS = {"traffic": 3, "late": 2, "wait": 1, "kill": 2, "term": 1, "resync": 1.5, "resynckill": 1, "remove": 1.2, "add": 1.5, "mode": 1.5,
            "channel": 1, "cdc": 1.2, "alloc": 1, "field": 0.5, "pgrestart": 0.7}
 RECORDS = 300  # per object: a backfill or resync takes a second or two
 SETTLE_S = 60  # longest wait for the service to settle after an operation before it is noted as stuck
@@ -124,8 +125,8 @@ def _draw(rng: random.Random, world: World, kind: str) -> str | None:
         return f"pgrestart:{rng.choice(['fast', 'immediate'])}"
     if kind in ("kill", "term", "wait"):
         return kind
-    if kind == "resync":
-        return f"resync:{rng.choice(configured)}"
+    if kind in ("resync", "resynckill"):
+        return f"{kind}:{rng.choice(configured)}"
     if kind == "remove":
         return f"remove:{rng.choice(configured)}" if len(configured) > 1 else None
     if kind == "add":
@@ -377,6 +378,13 @@ class Sequence:
                 self.stuck.append({"after": op, "unmet": ["resync command"],
                                    "detail": f"exit {done.returncode}: {done.stdout} {done.stderr}"[:500]})
             await self.settle(op)
+        elif kind == "resynckill":
+            done = self.cli("resync", args[0])
+            if done.returncode == 0:
+                end = time.monotonic() + 20  # a polled object's resync may never start (noted by the settle below)
+                while time.monotonic() < end and (await self._rows()).get(args[0], {}).get("phase") != "RESYNCING":
+                    await asyncio.sleep(0.05)
+            await self.restart(op, signal.SIGKILL)
         elif kind == "cdc":
             selected = set((await sim_admin(self.sim, "GET", "/__sim/cdc")).json()["objects"])
             selected = selected - {args[0]} if args[1] == "off" else selected | {args[0]}

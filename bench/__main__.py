@@ -70,6 +70,9 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
         plan = Plan.make(args.quick, args.repeat, server_url)
         plan.against = str(args.against) if args.against else None
         _transitions_options(plan, args)
+        if "transitions" in names:
+            results_dir.mkdir(parents=True, exist_ok=True)
+            plan.transitions_progress = str(results_dir / "transitions-progress.jsonl")
         reports, failed = {}, []
         for name in names:
             started = time.monotonic()

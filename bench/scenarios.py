@@ -82,6 +82,7 @@ class Plan:
     transitions_kinds: list[str] | None = None  # None: every kind (pgrestart only with an own Postgres)
     transitions_ops: str | None = None  # one sequence given by hand ("kill; mode:Contact:poll"), to minimise
     transitions_own_postgres: bool = False
+    transitions_progress: str | None = None  # a JSON line per finished sequence is appended here
     transitions_minimise: bool = False  # after the run, shrink each failing sequence to its fewest operations
 
     def db(self, name: str) -> str:

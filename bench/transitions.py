@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import random
 import signal
@@ -68,7 +69,7 @@ KINDS = ("traffic", "late", "wait", "kill", "term", "resync", "resynckill", "rem
 WEIGHTS = {"traffic": 3, "late": 2, "wait": 1, "kill": 2, "term": 1, "resync": 1.5, "resynckill": 1, "remove": 1.2, "add": 1.5, "mode": 1.5,
            "channel": 1, "cdc": 1.2, "alloc": 1, "field": 0.5, "pgrestart": 0.7}
 RECORDS = 300  # per object: a backfill or resync takes a second or two
-SETTLE_S = 60  # longest wait for the service to settle after an operation before it is noted as stuck
+SETTLE_S = 30  # longest wait for the service to settle after an operation before it is noted as stuck
 VERIFY_S = 20  # how long refresh + verify is repeated at the end before the sequence counts as failed
 RATE = 100  # changes/s of a traffic operation
 # poll.lookback_s: a margin re-read before each poll position. In production it is 10 s against a topic check every
@@ -598,6 +599,9 @@ async def scenario(plan) -> dict:
             print(f"transitions seed {seed}: {'; '.join(ops)}", flush=True)
             record = await run_sequence(plan.server_url, seed, ops, pg)
             records.append(record)
+            if plan.transitions_progress:  # each sequence as it ends, so a run stopped early keeps what it found
+                with open(plan.transitions_progress, "a") as fh:
+                    fh.write(json.dumps(record, default=str) + "\n")
             for op in ops:
                 by_kind[op.split(":")[0]] += 1
             verdict = "equal" if record["equal"] else "DIFFERENT"

@@ -472,18 +472,31 @@ async def run_sequence(server_url: str, seed: int, ops: list[str], pg=None) -> d
     return record
 
 
+def _failure_class(columns: set[str]) -> str:
+    """A row's difference, by what went wrong rather than which columns the traffic happened to touch."""
+    if "isdeleted" in columns:
+        return "IsDeleted differs"
+    if "lastmodifieddate" in columns:
+        return "a change not applied (stale row)"
+    if columns == {"systemmodstamp"}:
+        return "systemmodstamp differs (alone)"
+    if columns and all(c.startswith("tr") and c.endswith("__c") for c in columns):
+        return "added field's values not read"
+    return "columns " + ", ".join(sorted(columns))
+
+
 def signature(record: dict) -> list[str]:
-    """What a failure looks like, independent of which records: per object, the columns that differ (or missing /
-    extra / deleted rows). A minimised sequence must fail the same way, not by another defect."""
+    """What a failure looks like, independent of which records and columns: per object, the class of each
+    differing row (or missing / extra rows). A minimised sequence must fail the same way, not by another defect."""
     out = set()
     for line in record.get("explain", []):
         obj, _, rest = line.partition(" ")
         _, _, what = rest.partition("): ")
+        what = what.split(" [_sf_deleted_at")[0]
         if what.startswith("org ") and "table" in what:
-            out.add(f"{obj}: row {what.split(' [')[0]}")
+            out.add(f"{obj}: row {what}")
         else:
-            for part in what.split(" [")[0].split("; "):
-                out.add(f"{obj}: {part.split(':')[0]}")
+            out.add(f"{obj}: {_failure_class({part.split(':')[0] for part in what.split('; ')})}")
     if not out and not record["equal"]:
         out.add(record["verify"].splitlines()[0] if record["verify"] else "no verify output")
     return sorted(out)

@@ -177,9 +177,18 @@ def parse_ops(text: str) -> list[str]:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768-60999): a port bind(0) hands out is in that range, and an
+    outgoing connection of any process may take it before the service binds it again after a restart."""
+    rng = random.SystemRandom()
+    for _ in range(100):
+        port = rng.randint(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 class Sequence:
@@ -295,6 +304,8 @@ class Sequence:
             if self.proc is not None and self.proc.poll() is not None:
                 self.exits.append(f"exit {self.proc.returncode} on its own after {op}")
                 self.proc = None
+                self.port = _free_port()  # in case its port was taken meanwhile
+                self.write_config()
                 self.start()  # as an orchestrator would
             if not (unmet := await self.unmet(modes)):
                 return

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="transitions: run on a Postgres server of the harness's own, so `pgrestart` can restart it")
     ap.add_argument("--minimise", action="store_true",
                     help="transitions: shrink each failing sequence to the fewest operations that still fail alike")
+    ap.add_argument("--lookback", type=float, help="transitions: poll.lookback_s of the service (default 0)")
     args = ap.parse_args(argv)
     setup_logging("warning")
     out = args.out or (harness.ROOT / "results" / "quick" if args.quick else None)
@@ -113,6 +114,8 @@ def _transitions_options(plan: Plan, args) -> None:
         plan.transitions_length = (int(low), int(high or low))
     plan.transitions_own_postgres = args.own_postgres
     plan.transitions_minimise = args.minimise
+    if args.lookback is not None:
+        plan.transitions_lookback = args.lookback
 
 
 def render(results_dir: Path, results_md: Path, charts_dir: Path) -> int:

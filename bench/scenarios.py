@@ -83,6 +83,7 @@ class Plan:
     transitions_ops: str | None = None  # one sequence given by hand ("kill; mode:Contact:poll"), to minimise
     transitions_own_postgres: bool = False
     transitions_progress: str | None = None  # a JSON line per finished sequence is appended here
+    transitions_lookback: float = 0  # poll.lookback_s of the service under test (bench/transitions.py LOOKBACK_S)
     transitions_minimise: bool = False  # after the run, shrink each failing sequence to its fewest operations
 
     def db(self, name: str) -> str:

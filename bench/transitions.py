@@ -194,8 +194,8 @@ def _free_port() -> int:
 class Sequence:
     """One sequence's simulator, database, configuration and `replicator run` process."""
 
-    def __init__(self, seed: int, sim: dict, url: str, log, pg=None):
-        self.seed, self.sim, self.url, self.log, self.pg = seed, sim, url, log, pg
+    def __init__(self, seed: int, sim: dict, url: str, log, pg=None, lookback: float = LOOKBACK_S):
+        self.seed, self.sim, self.url, self.log, self.pg, self.lookback = seed, sim, url, log, pg, lookback
         self.world = World()
         self.rng = random.Random(seed * 7919 + 1)  # runtime choices (records changed), apart from generation
         self.port = _free_port()
@@ -219,7 +219,7 @@ class Sequence:
                  "[backfill]", "poll_max_s = 0.2", "page_size = 1000",
                  "[stream]", "batch_max_wait_s = 0.05", "topic_check_s = 0.5", "position_timeout_s = 10",
                  f'channel = "{"/data/ChangeEvents" if w.channel else ""}"',
-                 "[poll]", f"lookback_s = {LOOKBACK_S}", "page_size = 200",
+                 "[poll]", f"lookback_s = {self.lookback}", "page_size = 200",
                  "[service]", 'host = "127.0.0.1"', f"port = {self.port}", "control_poll_s = 0.3"]
         for name in w.configured:
             lines += [f"[objects.{name}]", f'mode = "{w.modes[name]}"', "poll_interval_s = 0.5"]
@@ -441,14 +441,14 @@ class Sequence:
             await asyncio.sleep(2)
 
 
-async def run_sequence(server_url: str, seed: int, ops: list[str], pg=None) -> dict:
+async def run_sequence(server_url: str, seed: int, ops: list[str], pg=None, lookback: float = LOOKBACK_S) -> dict:
     """One sequence on a new org and database; its record (equal or not, stuck conditions, verify's output)."""
     proc, sim = start_sim(RECORDS, "--seed", str(seed))
     database = f"replicator_tr_{os.getpid()}_{seed}"
     base = pg.url() if pg is not None else server_url
     url = await fresh_database(base, database)
     log = tempfile.NamedTemporaryFile("w", suffix=".log", prefix=f"bench-transitions-{seed}-", delete=False)
-    seq = Sequence(seed, sim, url, log, pg)
+    seq = Sequence(seed, sim, url, log, pg, lookback)
     t0 = time.monotonic()
     record: dict = {"seed": seed, "ops": ops}
     try:
@@ -513,7 +513,7 @@ def signature(record: dict) -> list[str]:
     return sorted(out)
 
 
-async def minimise(server_url: str, record: dict, pg=None) -> dict:
+async def minimise(server_url: str, record: dict, pg=None, lookback: float = LOOKBACK_S) -> dict:
     """The fewest operations (greedy: drop one at a time, from the last, keep the drop while the sequence still
     fails with the same signature) that still fail like `record`; returns the minimal record."""
     ops, want, best = list(record["ops"]), signature(record), record
@@ -521,7 +521,7 @@ async def minimise(server_url: str, record: dict, pg=None) -> dict:
     i = len(ops) - 1
     while i >= 0 and len(ops) > 1:
         trial = ops[:i] + ops[i + 1:]
-        got = await run_sequence(server_url, record["seed"], trial, pg)
+        got = await run_sequence(server_url, record["seed"], trial, pg, lookback)
         same = not got["equal"] and signature(got) == want
         print(f"  without {ops[i]}: {'still fails' if same else 'passes or differs'} "
               f"({'equal' if got['equal'] else signature(got)})", flush=True)
@@ -621,7 +621,7 @@ async def scenario(plan) -> dict:
             ops = parse_ops(plan.transitions_ops) if plan.transitions_ops else generate(
                 seed, kinds, plan.transitions_length)
             print(f"transitions seed {seed}: {'; '.join(ops)}", flush=True)
-            record = await run_sequence(plan.server_url, seed, ops, pg)
+            record = await run_sequence(plan.server_url, seed, ops, pg, plan.transitions_lookback)
             records.append(record)
             if plan.transitions_progress:  # each sequence as it ends, so a run stopped early keeps what it found
                 with open(plan.transitions_progress, "a") as fh:
@@ -638,7 +638,7 @@ async def scenario(plan) -> dict:
         for r in failures:
             r["signature"] = signature(r)
             if plan.transitions_minimise:
-                small = await minimise(plan.server_url, r, pg)
+                small = await minimise(plan.server_url, r, pg, plan.transitions_lookback)
                 r["minimal"] = {"ops": small["ops"], "verify": small["verify"], "explain": small.get("explain", []),
                                 "log": small.get("log")}
                 print(f"transitions seed {r['seed']}: minimal: {'; '.join(small['ops'])}\n{small['verify']}\n"

@@ -8,6 +8,9 @@
     python -m bench --only e2e      # the whole path: 4 objects, changes of every kind, crashes, `replicator verify`
     python -m bench --render        # rebuild RESULTS.md and charts from bench/results/*.json
     python -m bench --only burst --against ../wt-base   # the burst drain of HEAD beside another checkout's
+    python -m bench --only transitions --sequences 50 --seed 1   # random transitions, each sequence verified
+    python -m bench --only transitions --seed 17 --sequences 1   # replay sequence 17 exactly
+    python -m bench --only transitions --ops "remove:Contact; traffic:200; add:Contact"   # a list by hand
 
 Postgres: DATABASE_URL, else the server at 127.0.0.1:5432 (database `test`), else a throwaway server (the
 `embedded` extra). Scenarios use databases of their own on that server (replicator_bench*; quick runs replicator_benchq*),
@@ -39,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="directory for results, RESULTS.md and charts")
     ap.add_argument("--against", type=Path, help="burst: another checkout (with its .venv) measured beside this one")
     ap.add_argument("--render", action="store_true", help="only rebuild RESULTS.md and charts from the JSON files")
+    ap.add_argument("--sequences", type=int, help="transitions: how many sequences (default 20, quick 2)")
+    ap.add_argument("--seed", type=int, help="transitions: the first sequence's seed (default 1)")
+    ap.add_argument("--kinds", help="transitions: the operation kinds drawn, comma-separated (default all)")
+    ap.add_argument("--ops", help="transitions: run one sequence of these operations ('kind:arg…' separated by ;)")
+    ap.add_argument("--length", help="transitions: operations per sequence, MIN-MAX (default 5-15)")
+    ap.add_argument("--own-postgres", action="store_true",
+                    help="transitions: run on a Postgres server of the harness's own, so `pgrestart` can restart it")
+    ap.add_argument("--minimise", action="store_true",
+                    help="transitions: shrink each failing sequence to the fewest operations that still fail alike")
+    ap.add_argument("--lookback", type=float, help="transitions: poll.lookback_s of the service (default 0)")
     args = ap.parse_args(argv)
     setup_logging("warning")
     out = args.out or (harness.ROOT / "results" / "quick" if args.quick else None)
@@ -57,6 +70,10 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
         machine = await harness.machine(server_url)
         plan = Plan.make(args.quick, args.repeat, server_url)
         plan.against = str(args.against) if args.against else None
+        _transitions_options(plan, args)
+        if "transitions" in names:
+            results_dir.mkdir(parents=True, exist_ok=True)
+            plan.transitions_progress = str(results_dir / "transitions-progress.jsonl")
         reports, failed = {}, []
         for name in names:
             started = time.monotonic()
@@ -75,6 +92,30 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
     made = harness.charts(charts_dir, reports)
     print(f"tables -> {results_md}; {len(made)} charts -> {charts_dir}")
     return 1 if failed else 0
+
+
+def _transitions_options(plan: Plan, args) -> None:
+    from .transitions import KINDS
+
+    if args.sequences is not None:
+        plan.transitions_sequences = args.sequences
+    if args.seed is not None:
+        plan.transitions_seed = args.seed
+    if args.kinds:
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown:
+            raise SystemExit(f"--kinds: unknown {', '.join(unknown)}; kinds are {', '.join(KINDS)}")
+        plan.transitions_kinds = kinds
+    if args.ops:
+        plan.transitions_ops, plan.transitions_sequences = args.ops, 1
+    if args.length:
+        low, _, high = args.length.partition("-")
+        plan.transitions_length = (int(low), int(high or low))
+    plan.transitions_own_postgres = args.own_postgres
+    plan.transitions_minimise = args.minimise
+    if args.lookback is not None:
+        plan.transitions_lookback = args.lookback
 
 
 def render(results_dir: Path, results_md: Path, charts_dir: Path) -> int:

@@ -20,7 +20,7 @@ import asyncpg
 
 from replicator.postgres.server import fresh_database
 
-from . import ceilings, chaos, e2e, limits, objects500, peers, transactions
+from . import ceilings, chaos, e2e, limits, objects500, peers, transactions, transitions
 from .backfill import run_backfill, write_config
 from .harness import ROOT, copy_ceiling, median_of, start_sim, stop_sim, sweep
 from .stream import (
@@ -76,6 +76,15 @@ class Plan:
     chaos_kills: int = 16  # during the traffic, plus chaos_backfill_kills during the backfill: 20 in all
     chaos_backfill_kills: int = 4
     chaos_runs: int = 3
+    transitions_sequences: int = 20
+    transitions_seed: int = 1  # sequences use seeds transitions_seed, transitions_seed + 1, …
+    transitions_length: tuple[int, int] = (5, 15)  # operations a sequence
+    transitions_kinds: list[str] | None = None  # None: every kind (pgrestart only with an own Postgres)
+    transitions_ops: str | None = None  # one sequence given by hand ("kill; mode:Contact:poll"), to minimise
+    transitions_own_postgres: bool = False
+    transitions_progress: str | None = None  # a JSON line per finished sequence is appended here
+    transitions_lookback: float = 0  # poll.lookback_s of the service under test (bench/transitions.py LOOKBACK_S)
+    transitions_minimise: bool = False  # after the run, shrink each failing sequence to its fewest operations
 
     def db(self, name: str) -> str:
         """A scenario's database name: quick runs (the CI smoke test) use their own, so a quick run never drops
@@ -92,7 +101,7 @@ class Plan:
                    transaction_changes=1_000,
                    ceiling_events=1_000, burst_events=2_000, burst_lag_rates=[], e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
                    chaos_records=1_600, chaos_changes=3_000, chaos_rate=1_000, chaos_kills=2, chaos_backfill_kills=1,
-                   chaos_runs=1)
+                   chaos_runs=1, transitions_sequences=2, transitions_length=(5, 5))
 
 
 async def _fields(url: str, table: str = "account") -> list[str]:
@@ -474,7 +483,8 @@ async def chaos_runs(plan: Plan) -> dict:
 
 
 SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "burst": burst, "limits": limit,
-             "peers": peer, "e2e": whole_path, "chaos": chaos_runs, "objects500": objects500.scenario}
+             "peers": peer, "e2e": whole_path, "chaos": chaos_runs, "objects500": objects500.scenario,
+             "transitions": transitions.scenario}
 QUICK = ["ceilings", "backfill", "stream", "burst", "limits", "e2e", "chaos"]  # peers install tools from PyPI: full runs only
 
 

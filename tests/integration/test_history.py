@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 
 import asyncpg
 import pytest
@@ -13,7 +17,7 @@ from replicator.app.commands import verify_command
 from replicator.app.service import Service
 from replicator.sim.server import SimulatorThread
 
-from .helpers import ground_truth, pg_value, settings_for, sim_admin, wait_for
+from .helpers import _norm, finish, ground_truth, pg_value, settings_for, sim_admin, start_logged, wait_for
 
 OBJECTS = {"Account": {"history": True}, "Contact": {"history": True, "deletes": "hard"},
            "Opportunity": {"history": True, "mode": "poll", "poll_interval_s": 0.2}}
@@ -181,3 +185,134 @@ async def test_fivetran_names_for_the_validity_columns(sim, pg_url):
     assert await pg_value(pg_url, "SELECT count(*) FROM ft.account__history WHERE _fivetran_active "
                                   "AND _fivetran_end IS NULL AND _fivetran_start IS NOT NULL") == rows
     assert await pg_value(pg_url, "SELECT count(*) FROM ft.account__as_of(now())") == rows
+
+
+async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
+    settings = _settings(sim, pg_url, "hist")
+    await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # earlier tests' events: gone
+    first = Service(settings)
+    task = asyncio.create_task(first.run())
+    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM replicator.objects WHERE phase = 'STREAMING'"),
+                   timeout=60)
+    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) >= 2 FROM replicator.checkpoints "
+                                      "WHERE topic LIKE '/data/%'"), timeout=30)
+    first.stop.set()
+    assert await asyncio.wait_for(task, 30) == 0
+    acc = (await _live_ids(sim, "Account", 5))[4]
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "missed"}}])
+    await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # the stream cannot replay it
+    second = Service(settings)
+    task = asyncio.create_task(second.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'missed' FROM hist.account WHERE id = '{acc}'"),
+                       timeout=60)
+        assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'") == 1
+    finally:
+        second.stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+    assert [v["_op"] for v in await _versions(pg_url, "hist", acc)] == ["backfill", "resync"]
+    assert await pg_value(pg_url, "SELECT (SELECT count(*) FROM hist.account__history WHERE _op = 'resync') + "
+                                  "(SELECT count(*) FROM hist.contact__history WHERE _op = 'resync')") == 1
+    assert (await _history_equal(sim, pg_url, ["Account", "Contact"])) == {
+        "Account": {"current": [], "intervals": []}, "Contact": {"current": [], "intervals": []}}
+
+
+def _run(cfg, sim) -> subprocess.Popen:
+    # one replica id for every restart: a restart after SIGKILL takes its units over at once (README "One writer")
+    env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"],
+               REPLICATOR_SERVICE__REPLICA_ID="history")
+    return start_logged([sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", str(cfg)], env)
+
+
+async def _truth_of(sim, record_id) -> dict:
+    return next(r for r in await ground_truth(sim, "Account") if r["Id"] == record_id)
+
+
+async def _differences(pg_url, version: dict, truth: dict) -> list[str]:
+    types = {r["column_name"]: r["t"] for r in await _column_types(pg_url)}
+    return [f"{f}: org {v!r} != version {version[f.lower()]!r}" for f, v in truth.items()
+            if f.lower() in types and _norm(v, types[f.lower()]) != _norm(version[f.lower()], types[f.lower()])]
+
+
+async def _column_types(pg_url):
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return await conn.fetch(
+            "SELECT column_name, CASE WHEN data_type = 'timestamp with time zone' THEN 'timestamptz'"
+            " WHEN data_type LIKE 'time%' THEN 'time' ELSE data_type END AS t FROM information_schema.columns"
+            " WHERE table_schema = 'done' AND table_name = 'account' AND column_name NOT LIKE '\\_%'")
+    finally:
+        await conn.close()
+
+
+async def test_every_version_survives_sigkills_in_commit_order(sim, pg_url, tmp_path):
+    """The issue's "Done when": a record updated 5 times (two in the same second, one in a transaction of two
+    records), deleted and undeleted, with `replicator run` SIGKILLed in between, has exactly backfill + 5 +
+    delete + undelete versions, in commit order, each with the values the org had; verify --history is equal."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("\n".join([
+        "[salesforce]", f'instance_url = "{sim["instance_url"]}"', f'client_id = "{sim["client_id"]}"',
+        f'ca_file = "{sim["ca_file"]}"', f'pubsub_endpoint = "{sim["pubsub_endpoint"]}"',
+        "[postgres]", f'url = "{pg_url}"', 'schema = "done"', "[service]", "port = 0", 'host = "127.0.0.1"',
+        "[backfill]", "poll_max_s = 0.2", "[stream]", "batch_max_wait_s = 0.05",
+        "[objects.Account]", "history = true"]) + "\n")
+    acc, other = (await _live_ids(sim, "Account", 9))[7:9]
+    versions_expected: list[tuple[str, dict]] = []
+    proc = _run(cfg, sim)
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"), timeout=60)
+        versions_expected.append(("backfill", await _truth_of(sim, acc)))
+
+        async def kill_and_restart():
+            nonlocal proc
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc = _run(cfg, sim)
+
+        def applied(sql):
+            return lambda: pg_value(pg_url, f"SELECT {sql} FROM done.account WHERE id = '{acc}'")
+
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h1"}}])
+        versions_expected.append(("update", await _truth_of(sim, acc)))
+        await wait_for(applied("phone = 'h1'"), timeout=30)
+        await kill_and_restart()
+        # two updates in the same second, each its own transaction; killed before they may be applied
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h2"}},
+                             {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h3"}}],
+                       separate_transactions=True)
+        after = await _truth_of(sim, acc)
+        versions_expected += [("update", {**after, "Phone": "h2"}), ("update", after)]
+        await kill_and_restart()
+        await wait_for(applied("phone = 'h3'"), timeout=60)
+        # a transaction of two records
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h4"}},
+                             {"object": "Account", "type": "UPDATE", "ids": [other], "fields": {"Phone": "h4"}}])
+        versions_expected.append(("update", await _truth_of(sim, acc)))
+        await kill_and_restart()
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Name": "h5"}}])
+        versions_expected.append(("update", await _truth_of(sim, acc)))
+        await wait_for(applied("name = 'h5'"), timeout=60)
+        await _changes(sim, [{"object": "Account", "type": "DELETE", "ids": [acc]}])
+        versions_expected.append(("delete", await _truth_of(sim, acc)))
+        await kill_and_restart()
+        await wait_for(applied("isdeleted"), timeout=60)
+        await _changes(sim, [{"object": "Account", "type": "UNDELETE", "ids": [acc]}])
+        versions_expected.append(("undelete", await _truth_of(sim, acc)))
+        await wait_for(applied("NOT isdeleted"), timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = finish(proc, 60)
+    assert proc.returncode == 0, err[-3000:]
+    conn = await asyncpg.connect(pg_url)
+    try:
+        versions = [dict(r) for r in await conn.fetch(
+            "SELECT * FROM done.account__history WHERE id = $1 ORDER BY _valid_from, _position", acc)]
+    finally:
+        await conn.close()
+    assert [v["_op"] for v in versions] == [op for op, _ in versions_expected]
+    for version, (op, truth) in zip(versions, versions_expected, strict=True):
+        assert await _differences(pg_url, version, truth) == [], op
+    assert [v["_is_current"] for v in versions] == [False] * 7 + [True]
+    settings = settings_for(sim, pg_url, "done", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            objects={"Account": {"history": True}})
+    assert await verify_command(settings, ["Account"], history=True) == 0

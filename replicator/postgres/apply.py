@@ -225,6 +225,8 @@ class StreamSink:
         await self._fill_claims(conn, claims)
         for statement in ddl.place_keys(spec, _stream_newer, "stream"):
             await conn.execute(statement)
+        if self.t.history is not None:  # the rows it removed end their records' current versions
+            await conn.execute(history.close_removed(self.t))
         rows = await conn.fetch(f"SELECT id, outcome FROM {ddl.quote_ident(ddl.KEY_OUTCOME)} "
                                 f"WHERE outcome <> ALL($1::text[])", list(ddl.KEPT))
         losers = {r["id"]: r["outcome"] for r in rows if r["outcome"] != "older"}

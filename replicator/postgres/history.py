@@ -188,7 +188,7 @@ def _name_of(op: RowOp) -> str:
 
 def _rows(ops: list[RowOp]) -> list[tuple]:
     """One row per version to write: (Id, version, position, order, op, user, origin, changed fields, changed
-    values (None: take the table's row), last, the operation's version and position)."""
+    values (None: take the table's row), last, the operation's version and position, whether it ends deleted)."""
     out = []
     dumps = orjson.dumps
     for op in ops:
@@ -197,7 +197,7 @@ def _rows(ops: list[RowOp]) -> list[tuple]:
             last = steps[-1] if steps else None
             out.append((op.key, _ts(op.commit_ms), op.position, 0, _name_of(op), last and last.commit_user,
                         last and last.change_origin, last and ",".join(last.changed_fields), None, True,
-                        _ts(op.commit_ms), op.position))
+                        _ts(op.commit_ms), op.position, op.kind == "delete" or op.deleted))
             continue
         for i, s in enumerate(steps):
             final = i == len(steps) - 1
@@ -210,7 +210,8 @@ def _rows(ops: list[RowOp]) -> list[tuple]:
                 values = dumps(values, default=str).decode()
             position = op.position if final else s.position
             out.append((op.key, _ts(op.commit_ms if final else s.commit_ms), position, i, s.op, s.commit_user,
-                        s.change_origin, ",".join(s.changed_fields), values, final, _ts(op.commit_ms), op.position))
+                        s.change_origin, ",".join(s.changed_fields), values, final, _ts(op.commit_ms), op.position,
+                        op.kind == "delete" or op.deleted))
     return out
 
 
@@ -230,17 +231,18 @@ def stream_versions(table: TableInfo, ops: list[RowOp]) -> tuple[str, list] | No
     args[11] = [p or None for p in args[11]]
     newer = (f"(b.\"id\" IS NULL OR b.{start} < s.v OR (b.{start} = s.v AND b.\"_position\" <> s.p AND "
              f"(b.\"_position\" = ''::bytea OR (s.p <> ''::bytea AND b.\"_position\" < s.p))))")
-    # The table took the operation: its row carries the operation's version now, or the record has no row (a hard
-    # delete). The sink's guard compares the operation's newest change only and writes the changes folded into
+    # The table took the operation: its row carries the operation's version now, or it ends deleted and the record
+    # has no row (a hard delete). The sink's guard compares the operation's newest change only and writes the changes folded into
     # it, so history keeps them exactly when the row took them; a row of an extract newer than the history's
     # current version (a resync that found the same values adds no version) makes no older change a version.
     row_v, row_p = q(ddl.STREAM_VERSION_COLUMN), q(ddl.STREAM_POSITION_COLUMN)
     took = (f"(EXISTS (SELECT 1 FROM {t} r WHERE r.\"id\" = s.id AND r.{row_v} = s.ov "
-            f"AND r.{row_p} IS NOT DISTINCT FROM s.op_p) OR NOT EXISTS (SELECT 1 FROM {t} r WHERE r.\"id\" = s.id))")
+            f"AND r.{row_p} IS NOT DISTINCT FROM s.op_p) "
+            f"OR (s.gone AND NOT EXISTS (SELECT 1 FROM {t} r WHERE r.\"id\" = s.id)))")
     sql = f"""
 WITH s AS (SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bytea[], $4::int[], $5::text[], $6::text[],
-                                $7::text[], $8::text[], $9::jsonb[], $10::bool[], $11::timestamptz[], $12::bytea[])
-                         AS s(id, v, p, n, op, u, o, f, j, last, ov, op_p)),
+                                $7::text[], $8::text[], $9::jsonb[], $10::bool[], $11::timestamptz[], $12::bytea[],
+                                $13::bool[]) AS s(id, v, p, n, op, u, o, f, j, last, ov, op_p, gone)),
 b AS (SELECT c.* FROM {h} c WHERE c.{active} AND c."id" IN (SELECT id FROM s)),
 a AS (SELECT s.*, CASE WHEN b."id" IS NULL THEN '{{}}'::jsonb ELSE to_jsonb(b) END AS base,
              replicator.jsonb_merge(s.j) OVER w AS cum, lead(s.v) OVER w AS next_v
@@ -262,6 +264,17 @@ FROM i CROSS JOIN LATERAL jsonb_populate_record(NULL::{h}, i.image) r
 WHERE i.image IS NOT NULL
 ON CONFLICT DO NOTHING"""
     return sql, args
+
+
+def close_removed(table: TableInfo) -> str:
+    """After the stream's key step (`ddl.place_keys`): the rows it removed (a key nulled, a claim refused, a stale
+    row displaced) end their records' current versions. A row it moved to another key is written again by the
+    batch, whose own versions follow."""
+    n, q = table.history, ddl.quote_ident
+    assert n is not None
+    return (f"UPDATE {qualified(table.spec)} c SET {q(n.end)} = greatest(c.{q(n.start)}, now()), "
+            f"{q(n.active)} = false FROM {q(ddl.KEY_OUTCOME)} o WHERE c.\"id\" = o.id AND o.had_row "
+            f"AND o.outcome IN ('unkeyed', 'refused', 'displaced') AND c.{q(n.active)}")
 
 
 # ---- reading and checking --------------------------------------------------------------------------------------

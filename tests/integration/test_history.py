@@ -20,7 +20,8 @@ from replicator.sim.server import SimulatorThread
 from .helpers import _norm, finish, ground_truth, pg_value, settings_for, sim_admin, start_logged, wait_for
 
 OBJECTS = {"Account": {"history": True}, "Contact": {"history": True, "deletes": "hard"},
-           "Opportunity": {"history": True, "mode": "poll", "poll_interval_s": 0.2}}
+           "Opportunity": {"history": True, "mode": "poll", "poll_interval_s": 0.2},
+           "Invoice__c": {"history": True, "key": "External_Id__c"}}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ async def _versions(pg_url, schema, record_id, columns="phone, isdeleted", table
 async def service(sim, pg_url):
     svc = Service(_settings(sim, pg_url, "hist"))
     task = asyncio.create_task(svc.run())
-    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM replicator.objects WHERE phase = 'STREAMING'"),
+    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
                    timeout=60)
     yield svc
     svc.stop.set()
@@ -91,7 +92,7 @@ async def test_every_change_of_one_batch_is_a_version_of_its_own(sim, pg_url, se
     assert await verify_command(_settings(sim, pg_url, "hist"), ["Account"], history=True) == 0
 
 
-async def _history_equal(sim, pg_url, names=("Account", "Contact", "Opportunity")):
+async def _history_equal(sim, pg_url, names=("Account", "Contact", "Opportunity", "Invoice__c")):
     from replicator.app.runtime import open_store, salesforce_client
     from replicator.pipeline.verify import verify_history
 
@@ -114,7 +115,7 @@ async def test_hard_delete_closes_the_current_version_and_undelete_opens_one(sim
     assert [(v["_op"], v["_is_current"]) for v in versions][1:] == [("update", False), ("undelete", True)]
     assert versions[2]["_valid_from"] >= versions[1]["_valid_to"]  # a hole while the record did not exist
     assert await _history_equal(sim, pg_url) == {n: {"current": [], "intervals": []}
-                                                  for n in ("Account", "Contact", "Opportunity")}
+                                                  for n in ("Account", "Contact", "Opportunity", "Invoice__c")}
 
 
 async def test_a_polled_object_adds_a_version_per_change_a_round_sees(sim, pg_url, service):
@@ -192,9 +193,9 @@ async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
     await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # earlier tests' events: gone
     first = Service(settings)
     task = asyncio.create_task(first.run())
-    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM replicator.objects WHERE phase = 'STREAMING'"),
+    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
                    timeout=60)
-    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) >= 2 FROM replicator.checkpoints "
+    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) >= 3 FROM replicator.checkpoints "
                                       "WHERE topic LIKE '/data/%'"), timeout=30)
     first.stop.set()
     assert await asyncio.wait_for(task, 30) == 0
@@ -212,7 +213,8 @@ async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
         assert await asyncio.wait_for(task, 30) == 0
     assert [v["_op"] for v in await _versions(pg_url, "hist", acc)] == ["backfill", "resync"]
     assert await pg_value(pg_url, "SELECT (SELECT count(*) FROM hist.account__history WHERE _op = 'resync') + "
-                                  "(SELECT count(*) FROM hist.contact__history WHERE _op = 'resync')") == 1
+                                  "(SELECT count(*) FROM hist.contact__history WHERE _op = 'resync') + "
+                                  "(SELECT count(*) FROM hist.invoice__c__history WHERE _op = 'resync')") == 1
     assert (await _history_equal(sim, pg_url, ["Account", "Contact"])) == {
         "Account": {"current": [], "intervals": []}, "Contact": {"current": [], "intervals": []}}
 
@@ -316,3 +318,16 @@ async def test_every_version_survives_sigkills_in_commit_order(sim, pg_url, tmp_
     settings = settings_for(sim, pg_url, "done", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                             objects={"Account": {"history": True}})
     assert await verify_command(settings, ["Account"], history=True) == 0
+
+
+async def test_keys_two_records_swap_in_one_transaction_keep_their_histories(sim, pg_url, service):
+    invoices = [r for r in await ground_truth(sim, "Invoice__c") if not r["IsDeleted"] and r["External_Id__c"]][:2]
+    (a, ka), (b, kb) = [(r["Id"], r["External_Id__c"]) for r in invoices]
+    await _changes(sim, [{"object": "Invoice__c", "type": "UPDATE", "ids": [a], "fields": {"External_Id__c": kb}},
+                         {"object": "Invoice__c", "type": "UPDATE", "ids": [b], "fields": {"External_Id__c": ka}}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT external_id__c = '{kb}' FROM hist.invoice__c WHERE id = '{a}'"),
+                   timeout=30)
+    for record_id, key in ((a, kb), (b, ka)):
+        assert await pg_value(pg_url, f"SELECT external_id__c FROM hist.invoice__c__history WHERE id = '{record_id}' "
+                                      "AND _is_current") == key
+    assert (await _history_equal(sim, pg_url, ["Invoice__c"]))["Invoice__c"] == {"current": [], "intervals": []}

@@ -231,7 +231,7 @@ class HistorySettings(_Section):
     retention_days: float = Field(
         0.0, ge=0,
         description="Versions closed (`_valid_to`) more than this many days ago are deleted, "
-        "`prune_batch` rows a transaction, by `replicator history --prune` and by the service once a day. "
+        "`prune_batch` rows a transaction, by `replicator prune-history` and by the service once a day. "
         "0 keeps every version.",
     )
     prune_batch: int = Field(

@@ -15,7 +15,8 @@ from ..config import Settings
 from ..model import ReplicatorError
 from ..pipeline.backfill import Backfill
 from ..pipeline.backfill import Progress as BackfillProgress
-from ..pipeline.verify import prune_history, verify_history, verify_object
+from ..pipeline.history import prune_history
+from ..pipeline.verify import verify_history, verify_object
 from .runtime import open_store, salesforce_client
 
 log = structlog.get_logger(__name__)

@@ -58,15 +58,3 @@ async def verify_history(client: SalesforceClient, store: Store, settings: Setti
     log.info("verify.history", object=name, **found)
     return found
 
-
-async def prune_history(client: SalesforceClient, store: Store, settings: Settings, name: str) -> int | None:
-    """Delete the object's history versions closed more than `history.retention_days` ago (None: the object
-    keeps no history, or every version is kept)."""
-    obj, days = settings.objects[name], settings.history.retention_days
-    names = history_names(settings, obj)
-    if names is None or not days:
-        return None
-    table = object_table(await client.describe(name), settings.postgres.schema_, obj, names)
-    pruned = await store.prune_history(table, days, settings.history.prune_batch)
-    log.info("history.pruned", object=name, versions=pruned, retention_days=days)
-    return pruned

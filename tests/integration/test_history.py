@@ -331,3 +331,31 @@ async def test_keys_two_records_swap_in_one_transaction_keep_their_histories(sim
         assert await pg_value(pg_url, f"SELECT external_id__c FROM hist.invoice__c__history WHERE id = '{record_id}' "
                                       "AND _is_current") == key
     assert (await _history_equal(sim, pg_url, ["Invoice__c"]))["Invoice__c"] == {"current": [], "intervals": []}
+
+
+async def test_the_service_prunes_versions_past_retention_when_it_starts(sim, pg_url):
+    settings = _settings(sim, pg_url, "hist", history={"retention_days": 30})
+
+    async def run_until(predicate):
+        svc = Service(settings)
+        task = asyncio.create_task(svc.run())
+        try:
+            await wait_for(predicate, timeout=60)
+        finally:
+            svc.stop.set()
+            assert await asyncio.wait_for(task, 30) == 0
+
+    acc = (await _live_ids(sim, "Account", 6))[5]
+
+    async def changed():
+        if await pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"):
+            await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "old"}}])
+            return True
+        return False
+
+    await run_until(changed)
+    await run_until(lambda: pg_value(pg_url, f"SELECT phone = 'old' FROM hist.account WHERE id = '{acc}'"))
+    assert await pg_value(pg_url, "UPDATE hist.account__history SET _valid_to = _valid_to - interval '40 days', "
+                                  "_valid_from = _valid_from - interval '40 days' WHERE NOT _is_current "
+                                  "RETURNING 1") == 1
+    await run_until(lambda: pg_value(pg_url, "SELECT count(*) = 0 FROM hist.account__history WHERE NOT _is_current"))

@@ -46,7 +46,7 @@ async def load_ratios(url: str, rows: int, repeat: int) -> list[float]:
                 info = TableInfo(spec, version_column(spec), True, hard_deletes=False,
                                  history=HistoryNames() if history else None)
                 async with store._pool.acquire() as conn:
-                    await conn.execute("DROP TABLE IF EXISTS bench_history.account, bench_history.account__history")
+                    await conn.execute("DROP TABLE IF EXISTS bench_history.account, bench_history.account__history CASCADE")
                     await conn.execute("CHECKPOINT")
                 await store.page_sink(info).prepare()
                 took[history] = await _job(store, store.page_sink(info), "Account", "copy", pages)

@@ -137,6 +137,8 @@ class Backfill:
         page_size = self.settings.backfill.page_size
         job = await self.bulk.create_query_job(soql(self.spec), all_rows=True)
         mode = "copy" if table_empty else "upsert"
+        if mode == "copy":
+            await self.sink.end_versions()
         await self.store.start_job(self.name, job.id, mode, page_size, job.created_date)
         log.info("backfill.job_created", object=self.name, job_id=job.id, load_mode=mode)
         return job.id, mode, page_size

@@ -122,6 +122,15 @@ class PageSink:
                 spec.schema, spec.name)}
         return [c.field for c in spec.columns if c.name not in existing] if existing else None
 
+    @mapped
+    async def end_versions(self) -> None:
+        """A first load into the empty table begins (`load_mode` copy): its records' history starts again, so
+        versions still current from rows removed outside replicator end now (postgres/history.py)."""
+        if self.t.history is not None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(history.end_current(self.t))
+                await leases.check(conn)
+
     async def _mark(self, conn: asyncpg.Connection, op: str) -> None:
         """Name the `_op` of the history versions this transaction's writes add (postgres/history.py)."""
         if self.t.history is not None:

@@ -53,7 +53,11 @@ async def load_ratios(url: str, rows: int, repeat: int) -> list[float]:
                 if history:
                     async with store._pool.acquire() as conn:
                         versions = await conn.fetchval("SELECT count(*) FROM bench_history.account__history")
+                        size = await conn.fetchval(
+                            "SELECT pg_total_relation_size('bench_history.account__history')")
                     assert versions == rows, f"{versions} versions for {rows} rows"
+                    print(f"history table: {size / versions:.0f} bytes a version with its indexes, "
+                          f"{size / versions * 1e6 / 2**20:,.0f} MiB per 1,000,000 versions", flush=True)
             ratios.append(took[False] / took[True])
             print(f"load {rows:,} rows: off {took[False]:.2f} s, on {took[True]:.2f} s: {ratios[-1]:.2f}x", flush=True)
     return ratios

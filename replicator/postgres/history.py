@@ -36,7 +36,6 @@ from .state import ms_to_datetime as _ts
 
 SUFFIX = "__history"
 OP_SETTING = "replicator.history_op"
-META = ("_op", "_commit_user", "_change_origin", "_changed_fields", "_position")
 
 
 def name(spec: TableSpec) -> str:
@@ -96,18 +95,22 @@ def record_function(spec: TableSpec, n: HistoryNames) -> list[str]:
     ends there. A row rewritten at its current version's own version replaces that version's values. The
     refresh (`refresh`) writes columns Salesforce changes without a new SystemModstamp: no time places a version
     for them, so they are written into the current version. DELETE (a hard delete by an extract) ends the
-    current version now. Writes marked `stream` are the stream's own (`stream_versions`)."""
+    current version now. Writes marked `stream` are the stream's own (`stream_versions`). `<op>:removed` (rows an
+    extract lacked, marked deleted: their records left the org while nothing told) places the versions now: the
+    row's own version did not move, and the version before it is how the record lived until then."""
     q, h, t = ddl.quote_ident, qualified(spec), ddl.qualified(spec)
     start, end, active = q(n.start), q(n.end), q(n.active)
     fn = f"{q(spec.schema)}.{q(name(spec) + '_record')}"
-    ver = f"coalesce(r.{q(VERSION_COLUMN)}, now())"
+    ver = f"(CASE WHEN removed THEN now() ELSE coalesce(r.{q(VERSION_COLUMN)}, now()) END)"
     pos = f"coalesce(r.{q(ddl.STREAM_POSITION_COLUMN)}, ''::bytea)"
     same = f"ROW({_cols(spec, 'c.')}) IS NOT DISTINCT FROM ROW({_cols(spec, 'r.')})"
     sets = ", ".join(f"{q(c.name)} = r.{q(c.name)}" for c in spec.columns)
     body = f"""
 DECLARE
   op text := coalesce(nullif(current_setting('{OP_SETTING}', true), ''), 'resync');
+  removed boolean := op LIKE '%:removed';
 BEGIN
+  op := split_part(op, ':', 1);
   IF op = 'stream' THEN
     RETURN NULL;
   END IF;

@@ -158,6 +158,7 @@ class PageSink:
         the job and calls it again: the key set stays until then). Returns how many."""
         soft = self.t.has_isdeleted and not self.t.hard_deletes
         async with self.pool.acquire() as conn, conn.transaction():
+            await self._mark(conn, "resync:removed")
             status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), self.t.spec.object)
             await leases.check(conn)
         return int(status.rsplit(" ", 1)[-1])
@@ -408,7 +409,7 @@ class DeltaSink(PageSink):
         t, q = ddl.qualified(self.t.spec), ddl.quote_ident
         soft = self.t.has_isdeleted and not self.t.hard_deletes
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._mark(conn, "poll")
+            await self._mark(conn, "poll:removed")
             await conn.execute("CREATE TEMP TABLE _reconcile_ids (id text) ON COMMIT DROP")
             seen = 0
             async for chunks in pages:

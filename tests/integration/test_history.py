@@ -199,9 +199,10 @@ async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
                                       "WHERE topic LIKE '/data/%'"), timeout=30)
     first.stop.set()
     assert await asyncio.wait_for(task, 30) == 0
-    acc = (await _live_ids(sim, "Account", 5))[4]
+    acc, gone = (await _live_ids(sim, "Account", 11))[4:11:6]
     await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "missed"}}])
-    await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # the stream cannot replay it
+    await _changes(sim, [{"object": "Account", "type": "HARD_DELETE", "ids": [gone]}])
+    await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # the stream cannot replay them
     second = Service(settings)
     task = asyncio.create_task(second.run())
     try:
@@ -212,9 +213,13 @@ async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
         second.stop.set()
         assert await asyncio.wait_for(task, 30) == 0
     assert [v["_op"] for v in await _versions(pg_url, "hist", acc)] == ["backfill", "resync"]
+    # the record that left the org unseen: its last version stays as it lived, a deleted one follows it
+    removed = await _versions(pg_url, "hist", gone)
+    assert [(v["_op"], v["isdeleted"]) for v in removed] == [("backfill", False), ("resync", True)]
+    assert removed[1]["_valid_from"] > removed[0]["_valid_from"]
     assert await pg_value(pg_url, "SELECT (SELECT count(*) FROM hist.account__history WHERE _op = 'resync') + "
                                   "(SELECT count(*) FROM hist.contact__history WHERE _op = 'resync') + "
-                                  "(SELECT count(*) FROM hist.invoice__c__history WHERE _op = 'resync')") == 1
+                                  "(SELECT count(*) FROM hist.invoice__c__history WHERE _op = 'resync')") == 2
     assert (await _history_equal(sim, pg_url, ["Account", "Contact"])) == {
         "Account": {"current": [], "intervals": []}, "Contact": {"current": [], "intervals": []}}
 

@@ -267,6 +267,9 @@ def stream_versions(table: TableInfo, ops: list[RowOp]) -> tuple[str, list] | No
     took = (f"(EXISTS (SELECT 1 FROM {t} r WHERE r.\"id\" = s.id AND r.{row_v} = s.ov "
             f"AND r.{row_p} IS NOT DISTINCT FROM s.op_p) "
             f"OR (s.gone AND NOT EXISTS (SELECT 1 FROM {t} r WHERE r.\"id\" = s.id)))")
+    # A record's current version is its latest (the unique index, read backwards: one index probe per record,
+    # whatever the history's size; a scan of the history for the batch's Ids was chosen by the planner and grew
+    # with every version, measured 10x slower after 60,000), and it is ended by its row's address.
     # each version's validity and header; the batch's last change of a record is its row as the table holds it
     meta = ("a.v, a.next_v, a.next_v IS NULL, a.op, nullif(a.u, ''), nullif(a.o, ''), "
             "string_to_array(nullif(a.f, ''), ','), a.p")
@@ -274,14 +277,16 @@ def stream_versions(table: TableInfo, ops: list[RowOp]) -> tuple[str, list] | No
 WITH s AS (SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bytea[], $4::int[], $5::text[], $6::text[],
                                 $7::text[], $8::text[], $9::jsonb[], $10::bool[], $11::timestamptz[], $12::bytea[],
                                 $13::bool[]) AS s(id, v, p, n, op, u, o, f, j, last, ov, op_p, gone)),
-b AS (SELECT c.* FROM {h} c WHERE c."id" = ANY($1::text[]) AND c.{active}),
-a AS (SELECT s.*, CASE WHEN s.last THEN NULL WHEN b."id" IS NULL THEN '{{}}'::jsonb ELSE to_jsonb(b) END AS base,
+b AS (SELECT x.* FROM (SELECT DISTINCT id FROM s) i CROSS JOIN LATERAL
+        (SELECT c.ctid AS _row, c.* FROM {h} c WHERE c."id" = i.id
+         ORDER BY c.{start} DESC, c."_position" DESC LIMIT 1) x WHERE x.{active}),
+a AS (SELECT s.*, b._row, CASE WHEN s.last THEN NULL WHEN b."id" IS NULL THEN '{{}}'::jsonb ELSE to_jsonb(b) END AS base,
              replicator.jsonb_merge(s.j) OVER w AS cum, lead(s.v) OVER w AS next_v
       FROM s LEFT JOIN b ON b."id" = s.id WHERE {newer} AND {took}
       WINDOW w AS (PARTITION BY s.id ORDER BY s.n)),
 closed AS (UPDATE {h} c SET {end} = greatest(c.{start}, f.v), {active} = false
-           FROM (SELECT id, min(v) AS v FROM a GROUP BY id) f
-           WHERE c."id" = ANY($1::text[]) AND c."id" = f.id AND c.{active} RETURNING 1)
+           FROM (SELECT _row, min(v) AS v FROM a WHERE _row IS NOT NULL GROUP BY _row) f
+           WHERE c.ctid = f._row RETURNING 1)
 INSERT INTO {h} ({_cols(spec)}, {start}, {end}, {active}, "_op", "_commit_user", "_change_origin",
                  "_changed_fields", "_position")
 SELECT {_cols(spec, 'r.')}, {meta} FROM a CROSS JOIN LATERAL jsonb_populate_record(NULL::{h}, a.base || a.cum) r

@@ -324,12 +324,12 @@ def check_sql(table: TableInfo) -> tuple[str, str]:
     current = (f"SELECT coalesce(t.\"id\", c.\"id\") FROM {t} t FULL JOIN (SELECT * FROM {h} WHERE {active}) c "
                f"ON c.\"id\" = t.\"id\" WHERE t.\"id\" IS NULL OR c.\"id\" IS NULL "
                f"OR ROW({cols_t}) IS DISTINCT FROM ROW({cols_h})")
-    gap = "x.nxt > x.e" if table.hard_deletes else "x.nxt <> x.e"
+    hole = "false" if table.hard_deletes else "x.nxt > x.e"  # a hard-deleted record lives nowhere until it returns
     intervals = (f"SELECT x.\"id\" FROM (SELECT \"id\", {start} AS s, {end} AS e, {active} AS a, "
                  f"lead({start}) OVER w AS nxt, count(*) FILTER (WHERE {active}) OVER (PARTITION BY \"id\") AS cur "
                  f"FROM {h} WINDOW w AS (PARTITION BY \"id\" ORDER BY {start}, \"_position\")) x "
                  f"WHERE x.cur > 1 OR x.e < x.s OR (x.e IS NULL) <> x.a OR (x.nxt IS NOT NULL AND "
-                 f"(x.e IS NULL OR x.nxt < x.e OR {gap}))")
+                 f"(x.e IS NULL OR x.nxt < x.e OR {hole}))")
     return current, intervals
 
 

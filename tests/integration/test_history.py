@@ -113,7 +113,7 @@ async def test_hard_delete_closes_the_current_version_and_undelete_opens_one(sim
     await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 1 FROM hist.contact WHERE id = '{con}'"), timeout=30)
     versions = await _versions(pg_url, "hist", con, table="contact")
     assert [(v["_op"], v["_is_current"]) for v in versions][1:] == [("update", False), ("undelete", True)]
-    assert versions[2]["_valid_from"] >= versions[1]["_valid_to"]  # a hole while the record did not exist
+    assert versions[2]["_valid_from"] >= versions[1]["_valid_to"]  # a hole while the record was gone
     assert await _history_equal(sim, pg_url) == {n: {"current": [], "intervals": []}
                                                   for n in ("Account", "Contact", "Opportunity", "Invoice__c")}
 
@@ -364,3 +364,14 @@ async def test_the_service_prunes_versions_past_retention_when_it_starts(sim, pg
                                   "_valid_from = _valid_from - interval '40 days' WHERE NOT _is_current "
                                   "RETURNING 1") == 1
     await run_until(lambda: pg_value(pg_url, "SELECT count(*) = 0 FROM hist.account__history WHERE NOT _is_current"))
+
+
+async def test_verify_history_finds_a_wrong_current_version_and_overlapping_versions(sim, pg_url, service):
+    acc, other = (await _live_ids(sim, "Account", 13))[11:13]
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [other], "fields": {"Phone": "o"}}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'o' FROM hist.account WHERE id = '{other}'"), timeout=30)
+    await pg_value(pg_url, f"UPDATE hist.account__history SET phone = 'wrong' WHERE id = '{acc}' AND _is_current")
+    await pg_value(pg_url, f"UPDATE hist.account__history SET _valid_to = _valid_to + interval '1 second' "
+                           f"WHERE id = '{other}' AND NOT _is_current")
+    assert (await _history_equal(sim, pg_url, ["Account"]))["Account"] == {"current": [acc], "intervals": [other]}
+    assert await verify_command(_settings(sim, pg_url, "hist"), ["Account"], history=True) == 1

@@ -289,7 +289,7 @@ closed AS (UPDATE {h} c SET {end} = greatest(c.{start}, f.v), {active} = false
            WHERE c.ctid = f._row RETURNING 1)
 INSERT INTO {h} ({_cols(spec)}, {start}, {end}, {active}, "_op", "_commit_user", "_change_origin",
                  "_changed_fields", "_position")
-SELECT {_cols(spec, 'r.')}, {meta} FROM a CROSS JOIN LATERAL jsonb_populate_record(NULL::{h}, a.base || a.cum) r
+SELECT {_cols(spec, 'r.')}, {meta} FROM a CROSS JOIN LATERAL jsonb_populate_record(NULL::{h}, a.base || a.cum || jsonb_build_object('id', a.id)) r
 WHERE NOT a.last
 UNION ALL
 SELECT {_cols(spec, 'r.')}, {meta} FROM a JOIN {t} r ON r."id" = a.id AND r.{row_v} = a.v

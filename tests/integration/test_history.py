@@ -17,7 +17,17 @@ from replicator.app.commands import verify_command
 from replicator.app.service import Service
 from replicator.sim.server import SimulatorThread
 
-from .helpers import _norm, finish, ground_truth, pg_value, settings_for, sim_admin, start_logged, wait_for
+from .helpers import (
+    _norm,
+    all_equal,
+    finish,
+    ground_truth,
+    pg_value,
+    settings_for,
+    sim_admin,
+    start_logged,
+    wait_for,
+)
 
 OBJECTS = {"Account": {"history": True}, "Contact": {"history": True, "deletes": "hard"},
            "Opportunity": {"history": True, "mode": "poll", "poll_interval_s": 0.2},
@@ -96,7 +106,7 @@ async def _history_equal(sim, pg_url, names=("Account", "Contact", "Opportunity"
     from replicator.app.runtime import open_store, salesforce_client
     from replicator.pipeline.verify import verify_history
 
-    settings = _settings(sim, pg_url, "hist")
+    settings = _settings(sim, pg_url, "hist", history={"default": True})
     async with salesforce_client(settings) as client, open_store(settings) as store:
         return {n: await verify_history(client, store, settings, n) for n in names}
 
@@ -375,3 +385,50 @@ async def test_verify_history_finds_a_wrong_current_version_and_overlapping_vers
                            f"WHERE id = '{other}' AND NOT _is_current")
     assert (await _history_equal(sim, pg_url, ["Account"]))["Account"] == {"current": [acc], "intervals": [other]}
     assert await verify_command(_settings(sim, pg_url, "hist"), ["Account"], history=True) == 1
+
+
+async def test_history_under_live_traffic_and_sigkills_stays_whole(sim, pg_url, tmp_path):
+    """Live traffic of every kind (transactions, multi-record events, records changed many times in one batch, text
+    diffs, undeletes), `replicator run` SIGKILLed three times: the tables equal the org, and every history table's
+    current versions equal its rows, with no overlap and no hole."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("\n".join([
+        "[salesforce]", f'instance_url = "{sim["instance_url"]}"', f'client_id = "{sim["client_id"]}"',
+        f'ca_file = "{sim["ca_file"]}"', f'pubsub_endpoint = "{sim["pubsub_endpoint"]}"',
+        "[postgres]", f'url = "{pg_url}"', 'schema = "hist"', "[service]", "port = 0", 'host = "127.0.0.1"',
+        "[backfill]", "poll_max_s = 0.2", "[stream]", "batch_max_wait_s = 0.05", "[history]", "default = true",
+        "[objects.Account]", "[objects.Contact]", '[objects.Invoice__c]', 'key = "External_Id__c"']) + "\n")
+    made = (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"]
+    published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
+    changes = 600
+    proc = _run(cfg, sim)
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM replicator.objects "
+                                          "WHERE phase = 'STREAMING'"), timeout=60)
+        await sim_admin(sim, "PUT", "/__sim/traffic", {
+            "running": True, "rate": 150, "changes": made + changes, "transaction_size": 3, "records_per_event": 2,
+            "collision_rate": 0.5, "objects": ["Account", "Contact", "Invoice__c"]})
+        for point in (150, 300, 450):  # kill when the org has made that many changes: no sleeps
+            await wait_for(lambda p=point: _made_at_least(sim, made + p), timeout=60)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc = _run(cfg, sim)
+        await wait_for(lambda: _made_at_least(sim, made + changes), timeout=60)
+        published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"] - published
+        await wait_for(lambda: pg_value(pg_url, f"SELECT sum(events_applied) >= {published} "
+                                          "FROM replicator.checkpoints"), timeout=90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = finish(proc, 60)
+    assert proc.returncode == 0, err[-3000:]
+    settings = settings_for(sim, pg_url, "hist", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            objects={"Account": {}, "Contact": {}, "Invoice__c": {"key": "External_Id__c"}},
+                            history={"default": True})
+    assert await all_equal(settings, refresh=True)  # the refresh: silent changes of the traffic (README "Refresh")
+    for name, found in (await _history_equal(sim, pg_url, settings.objects)).items():
+        assert found == {"current": [], "intervals": []}, name
+    assert await pg_value(pg_url, "SELECT count(*) FROM hist.account__history WHERE _op = 'update'") > 0
+
+
+async def _made_at_least(sim, n):
+    return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"] >= n

@@ -432,3 +432,25 @@ async def test_history_under_live_traffic_and_sigkills_stays_whole(sim, pg_url, 
 
 async def _made_at_least(sim, n):
     return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"] >= n
+
+
+async def test_a_channel_batch_writes_each_members_versions(sim, pg_url):
+    settings = settings_for(sim, pg_url, "chan", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            stream={"batch_max_wait_s": 0.05, "channel": "/data/ChangeEvents"},
+                            objects={"Account": {"history": True}, "Contact": {"history": True}})
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects "
+                                          "WHERE phase = 'STREAMING'"), timeout=60)
+        acc, con = (await _live_ids(sim, "Account", 14))[13], (await _live_ids(sim, "Contact", 3))[2]
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "c1"}},
+                             {"object": "Contact", "type": "UPDATE", "ids": [con], "fields": {"Phone": "c1"}},
+                             {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "c2"}}])
+        await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'c2' FROM chan.account WHERE id = '{acc}'"),
+                       timeout=30)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+    assert [v["phone"] for v in await _versions(pg_url, "chan", acc)][1:] == ["c1", "c2"]
+    assert [v["phone"] for v in await _versions(pg_url, "chan", con, table="contact")][1:] == ["c1"]

@@ -92,13 +92,27 @@ def run(config_path: str | None) -> None:
 @click.option("--repair", is_flag=True,
               help="Also fix what differs: write missing and different rows from the extract, delete rows "
               "Salesforce does not have (rows changed after the extract began are left alone), then compare again.")
+@click.option("--history", "history", is_flag=True,
+              help="Also check the history tables: each current version equals its row, and a record's versions "
+              "never overlap and leave no hole while it lives.")
 @click.argument("objects", nargs=-1)
-def verify(config_path: str | None, repair: bool, objects: tuple[str, ...]) -> None:
+def verify(config_path: str | None, repair: bool, history: bool, objects: tuple[str, ...]) -> None:
     """Extract OBJECTS again and compare with Postgres row by row; exit 0 only when equal."""
     settings = _settings(config_path, objects)
     from .app.commands import verify_command
 
-    _run(lambda: verify_command(settings, list(objects) or list(settings.objects), repair))
+    _run(lambda: verify_command(settings, list(objects) or list(settings.objects), repair, history))
+
+
+@main.command("prune-history")
+@CONFIG_OPTION
+@click.argument("objects", nargs=-1)
+def prune_history(config_path: str | None, objects: tuple[str, ...]) -> None:
+    """Delete history versions of OBJECTS (default: all) closed more than history.retention_days ago."""
+    settings = _settings(config_path, objects)
+    from .app.commands import prune_command
+
+    _run(lambda: prune_command(settings, list(objects) or list(settings.objects)))
 
 
 @main.command()

@@ -216,6 +216,31 @@ class PollSettings(_Section):
     )
 
 
+class HistorySettings(_Section):
+    default: bool = Field(
+        False,
+        description="Keep a history table `<table>__history` for every object whose `objects.X.history` is unset: "
+        "one full version of a record per committed change (README \"History\").",
+    )
+    columns: Literal["replicator", "fivetran"] = Field(
+        "replicator",
+        description="Names of the history tables' validity columns: replicator (`_valid_from`, `_valid_to`, "
+        "`_is_current`) or fivetran (`_fivetran_start`, `_fivetran_end`, `_fivetran_active`, so packages written "
+        "for Fivetran's history mode read them). Chosen when a history table is created.",
+    )
+    retention_days: float = Field(
+        0.0, ge=0,
+        description="Versions closed (`_valid_to`) more than this many days ago are deleted, "
+        "`prune_batch` rows a transaction, by `replicator prune-history` and by the service once a day. "
+        "0 keeps every version.",
+    )
+    prune_batch: int = Field(
+        10_000, gt=0, le=1_000_000,
+        description="Versions deleted per transaction by a prune (short transactions: readers and the stream "
+        "never wait long on one).",
+    )
+
+
 class ServiceSettings(_Section):
     host: str = Field("0.0.0.0", description="Address of the metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`).")
     port: int = Field(9108, ge=0, le=65535, description="Port of those endpoints; 0 picks a free port (logged at start).")
@@ -278,6 +303,11 @@ class ObjectSettings(_Section):
         "or resync counting as one (at once when none is); 0 turns the schedule off (`replicator refresh` still "
         "runs it).",
     )
+    history: bool | None = Field(
+        None,
+        description="Keep every version of every record in `<table>__history` beside the table (README "
+        "\"History\"). Unset: `history.default`.",
+    )
 
 
 class Settings(BaseSettings):
@@ -291,6 +321,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     service: ServiceSettings = ServiceSettings()
     poll: PollSettings = PollSettings()
+    history: HistorySettings = HistorySettings()
     objects: dict[str, ObjectSettings] = Field(default_factory=dict)
 
     @field_validator("objects")

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from .config import (
     BackfillSettings,
+    HistorySettings,
     ObjectSettings,
     PollSettings,
     PostgresSettings,
@@ -26,6 +27,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("stream", StreamSettings),
     ("service", ServiceSettings),
     ("poll", PollSettings),
+    ("history", HistorySettings),
     ("objects.NAME", ObjectSettings),
 ]
 

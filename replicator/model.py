@@ -233,6 +233,22 @@ class TableInfo:
     # Columns change events never carry (salesforce/topics.EVENTLESS_FIELDS, a computed compound name): a change
     # from an event leaves them as the row holds them; only a record fetched from the org writes them.
     eventless: frozenset[str] = frozenset()
+    # The object's history table (`<table>__history`, README "History"), None when history is off.
+    history: HistoryNames | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryNames:
+    """The names of a history table's three validity columns: replicator's own, or Fivetran's
+    (`_fivetran_start`, `_fivetran_end`, `_fivetran_active`) so that packages written for Fivetran's history mode
+    read it unchanged."""
+
+    start: str = "_valid_from"
+    end: str = "_valid_to"
+    active: str = "_is_current"
+
+
+FIVETRAN_HISTORY = HistoryNames("_fivetran_start", "_fivetran_end", "_fivetran_active")
 
 
 # Metadata columns every target table carries.
@@ -334,6 +350,26 @@ class RowOp:
     # upsert: the record ends deleted (created, then deleted, in one batch); delete: `values` are the fields
     # changed before the delete in the same batch (a soft-deleted row keeps the record's last values)
     deleted: bool = False
+    # History (README "History"): each change folded into this operation, in commit order (None when the object
+    # keeps no history). A history table needs every committed change, not only the folded result.
+    steps: list[HistoryStep] | None = None
+    # What wrote it, when no change event did (`poll`, `resync`): the `_op` of its history version.
+    source: str = ""
+
+
+@dataclass(slots=True)
+class HistoryStep:
+    """One change event's effect on one record, kept beside the folded operation for its history version.
+    `values`: the columns it set (a partial update's only; a delete's none); None when they are unknown here
+    (a gap, an undelete: the record is fetched whole, and the fetched record stands for the step)."""
+
+    op: str  # create | update | delete | undelete | gap
+    commit_ms: int
+    position: bytes
+    values: dict[str, Any] | None
+    commit_user: str = ""
+    change_origin: str = ""
+    changed_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

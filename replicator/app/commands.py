@@ -19,8 +19,9 @@ from ..model import ReplicatorError, Stopped
 from ..observe.logs import fatal
 from ..pipeline.backfill import Backfill
 from ..pipeline.backfill import Progress as BackfillProgress
+from ..pipeline.history import prune_history
 from ..pipeline.stopping import until_stopped
-from ..pipeline.verify import verify_object
+from ..pipeline.verify import verify_history, verify_object
 from .runtime import open_store, salesforce_client
 
 log = structlog.get_logger(__name__)
@@ -119,10 +120,28 @@ async def backfill_command(settings: Settings, names: list[str]) -> int:
     return 0
 
 
-async def verify_command(settings: Settings, names: list[str], repair: bool = False) -> int:
+async def prune_command(settings: Settings, names: list[str]) -> int:
+    """`replicator verify --prune`: each object's history pruned to `history.retention_days`."""
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        for name in names:
+            pruned = await prune_history(client, store, settings, name)
+            if pruned is not None:
+                print(f"{name}: history: {pruned} versions older than {settings.history.retention_days:g} days pruned")
+    return 0
+
+
+async def verify_command(settings: Settings, names: list[str], repair: bool = False, history: bool = False) -> int:
     equal = True
     async with salesforce_client(settings) as client, open_store(settings, migrate=repair) as store:
         for name in names:
+            if history and (found := await verify_history(client, store, settings, name)) is not None:
+                ok = not any(found.values())
+                equal &= ok
+                print(f"{name}: history: current versions not the row {len(found['current'])}, overlapping or "
+                      f"broken intervals {len(found['intervals'])}" + ("  (equal)" if ok else ""))
+                for kind, keys in found.items():
+                    if keys:
+                        print(f"  {kind}: {', '.join(keys)}")
             diff, fixed = await verify_object(client, store, settings, name, repair=repair)
             if fixed is not None:
                 print(f"{name}: repaired: {fixed.written} rows written from Salesforce, {fixed.deleted} rows "

@@ -19,8 +19,10 @@ from ..config import Settings
 from ..model import ConfigError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
+from ..pipeline.history import prune_daily
 from ..pipeline.platform_events import PlatformEventStream
 from ..pipeline.refresh import RefreshSchedule
+from ..pipeline.schema import history_names
 from ..pipeline.stopping import sleep_or_stop
 from ..pipeline.stream import ObjectStream
 from ..postgres import leases
@@ -214,6 +216,11 @@ class Service:
                     [f"object:{name}", f"channel:{self.settings.stream.channel}"],
                     lambda n=name: RefreshSchedule(client, store, self.settings, n, self.metrics,
                                                    gate=self._api_budget).run(self.stop)))
+                if history_names(self.settings, self.settings.objects[name]) is not None \
+                        and self.settings.history.retention_days:
+                    self.spawn(self.units.follow(
+                        [f"object:{name}", f"channel:{self.settings.stream.channel}"],
+                        lambda n=name: prune_daily(client, store, self.settings, n, self.stop)))
 
     def spawn(self, unit: Awaitable[None]) -> None:
         """Run a unit in the service's task group (a channel hands members to units of their own this way). The

@@ -27,7 +27,7 @@ from ..salesforce.diffs import TextDiff, apply_diffs
 from ..salesforce.records import records_by_id
 from ..salesforce.topics import identifies_record
 from .changes import ColumnMap, UnknownFieldError, fold, record_op
-from .schema import object_table
+from .schema import history_names, object_table
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +93,7 @@ class BatchApplier:
     async def load_schema(self) -> None:
         """Describe the object and bring its table up to date (columns for fields added in Salesforce)."""
         describe = await self.client.describe(self.name)
-        info = object_table(describe, self.settings.postgres.schema_, self.obj)
+        info = object_table(describe, self.settings.postgres.schema_, self.obj, history_names(self.settings, self.obj))
         await self.store.page_sink(info).prepare()
         self.spec, self.cmap = info.spec, ColumnMap(info.spec, describe)
         self.table = info
@@ -196,15 +196,16 @@ class BatchApplier:
         configuration leaves out: describe again, once per schema id, then leave such fields out."""
         schemas = {ch.schema_id for ch in changes}
         self._diffs = any(ch.diff_fields for ch in changes)
+        history = self.table.history is not None
         if schemas <= self._schemas_described:
-            return fold(changes, self.cmap, strict=False)
+            return fold(changes, self.cmap, strict=False, history=history)
         try:
-            return fold(changes, self.cmap)
+            return fold(changes, self.cmap, history=history)
         except UnknownFieldError as exc:
             log.info("stream.schema_checked", object=self.name, fields=sorted(exc.fields), schema_ids=sorted(schemas))
             await self.load_schema()
             self._schemas_described |= schemas
-            return fold(changes, self.cmap, strict=False)
+            return fold(changes, self.cmap, strict=False, history=history)
 
     # ---- resolve diffs ----------------------------------------------------------------------------------
     async def resolve_diffs(self, ops: dict[str, RowOp]) -> None:
@@ -227,10 +228,13 @@ class BatchApplier:
                 if values[col] is None:
                     log.info("stream.diff_not_applicable", object=self.name, record_id=key, column=col,
                              action="fetch the record")
-                    ops[key] = RowOp(key, "refetch", version=op.version, commit_ms=op.commit_ms, position=op.position)
+                    ops[key] = RowOp(key, "refetch", version=op.version, commit_ms=op.commit_ms, position=op.position,
+                                     steps=op.steps)
                     break
             else:
                 op.values = values
+                if op.steps:  # history: the folded value stands for the diffs' steps (one version, the last)
+                    op.steps = op.steps[-1:]
 
     # ---- reconcile --------------------------------------------------------------------------------------
     async def reconcile(self, ops: dict[str, RowOp], look_up: bool = True) -> None:
@@ -242,7 +246,7 @@ class BatchApplier:
             for k in updates:
                 if k not in have:
                     ops[k] = RowOp(k, "refetch", version=ops[k].version, commit_ms=ops[k].commit_ms,
-                                   position=ops[k].position)
+                                   position=ops[k].position, steps=ops[k].steps)
         await self._fetch(ops, [k for k, o in ops.items() if o.kind == "refetch"])
 
     async def _fetch(self, ops: dict[str, RowOp], wanted: list[str]) -> None:
@@ -258,12 +262,14 @@ class BatchApplier:
         for key, record in zip(wanted, records, strict=True):
             record = record or deleted.get(key)
             position = ops[key].position  # fetched after this event arrived: its state is at least that new
+            steps = ops[key].steps
             if record is None:  # never visible to us: delete at the event's version
                 ops[key] = RowOp(key, "delete", version=ops[key].version, commit_ms=ops[key].commit_ms,
                                  position=position)
             else:  # a deleted record keeps its last values (soft delete), like the org's recycle bin
                 ops[key] = record_op(record, self.spec, ops[key].commit_ms)
                 ops[key].position = position
+            ops[key].steps = steps
 
     async def check_keys(self, ops: dict[str, RowOp]) -> None:
         """A table keyed by an external id: when two records claim one key (a record of the batch and another
@@ -284,7 +290,8 @@ class BatchApplier:
             latest = max((o.commit_ms for o in ops.values()), default=0)
             for key in losers:  # a row displaced without a change of its own in the batch is fetched too
                 op = ops.get(key) or RowOp(key, "refetch", version=(latest, 0, 0), commit_ms=latest)
-                ops[key] = RowOp(key, "refetch", version=op.version, commit_ms=op.commit_ms, position=op.position)
+                ops[key] = RowOp(key, "refetch", version=op.version, commit_ms=op.commit_ms, position=op.position,
+                                 steps=op.steps)
             fetched.update(losers)
             await self._fetch(ops, losers)
 

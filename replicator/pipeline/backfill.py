@@ -29,7 +29,7 @@ from ..retry import retry_transient
 from ..salesforce.bulk import BulkClient, ResultPage
 from ..salesforce.client import SalesforceClient
 from . import rows as rowcheck
-from .schema import object_table, refreshed_columns, soql
+from .schema import history_names, object_table, refreshed_columns, soql
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +89,7 @@ class Backfill:
     async def run(self) -> Progress:
         self.progress.started = time.monotonic()
         describe = await self.client.describe(self.name)
-        info = object_table(describe, self.settings.postgres.schema_, self.obj)
+        info = object_table(describe, self.settings.postgres.schema_, self.obj, history_names(self.settings, self.obj))
         self.sink = self.store.page_sink(info)
         self.spec = info.spec
         refreshed = bool(refreshed_columns(describe, info.spec))  # the extract reads them: it counts as a refresh
@@ -137,6 +137,8 @@ class Backfill:
         page_size = self.settings.backfill.page_size
         job = await self.bulk.create_query_job(soql(self.spec), all_rows=True)
         mode = "copy" if table_empty else "upsert"
+        if mode == "copy":
+            await self.sink.end_versions()
         await self.store.start_job(self.name, job.id, mode, page_size, job.created_date)
         log.info("backfill.job_created", object=self.name, job_id=job.id, load_mode=mode)
         return job.id, mode, page_size

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ..model import Change, ObjectDescribe, RowOp, TableSpec, TerminalError
+from ..model import Change, HistoryStep, ObjectDescribe, RowOp, TableSpec, TerminalError
 from ..salesforce.compounds import find_component, flatten_compound, group_components
 from ..salesforce.diffs import TextDiff, apply_diffs
 from ..salesforce.topics import FULL_BODY_TYPES, GAP_TYPES
@@ -94,7 +94,7 @@ class ColumnMap:
         return cols
 
 
-def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True) -> dict[str, RowOp]:
+def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True, history: bool = False) -> dict[str, RowOp]:
     """Fold changes (in delivery order) into one operation per record id.
 
     Order: commit time, then delivery order, which is the topic's replay order (a stable sort keeps it for
@@ -103,12 +103,18 @@ def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True) -> dict[st
 
     Raises UnknownFieldError when a change names a field the table lacks (unless not `strict`: such fields
     are then left out, after the caller added what it could).
+
+    With `history`, each operation also keeps every change folded into it (`RowOp.steps`, in order), with the
+    columns it set: a history table needs each committed change, and the fold keeps only their sum. Keeping them
+    beside the fold, rather than folding less, leaves the batch's one write per record (and its one statement)
+    as it is; postgres/history.py makes each step's full image from the record's previous version.
     """
     ops: dict[str, RowOp] = {}
     for ch in sorted(changes, key=lambda c: c.version.commit_timestamp):
         key = ch.record_id
         cur = ops.get(key)
         ver, ms, pos = ch.version.key(), ch.version.commit_timestamp, ch.replay_id
+        steps = (cur.steps if cur is not None and cur.steps is not None else []) if history else None
         if ch.change_type in GAP_TYPES:
             ops[key] = RowOp(key, "refetch", version=ver, commit_ms=ms, position=pos)
         elif ch.change_type == "UNDELETE" or (ch.change_type in FULL_BODY_TYPES and cmap.derived) or \
@@ -151,7 +157,31 @@ def fold(changes: list[Change], cmap: ColumnMap, strict: bool = True) -> dict[st
             elif cur.kind in ("upsert", "undelete"):
                 ops[key] = RowOp(key, cur.kind, merged, ver, ms, position=pos)
             # an update after a delete in the same batch cannot happen in Salesforce; the delete stands
+        if steps is not None:
+            steps.append(_step(ch, ops[key], cmap, strict))
+            ops[key].steps = steps
     return ops
+
+
+_STEP_OPS = {"CREATE": "create", "UPDATE": "update", "DELETE": "delete", "UNDELETE": "undelete"}
+
+
+def _step(ch: Change, op: RowOp, cmap: ColumnMap, strict: bool) -> HistoryStep:
+    """The history step of one change (`fold` with `history`): the columns it set, None when unknown here."""
+    kind = _STEP_OPS.get(ch.change_type, "gap")
+    values: dict[str, Any] | None = None
+    if op.kind != "refetch" and kind in ("create", "update"):
+        values = cmap.values(ch.fields, strict)
+        for col in cmap.nulled(ch.nulled) if ch.nulled else ():
+            values[col] = None
+        for col in cmap.columns_of(ch.diff_fields) if ch.diff_fields else ():
+            if isinstance(values.get(col), str):  # a diff of the value before it: its image is the folded one
+                values[col] = TextDiff((values[col],))
+    elif kind == "delete":
+        values = {}
+    changed = tuple(sorted({*ch.fields, *ch.nulled})) if kind == "update" else ()
+    return HistoryStep(kind, ch.version.commit_timestamp, ch.replay_id, values, ch.commit_user, ch.change_origin,
+                       changed)
 
 
 def merge_values(before: dict[str, Any], later: dict[str, Any]) -> dict[str, Any] | None:

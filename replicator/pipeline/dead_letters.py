@@ -22,7 +22,7 @@ from ..model import RejectedDataError
 from ..postgres.store import Store
 from ..salesforce.records import is_record_id, records_by_id
 from .changes import record_op
-from .schema import object_table
+from .schema import history_names, object_table
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +60,7 @@ async def retry(client, store: Store, settings: Settings, object_: str | None = 
 async def _retry_object(client, store: Store, settings: Settings, name: str, letters: list[dict], out: RetryResult):
     obj = settings.objects[name]
     describe = await client.describe(name)
-    table = object_table(describe, settings.postgres.schema_, obj)
+    table = object_table(describe, settings.postgres.schema_, obj, history_names(settings, obj))
     spec = table.spec
     sink = store.stream_sink(table)
     key_field = next((c.field for c in spec.columns if c.name == spec.key), "Id")

@@ -50,7 +50,7 @@ from .changes import record_op
 from .poll_deletes import PollDeletes, salesforce_position
 from .poll_deletes import at as _at
 from .poll_deletes import stamp_ms as _stamp_ms
-from .schema import object_table
+from .schema import history_names, object_table
 from .stopping import until_stopped
 
 log = structlog.get_logger(__name__)
@@ -202,7 +202,7 @@ class ObjectPoller:
         crash in between cannot hide them: the restart extracts again."""
         describe = await self.client.describe(self.name)
         self.calls += 1
-        info = object_table(describe, self.settings.postgres.schema_, self.obj)
+        info = object_table(describe, self.settings.postgres.schema_, self.obj, history_names(self.settings, self.obj))
         added = await self.store.delta_sink(info).missing_columns()
         return FieldsChecked({c.name for c in info.spec.columns}, added or [])
 
@@ -294,6 +294,7 @@ class ObjectPoller:
             for record in records:
                 # versioned by SystemModstamp; an object without it by the key field (its table's version too)
                 op = record_op(record, self.applier.spec, _stamp_ms(record.get(self.key_field)) or 0)
+                op.source = "poll"
                 ops[op.key] = op
             if records:
                 last = records[-1]

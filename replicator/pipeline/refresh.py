@@ -30,7 +30,7 @@ from ..postgres.store import Store
 from ..retry import backoff_delay, retry_transient, stop_ends_waits
 from ..salesforce.bulk import BulkClient
 from ..salesforce.client import SalesforceClient
-from .schema import object_table, refreshed_columns
+from .schema import history_names, object_table, refreshed_columns
 from .stopping import sleep_or_stop, until_stopped
 
 log = structlog.get_logger(__name__)
@@ -57,7 +57,7 @@ async def refresh_object(client: SalesforceClient, store: Store, settings: Setti
     """Refresh one object once. Safe to run beside the service and to run again."""
     began = time.monotonic()
     describe = await client.describe(name)
-    table = object_table(describe, settings.postgres.schema_, settings.objects[name])
+    table = object_table(describe, settings.postgres.schema_, settings.objects[name], history_names(settings, settings.objects[name]))
     columns = refreshed_columns(describe, table.spec)
     result = RefreshResult(object=name, columns=columns)
     if not columns:

@@ -9,8 +9,17 @@ import hashlib
 
 import structlog
 
-from ..config import ObjectSettings
-from ..model import ColumnSpec, ConfigError, FieldSpec, ObjectDescribe, TableInfo, TableSpec
+from ..config import ObjectSettings, Settings
+from ..model import (
+    FIVETRAN_HISTORY,
+    ColumnSpec,
+    ConfigError,
+    FieldSpec,
+    HistoryNames,
+    ObjectDescribe,
+    TableInfo,
+    TableSpec,
+)
 from ..salesforce.names import API_NAME
 from ..salesforce.topics import EVENTLESS_FIELDS
 
@@ -158,8 +167,10 @@ def soql(spec: TableSpec) -> str:
     return f"SELECT {', '.join(spec.fields)} FROM {spec.object}"
 
 
-def object_table(describe: ObjectDescribe, schema: str, obj: ObjectSettings) -> TableInfo:
-    """The target table of a configured object, as backfill, stream and verify all see it."""
+def object_table(describe: ObjectDescribe, schema: str, obj: ObjectSettings,
+                 history: HistoryNames | None = None) -> TableInfo:
+    """The target table of a configured object, as backfill, stream and verify all see it. `history`: the names
+    of its history table's validity columns when the object keeps history (`history_names`)."""
     spec = table_spec(describe, schema=schema, key_field=obj.key, fields=obj.fields)
     return TableInfo(
         spec=spec,
@@ -167,7 +178,15 @@ def object_table(describe: ObjectDescribe, schema: str, obj: ObjectSettings) -> 
         has_isdeleted=spec.column("isdeleted") is not None,
         hard_deletes=obj.deletes == "hard",
         eventless=eventless_columns(describe, spec),
+        history=history,
     )
+
+
+def history_names(settings: Settings, obj: ObjectSettings) -> HistoryNames | None:
+    """The validity column names of the object's history table, or None when it keeps no history."""
+    if not (settings.history.default if obj.history is None else obj.history):
+        return None
+    return FIVETRAN_HISTORY if settings.history.columns == "fivetran" else HistoryNames()
 
 
 def eventless_columns(describe: ObjectDescribe, spec: TableSpec) -> frozenset[str]:

@@ -32,7 +32,7 @@ import orjson
 import structlog
 
 from ..model import SYNCED_COLUMN, Checkpoint, DeadLetter, RowOp, TableInfo
-from . import ddl, leases, state
+from . import ddl, history, leases, state
 from .errors import mapped
 from .state import ms_to_datetime as _ts
 
@@ -225,6 +225,8 @@ class StreamSink:
         await self._fill_claims(conn, claims)
         for statement in ddl.place_keys(spec, _stream_newer, "stream"):
             await conn.execute(statement)
+        if self.t.history is not None:  # the rows it removed end their records' current versions
+            await conn.execute(history.close_removed(self.t))
         rows = await conn.fetch(f"SELECT id, outcome FROM {ddl.quote_ident(ddl.KEY_OUTCOME)} "
                                 f"WHERE outcome <> ALL($1::text[])", list(ddl.KEPT))
         losers = {r["id"]: r["outcome"] for r in rows if r["outcome"] != "older"}
@@ -404,12 +406,18 @@ async def apply_objects(pool: asyncpg.Pool, parts: list[tuple[StreamSink, list[R
     process holds the unit now (nothing committed in each case)."""
     results = [ApplyResult() for _ in parts]
     alone, statements = merged_writes(parts)
+    kept = [(sink.t, ops) for sink, ops in parts if sink.t.history is not None and ops]
     async with pool.acquire() as conn, conn.transaction():
+        if kept:  # the batch writes its history versions itself, after its rows (postgres/history.py)
+            await history.mark(conn, "stream")
         for i in alone:
             results[i] = await parts[i][0].apply_in(conn, parts[i][1], must_find)
         for owners, pieces, p in statements:
             for i, piece, rows in zip(owners, pieces, await _run_merged(conn, pieces, p), strict=True):
                 results[i].add(piece, rows, must_find)
+        for table, ops in kept:
+            if versions := history.stream_versions(table, ops):
+                await conn.execute(versions[0], *versions[1])
         await state.add_dead_letters(conn, dead)
         if checkpoint is not None:
             await state.save_checkpoint(conn, checkpoint, events)

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterable
 import asyncpg
 
 from ..model import SYNCED_COLUMN, TableInfo
-from . import ddl, leases
+from . import ddl, history, leases
 from .errors import mapped
 from .sink import strip_nul_chunks
 
@@ -71,6 +71,8 @@ class Refresh:
         synced = ddl.quote_ident(SYNCED_COLUMN)
         sets = ", ".join(f"{ddl.quote_ident(c)} = s.{ddl.quote_ident(c)}" for c in self.columns)
         async with self.conn.transaction():
+            if self.t.history is not None:  # the refreshed columns are written into the current versions
+                await history.mark(self.conn, "refresh")
             compared = await self.conn.fetchval(f"SELECT count(*) FROM {s}")
             status = await self.conn.execute(
                 f'UPDATE {t} AS t SET {sets} FROM {s} AS s WHERE t."id" = s."id" AND t.{synced} < $1 '

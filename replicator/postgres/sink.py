@@ -34,7 +34,7 @@ import asyncpg
 import structlog
 
 from ..model import SYNCED_COLUMN, VERSION_COLUMN, Checkpoint, DeadLetter, RejectedDataError, TableInfo
-from . import ddl, leases, state
+from . import ddl, history, leases, state
 from .errors import error_kind, mapped
 
 log = structlog.get_logger(__name__)
@@ -100,6 +100,8 @@ class PageSink:
             for stmt in ddl.add_columns(spec, existing):
                 log.info("schema.column_added", object=spec.object, sql=stmt)
                 await conn.execute(stmt)
+            if self.t.history is not None:
+                await history.prepare(conn, self.t)
             if self.t.hard_deletes and self.t.has_isdeleted:
                 await conn.execute(
                     f"CREATE INDEX IF NOT EXISTS {ddl.quote_ident(spec.name + '_deleted')} ON {ddl.qualified(spec)}"
@@ -119,6 +121,20 @@ class PageSink:
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
                 spec.schema, spec.name)}
         return [c.field for c in spec.columns if c.name not in existing] if existing else None
+
+    @mapped
+    async def end_versions(self) -> None:
+        """A first load into the empty table begins (`load_mode` copy): its records' history starts again, so
+        versions still current from rows removed outside replicator end now (postgres/history.py)."""
+        if self.t.history is not None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(history.end_current(self.t))
+                await leases.check(conn)
+
+    async def _mark(self, conn: asyncpg.Connection, op: str) -> None:
+        """Name the `_op` of the history versions this transaction's writes add (postgres/history.py)."""
+        if self.t.history is not None:
+            await history.mark(conn, op)
 
     async def _copy(self, conn: asyncpg.Connection, target: str, source: AsyncIterable[bytes] | bytes) -> int:
         spec = self.t.spec
@@ -142,6 +158,7 @@ class PageSink:
         the job and calls it again: the key set stays until then). Returns how many."""
         soft = self.t.has_isdeleted and not self.t.hard_deletes
         async with self.pool.acquire() as conn, conn.transaction():
+            await self._mark(conn, "resync:removed")
             status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), self.t.spec.object)
             await leases.check(conn)
         return int(status.rsplit(" ", 1)[-1])
@@ -197,6 +214,7 @@ class PageSink:
         on a connection problem. Not safe to call twice for the same page: the page record is unique.
         """
         async with self.pool.acquire() as conn, conn.transaction():
+            await self._mark(conn, "backfill" if mode == "copy" else "resync")
             rows = await self._load(conn, job_id, mode, chunks)
             await state.record_page(conn, self.t.spec.object, job_id, locator, rows, 0)
             await leases.check(conn)
@@ -226,6 +244,7 @@ class PageSink:
            staged and upserted on its own.
         """
         async with self.pool.acquire() as conn, conn.transaction():
+            await self._mark(conn, "backfill" if mode == "copy" else "resync")
             letters = _Letters(conn)
             await letters.add_all(dead)
             skip = await self._held_keys(conn, mode, rows, letters)
@@ -363,6 +382,7 @@ class DeltaSink(PageSink):
         the position `final(newest)` commits with it. Returns (rows, newest (datetime, Id) or None)."""
         q = ddl.quote_ident
         async with self.pool.acquire() as conn, conn.transaction():
+            await self._mark(conn, "poll")
             await self._create_staging(conn)
             rows = await self._copy(conn, self._staging, chunks)
             newest = await conn.fetchrow(f"SELECT {q(key_column)} AS k, \"id\" FROM {q(self._staging)} "
@@ -389,6 +409,7 @@ class DeltaSink(PageSink):
         t, q = ddl.qualified(self.t.spec), ddl.quote_ident
         soft = self.t.has_isdeleted and not self.t.hard_deletes
         async with self.pool.acquire() as conn, conn.transaction():
+            await self._mark(conn, "poll:removed")
             await conn.execute("CREATE TEMP TABLE _reconcile_ids (id text) ON COMMIT DROP")
             seen = 0
             async for chunks in pages:

@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg
 
 from ..model import Checkpoint, DeadLetter, RowOp, TableInfo, TableSpec
-from . import dead_letters, events, leases, refresh, state, status
+from . import dead_letters, events, history, leases, refresh, state, status
 from .apply import ApplyResult, StreamSink, apply_objects
 from .compare import Comparison
 from .errors import map_error, mapped
@@ -102,6 +102,15 @@ class Store:
                 yield job
             finally:
                 await job.close()
+
+    async def check_history(self, table: TableInfo) -> dict[str, list[str]]:
+        """`replicator verify --history` (postgres/history.py `check`)."""
+        return await self._run(history.check, table)
+
+    @mapped
+    async def prune_history(self, table: TableInfo, days: float, batch: int) -> int:
+        """Delete versions closed more than `days` ago, `batch` a transaction (postgres/history.py `prune`)."""
+        return await history.prune(self._pool, table, days, batch)
 
     async def last_refresh(self, name: str) -> dict | None:
         return await self._run(refresh.last_refresh, name)

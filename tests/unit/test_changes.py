@@ -133,3 +133,25 @@ def test_text_diffs_fold_onto_the_value_before_them_or_ask_for_a_fetch():
     assert chained.kind == "update" and chained.values["name"] == TextDiff((diff(v1, v2), diff(v2, v3)))
     unfit = fold([ch("CREATE", ts=1, fields={"Name": "something else"}), upd(2, v1, v2)], CMAP)["001A"]
     assert unfit.kind == "refetch"
+
+
+def test_history_keeps_each_change_beside_the_folded_operation():
+    ops = fold([
+        ch("UPDATE", ts=2000, fields={"Phone": "2"}),
+        ch("UPDATE", ts=1000, fields={"Phone": "1", "Name": "n"}),
+        ch("UPDATE", ts=3000, nulled=["Fax"]),
+        ch("DELETE", ts=4000),
+    ], CMAP, history=True)
+    op = ops["001A"]
+    assert op.kind == "delete"
+    assert [(s.op, s.commit_ms, s.values) for s in op.steps] == [
+        ("update", 1000, {"phone": "1", "name": "n"}), ("update", 2000, {"phone": "2"}),
+        ("update", 3000, {"fax": None}), ("delete", 4000, {})]
+    assert op.steps[0].changed_fields == ("Name", "Phone")
+    assert fold([ch("UPDATE", fields={"Phone": "1"})], CMAP)["001A"].steps is None  # history off: nothing kept
+
+
+def test_history_step_of_a_gap_or_an_undelete_has_no_values():
+    ops = fold([ch("UPDATE", ts=1000, fields={"Phone": "1"}), ch("UNDELETE", ts=2000)], CMAP, history=True)
+    assert ops["001A"].kind == "refetch"
+    assert [(s.op, s.values) for s in ops["001A"].steps] == [("update", {"phone": "1"}), ("undelete", None)]

@@ -1,0 +1,456 @@
+"""History tables (README "History"): every committed change of a record is one full version, written with the
+batch that applies it; `verify --history` finds the current versions equal to the rows and the intervals whole."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from replicator.app.commands import verify_command
+from replicator.app.service import Service
+from replicator.sim.server import SimulatorThread
+
+from .helpers import (
+    _norm,
+    all_equal,
+    finish,
+    ground_truth,
+    pg_value,
+    settings_for,
+    sim_admin,
+    start_logged,
+    wait_for,
+)
+
+OBJECTS = {"Account": {"history": True}, "Contact": {"history": True, "deletes": "hard"},
+           "Opportunity": {"history": True, "mode": "poll", "poll_interval_s": 0.2},
+           "Invoice__c": {"history": True, "key": "External_Id__c"}}
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorThread(records=200, seed=41, keepalive_seconds=0.2) as thread:
+        yield thread.info
+
+
+def _settings(sim, pg_url, schema, **extra):
+    return settings_for(sim, pg_url, schema, salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                        stream={"batch_max_wait_s": 0.05}, objects=OBJECTS, **extra)
+
+
+async def _changes(sim, items, **kw):
+    return (await sim_admin(sim, "POST", "/__sim/changes", {"changes": items, **kw} if kw else items)).json()
+
+
+async def _live_ids(sim, obj, n):
+    return [r["Id"] for r in await ground_truth(sim, obj) if not r["IsDeleted"]][:n]
+
+
+async def _versions(pg_url, schema, record_id, columns="phone, isdeleted", table="account"):
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return [dict(r) for r in await conn.fetch(
+            f"SELECT _op, {columns}, _valid_from, _valid_to, _is_current, _commit_user, _changed_fields "
+            f"FROM {schema}.{table}__history WHERE id = $1 ORDER BY _valid_from, _position", record_id)]
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def service(sim, pg_url):
+    svc = Service(_settings(sim, pg_url, "hist"))
+    task = asyncio.create_task(svc.run())
+    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
+                   timeout=60)
+    yield svc
+    svc.stop.set()
+    assert await asyncio.wait_for(task, 30) == 0
+
+
+async def test_every_change_of_one_batch_is_a_version_of_its_own(sim, pg_url, service):
+    acc, other = await _live_ids(sim, "Account", 2)
+    rows = await pg_value(pg_url, "SELECT count(*) FROM hist.account")
+    assert await pg_value(pg_url, "SELECT count(*) FROM hist.account__history WHERE _op = 'backfill'") == rows
+    # two changes of one record in the same second (each its own transaction), then a transaction of two records
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "1"}},
+                         {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "2"}}],
+                   separate_transactions=True)
+    # one transaction: two records, one of them changed twice (one batch: each change is still a version)
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "3", "Name": "N"}},
+                         {"object": "Account", "type": "UPDATE", "ids": [other], "fields": {"Phone": "3"}},
+                         {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "4"}}])
+    await _changes(sim, [{"object": "Account", "type": "DELETE", "ids": [acc]}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT isdeleted FROM hist.account WHERE id = '{acc}'"), timeout=30)
+    await _changes(sim, [{"object": "Account", "type": "UNDELETE", "ids": [acc]}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT NOT isdeleted FROM hist.account WHERE id = '{acc}'"), timeout=30)
+    versions = await _versions(pg_url, "hist", acc, "phone, name, isdeleted")
+    assert [v["_op"] for v in versions] == ["backfill", "update", "update", "update", "update", "delete", "undelete"]
+    assert [v["phone"] for v in versions][1:] == ["1", "2", "3", "4", "4", "4"]
+    assert [v["name"] for v in versions][3:] == ["N"] * 4
+    assert [v["isdeleted"] for v in versions] == [False, False, False, False, False, True, False]
+    assert [v["_is_current"] for v in versions] == [False] * 6 + [True]
+    for before, after in zip(versions, versions[1:], strict=False):
+        assert before["_valid_to"] == after["_valid_from"]
+    assert versions[1]["_changed_fields"] and "Phone" in versions[1]["_changed_fields"]
+    assert await verify_command(_settings(sim, pg_url, "hist"), ["Account"], history=True) == 0
+
+
+async def _history_equal(sim, pg_url, names=("Account", "Contact", "Opportunity", "Invoice__c")):
+    from replicator.app.runtime import open_store, salesforce_client
+    from replicator.pipeline.verify import verify_history
+
+    settings = _settings(sim, pg_url, "hist", history={"default": True})
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        return {n: await verify_history(client, store, settings, n) for n in names}
+
+
+async def test_hard_delete_closes_the_current_version_and_undelete_opens_one(sim, pg_url, service):
+    con = (await _live_ids(sim, "Contact", 1))[0]
+    await _changes(sim, [{"object": "Contact", "type": "UPDATE", "ids": [con], "fields": {"Phone": "9"}}])
+    await _changes(sim, [{"object": "Contact", "type": "DELETE", "ids": [con]}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 0 FROM hist.contact WHERE id = '{con}'"), timeout=30)
+    versions = await _versions(pg_url, "hist", con, table="contact")
+    assert [(v["_op"], v["_is_current"]) for v in versions] == [("backfill", False), ("update", False)]
+    assert versions[1]["_valid_to"] is not None
+    await _changes(sim, [{"object": "Contact", "type": "UNDELETE", "ids": [con]}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 1 FROM hist.contact WHERE id = '{con}'"), timeout=30)
+    versions = await _versions(pg_url, "hist", con, table="contact")
+    assert [(v["_op"], v["_is_current"]) for v in versions][1:] == [("update", False), ("undelete", True)]
+    assert versions[2]["_valid_from"] >= versions[1]["_valid_to"]  # a hole while the record was gone
+    assert await _history_equal(sim, pg_url) == {n: {"current": [], "intervals": []}
+                                                  for n in ("Account", "Contact", "Opportunity", "Invoice__c")}
+
+
+async def test_a_polled_object_adds_a_version_per_change_a_round_sees(sim, pg_url, service):
+    opp = (await _live_ids(sim, "Opportunity", 1))[0]
+    await _changes(sim, [{"object": "Opportunity", "type": "UPDATE", "ids": [opp], "fields": {"Name": "polled"}}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) FROM hist.opportunity__history WHERE id = '{opp}' "
+                                      "AND _op = 'poll' AND name = 'polled' AND _is_current"), timeout=30)
+    assert await pg_value(pg_url, f"SELECT count(*) FROM hist.opportunity__history WHERE id = '{opp}'") == 2
+    assert (await _history_equal(sim, pg_url, ["Opportunity"]))["Opportunity"] == {"current": [], "intervals": []}
+
+
+async def test_the_refresh_writes_into_current_versions_and_a_new_field_adds_a_column(sim, pg_url, service):
+    from replicator.app.ops_commands import refresh_command
+
+    acc = (await _live_ids(sim, "Account", 3))[2]
+    await sim_admin(sim, "POST", "/__sim/silent-changes", {"object": "Account", "ids": [acc],
+                                                           "fields": {"LastViewedDate": "2026-01-02T03:04:05.000Z"}})
+    before = await pg_value(pg_url, "SELECT count(*) FROM hist.account__history")
+    assert await refresh_command(_settings(sim, pg_url, "hist"), ["Account"]) == 0
+    assert await pg_value(pg_url, f"SELECT lastvieweddate FROM hist.account__history WHERE id = '{acc}' "
+                                  "AND _is_current") is not None
+    assert await pg_value(pg_url, "SELECT count(*) FROM hist.account__history") == before
+    await sim_admin(sim, "POST", "/__sim/schema/Account/fields", {"name": "History_Tier__c", "type": "string"})
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"History_Tier__c": "gold"}}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) FROM hist.account__history WHERE id = '{acc}' "
+                                      "AND history_tier__c = 'gold' AND _is_current"), timeout=30)
+    assert (await _history_equal(sim, pg_url, ["Account"]))["Account"] == {"current": [], "intervals": []}
+
+
+async def test_as_of_function_and_retention(sim, pg_url, service):
+    acc = (await _live_ids(sim, "Account", 4))[3]
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "as-of"}}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'as-of' FROM hist.account WHERE id = '{acc}'"),
+                   timeout=30)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        first, second = await conn.fetch("SELECT phone, _valid_from FROM hist.account__history WHERE id = $1 "
+                                         "ORDER BY _valid_from, _position", acc)
+        at = await conn.fetchval("SELECT phone FROM hist.account__as_of($1) WHERE id = $2",
+                                 second["_valid_from"] - dt.timedelta(microseconds=1), acc)
+        assert at == first["phone"]
+        assert await conn.fetchval("SELECT phone FROM hist.account__as_of(now()) WHERE id = $1", acc) == "as-of"
+        assert await conn.fetchval("SELECT count(*) FROM hist.account__as_of(now())") == \
+            await conn.fetchval("SELECT count(*) FROM hist.account")
+        # versions closed long ago are pruned, a few per transaction; current versions never
+        await conn.execute("UPDATE hist.account__history SET _valid_to = _valid_to - interval '40 days', "
+                           "_valid_from = _valid_from - interval '40 days' WHERE NOT _is_current")
+        closed = await conn.fetchval("SELECT count(*) FROM hist.account__history WHERE NOT _is_current")
+        assert closed > 0
+    finally:
+        await conn.close()
+    from replicator.app.commands import prune_command
+
+    settings = _settings(sim, pg_url, "hist", history={"retention_days": 30, "prune_batch": 2})
+    assert await prune_command(settings, ["Account"]) == 0
+    assert await pg_value(pg_url, "SELECT count(*) FROM hist.account__history WHERE NOT _is_current") == 0
+    assert await pg_value(pg_url, "SELECT count(*) FROM hist.account__history") == \
+        await pg_value(pg_url, "SELECT count(*) FROM hist.account")
+
+
+async def test_fivetran_names_for_the_validity_columns(sim, pg_url):
+    settings = settings_for(sim, pg_url, "ft", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            objects={"Account": {"history": True}}, history={"columns": "fivetran"})
+    from replicator.app.commands import backfill_command
+
+    assert await backfill_command(settings, ["Account"]) == 0
+    rows = await pg_value(pg_url, "SELECT count(*) FROM ft.account")
+    assert await pg_value(pg_url, "SELECT count(*) FROM ft.account__history WHERE _fivetran_active "
+                                  "AND _fivetran_end IS NULL AND _fivetran_start IS NOT NULL") == rows
+    assert await pg_value(pg_url, "SELECT count(*) FROM ft.account__as_of(now())") == rows
+
+
+async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
+    settings = _settings(sim, pg_url, "hist")
+    await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # earlier tests' events: gone
+    first = Service(settings)
+    task = asyncio.create_task(first.run())
+    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
+                   timeout=60)
+    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) >= 3 FROM replicator.checkpoints "
+                                      "WHERE topic LIKE '/data/%'"), timeout=30)
+    first.stop.set()
+    assert await asyncio.wait_for(task, 30) == 0
+    acc, gone = (await _live_ids(sim, "Account", 11))[4:11:6]
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "missed"}}])
+    await _changes(sim, [{"object": "Account", "type": "HARD_DELETE", "ids": [gone]}])
+    await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # the stream cannot replay them
+    second = Service(settings)
+    task = asyncio.create_task(second.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'missed' FROM hist.account WHERE id = '{acc}'"),
+                       timeout=60)
+        assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'") == 1
+    finally:
+        second.stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+    assert [v["_op"] for v in await _versions(pg_url, "hist", acc)] == ["backfill", "resync"]
+    # the record that left the org unseen: its last version stays as it lived, a deleted one follows it
+    removed = await _versions(pg_url, "hist", gone)
+    assert [(v["_op"], v["isdeleted"]) for v in removed] == [("backfill", False), ("resync", True)]
+    assert removed[1]["_valid_from"] > removed[0]["_valid_from"]
+    assert await pg_value(pg_url, "SELECT (SELECT count(*) FROM hist.account__history WHERE _op = 'resync') + "
+                                  "(SELECT count(*) FROM hist.contact__history WHERE _op = 'resync') + "
+                                  "(SELECT count(*) FROM hist.invoice__c__history WHERE _op = 'resync')") == 2
+    assert (await _history_equal(sim, pg_url, ["Account", "Contact"])) == {
+        "Account": {"current": [], "intervals": []}, "Contact": {"current": [], "intervals": []}}
+
+
+def _run(cfg, sim) -> subprocess.Popen:
+    # one replica id for every restart: a restart after SIGKILL takes its units over at once (README "One writer")
+    env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"],
+               REPLICATOR_SERVICE__REPLICA_ID="history")
+    return start_logged([sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", str(cfg)], env)
+
+
+async def _truth_of(sim, record_id) -> dict:
+    return next(r for r in await ground_truth(sim, "Account") if r["Id"] == record_id)
+
+
+async def _differences(pg_url, version: dict, truth: dict) -> list[str]:
+    types = {r["column_name"]: r["t"] for r in await _column_types(pg_url)}
+    return [f"{f}: org {v!r} != version {version[f.lower()]!r}" for f, v in truth.items()
+            if f.lower() in types and _norm(v, types[f.lower()]) != _norm(version[f.lower()], types[f.lower()])]
+
+
+async def _column_types(pg_url):
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return await conn.fetch(
+            "SELECT column_name, CASE WHEN data_type = 'timestamp with time zone' THEN 'timestamptz'"
+            " WHEN data_type LIKE 'time%' THEN 'time' ELSE data_type END AS t FROM information_schema.columns"
+            " WHERE table_schema = 'done' AND table_name = 'account' AND column_name NOT LIKE '\\_%'")
+    finally:
+        await conn.close()
+
+
+async def test_every_version_survives_sigkills_in_commit_order(sim, pg_url, tmp_path):
+    """The issue's "Done when": a record updated 5 times (two in the same second, one in a transaction of two
+    records), deleted and undeleted, with `replicator run` SIGKILLed in between, has exactly backfill + 5 +
+    delete + undelete versions, in commit order, each with the values the org had; verify --history is equal."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("\n".join([
+        "[salesforce]", f'instance_url = "{sim["instance_url"]}"', f'client_id = "{sim["client_id"]}"',
+        f'ca_file = "{sim["ca_file"]}"', f'pubsub_endpoint = "{sim["pubsub_endpoint"]}"',
+        "[postgres]", f'url = "{pg_url}"', 'schema = "done"', "[service]", "port = 0", 'host = "127.0.0.1"',
+        "[backfill]", "poll_max_s = 0.2", "[stream]", "batch_max_wait_s = 0.05",
+        "[objects.Account]", "history = true"]) + "\n")
+    acc, other = (await _live_ids(sim, "Account", 9))[7:9]
+    versions_expected: list[tuple[str, dict]] = []
+    proc = _run(cfg, sim)
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"), timeout=60)
+        versions_expected.append(("backfill", await _truth_of(sim, acc)))
+
+        async def kill_and_restart():
+            nonlocal proc
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc = _run(cfg, sim)
+
+        def applied(sql):
+            return lambda: pg_value(pg_url, f"SELECT {sql} FROM done.account WHERE id = '{acc}'")
+
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h1"}}])
+        versions_expected.append(("update", await _truth_of(sim, acc)))
+        await wait_for(applied("phone = 'h1'"), timeout=30)
+        await kill_and_restart()
+        # two updates in the same second, each its own transaction; killed before they may be applied
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h2"}},
+                             {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h3"}}],
+                       separate_transactions=True)
+        after = await _truth_of(sim, acc)
+        versions_expected += [("update", {**after, "Phone": "h2"}), ("update", after)]
+        await kill_and_restart()
+        await wait_for(applied("phone = 'h3'"), timeout=60)
+        # a transaction of two records
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h4"}},
+                             {"object": "Account", "type": "UPDATE", "ids": [other], "fields": {"Phone": "h4"}}])
+        versions_expected.append(("update", await _truth_of(sim, acc)))
+        await kill_and_restart()
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Name": "h5"}}])
+        versions_expected.append(("update", await _truth_of(sim, acc)))
+        await wait_for(applied("name = 'h5'"), timeout=60)
+        await _changes(sim, [{"object": "Account", "type": "DELETE", "ids": [acc]}])
+        versions_expected.append(("delete", await _truth_of(sim, acc)))
+        await kill_and_restart()
+        await wait_for(applied("isdeleted"), timeout=60)
+        await _changes(sim, [{"object": "Account", "type": "UNDELETE", "ids": [acc]}])
+        versions_expected.append(("undelete", await _truth_of(sim, acc)))
+        await wait_for(applied("NOT isdeleted"), timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = finish(proc, 60)
+    assert proc.returncode == 0, err[-3000:]
+    conn = await asyncpg.connect(pg_url)
+    try:
+        versions = [dict(r) for r in await conn.fetch(
+            "SELECT * FROM done.account__history WHERE id = $1 ORDER BY _valid_from, _position", acc)]
+    finally:
+        await conn.close()
+    assert [v["_op"] for v in versions] == [op for op, _ in versions_expected]
+    for version, (op, truth) in zip(versions, versions_expected, strict=True):
+        assert await _differences(pg_url, version, truth) == [], op
+    assert [v["_is_current"] for v in versions] == [False] * 7 + [True]
+    settings = settings_for(sim, pg_url, "done", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            objects={"Account": {"history": True}})
+    assert await verify_command(settings, ["Account"], history=True) == 0
+
+
+async def test_keys_two_records_swap_in_one_transaction_keep_their_histories(sim, pg_url, service):
+    invoices = [r for r in await ground_truth(sim, "Invoice__c") if not r["IsDeleted"] and r["External_Id__c"]][:2]
+    (a, ka), (b, kb) = [(r["Id"], r["External_Id__c"]) for r in invoices]
+    await _changes(sim, [{"object": "Invoice__c", "type": "UPDATE", "ids": [a], "fields": {"External_Id__c": kb}},
+                         {"object": "Invoice__c", "type": "UPDATE", "ids": [b], "fields": {"External_Id__c": ka}}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT external_id__c = '{kb}' FROM hist.invoice__c WHERE id = '{a}'"),
+                   timeout=30)
+    for record_id, key in ((a, kb), (b, ka)):
+        assert await pg_value(pg_url, f"SELECT external_id__c FROM hist.invoice__c__history WHERE id = '{record_id}' "
+                                      "AND _is_current") == key
+    assert (await _history_equal(sim, pg_url, ["Invoice__c"]))["Invoice__c"] == {"current": [], "intervals": []}
+
+
+async def test_the_service_prunes_versions_past_retention_when_it_starts(sim, pg_url):
+    settings = _settings(sim, pg_url, "hist", history={"retention_days": 30})
+
+    async def run_until(predicate):
+        svc = Service(settings)
+        task = asyncio.create_task(svc.run())
+        try:
+            await wait_for(predicate, timeout=60)
+        finally:
+            svc.stop.set()
+            assert await asyncio.wait_for(task, 30) == 0
+
+    acc = (await _live_ids(sim, "Account", 6))[5]
+
+    async def changed():
+        if await pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"):
+            await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "old"}}])
+            return True
+        return False
+
+    await run_until(changed)
+    await run_until(lambda: pg_value(pg_url, f"SELECT phone = 'old' FROM hist.account WHERE id = '{acc}'"))
+    assert await pg_value(pg_url, "UPDATE hist.account__history SET _valid_to = _valid_to - interval '40 days', "
+                                  "_valid_from = _valid_from - interval '40 days' WHERE NOT _is_current "
+                                  "RETURNING 1") == 1
+    await run_until(lambda: pg_value(pg_url, "SELECT count(*) = 0 FROM hist.account__history WHERE NOT _is_current"))
+
+
+async def test_verify_history_finds_a_wrong_current_version_and_overlapping_versions(sim, pg_url, service):
+    acc, other = (await _live_ids(sim, "Account", 13))[11:13]
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [other], "fields": {"Phone": "o"}}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'o' FROM hist.account WHERE id = '{other}'"), timeout=30)
+    await pg_value(pg_url, f"UPDATE hist.account__history SET phone = 'wrong' WHERE id = '{acc}' AND _is_current")
+    await pg_value(pg_url, f"UPDATE hist.account__history SET _valid_to = _valid_to + interval '1 second' "
+                           f"WHERE id = '{other}' AND NOT _is_current")
+    assert (await _history_equal(sim, pg_url, ["Account"]))["Account"] == {"current": [acc], "intervals": [other]}
+    assert await verify_command(_settings(sim, pg_url, "hist"), ["Account"], history=True) == 1
+
+
+async def test_history_under_live_traffic_and_sigkills_stays_whole(sim, pg_url, tmp_path):
+    """Live traffic of every kind (transactions, multi-record events, records changed many times in one batch, text
+    diffs, undeletes), `replicator run` SIGKILLed three times: the tables equal the org, and every history table's
+    current versions equal its rows, with no overlap and no hole."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("\n".join([
+        "[salesforce]", f'instance_url = "{sim["instance_url"]}"', f'client_id = "{sim["client_id"]}"',
+        f'ca_file = "{sim["ca_file"]}"', f'pubsub_endpoint = "{sim["pubsub_endpoint"]}"',
+        "[postgres]", f'url = "{pg_url}"', 'schema = "hist"', "[service]", "port = 0", 'host = "127.0.0.1"',
+        "[backfill]", "poll_max_s = 0.2", "[stream]", "batch_max_wait_s = 0.05", "[history]", "default = true",
+        "[objects.Account]", "[objects.Contact]", '[objects.Invoice__c]', 'key = "External_Id__c"']) + "\n")
+    made = (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"]
+    published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"]
+    changes = 600
+    proc = _run(cfg, sim)
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM replicator.objects "
+                                          "WHERE phase = 'STREAMING'"), timeout=60)
+        await sim_admin(sim, "PUT", "/__sim/traffic", {
+            "running": True, "rate": 150, "changes": made + changes, "transaction_size": 3, "records_per_event": 2,
+            "collision_rate": 0.5, "objects": ["Account", "Contact", "Invoice__c"]})
+        for point in (150, 300, 450):  # kill when the org has made that many changes: no sleeps
+            await wait_for(lambda p=point: _made_at_least(sim, made + p), timeout=60)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc = _run(cfg, sim)
+        await wait_for(lambda: _made_at_least(sim, made + changes), timeout=60)
+        published = (await sim_admin(sim, "GET", "/__sim/stats")).json()["events_published"] - published
+        await wait_for(lambda: pg_value(pg_url, f"SELECT sum(events_applied) >= {published} "
+                                          "FROM replicator.checkpoints"), timeout=90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = finish(proc, 60)
+    assert proc.returncode == 0, err[-3000:]
+    settings = settings_for(sim, pg_url, "hist", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            objects={"Account": {}, "Contact": {}, "Invoice__c": {"key": "External_Id__c"}},
+                            history={"default": True})
+    assert await all_equal(settings, refresh=True)  # the refresh: silent changes of the traffic (README "Refresh")
+    for name, found in (await _history_equal(sim, pg_url, settings.objects)).items():
+        assert found == {"current": [], "intervals": []}, name
+    assert await pg_value(pg_url, "SELECT count(*) FROM hist.account__history WHERE _op = 'update'") > 0
+
+
+async def _made_at_least(sim, n):
+    return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["made"] >= n
+
+
+async def test_a_channel_batch_writes_each_members_versions(sim, pg_url):
+    settings = settings_for(sim, pg_url, "chan", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            stream={"batch_max_wait_s": 0.05, "channel": "/data/ChangeEvents"},
+                            objects={"Account": {"history": True}, "Contact": {"history": True}})
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects "
+                                          "WHERE phase = 'STREAMING'"), timeout=60)
+        acc, con = (await _live_ids(sim, "Account", 14))[13], (await _live_ids(sim, "Contact", 3))[2]
+        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "c1"}},
+                             {"object": "Contact", "type": "UPDATE", "ids": [con], "fields": {"Phone": "c1"}},
+                             {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "c2"}}])
+        await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'c2' FROM chan.account WHERE id = '{acc}'"),
+                       timeout=30)
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+    assert [v["phone"] for v in await _versions(pg_url, "chan", acc)][1:] == ["c1", "c2"]
+    assert [v["phone"] for v in await _versions(pg_url, "chan", con, table="contact")][1:] == ["c1"]

@@ -508,6 +508,12 @@ def signature(record: dict) -> list[str]:
             out.add(f"{obj}: row {what}")
         else:
             out.add(f"{obj}: {_failure_class({part.split(':')[0] for part in what.split('; ')})}")
+    obj = None
+    for line in (record.get("verify") or "").splitlines():  # a column verify found missing names no row
+        if not line.startswith(" ") and ":" in line:
+            obj = line.split(":")[0]
+        elif "columns missing in Postgres" in line:
+            out.add(f"{obj}: {line.strip()}")
     if not out and not record["equal"]:
         out.add(record["verify"].splitlines()[0] if record["verify"] else "no verify output")
     return sorted(out)

@@ -104,10 +104,19 @@ class ObjectPoller:
         return self.deletes.reconciliations
 
     async def reconcile(self) -> int:
-        return await self.deletes.reconcile()
+        return await self.deletes.reconcile(await self._rewind())
 
     async def reconcile_if_due(self) -> None:
-        await self.deletes.reconcile_if_due()
+        await self.deletes.reconcile_if_due(self._rewind)
+
+    async def _rewind(self) -> tuple[int, str] | None:
+        """Where the next round's keyset would start now (`start_key` of the stored position): a key reconciliation
+        moves getDeleted's window end to a time after the last changes read, so it sets the keyset back to this in
+        the same transaction (poll_deletes.py `rewound`)."""
+        pos = await self.store.load_poll_position(self.topic)
+        if pos is None or pos.poll_modstamp is None:
+            return None
+        return self.start_key((pos.poll_modstamp, pos.poll_id or ""), pos.poll_deleted_through)
 
     async def capture_position(self) -> None:
         """Before a backfill: the first round reads from here. Salesforce's time, held back to the start of a
@@ -242,7 +251,9 @@ class ObjectPoller:
         through = pos.poll_deleted_through if pos.poll_deleted_through is not None else newest[0]
         failed: ReplicatorError | None = None
         try:
-            deleted, covered = await self.deletes.read(through)
+            # the window end commits with the keyset set back to where this round starts (`rewound`): halted or
+            # failed before its changes are read, the next round starts there, not past what was never read
+            deleted, covered = await self.deletes.read(through, key)
         except ReplicatorError as exc:
             # Never let deletes block the changes: read them all the same, then fail the round (the supervisor
             # retries it). The window's start stays, so the next round's keyset starts no later than before.

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
 
@@ -99,6 +100,20 @@ async def salesforce_position(client, name: str) -> int:
 Commit = Callable[[list[RowOp], Checkpoint, int], Awaitable[None]]
 
 
+def rewound(checkpoint: Checkpoint, rewind: tuple[int, str] | None) -> Checkpoint:
+    """`checkpoint`, which moves getDeleted's window end, with the change keyset's position set back to `rewind`
+    (where the next changes read must start, `ObjectPoller.start_key` of the window end before this one) in the
+    same transaction. The next round's keyset starts no later than the window end stored here, which is asked
+    before its changes are read (README "Polling"); until a read of the changes follows it, the stored position
+    must not claim the changes up to it were read: a round halted or failed between the two (a switch to events,
+    a stop, an error), or a key reconciliation after a round, would otherwise leave behind the records committed
+    since the last read and stamped before its newest record (a late commit, or the same second with a lower Id).
+    A read again from there is harmless (the version guard); the first page read moves the position on."""
+    if rewind is None:
+        return checkpoint
+    return dataclasses.replace(checkpoint, poll_modstamp=rewind[0], poll_id=rewind[1])
+
+
 class PollDeletes:
     """The deletes of one polled object: `read` each round, `reconcile` (or `reconcile_if_due`) for what getDeleted
     cannot serve. `sink` (a DeltaSink) is set once the poller has its table. `calls`: API calls made."""
@@ -112,10 +127,10 @@ class PollDeletes:
         self.calls = 0
         self.reconciliations = self.reconciled_ids = 0
 
-    async def read(self, through_ms: int) -> tuple[int, int | None]:
+    async def read(self, through_ms: int, rewind: tuple[int, str] | None = None) -> tuple[int, int | None]:
         """Records deleted since the last window (less the lookback: a delete can commit late too), applied as
         deletes at their deletedDate; the window's end (`latestDateCovered`, Salesforce's, held back) commits with
-        them as the next window's start. Returns (records deleted, the stored window end in epoch ms, or None after
+        them as the next window's start, and with it the change keyset's position `rewind` (`rewound`). Returns (records deleted, the stored window end in epoch ms, or None after
         a key reconciliation, which moves the window's start to its own position). When getDeleted cannot serve:
         - INVALID_REPLICATION_DATE: the window begins before getDeleted's 15 days: a key reconciliation;
         - EXCEEDED_ID_LIMIT (more than 600,000 deletes; "You can correct the error by choosing start and end dates
@@ -136,7 +151,7 @@ class PollDeletes:
                     raise
                 log.warning("poll.deletes_window_refused", object=self.name, start=w_start.isoformat(),
                             end=w_end.isoformat(), error=str(exc), action="reconciling keys with an Id-only extract")
-                return deleted + await self.reconcile(), None
+                return deleted + await self.reconcile(rewind), None
             ops: dict[str, RowOp] = {}
             for rec in body.get("deletedRecords") or ():
                 ms = stamp_ms(rec.get("deletedDate"))
@@ -146,7 +161,8 @@ class PollDeletes:
             # flight holds it back, and the next window (and the next round's keyset, poll.py `start_key`) must
             # start there to read that transaction once it commits.
             covered = stamp_ms(body.get("latestDateCovered")) or through_ms
-            await self.commit(list(ops.values()), Checkpoint(self.topic, None, poll_deleted_through=covered), 0)
+            await self.commit(list(ops.values()), rewound(Checkpoint(self.topic, None, poll_deleted_through=covered),
+                                                          rewind), 0)
             deleted += len(ops)
             if covered < encode_epoch_ms(w_end):  # held back (or now): the windows after it wait for a later round
                 return deleted, covered
@@ -156,7 +172,7 @@ class PollDeletes:
         self.calls += 1
         return await self.client.get_deleted(self.name, start, end)
 
-    async def reconcile_if_due(self) -> None:
+    async def reconcile_if_due(self, rewind: Callable[[], Awaitable[tuple[int, str] | None]] | None = None) -> None:
         """The scheduled key reconciliation: `poll.reconcile_interval_s` after the last one (or after the backfill,
         whose extract removed what the org lacked then)."""
         every = self.settings.poll.reconcile_interval_s
@@ -164,9 +180,9 @@ class PollDeletes:
             return
         last = await self.sink.reconciled_at(self.topic)
         if last is None or (dt.datetime.now(dt.UTC) - last).total_seconds() >= every:
-            await self.reconcile()
+            await self.reconcile(await rewind() if rewind is not None else None)
 
-    async def reconcile(self) -> int:
+    async def reconcile(self, rewind: tuple[int, str] | None = None) -> int:
         """Deletes getDeleted cannot serve (purged past its 15 days, or its log emptied early): an Id-only Bulk
         queryAll extract compared with the table in one transaction (`DeltaSink.reconcile_keys`), after Salesforce's
         position is captured (`salesforce_position`). A row the extract lacks is deleted when stamped before that
@@ -185,7 +201,7 @@ class PollDeletes:
                 async with self.bulk.open_page(page) as stream:
                     yield stream.chunks()
 
-        checkpoint = Checkpoint(self.topic, None, poll_deleted_through=position)
+        checkpoint = rewound(Checkpoint(self.topic, None, poll_deleted_through=position), rewind)
         seen, removed = await self.sink.reconcile_keys(chunks(), at(position - self.lookback_ms), checkpoint,
                                                        self.present, reconciled_at=at(position))
         self.reconciliations, self.reconciled_ids = self.reconciliations + 1, seen

@@ -5,6 +5,7 @@ no lookback at all, and proves the late commit is read once it commits."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -113,3 +114,66 @@ async def test_a_late_commit_spanning_a_key_reconciliation_is_read(sim, pg_url):
         await _rounds_past_commit(poller, sim, rid, "late across the reconciliation")
     assert await pg_value(pg_url, f"SELECT subject FROM pos_reconcile.task WHERE id = '{rid}'") == \
         "late across the reconciliation"
+
+
+async def test_a_round_cut_after_its_deletes_window_leaves_no_hole(sim, pg_url):
+    """A round stores getDeleted's window end before it reads the changes; halted in between (the service switching
+    the object to events, a stop), it read no change. The next round starts no later than that window end, so the
+    stored position must not claim the changes up to it were read: a late commit behind the newest record read
+    before (bench transitions A1: the allocation back, the watcher halting the round during its getDeleted)."""
+    settings = _settings(sim, pg_url, "pos_cut")
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.capture_position()
+        await Backfill(client, store, settings, "Task", settings.objects["Task"]).run()
+        await store.set_phase("Task", "STREAMING")
+        await poller.prepare()
+        await poller.round()
+        rid = await _live_task(sim, 3)
+        await _begin_late(sim, rid, "late across a cut round")
+        await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "Task", "type": "CREATE", "fields": {"Subject": "newer than the late one"}}])
+        await poller.round()  # reads the newer record; the window end is held back to the late transaction
+        await wait_for(lambda: _committed(sim, rid, "late across a cut round"), timeout=LATE_S + 5)
+
+        halt = asyncio.Event()
+        read = poller.deletes._get_deleted
+
+        async def halted_after(start, end):
+            try:
+                return await read(start, end)
+            finally:
+                halt.set()  # as the watcher does while the call is out
+
+        poller.deletes._get_deleted = halted_after
+        await poller.round(halt)  # its window end (now, past the commit) is stored; no change read
+        poller.deletes._get_deleted = read
+        await poller.round()
+        await poller.round()
+    assert await pg_value(pg_url, f"SELECT subject FROM pos_cut.task WHERE id = '{rid}'") == \
+        "late across a cut round"
+
+
+async def test_a_late_commit_before_a_key_reconciliation_after_a_round_is_read(sim, pg_url):
+    """A key reconciliation sets getDeleted's window end to Salesforce's time when it runs, after the round before
+    it read its changes: a transaction committed in between, stamped before the newest record that round read, is
+    read by the next round all the same (the keyset is set back with the window end)."""
+    settings = _settings(sim, pg_url, "pos_reconcile_after")
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.capture_position()
+        await Backfill(client, store, settings, "Task", settings.objects["Task"]).run()
+        await store.set_phase("Task", "STREAMING")
+        await poller.prepare()
+        await poller.round()
+        rid = await _live_task(sim, 4)
+        await _begin_late(sim, rid, "late before a reconciliation")
+        await sim_admin(sim, "POST", "/__sim/changes", [
+            {"object": "Task", "type": "CREATE", "fields": {"Subject": "newer than the late one"}}])
+        await poller.round()  # reads the newer record; the window end is held back to the late transaction
+        await wait_for(lambda: _committed(sim, rid, "late before a reconciliation"), timeout=LATE_S + 5)
+        await poller.reconcile()  # its position: after the commit
+        await poller.round()
+        await poller.round()
+    assert await pg_value(pg_url, f"SELECT subject FROM pos_reconcile_after.task WHERE id = '{rid}'") == \
+        "late before a reconciliation"

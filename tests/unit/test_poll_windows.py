@@ -39,7 +39,7 @@ def _deletes(org: FakeOrg) -> tuple[PollDeletes, list]:
     deletes = PollDeletes(org, None, settings, "Task", "poll:Task", Metrics(), commit)
     deletes.reconciled = 0
 
-    async def reconcile():
+    async def reconcile(rewind=None):
         deletes.reconciled += 1
         return 0
 

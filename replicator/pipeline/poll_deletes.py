@@ -130,8 +130,9 @@ class PollDeletes:
     async def read(self, through_ms: int, rewind: tuple[int, str] | None = None) -> tuple[int, int | None]:
         """Records deleted since the last window (less the lookback: a delete can commit late too), applied as
         deletes at their deletedDate; the window's end (`latestDateCovered`, Salesforce's, held back) commits with
-        them as the next window's start, and with it the change keyset's position `rewind` (`rewound`). Returns (records deleted, the stored window end in epoch ms, or None after
-        a key reconciliation, which moves the window's start to its own position). When getDeleted cannot serve:
+        them as the next window's start, and with it the change keyset's position `rewind` (`rewound`). Returns
+        (records deleted, the stored window end in epoch ms, or None after a key reconciliation, which moves the
+        window's start to its own position). When getDeleted cannot serve:
         - INVALID_REPLICATION_DATE: the window begins before getDeleted's 15 days: a key reconciliation;
         - EXCEEDED_ID_LIMIT (more than 600,000 deletes; "You can correct the error by choosing start and end dates
           that are closer together", REST API Developer Guide, "sObject Get Deleted"): the window is halved, the

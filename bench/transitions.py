@@ -219,7 +219,8 @@ class Sequence:
                  "[backfill]", "poll_max_s = 0.2", "page_size = 1000",
                  "[stream]", "batch_max_wait_s = 0.05", "topic_check_s = 0.5", "position_timeout_s = 10",
                  f'channel = "{"/data/ChangeEvents" if w.channel else ""}"',
-                 "[poll]", f"lookback_s = {self.lookback}", "page_size = 200",
+                 # describe_interval_s: as topic checks, a new field is looked for every second here, not every 600
+                 "[poll]", f"lookback_s = {self.lookback}", "page_size = 200", "describe_interval_s = 1",
                  "[service]", 'host = "127.0.0.1"', f"port = {self.port}", "control_poll_s = 0.3"]
         for name in w.configured:
             lines += [f"[objects.{name}]", f'mode = "{w.modes[name]}"', "poll_interval_s = 0.5"]

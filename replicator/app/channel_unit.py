@@ -114,6 +114,33 @@ class ChannelUnit:
             return
         streams = {n: ObjectStream(svc.client, svc.pubsub, svc.store, svc.settings, n, svc.settings.objects[n],
                                    svc.metrics) for n in self.members + self.joiners}
+        try:
+            await self.stream(streams)
+        except Exception as exc:
+            if svc.limits is None or not event_allocation_exhausted(exc):
+                raise
+            # The allocation used up, while streaming or already when the channel starts (capturing its position
+            # subscribes too): every member and joiner polls on a unit of its own, and streams on its own topic once
+            # the allocation has room.
+            svc.limits.events_exhausted(f"{type(exc).__name__}: {exc}")
+            times = await svc.store.checkpoint_times(channel)
+            floor = int(times[0] * 1000) if times and times[0] is not None else None  # every member's events to it
+            members = list(self.running.members) if self.running is not None else list(self.members)
+            for name in members:
+                await self.to_poll(name, ALLOCATION_REASON, floor)
+            for name in members + self.joiners:
+                self.own.add(name)
+                svc.spawn(ObjectUnit(svc, name, cause=ALLOCATION).run())
+            self.members, self.joiners = [], []
+        finally:
+            if self.running is not None:
+                self.members[:] = list(self.running.members)
+            self.running = None
+
+    async def stream(self, streams: dict[str, ObjectStream]) -> None:
+        """The channel's position (captured at its first start), the joiners' poll rounds past it, the members'
+        extracts, then the channel's stream until the service stops."""
+        svc, channel = self.svc, self.channel
         if channel not in await svc.store.checkpoint_topics():
             # Describe first (a configuration the org refuses stops here), then capture the channel's position
             # before any extract or poll round: the channel replays every change after it (contract 5).
@@ -135,21 +162,9 @@ class ChannelUnit:
         watcher = asyncio.ensure_future(self.watch_topics())  # under the channel's lease, as its handoffs write
         try:
             await self.running.run(svc.stop)
-        except Exception as exc:
-            if svc.limits is None or not event_allocation_exhausted(exc):
-                raise
-            svc.limits.events_exhausted(f"{type(exc).__name__}: {exc}")
-            times = await svc.store.checkpoint_times(channel)
-            floor = int(times[0] * 1000) if times and times[0] is not None else None  # every member's events to it
-            for name in list(self.running.members):  # each polls now, and streams on its own topic after
-                await self.to_poll(name, ALLOCATION_REASON, floor)
-                svc.spawn(ObjectUnit(svc, name, cause=ALLOCATION).run())
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-            if self.running is not None:
-                self.members[:] = list(self.running.members)
-            self.running = None
 
     async def to_poll(self, name: str, reason: str, floor_ms: int | None = None) -> None:
         """A member leaves the channel for poll rounds, from its own position (never the channel's newest commit,
@@ -158,7 +173,8 @@ class ChannelUnit:
         self.own.add(name)
         if self.running is not None:
             self.running.members.pop(name, None)
-        await leave_events(svc.store, svc.client, name, svc.settings.poll.lookback_s, reason, floor_ms)
+        if not await leave_events(svc.store, svc.client, name, svc.settings.poll.lookback_s, reason, floor_ms):
+            return  # never extracted: its own unit extracts it, polled
         svc.metrics.mode_switches.labels(object=name, mode="poll", cause=ALLOCATION if floor_ms else "topic").inc()
         (log.error if floor_ms else log.warning)("service.mode_switch", object=name, mode="poll", previous="cdc",
                                                  reason=reason, channel=self.channel)

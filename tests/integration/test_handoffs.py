@@ -386,3 +386,25 @@ async def test_a_cdc_object_started_while_the_event_allocation_is_used_up_stream
             assert await all_equal(cdc)
     finally:
         await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
+
+
+# -- bench transitions seed 1017: a channel that starts while the event allocation is used up ---------------------
+
+async def test_a_channel_started_while_the_event_allocation_is_used_up_polls_its_objects(sim, pg_url):
+    """The channel's first start subscribes to capture its position, and the org refuses (the allocation is used
+    up): its objects must poll on units of their own, not wait for the channel; changes made meanwhile arrive."""
+    names = ["Account", "Contact"]
+    settings = _settings(sim, pg_url, "chstart", {n: {"poll_interval_s": 0.3} for n in names}, channel=CHANNEL)
+    used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["events_delivered"]
+    await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used})
+    async with _running(sim, settings, limits={"event_allocation": 10_000_000, "reset": True}):
+        for name in names:
+            await wait_for(_mode(pg_url, name, "poll"), timeout=60)
+        ids = await _live_ids(sim, "Contact", 10, 3)
+        await _update(sim, "Contact", ids, "while the channel cannot start")
+
+        async def all_arrived() -> bool:
+            return await _arrived(pg_url, "chstart", "Contact", ids, "while the channel cannot start") == len(ids)
+
+        await wait_for(all_arrived, timeout=30)
+        assert await all_equal(settings)

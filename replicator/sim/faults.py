@@ -17,6 +17,7 @@ KNOB_HELP = {
     "token_idle_seconds": "an access token unused for this long expires (Salesforce default: 120 min, "
                           "docs/bulk-rest-oauth.md §4.2)",
     "fail_jobs": "the next N created query jobs end in state Failed",
+    "fail_jobs_object": "with fail_jobs: only query jobs on this object take a failure (empty: any object)",
     "malformed_rows": "N records of the NEXT completed job's results are rendered with one column missing",
     "hold_jobs": "while true, query jobs wait in UploadComplete (lets tests observe a job before completion)",
     "failed_job_error_message": "include `errorMessage` in Failed job info (optional: "
@@ -61,6 +62,7 @@ class Faults:
     latency_ms: float = 0.0
     token_idle_seconds: float = 7200.0
     fail_jobs: int = 0
+    fail_jobs_object: str = ""
     malformed_rows: int = 0
     hold_jobs: bool = False
     failed_job_error_message: bool = False
@@ -97,6 +99,9 @@ class Faults:
             elif kind == "bool":
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be a boolean")
+            elif kind == "str":
+                if not isinstance(value, str):
+                    raise ValueError(f"{key} must be a string")
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{key} must be a number")
             elif value < 0 or (key.endswith("_rate") and value > 1):
@@ -112,8 +117,8 @@ class Faults:
     def roll(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
 
-    def take_failed_job(self) -> bool:
-        if self.fail_jobs > 0:
+    def take_failed_job(self, object_name: str) -> bool:
+        if self.fail_jobs > 0 and self.fail_jobs_object in ("", object_name):
             self.fail_jobs -= 1
             return True
         return False

@@ -276,12 +276,6 @@ async def set_mode(conn: asyncpg.Connection, name: str, mode: str, reason: str, 
     )
 
 
-async def channel_objects(conn: asyncpg.Connection, channel: str) -> set[str]:
-    """The objects whose stored position is `channel`'s checkpoint."""
-    return {r[0] for r in await conn.fetch(
-        "SELECT object FROM replicator.objects WHERE mode = 'cdc' AND channel = $1", channel)}
-
-
 async def streamed_objects(conn: asyncpg.Connection) -> dict[str, str | None]:
     """Every object stored as kept current by change events, with its channel (None: a subscription of its own)."""
     return {r[0]: r[1] for r in await conn.fetch("SELECT object, channel FROM replicator.objects WHERE mode = 'cdc'")}

@@ -178,9 +178,6 @@ class Store:
     async def set_mode(self, name: str, mode: str, reason: str, channel: str | None = None) -> None:
         await self._write(state.set_mode, name, mode, reason, channel)
 
-    async def channel_objects(self, channel: str) -> set[str]:
-        return await self._run(state.channel_objects, channel)
-
     async def streamed_objects(self) -> dict[str, str | None]:
         return await self._run(state.streamed_objects)
 

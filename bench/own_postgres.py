@@ -1,7 +1,7 @@
 """A PostgreSQL server of the harness's own, for the transitions scenario's `pgrestart` operation: the shared
-server at 127.0.0.1:5432 is never restarted (others use it). A copy of tests/integration/pg_server.py without
-pytest (bench/ does not import the tests): initdb into a temporary directory, a free port, trust auth on loopback,
-fsync off; as root, every command runs as the `postgres` system user.
+server at 127.0.0.1:5432 is never restarted (others use it). The tests' own-server fixture uses it too
+(tests/integration/pg_server.py, which documents the choices): initdb into a temporary directory, a free port, trust
+auth on loopback, fsync off; as root, every command runs as the `postgres` system user.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _TIMEOUT_S = 60  # pg_ctl's own wait (-w) is 60 s by default; a slower start is 
 def _require(binary: str) -> str:
     path = shutil.which(binary)
     if path is None:
-        raise RuntimeError(f"{binary} not found on PATH: this test starts a PostgreSQL server of its own. Install the server "
+        raise RuntimeError(f"{binary} not found on PATH: a PostgreSQL server of its own is started here. Install the server "
                     f"binaries (Debian: apt-get install postgresql) and put their directory on PATH "
                     f"(/usr/lib/postgresql/<version>/bin)")
     return path

@@ -6,7 +6,9 @@ no lookback at all, and proves the late commit is read once it commits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -54,6 +56,18 @@ async def _committed(sim, rid: str, subject: str) -> bool:
     return any(r["Id"] == rid and r["Subject"] == subject for r in await ground_truth(sim, "Task"))
 
 
+@contextlib.asynccontextmanager
+async def _polled(settings) -> AsyncIterator[ObjectPoller]:
+    """Task polled from a position captured before its backfill, described and ready for rounds."""
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
+        await poller.capture_position()
+        await Backfill(client, store, settings, "Task", settings.objects["Task"]).run()
+        await store.set_phase("Task", "STREAMING")
+        await poller.prepare()
+        yield poller
+
+
 async def _rounds_past_commit(poller: ObjectPoller, sim, rid: str, subject: str) -> None:
     """Rounds until the late transaction is visible in the org, then two more: what any later round would read."""
     while not await _committed(sim, rid, subject):
@@ -95,12 +109,7 @@ async def test_a_late_commit_spanning_a_key_reconciliation_is_read(sim, pg_url):
     """The reconciliation sets getDeleted's window start, which bounds where the next round's keyset starts; a
     newer record already moved the keyset past the late transaction's stamp."""
     settings = _settings(sim, pg_url, "pos_reconcile")
-    async with salesforce_client(settings) as client, open_store(settings) as store:
-        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
-        await poller.capture_position()
-        await Backfill(client, store, settings, "Task", settings.objects["Task"]).run()
-        await store.set_phase("Task", "STREAMING")
-        await poller.prepare()
+    async with _polled(settings) as poller:
         await poller.round()
         rid = await _live_task(sim, 2)
         stamp = await _begin_late(sim, rid, "late across the reconciliation")
@@ -122,12 +131,7 @@ async def test_a_round_cut_after_its_deletes_window_leaves_no_hole(sim, pg_url):
     stored position must not claim the changes up to it were read: a late commit behind the newest record read
     before (bench transitions A1: the allocation back, the watcher halting the round during its getDeleted)."""
     settings = _settings(sim, pg_url, "pos_cut")
-    async with salesforce_client(settings) as client, open_store(settings) as store:
-        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
-        await poller.capture_position()
-        await Backfill(client, store, settings, "Task", settings.objects["Task"]).run()
-        await store.set_phase("Task", "STREAMING")
-        await poller.prepare()
+    async with _polled(settings) as poller:
         await poller.round()
         rid = await _live_task(sim, 3)
         await _begin_late(sim, rid, "late across a cut round")
@@ -159,12 +163,7 @@ async def test_a_late_commit_before_a_key_reconciliation_after_a_round_is_read(s
     it read its changes: a transaction committed in between, stamped before the newest record that round read, is
     read by the next round all the same (the keyset is set back with the window end)."""
     settings = _settings(sim, pg_url, "pos_reconcile_after")
-    async with salesforce_client(settings) as client, open_store(settings) as store:
-        poller = ObjectPoller(client, store, settings, "Task", settings.objects["Task"])
-        await poller.capture_position()
-        await Backfill(client, store, settings, "Task", settings.objects["Task"]).run()
-        await store.set_phase("Task", "STREAMING")
-        await poller.prepare()
+    async with _polled(settings) as poller:
         await poller.round()
         rid = await _live_task(sim, 4)
         await _begin_late(sim, rid, "late before a reconciliation")

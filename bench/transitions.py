@@ -76,6 +76,11 @@ RATE = 100  # changes/s of a traffic operation
 # 300 s; here topic checks run every 0.5 s, so any margin would cover a hole a production ratio leaves open. With no
 # margin, a hole in a handoff (a position taken too late) shows as a difference.
 LOOKBACK_S = 0
+# poll.handoff_lookback_s: events -> poll starts this much before the object's own position, for a transaction that
+# committed unread before the switch (production: 600 s, the longest a Salesforce transaction runs). Here it is the
+# longest late commit a sequence draws (`late:OBJ:K:S`, S at most LATE_MAX_S), so a position taken later than that
+# still shows as a difference.
+LATE_MAX_S = 5
 
 
 @dataclass
@@ -121,7 +126,7 @@ def _draw(rng: random.Random, world: World, kind: str) -> str | None:
     if kind == "traffic":
         return f"traffic:{rng.choice([100, 200, 400])}"
     if kind == "late":
-        return f"late:{rng.choice(OBJECTS)}:{rng.randint(1, 5)}:{rng.randint(2, 5)}"
+        return f"late:{rng.choice(OBJECTS)}:{rng.randint(1, 5)}:{rng.randint(2, LATE_MAX_S)}"
     if kind == "pgrestart":
         return f"pgrestart:{rng.choice(['fast', 'immediate'])}"
     if kind in ("kill", "term", "wait"):
@@ -220,7 +225,8 @@ class Sequence:
                  "[stream]", "batch_max_wait_s = 0.05", "topic_check_s = 0.5", "position_timeout_s = 10",
                  f'channel = "{"/data/ChangeEvents" if w.channel else ""}"',
                  # describe_interval_s: as topic checks, a new field is looked for every second here, not every 600
-                 "[poll]", f"lookback_s = {self.lookback}", "page_size = 200", "describe_interval_s = 1",
+                 "[poll]", f"lookback_s = {self.lookback}", f"handoff_lookback_s = {max(self.lookback, LATE_MAX_S)}",
+                 "page_size = 200", "describe_interval_s = 1",
                  "[service]", 'host = "127.0.0.1"', f"port = {self.port}", "control_poll_s = 0.3"]
         for name in w.configured:
             lines += [f"[objects.{name}]", f'mode = "{w.modes[name]}"', "poll_interval_s = 0.5"]

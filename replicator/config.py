@@ -190,6 +190,15 @@ class PollSettings(_Section):
         "margin for clock skew and late commits Salesforce does not hold back (README \"Polling\"). Re-reads cost "
         "queries, never correctness (version guard).",
     )
+    handoff_lookback_s: float = Field(
+        600.0, ge=0, le=3600,
+        description="Events -> poll (a deselection from Change Data Capture, the event allocation used up, a restart "
+        "with mode = \"poll\"): the poll starts this many seconds before the object's own position (at least "
+        "`lookback_s`). A transaction that committed after the last event applied but before the switch, and whose "
+        "events are never read, is stamped up to its duration earlier; Salesforce ends every transaction within 10 "
+        "minutes (Apex Developer Guide, \"Execution Governors and Limits\"). Re-reading those minutes once per "
+        "switch costs a few queries, never correctness (README \"Lifecycle\").",
+    )
     page_size: int = Field(
         2_000, ge=1, le=2_000,
         description="Records per poll query (SOQL LIMIT; one REST queryAll call, at most 2,000 records). Each page "

@@ -82,7 +82,8 @@ HANDOFFS: dict[tuple[Way, Way], Handoff] = {
                                   "extract, poll from it"),
     (Way.TOPIC, Way.POLL): Handoff("own position", "poll from the object's own position (its newest change applied "
                                    "from events, its last poll position, its last extract's start), no later than "
-                                   "Salesforce's held-back position, less poll.lookback_s; its rows forget their "
+                                   "Salesforce's held-back position, less poll.handoff_lookback_s (a transaction "
+                                   "whose events were never read lasts at most 10 minutes); its rows forget their "
                                    "stream positions in the same transaction"),
     (Way.CHANNEL, Way.POLL): Handoff("own position", "the same own position, never the channel's newest commit "
                                      "(other objects move it) nor a keepalive's save time; when the event allocation "

@@ -83,7 +83,7 @@ class ChannelUnit:
                 (self.members if first_start else alone).append(name)
             elif source in (Way.POLL, Way.CHANNEL):  # another channel: its own position first
                 if source == Way.CHANNEL:
-                    await leave_events(svc.store, svc.client, name, svc.settings.poll.lookback_s,
+                    await leave_events(svc.store, svc.client, name, svc.settings.poll,
                                        f"left channel {channel}")
                 self.joiners.append(name)
             else:
@@ -173,7 +173,7 @@ class ChannelUnit:
         self.own.add(name)
         if self.running is not None:
             self.running.members.pop(name, None)
-        if not await leave_events(svc.store, svc.client, name, svc.settings.poll.lookback_s, reason, floor_ms):
+        if not await leave_events(svc.store, svc.client, name, svc.settings.poll, reason, floor_ms):
             return  # never extracted: its own unit extracts it, polled
         svc.metrics.mode_switches.labels(object=name, mode="poll", cause=ALLOCATION if floor_ms else "topic").inc()
         (log.error if floor_ms else log.warning)("service.mode_switch", object=name, mode="poll", previous="cdc",

@@ -7,7 +7,9 @@ in the middle repeats it (README "Lifecycle").
   is used up (any mode but `poll`: a stream ended with `subscription.limit.exceeded`, app/limits.py).
 - Events → poll (`leave_events`): the poll position starts at the object's own position (postgres/state.py
   `own_position`: its newest change applied from events, its last poll position, its last extract's start; never
-  another object's events or a keepalive), less `poll.lookback_s`; getDeleted starts there too. Every change the
+  another object's events or a keepalive), less `poll.handoff_lookback_s` (10 minutes: a transaction that committed
+  after the last event applied, and whose events are never read, is stamped up to its duration before its commit,
+  and Salesforce ends every transaction within 10 minutes); getDeleted starts there too. Every change the
   events did not bring has a SystemModstamp at or after it, so the first round reads it; records read twice are
   harmless (the version guard). The rows it reads again forget their stream position in the same transaction: a
   polled record stamped in the same second as the last streamed change is newer than it (read later), and must win
@@ -23,6 +25,7 @@ import asyncio
 
 import structlog
 
+from ..config import PollSettings
 from ..lifecycle import Way
 from ..model import Checkpoint, ConfigError, ReplicatorError, TerminalError, TransientError
 from ..pipeline.poll import ObjectPoller, poll_topic, salesforce_position
@@ -84,12 +87,17 @@ async def stored_way(store: Store, name: str) -> tuple[Way, str | None]:
     return (Way.CHANNEL, st.channel) if st.channel else (Way.TOPIC, None)
 
 
-async def leave_events(store: Store, client, name: str, lookback_s: float, reason: str,
+async def leave_events(store: Store, client, name: str, poll: PollSettings, reason: str,
                        floor_ms: int | None = None) -> bool:
     """Events → poll: store the poll position from the object's own position (`Store.own_position`), or from
     `floor_ms` when later (a channel's newest commit when its event allocation ran out: every member's events up
     to it are applied), but no later than Salesforce's position now (`salesforce_position`: held back to the start
-    of a transaction still in flight, which commits with an older stamp), less `lookback_s`; then the mode `poll`.
+    of a transaction still in flight, which commits with an older stamp), less `poll.handoff_lookback_s` (at least
+    `poll.lookback_s`): Salesforce holds back only what is still in flight, and a transaction that committed after
+    the last event applied (its events never read: the allocation refused them, or the service was down and polls
+    now) is stamped up to its duration earlier, at most 10 minutes (Apex Developer Guide, "Execution Governors and
+    Limits", https://developer.salesforce.com/docs/atlas.en-us.apexcode.meta/apexcode/apex_gov_limits.htm: maximum
+    execution time for each Apex transaction); then the mode `poll`.
     False when the object has no position at all (it was never extracted: the poll path extracts it)."""
     own = await store.own_position(name)
     since = max((p for p in (own, floor_ms) if p is not None), default=None)
@@ -97,7 +105,8 @@ async def leave_events(store: Store, client, name: str, lookback_s: float, reaso
         return False
     held = await salesforce_position(client, name)
     since = min(since, held)
-    start = (since - int(lookback_s * 1000)) // 1000 * 1000  # whole seconds, as SOQL compares
+    margin_s = max(poll.lookback_s, poll.handoff_lookback_s)
+    start = (since - int(margin_s * 1000)) // 1000 * 1000  # whole seconds, as SOQL compares
     forgotten = await store.poll_from_stream(name, Checkpoint(poll_topic(name), None, poll_modstamp=start, poll_id="",
                                                               poll_deleted_through=start))
     await store.set_mode(name, "poll", reason)
@@ -126,7 +135,7 @@ async def leave_unconfigured(store: Store, client, settings, channel: str, names
     under the channel's lease. An object the org no longer answers for is logged and left."""
     for name in names:
         try:
-            left = await leave_events(store, client, name, settings.poll.lookback_s,
+            left = await leave_events(store, client, name, settings.poll,
                                       f"out of the configuration: its position left channel {channel}")
         except TransientError:
             raise

@@ -97,7 +97,7 @@ class ObjectUnit:
         steps = route(source, target) if st is not None and st.phase != Phase.NEW else []
         for leaving, entering in steps:
             if entering == Way.POLL:
-                await leave_events(svc.store, svc.client, name, svc.settings.poll.lookback_s, reason)
+                await leave_events(svc.store, svc.client, name, svc.settings.poll, reason)
             elif leaving == Way.POLL:
                 poller = self.poller()
                 await poller.prepare(svc.stop)

@@ -408,3 +408,60 @@ async def test_a_channel_started_while_the_event_allocation_is_used_up_polls_its
 
         await wait_for(all_arrived, timeout=30)
         assert await all_equal(settings)
+
+
+# -- bench transitions L7: a late commit in flight when the object leaves events ---------------------------------
+
+LATE_S = 12  # how long the late transaction stays in flight: past a stop and a restart of the service
+
+
+async def _late_update(sim, name: str, ids: list[str], phone: str, after_s: float) -> int:
+    """A transaction updating `ids`' Phone, stamped now and committed `after_s` seconds later (a long transaction:
+    its records' SystemModstamp is older than its commit); its SystemModstamp (epoch ms)."""
+    r = await sim_admin(sim, "POST", "/__sim/changes", {
+        "changes": [{"object": name, "type": "UPDATE", "ids": ids, "fields": {"Phone": phone}}],
+        "visible_after_seconds": after_s})
+    assert r.status_code == 200, r.text
+    return r.json()["system_modstamp"]
+
+
+async def _committed(sim, name: str, ids: list[str], phone: str) -> bool:
+    rows = {r["Id"]: r for r in await ground_truth(sim, name)}
+    return all(rows[i].get("Phone") == phone for i in ids)
+
+
+@pytest.mark.parametrize("leaves_by", ["restart_into_poll", "allocation_used_up"])
+async def test_a_late_commit_whose_events_are_never_read_is_read_by_the_poll(sim, pg_url, leaves_by):
+    """Account streams; a transaction stamped now updates 4 Accounts and commits 12 s later (bench transitions
+    L7); meanwhile another Account change streams, so the stream's position passes the late records' stamp. The late
+    commit's events are never read: the service is down when it commits and restarts with mode = "poll", or the
+    event allocation is used up and its event is the one refused. Account polls then, from a position that must
+    reach back over the longest transaction Salesforce lets run, since Salesforce's own hold-back has ended
+    (lookback 0 here, so no steady-state margin hides it)."""
+    schema = f"late_{leaves_by}"
+    auto = _settings(sim, pg_url, schema, {"Account": {"poll_interval_s": 0.3}}, lookback_s=0)
+    polled = _settings(sim, pg_url, schema, {"Account": {"mode": "poll", "poll_interval_s": 0.3}}, lookback_s=0)
+    late, marker = await _live_ids(sim, "Account", 30, 4), (await _live_ids(sim, "Account", 34, 1))[0]
+    phone = f"late {leaves_by}"
+    async with _running(sim, auto, limits={"event_allocation": 10_000_000, "reset": True}):
+        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=120)
+        stamp = await _late_update(sim, "Account", late, phone, LATE_S)
+        await _after(stamp + 1000)  # the next change is stamped a later second
+        await _marker(sim, pg_url, schema, "Account", marker, f"past the late stamp {leaves_by}")
+        if leaves_by == "allocation_used_up":
+            used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["events_delivered"]
+            await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used})  # the late event is refused
+            assert not await _committed(sim, "Account", late, phone), "the late commit came before the switch"
+            await wait_for(lambda: _committed(sim, "Account", late, phone), timeout=LATE_S + 10)
+            await wait_for(_mode(pg_url, "Account", "poll"), timeout=30)
+            await _marker(sim, pg_url, schema, "Account", marker, "polled past the late commit")
+            assert await _arrived(pg_url, schema, "Account", late, phone) == len(late)
+            assert await all_equal(auto)
+    if leaves_by == "restart_into_poll":
+        assert not await _committed(sim, "Account", late, phone), "the late commit came before the stop"
+        await wait_for(lambda: _committed(sim, "Account", late, phone), timeout=LATE_S + 10)
+        async with _running(sim, polled):
+            await wait_for(_mode(pg_url, "Account", "poll"), timeout=60)
+            await _marker(sim, pg_url, schema, "Account", marker, "polled past the late commit")
+            assert await _arrived(pg_url, schema, "Account", late, phone) == len(late)
+            assert await all_equal(polled)

@@ -185,20 +185,23 @@ class ChannelStream:
         # Rows of partial updates are not looked up first (BatchApplier.looks_up_first): the commit finds a
         # missing one, and only then are they looked up and the batch applied again.
         must_find = not all(applier.looks_up_first() for applier in appliers)
+        members = [(name, len(events), max((e.commit_timestamp for e in events if e.commit_timestamp), default=None))
+                   for name, _, events, _, _ in prepared]  # each member's own figures (`replicator status`)
         try:
             try:
                 results = await self.store.apply_objects(
                     [(applier.sink, rows) for _, applier, _, _, rows in prepared], dead, checkpoint, delivered,
-                    must_find)
+                    must_find, members)
             except UpdatesMissed as exc:
                 log.info("channel.rows_looked_up", channel=self.topic, reason=str(exc))
                 prepared, must_find = await self._looked_up(prepared), False
                 results = await self.store.apply_objects(
-                    [(applier.sink, rows) for _, applier, _, _, rows in prepared], dead, checkpoint, delivered)
+                    [(applier.sink, rows) for _, applier, _, _, rows in prepared], dead, checkpoint, delivered,
+                    members=members)
         except RejectedDataError as exc:
             if must_find:  # each object alone finds no missing row: look them up first
                 prepared = await self._looked_up(prepared)
-            results = await self._commit_apart(prepared, dead, checkpoint, delivered, str(exc))
+            results = await self._commit_apart(prepared, dead, checkpoint, delivered, str(exc), members)
         seconds, committed = time.monotonic() - started, time.perf_counter() - committing
         total = ApplyResult()
         all_rows = sum(len(p[4]) for p in prepared)
@@ -233,7 +236,7 @@ class ChannelStream:
                 in zip(prepared, rows, strict=True)]
 
     async def _commit_apart(self, prepared: list, dead: list[DeadLetter], checkpoint: Checkpoint, delivered: int,
-                            error: str) -> list:
+                            error: str, members: list) -> list:
         """Postgres refused a value: each object commits alone (the applier isolates the rows it refuses, with dead
         letters), then the checkpoint. Not one transaction any more; a crash in between applies the batch again,
         which the version guard makes harmless."""
@@ -242,7 +245,7 @@ class ChannelStream:
         for _, applier, _, found, rows in prepared:
             results.append(await applier.commit(rows, found.dead, None, 0))
         own = [d for d in dead if d.object == self.topic]  # the undecodable events
-        await self.store.apply_objects([], own, checkpoint, delivered)
+        await self.store.apply_objects([], own, checkpoint, delivered, members=members)
         return results
 
     def _mark(self, **health) -> None:

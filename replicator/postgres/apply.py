@@ -398,9 +398,11 @@ async def _run_merged(conn: asyncpg.Connection, pieces: list[Piece], p: Params) 
 
 @mapped
 async def apply_objects(pool: asyncpg.Pool, parts: list[tuple[StreamSink, list[RowOp]]], dead: list[DeadLetter],
-                        checkpoint: Checkpoint | None, events: int, must_find: bool = False) -> list[ApplyResult]:
+                        checkpoint: Checkpoint | None, events: int, must_find: bool = False,
+                        members: list[tuple[str, int, int | None]] | None = None) -> list[ApplyResult]:
     """Several objects' folded row operations (or one object's), the dead letters and the checkpoint in ONE
-    transaction (docs/design.md, contract 4); the writes as few statements as `merged_writes` makes. Safe to call
+    transaction (docs/design.md, contract 4); the writes as few statements as `merged_writes` makes. `members`: a
+    channel batch's figures per member (`state.add_member_events`), committed with the checkpoint. Safe to call
     again with the same batch: each write carries the version guard. Raises RejectedDataError when Postgres
     refuses a value, UpdatesMissed when `must_find` and a partial update wrote no row, LeaseLost when another
     process holds the unit now (nothing committed in each case)."""
@@ -421,6 +423,8 @@ async def apply_objects(pool: asyncpg.Pool, parts: list[tuple[StreamSink, list[R
         await state.add_dead_letters(conn, dead)
         if checkpoint is not None:
             await state.save_checkpoint(conn, checkpoint, events)
+        if members:
+            await state.add_member_events(conn, members)
         await leases.check(conn)  # last: this process still holds the unit (postgres/leases.py)
     return results
 

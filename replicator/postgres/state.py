@@ -232,6 +232,20 @@ async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, events: int 
     )
 
 
+async def add_member_events(conn: asyncpg.Connection, members: list[tuple[str, int, int | None]]) -> None:
+    """A channel batch's figures for each member it applied events of: (object, events, newest commit time in epoch
+    ms or None), added to the member's row (sql/015_member_events.sql) in the batch's transaction."""
+    if not members:
+        return
+    names, counts, commits = zip(*members, strict=True)
+    await conn.execute(
+        "UPDATE replicator.objects o SET member_events_applied = o.member_events_applied + m.events,"
+        " member_committed_at = greatest(o.member_committed_at, m.committed), member_applied_at = now()"
+        " FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS m(object, events, committed)"
+        " WHERE o.object = m.object",
+        list(names), list(counts), [ms_to_datetime(c) if c is not None else None for c in commits])
+
+
 async def _save_poll_position(conn: asyncpg.Connection, cp: Checkpoint, rows: int) -> None:
     """A polled object's position (sql/005_polling.sql); `rows`: records applied, counted in events_applied."""
     await conn.execute(

@@ -80,9 +80,11 @@ class Store:
         return StreamSink(self._pool, table)
 
     async def apply_objects(self, parts: list[tuple[StreamSink, list[RowOp]]], dead: list[DeadLetter],
-                            checkpoint: Checkpoint, events: int, must_find: bool = False) -> list[ApplyResult]:
-        """Several objects' rows, the dead letters and one checkpoint in ONE transaction (a channel's batch)."""
-        return await apply_objects(self._pool, parts, dead, checkpoint, events, must_find)
+                            checkpoint: Checkpoint, events: int, must_find: bool = False,
+                            members: list[tuple[str, int, int | None]] | None = None) -> list[ApplyResult]:
+        """Several objects' rows, the dead letters and one checkpoint in ONE transaction (a channel's batch), with
+        each member's figures (object, events, newest commit ms) when given."""
+        return await apply_objects(self._pool, parts, dead, checkpoint, events, must_find, members)
 
     def comparison(self, spec: TableSpec, hard_deletes: bool) -> contextlib.AbstractAsyncContextManager[Comparison]:
         """A comparison of `spec`'s table with an extract, on one connection held for its temporary tables."""

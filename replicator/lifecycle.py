@@ -52,10 +52,24 @@ PHASES: dict[tuple[Phase, Phase], str] = {
     (Phase.STREAMING, Phase.RESYNCING): "position expired or refused, GAP_OVERFLOW, replicator resync, a field added",
     (Phase.RESYNCING, Phase.RESYNCING): "a restart repeats the resync",
     (Phase.RESYNCING, Phase.BACKFILLING): "position captured again, a new extract into the live table",
-    (Phase.STREAMING, Phase.BACKFILLING): "a polled object without SystemModstamp: every round is an extract",
+    (Phase.STREAMING, Phase.BACKFILLING): "a polled object without SystemModstamp: every round is an extract; "
+                                          "replicator backfill run again",
+    (Phase.BACKFILLED, Phase.BACKFILLING): "replicator backfill run again: a new extract",
     (Phase.BACKFILLED, Phase.RESYNCING): "polled without a stored poll position",
     (Phase.FAILED, Phase.BACKFILLING): "the cause fixed, the extract starts again",
 }
+
+
+def allowed(old: str | None, new: str) -> bool:
+    """Whether the stored phase may go from `old` to `new` (`PHASES`; the same phase again, after a crash, and FAILED
+    from anywhere too; None: no row yet)."""
+    return old is None or old == new or new == Phase.FAILED or (old, new) in PHASES
+
+
+# Phase changes written that `PHASES` does not allow, as (object, old, new): logged at error level where they are
+# written (postgres/state.py `change_phase`) and kept here, so that the tests, which run services in-process, fail
+# on any (tests/conftest.py).
+UNEXPECTED: list[tuple[str, str, str]] = []
 
 
 class Way(StrEnum):

@@ -9,6 +9,7 @@ import uuid
 import asyncpg
 import pytest
 
+from replicator import lifecycle
 from replicator.postgres.server import LOCAL_URL
 
 
@@ -42,3 +43,13 @@ async def pg(pg_url):
     conn = await asyncpg.connect(pg_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def phase_changes_allowed():
+    """Every test: no stored phase change outside the lifecycle's table (lifecycle.PHASES) was written by a service
+    or command running in this process (postgres/state.py `change_phase` keeps each in lifecycle.UNEXPECTED)."""
+    lifecycle.UNEXPECTED.clear()
+    yield
+    unexpected, lifecycle.UNEXPECTED[:] = list(lifecycle.UNEXPECTED), []
+    assert not unexpected, f"phase changes not in lifecycle.PHASES (object, from, to): {unexpected}"

@@ -9,10 +9,14 @@ from typing import Any
 
 import asyncpg
 import orjson
+import structlog
 
+from .. import lifecycle
 from ..lifecycle import Phase
 from ..model import VERSION_COLUMN, Checkpoint, DeadLetter
 from . import ddl
+
+log = structlog.get_logger(__name__)
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -56,18 +60,33 @@ async def register_object(conn: asyncpg.Connection, name: str, schema: str, tabl
     )
 
 
+async def change_phase(conn: asyncpg.Connection, name: str, phase: Phase, sets: str = "", *args: Any) -> None:
+    """Write `name`'s phase (and `sets`, more assignments using parameters $3 on, `args`), checked against the
+    lifecycle's table of allowed changes (lifecycle.PHASES): a change it does not allow is still written (the
+    process goes on) but logged at error level and kept in `lifecycle.UNEXPECTED` (the tests fail on one)."""
+    old = await conn.fetchval(
+        f"UPDATE replicator.objects o SET phase = $2, updated_at = now(){', ' + sets if sets else ''}"
+        " FROM (SELECT phase FROM replicator.objects WHERE object = $1 FOR UPDATE) AS old"
+        " WHERE o.object = $1 RETURNING old.phase",
+        name, phase, *args)
+    if not lifecycle.allowed(old, phase):
+        lifecycle.UNEXPECTED.append((name, old, str(phase)))
+        log.error("lifecycle.unexpected_phase_change", object=name, old=old, new=str(phase),
+                  action="a defect: the change is not in lifecycle.PHASES")
+
+
 async def start_job(conn: asyncpg.Connection, name: str, job_id: str, load_mode: str, page_size: int,
                     created_in_org: dt.datetime | None = None) -> None:
     """A new extract begins: forget the previous job's page counts (its committed pages stay as history) and the
     keys its pages held (`replicator.extract_keys`: the key set is always the running job's). `created_in_org`: the
     job's createdDate (Salesforce's clock), for the removal of rows the extract lacks (`ddl.remove_unseen`)."""
     async with conn.transaction():
-        await conn.execute(
-            "UPDATE replicator.objects SET phase = $6, job_id = $2, job_created_at = now(), load_mode = $3,"
-            " page_size = $4, pages_done = 0, last_locator = NULL, rows_loaded = 0, rows_expected = NULL,"
-            " backfill_started_at = now(), backfill_finished_at = NULL, last_error = NULL, updated_at = now(),"
-            " job_created_in_org = $5 WHERE object = $1",
-            name, job_id, load_mode, page_size, created_in_org, Phase.BACKFILLING,
+        await change_phase(
+            conn, name, Phase.BACKFILLING,
+            "job_id = $3, job_created_at = now(), load_mode = $4, page_size = $5, pages_done = 0, last_locator = NULL,"
+            " rows_loaded = 0, rows_expected = NULL, backfill_started_at = now(), backfill_finished_at = NULL,"
+            " last_error = NULL, job_created_in_org = $6",
+            job_id, load_mode, page_size, created_in_org,
         )
         await forget_extract_keys(conn, name)
 
@@ -110,11 +129,7 @@ async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh
     (replicator.refreshes: its job, started_at, rows compared, no row changed), so the next scheduled refresh is due
     `formula_refresh_s` after it, not at once (README "Refresh")."""
     async with conn.transaction():
-        await conn.execute(
-            "UPDATE replicator.objects SET phase = $2, backfill_finished_at = now(), last_error = NULL,"
-            " updated_at = now() WHERE object = $1",
-            name, Phase.BACKFILLED,
-        )
+        await change_phase(conn, name, Phase.BACKFILLED, "backfill_finished_at = now(), last_error = NULL")
         # Kept until now, not dropped with the removal: a crash between the two resumes the job, whose removal
         # runs again and needs them.
         await forget_extract_keys(conn, name)
@@ -131,10 +146,7 @@ async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh
 
 
 async def fail_object(conn: asyncpg.Connection, name: str, error: str) -> None:
-    await conn.execute(
-        "UPDATE replicator.objects SET phase = $3, last_error = $2, updated_at = now() WHERE object = $1",
-        name, without_nul(error)[:2000], Phase.FAILED,
-    )
+    await change_phase(conn, name, Phase.FAILED, "last_error = $3", without_nul(error)[:2000])
 
 
 def without_nul(value: Any) -> Any:
@@ -167,11 +179,8 @@ async def add_dead_letters(conn: asyncpg.Connection, dead: list[DeadLetter]) -> 
         )
 
 
-async def set_phase(conn: asyncpg.Connection, name: str, phase: str, error: str | None = None) -> None:
-    await conn.execute(
-        "UPDATE replicator.objects SET phase = $2, last_error = $3, updated_at = now() WHERE object = $1",
-        name, phase, without_nul(error)[:2000] if error else None,
-    )
+async def set_phase(conn: asyncpg.Connection, name: str, phase: Phase, error: str | None = None) -> None:
+    await change_phase(conn, name, phase, "last_error = $3", without_nul(error)[:2000] if error else None)
 
 
 async def record_error(conn: asyncpg.Connection, name: str, error: str) -> None:
@@ -183,11 +192,8 @@ async def record_error(conn: asyncpg.Connection, name: str, error: str) -> None:
 
 async def begin_resync(conn: asyncpg.Connection, name: str, reason: str) -> None:
     """Mark the object RESYNCING (so a restart extracts it again), clear an operator's request, count it."""
-    await conn.execute(
-        "UPDATE replicator.objects SET phase = $3, resync_requested = false, resyncs = resyncs + 1,"
-        " last_resync_at = now(), last_resync_reason = $2, updated_at = now() WHERE object = $1",
-        name, reason[:500], Phase.RESYNCING,
-    )
+    await change_phase(conn, name, Phase.RESYNCING, "resync_requested = false, resyncs = resyncs + 1,"
+                       " last_resync_at = now(), last_resync_reason = $3", reason[:500])
 
 
 async def resync_requested(conn: asyncpg.Connection, name: str) -> bool:

@@ -26,6 +26,7 @@ from ..postgres.store import Store
 from ..salesforce.diffs import TextDiff, apply_diffs
 from ..salesforce.records import records_by_id
 from ..salesforce.topics import identifies_record
+from ..salesforce.values import decode_rest_value
 from .changes import ColumnMap, UnknownFieldError, fold, record_op
 from .schema import history_names, object_table
 
@@ -122,6 +123,7 @@ class BatchApplier:
         await self.resolve_diffs(ops)
         await self.reconcile(ops, self.looks_up_first())
         await self.check_keys(ops)
+        await self.stamp_deletes(ops)
         self.count_stage("fold", t1 - t0)
         self.count_stage("reconcile", time.perf_counter() - t1)
         return found, list(ops.values())
@@ -248,6 +250,25 @@ class BatchApplier:
                     ops[k] = RowOp(k, "refetch", version=ops[k].version, commit_ms=ops[k].commit_ms,
                                    position=ops[k].position, steps=ops[k].steps)
         await self._fetch(ops, [k for k, o in ops.items() if o.kind == "refetch"])
+
+    async def stamp_deletes(self, ops: dict[str, RowOp]) -> None:
+        """Soft deletes (the row stays, marked deleted): a DELETE event carries no LastModifiedDate, and its commit
+        time is not the record's SystemModstamp (a transaction that commits in a later second than its save), so the
+        deleted records' SystemModstamp is read by Id (queryAll, which returns records in the Recycle Bin; one call
+        per IDS_PER_QUERY records) and the row takes it (a soft delete with values is one write at the delete's version,
+        postgres/apply.py `_writes`). A record no longer deleted (undeleted since: its UNDELETE
+        event follows) or gone for good keeps the commit time, the nearest the event tells."""
+        if not (self.sink.soft and self.sink.has_modstamp):
+            return
+        wanted = [k for k, o in ops.items() if o.kind == "delete" and "systemmodstamp" not in o.values]
+        if not wanted:
+            return
+        found = await records_by_id(self.client, self.name, ["SystemModstamp", "IsDeleted"], wanted,
+                                    include_deleted=True)
+        for key in wanted:
+            record = found.get(key)
+            if record and record.get("IsDeleted") and record.get("SystemModstamp"):
+                ops[key].values["systemmodstamp"] = decode_rest_value(record["SystemModstamp"], "timestamptz")
 
     async def _fetch(self, ops: dict[str, RowOp], wanted: list[str]) -> None:
         """Replace the operations of these records (each must be in `ops`) by their current state, fetched by Id."""

@@ -465,3 +465,23 @@ async def test_a_late_commit_whose_events_are_never_read_is_read_by_the_poll(sim
             await _marker(sim, pg_url, schema, "Account", marker, "polled past the late commit")
             assert await _arrived(pg_url, schema, "Account", late, phone) == len(late)
             assert await all_equal(polled)
+
+
+# -- bench transitions seed 6010: a soft delete whose transaction commits in a later second than its stamp -------
+
+async def test_a_late_delete_streamed_keeps_the_records_systemmodstamp(sim, pg_url):
+    """2 Accounts deleted (to the Recycle Bin) in a transaction stamped now that commits 2 s later: a DELETE event
+    carries no LastModifiedDate, so its commit time is not the record's SystemModstamp; the soft-deleted rows must
+    hold the org's SystemModstamp (verify compares it), not the commit time."""
+    schema = "latedelete"
+    settings = _settings(sim, pg_url, schema, {"Account": {}})
+    ids = await _live_ids(sim, "Account", 40, 2)
+    async with _running(sim, settings):
+        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=120)
+        r = await sim_admin(sim, "POST", "/__sim/changes", {
+            "changes": [{"object": "Account", "type": "DELETE", "ids": ids}], "visible_after_seconds": 2})
+        assert r.status_code == 200, r.text
+        listed = ", ".join(f"'{i}'" for i in ids)
+        await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 2 FROM {schema}.account WHERE id IN ({listed})"
+                                                " AND isdeleted"), timeout=30)
+        assert await all_equal(settings)

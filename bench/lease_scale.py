@@ -1,0 +1,98 @@
+"""What leases cost Postgres (docs/scale.md): lease renewals one per transaction (as app/units.py renews today),
+renewals batched one statement per owner, and the fence check a commit pays (postgres/leases.py `check`).
+
+    python -m bench.lease_scale [--units 20000] [--seconds 5] [--connections 8] [--url postgresql://…]
+
+On a scratch database of the server (default the shared 127.0.0.1:5432, dropped at the end). Prints one JSON
+object: renewals/s each way, and commits/s of an empty write transaction with and without the fence check, measured
+in one run (ratios, not bare times, carry to another machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+
+import asyncpg
+
+from replicator.postgres import leases
+from replicator.postgres.migrate import migrate
+from replicator.postgres.server import LOCAL_URL
+
+
+async def _for(seconds: float, connections: int, pool: asyncpg.Pool, work) -> int:
+    """Run `work(conn, worker, i)` on `connections` connections at once until `seconds` pass; how many ran."""
+    deadline, counts = time.monotonic() + seconds, [0] * connections
+
+    async def worker(k: int) -> None:
+        async with pool.acquire() as conn:
+            while time.monotonic() < deadline:
+                await work(conn, k, counts[k])
+                counts[k] += 1
+
+    await asyncio.gather(*(worker(k) for k in range(connections)))
+    return sum(counts)
+
+
+async def measure(url: str, units: int, seconds: float, connections: int) -> dict:
+    names = [f"object:O{i}" for i in range(units)]
+    async with asyncpg.create_pool(url, min_size=connections, max_size=connections) as pool:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            await conn.execute("INSERT INTO replicator.leases (unit, owner, fence, expires_at)"
+                               " SELECT u, 'r' || (n % $2), 1, now() + interval '1 hour'"
+                               " FROM unnest($1::text[]) WITH ORDINALITY AS t(u, n)", names, connections)
+
+        async def one(conn, k, i):  # today: each unit renewed in a transaction of its own
+            unit = names[(i * connections + k) % units]
+            await leases.renew(conn, unit, f"r{(int(unit[8:]) + 1) % connections}", 1, 15.0)
+
+        async def batch(conn, k, i):  # one statement renews an owner's units, 1,000 at a time
+            chunk = [n for n in names[(i * 1000) % units:(i * 1000) % units + 1000]]
+            await conn.execute("UPDATE replicator.leases SET expires_at = now() + interval '15 seconds',"
+                               " renewed_at = now() WHERE unit = ANY($1::text[])", chunk)
+
+        async def empty(conn, k, i):  # a write transaction with nothing but a checkpoint-sized write
+            async with conn.transaction():
+                await conn.execute("UPDATE replicator.leases SET renewed_at = now() WHERE unit = $1", names[k])
+
+        async def fenced(conn, k, i):  # the same, with the fence check last (postgres/leases.py `check`)
+            async with conn.transaction():
+                await conn.execute("UPDATE replicator.leases SET renewed_at = now() WHERE unit = $1", names[k])
+                await conn.fetchval("SELECT true FROM replicator.leases WHERE unit = $1 AND fence = $2 FOR SHARE",
+                                    names[k + connections], 1)
+
+        singles = await _for(seconds, connections, pool, one) / seconds
+        batches = await _for(seconds, connections, pool, batch) / seconds
+        plain = await _for(seconds, connections, pool, empty) / seconds
+        checked = await _for(seconds, connections, pool, fenced) / seconds
+    return {"units": units, "seconds": seconds, "connections": connections,
+            "renewals_per_s_one_per_transaction": round(singles),
+            "renewals_per_s_batched_1000": round(batches * 1000),
+            "commits_per_s_without_fence_check": round(plain), "commits_per_s_with_fence_check": round(checked),
+            "fence_check_commit_ratio": round(checked / plain, 3) if plain else None}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--units", type=int, default=20_000)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--url", default=LOCAL_URL, help="the server (a scratch database is made on it)")
+    args = ap.parse_args()
+    database = f"replicator_bench_leases_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(args.url)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    try:
+        url = args.url.rsplit("/", 1)[0] + "/" + database
+        print(json.dumps(await measure(url, args.units, args.seconds, args.connections)))
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

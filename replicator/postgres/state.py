@@ -131,8 +131,11 @@ async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh
 
 
 async def fail_object(conn: asyncpg.Connection, name: str, error: str) -> None:
+    """The object stopped on an error no retry fixes (lifecycle Phase.FAILED), with the error: `replicator status`
+    shows it. An object never described has no row yet (a name Salesforce does not know): it gets one."""
     await conn.execute(
-        "UPDATE replicator.objects SET phase = $3, last_error = $2, updated_at = now() WHERE object = $1",
+        "INSERT INTO replicator.objects (object, phase, last_error) VALUES ($1, $3, $2)"
+        " ON CONFLICT (object) DO UPDATE SET phase = $3, last_error = $2, updated_at = now()",
         name, without_nul(error)[:2000], Phase.FAILED,
     )
 

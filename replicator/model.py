@@ -47,7 +47,8 @@ class SessionExpiredError(TransientError):
 
 
 class AuthError(TerminalError):
-    """The token endpoint refused the credentials (OAuth `invalid_grant`, `invalid_client`, ...)."""
+    """Salesforce refused the credentials or a fresh session: the token endpoint (`CredentialsError`, below), or a
+    call that a new token did not make pass."""
 
 
 class ReplayIdInvalidError(TerminalError):
@@ -59,7 +60,19 @@ class ReplayIdInvalidError(TerminalError):
 
 
 class ConfigError(TerminalError):
-    """The configuration is invalid; the message names the key to fix."""
+    """The configuration is invalid, or names what the org or the database refuses for good (an object Salesforce
+    does not know, a privilege Postgres does not grant): no retry fixes it, and the message says what to fix.
+    Raised where the error arises (the edges map such answers here once). A command exits 2; `replicator run` stops
+    the object it concerns (phase FAILED) and goes on with the others (app/service.py)."""
+
+
+class ServiceConfigError(ConfigError):
+    """A configuration error every unit shares (the Salesforce credentials, `postgres.url`): `replicator run` stops
+    at once with exit code 2, rather than mark every object FAILED one by one."""
+
+
+class CredentialsError(AuthError, ServiceConfigError):
+    """The token endpoint refused the credentials for good (OAuth `invalid_client`, `invalid_grant`, ...)."""
 
 
 class JobFailedError(TransientError):

@@ -103,6 +103,9 @@ async def _object(client, pubsub: PubSubClient | None, settings: Settings, name:
     obj = settings.objects[name]
     try:
         describe = await client.describe(name)
+    except ConfigError as exc:  # 404 NOT_FOUND: the message says what to check
+        checks.add(f"{name} describe", False, str(exc))
+        return
     except ReplicatorError as exc:
         checks.add(f"{name} describe", False, f"{_error(exc)} (is the name spelt as in Salesforce, and may the "
                    "integration user read it?)")

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..config import Settings
-from ..model import ReplicatorError, Stopped
+from ..model import ConfigError, ReplicatorError, ServiceConfigError, Stopped
 from ..observe.logs import fatal
 from ..pipeline.backfill import Backfill
 from ..pipeline.backfill import Progress as BackfillProgress
@@ -70,7 +70,8 @@ async def run_backfills(settings: Settings, names: list[str], on_progress=None,
                     log.error("backfill.failed", object=name, error=str(exc))
                 else:
                     log.exception("backfill.failed", object=name, error=f"{type(exc).__name__}: {exc}")
-                await store.fail_object(name, f"{type(exc).__name__}: {exc}")
+                if not isinstance(exc, ServiceConfigError):  # the credentials or the database: not the object's
+                    await store.fail_object(name, f"{type(exc).__name__}: {exc}")
 
         await asyncio.gather(*(one(n) for n in names))
     return results
@@ -96,8 +97,10 @@ def _stop_on_signals(stop: asyncio.Event, received: list[signal.Signals]) -> Ite
 
 
 async def backfill_command(settings: Settings, names: list[str]) -> int:
-    """Exit 0 when every object is complete, 1 when one failed, 128 + the signal's number (143 for SIGTERM, 130 for
-    SIGINT) when a signal stopped it: the committed pages stay and the next run resumes the same jobs."""
+    """Exit 0 when every object is complete, 2 when one failed on its configuration (an error no retry fixes: refused
+    credentials, an object Salesforce does not know, a missing Postgres privilege), 1 when one failed otherwise,
+    128 + the signal's number (143 for SIGTERM, 130 for SIGINT) when a signal stopped it: the committed pages stay
+    and the next run resumes the same jobs."""
     bars = _Bars(names)
     stop, received = asyncio.Event(), []
     with bars.bars, _stop_on_signals(stop, received):
@@ -108,10 +111,11 @@ async def backfill_command(settings: Settings, names: list[str]) -> int:
             log.info("backfill.done", object=name, rows=r.rows_done, rows_per_s=round(r.rows_per_s),
                      load_s=round(r.load_s, 3), seconds=round(r.finished - r.started, 3),
                      dead_letters=r.dead_letters, resumed_pages=r.resumed_pages, job_id=r.job_id)
-    if failed:
-        name, exc = next(iter(failed.items()))
-        fatal(f"backfill of {name} failed: {exc}", 1)
-        return 1
+    if failed:  # one line: a configuration error first, it decides the exit code
+        name, exc = next(((n, e) for n, e in failed.items() if isinstance(e, ConfigError)), next(iter(failed.items())))
+        code = 2 if isinstance(exc, ConfigError) else 1
+        fatal(f"backfill of {name} failed: {exc}", code)
+        return code
     if received:
         stopped = sorted(n for n, r in results.items() if isinstance(r, Stopped))
         log.warning("backfill.stopped", signal=received[0].name, objects=stopped,

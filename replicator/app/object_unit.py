@@ -41,11 +41,19 @@ class ObjectUnit:
         self.health = svc.metrics.object(name)
 
     async def run(self) -> None:
-        await self.svc.keep_running(self.name, self.svc.units.holding(f"object:{self.name}", self.once), self.record)
+        await self.svc.keep_running(self.name, self.svc.units.holding(f"object:{self.name}", self.once), self.record,
+                                    self.failed)
 
     async def record(self, error: str) -> None:
         self.health.phase, self.health.connected, self.health.last_error = Phase.RETRYING, False, error
         await self.svc.store.record_error(self.name, error)
+
+    async def failed(self, error: str) -> None:
+        """Stopped on an error no retry fixes (a configuration error): FAILED in /readyz, the metrics and the stored
+        state (`replicator status`) with the error, until the cause is fixed and the service started again; then it
+        is extracted again (lifecycle FAILED -> BACKFILLING)."""
+        self.health.phase, self.health.connected, self.health.last_error = Phase.FAILED, False, error
+        await self.svc.store.fail_object(self.name, error)
 
     def stream(self) -> ObjectStream:
         svc = self.svc
@@ -94,7 +102,9 @@ class ObjectUnit:
         source, _ = await stored_way(svc.store, name)
         target = Way.POLL if mode == "poll" else Way.TOPIC
         st = await svc.store.get_object(name)
-        steps = route(source, target) if st is not None and st.phase != Phase.NEW else []
+        # Never replicated: NEW, or FAILED before its table was ever made (a name the org did not know then).
+        never = st is None or st.phase == Phase.NEW or (st.phase == Phase.FAILED and st.fingerprint is None)
+        steps = [] if never else route(source, target)
         for leaving, entering in steps:
             if entering == Way.POLL:
                 await leave_events(svc.store, svc.client, name, svc.settings.poll, reason)
@@ -147,9 +157,9 @@ class ObjectUnit:
         if st is not None and Phase(st.phase).extracted:
             return
         health.phase = Phase.RESYNCING if st is not None and st.phase == Phase.RESYNCING else Phase.BACKFILLING
-        # A resync always starts a new Bulk job (Backfill resumes only a BACKFILLING one): the position is captured
-        # before it; a resumed backfill keeps the position captured before its job.
-        if st is None or st.phase in (Phase.NEW, Phase.RESYNCING) or not st.job_id:
+        # A resync, or an extract after a FAILED, always starts a new Bulk job (Backfill resumes only a BACKFILLING
+        # one): the position is captured before it; a resumed backfill keeps the position captured before its job.
+        if st is None or st.phase in (Phase.NEW, Phase.RESYNCING, Phase.FAILED) or not st.job_id:
             await capture()
         log.info("service.backfill", object=self.name)
         backfill = Backfill(svc.client, svc.store, svc.settings, self.name, self.obj, svc.metrics.backfill_progress)
@@ -177,9 +187,11 @@ class ObjectUnit:
         svc = self.svc
         poller = self.poller()
         st = await svc.store.get_object(self.name)
-        if st is not None and st.phase != Phase.NEW and await svc.store.load_poll_position(poller.topic) is None:
+        if st is not None and st.phase not in (Phase.NEW, Phase.FAILED) \
+                and await svc.store.load_poll_position(poller.topic) is None:
             # Replicated (or extracted) before without a poll position, and no position to start one from: extract
-            # it again from a fresh position, an extract begun earlier would leave a hole.
+            # it again from a fresh position, an extract begun earlier would leave a hole. (FAILED extracts again
+            # from a fresh position anyway: `extract`.)
             await svc.store.begin_resync(self.name, "polled without a stored poll position")
 
         async def capture() -> None:

@@ -1,5 +1,8 @@
 """`replicator run`: for every configured object, backfill when needed, then stream; objects run concurrently
-and one failing object retries with backoff without stopping the others. SIGINT/SIGTERM stop it cleanly:
+and one failing object retries with backoff without stopping the others. An error no retry fixes (model.ConfigError)
+stops its object (phase FAILED) and the others go on; the service ends with exit code 2 when nothing is left that
+can run, or at once when every unit shares the error (model.ServiceConfigError: the credentials, postgres.url).
+SIGINT/SIGTERM stop it cleanly:
 batches in flight are committed with their checkpoints before the process exits (within
 `service.shutdown_timeout_s`; a backfill in progress stops at once, it resumes page by page); a second
 signal exits at once. Metrics and health endpoints are served on `service.port` (observe/endpoints.py).
@@ -16,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
-from ..model import ConfigError, Stopped
+from ..model import ConfigError, ServiceConfigError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
 from ..pipeline.history import prune_daily
@@ -113,8 +116,10 @@ def _stuck_tasks() -> list[str]:
 
 class Service:
     """The supervisor: the units of work (app/object_unit.py, app/channel_unit.py, platform events, refresh
-    schedules, the limits watcher) run in one task group; a unit retries its own failures (`keep_running`), and a
-    configuration error in any of them stops them all and the service (exit code 2)."""
+    schedules, the limits watcher) run in one task group; a unit retries its own failures (`keep_running`). A
+    configuration error stops an object on its own (phase FAILED), and the service once every object has stopped
+    so; one every unit shares (the credentials, the database), or one in another unit (a channel), stops them all
+    and the service (exit code 2)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -129,6 +134,7 @@ class Service:
         self.store: Store | None = None
         self._group: asyncio.TaskGroup | None = None
         self._signals = 0
+        self.failed: dict[str, str] = {}  # objects stopped on an error no retry fixes, with it (`keep_running`)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
@@ -257,9 +263,13 @@ class Service:
             await sleep_or_stop(self.stop, self.settings.service.control_poll_s)
 
     async def keep_running(self, what: str, once: Callable[[], Awaitable[None]],
-                           on_error: Callable[[str], Awaitable[None]] | None = None) -> None:
+                           on_error: Callable[[str], Awaitable[None]] | None = None,
+                           on_failed: Callable[[str], Awaitable[None]] | None = None) -> None:
         """Run `once` until the service stops; a failure runs it again after `retry.restart_delay` (1 s doubling
-        to 60 s, jittered) and never stops the other objects. A configuration error stops the service."""
+        to 60 s, jittered) and never stops the other objects. A configuration error (model.ConfigError: no retry
+        fixes it) ends this unit when it has `on_failed` (an object on its own, which records phase FAILED), and
+        the service once every configured object has stopped so; a `ServiceConfigError` (every unit shares it), or
+        a configuration error in a unit without `on_failed`, stops the service at once (exit code 2)."""
         failures = 0
         while not self.stop.is_set():
             started = time.monotonic()
@@ -268,8 +278,11 @@ class Service:
                 failures = 0
             except Stopped:
                 return
-            except ConfigError:
-                raise
+            except ConfigError as exc:
+                if on_failed is None or isinstance(exc, ServiceConfigError):
+                    raise
+                await self._failed_for_good(what, exc, on_failed)
+                return
             except Exception as exc:
                 # An attempt that ran a while (a stream runs until it fails) was a recovery: start the backoff
                 # over, so a new outage hours later waits 1 s, not the ceiling.
@@ -283,6 +296,26 @@ class Service:
                 log.error("service.failed", what=what, error=error, retry_in_s=round(delay, 1), failures=failures,
                           **({"not_recorded": unrecorded} if unrecorded else {}))
                 await sleep_or_stop(self.stop, delay)
+
+    async def _failed_for_good(self, what: str, exc: ConfigError, on_failed: Callable[[str], Awaitable[None]]) -> None:
+        """An object stopped on an error no retry fixes: recorded by `on_failed` (phase FAILED, its error), logged
+        once, not run again by this process. Raises the service's configuration error (exit code 2) when nothing
+        is left to run: every configured object stopped so, and no platform event to keep."""
+        error = f"{type(exc).__name__}: {exc}"
+        self.metrics.errors.labels(object=what, kind=type(exc).__name__).inc()
+        unrecorded = await _report(on_failed, error)
+        self.failed[what] = str(exc)
+        left = [n for n in self.settings.objects if n not in self.failed]
+        nothing_left = not left and not self.settings.stream.platform_events
+        log.error("service.object_failed", object=what, error=error, objects_running=len(left),
+                  action="stopped: no retry fixes this; fix it, then start the service again"
+                         + ("; nothing is left to run" if nothing_left else ", the other objects go on"),
+                  **({"not_recorded": unrecorded} if unrecorded else {}))
+        if nothing_left:
+            shown = [e if n in e else f"{n}: {e}" for n, e in list(self.failed.items())[:3]]
+            more = len(self.failed) - len(shown)
+            raise ConfigError("nothing left to run, every object stopped on an error no retry fixes: "
+                              + "; ".join(shown) + (f"; and {more} more (replicator status shows each)" if more else ""))
 
 
 async def run_command(settings: Settings) -> int:

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..lifecycle import Phase
 
-PHASES = (Phase.STARTING, Phase.BACKFILLING, Phase.RESYNCING, Phase.STREAMING, Phase.RETRYING)
+PHASES = (Phase.STARTING, Phase.BACKFILLING, Phase.RESYNCING, Phase.STREAMING, Phase.RETRYING, Phase.FAILED)
 MODES = ("cdc", "poll")
 
 
@@ -75,7 +75,7 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_checkpoint_age_seconds", "gauge", "object", "Seconds since the object's checkpoint was last committed."),
     ("replicator_time_to_data_loss_seconds", "gauge", "object", "Retention (72 h) − age of the oldest unapplied position: below 0, events were purged before being applied."),
     ("replicator_stream_connected", "gauge", "object", "1 while the object's Pub/Sub stream is connected."),
-    ("replicator_object_phase", "gauge", "object, phase", "1 for the object's current phase (STARTING, BACKFILLING, RESYNCING, STREAMING, RETRYING)."),
+    ("replicator_object_phase", "gauge", "object, phase", "1 for the object's current phase (STARTING, BACKFILLING, RESYNCING, STREAMING, RETRYING, FAILED: stopped on an error no retry fixes)."),
     ("replicator_object_mode", "gauge", "object, mode", "1 for how the object is replicated: cdc (change events) or poll (README \"Polling\")."),
     ("replicator_poll_position_timestamp_seconds", "gauge", "object", "Polled objects: SystemModstamp of the poll position (epoch)."),
     ("replicator_refresh_last_timestamp_seconds", "gauge", "object", "When the last refresh of the columns change events never carry (formula fields, LastActivityDate, LastViewedDate) finished (epoch)."),
@@ -83,7 +83,7 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_gaps_healed_total", "counter", "object", "Records fetched by id to heal gap events and updates of rows not yet present."),
     ("replicator_resyncs_total", "counter", "object", "Resyncs from a fresh Bulk extract (expired replay id, GAP_OVERFLOW, operator request)."),
     ("replicator_dead_letters_total", "counter", "object, source", "Records and events sent to replicator.dead_letters."),
-    ("replicator_errors_total", "counter", "object, kind", "Failures that made an object retry, by exception kind."),
+    ("replicator_errors_total", "counter", "object, kind", "Failures that made an object retry, or stop (FAILED), by exception kind."),
     ("replicator_api_calls_total", "counter", "", "REST and Bulk API calls made to Salesforce."),
     ("replicator_api_requests_remaining", "gauge", "", "Daily API requests left, from the last Sforce-Limit-Info header."),
     ("replicator_api_requests_max", "gauge", "", "Daily API request allocation, from the last Sforce-Limit-Info header."),

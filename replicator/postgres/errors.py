@@ -13,8 +13,10 @@ https://www.postgresql.org/docs/current/errcodes-appendix.html):
 - data (`RejectedDataError`): 22 data exception, 23 integrity constraint violation, 54 program limit exceeded
   (a value too large for its index), and asyncpg's client-side DataError (a value that does not encode as its
   parameter's type). The same data fails again; the caller isolates the rows and dead-letters them.
-- everything else (`DatabaseError`, terminal): an SQL error, a missing database or table, refused
-  credentials, missing privileges, a client misconfiguration.
+- configuration (`ConfigError`: no retry fixes it): 28 invalid authorization and 3D000 no such database
+  (`ServiceConfigError`: `postgres.url` is wrong for every unit), 42501 insufficient privilege (the role may not
+  create or write what replicator needs; the message names the grant).
+- everything else (`DatabaseError`, terminal): an SQL error, a missing table, a client misconfiguration.
 
 `tests/unit/test_pg_errors.py` fails when asyncpg grows an exception class this module does not name.
 """
@@ -22,13 +24,21 @@ https://www.postgresql.org/docs/current/errcodes-appendix.html):
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
 
-from ..model import ConfigError, DatabaseError, DatabaseUnavailableError, RejectedDataError, ReplicatorError
+from ..model import (
+    ConfigError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    RejectedDataError,
+    ReplicatorError,
+    ServiceConfigError,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -36,8 +46,11 @@ T = TypeVar("T")
 TRANSIENT_SQLSTATES = ("08", "40", "53", "55P03", "57", "58")
 DATA_SQLSTATES = ("22", "23", "54")
 # 28 invalid authorization (a wrong password or user), 3D000 invalid catalog name (no such database): what
-# `postgres.url` says is wrong. A ConfigError: the command exits 2 with one line, the service stops.
+# `postgres.url` says is wrong. A ServiceConfigError: the command exits 2 with one line, the service stops.
 CONFIG_SQLSTATES = ("28", "3D")
+# 42501 insufficient privilege: the role may not create the schemas at the first start, or write a table (its owner
+# is another role). A ConfigError naming the grant: the command exits 2, the service stops the object it concerns.
+PRIVILEGE_SQLSTATE = "42501"
 
 # asyncpg's own exceptions that carry no SQLSTATE, each with its kind (a new one fails the unit test).
 CLIENT_ERRORS: dict[type[BaseException], type[ReplicatorError]] = {
@@ -67,6 +80,8 @@ def error_kind(exc: BaseException) -> type[ReplicatorError] | None:
         if state.startswith(DATA_SQLSTATES):
             return RejectedDataError
         if state.startswith(CONFIG_SQLSTATES):
+            return ServiceConfigError
+        if state == PRIVILEGE_SQLSTATE:
             return ConfigError
         return DatabaseError
     if isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc) and "closed" in str(exc):
@@ -91,10 +106,37 @@ def map_error(exc: BaseException) -> BaseException:
     if kind is None:
         return exc
     first_line = (str(exc).splitlines() or [""])[0]
-    hint = "; check postgres.url (or DATABASE_URL)" if kind is ConfigError else ""
+    if kind is ServiceConfigError:
+        hint = "; check postgres.url (or DATABASE_URL)"
+    elif kind is ConfigError:
+        hint = f"; {privilege_hint(first_line)}"
+    else:
+        hint = ""
     error = kind(f"postgres: {first_line}{hint}" if hint else f"postgres: {type(exc).__name__}: {first_line}")
     error.__cause__ = exc
     return error
+
+
+# Postgres's own words for a missing privilege (the server's lc_messages in English, the default), and the grant each
+# needs. PostgreSQL documentation, "GRANT", https://www.postgresql.org/docs/current/sql-grant.html.
+_DENIED = re.compile(r"permission denied for (database|schema|table|relation|sequence) (\S+)")
+_OWNER = re.compile(r"must be (?:the )?owner of (?:table|relation) (\S+)")
+
+
+def privilege_hint(message: str) -> str:
+    """What to grant the role of `postgres.url`, from Postgres's message for SQLSTATE 42501."""
+    if m := _DENIED.search(message):
+        kind, name = m.group(1), m.group(2).strip('"')
+        if kind == "database":
+            return (f'the role in postgres.url needs GRANT CREATE ON DATABASE "{name}" (the first start creates the '
+                    "schemas replicator and postgres.schema), or create both schemas with the role as their owner")
+        if kind == "schema":
+            return f'the role in postgres.url needs GRANT USAGE, CREATE ON SCHEMA "{name}"'
+        return (f"the role in postgres.url must own {kind} {name} (replicator adds columns to its tables) or be "
+                "granted SELECT, INSERT, UPDATE, DELETE on it")
+    if m := _OWNER.search(message):
+        return f"the role in postgres.url must own table {m.group(1)} (replicator adds columns to its tables)"
+    return "the role in postgres.url lacks a privilege; `replicator check` lists those the first start needs"
 
 
 def mapped(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:

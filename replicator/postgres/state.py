@@ -146,7 +146,14 @@ async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh
 
 
 async def fail_object(conn: asyncpg.Connection, name: str, error: str) -> None:
-    await change_phase(conn, name, Phase.FAILED, "last_error = $3", without_nul(error)[:2000])
+    """The object stopped on an error no retry fixes (lifecycle Phase.FAILED, allowed from any phase), with the
+    error: `replicator status` shows it. An object never described has no row yet (a name Salesforce does not
+    know): it gets one."""
+    await conn.execute(
+        "INSERT INTO replicator.objects (object, phase, last_error) VALUES ($1, $3, $2)"
+        " ON CONFLICT (object) DO UPDATE SET phase = $3, last_error = $2, updated_at = now()",
+        name, without_nul(error)[:2000], Phase.FAILED,
+    )
 
 
 def without_nul(value: Any) -> Any:

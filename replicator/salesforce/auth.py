@@ -19,7 +19,7 @@ import jwt
 import orjson
 import structlog
 
-from replicator.model import AuthError, ConfigError, TransientError
+from replicator.model import AuthError, ConfigError, CredentialsError, TransientError
 from replicator.salesforce.errors import HTTPX_ERRORS, error_body, map_httpx_error, retry_after_seconds
 
 log = structlog.get_logger(__name__)
@@ -37,9 +37,9 @@ JWT_LIFETIME_SECONDS = 180
 _HINTS = {
     "invalid_grant": "check the user/credentials, the JWT audience and that the connected app is approved "
     "for this user (a refresh token may have been revoked or rotated)",
-    "invalid_client_id": "check client_id (the connected app's consumer key)",
-    "invalid_client_credentials": "check client_id and client_secret",
-    "invalid_client": "check client_id and client_secret",
+    "invalid_client_id": "check salesforce.client_id (the connected app's consumer key)",
+    "invalid_client_credentials": "check salesforce.client_id and salesforce.client_secret (or client_secret_file)",
+    "invalid_client": "check salesforce.client_id and salesforce.client_secret (or client_secret_file)",
     "unsupported_grant_type": "enable this OAuth flow on the connected app (client credentials needs a Run As "
     "user and the My Domain token URL)",
     "invalid_request": "check token_url and the flow's parameters",
@@ -124,8 +124,9 @@ def jwt_assertion(creds: Credentials, *, now: float | None = None) -> str:
     try:
         return jwt.encode(claims, creds.private_key or "", algorithm="RS256")
     except (ValueError, TypeError, jwt.PyJWTError) as exc:
-        # The message of a key-parsing error can echo key material: keep only the type.
-        raise ConfigError(
+        # The message of a key-parsing error can echo key material: keep only the type. Every unit logs in with
+        # it: the service stops rather than mark every object FAILED.
+        raise CredentialsError(
             f"private_key is not a usable RSA private key in PEM form ({type(exc).__name__})", code="private_key"
         ) from None
 
@@ -201,7 +202,9 @@ class TokenProvider:
             if code and code.startswith("invalid_client") and code not in _HINTS:
                 hint = _HINTS["invalid_client"]
             detail = f"{code}: {description}" if description else (code or f"HTTP {status}")
-            raise AuthError(
+            # No retry changes what the token endpoint thinks of these credentials: a configuration error, which
+            # stops `replicator run` (exit 2) rather than retry it for ever (issue 21).
+            raise CredentialsError(
                 f"{self._creds.flow} login at {url} refused ({detail}); {hint}", code=code or f"HTTP_{status}"
             )
         try:

@@ -302,8 +302,19 @@ class SalesforceClient:
         return list((data or {}).get("sobjects") or [])
 
     async def describe(self, object_name: str) -> ObjectDescribe:
-        """The object's describe, mapped to `model.ObjectDescribe` (fields in describe order)."""
-        return object_describe(await self._json("GET", f"sobjects/{object_name}/describe/"))
+        """The object's describe, mapped to `model.ObjectDescribe` (fields in describe order). 404 NOT_FOUND: the org
+        has no such object, or the user may not see it; a configuration error (no retry changes it)."""
+        try:
+            data = await self._json("GET", f"sobjects/{object_name}/describe/")
+        except TerminalError as exc:
+            if exc.code != "NOT_FOUND" or isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(
+                f"objects.{object_name}: Salesforce has no object {object_name!r} this user may read (describe "
+                "answered 404 NOT_FOUND): check the API name (custom objects end in __c) and the user's access to it",
+                code="NOT_FOUND",
+            ) from None
+        return object_describe(data)
 
     async def query(self, soql: str, *, all_rows: bool = False) -> AsyncIterator[dict]:
         """Records of a REST SOQL query (`queryAll` when `all_rows`, which includes deleted and archived rows),

@@ -17,6 +17,7 @@ import orjson
 
 from replicator.model import (
     ApiLimitError,
+    ConfigError,
     ReplayIdInvalidError,
     ReplicatorError,
     SessionExpiredError,
@@ -119,7 +120,8 @@ def error_for_response(response: httpx.Response, what: str = "") -> ReplicatorEr
     """The model error for a response with status >= 400 (the body must already be read).
 
     401 → SessionExpiredError (the caller refreshes the token once); 403 REQUEST_LIMIT_EXCEEDED → ApiLimitError;
-    408/420/429/5xx → TransientError; every other 4xx → TerminalError with Salesforce's errorCode.
+    408/420/429/5xx → TransientError; INVALID_TYPE and INVALIDENTITY (the configured object) → ConfigError; every
+    other 4xx → TerminalError with Salesforce's errorCode.
     """
     status = response.status_code
     code, message = error_body(response)
@@ -133,7 +135,18 @@ def error_for_response(response: httpx.Response, what: str = "") -> ReplicatorEr
         return TransientError(text, retry_after=retry_after_seconds(response), code=code or f"HTTP_{status}")
     if status == 404 and (code is None or _normal(code) == "NOTFOUND"):
         code = "NOT_FOUND"
+    if code and _normal(code) in _CONFIG_CODES:
+        return ConfigError(f"{text}; {_CONFIG_CODES[_normal(code)]}", code=code)
     return TerminalError(text, code=code or f"HTTP_{status}")
+
+
+# Answers about a configured object that no retry changes (docs/bulk-rest-oauth.md §2.2): a configuration error
+# (model.ConfigError), with what to fix. INVALID_TYPE: SOQL does not know the sObject, or the user may not read it
+# ("sObject type 'X' is not supported"); INVALIDENTITY: Bulk API 2.0 does not serve the object.
+_CONFIG_CODES = {
+    "INVALIDTYPE": "check the object's API name (custom objects end in __c) and that the integration user may read it",
+    "INVALIDENTITY": 'Bulk API 2.0 does not serve this object: leave it out of the configuration',
+}
 
 
 def _normal(code: str) -> str:

@@ -23,6 +23,7 @@ import structlog
 from replicator.model import (
     AuthError,
     ConfigError,
+    ServiceConfigError,
     SessionExpiredError,
     TerminalError,
 )
@@ -166,7 +167,7 @@ class PubSubClient:
         """The three auth headers of every RPC (docs/pubsub-cdc.md §1)."""
         tenant = self._tenant_id or token.org_id or org_id_of(None, token.access_token)
         if not tenant:
-            raise ConfigError("the org id is unknown: set tenant_id (the 00D… org id)", code="tenant_id")
+            raise ServiceConfigError("the org id is unknown: set tenant_id (the 00D… org id)", code="tenant_id")
         return (("accesstoken", token.access_token), ("instanceurl", token.instance_url), ("tenantid", tenant))
 
     async def token(self) -> Token:

@@ -160,6 +160,17 @@ async def pg_value(pg_url: str, sql: str) -> Any:
         await conn.close()
 
 
+def one_line_error(out: subprocess.CompletedProcess) -> str:
+    """The one failure line of a command run with --log-json (JSON, as every line is), as the console shows it:
+    no traceback, every line JSON, exactly one `replicator.failed` and it is the last."""
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert all(line.startswith("{") for line in lines), out.stderr[-2000:]
+    failed = [orjson.loads(line) for line in lines if '"replicator.failed"' in line]
+    assert len(failed) == 1 and lines[-1].startswith('{"event":"replicator.failed"'), out.stderr[-2000:]
+    return f"replicator: {failed[0]['error']}"
+
+
 def start_logged(args: list[str], env: dict) -> subprocess.Popen:
     """A process whose stderr goes to a temporary file: a pipe read only at the end would block a process that
     logs more than the pipe holds (64 KiB), and the test would wait on a process that waits on the test."""

@@ -6,12 +6,13 @@ test_nul.py, test_backfill_rows.py and test_ops_commands.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from .helpers import one_line_error
 
 GOOD = ('[salesforce]\ninstance_url = "https://acme.my.salesforce.com"\nclient_id = "a"\nclient_secret = "b"\n'
         "[objects.Account]\n")
@@ -21,16 +22,6 @@ def _cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedP
     environ = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_") and k != "DATABASE_URL"}
     return subprocess.run([sys.executable, "-m", "replicator.cli", "--log-json", *args], env={**environ, **(env or {})},
                           capture_output=True, text=True, timeout=120, cwd=cwd)
-
-
-def _one_line_error(out: subprocess.CompletedProcess) -> str:
-    """The one failure line (JSON with --log-json, as every line is), as the console shows it."""
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert all(line.startswith("{") for line in lines), out.stderr[-2000:]
-    failed = [json.loads(line) for line in lines if '"replicator.failed"' in line]
-    assert len(failed) == 1 and lines[-1].startswith('{"event":"replicator.failed"'), out.stderr[-2000:]
-    return f"replicator: {failed[0]['error']}"
 
 
 CONFIG_CASES = {
@@ -72,7 +63,7 @@ def test_bad_configuration_is_one_line_naming_what_to_fix_and_exit_2(case, tmp_p
     cfg.write_text(text)
     out = _cli("backfill", "--config", str(cfg))
     assert out.returncode == 2, (case, out.stderr[-2000:])
-    assert expected in _one_line_error(out), case
+    assert expected in one_line_error(out), case
 
 
 @pytest.mark.parametrize(("variable", "value", "expected"), [
@@ -85,7 +76,7 @@ def test_a_bad_environment_override_names_the_key(variable, value, expected, tmp
     cfg.write_text(GOOD)
     out = _cli("backfill", "--config", str(cfg), env={variable: value})
     assert out.returncode == 2, out.stderr[-2000:]
-    assert expected in _one_line_error(out)
+    assert expected in one_line_error(out)
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -103,12 +94,13 @@ def test_bad_usage_is_one_line_and_exit_2(args, expected, tmp_path):
     assert expected in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
-@pytest.mark.parametrize(("case", "settings", "secret", "expected"), [
-    ("wrong client secret", "", "wrong-secret", "invalid_client"),
-    ("expired refresh token", 'auth = "refresh_token"\nrefresh_token = "5Aep861expired"\n', None, "invalid_grant"),
-    ("unreachable org", "UNREACHABLE", None, "ConnectError"),
+@pytest.mark.parametrize(("case", "settings", "secret", "expected", "code"), [
+    ("wrong client secret", "", "wrong-secret", "invalid_client", 2),  # configuration: no retry fixes it
+    ("expired refresh token", 'auth = "refresh_token"\nrefresh_token = "5Aep861expired"\n', None, "invalid_grant", 2),
+    ("unreachable org", "UNREACHABLE", None, "ConnectError", 1),  # a runtime failure: retried, then one line
 ])
-def test_credentials_and_reachability_fail_in_one_line(case, settings, secret, expected, tmp_path, sim, pg_url):
+def test_credentials_and_reachability_fail_in_one_line(case, settings, secret, expected, code, tmp_path, sim,
+                                                       pg_url):
     from .helpers import config_toml
 
     text = config_toml(sim, pg_url, "creds")
@@ -120,7 +112,7 @@ def test_credentials_and_reachability_fail_in_one_line(case, settings, secret, e
     cfg.write_text(text)
     out = _cli("backfill", "--config", str(cfg), env={"REPLICATOR_SALESFORCE__CLIENT_SECRET":
                                                        secret or sim["client_secret"]})
-    assert out.returncode == 1, (case, out.stderr[-2000:])
-    line = _one_line_error(out)
+    assert out.returncode == code, (case, out.stderr[-2000:])
+    line = one_line_error(out)
     assert expected in line and line.startswith("replicator: backfill of "), (case, line)
     assert (secret or sim["client_secret"]) not in out.stderr  # secrets never reach the output

@@ -81,7 +81,7 @@ def test_bad_credentials_fail_loudly_with_one_line_and_no_secret(tmp_path, sim, 
     cfg.write_text(config_toml(sim, pg_url, "cli"))
     secret = "wrong-secret-9f8e7d6c5b4a"
     out = _cli("backfill", "--config", str(cfg), "Account", env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": secret})
-    assert out.returncode == 1
+    assert out.returncode == 2  # bad configuration: no retry fixes refused credentials (issue 21)
     assert _error_line(out.stderr).startswith("replicator: backfill of Account failed:")
     assert secret not in out.stderr + out.stdout
 

@@ -282,9 +282,10 @@ async def _exhaust_events(sim, pg_url, names: list[str]) -> None:
 @pytest.mark.parametrize("channel", [NOT_CHANNEL, CHANNEL], ids=["own_subscription", "channel"])
 async def test_a_cdc_object_whose_topic_went_away_stops_the_service_with_a_configuration_error(sim, pg_url, channel):
     """Contact in mode = "cdc" polls while the event allocation is used up; meanwhile it is deselected from Change
-    Data Capture. When the allocation recovers it cannot stream (no topic): without a channel the service stops
-    with the configuration error (exit code 2 from `replicator run`); on a channel it must do the same, not lose
-    the object silently (no log line, /readyz 200, no more rounds)."""
+    Data Capture. When the allocation recovers it cannot stream (no topic): a configuration error no retry fixes,
+    which stops Contact (FAILED); the only object, so the service ends with the error (exit code 2 from `replicator
+    run`; beside other objects it goes on with them: tests/integration/test_permanent_errors.py). On a channel it
+    must do the same, not lose the object silently (no log line, /readyz 200, no more rounds)."""
     settings = _settings(sim, pg_url, "cfgerr", {"Contact": {"mode": "cdc", "poll_interval_s": 0.3}}, channel)
     selected = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
     svc = Service(settings)

@@ -210,10 +210,26 @@ async def test_a_failed_round_is_retried_by_the_supervisor(sim, pg_url):
 
 
 async def test_cdc_mode_on_an_object_without_a_topic_is_a_config_error(sim, pg_url):
+    """Task in mode = "cdc" has no change-event topic: a configuration error no retry fixes. Task stops (FAILED,
+    with the error) and Account streams on (issue 21); with Task alone nothing is left to run and the service ends
+    with the error (exit code 2 from `replicator run`)."""
     settings = _settings(sim, pg_url, "poll_cdc", objects={"Task": {"mode": "cdc"}, "Account": {}})
-    with pytest.raises(ConfigError, match="Task.*no change-event topic"):
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'FAILED' AND last_error LIKE '%Task%no change-event"
+                                                " topic%' FROM replicator.objects WHERE object = 'Task'"), timeout=60)
+        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"
+                                                " WHERE object = 'Account'"), timeout=120)
+        assert svc.metrics.object("Task").phase == "FAILED" and not task.done()
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+    settings = _settings(sim, pg_url, "poll_cdc", objects={"Task": {"mode": "cdc"}})
+    with pytest.raises(ConfigError, match="nothing left to run.*Task.*no change-event topic"):
         await asyncio.wait_for(Service(settings).run(), 60)
-    # the other objects' work (Account's stream, every refresh schedule) was cancelled with it, not left running
+    # the other units' work (every refresh schedule, the limits watcher) was cancelled with it, not left running
     # on a store the service closed
     left = [t.get_coro().__qualname__ for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert not [name for name in left if name.startswith(("Service.", "RefreshSchedule.", "OrgLimits."))], left

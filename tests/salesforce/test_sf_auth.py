@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sf_fakes import INSTANCE, SECRET, TOKEN_URL, json_response
 
-from replicator.model import AuthError, ConfigError, TransientError
+from replicator.model import AuthError, ConfigError, CredentialsError, ServiceConfigError, TransientError
 from replicator.salesforce.auth import JWT_GRANT, Credentials, Token, TokenProvider, jwt_assertion
 
 
@@ -178,6 +178,8 @@ async def test_refused_credentials_are_auth_errors_without_secrets(creds, error,
     message = str(info.value)
     assert info.value.code == error and hint in message and "authentication failure" in message
     assert SECRET not in message
+    # no retry fixes them, and every unit shares them: `replicator run` stops with exit code 2 (issue 21)
+    assert isinstance(info.value, CredentialsError) and isinstance(info.value, ServiceConfigError)
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])

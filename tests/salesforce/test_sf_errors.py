@@ -11,6 +11,7 @@ import pytest
 
 from replicator.model import (
     ApiLimitError,
+    ConfigError,
     ReplicatorError,
     SessionExpiredError,
     TerminalError,
@@ -102,6 +103,15 @@ def test_400_is_terminal_with_error_code_and_message_and_path():
     text = str(err)
     assert "GET /services/data/v62.0/query" in text and "BadField" in text and "HTTP 400" in text
     assert "SELECT" not in text  # path only, not the query string
+
+
+@pytest.mark.parametrize(("code", "message", "fix"), [
+    ("INVALID_TYPE", "sObject type 'Acount' is not supported.", "API name"),
+    ("INVALIDENTITY", "Entity 'AccountHistory' is not supported by the Bulk API.", "leave it out"),
+])
+def test_an_object_salesforce_will_not_serve_is_a_configuration_error(code, message, fix):
+    err = error_for_response(response(400, [{"errorCode": code, "message": message}]))  # no retry changes it
+    assert isinstance(err, ConfigError) and err.code == code and message in str(err) and fix in str(err)
 
 
 def test_401_is_session_expired():

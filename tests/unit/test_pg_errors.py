@@ -72,17 +72,31 @@ def test_refused_values_are_rejected_data(exc_type):
     assert error_kind(make(exc_type)) is RejectedDataError
 
 
-def test_a_missing_database_or_a_wrong_password_is_a_configuration_error():
-    from replicator.model import ConfigError
+def test_a_missing_database_or_a_wrong_password_is_a_configuration_error_of_the_whole_service():
+    from replicator.model import ServiceConfigError
 
     error = map_error(asyncpg.InvalidCatalogNameError('database "nope" does not exist'))
-    assert isinstance(error, ConfigError)
+    assert isinstance(error, ServiceConfigError)
     assert str(error) == 'postgres: database "nope" does not exist; check postgres.url (or DATABASE_URL)'
-    assert error_kind(asyncpg.InvalidPasswordError("password authentication failed")) is ConfigError
+    assert error_kind(asyncpg.InvalidPasswordError("password authentication failed")) is ServiceConfigError
+
+
+@pytest.mark.parametrize(("message", "grant"), [
+    ("permission denied for database warehouse", 'GRANT CREATE ON DATABASE "warehouse"'),
+    ("permission denied for schema salesforce", 'GRANT USAGE, CREATE ON SCHEMA "salesforce"'),
+    ("permission denied for table account", "must own table account"),
+    ("must be owner of table account", "must own table account"),
+    ("permission denied to create role", "`replicator check` lists"),
+])
+def test_a_missing_privilege_is_a_configuration_error_naming_the_grant(message, grant):
+    from replicator.model import ConfigError, ServiceConfigError
+
+    error = map_error(asyncpg.InsufficientPrivilegeError(message))  # 42501: no retry grants it
+    assert isinstance(error, ConfigError) and not isinstance(error, ServiceConfigError)
+    assert str(error).startswith(f"postgres: {message}; the role in postgres.url") and grant in str(error), str(error)
 
 
 @pytest.mark.parametrize("exc_type", [
-    asyncpg.InsufficientPrivilegeError,  # 42501
     asyncpg.UndefinedTableError,  # 42P01
     asyncpg.PostgresSyntaxError,  # 42601
 ])

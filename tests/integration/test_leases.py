@@ -9,9 +9,11 @@ import asyncio
 import orjson
 import pytest
 
+from replicator import lifecycle
 from replicator.app.commands import status_command
 from replicator.app.units import Units
 from replicator.config import ServiceSettings, load_settings
+from replicator.lifecycle import Phase
 from replicator.model import Checkpoint, LeaseLost
 from replicator.observe.metrics import Metrics
 from replicator.postgres.leases import Fence, fenced
@@ -131,6 +133,7 @@ async def test_every_write_under_a_stale_fence_is_refused_and_rolled_back(store,
     assert await store.checkpoint_topics() == set()
     with fenced(Fence(UNIT, "second", 2)):  # the holder's fence passes
         await calls[write]()
+    lifecycle.UNEXPECTED.clear()  # begin_resync of a NEW object: a fence test, not a lifecycle (test_phase_change…)
 
 
 async def _async(value):
@@ -141,7 +144,9 @@ async def test_status_tells_a_held_object_from_one_nobody_holds(store, pg_url, c
     monkeypatch.setenv("COLUMNS", "400")  # the table's width: wide enough for whole cells
     settings = load_settings(overrides={"postgres": {"url": pg_url}})
     await store.set_mode("Account", "cdc", "configured")
-    await store.set_phase("Account", "STREAMING")
+    await store.start_job("Account", "750x", "copy", 1000)  # extracted, then live: the lifecycle's way
+    await store.finish_backfill("Account")
+    await store.set_phase("Account", Phase.STREAMING)
     fence = await store.acquire_lease(UNIT, "replica-a", 60)
     assert await status_command(settings, as_json=True) == 0
     row = orjson.loads(capsys.readouterr().out)[0]
@@ -222,8 +227,6 @@ async def test_a_phase_change_outside_the_lifecycle_table_is_recorded(store):
     """postgres/state.py `change_phase` checks every stored phase change against lifecycle.PHASES: NEW -> STREAMING
     (no extract) is written but recorded as unexpected (the test suite's fixture fails on one); NEW -> BACKFILLING
     is not."""
-    from replicator import lifecycle
-    from replicator.lifecycle import Phase
     from replicator.postgres import state
 
     async with store._pool.acquire() as conn:

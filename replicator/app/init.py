@@ -4,9 +4,10 @@ It holds every section a user must fill, each key's comment taken from the setti
 and never a secret: the client secret and the Postgres URL (which may carry a password) are named by the
 environment variables that carry them. With `--from-sim` the values come from the simulator's ready line (the one
 JSON line `replicator sim` prints on stdout, read from stdin): instance URL, token URL, client id, Pub/Sub endpoint
-and CA file; its client secret is printed on stdout as the one `export` line the file names, so that
-`eval "$(replicator init --from-sim < ready.json)"` sets it, and nothing else goes to stdout. An existing file is
-not replaced without `--force`.
+and CA file; its client secret is printed on stdout as the one `export` line the file names (nothing else goes to
+stdout: `eval "$(replicator init --from-sim < ready.json)"` sets it). `replicator sim | replicator init --from-sim`
+works too: the first line is read without waiting for the end of the input, and the simulator keeps serving. An
+existing file is not replaced without `--force`.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def read_ready_line(stream) -> dict:
     """The simulator's ready line: the first line of `stream`, read without waiting for the end of it (piped
     straight from `replicator sim`, which keeps running)."""
     if stream.isatty():
-        raise ConfigError("--from-sim reads the ready line of `replicator sim` on stdin: replicator sim > sim.json "
-                          "(or in another terminal), then replicator init --from-sim < sim.json")
+        raise ConfigError("--from-sim reads the ready line of `replicator sim` on stdin: replicator sim | replicator "
+                          "init --from-sim")
     line = stream.readline()
     try:
         info = json.loads(line)
@@ -125,7 +126,7 @@ def _salesforce(ready: dict | None) -> list[str]:
     out = [
         f"# From the ready line of `replicator sim` ({ready.get('admin_url') or ready['instance_url']}). Its ports",
         "# and certificate change at every start: after a restart, write this file again",
-        "# (replicator sim > sim.json, then replicator init --from-sim --force < sim.json).",
+        "# (replicator sim | replicator init --from-sim --force).",
         *_describe(SalesforceSettings, "instance_url"),
         f"instance_url = {_toml(ready['instance_url'])}",
         *_describe(SalesforceSettings, "client_id"),
@@ -173,7 +174,7 @@ def init_command(from_sim: bool, output: str, force: bool) -> int:
     if ready is not None:
         print(f"export {SECRET_ENV}={shlex.quote(ready['client_secret'])}", flush=True)
         print(f"wrote {output} for the simulator at {ready['instance_url']}; its client secret goes in {SECRET_ENV}: "
-              "the export line is on stdout (eval \"$(replicator init --from-sim ...)\" sets it). Then: replicator "
+              "the export line on stdout sets it. Then: replicator "
               f"check --config {shlex.quote(output)}", file=out)
     else:
         print(f"wrote {output}: fill in salesforce.instance_url and client_id, export {SECRET_ENV} and "

@@ -1,4 +1,5 @@
-"""Command line: run | backfill | verify | status | resync | refresh | dead-letters | check | config show | sim | demo.
+"""Command line: run | backfill | verify | status | resync | refresh | dead-letters | check | discover | init | config show
+| sim | demo.
 
 Exit codes (docs/design.md, Interfaces): 0 done, 1 runtime failure (one clear line on stderr), 2 bad usage or configuration.
 """
@@ -42,11 +43,12 @@ def _run(factory: Callable[[], Coroutine[Any, Any, int]]) -> None:
     sys.exit(code)
 
 
-def _settings(config_path: str | None, objects: tuple[str, ...], *, need_salesforce: bool = True) -> Settings:
+def _settings(config_path: str | None, objects: tuple[str, ...], *, need_salesforce: bool = True,
+              need_objects: bool = True) -> Settings:
     try:
         settings = load_settings(config_path)
         if need_salesforce:
-            require_salesforce(settings)
+            require_salesforce(settings, objects=need_objects)
         unknown = [o for o in objects if o not in settings.objects]
         if unknown:
             raise ConfigError(
@@ -230,6 +232,43 @@ def check(config_path: str | None, as_json: bool) -> None:
     from .app.check import check_command
 
     _run(lambda: check_command(settings, as_json))
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of rows instead of a table.")
+@click.option("--objects", "patterns", multiple=True, metavar="A,B",
+              help="Only these objects: API names or shell patterns such as '*__c', comma-separated or repeated, "
+              "case-insensitive (default: every replicable object; each one listed costs a describe and a GetTopic).")
+def discover(config_path: str | None, as_json: bool, patterns: tuple[str, ...]) -> None:
+    """The org's replicable objects (queryable and replicateable): for each, whether it publishes change events (its
+    topic exists: selected for Change Data Capture), SystemModstamp, candidate keys (External ID and Unique fields),
+    its record count, a suggested mode and its mode in this configuration. Needs [salesforce] only. A table on a
+    terminal, tab-separated lines when piped. Exit 0, 1 the org unreachable, 2 bad configuration."""
+    settings = _settings(config_path, (), need_objects=False)
+    from .app.discover import discover_command
+
+    names = [n.strip() for p in patterns for n in p.split(",") if n.strip()]
+    _run(lambda: discover_command(settings, as_json, names))
+
+
+@main.command()
+@click.option("--from-sim", is_flag=True,
+              help="Fill it from the ready line of `replicator sim` on stdin (replicator sim | replicator init "
+              "--from-sim); its client secret is printed as an export line on stdout.")
+@click.option("--output", "-o", default="replicator.toml", show_default=True, type=click.Path(dir_okay=False),
+              help="The file to write.")
+@click.option("--force", is_flag=True, help="Replace the file if it exists.")
+def init(from_sim: bool, output: str, force: bool) -> None:
+    """Write a commented starter configuration: every section to fill, secrets named by their environment
+    variables, never written. Exit 0, 2 when the file exists (without --force) or the ready line is not one."""
+    from .app.init import init_command
+
+    try:
+        code = init_command(from_sim, output, force)
+    except ConfigError as exc:
+        _fail(2, str(exc))
+    sys.exit(code)
 
 
 @main.group("config")

@@ -404,8 +404,9 @@ def load_settings(path: str | os.PathLike | None = None, overrides: dict[str, An
     return settings
 
 
-def require_salesforce(settings: Settings) -> None:
-    """Checks that only matter when we talk to an org (not for `status`)."""
+def require_salesforce(settings: Settings, objects: bool = True) -> None:
+    """Checks that only matter when we talk to an org (not for `status`); `objects`: at least one object configured
+    (not for `discover`, which is how one chooses them)."""
     sf = settings.salesforce
     if not sf.instance_url:
         raise ConfigError("'salesforce.instance_url' is required (e.g. https://acme.my.salesforce.com)")
@@ -417,5 +418,5 @@ def require_salesforce(settings: Settings) -> None:
         raise ConfigError("'salesforce.private_key_file' and 'salesforce.username' are required for auth = jwt_bearer")
     if sf.auth == "refresh_token" and sf.refresh_token is None:
         raise ConfigError("'salesforce.refresh_token' is required for auth = refresh_token")
-    if not settings.objects:
+    if objects and not settings.objects:
         raise ConfigError("no objects configured: add an [objects.Account] table (one per sObject)")

@@ -40,6 +40,9 @@ log = structlog.get_logger(__name__)
 # (docs/bulk-rest-oauth.md §3.5; "Get Records With a Request Body Using sObject Collections",
 # https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_composite_sobjects_collections_retrieve_post.htm).
 RETRIEVE_BATCH = 2000
+# Object names per Record Count call: 200 names of up to 60 characters (a namespaced custom object), each with its
+# encoded comma, keep the URI under the 16,384 bytes REST accepts (docs/bulk-rest-oauth.md §2.1).
+RECORD_COUNT_BATCH = 200
 
 # `api-usage=N/M`, alone or followed by `; api-bursts=…`, or with the pilot `per-app-api-usage=…`
 # (docs/bulk-rest-oauth.md §2.1). The anchor keeps `per-app-api-usage=17/250` from matching as the
@@ -374,6 +377,22 @@ class SalesforceClient:
     async def limits(self) -> dict:
         """`GET limits`: `{Name: {Max, Remaining}}` (docs/bulk-rest-oauth.md §2.1)."""
         return dict(await self._json("GET", "limits") or {})
+
+    async def record_counts(self, names: Sequence[str] | None = None) -> dict[str, int]:
+        """Record Count: `{name: count}` of the listed objects (every object of the org when `names` is None), one
+        call per RECORD_COUNT_BATCH names. The counts are a snapshot Salesforce refreshes now and then, without
+        soft-deleted records; objects it does not count (unknown names, associated objects such as Share and
+        History) are absent. REST API Developer Guide, "Record Count",
+        https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_record_count.htm."""
+        batches: list[dict[str, str] | None] = [None] if names is None else [
+            {"sObjects": ",".join(names[i : i + RECORD_COUNT_BATCH])} for i in range(0, len(names), RECORD_COUNT_BATCH)]
+        out: dict[str, int] = {}
+        for params in batches:
+            data = await self._json("GET", "limits/recordCount", params=params)
+            for item in (data or {}).get("sObjects") or ():
+                if isinstance(item, dict) and "name" in item:
+                    out[str(item["name"])] = int(item.get("count") or 0)
+        return out
 
     async def limits_once(self) -> dict:
         """`GET limits` in one attempt, not retried: the allocation watcher (app/limits.py) reads it on its own

@@ -1,5 +1,5 @@
 """REST API: versions, describeGlobal, describe, query/queryAll with nextRecordsUrl paging, sObject
-Collections retrieve, a single-record retrieve, and limits (docs/bulk-rest-oauth.md §3).
+Collections retrieve, a single-record retrieve, limits and record counts (docs/bulk-rest-oauth.md §3).
 
 Authentication, fault injection and `Sforce-Limit-Info` are handled by middleware (server.py).
 """
@@ -79,6 +79,10 @@ async def resources(request: web.Request) -> web.Response:
 
 
 async def describe_global(request: web.Request) -> web.Response:
+    """`{"encoding", "maxBatchSize", "sobjects": [...]}`: every object with its name, label, key prefix and what may be
+    done with it (queryable, replicateable, retrieveable, …). REST API Developer Guide, "Describe Global",
+    https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_describeGlobal.htm
+    (docs/bulk-rest-oauth.md §3.1)."""
     state = request.app[STATE]
     v = _version(request)
     return json_ok({"encoding": "UTF-8", "maxBatchSize": 200,
@@ -264,6 +268,50 @@ async def limits(request: web.Request) -> web.Response:
     return json_ok(state.limits.limits_body(state.jobs_created))
 
 
+# Record Count leaves out "associated objects such as ChangeEvent, Feed, History, OwnerSharingRule, and Share objects"
+# (below): an object named after another one of the org with one of these suffixes (`AccountShare`, and for a custom
+# object `Invoice__Share`).
+ASSOCIATED_SUFFIXES = ("ChangeEvent", "Feed", "History", "OwnerSharingRule", "Share")
+
+
+def associated(name: str, names: set[str]) -> bool:
+    """True for an associated object of another object of the org (AccountShare of Account, Invoice__History of
+    Invoice__c)."""
+    for suffix in ASSOCIATED_SUFFIXES:
+        parent = name.removesuffix(suffix)
+        if parent != name and (parent in names or (parent.endswith("__") and parent + "c" in names)):
+            return True
+    return False
+
+
+async def record_count(request: web.Request) -> web.Response:
+    """`GET limits/recordCount?sObjects=A,B` → `{"sObjects": [{"count": n, "name": "Account"}]}`: the records of each
+    listed object (every object without the parameter), soft-deleted ones not counted; a listed object the org does
+    not have is left out, not an error; associated objects (Share, History, …) are never counted. REST API Developer
+    Guide, "Record Count",
+    https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_record_count.htm, and "Record
+    Count Response Body",
+    https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/responses_record_count.htm (available
+    from v40.0: every version served here). Salesforce answers from a snapshot refreshed now and then ("may not
+    accurately represent the number of records ... at the time of the request"); the simulator counts at the
+    request, which a snapshot may equal."""
+    state = request.app[STATE]
+    listed = request.query.get("sObjects")
+    if listed is None:
+        stores = list(state.org.stores.values())
+    else:
+        found = (state.org.lookup(n.strip()) for n in listed.split(",") if n.strip())
+        stores = list({id(s): s for s in found if s is not None}.values())
+    names = set(state.org.stores)
+    stores = [s for s in stores if not associated(s.spec.name, names)]
+    loop = asyncio.get_running_loop()
+    out = []
+    for store in stores:
+        deleted = await loop.run_in_executor(None, store.deleted_count)
+        out.append({"count": store.present() - deleted, "name": store.spec.name})
+    return json_ok({"sObjects": out})
+
+
 def add_routes(app: web.Application) -> None:
     v = "/services/data/{version:v[0-9]+\\.[0-9]}"
     app.router.add_get("/services/data", versions)
@@ -283,4 +331,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(v + "/composite/sobjects/{object}", retrieve_collection)
     app.router.add_get(v + "/limits", limits)
     app.router.add_get(v + "/limits/", limits)
+    app.router.add_get(v + "/limits/recordCount", record_count)
+    app.router.add_get(v + "/limits/recordCount/", record_count)
 

@@ -112,8 +112,10 @@ def test_discover_describes_only_the_objects_asked_for(tmp_path, sim):
 
 def test_discover_exits_1_with_one_line_when_the_org_is_unreachable_and_2_on_bad_configuration(tmp_path, sim):
     cfg = _config(tmp_path, sim)
+    # refused credentials are bad configuration (exit 2, as for run and backfill); `check` alone reports them as a
+    # failing check (exit 1)
     out = _cli("discover", "--config", cfg, env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": "wrong-secret-5e4d3c2b"})
-    assert out.returncode == 1 and out.stdout == "", out.stdout + out.stderr[-2000:]
+    assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr[-2000:]
     last = json.loads(out.stderr.splitlines()[-1])
     assert last["event"] == "replicator.failed" and "invalid_client" in last["error"], last
     assert "wrong-secret-5e4d3c2b" not in out.stdout + out.stderr

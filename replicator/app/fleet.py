@@ -113,8 +113,7 @@ class Fleet:
             except Exception as exc:  # the database failed: look again at the next read
                 log.warning("fleet.read_failed", error=f"{type(exc).__name__}: {exc}")
             await sleep_or_stop(units.stop, self.poll_s)
-        units.stopping()  # every unit handed back as soon as its work ends
-        try:
+        try:  # the others count one replica fewer while this one's units drain (Units._stopping)
             await units.store.leave(units.owner)
         except Exception as exc:
             log.warning("fleet.leave_failed", error=f"{type(exc).__name__}: {exc}")

@@ -86,6 +86,7 @@ class Units:
         self._changed = asyncio.Event()  # set (and replaced) whenever a unit is taken or lost: `follow` looks again
         self._cutting: set[asyncio.Task] = set()
         self._releasing: set[asyncio.Task] = set()  # releases in flight: `close` waits for them
+        self._stopper: asyncio.Task | None = None  # hands every unit back when the service stops
         metrics.units = self
 
     def standby(self) -> list[str]:
@@ -150,6 +151,8 @@ class Units:
             lease = self._leases[unit] = _Lease(unit)
             lease.keeper = asyncio.ensure_future(self._keep(lease))
             self.fleet.start()
+            if self._stopper is None:
+                self._stopper = asyncio.ensure_future(self._stopping())
         return lease
 
     async def take(self, lease: _Lease) -> bool:
@@ -191,8 +194,10 @@ class Units:
         self._signal()
         log.info("lease.draining", unit=lease.unit, owner=self.owner, fence=lease.fence.number, why=why)
 
-    def stopping(self) -> None:
-        """The service stops: every unit held is handed back as soon as its work has ended."""
+    async def _stopping(self) -> None:
+        """The service stops: every unit held is handed back as soon as its work has ended (the work of each
+        ends on its unit's stop, set here)."""
+        await self.stop.wait()
         for lease in self._leases.values():
             self.drain(lease, "the service stops")
 
@@ -200,6 +205,8 @@ class Units:
         """Stop renewing and release every unit still held (after the service's drain): a standby takes over at
         once; this replica leaves `replicator.replicas`."""
         await self.fleet.close()
+        if self._stopper is not None:
+            self._stopper.cancel()
         for lease in self._leases.values():
             if lease.keeper is not None:
                 lease.keeper.cancel()

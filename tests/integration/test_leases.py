@@ -151,8 +151,11 @@ async def test_status_tells_a_held_object_from_one_nobody_holds(store, pg_url, c
     assert await status_command(settings, as_json=True) == 0
     row = orjson.loads(capsys.readouterr().out)[0]
     assert (row["phase"], row["running"], row["held_by"]) == ("STREAMING", False, None)
+    await store.heartbeat("replica-a", [UNIT], 0, 60)  # a live replica that runs the unit, holding none of it
     assert await status_command(settings, as_json=False) == 0
-    assert "STREAMING (not running)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "STREAMING (not running)" in out
+    assert "replicas: replica-a (holds 0 of 1 units, renewed " in out
 
 
 async def test_a_follower_ends_with_the_lost_lease_and_runs_again_when_it_is_held_again(store):

@@ -278,6 +278,12 @@ class ServiceSettings(_Section):
         "past it can commit nothing more. Shorter: faster takeover, more renewals (one UPDATE per object every "
         "third).",
     )
+    lease_poll_s: float = Field(
+        0.5, gt=0, le=60,
+        description="Several replicas (README \"Running several replicas\"): how often a process reads "
+        "`replicator.leases` and `replicator.replicas` (two small reads and at most one heartbeat): how soon it "
+        "takes a unit another released (a SIGTERM, a hand-back) and sees a replica join or leave.",
+    )
     replica_id: str = Field(
         "", description="This process's name in `replicator.leases` and `replicator status` (who holds what). "
         "Default: host name and process id. Must differ between processes: one that finds its own name on a "

@@ -54,6 +54,7 @@ class ChannelUnit:
         self.joiners: list[str] = []  # polled before: one poll round, then members
         self.own: set[str] = set()  # objects this process runs as units of their own (left the channel, or never on it)
         self.running: ChannelStream | None = None
+        self.stop = svc.stop  # the channel unit's stop while a round runs: handed back, or the service stops
 
     async def run(self) -> None:
         svc = self.svc
@@ -101,7 +102,16 @@ class ChannelUnit:
                 and (channel == self.channel or (channel is None and topic_for(name) not in topics))]
         await leave_unconfigured(svc.store, svc.client, svc.settings, self.channel, gone)
 
-    async def once(self) -> None:
+    async def once(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        try:
+            await self._round()
+        finally:
+            if stop.is_set() and not self.svc.stop.is_set():  # handed back: the members run elsewhere now
+                for name in self.members + self.joiners:
+                    self.svc.metrics.object(name).reset()
+
+    async def _round(self) -> None:
         svc, channel = self.svc, self.channel
         await self.leave_unconfigured()
         alone = await self.plan()
@@ -110,7 +120,7 @@ class ChannelUnit:
         for name in alone:
             svc.spawn(ObjectUnit(svc, name).run())
         if not self.members and not self.joiners:  # every member left the channel (resyncs, allocation used up)
-            await svc.stop.wait()
+            await self.stop.wait()
             return
         streams = {n: ObjectStream(svc.client, svc.pubsub, svc.store, svc.settings, n, svc.settings.objects[n],
                                    svc.metrics) for n in self.members + self.joiners}
@@ -139,21 +149,21 @@ class ChannelUnit:
 
     async def stream(self, streams: dict[str, ObjectStream]) -> None:
         """The channel's position (captured at its first start), the joiners' poll rounds past it, the members'
-        extracts, then the channel's stream until the service stops."""
+        extracts, then the channel's stream until the unit stops."""
         svc, channel = self.svc, self.channel
         if channel not in await svc.store.checkpoint_topics():
             # Describe first (a configuration the org refuses stops here), then capture the channel's position
             # before any extract or poll round: the channel replays every change after it (contract 5).
             await for_each(list(streams.values()), lambda s: s.applier.load_schema())
-            await until_stopped(svc.stop, capture_channel_position(svc.pubsub, svc.store, svc.settings))
+            await until_stopped(self.stop, capture_channel_position(svc.pubsub, svc.store, svc.settings))
         for name in list(self.joiners):  # POLL -> CHANNEL: one round past the channel's position
             poller = ObjectUnit(svc, name).poller()
-            await poller.prepare(svc.stop)
-            await enter_events(poller, svc.stop)
+            await poller.prepare(self.stop)
+            await enter_events(poller, self.stop)
             await svc.store.set_mode(name, "cdc", f"joined channel {channel} after a poll round", channel=channel)
             self.joiners.remove(name)
             self.members.append(name)
-        await backfill_members(svc.store, svc.settings, [streams[n] for n in self.members], svc.stop)
+        await backfill_members(svc.store, svc.settings, [streams[n] for n in self.members], self.stop)
         for name in self.members:
             await svc.store.set_mode(name, "cdc", f"member of channel {channel}", channel=channel)
             svc.metrics.object(name).mode = "cdc"
@@ -161,7 +171,7 @@ class ChannelUnit:
                                      svc.metrics, self.detach)
         watcher = asyncio.ensure_future(self.watch_topics())  # under the channel's lease, as its handoffs write
         try:
-            await self.running.run(svc.stop)
+            await self.running.run(self.stop)
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
@@ -190,8 +200,8 @@ class ChannelUnit:
         more events on the channel: it polls from its own position, and its unit streams it on its own topic if
         the topic comes back (one GetTopic per member every `stream.topic_check_s`)."""
         svc = self.svc
-        while not svc.stop.is_set():
-            await sleep_or_stop(svc.stop, svc.settings.stream.topic_check_s)
+        while not self.stop.is_set():
+            await sleep_or_stop(self.stop, svc.settings.stream.topic_check_s)
             running = self.running
             for name in list(running.members) if running is not None else []:
                 if svc.settings.objects[name].mode != "auto":

@@ -167,6 +167,7 @@ async def verify_command(settings: Settings, names: list[str], repair: bool = Fa
 async def status_command(settings: Settings, as_json: bool) -> int:
     async with open_store(settings, migrate=False) as store:
         rows = await store.object_rows()
+        replicas = await store.replicas()
     for r in rows:
         r["replay_id"] = r["replay_id"].hex() if r["replay_id"] else None
         r["running"] = r["held_by"] is not None  # a live process holds it (README "One writer")
@@ -186,6 +187,9 @@ async def status_command(settings: Settings, as_json: bool) -> int:
             str(r["resyncs"]), r["replay_id"] or "", _refreshed(r), (r["last_error"] or "")[:60],
         )
     Console().print(table)
+    if replicas:  # README "Running several replicas"
+        print("replicas: " + ", ".join(f"{r['replica']} (holds {r['held']} of {r['units']} units, renewed "
+                                       f"{r['age_s']:.1f} s ago)" for r in replicas))
     return 0
 
 
@@ -194,7 +198,7 @@ def _held(row: dict) -> str:
     if row["held_by"] is None:
         return ""
     via = f" via {row['held_unit'].removeprefix('channel:')}" if row["held_unit"].startswith("channel:") else ""
-    return f"{row['held_by']} #{row['fence']}{via}"
+    return f"{row['held_by']} #{row['fence']}{via}, renewed {row['lease_age_s']:.1f} s ago"
 
 
 def _mode(row: dict) -> str:

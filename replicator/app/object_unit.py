@@ -39,6 +39,7 @@ class ObjectUnit:
         self.svc, self.name, self.detached, self.cause = svc, name, detached, cause
         self.obj = svc.settings.objects[name]
         self.health = svc.metrics.object(name)
+        self.stop = svc.stop  # the unit's stop while a round runs: handed back, or the service stops
 
     async def run(self) -> None:
         await self.svc.keep_running(self.name, self.svc.units.holding(f"object:{self.name}", self.once), self.record,
@@ -63,14 +64,23 @@ class ObjectUnit:
         svc = self.svc
         return ObjectPoller(svc.client, svc.store, svc.settings, self.name, self.obj, svc.metrics, budget=svc.limits)
 
-    async def once(self) -> None:
+    async def once(self, stop: asyncio.Event) -> None:
+        svc = self.svc
+        self.stop = stop
+        try:
+            await self._round()
+        finally:
+            if stop.is_set() and not svc.stop.is_set():  # handed back to another replica: nothing runs here now
+                self.health.reset()
+
+    async def _round(self) -> None:
         svc = self.svc
         if self.detached and await svc.store.load_checkpoint(topic_for(self.name)) is None:
             stream = self.stream()
             await stream.applier.load_schema()
             await stream.resync(self.detached, capture=True)
             await svc.store.set_mode(self.name, "cdc", f"left the channel: {self.detached}")
-        halt = asyncio.Event()  # set by the watcher: the service stops, or the other way is due
+        halt = asyncio.Event()  # set by the watcher: the unit stops, or the other way is due
         watcher = None
         mode = "cdc"
         try:
@@ -79,7 +89,7 @@ class ObjectUnit:
             watcher = asyncio.ensure_future(self.watch(mode, halt))
             await (self.poll(halt) if mode == "poll" else self.stream_events(halt))
         except Stopped:
-            if svc.stop.is_set():
+            if self.stop.is_set() or svc.stop.is_set():
                 raise
             # halted for a switch during a resumable step (a resync's extract): the next round goes on
         except Exception as exc:
@@ -110,8 +120,8 @@ class ObjectUnit:
                 await leave_events(svc.store, svc.client, name, svc.settings.poll, reason)
             elif leaving == Way.POLL:
                 poller = self.poller()
-                await poller.prepare(svc.stop)
-                await enter_events(poller, svc.stop, self.stream())
+                await poller.prepare(self.stop)
+                await enter_events(poller, self.stop, self.stream())
         if steps:
             svc.metrics.mode_switches.labels(object=name, mode=mode, cause=cause).inc()
             (log.error if cause == ALLOCATION else log.warning)(
@@ -125,14 +135,14 @@ class ObjectUnit:
         self.health.mode = mode
 
     async def watch(self, mode: str, halt: asyncio.Event) -> None:
-        """Set `halt` when the service stops or the object should run in the other mode: in `auto` mode its
+        """Set `halt` when the unit stops or the object should run in the other mode: in `auto` mode its
         change-event topic appeared or went away (one GetTopic every `stream.topic_check_s`); polled for want of
         event allocation, once /limits shows room again (each object asks for itself: app/limits.py)."""
         svc = self.svc
         tick = min(svc.settings.service.control_poll_s, svc.settings.stream.topic_check_s)
         next_topic_check = time.monotonic() + svc.settings.stream.topic_check_s
-        while not svc.stop.is_set():
-            await sleep_or_stop(svc.stop, tick)
+        while not self.stop.is_set():
+            await sleep_or_stop(self.stop, tick)
             if mode == "poll" and self.cause == ALLOCATION and svc.limits is not None:
                 if svc.limits.events_available():
                     break
@@ -163,7 +173,7 @@ class ObjectUnit:
             await capture()
         log.info("service.backfill", object=self.name)
         backfill = Backfill(svc.client, svc.store, svc.settings, self.name, self.obj, svc.metrics.backfill_progress)
-        await until_stopped(svc.stop, backfill.run())
+        await until_stopped(self.stop, backfill.run())
 
     async def stream_events(self, halt: asyncio.Event) -> None:
         """Backfill when needed (its stream position captured first), then stream until `halt`."""
@@ -174,7 +184,7 @@ class ObjectUnit:
             # Describe first: a configuration the org refuses (a key that is not unique) stops here, in one line,
             # before a stream position is captured and stored.
             await stream.applier.load_schema()
-            await until_stopped(svc.stop, stream.capture_position())
+            await until_stopped(self.stop, stream.capture_position())
 
         await self.extract(capture)
         await svc.store.set_phase(self.name, Phase.STREAMING)

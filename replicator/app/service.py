@@ -215,18 +215,18 @@ class Service:
             self.spawn(self._leave_unconfigured())
             for name in self.settings.stream.platform_events:
                 self.spawn(self.keep_running(f"/event/{name}", self.units.holding(
-                    f"events:{name}", lambda n=name: PlatformEventStream(self.pubsub, store, self.settings,
-                                                                         n).run(self.stop))))
+                    f"events:{name}", lambda stop, n=name: PlatformEventStream(self.pubsub, store, self.settings,
+                                                                               n).run(stop))))
             for name in self.settings.objects:  # beside each object's way: what events never carry
                 self.spawn(self.units.follow(
                     [f"object:{name}", f"channel:{self.settings.stream.channel}"],
-                    lambda n=name: RefreshSchedule(client, store, self.settings, n, self.metrics,
-                                                   gate=self._api_budget).run(self.stop)))
+                    lambda stop, n=name: RefreshSchedule(client, store, self.settings, n, self.metrics,
+                                                         gate=self._budget_gate(stop)).run(stop)))
                 if history_names(self.settings, self.settings.objects[name]) is not None \
                         and self.settings.history.retention_days:
                     self.spawn(self.units.follow(
                         [f"object:{name}", f"channel:{self.settings.stream.channel}"],
-                        lambda n=name: prune_daily(client, store, self.settings, n, self.stop)))
+                        lambda stop, n=name: prune_daily(client, store, self.settings, n, stop)))
 
     def spawn(self, unit: Awaitable[None]) -> None:
         """Run a unit in the service's task group (a channel hands members to units of their own this way). The
@@ -256,11 +256,16 @@ class Service:
         except Stopped:
             return
 
-    async def _api_budget(self, name: str) -> None:
+    def _budget_gate(self, stop: asyncio.Event) -> Callable[[str], Awaitable[None]]:
         """The refresh's gate: wait while the org's remaining daily API requests are below `salesforce.api_reserve`
-        (app/limits.py logs entering and leaving that state); the service's stop ends the wait."""
-        while self.limits is not None and not self.limits.allows() and not self.stop.is_set():
-            await sleep_or_stop(self.stop, self.settings.service.control_poll_s)
+        (app/limits.py logs entering and leaving that state); the unit's stop (handed back, or the service stops)
+        ends the wait."""
+
+        async def gate(name: str) -> None:
+            while self.limits is not None and not self.limits.allows() and not stop.is_set():
+                await sleep_or_stop(stop, self.settings.service.control_poll_s)
+
+        return gate
 
     async def keep_running(self, what: str, once: Callable[[], Awaitable[None]],
                            on_error: Callable[[str], Awaitable[None]] | None = None,

@@ -2,17 +2,24 @@
 
 A unit is an object (`object:Account`, run by the service's per-object supervisor) or a channel
 (`channel:/data/ChangeEvents`, whose members are written under the channel's lease). `Units.hold(unit)` waits,
-standing by, until this process acquires the unit's lease (postgres/leases.py), then runs the caller's work with
-the lease's fence in its context, so every commit of that work checks the fence in its own transaction. A keeper
-task per unit renews the lease every third of `service.lease_s`; when a renewal finds it lost (this process was
-paused, partitioned or slow past the lease, and another took the unit), the unit's work is cancelled and stands by
-again. Cancelling is an economy, not the guard: the fence refuses whatever the work would still commit. The work is
-given a third of the lease to reach such a commit first (a batch in flight is refused and counted in
-`replicator_fenced_commits_total`, rather than cut at a random await), then cancelled.
+standing by, until this process holds the unit's lease (postgres/leases.py), then runs the caller's work with the
+lease's fence in its context, so every commit of that work checks the fence in its own transaction. Which units
+this process takes is the fleet's decision (app/fleet.py: at most a fair share of them while other replicas are
+live; it acquires them and hands extras back). A keeper task per unit renews the lease every third of
+`service.lease_s`; when a renewal finds it lost (this process was paused, partitioned or slow past the lease, and
+another took the unit), the unit's work is cancelled and stands by again. Cancelling is an economy, not the guard:
+the fence refuses whatever the work would still commit. The work is given a third of the lease to reach such a
+commit first (a batch in flight is refused and counted in `replicator_fenced_commits_total`, rather than cut at a
+random await), then cancelled.
+
+Handing a unit back (`drain`: the fleet balancing, or the service stopping) stops its work cleanly: the work
+receives the unit's own stop event (set on a hand-back and when the service stops; every wait under the unit ends
+on it, retry.waits_end_on), commits the batch in flight with its checkpoint and ends; then the keeper releases the
+lease (expires it now), so another process takes the unit at once. Work that has not ended within
+`service.shutdown_timeout_s` is cancelled (its open transaction rolls back) before the release.
 
 Several tasks of this process may hold one unit at once (an object's supervisor, and beside it its refresh, which
-`follow`s without acquiring): they share the unit's lease and fence. Leases are released (expired now, so a standby
-takes over at once) by `close`, after the service's drain.
+`follow`s without acquiring): they share the unit's lease, fence and stop.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
@@ -30,10 +38,14 @@ from ..model import LeaseLost, Stopped
 from ..observe.metrics import Metrics
 from ..postgres.leases import Fence, fenced
 from ..postgres.store import Store
+from ..retry import waits_end_on
+from .fleet import Fleet
 
 log = structlog.get_logger(__name__)
 
 _FAILED = object()  # a lease call the database did not answer
+
+Work = Callable[[asyncio.Event], Awaitable[None]]  # work under a unit, given the unit's stop
 
 
 def replica_id(settings: ServiceSettings) -> str:
@@ -49,11 +61,18 @@ class _Lease:
         self.fence: Fence | None = None
         self.held = asyncio.Event()
         self.holders: set[asyncio.Task] = set()
-        self.cut: set[asyncio.Task] = set()  # holders this module cancelled because the lease was lost
+        self.cut: set[asyncio.Task] = set()  # holders this module cancelled (the lease lost, a drain overran)
         self.idle = asyncio.Event()  # set while no task works under the unit
         self.idle.set()
         self.keeper: asyncio.Task | None = None
-        self.refused = False  # the last acquire found another process holding it (not merely: not yet asked)
+        self.refused = False  # standing by: another process holds it, or this one leaves it to another (its share)
+        self.stop = asyncio.Event()  # the work under this hold ends (handed back, or the service stops)
+        self.draining: str | None = None  # why the unit is being handed back, until released
+        self.drain_until = 0.0  # monotonic time: the work still running then is cancelled
+        self.wake = asyncio.Event()  # the keeper looks again (a drain asked for, the work ended)
+        self.renewed = 0.0  # monotonic time of the acquisition or the last renewal
+        self.renew_at = 0.0  # monotonic time of the next renewal
+        self.acquired = 0.0
 
 
 class Units:
@@ -61,78 +80,159 @@ class Units:
         self.store, self.metrics, self.stop = store, metrics, stop
         self.owner = replica_id(settings)
         self.lease_s = settings.lease_s
+        self.drain_s = settings.shutdown_timeout_s
+        self.fleet = Fleet(self, settings.lease_poll_s)
         self._leases: dict[str, _Lease] = {}
         self._changed = asyncio.Event()  # set (and replaced) whenever a unit is taken or lost: `follow` looks again
         self._cutting: set[asyncio.Task] = set()
+        self._releasing: set[asyncio.Task] = set()  # releases in flight: `close` waits for them
+        self._stopper: asyncio.Task | None = None  # hands every unit back when the service stops
         metrics.units = self
 
     def standby(self) -> list[str]:
-        """The units this process waits for because another process holds them (a unit whose first acquire has
-        not answered yet is starting, not standing by)."""
+        """The units this process waits for because another process holds them or is to take them (a unit the
+        fleet has not looked at yet is starting, not standing by)."""
         return sorted(u for u, lease in self._leases.items() if lease.fence is None and lease.refused)
 
     def held(self) -> dict[str, int]:
         """{unit: fence} of the units this process holds."""
         return {u: lease.fence.number for u, lease in self._leases.items() if lease.fence is not None}
 
-    def holding(self, unit: str, work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-        """`work` as one round of a supervisor (`Service._keep_running`): run while holding `unit`. A lost lease
-        ends the round quietly; the next round stands by until the unit is held again."""
+    def holding(self, unit: str, work: Work) -> Callable[[], Awaitable[None]]:
+        """`work` as one round of a supervisor (`Service._keep_running`): run while holding `unit`. A lost or
+        handed-back lease ends the round quietly; the next round stands by until the unit is held again."""
 
         async def round_() -> None:
-            async with self.hold(unit):
-                await work()
+            async with self.hold(unit) as stop:
+                await work(stop)
 
         return round_
 
     @contextlib.asynccontextmanager
-    async def hold(self, unit: str) -> AsyncIterator[None]:
-        """Wait (standing by) until this process holds `unit`, then run the body under its fence. The lease
-        lost: the body is refused at its next commit or cancelled, and `hold` ends without an error. Raises
-        Stopped when the service stops while standing by."""
-        lease = self._leases.get(unit)
-        if lease is None:
-            lease = self._leases[unit] = _Lease(unit)
-            lease.keeper = asyncio.ensure_future(self._keep(lease))
-        while lease.fence is None:
-            await self._until(lease.held.wait())
-        async with self._under(lease):
-            yield
+    async def hold(self, unit: str) -> AsyncIterator[asyncio.Event]:
+        """Wait (standing by) until this process holds `unit`, then run the body under its fence; yields the unit's
+        stop, set when the unit is handed back or the service stops (the body then ends at its next resumable point;
+        a `Stopped` it raises then ends `hold` quietly). The lease lost: the body is refused at its next commit or
+        cancelled, and `hold` ends without an error. Raises Stopped when the service stops while standing by."""
+        lease = self._lease(unit)
+        while True:
+            changed = self._changed
+            if lease.fence is not None and not lease.draining:
+                break
+            await self._until(changed.wait())
+        async with self._under(lease) as stop:
+            yield stop
 
-    async def follow(self, units: list[str], work: Callable[[], Awaitable[None]]) -> None:
+    async def follow(self, units: list[str], work: Work) -> None:
         """Run `work` whenever this process holds one of `units` (the first held, in order), under that unit's
-        fence, without acquiring any: a refresh beside its object's stream. Returns when the service stops."""
+        fence and with its stop, without acquiring any: a refresh beside its object's stream. Returns when the
+        service stops, or when `work` returns of its own accord."""
         while not self.stop.is_set():
             changed = self._changed
-            lease = next((self._leases[u] for u in units if u in self._leases and self._leases[u].fence), None)
+            lease = next((self._leases[u] for u in units
+                          if u in self._leases and self._leases[u].fence and not self._leases[u].draining), None)
             try:
                 if lease is None:
                     await self._until(changed.wait())
                     continue
                 finished = False
-                async with self._under(lease):
-                    await work()
+                async with self._under(lease) as stop:
+                    await work(stop)
                     finished = True
-                if finished:
+                if finished and not stop.is_set():
                     return
-                # the lease was lost under it: follow again once this process holds one of the units
+                # the lease was lost or handed back under it: follow again once this process holds one of the units
             except Stopped:
                 return
 
+    def _lease(self, unit: str) -> _Lease:
+        lease = self._leases.get(unit)
+        if lease is None:
+            lease = self._leases[unit] = _Lease(unit)
+            lease.keeper = asyncio.ensure_future(self._keep(lease))
+            self.fleet.start()
+            if self._stopper is None:
+                self._stopper = asyncio.ensure_future(self._stopping())
+        return lease
+
+    async def take(self, lease: _Lease) -> bool:
+        """Acquire `lease` (the fleet's decision); False when another process got it first or the database failed."""
+        number = await self._try(self.store.acquire_lease(lease.unit, self.owner, self.lease_s), "acquire")
+        if number is _FAILED or number is None:
+            if number is None:  # another process took it first
+                self.stand_by(lease, None)
+            return False
+        lease.fence = Fence(lease.unit, self.owner, number, on_refused=self._refused)
+        lease.stop, lease.draining, lease.refused = asyncio.Event(), None, False
+        lease.renewed = lease.acquired = time.monotonic()
+        lease.renew_at = lease.renewed + self.lease_s / 3
+        log.info("lease.taken_over" if number > 1 else "lease.acquired", unit=lease.unit, owner=self.owner,
+                 fence=number, lease_s=self.lease_s)
+        lease.held.set()
+        self._signal()
+        if self.stop.is_set():  # acquired while the service stops: handed back at once
+            self.drain(lease, "the service stops")
+        return True
+
+    def stand_by(self, lease: _Lease, row: dict | None) -> None:
+        """This process leaves the unit to another: one that holds it (`row`, its lease), or one to take it."""
+        if not lease.refused:
+            lease.refused = True
+            holder = {"held_by": row["owner"], "fence": row["fence"]} if row and row["live"] else {}
+            log.info("lease.standing_by", unit=lease.unit, owner=self.owner, **holder,
+                     action="another process holds this unit; this one takes over when it is released or expires"
+                     if holder else "left to a replica under its fair share; taken here if nobody takes it")
+
+    def drain(self, lease: _Lease, why: str) -> None:
+        """Hand `lease` back: stop the work under it; its keeper releases the lease once the work has ended."""
+        if lease.fence is None or lease.draining:
+            return
+        lease.draining = why
+        lease.drain_until = time.monotonic() + self.drain_s
+        lease.stop.set()
+        lease.wake.set()
+        self._signal()
+        log.info("lease.draining", unit=lease.unit, owner=self.owner, fence=lease.fence.number, why=why)
+
+    async def _stopping(self) -> None:
+        """The service stops: every unit held is handed back as soon as its work has ended (the work of each
+        ends on its unit's stop, set here)."""
+        await self.stop.wait()
+        for lease in self._leases.values():
+            self.drain(lease, "the service stops")
+
     async def close(self) -> None:
-        """Stop renewing and release every unit held (after the service's drain): a standby takes over at once."""
+        """Stop renewing and release every unit still held (after the service's drain): a standby takes over at
+        once; this replica leaves `replicator.replicas`."""
+        await self.fleet.close()
+        if self._stopper is not None:
+            self._stopper.cancel()
         for lease in self._leases.values():
             if lease.keeper is not None:
                 lease.keeper.cancel()
         await asyncio.gather(*(lease.keeper for lease in self._leases.values() if lease.keeper), return_exceptions=True)
+        await asyncio.gather(*self._releasing, return_exceptions=True)  # a keeper's release outlives the keeper
         for lease in self._leases.values():
             if lease.fence is not None:
-                try:
-                    await self.store.release_lease(lease.unit, self.owner, lease.fence.number)
-                    log.info("lease.released", unit=lease.unit, fence=lease.fence.number)
-                except Exception as exc:  # it expires by itself within service.lease_s
-                    log.warning("lease.release_failed", unit=lease.unit, error=f"{type(exc).__name__}: {exc}")
-                lease.fence = None
+                await self._release(lease, lease.fence, "closed")
+
+    async def _release(self, lease: _Lease, fence: Fence, why: str) -> None:
+        """Expire the lease now (its work has ended): another process takes the unit at once."""
+        lease.fence, lease.draining, lease.refused = None, None, True
+        lease.held.clear()
+        self.fleet.released(lease.unit)
+        self._signal()
+        task = asyncio.ensure_future(self._expire(lease.unit, fence.number, why))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        await asyncio.shield(task)
+
+    async def _expire(self, unit: str, fence: int, why: str) -> None:
+        try:
+            await self.store.release_lease(unit, self.owner, fence)
+            log.info("lease.released", unit=unit, owner=self.owner, fence=fence, why=why)
+        except Exception as exc:  # it expires by itself within service.lease_s
+            log.warning("lease.release_failed", unit=unit, error=f"{type(exc).__name__}: {exc}")
 
     async def _until(self, aw: Awaitable) -> None:
         """Await `aw` unless the service stops first (then Stopped)."""
@@ -147,17 +247,18 @@ class Units:
             raise Stopped("the service is stopping")
 
     @contextlib.asynccontextmanager
-    async def _under(self, lease: _Lease) -> AsyncIterator[None]:
-        """The body under `lease`'s fence, as one of its holders; ends quietly when the lease was lost."""
-        fence = lease.fence
+    async def _under(self, lease: _Lease) -> AsyncIterator[asyncio.Event]:
+        """The body under `lease`'s fence and stop, as one of its holders; ends quietly when the lease was lost,
+        and on a `Stopped` once the unit's stop is set."""
+        fence, stop = lease.fence, lease.stop
         assert fence is not None
         task = asyncio.current_task()
         assert task is not None
         lease.holders.add(task)
         lease.idle.clear()
         try:
-            with fenced(fence):
-                yield
+            with fenced(fence), waits_end_on(stop):
+                yield stop
         except asyncio.CancelledError:
             if task not in lease.cut:
                 raise
@@ -165,6 +266,10 @@ class Units:
             log.warning("lease.work_cancelled", unit=lease.unit, fence=fence.number)
         except LeaseLost as exc:  # a commit was refused before a renewal found the lease lost (a pause)
             log.warning("lease.fenced", unit=lease.unit, fence=fence.number, error=str(exc))
+        except Stopped:
+            if not stop.is_set():
+                raise
+            # handed back: the work ended at a resumable point; the next round stands by
         finally:
             if fence.lost and lease.fence is fence:  # refused (whatever the work made of LeaseLost): stand by
                 self._drop(lease, fence)
@@ -175,54 +280,50 @@ class Units:
             lease.cut.discard(task)
             if not lease.holders:
                 lease.idle.set()
+                lease.wake.set()
 
     async def _keep(self, lease: _Lease) -> None:
-        """Acquire the unit (standing by while another holds it), renew it every third of the lease, and when a
-        renewal finds it lost, end the work under it and stand by again."""
-        loop = asyncio.get_running_loop()
+        """While the unit is held: renew it every third of the lease; release it once handed back and its work
+        ended (cancelling the work still running after `service.shutdown_timeout_s`); when a renewal finds it
+        lost, end the work under it."""
         every = self.lease_s / 3
-        waited = False
         while True:
-            if lease.fence is None:
-                number = await self._try(self.store.acquire_lease(lease.unit, self.owner, self.lease_s), "acquire")
-                if number is _FAILED:
-                    await asyncio.sleep(every)
-                    continue
-                if number is None:
-                    lease.refused = True
-                    if not waited:
-                        await self._log_standing_by(lease.unit)
-                        waited = True
-                    await asyncio.sleep(every)
-                    continue
-                lease.fence = Fence(lease.unit, self.owner, number, on_refused=self._refused)
-                lease.refused = False
-                renewed = loop.time()
-                log.info("lease.taken_over" if waited else "lease.acquired", unit=lease.unit, owner=self.owner,
-                         fence=number, lease_s=self.lease_s)
-                waited = False
-                lease.held.set()
-                self._signal()
-            await asyncio.sleep(every)
+            lease.wake.clear()
             fence = lease.fence
-            if fence is None:  # the work's commit was refused first (`_under`)
-                waited = True
+            if fence is None:
+                await lease.held.wait()
+                continue
+            if lease.draining and lease.idle.is_set():
+                await self._release(lease, fence, lease.draining)
+                continue
+            wait = lease.renew_at - time.monotonic()
+            if lease.draining:
+                if time.monotonic() >= lease.drain_until:
+                    lease.drain_until = float("inf")
+                    log.warning("lease.drain_overran", unit=lease.unit, bound_s=self.drain_s,
+                                action="the work still running is cancelled; its open transaction rolls back")
+                    self._cancel(lease)
+                wait = min(wait, lease.drain_until - time.monotonic())
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lease.wake.wait(), wait)
                 continue
             ok = await self._try(self.store.renew_lease(lease.unit, self.owner, fence.number, self.lease_s), "renew")
+            lease.renew_at = time.monotonic() + every
             if ok is True:
-                renewed = loop.time()
+                lease.renewed = time.monotonic()
                 continue
-            if ok is _FAILED and loop.time() - renewed < self.lease_s:
+            if ok is _FAILED and time.monotonic() - lease.renewed < self.lease_s:
                 continue  # the database did not answer; the lease still runs: try again
             if lease.fence is fence:
                 self._drop(lease, fence)
                 await self._cut(lease)
-            waited = True
 
     def _drop(self, lease: _Lease, fence: Fence) -> None:
         """The lease is lost: every further check of its fence refuses at once; new work stands by."""
         fence.lost = True
-        lease.fence = None
+        lease.fence, lease.draining = None, None
+        lease.stop.set()
         lease.held.clear()
         self._signal()
         log.warning("lease.lost", unit=lease.unit, owner=self.owner, fence=fence.number,
@@ -235,6 +336,9 @@ class Units:
             await asyncio.wait_for(lease.idle.wait(), self.lease_s / 3)
         except TimeoutError:
             pass
+        self._cancel(lease)
+
+    def _cancel(self, lease: _Lease) -> None:
         for task in list(lease.holders):
             lease.cut.add(task)
             task.cancel()
@@ -246,13 +350,6 @@ class Units:
         except Exception as exc:
             log.warning(f"lease.{what}_failed", error=f"{type(exc).__name__}: {exc}")
             return _FAILED
-
-    async def _log_standing_by(self, unit: str) -> None:
-        rows = await self._try(self.store.leases(), "read")
-        row = next((r for r in rows if r["unit"] == unit), None) if rows is not _FAILED else None
-        log.info("lease.standing_by", unit=unit, owner=self.owner, held_by=row["owner"] if row else None,
-                 fence=row["fence"] if row else None,
-                 action="another process holds this unit; this one takes over when its lease expires")
 
     def _refused(self, unit: str) -> None:
         self.metrics.fenced_commits.labels(unit=unit).inc()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -43,6 +43,13 @@ class ObjectHealth:
     poll_position: float | None = None  # epoch s: SystemModstamp of the poll position (polled objects)
     refreshed_at: float | None = None  # epoch s: when the object's last refresh finished (pipeline/refresh.py)
     refresh_due_at: float | None = None  # epoch s: when its next refresh is due
+
+    def reset(self) -> None:
+        """Nothing runs here now (the object was handed to another replica): what this process knew of it is stale,
+        so its gauges go away (a lag would grow here while another replica keeps the object current)."""
+        for f in fields(self):
+            if f.name != "name":
+                setattr(self, f.name, f.default)
 
     def lag(self, now: float) -> float | None:
         if self.phase == Phase.STREAMING and self.connected and self.idle:
@@ -96,6 +103,10 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_event_allocation_exhausted", "gauge", "", "1 while the event delivery allocation is used up and streamed objects are polled instead."),
     ("replicator_mode_switches_total", "counter", "object, mode, cause", "Switches between cdc and poll: mode switched to, cause (topic, allocation)."),
     ("replicator_unit_held", "gauge", "unit", "1 for a unit (object:NAME, channel:NAME) this process holds and writes, 0 for one it stands by for (another process holds it; README \"One writer\")."),
+    ("replicator_unit_fence", "gauge", "unit, owner", "The fence number of a unit's live lease, labelled with the replica that holds it (owner: its service.replica_id), for each unit this process runs, held here or by another (README \"Running several replicas\")."),
+    ("replicator_unit_lease_age_seconds", "gauge", "unit", "Seconds since the unit's live lease was last renewed (by this process or the one that holds it): above service.lease_s ÷ 3 plus a read, its holder is slow or gone."),
+    ("replicator_replicas_live", "gauge", "", "Replicas live on this database (replicator.replicas rows not expired, this one included)."),
+    ("replicator_units_fair_share", "gauge", "", "The most units this process takes: the units the live replicas run ÷ live replicas, rounded up."),
     ("replicator_fenced_commits_total", "counter", "unit", "Commits refused because this process no longer held the unit's lease (another took it over while this one was paused or cut off): nothing of them was written."),
 ]
 
@@ -217,6 +228,8 @@ class _Collector:
             for unit in self.m.units.standby():
                 held.add_metric([unit], 0.0)
         yield held
+        if (fleet := getattr(self.m.units, "fleet", None)) is not None:
+            yield from _fleet_metrics(fleet)
         client = self.m.client
         if client is not None:
             calls = CounterMetricFamily("replicator_api_calls", "REST and Bulk API calls made.")
@@ -243,3 +256,17 @@ class _Collector:
             conns.add_metric(["idle"], float(idle))
             conns.add_metric(["max"], float(most))
             yield conns
+
+
+def _fleet_metrics(fleet) -> Iterable[Metric]:
+    """Each unit's holder, fence and lease age, and the replicas sharing the units (app/fleet.py)."""
+    fence = GaugeMetricFamily("replicator_unit_fence", "Fence of the unit's live lease.", labels=["unit", "owner"])
+    age = GaugeMetricFamily("replicator_unit_lease_age_seconds", "Seconds since the lease's last renewal.",
+                            labels=["unit"])
+    for unit, owner, number, age_s, _ in fleet.rows():
+        fence.add_metric([unit, owner], float(number))
+        age.add_metric([unit], round(max(age_s, 0.0), 3))
+    yield fence
+    yield age
+    yield GaugeMetricFamily("replicator_replicas_live", "Live replicas.", value=float(fleet.replicas))
+    yield GaugeMetricFamily("replicator_units_fair_share", "Units this process takes at most.", value=float(fleet.share))

@@ -96,7 +96,7 @@ def seconds_until_due(finished_at: float | None, interval: float, now: float) ->
 
 async def _no_gate(name: str) -> None:
     """The API-budget gate's place (`salesforce.api_reserve`, issue 12 §4): a gate waits here while the org's
-    remaining daily API requests are below the reserve (the service passes `Service._api_budget`). This default,
+    remaining daily API requests are below the reserve (the service passes `Service._budget_gate`). This default,
     for a refresh outside the service, starts a refresh when it is due."""
 
 

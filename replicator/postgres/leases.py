@@ -114,3 +114,55 @@ async def list_leases(conn: asyncpg.Connection) -> list[dict]:
     rows = await conn.fetch("SELECT unit, owner, fence, expires_at, acquired_at, renewed_at, expires_at > now() AS live"
                             " FROM replicator.leases ORDER BY unit")
     return [dict(r) for r in rows]
+
+
+# ---- replicas (sql/014_replicas.sql): how many processes share the units (app/fleet.py) -----------------------
+# A signal for balancing only: who writes a unit is decided by its lease and fence above, never here.
+
+async def heartbeat(conn: asyncpg.Connection, replica: str, units: list[str], held: int, lease_s: float) -> None:
+    """This replica is live for `lease_s` more, runs `units` and holds `held` of them."""
+    await conn.execute(
+        "INSERT INTO replicator.replicas AS r (replica, units, held, expires_at)"
+        " VALUES ($1, $2, $3, now() + make_interval(secs => $4))"
+        " ON CONFLICT (replica) DO UPDATE SET units = EXCLUDED.units, held = EXCLUDED.held,"
+        " expires_at = EXCLUDED.expires_at, renewed_at = now(),"
+        " started_at = CASE WHEN r.expires_at <= now() THEN now() ELSE r.started_at END",
+        replica, units, held, float(lease_s))
+
+
+async def leave(conn: asyncpg.Connection, replica: str) -> None:
+    """This replica stops: the others count one fewer at once, rather than after its row expires."""
+    await conn.execute("DELETE FROM replicator.replicas WHERE replica = $1", replica)
+
+
+async def survey(conn: asyncpg.Connection, replica: str, units: list[str], held: list[str]) -> dict:
+    """What a replica balances by, on the database's clock: `replicas` live (itself always counted), `units` (those
+    the live replicas run, `units` of this one included), `wanted`: which of `held` another live replica that holds
+    fewer than its fair share runs too (it would take them), and `leases`: {unit: row} of this replica's `units`
+    (owner, fence, live, age_s since the last renewal)."""
+    counts = await conn.fetchrow(
+        "WITH live AS (SELECT replica, units FROM replicator.replicas WHERE expires_at > now() AND replica <> $1)"
+        " SELECT (SELECT count(*) FROM live) + 1 AS replicas,"
+        " (SELECT count(*) FROM (SELECT unnest(units) FROM live UNION SELECT unnest($2::text[]))"
+        " AS u) AS units", replica, units)
+    replicas, total = counts["replicas"], counts["units"]
+    share = -(-total // replicas)
+    wanted = await conn.fetchval(
+        "SELECT array(SELECT DISTINCT u FROM replicator.replicas r, unnest(r.units) AS u"
+        " WHERE r.expires_at > now() AND r.replica <> $1 AND r.held < $2 AND u = ANY($3::text[]))",
+        replica, share, held)
+    rows = await conn.fetch(
+        "SELECT unit, owner, fence, expires_at > now() AS live,"
+        " extract(epoch FROM now() - renewed_at)::float8 AS age_s"
+        " FROM replicator.leases WHERE unit = ANY($1::text[])", units)
+    return {"replicas": replicas, "units": total, "wanted": set(wanted),
+            "leases": {r["unit"]: dict(r) for r in rows}}
+
+
+async def list_replicas(conn: asyncpg.Connection) -> list[dict]:
+    """The live replicas (`replicator status`): each one's name, units held, and seconds since its last renewal."""
+    rows = await conn.fetch(
+        "SELECT replica, held, cardinality(units) AS units, started_at,"
+        " extract(epoch FROM now() - renewed_at)::float8 AS age_s"
+        " FROM replicator.replicas WHERE expires_at > now() ORDER BY replica")
+    return [dict(r) for r in rows]

@@ -227,6 +227,18 @@ class Store:
     async def leases(self) -> list[dict]:
         return await self._run(leases.list_leases)
 
+    async def heartbeat(self, replica: str, units: list[str], held: int, lease_s: float) -> None:
+        await self._run(leases.heartbeat, replica, units, held, lease_s)
+
+    async def leave(self, replica: str) -> None:
+        await self._run(leases.leave, replica)
+
+    async def survey(self, replica: str, units: list[str], held: list[str]) -> dict:
+        return await self._run(leases.survey, replica, units, held)
+
+    async def replicas(self) -> list[dict]:
+        return await self._run(leases.list_replicas)
+
     # ---- views ----------------------------------------------------------------------------------------------
     async def object_rows(self) -> list[dict]:
         """One dict per object for `replicator status`."""

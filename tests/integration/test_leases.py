@@ -150,13 +150,17 @@ async def test_status_tells_a_held_object_from_one_nobody_holds(store, pg_url, c
     fence = await store.acquire_lease(UNIT, "replica-a", 60)
     assert await status_command(settings, as_json=True) == 0
     row = orjson.loads(capsys.readouterr().out)[0]
-    assert (row["running"], row["held_by"], row["fence"]) == (True, "replica-a", fence)
+    assert (row["running"], row["held_by"], row["owner"], row["fence"]) == (True, "replica-a", "replica-a", fence)
+    assert 0 <= row["lease_age_s"] < 5  # seconds since its last renewal
     await store.release_lease(UNIT, "replica-a", fence)  # stopped: the stored phase stays STREAMING
     assert await status_command(settings, as_json=True) == 0
     row = orjson.loads(capsys.readouterr().out)[0]
     assert (row["phase"], row["running"], row["held_by"]) == ("STREAMING", False, None)
+    await store.heartbeat("replica-a", [UNIT], 0, 60)  # a live replica that runs the unit, holding none of it
     assert await status_command(settings, as_json=False) == 0
-    assert "STREAMING (not running)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "STREAMING (not running)" in out
+    assert "replicas: replica-a (holds 0 of 1 units, renewed " in out
 
 
 async def test_a_follower_ends_with_the_lost_lease_and_runs_again_when_it_is_held_again(store):
@@ -165,7 +169,7 @@ async def test_a_follower_ends_with_the_lost_lease_and_runs_again_when_it_is_hel
     second, _ = _units(store, "second", stop)
     runs: list[int] = []
 
-    async def refresh() -> None:  # runs under the unit's fence until the service stops
+    async def refresh(_unit_stop: asyncio.Event) -> None:  # runs under the unit's fence until the service stops
         runs.append(first.held()[UNIT])
         await stop.wait()
 
@@ -184,7 +188,7 @@ async def test_a_follower_ends_with_the_lost_lease_and_runs_again_when_it_is_hel
 
 async def _hold_until(units: Units, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        await units.holding(UNIT, stop.wait)()
+        await units.holding(UNIT, lambda _unit_stop: stop.wait())()
 
 
 async def _hold_once_then_release(units: Units) -> None:
@@ -207,10 +211,11 @@ async def test_a_unit_whose_first_acquire_has_not_answered_is_starting_not_stand
         await blocker.execute("LOCK TABLE replicator.leases IN ACCESS EXCLUSIVE MODE")  # the acquire waits
         work = asyncio.ensure_future(units.hold(UNIT).__aenter__())
 
-        async def acquire_waits() -> bool:  # the acquire reached the database and waits on the lock
+        async def acquire_waits() -> bool:  # its first look at the leases reached the database and waits (a
+            # statement waiting for its table's lock at its Parse shows its previous query: the wait is what to match)
             return await blocker.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'INSERT INTO replicator.leases%'") == 1
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted"
+                " AND l.relation = 'replicator.leases'::regclass AND a.datname = current_database()") == 1
 
         await wait_for(acquire_waits, timeout=10)
         assert units.standby() == []

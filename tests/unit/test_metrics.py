@@ -89,6 +89,9 @@ def test_exposition_has_every_catalogued_metric():
     m.batch_size.labels(object="Account").observe(10)
     m.dead_letters.labels(object="Account", source="stream").inc()
     m.errors.labels(object="Account", kind="TransientError").inc()
+    m.units = SimpleNamespace(standby=lambda: ["object:Contact"], held=lambda: {"object:Account": 3},
+                              fleet=SimpleNamespace(replicas=2, share=1, rows=lambda: [
+                                  ("object:Account", "a", 3, 1.5, True), ("object:Contact", "b", 2, 4.0, False)]))
     families = {f.name: f for f in text_string_to_metric_families(generate_latest(m.registry).decode())}
     for name, kind, _, _ in CATALOGUE:
         base = name.removesuffix("_total") if kind == "counter" else name

@@ -1,0 +1,46 @@
+"""A replica's decisions among several (app/fleet.py `plan`): at most its fair share of the free units, the extras
+it holds handed back only to a replica that runs them and has room, and no unit left unowned for long."""
+
+from __future__ import annotations
+
+from replicator.app.fleet import fair_share, plan
+
+UNITS = [f"object:{n}" for n in ("Account", "Contact", "Invoice__c", "Opportunity")]
+
+
+def _plan(share, active=(), draining=0, free=(), free_for=None, cooling=(), wanted=(), alone=False, grace=15.0):
+    return plan(share, list(active), draining, list(free), free_for or {}, set(cooling), set(wanted), alone, grace)
+
+
+def test_fair_share_is_units_over_replicas_rounded_up():
+    assert [fair_share(4, n) for n in (1, 2, 3, 4, 5)] == [4, 2, 2, 1, 1]
+    assert fair_share(0, 3) == 0 and fair_share(4, 0) == 4
+
+
+def test_alone_it_takes_every_free_unit():
+    assert _plan(4, free=UNITS, alone=True) == (UNITS, [])
+
+
+def test_it_takes_free_units_only_up_to_its_share():
+    assert _plan(2, active=UNITS[:1], free=UNITS[1:]) == (UNITS[1:2], [])
+    assert _plan(2, active=UNITS[:2], free=UNITS[2:]) == ([], [])
+    assert _plan(2, active=UNITS[:1], draining=1, free=UNITS[2:]) == ([], []), "a unit handed back still counts"
+
+
+def test_a_unit_nobody_took_for_the_grace_is_taken_beyond_the_share():
+    assert _plan(2, active=UNITS[:2], free=UNITS[2:], free_for={UNITS[2]: 15.0, UNITS[3]: 3.0}) == ([UNITS[2]], [])
+
+
+def test_a_unit_it_handed_back_is_not_taken_again_soon_unless_alone():
+    assert _plan(2, free=UNITS[:1], cooling=UNITS[:1]) == ([], [])
+    assert _plan(4, free=UNITS[:1], cooling=UNITS[:1], alone=True) == (UNITS[:1], [])
+
+
+def test_extras_go_back_newest_first_only_to_a_replica_with_room_that_runs_them():
+    # the first replica took all four alone; a second that runs them all joins with none
+    assert _plan(2, active=UNITS, wanted=UNITS) == ([], UNITS[:1:-1])
+    # nobody with room runs them: kept (handing them back would leave them unowned)
+    assert _plan(2, active=UNITS, wanted=()) == ([], [])
+    assert _plan(2, active=UNITS, wanted=UNITS[:1]) == ([], UNITS[:1])
+    # units already being handed back are not counted again
+    assert _plan(2, active=UNITS[:3], draining=1, wanted=UNITS) == ([], UNITS[2:3])

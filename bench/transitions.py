@@ -470,6 +470,7 @@ class Sequence:
             (r for r in self.runs if r.running and r is not holder), holder)
         other = next((r for r in self.runs if r.running and r is not victim), None)
         held = sorted(u for u, owner in leases.items() if owner == victim.replica)
+        fenced_before = await victim.fenced_commits()  # the counter is the process's: an earlier pause counted too
         await self.traffic(int(RATE * 1.5), RATE // 5)  # 1.5 s of changes; 0.2 s of them made before the stop
         victim.pause()
         t0 = time.monotonic()
@@ -483,9 +484,11 @@ class Sequence:
             victim.resume()
         paused_s = time.monotonic() - t0
         await self.settle(op)
+        fenced = await victim.fenced_commits()
         self.pauses.append({"op": op, "paused": victim.replica, "seconds": round(paused_s, 1), "held": held,
                             "taken_over": sorted(u for u in held if after.get(u) not in (None, victim.replica)),
-                            "fenced_commits": await victim.fenced_commits()})
+                            "fenced_commits": None if fenced is None or fenced_before is None
+                            else fenced - fenced_before, "fenced_commits_total": fenced})
 
     async def finish(self) -> subprocess.CompletedProcess:
         """Traffic paused, late commits visible, the service settled, then refresh + verify until equal (or

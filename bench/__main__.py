@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="directory for results, RESULTS.md and charts")
     ap.add_argument("--against", type=Path, help="burst: another checkout (with its .venv) measured beside this one")
     ap.add_argument("--render", action="store_true", help="only rebuild RESULTS.md and charts from the JSON files")
-    ap.add_argument("--sequences", type=int, help="transitions: how many sequences (default 20, quick 2)")
+    ap.add_argument("--sequences", type=int,
+                    help="transitions: how many sequences (default 20; quick: one fixed list, 2 drawn with --sequences, "
+                    "--kinds or --length)")
     ap.add_argument("--seed", type=int, help="transitions: the first sequence's seed (default 1)")
     ap.add_argument("--kinds", help="transitions: the operation kinds drawn, comma-separated (default all)")
     ap.add_argument("--ops", help="transitions: run one sequence of these operations ('kind:arg…' separated by ;)")
@@ -97,6 +99,8 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
 def _transitions_options(plan: Plan, args) -> None:
     from .transitions import KINDS
 
+    if args.sequences is not None or args.kinds or args.length:  # drawn sequences, not the quick run's fixed list
+        plan.transitions_fixed = None
     if args.sequences is not None:
         plan.transitions_sequences = args.sequences
     if args.seed is not None:

@@ -40,6 +40,11 @@ from .stream import (
 # docs/pubsub-cdc.md, section 7)
 OVERFLOW_THRESHOLD = 100_000
 
+# The quick run's one transitions sequence (about 25 s), fixed rather than drawn: a second process, the first killed
+# under it (the second takes over, a new first stands by), then the holder paused past its lease (the first takes
+# over; the paused one's commits are fenced).
+QUICK_TRANSITIONS = "replica:start; traffic:100; replica:killfirst; replica:pause; traffic:100"
+
 
 @dataclass
 class Plan:
@@ -85,6 +90,7 @@ class Plan:
     transitions_progress: str | None = None  # a JSON line per finished sequence is appended here
     transitions_lookback: float = 0  # poll.lookback_s of the service under test (bench/transitions.py LOOKBACK_S)
     transitions_minimise: bool = False  # after the run, shrink each failing sequence to its fewest operations
+    transitions_fixed: list[str] | None = None  # sequences given as lists (quick runs), instead of drawn ones
 
     def db(self, name: str) -> str:
         """A scenario's database name: quick runs (the CI smoke test) use their own, so a quick run never drops
@@ -101,7 +107,8 @@ class Plan:
                    transaction_changes=1_000,
                    ceiling_events=1_000, burst_events=2_000, burst_lag_rates=[], e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
                    chaos_records=1_600, chaos_changes=3_000, chaos_rate=1_000, chaos_kills=2, chaos_backfill_kills=1,
-                   chaos_runs=1, transitions_sequences=2, transitions_length=(5, 5))
+                   chaos_runs=1, transitions_sequences=2, transitions_length=(5, 5),
+                   transitions_fixed=[QUICK_TRANSITIONS])
 
 
 async def _fields(url: str, table: str = "account") -> list[str]:
@@ -485,7 +492,7 @@ async def chaos_runs(plan: Plan) -> dict:
 SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "burst": burst, "limits": limit,
              "peers": peer, "e2e": whole_path, "chaos": chaos_runs, "objects500": objects500.scenario,
              "transitions": transitions.scenario}
-QUICK = ["ceilings", "backfill", "stream", "burst", "limits", "e2e", "chaos"]  # peers install tools from PyPI: full runs only
+QUICK = ["ceilings", "backfill", "stream", "burst", "limits", "e2e", "chaos", "transitions"]  # peers install tools from PyPI: full runs only
 
 
 def run(name: str, plan: Plan) -> dict:

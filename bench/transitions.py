@@ -2,9 +2,11 @@
 with `replicator refresh` then `replicator verify` of every configured object, which must be equal.
 
 One sequence = one seed: a fresh simulator (`--seed` = the sequence's seed, a small org), a fresh database, and
-`replicator run` as a process of its own with a config file the harness rewrites. The seed alone makes the list of
-operations (printed before it runs), so `python -m bench --only transitions --seed N --sequences 1` replays
-sequence N; `--ops "kill; mode:Contact:poll; traffic:200"` runs a list given by hand (to minimise a failing one).
+`replicator run` as a process of its own with a config file the harness rewrites (`service.lease_s` = 3, so a
+takeover takes seconds), and at times a second one on the same database and file (bench/transitions_procs.py).
+The seed alone makes the list of operations (printed before it runs), so `python -m bench --only transitions --seed
+N --sequences 1` replays sequence N; `--ops "kill; mode:Contact:poll; traffic:200"` runs a list given by hand (to
+minimise a failing one).
 
 Operations (`--kinds` picks some; each is `kind[:arg…]`):
 
@@ -12,10 +14,12 @@ Operations (`--kinds` picks some; each is `kind[:arg…]`):
                          all four objects, configured or not; the next operation starts when half are made
     late:OBJ:K:S         a long transaction: K records of OBJ updated, stamped now, visible S seconds later
     wait                 until every late commit so far is visible and the service has settled
-    kill / term          SIGKILL / SIGTERM `replicator run`, a few changes while it is down, start it again
+    kill / term          SIGKILL / SIGTERM the first `replicator run`, a few changes while it is down, start it again
     resync:OBJ           `replicator resync OBJ` beside the running service
-    resynckill:OBJ       the same, then SIGKILL as soon as the object is RESYNCING, a few changes, a restart
-    remove:OBJ / add:OBJ the object taken out of / put back into the configuration, then a restart
+    resynckill:OBJ       the same, then SIGKILL of the process holding OBJ as soon as it is RESYNCING, a few
+                         changes, a restart
+    remove:OBJ / add:OBJ the object taken out of / put back into the configuration, then a restart (of both
+                         processes when two run, as every configuration change)
     mode:OBJ:M           `mode = M` (auto, cdc, poll) for OBJ, then a restart
     channel:on|off       `stream.channel = "/data/ChangeEvents"` or none, then a restart
     cdc:OBJ:off|on       the entity deselected from / selected again for Change Data Capture (simulator admin)
@@ -23,10 +27,20 @@ Operations (`--kinds` picks some; each is `kind[:arg…]`):
     field:OBJ            a custom field added to OBJ in the org, then set on a few records
     pgrestart:fast|immediate  the Postgres server restarted, cleanly or as after a crash (only with
                          `--own-postgres`: never the shared one)
+    replica:start        a second `replicator run` (same config file; its own service.port and service.replica_id);
+                         it stands by (drawn only while none runs)
+    replica:kill         SIGKILL the second, a few changes; the first takes over what it held
+    replica:killfirst    SIGKILL the first while a second runs, a few changes, until the second took everything
+                         over; then a new first in its place (without a second: as `kill`)
+    replica:pause[:holder|standby]  traffic, then SIGSTOP the process holding the most units (or the other) until
+                         the other took its units over and at least lease_s + 2 s passed, then SIGCONT: it must
+                         commit nothing after (its replicator_fenced_commits_total is recorded)
 
-Between operations the harness waits on conditions, never on fixed sleeps: the service's /readyz (200, every
-configured object present), the state tables (every configured object STREAMING, no resync pending, the mode a
-CDC selection or allocation change must lead to), the simulator's counters. A condition not met in time is noted
+Between operations the harness waits on conditions, never on fixed sleeps: every live process's /readyz 200 and
+every configured object served (a phase other than STANDBY) by exactly one of them, which holds a live lease on
+its unit or its channel (`replicator.leases`; a paused process is not asked, its leases expire and the condition
+waits until the other took them), the state tables (every configured object STREAMING, no resync pending, the mode
+a CDC selection or allocation change must lead to), the simulator's counters. A condition not met in time is noted
 as `stuck` (with /readyz's body) and the sequence goes on. At the end: traffic paused, late commits visible, the
 service caught up, then `replicator refresh` + `replicator verify` (repeated for up to `VERIFY_S`: polled objects
 converge a round later) must say equal; otherwise the seed, its operations and verify's output are recorded.
@@ -40,7 +54,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +70,7 @@ from replicator.sim.admin_client import sim_admin
 
 from .harness import start_sim, stop_sim, sweep
 from .stream import org_records
+from .transitions_procs import CHANNEL, LEASE_S, Run, held_unmet, live_leases, owner_slot, takeovers
 
 OBJECTS = ("Account", "Contact", "Opportunity", "Invoice__c")
 KEYS = {"Invoice__c": "External_Id__c"}
@@ -64,10 +78,11 @@ KEYS = {"Invoice__c": "External_Id__c"}
 SETTABLE = {"Account": ("Phone", "str"), "Contact": ("Phone", "str"), "Opportunity": ("Amount", "num"),
             "Invoice__c": ("Amount__c", "num")}
 KINDS = ("traffic", "late", "wait", "kill", "term", "resync", "resynckill", "remove", "add", "mode", "channel", "cdc", "alloc", "field",
-         "pgrestart")
+         "pgrestart", "replica")
+REPLICA = ("start", "kill", "killfirst", "pause")  # replica:ACTION
 # How often each kind is drawn (those that cannot apply in the current state are skipped).
 WEIGHTS = {"traffic": 3, "late": 2, "wait": 1, "kill": 2, "term": 1, "resync": 1.5, "resynckill": 1, "remove": 1.2, "add": 1.5, "mode": 1.5,
-           "channel": 1, "cdc": 1.2, "alloc": 1, "field": 0.5, "pgrestart": 0.7}
+           "channel": 1, "cdc": 1.2, "alloc": 1, "field": 0.5, "pgrestart": 0.7, "replica": 2}
 RECORDS = 300  # per object: a backfill or resync takes a second or two
 SETTLE_S = 30  # longest wait for the service to settle after an operation before it is noted as stuck
 VERIFY_S = 20  # how long refresh + verify is repeated at the end before the sequence counts as failed
@@ -95,6 +110,7 @@ class World:
     deselected: set[str] = field(default_factory=set)
     exhausted: bool = False
     fields: int = 0
+    second: bool = False  # a second `replicator run` runs
 
     def apply(self, op: str) -> None:
         kind, *args = op.split(":")
@@ -112,6 +128,8 @@ class World:
             self.exhausted = args[0] == "off"
         elif kind == "field":
             self.fields += 1
+        elif kind == "replica" and args[0] in ("start", "kill"):
+            self.second = args[0] == "start"
 
     def expected_mode(self, obj: str) -> str | None:
         """The mode the service should store for `obj` now (None: no firm expectation)."""
@@ -153,6 +171,11 @@ def _draw(rng: random.Random, world: World, kind: str) -> str | None:
         return f"alloc:{'on' if world.exhausted else 'off'}"
     if kind == "field":
         return f"field:{rng.choice(OBJECTS)}"
+    if kind == "replica":
+        if not world.second:
+            return "replica:start"
+        action = rng.choices(["kill", "killfirst", "pause"], [1, 1, 1.5])[0]
+        return "replica:pause:standby" if action == "pause" and rng.random() < 0.25 else f"replica:{action}"
     raise ValueError(kind)
 
 
@@ -176,42 +199,34 @@ def generate(seed: int, kinds: list[str], length: tuple[int, int] = (5, 15)) -> 
 def parse_ops(text: str) -> list[str]:
     ops = [o.strip() for o in text.replace("\n", ";").split(";") if o.strip()]
     for op in ops:
-        if op.split(":")[0] not in KINDS:
+        kind, *args = op.split(":")
+        if kind not in KINDS:
             raise ValueError(f"unknown operation {op!r}: kinds are {', '.join(KINDS)}")
+        if kind == "replica" and not (args[:1] and args[0] in REPLICA and (
+                args[1:] == [] or (args[0] == "pause" and args[1:] in (["holder"], ["standby"])))):
+            raise ValueError(f"unknown operation {op!r}: replica:{'|'.join(REPLICA)} or replica:pause:holder|standby")
     return ops
 
 
-def _free_port() -> int:
-    """A free port below Linux's ephemeral range (32768-60999): a port bind(0) hands out is in that range, and an
-    outgoing connection of any process may take it before the service binds it again after a restart."""
-    rng = random.SystemRandom()
-    for _ in range(100):
-        port = rng.randint(20_000, 32_000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")
-
-
 class Sequence:
-    """One sequence's simulator, database, configuration and `replicator run` process."""
+    """One sequence's simulator, database, configuration and `replicator run` processes (the first, and a second
+    while one runs: bench/transitions_procs.py)."""
 
-    def __init__(self, seed: int, sim: dict, url: str, log, pg=None, lookback: float = LOOKBACK_S):
-        self.seed, self.sim, self.url, self.log, self.pg, self.lookback = seed, sim, url, log, pg, lookback
+    def __init__(self, seed: int, sim: dict, url: str, log, log2, pg=None, lookback: float = LOOKBACK_S):
+        self.seed, self.sim, self.url, self.pg, self.lookback = seed, sim, url, pg, lookback
         self.world = World()
         self.rng = random.Random(seed * 7919 + 1)  # runtime choices (records changed), apart from generation
-        self.port = _free_port()
         self.cfg = Path(tempfile.mkstemp(suffix=".toml", prefix="bench-transitions-")[1])
         self.env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
         self.env.pop("DATABASE_URL", None)  # it would win over the config file's database
-        self.proc: subprocess.Popen | None = None
+        self.first = Run("first", self.cfg, self.env, log)
+        self.second = Run("second", self.cfg, self.env, log2)
+        self.runs = [self.first, self.second]
         self.late_until = 0.0  # monotonic time by which every late commit made so far is visible
         self.stuck: list[dict] = []  # conditions not met in time: after which operation, which, the state
         self.waived: set[str] = set()  # conditions once stuck, not waited for again in this sequence
         self.exits: list[str] = []  # unexpected exit codes of `replicator run`
+        self.pauses: list[dict] = []  # per replica:pause: who, how long, units taken over, fenced commits after
         self.write_config()
 
     # -- the service ---------------------------------------------------------------------------------------------
@@ -223,37 +238,25 @@ class Sequence:
                  "[postgres]", f'url = "{self.url}"',
                  "[backfill]", "poll_max_s = 0.2", "page_size = 1000",
                  "[stream]", "batch_max_wait_s = 0.05", "topic_check_s = 0.5", "position_timeout_s = 10",
-                 f'channel = "{"/data/ChangeEvents" if w.channel else ""}"',
+                 f'channel = "{CHANNEL if w.channel else ""}"',
                  # describe_interval_s: as topic checks, a new field is looked for every second here, not every 600
                  "[poll]", f"lookback_s = {self.lookback}", f"handoff_lookback_s = {max(self.lookback, LATE_MAX_S)}",
                  "page_size = 200", "describe_interval_s = 1",
-                 "[service]", 'host = "127.0.0.1"', f"port = {self.port}", "control_poll_s = 0.3"]
+                 # port and replica_id: each process's own, in its environment (Run.start)
+                 "[service]", 'host = "127.0.0.1"', "control_poll_s = 0.3", f"lease_s = {LEASE_S}"]
         for name in w.configured:
             lines += [f"[objects.{name}]", f'mode = "{w.modes[name]}"', "poll_interval_s = 0.5"]
             if name in KEYS:
                 lines.append(f'key = "{KEYS[name]}"')
         self.cfg.write_text("\n".join(lines) + "\n")
 
-    def start(self) -> None:
-        self.log.write(f"\n=== start (config: {', '.join(self.world.configured)}) ===\n")
-        self.log.flush()
-        self.proc = subprocess.Popen([sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config",
-                                      str(self.cfg)], env=self.env, stdout=self.log, stderr=self.log)
+    def stop(self, run: Run, sig: signal.Signals = signal.SIGTERM) -> None:
+        if (note := run.stop(sig)) is not None:
+            self.exits.append(note)
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-            self.exits.append("SIGTERM: no exit within 90 s")
-        if sig == signal.SIGTERM and rc != 0:
-            self.exits.append(f"exit {rc} after SIGTERM")
-        self.proc = None
+    def stop_all(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        for run in (self.second, self.first):
+            self.stop(run, sig)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "replicator.cli", *args, "--config", str(self.cfg)],
@@ -273,24 +276,14 @@ class Sequence:
             await conn.close()
         return {r["object"]: dict(r) for r in rows}
 
-    async def _readyz(self) -> tuple[int, str]:
-        try:
-            async with httpx.AsyncClient(timeout=3) as http:
-                r = await http.get(f"http://127.0.0.1:{self.port}/readyz")
-                return r.status_code, r.text
-        except httpx.HTTPError as exc:
-            return 0, f"{type(exc).__name__}: {exc}"
-
-    async def unmet(self, modes: bool = True) -> list[str]:
-        """The conditions of a settled service not met now: the service up and ready (/readyz 200 naming every
-        configured object), every configured object STREAMING with no resync pending, and (with `modes`) in the
-        mode the world leads to. Conditions waived after they were once stuck are left out."""
-        if self.proc is None or self.proc.poll() is not None:
-            return ["process"]
-        status, body = await self._readyz()
-        out = []
-        if status != 200 or not all(f'"{o}"' in body for o in self.world.configured):
-            out.append("readyz")
+    async def unmet(self, modes: bool = True) -> tuple[list[str], str]:
+        """The conditions of a settled service not met now: the processes up, every configured object served by
+        one live process holding its lease (transitions_procs.held_unmet), STREAMING with no resync pending, and
+        (with `modes`) in the mode the world leads to; and what the processes said. Conditions waived after they
+        were once stuck are left out."""
+        if any(run.exited() is not None for run in self.runs):
+            return ["process"], ""
+        out, said = await held_unmet(self.runs, self.url, self.world.configured)
         rows = await self._rows()
         for obj in self.world.configured:
             row = rows.get(obj)
@@ -301,29 +294,28 @@ class Sequence:
             want = self.world.expected_mode(obj) if modes else None
             if row is not None and want is not None and row["mode"] != want:
                 out.append(f"{obj}.mode")
-        return [c for c in out if c not in self.waived]
+        return [c for c in out if c not in self.waived], said
 
     async def settle(self, op: str, modes: bool = True, timeout: float = SETTLE_S) -> None:
         """Wait until settled; when not in `timeout`, note it as stuck and waive the unmet conditions for the rest
         of the sequence (a resync flag that stays raised would otherwise cost every later operation the timeout)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.proc is not None and self.proc.poll() is not None:
-                self.exits.append(f"exit {self.proc.returncode} on its own after {op}")
-                self.proc = None
-                self.port = _free_port()  # in case its port was taken meanwhile
-                self.write_config()
-                self.start()  # as an orchestrator would
-            if not (unmet := await self.unmet(modes)):
+            for run in self.runs:
+                if (rc := run.exited()) is not None:
+                    self.exits.append(f"{run.replica}: exit {rc} on its own after {op}")
+                    run.forget()
+                    run.start(f"after its exit {rc} on its own")  # as an orchestrator would (a port of its own)
+            unmet, said = await self.unmet(modes)
+            if not unmet:
                 return
             await asyncio.sleep(0.2)
-        status, body = await self._readyz()
         rows = await self._rows()
         state = {o: (r["phase"], r["mode"], r["resync_requested"]) for o, r in rows.items()
                  if o in self.world.configured}
         self.waived.update(c for c in unmet if c != "process")
         self.stuck.append({"after": op, "unmet": unmet, "detail": (
-            f"not settled in {timeout:.0f} s: readyz {status} {body[:300]}; state {state}; expected modes "
+            f"not settled in {timeout:.0f} s: readyz {said}; state {state}; expected modes "
             f"{ {o: self.world.expected_mode(o) for o in self.world.configured} }")})
 
     # -- the org -------------------------------------------------------------------------------------------------
@@ -356,26 +348,35 @@ class Sequence:
     async def made(self) -> int:
         return (await sim_admin(self.sim, "GET", "/__sim/traffic")).json()["made"]
 
+    async def traffic(self, n: int, until: int) -> None:
+        """The generator makes `n` changes at RATE/s; returns once `until` of them are made."""
+        before = await self.made()
+        await sim_admin(self.sim, "PUT", "/__sim/traffic", {
+            "running": True, "rate": RATE, "changes": before + n, "objects": list(OBJECTS),
+            "transaction_size": 3, "records_per_event": 2, "collision_rate": 0.3,
+            "mix": {"CREATE": 0.2, "UPDATE": 0.6, "DELETE": 0.13, "UNDELETE": 0.07}})
+        end = time.monotonic() + n / RATE * 5 + 30
+        while await self.made() < before + until and time.monotonic() < end:
+            await asyncio.sleep(0.1)
+
     # -- operations ----------------------------------------------------------------------------------------------
-    async def restart(self, op: str, sig: signal.Signals = signal.SIGTERM) -> None:
-        self.stop(sig)
+    async def restart(self, op: str, sig: signal.Signals = signal.SIGTERM, runs: list[Run] | None = None) -> None:
+        """Stop `runs` (default: the first) with `sig`, rewrite the configuration, a few changes while they are
+        down, start them again (the first first) and settle."""
+        runs = [r for r in self.runs if r in (runs or [self.first])]
+        for run in reversed(runs):
+            self.stop(run, sig)
         self.write_config()
         await self.a_few_changes()
-        self.start()
+        for run in runs:
+            run.start(op)
         await self.settle(op)
 
     async def run_op(self, op: str) -> None:
         kind, *args = op.split(":")
         self.world.apply(op)
         if kind == "traffic":
-            before = await self.made()
-            await sim_admin(self.sim, "PUT", "/__sim/traffic", {
-                "running": True, "rate": RATE, "changes": before + int(args[0]), "objects": list(OBJECTS),
-                "transaction_size": 3, "records_per_event": 2, "collision_rate": 0.3,
-                "mix": {"CREATE": 0.2, "UPDATE": 0.6, "DELETE": 0.13, "UNDELETE": 0.07}})
-            end = time.monotonic() + int(args[0]) / RATE * 5 + 30
-            while await self.made() < before + int(args[0]) // 2 and time.monotonic() < end:
-                await asyncio.sleep(0.1)
+            await self.traffic(int(args[0]), int(args[0]) // 2)
         elif kind == "late":
             obj, k, secs = args[0], int(args[1]), int(args[2])
             name, vkind = SETTABLE[obj]
@@ -389,8 +390,10 @@ class Sequence:
             await self.settle(op)
         elif kind == "kill":
             await self.restart(op, signal.SIGKILL)
-        elif kind in ("term", "remove", "add", "mode", "channel"):
+        elif kind == "term":
             await self.restart(op)
+        elif kind in ("remove", "add", "mode", "channel"):  # every running process takes the new configuration
+            await self.restart(op, runs=[r for r in self.runs if r.running])
         elif kind == "resync":
             done = self.cli("resync", args[0])
             if done.returncode != 0:
@@ -403,7 +406,8 @@ class Sequence:
                 end = time.monotonic() + 20  # a polled object's resync may never start (noted by the settle below)
                 while time.monotonic() < end and (await self._rows()).get(args[0], {}).get("phase") != "RESYNCING":
                     await asyncio.sleep(0.05)
-            await self.restart(op, signal.SIGKILL)
+            holder = owner_slot(self.runs, await live_leases(self.url) or {}, args[0])
+            await self.restart(op, signal.SIGKILL, [holder or self.first])
         elif kind == "cdc":
             selected = set((await sim_admin(self.sim, "GET", "/__sim/cdc")).json()["objects"])
             selected = selected - {args[0]} if args[1] == "off" else selected | {args[0]}
@@ -429,8 +433,62 @@ class Sequence:
                 return  # only against a Postgres of the harness's own (--own-postgres)
             await asyncio.to_thread(self.pg.restart, args[0] if args else "fast")
             await self.settle(op)
+        elif kind == "replica":
+            await self.replica(op, args[0], args[1] if args[1:] else "holder")
         else:
             raise ValueError(op)
+
+    async def replica(self, op: str, action: str, role: str) -> None:
+        """The second process: started, SIGKILLed; the first SIGKILLed while it runs; either paused."""
+        if action == "start":
+            if not self.second.running:
+                self.second.start(op)
+            await self.settle(op)
+        elif action == "kill":
+            self.stop(self.second, signal.SIGKILL)
+            await self.a_few_changes()
+            await self.settle(op)  # the first takes over what the second held
+        elif action == "killfirst" and not self.second.running:
+            await self.restart(op, signal.SIGKILL)
+        elif action == "killfirst":
+            self.stop(self.first, signal.SIGKILL)
+            await self.a_few_changes()
+            await self.settle(f"{op} (the second takes over)")
+            self.first.start(op)  # in the first's place, as for `kill`
+            await self.settle(op)
+        else:
+            await self.pause(op, role)
+
+    async def pause(self, op: str, role: str) -> None:
+        """Traffic, then SIGSTOP of the process holding the most units (`holder`) or of the other (`standby`) while
+        events arrive, so that a batch is likely in flight; SIGCONT once the other took its units over and
+        LEASE_S + 2 s passed. The paused process must commit nothing after: its replicator_fenced_commits_total is
+        recorded (a fenced commit is expected); a write that got through would show in verify."""
+        leases = await live_leases(self.url) or {}
+        holder = owner_slot(self.runs, leases) or self.first
+        victim = holder if role == "holder" else next(
+            (r for r in self.runs if r.running and r is not holder), holder)
+        other = next((r for r in self.runs if r.running and r is not victim), None)
+        held = sorted(u for u, owner in leases.items() if owner == victim.replica)
+        fenced_before = await victim.fenced_commits()  # the counter is the process's: an earlier pause counted too
+        await self.traffic(int(RATE * 1.5), RATE // 5)  # 1.5 s of changes; 0.2 s of them made before the stop
+        victim.pause()
+        t0 = time.monotonic()
+        try:
+            if other is not None:
+                await self.settle(f"{op} ({victim} paused)")
+            if (rest := t0 + LEASE_S + 2 - time.monotonic()) > 0:
+                await asyncio.sleep(rest)  # a deliberate pause, not a synchronisation
+            after = await live_leases(self.url) or {}
+        finally:
+            victim.resume()
+        paused_s = time.monotonic() - t0
+        await self.settle(op)
+        fenced = await victim.fenced_commits()
+        self.pauses.append({"op": op, "paused": victim.replica, "seconds": round(paused_s, 1), "held": held,
+                            "taken_over": sorted(u for u in held if after.get(u) not in (None, victim.replica)),
+                            "fenced_commits": None if fenced is None or fenced_before is None
+                            else fenced - fenced_before, "fenced_commits_total": fenced})
 
     async def finish(self) -> subprocess.CompletedProcess:
         """Traffic paused, late commits visible, the service settled, then refresh + verify until equal (or
@@ -455,17 +513,19 @@ async def run_sequence(server_url: str, seed: int, ops: list[str], pg=None, look
     base = pg.url() if pg is not None else server_url
     url = await fresh_database(base, database)
     log = tempfile.NamedTemporaryFile("w", suffix=".log", prefix=f"bench-transitions-{seed}-", delete=False)
-    seq = Sequence(seed, sim, url, log, pg, lookback)
+    log2 = tempfile.NamedTemporaryFile("w", suffix=".log", prefix=f"bench-transitions-{seed}-second-", delete=False)
+    seq = Sequence(seed, sim, url, log, log2, pg, lookback)
     t0 = time.monotonic()
     record: dict = {"seed": seed, "ops": ops}
     try:
-        seq.start()
+        seq.first.start("the start")
         await seq.settle("the start")
         for i, op in enumerate(ops):
             print(f"  [{seed}] {i + 1}/{len(ops)} {op}", flush=True)
             await seq.run_op(op)
         verified = await seq.finish()
-        seq.stop()
+        record["takeovers"] = takeovers([log.name, log2.name])  # before the stop, which hands units over too
+        seq.stop_all()
         # verify's findings are on stdout (its stderr is the log); the log's tail only when stdout says nothing
         record.update(equal=verified.returncode == 0, verify_exit=verified.returncode,
                       verify=verified.stdout[-3000:] or verified.stderr[-1500:])
@@ -476,17 +536,23 @@ async def run_sequence(server_url: str, seed: int, ops: list[str], pg=None, look
                 record["explain"] = [f"explain failed: {type(exc).__name__}: {exc}"]
     except Exception as exc:  # a harness or service failure is a failed sequence too, with its reason
         record.update(equal=False, verify_exit=None, verify=f"harness: {type(exc).__name__}: {exc}")
-    finally:
-        seq.stop(signal.SIGKILL)
+    finally:  # every process this sequence started ends with it, whatever happened
+        seq.stop_all(signal.SIGKILL)
         stop_sim(proc)
         log.close()
+        log2.close()
         seq.cfg.unlink(missing_ok=True)
-    record.update(stuck=seq.stuck, exits=seq.exits, seconds=round(time.monotonic() - t0, 1))
+    record.update(stuck=seq.stuck, exits=seq.exits, seconds=round(time.monotonic() - t0, 1),
+                  takeovers=record.get("takeovers", takeovers([log.name, log2.name])), pauses=seq.pauses)
     if record["equal"] and not record["exits"]:
         Path(log.name).unlink()
+        Path(log2.name).unlink()
         await _drop(base, database)
     else:
-        record.update(log=log.name, database=with_database(base, database))
+        record.update(log=log.name, database=with_database(base, database),
+                      **({"log_second": log2.name} if seq.second.starts else {}))
+        if not seq.second.starts:
+            Path(log2.name).unlink()
     return record
 
 
@@ -617,6 +683,12 @@ async def _drop(server_url: str, database: str) -> None:
         await conn.close()
 
 
+def _kind(op: str) -> str:
+    """An operation's kind as counted: `replica:ACTION` apart, the kind."""
+    kind, *args = op.split(":")
+    return f"replica:{args[0]}" if kind == "replica" else kind
+
+
 async def scenario(plan) -> dict:
     """`plan.transitions_sequences` sequences from seed `plan.transitions_seed` on (or one sequence of
     `plan.transitions_ops`): figures, operations by kind, and every failure with its seed."""
@@ -627,12 +699,12 @@ async def scenario(plan) -> dict:
 
         pg = PostgresServer()
         pg.start()
-    records, by_kind = [], dict.fromkeys(KINDS, 0)
+    records, by_kind = [], dict.fromkeys([k for k in KINDS if k != "replica"] + [f"replica:{a}" for a in REPLICA], 0)
+    given = [plan.transitions_ops] if plan.transitions_ops else plan.transitions_fixed  # lists by hand
     try:
-        for n in range(plan.transitions_sequences):
+        for n in range(len(given) if given else plan.transitions_sequences):
             seed = plan.transitions_seed + n
-            ops = parse_ops(plan.transitions_ops) if plan.transitions_ops else generate(
-                seed, kinds, plan.transitions_length)
+            ops = parse_ops(given[n]) if given else generate(seed, kinds, plan.transitions_length)
             print(f"transitions seed {seed}: {'; '.join(ops)}", flush=True)
             record = await run_sequence(plan.server_url, seed, ops, pg, plan.transitions_lookback)
             records.append(record)
@@ -640,9 +712,12 @@ async def scenario(plan) -> dict:
                 with open(plan.transitions_progress, "a") as fh:
                     fh.write(json.dumps(record, default=str) + "\n")
             for op in ops:
-                by_kind[op.split(":")[0]] += 1
+                by_kind[_kind(op)] += 1
             verdict = "equal" if record["equal"] else "DIFFERENT"
-            print(f"transitions seed {seed}: {verdict} in {record['seconds']} s"
+            print(f"transitions seed {seed}: {verdict} in {record['seconds']} s, {record['takeovers']} takeovers"
+                  + "".join(f"\n  {p['op']}: {p['paused']} paused {p['seconds']} s, {len(p['taken_over'])} of its "
+                            f"{len(p['held'])} units taken over, fenced commits after: {p['fenced_commits']}"
+                            for p in record["pauses"])
                   + "".join(f"\n  stuck after {st['after']}: {st['unmet']}: {st['detail']}" for st in record["stuck"])
                   + (f"; exits: {record['exits']}" if record["exits"] else "")
                   + ("" if record["equal"] else f"\n{record['verify']}\n" + "\n".join(record.get("explain", []))
@@ -663,16 +738,22 @@ async def scenario(plan) -> dict:
                "equal": len(records) - len(failures), "different": len(failures),
                "stuck_conditions": sum(len(r["stuck"]) for r in records),
                "unexpected_exits": sum(len(r["exits"]) for r in records),
+               "takeovers": sum(r["takeovers"] for r in records),
+               "pauses": sum(len(r["pauses"]) for r in records),
+               "fenced_commits_after_pauses": sum(p["fenced_commits"] or 0 for r in records for p in r["pauses"]),
                "failing_seeds": ", ".join(str(r["seed"]) for r in failures) or "none"}
     kinds_rows = [{"x": k, "operations": v} for k, v in by_kind.items() if v]
     seq_rows = [{"x": r["seed"], "operations": len(r["ops"]), "equal": "yes" if r["equal"] else "NO",
-                 "stuck": len(r["stuck"]), "seconds": r["seconds"], "ops": "; ".join(r["ops"])} for r in records]
+                 "stuck": len(r["stuck"]), "seconds": r["seconds"], "takeovers": r["takeovers"],
+                 "fenced": sum(p["fenced_commits"] or 0 for p in r["pauses"]), "ops": "; ".join(r["ops"])}
+                for r in records]
     stuck_rows = [{"x": r["seed"], "after": st["after"], "unmet": ", ".join(st["unmet"]), "ops": "; ".join(r["ops"])}
                   for r in records for st in r["stuck"]]
     fail_rows = [{"x": r["seed"], "signature": "; ".join(r["signature"]),
                   "minimal": "; ".join(r["minimal"]["ops"]) if "minimal" in r else "—"} for r in failures]
     note = (f"{RECORDS} records an object, traffic at {RATE}/s; each sequence ends with refresh + verify of every "
-            "configured object")
+            f"configured object; takeovers: units acquired after standing by (service.lease_s = {LEASE_S}); fenced: "
+            "commits refused after a replica:pause")
     return {"figures": figures,
             "sweeps": [sweep("operations by kind", "kind", kinds_rows, ["operations"]),
                        sweep("sequences", "seed", seq_rows, [], note),

@@ -331,9 +331,11 @@ class Units:
 
     async def _cut(self, lease: _Lease) -> None:
         """End the work under a lost lease: its next commit is refused (which ends it), or it is cancelled after a
-        third of the lease."""
+        third of the lease. `asyncio.timeout`, not `wait_for`: on Python 3.11 wait_for swallows a cancellation that
+        arrives as the work ends (a stop's `close` right after its drain), and the keeper would go on standing by."""
         try:
-            await asyncio.wait_for(lease.idle.wait(), self.lease_s / 3)
+            async with asyncio.timeout(self.lease_s / 3):
+                await lease.idle.wait()
         except TimeoutError:
             pass
         self._cancel(lease)

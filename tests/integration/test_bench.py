@@ -74,14 +74,16 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     for path in tmp_path.glob("*.json"):
         report = json.loads(path.read_text())
         reports[report["scenario"]] = report
-    assert set(reports) == {"ceilings", "backfill", "stream", "burst", "limits", "e2e", "chaos"}
+    assert set(reports) == {"ceilings", "backfill", "stream", "burst", "limits", "e2e", "chaos", "transitions"}
     for name, report in reports.items():
         assert report["command"].startswith("python -m bench --quick")
         assert {"cores", "memory_gib", "python", "postgres"} <= set(report["machine"]), name
         figures = _numbers(report["figures"])
-        assert figures and all(math.isfinite(v) and v > 0 for v in figures), (name, report["figures"])
+        if name != "transitions":  # counts of failures there: 0 is the good value
+            assert figures and all(math.isfinite(v) and v > 0 for v in figures), (name, report["figures"])
         for sw in report["sweeps"]:
-            assert len(sw["rows"]) >= 2 or sw["name"] in ("offered rate", "chaos", "burst drain"), (name, sw["name"])
+            assert len(sw["rows"]) >= 2 or sw["name"] in ("offered rate", "chaos", "burst drain", "sequences"), (
+                name, sw["name"])
             for row in sw["rows"]:
                 for key in sw["y"]:
                     assert isinstance(row[key], int | float) and row[key] >= 0, (name, sw["name"], key, row)
@@ -117,9 +119,14 @@ def test_quick_bench_writes_results_tables_and_charts(tmp_path, pg_url):
     assert crashes[1]["events_applied"] == crashes[1]["events_published"], crashes  # crashes: none lost, none twice
     chaos = reports["chaos"]["sweeps"][0]["rows"]  # chaos.run raises unless verify finds every table equal
     assert chaos and all(r["objects_equal"] == 4 and r["kills"] == 3 for r in chaos), chaos
+    transitions = reports["transitions"]  # one fixed sequence: a second process, the holder paused, the first killed
+    tf = transitions["figures"]
+    assert tf["sequences"] == tf["equal"] == 1 and tf["stuck_conditions"] == tf["unexpected_exits"] == 0, tf
+    assert tf["pauses"] == 1 and tf["takeovers"] >= 8, tf  # the pause's units, then the killed first's
     md = (tmp_path / "RESULTS.md").read_text()
     for name in reports:
         assert f"<!-- bench:{name}:start -->" in md and f"<!-- bench:{name}:end -->" in md
     charts = list((tmp_path / "charts").glob("*.png"))
-    assert len(charts) == sum(len(r["sweeps"]) for r in reports.values())  # named cases are drawn as bars
+    # named cases are drawn as bars; a sweep without figures (the transitions' sequences) is a table only
+    assert len(charts) == sum(bool(sw["y"]) for r in reports.values() for sw in r["sweeps"])
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in charts)

@@ -242,3 +242,40 @@ async def test_a_phase_change_outside_the_lifecycle_table_is_recorded(store):
     assert recorded == [("Account", "NEW", "STREAMING")]
     await store.start_job("Contact", "750x", "insert", 1000)
     assert lifecycle.UNEXPECTED == []
+
+
+async def test_a_stop_while_the_lost_units_work_ends_does_not_wait_for_the_keeper(store, pg_url):
+    """A lease found lost: its keeper gives the work under it a third of the lease to end (`_cut`). A service stopped
+    in that window ends the work and then cancels the keeper (`close`) at about the moment the work ends; the
+    keeper must end then. With asyncio.wait_for (Python 3.11), a cancellation that arrives as the awaited event is
+    set is swallowed: the keeper went on standing by and `close` waited for it until the drain's bound (bench
+    transitions seed 7232: `exit 1 after SIGTERM`, `service.drain_stuck` naming `close` and `_keep`)."""
+    import asyncpg
+
+    stop = asyncio.Event()
+    first, _ = _units(store, "first", stop)
+    first.lease_s = 3  # a window of a second for the stop
+    release, inside = asyncio.Event(), asyncio.Event()
+
+    async def work() -> None:  # commits nothing: only the end of the work or the cut ends it
+        async with first.hold(UNIT):
+            inside.set()
+            await release.wait()
+
+    holder = asyncio.ensure_future(work())
+    await asyncio.wait_for(inside.wait(), 10)
+    conn = await asyncpg.connect(pg_url)
+    try:  # another process took the unit over (this one was paused past its lease)
+        await conn.execute("UPDATE replicator.leases SET owner = 'second', fence = fence + 1,"
+                           " expires_at = now() + interval '60 seconds' WHERE unit = $1", UNIT)
+    finally:
+        await conn.close()
+    await wait_for(lambda: _async(first.held() == {}), timeout=10)  # the keeper found it lost and waits in _cut
+
+    async def drain_then_close() -> None:  # as Service._work: the work ends, then `close` at once
+        release.set()
+        await holder
+        await first.close()
+
+    await asyncio.wait_for(drain_then_close(), 5)  # the keeper ends with its cancellation
+    assert first._leases[UNIT].keeper.done()

@@ -10,7 +10,7 @@ CREATE TABLE IF NOT EXISTS replicator.repairs (
     object        text NOT NULL,
     outcome       text NOT NULL,                    -- repaired | not_needed
     reason        text,                             -- not_needed: why
-    columns       text[],                           -- repaired: the columns compared with the org
+    columns       text[],                           -- repaired: its columns compared with the org
     job_id        text,                             -- repaired: the Bulk job that read them
     rows_compared bigint,                           -- the extract's figures: an object's pending repairs share it
     rows_changed  bigint,

@@ -176,7 +176,8 @@ async def _refresh(client: SalesforceClient, store: Store, settings: Settings, t
     await bulk.wait_for_job(job.id)
 
     async def recorder(conn, compared: int, changed: int, skipped: int) -> None:
-        await pg_repairs.repaired(conn, name, ids, result.columns, job.id, compared, changed, skipped)
+        await pg_repairs.repaired(conn, name, {r.id: columns for r, columns in work}, job.id, compared, changed,
+                                  skipped)
 
     async with store.refresh(table, result.columns, lower_only) as staged:
         async for page in bulk.result_pages(job.id, max_records=settings.backfill.page_size):

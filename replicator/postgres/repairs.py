@@ -30,13 +30,14 @@ async def not_needed(conn: asyncpg.Connection, name: str, reasons: dict[str, str
         [(repair, name, NOT_NEEDED, reason) for repair, reason in reasons.items()])
 
 
-async def repaired(conn: asyncpg.Connection, name: str, repairs: list[str], columns: list[str], job_id: str,
+async def repaired(conn: asyncpg.Connection, name: str, repairs: dict[str, list[str]], job_id: str,
                    compared: int, changed: int, skipped: int) -> None:
-    """Record `repairs` done for `name`, in the transaction of the refresh that did them."""
+    """Record `repairs` ({repair id: its columns}) done for `name`, in the transaction of the refresh that did them
+    (one extract for all of them: the rows figures are its own)."""
     await conn.executemany(
         "INSERT INTO replicator.repairs (repair, object, outcome, columns, job_id, rows_compared, rows_changed,"
         " rows_skipped) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repair, object) DO NOTHING",
-        [(repair, name, REPAIRED, columns, job_id, compared, changed, skipped) for repair in repairs])
+        [(repair, name, REPAIRED, columns, job_id, compared, changed, skipped) for repair, columns in repairs.items()])
 
 
 async def list_repairs(conn: asyncpg.Connection) -> list[dict]:

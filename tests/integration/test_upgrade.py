@@ -62,9 +62,10 @@ async def _the_old_releases_database(pg_url: str) -> None:
         await conn.close()
 
 
-def _settings(sim: dict, pg_url: str):
+def _settings(sim: dict, pg_url: str, **stream):
     return settings_for(sim, pg_url, "salesforce", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
-                        stream={"batch_max_wait_s": 0.05}, service={"control_poll_s": 0.2}, objects=OBJECTS)
+                        stream={"batch_max_wait_s": 0.05, **stream}, service={"control_poll_s": 0.2},
+                        objects=OBJECTS)
 
 
 @contextlib.asynccontextmanager
@@ -165,4 +166,35 @@ async def test_a_repair_cut_short_records_nothing_and_runs_at_the_next_start(sim
     async with _running(settings):
         await _streams(sim, pg_url, "resumed")
     assert await pg_value(pg_url, "SELECT count(*) FROM replicator.repairs WHERE outcome = 'repaired'") == 5
+    assert await all_equal(settings, refresh=True)
+
+
+async def test_a_channels_members_are_repaired_under_the_channels_lease(sim, pg_url):
+    """With `stream.channel`, a member's pending repairs run in the channel's unit, before the channel streams. A
+    database this release created needs none; one made to look written by an earlier release (its migrations applied
+    apart from 001, the tables loaded through the upsert, a computed name left stale) is repaired once."""
+    channel = "/data/ChangeEvents"
+    settings = _settings(sim, pg_url, channel=channel)
+    async with _running(settings):
+        await _streams(sim, pg_url, "fresh")
+    assert await pg_value(pg_url, "SELECT count(*) FROM replicator.objects WHERE channel = '/data/ChangeEvents'") == 2
+    assert {outcome for outcome, _, _ in (await _repairs(pg_url)).values()} == {"not_needed"}
+
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("DELETE FROM replicator.repairs")
+        await conn.execute("UPDATE replicator.schema_migrations SET applied_at = applied_at + interval '1 hour'"
+                           " WHERE version > 4")
+        await conn.execute("UPDATE replicator.objects SET load_mode = 'upsert'")
+        name = await conn.fetchval("SELECT name FROM salesforce.contact WHERE id = $1", ANA)
+        await conn.execute("UPDATE salesforce.contact SET name = 'Ana Tanaka' WHERE id = $1", ANA)
+    finally:
+        await conn.close()
+    async with _running(settings):
+        await _streams(sim, pg_url, "channel-repaired")
+    assert await pg_value(pg_url, f"SELECT name FROM salesforce.contact WHERE id = '{ANA}'") == name != "Ana Tanaka"
+    repairs = await _repairs(pg_url)
+    assert repairs[("Contact", "computed-name")][0] == "repaired"
+    assert await pg_value(pg_url, "SELECT string_agg(unit, ',' ORDER BY unit) FROM replicator.leases") \
+        == f"channel:{channel}"  # no unit of its own: the members were repaired under the channel's lease
     assert await all_equal(settings, refresh=True)

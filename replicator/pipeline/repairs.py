@@ -3,8 +3,9 @@
 
 A fix in how the stream derives a column (a computed name, a text field sent as a diff, a SystemModstamp) changes
 only the rows written after it: a row an earlier release wrote keeps its wrong value until the record changes in a
-way that rewrites that column, which may be never (`replicator verify` then reports it different, and neither
-`refresh` nor a resync rewrites it: a resync leaves a row whose version equals the extract's). Each entry of
+way that rewrites that column, which may be never (`replicator verify` then reports it different; `refresh` does
+not read these columns; `verify --repair`, a whole-table extract an operator has to know to run, rewrites most such
+rows but keeps a SystemModstamp written late, which looks newer than the org's). Each entry of
 `REPAIRS` names such a fix, the columns it affects and how to find rows that may hold the old derivation; the repair
 compares those columns with the org, with one narrow Bulk API 2.0 queryAll extract of Id plus the columns
 (pipeline/refresh.py, postgres/refresh.py), and writes the rows whose values differ.
@@ -99,7 +100,7 @@ REPAIRS: tuple[Repair, ...] = (
            long_text_columns, suspect=diff_shaped),
     Repair("stream-modstamp", "72549bd", 17,
            "SystemModstamp of a streamed change taken from the event's commit time, not the record's "
-           "LastModifiedDate (b0660c6) or, for a delete, its SystemModstamp (72549bd): a second or more late when "
+           "LastModifiedDate (2e3d3d3) or, for a delete, its SystemModstamp (72549bd): a second or more late when "
            "the transaction committed in a later second than its save",
            modstamp_column, suspect=streamed, lower_only=True),
 )

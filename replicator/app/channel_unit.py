@@ -23,6 +23,7 @@ import structlog
 
 from ..lifecycle import Way
 from ..pipeline.channel import ChannelStream, backfill_members, capture_channel_position, for_each
+from ..pipeline.repairs import repair_object
 from ..pipeline.stopping import sleep_or_stop, until_stopped
 from ..pipeline.stream import ObjectStream
 from ..salesforce.pubsub import event_allocation_exhausted
@@ -164,6 +165,10 @@ class ChannelUnit:
             self.joiners.remove(name)
             self.members.append(name)
         await backfill_members(svc.store, svc.settings, [streams[n] for n in self.members], self.stop)
+        # The derivation repairs each member's rows may need from an earlier release (pipeline/repairs.py), under
+        # the channel's lease, before the channel streams over them.
+        await for_each([streams[n] for n in self.members], lambda s: until_stopped(
+            self.stop, repair_object(svc.client, svc.store, svc.settings, s.name)))
         for name in self.members:
             await svc.store.set_mode(name, "cdc", f"member of channel {channel}", channel=channel)
             svc.metrics.object(name).mode = "cdc"

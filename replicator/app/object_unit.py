@@ -18,6 +18,7 @@ from ..lifecycle import Phase, Way, route
 from ..model import Stopped
 from ..pipeline.backfill import Backfill
 from ..pipeline.poll import ObjectPoller
+from ..pipeline.repairs import repair_object
 from ..pipeline.stopping import sleep_or_stop, until_stopped
 from ..pipeline.stream import ObjectStream
 from ..salesforce.pubsub import event_allocation_exhausted
@@ -175,6 +176,14 @@ class ObjectUnit:
         backfill = Backfill(svc.client, svc.store, svc.settings, self.name, self.obj, svc.metrics.backfill_progress)
         await until_stopped(self.stop, backfill.run())
 
+    async def repair(self) -> None:
+        """The derivation repairs the object's rows may need from an earlier release (pipeline/repairs.py), once:
+        after its extract and before its way starts, under the unit's lease, so nothing of this process writes its
+        rows meanwhile and no other replica runs them. A failure fails the round (retried with backoff): the way
+        starts once they are settled."""
+        svc = self.svc
+        await until_stopped(self.stop, repair_object(svc.client, svc.store, svc.settings, self.name))
+
     async def stream_events(self, halt: asyncio.Event) -> None:
         """Backfill when needed (its stream position captured first), then stream until `halt`."""
         svc = self.svc
@@ -187,6 +196,7 @@ class ObjectUnit:
             await until_stopped(self.stop, stream.capture_position())
 
         await self.extract(capture)
+        await self.repair()
         await svc.store.set_phase(self.name, Phase.STREAMING)
         self.health.last_error = None
         await stream.run(halt)
@@ -209,6 +219,7 @@ class ObjectUnit:
             await poller.capture_position()
 
         await self.extract(capture)
+        await self.repair()
         await svc.store.set_phase(self.name, Phase.STREAMING)
         self.health.last_error = None
         await poller.run(halt)

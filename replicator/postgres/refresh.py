@@ -19,7 +19,7 @@ re-checked under the row lock (READ COMMITTED re-evaluates the WHERE of an updat
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable, Callable
 
 import asyncpg
 
@@ -31,13 +31,24 @@ from .sink import strip_nul_chunks
 _STAGING = "_refresh_extract"
 
 
-class Refresh:
-    """One refresh of one table, on one connection held for its staging table (`Store.refresh`)."""
+# Records a finished refresh in its UPDATE's transaction: (conn, compared, changed, skipped). The scheduled refresh
+# records itself in replicator.refreshes (`record`); a derivation repair in replicator.repairs (postgres/repairs.py).
+Recorder = Callable[[asyncpg.Connection, int, int, int], Awaitable[None]]
 
-    def __init__(self, conn: asyncpg.Connection, table: TableInfo, columns: list[str]):
+
+class Refresh:
+    """One refresh of one table, on one connection held for its staging table (`Store.refresh`).
+
+    `lower_only`: columns of `columns` whose extract value replaces the row's only when it is lower (a timestamp
+    an earlier release wrote too late: never moved forward, which would run ahead of changes the stream has still
+    to apply: postgres/repairs.py)."""
+
+    def __init__(self, conn: asyncpg.Connection, table: TableInfo, columns: list[str],
+                 lower_only: frozenset[str] = frozenset()):
         self.conn = conn
         self.t = table
         self.columns = columns  # lower-cased column names, in the extract's order after Id
+        self.lower_only = lower_only
 
     @property
     def staged(self) -> list[str]:
@@ -60,16 +71,26 @@ class Refresh:
         return int(status.rsplit(" ", 1)[-1])
 
     def _differs(self, a: str, b: str) -> str:
-        return " OR ".join(f"{a}.{ddl.quote_ident(c)} IS DISTINCT FROM {b}.{ddl.quote_ident(c)}" for c in self.columns)
+        """SQL: row `a` holds a value of a refreshed column that `b`'s (the extract's) replaces."""
+        return " OR ".join(
+            f"{b}.{q} < {a}.{q}" if c in self.lower_only else f"{a}.{q} IS DISTINCT FROM {b}.{q}"
+            for c in self.columns for q in [ddl.quote_ident(c)])
+
+    def _set(self, c: str) -> str:
+        q = ddl.quote_ident(c)
+        if c in self.lower_only:
+            return f"{q} = CASE WHEN s.{q} < t.{q} THEN s.{q} ELSE t.{q} END"
+        return f"{q} = s.{q}"
 
     @mapped
-    async def apply(self, started_at: dt.datetime, job_id: str, duration_s: float) -> tuple[int, int, int]:
-        """Write the differing rows and record the refresh, in one transaction. Returns (rows compared, rows
-        changed, rows skipped because they were written after `started_at`). Safe to call again: a second
-        call finds nothing differing."""
+    async def apply(self, started_at: dt.datetime, job_id: str, duration_s: float,
+                    recorder: Recorder | None = None) -> tuple[int, int, int]:
+        """Write the differing rows and record the refresh (`recorder`, default the scheduled refresh's row), in one
+        transaction. Returns (rows compared, rows changed, rows skipped because they were written after
+        `started_at`). Safe to call again: a second call finds nothing differing."""
         t, s = ddl.qualified(self.t.spec), ddl.quote_ident(_STAGING)
         synced = ddl.quote_ident(SYNCED_COLUMN)
-        sets = ", ".join(f"{ddl.quote_ident(c)} = s.{ddl.quote_ident(c)}" for c in self.columns)
+        sets = ", ".join(self._set(c) for c in self.columns)
         async with self.conn.transaction():
             if self.t.history is not None:  # the refreshed columns are written into the current versions
                 await history.mark(self.conn, "refresh")
@@ -80,8 +101,11 @@ class Refresh:
             changed = int(status.rsplit(" ", 1)[-1])
             skipped = await self.conn.fetchval(
                 f'SELECT count(*) FROM {t} AS t JOIN {s} AS s ON t."id" = s."id" WHERE {self._differs("t", "s")}')
-            await record(self.conn, self.t.spec.object, self.columns, job_id, started_at, compared, changed, skipped,
-                         duration_s)
+            if recorder is None:
+                await record(self.conn, self.t.spec.object, self.columns, job_id, started_at, compared, changed,
+                             skipped, duration_s)
+            else:
+                await recorder(self.conn, compared, changed, skipped)
             await leases.check(self.conn)
         return compared, changed, skipped
 

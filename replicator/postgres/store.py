@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg
 
 from ..model import Checkpoint, DeadLetter, RowOp, TableInfo, TableSpec
-from . import dead_letters, events, history, leases, refresh, state, status
+from . import dead_letters, events, history, leases, refresh, repairs, state, status
 from .apply import ApplyResult, StreamSink, apply_objects
 from .compare import Comparison
 from .errors import map_error, mapped
@@ -90,9 +90,10 @@ class Store:
         """A comparison of `spec`'s table with an extract, on one connection held for its temporary tables."""
         return self._held(lambda conn: Comparison(conn, spec, hard_deletes))
 
-    def refresh(self, table: TableInfo, columns: list[str]) -> contextlib.AbstractAsyncContextManager[Refresh]:
+    def refresh(self, table: TableInfo, columns: list[str],
+                lower_only: frozenset[str] = frozenset()) -> contextlib.AbstractAsyncContextManager[Refresh]:
         """A refresh of `columns` of `table` (postgres/refresh.py), on one connection held for its staging table."""
-        return self._held(lambda conn: Refresh(conn, table, columns))
+        return self._held(lambda conn: Refresh(conn, table, columns, lower_only))
 
     @contextlib.asynccontextmanager
     async def _held(self, make: Callable[[asyncpg.Connection], _Job]) -> AsyncIterator[_Job]:
@@ -119,6 +120,25 @@ class Store:
 
     async def record_refresh_error(self, name: str, error: str) -> None:
         await self._write(refresh.record_error, name, error)
+
+    # ---- derivation repairs (pipeline/repairs.py, postgres/repairs.py) ------------------------------------
+    async def repairs_settled(self, name: str) -> set[str]:
+        return await self._run(repairs.settled, name)
+
+    async def record_repairs_not_needed(self, name: str, reasons: dict[str, str]) -> None:
+        await self._write(repairs.not_needed, name, reasons)
+
+    async def created_with(self, version: int) -> bool:
+        return await self._run(repairs.created_with, version)
+
+    async def first_loaded_after(self, name: str, version: int) -> bool:
+        return await self._run(repairs.first_loaded_after, name, version)
+
+    async def any_row(self, table: TableInfo, predicate: str) -> bool:
+        return await self._run(repairs.any_row, table, predicate)
+
+    async def list_repairs(self) -> list[dict]:
+        return await self._run(repairs.list_repairs)
 
     # ---- objects --------------------------------------------------------------------------------------------
     async def get_object(self, name: str) -> ObjectState | None:

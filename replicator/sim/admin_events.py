@@ -18,7 +18,12 @@
           It is validated now and again when it commits; if it no longer applies it is rolled back (`/__sim/stats`
           "rolled_back"). Meanwhile it holds the row locks of the records it changes, as in Salesforce: a
           request changing one of them waits until it commits (then is stamped after it), at most 10 s, then
-          fails 400 [{"errorCode": "UNABLE_TO_LOCK_ROW", …}]; the traffic generator leaves them alone.
+          fails 400 [{"errorCode": "UNABLE_TO_LOCK_ROW", …}]; the traffic generator leaves them alone;
+        - commit_timestamp (epoch ms) and system_modstamp (epoch ms, at most commit_timestamp; default the same):
+          the transaction commits at that time, its records stamped with that SystemModstamp, instead of now: a
+          recorded transaction replayed, so that a test makes an org again exactly as an earlier run had it
+          (tests/fixtures/upgrade_2026_11_30). 400 when it is before the previous commit (events are delivered in
+          commit order); not with visible_after_seconds.
         HARD_DELETE (live records) publishes a DELETE event, then removes them for good; PURGE (soft-deleted
         records only: 400 for a live one) removes them with no event (changes.py). A removed record's Id is
         INVALID_ID from then on.
@@ -53,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
@@ -150,24 +156,47 @@ def _item(org, raw: dict, whole_seconds: bool) -> ChangeItem:
     return item
 
 
-def _options(body) -> tuple[list, bool, float]:
-    """(changes, separate_transactions, visible_after_seconds) of a POST /__sim/changes body: a list of changes,
-    or an object {"changes": [...], "separate_transactions": bool, "visible_after_seconds": number}."""
-    if isinstance(body, dict):
-        unknown = set(body) - {"changes", "separate_transactions", "visible_after_seconds"}
-        if unknown:
-            raise ChangeError(f"unknown option: {sorted(unknown)[0]}")
-        separate, delay = body.get("separate_transactions", False), body.get("visible_after_seconds", 0)
-        if not isinstance(separate, bool):
-            raise ChangeError("separate_transactions must be a boolean")
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 3600:
-            raise ChangeError("visible_after_seconds must be a number of seconds, 0..3600")
-        body = body.get("changes")
-    else:
-        separate, delay = False, 0
-    if not isinstance(body, list) or not body:
+@dataclass(frozen=True, slots=True)
+class _Options:
+    changes: list
+    separate: bool = False
+    delay: float = 0.0  # visible_after_seconds
+    at_ms: int | None = None  # commit_timestamp, given (a replay)
+    stamp_ms: int | None = None  # system_modstamp, given (a replay)
+
+
+def _epoch_ms(body: dict, key: str) -> int | None:
+    value = body.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ChangeError(f"{key} must be epoch milliseconds")
+    return value
+
+
+def _options(body) -> _Options:
+    """The options of a POST /__sim/changes body: a list of changes, or an object {"changes": [...],
+    "separate_transactions": bool, "visible_after_seconds": number, "commit_timestamp": ms, "system_modstamp": ms}."""
+    if not isinstance(body, dict):
+        body = {"changes": body}
+    unknown = set(body) - {"changes", "separate_transactions", "visible_after_seconds", "commit_timestamp",
+                           "system_modstamp"}
+    if unknown:
+        raise ChangeError(f"unknown option: {sorted(unknown)[0]}")
+    separate, delay = body.get("separate_transactions", False), body.get("visible_after_seconds", 0)
+    if not isinstance(separate, bool):
+        raise ChangeError("separate_transactions must be a boolean")
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 3600:
+        raise ChangeError("visible_after_seconds must be a number of seconds, 0..3600")
+    at_ms, stamp_ms = _epoch_ms(body, "commit_timestamp"), _epoch_ms(body, "system_modstamp")
+    if stamp_ms is not None and at_ms is None:
+        raise ChangeError("system_modstamp needs commit_timestamp")
+    if at_ms is not None and delay:
+        raise ChangeError("commit_timestamp and visible_after_seconds exclude each other")
+    if stamp_ms is not None and stamp_ms > at_ms:
+        raise ChangeError("system_modstamp must not be after commit_timestamp")
+    changes = body.get("changes")
+    if not isinstance(changes, list) or not changes:
         raise ChangeError("changes must be a non-empty JSON list")
-    return body, separate, float(delay)
+    return _Options(changes, separate, float(delay), at_ms, stamp_ms)
 
 
 def _result(result) -> dict:
@@ -175,12 +204,13 @@ def _result(result) -> dict:
             "commit_number": result.commit_number, "replay_ids": result.replay_ids, "ids": result.ids}
 
 
-def _commit(capture, items: list[ChangeItem], separate: bool, stamp_ms: int | None) -> dict:
-    """One transaction, or one per item sharing one SystemModstamp (`separate`)."""
+def _commit(capture, items: list[ChangeItem], separate: bool, stamp_ms: int | None, at_ms: int | None = None) -> dict:
+    """One transaction, or one per item sharing one SystemModstamp (`separate`); at `at_ms` when given."""
     if not separate:
-        return _result(capture.commit(items, ADMIN_ORIGIN, stamp_ms))
-    stamp_ms = capture.next_stamp() if stamp_ms is None else stamp_ms
-    return {"transactions": [_result(capture.commit([item], ADMIN_ORIGIN, stamp_ms)) for item in items]}
+        return _result(capture.commit(items, ADMIN_ORIGIN, stamp_ms, at_ms))
+    if stamp_ms is None:
+        stamp_ms = capture.next_stamp() if at_ms is None else at_ms
+    return {"transactions": [_result(capture.commit([item], ADMIN_ORIGIN, stamp_ms, at_ms)) for item in items]}
 
 
 def _commit_late(capture, items: list[ChangeItem], separate: bool, stamp_ms: int) -> None:
@@ -213,9 +243,11 @@ async def post_changes(request: web.Request) -> web.Response:
     state = request.app[STATE]
     capture = state.capture
     try:
-        raw_items, separate, delay = _options(orjson.loads(await request.read()))
-        items = [_item(state.org, raw, state.faults.whole_seconds) for raw in raw_items]
+        options = _options(orjson.loads(await request.read()))
+        items = [_item(state.org, raw, state.faults.whole_seconds) for raw in options.changes]
         capture.validate(items)
+        if options.at_ms is not None and (why := capture.replayable(options.at_ms)):
+            raise ChangeError(why)
     except (orjson.JSONDecodeError, ChangeError, ValueError) as exc:
         return _refused(exc)
     if capture.locked(items) is not None:  # a late commit holds a record's row lock: wait for it, like Salesforce
@@ -226,11 +258,13 @@ async def post_changes(request: web.Request) -> web.Response:
             capture.validate(items)
         except (ChangeError, ValueError) as exc:
             return _refused(exc)
-    if delay > 0:
+    if options.delay > 0:
         stamp_ms = capture.begin(items)
-        asyncio.get_running_loop().call_later(delay, _commit_late, capture, items, separate, stamp_ms)
-        return json_ok({"commit_timestamp": None, "system_modstamp": stamp_ms, "visible_after_seconds": delay})
-    return json_ok(_commit(capture, items, separate, None))
+        asyncio.get_running_loop().call_later(options.delay, _commit_late, capture, items, options.separate, stamp_ms)
+        return json_ok({"commit_timestamp": None, "system_modstamp": stamp_ms, "visible_after_seconds": options.delay})
+    if options.at_ms is not None and (why := capture.replayable(options.at_ms)):
+        return _refused(ChangeError(why))  # a commit while this one waited for a row lock
+    return json_ok(_commit(capture, items, options.separate, options.stamp_ms, options.at_ms))
 
 
 async def post_silent(request: web.Request) -> web.Response:

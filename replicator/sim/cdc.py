@@ -160,11 +160,13 @@ class ChangeCapture:
         """Raise ChangeError unless every item applies, in order (changes.validate)."""
         validate(items)
 
-    def commit(self, items: list[ChangeItem], origin: str = "", stamp_ms: int | None = None) -> CommitResult:
+    def commit(self, items: list[ChangeItem], origin: str = "", stamp_ms: int | None = None,
+               at_ms: int | None = None) -> CommitResult:
         """Apply `items` as ONE transaction (call validate() first) and publish its events. `stamp_ms`: the
         SystemModstamp its records get, when the transaction began before it commits (`begin`); else the commit's
-        own time."""
-        ts = self._commit_timestamp()
+        own time. `at_ms`: the commit's time, given rather than read from the clock (a recorded transaction
+        replayed: `replayable` says whether it may commit then)."""
+        ts = self._commit_timestamp() if at_ms is None else self._replayed_timestamp(at_ms)
         stamp = from_epoch_ms(ts if stamp_ms is None else stamp_ms)
         self.commit_number += 1
         self.transactions += 1
@@ -284,6 +286,17 @@ class ChangeCapture:
             ids.append(row[0])
         self.silent += len(ids)
         return ids
+
+    def replayable(self, at_ms: int) -> str | None:
+        """Why a transaction cannot commit at `at_ms` (epoch ms), else None: commits are delivered in commit order,
+        so none may commit before the previous one."""
+        if at_ms < self.last_timestamp:
+            return f"commit_timestamp {at_ms} is before the previous commit ({self.last_timestamp})"
+        return None
+
+    def _replayed_timestamp(self, at_ms: int) -> int:
+        self.last_timestamp = at_ms
+        return at_ms
 
     def _commit_timestamp(self) -> int:
         """Epoch milliseconds of the next commit: never before the previous one (delivery order is commit

@@ -100,6 +100,27 @@ def epoch_ms(text: str) -> int:
     return int(value.timestamp() * 1000)
 
 
+def test_a_replayed_transaction_commits_at_the_times_given():
+    """commit_timestamp and system_modstamp: a recorded transaction replayed with its own times (an org made again
+    as an earlier run had it, tests/fixtures/upgrade_2026_11_30); never before the previous commit."""
+    with running_org(records=5, seed=5) as own:
+        account = own.first_ids("Account", 1)[0]
+        at, stamp = 1_796_040_000_000, 1_796_039_998_000  # 2026-11-30T12:00:00Z, and two seconds before it
+        body = {"commit_timestamp": at, "system_modstamp": stamp,
+                "changes": [{"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": "r-1"}}]}
+        result = own.changes(body)
+        assert result["commit_timestamp"] == at
+        event, = events_of(own, result["replay_ids"], ACCOUNTS)
+        assert event["ChangeEventHeader"]["commitTimestamp"] == at and event["LastModifiedDate"] == stamp
+        assert epoch_ms(own.record("Account", account)["SystemModstamp"]) == stamp
+        for refused in ({**body, "commit_timestamp": at - 1000, "system_modstamp": None},  # before the previous one
+                        {**body, "system_modstamp": at + 1000}, {**body, "commit_timestamp": None},
+                        {**body, "visible_after_seconds": 1}):
+            r = own.http.post("/__sim/changes", json=refused)
+            assert r.status_code == 400, (refused, r.text)
+        assert own.changes(body)["commit_timestamp"] == at  # the same time again is no earlier
+
+
 def test_change_shows_up_in_bulk_results(org):
     account = org.first_ids("Account", 2)[1]
     result = org.changes([{"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": "bulk-1"}}])

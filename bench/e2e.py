@@ -66,7 +66,7 @@ class _Replicator:
 
     def __init__(self, cfg: Path, sim: dict, log):
         self.args = [sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", str(cfg)]
-        # One replica id for every restart: it takes its units over at once (README "One writer"), as the
+        # One replica id for every restart: it takes its units over at once (docs/operating.md "One writer"), as the
         # restarts measured before leases did, rather than after the killed process's lease expires.
         self.env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"],
                         REPLICATOR_SERVICE__REPLICA_ID="bench")
@@ -168,7 +168,7 @@ async def counts(sim: dict, url: str) -> dict:
 
 
 def verify(cfg: Path, env: dict) -> subprocess.CompletedProcess:
-    """`replicator refresh` (formula values follow their inputs without an event: README "Refresh"), then
+    """`replicator refresh` (formula values follow their inputs without an event: docs/refresh.md), then
     `replicator verify` of every configured object; a failed refresh shows as differences."""
     subprocess.run([sys.executable, "-m", "replicator.cli", "refresh", "--config", str(cfg)],
                    env=env, capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""Handover between replicas (README "Running several replicas"): three `replicator run` on one database with the
+"""Handover between replicas (docs/replicas.md): three `replicator run` on one database with the
 default `service.lease_s` (15 s) and `service.lease_poll_s` (0.5 s), four objects, changes flowing all along.
 
 Measured, each from the signal to the moment every unit the replica held is held (a live lease) by another:

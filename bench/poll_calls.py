@@ -1,4 +1,4 @@
-"""API calls per polling round, as the simulator counts them (README "Polling"): `python -m bench.poll_calls`.
+"""API calls per polling round, as the simulator counts them (docs/polling.md): `python -m bench.poll_calls`.
 
 Task is polled (`mode = "poll"`, default settings but `poll_interval_s`); after its backfill each case changes the
 org, then one round runs. Calls are `DailyApiRequests` used (REST `/limits`, every `/services/data` request counts,

@@ -102,7 +102,7 @@ LATE_MAX_S = 5
 class World:
     """The harness's model of what the operations have done so far: what the configuration says and what the org
     was told. Generating against it keeps every operation meaningful (no `add` of a configured object, no `mode =
-    cdc` for a deselected entity, which is a configuration error by design, README "Polling")."""
+    cdc` for a deselected entity, which is a configuration error by design, docs/polling.md)."""
 
     configured: list[str] = field(default_factory=lambda: list(OBJECTS))
     modes: dict[str, str] = field(default_factory=lambda: dict.fromkeys(OBJECTS, "auto"))

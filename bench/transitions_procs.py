@@ -1,5 +1,5 @@
 """The `replicator run` processes of a transitions sequence (bench/transitions.py): the first, and a second one on
-the same database and configuration file (README "One writer"), each with a replica id and a port of its own.
+the same database and configuration file (docs/operating.md "One writer"), each with a replica id and a port of its own.
 
 `Run` is one process slot: started, stopped, killed, paused (SIGSTOP) and resumed, its /readyz and /metrics read.
 A restart in a slot takes a new replica id (`first-2`, `second-3`): it is a new process, which waits for the dead

@@ -164,7 +164,7 @@ class StreamSettings(_Section):
         "", pattern=r"^(|/data/ChangeEvents|/data/[A-Za-z][A-Za-z0-9_]*__chn)$",
         description="Empty: one Pub/Sub subscription per object. \"/data/ChangeEvents\" or a custom channel "
         "\"/data/<Name>__chn\": ONE subscription serves every object in cdc mode, with one checkpoint for the "
-        "channel (README \"One channel for many objects\"). Objects added to the configuration later, and objects "
+        "channel (docs/channels.md). Objects added to the configuration later, and objects "
         "that need a resync, run on their own subscription from then on.",
     )
     channel_objects: list[str] = Field(
@@ -187,7 +187,7 @@ class PollSettings(_Section):
         10.0, ge=0, le=3600,
         description="Polled objects: each round's keyset starts no later than the previous round's getDeleted "
         "`latestDateCovered` (held back by Salesforce while a transaction is in flight) less this many seconds, a "
-        "margin for clock skew and late commits Salesforce does not hold back (README \"Polling\"). Re-reads cost "
+        "margin for clock skew and late commits Salesforce does not hold back (docs/polling.md). Re-reads cost "
         "queries, never correctness (version guard).",
     )
     handoff_lookback_s: float = Field(
@@ -197,7 +197,7 @@ class PollSettings(_Section):
         "`lookback_s`). A transaction that committed after the last event applied but before the switch, and whose "
         "events are never read, is stamped up to its duration earlier; Salesforce ends every transaction within 10 "
         "minutes (Apex Developer Guide, \"Execution Governors and Limits\"). Re-reading those minutes once per "
-        "switch costs a few queries, never correctness (README \"Lifecycle\").",
+        "switch costs a few queries, never correctness (docs/lifecycle.md).",
     )
     page_size: int = Field(
         2_000, ge=1, le=2_000,
@@ -214,7 +214,7 @@ class PollSettings(_Section):
         600.0, gt=0,
         description="Polled objects: every this many seconds (and at every start) the object is described again (one "
         "API call; no change event tells a polled object its fields changed). A field the table lacks is added "
-        "and the object resynced, so the values set before are read too (README \"Polling\").",
+        "and the object resynced, so the values set before are read too (docs/polling.md).",
     )
     reconcile_interval_s: float = Field(
         86_400.0, ge=0,
@@ -229,7 +229,7 @@ class HistorySettings(_Section):
     default: bool = Field(
         False,
         description="Keep a history table `<table>__history` for every object whose `objects.X.history` is unset: "
-        "one full version of a record per committed change (README \"History\").",
+        "one full version of a record per committed change (docs/history.md).",
     )
     columns: Literal["replicator", "fivetran"] = Field(
         "replicator",
@@ -272,7 +272,7 @@ class ServiceSettings(_Section):
     )
     lease_s: float = Field(
         15.0, ge=1, le=600,
-        description="One writer per object and per channel (README \"One writer\"): how long a process's hold on "
+        description="One writer per object and per channel (docs/operating.md \"One writer\"): how long a process's hold on "
         "one lasts without renewal (renewed every third of it, on the database's clock). A second process on the "
         "same database stands by and takes an object over within this long after its holder dies; a holder paused "
         "past it can commit nothing more. Shorter: faster takeover, more renewals (one UPDATE per object every "
@@ -280,7 +280,7 @@ class ServiceSettings(_Section):
     )
     lease_poll_s: float = Field(
         0.5, gt=0, le=60,
-        description="Several replicas (README \"Running several replicas\"): how often a process reads "
+        description="Several replicas (docs/replicas.md): how often a process reads "
         "`replicator.leases` and `replicator.replicas` (two small reads and at most one heartbeat): how soon it "
         "takes a unit another released (a SIGTERM, a hand-back) and sees a replica join or leave.",
     )
@@ -301,7 +301,7 @@ class ObjectSettings(_Section):
         "auto",
         description="auto: stream change events when the object's change-event topic exists (Pub/Sub GetTopic; the "
         "entity is selected for Change Data Capture), else poll; cdc: stream, and refuse to start without the topic; "
-        "poll: poll with REST queryAll on (SystemModstamp, Id) and getDeleted (README \"Polling\").",
+        "poll: poll with REST queryAll on (SystemModstamp, Id) and getDeleted (docs/polling.md).",
     )
     poll_interval_s: float = Field(
         60.0, gt=0, le=86_400,
@@ -314,14 +314,14 @@ class ObjectSettings(_Section):
         86_400.0, ge=0,
         description="Seconds between two refreshes of the columns change events never carry (formula fields, "
         "LastActivityDate, LastViewedDate): a Bulk query of Id and those fields, then one UPDATE of the rows whose "
-        "values differ (README \"Refresh\"). The next is due this long after the last one stored, a finished backfill "
+        "values differ (docs/refresh.md). The next is due this long after the last one stored, a finished backfill "
         "or resync counting as one (at once when none is); 0 turns the schedule off (`replicator refresh` still "
         "runs it).",
     )
     history: bool | None = Field(
         None,
-        description="Keep every version of every record in `<table>__history` beside the table (README "
-        "\"History\"). Unset: `history.default`.",
+        description="Keep every version of every record in `<table>__history` beside the table (docs/history.md). "
+        "Unset: `history.default`.",
     )
 
 

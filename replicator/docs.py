@@ -1,6 +1,8 @@
-"""Generates the README's reference tables from the code that defines them (`python -m replicator.docs`).
+"""Generates the documentation's reference tables from the code that defines them (`python -m replicator.docs`).
 
-A test checks the README holds exactly this text, so the documentation cannot drift from the settings.
+Each block lives in one page of docs/ (`PAGES`), between its `<!-- NAME:start -->` and `<!-- NAME:end -->` markers.
+A test (tests/unit/test_docs.py) checks every page holds exactly this text, so the documentation cannot drift from
+the settings.
 """
 
 from __future__ import annotations
@@ -81,11 +83,23 @@ def metrics_table() -> str:
 BLOCKS = {"config": config_table, "types": type_table, "metrics": metrics_table, "lifecycle": diagram,
           "handoffs": handoff_table}
 
+# The page (relative to the repository root) that holds each generated block.
+PAGES: dict[str, tuple[str, ...]] = {
+    "docs/configuration.md": ("config",),
+    "docs/tables.md": ("types",),
+    "docs/operating.md": ("metrics",),
+    "docs/lifecycle.md": ("lifecycle", "handoffs"),
+}
 
-def render_readme(text: str) -> str:
-    """The README with each generated block (between its start and end markers) rewritten."""
-    for name, make in BLOCKS.items():
+
+def render(text: str, names: tuple[str, ...]) -> str:
+    """`text` with each named generated block (between its start and end markers) rewritten. A block whose markers
+    are missing, or appear more than once, is an error: the page must hold it exactly once."""
+    for name in names:
+        make = BLOCKS[name]
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if text.count(start) != 1 or text.count(end) != 1:
+            raise ValueError(f"the markers of block {name!r} must appear exactly once ({start} … {end})")
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
         text = f"{head}{start}\n{make()}\n{end}{tail}"
@@ -93,11 +107,15 @@ def render_readme(text: str) -> str:
 
 
 def main() -> None:
-    """Rewrite README.md in place (run from the repository root)."""
+    """Rewrite every page that holds a generated block, in place (run from the repository root)."""
     from pathlib import Path
 
-    path = Path("README.md")
-    path.write_text(render_readme(path.read_text()))
+    for page, names in PAGES.items():
+        path = Path(page)
+        text = path.read_text()
+        rendered = render(text, names)
+        if rendered != text:
+            path.write_text(rendered)
 
 
 if __name__ == "__main__":

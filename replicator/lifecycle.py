@@ -1,5 +1,5 @@
 """An object's life as data: its phases, the ways it is kept current, and every handoff between them with how the
-position passes (README "Lifecycle"; docs/design.md, contract 5 "Handoff without a hole").
+position passes (docs/lifecycle.md; docs/design.md, contract 5 "Handoff without a hole").
 
 - `Phase`: where the object stands. Stored in `replicator.objects.phase` (the first six) and shown by the process's
   health (all of them). `STREAMING` means live: its changes arrive by events or by poll rounds (`Way` says which).
@@ -13,8 +13,8 @@ position passes (README "Lifecycle"; docs/design.md, contract 5 "Handoff without
   applied change (never another object's events, a keepalive or this host's clock); a time position becomes a
   stream's by capturing the stream's position first, then one poll round, so that everything between the two is
   read twice at worst (the version guard makes the overlap harmless) and never missed.
-- `PHASES`: the allowed phase changes, each with why it happens. The README's diagram and handoff table are
-  generated from these tables (`python -m replicator.docs`; a test fails when they differ).
+- `PHASES`: the allowed phase changes, each with why it happens. The diagram and handoff table of docs/lifecycle.md
+  are generated from these tables (`python -m replicator.docs`; a test fails when they differ).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ HANDOFFS: dict[tuple[Way, Way], Handoff] = {
 
 
 def diagram() -> str:
-    """The lifecycle as a Mermaid state diagram, from `PHASES` and `HANDOFFS` (the README shows it)."""
+    """The lifecycle as a Mermaid state diagram, from `PHASES` and `HANDOFFS` (docs/lifecycle.md shows it)."""
     lines = ["```mermaid", "stateDiagram-v2", "    [*] --> NEW: configured (described)"]
     def label(text: str) -> str:
         return text.replace(":", ",")  # a colon would end Mermaid's label
@@ -130,7 +130,7 @@ def diagram() -> str:
 
 
 def handoff_table() -> str:
-    """Every handoff and how it carries the position (the README shows it under the diagram)."""
+    """Every handoff and how it carries the position (docs/lifecycle.md shows it under the diagram)."""
     lines = ["| from | to | how the position passes |", "|---|---|---|"]
     lines += [f"| {a.name} | {b.name} | {h.carries} |" for (a, b), h in HANDOFFS.items()]
     return "\n".join(lines)

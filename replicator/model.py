@@ -110,7 +110,7 @@ class ResyncRequested(TerminalError):
 
 
 class LeaseLost(TerminalError):
-    """This process no longer holds the unit it was writing for (README "One writer"): another process acquired
+    """This process no longer holds the unit it was writing for (docs/operating.md "One writer"): another process acquired
     its lease (this one was paused, partitioned or slow past `service.lease_s`). Raised by a commit whose fence
     check failed, inside its transaction, so nothing of it was committed; the unit stands by again."""
 
@@ -246,7 +246,7 @@ class TableInfo:
     # Columns change events never carry (salesforce/topics.EVENTLESS_FIELDS, a computed compound name): a change
     # from an event leaves them as the row holds them; only a record fetched from the org writes them.
     eventless: frozenset[str] = frozenset()
-    # The object's history table (`<table>__history`, README "History"), None when history is off.
+    # The object's history table (`<table>__history`, docs/history.md), None when history is off.
     history: HistoryNames | None = None
 
 
@@ -363,7 +363,7 @@ class RowOp:
     # upsert: the record ends deleted (created, then deleted, in one batch); delete: `values` are the fields
     # changed before the delete in the same batch (a soft-deleted row keeps the record's last values)
     deleted: bool = False
-    # History (README "History"): each change folded into this operation, in commit order (None when the object
+    # History (docs/history.md): each change folded into this operation, in commit order (None when the object
     # keeps no history). A history table needs every committed change, not only the folded result.
     steps: list[HistoryStep] | None = None
     # What wrote it, when no change event did (`poll`, `resync`): the `_op` of its history version.

@@ -1,4 +1,4 @@
--- Polled objects (objects without change events, README "Polling"). Their position is a row of
+-- Polled objects (objects without change events, docs/polling.md). Their position is a row of
 -- replicator.checkpoints under the topic 'poll:<Object>', committed in the transaction of the rows it covers:
 -- the keyset (SystemModstamp, Id) of the newest record read, and how far getDeleted has covered. Such a row has
 -- no replay id.

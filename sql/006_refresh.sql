@@ -1,5 +1,5 @@
 -- The scheduled refresh of columns change events never carry (formula fields, LastActivityDate, LastViewedDate;
--- README "Refresh"): one row per object, the last refresh that finished, written in the transaction of its UPDATE,
+-- docs/refresh.md): one row per object, the last refresh that finished, written in the transaction of its UPDATE,
 -- and the last failure. The service's first refresh of an object is due `formula_refresh_s` after finished_at,
 -- so a restart does not refresh again.
 CREATE TABLE IF NOT EXISTS replicator.refreshes (

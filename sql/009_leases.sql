@@ -1,4 +1,4 @@
--- One writer per unit (README "One writer"): a unit of work (an object, `object:Account`; a channel,
+-- One writer per unit (docs/operating.md "One writer"): a unit of work (an object, `object:Account`; a channel,
 -- `channel:/data/ChangeEvents`) is held by one process through its row here. `fence` grows by one at every
 -- acquisition; each commit of rows or a checkpoint checks in its own transaction that the fence is still the one
 -- its process acquired (postgres/leases.py), so a process that lost the lease can never commit again. Every time

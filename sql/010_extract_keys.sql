@@ -1,5 +1,5 @@
 -- A resync (any extract loaded through the upsert) removes the rows its whole extract lacks, decided by presence in
--- the extract, never by when a row was written (README "Streaming", docs/design.md contract 5).
+-- the extract, never by when a row was written (docs/architecture.md "How the stream works", docs/design.md contract 5).
 --
 -- extract_keys: the keys each page of the object's running upsert-mode job held, inserted in the transaction that
 -- loads the page (postgres/sink.py), so a job resumed after a crash still knows what its committed pages held.

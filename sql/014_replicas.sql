@@ -1,4 +1,4 @@
--- The live replicas (README "Running several replicas"): each `replicator run` renews its row with its leases, so
+-- The live replicas (docs/replicas.md): each `replicator run` renews its row with its leases, so
 -- every process knows how many share the units and takes at most its fair share of them (units ÷ live replicas,
 -- rounded up). `units` are the units the process runs (holds or stands by for), `held` how many it holds; a row
 -- whose expires_at passed is a replica that died or was paused, and a clean stop deletes its row. A signal for

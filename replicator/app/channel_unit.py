@@ -1,6 +1,6 @@
 """`stream.channel` set: the objects that stream change events share ONE subscription to the channel
-(pipeline/channel.py); the others run as units of their own (app/object_unit.py). README "One channel for many
-objects" and "Lifecycle".
+(pipeline/channel.py); the others run as units of their own (app/object_unit.py). docs/channels.md and
+docs/lifecycle.md.
 
 Who is a member, from the stored way (lifecycle.Way) and the configured one:
 - stored on this channel: stays a member (its position is the channel's checkpoint);

@@ -170,7 +170,7 @@ async def status_command(settings: Settings, as_json: bool) -> int:
         replicas = await store.replicas()
     for r in rows:
         r["replay_id"] = r["replay_id"].hex() if r["replay_id"] else None
-        r["running"] = r["held_by"] is not None  # a live process holds it (README "One writer")
+        r["running"] = r["held_by"] is not None  # a live process holds it (docs/operating.md "One writer")
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
         return 0
@@ -187,7 +187,7 @@ async def status_command(settings: Settings, as_json: bool) -> int:
             str(r["resyncs"]), r["replay_id"] or "", _refreshed(r), (r["last_error"] or "")[:60],
         )
     Console().print(table)
-    if replicas:  # README "Running several replicas"
+    if replicas:  # docs/replicas.md
         print("replicas: " + ", ".join(f"{r['replica']} (holds {r['held']} of {r['units']} units, renewed "
                                        f"{r['age_s']:.1f} s ago)" for r in replicas))
     return 0

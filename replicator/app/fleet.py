@@ -1,4 +1,4 @@
-"""Several replicas on one database share the units (README "Running several replicas").
+"""Several replicas on one database share the units (docs/replicas.md).
 
 Each process renews a row of its own in `replicator.replicas` (sql/014_replicas.sql) with the units it runs and how
 many it holds, expiring after `service.lease_s`; a clean stop deletes it. Every `service.lease_poll_s` it reads

@@ -1,6 +1,6 @@
 """The handoffs of an object's life (replicator/lifecycle.py `HANDOFFS`): each function carries the position from
 the way the object leaves to the way it enters, and stores the new way only once the handoff is stored, so a crash
-in the middle repeats it (README "Lifecycle").
+in the middle repeats it (docs/lifecycle.md).
 
 - Why an object polls: configured (`mode = "poll"`); no change-event topic (`auto`: GetTopic answers NOT_FOUND for
   an entity not selected for Change Data Capture, docs/pubsub-cdc.md §4); or the org's event delivery allocation

@@ -71,7 +71,7 @@ def starter(ready: dict | None, output: str) -> str:
         f"#   replicator discover --config {f}   the org's objects: change events, candidate keys, record counts",
         f"#   replicator run --config {f}",
         "# Every key can also be set from the environment, which wins over this file (REPLICATOR_<SECTION>__<KEY>, e.g.",
-        "# REPLICATOR_SALESFORCE__CLIENT_ID); `replicator config show` shows what is in effect, README \"Configuration\"",
+        "# REPLICATOR_SALESFORCE__CLIENT_ID); `replicator config show` shows what is in effect, docs/configuration.md",
         "# lists every key. Secrets are never written here: they come from the environment (or a file).",
         "",
         "[salesforce]",

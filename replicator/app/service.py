@@ -78,8 +78,8 @@ def subscription_advice(settings: Settings) -> dict | None:
     if streamed <= MANY_SUBSCRIPTIONS:
         return None
     return {"objects": streamed, "action": 'set [stream] channel = "/data/ChangeEvents" (or a custom channel with '
-            'these members): one subscription and one transaction per batch for all of them (README "One channel '
-            'for many objects"); each object on its own subscription costs a stream, a batch transaction and a '
+            'these members): one subscription and one transaction per batch for all of them (docs/channels.md); '
+            'each object on its own subscription costs a stream, a batch transaction and a '
             'keepalive checkpoint of its own'}
 
 

@@ -1,4 +1,4 @@
-"""The units this process holds: one writer per unit of work (README "One writer"; docs/design.md, contract 10).
+"""The units this process holds: one writer per unit of work (docs/operating.md "One writer"; docs/design.md, contract 10).
 
 A unit is an object (`object:Account`, run by the service's per-object supervisor) or a channel
 (`channel:/data/ChangeEvents`, whose members are written under the channel's lease). `Units.hold(unit)` waits,

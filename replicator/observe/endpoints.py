@@ -26,7 +26,7 @@ _PG_TIMEOUT_S = 2.0
 
 def readiness(metrics: Metrics, pg_ok: bool, pg_error: str | None, max_lag_s: float) -> tuple[bool, dict]:
     """Ready when Postgres answers and every object is backfilling / resyncing, or streaming connected with
-    its lag under the threshold, or stands by (another process holds it: README "One writer"; a standby is ready
+    its lag under the threshold, or stands by (another process holds it: docs/operating.md "One writer"; a standby is ready
     to take over). Returns (ready, the reasons per object); `standby` lists the units this process waits for."""
     now = time.time()
     objects: dict[str, dict] = {}

@@ -65,7 +65,7 @@ class ObjectHealth:
         return retention_s - (now - self.position_time)
 
 
-# Name, type, labels, meaning: the README's metrics table is generated from this list (replicator/docs.py).
+# Name, type, labels, meaning: the metrics table of docs/operating.md is generated from this list (replicator/docs.py).
 CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_backfill_rows_total", "counter", "object", "Rows loaded by backfills and resyncs."),
     ("replicator_backfill_rows_expected", "gauge", "object", "Rows the running (or last) extract holds."),
@@ -83,7 +83,7 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_time_to_data_loss_seconds", "gauge", "object", "Retention (72 h) − age of the oldest unapplied position: below 0, events were purged before being applied."),
     ("replicator_stream_connected", "gauge", "object", "1 while the object's Pub/Sub stream is connected."),
     ("replicator_object_phase", "gauge", "object, phase", "1 for the object's current phase (STARTING, BACKFILLING, RESYNCING, STREAMING, RETRYING, FAILED: stopped on an error no retry fixes)."),
-    ("replicator_object_mode", "gauge", "object, mode", "1 for how the object is replicated: cdc (change events) or poll (README \"Polling\")."),
+    ("replicator_object_mode", "gauge", "object, mode", "1 for how the object is replicated: cdc (change events) or poll (docs/polling.md)."),
     ("replicator_poll_position_timestamp_seconds", "gauge", "object", "Polled objects: SystemModstamp of the poll position (epoch)."),
     ("replicator_refresh_last_timestamp_seconds", "gauge", "object", "When the last refresh of the columns change events never carry (formula fields, LastActivityDate, LastViewedDate) finished (epoch)."),
     ("replicator_refresh_rows_changed_total", "counter", "object", "Rows whose refreshed columns a refresh changed."),
@@ -102,8 +102,8 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_api_budget_paused", "gauge", "", "1 while poll rounds wait because the org's remaining daily API requests are below salesforce.api_reserve."),
     ("replicator_event_allocation_exhausted", "gauge", "", "1 while the event delivery allocation is used up and streamed objects are polled instead."),
     ("replicator_mode_switches_total", "counter", "object, mode, cause", "Switches between cdc and poll: mode switched to, cause (topic, allocation)."),
-    ("replicator_unit_held", "gauge", "unit", "1 for a unit (object:NAME, channel:NAME) this process holds and writes, 0 for one it stands by for (another process holds it; README \"One writer\")."),
-    ("replicator_unit_fence", "gauge", "unit, owner", "The fence number of a unit's live lease, labelled with the replica that holds it (owner: its service.replica_id), for each unit this process runs, held here or by another (README \"Running several replicas\")."),
+    ("replicator_unit_held", "gauge", "unit", "1 for a unit (object:NAME, channel:NAME) this process holds and writes, 0 for one it stands by for (another process holds it; docs/operating.md \"One writer\")."),
+    ("replicator_unit_fence", "gauge", "unit, owner", "The fence number of a unit's live lease, labelled with the replica that holds it (owner: its service.replica_id), for each unit this process runs, held here or by another (docs/replicas.md)."),
     ("replicator_unit_lease_age_seconds", "gauge", "unit", "Seconds since the unit's live lease was last renewed (by this process or the one that holds it): above service.lease_s ÷ 3 plus a read, its holder is slow or gone."),
     ("replicator_replicas_live", "gauge", "", "Replicas live on this database (replicator.replicas rows not expired, this one included)."),
     ("replicator_units_fair_share", "gauge", "", "The most units this process takes: the units the live replicas run ÷ live replicas, rounded up."),

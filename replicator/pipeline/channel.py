@@ -17,7 +17,7 @@ name; replay ids are per channel), in one Postgres transaction (docs/design.md, 
 - An expired or refused channel position resyncs every member from a freshly captured channel position (never
   LATEST silently: docs/design.md, "What we refuse").
 
-What the service decides around it (app/service.py, README "One channel for many objects"): which objects are
+What the service decides around it (app/service.py, docs/channels.md): which objects are
 members, the first start's handoff (capture the channel position, then extract every member), restarts.
 """
 

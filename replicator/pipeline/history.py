@@ -1,4 +1,4 @@
-"""History retention: versions closed more than `history.retention_days` ago are deleted (README "History").
+"""History retention: versions closed more than `history.retention_days` ago are deleted (docs/history.md).
 
 `replicator prune-history` prunes once; the service prunes each object that keeps history once a day, beside its
 stream or poll rounds (app/service.py), under the object's lease like the refresh.

@@ -1,4 +1,4 @@
-"""Poll one object that publishes no change events (README "Polling"; issue 12 §1): after the backfill, every
+"""Poll one object that publishes no change events (docs/polling.md; issue 12 §1): after the backfill, every
 `objects.X.poll_interval_s` a round reads what was deleted with getDeleted, then what changed with REST queryAll, or
 with one Bulk API 2.0 job when the delta is large.
 
@@ -23,7 +23,7 @@ with one Bulk API 2.0 job when the delta is large.
 A round is not started while the org's API budget is spent (`budget.allows()` false: app/limits.py,
 `salesforce.api_reserve`); the position stays, so the next allowed round reads everything since.
 
-Cost per round (README "Polling", `python -m bench.poll_calls`): one getDeleted call and one queryAll call per page
+Cost per round (docs/polling.md, `python -m bench.poll_calls`): one getDeleted call and one queryAll call per page
 of `poll.page_size` records (at least one); a large delta one COUNT() and a Bulk job (about a dozen calls).
 """
 
@@ -96,7 +96,7 @@ class ObjectPoller:
 
     @property
     def api_calls(self) -> int:
-        """REST and Bulk calls made by rounds (README "Polling": calls per round)."""
+        """REST and Bulk calls made by rounds (docs/polling.md: calls per round)."""
         return self.calls + self.deletes.calls
 
     @property

@@ -1,4 +1,4 @@
-"""A polled object's deletes and where its positions come from (README "Polling"; pipeline/poll.py runs the rounds).
+"""A polled object's deletes and where its positions come from (docs/polling.md; pipeline/poll.py runs the rounds).
 
 - Positions are Salesforce's time, never this host's clock (docs/design.md, contract 5): `salesforce_position` asks
   getDeleted for `latestDateCovered`, which Salesforce holds back to the start of a transaction still in flight
@@ -104,7 +104,7 @@ def rewound(checkpoint: Checkpoint, rewind: tuple[int, str] | None) -> Checkpoin
     """`checkpoint`, which moves getDeleted's window end, with the change keyset's position set back to `rewind`
     (where the next changes read must start, `ObjectPoller.start_key` of the window end before this one) in the
     same transaction. The next round's keyset starts no later than the window end stored here, which is asked
-    before its changes are read (README "Polling"); until a read of the changes follows it, the stored position
+    before its changes are read (docs/polling.md); until a read of the changes follows it, the stored position
     must not claim the changes up to it were read: a round halted or failed between the two (a switch to events,
     a stop, an error), or a key reconciliation after a round, would otherwise leave behind the records committed
     since the last read and stamped before its newest record (a late commit, or the same second with a lower Id).

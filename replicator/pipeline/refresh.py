@@ -1,4 +1,4 @@
-"""The refresh of the columns change events never carry (issue 12 §2; README "Refresh").
+"""The refresh of the columns change events never carry (issue 12 §2; docs/refresh.md).
 
 Formula (calculated) fields, LastActivityDate and LastViewedDate change in Salesforce without a change event and
 without a new SystemModstamp ("Change Event Body Fields", Change Data Capture Developer Guide,

@@ -1,6 +1,6 @@
 """Describe → TableSpec: which fields become which columns, of which Postgres type.
 
-Pure functions over model types; the README's type table is generated from `PG_TYPES`.
+Pure functions over model types; the type table of docs/tables.md is generated from `PG_TYPES`.
 """
 
 from __future__ import annotations

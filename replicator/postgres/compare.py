@@ -28,7 +28,7 @@ class Diff:
     @property
     def equal(self) -> bool:
         """Every row the table can hold matches. Unkeyed records are not differences: no row can hold them (the
-        stream removed their rows with a dead letter each, README "Tables")."""
+        stream removed their rows with a dead letter each, docs/tables.md)."""
         return self.missing == self.extra == self.different == 0 and not self.missing_columns
 
 

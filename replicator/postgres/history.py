@@ -1,4 +1,4 @@
-"""History tables: every version of every record, beside the object's table (README "History").
+"""History tables: every version of every record, beside the object's table (docs/history.md).
 
 `<table>__history` has the object's columns plus the version's validity (`_valid_from`, `_valid_to`,
 `_is_current`, or Fivetran's names: `model.HistoryNames`), where it came from (`_op`), the event header's

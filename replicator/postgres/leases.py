@@ -1,4 +1,4 @@
-"""Leases and fences: one writer per unit of work (README "One writer"; docs/design.md, contract 10).
+"""Leases and fences: one writer per unit of work (docs/operating.md "One writer"; docs/design.md, contract 10).
 
 A unit (`object:Account`, `channel:/data/ChangeEvents`) is held through its row in `replicator.leases`
 (sql/009_leases.sql). Acquiring takes a lease that expired or that this owner already holds, and adds one to its

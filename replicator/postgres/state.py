@@ -127,7 +127,7 @@ async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh
     """The extract is loaded. It read every column, formula fields and LastViewedDate included, as of when it began:
     with `counts_as_refresh` (the object has such columns) it is stored as the object's last refresh
     (replicator.refreshes: its job, started_at, rows compared, no row changed), so the next scheduled refresh is due
-    `formula_refresh_s` after it, not at once (README "Refresh")."""
+    `formula_refresh_s` after it, not at once (docs/refresh.md)."""
     async with conn.transaction():
         await change_phase(conn, name, Phase.BACKFILLED, "backfill_finished_at = now(), last_error = NULL")
         # Kept until now, not dropped with the removal: a crash between the two resumes the job, whose removal

@@ -30,7 +30,7 @@ async def object_rows(conn: asyncpg.Connection) -> list[dict]:
         "   AS checkpoint_age_s,"
         " (SELECT count(*) FROM replicator.dead_letters d WHERE d.object = o.object AND d.resolved_at IS NULL)"
         "   AS dead_letters,"
-        # Who writes the object (README "One writer"): its own lease while live, else a live channel's (its members
+        # Who writes the object (docs/operating.md "One writer"): its own lease while live, else a live channel's (its members
         # are written under the channel's lease); NULL when no live process holds it. `owner` is `held_by` (the
         # holder's service.replica_id) under the name of the lease's column; lease_age_s: since its last renewal.
         " h.unit AS held_unit, h.owner AS held_by, h.owner, h.fence, h.expires_at AS lease_expires_at,"

@@ -125,7 +125,7 @@ async def _delete_job(sim, job_id: str) -> None:
 
 async def test_sigterm_mid_backfill_stops_at_a_page_boundary_with_one_line_and_resumes(sim, pg_url, tmp_path):
     # A container's stop (SIGTERM) must not kill the backfill mid-page without a word: it stops where pages resume,
-    # says so in one line, exits 143 (128 + SIGTERM, README "Commands"), and the next run continues the same job.
+    # says so in one line, exits 143 (128 + SIGTERM, docs/commands.md), and the next run continues the same job.
     cfg = tmp_path / "replicator.toml"
     cfg.write_text(config_toml(sim, pg_url, "term", page_size=PAGE, parallel_pages=2))
     await sim_put(sim, "/__sim/faults", {"latency_ms": 60})

@@ -132,15 +132,16 @@ async def test_verify_reports_a_corrupted_table_and_repair_fixes_it(tmp_path, si
     assert await pg_value(pg_url, "SELECT isdeleted FROM fix.account WHERE id = '001000000000000ZZZ'") is True
 
 
-def test_the_readme_example_configuration_for_the_simulator_runs(tmp_path, sim, pg_url):
-    # A newcomer copies the README's example next to `replicator sim` and fills in its ready line: it must run.
+def test_the_documented_example_configuration_for_the_simulator_runs(tmp_path, sim, pg_url):
+    # A newcomer copies the example of docs/configuration.md next to `replicator sim` and fills in its ready line:
+    # it must run.
     import re
     import tomllib
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "replicator sim" in b]
-    assert len(blocks) == 1, "one README example configuration names `replicator sim`"
+    page = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", page, re.S) if "replicator sim" in b]
+    assert len(blocks) == 1, "one example configuration of docs/configuration.md names `replicator sim`"
     example = tomllib.loads(blocks[0])
     assert {"instance_url", "client_id", "client_secret", "ca_file", "pubsub_endpoint"} <= set(example["salesforce"])
     lines = ["[salesforce]"]

@@ -1,4 +1,4 @@
-"""Several replicas on one database share the units (README "Running several replicas"; app/fleet.py): each takes at
+"""Several replicas on one database share the units (docs/replicas.md; app/fleet.py): each takes at
 most its fair share (units ÷ live replicas, rounded up), the first, which took everything alone, hands extras back
 when a second joins, and a replica that stops hands its units over within seconds, not a lease later. Leases are
 long here (LEASE_S): a unit that moves within seconds was released, never left to expire."""

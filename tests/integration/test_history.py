@@ -1,4 +1,4 @@
-"""History tables (README "History"): every committed change of a record is one full version, written with the
+"""History tables (docs/history.md): every committed change of a record is one full version, written with the
 batch that applies it; `verify --history` finds the current versions equal to the rows and the intervals whole."""
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
 
 
 def _run(cfg, sim) -> subprocess.Popen:
-    # one replica id for every restart: a restart after SIGKILL takes its units over at once (README "One writer")
+    # one replica id for every restart: a restart after SIGKILL takes its units over at once (docs/operating.md "One writer")
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"],
                REPLICATOR_SERVICE__REPLICA_ID="history")
     return start_logged([sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", str(cfg)], env)
@@ -424,7 +424,7 @@ async def test_history_under_live_traffic_and_sigkills_stays_whole(sim, pg_url, 
     settings = settings_for(sim, pg_url, "hist", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                             objects={"Account": {}, "Contact": {}, "Invoice__c": {"key": "External_Id__c"}},
                             history={"default": True})
-    assert await all_equal(settings, refresh=True)  # the refresh: silent changes of the traffic (README "Refresh")
+    assert await all_equal(settings, refresh=True)  # the refresh: silent changes of the traffic (docs/refresh.md)
     for name, found in (await _history_equal(sim, pg_url, settings.objects)).items():
         assert found == {"current": [], "intervals": []}, name
     assert await pg_value(pg_url, "SELECT count(*) FROM hist.account__history WHERE _op = 'update'") > 0

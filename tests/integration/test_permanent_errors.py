@@ -5,7 +5,7 @@ Postgres role without the privileges the first start needs are configuration: re
 run` stops the object concerned (phase FAILED, its error in `replicator status`, `/readyz` 503 naming it, the metric
 `replicator_object_phase{phase="FAILED"}`) and keeps serving the others; when nothing is left that can run (every
 object stopped, or the credentials or the database refused), it ends with exit code 2 and one line. `backfill` exits
-2 on the same mistakes (README "Commands": bad configuration exits 2). Every command runs as a user runs it: a
+2 on the same mistakes (docs/commands.md: bad configuration exits 2). Every command runs as a user runs it: a
 subprocess of the command line.
 """
 

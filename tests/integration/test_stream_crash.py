@@ -37,7 +37,7 @@ def sim():
 
 def _start(cfg, sim) -> subprocess.Popen:
     # One replica id for every restart: a restart after SIGKILL takes its units over at once, as a process that
-    # keeps its name does (README "One writer"), not after the killed process's lease expires.
+    # keeps its name does (docs/operating.md "One writer"), not after the killed process's lease expires.
     env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"],
                REPLICATOR_SERVICE__REPLICA_ID="run")
     return start_logged([sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", str(cfg)], env)

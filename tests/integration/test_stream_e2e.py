@@ -75,7 +75,7 @@ async def test_every_kind_of_change_then_verify_equal(sim, pg_url):
     async with salesforce_client(settings) as client, open_store(settings) as store:
         for name in OBJECTS:
             # formula values (Opportunity.Expected_Revenue__c) follow their inputs without an event: a refresh
-            # brings them current (README "Refresh")
+            # brings them current (docs/refresh.md)
             await refresh_object(client, store, settings, name)
             diff, _ = await verify_object(client, store, settings, name)
             assert diff.equal, (name, diff)

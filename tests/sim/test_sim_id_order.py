@@ -1,5 +1,5 @@
 """ORDER BY Id follows the order WHERE compares ids in: a keyset (SystemModstamp, Id) read page by page returns
-every record of one second once, however their ids differ in case (the poller's read, README "Polling")."""
+every record of one second once, however their ids differ in case (the poller's read, docs/polling.md)."""
 
 from __future__ import annotations
 

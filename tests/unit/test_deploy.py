@@ -96,7 +96,7 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas(version):
 
 
 def test_kubernetes_runs_three_replicas_that_hand_their_objects_over(tmp_path):
-    """README "Running several replicas": three pods, a rolling update (safe: leases and fences), one pod at a time
+    """docs/replicas.md: three pods, a rolling update (safe: leases and fences), one pod at a time
     disrupted, probes on /healthz and /readyz, every pod's metrics scraped, ready or not, and a grace period longer
     than the drain the configuration allows."""
     deployment, pdb, service = _one("Deployment"), _one("PodDisruptionBudget"), _one("Service")

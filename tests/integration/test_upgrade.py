@@ -176,8 +176,10 @@ async def test_a_channels_members_are_repaired_under_the_channels_lease(sim, pg_
     channel = "/data/ChangeEvents"
     settings = _settings(sim, pg_url, channel=channel)
     async with _running(settings):
-        await _streams(sim, pg_url, "fresh")
-    assert await pg_value(pg_url, "SELECT count(*) FROM replicator.objects WHERE channel = '/data/ChangeEvents'") == 2
+        await _streams(sim, pg_url, "fresh")  # may be read by the first extract itself: wait for the members too
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects"
+                                                " WHERE channel = '/data/ChangeEvents' AND phase = 'STREAMING'"),
+                       timeout=60)
     assert {outcome for outcome, _, _ in (await _repairs(pg_url)).values()} == {"not_needed"}
 
     conn = await asyncpg.connect(pg_url)

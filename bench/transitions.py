@@ -543,8 +543,9 @@ async def run_sequence(server_url: str, seed: int, ops: list[str], pg=None, look
         log2.close()
         seq.cfg.unlink(missing_ok=True)
     record.update(stuck=seq.stuck, exits=seq.exits, seconds=round(time.monotonic() - t0, 1),
-                  takeovers=record.get("takeovers", takeovers([log.name, log2.name])), pauses=seq.pauses)
-    if record["equal"] and not record["exits"]:
+                  takeovers=record.get("takeovers", takeovers([log.name, log2.name])), pauses=seq.pauses,
+                  unexpected_phase_changes=unexpected_phase_changes([log.name, log2.name]))
+    if record["equal"] and not record["exits"] and not record["unexpected_phase_changes"]:
         Path(log.name).unlink()
         Path(log2.name).unlink()
         await _drop(base, database)
@@ -554,6 +555,13 @@ async def run_sequence(server_url: str, seed: int, ops: list[str], pg=None, look
         if not seq.second.starts:
             Path(log2.name).unlink()
     return record
+
+
+def unexpected_phase_changes(paths: list[str]) -> int:
+    """Phase changes the services stored outside lifecycle.PHASES (postgres/state.py logs each as
+    `lifecycle.unexpected_phase_change`): the bench's twin of the tests' autouse check."""
+    return sum(Path(p).read_text(errors="replace").count("lifecycle.unexpected_phase_change")
+               for p in paths if Path(p).exists())
 
 
 def _failure_class(columns: set[str]) -> str:
@@ -720,6 +728,8 @@ async def scenario(plan) -> dict:
                             for p in record["pauses"])
                   + "".join(f"\n  stuck after {st['after']}: {st['unmet']}: {st['detail']}" for st in record["stuck"])
                   + (f"; exits: {record['exits']}" if record["exits"] else "")
+                  + (f"; unexpected phase changes: {record['unexpected_phase_changes']} (log kept)"
+                     if record.get("unexpected_phase_changes") else "")
                   + ("" if record["equal"] else f"\n{record['verify']}\n" + "\n".join(record.get("explain", []))
                      + f"\nlog: {record.get('log')}"), flush=True)
         failures = [r for r in records if not r["equal"]]
@@ -738,6 +748,7 @@ async def scenario(plan) -> dict:
                "equal": len(records) - len(failures), "different": len(failures),
                "stuck_conditions": sum(len(r["stuck"]) for r in records),
                "unexpected_exits": sum(len(r["exits"]) for r in records),
+               "unexpected_phase_changes": sum(r.get("unexpected_phase_changes", 0) for r in records),
                "takeovers": sum(r["takeovers"] for r in records),
                "pauses": sum(len(r["pauses"]) for r in records),
                "fenced_commits_after_pauses": sum(p["fenced_commits"] or 0 for r in records for p in r["pauses"]),

@@ -27,6 +27,20 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from replicator.model import ApiLimitError, JobFailedError, SessionExpiredError, Stopped, TransientError
 
+
+async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
+    """True once `event` is set, False when `seconds` pass first. With `asyncio.timeout`, never
+    `asyncio.wait_for`: on Python 3.11 wait_for returns normally when its task is cancelled in the very step the
+    awaited event is set (a stop's event set and the task cancelled together), so the cancellation is lost and the
+    task goes on (CPython issue "AsyncIO's wait_for can hide cancellation in a rare race condition",
+    https://github.com/python/cpython/issues/86296; wait_for is rebuilt on timeout from 3.12)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
 T = TypeVar("T")
 P = ParamSpec("P")
 S = TypeVar("S")
@@ -71,11 +85,8 @@ async def pause(seconds: float) -> None:
     if stop is None:
         await asyncio.sleep(seconds)
         return
-    if not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), seconds)
-        except TimeoutError:
-            return
+    if not stop.is_set() and not await wait_event(stop, seconds):
+        return
     raise Stopped()
 
 

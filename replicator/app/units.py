@@ -38,7 +38,7 @@ from ..model import LeaseLost, Stopped
 from ..observe.metrics import Metrics
 from ..postgres.leases import Fence, fenced
 from ..postgres.store import Store
-from ..retry import waits_end_on
+from ..retry import wait_event, waits_end_on
 from .fleet import Fleet
 
 log = structlog.get_logger(__name__)
@@ -305,8 +305,7 @@ class Units:
                     self._cancel(lease)
                 wait = min(wait, lease.drain_until - time.monotonic())
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lease.wake.wait(), wait)
+                await wait_event(lease.wake, wait)
                 continue
             ok = await self._try(self.store.renew_lease(lease.unit, self.owner, fence.number, self.lease_s), "renew")
             lease.renew_at = time.monotonic() + every

@@ -40,7 +40,7 @@ from ..lifecycle import Phase
 from ..model import Checkpoint, RejectedDataError, ReplicatorError, RowOp, TerminalError
 from ..observe.metrics import Metrics
 from ..postgres.store import Store
-from ..retry import retry_transient, stop_ends_waits
+from ..retry import retry_transient, stop_ends_waits, wait_event
 from ..salesforce.bulk import BulkClient
 from ..salesforce.records import soql_datetime, soql_string
 from ..salesforce.values import encode_epoch_ms
@@ -180,9 +180,7 @@ class ObjectPoller:
         for every `service.control_poll_s` (one small query, as a stream does)."""
         deadline = time.monotonic() + self.obj.poll_interval_s
         while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            try:
-                await asyncio.wait_for(stop.wait(), min(left, self.settings.service.control_poll_s))
-            except TimeoutError:
+            if not await wait_event(stop, min(left, self.settings.service.control_poll_s)):
                 if await self.store.resync_requested(self.name):
                     return
 

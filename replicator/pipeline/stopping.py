@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from ..model import Stopped
+from ..retry import wait_event
 
 T = TypeVar("T")
 
@@ -31,7 +32,4 @@ async def until_stopped(stop: asyncio.Event, coro: Awaitable[T]) -> T:
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     """Wait `seconds`, or less when `stop` is set first."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
+    await wait_event(stop, seconds)

@@ -23,7 +23,7 @@ from replicator.model import (
     TransientError,
 )
 from replicator.protocol import pubsub_api_pb2 as pb
-from replicator.retry import backoff_delay, is_transient
+from replicator.retry import backoff_delay, is_transient, wait_event
 from replicator.salesforce.cdc import decode_event
 from replicator.salesforce.errors import map_grpc_status
 
@@ -151,10 +151,7 @@ class Subscription:
             if self._done or self._closed:
                 raise StopAsyncIteration
             self._ready.clear()
-            try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except TimeoutError:
-                pass
+            await wait_event(self._ready, timeout)
         if not self._buffer and self._failure is not None:
             raise self._failure
 
@@ -248,7 +245,8 @@ class Subscription:
         writer = asyncio.create_task(self._write_requests(call, self.position))
         try:
             while True:
-                response = await asyncio.wait_for(call.read(), self._client.stall_timeout)
+                async with asyncio.timeout(self._client.stall_timeout):  # not wait_for (retry.wait_event)
+                    response = await call.read()
                 if response is grpc.aio.EOF:
                     return
                 self._progressed = self.connected = True

@@ -257,7 +257,8 @@ class ChangeCapture:
             waiter = loop.create_future()
             self._lock_waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, remaining)
+                async with asyncio.timeout(remaining):  # not wait_for (replicator/retry.py wait_event)
+                    await waiter
             except TimeoutError:
                 return self.locked(items)
         return None

@@ -46,6 +46,7 @@ import grpc
 from replicator.protocol import pubsub_api_pb2 as pb
 from replicator.protocol import pubsub_api_pb2_grpc as pb_grpc
 
+from ..retry import wait_event
 from .avro import ORDER_READY_TOPIC
 from .cdc import ChangeCapture
 from .events import ALL_CHANGE_EVENTS, EventBus, ReplayIdError
@@ -244,10 +245,7 @@ class PubSubService(pb_grpc.PubSubServicer):
             timeouts.append(self._keepalive_wait(stream))
         if self.faults.stream_close_seconds > 0:
             timeouts.append(stream.started + self.faults.stream_close_seconds - time.monotonic())
-        try:
-            await asyncio.wait_for(stream.wake.wait(), max(0.0, min(timeouts)) if timeouts else None)
-        except TimeoutError:
-            pass
+        await wait_event(stream.wake, max(0.0, min(timeouts)) if timeouts else None)
 
     async def _limit_exceeded(self, context) -> None:
         """The daily delivery allocation is used up (limits.py): end or refuse the Subscribe."""

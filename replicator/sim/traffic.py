@@ -23,6 +23,7 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 
+from ..retry import wait_event
 from .avro import ORDER_READY_TOPIC
 from .cdc import TYPES, ChangeCapture, ChangeError, ChangeItem
 from .diffs import MIN_LENGTH
@@ -141,10 +142,7 @@ class Traffic:
                     await asyncio.sleep(0)  # behind: go on at once, but let the servers run in between
                     continue
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), TICK)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, TICK)
 
     def transaction(self, budget: int) -> int:
         """Make one transaction of at most `budget` changes; returns the changes made (at least 1)."""

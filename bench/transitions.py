@@ -8,33 +8,8 @@ The seed alone makes the list of operations (printed before it runs), so `python
 N --sequences 1` replays sequence N; `--ops "kill; mode:Contact:poll; traffic:200"` runs a list given by hand (to
 minimise a failing one).
 
-Operations (`--kinds` picks some; each is `kind[:arg…]`):
-
-    traffic:N            the simulator's generator makes N changes (creates, updates, deletes, undeletes) at 100/s on
-                         all four objects, configured or not; the next operation starts when half are made
-    late:OBJ:K:S         a long transaction: K records of OBJ updated, stamped now, visible S seconds later
-    wait                 until every late commit so far is visible and the service has settled
-    kill / term          SIGKILL / SIGTERM the first `replicator run`, a few changes while it is down, start it again
-    resync:OBJ           `replicator resync OBJ` beside the running service
-    resynckill:OBJ       the same, then SIGKILL of the process holding OBJ as soon as it is RESYNCING, a few
-                         changes, a restart
-    remove:OBJ / add:OBJ the object taken out of / put back into the configuration, then a restart (of both
-                         processes when two run, as every configuration change)
-    mode:OBJ:M           `mode = M` (auto, cdc, poll) for OBJ, then a restart
-    channel:on|off       `stream.channel = "/data/ChangeEvents"` or none, then a restart
-    cdc:OBJ:off|on       the entity deselected from / selected again for Change Data Capture (simulator admin)
-    alloc:off|on         the event delivery allocation used up / given back (simulator limits admin)
-    field:OBJ            a custom field added to OBJ in the org, then set on a few records
-    pgrestart:fast|immediate  the Postgres server restarted, cleanly or as after a crash (only with
-                         `--own-postgres`: never the shared one)
-    replica:start        a second `replicator run` (same config file; its own service.port and service.replica_id);
-                         it stands by (drawn only while none runs)
-    replica:kill         SIGKILL the second, a few changes; the first takes over what it held
-    replica:killfirst    SIGKILL the first while a second runs, a few changes, until the second took everything
-                         over; then a new first in its place (without a second: as `kill`)
-    replica:pause[:holder|standby]  traffic, then SIGSTOP the process holding the most units (or the other) until
-                         the other took its units over and at least lease_s + 2 s passed, then SIGCONT: it must
-                         commit nothing after (its replicator_fenced_commits_total is recorded)
+Operations: bench/transitions_ops.py (what each does, how they are drawn); diagnosis of a failing sequence:
+bench/transitions_report.py.
 
 Between operations the harness waits on conditions, never on fixed sleeps: every live process's /readyz 200 and
 every configured object served (a phase other than STANDBY) by exactly one of them, which holds a live lease on
@@ -49,7 +24,6 @@ converge a round later) must say equal; otherwise the seed, its operations and v
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import random
@@ -58,8 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -68,144 +40,27 @@ import httpx
 from replicator.postgres.server import fresh_database, with_database
 from replicator.sim.admin_client import sim_admin
 
-from .harness import start_sim, stop_sim, sweep
+from .harness import start_sim, stop_sim
 from .stream import org_records
+from .transitions_ops import (
+    KEYS,
+    KINDS,
+    LATE_MAX_S,
+    LOOKBACK_S,
+    OBJECTS,
+    RATE,
+    RECORDS,
+    REPLICA,
+    SETTABLE,
+    SETTLE_S,
+    VERIFY_S,
+    World,
+    _kind,
+    generate,
+    parse_ops,
+)
 from .transitions_procs import CHANNEL, LEASE_S, Run, held_unmet, live_leases, owner_slot, takeovers
-
-OBJECTS = ("Account", "Contact", "Opportunity", "Invoice__c")
-KEYS = {"Invoice__c": "External_Id__c"}
-# A field each object lets a change set (a late commit changes it).
-SETTABLE = {"Account": ("Phone", "str"), "Contact": ("Phone", "str"), "Opportunity": ("Amount", "num"),
-            "Invoice__c": ("Amount__c", "num")}
-KINDS = ("traffic", "late", "wait", "kill", "term", "resync", "resynckill", "remove", "add", "mode", "channel", "cdc", "alloc", "field",
-         "pgrestart", "replica")
-REPLICA = ("start", "kill", "killfirst", "pause")  # replica:ACTION
-# How often each kind is drawn (those that cannot apply in the current state are skipped).
-WEIGHTS = {"traffic": 3, "late": 2, "wait": 1, "kill": 2, "term": 1, "resync": 1.5, "resynckill": 1, "remove": 1.2, "add": 1.5, "mode": 1.5,
-           "channel": 1, "cdc": 1.2, "alloc": 1, "field": 0.5, "pgrestart": 0.7, "replica": 2}
-RECORDS = 300  # per object: a backfill or resync takes a second or two
-SETTLE_S = 30  # longest wait for the service to settle after an operation before it is noted as stuck
-VERIFY_S = 20  # how long refresh + verify is repeated at the end before the sequence counts as failed
-RATE = 100  # changes/s of a traffic operation
-# poll.lookback_s: a margin re-read before each poll position. In production it is 10 s against a topic check every
-# 300 s; here topic checks run every 0.5 s, so any margin would cover a hole a production ratio leaves open. With no
-# margin, a hole in a handoff (a position taken too late) shows as a difference.
-LOOKBACK_S = 0
-# poll.handoff_lookback_s: events -> poll starts this much before the object's own position, for a transaction that
-# committed unread before the switch (production: 600 s, the longest a Salesforce transaction runs). Here it is the
-# longest late commit a sequence draws (`late:OBJ:K:S`, S at most LATE_MAX_S), so a position taken later than that
-# still shows as a difference.
-LATE_MAX_S = 5
-
-
-@dataclass
-class World:
-    """The harness's model of what the operations have done so far: what the configuration says and what the org
-    was told. Generating against it keeps every operation meaningful (no `add` of a configured object, no `mode =
-    cdc` for a deselected entity, which is a configuration error by design, docs/polling.md)."""
-
-    configured: list[str] = field(default_factory=lambda: list(OBJECTS))
-    modes: dict[str, str] = field(default_factory=lambda: dict.fromkeys(OBJECTS, "auto"))
-    channel: bool = False
-    deselected: set[str] = field(default_factory=set)
-    exhausted: bool = False
-    fields: int = 0
-    second: bool = False  # a second `replicator run` runs
-
-    def apply(self, op: str) -> None:
-        kind, *args = op.split(":")
-        if kind == "remove":
-            self.configured.remove(args[0])
-        elif kind == "add":
-            self.configured.append(args[0])
-        elif kind == "mode":
-            self.modes[args[0]] = args[1]
-        elif kind == "channel":
-            self.channel = args[0] == "on"
-        elif kind == "cdc":
-            (self.deselected.add if args[1] == "off" else self.deselected.discard)(args[0])
-        elif kind == "alloc":
-            self.exhausted = args[0] == "off"
-        elif kind == "field":
-            self.fields += 1
-        elif kind == "replica" and args[0] in ("start", "kill"):
-            self.second = args[0] == "start"
-
-    def expected_mode(self, obj: str) -> str | None:
-        """The mode the service should store for `obj` now (None: no firm expectation)."""
-        if self.modes[obj] == "poll" or (self.modes[obj] == "auto" and obj in self.deselected):
-            return "poll"
-        return None if self.exhausted else "cdc"
-
-
-def _draw(rng: random.Random, world: World, kind: str) -> str | None:
-    """One operation of `kind` that makes sense in `world`, or None."""
-    configured, out = world.configured, [o for o in OBJECTS if o not in world.configured]
-    if kind == "traffic":
-        return f"traffic:{rng.choice([100, 200, 400])}"
-    if kind == "late":
-        return f"late:{rng.choice(OBJECTS)}:{rng.randint(1, 5)}:{rng.randint(2, LATE_MAX_S)}"
-    if kind == "pgrestart":
-        return f"pgrestart:{rng.choice(['fast', 'immediate'])}"
-    if kind in ("kill", "term", "wait"):
-        return kind
-    if kind in ("resync", "resynckill"):
-        return f"{kind}:{rng.choice(configured)}"
-    if kind == "remove":
-        return f"remove:{rng.choice(configured)}" if len(configured) > 1 else None
-    if kind == "add":
-        return f"add:{rng.choice(out)}" if out else None
-    if kind == "mode":
-        obj = rng.choice(OBJECTS)
-        choices = [m for m in ("auto", "cdc", "poll") if m != world.modes[obj]
-                   and not (m == "cdc" and obj in world.deselected)]
-        return f"mode:{obj}:{rng.choice(choices)}"
-    if kind == "channel":
-        return f"channel:{'off' if world.channel else 'on'}"
-    if kind == "cdc":
-        if world.deselected and rng.random() < 0.6:
-            return f"cdc:{rng.choice(sorted(world.deselected))}:on"
-        can = [o for o in OBJECTS if o not in world.deselected and world.modes[o] != "cdc"]
-        return f"cdc:{rng.choice(can)}:off" if can else None
-    if kind == "alloc":
-        return f"alloc:{'on' if world.exhausted else 'off'}"
-    if kind == "field":
-        return f"field:{rng.choice(OBJECTS)}"
-    if kind == "replica":
-        if not world.second:
-            return "replica:start"
-        action = rng.choices(["kill", "killfirst", "pause"], [1, 1, 1.5])[0]
-        return "replica:pause:standby" if action == "pause" and rng.random() < 0.25 else f"replica:{action}"
-    raise ValueError(kind)
-
-
-def generate(seed: int, kinds: list[str], length: tuple[int, int] = (5, 15)) -> list[str]:
-    """The operations of sequence `seed`: a pure function of the seed, the kinds and the length range."""
-    rng = random.Random(seed)
-    world = World()
-    ops: list[str] = []
-    weights = [WEIGHTS[k] for k in kinds]
-    n = rng.randint(*length)
-    for _ in range(n * 50):  # kinds that cannot apply now are drawn again; a bounded number of times
-        if len(ops) == n:
-            break
-        op = _draw(rng, world, rng.choices(kinds, weights)[0])
-        if op is not None:
-            world.apply(op)
-            ops.append(op)
-    return ops
-
-
-def parse_ops(text: str) -> list[str]:
-    ops = [o.strip() for o in text.replace("\n", ";").split(";") if o.strip()]
-    for op in ops:
-        kind, *args = op.split(":")
-        if kind not in KINDS:
-            raise ValueError(f"unknown operation {op!r}: kinds are {', '.join(KINDS)}")
-        if kind == "replica" and not (args[:1] and args[0] in REPLICA and (
-                args[1:] == [] or (args[0] == "pause" and args[1:] in (["holder"], ["standby"])))):
-            raise ValueError(f"unknown operation {op!r}: replica:{'|'.join(REPLICA)} or replica:pause:holder|standby")
-    return ops
+from .transitions_report import explain, report, signature, verdict_line
 
 
 class Sequence:
@@ -564,42 +419,6 @@ def unexpected_phase_changes(paths: list[str]) -> int:
                for p in paths if Path(p).exists())
 
 
-def _failure_class(columns: set[str]) -> str:
-    """A row's difference, by what went wrong rather than which columns the traffic happened to touch."""
-    if "isdeleted" in columns:
-        return "IsDeleted differs"
-    if "lastmodifieddate" in columns:
-        return "a change not applied (stale row)"
-    if columns == {"systemmodstamp"}:
-        return "systemmodstamp differs (alone)"
-    if columns and all(c.startswith("tr") and c.endswith("__c") for c in columns):
-        return "added field's values not read"
-    return "columns " + ", ".join(sorted(columns))
-
-
-def signature(record: dict) -> list[str]:
-    """What a failure looks like, independent of which records and columns: per object, the class of each
-    differing row (or missing / extra rows). A minimised sequence must fail the same way, not by another defect."""
-    out = set()
-    for line in record.get("explain", []):
-        obj, _, rest = line.partition(" ")
-        _, _, what = rest.partition("): ")
-        what = what.split(" [_sf_deleted_at")[0]
-        if what.startswith("org ") and "table" in what:
-            out.add(f"{obj}: row {what}")
-        else:
-            out.add(f"{obj}: {_failure_class({part.split(':')[0] for part in what.split('; ')})}")
-    obj = None
-    for line in (record.get("verify") or "").splitlines():  # a column verify found missing names no row
-        if not line.startswith(" ") and ":" in line:
-            obj = line.split(":")[0]
-        elif "columns missing in Postgres" in line:
-            out.add(f"{obj}: {line.strip()}")
-    if not out and not record["equal"]:
-        out.add(record["verify"].splitlines()[0] if record["verify"] else "no verify output")
-    return sorted(out)
-
-
 async def minimise(server_url: str, record: dict, pg=None, lookback: float = LOOKBACK_S) -> dict:
     """The fewest operations (greedy: drop one at a time, from the last, keep the drop while the sequence still
     fails with the same signature) that still fail like `record`; returns the minimal record."""
@@ -618,83 +437,12 @@ async def minimise(server_url: str, record: dict, pg=None, lookback: float = LOO
     return best
 
 
-def _norm(value, pg_type: str):
-    """A value of the org's dump or of a Postgres row in one comparable form (enough to name differing columns;
-    `replicator verify` is the judge)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        if pg_type == "timestamptz":
-            return dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("+0000", "+00:00"))
-        if pg_type == "date":
-            return dt.date.fromisoformat(value)
-        if pg_type in ("numeric", "integer", "bigint", "double precision"):
-            return Decimal(value).normalize()
-        if pg_type == "time":
-            return dt.time.fromisoformat(value.rstrip("Z"))
-        if pg_type == "boolean":
-            return value.lower() == "true"
-        return value
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float | Decimal):
-        return Decimal(str(value)).normalize()
-    if isinstance(value, dt.time):
-        return value.replace(tzinfo=None)
-    return value
-
-
-async def explain(sim: dict, url: str, verify_out: str, per_object: int = 3) -> list[str]:
-    """For the first example keys of each object verify names: which columns differ between the org and the
-    row (with both values), or whether the row is missing, soft-deleted or extra."""
-    examples: dict[str, list[tuple[str, str]]] = {}
-    obj = None
-    for line in verify_out.splitlines():
-        if not line.startswith(" ") and ":" in line:
-            obj = line.split(":")[0]
-        elif obj and line.strip().split(":")[0] in ("missing", "extra", "different"):
-            kind, _, keys = line.strip().partition(": ")
-            examples.setdefault(obj, []).extend((kind, k.strip()) for k in keys.split(",")[:per_object])
-    out: list[str] = []
-    conn = await asyncpg.connect(url)
-    try:
-        for obj, keys in examples.items():
-            key_field = KEYS.get(obj, "Id")
-            truth = {r.get(key_field): r async for r in org_records(sim, obj)}
-            types = {r["column_name"]: r["t"] for r in await conn.fetch(
-                "SELECT column_name, CASE WHEN data_type = 'timestamp with time zone' THEN 'timestamptz' "
-                "WHEN data_type LIKE 'time%' THEN 'time' ELSE data_type END AS t FROM information_schema.columns WHERE table_schema = 'salesforce' "
-                "AND table_name = $1", obj.lower())}
-            for kind, key in keys:
-                row = await conn.fetchrow(f'SELECT * FROM salesforce."{obj.lower()}" WHERE "{key_field.lower()}" = $1',
-                                          key)
-                rec = truth.get(key)
-                if row is None or rec is None:
-                    out.append(f"{obj} {key} ({kind}): org {'has it' if rec else 'lacks it'}"
-                               f"{' (IsDeleted)' if rec and rec.get('IsDeleted') else ''}, table "
-                               f"{'lacks it' if row is None else 'has it'}")
-                    continue
-                cols = [f"{c}: org {rec[f]!r} table {row[c]!r}" for f in rec if (c := f.lower()) in types
-                        and not c.startswith("_sf_") and _norm(rec[f], types[c]) != _norm(row[c], types[c])]
-                meta = f"_sf_deleted_at {row['_sf_deleted_at']}, _sf_version {row['_sf_version']}"
-                out.append(f"{obj} {key} ({kind}): {'; '.join(cols) or 'no column differs now'} [{meta}]")
-    finally:
-        await conn.close()
-    return out
-
-
 async def _drop(server_url: str, database: str) -> None:
     conn = await asyncpg.connect(server_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     finally:
         await conn.close()
-
-
-def _kind(op: str) -> str:
-    """An operation's kind as counted: `replica:ACTION` apart, the kind."""
-    kind, *args = op.split(":")
-    return f"replica:{args[0]}" if kind == "replica" else kind
 
 
 async def scenario(plan) -> dict:
@@ -721,17 +469,7 @@ async def scenario(plan) -> dict:
                     fh.write(json.dumps(record, default=str) + "\n")
             for op in ops:
                 by_kind[_kind(op)] += 1
-            verdict = "equal" if record["equal"] else "DIFFERENT"
-            print(f"transitions seed {seed}: {verdict} in {record['seconds']} s, {record['takeovers']} takeovers"
-                  + "".join(f"\n  {p['op']}: {p['paused']} paused {p['seconds']} s, {len(p['taken_over'])} of its "
-                            f"{len(p['held'])} units taken over, fenced commits after: {p['fenced_commits']}"
-                            for p in record["pauses"])
-                  + "".join(f"\n  stuck after {st['after']}: {st['unmet']}: {st['detail']}" for st in record["stuck"])
-                  + (f"; exits: {record['exits']}" if record["exits"] else "")
-                  + (f"; unexpected phase changes: {record['unexpected_phase_changes']} (log kept)"
-                     if record.get("unexpected_phase_changes") else "")
-                  + ("" if record["equal"] else f"\n{record['verify']}\n" + "\n".join(record.get("explain", []))
-                     + f"\nlog: {record.get('log')}"), flush=True)
+            print(verdict_line(record), flush=True)
         failures = [r for r in records if not r["equal"]]
         for r in failures:
             r["signature"] = signature(r)
@@ -744,32 +482,4 @@ async def scenario(plan) -> dict:
     finally:
         if pg is not None:
             pg.remove()
-    figures = {"sequences": len(records), "operations": sum(len(r["ops"]) for r in records),
-               "equal": len(records) - len(failures), "different": len(failures),
-               "stuck_conditions": sum(len(r["stuck"]) for r in records),
-               "unexpected_exits": sum(len(r["exits"]) for r in records),
-               "unexpected_phase_changes": sum(r.get("unexpected_phase_changes", 0) for r in records),
-               "takeovers": sum(r["takeovers"] for r in records),
-               "pauses": sum(len(r["pauses"]) for r in records),
-               "fenced_commits_after_pauses": sum(p["fenced_commits"] or 0 for r in records for p in r["pauses"]),
-               "failing_seeds": ", ".join(str(r["seed"]) for r in failures) or "none"}
-    kinds_rows = [{"x": k, "operations": v} for k, v in by_kind.items() if v]
-    seq_rows = [{"x": r["seed"], "operations": len(r["ops"]), "equal": "yes" if r["equal"] else "NO",
-                 "stuck": len(r["stuck"]), "seconds": r["seconds"], "takeovers": r["takeovers"],
-                 "fenced": sum(p["fenced_commits"] or 0 for p in r["pauses"]), "ops": "; ".join(r["ops"])}
-                for r in records]
-    stuck_rows = [{"x": r["seed"], "after": st["after"], "unmet": ", ".join(st["unmet"]), "ops": "; ".join(r["ops"])}
-                  for r in records for st in r["stuck"]]
-    fail_rows = [{"x": r["seed"], "signature": "; ".join(r["signature"]),
-                  "minimal": "; ".join(r["minimal"]["ops"]) if "minimal" in r else "—"} for r in failures]
-    note = (f"{RECORDS} records an object, traffic at {RATE}/s; each sequence ends with refresh + verify of every "
-            f"configured object; takeovers: units acquired after standing by (service.lease_s = {LEASE_S}); fenced: "
-            "commits refused after a replica:pause")
-    return {"figures": figures,
-            "sweeps": [sweep("operations by kind", "kind", kinds_rows, ["operations"]),
-                       sweep("sequences", "seed", seq_rows, [], note),
-                       *([sweep("failures", "seed", fail_rows, [], "minimal: fewest operations that still fail "
-                                "alike (--minimise); replay: --seed N --sequences 1 or --ops")] if fail_rows else []),
-                       *([sweep("stuck", "seed", stuck_rows, [], f"a condition not met within {SETTLE_S} s of the "
-                                "operation (then waived for the rest of the sequence)")] if stuck_rows else [])],
-            "failures": failures, "stuck": [{"seed": r["seed"], "stuck": r["stuck"]} for r in records if r["stuck"]]}
+    return report(records, failures, by_kind)

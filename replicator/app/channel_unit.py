@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ..lifecycle import Way
+from ..model import ConfigError
 from ..pipeline.channel import ChannelStream, backfill_members, capture_channel_position, for_each
 from ..pipeline.repairs import repair_object
 from ..pipeline.stopping import sleep_or_stop, until_stopped
@@ -152,10 +153,13 @@ class ChannelUnit:
         """The channel's position (captured at its first start), the joiners' poll rounds past it, the members'
         extracts, then the channel's stream until the unit stops."""
         svc, channel = self.svc, self.channel
+        await self.describe(streams)
+        if not self.members and not self.joiners:  # every one refused: each stops on its own unit
+            await self.stop.wait()
+            return
         if channel not in await svc.store.checkpoint_topics():
-            # Describe first (a configuration the org refuses stops here), then capture the channel's position
-            # before any extract or poll round: the channel replays every change after it (contract 5).
-            await for_each(list(streams.values()), lambda s: s.applier.load_schema())
+            # Described first, then the channel's position captured before any extract or poll round: the channel
+            # replays every change after it (contract 5).
             await until_stopped(self.stop, capture_channel_position(svc.pubsub, svc.store, svc.settings))
         for name in list(self.joiners):  # POLL -> CHANNEL: one round past the channel's position
             poller = ObjectUnit(svc, name).poller()
@@ -180,6 +184,28 @@ class ChannelUnit:
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+
+    async def describe(self, streams: dict[str, ObjectStream]) -> None:
+        """Describe every member and joiner. One whose configuration the org refuses (a key field it lacks, an
+        object it does not know) leaves the channel for a unit of its own, which stops it on that error (FAILED,
+        shown in status and /readyz) as it would without a channel; the others go on."""
+        refused: list[str] = []
+
+        async def one(stream: ObjectStream) -> None:
+            try:
+                await stream.applier.load_schema()
+            except ConfigError as exc:
+                log.error("service.channel_member_refused", object=stream.name, channel=self.channel, error=str(exc),
+                          action="it runs alone, stopped on this error; the channel serves the others")
+                refused.append(stream.name)
+
+        await for_each([streams[n] for n in self.members + self.joiners], one)
+        for name in refused:
+            for group in (self.members, self.joiners):
+                if name in group:
+                    group.remove(name)
+            self.own.add(name)
+            self.svc.spawn(ObjectUnit(self.svc, name).run())
 
     async def to_poll(self, name: str, reason: str, floor_ms: int | None = None) -> None:
         """A member leaves the channel for poll rounds, from its own position (never the channel's newest commit,
@@ -222,13 +248,21 @@ class ChannelUnit:
                     svc.spawn(ObjectUnit(svc, name).run())
 
 
+FAILING = "failing"  # a mode no configuration names: the object's own unit meets its configuration error
+
+
 async def _choose_modes(svc: Service) -> dict[str, str]:
-    """Every object's mode now, a few GetTopic calls at a time. Not stored: each object's handoff stores it."""
+    """Every object's mode now, a few GetTopic calls at a time. Not stored: each object's handoff stores it. An
+    object whose mode is a configuration error is `FAILING`: it runs as a unit of its own, which stops it (FAILED,
+    app/service.py `keep_running`) while the channel serves the others."""
     gate, modes = asyncio.Semaphore(8), {}
 
     async def one(name: str) -> None:
         async with gate:
-            modes[name], _, _ = await choose_mode(svc.pubsub, name, svc.settings.objects[name].mode)
+            try:
+                modes[name], _, _ = await choose_mode(svc.pubsub, name, svc.settings.objects[name].mode)
+            except ConfigError:  # e.g. mode = "cdc" without a topic: a unit of its own stops it (FAILED), alone
+                modes[name] = FAILING
 
     await asyncio.gather(*(one(n) for n in svc.settings.objects))
     return {name: modes[name] for name in svc.settings.objects}

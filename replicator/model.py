@@ -59,7 +59,13 @@ class ReplayIdInvalidError(TerminalError):
     """
 
 
-class ConfigError(TerminalError):
+class PermanentError(TerminalError):
+    """No retry by this process fixes it: `replicator run` stops the object it concerns (phase FAILED, shown in
+    status and /readyz) and goes on with the others (app/service.py `keep_running`); fixed, then started again, the
+    object is extracted again."""
+
+
+class ConfigError(PermanentError):
     """The configuration is invalid, or names what the org or the database refuses for good (an object Salesforce
     does not know, a privilege Postgres does not grant): no retry fixes it, and the message says what to fix.
     Raised where the error arises (the edges map such answers here once). A command exits 2; `replicator run` stops
@@ -77,6 +83,11 @@ class CredentialsError(AuthError, ServiceConfigError):
 
 class JobFailedError(TransientError):
     """A Bulk API 2.0 job ended `Failed` or `Aborted`; retried a bounded number of times with a new job."""
+
+
+class JobsFailedError(PermanentError):
+    """Every Bulk API 2.0 job of an extract ended `Failed` or `Aborted` (`backfill.job_retries` new jobs after the
+    first): the object stops rather than start a new job every minute for ever."""
 
 
 class DatabaseUnavailableError(TransientError):

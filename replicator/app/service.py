@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
-from ..model import ConfigError, ServiceConfigError, Stopped
+from ..model import ConfigError, PermanentError, ServiceConfigError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
 from ..pipeline.history import prune_daily
@@ -271,10 +271,11 @@ class Service:
                            on_error: Callable[[str], Awaitable[None]] | None = None,
                            on_failed: Callable[[str], Awaitable[None]] | None = None) -> None:
         """Run `once` until the service stops; a failure runs it again after `retry.restart_delay` (1 s doubling
-        to 60 s, jittered) and never stops the other objects. A configuration error (model.ConfigError: no retry
-        fixes it) ends this unit when it has `on_failed` (an object on its own, which records phase FAILED), and
-        the service once every configured object has stopped so; a `ServiceConfigError` (every unit shares it), or
-        a configuration error in a unit without `on_failed`, stops the service at once (exit code 2)."""
+        to 60 s, jittered) and never stops the other objects. An error no retry fixes (model.PermanentError: a
+        configuration error, every job of an extract failed) ends this unit when it has `on_failed` (an object on
+        its own, which records phase FAILED), and the service once every configured object has stopped so; a
+        `ServiceConfigError` (every unit shares it), or a configuration error in a unit without `on_failed`, stops
+        the service at once (exit code 2)."""
         failures = 0
         while not self.stop.is_set():
             started = time.monotonic()
@@ -283,12 +284,12 @@ class Service:
                 failures = 0
             except Stopped:
                 return
-            except ConfigError as exc:
-                if on_failed is None or isinstance(exc, ServiceConfigError):
-                    raise
-                await self._failed_for_good(what, exc, on_failed)
-                return
             except Exception as exc:
+                if isinstance(exc, ConfigError) and (on_failed is None or isinstance(exc, ServiceConfigError)):
+                    raise
+                if isinstance(exc, PermanentError) and on_failed is not None:
+                    await self._failed_for_good(what, exc, on_failed)
+                    return
                 # An attempt that ran a while (a stream runs until it fails) was a recovery: start the backoff
                 # over, so a new outage hours later waits 1 s, not the ceiling.
                 failures = 1 if time.monotonic() - started >= HEALTHY_RUN_S else failures + 1
@@ -302,7 +303,7 @@ class Service:
                           **({"not_recorded": unrecorded} if unrecorded else {}))
                 await sleep_or_stop(self.stop, delay)
 
-    async def _failed_for_good(self, what: str, exc: ConfigError, on_failed: Callable[[str], Awaitable[None]]) -> None:
+    async def _failed_for_good(self, what: str, exc: PermanentError, on_failed: Callable[[str], Awaitable[None]]) -> None:
         """An object stopped on an error no retry fixes: recorded by `on_failed` (phase FAILED, its error), logged
         once, not run again by this process. Raises the service's configuration error (exit code 2) when nothing
         is left to run: every configured object stopped so, and no platform event to keep."""

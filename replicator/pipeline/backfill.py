@@ -22,7 +22,7 @@ import structlog
 
 from ..config import ObjectSettings, Settings
 from ..lifecycle import Phase
-from ..model import DeadLetter, JobFailedError, RejectedDataError, TableSpec, TerminalError
+from ..model import DeadLetter, JobFailedError, JobsFailedError, RejectedDataError, TableSpec, TerminalError
 from ..postgres.sink import strip_nul_chunks
 from ..postgres.store import Store
 from ..retry import retry_transient
@@ -109,7 +109,7 @@ class Backfill:
                 log.warning("backfill.job_failed", object=self.name, job_id=job_id, attempt=attempt, error=str(exc))
                 empty = False  # a new job may overlap what was loaded: go through the upsert
                 if attempt == attempts:
-                    raise TerminalError(
+                    raise JobsFailedError(
                         f"{self.name}: Bulk query job failed {attempts} times (last {job_id}): {exc}"
                     ) from exc
         await self.store.finish_backfill(self.name, counts_as_refresh=refreshed)

@@ -95,3 +95,42 @@ async def test_malformed_rows_go_to_dead_letters_and_the_rest_loads(sim, pg_url)
     problems = await compare_with_truth(pg_url, "malformed", "Account", "Id",
                                         [r for k, r in truth.items() if k not in dead_keys])
     assert problems == []
+
+
+async def test_under_run_a_job_failing_every_time_stops_the_object_and_the_others_go_on(sim, pg_url):
+    """`replicator run` as `replicator backfill` (above): after `backfill.job_retries` new jobs the object stops
+    FAILED with the error (docs/guarantees.md), rather than creating a new Bulk job every minute for ever."""
+    from replicator.app.service import Service
+
+    settings = settings_for(sim, pg_url, "run_failing", backfill={"job_retries": 1},
+                            objects={"Opportunity": {"mode": "poll"}, "Invoice__c": {"mode": "poll"}})
+    await sim_put(sim, "/__sim/faults", {"fail_jobs": 2, "fail_jobs_object": "Opportunity"})
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+
+    async def phases():
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return dict(await conn.fetch("SELECT object, phase FROM replicator.objects"))
+        except asyncpg.UndefinedTableError:
+            return {}
+        finally:
+            await conn.close()
+
+    try:
+        await wait_for(lambda: _settled(task, phases), timeout=90)
+        assert not task.done(), task
+        assert await phases() == {"Opportunity": "FAILED", "Invoice__c": "STREAMING"}
+        conn = await asyncpg.connect(pg_url)
+        try:
+            error = await conn.fetchval("SELECT last_error FROM replicator.objects WHERE object = 'Opportunity'")
+        finally:
+            await conn.close()
+        assert "failed 2 times" in error
+    finally:
+        svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+
+async def _settled(task, phases) -> bool:
+    return task.done() or await phases() == {"Opportunity": "FAILED", "Invoice__c": "STREAMING"}

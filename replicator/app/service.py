@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
+from ..lifecycle import Phase
 from ..model import ConfigError, PermanentError, ServiceConfigError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
@@ -216,7 +217,8 @@ class Service:
             for name in self.settings.stream.platform_events:
                 self.spawn(self.keep_running(f"/event/{name}", self.units.holding(
                     f"events:{name}", lambda stop, n=name: PlatformEventStream(self.pubsub, store, self.settings,
-                                                                               n).run(stop))))
+                                                                               n).run(stop)),
+                    on_failed=lambda error, n=name: self._event_failed(n, error)))
             for name in self.settings.objects:  # beside each object's way: what events never carry
                 self.spawn(self.units.follow(
                     [f"object:{name}", f"channel:{self.settings.stream.channel}"],
@@ -303,6 +305,11 @@ class Service:
                           **({"not_recorded": unrecorded} if unrecorded else {}))
                 await sleep_or_stop(self.stop, delay)
 
+    async def _event_failed(self, name: str, error: str) -> None:
+        """A platform event topic stopped on an error no retry fixes: FAILED in /readyz and the metrics."""
+        health = self.metrics.object(f"/event/{name}")
+        health.phase, health.connected, health.last_error = Phase.FAILED, False, error
+
     async def _failed_for_good(self, what: str, exc: PermanentError, on_failed: Callable[[str], Awaitable[None]]) -> None:
         """An object stopped on an error no retry fixes: recorded by `on_failed` (phase FAILED, its error), logged
         once, not run again by this process. Raises the service's configuration error (exit code 2) when nothing
@@ -312,7 +319,8 @@ class Service:
         unrecorded = await _report(on_failed, error)
         self.failed[what] = str(exc)
         left = [n for n in self.settings.objects if n not in self.failed]
-        nothing_left = not left and not self.settings.stream.platform_events
+        events_left = [e for e in self.settings.stream.platform_events if f"/event/{e}" not in self.failed]
+        nothing_left = not left and not events_left
         log.error("service.object_failed", object=what, error=error, objects_running=len(left),
                   action="stopped: no retry fixes this; fix it, then start the service again"
                          + ("; nothing is left to run" if nothing_left else ", the other objects go on"),

@@ -7,7 +7,7 @@ import asyncio
 
 import structlog
 
-from ..model import Checkpoint, DeadLetter, StreamEvent
+from ..model import Checkpoint, ConfigError, DeadLetter, StreamEvent, TerminalError
 from ..postgres.store import Store
 from ..retry import stop_ends_waits
 from ..salesforce.values import strip_nul
@@ -23,8 +23,19 @@ class PlatformEventStream:
         self.schema, self.table = settings.postgres.schema_, name.lower()
         self.appended = 0
 
-    @stop_ends_waits
     async def run(self, stop: asyncio.Event) -> None:
+        """Append the topic's events until `stop`. A topic the org lacks (Pub/Sub NOT_FOUND, docs/pubsub-cdc.md §4)
+        is a configuration error: no retry fixes it (the service stops this topic, FAILED)."""
+        try:
+            await self._run(stop)
+        except TerminalError as exc:
+            if exc.code != "TOPIC_NOT_FOUND":
+                raise
+            raise ConfigError(f"stream.platform_events: {self.name}: the org has no topic {self.topic}: check the "
+                              "event's API name (ending __e) and that the integration user may read it") from exc
+
+    @stop_ends_waits
+    async def _run(self, stop: asyncio.Event) -> None:
         await self.store.prepare_events(self.schema, self.table)
         position = await self.store.load_checkpoint(self.topic)
         sub = self.pubsub.subscribe(self.topic, replay_id=position)

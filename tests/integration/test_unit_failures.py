@@ -1,7 +1,9 @@
-"""A configuration error of one channel member stops that member only (issue 21 defect 3; issue 18 defect 8): as
-for an object on a subscription of its own (tests/integration/test_permanent_errors.py), the member is FAILED with
-its error (stored, `/readyz` 503 naming it) and every other member goes on streaming on the channel. Before, the
-channel's unit took the error as its own and the whole service ended with exit code 2."""
+"""An error no retry fixes stops the unit it concerns only (issue 21 defect 3; issue 18 defect 8), as for an object
+on a subscription of its own (tests/integration/test_permanent_errors.py):
+- a channel member's configuration error: that member FAILED with its error (stored, `/readyz` 503 naming it), every
+  other member goes on streaming on the channel (before: the whole service ended with exit code 2);
+- a platform event topic the org does not have: that topic FAILED in `/readyz`, the objects go on (before: its
+  Subscribe was retried every minute for ever, and nothing said so but a log line)."""
 
 from __future__ import annotations
 
@@ -66,6 +68,34 @@ async def test_a_members_configuration_error_stops_that_member_and_the_channel_g
                                                 f" WHERE id = '{account}'"), timeout=60)
     finally:
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selected})
+        svc.stop.set()
+        result = await asyncio.wait_for(task, 60)
+    assert result == 0
+
+
+async def test_a_platform_event_topic_the_org_lacks_stops_that_topic_and_the_objects_go_on(sim, pg_url):
+    settings = settings_for(sim, pg_url, "pefail", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            stream={"batch_max_wait_s": 0.05, "platform_events": ["No_Such_Event__e"]},
+                            service={"control_poll_s": 0.2}, objects={"Account": {}})
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        async def failed_and_streaming():
+            if task.done():
+                return True
+            if svc.endpoints is None or not svc.endpoints.port:  # not listening yet
+                return False
+            async with httpx.AsyncClient() as http:
+                body = (await http.get(f"http://127.0.0.1:{svc.endpoints.port}/readyz")).json()
+            event = body["objects"].get("/event/No_Such_Event__e", {})
+            return event.get("phase") == "FAILED" and await _phase(pg_url, "Account") == "STREAMING"
+        await wait_for(failed_and_streaming, timeout=120)
+        assert not task.done(), f"the service ended: {task.exception() if not task.cancelled() else 'cancelled'}"
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"http://127.0.0.1:{svc.endpoints.port}/readyz")
+        assert ready.status_code == 503
+        assert "stream.platform_events" in ready.json()["objects"]["/event/No_Such_Event__e"]["reason"]
+    finally:
         svc.stop.set()
         result = await asyncio.wait_for(task, 60)
     assert result == 0

@@ -24,8 +24,8 @@ async def object_rows(conn: asyncpg.Connection) -> list[dict]:
         "   AS checkpoint_age_s,"
         " (SELECT count(*) FROM replicator.dead_letters d WHERE d.object = o.object AND d.resolved_at IS NULL)"
         "   AS dead_letters,"
-        # Who writes the object (docs/operating.md "One writer"): its own lease while live, else a live channel's (its members
-        # are written under the channel's lease); NULL when no live process holds it. `owner` is `held_by` (the
+        # Who writes the object (docs/operating.md "One writer"): its own lease while live, else its channel's (its
+        # members are written under the channel's lease); NULL when no live process holds it. `owner` is `held_by` (the
         # holder's service.replica_id) under the name of the lease's column; lease_age_s: since its last renewal.
         " h.unit AS held_unit, h.owner AS held_by, h.owner, h.fence, h.expires_at AS lease_expires_at,"
         " round(extract(epoch FROM now() - h.renewed_at)::numeric, 1)::float8 AS lease_age_s"
@@ -40,7 +40,10 @@ async def object_rows(conn: asyncpg.Connection) -> list[dict]:
         " LEFT JOIN replicator.checkpoints p ON p.topic = 'poll:' || o.object"
         " LEFT JOIN replicator.refreshes r ON r.object = o.object"
         " LEFT JOIN LATERAL (SELECT unit, owner, fence, expires_at, renewed_at FROM replicator.leases l"
-        "   WHERE l.expires_at > now() AND (l.unit = 'object:' || o.object OR l.unit LIKE 'channel:%')"
+        "   WHERE l.expires_at > now() AND (l.unit = 'object:' || o.object OR l.unit = 'channel:' || o.channel"
+        # no channel stored yet (a first start's members extract, joiners poll past the channel's position): a
+        # live channel's, the process that will store it
+        "   OR (o.channel IS NULL AND l.unit LIKE 'channel:%'))"
         "   ORDER BY l.unit LIKE 'channel:%', l.unit LIMIT 1) h ON true"
         " ORDER BY o.object"
     )

@@ -43,7 +43,11 @@ async def test_status_shows_each_channel_member_its_own_events_and_lag(pg_url, c
                                                     " WHERE phone LIKE 'st %'"), timeout=30)
             capsys.readouterr()
             assert await status_command(settings, as_json=True) == 0
-            rows = {r["object"]: r for r in orjson.loads(capsys.readouterr().out)}
+            # the service beside logs to stdout too (structlog unconfigured in tests): status's JSON array only,
+            # printed at once from its "[" line to its "]" line
+            lines = capsys.readouterr().out.splitlines()
+            start = lines.index("[")
+            rows = {r["object"]: r for r in orjson.loads("\n".join(lines[start:lines.index("]", start) + 1]))}
         finally:
             svc.stop.set()
             assert await asyncio.wait_for(task, 60) == 0

@@ -7,8 +7,8 @@
   that produce one, each in Salesforce's clock:
   - poll rounds: the keyset of the newest record read, and the end of the window getDeleted covered (`poll_keyset`
     and `window_end` of a stored poll `Checkpoint`; pipeline/poll.py);
-  - Salesforce's "now", held back: getDeleted's `latestDateCovered` (`covered`; pipeline/poll_deletes.py
-    `salesforce_position`). Salesforce holds it back to the start of the oldest transaction still in flight ("for
+  - Salesforce's "now", held back: getDeleted's `latestDateCovered` (pipeline/poll_deletes.py
+    `latest_date_covered`, `salesforce_position`). Salesforce holds it back to the start of the oldest transaction still in flight ("for
     safety, you must use this value for the startDate of your next call", SOAP API Developer Guide,
     "GetDeletedResult",
     https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_getdeleted_getdeletedresult.htm),
@@ -37,7 +37,8 @@ import datetime as dt
 from dataclasses import dataclass
 
 from .model import Checkpoint
-from .salesforce.values import EPOCH, decode_rest_value, encode_epoch_ms
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -49,15 +50,9 @@ class Position:
 
     @classmethod
     def of(cls, when: dt.datetime, id: str = "") -> Position:
-        """An aware datetime (a stamp Salesforce answered, or one stored from it), truncated to the millisecond."""
-        return cls(encode_epoch_ms(when), id)
-
-    @classmethod
-    def covered(cls, value: object) -> Position | None:
-        """getDeleted's (or getUpdated's) `latestDateCovered` as the REST API answers it: Salesforce's time, held back
-        to the start of a transaction still in flight. None when the value is not a datetime."""
-        when = decode_rest_value(value, "timestamptz")
-        return cls.of(when) if isinstance(when, dt.datetime) else None
+        """An aware datetime (a stamp Salesforce answered, or one stored from it), truncated to the millisecond as
+        salesforce/values.py `encode_epoch_ms` does (this module needs only `model`: postgres/ returns positions)."""
+        return cls(int((when - EPOCH).total_seconds() * 1000), id)
 
     @classmethod
     def poll_keyset(cls, checkpoint: Checkpoint | None) -> Position | None:

@@ -67,6 +67,13 @@ def _middle(start: dt.datetime, end: dt.datetime) -> dt.datetime | None:
     return first + MINUTE * (minutes // 2) if minutes >= 2 else None
 
 
+def latest_date_covered(body: dict) -> Position | None:
+    """getDeleted's (or getUpdated's) `latestDateCovered` as a position: Salesforce's time, held back to the start of
+    a transaction still in flight. None when the answer holds none."""
+    ms = stamp_ms(body.get("latestDateCovered"))
+    return Position(ms) if ms is not None else None
+
+
 async def salesforce_position(client, name: str) -> Position:
     """Salesforce's time now for `name`'s records, held back to the start of the oldest transaction still in flight
     (a `Position` without an Id): getDeleted's `latestDateCovered` for a window ending at the next minute. One call.
@@ -85,7 +92,7 @@ async def salesforce_position(client, name: str) -> Position:
             if exc.code != "EXCEEDED_ID_LIMIT":
                 raise
             continue
-        if (covered := Position.covered(body.get("latestDateCovered"))) is None:
+        if (covered := latest_date_covered(body)) is None:
             raise TerminalError(f"{name}: getDeleted answered without latestDateCovered", code="BAD_JSON")
         return covered
     raise TransientError(f"{name}: getDeleted and getUpdated hold too many ids for the last {POSITION_WINDOW}"
@@ -156,7 +163,7 @@ class PollDeletes:
             # Stored as Salesforce answers it, even when earlier than the previous window's end: a transaction in
             # flight holds it back, and the next window (and the next round's keyset, poll.py `start_key`) must
             # start there to read that transaction once it commits.
-            covered = Position.covered(body.get("latestDateCovered")) or through
+            covered = latest_date_covered(body) or through
             await self.commit(list(ops.values()), rewound(covered.window_checkpoint(self.topic), rewind), 0)
             deleted += len(ops)
             if covered < Position.of(w_end):  # held back (or now): the windows after it wait for a later round

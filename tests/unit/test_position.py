@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 
 from replicator.model import Checkpoint
+from replicator.pipeline.poll_deletes import latest_date_covered
 from replicator.position import Position, StreamPosition
 
 T = dt.datetime(2026, 12, 5, 12, 30, 20, tzinfo=dt.UTC)
@@ -53,9 +54,9 @@ def test_when_and_of_round_trip_a_datetime():
 
 
 def test_latest_date_covered_as_salesforce_answers_it():
-    assert Position.covered("2026-12-05T12:30:20.000+0000") == Position(T_MS)
-    assert Position.covered("2026-12-05T12:30:20Z") == Position(T_MS)
-    assert Position.covered(None) is None and Position.covered("") is None
+    assert latest_date_covered({"latestDateCovered": "2026-12-05T12:30:20.000+0000"}) == Position(T_MS)
+    assert latest_date_covered({"latestDateCovered": "2026-12-05T12:30:20Z"}) == Position(T_MS)
+    assert latest_date_covered({"latestDateCovered": None}) is None and latest_date_covered({}) is None
 
 
 def test_poll_checkpoints_round_trip():

@@ -8,9 +8,9 @@
   - poll rounds: the keyset of the newest record read, and the end of the window getDeleted covered (`poll_keyset`
     and `window_end` of a stored poll `Checkpoint`; pipeline/poll.py);
   - Salesforce's "now", held back: getDeleted's `latestDateCovered` (pipeline/poll_deletes.py
-    `latest_date_covered`, `salesforce_position`). Salesforce holds it back to the start of the oldest transaction still in flight ("for
-    safety, you must use this value for the startDate of your next call", SOAP API Developer Guide,
-    "GetDeletedResult",
+    `latest_date_covered`, `salesforce_position`). Salesforce holds it back to the start of the oldest transaction
+    still in flight ("for safety, you must use this value for the startDate of your next call", SOAP API Developer
+    Guide, "GetDeletedResult",
     https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_getdeleted_getdeletedresult.htm),
     so a record stamped before it is committed, and one committed later is stamped at or after it. That hold-back
     is why two held positions combine with `min` (the earlier start reads the late commit), never `max`;

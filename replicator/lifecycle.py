@@ -8,11 +8,13 @@ position passes (docs/lifecycle.md; docs/design.md, contract 5 "Handoff without 
   or left out of the configuration. Stored as `replicator.objects.mode` (cdc or poll) plus
   `replicator.objects.channel` (the channel whose checkpoint carries its position, NULL otherwise).
 - `HANDOFFS`: for each change of way, how the position passes from the way it leaves to the way it enters. The
-  one position every way can be brought to is a time position in Salesforce's clock: the poll position
-  (SystemModstamp, Id) with getDeleted's window. A stream's position becomes one from the object's own newest
-  applied change (never another object's events, a keepalive or this host's clock); a time position becomes a
-  stream's by capturing the stream's position first, then one poll round, so that everything between the two is
-  read twice at worst (the version guard makes the overlap harmless) and never missed.
+  one position every way can be brought to is a time position in Salesforce's clock, replicator/position.py
+  `Position` (epoch ms, then the Id of the poll keyset (SystemModstamp, Id)), stored as the poll position with
+  getDeleted's window. A stream's position (`StreamPosition`) becomes one from the object's own newest applied
+  change (never another object's events, a keepalive or this host's clock), no later than Salesforce's held-back
+  now, less a lookback, in whole seconds; a time position becomes a stream's by capturing the stream's position
+  first, then one poll round, so that everything between the two is read twice at worst (the version guard makes
+  the overlap harmless) and never missed.
 - `PHASES`: the allowed phase changes, each with why it happens. The diagram and handoff table of docs/lifecycle.md
   are generated from these tables (`python -m replicator.docs`; a test fails when they differ).
 """

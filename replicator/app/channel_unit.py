@@ -27,6 +27,7 @@ from ..pipeline.channel import ChannelStream, backfill_members, capture_channel_
 from ..pipeline.repairs import repair_object
 from ..pipeline.stopping import sleep_or_stop, until_stopped
 from ..pipeline.stream import ObjectStream
+from ..position import Position
 from ..salesforce.pubsub import event_allocation_exhausted
 from ..salesforce.topics import topic_for
 from .handoffs import (
@@ -135,8 +136,9 @@ class ChannelUnit:
             # subscribes too): every member and joiner polls on a unit of its own, and streams on its own topic once
             # the allocation has room.
             svc.limits.events_exhausted(f"{type(exc).__name__}: {exc}")
-            times = await svc.store.checkpoint_times(channel)
-            floor = int(times[0] * 1000) if times and times[0] is not None else None  # every member's events to it
+            # the time of the channel's stream position: every member's events up to it are applied
+            stream = await svc.store.stream_position(channel)
+            floor = stream.time() if stream is not None else None
             members = list(self.running.members) if self.running is not None else list(self.members)
             for name in members:
                 await self.to_poll(name, ALLOCATION_REASON, floor)
@@ -207,18 +209,19 @@ class ChannelUnit:
             self.own.add(name)
             self.svc.spawn(ObjectUnit(self.svc, name).run())
 
-    async def to_poll(self, name: str, reason: str, floor_ms: int | None = None) -> None:
+    async def to_poll(self, name: str, reason: str, floor: Position | None = None) -> None:
         """A member leaves the channel for poll rounds, from its own position (never the channel's newest commit,
-        which other objects' events move: app/handoffs.py)."""
+        which other objects' events move, but for `floor`: its time when the event allocation ran out;
+        app/handoffs.py)."""
         svc = self.svc
         self.own.add(name)
         if self.running is not None:
             self.running.members.pop(name, None)
-        if not await leave_events(svc.store, svc.client, name, svc.settings.poll, reason, floor_ms):
+        if not await leave_events(svc.store, svc.client, name, svc.settings.poll, reason, floor):
             return  # never extracted: its own unit extracts it, polled
-        svc.metrics.mode_switches.labels(object=name, mode="poll", cause=ALLOCATION if floor_ms else "topic").inc()
-        (log.error if floor_ms else log.warning)("service.mode_switch", object=name, mode="poll", previous="cdc",
-                                                 reason=reason, channel=self.channel)
+        svc.metrics.mode_switches.labels(object=name, mode="poll", cause=ALLOCATION if floor else "topic").inc()
+        (log.error if floor else log.warning)("service.mode_switch", object=name, mode="poll", previous="cdc",
+                                              reason=reason, channel=self.channel)
         svc.metrics.object(name).mode = "poll"
 
     async def detach(self, name: str, reason: str) -> None:

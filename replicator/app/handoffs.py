@@ -5,6 +5,9 @@ in the middle repeats it (docs/lifecycle.md).
 - Why an object polls: configured (`mode = "poll"`); no change-event topic (`auto`: GetTopic answers NOT_FOUND for
   an entity not selected for Change Data Capture, docs/pubsub-cdc.md §4); or the org's event delivery allocation
   is used up (any mode but `poll`: a stream ended with `subscription.limit.exceeded`, app/limits.py).
+- Positions are replicator/position.py's: leaving events, the object's stream position becomes a time position
+  (`Position`), stored as its poll checkpoint; entering events, the stream's position is captured first and a
+  poll round reads past it.
 - Events → poll (`leave_events`): the poll position starts at the object's own position (postgres/state.py
   `own_position`: its newest change applied from events, its last poll position, its last extract's start; never
   another object's events or a keepalive), less `poll.handoff_lookback_s` (10 minutes: a transaction that committed
@@ -27,10 +30,11 @@ import structlog
 
 from ..config import PollSettings
 from ..lifecycle import Way
-from ..model import Checkpoint, ConfigError, ReplicatorError, TerminalError, TransientError
+from ..model import ConfigError, ReplicatorError, TerminalError, TransientError
 from ..pipeline.poll import ObjectPoller, poll_topic, salesforce_position
 from ..pipeline.stopping import until_stopped
 from ..pipeline.stream import ObjectStream
+from ..position import Position
 from ..postgres.store import Store
 from ..salesforce.topics import topic_for
 
@@ -88,39 +92,38 @@ async def stored_way(store: Store, name: str) -> tuple[Way, str | None]:
 
 
 async def leave_events(store: Store, client, name: str, poll: PollSettings, reason: str,
-                       floor_ms: int | None = None) -> bool:
-    """Events → poll: store the poll position from the object's own position (`Store.own_position`), or from
-    `floor_ms` when later (a channel's newest commit when its event allocation ran out: every member's events up
-    to it are applied), but no later than Salesforce's position now (`salesforce_position`: held back to the start
-    of a transaction still in flight, which commits with an older stamp), less `poll.handoff_lookback_s` (at least
+                       floor: Position | None = None) -> bool:
+    """Events → poll, as time positions (replicator/position.py): store the poll position from the object's own
+    position (`Store.own_position`), or from `floor` when later (the time of a channel's stream position when its
+    event allocation ran out: every member's events up to it are applied), but no later than Salesforce's position
+    now (`salesforce_position`: held back to the start of a transaction still in flight, which commits with an older
+    stamp: `min`, so the hold-back is kept), less `poll.handoff_lookback_s` (at least
     `poll.lookback_s`): Salesforce holds back only what is still in flight, and a transaction that committed after
     the last event applied (its events never read: the allocation refused them, or the service was down and polls
     now) is stamped up to its duration earlier, at most 10 minutes (Apex Developer Guide, "Execution Governors and
     Limits", https://developer.salesforce.com/docs/atlas.en-us.apexcode.meta/apexcode/apex_gov_limits.htm: maximum
-    execution time for each Apex transaction); then the mode `poll`.
+    execution time for each Apex transaction), in whole seconds; then the mode `poll`.
     False when the object has no position at all (it was never extracted: the poll path extracts it)."""
     own = await store.own_position(name)
-    since = max((p for p in (own, floor_ms) if p is not None), default=None)
+    since = max((p for p in (own, floor) if p is not None), default=None)
     if since is None:
         return False
     held = await salesforce_position(client, name)
-    since = min(since, held)
-    margin_s = max(poll.lookback_s, poll.handoff_lookback_s)
-    start = (since - int(margin_s * 1000)) // 1000 * 1000  # whole seconds, as SOQL compares
-    forgotten = await store.poll_from_stream(name, Checkpoint(poll_topic(name), None, poll_modstamp=start, poll_id="",
-                                                              poll_deleted_through=start))
+    start = min(since, held).earlier(max(poll.lookback_s, poll.handoff_lookback_s)).whole_seconds()
+    forgotten = await store.poll_from_stream(name, start.to_poll_checkpoint(poll_topic(name)))
     await store.set_mode(name, "poll", reason)
-    log.info("handoff.to_poll", object=name, own_position_ms=own, floor_ms=floor_ms, held_ms=held, poll_from_ms=start,
-             stream_positions_forgotten=forgotten)
+    log.info("handoff.to_poll", object=name, own_position_ms=own and own.ms, floor_ms=floor and floor.ms,
+             held_ms=held.ms, poll_from_ms=start.ms, stream_positions_forgotten=forgotten)
     return True
 
 
 async def enter_events(poller: ObjectPoller, stop: asyncio.Event, stream: ObjectStream | None = None) -> bool:
-    """Poll → events: the stream's position first (`stream` given: capture its topic's now; else the caller's
-    channel already has its checkpoint), then one poll round past it. False without a poll position (the object
-    was never polled: the event path extracts it as usual). `poller` is prepared (`ObjectPoller.prepare`); the
-    caller stores the new way afterwards."""
-    if await poller.store.load_poll_position(poller.topic) is None:
+    """Poll → events, from a time position to a stream position: the stream's position first (`stream` given: capture
+    its topic's now; else the caller's channel already has its checkpoint), then one poll round past it, which reads
+    everything up to at least the stream's position. False without a poll position (the object was never polled:
+    the event path extracts it as usual). `poller` is prepared (`ObjectPoller.prepare`); the caller stores the new
+    way afterwards."""
+    if Position.poll_keyset(await poller.store.load_poll_position(poller.topic)) is None:
         return False
     if stream is not None:
         await until_stopped(stop, stream.capture_position())
@@ -131,8 +134,9 @@ async def enter_events(poller: ObjectPoller, stop: asyncio.Event, stream: Object
 
 async def leave_unconfigured(store: Store, client, settings, channel: str, names: list[str]) -> None:
     """Objects out of the configuration whose position is `channel`'s checkpoint keep it as a time position of their
-    own (lifecycle HANDOFFS CHANNEL -> NONE: `leave_events`), so that adding one back later joins from there. Run
-    under the channel's lease. An object the org no longer answers for is logged and left."""
+    own (a `Position` stored as their poll position; lifecycle HANDOFFS CHANNEL -> NONE: `leave_events`), so that
+    adding one back later joins from there. Run under the channel's lease. An object the org no longer answers for
+    is logged and left."""
     for name in names:
         try:
             left = await leave_events(store, client, name, settings.poll,

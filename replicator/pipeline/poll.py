@@ -3,7 +3,8 @@
 with one Bulk API 2.0 job when the delta is large.
 
 - Changes: a keyset on (SystemModstamp, Id), never `>` on the timestamp alone: datetimes have whole seconds and
-  many records share one (docs/salesforce-coverage.md §1, "Time and visibility"). An object without SystemModstamp
+  many records share one (docs/salesforce-coverage.md §1, "Time and visibility"). Keyset positions and window ends
+  are `position.Position`s, ordered as the keyset reads. An object without SystemModstamp
   reads by LastModifiedDate (share objects); without either, each round extracts it whole (field history objects).
 - Where a round starts (`start_key`): no later than the previous round's getDeleted `latestDateCovered`, less
   `poll.lookback_s`. Salesforce holds that value back to the start of a transaction still in flight ("for safety,
@@ -39,16 +40,15 @@ from ..config import ObjectSettings, Settings
 from ..lifecycle import Phase
 from ..model import Checkpoint, RejectedDataError, ReplicatorError, RowOp, TerminalError
 from ..observe.metrics import Metrics
+from ..position import Position
 from ..postgres.store import Store
 from ..retry import retry_transient, stop_ends_waits, wait_event
 from ..salesforce.bulk import BulkClient
 from ..salesforce.records import soql_datetime, soql_string
-from ..salesforce.values import encode_epoch_ms
 from .applier import BatchApplier, StreamStats
 from .backfill import Backfill
 from .changes import record_op
 from .poll_deletes import PollDeletes, salesforce_position
-from .poll_deletes import at as _at
 from .poll_deletes import stamp_ms as _stamp_ms
 from .schema import history_names, object_table
 from .stopping import until_stopped
@@ -85,7 +85,7 @@ class ObjectPoller:
         self.metrics = metrics or Metrics()
         self.health = self.metrics.object(name)
         self.applier = BatchApplier(client, store, settings, name, obj, self.topic, self.metrics, self.stats)
-        self.lookback_ms = int(settings.poll.lookback_s * 1000)
+        self.lookback_s = settings.poll.lookback_s
         self.rounds = 0
         self.key_field: str | None = "SystemModstamp"
         self.bulk = BulkClient(client, poll_max=settings.backfill.poll_max_s)
@@ -109,25 +109,22 @@ class ObjectPoller:
     async def reconcile_if_due(self) -> None:
         await self.deletes.reconcile_if_due(self._rewind)
 
-    async def _rewind(self) -> tuple[int, str] | None:
+    async def _rewind(self) -> Position | None:
         """Where the next round's keyset would start now (`start_key` of the stored position): a key reconciliation
         moves getDeleted's window end to a time after the last changes read, so it sets the keyset back to this in
         the same transaction (poll_deletes.py `rewound`)."""
         pos = await self.store.load_poll_position(self.topic)
-        if pos is None or pos.poll_modstamp is None:
-            return None
-        return self.start_key((pos.poll_modstamp, pos.poll_id or ""), pos.poll_deleted_through)
+        newest = Position.poll_keyset(pos)
+        return self.start_key(newest, Position.window_end(pos)) if newest is not None else None
 
     async def capture_position(self) -> None:
         """Before a backfill: the first round reads from here. Salesforce's time, held back to the start of a
         transaction still in flight (`salesforce_position`, one API call), never this host's clock: a late commit
         the extract cannot see yet is stamped at or after it, so the first rounds read it once it commits. The
         keyset starts a lookback earlier (`start_key`); what the extract holds too is re-read harmlessly."""
-        position = await salesforce_position(self.client, self.name) // 1000 * 1000
-        await self.store.save_checkpoint(Checkpoint(self.topic, None, poll_modstamp=position, poll_id="",
-                                                    poll_deleted_through=position))
-        log.info("poll.position_captured", object=self.name, topic=self.topic,
-                 systemmodstamp=_at(position).isoformat())
+        position = (await salesforce_position(self.client, self.name)).whole_seconds()
+        await self.store.save_checkpoint(position.to_poll_checkpoint(self.topic))
+        log.info("poll.position_captured", object=self.name, topic=self.topic, systemmodstamp=position.when.isoformat())
 
     @stop_ends_waits
     async def prepare(self, stop: asyncio.Event | None = None) -> None:
@@ -241,12 +238,12 @@ class ObjectPoller:
         when the delta is large (`poll.bulk_threshold`); then what was deleted."""
         started = time.monotonic()
         pos = await self.store.load_poll_position(self.topic)
-        if pos is None or pos.poll_modstamp is None:
+        if (newest := Position.poll_keyset(pos)) is None:
             # the service captures it before the backfill: without it, a retry goes through that again
             raise TerminalError(f"{self.name}: no poll position stored (topic {self.topic})", code="NO_POLL_POSITION")
-        newest = (pos.poll_modstamp, pos.poll_id or "")
-        key = self.start_key(newest, pos.poll_deleted_through)
-        through = pos.poll_deleted_through if pos.poll_deleted_through is not None else newest[0]
+        window = Position.window_end(pos)
+        key = self.start_key(newest, window)
+        through = window if window is not None else Position(newest.ms)
         failed: ReplicatorError | None = None
         try:
             # the window end commits with the keyset set back to where this round starts (`rewound`): halted or
@@ -260,29 +257,27 @@ class ObjectPoller:
                       action="reading the changes all the same; the round fails after them and is retried")
         rows, pages, newest, bulk = await self._changes(key, newest, stop, covered)
         self.rounds += 1
-        self.health.poll_position = newest[0] / 1000
+        self.health.poll_position = newest.ms / 1000
         self.health.checkpoint_saved = time.time()
         (log.info if rows or deleted else log.debug)(
             "poll.round", object=self.name, key=self.key_field, rows=rows, pages=pages, bulk_job=bulk,
-            deleted=deleted, position=f"{_at(newest[0]).isoformat()} {newest[1]}",
+            deleted=deleted, position=str(newest),
             duration_s=round(time.monotonic() - started, 3))
         if failed is not None:
             raise failed
 
-    def start_key(self, newest: tuple[int, str], covered_ms: int | None) -> tuple[int, str]:
+    def start_key(self, newest: Position, covered: Position | None) -> Position:
         """Where a round's keyset starts: after the newest record read, but no later than where the previous
         round's getDeleted window ended (`latestDateCovered`, asked before that round read its changes, and held
         back by Salesforce to the start of a transaction still in flight), less `poll.lookback_s`. A record that
         committed after the previous read, stamped before it, is read again; an idle object re-reads nothing, as
         that window's end passes its position. Whole seconds: SOQL compares datetimes without milliseconds
-        (docs/salesforce-coverage.md §1)."""
-        if covered_ms is None:
-            covered_ms = newest[0]
-        held = ((covered_ms - self.lookback_ms) // 1000 * 1000, "")
+        (docs/salesforce-coverage.md §1). `min`, never `max`: a window end held back is kept (issue 18, defect 7)."""
+        held = (covered if covered is not None else newest).earlier(self.lookback_s).whole_seconds()
         return min(newest, held)
 
-    async def _changes(self, key: tuple[int, str], newest: tuple[int, str], stop: asyncio.Event | None,
-                       covered: int | None = None) -> tuple[int, int, tuple[int, str], str | None]:
+    async def _changes(self, key: Position, newest: Position, stop: asyncio.Event | None,
+                       covered: Position | None = None) -> tuple[int, int, Position, str | None]:
         """REST pages from `key`, each committed with the position; a first page that comes back full and a
         count at or above `poll.bulk_threshold` send the delta to `_bulk_delta` instead (the page is not
         committed: the job reads it again; `covered`, this round's getDeleted `latestDateCovered`, caps its
@@ -307,31 +302,29 @@ class ObjectPoller:
                 ops[op.key] = op
             if records:
                 last = records[-1]
-                key = (_stamp_ms(last.get(self.key_field)) or key[0], str(last["Id"]))
-                if key[0] > newest[0] or (key[0] == newest[0] and key[1] > newest[1]):
-                    newest = key
+                key = Position(_stamp_ms(last.get(self.key_field)) or key.ms, str(last["Id"]))
+                newest = max(newest, key)
             await self.applier.check_keys(ops)
-            await self._commit(list(ops.values()), Checkpoint(self.topic, None, poll_modstamp=newest[0],
-                                                              poll_id=newest[1]), len(records))
+            await self._commit(list(ops.values()), newest.keyset_checkpoint(self.topic), len(records))
             rows += len(records)
             if len(records) < page_size:
                 break
         return rows, pages, newest, None
 
-    def _where(self, key: tuple[int, str]) -> str:
+    def _where(self, key: Position) -> str:
         """After `key` in (stamp, Id) order; without an Id (the start of a second), from that second on: Salesforce
         refuses an Id compared with a value that is not a record id. Values are literals (soql_datetime,
         soql_string); the field is an API name."""
-        f, t = self.key_field, soql_datetime(_at(key[0]))
-        return f"{f} > {t} OR ({f} = {t} AND Id > {soql_string(key[1])})" if key[1] else f"{f} >= {t}"
+        f, t = self.key_field, soql_datetime(key.when)
+        return f"{f} > {t} OR ({f} = {t} AND Id > {soql_string(key.id)})" if key.id else f"{f} >= {t}"
 
-    def _soql(self, key: tuple[int, str], limit: int) -> str:
+    def _soql(self, key: Position, limit: int) -> str:
         """The next page after `key` in (stamp, Id) order. Field and object names are API names from describe."""
         select = ", ".join(self.applier.spec.fields)
         return (f"SELECT {select} FROM {self.name} WHERE {self._where(key)} "
                 f"ORDER BY {self.key_field}, Id LIMIT {limit}")
 
-    async def _large(self, key: tuple[int, str]) -> bool:
+    async def _large(self, key: Position) -> bool:
         """Whether the delta from `key` holds `poll.bulk_threshold` records or more: one `SELECT COUNT()` call
         (SOQL and SOSL Reference, "COUNT() and COUNT(fieldName)")."""
         threshold = self.settings.poll.bulk_threshold
@@ -342,8 +335,8 @@ class ObjectPoller:
         log.info("poll.delta_counted", object=self.name, records=count, bulk=count >= threshold)
         return count >= threshold
 
-    async def _bulk_delta(self, key: tuple[int, str], newest: tuple[int, str], covered: int | None,
-                          ) -> tuple[str, int, tuple[int, str]]:
+    async def _bulk_delta(self, key: Position, newest: Position, covered: Position | None,
+                          ) -> tuple[str, int, Position]:
         """A large delta with one Bulk API 2.0 queryAll job (no ORDER BY: docs/bulk-rest-oauth.md §1.9), its pages
         one after another, each staged with COPY and upserted through the version guard in its transaction. The
         position commits with the last page: the newest (stamp, Id) of the job, but no later than Salesforce's time
@@ -351,20 +344,18 @@ class ObjectPoller:
         the job ran may be missing behind a newer one; the next round reads again from there). A crash in the
         middle repeats the job, which rewrites what it wrote."""
         # After a reconciliation the round has no window end of its own: Salesforce's time, asked now
-        cap = (covered if covered is not None else await self._position()) // 1000 * 1000
+        cap = (covered if covered is not None else await self._position()).whole_seconds()
         soql = f"SELECT {', '.join(self.applier.spec.fields)} FROM {self.name} WHERE {self._where(key)}"
         job = await self.bulk.create_query_job(soql, all_rows=True)
         job = await self.bulk.wait_for_job(job.id)
         pages = [p async for p in self.bulk.result_pages(job.id, max_records=self.settings.backfill.page_size)]
         self.calls += 3 + len(pages)  # create, status (at least once), resultPages, one call a page
-        seen: list[tuple[int, str]] = [newest]
+        seen: list[Position] = [newest]
 
         def final(page_newest: tuple | None) -> Checkpoint:
             if page_newest is not None:
-                seen.append((encode_epoch_ms(page_newest[0]), str(page_newest[1])))
-            top = max(seen)
-            pos = max(top if top[0] < cap else (cap, ""), newest)
-            return Checkpoint(self.topic, None, poll_modstamp=pos[0], poll_id=pos[1])
+                seen.append(Position.of(page_newest[0], str(page_newest[1])))
+            return max(min(max(seen), cap), newest).keyset_checkpoint(self.topic)
 
         rows = 0
         column = self.key_field.lower()
@@ -376,16 +367,15 @@ class ObjectPoller:
 
             count, page_newest = await retry_transient(load, what=f"{self.name} delta page {page.locator or 'first'}")
             if page_newest is not None and i < len(pages) - 1:
-                seen.append((encode_epoch_ms(page_newest[0]), str(page_newest[1])))
+                seen.append(Position.of(page_newest[0], str(page_newest[1])))
             rows += count
         self.bulk_rounds += 1
         self.metrics.rows_written.labels(object=self.name, op="upsert").inc(rows)
-        pos = final(None)
-        log.info("poll.bulk_delta", object=self.name, job_id=job.id, rows=rows, pages=len(pages),
-                 position=f"{_at(pos.poll_modstamp).isoformat()} {pos.poll_id}")
-        return job.id, rows, (pos.poll_modstamp, pos.poll_id or "")
+        pos = Position.poll_keyset(final(None))
+        log.info("poll.bulk_delta", object=self.name, job_id=job.id, rows=rows, pages=len(pages), position=str(pos))
+        return job.id, rows, pos
 
-    async def _position(self) -> int:
+    async def _position(self) -> Position:
         self.calls += 1
         return await salesforce_position(self.client, self.name)
 

@@ -1,9 +1,9 @@
 """A polled object's deletes and where its positions come from (docs/polling.md; pipeline/poll.py runs the rounds).
 
-- Positions are Salesforce's time, never this host's clock (docs/design.md, contract 5): `salesforce_position` asks
-  getDeleted for `latestDateCovered`, which Salesforce holds back to the start of a transaction still in flight
-  ("for safety, you must use this value for the startDate of your next call", SOAP API Developer Guide,
-  "GetDeletedResult",
+- Positions (replicator/position.py) are Salesforce's time, never this host's clock (docs/design.md, contract 5):
+  `salesforce_position` asks getDeleted for `latestDateCovered`, which Salesforce holds back to the start of a
+  transaction still in flight ("for safety, you must use this value for the startDate of your next call", SOAP
+  API Developer Guide, "GetDeletedResult",
   https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_getdeleted_getdeletedresult.htm).
   A record stamped before such a position is committed; one committed later is stamped at or after it.
 - Records removed for good are only in getDeleted ("sObject Get Deleted", REST API Developer Guide,
@@ -28,9 +28,10 @@ import structlog
 from ..config import Settings
 from ..model import Checkpoint, RowOp, TerminalError, TransientError
 from ..observe.metrics import Metrics
+from ..position import Position
 from ..salesforce.bulk import BulkClient
 from ..salesforce.records import soql_string
-from ..salesforce.values import EPOCH, decode_rest_value, encode_epoch_ms
+from ..salesforce.values import decode_rest_value, encode_epoch_ms
 
 log = structlog.get_logger(__name__)
 
@@ -43,11 +44,6 @@ MINUTE = dt.timedelta(minutes=1)
 # 18-character Ids, URL-encoded, make about 5.5 kB, well inside the 16,384 bytes a request URI may have
 # (docs/bulk-rest-oauth.md §2.1: 414 beyond).
 LOOKUP_BATCH = 200
-
-
-def at(ms: int) -> dt.datetime:
-    """Epoch milliseconds as a UTC datetime."""
-    return EPOCH + dt.timedelta(milliseconds=ms)
 
 
 def stamp_ms(value: object) -> int | None:
@@ -71,9 +67,16 @@ def _middle(start: dt.datetime, end: dt.datetime) -> dt.datetime | None:
     return first + MINUTE * (minutes // 2) if minutes >= 2 else None
 
 
-async def salesforce_position(client, name: str) -> int:
-    """Salesforce's time now for `name`'s records, held back to the start of the oldest transaction still in flight,
-    as epoch milliseconds: getDeleted's `latestDateCovered` for a window ending at the next minute. One API call.
+def latest_date_covered(body: dict) -> Position | None:
+    """getDeleted's (or getUpdated's) `latestDateCovered` as a position: Salesforce's time, held back to the start of
+    a transaction still in flight. None when the answer holds none."""
+    ms = stamp_ms(body.get("latestDateCovered"))
+    return Position(ms) if ms is not None else None
+
+
+async def salesforce_position(client, name: str) -> Position:
+    """Salesforce's time now for `name`'s records, held back to the start of the oldest transaction still in flight
+    (a `Position` without an Id): getDeleted's `latestDateCovered` for a window ending at the next minute. One call.
 
     Contract: every record whose SystemModstamp (or deletedDate) is before the returned time is committed when this
     returns, and a transaction that commits later is stamped at or after it. So reads that start at it (less a
@@ -89,8 +92,7 @@ async def salesforce_position(client, name: str) -> int:
             if exc.code != "EXCEEDED_ID_LIMIT":
                 raise
             continue
-        covered = stamp_ms(body.get("latestDateCovered"))
-        if covered is None:
+        if (covered := latest_date_covered(body)) is None:
             raise TerminalError(f"{name}: getDeleted answered without latestDateCovered", code="BAD_JSON")
         return covered
     raise TransientError(f"{name}: getDeleted and getUpdated hold too many ids for the last {POSITION_WINDOW}"
@@ -100,7 +102,7 @@ async def salesforce_position(client, name: str) -> int:
 Commit = Callable[[list[RowOp], Checkpoint, int], Awaitable[None]]
 
 
-def rewound(checkpoint: Checkpoint, rewind: tuple[int, str] | None) -> Checkpoint:
+def rewound(checkpoint: Checkpoint, rewind: Position | None) -> Checkpoint:
     """`checkpoint`, which moves getDeleted's window end, with the change keyset's position set back to `rewind`
     (where the next changes read must start, `ObjectPoller.start_key` of the window end before this one) in the
     same transaction. The next round's keyset starts no later than the window end stored here, which is asked
@@ -111,7 +113,7 @@ def rewound(checkpoint: Checkpoint, rewind: tuple[int, str] | None) -> Checkpoin
     A read again from there is harmless (the version guard); the first page read moves the position on."""
     if rewind is None:
         return checkpoint
-    return dataclasses.replace(checkpoint, poll_modstamp=rewind[0], poll_id=rewind[1])
+    return dataclasses.replace(checkpoint, poll_modstamp=rewind.ms, poll_id=rewind.id)
 
 
 class PollDeletes:
@@ -122,23 +124,23 @@ class PollDeletes:
                  commit: Commit):
         self.client, self.bulk, self.settings, self.name, self.topic = client, bulk, settings, name, topic
         self.metrics, self.commit = metrics, commit
-        self.lookback_ms = int(settings.poll.lookback_s * 1000)
+        self.lookback_s = settings.poll.lookback_s
         self.sink = None
         self.calls = 0
         self.reconciliations = self.reconciled_ids = 0
 
-    async def read(self, through_ms: int, rewind: tuple[int, str] | None = None) -> tuple[int, int | None]:
+    async def read(self, through: Position, rewind: Position | None = None) -> tuple[int, Position | None]:
         """Records deleted since the last window (less the lookback: a delete can commit late too), applied as
         deletes at their deletedDate; the window's end (`latestDateCovered`, Salesforce's, held back) commits with
         them as the next window's start, and with it the change keyset's position `rewind` (`rewound`). Returns
-        (records deleted, the stored window end in epoch ms, or None after a key reconciliation, which moves the
+        (records deleted, the stored window end, or None after a key reconciliation, which moves the
         window's start to its own position). When getDeleted cannot serve:
         - INVALID_REPLICATION_DATE: the window begins before getDeleted's 15 days: a key reconciliation;
         - EXCEEDED_ID_LIMIT (more than 600,000 deletes; "You can correct the error by choosing start and end dates
           that are closer together", REST API Developer Guide, "sObject Get Deleted"): the window is halved, the
           earlier half first, each half committed on its own, down to one minute (Salesforce truncates seconds);
           a minute that still holds too many is reconciled. A 15-day window costs at most about 30 calls so."""
-        start, end = at(through_ms - self.lookback_ms), _next_minute()
+        start, end = through.earlier(self.lookback_s).when, _next_minute()
         windows, deleted = [(start, end)], 0
         while windows:
             w_start, w_end = windows.pop(0)
@@ -161,11 +163,10 @@ class PollDeletes:
             # Stored as Salesforce answers it, even when earlier than the previous window's end: a transaction in
             # flight holds it back, and the next window (and the next round's keyset, poll.py `start_key`) must
             # start there to read that transaction once it commits.
-            covered = stamp_ms(body.get("latestDateCovered")) or through_ms
-            await self.commit(list(ops.values()), rewound(Checkpoint(self.topic, None, poll_deleted_through=covered),
-                                                          rewind), 0)
+            covered = latest_date_covered(body) or through
+            await self.commit(list(ops.values()), rewound(covered.window_checkpoint(self.topic), rewind), 0)
             deleted += len(ops)
-            if covered < encode_epoch_ms(w_end):  # held back (or now): the windows after it wait for a later round
+            if covered < Position.of(w_end):  # held back (or now): the windows after it wait for a later round
                 return deleted, covered
         return deleted, covered
 
@@ -173,7 +174,7 @@ class PollDeletes:
         self.calls += 1
         return await self.client.get_deleted(self.name, start, end)
 
-    async def reconcile_if_due(self, rewind: Callable[[], Awaitable[tuple[int, str] | None]] | None = None) -> None:
+    async def reconcile_if_due(self, rewind: Callable[[], Awaitable[Position | None]] | None = None) -> None:
         """The scheduled key reconciliation: `poll.reconcile_interval_s` after the last one (or after the backfill,
         whose extract removed what the org lacked then)."""
         every = self.settings.poll.reconcile_interval_s
@@ -183,7 +184,7 @@ class PollDeletes:
         if last is None or (dt.datetime.now(dt.UTC) - last).total_seconds() >= every:
             await self.reconcile(await rewind() if rewind is not None else None)
 
-    async def reconcile(self, rewind: tuple[int, str] | None = None) -> int:
+    async def reconcile(self, rewind: Position | None = None) -> int:
         """Deletes getDeleted cannot serve (purged past its 15 days, or its log emptied early): an Id-only Bulk
         queryAll extract compared with the table in one transaction (`DeltaSink.reconcile_keys`), after Salesforce's
         position is captured (`salesforce_position`). A row the extract lacks is deleted when stamped before that
@@ -202,15 +203,15 @@ class PollDeletes:
                 async with self.bulk.open_page(page) as stream:
                     yield stream.chunks()
 
-        checkpoint = rewound(Checkpoint(self.topic, None, poll_deleted_through=position), rewind)
-        seen, removed = await self.sink.reconcile_keys(chunks(), at(position - self.lookback_ms), checkpoint,
-                                                       self.present, reconciled_at=at(position))
+        checkpoint = rewound(position.window_checkpoint(self.topic), rewind)
+        seen, removed = await self.sink.reconcile_keys(chunks(), position.earlier(self.lookback_s).when, checkpoint,
+                                                       self.present, reconciled_at=position.when)
         self.reconciliations, self.reconciled_ids = self.reconciliations + 1, seen
         if removed:
             self.metrics.rows_written.labels(object=self.name, op="delete").inc(removed)
         (log.warning if removed else log.info)(
             "poll.reconciled", object=self.name, job_id=job.id, ids=seen, removed=removed,
-            position=at(position).isoformat(), reason="records the org no longer has: purged or hard-deleted")
+            position=position.when.isoformat(), reason="records the org no longer has: purged or hard-deleted")
         return removed
 
     async def present(self, ids: list[str]) -> set[str]:

@@ -14,6 +14,7 @@ import structlog
 from .. import lifecycle
 from ..lifecycle import Phase
 from ..model import VERSION_COLUMN, Checkpoint, DeadLetter
+from ..position import Position, StreamPosition
 from . import ddl
 
 log = structlog.get_logger(__name__)
@@ -308,8 +309,8 @@ async def streamed_objects(conn: asyncpg.Connection) -> dict[str, str | None]:
     return {r[0]: r[1] for r in await conn.fetch("SELECT object, channel FROM replicator.objects WHERE mode = 'cdc'")}
 
 
-async def own_position(conn: asyncpg.Connection, name: str) -> int | None:
-    """The newest time (epoch ms, Salesforce's clock where it can be) before which every change of the object is in
+async def own_position(conn: asyncpg.Connection, name: str) -> Position | None:
+    """The newest time position (Salesforce's clock where it can be) before which every change of the object is in
     its table: the latest of its newest change applied from events (its rows' stream versions: commit times), its
     stored poll position, and the creation of its last extract's job (every row the extract lacked was changed
     after it). Never another object's events (a channel's checkpoint), a keepalive's save time or this host's clock
@@ -329,7 +330,7 @@ async def own_position(conn: asyncpg.Connection, name: str) -> int | None:
             candidates.append(await conn.fetchval(
                 f"SELECT max({ddl.quote_ident(ddl.STREAM_VERSION_COLUMN)}) FROM {table}"))
     known = [c for c in candidates if c is not None]
-    return _epoch_ms(max(known)) if known else None
+    return Position(_epoch_ms(max(known))) if known else None
 
 
 async def poll_from_stream(conn: asyncpg.Connection, name: str, position: Checkpoint) -> int:
@@ -352,6 +353,12 @@ async def poll_from_stream(conn: asyncpg.Connection, name: str, position: Checkp
 
 async def load_checkpoint(conn: asyncpg.Connection, topic: str) -> bytes | None:
     return await conn.fetchval("SELECT replay_id FROM replicator.checkpoints WHERE topic = $1", topic)
+
+
+async def stream_position(conn: asyncpg.Connection, topic: str) -> StreamPosition | None:
+    """A stream's stored position: its replay id and the commit time of its newest applied event."""
+    row = await conn.fetchrow("SELECT replay_id, commit_timestamp FROM replicator.checkpoints WHERE topic = $1", topic)
+    return StreamPosition(row["replay_id"], _epoch_ms(row["commit_timestamp"])) if row is not None else None
 
 
 async def drop_checkpoint(conn: asyncpg.Connection, topic: str) -> None:

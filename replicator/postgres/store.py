@@ -17,6 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg
 
 from ..model import Checkpoint, DeadLetter, RowOp, TableInfo, TableSpec
+from ..position import Position, StreamPosition
 from . import dead_letters, events, history, leases, refresh, repairs, state, status
 from .apply import ApplyResult, StreamSink, apply_objects
 from .compare import Comparison
@@ -203,8 +204,11 @@ class Store:
     async def streamed_objects(self) -> dict[str, str | None]:
         return await self._run(state.streamed_objects)
 
-    async def own_position(self, name: str) -> int | None:
+    async def own_position(self, name: str) -> Position | None:
         return await self._run(state.own_position, name)
+
+    async def stream_position(self, topic: str) -> StreamPosition | None:
+        return await self._run(state.stream_position, topic)
 
     async def poll_from_stream(self, name: str, position: Checkpoint) -> int:
         return await self._write(state.poll_from_stream, name, position)

@@ -81,10 +81,10 @@ async def test_salesforce_position_is_held_back_to_a_transaction_in_flight(sim, 
 
     settings = _settings(sim, pg_url, "pos_now")
     async with salesforce_client(settings) as client:
-        idle = await salesforce_position(client, "Task")
+        idle = (await salesforce_position(client, "Task")).ms
         assert abs(idle - time.time() * 1000) < 3000  # Salesforce's now, whole seconds
         stamp = await _begin_late(sim, await _live_task(sim, 0), "held back")
-        held = await salesforce_position(client, "Task")
+        held = (await salesforce_position(client, "Task")).ms
         assert held <= stamp  # not this host's clock, a second later
         assert time.time() * 1000 < stamp + LATE_S * 1000  # read while the transaction was in flight
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from replicator.model import TerminalError
 from replicator.observe.metrics import Metrics
 from replicator.pipeline.poll_deletes import MINUTE, PollDeletes, _middle
+from replicator.position import Position
 
 NOW = dt.datetime(2026, 12, 5, 12, 30, 20, tzinfo=dt.UTC)
 
@@ -51,6 +52,10 @@ def _ms(when: dt.datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
+def _at(when: dt.datetime) -> Position:
+    return Position(_ms(when))
+
+
 def test_a_window_is_halved_on_whole_minutes():
     start = dt.datetime(2026, 12, 5, 12, 0, 40, tzinfo=dt.UTC)
     assert _middle(start, start.replace(minute=31, second=0)) == start.replace(minute=15, second=0)
@@ -64,8 +69,8 @@ async def test_deletes_spread_over_the_window_are_read_in_halves(monkeypatch):
     late = {f"00T00000000001{k}AAA": NOW - dt.timedelta(minutes=4, seconds=k) for k in range(3)}
     org = FakeOrg({**early, **late}, limit=4)
     deletes, committed = _deletes(org)
-    count, covered = await deletes.read(_ms(NOW - dt.timedelta(minutes=30)))
-    assert (count, deletes.reconciled, covered) == (6, 0, _ms(NOW))
+    count, covered = await deletes.read(_at(NOW - dt.timedelta(minutes=30)))
+    assert (count, deletes.reconciled, covered) == (6, 0, _at(NOW))
     assert sorted(k for keys, _ in committed for k in keys) == sorted([*early, *late])
     # each piece commits its own window end, in order; the last is Salesforce's now
     assert [c for _, c in committed] == sorted(c for _, c in committed) and committed[-1][1] == _ms(NOW)
@@ -76,6 +81,6 @@ async def test_a_minute_with_too_many_deletes_is_reconciled(monkeypatch):
     monkeypatch.setattr("replicator.pipeline.poll_deletes._next_minute", lambda: NOW.replace(second=0) + MINUTE)
     org = FakeOrg({f"00T00000000000{k}AAA": NOW - dt.timedelta(seconds=k) for k in range(5)}, limit=4)
     deletes, committed = _deletes(org)
-    count, covered = await deletes.read(_ms(NOW - dt.timedelta(days=15)))
+    count, covered = await deletes.read(_at(NOW - dt.timedelta(days=15)))
     assert (count, deletes.reconciled, covered) == (0, 1, None)
     assert deletes.calls <= 2 * 15 + 2  # halving 15 days down to a minute: log2(21,600) levels, two calls each

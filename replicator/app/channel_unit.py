@@ -33,6 +33,7 @@ from ..salesforce.topics import topic_for
 from .handoffs import (
     ALLOCATION,
     ALLOCATION_REASON,
+    TOPIC,
     choose_mode,
     enter_events,
     leave_events,
@@ -141,7 +142,7 @@ class ChannelUnit:
             floor = stream.time() if stream is not None else None
             members = list(self.running.members) if self.running is not None else list(self.members)
             for name in members:
-                await self.to_poll(name, ALLOCATION_REASON, floor)
+                await self.to_poll(name, ALLOCATION_REASON, floor, ALLOCATION)
             for name in members + self.joiners:
                 self.own.add(name)
                 svc.spawn(ObjectUnit(svc, name, cause=ALLOCATION).run())
@@ -209,7 +210,7 @@ class ChannelUnit:
             self.own.add(name)
             self.svc.spawn(ObjectUnit(self.svc, name).run())
 
-    async def to_poll(self, name: str, reason: str, floor: Position | None = None) -> None:
+    async def to_poll(self, name: str, reason: str, floor: Position | None = None, cause: str = TOPIC) -> None:
         """A member leaves the channel for poll rounds, from its own position (never the channel's newest commit,
         which other objects' events move, but for `floor`: its time when the event allocation ran out;
         app/handoffs.py)."""
@@ -219,8 +220,8 @@ class ChannelUnit:
             self.running.members.pop(name, None)
         if not await leave_events(svc.store, svc.client, name, svc.settings.poll, reason, floor):
             return  # never extracted: its own unit extracts it, polled
-        svc.metrics.mode_switches.labels(object=name, mode="poll", cause=ALLOCATION if floor else "topic").inc()
-        (log.error if floor else log.warning)("service.mode_switch", object=name, mode="poll", previous="cdc",
+        svc.metrics.mode_switches.labels(object=name, mode="poll", cause=cause).inc()
+        (log.error if cause == ALLOCATION else log.warning)("service.mode_switch", object=name, mode="poll", previous="cdc",
                                               reason=reason, channel=self.channel)
         svc.metrics.object(name).mode = "poll"
 

@@ -117,10 +117,13 @@ async def test_the_event_allocation_used_up_polls_loudly_then_streams_again(sim,
         assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Contact'") == 0
 
 
-async def test_a_channel_whose_event_allocation_is_used_up_polls_its_objects_then_streams_them_again(sim, pg_url):
+@pytest.mark.parametrize("room", [5, 0], ids=["after_events", "before_any_event"])
+async def test_a_channel_whose_event_allocation_is_used_up_polls_its_objects_then_streams_them_again(sim, pg_url, room):
     """One channel for both objects: Subscribe ends with the limit error; each member polls from the channel's
-    checkpoint (no extract), loudly, then streams on its own topic once /limits shows room; verify equal."""
-    settings = _settings(sim, pg_url, "challoc", {"Account": {"poll_interval_s": 0.3},
+    checkpoint (no extract), loudly, then streams on its own topic once /limits shows room; verify equal. With no
+    room at all the channel has applied no event yet (no floor): the switch is still the allocation's, counted and
+    logged as such."""
+    settings = _settings(sim, pg_url, f"challoc{room}", {"Account": {"poll_interval_s": 0.3},
                                                   "Contact": {"poll_interval_s": 0.3}}, channel="/data/ChangeEvents")
     names = ("Account", "Contact")
     async with _running(sim, settings, limits={"event_allocation": 10_000_000, "reset": True}) as svc:
@@ -129,7 +132,7 @@ async def test_a_channel_whose_event_allocation_is_used_up_polls_its_objects_the
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
                                                 " WHERE topic = '/data/ChangeEvents'"), timeout=60)
         used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["events_delivered"]
-        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used + 5})
+        await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used + room})
         await _traffic(sim, running=True, rate=40, objects=list(names), changes=None)
         for name in names:
             await wait_for(_mode(pg_url, name, "poll"), timeout=60)

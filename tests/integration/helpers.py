@@ -17,6 +17,8 @@ import asyncpg
 import httpx
 import orjson
 
+# the tests' one way to pick a port (bind 0: the OS chooses), bench/own_postgres.py's; re-exported from here
+from bench.own_postgres import free_port as free_port
 from replicator.app.service import Service
 from replicator.config import Settings, load_settings
 from replicator.lifecycle import Phase
@@ -227,6 +229,15 @@ def streaming(pg_url: str, *names: str, mode: str | None = None) -> Predicate:
     moded = f" AND mode = '{mode}'" if mode else ""
     return lambda: pg_value(pg_url, f"SELECT count(*) = {len(names)} FROM replicator.objects"
                                     f" WHERE object IN ({listed}) AND phase = 'STREAMING'{moded}")
+
+
+async def endpoint_get(port: int, path: str) -> httpx.Response | None:
+    """GET of the service's HTTP endpoint (/readyz, /healthz, /metrics) on this host; None while nothing answers."""
+    try:
+        async with httpx.AsyncClient() as http:
+            return await http.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+    except httpx.TransportError:
+        return None
 
 
 async def pg_value(pg_url: str, sql: str) -> Any:

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,13 +22,14 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from replicator.sim.server import SimulatorThread
 
 from .helpers import (
+    endpoint_get,
+    free_port,
     ground_truth,
     one_line_error,
     pg_value,
@@ -47,12 +47,6 @@ WRONG_SECRET = "wrong-secret-5e4d3c2b1a09"
 def sim():
     with SimulatorThread(records=300, seed=21, keepalive_seconds=0.2) as thread:
         yield thread.info
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path: Path, sim: dict, pg_url: str, schema: str, objects: list[str], port: int = 0) -> str:
@@ -118,14 +112,6 @@ class _Run:
         return self.proc.wait(timeout=60)
 
 
-async def _get(port: int, path: str) -> httpx.Response | None:
-    try:
-        async with httpx.AsyncClient() as http:
-            return await http.get(f"http://127.0.0.1:{port}{path}", timeout=5)
-    except httpx.TransportError:
-        return None
-
-
 def test_run_with_a_wrong_secret_exits_2_within_30_s_in_one_line(tmp_path, sim, pg_url):
     cfg = _config(tmp_path, sim, pg_url, "wrongsecret", ["Account", "Contact"])
     started = time.monotonic()
@@ -138,7 +124,7 @@ def test_run_with_a_wrong_secret_exits_2_within_30_s_in_one_line(tmp_path, sim, 
 
 
 async def test_a_misspelled_object_stops_alone_shown_in_status_readyz_and_metrics(tmp_path, sim, pg_url):
-    port = _free_port()
+    port = free_port()
     cfg = _config(tmp_path, sim, pg_url, "misspelled", ["Account", "Acount"], port=port)
     run = _Run(cfg, sim["client_secret"], tmp_path / "run.log")
     try:
@@ -158,7 +144,7 @@ async def test_a_misspelled_object_stops_alone_shown_in_status_readyz_and_metric
 
         # /readyz: 503 while an object is FAILED, naming it and why; the good object is ready
         async def readyz() -> dict | None:
-            r = await _get(port, "/readyz")
+            r = await endpoint_get(port, "/readyz")
             if r is None or not r.json()["objects"].get("Account", {}).get("ready"):
                 return None
             assert r.status_code == 503, r.text
@@ -168,7 +154,7 @@ async def test_a_misspelled_object_stops_alone_shown_in_status_readyz_and_metric
         assert failed["phase"] == "FAILED" and failed["ready"] is False, ready
         assert "Acount" in failed["reason"] and "NOT_FOUND" in failed["reason"], failed
 
-        r = await _get(port, "/metrics")
+        r = await endpoint_get(port, "/metrics")
         phases = {(s.labels["object"], s.labels["phase"]): s.value
                   for family in text_string_to_metric_families(r.text) for s in family.samples
                   if s.name == "replicator_object_phase"}

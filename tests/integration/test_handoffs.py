@@ -394,12 +394,12 @@ async def test_a_channel_started_while_the_event_allocation_is_used_up_polls_its
 LATE_S = 12  # how long the late transaction stays in flight: past a stop and a restart of the service
 
 
-async def _late_update(sim, name: str, ids: list[str], phone: str, after_s: float) -> int:
-    """A transaction updating `ids`' Phone, stamped now and committed `after_s` seconds later (a long transaction:
-    its records' SystemModstamp is older than its commit); its SystemModstamp (epoch ms)."""
-    r = await sim_admin(sim, "POST", "/__sim/changes", {
-        "changes": [{"object": name, "type": "UPDATE", "ids": ids, "fields": {"Phone": phone}}],
-        "visible_after_seconds": after_s})
+async def _late_change(sim, name: str, kind: str, ids: list[str], after_s: float, **fields) -> int:
+    """A transaction of `kind` (UPDATE setting `fields`, DELETE) on `ids`, stamped now and committed `after_s`
+    seconds later (a long transaction: its records' SystemModstamp is older than its commit); its SystemModstamp
+    (epoch ms)."""
+    change = {"object": name, "type": kind, "ids": ids, **({"fields": fields} if fields else {})}
+    r = await sim_admin(sim, "POST", "/__sim/changes", {"changes": [change], "visible_after_seconds": after_s})
     assert r.status_code == 200, r.text
     return r.json()["system_modstamp"]
 
@@ -424,7 +424,7 @@ async def test_a_late_commit_whose_events_are_never_read_is_read_by_the_poll(sim
     phone = f"late {leaves_by}"
     async with running_service(auto, until=streaming(pg_url, "Account", mode="cdc"),
                                before_stop=give_back(sim, limits={"event_allocation": 10_000_000, "reset": True})):
-        stamp = await _late_update(sim, "Account", late, phone, LATE_S)
+        stamp = await _late_change(sim, "Account", "UPDATE", late, LATE_S, Phone=phone)
         await _after(stamp + 1000)  # the next change is stamped a later second
         await _marker(sim, pg_url, schema, "Account", marker, f"past the late stamp {leaves_by}")
         if leaves_by == "allocation_used_up":
@@ -455,9 +455,7 @@ async def test_a_late_delete_streamed_keeps_the_records_systemmodstamp(sim, pg_u
     settings = _settings(sim, pg_url, schema, {"Account": {}})
     ids = await _live_ids(sim, "Account", 40, 2)
     async with running_service(settings, until=streaming(pg_url, "Account", mode="cdc")):
-        r = await sim_admin(sim, "POST", "/__sim/changes", {
-            "changes": [{"object": "Account", "type": "DELETE", "ids": ids}], "visible_after_seconds": 2})
-        assert r.status_code == 200, r.text
+        await _late_change(sim, "Account", "DELETE", ids, 2)
         listed = ", ".join(f"'{i}'" for i in ids)
         await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 2 FROM {schema}.account WHERE id IN ({listed})"
                                                 " AND isdeleted"), timeout=30)

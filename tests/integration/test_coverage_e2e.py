@@ -28,6 +28,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # the service under traffic
+
 OBJECTS = {"Account": {}, "Contact": {}, "Opportunity": {"poll_interval_s": 0.5},
            "Invoice__c": {"key": "External_Id__c", "poll_interval_s": 0.5}}
 CHANGES = 1_500

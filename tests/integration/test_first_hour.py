@@ -8,6 +8,8 @@ import subprocess
 import sys
 from importlib.metadata import version
 
+import pytest
+
 ENV_SECRET = "env-secret-7d6c5b4a3f2e"
 
 
@@ -66,6 +68,7 @@ def _check_config(tmp_path, sim, pg_url, objects: dict | None = None) -> str:
     return str(cfg)
 
 
+@pytest.mark.slow
 def test_check_passes_against_the_simulator_one_line_per_check(tmp_path, sim, pg_url):
     cfg = _check_config(tmp_path, sim, pg_url)
     out = _cli("check", "--config", cfg, env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]})

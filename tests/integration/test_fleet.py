@@ -34,6 +34,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # several services
+
 LEASE_S = 300  # the standby of a release never waits for an expiry, nor for a renewal period (a third of it)
 UNITS = {f"object:{name}" for name in OBJECTS}
 HANDOVER_S = 5  # the bound for a SIGTERM; about a second is the aim

@@ -33,6 +33,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # the service, restarted
+
 CHANNEL = "/data/ChangeEvents"
 NOT_CHANNEL = ""
 

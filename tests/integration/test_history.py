@@ -28,6 +28,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # the service and `replicator run` subprocesses
+
 OBJECTS = {"Account": {"history": True}, "Contact": {"history": True, "deletes": "hard"},
            "Opportunity": {"history": True, "mode": "poll", "poll_interval_s": 0.2},
            "Invoice__c": {"history": True, "key": "External_Id__c"}}

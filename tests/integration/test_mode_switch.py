@@ -21,6 +21,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # the service under traffic
+
 
 @pytest.fixture(scope="module")
 def sim():

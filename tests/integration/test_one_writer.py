@@ -20,6 +20,8 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import all_equal, finish, free_port, pg_value, sim_admin, start_logged, wait_for
 
+pytestmark = pytest.mark.slow  # `replicator run` subprocesses
+
 LEASE_S = 2  # short, so a takeover takes seconds (the default is 15)
 UNIT = "object:Account"
 

@@ -22,6 +22,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # the service and `replicator` subprocesses
+
 
 def _cli(*args: str, secret: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ)

@@ -37,6 +37,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # `replicator` subprocesses and the service
+
 SECRET_VARIABLE = "REPLICATOR_SALESFORCE__CLIENT_SECRET"
 WRONG_SECRET = "wrong-secret-5e4d3c2b1a09"
 

@@ -21,6 +21,8 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import all_equal, pg_value, running_service, settings_for, sim_admin, streaming, wait_for
 
+pytestmark = pytest.mark.slow  # the service
+
 OBJECTS = {"Account": {}, "Task": {"poll_interval_s": 0.3}}
 
 

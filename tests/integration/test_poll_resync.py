@@ -22,6 +22,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # the service
+
 
 @pytest.fixture(scope="module")
 def sim():

@@ -25,6 +25,8 @@ from replicator.sim.server import SimulatorThread
 from .helpers import OBJECTS, config_toml, endpoint_get, free_port, pg_value, sim_admin, wait_for
 from .pg_server import own_postgres  # noqa: F401 (the fixture)
 
+pytestmark = pytest.mark.slow  # a PostgreSQL server of its own and `replicator run`
+
 SHUTDOWN_BOUND_S = 15
 OUTAGE_S = 10  # a failover or a restart after a crash: what the service must ride out without a restart
 PLATFORM_EVENT = "Order_Ready__e"

@@ -20,6 +20,8 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import ground_truth, pg_value, running_service, settings_for, sim_admin, wait_for
 
+pytestmark = pytest.mark.slow  # the service and refresh extracts
+
 OBJECTS = {"Account": {}, "Opportunity": {}, "Invoice__c": {"key": "External_Id__c"}}
 
 

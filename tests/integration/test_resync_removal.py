@@ -30,6 +30,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # the service and resync extracts
+
 
 @pytest.fixture(scope="module")
 def sim():

@@ -25,6 +25,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # `replicator run` subprocesses under traffic
+
 SHUTDOWN_BOUND_S = 15
 
 

@@ -6,11 +6,14 @@ which no object's row reads)."""
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from replicator.app.commands import status_command
 from replicator.sim.server import SimulatorThread
 
 from .helpers import ground_truth, pg_value, running_service, settings_for, sim_admin, wait_for
+
+pytestmark = pytest.mark.slow  # the service
 
 CHANNEL = "/data/ChangeEvents"
 

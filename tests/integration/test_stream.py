@@ -17,6 +17,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # the service
+
 OBJECTS = {"Account": {}, "Invoice__c": {"key": "External_Id__c"}}
 
 

@@ -13,6 +13,8 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import OBJECTS, give_back, pg_value, running_service, settings_for, sim_admin, wait_for
 
+pytestmark = pytest.mark.slow  # the service under traffic
+
 RECORDS, CHANGES = 3_000, 5_000
 
 

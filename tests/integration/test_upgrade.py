@@ -24,6 +24,8 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import all_equal, pg_value, running_service, settings_for, sim_admin, wait_for
 
+pytestmark = pytest.mark.slow  # the service on an old release's database
+
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "upgrade_2026_11_30"
 ORG = json.loads((FIXTURE / "org.json").read_text())
 OBJECTS = {name: {} for name in ORG["objects"]}

@@ -224,7 +224,7 @@ def give_back(sim: dict, **settings: Any) -> Callable[[], Awaitable[None]]:
 
 def streaming(pg_url: str, *names: str, mode: str | None = None) -> Predicate:
     """A predicate for `wait_for`: each of `names` stored as STREAMING in replicator.objects (and in `mode`, cdc or
-    poll, if given). A phase an earlier run stored counts: after a restart, wait on something of this run's too."""
+    poll, if given). Unlike running_service's default, a phase and mode an earlier run stored count too."""
     listed = ", ".join(f"'{name}'" for name in names)
     moded = f" AND mode = '{mode}'" if mode else ""
     return lambda: pg_value(pg_url, f"SELECT count(*) = {len(names)} FROM replicator.objects"

@@ -1,20 +1,27 @@
-"""Helpers for end-to-end tests: settings for a simulator, ground truth, rows in Postgres, comparison."""
+"""Helpers for end-to-end tests: settings for a simulator, the service run in this process, ground truth, rows in
+Postgres, comparison."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import httpx
 import orjson
 
+# the tests' one way to pick a port (bind 0: the OS chooses), bench/own_postgres.py's; re-exported from here
+from bench.own_postgres import free_port as free_port
+from replicator.app.service import Service
 from replicator.config import Settings, load_settings
+from replicator.lifecycle import Phase
 from replicator.sim.admin_client import sim_admin
 
 OBJECTS = {"Account": {}, "Contact": {}, "Opportunity": {}, "Invoice__c": {"key": "External_Id__c"}}
@@ -147,6 +154,90 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met before the deadline")
         await asyncio.sleep(interval)
+
+
+Predicate = Callable[[], Awaitable[Any]]
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings, until: Predicate | Literal["streaming"] | None = "streaming", *,
+                          timeout: float = 120, before_stop: Callable[[], Awaitable[Any]] | None = None
+                          ) -> AsyncIterator[Service]:
+    """`Service.run` of `settings` in this process for the body of an `async with`, which gets the `Service`.
+
+    Before the body it waits at most `timeout` s for `until`: "streaming", every configured object STREAMING in
+    this run (the service's own phase, as /readyz shows it: a phase an earlier run stored does not count); an async
+    predicate of the test's own (as `wait_for` takes); None, nothing. A service that ends meanwhile fails the test
+    at once with its own exception (or its exit code), not at the deadline.
+
+    On the way out, also when the body failed: `before_stop` (the simulator's settings given back, say), then the
+    service is stopped (its `stop` set, as SIGTERM does) and must end within 60 s. The exception the service ended
+    with, if any, is raised (the body's, if it failed too, is its context); after a body that passed, an exit code
+    other than 0 fails the test."""
+    svc = Service(settings)
+    task = asyncio.create_task(svc.run())
+    try:
+        if until is not None:
+            await _wait_while_running(svc, task, until, timeout)
+        yield svc
+    finally:
+        try:
+            if before_stop is not None:
+                await before_stop()
+        finally:
+            svc.stop.set()
+            code = await asyncio.wait_for(task, 60)  # the service's own exception, if it ended on one
+    assert code == 0, f"the service exited {code}"
+
+
+async def _wait_while_running(svc: Service, task: asyncio.Task, until: Predicate | Literal["streaming"],
+                              timeout: float) -> None:
+    names = list(svc.settings.objects)
+
+    async def every_object() -> bool:
+        return all(svc.metrics.object(name).phase == Phase.STREAMING for name in names)
+
+    condition = every_object if until == "streaming" else until
+
+    async def met() -> Any:
+        if task.done():
+            raise AssertionError(f"the service exited {task.result()} before the test's condition was met")
+        return await condition()
+
+    try:
+        await wait_for(met, timeout=timeout)
+    except TimeoutError:
+        what = "every object STREAMING" if until == "streaming" else getattr(until, "__qualname__", repr(until))
+        phases = {name: str(svc.metrics.object(name).phase) for name in names}
+        raise TimeoutError(f"not met within {timeout:g} s: {what}; the service's phases: {phases}") from None
+
+
+def give_back(sim: dict, **settings: Any) -> Callable[[], Awaitable[None]]:
+    """For `running_service(before_stop=...)`: the simulator's settings named (admin path → body: cdc, limits,
+    traffic) put back, in the order given."""
+    async def put() -> None:
+        for path, body in settings.items():
+            r = await sim_admin(sim, "PUT", f"/__sim/{path}", body)
+            assert r.status_code == 200, r.text
+    return put
+
+
+def streaming(pg_url: str, *names: str, mode: str | None = None) -> Predicate:
+    """A predicate for `wait_for`: each of `names` stored as STREAMING in replicator.objects (and in `mode`, cdc or
+    poll, if given). Unlike running_service's default, a phase and mode an earlier run stored count too."""
+    listed = ", ".join(f"'{name}'" for name in names)
+    moded = f" AND mode = '{mode}'" if mode else ""
+    return lambda: pg_value(pg_url, f"SELECT count(*) = {len(names)} FROM replicator.objects"
+                                    f" WHERE object IN ({listed}) AND phase = 'STREAMING'{moded}")
+
+
+async def endpoint_get(port: int, path: str) -> httpx.Response | None:
+    """GET of the service's HTTP endpoint (/readyz, /healthz, /metrics) on this host; None while nothing answers."""
+    try:
+        async with httpx.AsyncClient() as http:
+            return await http.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+    except httpx.TransportError:
+        return None
 
 
 async def pg_value(pg_url: str, sql: str) -> Any:

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.own_postgres import PostgresServer, free_port
+from bench.own_postgres import PostgresServer
 
-__all__ = ["PostgresServer", "free_port", "own_postgres"]
+__all__ = ["PostgresServer", "own_postgres"]
 
 
 @pytest.fixture

@@ -97,6 +97,7 @@ async def test_malformed_rows_go_to_dead_letters_and_the_rest_loads(sim, pg_url)
     assert problems == []
 
 
+@pytest.mark.slow  # the service
 async def test_under_run_a_job_failing_every_time_stops_the_object_and_the_others_go_on(sim, pg_url):
     """`replicator run` as `replicator backfill` (above): after `backfill.job_retries` new jobs the object stops
     FAILED with the error (docs/guarantees.md), rather than creating a new Bulk job every minute for ever."""

@@ -14,6 +14,8 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import compare_with_truth, config_toml, ground_truth, sim_get, sim_put, wait_for
 
+pytestmark = pytest.mark.slow  # `replicator backfill` subprocesses, killed
+
 PAGE = 200
 
 

@@ -97,7 +97,8 @@ def test_bad_usage_is_one_line_and_exit_2(args, expected, tmp_path):
 @pytest.mark.parametrize(("case", "settings", "secret", "expected", "code"), [
     ("wrong client secret", "", "wrong-secret", "invalid_client", 2),  # configuration: no retry fixes it
     ("expired refresh token", 'auth = "refresh_token"\nrefresh_token = "5Aep861expired"\n', None, "invalid_grant", 2),
-    ("unreachable org", "UNREACHABLE", None, "ConnectError", 1),  # a runtime failure: retried, then one line
+    pytest.param("unreachable org", "UNREACHABLE", None, "ConnectError", 1,  # a runtime failure: retried, then one
+                 marks=pytest.mark.slow),                                    # line (the retries take ~10 s)
 ])
 def test_credentials_and_reachability_fail_in_one_line(case, settings, secret, expected, code, tmp_path, sim,
                                                        pg_url):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the bench's own subprocesses
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_MODULES = sorted(p.stem for p in (ROOT / "bench").glob("*.py"))
 

@@ -16,6 +16,8 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import compare_with_truth, finish, ground_truth, pg_value, sim_admin, start_logged, wait_for
 
+pytestmark = pytest.mark.slow  # `replicator run` subprocesses
+
 OBJECTS = {"Account": {}, "Contact": {}, "Invoice__c": {"key": "External_Id__c"}, "Gen001__c": {},
            "Gen002__c": {}, "Gen003__c": {}}
 TRAFFIC = [*OBJECTS, "Opportunity", "Gen004__c"]  # the last two are on the channel but not configured

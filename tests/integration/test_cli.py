@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .helpers import config_toml
 
 
@@ -86,6 +88,7 @@ def test_bad_credentials_fail_loudly_with_one_line_and_no_secret(tmp_path, sim, 
     assert secret not in out.stderr + out.stdout
 
 
+@pytest.mark.slow
 def test_backfill_then_status_and_verify(tmp_path, sim, pg_url):
     cfg = tmp_path / "ok.toml"
     cfg.write_text(config_toml(sim, pg_url, "cli"))
@@ -101,6 +104,7 @@ def test_backfill_then_status_and_verify(tmp_path, sim, pg_url):
     assert out.returncode == 0 and "(equal)" in out.stdout
 
 
+@pytest.mark.slow
 async def test_verify_reports_a_corrupted_table_and_repair_fixes_it(tmp_path, sim, pg_url):
     from .helpers import pg_value
 
@@ -132,6 +136,7 @@ async def test_verify_reports_a_corrupted_table_and_repair_fixes_it(tmp_path, si
     assert await pg_value(pg_url, "SELECT isdeleted FROM fix.account WHERE id = '001000000000000ZZZ'") is True
 
 
+@pytest.mark.slow
 def test_the_documented_example_configuration_for_the_simulator_runs(tmp_path, sim, pg_url):
     # A newcomer copies the example of docs/configuration.md next to `replicator sim` and fills in its ready line:
     # it must run.

@@ -6,7 +6,6 @@ columns included, after a refresh; `status --json` shows each object's mode."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -16,11 +15,20 @@ import pytest
 from replicator.app.commands import status_command
 from replicator.app.ops_commands import refresh_command
 from replicator.app.runtime import open_store, salesforce_client
-from replicator.app.service import Service
 from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
 
-from .helpers import compare_with_truth, ground_truth, pg_value, settings_for, sim_admin, wait_for
+from .helpers import (
+    compare_with_truth,
+    ground_truth,
+    pg_value,
+    running_service,
+    settings_for,
+    sim_admin,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow  # the service under traffic
 
 OBJECTS = {"Account": {}, "Contact": {}, "Opportunity": {"poll_interval_s": 0.5},
            "Invoice__c": {"key": "External_Id__c", "poll_interval_s": 0.5}}
@@ -82,11 +90,7 @@ async def test_cdc_and_polled_objects_end_equal_with_formulas_after_a_refresh(si
     settings = settings_for(sim, pg_url, "coverage", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                             stream={"batch_max_wait_s": 0.05}, poll={"page_size": 50},
                             service={"control_poll_s": 0.5}, objects=OBJECTS)
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: _pg(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
-                       timeout=180)
+    async with running_service(settings, timeout=180):
         await sim_admin(sim, "PUT", "/__sim/faults", {"silent_changes": "on"})
         await sim_admin(sim, "PUT", "/__sim/traffic", {
             "running": True, "rate": 300, "changes": CHANGES // 2, "transaction_size": 3, "records_per_event": 2,
@@ -137,9 +141,6 @@ async def test_cdc_and_polled_objects_end_equal_with_formulas_after_a_refresh(si
                         for line in await compare_with_truth(pg_url, "coverage", n, "Id", await ground_truth(sim, n))
                         if not line.endswith(": extra")]  # hard-deleted records stay as deleted rows
             assert all(d.equal for d in diffs.values()), "\n".join([*problems[:10], repr(diffs), repr(wanted)])
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
     # the formula columns were compared, and changed by the traffic's inputs
     ids = ", ".join(f"'{i}'" for i in opps[:4])
     assert await _pg(pg_url, f"SELECT count(*) FROM coverage.opportunity WHERE id IN ({ids}) "

@@ -9,6 +9,9 @@ import subprocess
 import sys
 
 import asyncpg
+import pytest
+
+pytestmark = pytest.mark.slow  # the demo's subprocess
 
 
 async def test_demo_streams_stops_and_prints_a_working_psql_line(pg_url):

@@ -11,10 +11,14 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from replicator.config import load_settings
 from replicator.sim.admin_client import sim_admin
 
 from .helpers import ground_truth
+
+pytestmark = pytest.mark.slow  # `replicator` subprocesses against the simulator
 
 # The simulator's replicable objects (queryable and replicateable in its describeGlobal).
 SIM_OBJECTS = {"Account", "Contact", "Opportunity", "Invoice__c", "Task", "Shipment__c", "AccountShare",

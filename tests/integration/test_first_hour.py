@@ -8,6 +8,8 @@ import subprocess
 import sys
 from importlib.metadata import version
 
+import pytest
+
 ENV_SECRET = "env-secret-7d6c5b4a3f2e"
 
 
@@ -66,6 +68,7 @@ def _check_config(tmp_path, sim, pg_url, objects: dict | None = None) -> str:
     return str(cfg)
 
 
+@pytest.mark.slow
 def test_check_passes_against_the_simulator_one_line_per_check(tmp_path, sim, pg_url):
     cfg = _check_config(tmp_path, sim, pg_url)
     out = _cli("check", "--config", cfg, env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]})
@@ -123,30 +126,10 @@ def _pg_schemas(pg_url: str) -> list[str]:
     return asyncio.run(names())
 
 
-def test_check_names_the_grant_a_role_without_create_needs(tmp_path, sim, pg_url):
-    import asyncio
-    import uuid
-
-    import asyncpg
-
-    role = f"chk_{uuid.uuid4().hex[:8]}"
-
-    async def sql(statement: str) -> None:
-        conn = await asyncpg.connect(pg_url)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(sql(f'CREATE ROLE "{role}" LOGIN'))  # may connect (PUBLIC), may not create schemas
-    try:
-        as_role = pg_url.replace("://postgres@", f"://{role}@", 1)
-        assert as_role != pg_url
-        cfg = _check_config(tmp_path, sim, as_role, objects={"Account": {}})
-        out = _cli("check", "--config", cfg, env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]})
-        assert out.returncode == 1, out.stdout + out.stderr
-        failed = [line for line in out.stdout.splitlines() if line.startswith("FAIL")]
-        assert [line.split(":")[0] for line in failed] == ["FAIL  schema replicator", "FAIL  schema chk"], out.stdout
-        assert "GRANT CREATE ON DATABASE" in failed[0]
-    finally:
-        asyncio.run(sql(f'DROP ROLE "{role}"'))
+def test_check_names_the_grant_a_role_without_create_needs(tmp_path, sim, role_without_create):
+    cfg = _check_config(tmp_path, sim, role_without_create, objects={"Account": {}})
+    out = _cli("check", "--config", cfg, env={"REPLICATOR_SALESFORCE__CLIENT_SECRET": sim["client_secret"]})
+    assert out.returncode == 1, out.stdout + out.stderr
+    failed = [line for line in out.stdout.splitlines() if line.startswith("FAIL")]
+    assert [line.split(":")[0] for line in failed] == ["FAIL  schema replicator", "FAIL  schema chk"], out.stdout
+    assert "GRANT CREATE ON DATABASE" in failed[0]

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 
@@ -23,7 +22,19 @@ from replicator.app.service import Service
 from replicator.config import load_settings
 from replicator.sim.server import SimulatorThread
 
-from .helpers import OBJECTS, all_equal, finish, pg_value, settings_for, sim_admin, start_logged, wait_for
+from .helpers import (
+    OBJECTS,
+    all_equal,
+    finish,
+    free_port,
+    pg_value,
+    settings_for,
+    sim_admin,
+    start_logged,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow  # several services
 
 LEASE_S = 300  # the standby of a release never waits for an expiry, nor for a renewal period (a third of it)
 UNITS = {f"object:{name}" for name in OBJECTS}
@@ -183,12 +194,6 @@ async def _applied_at_least(pg_url: str, n: int) -> bool:
     return await _applied(pg_url) >= n
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _config(tmp_path, sim, pg_url: str, lease_s: float) -> str:
     cfg = tmp_path / "run.toml"
     cfg.write_text(
@@ -207,7 +212,7 @@ class _Run:
     """One `replicator run` process with a replica id and a metrics port of its own."""
 
     def __init__(self, cfg: str, sim, replica: str):
-        self.replica, self.port = replica, _free_port()
+        self.replica, self.port = replica, free_port()
         env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"],
                    REPLICATOR_SERVICE__PORT=str(self.port), REPLICATOR_SERVICE__REPLICA_ID=replica)
         self.proc = start_logged([sys.executable, "-m", "replicator.cli", "--log-json", "run", "--config", cfg], env)

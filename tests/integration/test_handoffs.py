@@ -21,7 +21,19 @@ from replicator.model import ConfigError
 from replicator.salesforce.pubsub import PubSubClient
 from replicator.sim.server import SimulatorThread
 
-from .helpers import all_equal, ground_truth, pg_value, settings_for, sim_admin, wait_for
+from .helpers import (
+    all_equal,
+    give_back,
+    ground_truth,
+    pg_value,
+    running_service,
+    settings_for,
+    sim_admin,
+    streaming,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow  # the service, restarted
 
 CHANNEL = "/data/ChangeEvents"
 NOT_CHANNEL = ""
@@ -40,26 +52,6 @@ def _settings(sim, pg_url, schema, objects, channel: str = NOT_CHANNEL, lookback
                                 "channel": channel},
                         service={"control_poll_s": 0.2}, poll={"page_size": 100, "lookback_s": lookback_s},
                         objects=objects)
-
-
-def _mode(pg_url, name: str, mode: str):
-    return lambda: pg_value(pg_url, f"SELECT mode = '{mode}' AND phase = 'STREAMING' FROM replicator.objects"
-                                    f" WHERE object = '{name}'")
-
-
-@contextlib.asynccontextmanager
-async def _running(sim, settings, **restore):
-    """A running service; on the way out the simulator's settings named in `restore` (admin path → body) given
-    back, and the service stopped, exiting 0."""
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        yield svc
-    finally:
-        for path, body in restore.items():
-            await sim_admin(sim, "PUT", f"/__sim/{path}", body)
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def _live_ids(sim, name: str, start: int, count: int) -> list[str]:
@@ -114,15 +106,12 @@ async def test_an_object_removed_from_the_configuration_and_added_back_keeps_the
     without = _settings(sim, pg_url, schema, {"Account": {}}, channel)
     changed, marker = await _live_ids(sim, "Contact", 0, 4), (await _live_ids(sim, "Contact", 4, 1))[0]
     account = (await _live_ids(sim, "Account", 0, 1))[0]
-    async with _running(sim, both):
-        for name in ("Account", "Contact"):
-            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
-    async with _running(sim, without):
-        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=60)
+    async with running_service(both, until=streaming(pg_url, "Account", "Contact", mode="cdc")):
+        pass
+    async with running_service(without, until=streaming(pg_url, "Account", mode="cdc")):
         await _update(sim, "Contact", changed, f"out {channel}")
         await _marker(sim, pg_url, schema, "Account", account, f"out {channel}")  # the stream read past them
-    async with _running(sim, both):
-        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=60)
+    async with running_service(both, until=streaming(pg_url, "Contact", mode="cdc")):
         await _marker(sim, pg_url, schema, "Contact", marker, f"back {channel}")
         assert await _arrived(pg_url, schema, "Contact", changed, f"out {channel}") == len(changed)
         assert await all_equal(both)
@@ -141,9 +130,9 @@ async def test_a_polled_object_configured_auto_after_a_restart_joins_the_stream_
     auto = _settings(sim, pg_url, schema, {"Account": {}, "Contact": {}}, CHANNEL)
     while_polled, while_down = await _live_ids(sim, "Account", 10, 4), await _live_ids(sim, "Account", 14, 4)
     marker, contact = (await _live_ids(sim, "Account", 18, 1))[0], (await _live_ids(sim, "Contact", 10, 1))[0]
-    async with _running(sim, polled) as svc:
-        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=120)
-        await wait_for(_mode(pg_url, "Account", "poll"), timeout=120)
+    async with running_service(polled) as svc:
+        await wait_for(streaming(pg_url, "Contact", mode="cdc"), timeout=60)
+        await wait_for(streaming(pg_url, "Account", mode="poll"), timeout=60)
 
         async def polled_once():
             return svc.metrics.object("Account").caught_up_at is not None
@@ -151,8 +140,7 @@ async def test_a_polled_object_configured_auto_after_a_restart_joins_the_stream_
         await _update(sim, "Account", while_polled, "while polled")
         await _marker(sim, pg_url, schema, "Contact", contact, "polled")  # the channel is past Account's events
     await _update(sim, "Account", while_down, "while down")
-    async with _running(sim, auto):
-        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=60)
+    async with running_service(auto, until=streaming(pg_url, "Account", mode="cdc")):
         await _marker(sim, pg_url, schema, "Account", marker, "streamed")
         assert await _arrived(pg_url, schema, "Account", while_down, "while down") == len(while_down)
         assert await _arrived(pg_url, schema, "Account", while_polled, "while polled") == len(while_polled)
@@ -168,13 +156,11 @@ async def test_a_channel_member_configured_poll_after_a_restart_polls_without_a_
                        CHANNEL)
     while_down = await _live_ids(sim, "Account", 20, 4)
     job = "SELECT job_id FROM replicator.objects WHERE object = 'Account'"
-    async with _running(sim, auto):
-        for name in ("Account", "Contact"):
-            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+    async with running_service(auto, until=streaming(pg_url, "Account", "Contact", mode="cdc")):
+        pass
     first_job = await pg_value(pg_url, job)
     await _update(sim, "Account", while_down, "down, then polled")
-    async with _running(sim, polled):
-        await wait_for(_mode(pg_url, "Account", "poll"), timeout=60)
+    async with running_service(polled, until=streaming(pg_url, "Account", mode="poll")):
         await wait_for(lambda: _arrived(pg_url, schema, "Account", while_down, "down, then polled"), timeout=30)
         resyncs = await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'")
         reason = await pg_value(pg_url, "SELECT last_resync_reason FROM replicator.objects WHERE object = 'Account'")
@@ -228,9 +214,8 @@ async def test_changes_between_a_deselection_and_the_switch_to_polling_are_read(
     selected = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
     changed, marker = await _live_ids(sim, "Contact", 20, 3), (await _live_ids(sim, "Contact", 23, 1))[0]
     account = (await _live_ids(sim, "Account", 30, 1))[0]
-    async with _running(sim, settings, cdc={"objects": selected}):
-        for name in ("Account", "Contact"):
-            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+    async with running_service(settings, until=streaming(pg_url, "Account", "Contact", mode="cdc"),
+                               before_stop=give_back(sim, cdc={"objects": selected})):
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
                                                 f" WHERE topic = '{CHANNEL}'"), timeout=30)
         try:
@@ -250,7 +235,7 @@ async def test_changes_between_a_deselection_and_the_switch_to_polling_are_read(
                                                         f" WHERE topic = '{CHANNEL}'"), timeout=10)
         finally:
             topic_gate.release.set()
-        await wait_for(_mode(pg_url, "Contact", "poll"), timeout=30)
+        await wait_for(streaming(pg_url, "Contact", mode="poll"), timeout=30)
         await _marker(sim, pg_url, schema, "Contact", marker, f"polled {moved_by}")
         assert await _arrived(pg_url, schema, "Contact", changed, f"deselected {moved_by}") == len(changed)
         assert await all_equal(settings)
@@ -275,8 +260,7 @@ async def _exhaust_events(sim, pg_url, names: list[str]) -> None:
     await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used})
     for k, name in enumerate(names):
         await _update(sim, name, await _live_ids(sim, name, 40 + k, 1), "exhausting")
-    for name in names:
-        await wait_for(_mode(pg_url, name, "poll"), timeout=60)
+    await wait_for(streaming(pg_url, *names, mode="poll"), timeout=60)
 
 
 @pytest.mark.parametrize("channel", [NOT_CHANNEL, CHANNEL], ids=["own_subscription", "channel"])
@@ -291,7 +275,7 @@ async def test_a_cdc_object_whose_topic_went_away_stops_the_service_with_a_confi
     svc = Service(settings)
     task = asyncio.create_task(svc.run())
     try:
-        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=120)
+        await wait_for(streaming(pg_url, "Contact", mode="cdc"), timeout=120)
         await _exhaust_events(sim, pg_url, ["Contact"])
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selected if o != "Contact"]})
         await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
@@ -321,9 +305,8 @@ async def test_every_cdc_object_streams_again_once_the_event_allocation_recovers
     /limits shows room, both must stream again, and a change made after that arrives by each one's stream."""
     names = ["Account", "Contact"]
     settings = _settings(sim, pg_url, "recover", {n: {"mode": "cdc", "poll_interval_s": 0.3} for n in names})
-    async with _running(sim, settings, limits={"event_allocation": 10_000_000, "reset": True}):
-        for name in names:
-            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+    async with running_service(settings, until=streaming(pg_url, *names, mode="cdc"),
+                               before_stop=give_back(sim, limits={"event_allocation": 10_000_000, "reset": True})):
         await _exhaust_events(sim, pg_url, names)
         await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
 
@@ -338,7 +321,7 @@ async def test_every_cdc_object_streams_again_once_the_event_allocation_recovers
             await wait_for(lambda: _all_cdc(modes), timeout=8)
         assert await modes() == {n: "cdc" for n in names}, "still polling 8 s after the first streamed again"
         for name in names:
-            await wait_for(_mode(pg_url, name, "cdc"), timeout=30)
+            await wait_for(streaming(pg_url, name, mode="cdc"), timeout=30)
             topic = f"/data/{name}ChangeEvent"
             before = await pg_value(pg_url, f"SELECT events_applied FROM replicator.checkpoints WHERE topic = '{topic}'")
             await _marker(sim, pg_url, "recover", name, (await _live_ids(sim, name, 50, 1))[0], "after recovery")
@@ -364,20 +347,18 @@ async def test_a_cdc_object_started_while_the_event_allocation_is_used_up_stream
     names = ["Account", "Contact"]
     auto = _settings(sim, pg_url, "cdcstart", {n: {"mode": "auto", "poll_interval_s": 0.3} for n in names})
     try:
-        async with _running(sim, auto):
-            for name in names:
-                await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+        async with running_service(auto, until=streaming(pg_url, *names, mode="cdc")):
             await _exhaust_events(sim, pg_url, names)
         cdc = _settings(sim, pg_url, "cdcstart", {n: {"mode": "cdc" if n == "Contact" else "auto", "poll_interval_s": 0.3}
                                                   for n in names})
-        async with _running(sim, cdc):
+        async with running_service(cdc, until=None):
             records = {n: (await _live_ids(sim, n, 45, 1))[0] for n in names}
             for name in names:  # polled meanwhile
                 await _marker(sim, pg_url, "cdcstart", name, records[name], "while used up")
-                await wait_for(_mode(pg_url, name, "poll"), timeout=10)
+                await wait_for(streaming(pg_url, name, mode="poll"), timeout=10)
             await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
             for name in names:
-                await wait_for(_mode(pg_url, name, "cdc"), timeout=30)
+                await wait_for(streaming(pg_url, name, mode="cdc"), timeout=30)
                 topic = f"/data/{name}ChangeEvent"
                 before = await pg_value(pg_url, "SELECT events_applied FROM replicator.checkpoints"
                                                 f" WHERE topic = '{topic}'")
@@ -398,9 +379,8 @@ async def test_a_channel_started_while_the_event_allocation_is_used_up_polls_its
     settings = _settings(sim, pg_url, "chstart", {n: {"poll_interval_s": 0.3} for n in names}, channel=CHANNEL)
     used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["events_delivered"]
     await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used})
-    async with _running(sim, settings, limits={"event_allocation": 10_000_000, "reset": True}):
-        for name in names:
-            await wait_for(_mode(pg_url, name, "poll"), timeout=60)
+    async with running_service(settings, until=streaming(pg_url, *names, mode="poll"),
+                               before_stop=give_back(sim, limits={"event_allocation": 10_000_000, "reset": True})):
         ids = await _live_ids(sim, "Contact", 10, 3)
         await _update(sim, "Contact", ids, "while the channel cannot start")
 
@@ -416,12 +396,12 @@ async def test_a_channel_started_while_the_event_allocation_is_used_up_polls_its
 LATE_S = 12  # how long the late transaction stays in flight: past a stop and a restart of the service
 
 
-async def _late_update(sim, name: str, ids: list[str], phone: str, after_s: float) -> int:
-    """A transaction updating `ids`' Phone, stamped now and committed `after_s` seconds later (a long transaction:
-    its records' SystemModstamp is older than its commit); its SystemModstamp (epoch ms)."""
-    r = await sim_admin(sim, "POST", "/__sim/changes", {
-        "changes": [{"object": name, "type": "UPDATE", "ids": ids, "fields": {"Phone": phone}}],
-        "visible_after_seconds": after_s})
+async def _late_change(sim, name: str, kind: str, ids: list[str], after_s: float, **fields) -> int:
+    """A transaction of `kind` (UPDATE setting `fields`, DELETE) on `ids`, stamped now and committed `after_s`
+    seconds later (a long transaction: its records' SystemModstamp is older than its commit); its SystemModstamp
+    (epoch ms)."""
+    change = {"object": name, "type": kind, "ids": ids, **({"fields": fields} if fields else {})}
+    r = await sim_admin(sim, "POST", "/__sim/changes", {"changes": [change], "visible_after_seconds": after_s})
     assert r.status_code == 200, r.text
     return r.json()["system_modstamp"]
 
@@ -444,9 +424,9 @@ async def test_a_late_commit_whose_events_are_never_read_is_read_by_the_poll(sim
     polled = _settings(sim, pg_url, schema, {"Account": {"mode": "poll", "poll_interval_s": 0.3}}, lookback_s=0)
     late, marker = await _live_ids(sim, "Account", 30, 4), (await _live_ids(sim, "Account", 34, 1))[0]
     phone = f"late {leaves_by}"
-    async with _running(sim, auto, limits={"event_allocation": 10_000_000, "reset": True}):
-        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=120)
-        stamp = await _late_update(sim, "Account", late, phone, LATE_S)
+    async with running_service(auto, until=streaming(pg_url, "Account", mode="cdc"),
+                               before_stop=give_back(sim, limits={"event_allocation": 10_000_000, "reset": True})):
+        stamp = await _late_change(sim, "Account", "UPDATE", late, LATE_S, Phone=phone)
         await _after(stamp + 1000)  # the next change is stamped a later second
         await _marker(sim, pg_url, schema, "Account", marker, f"past the late stamp {leaves_by}")
         if leaves_by == "allocation_used_up":
@@ -454,15 +434,14 @@ async def test_a_late_commit_whose_events_are_never_read_is_read_by_the_poll(sim
             await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used})  # the late event is refused
             assert not await _committed(sim, "Account", late, phone), "the late commit came before the switch"
             await wait_for(lambda: _committed(sim, "Account", late, phone), timeout=LATE_S + 10)
-            await wait_for(_mode(pg_url, "Account", "poll"), timeout=30)
+            await wait_for(streaming(pg_url, "Account", mode="poll"), timeout=30)
             await _marker(sim, pg_url, schema, "Account", marker, "polled past the late commit")
             assert await _arrived(pg_url, schema, "Account", late, phone) == len(late)
             assert await all_equal(auto)
     if leaves_by == "restart_into_poll":
         assert not await _committed(sim, "Account", late, phone), "the late commit came before the stop"
         await wait_for(lambda: _committed(sim, "Account", late, phone), timeout=LATE_S + 10)
-        async with _running(sim, polled):
-            await wait_for(_mode(pg_url, "Account", "poll"), timeout=60)
+        async with running_service(polled, until=streaming(pg_url, "Account", mode="poll")):
             await _marker(sim, pg_url, schema, "Account", marker, "polled past the late commit")
             assert await _arrived(pg_url, schema, "Account", late, phone) == len(late)
             assert await all_equal(polled)
@@ -477,11 +456,8 @@ async def test_a_late_delete_streamed_keeps_the_records_systemmodstamp(sim, pg_u
     schema = "latedelete"
     settings = _settings(sim, pg_url, schema, {"Account": {}})
     ids = await _live_ids(sim, "Account", 40, 2)
-    async with _running(sim, settings):
-        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=120)
-        r = await sim_admin(sim, "POST", "/__sim/changes", {
-            "changes": [{"object": "Account", "type": "DELETE", "ids": ids}], "visible_after_seconds": 2})
-        assert r.status_code == 200, r.text
+    async with running_service(settings, until=streaming(pg_url, "Account", mode="cdc")):
+        await _late_change(sim, "Account", "DELETE", ids, 2)
         listed = ", ".join(f"'{i}'" for i in ids)
         await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 2 FROM {schema}.account WHERE id IN ({listed})"
                                                 " AND isdeleted"), timeout=30)

@@ -3,7 +3,6 @@ batch that applies it; `verify --history` finds the current versions equal to th
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import signal
@@ -14,7 +13,6 @@ import asyncpg
 import pytest
 
 from replicator.app.commands import verify_command
-from replicator.app.service import Service
 from replicator.sim.server import SimulatorThread
 
 from .helpers import (
@@ -23,11 +21,14 @@ from .helpers import (
     finish,
     ground_truth,
     pg_value,
+    running_service,
     settings_for,
     sim_admin,
     start_logged,
     wait_for,
 )
+
+pytestmark = pytest.mark.slow  # the service and `replicator run` subprocesses
 
 OBJECTS = {"Account": {"history": True}, "Contact": {"history": True, "deletes": "hard"},
            "Opportunity": {"history": True, "mode": "poll", "poll_interval_s": 0.2},
@@ -65,13 +66,8 @@ async def _versions(pg_url, schema, record_id, columns="phone, isdeleted", table
 
 @pytest.fixture
 async def service(sim, pg_url):
-    svc = Service(_settings(sim, pg_url, "hist"))
-    task = asyncio.create_task(svc.run())
-    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
-                   timeout=60)
-    yield svc
-    svc.stop.set()
-    assert await asyncio.wait_for(task, 30) == 0
+    async with running_service(_settings(sim, pg_url, "hist")) as svc:
+        yield svc
 
 
 async def test_every_change_of_one_batch_is_a_version_of_its_own(sim, pg_url, service):
@@ -201,27 +197,16 @@ async def test_fivetran_names_for_the_validity_columns(sim, pg_url):
 async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
     settings = _settings(sim, pg_url, "hist")
     await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # earlier tests' events: gone
-    first = Service(settings)
-    task = asyncio.create_task(first.run())
-    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
-                   timeout=60)
-    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) >= 3 FROM replicator.checkpoints "
-                                      "WHERE topic LIKE '/data/%'"), timeout=30)
-    first.stop.set()
-    assert await asyncio.wait_for(task, 30) == 0
+    async with running_service(settings):
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) >= 3 FROM replicator.checkpoints "
+                                          "WHERE topic LIKE '/data/%'"), timeout=30)
     acc, gone = (await _live_ids(sim, "Account", 11))[4:11:6]
     await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "missed"}}])
     await _changes(sim, [{"object": "Account", "type": "HARD_DELETE", "ids": [gone]}])
     await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # the stream cannot replay them
-    second = Service(settings)
-    task = asyncio.create_task(second.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'missed' FROM hist.account WHERE id = '{acc}'"),
-                       timeout=60)
+    async with running_service(settings, until=lambda: pg_value(pg_url, "SELECT phone = 'missed' FROM hist.account"
+                                                                       f" WHERE id = '{acc}'"), timeout=60):
         assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'") == 1
-    finally:
-        second.stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
     assert [v["_op"] for v in await _versions(pg_url, "hist", acc)] == ["backfill", "resync"]
     # the record that left the org unseen: its last version stays as it lived, a deleted one follows it
     removed = await _versions(pg_url, "hist", gone)
@@ -352,13 +337,8 @@ async def test_the_service_prunes_versions_past_retention_when_it_starts(sim, pg
     settings = _settings(sim, pg_url, "hist", history={"retention_days": 30})
 
     async def run_until(predicate):
-        svc = Service(settings)
-        task = asyncio.create_task(svc.run())
-        try:
-            await wait_for(predicate, timeout=60)
-        finally:
-            svc.stop.set()
-            assert await asyncio.wait_for(task, 30) == 0
+        async with running_service(settings, until=predicate, timeout=60):
+            pass
 
     acc = (await _live_ids(sim, "Account", 6))[5]
 
@@ -438,19 +418,12 @@ async def test_a_channel_batch_writes_each_members_versions(sim, pg_url):
     settings = settings_for(sim, pg_url, "chan", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                             stream={"batch_max_wait_s": 0.05, "channel": "/data/ChangeEvents"},
                             objects={"Account": {"history": True}, "Contact": {"history": True}})
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects "
-                                          "WHERE phase = 'STREAMING'"), timeout=60)
+    async with running_service(settings):
         acc, con = (await _live_ids(sim, "Account", 14))[13], (await _live_ids(sim, "Contact", 3))[2]
         await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "c1"}},
                              {"object": "Contact", "type": "UPDATE", "ids": [con], "fields": {"Phone": "c1"}},
                              {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "c2"}}])
         await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'c2' FROM chan.account WHERE id = '{acc}'"),
                        timeout=30)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
     assert [v["phone"] for v in await _versions(pg_url, "chan", acc)][1:] == ["c1", "c2"]
     assert [v["phone"] for v in await _versions(pg_url, "chan", con, table="contact")][1:] == ["c1"]

@@ -5,16 +5,23 @@ go on. Each ends with `verify` equal."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import pytest
 from prometheus_client import generate_latest
 
-from replicator.app.service import Service
 from replicator.sim.server import SimulatorThread
 
-from .helpers import all_equal, pg_value, settings_for, sim_admin, wait_for
+from .helpers import (
+    all_equal,
+    give_back,
+    pg_value,
+    running_service,
+    settings_for,
+    sim_admin,
+    streaming,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow  # the service under traffic
 
 
 @pytest.fixture(scope="module")
@@ -33,50 +40,34 @@ def _settings(sim, pg_url, schema, objects, **stream):
 
 
 
-def _mode(pg_url, name: str, mode: str):
-    return lambda: pg_value(pg_url, f"SELECT mode = '{mode}' AND phase = 'STREAMING' FROM replicator.objects"
-                                    f" WHERE object = '{name}'")
-
-
 async def _traffic(sim, **settings) -> None:
     r = await sim_admin(sim, "PUT", "/__sim/traffic", settings)
     assert r.status_code == 200, r.text
 
 
-@contextlib.asynccontextmanager
-async def _running(sim, settings, **restore):
-    """A running service. On the way out, whatever happened: the traffic paused, the simulator's settings named in
-    `restore` (admin path → body: cdc, limits) given back, and the service stopped, exiting 0."""
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        yield svc
-    finally:
-        await _traffic(sim, running=False)
-        for path, body in restore.items():
-            await sim_admin(sim, "PUT", f"/__sim/{path}", body)
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
+def _running(sim, settings, until, **restore):
+    """`running_service`; on the way out, whatever happened, before the service stops: the traffic paused, the
+    simulator's settings named in `restore` (admin path → body: cdc, limits) given back."""
+    return running_service(settings, until=until, before_stop=give_back(sim, traffic={"running": False}, **restore))
 
 
 async def test_an_entity_deselected_and_selected_again_under_traffic_switches_without_a_hole(sim, pg_url):
     settings = _settings(sim, pg_url, "switch", {"Account": {"poll_interval_s": 0.3}})
     selection = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
     job = "SELECT job_id FROM replicator.objects WHERE object = 'Account'"
-    async with _running(sim, settings, cdc={"objects": selection}) as svc:
-        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=120)
+    async with _running(sim, settings, streaming(pg_url, "Account", mode="cdc"), cdc={"objects": selection}) as svc:
         first_job = await pg_value(pg_url, job)
         await _traffic(sim, running=True, rate=40, objects=["Account"], purge_rate=0.2, changes=None)
         await wait_for(lambda: pg_value(pg_url, "SELECT events_applied > 20 FROM replicator.checkpoints"
                                                 " WHERE topic = '/data/AccountChangeEvent'"), timeout=60)
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selection if o != "Account"]})
-        await wait_for(_mode(pg_url, "Account", "poll"), timeout=60)
+        await wait_for(streaming(pg_url, "Account", mode="poll"), timeout=60)
         polled = await pg_value(pg_url, "SELECT events_applied FROM replicator.checkpoints WHERE topic = 'poll:Account'")
         await wait_for(lambda: pg_value(pg_url, "SELECT events_applied > "
                                                 f"{polled or 0} + 20 FROM replicator.checkpoints"
                                                 " WHERE topic = 'poll:Account'"), timeout=60)
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})
-        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=60)
+        await wait_for(streaming(pg_url, "Account", mode="cdc"), timeout=60)
         streamed = await pg_value(pg_url, "SELECT events_applied FROM replicator.checkpoints"
                                           " WHERE topic = '/data/AccountChangeEvent'")
         await wait_for(lambda: pg_value(pg_url, f"SELECT events_applied > {streamed} + 20 FROM replicator.checkpoints"
@@ -92,12 +83,12 @@ async def test_an_entity_deselected_and_selected_again_under_traffic_switches_wi
 
 async def test_the_event_allocation_used_up_polls_loudly_then_streams_again(sim, pg_url):
     settings = _settings(sim, pg_url, "alloc", {"Contact": {"poll_interval_s": 0.3}})
-    async with _running(sim, settings, limits={"event_allocation": 10_000_000, "reset": True}) as svc:
-        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=120)
+    async with _running(sim, settings, streaming(pg_url, "Contact", mode="cdc"),
+                        limits={"event_allocation": 10_000_000, "reset": True}) as svc:
         used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["events_delivered"]
         await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used + 5})
         await _traffic(sim, running=True, rate=40, objects=["Contact"], changes=None)
-        await wait_for(_mode(pg_url, "Contact", "poll"), timeout=60)
+        await wait_for(streaming(pg_url, "Contact", mode="poll"), timeout=60)
         reason = await pg_value(pg_url, "SELECT mode_reason FROM replicator.objects WHERE object = 'Contact'")
         assert "event delivery allocation" in reason
         metrics = generate_latest(svc.metrics.registry).decode()
@@ -108,7 +99,7 @@ async def test_the_event_allocation_used_up_polls_loudly_then_streams_again(sim,
         await wait_for(lambda: pg_value(pg_url, f"SELECT events_applied > {polled or 0} + 20"
                                                 " FROM replicator.checkpoints WHERE topic = 'poll:Contact'"), timeout=60)
         await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
-        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=60)
+        await wait_for(streaming(pg_url, "Contact", mode="cdc"), timeout=60)
         await _traffic(sim, running=False)
         await wait_for(lambda: all_equal(settings, refresh=True), timeout=90, interval=0.5)
         metrics = generate_latest(svc.metrics.registry).decode()
@@ -126,16 +117,15 @@ async def test_a_channel_whose_event_allocation_is_used_up_polls_its_objects_the
     settings = _settings(sim, pg_url, f"challoc{room}", {"Account": {"poll_interval_s": 0.3},
                                                   "Contact": {"poll_interval_s": 0.3}}, channel="/data/ChangeEvents")
     names = ("Account", "Contact")
-    async with _running(sim, settings, limits={"event_allocation": 10_000_000, "reset": True}) as svc:
-        for name in names:
-            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+    async with _running(sim, settings, streaming(pg_url, *names, mode="cdc"),
+                        limits={"event_allocation": 10_000_000, "reset": True}) as svc:
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
                                                 " WHERE topic = '/data/ChangeEvents'"), timeout=60)
         used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["events_delivered"]
         await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": used + room})
         await _traffic(sim, running=True, rate=40, objects=list(names), changes=None)
         for name in names:
-            await wait_for(_mode(pg_url, name, "poll"), timeout=60)
+            await wait_for(streaming(pg_url, name, mode="poll"), timeout=60)
             reason = await pg_value(pg_url, f"SELECT mode_reason FROM replicator.objects WHERE object = '{name}'")
             assert "event delivery allocation" in reason
         metrics = generate_latest(svc.metrics.registry).decode()
@@ -146,7 +136,7 @@ async def test_a_channel_whose_event_allocation_is_used_up_polls_its_objects_the
                                                            f" WHERE topic = 'poll:{n}'"), timeout=60)
         await sim_admin(sim, "PUT", "/__sim/limits", {"event_allocation": 10_000_000, "reset": True})
         for name in names:  # back to the stream, each on its own topic
-            await wait_for(_mode(pg_url, name, "cdc"), timeout=60)
+            await wait_for(streaming(pg_url, name, mode="cdc"), timeout=60)
             await wait_for(lambda n=name: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
                                                            f" WHERE topic = '/data/{n}ChangeEvent'"), timeout=60)
         await _traffic(sim, running=False)
@@ -160,12 +150,11 @@ async def test_a_channel_member_deselected_from_cdc_polls_then_streams_on_its_ow
     settings = _settings(sim, pg_url, "chtopic", {"Account": {}, "Contact": {"poll_interval_s": 0.3}},
                          channel="/data/ChangeEvents")
     selected = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
-    async with _running(sim, settings, cdc={"objects": selected}) as svc:
-        for name in ("Account", "Contact"):
-            await wait_for(_mode(pg_url, name, "cdc"), timeout=120)
+    async with _running(sim, settings, streaming(pg_url, "Account", "Contact", mode="cdc"),
+                        cdc={"objects": selected}) as svc:
         await _traffic(sim, running=True, rate=40, objects=["Account", "Contact"], changes=None)
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [n for n in selected if n != "Contact"]})
-        await wait_for(_mode(pg_url, "Contact", "poll"), timeout=60)
+        await wait_for(streaming(pg_url, "Contact", mode="poll"), timeout=60)
         reason = await pg_value(pg_url, "SELECT mode_reason FROM replicator.objects WHERE object = 'Contact'")
         assert "no change-event topic" in reason
         assert 'replicator_mode_switches_total{cause="topic",mode="poll",object="Contact"} 1.0' in \
@@ -173,7 +162,7 @@ async def test_a_channel_member_deselected_from_cdc_polls_then_streams_on_its_ow
         await wait_for(lambda: pg_value(pg_url, "SELECT events_applied > 10 FROM replicator.checkpoints"
                                                 " WHERE topic = 'poll:Contact'"), timeout=60)
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selected})
-        await wait_for(_mode(pg_url, "Contact", "cdc"), timeout=60)
+        await wait_for(streaming(pg_url, "Contact", mode="cdc"), timeout=60)
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
                                                 " WHERE topic = '/data/ContactChangeEvent'"), timeout=60)
         assert await pg_value(pg_url, "SELECT mode FROM replicator.objects WHERE object = 'Account'") == "cdc"
@@ -187,9 +176,9 @@ async def test_a_channel_member_deselected_from_cdc_polls_then_streams_on_its_ow
 
 async def test_poll_rounds_wait_while_the_api_budget_is_spent_and_streams_go_on(sim, pg_url):
     settings = _settings(sim, pg_url, "budget", {"Account": {}, "Task": {"poll_interval_s": 0.2}})
-    async with _running(sim, settings, limits={"api_allocation": 5_000_000}) as svc:
-        await wait_for(_mode(pg_url, "Task", "poll"), timeout=120)
-        await wait_for(_mode(pg_url, "Account", "cdc"), timeout=120)
+    async with _running(sim, settings, "streaming", limits={"api_allocation": 5_000_000}) as svc:
+        await wait_for(streaming(pg_url, "Task", mode="poll"), timeout=60)
+        await wait_for(streaming(pg_url, "Account", mode="cdc"), timeout=60)
         used = (await sim_admin(sim, "GET", "/__sim/limits")).json()["api_used"]
         await sim_admin(sim, "PUT", "/__sim/limits", {"api_allocation": int(used / 0.85)})  # ~15% left < 20%
         await wait_for(lambda: _async(svc.limits.api_paused), timeout=30)
@@ -221,14 +210,13 @@ async def test_a_polled_object_selected_while_the_service_was_down_streams_after
     job = "SELECT job_id FROM replicator.objects WHERE object = 'Opportunity'"
     await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selection if o != "Opportunity"]})
     try:
-        async with _running(sim, settings):
-            await wait_for(_mode(pg_url, "Opportunity", "poll"), timeout=120)
+        async with _running(sim, settings, streaming(pg_url, "Opportunity", mode="poll")):
+            pass
         first_job = await pg_value(pg_url, job)
         ids = (await sim_admin(sim, "POST", "/__sim/changes", [
             {"object": "Opportunity", "type": "CREATE", "fields": {"Name": "while down"}, "count": 5}])).json()
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selection})
-        async with _running(sim, settings):
-            await wait_for(_mode(pg_url, "Opportunity", "cdc"), timeout=60)
+        async with _running(sim, settings, streaming(pg_url, "Opportunity", mode="cdc")):
             await sim_admin(sim, "POST", "/__sim/changes", [
                 {"object": "Opportunity", "type": "CREATE", "fields": {"Name": "streamed"}, "count": 5}])
             await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 5 FROM restart.opportunity"

@@ -15,7 +15,6 @@ import pytest
 
 from replicator.app.commands import run_backfills
 from replicator.app.runtime import open_store, salesforce_client
-from replicator.app.service import Service
 from replicator.model import DeadLetter
 from replicator.pipeline.dead_letters import retry
 from replicator.postgres.state import add_dead_letters
@@ -24,7 +23,7 @@ from replicator.protocol import pubsub_api_pb2_grpc as pb_grpc
 from replicator.sim.avro import PlatformEventSchema
 from replicator.sim.server import SimulatorThread
 
-from .helpers import ground_truth, pg_value, settings_for, sim_admin, wait_for
+from .helpers import ground_truth, pg_value, running_service, settings_for, sim_admin, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +51,7 @@ async def test_nul_in_a_backfill_page_a_change_event_and_a_gap_healed_record_is_
     await _change(sim, ids=[page], fields={"Name": "Page\x00 Corp"})  # before the backfill: in its CSV page
     settings = settings_for(sim, pg_url, "nul", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                             stream={"batch_max_wait_s": 0.05}, objects={"Account": {}})
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"), timeout=60)
+    async with running_service(settings):
         await _change(sim, ids=[event], fields={"Name": "Event\x00 Corp"})  # an Avro string with NUL
         await _change(sim, ids=[gap], fields={"Name": "Gap\x00 Corp"}, force_gap=True)  # fetched by REST
         await _change(sim, ids=[later], fields={"Phone": "+1 555 0100"})  # the stream must go on to this one
@@ -65,9 +61,6 @@ async def test_nul_in_a_backfill_page_a_change_event_and_a_gap_healed_record_is_
         except TimeoutError:
             error = await pg_value(pg_url, "SELECT last_error FROM replicator.objects")
             raise AssertionError(f"the stream stopped before the later change: {error}") from None
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
     assert await _names(pg_url, "nul", [page, event, gap]) == {
         page: "Page Corp", event: "Event Corp", gap: "Gap Corp"}
     assert await pg_value(pg_url, "SELECT count(*) FROM replicator.dead_letters") == 0
@@ -130,13 +123,9 @@ async def test_nul_in_a_platform_event_is_stripped_and_later_events_follow(sim, 
     settings = settings_for(sim, pg_url, "nulevents", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                             stream={"batch_max_wait_s": 0.05, "platform_events": ["Order_Ready__e"]},
                             objects={"Account": {}})
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM nulevents.order_ready__e"), timeout=30)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
+    async with running_service(settings, until=lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM"
+                                                                       " nulevents.order_ready__e"), timeout=30):
+        pass
     ids = await pg_value(pg_url, "SELECT string_agg(fields->>'Order_Id__c', ',' ORDER BY replay_id)"
                                  " FROM nulevents.order_ready__e")
     assert ids == "ORD-1,ORD-2"

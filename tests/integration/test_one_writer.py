@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from replicator.config import load_settings
 from replicator.sim.server import SimulatorThread
 
-from .helpers import all_equal, finish, pg_value, sim_admin, start_logged, wait_for
+from .helpers import all_equal, finish, free_port, pg_value, sim_admin, start_logged, wait_for
+
+pytestmark = pytest.mark.slow  # `replicator run` subprocesses
 
 LEASE_S = 2  # short, so a takeover takes seconds (the default is 15)
 UNIT = "object:Account"
@@ -29,12 +30,6 @@ UNIT = "object:Account"
 def sim():
     with SimulatorThread(records=200, seed=61, keepalive_seconds=0.2) as thread:
         yield thread.info
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path, sim, pg_url: str, channel: str | None = None) -> str:
@@ -54,7 +49,7 @@ class _Run:
     """One `replicator run` with a replica id and a metrics port of its own."""
 
     def __init__(self, cfg: str, sim, replica: str, unit: str = UNIT):
-        self.replica, self.unit, self.port = replica, unit, _free_port()
+        self.replica, self.unit, self.port = replica, unit, free_port()
         env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"],
                    REPLICATOR_SERVICE__PORT=str(self.port), REPLICATOR_SERVICE__REPLICA_ID=replica)
         self.proc: subprocess.Popen = start_logged(

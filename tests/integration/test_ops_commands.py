@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -11,9 +10,19 @@ import sys
 import pytest
 
 from replicator.app.commands import run_backfills
-from replicator.app.service import Service
 
-from .helpers import compare_with_truth, config_toml, ground_truth, pg_value, settings_for, sim_put, wait_for
+from .helpers import (
+    compare_with_truth,
+    config_toml,
+    ground_truth,
+    pg_value,
+    running_service,
+    settings_for,
+    sim_put,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow  # the service and `replicator` subprocesses
 
 
 def _cli(*args: str, secret: str | None = None) -> subprocess.CompletedProcess:
@@ -30,10 +39,7 @@ async def test_resync_request_is_picked_up_by_the_running_service(sim, pg_url, t
                             service={"control_poll_s": 0.1}, stream={"position_timeout_s": 10})
     cfg = tmp_path / "rs.toml"
     cfg.write_text(config_toml(sim, pg_url, "rs"))
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"), timeout=120)
+    async with running_service(settings) as svc:
         lost = await pg_value(pg_url, "SELECT id FROM rs.account ORDER BY id LIMIT 1")
         await pg_value(pg_url, f"DELETE FROM rs.account WHERE id = '{lost}'")  # a row the stream cannot heal
 
@@ -48,9 +54,6 @@ async def test_resync_request_is_picked_up_by_the_running_service(sim, pg_url, t
         reason = await pg_value(pg_url, "SELECT last_resync_reason FROM replicator.objects")
         assert "requested by an operator" in reason
         assert svc.metrics.resyncs.labels(object="Account")._value.get() == 1
-    finally:
-        svc.stop.set()
-        await asyncio.wait_for(task, 60)
     problems = await compare_with_truth(pg_url, "rs", "Account", "Id", await ground_truth(sim, "Account"))
     assert problems == []
 

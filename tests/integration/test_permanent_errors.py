@@ -12,26 +12,32 @@ subprocess of the command line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import asyncpg
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from replicator.app.service import Service
 from replicator.sim.server import SimulatorThread
 
-from .helpers import ground_truth, one_line_error, pg_value, settings_for, sim_admin, wait_for
+from .helpers import (
+    endpoint_get,
+    free_port,
+    ground_truth,
+    one_line_error,
+    pg_value,
+    running_service,
+    settings_for,
+    sim_admin,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow  # `replicator` subprocesses and the service
 
 SECRET_VARIABLE = "REPLICATOR_SALESFORCE__CLIENT_SECRET"
 WRONG_SECRET = "wrong-secret-5e4d3c2b1a09"
@@ -41,12 +47,6 @@ WRONG_SECRET = "wrong-secret-5e4d3c2b1a09"
 def sim():
     with SimulatorThread(records=300, seed=21, keepalive_seconds=0.2) as thread:
         yield thread.info
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path: Path, sim: dict, pg_url: str, schema: str, objects: list[str], port: int = 0) -> str:
@@ -112,14 +112,6 @@ class _Run:
         return self.proc.wait(timeout=60)
 
 
-async def _get(port: int, path: str) -> httpx.Response | None:
-    try:
-        async with httpx.AsyncClient() as http:
-            return await http.get(f"http://127.0.0.1:{port}{path}", timeout=5)
-    except httpx.TransportError:
-        return None
-
-
 def test_run_with_a_wrong_secret_exits_2_within_30_s_in_one_line(tmp_path, sim, pg_url):
     cfg = _config(tmp_path, sim, pg_url, "wrongsecret", ["Account", "Contact"])
     started = time.monotonic()
@@ -132,7 +124,7 @@ def test_run_with_a_wrong_secret_exits_2_within_30_s_in_one_line(tmp_path, sim, 
 
 
 async def test_a_misspelled_object_stops_alone_shown_in_status_readyz_and_metrics(tmp_path, sim, pg_url):
-    port = _free_port()
+    port = free_port()
     cfg = _config(tmp_path, sim, pg_url, "misspelled", ["Account", "Acount"], port=port)
     run = _Run(cfg, sim["client_secret"], tmp_path / "run.log")
     try:
@@ -152,7 +144,7 @@ async def test_a_misspelled_object_stops_alone_shown_in_status_readyz_and_metric
 
         # /readyz: 503 while an object is FAILED, naming it and why; the good object is ready
         async def readyz() -> dict | None:
-            r = await _get(port, "/readyz")
+            r = await endpoint_get(port, "/readyz")
             if r is None or not r.json()["objects"].get("Account", {}).get("ready"):
                 return None
             assert r.status_code == 503, r.text
@@ -162,7 +154,7 @@ async def test_a_misspelled_object_stops_alone_shown_in_status_readyz_and_metric
         assert failed["phase"] == "FAILED" and failed["ready"] is False, ready
         assert "Acount" in failed["reason"] and "NOT_FOUND" in failed["reason"], failed
 
-        r = await _get(port, "/metrics")
+        r = await endpoint_get(port, "/metrics")
         phases = {(s.labels["object"], s.labels["phase"]): s.value
                   for family in text_string_to_metric_families(r.text) for s in family.samples
                   if s.name == "replicator_object_phase"}
@@ -212,40 +204,13 @@ def test_backfill_of_a_misspelled_object_exits_2_and_loads_the_others(tmp_path, 
     assert rows == 300  # the good object was loaded all the same
 
 
-def test_a_role_that_may_not_create_the_schemas_exits_2_naming_the_privilege(tmp_path, sim, pg_url):
-    role = f"noperm_{uuid.uuid4().hex[:8]}"
-
-    async def sql(statement: str) -> None:
-        conn = await asyncpg.connect(pg_url)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(sql(f'CREATE ROLE "{role}" LOGIN'))  # may connect (PUBLIC), may not create schemas
-    try:
-        as_role = pg_url.replace("://postgres@", f"://{role}@", 1)
-        assert as_role != pg_url
-        cfg = _config(tmp_path, sim, as_role, "noperm", ["Account"])
-        for command in ("run", "backfill"):
-            out = _cli(command, "--config", cfg, secret=sim["client_secret"], timeout=60)
-            assert out.returncode == 2, (command, out.stderr[-3000:])
-            line = one_line_error(out)
-            assert "permission denied" in line and "GRANT CREATE ON DATABASE" in line, (command, line)
-    finally:
-        asyncio.run(sql(f'DROP ROLE "{role}"'))
-
-
-@contextlib.asynccontextmanager
-async def _service(settings):
-    """`Service.run` in this process; stopped on the way out, exiting 0."""
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        yield svc, task
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
+def test_a_role_that_may_not_create_the_schemas_exits_2_naming_the_privilege(tmp_path, sim, role_without_create):
+    cfg = _config(tmp_path, sim, role_without_create, "noperm", ["Account"])
+    for command in ("run", "backfill"):
+        out = _cli(command, "--config", cfg, secret=sim["client_secret"], timeout=60)
+        assert out.returncode == 2, (command, out.stderr[-3000:])
+        line = one_line_error(out)
+        assert "permission denied" in line and "GRANT CREATE ON DATABASE" in line, (command, line)
 
 
 async def test_a_failed_object_is_extracted_again_once_its_cause_is_fixed(sim, pg_url):
@@ -259,31 +224,27 @@ async def test_a_failed_object_is_extracted_again_once_its_cause_is_fixed(sim, p
     def phase(name: str, expected: str):
         return lambda: pg_value(pg_url, f"SELECT phase = '{expected}' FROM replicator.objects WHERE object = '{name}'")
 
-    async with _service(settings):
-        await wait_for(phase("Contact", "STREAMING"), timeout=120)
-        await wait_for(phase("Account", "STREAMING"), timeout=120)
+    async with running_service(settings):
+        pass
     first_job = await pg_value(pg_url, "SELECT job_id FROM replicator.objects WHERE object = 'Contact'")
 
     selected = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
     contact = [r["Id"] for r in await ground_truth(sim, "Contact") if not r["IsDeleted"]][0]
     try:
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selected if o != "Contact"]})
-        async with _service(settings) as (svc, task):
-            await wait_for(phase("Contact", "FAILED"), timeout=60)
+        async with running_service(settings, until=phase("Contact", "FAILED"), timeout=60) as svc:
             error = await pg_value(pg_url, "SELECT last_error FROM replicator.objects WHERE object = 'Contact'")
             assert "no change-event topic" in error
 
             async def account_streams() -> bool:  # its unit may start after Contact's failed (the fleet's order)
                 return svc.metrics.object("Account").phase == "STREAMING"
-            await wait_for(account_streams, timeout=60)
-            assert not task.done()  # Account goes on
+            await wait_for(account_streams, timeout=60)  # Account goes on (a service that ended fails on the way out)
             await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Contact", "type": "UPDATE", "ids": [contact],
                                                               "fields": {"Phone": "555-0321"}}])
     finally:
         await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selected})
 
-    async with _service(settings):
-        await wait_for(phase("Contact", "STREAMING"), timeout=120)
+    async with running_service(settings):  # Contact extracted again: FAILED -> BACKFILLING -> STREAMING
         assert await pg_value(pg_url, f"SELECT phone = '555-0321' FROM fixed.contact WHERE id = '{contact}'")
         assert await pg_value(pg_url, "SELECT job_id FROM replicator.objects WHERE object = 'Contact'") != first_job
         assert await pg_value(pg_url, "SELECT last_error IS NULL FROM replicator.objects WHERE object = 'Contact'")

@@ -19,7 +19,9 @@ from replicator.model import ConfigError, JobFailedError
 from replicator.pipeline.poll import ObjectPoller
 from replicator.sim.server import SimulatorThread
 
-from .helpers import all_equal, pg_value, settings_for, sim_admin, wait_for
+from .helpers import all_equal, pg_value, running_service, settings_for, sim_admin, streaming, wait_for
+
+pytestmark = pytest.mark.slow  # the service
 
 OBJECTS = {"Account": {}, "Task": {"poll_interval_s": 0.3}}
 
@@ -41,15 +43,15 @@ async def _live(sim, obj: str) -> list[str]:
     return [r["Id"] for r in (json.loads(line) for line in body.splitlines() if line.strip()) if not r["IsDeleted"]]
 
 
+def _polled_after_its_backfill(pg_url: str, name: str = "Task"):
+    """A predicate: the polled object's first round after its backfill committed."""
+    return lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM replicator.checkpoints c,"
+                                    f" replicator.objects o WHERE c.topic = 'poll:{name}' AND o.object = '{name}'")
 
 
 async def test_account_streams_task_polls_and_both_end_equal(sim, pg_url, capsys):
     settings = _settings(sim, pg_url, "poll")
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects WHERE phase = 'STREAMING'"
-                                                " AND object IN ('Account', 'Task')"), timeout=120)
+    async with running_service(settings) as svc:
         await wait_for(lambda: pg_value(pg_url, "SELECT poll_systemmodstamp IS NOT NULL FROM replicator.checkpoints"
                                                 " WHERE topic = 'poll:Task'"), timeout=60)
         tasks, accounts = await _live(sim, "Task"), await _live(sim, "Account")
@@ -86,9 +88,6 @@ async def test_account_streams_task_polls_and_both_end_equal(sim, pg_url, capsys
         # the hard-deleted record came from getDeleted: queryAll no longer returns it
         assert await pg_value(pg_url, "SELECT poll_deleted_through > now() - interval '1 minute'"
                                       " FROM replicator.checkpoints WHERE topic = 'poll:Task'")
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
     assert await pg_value(pg_url, f"SELECT isdeleted FROM poll.task WHERE id = '{soft}'") is True
     capsys.readouterr()
     assert await status_command(settings, as_json=True) == 0
@@ -106,50 +105,29 @@ async def _after(ms: float) -> bool:
 async def test_polled_deletes_hard_remove_soft_and_hard_deleted_records(sim, pg_url):
     settings = _settings(sim, pg_url, "poll_hard", objects={"Task": {"mode": "poll", "deletes": "hard",
                                                                       "poll_interval_s": 0.3}})
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects WHERE object = 'Task'"
-                                                " AND mode = 'poll'"), timeout=120)
+    async with running_service(settings, until=streaming(pg_url, "Task", mode="poll")):
         soft, hard, *_ = await _live(sim, "Task")
         await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Task", "type": "DELETE", "ids": [soft]},
                                                         {"object": "Task", "type": "HARD_DELETE", "ids": [hard]}])
         await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 0 FROM poll_hard.task WHERE id IN ('{soft}', '{hard}')"),
                        timeout=30)
         await wait_for(lambda: all_equal(settings), timeout=60, interval=0.5)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_polling_resumes_from_its_position_after_a_restart(sim, pg_url):
     settings = _settings(sim, pg_url, "poll_restart", objects={"Task": {"poll_interval_s": 0.3}})
     job = "SELECT job_id FROM replicator.objects WHERE object = 'Task'"
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        # a round committed after the backfill
-        await wait_for(lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM replicator.checkpoints c,"
-                                                " replicator.objects o WHERE c.topic = 'poll:Task' AND o.object = 'Task'"),
-                       timeout=120)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
+    await _backfilled(settings, pg_url)
     first_job = await pg_value(pg_url, job)
     changed, gone, *_ = await _live(sim, "Task")
     await sim_admin(sim, "POST", "/__sim/changes", [
         {"object": "Task", "type": "UPDATE", "ids": [changed], "fields": {"Subject": "while stopped"}},
         {"object": "Task", "type": "HARD_DELETE", "ids": [gone]},
         {"object": "Task", "type": "CREATE", "fields": {"Subject": "created while stopped"}, "count": 3}])
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
+    async with running_service(settings):
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM poll_restart.task"
                                                 " WHERE subject = 'created while stopped'"), timeout=60)
         await wait_for(lambda: all_equal(settings), timeout=60, interval=0.5)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
     assert await pg_value(pg_url, job) == first_job  # resumed from the position: no second extract
     assert await pg_value(pg_url, f"SELECT subject FROM poll_restart.task WHERE id = '{changed}'") == "while stopped"
 
@@ -157,21 +135,13 @@ async def test_polling_resumes_from_its_position_after_a_restart(sim, pg_url):
 async def test_a_streamed_object_configured_to_poll_is_polled_from_its_stream_position(sim, pg_url):
     """No new extract (app/modes.py): the poll position starts at the stream checkpoint, less the lookback."""
     streamed = _settings(sim, pg_url, "poll_switch", objects={"Account": {}})
-    svc = Service(streamed)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' AND mode = 'cdc' FROM replicator.objects"
-                                                " WHERE object = 'Account'"), timeout=120)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
+    async with running_service(streamed, until=streaming(pg_url, "Account", mode="cdc")):
+        pass
     job = await pg_value(pg_url, "SELECT job_id FROM replicator.objects WHERE object = 'Account'")
     polled = _settings(sim, pg_url, "poll_switch", objects={"Account": {"mode": "poll", "poll_interval_s": 0.3}})
-    svc = Service(polled)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT mode = 'poll' AND resyncs = 0 AND phase = 'STREAMING'"
-                                                " FROM replicator.objects WHERE object = 'Account'"), timeout=120)
+    polled_without_a_resync = "SELECT mode = 'poll' AND resyncs = 0 AND phase = 'STREAMING' FROM replicator.objects" \
+                              " WHERE object = 'Account'"
+    async with running_service(polled, until=lambda: pg_value(pg_url, polled_without_a_resync)):
         account = (await _live(sim, "Account"))[0]
         await sim_admin(sim, "POST", "/__sim/changes", [
             {"object": "Account", "type": "UPDATE", "ids": [account], "fields": {"Phone": "555-0199"}}])
@@ -179,19 +149,11 @@ async def test_a_streamed_object_configured_to_poll_is_polled_from_its_stream_po
                        timeout=30)
         await wait_for(lambda: all_equal(polled), timeout=60, interval=0.5)
         assert await pg_value(pg_url, "SELECT job_id FROM replicator.objects WHERE object = 'Account'") == job
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_a_failed_round_is_retried_by_the_supervisor(sim, pg_url):
     settings = _settings(sim, pg_url, "poll_fail", objects={"Task": {"poll_interval_s": 0.3}})
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM replicator.checkpoints c,"
-                                                " replicator.objects o WHERE c.topic = 'poll:Task' AND o.object = 'Task'"),
-                       timeout=120)
+    async with running_service(settings, until=_polled_after_its_backfill(pg_url)) as svc:
         await sim_admin(sim, "PUT", "/__sim/faults", {"error_500_rate": 1.0})
         try:
             await wait_for(lambda: pg_value(pg_url, "SELECT last_error LIKE '%UNKNOWN_EXCEPTION%' FROM replicator.objects"
@@ -204,9 +166,6 @@ async def test_a_failed_round_is_retried_by_the_supervisor(sim, pg_url):
         await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'after a failure' FROM poll_fail.task WHERE id = '{changed}'"),
                        timeout=90)
         assert svc.metrics.object("Task").mode == "poll"
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_cdc_mode_on_an_object_without_a_topic_is_a_config_error(sim, pg_url):
@@ -214,17 +173,11 @@ async def test_cdc_mode_on_an_object_without_a_topic_is_a_config_error(sim, pg_u
     with the error) and Account streams on (issue 21); with Task alone nothing is left to run and the service ends
     with the error (exit code 2 from `replicator run`)."""
     settings = _settings(sim, pg_url, "poll_cdc", objects={"Task": {"mode": "cdc"}, "Account": {}})
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'FAILED' AND last_error LIKE '%Task%no change-event"
-                                                " topic%' FROM replicator.objects WHERE object = 'Task'"), timeout=60)
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"
-                                                " WHERE object = 'Account'"), timeout=120)
-        assert svc.metrics.object("Task").phase == "FAILED" and not task.done()
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
+    failed = "SELECT phase = 'FAILED' AND last_error LIKE '%Task%no change-event topic%' FROM replicator.objects" \
+             " WHERE object = 'Task'"
+    async with running_service(settings, until=lambda: pg_value(pg_url, failed), timeout=60) as svc:
+        await wait_for(streaming(pg_url, "Account"), timeout=120)  # and the service goes on (else it fails on exit)
+        assert svc.metrics.object("Task").phase == "FAILED"
 
     settings = _settings(sim, pg_url, "poll_cdc", objects={"Task": {"mode": "cdc"}})
     with pytest.raises(ConfigError, match="nothing left to run.*Task.*no change-event topic"):
@@ -237,15 +190,8 @@ async def test_cdc_mode_on_an_object_without_a_topic_is_a_config_error(sim, pg_u
 
 async def _backfilled(settings, pg_url: str, name: str = "Task") -> None:
     """Run the service until the polled object's first round after its backfill committed, then stop it."""
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM"
-                                        " replicator.checkpoints c, replicator.objects o WHERE c.topic = "
-                                        f"'poll:{name}' AND o.object = '{name}'"), timeout=120)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
+    async with running_service(settings, until=_polled_after_its_backfill(pg_url, name)):
+        pass
 
 
 async def _execute(pg_url: str, sql: str, *args) -> None:
@@ -360,12 +306,7 @@ async def test_a_late_commit_longer_than_the_lookback_is_read_after_getdeleted_h
     commits."""
     settings = _settings(sim, pg_url, "poll_late", objects={"Task": {"mode": "poll", "poll_interval_s": 0.3}},
                          lookback_s=0)
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT c.updated_at > o.backfill_finished_at FROM replicator.checkpoints"
-                                                " c, replicator.objects o WHERE c.topic = 'poll:Task' AND o.object = 'Task'"),
-                       timeout=120)
+    async with running_service(settings, until=_polled_after_its_backfill(pg_url)):
         late, *_ = await _live(sim, "Task")
         pending = (await sim_admin(sim, "POST", "/__sim/changes", {"visible_after_seconds": 4, "changes": [
             {"object": "Task", "type": "UPDATE", "ids": [late], "fields": {"Subject": "committed 4 s late"}}]})).json()
@@ -382,9 +323,6 @@ async def test_a_late_commit_longer_than_the_lookback_is_read_after_getdeleted_h
         await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'committed 4 s late' FROM poll_late.task WHERE id = '{late}'"),
                        timeout=30)
         await wait_for(lambda: all_equal(settings), timeout=60, interval=0.5)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_objects_without_systemmodstamp_poll_on_lastmodifieddate_or_are_extracted_again(sim, pg_url, capsys):
@@ -393,11 +331,7 @@ async def test_objects_without_systemmodstamp_poll_on_lastmodifieddate_or_are_ex
     "AccountShare", "AccountHistory")."""
     settings = _settings(sim, pg_url, "poll_audit", objects={"AccountShare": {"poll_interval_s": 0.3},
                                                              "AccountHistory": {"poll_interval_s": 0.3}})
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects WHERE phase = 'STREAMING'"
-                                                " AND mode = 'poll'"), timeout=120)
+    async with running_service(settings, until=streaming(pg_url, "AccountShare", "AccountHistory", mode="poll")):
         shares, history = await _live(sim, "AccountShare"), await _live(sim, "AccountHistory")
         await sim_admin(sim, "POST", "/__sim/changes", [
             {"object": "AccountShare", "type": "UPDATE", "ids": shares[:2], "fields": {"RowCause": "Manual"}},
@@ -415,9 +349,6 @@ async def test_objects_without_systemmodstamp_poll_on_lastmodifieddate_or_are_ex
         assert await pg_value(pg_url, f"SELECT isdeleted FROM poll_audit.accounthistory WHERE id = '{history[0]}'")
         assert await pg_value(pg_url, f"SELECT count(*) FROM poll_audit.accountshare WHERE rowcause = 'Manual' AND id IN"
                                       f" ('{shares[0]}', '{shares[1]}')") == 2
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
     capsys.readouterr()
     assert await status_command(settings, as_json=True) == 0
     rows = {r["object"]: r for r in json.loads(capsys.readouterr().out)}
@@ -456,11 +387,7 @@ async def test_a_record_changed_then_hard_deleted_in_the_same_whole_second_ends_
     is a late commit stamped in the change's second, so the round surely reads the change first."""
     settings = _settings(sim, pg_url, "poll_tie", objects={"Task": {"mode": "poll", "poll_interval_s": 0.2}},
                          lookback_s=2)
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"
-                                                " WHERE object = 'Task'"), timeout=120)
+    async with running_service(settings):
         rid = (await _live(sim, "Task"))[0]
         next_second = (time.time() // 1 + 1) * 1000
         await wait_for(lambda: _after(next_second), timeout=5)  # both stamps in one fresh second
@@ -476,6 +403,3 @@ async def test_a_record_changed_then_hard_deleted_in_the_same_whole_second_ends_
         # deleted at the very second the row already had: the tie went to the delete
         assert await pg_value(pg_url, "SELECT floor(extract(epoch FROM _sf_deleted_at))::bigint FROM poll_tie.task"
                                       f" WHERE id = '{rid}'") == changed["commit_timestamp"] // 1000
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0

@@ -19,6 +19,8 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import ground_truth, pg_value, settings_for, sim_admin, wait_for
 
+pytestmark = pytest.mark.slow  # polls against the simulator
+
 LATE_S = 5  # long enough that the position is surely set while the transaction is in flight
 
 

@@ -3,17 +3,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 
 import pytest
 
-from replicator.app.service import Service
 from replicator.sim.server import SimulatorThread
 
-from .helpers import all_equal, config_toml, ground_truth, pg_value, settings_for, sim_admin, wait_for
+from .helpers import (
+    all_equal,
+    config_toml,
+    ground_truth,
+    pg_value,
+    running_service,
+    settings_for,
+    sim_admin,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow  # the service
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +50,7 @@ async def test_a_requested_resync_of_a_polled_object_runs_and_polling_goes_on(si
     settings = _settings(sim, pg_url, "rs_poll")
     cfg = tmp_path / "rs_poll.toml"
     cfg.write_text(config_toml(sim, pg_url, "rs_poll").split("[objects.")[0] + '[objects.Task]\nmode = "poll"\n')
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"
-                                                " WHERE object = 'Task'"), timeout=120)
+    async with running_service(settings) as svc:
         lost = (await _live(sim))[0]
         await pg_value(pg_url, f"DELETE FROM rs_poll.task WHERE id = '{lost}'")  # a row no round reads again
         out = _cli("resync", "--config", str(cfg), "Task")
@@ -62,9 +67,6 @@ async def test_a_requested_resync_of_a_polled_object_runs_and_polling_goes_on(si
         await wait_for(lambda: pg_value(pg_url, f"SELECT subject = 'after the resync' FROM rs_poll.task"
                                                 f" WHERE id = '{changed}'"), timeout=30)
         assert await all_equal(settings)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def _set_new_field(sim, name: str, value: str) -> list[str]:
@@ -79,11 +81,7 @@ async def _set_new_field(sim, name: str, value: str) -> list[str]:
 
 async def test_a_field_added_while_polling_is_read_and_its_earlier_values_filled(sim, pg_url):
     settings = _settings(sim, pg_url, "fld_live", describe_interval_s=0.5)
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"
-                                                " WHERE object = 'Task'"), timeout=120)
+    async with running_service(settings):
         ids = await _set_new_field(sim, "Score__c", "gold")
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM fld_live.task WHERE score__c = 'gold'"),
                        timeout=30)
@@ -94,38 +92,23 @@ async def test_a_field_added_while_polling_is_read_and_its_earlier_values_filled
         await wait_for(lambda: pg_value(pg_url, f"SELECT score__c = 'silver' FROM fld_live.task WHERE id = '{later}'"),
                        timeout=30)
         assert await all_equal(settings)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def test_a_field_added_before_a_restart_has_its_earlier_values_filled_after_it(sim, pg_url):
     """The field is added and set while the service runs (its rounds read those records, without the field, and
     move past them), then the service restarts: the values set before are filled all the same."""
     settings = _settings(sim, pg_url, "fld_restart")  # describe_interval_s: the default, longer than this test
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"
-                                                " WHERE object = 'Task'"), timeout=120)
+    async with running_service(settings):
         ids = await _set_new_field(sim, "Tier__c", "gold")
         stamp = max(r["SystemModstamp"] for r in await ground_truth(sim, "Task") if r["Id"] in ids)
         # past them, lookback (2 s) included: no round after the restart reads them again
         await wait_for(lambda: pg_value(pg_url, "SELECT poll_systemmodstamp >= '" + stamp + "'::timestamptz AND"
                                                 " poll_deleted_through > '" + stamp + "'::timestamptz + interval '3 s'"
                                                 " FROM replicator.checkpoints WHERE topic = 'poll:Task'"), timeout=30)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
+    async with running_service(settings):
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM fld_restart.task WHERE tier__c = 'gold'"),
                        timeout=30)
         assert await all_equal(settings)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
 
 
 async def _ids(pg_url: str, schema: str, where: str) -> list[str]:

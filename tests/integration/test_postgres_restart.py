@@ -18,13 +18,14 @@ import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 
 from replicator.sim.server import SimulatorThread
 
-from .helpers import OBJECTS, config_toml, pg_value, sim_admin, wait_for
-from .pg_server import free_port, own_postgres  # noqa: F401 (the fixture)
+from .helpers import OBJECTS, config_toml, endpoint_get, free_port, pg_value, sim_admin, wait_for
+from .pg_server import own_postgres  # noqa: F401 (the fixture)
+
+pytestmark = pytest.mark.slow  # a PostgreSQL server of its own and `replicator run`
 
 SHUTDOWN_BOUND_S = 15
 OUTAGE_S = 10  # a failover or a restart after a crash: what the service must ride out without a restart
@@ -55,14 +56,6 @@ def _start(cfg: str, sim, log) -> subprocess.Popen:
                             env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
-async def _get(port: int, path: str) -> httpx.Response | None:
-    try:
-        async with httpx.AsyncClient() as http:
-            return await http.get(f"http://127.0.0.1:{port}{path}", timeout=5)
-    except httpx.TransportError:
-        return None
-
-
 async def _applied(pg_url: str) -> int:
     """Events applied, as committed with the checkpoints (every object's topic and the platform event topic)."""
     return int(await pg_value(pg_url, "SELECT coalesce(sum(events_applied), 0) FROM replicator.checkpoints") or 0)
@@ -85,7 +78,7 @@ async def test_service_rides_out_a_postgres_restart_and_an_outage(own_postgres, 
         async def ready_and_applying_since(before: int) -> bool:
             """200 from /readyz with every object streaming, and batches committed since `before` events."""
             alive()
-            r = await _get(port, "/readyz")
+            r = await endpoint_get(port, "/readyz")
             if r is None or r.status_code != 200 or r.json()["postgres"] != "ok":
                 return False
             if not all(o["phase"] == "STREAMING" for o in r.json()["objects"].values()):
@@ -168,9 +161,9 @@ async def _outage(server, proc, port: int, seconds: float) -> list[tuple[int, di
     down_until = time.monotonic() + seconds
     while time.monotonic() < down_until:
         assert proc.poll() is None, f"the service exited ({proc.returncode})"
-        health = await _get(port, "/healthz")
+        health = await endpoint_get(port, "/healthz")
         assert health is not None and health.status_code == 200
-        ready = await _get(port, "/readyz")
+        ready = await endpoint_get(port, "/readyz")
         assert ready is not None
         answers.append((ready.status_code, ready.json()))
         await asyncio.sleep(0.25)  # the probes' interval during the outage, not a synchronisation

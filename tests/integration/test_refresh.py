@@ -5,7 +5,6 @@ object and does not refresh again at a restart."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 
@@ -15,12 +14,13 @@ from prometheus_client import generate_latest
 from replicator.app.commands import run_backfills, status_command
 from replicator.app.ops_commands import refresh_command
 from replicator.app.runtime import open_store, salesforce_client
-from replicator.app.service import Service
 from replicator.pipeline.refresh import refresh_object, seconds_until_due
 from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
 
-from .helpers import ground_truth, pg_value, settings_for, sim_admin, wait_for
+from .helpers import ground_truth, pg_value, running_service, settings_for, sim_admin, wait_for
+
+pytestmark = pytest.mark.slow  # the service and refresh extracts
 
 OBJECTS = {"Account": {}, "Opportunity": {}, "Invoice__c": {"key": "External_Id__c"}}
 
@@ -124,35 +124,24 @@ def test_the_first_refresh_is_due_an_interval_after_the_last_stored_one():
 async def test_service_refreshes_streamed_objects_on_schedule_and_not_again_at_restart(sim, pg_url):
     settings = _settings(sim, pg_url, "refresh_svc", objects={"Account": {"formula_refresh_s": 1.5}},
                          service={"control_poll_s": 0.2})
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT refreshes >= 1 FROM replicator.refreshes"
-                                                " WHERE object = 'Account' AND finished_at IS NOT NULL"), timeout=120)
+    async def refreshed():
+        return await pg_value(pg_url, "SELECT refreshes >= 1 FROM replicator.refreshes"
+                                      " WHERE object = 'Account' AND finished_at IS NOT NULL")
+    async with running_service(settings, until=refreshed) as svc:
         ids = await _live_ids(sim, "Account", 2)
         await sim_admin(sim, "POST", "/__sim/silent-changes", {"object": "Account", "ids": ids, "fields": {
             "LastViewedDate": "2026-11-30T13:14:15Z"}})
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM refresh_svc.account WHERE lastvieweddate ="
                                                 " '2026-11-30T13:14:15Z'"), timeout=60)
         await wait_for(lambda: _refresh_metrics(svc), timeout=30)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
     assert (await _verify(settings, "Account")).equal
     # a restart with a long interval: the stored refresh counts, so none is due until a day after it
     count = await pg_value(pg_url, "SELECT refreshes FROM replicator.refreshes WHERE object = 'Account'")
     settings = _settings(sim, pg_url, "refresh_svc", objects={"Account": {"formula_refresh_s": 86_400}},
                          service={"control_poll_s": 0.2})
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT phase = 'STREAMING' FROM replicator.objects"
-                                                " WHERE object = 'Account'"), timeout=60)
+    async with running_service(settings) as svc:
         # the schedule has read the stored refresh (its gauge is set from it) and waits a day from it
         await wait_for(lambda: _due_in_a_day(svc), timeout=30)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
     assert await pg_value(pg_url, "SELECT refreshes FROM replicator.refreshes WHERE object = 'Account'") == count
 
 
@@ -174,15 +163,8 @@ async def test_a_finished_backfill_counts_as_a_refresh_so_none_follows_it_at_onc
     settings = _settings(sim, pg_url, "refresh_bf", objects={"Opportunity": {}, "Invoice__c": {}},
                          service={"control_poll_s": 0.2})
     jobs_before = {j["id"] for j in (await sim_admin(sim, "GET", "/__sim/jobs")).json()}
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects WHERE phase = 'STREAMING'"),
-                       timeout=120)
+    async with running_service(settings) as svc:
         await wait_for(lambda: _due_in_a_day(svc, "Opportunity"), timeout=30)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
     backfill_job = await pg_value(pg_url, "SELECT job_id FROM replicator.objects WHERE object = 'Opportunity'")
     assert await pg_value(pg_url, "SELECT job_id || ' ' || refreshes || ' ' || rows_changed || ' ' || rows_compared"
                                   " FROM replicator.refreshes WHERE object = 'Opportunity'") == \

@@ -13,7 +13,6 @@ import pytest
 
 from replicator.app.commands import run_backfills
 from replicator.app.runtime import open_store, salesforce_client
-from replicator.app.service import Service
 from replicator.model import FieldSpec, ObjectDescribe, TableInfo
 from replicator.pipeline.backfill import Backfill
 from replicator.pipeline.schema import table_spec, version_column
@@ -21,7 +20,17 @@ from replicator.pipeline.verify import verify_object
 from replicator.postgres.store import Store
 from replicator.sim.server import SimulatorThread
 
-from .helpers import compare_with_truth, ground_truth, pg_value, settings_for, sim_admin, wait_for
+from .helpers import (
+    compare_with_truth,
+    ground_truth,
+    pg_value,
+    running_service,
+    settings_for,
+    sim_admin,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow  # the service and resync extracts
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +54,7 @@ async def test_a_resync_after_a_late_commit_keeps_the_records_it_streamed(sim, p
     settings = settings_for(sim, pg_url, schema, salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                             stream={"batch_max_wait_s": 0.05}, service={"control_poll_s": 0.2},
                             objects={"Account": {"deletes": deletes}})
-    service = Service(settings)
-    task = asyncio.create_task(service.run())
-    try:
-        await wait_for(_object_state(pg_url, "phase = 'STREAMING'"), timeout=60)
+    async with running_service(settings) as service:
         ids = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][:3]
         phone = f"late commit, {deletes} deletes"  # a value of this test's own (the simulator is the module's)
         # A long transaction: its records are stamped now, it commits (and its events carry that commit time)
@@ -84,9 +90,6 @@ async def test_a_resync_after_a_late_commit_keeps_the_records_it_streamed(sim, p
         async with salesforce_client(settings) as client, open_store(settings) as store:
             diff, _ = await verify_object(client, store, settings, "Account")
         assert diff.equal, diff
-    finally:
-        service.stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
 
 
 async def test_a_resync_resumed_after_a_crash_removes_only_the_rows_its_whole_extract_lacked(sim, pg_url):

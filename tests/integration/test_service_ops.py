@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from replicator.sim.server import SimulatorThread
 
-from .helpers import OBJECTS, config_toml, finish, pg_value, sim_admin, start_logged, wait_for
+from .helpers import (
+    OBJECTS,
+    config_toml,
+    endpoint_get,
+    finish,
+    free_port,
+    pg_value,
+    sim_admin,
+    start_logged,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow  # `replicator run` subprocesses under traffic
 
 SHUTDOWN_BOUND_S = 15
 
@@ -30,12 +40,6 @@ def sim():
 def own_sim():
     with SimulatorThread(records=1500, seed=43, keepalive_seconds=0.2) as thread:
         yield thread.info
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path, sim, pg_url, schema: str, port: int) -> str:
@@ -60,16 +64,8 @@ def _stop(proc: subprocess.Popen) -> tuple[int, float, str]:
     return proc.returncode, time.monotonic() - started, err
 
 
-async def _get(port: int, path: str) -> httpx.Response | None:
-    try:
-        async with httpx.AsyncClient() as http:
-            return await http.get(f"http://127.0.0.1:{port}{path}", timeout=5)
-    except httpx.TransportError:
-        return None
-
-
 async def _scrape(port: int) -> dict[str, dict[tuple, float]]:
-    r = await _get(port, "/metrics")
+    r = await endpoint_get(port, "/metrics")
     assert r is not None and r.status_code == 200
     out: dict[str, dict[tuple, float]] = {}
     for family in text_string_to_metric_families(r.text):
@@ -83,7 +79,7 @@ def _per_object(samples: dict[tuple, float]) -> dict[str, float]:
 
 
 async def test_readyz_metrics_and_clean_stop(sim, pg_url, tmp_path):
-    port = _free_port()
+    port = free_port()
     cfg = _config(tmp_path, sim, pg_url, "ops", port)
     proc = _start(cfg, sim, level="debug")  # every log line the service can write, checked for secrets below
     first_ready = None
@@ -91,7 +87,7 @@ async def test_readyz_metrics_and_clean_stop(sim, pg_url, tmp_path):
     try:
         async def ready() -> bool:
             nonlocal first_ready
-            r = await _get(port, "/readyz")
+            r = await endpoint_get(port, "/readyz")
             if r is None:
                 return False
             if r.status_code == 503:
@@ -103,13 +99,13 @@ async def test_readyz_metrics_and_clean_stop(sim, pg_url, tmp_path):
         assert first_ready["postgres"] == "ok"
         assert set(first_ready["objects"]) == set(OBJECTS)
         assert all(o["phase"] in ("BACKFILLING", "STREAMING") for o in first_ready["objects"].values())
-        assert (await _get(port, "/healthz")).json()["status"] == "ok"
+        assert (await endpoint_get(port, "/healthz")).json()["status"] == "ok"
         probe = subprocess.run([sys.executable, "-m", "replicator.cli", "healthcheck", "--config", cfg],
                                capture_output=True, text=True, timeout=60)
         assert probe.returncode == 0 and "/healthz: 200" in probe.stdout, probe.stdout + probe.stderr
 
         async def all_streaming() -> bool:
-            r = await _get(port, "/readyz")
+            r = await endpoint_get(port, "/readyz")
             return r.status_code == 200 and all(o["phase"] == "STREAMING" for o in r.json()["objects"].values())
         await wait_for(all_streaming, timeout=120)
         assert (await _scrape(port))["replicator_backfill_rows_expected"]
@@ -146,7 +142,7 @@ async def test_readyz_metrics_and_clean_stop(sim, pg_url, tmp_path):
 
 async def test_sigterm_during_heavy_stream_commits_and_loses_nothing(own_sim, pg_url, tmp_path):
     sim = own_sim  # its own org: every event it publishes must be applied exactly once
-    cfg = _config(tmp_path, sim, pg_url, "drain", _free_port())
+    cfg = _config(tmp_path, sim, pg_url, "drain", free_port())
     proc = _start(cfg, sim)
     try:
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
@@ -198,7 +194,7 @@ async def test_a_drain_that_cannot_commit_ends_at_the_bound_or_at_a_second_signa
     import asyncpg
 
     bound = 3
-    port = _free_port()
+    port = free_port()
     cfg = _config(tmp_path, sim, pg_url, "stuck", port)
     text = open(cfg).read().replace(f"shutdown_timeout_s = {SHUTDOWN_BOUND_S}", f"shutdown_timeout_s = {bound}")
     open(cfg, "w").write(text)
@@ -236,7 +232,7 @@ async def test_a_drain_that_cannot_commit_ends_at_the_bound_or_at_a_second_signa
     proc = _start(cfg, sim)
     try:
         async def ready() -> bool:
-            r = await _get(port, "/readyz")
+            r = await endpoint_get(port, "/readyz")
             return r is not None and r.status_code == 200 and all(
                 o["phase"] == "STREAMING" for o in r.json()["objects"].values())
         await wait_for(ready, timeout=120)
@@ -246,5 +242,5 @@ async def test_a_drain_that_cannot_commit_ends_at_the_bound_or_at_a_second_signa
 
 
 async def _stopping(port: int) -> bool:
-    r = await _get(port, "/healthz")
+    r = await endpoint_get(port, "/healthz")
     return r is not None and r.json()["status"] == "stopping"

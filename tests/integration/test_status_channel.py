@@ -5,15 +5,15 @@ which no object's row reads)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
+import pytest
 
 from replicator.app.commands import status_command
-from replicator.app.service import Service
 from replicator.sim.server import SimulatorThread
 
-from .helpers import ground_truth, pg_value, settings_for, sim_admin, wait_for
+from .helpers import ground_truth, pg_value, running_service, settings_for, sim_admin, wait_for
+
+pytestmark = pytest.mark.slow  # the service
 
 CHANNEL = "/data/ChangeEvents"
 
@@ -26,13 +26,7 @@ async def test_status_shows_each_channel_member_its_own_events_and_lag(pg_url, c
                                 stream={"batch_max_wait_s": 0.05, "channel": CHANNEL},
                                 service={"control_poll_s": 0.2}, objects={"Account": {}, "Contact": {}})
         monkeypatch.setenv("REPLICATOR_POSTGRES__URL", pg_url)
-        svc = Service(settings)
-        task = asyncio.create_task(svc.run())
-        try:
-            for name in ("Account", "Contact"):
-                await wait_for(lambda n=name: pg_value(pg_url, "SELECT phase = 'STREAMING' AND channel IS NOT NULL"
-                                                              f" FROM replicator.objects WHERE object = '{n}'"),
-                               timeout=120)
+        async with running_service(settings):  # both on the channel
             ids = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][:3]
             for k, record in enumerate(ids):  # three transactions: three events, on Account only
                 r = await sim_admin(sim, "POST", "/__sim/changes",
@@ -48,9 +42,6 @@ async def test_status_shows_each_channel_member_its_own_events_and_lag(pg_url, c
             lines = capsys.readouterr().out.splitlines()
             start = lines.index("[")
             rows = {r["object"]: r for r in orjson.loads("\n".join(lines[start:lines.index("]", start) + 1]))}
-        finally:
-            svc.stop.set()
-            assert await asyncio.wait_for(task, 60) == 0
     account, contact = rows["Account"], rows["Contact"]
     assert account["events_applied"] == 3, account
     assert account["lag_s"] is not None and account["lag_s"] >= 0, account

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import pytest
 
-from replicator.app.service import Service
 from replicator.sim.server import SimulatorThread
 
-from .helpers import compare_with_truth, ground_truth, pg_value, settings_for, sim_admin, wait_for
+from .helpers import (
+    compare_with_truth,
+    ground_truth,
+    pg_value,
+    running_service,
+    settings_for,
+    sim_admin,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow  # the service
 
 OBJECTS = {"Account": {}, "Invoice__c": {"key": "External_Id__c"}}
 
@@ -24,16 +31,6 @@ def sim():
 def stream_settings(sim, pg_url, schema):
     return settings_for(sim, pg_url, schema, salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                         stream={"batch_max_wait_s": 0.05}, objects=OBJECTS)
-
-
-async def _phase(pg_url, obj):
-    conn = await asyncpg.connect(pg_url)
-    try:
-        return await conn.fetchval("SELECT phase FROM replicator.objects WHERE object = $1", obj)
-    except asyncpg.UndefinedTableError:
-        return None
-    finally:
-        await conn.close()
 
 
 async def _equal(sim, pg_url, schema):
@@ -56,16 +53,8 @@ async def _converge(sim, pg_url, schema, timeout=60):
 
 @pytest.fixture
 async def service(sim, pg_url):
-    svc = Service(stream_settings(sim, pg_url, "stream"))
-    task = asyncio.create_task(svc.run())
-    await wait_for(lambda: _streaming(pg_url), timeout=60)
-    yield svc
-    svc.stop.set()
-    assert await asyncio.wait_for(task, 30) == 0
-
-
-async def _streaming(pg_url):
-    return all([await _phase(pg_url, o) == "STREAMING" for o in OBJECTS])
+    async with running_service(stream_settings(sim, pg_url, "stream")) as svc:
+        yield svc
 
 
 async def _changes(sim, items):
@@ -133,28 +122,18 @@ async def test_overflow_resyncs_the_object_and_converges(sim, pg_url, service):
 async def test_expired_replay_id_resyncs_by_itself_and_converges(sim, pg_url):
     settings = stream_settings(sim, pg_url, "expiry")
     await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # earlier tests' events: gone
-    first = Service(settings)
-    task = asyncio.create_task(first.run())
-    await wait_for(lambda: _streaming(pg_url), timeout=60)
-    await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.checkpoints"), timeout=30)
-    first.stop.set()
-    assert await asyncio.wait_for(task, 30) == 0
+    async with running_service(settings):
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.checkpoints"), timeout=30)
     assert await pg_value(pg_url, "SELECT resyncs FROM replicator.objects WHERE object = 'Account'") == 0
     # While it is stopped: changes happen, then Salesforce's retention window passes them all.
     acc = await _some_ids(sim, "Account", 3)
     await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": acc, "fields": {"Phone": "expired"}}])
     await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})
-    second = Service(settings)
-    task = asyncio.create_task(second.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT resyncs = 1 FROM replicator.objects WHERE object = 'Account'"),
-                       timeout=60)
+    resynced = "SELECT resyncs = 1 FROM replicator.objects WHERE object = 'Account'"
+    async with running_service(settings, until=lambda: pg_value(pg_url, resynced), timeout=60):
         reason = await pg_value(pg_url, "SELECT last_resync_reason FROM replicator.objects WHERE object = 'Account'")
         assert reason == "replay id expired or invalid"
         await _converge(sim, pg_url, "expiry")
-    finally:
-        second.stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
 
 
 async def test_platform_events_are_appended_once_by_replay_id(sim, pg_url):
@@ -166,16 +145,13 @@ async def test_platform_events_are_appended_once_by_replay_id(sim, pg_url):
                                                    "objects": ["Account"], "changes": 40,
                                                    "mix": {"UPDATE": 1.0}})
     await sim_admin(sim, "PUT", "/__sim/faults", {"duplicate_rate": 0.5})
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
     try:
-        async def traffic_done():
-            return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["running"] is False
-        await wait_for(traffic_done, timeout=60)
-        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) >= 40 FROM events.order_ready__e"), timeout=60)
+        async with running_service(settings):
+            async def traffic_done():
+                return (await sim_admin(sim, "GET", "/__sim/traffic")).json()["running"] is False
+            await wait_for(traffic_done, timeout=60)
+            await wait_for(lambda: pg_value(pg_url, "SELECT count(*) >= 40 FROM events.order_ready__e"), timeout=60)
     finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
         await sim_admin(sim, "PUT", "/__sim/faults", {"duplicate_rate": 0})
     assert await pg_value(pg_url, "SELECT count(*) FROM events.order_ready__e") == 40
     assert await pg_value(pg_url, "SELECT count(*) FROM events.order_ready__e WHERE fields ? 'Order_Id__c'") == 40

@@ -25,6 +25,8 @@ from .helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # `replicator run` subprocesses, killed
+
 CHANGES = 3_000
 KILLS = 10
 

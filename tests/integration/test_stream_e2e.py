@@ -4,17 +4,16 @@ formula values current, and `verify` finds every table equal to the org. `python
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from replicator.app.runtime import open_store, salesforce_client
-from replicator.app.service import Service
 from replicator.pipeline.refresh import refresh_object
 from replicator.pipeline.verify import verify_object
 from replicator.sim.server import SimulatorThread
 
-from .helpers import OBJECTS, pg_value, settings_for, sim_admin, wait_for
+from .helpers import OBJECTS, give_back, pg_value, running_service, settings_for, sim_admin, wait_for
+
+pytestmark = pytest.mark.slow  # the service under traffic
 
 RECORDS, CHANGES = 3_000, 5_000
 
@@ -29,11 +28,8 @@ def sim():
 async def test_every_kind_of_change_then_verify_equal(sim, pg_url):
     settings = settings_for(sim, pg_url, "e2e", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                             stream={"batch_max_wait_s": 0.05}, objects=OBJECTS)
-    svc = Service(settings)
-    task = asyncio.create_task(svc.run())
-    try:
-        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 4 FROM replicator.objects WHERE phase = 'STREAMING'"),
-                       timeout=120)
+    faults_off = give_back(sim, faults={"gap_event_bytes": 1_000_000, "duplicate_rate": 0, "overflow_threshold": 100_000})
+    async with running_service(settings, before_stop=faults_off) as svc:
         # gaps: events over 6 KB (long text) become GAP_*; duplicates: 5% delivered twice; overflow: a
         # transaction of more than 400 changes ends in GAP_OVERFLOW.
         await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 6000, "duplicate_rate": 0.05,
@@ -57,11 +53,6 @@ async def test_every_kind_of_change_then_verify_equal(sim, pg_url):
         # restart would finish it, but this test checks the table without one)
         await wait_for(lambda: pg_value(pg_url, "SELECT bool_and(phase = 'STREAMING') AND sum(resyncs) >= 1"
                                                 " FROM replicator.objects"), timeout=180)
-    finally:
-        svc.stop.set()
-        assert await asyncio.wait_for(task, 60) == 0
-        await sim_admin(sim, "PUT", "/__sim/faults", {"gap_event_bytes": 1_000_000, "duplicate_rate": 0,
-                                                     "overflow_threshold": 100_000})
     assert await pg_value(pg_url, "SELECT sum(resyncs) FROM replicator.objects") >= 1  # the overflow
     # 5% of events were delivered twice: each counts (and applies) once
     assert await pg_value(pg_url, "SELECT sum(events_applied) FROM replicator.checkpoints") == published

@@ -18,6 +18,7 @@ from replicator.sim.server import SimulatorThread
 from .helpers import pg_value, settings_for, sim_admin, wait_for
 
 CHANNEL = "/data/ChangeEvents"
+pytestmark = pytest.mark.slow  # the service, until a unit stops
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,10 @@ import sys
 import time
 
 import httpx
+import pytest
 
 
+@pytest.mark.slow
 def test_cli_ready_line_and_sigterm():
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "replicator.sim", "--records", "1000000", "--no-tls",

@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import asyncpg
 import pytest
 
 from replicator.app.commands import verify_command
 from replicator.app.service import Service
+from replicator.postgres.state import ms_to_datetime
 from replicator.sim.server import SimulatorThread
 
 from .helpers import (
@@ -289,14 +291,18 @@ async def test_every_version_survives_sigkills_in_commit_order(sim, pg_url, tmp_
         def applied(sql):
             return lambda: pg_value(pg_url, f"SELECT {sql} FROM done.account WHERE id = '{acc}'")
 
-        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h1"}}])
+        h1 = await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h1"}}])
         versions_expected.append(("update", await _truth_of(sim, acc)))
         await wait_for(applied("phone = 'h1'"), timeout=30)
         await kill_and_restart()
-        # two updates in the same second, each its own transaction; killed before they may be applied
-        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h2"}},
-                             {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h3"}}],
-                       separate_transactions=True)
+        # two updates in the same second, each its own transaction; killed before they may be applied. Their
+        # commit time is given (this second, never before the last commit), so both share it whatever the clock
+        # does between them: only the replay id orders them.
+        second = max(h1["commit_timestamp"], time.time_ns() // 1_000_000_000 * 1000)
+        pair = await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h2"}},
+                                    {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h3"}}],
+                              separate_transactions=True, commit_timestamp=second)
+        assert [t["commit_timestamp"] for t in pair["transactions"]] == [second, second]
         after = await _truth_of(sim, acc)
         versions_expected += [("update", {**after, "Phone": "h2"}), ("update", after)]
         await kill_and_restart()
@@ -330,6 +336,15 @@ async def test_every_version_survives_sigkills_in_commit_order(sim, pg_url, tmp_
     for version, (op, truth) in zip(versions, versions_expected, strict=True):
         assert await _differences(pg_url, version, truth) == [], op
     assert [v["_is_current"] for v in versions] == [False] * 7 + [True]
+    # the same-second pair: one commit time, ordered by replay id; each version ends where the next begins
+    assert versions[2]["_valid_from"] == versions[3]["_valid_from"] == ms_to_datetime(second)
+    assert versions[2]["_position"] < versions[3]["_position"]
+    assert versions[2]["_valid_to"] == versions[3]["_valid_from"]
+    for before, following in zip(versions, versions[1:], strict=False):
+        assert before["_valid_to"] == following["_valid_from"]
+    # the two-record transaction: the other record's version has the same commit time
+    assert await pg_value(pg_url, f"SELECT count(*) FROM done.account__history WHERE id = '{other}' AND phone = 'h4' "
+                                  f"AND _valid_from = '{versions[4]['_valid_from'].isoformat()}'") == 1
     settings = settings_for(sim, pg_url, "done", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                             objects={"Account": {"history": True}})
     assert await verify_command(settings, ["Account"], history=True) == 0

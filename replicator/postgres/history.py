@@ -90,9 +90,13 @@ def record_function(spec: TableSpec, n: HistoryNames) -> list[str]:
 
     `backfill` (a first load into an empty table) inserts each row as its record's first version, with no
     lookup: measured, the lookups of the general case cost the load a third of its speed
-    (`python -m bench.history_cost`). INSERT and UPDATE otherwise: each written row whose values its record's current version does not hold becomes a
-    version (`_op` from `mark`, `resync` when unmarked), from the row's version (`_sf_version`); the current one
-    ends there. A row rewritten at its current version's own version replaces that version's values. The
+    (`python -m bench.history_cost`). INSERT and UPDATE otherwise: each written row whose values its record's
+    current version does not hold becomes a version (`_op` from `mark`, `resync` when unmarked), from the row's
+    version (`_sf_version`); the current one ends there. A row rewritten at its current version's own version
+    replaces that version's values; so does an extract's row (no position) stamped with the current version's
+    time but another position: the record's SystemModstamp did not move since that version (Salesforce changed
+    fields without an event, as the refresh's; or a change of the same second the stream did not see), and a
+    version of an empty position at that time would sort before the version it follows. The
     refresh (`refresh`) writes columns Salesforce changes without a new SystemModstamp: no time places a version
     for them, so they are written into the current version. DELETE (a hard delete by an extract) ends the
     current version now. Writes marked `stream` are the stream's own (`stream_versions`). `<op>:removed` (rows an
@@ -105,6 +109,9 @@ def record_function(spec: TableSpec, n: HistoryNames) -> list[str]:
     pos = f"coalesce(r.{q(ddl.STREAM_POSITION_COLUMN)}, ''::bytea)"
     same = f"ROW({_cols(spec, 'c.')}) IS NOT DISTINCT FROM ROW({_cols(spec, 'r.')})"
     sets = ", ".join(f"{q(c.name)} = r.{q(c.name)}" for c in spec.columns)
+    # the row is the current version's own record: the same version and position, or a row of an extract (no
+    # position) stamped with the current version's time, which a version with an empty position would sort before
+    own = f'(c.{start} = {ver} AND (c."_position" = {pos} OR {pos} = \'\'::bytea))'
     body = f"""
 DECLARE
   op text := coalesce(nullif(current_setting('{OP_SETTING}', true), ''), 'resync');
@@ -131,9 +138,9 @@ BEGIN
     RETURN NULL;
   END IF;
   UPDATE {h} c SET {sets} FROM new_rows r
-    WHERE c."id" = r."id" AND c.{active} AND c.{start} = {ver} AND c."_position" = {pos} AND NOT ({same});
+    WHERE c."id" = r."id" AND c.{active} AND {own} AND NOT ({same});
   UPDATE {h} c SET {end} = greatest(c.{start}, {ver}), {active} = false FROM new_rows r
-    WHERE c."id" = r."id" AND c.{active} AND NOT (c.{start} = {ver} AND c."_position" = {pos}) AND NOT ({same});
+    WHERE c."id" = r."id" AND c.{active} AND NOT {own} AND NOT ({same});
   INSERT INTO {h} ({_cols(spec)}, {start}, {active}, "_op", "_position")
     SELECT {_cols(spec, 'r.')}, {ver}, true, op, {pos} FROM new_rows r
     WHERE NOT EXISTS (SELECT 1 FROM {h} c WHERE c."id" = r."id" AND c.{active})

@@ -200,6 +200,32 @@ async def test_fivetran_names_for_the_validity_columns(sim, pg_url):
     assert await pg_value(pg_url, "SELECT count(*) FROM ft.account__as_of(now())") == rows
 
 
+async def test_a_resync_of_a_record_in_its_versions_second_writes_into_that_version(sim, pg_url, service):
+    """A resync's row stamped with the current version's own SystemModstamp, but other values (a field Salesforce
+    changes without an event, here LastViewedDate set before the update): the record did not change since that
+    version, so its values go into it, as the refresh's do. Before: a resync version at the same time with an
+    empty position, sorted before the update version it followed: verify --history found the intervals broken (the
+    chaos bench with history, GAP_OVERFLOW's resync after the overflowing transaction's first events)."""
+    from replicator.app.ops_commands import resync_command
+
+    acc = (await _live_ids(sim, "Account", 16))[15]
+    await sim_admin(sim, "POST", "/__sim/silent-changes", {"object": "Account", "ids": [acc],
+                                                           "fields": {"LastViewedDate": "2026-01-02T03:04:05.000Z"}})
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "tie"}}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'tie' FROM hist.account WHERE id = '{acc}'"), timeout=30)
+    assert await pg_value(pg_url, f"SELECT lastvieweddate IS NULL OR lastvieweddate <> '2026-01-02T03:04:05Z' "
+                                  f"FROM hist.account WHERE id = '{acc}'")
+    assert await resync_command(_settings(sim, pg_url, "hist"), ["Account"]) == 0
+    await wait_for(lambda: pg_value(pg_url, "SELECT resyncs = 1 AND phase = 'STREAMING' AND NOT resync_requested "
+                                      "FROM replicator.objects WHERE object = 'Account'"), timeout=60)
+    assert await pg_value(pg_url, f"SELECT lastvieweddate = '2026-01-02T03:04:05Z' FROM hist.account "
+                                  f"WHERE id = '{acc}'")
+    versions = await _versions(pg_url, "hist", acc, "phone, lastvieweddate")
+    assert [(v["_op"], v["phone"], v["_is_current"]) for v in versions][1:] == [("update", "tie", True)]
+    assert versions[1]["lastvieweddate"] == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert (await _history_equal(sim, pg_url, ["Account"]))["Account"] == {"current": [], "intervals": []}
+
+
 async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
     settings = _settings(sim, pg_url, "hist")
     await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # earlier tests' events: gone

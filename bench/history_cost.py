@@ -2,13 +2,25 @@
 one run, alternated, as ratios (issue 20 asks ≥ 0.8× and ≥ 0.7×).
 
 `python -m bench.history_cost [--rows 100000] [--events 30000] [--records 20000] [--repeat 3]
-[--url postgresql://127.0.0.1:5432/test]`
+[--only load floor stream] [--url postgresql://127.0.0.1:5432/test]`
 
 1. Load: `rows` Account-shaped records (bench/resync_load.py's pages, memory → Postgres, no simulator) loaded into
    an empty table (`load_mode` copy, plain COPY) with and without a history table: `off_s / on_s`, so 1.0 is "as
    fast"; with history every row is also its record's first version (the statement trigger's INSERT … SELECT
    from the COPY's transition table).
-2. Stream: the simulator (its own process, `records` records) and two databases, each backfilled and streaming
+2. Floor (`floor`): what a load that writes every row twice can cost at best, against what history costs, the
+   same rows (pages of 50,000, one transaction each with its page record, as the backfill) loaded into an empty
+   table by each variant in turn, the order rotated each repeat, as `one table s / variant s`:
+   - `two tables`: COPY into the table, and the same bytes COPied again into a history-shaped table (the history
+     table's columns and both its indexes; its own columns from defaults): the floor of writing each row twice;
+   - `two tables, indexes after`: the same, the history-shaped table's indexes built after the load;
+   - `history`: what `history = true` does (the statement trigger's INSERT … SELECT from the COPY's transition
+     table, postgres/history.py);
+   - ideas for a first load into an empty history table, each `history` with one change: `work_mem 256MB` (the
+     transition table's tuplestore kept in memory rather than spilled to a file), `no ON CONFLICT` (a plain
+     INSERT: no speculative insertion), `indexes after` (the history table's indexes dropped before the load and
+     built after it, the build timed).
+3. Stream: the simulator (its own process, `records` records) and two databases, each backfilled and streaming
    Account, one with history; then per repeat one burst of `events` narrow UPDATE events (bench/burst.py's
    `make_burst`: one changed field each, the org idle while replicator drains) that each database's service drains
    from its checkpoint, in alternating order: `on events/s / off events/s`.
@@ -28,11 +40,13 @@ from replicator.app.service import Service
 from replicator.config import load_settings
 from replicator.model import HistoryNames, ObjectDescribe, TableInfo
 from replicator.pipeline.schema import table_spec, version_column
+from replicator.postgres import history as pg_history
+from replicator.postgres.sink import PageSink
 from replicator.postgres.store import Store
 
 from .burst import make_burst, until
 from .harness import start_sim, stop_sim
-from .resync_load import FIELDS, _job, _pages
+from .resync_load import FIELDS, _chunks, _job, _pages
 
 
 async def load_ratios(url: str, rows: int, repeat: int) -> list[float]:
@@ -60,6 +74,94 @@ async def load_ratios(url: str, rows: int, repeat: int) -> list[float]:
                           f"{size / versions * 1e6 / 2**20:,.0f} MiB per 1,000,000 versions", flush=True)
             ratios.append(took[False] / took[True])
             print(f"load {rows:,} rows: off {took[False]:.2f} s, on {took[True]:.2f} s: {ratios[-1]:.2f}x", flush=True)
+    return ratios
+
+
+FLOOR_VARIANTS = ("one table", "two tables", "two tables, indexes after", "history", "history, work_mem 256MB",
+                  "history, no ON CONFLICT", "history, indexes after")
+H = "bench_history.account__history"
+
+
+class _FloorSink(PageSink):
+    """The page sink of one floor variant (see the module docstring)."""
+
+    def __init__(self, pool, table: TableInfo, variant: str):
+        super().__init__(pool, table)
+        self.variant = variant
+
+    async def _mark(self, conn, op: str) -> None:
+        await super()._mark(conn, op)
+        if self.variant == "history, work_mem 256MB":
+            await conn.execute("SELECT set_config('work_mem', '256MB', true)")
+
+    async def _load(self, conn, job_id: str, mode: str, source) -> int:
+        if not self.variant.startswith("two tables"):
+            return await super()._load(conn, job_id, mode, source)
+        data = b"".join([chunk async for chunk in source])
+        rows = await super()._load(conn, job_id, mode, data)
+        await conn.copy_to_table("account__history", schema_name="bench_history", source=_chunks(data),
+                                 columns=[c.name for c in self.t.spec.columns], format="csv", header=True,
+                                 force_null=self._force_null)
+        return rows
+
+
+async def _floor_once(store: Store, spec, pages: list[bytes], rows: int, variant: str) -> float:
+    """One load of `pages` into an empty table by `variant`: seconds, the indexes built after it included."""
+    names = HistoryNames()
+    history = variant.startswith("history")
+    info = TableInfo(spec, version_column(spec), True, hard_deletes=False, history=names if history else None)
+    indexes = [s for s in pg_history.create_table(spec, names) if s.startswith("CREATE UNIQUE INDEX")
+               or s.startswith("CREATE INDEX")]
+    async with store._pool.acquire() as conn:
+        await conn.execute(f"DROP TABLE IF EXISTS bench_history.account, {H} CASCADE")
+    sink = _FloorSink(store._pool, info, variant)
+    await sink.prepare()
+    async with store._pool.acquire() as conn:
+        if variant.startswith("two tables"):
+            for statement in pg_history.create_table(spec, names):
+                await conn.execute(statement)
+            await conn.execute(f"ALTER TABLE {H} ALTER COLUMN _valid_from SET DEFAULT now(), "
+                               "ALTER COLUMN _is_current SET DEFAULT true, ALTER COLUMN _op SET DEFAULT 'backfill'")
+        if variant == "history, no ON CONFLICT":
+            function = pg_history.record_function(spec, names)[0]
+            # the backfill branch's INSERT (the first of the function) without its ON CONFLICT
+            plain = function.replace("FROM new_rows r ON CONFLICT DO NOTHING", "FROM new_rows r", 1)
+            assert plain != function
+            await conn.execute(plain)
+        if variant.endswith("indexes after"):
+            await conn.execute('DROP INDEX bench_history."account__history_version", '
+                               'bench_history."account__history_closed"')
+        await conn.execute("CHECKPOINT")
+    t0 = time.perf_counter()
+    await _job(store, sink, "Account", "copy", pages)
+    if variant.endswith("indexes after"):
+        async with store._pool.acquire() as conn:
+            for statement in indexes:
+                await conn.execute(statement)
+    seconds = time.perf_counter() - t0
+    if variant != "one table":
+        async with store._pool.acquire() as conn:
+            versions = await conn.fetchval(f"SELECT count(*) FROM {H}")
+        assert versions == rows, f"{variant}: {versions} versions for {rows} rows"
+    return seconds
+
+
+async def floor_ratios(url: str, rows: int, repeat: int) -> dict[str, float]:
+    """Each variant's load as `one table s / variant s`, medians of `repeat`, the order rotated each repeat."""
+    pages = _pages(rows)
+    spec = table_spec(ObjectDescribe(name="Account", fields=FIELDS), schema="bench_history")
+    took: dict[str, list[float]] = {v: [] for v in FLOOR_VARIANTS}
+    async with Store.open(url, pool_size=4) as store:
+        for r in range(repeat):
+            order = FLOOR_VARIANTS[r % len(FLOOR_VARIANTS):] + FLOOR_VARIANTS[:r % len(FLOOR_VARIANTS)]
+            for variant in order:
+                took[variant].append(await _floor_once(store, spec, pages, rows, variant))
+            print(f"floor, repeat {r + 1}: " + ", ".join(f"{v} {took[v][-1]:.2f} s" for v in FLOOR_VARIANTS),
+                  flush=True)
+    one = statistics.median(took["one table"])
+    ratios = {v: one / statistics.median(took[v]) for v in FLOOR_VARIANTS}
+    print(f"floor, medians of {repeat} ({rows:,} rows; one table {one:.2f} s): "
+          + ", ".join(f"{v} {ratios[v]:.2f}x" for v in FLOOR_VARIANTS[1:]), flush=True)
     return ratios
 
 
@@ -124,7 +226,7 @@ async def _first_batch(svc: Service, task: asyncio.Task) -> bool:
     return "Account" in svc.streams and svc.streams["Account"].stats.batches > 0
 
 
-async def main(url: str, rows: int, events: int, records: int, repeat: int) -> None:
+async def main(url: str, rows: int, events: int, records: int, repeat: int, only: list[str]) -> None:
     admin = await asyncpg.connect(url)
     dbs = {h: f"bench_history_{'on' if h else 'off'}_{uuid.uuid4().hex[:6]}" for h in (False, True)}
     for db in dbs.values():
@@ -132,11 +234,16 @@ async def main(url: str, rows: int, events: int, records: int, repeat: int) -> N
     base = url.rsplit("/", 1)[0]
     proc = None
     try:
-        load = await load_ratios(f"{base}/{dbs[False]}", rows, repeat)
-        proc, sim = start_sim(records)
-        stream = await stream_ratios(sim, {h: f"{base}/{db}" for h, db in dbs.items()}, events, repeat)
-        print(f"median of {repeat}: backfill load with history {statistics.median(load):.2f}x without "
-              f"({rows:,} rows); stream {statistics.median(stream):.2f}x without ({events:,} narrow updates)")
+        if "load" in only:
+            load = await load_ratios(f"{base}/{dbs[False]}", rows, repeat)
+            print(f"median of {repeat}: backfill load with history {statistics.median(load):.2f}x without "
+                  f"({rows:,} rows)", flush=True)
+        if "floor" in only:
+            await floor_ratios(f"{base}/{dbs[False]}", rows, repeat)
+        if "stream" in only:
+            proc, sim = start_sim(records)
+            stream = await stream_ratios(sim, {h: f"{base}/{db}" for h, db in dbs.items()}, events, repeat)
+            print(f"median of {repeat}: stream {statistics.median(stream):.2f}x without ({events:,} narrow updates)")
     finally:
         if proc is not None:
             stop_sim(proc)
@@ -152,8 +259,10 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=["load", "floor", "stream"], default=["load", "floor", "stream"],
+                        help="which figures (default all)")
     a = parser.parse_args()
     from replicator.observe.logs import setup_logging
 
     setup_logging("warning")
-    asyncio.run(main(a.url, a.rows, a.events, a.records, a.repeat))
+    asyncio.run(main(a.url, a.rows, a.events, a.records, a.repeat, a.only))

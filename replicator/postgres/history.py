@@ -29,10 +29,13 @@ import datetime as dt
 
 import asyncpg
 import orjson
+import structlog
 
-from ..model import VERSION_COLUMN, HistoryNames, RowOp, TableInfo, TableSpec
+from ..model import FIVETRAN_HISTORY, VERSION_COLUMN, ConfigError, HistoryNames, RowOp, TableInfo, TableSpec
 from . import ddl, leases
 from .state import ms_to_datetime as _ts
+
+log = structlog.get_logger(__name__)
 
 SUFFIX = "__history"
 OP_SETTING = "replicator.history_op"
@@ -165,17 +168,50 @@ def as_of_function(spec: TableSpec, n: HistoryNames) -> str:
             f"AND ({q(n.end)} IS NULL OR {q(n.end)} > at) $as_of$")
 
 
+async def _columns(conn: asyncpg.Connection, spec: TableSpec) -> set[str]:
+    return {r[0] for r in await conn.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+        spec.schema, name(spec))}
+
+
+def _validity(n: HistoryNames) -> tuple[str, str, str]:
+    return n.start, n.end, n.active
+
+
+async def rename_validity(conn: asyncpg.Connection, spec: TableSpec, n: HistoryNames, existing: set[str]) -> bool:
+    """`history.columns` switched since the history table was made: its three validity columns renamed in place
+    to `n` (the indexes and their predicate follow a rename; the trigger and `as_of` functions are made again by
+    `prepare`). Returns whether it renamed. A table with neither naming whole (columns renamed or dropped by hand)
+    is a ConfigError saying what to do: guessing which column is which could end the wrong versions."""
+    if set(_validity(n)) <= existing:
+        return False
+    for other in (HistoryNames(), FIVETRAN_HISTORY):
+        if other != n and set(_validity(other)) <= existing:
+            for old, new in zip(_validity(other), _validity(n), strict=True):
+                await conn.execute(f"ALTER TABLE {qualified(spec)} RENAME COLUMN {ddl.quote_ident(old)} "
+                                   f"TO {ddl.quote_ident(new)}")
+            log.info("history.columns_renamed", table=f"{spec.schema}.{name(spec)}", before=list(_validity(other)),
+                     after=list(_validity(n)))
+            return True
+    raise ConfigError(
+        f"{spec.schema}.{name(spec)} has neither replicator's validity columns ({', '.join(_validity(HistoryNames()))}) "
+        f"nor Fivetran's ({', '.join(_validity(FIVETRAN_HISTORY))}): rename its three to "
+        f"{', '.join(_validity(n))} (history.columns), or drop it (its versions are lost: a new one starts from the "
+        "table's rows)")
+
+
 async def prepare(conn: asyncpg.Connection, table: TableInfo) -> None:
     """Create or bring up to date the object's history table, its triggers and its `as_of` function, in the
-    caller's transaction (after the object's table). A history table made for a table with rows is seeded."""
+    caller's transaction (after the object's table). A history table made for a table with rows is seeded; one
+    made with the other `history.columns` has its validity columns renamed (`rename_validity`)."""
     spec, n = table.spec, table.history
     assert n is not None
     made = await conn.fetchval("SELECT to_regclass($1) IS NULL", qualified(spec))
+    if not made:
+        await rename_validity(conn, spec, n, await _columns(conn, spec))
     for statement in create_table(spec, n):
         await conn.execute(statement)
-    existing = {r[0] for r in await conn.fetch(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
-        spec.schema, name(spec))}
+    existing = await _columns(conn, spec)
     for statement in add_columns(spec, existing) + record_function(spec, n) + [as_of_function(spec, n)]:
         await conn.execute(statement)
     if made:

@@ -226,6 +226,38 @@ async def test_a_resync_of_a_record_in_its_versions_second_writes_into_that_vers
     assert (await _history_equal(sim, pg_url, ["Account"]))["Account"] == {"current": [], "intervals": []}
 
 
+async def test_switching_the_validity_column_names_renames_them_in_place(sim, pg_url):
+    """`history.columns` switched after `<table>__history` exists: its three validity columns are renamed in place
+    and the as-of function made again, once, logged; the versions stay, and switching back renames them back."""
+    from replicator.app.commands import backfill_command
+
+    def settings(columns):
+        return settings_for(sim, pg_url, "sw", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            objects={"Account": {"history": True}}, history={"columns": columns})
+
+    def names():
+        return pg_value(pg_url, "SELECT string_agg(column_name, ',' ORDER BY column_name) FROM "
+                                "information_schema.columns WHERE table_schema = 'sw' AND table_name = "
+                                "'account__history' AND column_name ~ '^_(valid|is_current|fivetran)'")
+
+    assert await backfill_command(settings("replicator"), ["Account"]) == 0
+    versions = await pg_value(pg_url, "SELECT count(*) FROM sw.account__history")
+    assert versions == await pg_value(pg_url, "SELECT count(*) FROM sw.account") > 0
+    assert await backfill_command(settings("fivetran"), ["Account"]) == 0
+    assert await names() == "_fivetran_active,_fivetran_end,_fivetran_start"
+    assert await pg_value(pg_url, "SELECT count(*) FROM sw.account__history WHERE _fivetran_active") == versions
+    assert await pg_value(pg_url, "SELECT count(*) FROM sw.account__as_of(now())") == versions
+    # back, by the first command an operator may run: verify --history
+    assert await verify_command(settings("replicator"), ["Account"], history=True) == 0
+    assert await names() == "_is_current,_valid_from,_valid_to"
+    assert await pg_value(pg_url, "SELECT count(*) FROM sw.account__as_of(now())") == versions
+    assert await pg_value(pg_url, "SELECT count(*) FROM sw.account__history") == versions
+    # a naming neither whole (renamed by hand): a configuration error, nothing guessed
+    await pg_value(pg_url, "ALTER TABLE sw.account__history RENAME COLUMN _valid_to TO valid_to")
+    assert await backfill_command(settings("fivetran"), ["Account"]) == 2
+    assert await names() == "_is_current,_valid_from"
+
+
 async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
     settings = _settings(sim, pg_url, "hist")
     await sim_admin(sim, "PUT", "/__sim/faults", {"purge_before_now": True})  # earlier tests' events: gone

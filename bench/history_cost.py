@@ -5,22 +5,25 @@ one run, alternated, as ratios (issue 20 asks ≥ 0.8× and ≥ 0.7×).
 [--only load floor stream] [--url postgresql://127.0.0.1:5432/test]`
 
 1. Load: `rows` Account-shaped records (bench/resync_load.py's pages, memory → Postgres, no simulator) loaded into
-   an empty table (`load_mode` copy, plain COPY) with and without a history table: `off_s / on_s`, so 1.0 is "as
-   fast"; with history every row is also its record's first version (the statement trigger's INSERT … SELECT
-   from the COPY's transition table).
+   an empty table (`load_mode` copy, plain COPY) with and without a history table, as the backfill does it
+   (`PageSink.end_versions` before, `build_indexes` after): `off_s / on_s`, so 1.0 is "as fast"; with history
+   every row is also its record's first version (the statement trigger's INSERT … SELECT from the COPY's
+   transition table).
 2. Floor (`floor`): what a load that writes every row twice can cost at best, against what history costs, the
    same rows (pages of 50,000, one transaction each with its page record, as the backfill) loaded into an empty
-   table by each variant in turn, the order rotated each repeat, as `one table s / variant s`:
+   table by each variant in turn, the order rotated each repeat, as `one table / variant` of wall seconds and of
+   the Postgres backends' CPU seconds (from /proc: what a shared machine's other work does not inflate; index
+   builds without parallel workers, whose CPU would not be counted):
    - `two tables`: COPY into the table, and the same bytes COPied again into a history-shaped table (the history
      table's columns and both its indexes; its own columns from defaults): the floor of writing each row twice;
    - `two tables, indexes after`: the same, the history-shaped table's indexes built after the load;
-   - `history`: what `history = true` does (the statement trigger's INSERT … SELECT from the COPY's transition
-     table, postgres/history.py);
-   - ideas for a first load into an empty history table, each `history` with one change: `work_mem 64MB` or
-     `256MB` in the page's transaction (the transition table's tuplestore kept in memory rather than spilled to a
-     temporary file: 64MB holds a page of 50,000 of these rows), `no ON CONFLICT` (a plain INSERT: no speculative
-     insertion), `indexes after` (the history table's indexes dropped before the load and built after it, the
-     build timed), and the first with the third.
+   - `history, indexes kept`: what `history = true` did before the history table's indexes were built after a
+     first load (the trigger's INSERT … ON CONFLICT DO NOTHING into the indexed table), and two ideas on top of
+     it: `work_mem 64MB` in the page's transaction (the transition table's tuplestore kept in memory rather than
+     spilled to a temporary file: 64MB holds a page of 50,000 of these rows), `no ON CONFLICT` (a plain INSERT:
+     no speculative insertion);
+   - `history`: what it does now (postgres/history.py `drop_indexes`: a first load into a history table with no
+     version goes without its indexes, built after it, the build timed), and `history, work_mem 64MB` on top.
 3. Stream: the simulator (its own process, `records` records) and two databases, each backfilled and streaming
    Account, one with history; then per repeat one burst of `events` narrow UPDATE events (bench/burst.py's
    `make_burst`: one changed field each, the org idle while replicator drains) that each database's service drains
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import time
@@ -51,6 +55,16 @@ from .harness import start_sim, stop_sim
 from .resync_load import FIELDS, _chunks, _job, _pages
 
 
+async def _first_load(store: Store, sink: PageSink, pages: list[bytes]) -> float:
+    """A `load_mode` copy job as `Backfill` runs it, seconds: the history's current versions ended (and its indexes
+    dropped while it has no version), the pages, the indexes built."""
+    t0 = time.perf_counter()
+    await sink.end_versions()
+    await _job(store, sink, "Account", "copy", pages)
+    await sink.build_indexes()
+    return time.perf_counter() - t0
+
+
 async def load_ratios(url: str, rows: int, repeat: int) -> list[float]:
     pages = _pages(rows)
     spec = table_spec(ObjectDescribe(name="Account", fields=FIELDS), schema="bench_history")
@@ -65,7 +79,7 @@ async def load_ratios(url: str, rows: int, repeat: int) -> list[float]:
                     await conn.execute("DROP TABLE IF EXISTS bench_history.account, bench_history.account__history CASCADE")
                     await conn.execute("CHECKPOINT")
                 await store.page_sink(info).prepare()
-                took[history] = await _job(store, store.page_sink(info), "Account", "copy", pages)
+                took[history] = await _first_load(store, store.page_sink(info), pages)
                 if history:
                     async with store._pool.acquire() as conn:
                         versions = await conn.fetchval("SELECT count(*) FROM bench_history.account__history")
@@ -79,9 +93,9 @@ async def load_ratios(url: str, rows: int, repeat: int) -> list[float]:
     return ratios
 
 
-FLOOR_VARIANTS = ("one table", "two tables", "two tables, indexes after", "history", "history, work_mem 64MB",
-                  "history, work_mem 256MB", "history, no ON CONFLICT", "history, indexes after",
-                  "history, work_mem 64MB, indexes after")
+FLOOR_VARIANTS = ("one table", "two tables", "two tables, indexes after", "history, indexes kept",
+                  "history, indexes kept, work_mem 64MB", "history, indexes kept, no ON CONFLICT", "history",
+                  "history, work_mem 64MB")
 H = "bench_history.account__history"
 
 
@@ -108,13 +122,29 @@ class _FloorSink(PageSink):
         return rows
 
 
-async def _floor_once(store: Store, spec, pages: list[bytes], rows: int, variant: str) -> float:
-    """One load of `pages` into an empty table by `variant`: seconds, the indexes built after it included."""
+async def _backend_cpu(store: Store) -> float:
+    """CPU seconds (user + system) the database's client backends have used so far, from /proc (Postgres on this
+    machine): the load's own cost, which other work on a shared machine does not inflate the way it does wall time."""
+    async with store._pool.acquire() as conn:
+        pids = [r[0] for r in await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                               "AND backend_type = 'client backend'")]
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def _floor_once(store: Store, spec, pages: list[bytes], rows: int, variant: str) -> tuple[float, float]:
+    """One load of `pages` into an empty table by `variant`: (wall seconds, Postgres backend CPU seconds), the
+    indexes built after it included."""
     names = HistoryNames()
     history = variant.startswith("history")
     info = TableInfo(spec, version_column(spec), True, hard_deletes=False, history=names if history else None)
-    indexes = [s for s in pg_history.create_table(spec, names) if s.startswith("CREATE UNIQUE INDEX")
-               or s.startswith("CREATE INDEX")]
     async with store._pool.acquire() as conn:
         await conn.execute(f"DROP TABLE IF EXISTS bench_history.account, {H} CASCADE")
     sink = _FloorSink(store._pool, info, variant)
@@ -125,46 +155,63 @@ async def _floor_once(store: Store, spec, pages: list[bytes], rows: int, variant
                 await conn.execute(statement)
             await conn.execute(f"ALTER TABLE {H} ALTER COLUMN _valid_from SET DEFAULT now(), "
                                "ALTER COLUMN _is_current SET DEFAULT true, ALTER COLUMN _op SET DEFAULT 'backfill'")
-        if variant == "history, no ON CONFLICT":
+        if variant.endswith("no ON CONFLICT"):
             function = pg_history.record_function(spec, names)[0]
             # the backfill branch's INSERT (the first of the function) without its ON CONFLICT
             plain = function.replace("FROM new_rows r ON CONFLICT DO NOTHING", "FROM new_rows r", 1)
             assert plain != function
             await conn.execute(plain)
-        if variant.endswith("indexes after"):
-            await conn.execute('DROP INDEX bench_history."account__history_version", '
-                               'bench_history."account__history_closed"')
         await conn.execute("CHECKPOINT")
-    t0 = time.perf_counter()
-    await _job(store, sink, "Account", "copy", pages)
-    if variant.endswith("indexes after"):
+    cpu0, t0 = await _backend_cpu(store), time.perf_counter()
+    if variant == "two tables, indexes after":
         async with store._pool.acquire() as conn:
-            for statement in indexes:
+            await conn.execute(pg_history.drop_indexes(spec))
+        await _job(store, sink, "Account", "copy", pages)
+        async with store._pool.acquire() as conn:
+            for statement in pg_history.indexes(spec, names):
                 await conn.execute(statement)
+    elif variant in ("history", "history, work_mem 64MB"):
+        await _first_load(store, sink, pages)
+    else:
+        await _job(store, sink, "Account", "copy", pages)
     seconds = time.perf_counter() - t0
+    cpu = await _backend_cpu(store) - cpu0
     if variant != "one table":
         async with store._pool.acquire() as conn:
             versions = await conn.fetchval(f"SELECT count(*) FROM {H}")
+            built = await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE schemaname = 'bench_history' "
+                                        "AND tablename = 'account__history'")
         assert versions == rows, f"{variant}: {versions} versions for {rows} rows"
-    return seconds
+        assert built == 2, f"{variant}: {built} indexes"
+    return seconds, cpu
 
 
-async def floor_ratios(url: str, rows: int, repeat: int) -> dict[str, float]:
-    """Each variant's load as `one table s / variant s`, medians of `repeat`, the order rotated each repeat."""
+async def floor_ratios(url: str, rows: int, repeat: int) -> dict[str, tuple[float, float]]:
+    """Each variant's load as `one table / variant`, of wall seconds and of backend CPU seconds, medians of
+    `repeat`, the order rotated each repeat."""
     pages = _pages(rows)
     spec = table_spec(ObjectDescribe(name="Account", fields=FIELDS), schema="bench_history")
-    took: dict[str, list[float]] = {v: [] for v in FLOOR_VARIANTS}
+    took: dict[str, list[tuple[float, float]]] = {v: [] for v in FLOOR_VARIANTS}
+    conn = await asyncpg.connect(url)
+    try:  # index builds by the backend alone: a parallel worker's CPU would not be counted
+        await conn.execute(f"ALTER DATABASE {await conn.fetchval('SELECT current_database()')} "
+                           "SET max_parallel_maintenance_workers = 0")
+    finally:
+        await conn.close()
     async with Store.open(url, pool_size=4) as store:
         for r in range(repeat):
             order = FLOOR_VARIANTS[r % len(FLOOR_VARIANTS):] + FLOOR_VARIANTS[:r % len(FLOOR_VARIANTS)]
             for variant in order:
                 took[variant].append(await _floor_once(store, spec, pages, rows, variant))
-            print(f"floor, repeat {r + 1}: " + ", ".join(f"{v} {took[v][-1]:.2f} s" for v in FLOOR_VARIANTS),
-                  flush=True)
-    one = statistics.median(took["one table"])
-    ratios = {v: one / statistics.median(took[v]) for v in FLOOR_VARIANTS}
-    print(f"floor, medians of {repeat} ({rows:,} rows; one table {one:.2f} s): "
-          + ", ".join(f"{v} {ratios[v]:.2f}x" for v in FLOOR_VARIANTS[1:]), flush=True)
+            print(f"floor, repeat {r + 1} (wall s / backend CPU s): "
+                  + ", ".join(f"{v} {took[v][-1][0]:.2f}/{took[v][-1][1]:.2f}" for v in FLOOR_VARIANTS), flush=True)
+    wall = {v: statistics.median(t[0] for t in took[v]) for v in FLOOR_VARIANTS}
+    cpu = {v: statistics.median(t[1] for t in took[v]) for v in FLOOR_VARIANTS}
+    ratios = {v: (wall["one table"] / wall[v], cpu["one table"] / cpu[v]) for v in FLOOR_VARIANTS}
+    print(f"floor, medians of {repeat} ({rows:,} rows; one table {wall['one table']:.2f} s wall, "
+          f"{cpu['one table']:.2f} s backend CPU), as one table / variant, wall and CPU:", flush=True)
+    for v in FLOOR_VARIANTS[1:]:
+        print(f"  {v}: {ratios[v][0]:.2f}x wall, {ratios[v][1]:.2f}x CPU", flush=True)
     return ratios
 
 

@@ -198,6 +198,57 @@ async def test_fivetran_names_for_the_validity_columns(sim, pg_url):
     assert await pg_value(pg_url, "SELECT count(*) FROM ft.account__history WHERE _fivetran_active "
                                   "AND _fivetran_end IS NULL AND _fivetran_start IS NOT NULL") == rows
     assert await pg_value(pg_url, "SELECT count(*) FROM ft.account__as_of(now())") == rows
+    # the first load went without the history's indexes (postgres/history.py drop_indexes): built at its end
+    assert await _history_indexes(pg_url, "ft") == ["account__history_closed", "account__history_version"]
+
+
+def _history_indexes(pg_url, schema):
+    return pg_value(pg_url, f"SELECT coalesce(array_agg(indexname::text ORDER BY indexname), '{{}}') FROM pg_indexes "
+                            f"WHERE schemaname = '{schema}' AND tablename = 'account__history'")
+
+
+async def test_a_first_load_killed_without_the_history_indexes_gets_them_back_and_each_version_once(sim, pg_url,
+                                                                                                   tmp_path):
+    """A first load into a history table with no version goes without its indexes; `replicator backfill`
+    SIGKILLed after a page: the next run makes them again before it resumes the job, which ends with one version
+    per record, none twice, and verify --history equal."""
+    cfg = tmp_path / "load.toml"
+    cfg.write_text("\n".join([
+        "[salesforce]", f'instance_url = "{sim["instance_url"]}"', f'client_id = "{sim["client_id"]}"',
+        f'ca_file = "{sim["ca_file"]}"', "[postgres]", f'url = "{pg_url}"', 'schema = "ix"',
+        "[backfill]", "poll_max_s = 0.2", "page_size = 100", "parallel_pages = 1",
+        "[objects.Account]", "history = true"]) + "\n")
+    env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
+    args = [sys.executable, "-m", "replicator.cli", "--log-json", "backfill", "--config", str(cfg), "Account"]
+    pages = "SELECT count(*) FROM replicator.backfill_pages WHERE object = 'Account'"
+
+    async def one_page():
+        return (await pg_value(pg_url, pages) or 0) >= 1
+
+    await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 400})  # the second page comes after the kill
+    try:
+        proc = start_logged(args, env)
+        try:
+            await wait_for(one_page, timeout=60)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            finish(proc, 30)
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 0})
+    assert await pg_value(pg_url, pages) == 1, "the load ended before the kill"
+    assert await pg_value(pg_url, "SELECT count(*) FROM ix.account__history") == \
+        await pg_value(pg_url, "SELECT count(*) FROM ix.account") == 100
+    assert await _history_indexes(pg_url, "ix") == []
+    proc = start_logged(args, env)
+    err = finish(proc, 120)
+    assert proc.returncode == 0, err[-3000:]
+    assert await _history_indexes(pg_url, "ix") == ["account__history_closed", "account__history_version"]
+    rows = await pg_value(pg_url, "SELECT count(*) FROM ix.account")
+    assert rows == len(await ground_truth(sim, "Account"))
+    assert await pg_value(pg_url, "SELECT count(DISTINCT id) FROM ix.account__history WHERE _is_current") == \
+        await pg_value(pg_url, "SELECT count(*) FROM ix.account__history") == rows
+    settings = settings_for(sim, pg_url, "ix", objects={"Account": {"history": True}})
+    assert await verify_command(settings, ["Account"], history=True) == 0
 
 
 async def test_a_resync_of_a_record_in_its_versions_second_writes_into_that_version(sim, pg_url, service):
@@ -224,6 +275,24 @@ async def test_a_resync_of_a_record_in_its_versions_second_writes_into_that_vers
     assert [(v["_op"], v["phone"], v["_is_current"]) for v in versions][1:] == [("update", "tie", True)]
     assert versions[1]["lastvieweddate"] == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     assert (await _history_equal(sim, pg_url, ["Account"]))["Account"] == {"current": [], "intervals": []}
+
+
+async def test_a_first_load_whose_job_failed_loads_again_with_the_history_indexes(sim, pg_url):
+    """The first job of a first load fails: its history's indexes (dropped for the load) are built before the next
+    job, which goes through the upsert (it may overlap what the first loaded) and so through the indexed path."""
+    from replicator.app.commands import run_backfills
+
+    settings = settings_for(sim, pg_url, "jf", objects={"Account": {"history": True}}, backfill={"job_retries": 1})
+    await sim_admin(sim, "PUT", "/__sim/faults", {"fail_jobs": 1, "fail_jobs_object": "Account"})
+    try:
+        results = await run_backfills(settings, ["Account"])
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/faults", {"fail_jobs": 0, "fail_jobs_object": ""})
+    assert not isinstance(results["Account"], BaseException), results["Account"]
+    assert await _history_indexes(pg_url, "jf") == ["account__history_closed", "account__history_version"]
+    assert await pg_value(pg_url, "SELECT count(*) FROM jf.account__history WHERE _is_current") == \
+        await pg_value(pg_url, "SELECT count(*) FROM jf.account") > 0
+    assert await verify_command(settings, ["Account"], history=True) == 0
 
 
 async def test_switching_the_validity_column_names_renames_them_in_place(sim, pg_url):

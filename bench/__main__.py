@@ -6,6 +6,7 @@
     python -m bench --out DIR       # results, RESULTS.md and charts under DIR
     python -m bench --only peers    # target-postgres and dlt (installed into bench/.peers/ on first use)
     python -m bench --only e2e      # the whole path: 4 objects, changes of every kind, crashes, `replicator verify`
+    python -m bench --only chaos --history --out /tmp/x   # chaos with history on: verify --history equal too
     python -m bench --render        # rebuild RESULTS.md and charts from bench/results/*.json
     python -m bench --only burst --against ../wt-base   # the burst drain of HEAD beside another checkout's
     python -m bench --only transitions --sequences 50 --seed 1   # random transitions, each sequence verified
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minimise", action="store_true",
                     help="transitions: shrink each failing sequence to the fewest operations that still fail alike")
     ap.add_argument("--lookback", type=float, help="transitions: poll.lookback_s of the service (default 0)")
+    ap.add_argument("--history", action="store_true",
+                    help="chaos: every object keeps history (docs/history.md), and each run must also end with "
+                    "`replicator verify --history` equal and every event applied once; reported as chaos_history")
     args = ap.parse_args(argv)
     setup_logging("warning")
     out = args.out or (harness.ROOT / "results" / "quick" if args.quick else None)
@@ -72,6 +76,7 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
         machine = await harness.machine(server_url)
         plan = Plan.make(args.quick, args.repeat, server_url)
         plan.against = str(args.against) if args.against else None
+        plan.chaos_history = args.history
         _transitions_options(plan, args)
         if "transitions" in names:
             results_dir.mkdir(parents=True, exist_ok=True)
@@ -87,13 +92,20 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
                 continue
             result["seconds"] = round(time.monotonic() - started, 1)
             params = {k: v for k, v in vars(plan).items() if k != "server_url"}
-            path = harness.write_report(results_dir, name, command, params, machine, result)
-            reports[name] = json.loads(path.read_text())
+            label = _label(name, plan)
+            path = harness.write_report(results_dir, label, command, params, machine, result)
+            reports[label] = json.loads(path.read_text())
             print(f"{name}: {result['seconds']} s -> {path}", flush=True)
     harness.render_results(results_md, reports)
     made = harness.charts(charts_dir, reports)
     print(f"tables -> {results_md}; {len(made)} charts -> {charts_dir}")
     return 1 if failed else 0
+
+
+def _label(name: str, plan: Plan) -> str:
+    """The name a scenario's report and RESULTS.md block take: chaos with history is its own (`chaos_history`), so
+    it never replaces the default chaos's figures."""
+    return "chaos_history" if name == "chaos" and plan.chaos_history else name
 
 
 def _transitions_options(plan: Plan, args) -> None:
@@ -127,7 +139,7 @@ def render(results_dir: Path, results_md: Path, charts_dir: Path) -> int:
     reports: dict[str, dict] = {}
     for path in sorted(results_dir.glob("*.json")):
         report = json.loads(path.read_text())
-        if "sweeps" in report and report.get("scenario") in SCENARIOS:
+        if "sweeps" in report and report.get("scenario") in (*SCENARIOS, "chaos_history"):
             reports[report["scenario"]] = report  # sorted by date: the newest wins
     harness.render_results(results_md, reports)
     made = harness.charts(charts_dir, reports)

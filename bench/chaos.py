@@ -9,6 +9,11 @@ resync). `backfill_kills` kills land while the backfill is loading pages (after 
 while the traffic runs (after that many changes). Afterwards `replicator verify` must find every object equal to
 the org; the run raises otherwise.
 
+With `history` (`python -m bench --only chaos --history`) every object keeps history (`[history] default = true`,
+docs/history.md), and the run also raises unless `replicator verify --history` finds every object's history whole
+(current versions equal to the rows, no overlap, no hole) and every published event was applied exactly once
+(`events_applied` = `events_published`).
+
 `python -m bench --only chaos` (three runs, 20 kills); `--quick` runs a small one in CI.
 """
 
@@ -57,13 +62,15 @@ async def _kill_during_backfill(url: str, replicator: _Replicator, kills: int) -
 
 
 async def run(server_url: str, database: str, records: int, changes: int, rate: int, kills: int,
-              backfill_kills: int, seed: int = 11) -> dict:
-    """One chaos run on a new org and database; its figures. Raises unless `replicator verify` ends equal."""
+              backfill_kills: int, seed: int = 11, history: bool = False) -> dict:
+    """One chaos run on a new org and database; its figures. Raises unless `replicator verify` ends equal (and,
+    with `history`, `verify --history` too and every event applied once)."""
     proc, sim = start_sim(records)
     url = await fresh_database(server_url, database)
     cfg = Path(tempfile.mkstemp(suffix=".toml")[1])
     # Eight pages an object, so the backfill's kills land between committed pages.
-    cfg.write_text(config(sim, url).replace("poll_max_s = 1.0", f"poll_max_s = 1.0\npage_size = {max(records // 8, 100)}"))
+    text = config(sim, url).replace("poll_max_s = 1.0", f"poll_max_s = 1.0\npage_size = {max(records // 8, 100)}")
+    cfg.write_text(text + ("[history]\ndefault = true\n" if history else ""))
     log = tempfile.NamedTemporaryFile("w", suffix=".log", prefix="bench-chaos-", delete=False)
     figures: dict = {"kills": 0}
     try:
@@ -85,13 +92,14 @@ async def run(server_url: str, database: str, records: int, changes: int, rate: 
             figures.update(await counts(sim, url))
         finally:
             figures["run_exit"] = replicator.stop()
-        verified = verify(cfg, replicator.env)
+        verified = verify(cfg, replicator.env, history)
     finally:
         stop_sim(proc)
         log.close()
         cfg.unlink()
-    figures.update(verdict(verified))
-    if verified.returncode != 0 or figures["run_exit"] != 0:
+    figures.update(verdict(verified, history))
+    exact = not history or figures["events_applied"] == figures["events_published"]
+    if verified.returncode != 0 or figures["run_exit"] != 0 or not exact:
         raise RuntimeError(f"chaos run did not end equal: {figures}; verify: {verified.stdout[-2000:]} "
                            f"{verified.stderr[-1000:]}; replicator's log: {log.name}")
     Path(log.name).unlink()

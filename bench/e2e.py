@@ -167,18 +167,25 @@ async def counts(sim: dict, url: str) -> dict:
             "streams_cut": stats.get("streams_cut", 0)}
 
 
-def verify(cfg: Path, env: dict) -> subprocess.CompletedProcess:
+def verify(cfg: Path, env: dict, history: bool = False) -> subprocess.CompletedProcess:
     """`replicator refresh` (formula values follow their inputs without an event: docs/refresh.md), then
-    `replicator verify` of every configured object; a failed refresh shows as differences."""
+    `replicator verify` of every configured object (`--history` too with `history`); a failed refresh shows as
+    differences."""
     subprocess.run([sys.executable, "-m", "replicator.cli", "refresh", "--config", str(cfg)],
                    env=env, capture_output=True, text=True)
-    return subprocess.run([sys.executable, "-m", "replicator.cli", "verify", "--config", str(cfg)],
-                          env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "replicator.cli", "verify", "--config", str(cfg)]
+                          + (["--history"] if history else []), env=env, capture_output=True, text=True)
 
 
-def verdict(verified: subprocess.CompletedProcess) -> dict:
-    return {"verify_exit": verified.returncode,
-            "objects_equal": sum(line.endswith("(equal)") for line in verified.stdout.splitlines())}
+def verdict(verified: subprocess.CompletedProcess, history: bool = False) -> dict:
+    """The verify's exit and how many objects it found equal; with `history`, how many history tables too (its
+    lines `<Object>: history: …  (equal)`)."""
+    lines = verified.stdout.splitlines()
+    out = {"verify_exit": verified.returncode,
+           "objects_equal": sum(line.endswith("(equal)") and ": history: " not in line for line in lines)}
+    if history:
+        out["history_equal"] = sum(line.endswith("(equal)") and ": history: " in line for line in lines)
+    return out
 
 
 if __name__ == "__main__":

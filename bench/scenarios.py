@@ -81,6 +81,7 @@ class Plan:
     chaos_kills: int = 16  # during the traffic, plus chaos_backfill_kills during the backfill: 20 in all
     chaos_backfill_kills: int = 4
     chaos_runs: int = 3
+    chaos_history: bool = False  # every object keeps history; verify --history must be equal too (bench/chaos.py)
     transitions_sequences: int = 20
     transitions_seed: int = 1  # sequences use seeds transitions_seed, transitions_seed + 1, …
     transitions_length: tuple[int, int] = (5, 15)  # operations a sequence
@@ -476,17 +477,23 @@ async def chaos_runs(plan: Plan) -> dict:
     """`replicator run` SIGKILLed during the backfill and the stream with every fault on; each run must end with
     `replicator verify` equal for every object (chaos.run raises otherwise)."""
     rows = []
+    history = plan.chaos_history
     for n in range(plan.chaos_runs):
-        figures = await chaos.run(plan.server_url, plan.db("_chaos"), plan.chaos_records, plan.chaos_changes,
-                                  plan.chaos_rate, plan.chaos_kills, plan.chaos_backfill_kills, seed=11 + n)
+        figures = await chaos.run(plan.server_url, plan.db("_chaos_history" if history else "_chaos"),
+                                  plan.chaos_records, plan.chaos_changes, plan.chaos_rate, plan.chaos_kills,
+                                  plan.chaos_backfill_kills, seed=11 + n, history=history)
         rows.append(_row(n + 1, figures))
     note = (f"4 objects of {plan.chaos_records:,} records, {plan.chaos_changes:,} changes offered at "
             f"{plan.chaos_rate:,}/s; faults: {', '.join(f'{k}={v}' for k, v in chaos.FAULTS.items())}; kills: "
             f"{plan.chaos_backfill_kills} during the backfill, {plan.chaos_kills} during the traffic; every run ended "
-            "with verify equal for all 4 objects")
+            "with verify equal for all 4 objects"
+            + ("; history = true for every object, and every run ended with verify --history equal for all 4 and "
+               "events_applied = events_published" if history else ""))
+    equal = sum(r["objects_equal"] == 4 and (not history or r["history_equal"] == 4) for r in rows)
     return {"figures": {"runs": plan.chaos_runs, "kills_per_run": plan.chaos_kills + plan.chaos_backfill_kills,
-                        "runs_equal": sum(r["objects_equal"] == 4 for r in rows)},
-            "sweeps": [sweep("chaos", "run", rows, ["backfill_s", "stream_s"], note)]}
+                        "runs_equal": equal},
+            "sweeps": [sweep("chaos with history" if history else "chaos", "run", rows, ["backfill_s", "stream_s"],
+                             note)]}
 
 
 SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "burst": burst, "limits": limit,

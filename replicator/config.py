@@ -235,7 +235,8 @@ class HistorySettings(_Section):
         "replicator",
         description="Names of the history tables' validity columns: replicator (`_valid_from`, `_valid_to`, "
         "`_is_current`) or fivetran (`_fivetran_start`, `_fivetran_end`, `_fivetran_active`, so packages written "
-        "for Fivetran's history mode read them). Chosen when a history table is created.",
+        "for Fivetran's history mode read them). Switched later, an existing history table's three columns are "
+        "renamed in place when its object is next prepared (docs/history.md).",
     )
     retention_days: float = Field(
         0.0, ge=0,

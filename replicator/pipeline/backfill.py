@@ -97,6 +97,8 @@ class Backfill:
         attempts = self.settings.backfill.job_retries + 1
         for attempt in range(1, attempts + 1):
             job_id, mode, page_size = await self._job(empty, resume=attempt == 1)
+            if mode != "copy":  # after a failed first load: its history's indexes before any other write
+                await self.sink.build_indexes()
             try:
                 await self._extract(job_id, mode, page_size)
                 if mode == "upsert":  # the table had rows: those the whole extract lacks left the org
@@ -104,6 +106,7 @@ class Backfill:
                     if removed:
                         log.warning("backfill.rows_gone", object=self.name, rows=removed, job_id=job_id,
                                     reason="not in the extract: purged or hard-deleted in the org")
+                await self.sink.build_indexes()  # a first load's history went without them
                 break
             except JobFailedError as exc:
                 log.warning("backfill.job_failed", object=self.name, job_id=job_id, attempt=attempt, error=str(exc))

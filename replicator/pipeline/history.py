@@ -34,6 +34,7 @@ async def prune_history(client: SalesforceClient, store: Store, settings: Settin
     if names is None or not days:
         return None
     table = object_table(await client.describe(name), settings.postgres.schema_, obj, names)
+    await store.page_sink(table).prepare()  # validity columns renamed should history.columns have changed
     pruned = await store.prune_history(table, days, settings.history.prune_batch)
     log.info("history.pruned", object=name, versions=pruned, retention_days=days)
     return pruned

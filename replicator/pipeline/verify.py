@@ -54,6 +54,7 @@ async def verify_history(client: SalesforceClient, store: Store, settings: Setti
     if names is None:
         return None
     table = object_table(await client.describe(name), settings.postgres.schema_, obj, names)
+    await store.page_sink(table).prepare()  # as verify_object: columns added, validity columns renamed
     found = await store.check_history(table)
     log.info("verify.history", object=name, **found)
     return found

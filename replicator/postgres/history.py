@@ -29,10 +29,13 @@ import datetime as dt
 
 import asyncpg
 import orjson
+import structlog
 
-from ..model import VERSION_COLUMN, HistoryNames, RowOp, TableInfo, TableSpec
+from ..model import FIVETRAN_HISTORY, VERSION_COLUMN, ConfigError, HistoryNames, RowOp, TableInfo, TableSpec
 from . import ddl, leases
 from .state import ms_to_datetime as _ts
+
+log = structlog.get_logger(__name__)
 
 SUFFIX = "__history"
 OP_SETTING = "replicator.history_op"
@@ -62,12 +65,29 @@ def create_table(spec: TableSpec, n: HistoryNames) -> list[str]:
         f"{q(n.start)} timestamptz NOT NULL", f"{q(n.end)} timestamptz", f"{q(n.active)} boolean NOT NULL",
         '"_op" text NOT NULL', '"_commit_user" text', '"_change_origin" text', '"_changed_fields" text[]',
         "\"_position\" bytea NOT NULL DEFAULT ''::bytea"]
-    base = name(spec)
+    return [f"CREATE TABLE IF NOT EXISTS {h} (\n  " + ",\n  ".join(cols) + "\n)", *indexes(spec, n)]
+
+
+def indexes(spec: TableSpec, n: HistoryNames) -> list[str]:
+    """The history table's two indexes, made where missing (`prepare` at every start, and after a first load that
+    went without them: `drop_indexes`)."""
+    q, h, base = ddl.quote_ident, qualified(spec), name(spec)
     return [
-        f"CREATE TABLE IF NOT EXISTS {h} (\n  " + ",\n  ".join(cols) + "\n)",
         f'CREATE UNIQUE INDEX IF NOT EXISTS {q(base + "_version")} ON {h} ("id", {q(n.start)}, "_position")',
         f"CREATE INDEX IF NOT EXISTS {q(base + '_closed')} ON {h} ({q(n.end)}) WHERE {q(n.end)} IS NOT NULL",
     ]
+
+
+def drop_indexes(spec: TableSpec) -> str:
+    """A first load into a history table with no version at all goes without its indexes, built once it ends
+    (`indexes`): each row's version inserted into the heap alone (no index entry a row, and no speculative
+    insertion for ON CONFLICT, which has no arbiter then) costs far less than keeping the index, and the build
+    sorts once (`python -m bench.history_cost --only floor`: the load's backend CPU 0.48x of without history
+    → 0.70x). Nothing needs them meanwhile: the load writes each record once (the table's key), a page commits
+    with its versions or not at all and is never loaded twice, and the stream starts only after the load, whose
+    end (or the next start's `prepare`, after a kill) makes them again."""
+    q, base = ddl.quote_ident, name(spec)
+    return f"DROP INDEX IF EXISTS {q(spec.schema)}.{q(base + '_version')}, {q(spec.schema)}.{q(base + '_closed')}"
 
 
 def add_columns(spec: TableSpec, existing: set[str]) -> list[str]:
@@ -90,9 +110,13 @@ def record_function(spec: TableSpec, n: HistoryNames) -> list[str]:
 
     `backfill` (a first load into an empty table) inserts each row as its record's first version, with no
     lookup: measured, the lookups of the general case cost the load a third of its speed
-    (`python -m bench.history_cost`). INSERT and UPDATE otherwise: each written row whose values its record's current version does not hold becomes a
-    version (`_op` from `mark`, `resync` when unmarked), from the row's version (`_sf_version`); the current one
-    ends there. A row rewritten at its current version's own version replaces that version's values. The
+    (`python -m bench.history_cost`). INSERT and UPDATE otherwise: each written row whose values its record's
+    current version does not hold becomes a version (`_op` from `mark`, `resync` when unmarked), from the row's
+    version (`_sf_version`); the current one ends there. A row rewritten at its current version's own version
+    replaces that version's values; so does an extract's row (no position) stamped with the current version's
+    time but another position: the record's SystemModstamp did not move since that version (Salesforce changed
+    fields without an event, as the refresh's; or a change of the same second the stream did not see), and a
+    version of an empty position at that time would sort before the version it follows. The
     refresh (`refresh`) writes columns Salesforce changes without a new SystemModstamp: no time places a version
     for them, so they are written into the current version. DELETE (a hard delete by an extract) ends the
     current version now. Writes marked `stream` are the stream's own (`stream_versions`). `<op>:removed` (rows an
@@ -105,6 +129,9 @@ def record_function(spec: TableSpec, n: HistoryNames) -> list[str]:
     pos = f"coalesce(r.{q(ddl.STREAM_POSITION_COLUMN)}, ''::bytea)"
     same = f"ROW({_cols(spec, 'c.')}) IS NOT DISTINCT FROM ROW({_cols(spec, 'r.')})"
     sets = ", ".join(f"{q(c.name)} = r.{q(c.name)}" for c in spec.columns)
+    # the row is the current version's own record: the same version and position, or a row of an extract (no
+    # position) stamped with the current version's time, which a version with an empty position would sort before
+    own = f'(c.{start} = {ver} AND (c."_position" = {pos} OR {pos} = \'\'::bytea))'
     body = f"""
 DECLARE
   op text := coalesce(nullif(current_setting('{OP_SETTING}', true), ''), 'resync');
@@ -131,9 +158,9 @@ BEGIN
     RETURN NULL;
   END IF;
   UPDATE {h} c SET {sets} FROM new_rows r
-    WHERE c."id" = r."id" AND c.{active} AND c.{start} = {ver} AND c."_position" = {pos} AND NOT ({same});
+    WHERE c."id" = r."id" AND c.{active} AND {own} AND NOT ({same});
   UPDATE {h} c SET {end} = greatest(c.{start}, {ver}), {active} = false FROM new_rows r
-    WHERE c."id" = r."id" AND c.{active} AND NOT (c.{start} = {ver} AND c."_position" = {pos}) AND NOT ({same});
+    WHERE c."id" = r."id" AND c.{active} AND NOT {own} AND NOT ({same});
   INSERT INTO {h} ({_cols(spec)}, {start}, {active}, "_op", "_position")
     SELECT {_cols(spec, 'r.')}, {ver}, true, op, {pos} FROM new_rows r
     WHERE NOT EXISTS (SELECT 1 FROM {h} c WHERE c."id" = r."id" AND c.{active})
@@ -158,17 +185,50 @@ def as_of_function(spec: TableSpec, n: HistoryNames) -> str:
             f"AND ({q(n.end)} IS NULL OR {q(n.end)} > at) $as_of$")
 
 
+async def _columns(conn: asyncpg.Connection, spec: TableSpec) -> set[str]:
+    return {r[0] for r in await conn.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+        spec.schema, name(spec))}
+
+
+def _validity(n: HistoryNames) -> tuple[str, str, str]:
+    return n.start, n.end, n.active
+
+
+async def rename_validity(conn: asyncpg.Connection, spec: TableSpec, n: HistoryNames, existing: set[str]) -> bool:
+    """`history.columns` switched since the history table was made: its three validity columns renamed in place
+    to `n` (the indexes and their predicate follow a rename; the trigger and `as_of` functions are made again by
+    `prepare`). Returns whether it renamed. A table with neither naming whole (columns renamed or dropped by hand)
+    is a ConfigError saying what to do: guessing which column is which could end the wrong versions."""
+    if set(_validity(n)) <= existing:
+        return False
+    for other in (HistoryNames(), FIVETRAN_HISTORY):
+        if other != n and set(_validity(other)) <= existing:
+            for old, new in zip(_validity(other), _validity(n), strict=True):
+                await conn.execute(f"ALTER TABLE {qualified(spec)} RENAME COLUMN {ddl.quote_ident(old)} "
+                                   f"TO {ddl.quote_ident(new)}")
+            log.info("history.columns_renamed", table=f"{spec.schema}.{name(spec)}", before=list(_validity(other)),
+                     after=list(_validity(n)))
+            return True
+    raise ConfigError(
+        f"{spec.schema}.{name(spec)} has neither replicator's validity columns ({', '.join(_validity(HistoryNames()))}) "
+        f"nor Fivetran's ({', '.join(_validity(FIVETRAN_HISTORY))}): rename its three to "
+        f"{', '.join(_validity(n))} (history.columns), or drop it (its versions are lost: a new one starts from the "
+        "table's rows)")
+
+
 async def prepare(conn: asyncpg.Connection, table: TableInfo) -> None:
     """Create or bring up to date the object's history table, its triggers and its `as_of` function, in the
-    caller's transaction (after the object's table). A history table made for a table with rows is seeded."""
+    caller's transaction (after the object's table). A history table made for a table with rows is seeded; one
+    made with the other `history.columns` has its validity columns renamed (`rename_validity`)."""
     spec, n = table.spec, table.history
     assert n is not None
     made = await conn.fetchval("SELECT to_regclass($1) IS NULL", qualified(spec))
+    if not made:
+        await rename_validity(conn, spec, n, await _columns(conn, spec))
     for statement in create_table(spec, n):
         await conn.execute(statement)
-    existing = {r[0] for r in await conn.fetch(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
-        spec.schema, name(spec))}
+    existing = await _columns(conn, spec)
     for statement in add_columns(spec, existing) + record_function(spec, n) + [as_of_function(spec, n)]:
         await conn.execute(statement)
     if made:

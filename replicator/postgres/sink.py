@@ -125,10 +125,23 @@ class PageSink:
     @mapped
     async def end_versions(self) -> None:
         """A first load into the empty table begins (`load_mode` copy): its records' history starts again, so
-        versions still current from rows removed outside replicator end now (postgres/history.py)."""
+        versions still current from rows removed outside replicator end now (postgres/history.py). A history
+        table without any version loads without its indexes (`history.drop_indexes`), `build_indexes` after."""
         if self.t.history is not None:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute(history.end_current(self.t))
+                if await conn.fetchval(f"SELECT NOT EXISTS (SELECT 1 FROM {history.qualified(self.t.spec)})"):
+                    await conn.execute(history.drop_indexes(self.t.spec))
+                await leases.check(conn)
+
+    @mapped
+    async def build_indexes(self) -> None:
+        """The history table's indexes, where a first load went without them (`end_versions`); nothing when they
+        exist. Before any write but a first load's: the end of an extract, an upsert job after a failed one."""
+        if self.t.history is not None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for statement in history.indexes(self.t.spec, self.t.history):
+                    await conn.execute(statement)
                 await leases.check(conn)
 
     async def _mark(self, conn: asyncpg.Connection, op: str) -> None:

@@ -8,11 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import asyncpg
 import pytest
 
 from replicator.app.commands import verify_command
+from replicator.postgres.state import ms_to_datetime
 from replicator.sim.server import SimulatorThread
 
 from .helpers import (
@@ -192,6 +194,133 @@ async def test_fivetran_names_for_the_validity_columns(sim, pg_url):
     assert await pg_value(pg_url, "SELECT count(*) FROM ft.account__history WHERE _fivetran_active "
                                   "AND _fivetran_end IS NULL AND _fivetran_start IS NOT NULL") == rows
     assert await pg_value(pg_url, "SELECT count(*) FROM ft.account__as_of(now())") == rows
+    # the first load went without the history's indexes (postgres/history.py drop_indexes): built at its end
+    assert await _history_indexes(pg_url, "ft") == ["account__history_closed", "account__history_version"]
+
+
+def _history_indexes(pg_url, schema):
+    return pg_value(pg_url, f"SELECT coalesce(array_agg(indexname::text ORDER BY indexname), '{{}}') FROM pg_indexes "
+                            f"WHERE schemaname = '{schema}' AND tablename = 'account__history'")
+
+
+async def test_a_first_load_killed_without_the_history_indexes_gets_them_back_and_each_version_once(sim, pg_url,
+                                                                                                   tmp_path):
+    """A first load into a history table with no version goes without its indexes; `replicator backfill`
+    SIGKILLed after a page: the next run makes them again before it resumes the job, which ends with one version
+    per record, none twice, and verify --history equal."""
+    cfg = tmp_path / "load.toml"
+    cfg.write_text("\n".join([
+        "[salesforce]", f'instance_url = "{sim["instance_url"]}"', f'client_id = "{sim["client_id"]}"',
+        f'ca_file = "{sim["ca_file"]}"', "[postgres]", f'url = "{pg_url}"', 'schema = "ix"',
+        "[backfill]", "poll_max_s = 0.2", "page_size = 100", "parallel_pages = 1",
+        "[objects.Account]", "history = true"]) + "\n")
+    env = dict(os.environ, REPLICATOR_SALESFORCE__CLIENT_SECRET=sim["client_secret"])
+    args = [sys.executable, "-m", "replicator.cli", "--log-json", "backfill", "--config", str(cfg), "Account"]
+    pages = "SELECT count(*) FROM replicator.backfill_pages WHERE object = 'Account'"
+
+    async def one_page():
+        return (await pg_value(pg_url, pages) or 0) >= 1
+
+    await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 400})  # the second page comes after the kill
+    try:
+        proc = start_logged(args, env)
+        try:
+            await wait_for(one_page, timeout=60)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            finish(proc, 30)
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 0})
+    assert await pg_value(pg_url, pages) == 1, "the load ended before the kill"
+    assert await pg_value(pg_url, "SELECT count(*) FROM ix.account__history") == \
+        await pg_value(pg_url, "SELECT count(*) FROM ix.account") == 100
+    assert await _history_indexes(pg_url, "ix") == []
+    proc = start_logged(args, env)
+    err = finish(proc, 120)
+    assert proc.returncode == 0, err[-3000:]
+    assert await _history_indexes(pg_url, "ix") == ["account__history_closed", "account__history_version"]
+    rows = await pg_value(pg_url, "SELECT count(*) FROM ix.account")
+    assert rows == len(await ground_truth(sim, "Account"))
+    assert await pg_value(pg_url, "SELECT count(DISTINCT id) FROM ix.account__history WHERE _is_current") == \
+        await pg_value(pg_url, "SELECT count(*) FROM ix.account__history") == rows
+    settings = settings_for(sim, pg_url, "ix", objects={"Account": {"history": True}})
+    assert await verify_command(settings, ["Account"], history=True) == 0
+
+
+async def test_a_resync_of_a_record_in_its_versions_second_writes_into_that_version(sim, pg_url, service):
+    """A resync's row stamped with the current version's own SystemModstamp, but other values (a field Salesforce
+    changes without an event, here LastViewedDate set before the update): the record did not change since that
+    version, so its values go into it, as the refresh's do. Before: a resync version at the same time with an
+    empty position, sorted before the update version it followed: verify --history found the intervals broken (the
+    chaos bench with history, GAP_OVERFLOW's resync after the overflowing transaction's first events)."""
+    from replicator.app.ops_commands import resync_command
+
+    acc = (await _live_ids(sim, "Account", 16))[15]
+    await sim_admin(sim, "POST", "/__sim/silent-changes", {"object": "Account", "ids": [acc],
+                                                           "fields": {"LastViewedDate": "2026-01-02T03:04:05.000Z"}})
+    await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "tie"}}])
+    await wait_for(lambda: pg_value(pg_url, f"SELECT phone = 'tie' FROM hist.account WHERE id = '{acc}'"), timeout=30)
+    assert await pg_value(pg_url, f"SELECT lastvieweddate IS NULL OR lastvieweddate <> '2026-01-02T03:04:05Z' "
+                                  f"FROM hist.account WHERE id = '{acc}'")
+    assert await resync_command(_settings(sim, pg_url, "hist"), ["Account"]) == 0
+    await wait_for(lambda: pg_value(pg_url, "SELECT resyncs = 1 AND phase = 'STREAMING' AND NOT resync_requested "
+                                      "FROM replicator.objects WHERE object = 'Account'"), timeout=60)
+    assert await pg_value(pg_url, f"SELECT lastvieweddate = '2026-01-02T03:04:05Z' FROM hist.account "
+                                  f"WHERE id = '{acc}'")
+    versions = await _versions(pg_url, "hist", acc, "phone, lastvieweddate")
+    assert [(v["_op"], v["phone"], v["_is_current"]) for v in versions][1:] == [("update", "tie", True)]
+    assert versions[1]["lastvieweddate"] == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert (await _history_equal(sim, pg_url, ["Account"]))["Account"] == {"current": [], "intervals": []}
+
+
+async def test_a_first_load_whose_job_failed_loads_again_with_the_history_indexes(sim, pg_url):
+    """The first job of a first load fails: its history's indexes (dropped for the load) are built before the next
+    job, which goes through the upsert (it may overlap what the first loaded) and so through the indexed path."""
+    from replicator.app.commands import run_backfills
+
+    settings = settings_for(sim, pg_url, "jf", objects={"Account": {"history": True}}, backfill={"job_retries": 1})
+    await sim_admin(sim, "PUT", "/__sim/faults", {"fail_jobs": 1, "fail_jobs_object": "Account"})
+    try:
+        results = await run_backfills(settings, ["Account"])
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/faults", {"fail_jobs": 0, "fail_jobs_object": ""})
+    assert not isinstance(results["Account"], BaseException), results["Account"]
+    assert await _history_indexes(pg_url, "jf") == ["account__history_closed", "account__history_version"]
+    assert await pg_value(pg_url, "SELECT count(*) FROM jf.account__history WHERE _is_current") == \
+        await pg_value(pg_url, "SELECT count(*) FROM jf.account") > 0
+    assert await verify_command(settings, ["Account"], history=True) == 0
+
+
+async def test_switching_the_validity_column_names_renames_them_in_place(sim, pg_url):
+    """`history.columns` switched after `<table>__history` exists: its three validity columns are renamed in place
+    and the as-of function made again, once, logged; the versions stay, and switching back renames them back."""
+    from replicator.app.commands import backfill_command
+
+    def settings(columns):
+        return settings_for(sim, pg_url, "sw", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
+                            objects={"Account": {"history": True}}, history={"columns": columns})
+
+    def names():
+        return pg_value(pg_url, "SELECT string_agg(column_name, ',' ORDER BY column_name) FROM "
+                                "information_schema.columns WHERE table_schema = 'sw' AND table_name = "
+                                "'account__history' AND column_name ~ '^_(valid|is_current|fivetran)'")
+
+    assert await backfill_command(settings("replicator"), ["Account"]) == 0
+    versions = await pg_value(pg_url, "SELECT count(*) FROM sw.account__history")
+    assert versions == await pg_value(pg_url, "SELECT count(*) FROM sw.account") > 0
+    assert await backfill_command(settings("fivetran"), ["Account"]) == 0
+    assert await names() == "_fivetran_active,_fivetran_end,_fivetran_start"
+    assert await pg_value(pg_url, "SELECT count(*) FROM sw.account__history WHERE _fivetran_active") == versions
+    assert await pg_value(pg_url, "SELECT count(*) FROM sw.account__as_of(now())") == versions
+    # back, by the first command an operator may run: verify --history
+    assert await verify_command(settings("replicator"), ["Account"], history=True) == 0
+    assert await names() == "_is_current,_valid_from,_valid_to"
+    assert await pg_value(pg_url, "SELECT count(*) FROM sw.account__as_of(now())") == versions
+    assert await pg_value(pg_url, "SELECT count(*) FROM sw.account__history") == versions
+    # a naming neither whole (renamed by hand): a configuration error, nothing guessed
+    await pg_value(pg_url, "ALTER TABLE sw.account__history RENAME COLUMN _valid_to TO valid_to")
+    assert await backfill_command(settings("fivetran"), ["Account"]) == 2
+    assert await names() == "_is_current,_valid_from"
 
 
 async def test_a_resync_adds_versions_only_for_rows_that_changed(sim, pg_url):
@@ -274,14 +403,18 @@ async def test_every_version_survives_sigkills_in_commit_order(sim, pg_url, tmp_
         def applied(sql):
             return lambda: pg_value(pg_url, f"SELECT {sql} FROM done.account WHERE id = '{acc}'")
 
-        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h1"}}])
+        h1 = await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h1"}}])
         versions_expected.append(("update", await _truth_of(sim, acc)))
         await wait_for(applied("phone = 'h1'"), timeout=30)
         await kill_and_restart()
-        # two updates in the same second, each its own transaction; killed before they may be applied
-        await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h2"}},
-                             {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h3"}}],
-                       separate_transactions=True)
+        # two updates in the same second, each its own transaction; killed before they may be applied. Their
+        # commit time is given (this second, never before the last commit), so both share it whatever the clock
+        # does between them: only the replay id orders them.
+        second = max(h1["commit_timestamp"], time.time_ns() // 1_000_000_000 * 1000)
+        pair = await _changes(sim, [{"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h2"}},
+                                    {"object": "Account", "type": "UPDATE", "ids": [acc], "fields": {"Phone": "h3"}}],
+                              separate_transactions=True, commit_timestamp=second)
+        assert [t["commit_timestamp"] for t in pair["transactions"]] == [second, second]
         after = await _truth_of(sim, acc)
         versions_expected += [("update", {**after, "Phone": "h2"}), ("update", after)]
         await kill_and_restart()
@@ -315,6 +448,15 @@ async def test_every_version_survives_sigkills_in_commit_order(sim, pg_url, tmp_
     for version, (op, truth) in zip(versions, versions_expected, strict=True):
         assert await _differences(pg_url, version, truth) == [], op
     assert [v["_is_current"] for v in versions] == [False] * 7 + [True]
+    # the same-second pair: one commit time, ordered by replay id; each version ends where the next begins
+    assert versions[2]["_valid_from"] == versions[3]["_valid_from"] == ms_to_datetime(second)
+    assert versions[2]["_position"] < versions[3]["_position"]
+    assert versions[2]["_valid_to"] == versions[3]["_valid_from"]
+    for before, following in zip(versions, versions[1:], strict=False):
+        assert before["_valid_to"] == following["_valid_from"]
+    # the two-record transaction: the other record's version has the same commit time
+    assert await pg_value(pg_url, f"SELECT count(*) FROM done.account__history WHERE id = '{other}' AND phone = 'h4' "
+                                  f"AND _valid_from = '{versions[4]['_valid_from'].isoformat()}'") == 1
     settings = settings_for(sim, pg_url, "done", salesforce={"pubsub_endpoint": sim["pubsub_endpoint"]},
                             objects={"Account": {"history": True}})
     assert await verify_command(settings, ["Account"], history=True) == 0

@@ -8,7 +8,11 @@ Who is a member, from the stored way (lifecycle.Way) and the configured one:
   later a unit of its own (the channel does not wait for a new object's extract);
 - polled before (configured `poll` then, or removed from the configuration, or polled for want of allocation):
   joins through one poll round after the channel's position (lifecycle HANDOFFS POLL -> CHANNEL);
-- on a subscription of its own: stays there.
+- on a subscription of its own: stays there;
+- run by another process as a unit of its own (it holds `object:X`, or stands by for it: the channel handed it over
+  while that process held the channel): stays that unit, whatever its stored way (one writer per object: taking it
+  as a joiner or member would write it under the channel's lease beside the other's `object:X`); this process stands
+  by for it (docs/replicas.md).
 A member leaves the channel as a time position of its own (app/handoffs.py `leave_events`): deselected from Change
 Data Capture, the event allocation used up, configured `poll`, removed from the configuration; a resync leaves it
 for a subscription of its own.
@@ -73,12 +77,16 @@ class ChannelUnit:
         topics = await svc.store.checkpoint_topics()
         first_start = self.channel not in topics
         carried = set(svc.settings.stream.channel_objects or modes)  # the channel's members in Salesforce
+        # Objects another process runs as units of their own (it holds or stands by for `object:X`: the channel
+        # handed them over while that process held it): one writer per object, so they stay units of their own and
+        # this process stands by for them.
+        elsewhere = await svc.store.run_elsewhere(svc.units.owner, [f"object:{n}" for n in modes if n not in self.own])
         self.members, self.joiners, alone = [], [], []
         for name, mode in modes.items():
             if name in self.own:
                 continue
             source, channel = await stored_way(svc.store, name)
-            if mode != "cdc" or name not in carried:
+            if mode != "cdc" or name not in carried or f"object:{name}" in elsewhere:
                 alone.append(name)
             elif source == Way.CHANNEL and channel == self.channel:
                 self.members.append(name)

@@ -13,7 +13,7 @@ that table and the leases of its units (`Fleet._tick`, on the database's clock),
   seen. Handing back is a drain (app/units.py `Units.drain`): the batch in flight commits with its checkpoint, then
   the lease is released and the other replica takes the unit at its next read.
 
-The table is a signal for balancing only: who writes a unit is its lease and fence (postgres/leases.py). A replica
+The table is a signal for balancing (and for a channel's plan: app/channel_unit.py) only: who writes a unit is its lease and fence (postgres/leases.py). A replica
 that reads stale counts takes one unit too many or too few for a moment, never a unit another holds.
 """
 
@@ -118,7 +118,10 @@ class Fleet:
         except Exception as exc:
             log.warning("fleet.leave_failed", error=f"{type(exc).__name__}: {exc}")
 
-    async def _tick(self) -> None:
+    async def beat(self) -> None:
+        """Renew this replica's row when the units it runs or holds changed, or a third of the lease went by. Also
+        before a channel is released (app/units.py), so that the process taking it over sees every unit this one
+        runs now: the objects the channel just handed to units of their own (app/channel_unit.py `plan`)."""
         units = self.units
         leases = units._leases
         names = sorted(leases)
@@ -127,6 +130,13 @@ class Fleet:
         if beat != self._beat or time.monotonic() - self._beat_at >= units.lease_s / 3:
             await units.store.heartbeat(units.owner, names, len(held), units.lease_s)
             self._beat, self._beat_at = beat, time.monotonic()
+
+    async def _tick(self) -> None:
+        units = self.units
+        leases = units._leases
+        names = sorted(leases)
+        held = [n for n in names if leases[n].fence is not None]
+        await self.beat()
         seen = await units.store.survey(units.owner, names, held)
         now = time.monotonic()
         self.seen, self.seen_at = seen["leases"], now

@@ -178,6 +178,9 @@ class Units:
         """This process leaves the unit to another: one that holds it (`row`, its lease), or one to take it."""
         if not lease.refused:
             lease.refused = True
+            if lease.unit.startswith("object:"):  # what this process showed of it (a channel's member before it was
+                # handed to its own unit) is stale: the holder shows it (/readyz, status, the gauges)
+                self.metrics.object(lease.unit.removeprefix("object:")).reset()
             holder = {"held_by": row["owner"], "fence": row["fence"]} if row and row["live"] else {}
             log.info("lease.standing_by", unit=lease.unit, owner=self.owner, **holder,
                      action="another process holds this unit; this one takes over when it is released or expires"
@@ -229,6 +232,8 @@ class Units:
 
     async def _expire(self, unit: str, fence: int, why: str) -> None:
         try:
+            if unit.startswith("channel:") and not self.stop.is_set():  # the units its members were handed to
+                await self.fleet.beat()
             await self.store.release_lease(unit, self.owner, fence)
             log.info("lease.released", unit=unit, owner=self.owner, fence=fence, why=why)
         except Exception as exc:  # it expires by itself within service.lease_s

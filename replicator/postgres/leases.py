@@ -116,8 +116,20 @@ async def list_leases(conn: asyncpg.Connection) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+async def run_elsewhere(conn: asyncpg.Connection, owner: str, units: list[str]) -> set[str]:
+    """Which of `units` another process runs now: it holds the unit's live lease, or it is a live replica that runs
+    the unit (standing by for it: `replicator.replicas`). A channel leaves such an object to its own unit
+    (app/channel_unit.py `plan`): an object is written under one lease at a time."""
+    return set(await conn.fetchval(
+        "SELECT array(SELECT unit FROM replicator.leases WHERE unit = ANY($2::text[]) AND owner <> $1"
+        " AND expires_at > now()"
+        " UNION SELECT u FROM replicator.replicas r, unnest(r.units) AS u"
+        " WHERE r.replica <> $1 AND r.expires_at > now() AND u = ANY($2::text[]))", owner, units))
+
+
 # ---- replicas (sql/014_replicas.sql): how many processes share the units (app/fleet.py) -----------------------
-# A signal for balancing only: who writes a unit is decided by its lease and fence above, never here.
+# A signal for balancing (and for a channel's plan, which leaves an object another replica runs to it:
+# `run_elsewhere`): who writes a unit is decided by its lease and fence above, never here.
 
 async def heartbeat(conn: asyncpg.Connection, replica: str, units: list[str], held: int, lease_s: float) -> None:
     """This replica is live for `lease_s` more, runs `units` and holds `held` of them."""

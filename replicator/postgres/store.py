@@ -251,6 +251,9 @@ class Store:
     async def leases(self) -> list[dict]:
         return await self._run(leases.list_leases)
 
+    async def run_elsewhere(self, owner: str, units: list[str]) -> set[str]:
+        return await self._run(leases.run_elsewhere, owner, units)
+
     async def heartbeat(self, replica: str, units: list[str], held: int, lease_s: float) -> None:
         await self._run(leases.heartbeat, replica, units, held, lease_s)
 

@@ -168,6 +168,14 @@ class ChannelUnit:
         if not self.members and not self.joiners:  # every one refused: each stops on its own unit
             await self.stop.wait()
             return
+        # The members' way stored before the first start's capture and extracts, as an object's own unit stores its
+        # way before its own (app/object_unit.py `enter`): a stop anywhere after this finds them members at the next
+        # start, which captures the channel's position if it is still missing and resumes their extracts (their
+        # phase) before the channel streams. Stored after them, a stop in between left the channel's checkpoint
+        # stored and their way not: the next start took them for objects added later, each on a subscription of its
+        # own (docs/channels.md, "First start").
+        for name in self.members:
+            await svc.store.set_mode(name, "cdc", f"member of channel {channel}", channel=channel)
         if channel not in await svc.store.checkpoint_topics():
             # Described first, then the channel's position captured before any extract or poll round: the channel
             # replays every change after it (contract 5).
@@ -185,7 +193,6 @@ class ChannelUnit:
         await for_each([streams[n] for n in self.members], lambda s: until_stopped(
             self.stop, repair_object(svc.client, svc.store, svc.settings, s.name)))
         for name in self.members:
-            await svc.store.set_mode(name, "cdc", f"member of channel {channel}", channel=channel)
             svc.metrics.object(name).mode = "cdc"
         self.running = ChannelStream(svc.pubsub, svc.store, svc.settings, {n: streams[n] for n in self.members},
                                      svc.metrics, self.detach)

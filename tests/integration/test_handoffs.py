@@ -462,3 +462,33 @@ async def test_a_late_delete_streamed_keeps_the_records_systemmodstamp(sim, pg_u
         await wait_for(lambda: pg_value(pg_url, f"SELECT count(*) = 2 FROM {schema}.account WHERE id IN ({listed})"
                                                 " AND isdeleted"), timeout=30)
         assert await all_equal(settings)
+
+
+# -- a channel's first start stopped before its members stream ---------------------------------------------------
+
+async def test_a_channels_first_start_stopped_during_its_extracts_keeps_its_members_on_the_channel(sim, pg_url):
+    """The service stops while the channel's first start extracts its members (their Bulk jobs held). docs/channels.md:
+    "A crash during the extracts resumes them before the channel streams": at the next start both are still the
+    channel's members (NONE -> CHANNEL, lifecycle HANDOFFS), their extracts resume, and their changes come through the
+    channel, not through subscriptions of their own."""
+    schema = "firststop"
+    settings = _settings(sim, pg_url, schema, {"Account": {}, "Contact": {}}, CHANNEL)
+
+    async def extracting() -> bool:
+        return await pg_value(pg_url, "SELECT count(*) = 2 FROM replicator.objects"
+                                      " WHERE phase = 'BACKFILLING' AND job_id IS NOT NULL")
+
+    await sim_admin(sim, "PUT", "/__sim/faults", {"hold_jobs": True})
+    async with running_service(settings, until=extracting, before_stop=give_back(sim, faults={"hold_jobs": False})):
+        assert await pg_value(pg_url, f"SELECT count(*) FROM replicator.checkpoints WHERE topic = '{CHANNEL}'") == 1
+    ways = "SELECT array_agg(object || ' ' || coalesce(mode, '-') || ' ' || coalesce(channel, '-') ORDER BY object)" \
+           " FROM replicator.objects"
+    assert await pg_value(pg_url, ways) == [f"Account cdc {CHANNEL}", f"Contact cdc {CHANNEL}"]
+    ids = await _live_ids(sim, "Contact", 34, 2)
+    async with running_service(settings):
+        await _marker(sim, pg_url, schema, "Contact", ids[0], "after a first start cut short")
+        await _marker(sim, pg_url, schema, "Contact", ids[1], "after a first start cut short")
+        assert await pg_value(pg_url, ways) == [f"Account cdc {CHANNEL}", f"Contact cdc {CHANNEL}"]
+        topics = await pg_value(pg_url, "SELECT array_agg(topic ORDER BY topic) FROM replicator.checkpoints")
+        assert topics == [CHANNEL]  # no subscription of their own
+        assert await all_equal(settings)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from replicator.app.service import Service
+from replicator.lifecycle import Phase
 from replicator.model import ConfigError
 from replicator.salesforce.pubsub import PubSubClient
 from replicator.sim.server import SimulatorThread
@@ -215,9 +216,12 @@ async def test_changes_between_a_deselection_and_the_switch_to_polling_are_read(
     changed, marker = await _live_ids(sim, "Contact", 20, 3), (await _live_ids(sim, "Contact", 23, 1))[0]
     account = (await _live_ids(sim, "Account", 30, 1))[0]
     async with running_service(settings, until=streaming(pg_url, "Account", "Contact", mode="cdc"),
-                               before_stop=give_back(sim, cdc={"objects": selected})):
+                               before_stop=give_back(sim, cdc={"objects": selected})) as svc:
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 1 FROM replicator.checkpoints"
                                                 f" WHERE topic = '{CHANNEL}'"), timeout=30)
+        # the channel streams (its members' schemas warmed, a GetTopic each): only then may the gate hold the next
+        # look-up, the topic check's; the stored way is stored before the channel's first extracts (fc2b646)
+        await wait_for(_on_the_channel(svc, "Account", "Contact"), timeout=60)
         try:
             topic_gate.arm("/data/ContactChangeEvent")
             await wait_for(lambda: _is_set(topic_gate.held), timeout=30)  # the next look-up waits at the gate
@@ -239,6 +243,12 @@ async def test_changes_between_a_deselection_and_the_switch_to_polling_are_read(
         await _marker(sim, pg_url, schema, "Contact", marker, f"polled {moved_by}")
         assert await _arrived(pg_url, schema, "Contact", changed, f"deselected {moved_by}") == len(changed)
         assert await all_equal(settings)
+
+
+def _on_the_channel(svc, *names: str):
+    async def streaming_here() -> bool:
+        return all(svc.metrics.object(n).phase == Phase.STREAMING and svc.metrics.object(n).connected for n in names)
+    return streaming_here
 
 
 # How much later than the changes the channel's checkpoint is moved: past the poll lookback (1 s) even where it is

@@ -251,6 +251,9 @@ async def test_sigterm_hands_a_replicas_units_to_the_other_within_5_s(sim, pg_ur
         await wait_for(lambda: _all_streaming(pg_url), timeout=90)
         await wait_for(lambda: _all_up(runs), timeout=30)
         await wait_for(lambda: _all_held(pg_url), timeout=30)
+        # balanced first (2 units each): the first replica up takes all four, then hands two back by fair share
+        # (released "fair share", not "the service stops"); a snapshot before that counted them as the leaver's
+        await wait_for(lambda: _balanced(pg_url), timeout=30)
         owners = await _owners(pg_url)
         leaving = next(r for r in runs if r.replica == owners["object:Account"])
         staying = next(r for r in runs if r is not leaving)
@@ -295,3 +298,8 @@ async def _all_up(runs: list[_Run]) -> bool:
 
 async def _all_held(pg_url: str) -> bool:
     return set(await _owners(pg_url)) == UNITS
+
+
+async def _balanced(pg_url: str) -> bool:
+    owners = await _owners(pg_url)
+    return set(owners) == UNITS and sorted(_counts(owners).values()) == [2, 2]

@@ -231,6 +231,14 @@ def streaming(pg_url: str, *names: str, mode: str | None = None) -> Predicate:
                                     f" WHERE object IN ({listed}) AND phase = 'STREAMING'{moded}")
 
 
+def streaming_in(svc: Service, *names: str) -> Predicate:
+    """A predicate for `wait_for`: each of `names` STREAMING and connected in `svc` itself (its health, as /readyz
+    shows it), not only as stored: a channel's members are stored as members before the channel streams."""
+    async def streaming_here() -> bool:
+        return all(svc.metrics.object(n).phase == Phase.STREAMING and svc.metrics.object(n).connected for n in names)
+    return streaming_here
+
+
 async def endpoint_get(port: int, path: str) -> httpx.Response | None:
     """GET of the service's HTTP endpoint (/readyz, /healthz, /metrics) on this host; None while nothing answers."""
     try:

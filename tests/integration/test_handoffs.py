@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from replicator.app.service import Service
-from replicator.lifecycle import Phase
 from replicator.model import ConfigError
 from replicator.salesforce.pubsub import PubSubClient
 from replicator.sim.server import SimulatorThread
@@ -31,6 +30,7 @@ from .helpers import (
     settings_for,
     sim_admin,
     streaming,
+    streaming_in,
     wait_for,
 )
 
@@ -221,7 +221,7 @@ async def test_changes_between_a_deselection_and_the_switch_to_polling_are_read(
                                                 f" WHERE topic = '{CHANNEL}'"), timeout=30)
         # the channel streams (its members' schemas warmed, a GetTopic each): only then may the gate hold the next
         # look-up, the topic check's; the stored way is stored before the channel's first extracts (fc2b646)
-        await wait_for(_on_the_channel(svc, "Account", "Contact"), timeout=60)
+        await wait_for(streaming_in(svc, "Account", "Contact"), timeout=60)
         try:
             topic_gate.arm("/data/ContactChangeEvent")
             await wait_for(lambda: _is_set(topic_gate.held), timeout=30)  # the next look-up waits at the gate
@@ -243,12 +243,6 @@ async def test_changes_between_a_deselection_and_the_switch_to_polling_are_read(
         await _marker(sim, pg_url, schema, "Contact", marker, f"polled {moved_by}")
         assert await _arrived(pg_url, schema, "Contact", changed, f"deselected {moved_by}") == len(changed)
         assert await all_equal(settings)
-
-
-def _on_the_channel(svc, *names: str):
-    async def streaming_here() -> bool:
-        return all(svc.metrics.object(n).phase == Phase.STREAMING and svc.metrics.object(n).connected for n in names)
-    return streaming_here
 
 
 # How much later than the changes the channel's checkpoint is moved: past the poll lookback (1 s) even where it is

@@ -39,7 +39,8 @@ async def _for(seconds: float, connections: int, pool: asyncpg.Pool, work) -> in
 
 async def measure(url: str, units: int, seconds: float, connections: int) -> dict:
     names = [f"object:O{i}" for i in range(units)]
-    async with asyncpg.create_pool(url, min_size=connections, max_size=connections) as pool:
+    async with asyncpg.create_pool(url, min_size=connections, max_size=connections,
+                                   server_settings={"search_path": "replicator"}) as pool:  # the state's schema
         async with pool.acquire() as conn:
             await migrate(conn)
             await conn.execute("INSERT INTO replicator.leases (unit, owner, fence, expires_at)"

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .config import Settings, load_settings, require_salesforce
+from .config import DEFAULT_ORG, Settings, load_settings, require_salesforce
 from .model import ConfigError, ReplicatorError
 from .observe.logs import fatal, setup_logging
 
@@ -43,20 +43,57 @@ def _run(factory: Callable[[], Coroutine[Any, Any, int]]) -> None:
     sys.exit(code)
 
 
-def _settings(config_path: str | None, objects: tuple[str, ...], *, need_salesforce: bool = True,
-              need_objects: bool = True) -> Settings:
+ORG_OPTION = click.option(
+    "--org", "org", default=None, metavar="NAME",
+    help="Only this org of an [orgs.<name>] configuration (default: every org).",
+)
+
+
+def _settings(config_path: str | None) -> Settings:
+    """The deployment's settings (`healthcheck`, `config show`: what is not an org's)."""
     try:
         settings = load_settings(config_path)
-        if need_salesforce:
-            require_salesforce(settings, objects=need_objects)
-        unknown = [o for o in objects if o not in settings.objects]
-        if unknown:
-            raise ConfigError(
-                f"object {unknown[0]!r} is not configured; configured: {', '.join(settings.objects) or 'none'}"
-            )
     except ConfigError as exc:
         _fail(2, str(exc))
     return settings
+
+
+def _orgs(config_path: str | None, org: str | None, objects: tuple[str, ...] = (), *, need_salesforce: bool = True,
+          need_objects: bool = True) -> list[Settings]:
+    """The settings of each org the command works on (`--org`, default every one), each checked."""
+    try:
+        orgs = load_settings(config_path).for_orgs(org)
+        for settings in orgs:
+            where = "" if settings.org == DEFAULT_ORG else f"orgs.{settings.org}: "
+            try:
+                if need_salesforce:
+                    require_salesforce(settings, objects=need_objects)
+                unknown = [o for o in objects if o not in settings.objects]
+                if unknown:
+                    raise ConfigError(f"object {unknown[0]!r} is not configured; configured: "
+                                      f"{', '.join(settings.objects) or 'none'}")
+            except ConfigError as exc:
+                raise ConfigError(f"{where}{exc}") from None
+    except ConfigError as exc:
+        _fail(2, str(exc))
+    return orgs
+
+
+def _one_document(orgs: list[Settings], as_json: bool) -> None:
+    """A JSON document is one org's: several orgs with --json need --org."""
+    if as_json and len(orgs) > 1:
+        _fail(2, f"--json writes one org's document: add --org NAME (one of {', '.join(s.org for s in orgs)})")
+
+
+async def _each(orgs: list[Settings], command: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
+    """Run a one-shot command for each org in turn (a header line on stderr when there are several); the exit code
+    is the worst of theirs."""
+    worst = 0
+    for settings in orgs:
+        if len(orgs) > 1:
+            click.echo(f"org {settings.org}:", err=True)
+        worst = max(worst, await command(settings))
+    return worst
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,27 +107,31 @@ def main(log_level: str, log_json: bool | None) -> None:
 
 @main.command()
 @CONFIG_OPTION
+@ORG_OPTION
 @click.argument("objects", nargs=-1)
-def backfill(config_path: str | None, objects: tuple[str, ...]) -> None:
+def backfill(config_path: str | None, org: str | None, objects: tuple[str, ...]) -> None:
     """Copy OBJECTS (default: every configured object) into Postgres; resumes an interrupted backfill."""
-    settings = _settings(config_path, objects)
+    orgs = _orgs(config_path, org, objects)
     from .app.commands import backfill_command
 
-    _run(lambda: backfill_command(settings, list(objects) or list(settings.objects)))
+    _run(lambda: _each(orgs, lambda s: backfill_command(s, list(objects) or list(s.objects))))
 
 
 @main.command()
 @CONFIG_OPTION
-def run(config_path: str | None) -> None:
-    """Run as a service: backfill each configured object when needed, then stream its changes."""
-    settings = _settings(config_path, ())
-    from .app.service import run_command
+@ORG_OPTION
+def run(config_path: str | None, org: str | None) -> None:
+    """Run as a service: backfill each configured object when needed, then stream its changes (every org of an
+    [orgs.<name>] configuration in this one process, or --org's)."""
+    orgs = _orgs(config_path, org)
+    from .app.deployment import run_command
 
-    _run(lambda: run_command(settings))
+    _run(lambda: run_command(orgs))
 
 
 @main.command()
 @CONFIG_OPTION
+@ORG_OPTION
 @click.option("--repair", is_flag=True,
               help="Also fix what differs: write missing and different rows from the extract, delete rows "
               "Salesforce does not have (rows changed after the extract began are left alone), then compare again.")
@@ -98,34 +139,36 @@ def run(config_path: str | None) -> None:
               help="Also check the history tables: each current version equals its row, and a record's versions "
               "never overlap and leave no hole while it lives.")
 @click.argument("objects", nargs=-1)
-def verify(config_path: str | None, repair: bool, history: bool, objects: tuple[str, ...]) -> None:
-    """Extract OBJECTS again and compare with Postgres row by row; exit 0 only when equal."""
-    settings = _settings(config_path, objects)
+def verify(config_path: str | None, org: str | None, repair: bool, history: bool, objects: tuple[str, ...]) -> None:
+    """Extract OBJECTS again and compare with Postgres row by row; exit 0 only when equal (in every org)."""
+    orgs = _orgs(config_path, org, objects)
     from .app.commands import verify_command
 
-    _run(lambda: verify_command(settings, list(objects) or list(settings.objects), repair, history))
+    _run(lambda: _each(orgs, lambda s: verify_command(s, list(objects) or list(s.objects), repair, history)))
 
 
 @main.command("prune-history")
 @CONFIG_OPTION
+@ORG_OPTION
 @click.argument("objects", nargs=-1)
-def prune_history(config_path: str | None, objects: tuple[str, ...]) -> None:
+def prune_history(config_path: str | None, org: str | None, objects: tuple[str, ...]) -> None:
     """Delete history versions of OBJECTS (default: all) closed more than history.retention_days ago."""
-    settings = _settings(config_path, objects)
+    orgs = _orgs(config_path, org, objects)
     from .app.commands import prune_command
 
-    _run(lambda: prune_command(settings, list(objects) or list(settings.objects)))
+    _run(lambda: _each(orgs, lambda s: prune_command(s, list(objects) or list(s.objects))))
 
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
-def status(config_path: str | None, as_json: bool) -> None:
-    """Per object: phase, rows, pages, last error (read from the state tables)."""
-    settings = _settings(config_path, (), need_salesforce=False)
+@ORG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table (rows carry `org`).")
+def status(config_path: str | None, org: str | None, as_json: bool) -> None:
+    """Per object of every org (or --org's): phase, rows, pages, last error (read from the state tables)."""
+    orgs = _orgs(config_path, org, need_salesforce=False)
     from .app.commands import status_command
 
-    _run(lambda: status_command(settings, as_json))
+    _run(lambda: status_command(orgs, as_json))
 
 
 @main.command()
@@ -137,7 +180,7 @@ def healthcheck(config_path: str | None, ready: bool, host: str) -> None:
     container's HEALTHCHECK."""
     import httpx
 
-    settings = _settings(config_path, (), need_salesforce=False)
+    settings = _settings(config_path)
     path = "/readyz" if ready else "/healthz"
     url = f"http://{host}:{settings.service.port}{path}"
     try:
@@ -150,26 +193,28 @@ def healthcheck(config_path: str | None, ready: bool, host: str) -> None:
 
 @main.command()
 @CONFIG_OPTION
+@ORG_OPTION
 @click.argument("objects", nargs=-1, required=True)
-def resync(config_path: str | None, objects: tuple[str, ...]) -> None:
+def resync(config_path: str | None, org: str | None, objects: tuple[str, ...]) -> None:
     """Ask for OBJECTS to be extracted again (the table stays readable meanwhile); picked up by the running
     service, or by the next `replicator run`."""
-    settings = _settings(config_path, objects, need_salesforce=False)
+    orgs = _orgs(config_path, org, objects, need_salesforce=False)
     from .app.ops_commands import resync_command
 
-    _run(lambda: resync_command(settings, list(objects)))
+    _run(lambda: _each(orgs, lambda s: resync_command(s, list(objects))))
 
 
 @main.command()
 @CONFIG_OPTION
+@ORG_OPTION
 @click.option("--object", "objects", multiple=True, help="Only this object (repeatable); default: every configured one.")
-def refresh(config_path: str | None, objects: tuple[str, ...]) -> None:
+def refresh(config_path: str | None, org: str | None, objects: tuple[str, ...]) -> None:
     """Refresh the columns change events never carry (formula fields, LastActivityDate, LastViewedDate) once: a
     Bulk extract of Id and those fields, then one UPDATE of the rows that differ. Safe beside a running service."""
-    settings = _settings(config_path, objects)
+    orgs = _orgs(config_path, org, objects)
     from .app.ops_commands import refresh_command
 
-    _run(lambda: refresh_command(settings, list(objects) or list(settings.objects)))
+    _run(lambda: _each(orgs, lambda s: refresh_command(s, list(objects) or list(s.objects))))
 
 
 @main.group("dead-letters")
@@ -182,74 +227,87 @@ OBJECT_OPTION = click.option("--object", "object_", default=None, help="Only thi
 
 @dead_letters.command("list")
 @CONFIG_OPTION
+@ORG_OPTION
 @OBJECT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="JSON (with payloads) instead of a table.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
-def dead_letters_list(config_path: str | None, object_: str | None, as_json: bool, limit: int) -> None:
+def dead_letters_list(config_path: str | None, org: str | None, object_: str | None, as_json: bool,
+                      limit: int) -> None:
     """Open dead letters, oldest first."""
-    settings = _settings(config_path, (), need_salesforce=False)
+    orgs = _orgs(config_path, org, need_salesforce=False)
+    _one_document(orgs, as_json)
     from .app.ops_commands import dead_letters_list as command
 
-    _run(lambda: command(settings, object_, as_json, limit))
+    _run(lambda: _each(orgs, lambda s: command(s, object_, as_json, limit)))
 
 
 @dead_letters.command("retry")
 @CONFIG_OPTION
+@ORG_OPTION
 @OBJECT_OPTION
 @click.option("--id", "ids", multiple=True, type=int, help="Retry these (repeatable); default: every due one.")
 @click.option("--all", "force", is_flag=True, help="Retry every open dead letter, due or not.")
-def dead_letters_retry(config_path: str | None, object_: str | None, ids: tuple[int, ...], force: bool) -> None:
+def dead_letters_retry(config_path: str | None, org: str | None, object_: str | None, ids: tuple[int, ...],
+                       force: bool) -> None:
     """Fetch each dead letter's record from Salesforce again and apply it; exit 1 if any fails again."""
-    settings = _settings(config_path, ())
+    orgs = _orgs(config_path, org)
     from .app.ops_commands import dead_letters_retry as command
 
-    _run(lambda: command(settings, object_, list(ids), force))
+    _run(lambda: _each(orgs, lambda s: command(s, object_, list(ids), force)))
 
 
 @dead_letters.command("drop")
 @CONFIG_OPTION
+@ORG_OPTION
 @OBJECT_OPTION
 @click.option("--id", "ids", multiple=True, type=int, help="Drop these (repeatable).")
 @click.option("--all", "everything", is_flag=True, help="Drop every open dead letter (of --object if given).")
-def dead_letters_drop(config_path: str | None, object_: str | None, ids: tuple[int, ...], everything: bool) -> None:
+def dead_letters_drop(config_path: str | None, org: str | None, object_: str | None, ids: tuple[int, ...],
+                      everything: bool) -> None:
     """Mark dead letters resolved without applying them (they stay in the table as history)."""
     if not ids and not everything and not object_:
         _fail(2, "say which dead letters to drop: --id N, --object NAME or --all")
-    settings = _settings(config_path, (), need_salesforce=False)
+    orgs = _orgs(config_path, org, need_salesforce=False)
+    if ids and len(orgs) > 1:  # ids are one org's dead-letter table's
+        _fail(2, f"--id names one org's dead letters: add --org NAME (one of {', '.join(s.org for s in orgs)})")
     from .app.ops_commands import dead_letters_drop as command
 
-    _run(lambda: command(settings, object_, list(ids)))
+    _run(lambda: _each(orgs, lambda s: command(s, object_, list(ids))))
 
 
 @main.command()
 @CONFIG_OPTION
+@ORG_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
-def check(config_path: str | None, as_json: bool) -> None:
+def check(config_path: str | None, org: str | None, as_json: bool) -> None:
     """Check that the configuration is ready to run, one line per check: credentials, API version, Pub/Sub, each
     object's describe, key and change-event topic, Postgres and the privileges the first start needs. Creates
     nothing. Exit 0 all good, 1 a check failed, 2 bad configuration."""
-    settings = _settings(config_path, ())
+    orgs = _orgs(config_path, org)
+    _one_document(orgs, as_json)
     from .app.check import check_command
 
-    _run(lambda: check_command(settings, as_json))
+    _run(lambda: _each(orgs, lambda s: check_command(s, as_json)))
 
 
 @main.command()
 @CONFIG_OPTION
+@ORG_OPTION
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of rows instead of a table.")
 @click.option("--objects", "patterns", multiple=True, metavar="A,B",
               help="Only these objects: API names or shell patterns such as '*__c', comma-separated or repeated, "
               "case-insensitive (default: every replicable object; each one listed costs a describe and a GetTopic).")
-def discover(config_path: str | None, as_json: bool, patterns: tuple[str, ...]) -> None:
+def discover(config_path: str | None, org: str | None, as_json: bool, patterns: tuple[str, ...]) -> None:
     """The org's replicable objects (queryable and replicateable): for each, whether it publishes change events (its
     topic exists: selected for Change Data Capture), SystemModstamp, candidate keys (External ID and Unique fields),
     its record count, a suggested mode and its mode in this configuration. Needs [salesforce] only. A table on a
     terminal, tab-separated lines when piped. Exit 0, 1 the org unreachable, 2 bad configuration."""
-    settings = _settings(config_path, (), need_objects=False)
+    orgs = _orgs(config_path, org, need_objects=False)
+    _one_document(orgs, as_json)
     from .app.discover import discover_command
 
     names = [n.strip() for p in patterns for n in p.split(",") if n.strip()]
-    _run(lambda: discover_command(settings, as_json, names))
+    _run(lambda: _each(orgs, lambda s: discover_command(s, as_json, names)))
 
 
 @main.command()
@@ -282,7 +340,7 @@ def config_group() -> None:
 def config_show(config_path: str | None, as_json: bool) -> None:
     """The effective configuration (defaults, the file, then the environment, which wins), secrets hidden: TOML in
     the file's shape, each value set from the environment followed by the variable's name."""
-    settings = _settings(config_path, (), need_salesforce=False)
+    settings = _settings(config_path)
     from .app.config_show import config_show as command
 
     sys.exit(command(settings, as_json))

@@ -9,12 +9,13 @@ An invalid file or value fails with one line naming the key (`ConfigError`).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .model import ConfigError
@@ -326,6 +327,13 @@ class ObjectSettings(_Section):
     )
 
 
+# A configuration without `[orgs.<name>]` is this one org; its state and tables stay where they always were.
+DEFAULT_ORG = "default"
+ORG_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+# What an `[orgs.<name>]` table may hold: the org's own; `postgres` and `service` belong to the deployment.
+ORG_KEYS = frozenset({"schema", "salesforce", "objects", "stream", "poll", "backfill", "history"})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="REPLICATOR_", env_nested_delimiter="__", extra="forbid", populate_by_name=True
@@ -339,6 +347,51 @@ class Settings(BaseSettings):
     poll: PollSettings = PollSettings()
     history: HistorySettings = HistorySettings()
     objects: dict[str, ObjectSettings] = Field(default_factory=dict)
+    orgs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Several orgs in one deployment (docs/orgs.md): `[orgs.<name>]` tables, each with its own "
+        "`salesforce`, `objects`, `stream`, `poll`, `backfill`, `history` (the top-level tables are every org's "
+        "defaults; an org's `objects` replaces the top-level list) and `schema`, the Postgres schema of its tables "
+        "(default `sf_<name>`). Its state lives in schema `replicator_<name>`. Without `[orgs]` the file is one "
+        "org named `default` (state in `replicator`, tables in `postgres.schema`).",
+    )
+    _org: str = PrivateAttr(DEFAULT_ORG)
+    _orgs: dict[str, Settings] = PrivateAttr(default_factory=dict)
+
+    @property
+    def org(self) -> str:
+        """The org these settings are of (`default` for a file without `[orgs]`)."""
+        return self._org
+
+    @property
+    def state_schema(self) -> str:
+        """The Postgres schema of this org's state (postgres/store.py): `replicator` for `default`."""
+        return "replicator" if self._org == DEFAULT_ORG else f"replicator_{self._org}"
+
+    def for_orgs(self, only: str | None = None) -> list[Settings]:
+        """Each org's own settings (one, this, for a file without `[orgs]`); `only`: that org alone (`--org`)."""
+        orgs = self._orgs or {self._org: self}
+        if only is None:
+            return list(orgs.values())
+        if only not in orgs:
+            raise ConfigError(f"org {only!r} is not configured; configured: {', '.join(orgs)}")
+        return [orgs[only]]
+
+    @field_validator("orgs")
+    @classmethod
+    def _org_names(cls, orgs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, org in orgs.items():
+            if not ORG_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an org name: lower-case letters, digits and underscores, starting "
+                                 "with a letter, at most 40 (it names the Postgres schemas sf_<name> and "
+                                 "replicator_<name>)")
+            if not isinstance(org, dict):
+                raise ValueError(f"orgs.{name} must be a table ([orgs.{name}])")
+            unknown = sorted(set(org) - ORG_KEYS)
+            if unknown:
+                raise ValueError(f"unknown key 'orgs.{name}.{unknown[0]}' (an org has: {', '.join(sorted(ORG_KEYS))}; "
+                                 "postgres and service are the deployment's)")
+        return orgs
 
     @field_validator("objects")
     @classmethod
@@ -408,7 +461,35 @@ def load_settings(path: str | os.PathLike | None = None, overrides: dict[str, An
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(f"{where}: {_first_error(exc)}") from None
+    if settings.orgs:
+        settings._orgs = {name: _org_settings(settings, name, where) for name in settings.orgs}
     return settings
+
+
+class _OrgSettings(Settings):
+    """One org's settings in a deployment of several: built from the deployment's (environment applied once, to
+    the top-level tables that are every org's defaults) and the org's own table, which wins."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,)
+
+
+def _org_settings(deployment: Settings, name: str, where: str) -> Settings:
+    own = dict(deployment.orgs[name])
+    base = deployment.model_dump(by_alias=True, exclude={"orgs"})
+    schema = own.pop("schema", None) or (deployment.postgres.schema_ if name == DEFAULT_ORG else f"sf_{name}")
+    if "objects" in own:  # an org's objects replace the defaults' list: a list merged is a list one cannot shorten
+        base["objects"] = {}
+    data = _merge(base, own)
+    data["postgres"]["schema"] = schema
+    try:
+        org = _OrgSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: orgs.{name}: {_first_error(exc)}") from None
+    org._org = name
+    return org
 
 
 def require_salesforce(settings: Settings, objects: bool = True) -> None:

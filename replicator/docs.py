@@ -17,6 +17,7 @@ from .config import (
     PostgresSettings,
     SalesforceSettings,
     ServiceSettings,
+    Settings,
     StreamSettings,
 )
 from .lifecycle import diagram, handoff_table
@@ -57,6 +58,8 @@ def config_table() -> str:
                 env = "`DATABASE_URL` or " + env
             desc = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{section}.{key}` | {_default(field)} | {env} | {desc} |")
+    orgs = (Settings.model_fields["orgs"].description or "").replace("|", "\\|")
+    lines.append(f"| `orgs.NAME` | — | — | {orgs} |")
     return "\n".join(lines)
 
 

@@ -1,9 +1,8 @@
 -- replicator state schema, version 1. Applied once, in a transaction, by replicator/postgres/migrate.py.
 -- Every statement is idempotent so a partly applied file can run again.
-CREATE SCHEMA IF NOT EXISTS replicator;
 
 -- One row per replicated sObject: where its lifecycle stands and how to resume it.
-CREATE TABLE IF NOT EXISTS replicator.objects (
+CREATE TABLE IF NOT EXISTS objects (
     object            text PRIMARY KEY,              -- sObject API name, e.g. Account, Invoice__c
     phase             text NOT NULL DEFAULT 'NEW',   -- NEW | BACKFILLING | STREAMING | RESYNCING | FAILED
     table_schema      text,
@@ -27,7 +26,7 @@ CREATE TABLE IF NOT EXISTS replicator.objects (
 );
 
 -- Pages of a backfill job committed so far, written in the same transaction as the page's rows.
-CREATE TABLE IF NOT EXISTS replicator.backfill_pages (
+CREATE TABLE IF NOT EXISTS backfill_pages (
     object       text NOT NULL,
     job_id       text NOT NULL,
     locator      text NOT NULL,                      -- '' for the first page
@@ -38,7 +37,7 @@ CREATE TABLE IF NOT EXISTS replicator.backfill_pages (
 );
 
 -- One row per Pub/Sub topic: the last applied replay id, committed with the changes it covers.
-CREATE TABLE IF NOT EXISTS replicator.checkpoints (
+CREATE TABLE IF NOT EXISTS checkpoints (
     topic            text PRIMARY KEY,
     replay_id        bytea NOT NULL,
     commit_timestamp timestamptz,
@@ -46,7 +45,7 @@ CREATE TABLE IF NOT EXISTS replicator.checkpoints (
 );
 
 -- Records and events that could not be applied, with their payload and the reason. Never dropped silently.
-CREATE TABLE IF NOT EXISTS replicator.dead_letters (
+CREATE TABLE IF NOT EXISTS dead_letters (
     id            bigserial PRIMARY KEY,
     object        text NOT NULL,
     record_key    text,
@@ -59,4 +58,4 @@ CREATE TABLE IF NOT EXISTS replicator.dead_letters (
     next_retry_at timestamptz,
     resolved_at   timestamptz
 );
-CREATE INDEX IF NOT EXISTS dead_letters_open ON replicator.dead_letters (object) WHERE resolved_at IS NULL;
+CREATE INDEX IF NOT EXISTS dead_letters_open ON dead_letters (object) WHERE resolved_at IS NULL;

@@ -1,3 +1,3 @@
 -- Events applied per topic, counted in the same transaction as the checkpoint: with no duplicates delivered,
 -- it equals the number of events the org published, which proves no event was applied twice or lost.
-ALTER TABLE replicator.checkpoints ADD COLUMN IF NOT EXISTS events_applied bigint NOT NULL DEFAULT 0;
+ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS events_applied bigint NOT NULL DEFAULT 0;

@@ -2,7 +2,7 @@
 -- docs/refresh.md): one row per object, the last refresh that finished, written in the transaction of its UPDATE,
 -- and the last failure. The service's first refresh of an object is due `formula_refresh_s` after finished_at,
 -- so a restart does not refresh again.
-CREATE TABLE IF NOT EXISTS replicator.refreshes (
+CREATE TABLE IF NOT EXISTS refreshes (
     object         text PRIMARY KEY,
     columns        text[] NOT NULL DEFAULT '{}',    -- the columns refreshed (lower-cased field names)
     job_id         text,                            -- the Bulk API 2.0 query job of the last refresh

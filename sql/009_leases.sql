@@ -3,7 +3,7 @@
 -- acquisition; each commit of rows or a checkpoint checks in its own transaction that the fence is still the one
 -- its process acquired (postgres/leases.py), so a process that lost the lease can never commit again. Every time
 -- is the database's clock (now()), so the replicas' clocks never matter.
-CREATE TABLE IF NOT EXISTS replicator.leases (
+CREATE TABLE IF NOT EXISTS leases (
     unit text PRIMARY KEY,
     owner text NOT NULL,
     fence bigint NOT NULL,

@@ -7,7 +7,7 @@
 -- 100,000 keys as rows cost ~80 ms to insert and ~90 ms to delete (WAL for each), as one array ~50 ms and <1 ms.
 -- Logged, not UNLOGGED: a Postgres crash empties an unlogged table, and a lost key set would read as "the extract
 -- held nothing".
-CREATE TABLE IF NOT EXISTS replicator.extract_keys (
+CREATE TABLE IF NOT EXISTS extract_keys (
     object      text NOT NULL,
     job_id      text NOT NULL,
     record_keys text[] NOT NULL
@@ -15,4 +15,4 @@ CREATE TABLE IF NOT EXISTS replicator.extract_keys (
 
 -- The running job's createdDate on Salesforce's clock: a row whose version (a commit time or SystemModstamp, also
 -- Salesforce's clock) is at or after it may hold a record the extract could not see yet, and stays.
-ALTER TABLE replicator.objects ADD COLUMN IF NOT EXISTS job_created_in_org timestamptz;
+ALTER TABLE objects ADD COLUMN IF NOT EXISTS job_created_in_org timestamptz;

@@ -2,4 +2,4 @@
 -- this aggregate, used as a window function (each change's full image is the previous version || the changed
 -- columns of every change up to it). jsonb_concat is strict, so a NULL (a change whose image comes from the table)
 -- leaves the running value as it is.
-CREATE OR REPLACE AGGREGATE replicator.jsonb_merge(jsonb) (SFUNC = jsonb_concat, STYPE = jsonb, INITCOND = '{}');
+CREATE OR REPLACE AGGREGATE jsonb_merge(jsonb) (SFUNC = jsonb_concat, STYPE = jsonb, INITCOND = '{}');

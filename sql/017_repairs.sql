@@ -5,7 +5,7 @@
 -- such column, no row holds a value the earlier derivation could have written). A repair without a row runs at the
 -- object's next start under its unit's lease; a repair cut short records nothing and runs again.
 -- Numbered 017: 016 is left to branches in flight when it was written.
-CREATE TABLE IF NOT EXISTS replicator.repairs (
+CREATE TABLE IF NOT EXISTS repairs (
     repair        text NOT NULL,                    -- the repair's id (pipeline/repairs.py REPAIRS)
     object        text NOT NULL,
     outcome       text NOT NULL,                    -- repaired | not_needed

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..config import Settings
+from ..config import DEFAULT_ORG, Settings
 from ..model import ConfigError, ReplicatorError, ServiceConfigError, Stopped
 from ..observe.logs import fatal
 from ..pipeline.backfill import Backfill
@@ -164,32 +164,41 @@ async def verify_command(settings: Settings, names: list[str], repair: bool = Fa
     return 0 if equal else 1
 
 
-async def status_command(settings: Settings, as_json: bool) -> int:
-    async with open_store(settings, migrate=False) as store:
-        rows = await store.object_rows()
-        replicas = await store.replicas()
+async def status_command(orgs: Settings | list[Settings], as_json: bool) -> int:
+    """Every selected org's objects (rows carry `org`), read from each org's state schema."""
+    if isinstance(orgs, Settings):
+        orgs = orgs.for_orgs()
+    rows: list[dict] = []
+    replicas: list[tuple[str, dict]] = []
+    for settings in orgs:
+        async with open_store(settings, migrate=False) as store:
+            rows += [{"org": settings.org, **r} for r in await store.object_rows()]
+            replicas += [(settings.org, r) for r in await store.replicas()]
     for r in rows:
         r["replay_id"] = r["replay_id"].hex() if r["replay_id"] else None
         r["running"] = r["held_by"] is not None  # a live process holds it (docs/operating.md "One writer")
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
         return 0
-    table = Table("object", "phase", "held by", "mode", "rows", "expected", "events applied", "lag s", "checkpoint age s",
-                  "last event committed", "dead letters", "resyncs", "replay id", "last refresh", "last error")
+    several = any(s.org != DEFAULT_ORG for s in orgs)  # a deployment of [orgs.<name>]: say whose each row is
+    table = Table(*(["org"] if several else []), "object", "phase", "held by", "mode", "rows", "expected",
+                  "events applied", "lag s", "checkpoint age s", "last event committed", "dead letters", "resyncs",
+                  "replay id", "last refresh", "last error")
     for r in rows:
         phase = r["phase"] + (" (resync requested)" if r["resync_requested"] else "")
         phase += "" if r["running"] else " (not running)"  # the stored phase, but no live process holds it
         committed = r["last_event_committed_at"]
         table.add_row(
-            r["object"], phase, _held(r), _mode(r), f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}",
+            *([r["org"]] if several else []), r["object"], phase, _held(r), _mode(r), f"{r['rows_loaded']:,}", f"{r['rows_expected'] or 0:,}",
             f"{r['events_applied'] or 0:,}", _num(r["lag_s"]), _num(r["checkpoint_age_s"]),
             committed.isoformat(timespec="seconds") if committed else "", str(r["dead_letters"]),
             str(r["resyncs"]), r["replay_id"] or "", _refreshed(r), (r["last_error"] or "")[:60],
         )
     Console().print(table)
     if replicas:  # docs/replicas.md
-        print("replicas: " + ", ".join(f"{r['replica']} (holds {r['held']} of {r['units']} units, renewed "
-                                       f"{r['age_s']:.1f} s ago)" for r in replicas))
+        print("replicas: " + ", ".join(f"{r['replica']} (holds {r['held']} of {r['units']} units"
+                                       + (f" of {org}" if several else "") + f", renewed {r['age_s']:.1f} s ago)"
+                                       for org, r in replicas))
     return 0
 
 

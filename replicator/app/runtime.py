@@ -13,6 +13,7 @@ from ..observe.logs import register_secret
 from ..postgres.store import Store
 from ..salesforce.auth import Credentials
 from ..salesforce.client import SalesforceClient
+from .units import replica_id
 
 log = structlog.get_logger(__name__)
 
@@ -57,5 +58,7 @@ async def open_store(settings: Settings, migrate: bool = True) -> AsyncIterator[
     url = settings.postgres.url.get_secret_value() if settings.postgres.url else None
     if url:
         register_secret(urllib.parse.urlsplit(url).password)
-    async with Store.open(url, settings.postgres.pool_size, migrate) as store:
+    # pg_stat_activity says whose each session is: replicator <org> <replica id> (docs/orgs.md)
+    name = f"replicator {settings.org} {replica_id(settings.service)}"
+    async with Store.open(url, settings.postgres.pool_size, migrate, settings.state_schema, name) as store:
         yield store

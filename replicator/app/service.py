@@ -159,23 +159,30 @@ class Service:
             self.endpoints = Endpoints(self.metrics, svc.host, svc.port, svc.ready_max_lag_s)
             await self.endpoints.start()
         try:
-            work = asyncio.ensure_future(self._work())
-            stopping = asyncio.ensure_future(self.stop.wait())
-            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not work.done():  # stopping: batches in flight commit within the bound, or roll back
-                _, pending = await asyncio.wait({work}, timeout=svc.shutdown_timeout_s)
-                if pending:
-                    log.error("service.drain_stuck", tasks=_stuck_tasks())
-                    work.cancel()
-                    await asyncio.gather(work, return_exceptions=True)
-                    log.error("service.drain_timeout", bound_s=svc.shutdown_timeout_s,
-                              action="uncommitted batches rolled back; they are applied again after a restart")
-                    return 1
-            await work
+            return await self.serve()
         finally:
             if self.endpoints is not None:
                 await self.endpoints.stop()
+
+    async def serve(self) -> int:
+        """The units until `stop` is set (or nothing is left to run), then the drain within
+        `service.shutdown_timeout_s`: 0, or 1 when the drain overran. `run` adds the signals and the endpoints; a
+        deployment of several orgs serves each org's Service beside the others' (app/deployment.py)."""
+        svc = self.settings.service
+        work = asyncio.ensure_future(self._work())
+        stopping = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not work.done():  # stopping: batches in flight commit within the bound, or roll back
+            _, pending = await asyncio.wait({work}, timeout=svc.shutdown_timeout_s)
+            if pending:
+                log.error("service.drain_stuck", tasks=_stuck_tasks())
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                log.error("service.drain_timeout", bound_s=svc.shutdown_timeout_s,
+                          action="uncommitted batches rolled back; they are applied again after a restart")
+                return 1
+        await work
         log.info("service.stopped")
         return 0
 

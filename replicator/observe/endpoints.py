@@ -13,6 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from ..lifecycle import Phase
 from .metrics import Metrics
@@ -58,8 +59,15 @@ def readiness(metrics: Metrics, pg_ok: bool, pg_error: str | None, max_lag_s: fl
 
 
 class Endpoints:
-    def __init__(self, metrics: Metrics, host: str, port: int, max_lag_s: float):
-        self.metrics, self.host, self.port, self.max_lag_s = metrics, host, port, max_lag_s
+    """One service's endpoints, or a deployment's of several orgs (`metrics` by org: app/deployment.py): then
+    `/metrics` carries an `org` label on every series and `/readyz` is ready when every org is, with each org's
+    reasons under `orgs`."""
+
+    def __init__(self, metrics: Metrics | dict[str, Metrics], host: str, port: int, max_lag_s: float):
+        self.orgs = metrics if isinstance(metrics, dict) else None
+        self.metrics = next(iter(metrics.values())) if isinstance(metrics, dict) else metrics
+        self.host, self.port, self.max_lag_s = host, port, max_lag_s
+        self._registry = OrgRegistry(self.orgs) if self.orgs is not None else self.metrics.registry
         self.started = time.time()
         self.stopping = False  # set by the service on SIGTERM: /healthz says so (still alive while it drains)
         self._runner: web.AppRunner | None = None
@@ -83,7 +91,7 @@ class Endpoints:
             self._runner = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.metrics.registry)
+        body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -91,8 +99,16 @@ class Endpoints:
         return _json(200, {"status": status, "uptime_s": round(time.time() - self.started, 1)})
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        if self.orgs is None:
+            ready, body = await self._ready(self.metrics)
+            return _json(200 if ready else 503, body)
+        each = dict(zip(self.orgs, await asyncio.gather(*(self._ready(m) for m in self.orgs.values())), strict=True))
+        ready = all(r for r, _ in each.values())
+        return _json(200 if ready else 503, {"ready": ready, "orgs": {org: body for org, (_, body) in each.items()}})
+
+    async def _ready(self, metrics: Metrics) -> tuple[bool, dict]:
         pg_ok, pg_error = False, "no database connection yet"
-        store = self.metrics.store
+        store = metrics.store
         if store is not None:
             try:
                 async with asyncio.timeout(_PG_TIMEOUT_S):
@@ -100,8 +116,26 @@ class Endpoints:
                 pg_ok, pg_error = True, None
             except Exception as exc:  # any failure means "not ready", with the reason in the body
                 pg_error = f"{type(exc).__name__}: {exc}"
-        ready, body = readiness(self.metrics, pg_ok, pg_error, self.max_lag_s)
-        return _json(200 if ready else 503, body)
+        return readiness(metrics, pg_ok, pg_error, self.max_lag_s)
+
+
+class OrgRegistry:
+    """Several orgs' registries served as one: each family once, each sample with the org's `org` label (the
+    exposition format allows a family's HELP and TYPE once: https://prometheus.io/docs/instrumenting/exposition_formats/)."""
+
+    def __init__(self, orgs: dict[str, Metrics]):
+        self.orgs = orgs
+
+    def collect(self):
+        families: dict[str, Metric] = {}
+        for org, metrics in self.orgs.items():
+            for family in metrics.registry.collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, family.type,
+                                                            family.unit)
+                merged.samples += [s._replace(labels={"org": org, **s.labels}) for s in family.samples]
+        return list(families.values())
 
 
 def _json(status: int, body: dict) -> web.Response:

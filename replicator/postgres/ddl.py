@@ -93,7 +93,7 @@ def column_list(spec: TableSpec) -> str:
 
 
 # The keys an upsert-mode extract's pages held (sql/010_extract_keys.sql), the running job's only.
-EXTRACT_KEYS = "replicator.extract_keys"
+EXTRACT_KEYS = "extract_keys"
 
 
 def record_extract_keys(spec: TableSpec, staging: str) -> str:
@@ -125,17 +125,17 @@ def remove_unseen(spec: TableSpec, soft: bool) -> str:
     their record is in the org, its row was refused. Either way a row stays rather than goes: the next extract
     settles it."""
     t, key = qualified(spec), quote_ident(spec.key)
-    job = "(SELECT {} FROM replicator.objects WHERE object = $1)"
+    job = "(SELECT {} FROM objects WHERE object = $1)"
     since, in_org = job.format("job_created_at"), job.format("date_trunc('second', job_created_in_org)")
     # An anti-join with the keys unnested (a hash of them: the planner estimates a few rows an array, and the table
     # holds at least as many rows as the extract loaded). 100,000 keys: ~40 ms; copied into an analyzed temporary
     # table first, ~85 ms.
-    seen = (f"SELECT unnest(k.record_keys) FROM {EXTRACT_KEYS} k JOIN replicator.objects o USING (object, job_id) "
+    seen = (f"SELECT unnest(k.record_keys) FROM {EXTRACT_KEYS} k JOIN objects o USING (object, job_id) "
             f"WHERE k.object = $1")
     absent = f"NOT EXISTS (SELECT 1 FROM ({seen}) AS s(k) WHERE s.k = t.{key}::text)"
     newer = (f"coalesce(t.{quote_ident(VERSION_COLUMN)} >= {in_org}, false) "
              f"OR t.{quote_ident(SYNCED_COLUMN)} >= {since}")
-    lettered = (f"EXISTS (SELECT 1 FROM replicator.dead_letters d WHERE d.object = $1 "
+    lettered = (f"EXISTS (SELECT 1 FROM dead_letters d WHERE d.object = $1 "
                 f"AND d.record_key = t.{key}::text AND d.first_seen >= {since})")
     where = f"{absent} AND NOT ({newer}) AND NOT {lettered}"
     if soft:
@@ -342,7 +342,7 @@ def place_keys(spec: TableSpec, newer, source: str) -> list[str]:
         f"INSERT INTO {removed} SELECT * FROM gone",
         f"INSERT INTO {t} ({targets}) SELECT {values} FROM {removed} m "
         f"JOIN {outcome} o ON o.id = m.\"id\" AND o.outcome = 'moved'",
-        f"INSERT INTO replicator.dead_letters (object, record_key, source, reason, payload) "
+        f"INSERT INTO dead_letters (object, record_key, source, reason, payload) "
         f"SELECT {quote_literal(spec.object)}, o.id, {quote_literal(source)}, {reason}, "
         f"jsonb_build_object('key', o.k, 'other_record', o.other, 'outcome', o.outcome, 'values', o.j, "
         f"'last_values', to_jsonb(m) - ARRAY[{internal}]) "

@@ -1,4 +1,4 @@
-"""`replicator.dead_letters` for the operator commands: list, mark retried, resolve, drop."""
+"""`dead_letters` for the operator commands: list, mark retried, resolve, drop."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ async def list_open(conn: asyncpg.Connection, object_: str | None = None, ids: l
                     due_only: bool = False, limit: int | None = None) -> list[dict]:
     where, args = _filter(object_, ids, due_only)
     sql = ("SELECT id, object, record_key, source, reason, payload, first_seen, last_seen, attempts, next_retry_at"
-           f" FROM replicator.dead_letters{where} ORDER BY id")
+           f" FROM dead_letters{where} ORDER BY id")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     return [dict(r) for r in await conn.fetch(sql, *args)]
@@ -37,14 +37,14 @@ async def list_open(conn: asyncpg.Connection, object_: str | None = None, ids: l
 
 async def resolve(conn: asyncpg.Connection, ids: list[int], resolution: str) -> None:
     await conn.execute(
-        "UPDATE replicator.dead_letters SET resolved_at = now(), resolution = $2, last_seen = now()"
+        "UPDATE dead_letters SET resolved_at = now(), resolution = $2, last_seen = now()"
         " WHERE id = ANY($1::bigint[])", ids, resolution)
 
 
 async def failed_again(conn: asyncpg.Connection, ids: list[int], reason: str) -> None:
     """A retry failed: count the attempt and schedule the next one (exponential, at most daily)."""
     await conn.execute(
-        f"UPDATE replicator.dead_letters SET attempts = attempts + 1, last_seen = now(), reason = $2,"
+        f"UPDATE dead_letters SET attempts = attempts + 1, last_seen = now(), reason = $2,"
         f" next_retry_at = now() + {_BACKOFF} WHERE id = ANY($1::bigint[])", ids, without_nul(reason)[:2000])
 
 
@@ -52,6 +52,6 @@ async def drop(conn: asyncpg.Connection, object_: str | None, ids: list[int] | N
     """Mark dead letters resolved as dropped (kept as history; they no longer count as open)."""
     where, args = _filter(object_, ids, due_only=False)
     status = await conn.execute(
-        f"UPDATE replicator.dead_letters SET resolved_at = now(), resolution = 'dropped by an operator'{where}",
+        f"UPDATE dead_letters SET resolved_at = now(), resolution = 'dropped by an operator'{where}",
         *args)
     return int(status.rsplit(" ", 1)[-1])

@@ -12,7 +12,7 @@ Two writers, one per kind of write:
   itself (`stream_versions`), after its rows, in its batch's transaction: a batch folds several changes of one
   record into one row write (pipeline/changes.py), and history needs each of them. Each change kept beside the
   folded operation (`RowOp.steps`) becomes a version: its full image is the record's current version with the
-  changed columns of every change of the batch up to it merged on (`replicator.jsonb_merge`, sql/013_history.sql),
+  changed columns of every change of the batch up to it merged on (`jsonb_merge`, sql/013_history.sql),
   and the batch's last change of a record takes the row as the table holds it after the batch, so the current
   version is the row itself. Changes not newer than the current version (the version guard's rule,
   `ddl.newer_than_row`) add none.
@@ -341,7 +341,7 @@ b AS (SELECT x.* FROM (SELECT DISTINCT id FROM s) i CROSS JOIN LATERAL
         (SELECT c.ctid AS _row, c.* FROM {h} c WHERE c."id" = i.id
          ORDER BY c.{start} DESC, c."_position" DESC LIMIT 1) x WHERE x.{active}),
 a AS (SELECT s.*, b._row, CASE WHEN s.last THEN NULL WHEN b."id" IS NULL THEN '{{}}'::jsonb ELSE to_jsonb(b) END AS base,
-             replicator.jsonb_merge(s.j) OVER w AS cum, lead(s.v) OVER w AS next_v
+             jsonb_merge(s.j) OVER w AS cum, lead(s.v) OVER w AS next_v
       FROM s LEFT JOIN b ON b."id" = s.id WHERE {newer} AND {took}
       WINDOW w AS (PARTITION BY s.id ORDER BY s.n)),
 closed AS (UPDATE {h} c SET {end} = greatest(c.{start}, f.v), {active} = false

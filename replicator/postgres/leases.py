@@ -1,6 +1,6 @@
 """Leases and fences: one writer per unit of work (docs/operating.md "One writer"; docs/design.md, contract 10).
 
-A unit (`object:Account`, `channel:/data/ChangeEvents`) is held through its row in `replicator.leases`
+A unit (`object:Account`, `channel:/data/ChangeEvents`) is held through its row in `leases`
 (sql/009_leases.sql). Acquiring takes a lease that expired or that this owner already holds, and adds one to its
 `fence`; the holder (app/units.py) renews it every third of its length and expires it on a clean stop. Every time
 is the database's clock (`now()`), so the replicas' clocks never matter.
@@ -79,7 +79,7 @@ async def check(conn: asyncpg.Connection) -> None:
     if fence is None:
         return
     if not fence.lost and await conn.fetchval(
-            "SELECT true FROM replicator.leases WHERE unit = $1 AND fence = $2 FOR SHARE", fence.unit, fence.number):
+            "SELECT true FROM leases WHERE unit = $1 AND fence = $2 FOR SHARE", fence.unit, fence.number):
         return
     raise fence.refuse()
 
@@ -88,7 +88,7 @@ async def acquire(conn: asyncpg.Connection, unit: str, owner: str, lease_s: floa
     """Take `unit` when its lease expired or `owner` holds it already (a restart with the same replica id), with a
     new fence; None while another owner holds it."""
     return await conn.fetchval(
-        "INSERT INTO replicator.leases AS l (unit, owner, fence, expires_at)"
+        "INSERT INTO leases AS l (unit, owner, fence, expires_at)"
         " VALUES ($1, $2, 1, now() + make_interval(secs => $3))"
         " ON CONFLICT (unit) DO UPDATE SET owner = EXCLUDED.owner, fence = l.fence + 1,"
         " expires_at = EXCLUDED.expires_at, acquired_at = now(), renewed_at = now()"
@@ -99,31 +99,31 @@ async def acquire(conn: asyncpg.Connection, unit: str, owner: str, lease_s: floa
 async def renew(conn: asyncpg.Connection, unit: str, owner: str, fence: int, lease_s: float) -> bool:
     """Extend the lease by `lease_s` from now; False when it carries another fence (lost)."""
     return bool(await conn.fetchval(
-        "UPDATE replicator.leases SET expires_at = now() + make_interval(secs => $4), renewed_at = now()"
+        "UPDATE leases SET expires_at = now() + make_interval(secs => $4), renewed_at = now()"
         " WHERE unit = $1 AND owner = $2 AND fence = $3 RETURNING true", unit, owner, fence, float(lease_s)))
 
 
 async def release(conn: asyncpg.Connection, unit: str, owner: str, fence: int) -> None:
     """Expire the lease now (a clean stop), so a standby takes the unit over at once."""
-    await conn.execute("UPDATE replicator.leases SET expires_at = now() WHERE unit = $1 AND owner = $2 AND fence = $3",
+    await conn.execute("UPDATE leases SET expires_at = now() WHERE unit = $1 AND owner = $2 AND fence = $3",
                        unit, owner, fence)
 
 
 async def list_leases(conn: asyncpg.Connection) -> list[dict]:
     """Every lease, with whether it is live now (on the database's clock)."""
     rows = await conn.fetch("SELECT unit, owner, fence, expires_at, acquired_at, renewed_at, expires_at > now() AS live"
-                            " FROM replicator.leases ORDER BY unit")
+                            " FROM leases ORDER BY unit")
     return [dict(r) for r in rows]
 
 
 async def run_elsewhere(conn: asyncpg.Connection, owner: str, units: list[str]) -> set[str]:
     """Which of `units` another process runs now: it holds the unit's live lease, or it is a live replica that runs
-    the unit (standing by for it: `replicator.replicas`). A channel leaves such an object to its own unit
+    the unit (standing by for it: `replicas`). A channel leaves such an object to its own unit
     (app/channel_unit.py `plan`): an object is written under one lease at a time."""
     return set(await conn.fetchval(
-        "SELECT array(SELECT unit FROM replicator.leases WHERE unit = ANY($2::text[]) AND owner <> $1"
+        "SELECT array(SELECT unit FROM leases WHERE unit = ANY($2::text[]) AND owner <> $1"
         " AND expires_at > now()"
-        " UNION SELECT u FROM replicator.replicas r, unnest(r.units) AS u"
+        " UNION SELECT u FROM replicas r, unnest(r.units) AS u"
         " WHERE r.replica <> $1 AND r.expires_at > now() AND u = ANY($2::text[]))", owner, units))
 
 
@@ -134,7 +134,7 @@ async def run_elsewhere(conn: asyncpg.Connection, owner: str, units: list[str]) 
 async def heartbeat(conn: asyncpg.Connection, replica: str, units: list[str], held: int, lease_s: float) -> None:
     """This replica is live for `lease_s` more, runs `units` and holds `held` of them."""
     await conn.execute(
-        "INSERT INTO replicator.replicas AS r (replica, units, held, expires_at)"
+        "INSERT INTO replicas AS r (replica, units, held, expires_at)"
         " VALUES ($1, $2, $3, now() + make_interval(secs => $4))"
         " ON CONFLICT (replica) DO UPDATE SET units = EXCLUDED.units, held = EXCLUDED.held,"
         " expires_at = EXCLUDED.expires_at, renewed_at = now(),"
@@ -144,7 +144,7 @@ async def heartbeat(conn: asyncpg.Connection, replica: str, units: list[str], he
 
 async def leave(conn: asyncpg.Connection, replica: str) -> None:
     """This replica stops: the others count one fewer at once, rather than after its row expires."""
-    await conn.execute("DELETE FROM replicator.replicas WHERE replica = $1", replica)
+    await conn.execute("DELETE FROM replicas WHERE replica = $1", replica)
 
 
 async def survey(conn: asyncpg.Connection, replica: str, units: list[str], held: list[str]) -> dict:
@@ -153,20 +153,20 @@ async def survey(conn: asyncpg.Connection, replica: str, units: list[str], held:
     fewer than its fair share runs too (it would take them), and `leases`: {unit: row} of this replica's `units`
     (owner, fence, live, age_s since the last renewal)."""
     counts = await conn.fetchrow(
-        "WITH live AS (SELECT replica, units FROM replicator.replicas WHERE expires_at > now() AND replica <> $1)"
+        "WITH live AS (SELECT replica, units FROM replicas WHERE expires_at > now() AND replica <> $1)"
         " SELECT (SELECT count(*) FROM live) + 1 AS replicas,"
         " (SELECT count(*) FROM (SELECT unnest(units) FROM live UNION SELECT unnest($2::text[]))"
         " AS u) AS units", replica, units)
     replicas, total = counts["replicas"], counts["units"]
     share = -(-total // replicas)
     wanted = await conn.fetchval(
-        "SELECT array(SELECT DISTINCT u FROM replicator.replicas r, unnest(r.units) AS u"
+        "SELECT array(SELECT DISTINCT u FROM replicas r, unnest(r.units) AS u"
         " WHERE r.expires_at > now() AND r.replica <> $1 AND r.held < $2 AND u = ANY($3::text[]))",
         replica, share, held)
     rows = await conn.fetch(
         "SELECT unit, owner, fence, expires_at > now() AS live,"
         " extract(epoch FROM now() - renewed_at)::float8 AS age_s"
-        " FROM replicator.leases WHERE unit = ANY($1::text[])", units)
+        " FROM leases WHERE unit = ANY($1::text[])", units)
     return {"replicas": replicas, "units": total, "wanted": set(wanted),
             "leases": {r["unit"]: dict(r) for r in rows}}
 
@@ -176,5 +176,5 @@ async def list_replicas(conn: asyncpg.Connection) -> list[dict]:
     rows = await conn.fetch(
         "SELECT replica, held, cardinality(units) AS units, started_at,"
         " extract(epoch FROM now() - renewed_at)::float8 AS age_s"
-        " FROM replicator.replicas WHERE expires_at > now() ORDER BY replica")
+        " FROM replicas WHERE expires_at > now() ORDER BY replica")
     return [dict(r) for r in rows]

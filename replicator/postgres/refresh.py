@@ -1,6 +1,6 @@
 """The refresh's side in Postgres (pipeline/refresh.py): an extract of Id plus the refreshed columns is COPied into
 a temporary staging table, page by page, then ONE `UPDATE … FROM` staging writes the rows whose refreshed values
-differ, and only those columns, in the transaction that records the refresh in `replicator.refreshes`.
+differ, and only those columns, in the transaction that records the refresh in `refreshes`.
 
 The columns the stream owns are never written: the UPDATE sets the refreshed columns alone (not the version, the
 stream position nor `_sf_synced_at`, so the version guard, `verify --repair` and a resync's removal of rows the
@@ -32,7 +32,7 @@ _STAGING = "_refresh_extract"
 
 
 # Records a finished refresh in its UPDATE's transaction: (conn, compared, changed, skipped). The scheduled refresh
-# records itself in replicator.refreshes (`record`); a derivation repair in replicator.repairs (postgres/repairs.py).
+# records itself in refreshes (`record`); a derivation repair in repairs (postgres/repairs.py).
 Recorder = Callable[[asyncpg.Connection, int, int, int], Awaitable[None]]
 
 
@@ -117,7 +117,7 @@ class Refresh:
 async def record(conn: asyncpg.Connection, name: str, columns: list[str], job_id: str, started_at: dt.datetime,
                  compared: int, changed: int, skipped: int, duration_s: float) -> None:
     await conn.execute(
-        "INSERT INTO replicator.refreshes AS r (object, columns, job_id, started_at, finished_at, rows_compared,"
+        "INSERT INTO refreshes AS r (object, columns, job_id, started_at, finished_at, rows_compared,"
         " rows_changed, rows_skipped, duration_s, refreshes) VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8, 1)"
         " ON CONFLICT (object) DO UPDATE SET columns = $2, job_id = $3, started_at = $4, finished_at = now(),"
         " rows_compared = $5, rows_changed = $6, rows_skipped = $7, duration_s = $8, refreshes = r.refreshes + 1,"
@@ -127,11 +127,11 @@ async def record(conn: asyncpg.Connection, name: str, columns: list[str], job_id
 
 async def record_error(conn: asyncpg.Connection, name: str, error: str) -> None:
     await conn.execute(
-        "INSERT INTO replicator.refreshes AS r (object, last_error, failed_at) VALUES ($1, $2, now())"
+        "INSERT INTO refreshes AS r (object, last_error, failed_at) VALUES ($1, $2, now())"
         " ON CONFLICT (object) DO UPDATE SET last_error = $2, failed_at = now()", name, error)
 
 
 async def last_refresh(conn: asyncpg.Connection, name: str) -> dict | None:
-    """The object's row of `replicator.refreshes` (finished_at is NULL while none has finished), or None."""
-    row = await conn.fetchrow("SELECT * FROM replicator.refreshes WHERE object = $1", name)
+    """The object's row of `refreshes` (finished_at is NULL while none has finished), or None."""
+    row = await conn.fetchrow("SELECT * FROM refreshes WHERE object = $1", name)
     return dict(row) if row else None

@@ -5,8 +5,8 @@ Two load modes, chosen when a job starts (docs/architecture.md "How the backfill
   FORCE_NULL …)` as bytes, never becoming Python objects: the fastest route Postgres has.
 - `upsert`: the table already had rows (a resumed job replaced by a new one, a second backfill, a resync): COPY into a
   temporary staging table, then one keyed upsert with the version guard, and the page's keys into the job's key set
-  (`replicator.extract_keys`), by which `remove_unseen` finds the rows the whole extract lacked.
-Either way the page record (`replicator.backfill_pages`, `replicator.objects`) commits with the rows, so a
+  (`extract_keys`), by which `remove_unseen` finds the rows the whole extract lacked.
+Either way the page record (`backfill_pages`, `objects`) commits with the rows, so a
 crash at any instant leaves each page loaded entirely or not at all.
 
 A page Postgres refuses goes the careful way: pipeline/backfill.py checks each row in Python, and `load_checked`
@@ -441,7 +441,7 @@ class DeltaSink(PageSink):
                 sql = f"DELETE FROM {t} AS t WHERE {where}"
             removed = int((await conn.execute(sql, before, gone)).rsplit(" ", 1)[-1])
             await state.save_checkpoint(conn, checkpoint, 0)
-            await conn.execute("UPDATE replicator.checkpoints SET poll_reconciled_at = $2 WHERE topic = $1",
+            await conn.execute("UPDATE checkpoints SET poll_reconciled_at = $2 WHERE topic = $1",
                                checkpoint.topic, reconciled_at)
             await leases.check(conn)
         return seen, removed
@@ -452,14 +452,14 @@ class DeltaSink(PageSink):
         backfill ended (an extract removes what the org lacks too)."""
         async with self.pool.acquire() as conn:
             return await conn.fetchval(
-                "SELECT coalesce(c.poll_reconciled_at, o.backfill_finished_at) FROM replicator.objects o"
-                " LEFT JOIN replicator.checkpoints c ON c.topic = $1 WHERE o.object = $2", topic, self.t.spec.object)
+                "SELECT coalesce(c.poll_reconciled_at, o.backfill_finished_at) FROM objects o"
+                " LEFT JOIN checkpoints c ON c.topic = $1 WHERE o.object = $2", topic, self.t.spec.object)
 
     @mapped
     async def note_poll_key(self, object_name: str, how: str) -> None:
-        """What a polled object's rounds read by, after why it is polled (`replicator.objects.mode_reason`, shown by
+        """What a polled object's rounds read by, after why it is polled (`objects.mode_reason`, shown by
         `status`): `…; polls on (SystemModstamp, Id)`."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("UPDATE replicator.objects SET mode_reason = split_part(coalesce(mode_reason, ''),"
+            await conn.execute("UPDATE objects SET mode_reason = split_part(coalesce(mode_reason, ''),"
                                " '; polls on ', 1) || '; polls on ' || $2 WHERE object = $1", object_name, how)
             await leases.check(conn)

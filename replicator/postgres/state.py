@@ -1,5 +1,5 @@
-"""The state tables (`replicator.objects`, `replicator.backfill_pages`, `replicator.checkpoints`,
-`replicator.dead_letters` inserts): read and written in the caller's connection and transaction."""
+"""The state tables (`objects`, `backfill_pages`, `checkpoints`,
+`dead_letters` inserts): read and written in the caller's connection and transaction."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class ObjectState:
 async def get_object(conn: asyncpg.Connection, name: str) -> ObjectState | None:
     row = await conn.fetchrow(
         "SELECT object, phase, job_id, load_mode, page_size, pages_done, rows_loaded, rows_expected, fingerprint,"
-        " last_error, mode, channel FROM replicator.objects WHERE object = $1",
+        " last_error, mode, channel FROM objects WHERE object = $1",
         name,
     )
     return ObjectState(**dict(row)) if row else None
@@ -53,7 +53,7 @@ async def get_object(conn: asyncpg.Connection, name: str) -> ObjectState | None:
 
 async def register_object(conn: asyncpg.Connection, name: str, schema: str, table: str, key: str, fp: str) -> None:
     await conn.execute(
-        "INSERT INTO replicator.objects (object, table_schema, table_name, key_field, fingerprint)"
+        "INSERT INTO objects (object, table_schema, table_name, key_field, fingerprint)"
         " VALUES ($1, $2, $3, $4, $5)"
         " ON CONFLICT (object) DO UPDATE SET table_schema = $2, table_name = $3, key_field = $4, fingerprint = $5,"
         " updated_at = now()",
@@ -66,8 +66,8 @@ async def change_phase(conn: asyncpg.Connection, name: str, phase: Phase, sets: 
     lifecycle's table of allowed changes (lifecycle.PHASES): a change it does not allow is still written (the
     process goes on) but logged at error level and kept in `lifecycle.UNEXPECTED` (the tests fail on one)."""
     old = await conn.fetchval(
-        f"UPDATE replicator.objects o SET phase = $2, updated_at = now(){', ' + sets if sets else ''}"
-        " FROM (SELECT phase FROM replicator.objects WHERE object = $1 FOR UPDATE) AS old"
+        f"UPDATE objects o SET phase = $2, updated_at = now(){', ' + sets if sets else ''}"
+        " FROM (SELECT phase FROM objects WHERE object = $1 FOR UPDATE) AS old"
         " WHERE o.object = $1 RETURNING old.phase",
         name, phase, *args)
     if not lifecycle.allowed(old, phase):
@@ -79,7 +79,7 @@ async def change_phase(conn: asyncpg.Connection, name: str, phase: Phase, sets: 
 async def start_job(conn: asyncpg.Connection, name: str, job_id: str, load_mode: str, page_size: int,
                     created_in_org: dt.datetime | None = None) -> None:
     """A new extract begins: forget the previous job's page counts (its committed pages stay as history) and the
-    keys its pages held (`replicator.extract_keys`: the key set is always the running job's). `created_in_org`: the
+    keys its pages held (`extract_keys`: the key set is always the running job's). `created_in_org`: the
     job's createdDate (Salesforce's clock), for the removal of rows the extract lacks (`ddl.remove_unseen`)."""
     async with conn.transaction():
         await change_phase(
@@ -93,18 +93,18 @@ async def start_job(conn: asyncpg.Connection, name: str, job_id: str, load_mode:
 
 
 async def forget_extract_keys(conn: asyncpg.Connection, name: str) -> None:
-    await conn.execute("DELETE FROM replicator.extract_keys WHERE object = $1", name)
+    await conn.execute("DELETE FROM extract_keys WHERE object = $1", name)
 
 
 async def set_expected(conn: asyncpg.Connection, name: str, rows: int) -> None:
     await conn.execute(
-        "UPDATE replicator.objects SET rows_expected = $2, updated_at = now() WHERE object = $1", name, rows
+        "UPDATE objects SET rows_expected = $2, updated_at = now() WHERE object = $1", name, rows
     )
 
 
 async def committed_pages(conn: asyncpg.Connection, name: str, job_id: str) -> set[str]:
     rows = await conn.fetch(
-        "SELECT locator FROM replicator.backfill_pages WHERE object = $1 AND job_id = $2", name, job_id
+        "SELECT locator FROM backfill_pages WHERE object = $1 AND job_id = $2", name, job_id
     )
     return {r["locator"] for r in rows}
 
@@ -114,11 +114,11 @@ async def record_page(
 ) -> None:
     """Must run in the transaction that loaded the page's rows (docs/design.md, contract 4)."""
     await conn.execute(
-        "INSERT INTO replicator.backfill_pages (object, job_id, locator, rows, dead_letters) VALUES ($1,$2,$3,$4,$5)",
+        "INSERT INTO backfill_pages (object, job_id, locator, rows, dead_letters) VALUES ($1,$2,$3,$4,$5)",
         name, job_id, locator, rows, dead_letters,
     )
     await conn.execute(
-        "UPDATE replicator.objects SET pages_done = pages_done + 1, last_locator = $2,"
+        "UPDATE objects SET pages_done = pages_done + 1, last_locator = $2,"
         " rows_loaded = rows_loaded + $3, updated_at = now() WHERE object = $1",
         name, locator, rows,
     )
@@ -127,7 +127,7 @@ async def record_page(
 async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh: bool = False) -> None:
     """The extract is loaded. It read every column, formula fields and LastViewedDate included, as of when it began:
     with `counts_as_refresh` (the object has such columns) it is stored as the object's last refresh
-    (replicator.refreshes: its job, started_at, rows compared, no row changed), so the next scheduled refresh is due
+    (refreshes: its job, started_at, rows compared, no row changed), so the next scheduled refresh is due
     `formula_refresh_s` after it, not at once (docs/refresh.md)."""
     async with conn.transaction():
         await change_phase(conn, name, Phase.BACKFILLED, "backfill_finished_at = now(), last_error = NULL")
@@ -137,8 +137,8 @@ async def finish_backfill(conn: asyncpg.Connection, name: str, counts_as_refresh
         if not counts_as_refresh:
             return
         await conn.execute(
-            "INSERT INTO replicator.refreshes AS r (object, job_id, started_at, finished_at, rows_compared)"
-            " SELECT object, job_id, backfill_started_at, now(), rows_loaded FROM replicator.objects WHERE object = $1"
+            "INSERT INTO refreshes AS r (object, job_id, started_at, finished_at, rows_compared)"
+            " SELECT object, job_id, backfill_started_at, now(), rows_loaded FROM objects WHERE object = $1"
             " ON CONFLICT (object) DO UPDATE SET job_id = EXCLUDED.job_id, started_at = EXCLUDED.started_at,"
             " finished_at = now(), rows_compared = EXCLUDED.rows_compared, rows_changed = 0, rows_skipped = 0,"
             " duration_s = NULL, last_error = NULL, failed_at = NULL",
@@ -151,7 +151,7 @@ async def fail_object(conn: asyncpg.Connection, name: str, error: str) -> None:
     error: `replicator status` shows it. An object never described has no row yet (a name Salesforce does not
     know): it gets one."""
     await conn.execute(
-        "INSERT INTO replicator.objects (object, phase, last_error) VALUES ($1, $3, $2)"
+        "INSERT INTO objects (object, phase, last_error) VALUES ($1, $3, $2)"
         " ON CONFLICT (object) DO UPDATE SET phase = $3, last_error = $2, updated_at = now()",
         name, without_nul(error)[:2000], Phase.FAILED,
     )
@@ -180,7 +180,7 @@ async def add_dead_letters(conn: asyncpg.Connection, dead: list[DeadLetter]) -> 
     came from Salesforce have lost theirs already (salesforce/values.py); this covers the rest."""
     if dead:
         await conn.executemany(
-            "INSERT INTO replicator.dead_letters (object, record_key, source, reason, payload)"
+            "INSERT INTO dead_letters (object, record_key, source, reason, payload)"
             " VALUES ($1, $2, $3, $4, $5::jsonb)",
             [(d.object, without_nul(d.key), d.source, without_nul(d.reason),
               orjson.dumps(without_nul(d.payload)).decode()) for d in dead],
@@ -193,7 +193,7 @@ async def set_phase(conn: asyncpg.Connection, name: str, phase: Phase, error: st
 
 async def record_error(conn: asyncpg.Connection, name: str, error: str) -> None:
     await conn.execute(
-        "UPDATE replicator.objects SET last_error = $2, updated_at = now() WHERE object = $1", name,
+        "UPDATE objects SET last_error = $2, updated_at = now() WHERE object = $1", name,
         without_nul(error)[:2000]
     )
 
@@ -205,7 +205,7 @@ async def begin_resync(conn: asyncpg.Connection, name: str, reason: str) -> None
 
 
 async def resync_requested(conn: asyncpg.Connection, name: str) -> bool:
-    return bool(await conn.fetchval("SELECT resync_requested FROM replicator.objects WHERE object = $1", name))
+    return bool(await conn.fetchval("SELECT resync_requested FROM objects WHERE object = $1", name))
 
 
 async def request_resync(conn: asyncpg.Connection, name: str) -> str:
@@ -215,7 +215,7 @@ async def request_resync(conn: asyncpg.Connection, name: str) -> str:
     async with conn.transaction():
         row = await conn.fetchrow(
             "SELECT phase, backfill_finished_at IS NOT NULL OR resyncs > 0 OR phase = ANY($2::text[]) AS extracted"
-            " FROM replicator.objects WHERE object = $1 FOR UPDATE",
+            " FROM objects WHERE object = $1 FOR UPDATE",
             name, [Phase.BACKFILLED, Phase.STREAMING, Phase.RESYNCING],
         )
         if row is None:
@@ -223,7 +223,7 @@ async def request_resync(conn: asyncpg.Connection, name: str) -> str:
         if not row["extracted"]:
             return row["phase"]
         await conn.execute(
-            "UPDATE replicator.objects SET resync_requested = true, updated_at = now() WHERE object = $1", name
+            "UPDATE objects SET resync_requested = true, updated_at = now() WHERE object = $1", name
         )
         return "requested"
 
@@ -236,12 +236,12 @@ async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, events: int 
         await _save_poll_position(conn, cp, events)
         return
     await conn.execute(
-        "INSERT INTO replicator.checkpoints (topic, replay_id, commit_timestamp, events_applied, updated_at,"
+        "INSERT INTO checkpoints (topic, replay_id, commit_timestamp, events_applied, updated_at,"
         " applied_at) VALUES ($1, $2, $3, $4, now(), CASE WHEN $4::bigint > 0 THEN now() END)"
         " ON CONFLICT (topic) DO UPDATE SET replay_id = EXCLUDED.replay_id,"
-        " commit_timestamp = coalesce(EXCLUDED.commit_timestamp, replicator.checkpoints.commit_timestamp),"
-        " events_applied = replicator.checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now(),"
-        " applied_at = coalesce(EXCLUDED.applied_at, replicator.checkpoints.applied_at)",
+        " commit_timestamp = coalesce(EXCLUDED.commit_timestamp, checkpoints.commit_timestamp),"
+        " events_applied = checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now(),"
+        " applied_at = coalesce(EXCLUDED.applied_at, checkpoints.applied_at)",
         cp.topic, cp.replay_id, ms_to_datetime(cp.commit_timestamp) if cp.commit_timestamp is not None else None, events,
     )
 
@@ -253,7 +253,7 @@ async def add_member_events(conn: asyncpg.Connection, members: list[tuple[str, i
         return
     names, counts, commits = zip(*members, strict=True)
     await conn.execute(
-        "UPDATE replicator.objects o SET member_events_applied = o.member_events_applied + m.events,"
+        "UPDATE objects o SET member_events_applied = o.member_events_applied + m.events,"
         " member_committed_at = greatest(o.member_committed_at, m.committed), member_applied_at = now()"
         " FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS m(object, events, committed)"
         " WHERE o.object = m.object",
@@ -263,15 +263,15 @@ async def add_member_events(conn: asyncpg.Connection, members: list[tuple[str, i
 async def _save_poll_position(conn: asyncpg.Connection, cp: Checkpoint, rows: int) -> None:
     """A polled object's position (sql/005_polling.sql); `rows`: records applied, counted in events_applied."""
     await conn.execute(
-        "INSERT INTO replicator.checkpoints (topic, replay_id, poll_systemmodstamp, poll_id, poll_deleted_through,"
+        "INSERT INTO checkpoints (topic, replay_id, poll_systemmodstamp, poll_id, poll_deleted_through,"
         " events_applied, updated_at, applied_at) VALUES ($1, NULL, $2, $3, $4, $5, now(),"
         " CASE WHEN $5::bigint > 0 THEN now() END)"
         " ON CONFLICT (topic) DO UPDATE SET"
-        " poll_systemmodstamp = coalesce(EXCLUDED.poll_systemmodstamp, replicator.checkpoints.poll_systemmodstamp),"
-        " poll_id = coalesce(EXCLUDED.poll_id, replicator.checkpoints.poll_id),"
-        " poll_deleted_through = coalesce(EXCLUDED.poll_deleted_through, replicator.checkpoints.poll_deleted_through),"
-        " events_applied = replicator.checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now(),"
-        " applied_at = coalesce(EXCLUDED.applied_at, replicator.checkpoints.applied_at)",
+        " poll_systemmodstamp = coalesce(EXCLUDED.poll_systemmodstamp, checkpoints.poll_systemmodstamp),"
+        " poll_id = coalesce(EXCLUDED.poll_id, checkpoints.poll_id),"
+        " poll_deleted_through = coalesce(EXCLUDED.poll_deleted_through, checkpoints.poll_deleted_through),"
+        " events_applied = checkpoints.events_applied + EXCLUDED.events_applied, updated_at = now(),"
+        " applied_at = coalesce(EXCLUDED.applied_at, checkpoints.applied_at)",
         cp.topic, _maybe_ts(cp.poll_modstamp), cp.poll_id, _maybe_ts(cp.poll_deleted_through), rows,
     )
 
@@ -282,7 +282,7 @@ def _maybe_ts(ms: int | None) -> dt.datetime | None:
 
 async def load_poll_position(conn: asyncpg.Connection, topic: str) -> Checkpoint | None:
     row = await conn.fetchrow(
-        "SELECT poll_systemmodstamp, poll_id, poll_deleted_through FROM replicator.checkpoints WHERE topic = $1",
+        "SELECT poll_systemmodstamp, poll_id, poll_deleted_through FROM checkpoints WHERE topic = $1",
         topic)
     if row is None or row["poll_systemmodstamp"] is None:
         return None
@@ -298,7 +298,7 @@ async def set_mode(conn: asyncpg.Connection, name: str, mode: str, reason: str, 
     """How the object is kept current (cdc or poll; with cdc, the channel carrying its position, else NULL) and
     why: stored once its handoff is stored (app/handoffs.py), so a crash in between repeats the handoff."""
     await conn.execute(
-        "INSERT INTO replicator.objects (object, mode, mode_reason, channel) VALUES ($1, $2, $3, $4)"
+        "INSERT INTO objects (object, mode, mode_reason, channel) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (object) DO UPDATE SET mode = $2, mode_reason = $3, channel = $4, updated_at = now()",
         name, mode, reason[:500], channel,
     )
@@ -306,7 +306,7 @@ async def set_mode(conn: asyncpg.Connection, name: str, mode: str, reason: str, 
 
 async def streamed_objects(conn: asyncpg.Connection) -> dict[str, str | None]:
     """Every object stored as kept current by change events, with its channel (None: a subscription of its own)."""
-    return {r[0]: r[1] for r in await conn.fetch("SELECT object, channel FROM replicator.objects WHERE mode = 'cdc'")}
+    return {r[0]: r[1] for r in await conn.fetch("SELECT object, channel FROM objects WHERE mode = 'cdc'")}
 
 
 async def own_position(conn: asyncpg.Connection, name: str) -> Position | None:
@@ -317,8 +317,8 @@ async def own_position(conn: asyncpg.Connection, name: str) -> Position | None:
     (docs/design.md, contract 5). None when the object has neither table nor extract."""
     row = await conn.fetchrow(
         "SELECT o.table_schema, o.table_name, coalesce(o.job_created_in_org, o.job_created_at) AS job_created,"
-        " p.poll_systemmodstamp FROM replicator.objects o"
-        " LEFT JOIN replicator.checkpoints p ON p.topic = 'poll:' || o.object WHERE o.object = $1", name)
+        " p.poll_systemmodstamp FROM objects o"
+        " LEFT JOIN checkpoints p ON p.topic = 'poll:' || o.object WHERE o.object = $1", name)
     if row is None:
         return None
     # the job's createdDate in Salesforce's clock; the database's when a job older than that column was recorded
@@ -342,7 +342,7 @@ async def poll_from_stream(conn: asyncpg.Connection, name: str, position: Checkp
     since = ms_to_datetime(position.poll_modstamp or 0)
     async with conn.transaction():
         await save_checkpoint(conn, position)
-        row = await conn.fetchrow("SELECT table_schema, table_name FROM replicator.objects WHERE object = $1", name)
+        row = await conn.fetchrow("SELECT table_schema, table_name FROM objects WHERE object = $1", name)
         if row is None or not row["table_name"]:
             return 0
         table = f"{ddl.quote_ident(row['table_schema'])}.{ddl.quote_ident(row['table_name'])}"
@@ -352,17 +352,17 @@ async def poll_from_stream(conn: asyncpg.Connection, name: str, position: Checkp
 
 
 async def load_checkpoint(conn: asyncpg.Connection, topic: str) -> bytes | None:
-    return await conn.fetchval("SELECT replay_id FROM replicator.checkpoints WHERE topic = $1", topic)
+    return await conn.fetchval("SELECT replay_id FROM checkpoints WHERE topic = $1", topic)
 
 
 async def stream_position(conn: asyncpg.Connection, topic: str) -> StreamPosition | None:
     """A stream's stored position: its replay id and the commit time of its newest applied event."""
-    row = await conn.fetchrow("SELECT replay_id, commit_timestamp FROM replicator.checkpoints WHERE topic = $1", topic)
+    row = await conn.fetchrow("SELECT replay_id, commit_timestamp FROM checkpoints WHERE topic = $1", topic)
     return StreamPosition(row["replay_id"], _epoch_ms(row["commit_timestamp"])) if row is not None else None
 
 
 async def drop_checkpoint(conn: asyncpg.Connection, topic: str) -> None:
-    await conn.execute("DELETE FROM replicator.checkpoints WHERE topic = $1", topic)
+    await conn.execute("DELETE FROM checkpoints WHERE topic = $1", topic)
 
 
 async def checkpoint_times(conn: asyncpg.Connection, topic: str) -> tuple[float | None, float, float] | None:
@@ -370,7 +370,7 @@ async def checkpoint_times(conn: asyncpg.Connection, topic: str) -> tuple[float 
     epoch seconds, or None without a checkpoint. A position saved from a keepalive is as old as its saving."""
     row = await conn.fetchrow(
         "SELECT extract(epoch FROM commit_timestamp) AS c, extract(epoch FROM updated_at) AS u"
-        " FROM replicator.checkpoints WHERE topic = $1", topic)
+        " FROM checkpoints WHERE topic = $1", topic)
     if row is None:
         return None
     commit = float(row["c"]) if row["c"] is not None else None

@@ -22,24 +22,24 @@ async def object_rows(conn: asyncpg.Connection) -> list[dict]:
         " round(extract(epoch FROM e.applied_at - e.committed_at)::numeric, 3)::float8 AS lag_s,"
         " round(extract(epoch FROM now() - coalesce(m.updated_at, c.updated_at))::numeric, 1)::float8"
         "   AS checkpoint_age_s,"
-        " (SELECT count(*) FROM replicator.dead_letters d WHERE d.object = o.object AND d.resolved_at IS NULL)"
+        " (SELECT count(*) FROM dead_letters d WHERE d.object = o.object AND d.resolved_at IS NULL)"
         "   AS dead_letters,"
         # Who writes the object (docs/operating.md "One writer"): its own lease while live, else its channel's (its
         # members are written under the channel's lease); NULL when no live process holds it. `owner` is `held_by` (the
         # holder's service.replica_id) under the name of the lease's column; lease_age_s: since its last renewal.
         " h.unit AS held_unit, h.owner AS held_by, h.owner, h.fence, h.expires_at AS lease_expires_at,"
         " round(extract(epoch FROM now() - h.renewed_at)::numeric, 1)::float8 AS lease_age_s"
-        " FROM replicator.objects o LEFT JOIN replicator.checkpoints c ON c.topic = '/data/' ||"
+        " FROM objects o LEFT JOIN checkpoints c ON c.topic = '/data/' ||"
         "   CASE WHEN o.object LIKE '%\\_\\_c' THEN left(o.object, -1) ELSE o.object END || 'ChangeEvent'"
-        " LEFT JOIN replicator.checkpoints m ON m.topic = o.channel"
+        " LEFT JOIN checkpoints m ON m.topic = o.channel"
         # The event figures' one source: a channel's member its own (sql/015_member_events.sql), not the channel's
         # checkpoint's, which counts every member; an object on its own subscription its topic's checkpoint.
         " CROSS JOIN LATERAL (SELECT c.replay_id, c.commit_timestamp AS committed_at, c.applied_at, c.events_applied"
         "   WHERE o.channel IS NULL UNION ALL SELECT m.replay_id, o.member_committed_at, o.member_applied_at,"
         "   o.member_events_applied WHERE o.channel IS NOT NULL) e"
-        " LEFT JOIN replicator.checkpoints p ON p.topic = 'poll:' || o.object"
-        " LEFT JOIN replicator.refreshes r ON r.object = o.object"
-        " LEFT JOIN LATERAL (SELECT unit, owner, fence, expires_at, renewed_at FROM replicator.leases l"
+        " LEFT JOIN checkpoints p ON p.topic = 'poll:' || o.object"
+        " LEFT JOIN refreshes r ON r.object = o.object"
+        " LEFT JOIN LATERAL (SELECT unit, owner, fence, expires_at, renewed_at FROM leases l"
         "   WHERE l.expires_at > now() AND (l.unit = 'object:' || o.object OR l.unit = 'channel:' || o.channel"
         # no channel stored yet (a first start's members extract, joiners poll past the channel's position): a
         # live channel's, the process that will store it

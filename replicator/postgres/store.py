@@ -21,9 +21,10 @@ from ..position import Position, StreamPosition
 from . import dead_letters, events, history, leases, refresh, repairs, state, status
 from .apply import ApplyResult, StreamSink, apply_objects
 from .compare import Comparison
+from .ddl import quote_ident
 from .errors import map_error, mapped
+from .migrate import STATE_SCHEMA, require_migrated
 from .migrate import migrate as apply_migrations
-from .migrate import require_migrated
 from .refresh import Refresh
 from .server import resolve_database
 from .sink import DeltaSink, PageSink
@@ -37,20 +38,27 @@ _Job = TypeVar("_Job", Comparison, Refresh)  # a job held on one connection (`St
 class Store:
     """Replication state, checkpoints, dead letters and target tables in one Postgres database."""
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, state_schema: str = STATE_SCHEMA):
         self._pool = pool
+        self.state_schema = state_schema
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, url: str | None, pool_size: int, migrate: bool = True) -> AsyncIterator[Store]:
+    async def open(cls, url: str | None, pool_size: int, migrate: bool = True,
+                   state_schema: str = STATE_SCHEMA, application_name: str | None = None) -> AsyncIterator[Store]:
         """A migrated store on `url` (or the local server, or a throwaway one: postgres/server.py). With `migrate`
         false (the read-only commands), nothing is created: a database without the current state schema raises
-        `TerminalError` in one line (postgres/migrate.py `require_migrated`)."""
+        `TerminalError` in one line (postgres/migrate.py `require_migrated`).
+
+        `state_schema` holds one org's state (config.py `OrgSettings`: `replicator` for the org named `default`,
+        `replicator_<org>` for the others): every connection of the pool has it as its `search_path`, and the
+        state's SQL names its tables unqualified, so one org's Store never reads or writes another's state.
+        `application_name`: what `pg_stat_activity` shows for its sessions (which replica and org)."""
         async with resolve_database(url) as dsn:
-            pool = await _create_pool(dsn, pool_size)
+            pool = await _create_pool(dsn, pool_size, state_schema, application_name)
             try:
-                store = cls(pool)
-                await store._run(apply_migrations if migrate else require_migrated)
+                store = cls(pool, state_schema)
+                await store._run(apply_migrations if migrate else require_migrated, state_schema)
                 yield store
             finally:
                 await pool.close()
@@ -289,13 +297,19 @@ class Store:
 
 
 @mapped
-async def _create_pool(dsn: str, size: int) -> asyncpg.Pool:
+async def _create_pool(dsn: str, size: int, state_schema: str, application_name: str | None) -> asyncpg.Pool:
     # No floor of idle connections (min_size=0): a floor is restored by a background task of asyncpg's that logs a
     # traceback at every failed reconnect during an outage ("Failed to restore the pool connection floor"). Without
     # one, connections are made when work needs them and fail into that work's own retry; idle ones are kept for
     # max_inactive_connection_lifetime (300 s). asyncpg documentation, "Connection Pools",
     # https://magicstack.github.io/asyncpg/current/api/index.html#connection-pools
-    return await asyncpg.create_pool(dsn, min_size=0, max_size=size)
+    # The org's state schema alone on the search path (pg_catalog is searched first implicitly, temporary tables
+    # before it): the target tables are always named with their schema. PostgreSQL documentation, "The Schema
+    # Search Path", https://www.postgresql.org/docs/current/ddl-schemas.html#DDL-SCHEMAS-PATH
+    settings = {"search_path": quote_ident(state_schema)}
+    if application_name:
+        settings["application_name"] = application_name[:63]  # PostgreSQL keeps 63 bytes (NAMEDATALEN - 1)
+    return await asyncpg.create_pool(dsn, min_size=0, max_size=size, server_settings=settings)
 
 
 @contextlib.asynccontextmanager
@@ -316,8 +330,8 @@ async def _fetch_now(conn: asyncpg.Connection) -> dt.datetime:
 
 
 async def _resync_requests(conn: asyncpg.Connection) -> set[str]:
-    return {r[0] for r in await conn.fetch("SELECT object FROM replicator.objects WHERE resync_requested")}
+    return {r[0] for r in await conn.fetch("SELECT object FROM objects WHERE resync_requested")}
 
 
 async def _checkpoint_topics(conn: asyncpg.Connection) -> set[str]:
-    return {r[0] for r in await conn.fetch("SELECT topic FROM replicator.checkpoints")}
+    return {r[0] for r in await conn.fetch("SELECT topic FROM checkpoints")}

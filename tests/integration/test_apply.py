@@ -39,7 +39,8 @@ def ch(kind, ts, fields=None, nulled=(), rid="001000000000001AAA"):
 
 @pytest.fixture
 async def sink(pg_url):
-    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)  # the test's own view of the tables
+    # the test's own view of the tables, and of the default org's state (postgres/store.py: its search path)
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2, server_settings={"search_path": "replicator"})
     async with Store.open(pg_url, pool_size=4) as store:
         spec = table_spec(DESCRIBE, schema="apply")
         info = TableInfo(spec, version_column(spec), True, hard_deletes=False)

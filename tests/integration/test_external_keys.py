@@ -25,6 +25,9 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import ground_truth, settings_for, sim_admin
 
+# The test's own sessions see the default org's state unqualified, as the Store's do (postgres/store.py).
+DEFAULT_STATE = {"search_path": "replicator"}
+
 OBJ = "Invoice__c"
 TOPIC = "/data/Invoice__ChangeEvent"
 OBJECTS = {OBJ: {"key": "External_Id__c"}}
@@ -78,7 +81,7 @@ async def _events(pubsub, *commits: dict) -> list:
 
 
 async def _dead_letters(pg_url) -> list[dict]:
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     try:
         return [dict(r) for r in await conn.fetch(
             "SELECT record_key, source, reason, payload FROM replicator.dead_letters WHERE resolved_at IS NULL "
@@ -106,7 +109,7 @@ async def test_a_key_that_moves_while_a_new_record_takes_it_loses_nothing(sim, p
     diff, _ = await _verify(settings)
     assert (diff.missing, diff.extra, diff.different) == (0, 0, 0), diff.examples
     assert await _dead_letters(pg_url) == []
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     try:
         assert await conn.fetchval("SELECT id FROM keymove.invoice__c WHERE external_id__c = 'MOVED-A'") == a["Id"]
         assert await load_checkpoint(conn, TOPIC) == batch[-1].replay_id
@@ -145,7 +148,7 @@ async def test_a_nulled_key_removes_the_row_with_a_dead_letter_and_a_new_key_bri
         (letter,) = await _dead_letters(pg_url)
         assert letter["record_key"] == a["Id"] and "External_Id__c" in letter["reason"]
         assert a["External_Id__c"] in letter["payload"]  # the row's last values
-        conn = await asyncpg.connect(pg_url)
+        conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
         try:
             assert await conn.fetchval("SELECT count(*) FROM keynull.invoice__c WHERE id = $1", a["Id"]) == 0
             assert await load_checkpoint(conn, TOPIC) == batch[-1].replay_id
@@ -171,7 +174,7 @@ async def test_retrying_the_dead_letter_of_a_record_still_without_a_key_leaves_o
     assert (result.applied, result.failed, result.gone) == (0, 1, 0)
     (letter,) = await _dead_letters(pg_url)
     assert letter["record_key"] == a["Id"] and "External_Id__c" in letter["reason"]
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     try:
         assert await conn.fetchval("SELECT count(*) FROM keyretry.invoice__c WHERE id = $1", a["Id"]) == 0
     finally:

@@ -25,6 +25,9 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import ground_truth, pg_value, running_service, settings_for, sim_admin, wait_for
 
+# The test's own sessions see the default org's state unqualified, as the Store's do (postgres/store.py).
+DEFAULT_STATE = {"search_path": "replicator"}
+
 
 @pytest.fixture(scope="module")
 def sim():
@@ -38,7 +41,7 @@ async def _change(sim, **item) -> None:
 
 
 async def _names(pg_url: str, schema: str, ids: list[str]) -> dict[str, str]:
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     try:
         rows = await conn.fetch(f"SELECT id, name FROM {schema}.account WHERE id = ANY($1::text[])", ids)
     finally:
@@ -85,7 +88,7 @@ async def test_a_dead_letter_whose_payload_and_reason_hold_nul_is_stored(sim, pg
         pass
     letter = DeadLetter("Account", "bad value: 'a\x00b'", key="001\x00", source="stream",
                         payload={"values": {"name": "a\x00b", "n\x00": ["x\x00", {"y": "\x00"}]}})
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     try:
         await add_dead_letters(conn, [letter])
         row = await conn.fetchrow("SELECT record_key, reason, payload FROM replicator.dead_letters")

@@ -10,9 +10,12 @@ import asyncpg
 from replicator.postgres.migrate import migrate
 from replicator.postgres.status import object_rows
 
+# The test's own sessions see the default org's state unqualified, as the Store's do (postgres/store.py).
+DEFAULT_STATE = {"search_path": "replicator"}
+
 
 async def test_an_object_is_credited_to_its_own_lease_or_its_own_channels_only(pg_url):
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     try:
         await migrate(conn)
         await conn.execute(

@@ -15,6 +15,9 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import compare_with_truth, ground_truth, settings_for, sim_admin
 
+# The test's own sessions see the default org's state unqualified, as the Store's do (postgres/store.py).
+DEFAULT_STATE = {"search_path": "replicator"}
+
 TOPIC = "/data/AccountChangeEvent"
 
 
@@ -39,7 +42,7 @@ async def test_bad_events_are_dead_letters_and_gaps_and_orphans_are_fetched(sim,
     truth = {r["Id"]: r for r in await ground_truth(sim, "Account") if not r["IsDeleted"]}
     a, b, c = list(truth)[:3]
     now = 4_000_000_000_000  # newer than any generated record
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     await conn.execute("UPDATE batches.account SET name = 'stale' WHERE id = $1", b)  # the gap heals this
     await conn.execute("DELETE FROM batches.account WHERE id = $1", c)  # an update for a row we lack
     async with salesforce_client(settings) as client, open_store(settings) as store:
@@ -76,7 +79,7 @@ async def test_a_value_postgres_refuses_is_a_dead_letter_and_the_rest_applies(si
         await stream.applier.load_schema()
         # NumberOfEmployees is an int column: a value past its range is refused by Postgres, not by Python
         await stream.apply_batch([ev(7, upd(a, now, NumberOfEmployees=2**40)), ev(8, upd(b, now, Phone="+1 222"))])
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     try:
         assert await conn.fetchval("SELECT phone FROM refused.account WHERE id = $1", b) == "+1 222"
         reasons = [r[0] for r in await conn.fetch("SELECT reason FROM replicator.dead_letters")]
@@ -105,7 +108,7 @@ async def test_gap_then_delete_keeps_the_deleted_records_last_values(sim, pg_url
         await stream.apply_batch([ev(11, upd(acc, ms - 1, kind="GAP_UPDATE")), ev(12, upd(acc, ms, kind="DELETE"))])
     problems = await compare_with_truth(pg_url, "gapdel", "Account", "Id", truth)
     assert [p for p in problems if not p.endswith(": extra")] == []  # only this record is compared
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     try:
         row = await conn.fetchrow("SELECT phone, isdeleted FROM gapdel.account WHERE id = $1", acc)
     finally:
@@ -137,7 +140,7 @@ async def test_fields_outside_a_configured_subset_cost_one_describe_per_schema(s
                             schema_id="schema-1")
             await stream.apply_batch([ev(20 + n, change)])
     assert len(describes) <= 1
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     try:
         names = {r["id"]: r["name"] for r in await conn.fetch("SELECT id, name FROM subset.account WHERE id = ANY($1)",
                                                                ids)}
@@ -177,7 +180,7 @@ async def test_text_sent_as_a_diff_is_applied_to_the_stored_value_or_fetched(sim
         stale = long.replace("Paragraph 1:", "Paragraph one:")  # b's diff was made from a value we never had
         await stream.apply_batch([ev(40, diff_change(a, 0, sf_diff(long, new_a))),
                                   ev(41, diff_change(b, 1, sf_diff(stale, stale.replace("Paragraph 9:", "P9:"))))])
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     try:
         rows = {r["id"]: r["description"] for r in await conn.fetch(
             "SELECT id, description FROM diffs.account WHERE id = ANY($1)", [a, b])}
@@ -267,7 +270,7 @@ async def test_dead_letters_postgres_refuses_too_do_not_stop_the_stream(sim, pg_
     settings = settings_for(sim, pg_url, "stuck", objects={"Account": {}})
     await run_backfills(settings, ["Account"])
     a, b = [r["Id"] for r in await ground_truth(sim, "Account") if not r["IsDeleted"]][:2]
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     await conn.execute("ALTER TABLE replicator.dead_letters ADD CONSTRAINT poison "
                        "CHECK (payload::text NOT LIKE '%1099511627776%')")
     async with salesforce_client(settings) as client, open_store(settings) as store:
@@ -292,7 +295,7 @@ async def test_a_resync_removes_rows_the_org_no_longer_has(sim, pg_url):
     # only the resync's extract shows they are gone. Rows it lacks, that nothing wrote since it began, go.
     settings = settings_for(sim, pg_url, "purged", objects={"Account": {}})
     await run_backfills(settings, ["Account"])
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_url, server_settings=DEFAULT_STATE)
     ghost, kept = "001000000000GHOSTA", [r["Id"] for r in await ground_truth(sim, "Account")][:1]
     await conn.execute("INSERT INTO purged.account (id, name, isdeleted, systemmodstamp, _sf_synced_at) "
                        "VALUES ($1, 'purged in the org', false, now() - interval '1 day', now() - interval '1 day')",

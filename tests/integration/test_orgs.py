@@ -1,0 +1,122 @@
+"""Several orgs in one deployment (docs/orgs.md; config.py `[orgs.<name>]`, app/deployment.py): each org's tables
+in its own schema, its state in `replicator_<org>`, each org streamed by the same process; `status` rows, the
+`/metrics` series and `/readyz` say whose each is; `verify` of each org equal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from replicator.app.commands import status_command
+from replicator.app.deployment import Deployment
+from replicator.config import load_settings
+from replicator.sim.server import SimulatorThread
+
+from .helpers import all_equal, endpoint_get, free_port, wait_for
+
+ORGS = ("acme", "globex")
+OBJECTS = ("Account", "Contact")
+
+
+@pytest.fixture(scope="module")
+def sims():
+    with SimulatorThread(records=120, seed=31, keepalive_seconds=0.2) as one, \
+            SimulatorThread(records=90, seed=32, keepalive_seconds=0.2) as two:
+        yield {"acme": one.info, "globex": two.info}
+
+
+def orgs_toml(sims: dict, pg_url: str, port: int, **service) -> str:
+    """Two orgs, each its own simulator, objects, schema (the default sf_<org>); postgres and service shared."""
+    out = [f'[postgres]\nurl = "{pg_url}"\n',
+           f'[service]\nhost = "127.0.0.1"\nport = {port}\ncontrol_poll_s = 0.2\nshutdown_timeout_s = 15\n'
+           + "".join(f"{k} = {v!r}\n" for k, v in service.items()),
+           "[backfill]\npoll_max_s = 0.2\n[stream]\nbatch_max_wait_s = 0.05\n"]
+    for org, sim in sims.items():
+        out.append(f'[orgs.{org}.salesforce]\ninstance_url = "{sim["instance_url"]}"\nclient_id = "{sim["client_id"]}"\n'
+                   f'client_secret = "{sim["client_secret"]}"\nca_file = "{sim["ca_file"]}"\n'
+                   f'pubsub_endpoint = "{sim["pubsub_endpoint"]}"\n')
+        out += [f"[orgs.{org}.objects.{name}]\n" for name in OBJECTS]
+    return "".join(out)
+
+
+async def fresh(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for org in ORGS:
+            await conn.execute(f"DROP SCHEMA IF EXISTS replicator_{org} CASCADE; DROP SCHEMA IF EXISTS sf_{org} CASCADE")
+    finally:
+        await conn.close()
+
+
+async def org_rows(pg_url: str, sql: str) -> dict[str, list]:
+    """`sql` (naming the state tables unqualified) in each org's state schema."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        out = {}
+        for org in ORGS:
+            await conn.execute(f"SET search_path = replicator_{org}")
+            out[org] = [tuple(r) for r in await conn.fetch(sql)]
+        return out
+    finally:
+        await conn.close()
+
+
+def all_streaming(pg_url: str):
+    async def check() -> bool:
+        with contextlib.suppress(asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            rows = await org_rows(pg_url, "SELECT object FROM objects WHERE phase = 'STREAMING'")
+            return all(sorted(o for (o,) in rows[org]) == sorted(OBJECTS) for org in ORGS)
+        return False
+    return check
+
+
+async def test_two_orgs_in_one_process_each_in_its_own_schemas(sims, pg_url, tmp_path, capsys):
+    await fresh(pg_url)
+    port = free_port()
+    cfg = tmp_path / "orgs.toml"
+    cfg.write_text(orgs_toml(sims, pg_url, port))
+    settings = load_settings(cfg)
+    orgs = settings.for_orgs()
+    assert [(s.org, s.postgres.schema_, s.state_schema) for s in orgs] == [
+        ("acme", "sf_acme", "replicator_acme"), ("globex", "sf_globex", "replicator_globex")]
+    deployment = Deployment(orgs)
+    task = asyncio.create_task(deployment.run())
+    try:
+        await wait_for(all_streaming(pg_url), timeout=90)
+        # each org's records in its own tables: the counts are each org's
+        conn = await asyncpg.connect(pg_url)
+        try:
+            counts = {org: await conn.fetchval(f"SELECT count(*) FROM sf_{org}.account") for org in ORGS}
+            assert counts == {"acme": 120, "globex": 90}
+        finally:
+            await conn.close()
+
+        async def ready_200() -> bool:
+            answer = await endpoint_get(port, "/readyz")
+            return answer is not None and answer.status_code == 200
+
+        await wait_for(ready_200, timeout=30)  # every org's streams connected
+        ready = await endpoint_get(port, "/readyz")
+        assert set(ready.json()["orgs"]) == set(ORGS)
+        assert set(ready.json()["orgs"]["acme"]["objects"]) == set(OBJECTS)
+        text = (await endpoint_get(port, "/metrics")).text
+        held = [(s.labels["org"], s.labels["unit"]) for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "replicator_unit_held" and s.value == 1]
+        assert sorted(held) == sorted((org, f"object:{o}") for org in ORGS for o in OBJECTS)
+    finally:
+        for svc in deployment.services.values():
+            svc.stop.set()
+        assert await asyncio.wait_for(task, 60) == 0
+
+    capsys.readouterr()
+    assert await status_command(orgs, as_json=True) == 0
+    rows = orjson.loads(capsys.readouterr().out)
+    assert sorted((r["org"], r["object"], r["phase"]) for r in rows) == sorted(
+        (org, o, "STREAMING") for org in ORGS for o in OBJECTS)
+    for org_settings in orgs:
+        assert await all_equal(org_settings, refresh=True), org_settings.org

@@ -50,7 +50,7 @@ def org_pod(org: int) -> str:
     """The pod of simulated org `org` (1-based): POD for org 1, the next base-62 pairs for the others."""
     if not 1 <= org <= MAX_ORGS:
         raise ValueError(f"org must be within 1..{MAX_ORGS}")
-    return to_base62(_POD_BASE + org - 1, 2)
+    return POD if org == 1 else to_base62(_POD_BASE + org - 1, 2)  # POD itself: make_id's fast path
 
 
 def with_pod(value: str, pod: str) -> str:

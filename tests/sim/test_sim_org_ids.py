@@ -11,7 +11,7 @@ from replicator.sim.store import OrgStore
 
 
 def test_org_pods_are_distinct_and_org_one_keeps_todays():
-    assert org_pod(1) == POD == "5g"
+    assert org_pod(1) is POD and POD == "5g"
     assert (org_pod(2), org_pod(3)) == ("5h", "5i")
     pods = [org_pod(k) for k in range(1, MAX_ORGS + 1)]
     assert len(set(pods)) == MAX_ORGS and pods[-1] == "zz"

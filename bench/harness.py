@@ -25,6 +25,8 @@ from typing import Any
 
 import asyncpg
 
+from replicator.sim.process import start_sim_process
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -39,6 +41,13 @@ def start_sim(records: int, *extra: str) -> tuple[subprocess.Popen, dict]:
     if not line:
         raise RuntimeError(f"simulator did not start (exit {proc.wait()})")
     return proc, json.loads(line)
+
+
+def start_sim_orgs(orgs: int, records: int, *extra: str) -> tuple[subprocess.Popen, list[dict]]:
+    """`start_sim` for several orgs in one process (`replicator sim --orgs N`, docs/simulator.md "Several orgs"):
+    (the process, each org's connection facts in org order). `stop_sim` ends it."""
+    return start_sim_process("--records", str(records), "--port", "0", "--keepalive-seconds", "0.2",
+                             "--retention-events", "5000000", *extra, orgs=orgs)
 
 
 def stop_sim(proc: subprocess.Popen) -> None:

@@ -10,5 +10,6 @@ and docs/salesforce-coverage.md record it (comments cite them by page and sectio
 "docs/bulk-rest-oauth.md §1.5"), and imports nothing from replicator.salesforce, replicator.pipeline,
 replicator.postgres or replicator.model; only the wire definitions in replicator.protocol.
 
-Entry points: `server.Simulator`, `server.SimulatorThread`, and `python -m replicator.sim` (`__main__.main`).
+Entry points: `server.Simulator`, `server.SimulatorThread` (one org or several: `orgs=N`), `process.start_sim_process`
+(the simulator as a subprocess) and `python -m replicator.sim` (`__main__.main`; `--orgs N` for several orgs).
 """

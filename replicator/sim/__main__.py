@@ -1,8 +1,11 @@
-"""`python -m replicator.sim [--records N] [--seed S] [--port P] [--no-tls] [--rate R] [--changes N] [fault flags]`
+"""`python -m replicator.sim [--records N] [--seed S] [--port P] [--no-tls] [--rate R] [--changes N] [--orgs N]
+[fault flags]`
 
 Runs the simulator in the foreground. Once it is ready, prints ONE JSON line on stdout (the ready info:
 instance_url, token_url, client_id, client_secret, refresh_token, org_id, tenant_id, pubsub_endpoint, ca_file,
-api_version, ...) and serves until SIGINT/SIGTERM. `--rate R` starts the traffic generator at R changes/s;
+api_version, ...) and serves until SIGINT/SIGTERM. `--orgs N` (N > 1) serves N orgs, each on its own ports with its
+own org id, Ids and credentials (server.org_options), and prints N ready lines, in org order once all serve, each
+with an `org` field ("org1", "org2", ...). `--rate R` starts the traffic generator at R changes/s;
 `--changes N` stops it after N changes (the simulator keeps serving). Exit codes: 0 after a signal, 2 on bad usage, 1 on a startup failure.
 """
 
@@ -16,8 +19,9 @@ import sys
 import orjson
 
 from .faults import KNOB_CHOICES, KNOB_HELP, Faults
+from .ids import MAX_ORGS
 from .limits import DEFAULT_API_ALLOCATION, DEFAULT_EVENT_ALLOCATION
-from .server import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator
+from .server import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator, org_options, start_all, stop_all
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "...) and runs until SIGINT or SIGTERM.",
         epilog="Every fault knob below can also be changed while it runs: PUT /__sim/faults with a JSON object "
                "of knob names written with underscores, e.g. {\"duplicate_rate\": 0.05}.")
+    p.add_argument("--orgs", type=int, default=1, metavar="N",
+                   help="serve N orgs, each on its own ports with its own org id, record Ids and credentials: org 1 "
+                        "has the given client id and secret, org k their value suffixed -org<k>, seed + k - 1 and, "
+                        "with --port P, port P + k - 1; one ready line per org, with an \"org\" field (org1, org2, "
+                        f"...); every other option applies to each org (default 1, at most {MAX_ORGS})")
     p.add_argument("--records", type=int, default=1000, help="records generated per object (default 1000)")
     p.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -100,18 +109,18 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-async def _serve(sim: Simulator) -> None:
+async def _serve(sims: list[Simulator]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    info = await sim.start()
-    sys.stdout.write(orjson.dumps(info).decode() + "\n")
+    infos = await start_all(sims)
+    sys.stdout.write("".join(orjson.dumps(info).decode() + "\n" for info in infos))
     sys.stdout.flush()
     try:
         await stop.wait()
     finally:
-        await sim.stop()
+        await stop_all(sims)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,21 +129,25 @@ def main(argv: list[str] | None = None) -> int:
     traffic = {"running": args.rate > 0, "rate": args.rate or 10.0, "changes": args.changes,
                "transaction_size": args.transaction_size, "records_per_event": args.records_per_event,
                "collision_rate": args.collision_rate, "purge_rate": args.purge_rate}
+    if not 1 <= args.orgs <= MAX_ORGS:
+        sys.stderr.write(f"replicator sim: --orgs must be within 1..{MAX_ORGS}\n")
+        return 2
     try:
-        sim = Simulator(records=args.records, seed=args.seed, host=args.host, port=args.port, tls=not args.no_tls,
-                        client_id=args.client_id, client_secret=args.client_secret, username=args.username,
-                        jwt_public_key=args.jwt_public_key, page_size=args.page_size, gzip_level=args.gzip_level,
-                        state_dir=args.state_dir, hostile_field=args.hostile_field,
-                        wide_object=args.wide_object, faults=knobs,
-                        traffic=traffic, cdc_objects=args.cdc_objects,
-                        api_allocation=args.api_allocation, event_allocation=args.event_allocation,
-                        monthly_event_entitlement=args.monthly_event_entitlement, objects=args.objects, object_records=args.object_records,
-                        channel_members=dict(args.channel))
+        options = dict(records=args.records, seed=args.seed, host=args.host, port=args.port, tls=not args.no_tls,
+                       client_id=args.client_id, client_secret=args.client_secret, username=args.username,
+                       jwt_public_key=args.jwt_public_key, page_size=args.page_size, gzip_level=args.gzip_level,
+                       state_dir=args.state_dir, hostile_field=args.hostile_field,
+                       wide_object=args.wide_object, faults=knobs,
+                       traffic=traffic, cdc_objects=args.cdc_objects,
+                       api_allocation=args.api_allocation, event_allocation=args.event_allocation,
+                       monthly_event_entitlement=args.monthly_event_entitlement, objects=args.objects,
+                       object_records=args.object_records, channel_members=dict(args.channel))
+        sims = [Simulator(**org_options(options, k, args.orgs)) for k in range(1, args.orgs + 1)]
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"replicator sim: {exc}\n")
         return 2
     try:
-        asyncio.run(_serve(sim))
+        asyncio.run(_serve(sims))
     except OSError as exc:
         sys.stderr.write(f"replicator sim: {exc}\n")
         return 1

@@ -48,7 +48,6 @@ from .derived import recompute
 from .diffs import text_diff
 from .events import ALL_CHANGE_EVENTS, EventBus
 from .faults import Faults
-from .ids import make_id
 from .polled import POLLED_OBJECTS
 from .schema import SILENT_FIELDS, FieldSpec
 from .store import ObjectStore, OrgStore
@@ -385,7 +384,7 @@ class ChangeCapture:
                if f.external_id and not f.unique and f.name in col and f.name not in item.values]
         for k in range(item.count):
             pos = store.count()
-            template[0] = make_id(store.spec.key_prefix, pos + 1)
+            template[0] = store.record_id(pos)
             if own:
                 generated = store.generator.row(pos)
                 for c in own:

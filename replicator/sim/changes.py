@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ids import make_id
 from .store import ObjectStore
 from .unique import value_key
 
@@ -116,7 +115,7 @@ class _Uniqueness:
             if state == "live" and values[fname] is not None:
                 holder = self._holder(store, pos, fname, values[fname], ("live",))
                 if holder is not None:
-                    raise DuplicateValue(fname, make_id(store.spec.key_prefix, holder + 1))
+                    raise DuplicateValue(fname, store.record_id(holder))
         self._assign_created()
 
     def _simulate(self) -> None:

@@ -20,7 +20,7 @@ from operator import itemgetter
 
 from . import generated
 from .derived import compute
-from .ids import make_id
+from .ids import POD, make_id, with_pod
 from .polled import BODIES as POLLED_BODIES
 from .schema import (
     HOSTILE_FIELD,
@@ -249,9 +249,13 @@ _BODIES: dict[str, Callable[[int, int, int], dict]] = {
 class Generator:
     """Rows of one object. `row(i)` is deterministic and allocation-light; nothing is cached."""
 
-    def __init__(self, spec: ObjectSpec, seed: int, n_accounts: int) -> None:
+    def __init__(self, spec: ObjectSpec, seed: int, n_accounts: int, pod: str = POD) -> None:
+        """`pod`: the org's Id pod (ids.org_pod): the record's Id and its references carry it."""
         self.spec = spec
         self.n_accounts = n_accounts
+        self.pod = pod
+        # the bodies make references with the default pod; another org's are rebuilt with its own
+        self._references = [] if pod == POD else [f.name for f in spec.stored_fields if f.type == "reference"]
         self._prefix = f"{seed}:{spec.name}:".encode()
         self._body = generated.body if generated.is_generated(spec.name) else _BODIES[spec.name]
         names = [f.name for f in spec.stored_fields]
@@ -274,7 +278,10 @@ class Generator:
         d = self._body(h >> 12, i, self.n_accounts)
         compute(self.spec.name, d)
         created, modified, stamp = _audit(h >> 300)
-        d["Id"] = make_id(self.spec.key_prefix, i + 1)
+        d["Id"] = make_id(self.spec.key_prefix, i + 1, self.pod)
+        for name in self._references:
+            if d.get(name) is not None:
+                d[name] = with_pod(d[name], self.pod)
         d["IsDeleted"] = h % 50 == 0  # ~2% soft-deleted: visible to queryAll and ground truth only
         d["CreatedDate"] = created
         d["LastModifiedDate"] = modified

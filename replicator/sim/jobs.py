@@ -165,7 +165,7 @@ class JobManager:
         except SoqlError as exc:
             raise JobError(400, exc.code, exc.message) from None
         self._counter += 1
-        job = Job(make_id("750", self._counter), operation, plan, text, api_version, delimiter, line_ending,
+        job = Job(make_id("750", self._counter, self.org.pod), operation, plan, text, api_version, delimiter, line_ending,
                   self._now(), self.faults.take_failed_job(plan.object_name), 0)
         self.jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._process(job))

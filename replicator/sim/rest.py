@@ -178,7 +178,7 @@ async def query(request: web.Request) -> web.Response:
         None, lambda: array("q", (pos for pos, _ in iter_matches(plan, all_rows))))
     cursors = _cursors(state)
     counter = state.extras["cursor_counter"] = state.extras.get("cursor_counter", 0) + 1
-    cursor_id = make_id("01g", counter)
+    cursor_id = make_id("01g", counter, state.org.pod)
     cursor = Cursor(plan, positions, _version(request), all_rows)
     cursors[cursor_id] = cursor
     while len(cursors) > MAX_CURSORS:

@@ -1,10 +1,12 @@
 """The simulator's HTTP server: app assembly, the Salesforce-edge middleware, and the entry points
-`Simulator` (async start/stop) and `SimulatorThread` (a context manager running it in a thread, for tests).
+`Simulator` (async start/stop) and `SimulatorThread` (a context manager running it, or several orgs, in a thread,
+for tests). `org_options` derives the options of org k of a multi-org simulator (`replicator sim --orgs N`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import shutil
 import socket
@@ -21,7 +23,7 @@ from .cdc import ChangeCapture
 from .errors import invalid_session, not_found, sf_error
 from .events import EventBus
 from .faults import Faults
-from .ids import make_id
+from .ids import MAX_ORGS, make_id, org_pod
 from .jobs import JobManager
 from .limits import API_LIMIT_TEXT, Allocations
 from .oauth import OAuthEndpoints, TokenStore
@@ -101,8 +103,14 @@ class Simulator:
                  faults: dict | None = None, traffic: dict | None = None, cdc_objects: list[str] | None = None,
                  api_allocation: int | None = None, event_allocation: int | None = None,
                  monthly_event_entitlement: int | None = None, objects: int = 0, object_records: int | None = None,
-                 channel_members: dict[str, list[str]] | None = None, **knobs) -> None:
+                 channel_members: dict[str, list[str]] | None = None, org: int = 1, org_name: str | None = None,
+                 **knobs) -> None:
+        """`org`: which org of a multi-org simulator this is (1-based): its Ids, org id and user id carry the
+        org's pod (ids.org_pod), so two orgs never share an Id; org 1's are today's. `org_name`: when given, the
+        ready info's `org` field (org_options sets it to "org<k>" when there are several orgs)."""
         self.host, self.port, self.tls = host, port, tls
+        self.pod = org_pod(org)
+        self.org_name = org_name
         self.seed = seed
         self.records = records
         self.client_id, self.client_secret, self.username = client_id, client_secret, username
@@ -116,9 +124,9 @@ class Simulator:
         self.limits.update({k: v for k, v in (("api_allocation", api_allocation),
                                               ("event_allocation", event_allocation),
                                               ("monthly_entitlement", monthly_event_entitlement)) if v is not None})
-        self.org = OrgStore(records, seed, hostile_field, wide_object, objects, object_records)
-        self.org_id = make_id("00D", 1)
-        self.user_id = make_id("005", 1)
+        self.org = OrgStore(records, seed, hostile_field, wide_object, objects, object_records, self.pod)
+        self.org_id = make_id("00D", 1, self.pod)
+        self.user_id = make_id("005", 1, self.pod)
         self.info: dict = {}
         self._runner: web.AppRunner | None = None
         self._jobs: JobManager | None = None
@@ -203,6 +211,7 @@ class Simulator:
 
     def _ready_info(self, instance_url: str, refresh_token: str, pubsub_endpoint: str, ca_file: str | None) -> dict:
         return {
+            **({"org": self.org_name} if self.org_name is not None else {}),
             "instance_url": instance_url,
             "token_url": f"{instance_url}/services/oauth2/token",
             "client_id": self.client_id,
@@ -236,6 +245,49 @@ class Simulator:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
+async def start_all(simulators: list[Simulator]) -> list[dict]:
+    """Start every simulator in order; their ready infos. When one fails, those started are stopped."""
+    infos: list[dict] = []
+    try:
+        for sim in simulators:
+            infos.append(await sim.start())
+    except BaseException:
+        await stop_all(simulators[:len(infos) + 1])
+        raise
+    return infos
+
+
+async def stop_all(simulators: list[Simulator]) -> None:
+    for sim in simulators:
+        await sim.stop()
+
+
+def org_options(options: dict, k: int, orgs: int) -> dict:
+    """The Simulator options of org k (1-based) of `orgs` orgs, from the options given once for all of them.
+
+    With one org, `options` unchanged (today's simulator, byte for byte). With several, org k has `org=k` (its
+    Ids' pod: ids.org_pod) and `org_name="org<k>"` (the ready info's `org` field); org 1 keeps the given
+    credentials, seed and username, org k > 1 derives its own: client id and secret suffixed "-org<k>", seed + k - 1,
+    username suffixed ".org<k>" (as a sandbox's). A fixed port P puts org k on P + k - 1 (0: each picks a free one);
+    a state dir D holds org k's in D/org<k>. Everything else (traffic, faults, allocations, ...) applies to every
+    org, each with its own generator, traffic and limits."""
+    if not 1 <= orgs <= MAX_ORGS:
+        raise ValueError(f"--orgs must be within 1..{MAX_ORGS}")
+    if orgs == 1:
+        return dict(options)
+    out = {**copy.deepcopy(options), "org": k, "org_name": f"org{k}"}  # no settings dict shared by two orgs
+    if k > 1:
+        out["client_id"] = options.get("client_id", DEMO_CLIENT_ID) + f"-org{k}"
+        out["client_secret"] = options.get("client_secret", DEMO_CLIENT_SECRET) + f"-org{k}"
+        out["seed"] = options.get("seed", 42) + k - 1
+        out["username"] = options.get("username", "integration@replicator.sim") + f".org{k}"
+    if options.get("port"):
+        out["port"] = options["port"] + k - 1
+    if options.get("state_dir"):
+        out["state_dir"] = os.path.join(options["state_dir"], f"org{k}")
+    return out
+
+
 def _grpc_credentials(ca_file: str | None, key_file: str | None) -> grpc.ServerCredentials | None:
     """TLS for gRPC with the HTTPS certificate (plaintext when there is none)."""
     if ca_file is None or key_file is None:
@@ -256,11 +308,14 @@ def _load_key(value: str | bytes | None) -> bytes | None:
 
 class SimulatorThread:
     """Run a Simulator on its own event loop in a daemon thread: `with SimulatorThread(records=100) as sim:`
-    then `sim.info`. Startup errors are re-raised in the caller."""
+    then `sim.info`. `orgs=N`: N orgs on that loop (org_options), `sim.infos` their ready infos in org order
+    (`sim.info` is org 1's, `sim.simulators` the Simulators). Startup errors are re-raised in the caller."""
 
-    def __init__(self, **options) -> None:
-        self.simulator = Simulator(**options)
+    def __init__(self, orgs: int = 1, **options) -> None:
+        self.simulators = [Simulator(**org_options(options, k, orgs)) for k in range(1, orgs + 1)]
+        self.simulator = self.simulators[0]
         self.info: dict = {}
+        self.infos: list[dict] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -269,14 +324,15 @@ class SimulatorThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            self.info = self._loop.run_until_complete(self.simulator.start())
+            self.infos = self._loop.run_until_complete(start_all(self.simulators))
+            self.info = self.infos[0]
         except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
             self._error = exc
             self._ready.set()
             return
         self._ready.set()
         self._loop.run_forever()
-        self._loop.run_until_complete(self.simulator.stop())
+        self._loop.run_until_complete(stop_all(self.simulators))
         self._loop.close()
 
     def start(self, timeout: float = 30.0) -> dict:

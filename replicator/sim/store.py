@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from .generated import generated_objects, is_generated
 from .generator import Generator
-from .ids import parse_counter, to_id18
+from .ids import POD, make_id, parse_counter, to_id18
 from .polled import POLLED_OBJECTS
 from .schema import ObjectSpec, build_objects
 from .unique import UniqueIndex
@@ -30,9 +30,10 @@ from .unique import UniqueIndex
 class ObjectStore:
     """The records of one object."""
 
-    def __init__(self, spec: ObjectSpec, seed: int, count: int, n_accounts: int) -> None:
+    def __init__(self, spec: ObjectSpec, seed: int, count: int, n_accounts: int, pod: str = POD) -> None:
         self.spec = spec
-        self.generator = Generator(spec, seed, n_accounts)
+        self.pod = pod  # the org's Id pod (ids.org_pod)
+        self.generator = Generator(spec, seed, n_accounts, pod)
         self.base_count = count
         self.overlay: dict[int, tuple] = {}
         self._seed_prefix = f"{seed}:{spec.name}:".encode()
@@ -49,6 +50,10 @@ class ObjectStore:
     def count(self) -> int:
         """Record Ids issued so far (the next record takes position count()); removed records included."""
         return self._count
+
+    def record_id(self, pos: int) -> str:
+        """The Id of the record at `pos` (its counter is pos + 1)."""
+        return make_id(self.spec.key_prefix, pos + 1, self.pod)
 
     def present(self) -> int:
         """Every record the org still has, including soft-deleted ones."""
@@ -87,7 +92,7 @@ class ObjectStore:
             to_id18(record_id)
         except ValueError:
             return None
-        counter = parse_counter(record_id, self.spec.key_prefix)
+        counter = parse_counter(record_id, self.spec.key_prefix, self.pod)
         if counter is None or not self.exists(counter - 1):
             return None
         return counter - 1
@@ -148,16 +153,18 @@ class OrgStore:
     """Every object of the simulated org."""
 
     def __init__(self, records: int | dict[str, int], seed: int, hostile_field: bool = False,
-                 wide_object: bool = False, generated: int = 0, generated_records: int | None = None) -> None:
+                 wide_object: bool = False, generated: int = 0, generated_records: int | None = None,
+                 pod: str = POD) -> None:
         """`generated`: that many generated custom objects (generated.py), `generated_records` records each
-        (default: as many as the other objects)."""
+        (default: as many as the other objects); `pod`: the org's Id pod (ids.org_pod), in every Id it issues."""
+        self.pod = pod
         self.objects = build_objects(hostile_field, wide_object, POLLED_OBJECTS + generated_objects(generated))
         counts = dict(records) if isinstance(records, dict) else {name: records for name in self.objects}
         if generated_records is not None:
             counts.update({name: generated_records for name in self.objects if is_generated(name)})
         n_accounts = counts.get("Account", 0)
         self.stores = {
-            name: ObjectStore(spec, seed, counts.get(name, 0), n_accounts) for name, spec in self.objects.items()
+            name: ObjectStore(spec, seed, counts.get(name, 0), n_accounts, pod) for name, spec in self.objects.items()
         }
 
     def lookup(self, name: str) -> ObjectStore | None:

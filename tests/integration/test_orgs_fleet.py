@@ -31,9 +31,8 @@ UNITS = {(org, f"object:{o}") for org in ORGS for o in OBJECTS}
 
 @pytest.fixture(scope="module")
 def sims():
-    with SimulatorThread(records=100, seed=41, keepalive_seconds=0.2) as one, \
-            SimulatorThread(records=80, seed=42, keepalive_seconds=0.2) as two:
-        yield {"acme": one.info, "globex": two.info}
+    with SimulatorThread(orgs=2, records=100, seed=41, keepalive_seconds=0.2) as thread:
+        yield dict(zip(ORGS, thread.infos, strict=True))
 
 
 class _Run:

@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from replicator.config import (
-    ConfigError,
     ObjectSettings,
     SalesforceSettings,
     ServiceSettings,
@@ -150,13 +149,13 @@ def test_each_org_secret_is_mounted_where_its_config_reads_it():
 
 
 def test_config_map_loads(tmp_path, monkeypatch):
-    """The whole file through the service's own loader, once it reads [orgs.<name>]: until the multi-org
-    configuration is merged, the loader refuses the key `orgs` and this test is an expected failure (xfail)."""
+    """The whole file through the service's own loader: two orgs, each reading its secret from its own Secret's
+    mount, the database URL from the environment for both."""
     monkeypatch.setenv("DATABASE_URL", "postgresql://replicator:change-me@postgres:5432/salesforce")
     (tmp_path / "replicator.toml").write_text(_one("ConfigMap")["data"]["replicator.toml"])
-    try:
-        load_settings(str(tmp_path / "replicator.toml"))
-    except ConfigError as exc:
-        if "unknown key 'orgs'" not in str(exc):
-            raise
-        pytest.xfail(f"multi-org configuration not merged yet: {exc}")
+    orgs = load_settings(str(tmp_path / "replicator.toml")).for_orgs()
+    assert [o.org for o in orgs] == ["acme", "globex"]
+    for org in orgs:
+        assert str(org.salesforce.client_secret_file) == f"/var/run/secrets/replicator/{org.org}/client_secret"
+        assert org.postgres.url.get_secret_value().endswith("@postgres:5432/salesforce")
+        assert org.objects, f"{org.org}: objects configured"

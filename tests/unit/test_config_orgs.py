@@ -84,3 +84,23 @@ def test_a_bad_org_table_is_one_line_naming_the_key(tmp_path, text, error):
     with pytest.raises(ConfigError, match=error) as exc:
         _load(tmp_path, text)
     assert "\n" not in str(exc.value)
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from replicator.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_cli_org_unknown_and_json_of_several_orgs_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPLICATOR_SALESFORCE__CLIENT_SECRET", "s")
+    path = tmp_path / "c.toml"
+    path.write_text(TWO_ORGS)
+    out = _cli("status", "--config", str(path), "--org", "initech")
+    assert out.exit_code == 2 and "org 'initech' is not configured; configured: acme, globex" in out.output
+    out = _cli("dead-letters", "list", "--config", str(path), "--json")
+    assert out.exit_code == 2 and "--json writes one org's document: add --org NAME (one of acme, globex)" in out.output
+    out = _cli("verify", "--config", str(path), "--org", "globex", "Account")  # globex replicates Contact only
+    assert out.exit_code == 2 and "orgs.globex: object 'Account' is not configured" in out.output

@@ -52,7 +52,7 @@ async def run_checks(settings: Settings) -> list[Result]:
     url = settings.postgres.url.get_secret_value() if settings.postgres.url else None
     if url:
         register_secret(urllib.parse.urlsplit(url).password)
-    for p in await probe(url, ["replicator", settings.postgres.schema_]):
+    for p in await probe(url, [settings.state_schema, settings.postgres.schema_]):
         checks.add(p.check, p.ok, p.detail)
     return checks.results
 

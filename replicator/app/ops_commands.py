@@ -66,7 +66,7 @@ async def dead_letters_retry(settings: Settings, object_: str | None, ids: list[
 async def dead_letters_drop(settings: Settings, object_: str | None, ids: list[int]) -> int:
     async with open_store(settings) as store:
         count = await store.drop_dead_letters(object_, ids or None)
-    print(f"dropped {count} dead letter(s) (kept in replicator.dead_letters as resolved)")
+    print(f"dropped {count} dead letter(s) (kept in {settings.state_schema}.dead_letters as resolved)")
     return 0
 
 

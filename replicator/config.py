@@ -356,12 +356,19 @@ class Settings(BaseSettings):
         "org named `default` (state in `replicator`, tables in `postgres.schema`).",
     )
     _org: str = PrivateAttr(DEFAULT_ORG)
+    _org_index: int = PrivateAttr(0)
     _orgs: dict[str, Settings] = PrivateAttr(default_factory=dict)
 
     @property
     def org(self) -> str:
         """The org these settings are of (`default` for a file without `[orgs]`)."""
         return self._org
+
+    @property
+    def org_index(self) -> int:
+        """The org's place among the deployment's orgs, by name (0 for a file without `[orgs]`): app/fleet.py spreads
+        the orgs' extra units over the replicas by it."""
+        return self._org_index
 
     @property
     def state_schema(self) -> str:
@@ -488,7 +495,7 @@ def _org_settings(deployment: Settings, name: str, where: str) -> Settings:
         org = _OrgSettings(**data)
     except ValidationError as exc:
         raise ConfigError(f"{where}: orgs.{name}: {_first_error(exc)}") from None
-    org._org = name
+    org._org, org._org_index = name, sorted(deployment.orgs).index(name)
     return org
 
 

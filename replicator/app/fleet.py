@@ -36,8 +36,21 @@ log = structlog.get_logger(__name__)
 
 
 def fair_share(units: int, replicas: int) -> int:
-    """Units ÷ live replicas, rounded up."""
+    """Units ÷ live replicas, rounded up: the most any replica's share is (`shares`)."""
     return -(-units // max(replicas, 1))
+
+
+def shares(units: int, replicas: list[str], salt: int = 0) -> dict[str, int]:
+    """Each live replica's fair share: units ÷ replicas rounded down, and one more for as many replicas as the
+    division leaves units over, the first in the replicas' sorted order counted from place `salt`. The shares add up
+    to the units, none is above `fair_share`, and every replica computes the same ones from the same `replicas` rows.
+    `salt` is the org's place among the deployment's orgs (config.py `org_index`): each org balanced on its own
+    gives its extra units to other replicas than the others', so 3 orgs of 4 units on 3 replicas end 4 + 4 + 4, not
+    6 + 3 + 3."""
+    names = sorted(replicas)
+    count = max(len(names), 1)
+    base, extra = divmod(units, count)
+    return {name: base + (1 if (place - salt) % count < extra else 0) for place, name in enumerate(names)}
 
 
 def plan(share: int, active: list[str], draining: int, free: list[str], free_for: dict[str, float],
@@ -62,8 +75,8 @@ def plan(share: int, active: list[str], draining: int, free: list[str], free_for
 class Fleet:
     """This process's view of the replicas, and its decisions: which free units to take, which to hand back."""
 
-    def __init__(self, units: Units, poll_s: float):
-        self.units, self.poll_s = units, poll_s
+    def __init__(self, units: Units, poll_s: float, salt: int = 0):
+        self.units, self.poll_s, self.salt = units, poll_s, salt
         self.replicas, self.total, self.share = 1, 0, 0
         self.seen: dict[str, dict] = {}  # the last read of this process's units' leases: {unit: row}
         self.seen_at = 0.0
@@ -137,14 +150,18 @@ class Fleet:
         names = sorted(leases)
         held = [n for n in names if leases[n].fence is not None]
         await self.beat()
-        seen = await units.store.survey(units.owner, names, held)
+        seen = await units.store.survey(units.owner, names)
         now = time.monotonic()
         self.seen, self.seen_at = seen["leases"], now
-        share = fair_share(seen["units"], seen["replicas"])
-        if (seen["replicas"], seen["units"], share) != (self.replicas, self.total, self.share):
-            log.info("fleet.share", owner=units.owner, replicas=seen["replicas"], units=seen["units"], share=share,
-                     held=len(held))
-        self.replicas, self.total, self.share = seen["replicas"], seen["units"], share
+        others = seen["others"]
+        total = len(set(names).union(*(o["units"] for o in others)))  # the units the live replicas run
+        share_of = shares(total, [units.owner, *(o["replica"] for o in others)], self.salt)
+        share, replicas = share_of[units.owner], len(others) + 1
+        # which of its units another live replica with room (fewer than its share) runs too: it would take them
+        wanted = {u for o in others if o["held"] < share_of[o["replica"]] for u in o["units"]} & set(held)
+        if (replicas, total, share) != (self.replicas, self.total, self.share):
+            log.info("fleet.share", owner=units.owner, replicas=replicas, units=total, share=share, held=len(held))
+        self.replicas, self.total, self.share = replicas, total, share
         free = [n for n in names if leases[n].fence is None and self._free(self.seen.get(n))]
         self._free_since = {n: self._free_since.get(n, now) for n in free}
         self._cooling = {n: t for n, t in self._cooling.items() if t > now}
@@ -152,10 +169,10 @@ class Fleet:
         # Each replica tries the free units in an order of its own, so that two taking at once rarely collide.
         order = sorted(free, key=lambda n: zlib.crc32(f"{units.owner}\0{n}".encode()))
         take, drain = plan(share, active, len(held) - len(active), order,
-                           {n: now - t for n, t in self._free_since.items()}, set(self._cooling), seen["wanted"],
-                           seen["replicas"] == 1, units.lease_s)
+                           {n: now - t for n, t in self._free_since.items()}, set(self._cooling), wanted,
+                           replicas == 1, units.lease_s)
         for name in drain:
-            units.drain(leases[name], f"fair share: {share} of {seen['units']} units for {seen['replicas']} replicas")
+            units.drain(leases[name], f"fair share: {share} of {total} units for {replicas} replicas")
         for name in take:
             if units.stop.is_set():
                 break

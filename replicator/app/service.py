@@ -192,7 +192,8 @@ class Service:
         async with salesforce_client(self.settings) as client, open_store(self.settings) as store:
             self.client, self.store = client, store
             self.metrics.client, self.metrics.store = client, store
-            self.units = Units(store, self.settings.service, self.metrics, self.stop)  # one writer per unit
+            # one writer per unit; each org balanced on its own, its extra units on other replicas than the others'
+            self.units = Units(store, self.settings.service, self.metrics, self.stop, self.settings.org_index)
             sf = self.settings.salesforce
             self.limits = self.metrics.limits = OrgLimits(client, sf.api_reserve, sf.limits_interval_s)
             self.pubsub = PubSubClient(sf.pubsub_endpoint, client.tokens,

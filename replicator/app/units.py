@@ -76,12 +76,14 @@ class _Lease:
 
 
 class Units:
-    def __init__(self, store: Store, settings: ServiceSettings, metrics: Metrics, stop: asyncio.Event):
+    def __init__(self, store: Store, settings: ServiceSettings, metrics: Metrics, stop: asyncio.Event,
+                 salt: int = 0):
+        """`salt`: the org's place among the deployment's orgs (app/fleet.py `shares`)."""
         self.store, self.metrics, self.stop = store, metrics, stop
         self.owner = replica_id(settings)
         self.lease_s = settings.lease_s
         self.drain_s = settings.shutdown_timeout_s
-        self.fleet = Fleet(self, settings.lease_poll_s)
+        self.fleet = Fleet(self, settings.lease_poll_s, salt)
         self._leases: dict[str, _Lease] = {}
         self._changed = asyncio.Event()  # set (and replaced) whenever a unit is taken or lost: `follow` looks again
         self._cutting: set[asyncio.Task] = set()

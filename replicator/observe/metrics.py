@@ -106,7 +106,7 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("replicator_unit_fence", "gauge", "unit, owner", "The fence number of a unit's live lease, labelled with the replica that holds it (owner: its service.replica_id), for each unit this process runs, held here or by another (docs/replicas.md)."),
     ("replicator_unit_lease_age_seconds", "gauge", "unit", "Seconds since the unit's live lease was last renewed (by this process or the one that holds it): above service.lease_s ÷ 3 plus a read, its holder is slow or gone."),
     ("replicator_replicas_live", "gauge", "", "Replicas live on this database (replicator.replicas rows not expired, this one included)."),
-    ("replicator_units_fair_share", "gauge", "", "The most units this process takes: the units the live replicas run ÷ live replicas, rounded up."),
+    ("replicator_units_fair_share", "gauge", "", "The most units this process takes: the units the live replicas run ÷ live replicas, rounded down, or one more for the first replicas when units are left over (app/fleet.py shares)."),
     ("replicator_fenced_commits_total", "counter", "unit", "Commits refused because this process no longer held the unit's lease (another took it over while this one was paused or cut off): nothing of them was written."),
 ]
 

@@ -147,28 +147,17 @@ async def leave(conn: asyncpg.Connection, replica: str) -> None:
     await conn.execute("DELETE FROM replicas WHERE replica = $1", replica)
 
 
-async def survey(conn: asyncpg.Connection, replica: str, units: list[str], held: list[str]) -> dict:
-    """What a replica balances by, on the database's clock: `replicas` live (itself always counted), `units` (those
-    the live replicas run, `units` of this one included), `wanted`: which of `held` another live replica that holds
-    fewer than its fair share runs too (it would take them), and `leases`: {unit: row} of this replica's `units`
-    (owner, fence, live, age_s since the last renewal)."""
-    counts = await conn.fetchrow(
-        "WITH live AS (SELECT replica, units FROM replicas WHERE expires_at > now() AND replica <> $1)"
-        " SELECT (SELECT count(*) FROM live) + 1 AS replicas,"
-        " (SELECT count(*) FROM (SELECT unnest(units) FROM live UNION SELECT unnest($2::text[]))"
-        " AS u) AS units", replica, units)
-    replicas, total = counts["replicas"], counts["units"]
-    share = -(-total // replicas)
-    wanted = await conn.fetchval(
-        "SELECT array(SELECT DISTINCT u FROM replicas r, unnest(r.units) AS u"
-        " WHERE r.expires_at > now() AND r.replica <> $1 AND r.held < $2 AND u = ANY($3::text[]))",
-        replica, share, held)
+async def survey(conn: asyncpg.Connection, replica: str, units: list[str]) -> dict:
+    """What a replica balances by, on the database's clock: `others`, the other live replicas (replica, held, the
+    units each runs), and `leases`: {unit: row} of this replica's `units` (owner, fence, live, age_s since the
+    last renewal). app/fleet.py decides from them."""
+    others = await conn.fetch("SELECT replica, held, units FROM replicas WHERE expires_at > now() AND replica <> $1"
+                              " ORDER BY replica", replica)
     rows = await conn.fetch(
         "SELECT unit, owner, fence, expires_at > now() AS live,"
         " extract(epoch FROM now() - renewed_at)::float8 AS age_s"
         " FROM leases WHERE unit = ANY($1::text[])", units)
-    return {"replicas": replicas, "units": total, "wanted": set(wanted),
-            "leases": {r["unit"]: dict(r) for r in rows}}
+    return {"others": [dict(r) for r in others], "leases": {r["unit"]: dict(r) for r in rows}}
 
 
 async def list_replicas(conn: asyncpg.Connection) -> list[dict]:

@@ -268,8 +268,8 @@ class Store:
     async def leave(self, replica: str) -> None:
         await self._run(leases.leave, replica)
 
-    async def survey(self, replica: str, units: list[str], held: list[str]) -> dict:
-        return await self._run(leases.survey, replica, units, held)
+    async def survey(self, replica: str, units: list[str]) -> dict:
+        return await self._run(leases.survey, replica, units)
 
     async def replicas(self) -> list[dict]:
         return await self._run(leases.list_replicas)

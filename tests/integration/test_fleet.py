@@ -123,8 +123,8 @@ async def _async(value):
 
 async def test_replicas_share_the_units_and_hand_them_over_when_one_stops(sim, pg_url):
     """The first replica takes all four objects alone, hands two back when a second joins (2 + 2), a third takes
-    none of them (no replica above ceil(4/3) = 2, each unit held once), and a replica that stops hands its units to
-    the others within seconds while changes keep arriving."""
+    the one its share gives it (2 + 1 + 1: app/fleet.py `shares`; none above ceil(4/3) = 2, each unit held once),
+    and a replica that stops hands its units to the others within seconds while changes keep arriving."""
     before = (await _stats(sim))["events_published"]
     a = _Replica(_settings(sim, pg_url, "a"))
     replicas = [a]
@@ -143,18 +143,23 @@ async def test_replicas_share_the_units_and_hand_them_over_when_one_stops(sim, p
         replicas.append(c)
         everyone.append(c)
         await wait_for(lambda: _async(all(r.sees(3) for r in replicas)), timeout=30)
+        # a replica above its share hands one unit to the third (a drain, then the third takes it)
+        await wait_for(lambda: _async(sorted(len(r.held()) for r in replicas) == [1, 1, 2]), timeout=30)
         owners = await _owners(pg_url)
         assert set(owners) == UNITS and max(_counts(owners).values()) <= 2
-        assert sorted(len(r.held()) for r in replicas) == [0, 2, 2]
         assert a.held() | b.held() | c.held() == UNITS
-        idle = next(r for r in replicas if not r.held())
-        ready = await idle.get("/readyz")  # a replica that holds nothing stands by, ready to take over
-        assert ready.status_code == 200 and ready.json()["standby"] == sorted(UNITS), ready.text
-        seen = generate_latest(idle.svc.metrics.registry).decode()  # each unit's holder and fence, from a standby
-        fences = {(s.labels["unit"], s.labels["owner"]) for f in text_string_to_metric_families(seen)
-                  for s in f.samples if s.name == "replicator_unit_fence"}
-        assert fences == set(owners.items())
-        assert "replicator_replicas_live 3.0" in seen and "replicator_units_fair_share 2.0" in seen
+        small = next(r for r in replicas if len(r.held()) == 1)
+        ready = await small.get("/readyz")  # ready, and standing by for the units the others hold
+        assert ready.status_code == 200 and ready.json()["standby"] == sorted(UNITS - small.held()), ready.text
+
+        def fences() -> set[tuple[str, str]]:  # each unit's holder, as this replica last read the leases
+            seen = generate_latest(small.svc.metrics.registry).decode()
+            return {(s.labels["unit"], s.labels["owner"]) for f in text_string_to_metric_families(seen)
+                    for s in f.samples if s.name == "replicator_unit_fence"}
+
+        await wait_for(lambda: _async(fences() == set(owners.items())), timeout=10)  # its next read (lease_poll_s)
+        seen = generate_latest(small.svc.metrics.registry).decode()
+        assert "replicator_replicas_live 3.0" in seen and "replicator_units_fair_share 1.0" in seen
 
         leaving = next(r for r in replicas if r.held())
         moved = leaving.held()

@@ -51,6 +51,7 @@ def test_each_org_has_the_defaults_under_its_own_values(tmp_path, monkeypatch):
     assert list(acme.objects) == ["Account"]  # the defaults' list
     assert list(globex.objects) == ["Contact"] and globex.objects["Contact"].mode == "poll"  # its own replaces it
     assert acme.service.lease_s == globex.service.lease_s == 20  # the deployment's
+    assert (acme.org_index, globex.org_index) == (0, 1)  # by name: the same in every replica (app/fleet.py shares)
 
 
 def test_a_file_without_orgs_is_the_org_default_where_it_always_was(tmp_path):

@@ -3,7 +3,7 @@ it holds handed back only to a replica that runs them and has room, and no unit 
 
 from __future__ import annotations
 
-from replicator.app.fleet import fair_share, plan
+from replicator.app.fleet import fair_share, plan, shares
 
 UNITS = [f"object:{n}" for n in ("Account", "Contact", "Invoice__c", "Opportunity")]
 
@@ -15,6 +15,26 @@ def _plan(share, active=(), draining=0, free=(), free_for=None, cooling=(), want
 def test_fair_share_is_units_over_replicas_rounded_up():
     assert [fair_share(4, n) for n in (1, 2, 3, 4, 5)] == [4, 2, 2, 1, 1]
     assert fair_share(0, 3) == 0 and fair_share(4, 0) == 4
+
+
+def test_shares_add_up_to_the_units_and_none_is_above_the_rounded_up_share():
+    for units in range(0, 13):
+        for count in range(1, 6):
+            replicas = [f"r{i}" for i in range(count)]
+            for salt in range(4):
+                got = shares(units, replicas, salt)
+                assert sum(got.values()) == units and max(got.values()) <= fair_share(units, count)
+                assert max(got.values()) - min(got.values()) <= 1
+    assert shares(4, ["b", "a"]) == {"a": 2, "b": 2}
+    assert shares(4, ["r3", "r1", "r2"]) == {"r1": 2, "r2": 1, "r3": 1}  # every replica computes the same
+
+
+def test_several_orgs_give_their_extra_units_to_different_replicas():
+    """3 orgs of 4 units on 3 replicas: each org's extra unit on another replica, 4 + 4 + 4 in all (the org's place
+    among the deployment's orgs is the salt: config.py org_index)."""
+    replicas = ["r1", "r2", "r3"]
+    per_org = [shares(4, replicas, salt) for salt in range(3)]
+    assert {r: sum(s[r] for s in per_org) for r in replicas} == {"r1": 4, "r2": 4, "r3": 4}
 
 
 def test_alone_it_takes_every_free_unit():

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from ..config import Settings
+from ..config import ORG_KEYS, Settings
 
 HIDDEN = "***"
 
@@ -20,10 +20,17 @@ HIDDEN = "***"
 def effective(settings: Settings) -> dict[str, Any]:
     """Every setting by section, as the service sees it. Secrets are `***` when set (None when not); the Postgres
     URL keeps its host and database and hides its password."""
-    raw = settings.model_dump(by_alias=True)
+    raw = settings.model_dump(by_alias=True, exclude={"orgs"})
     url = raw["postgres"]["url"]
     raw["postgres"]["url"] = _url_without_password(url.get_secret_value()) if url is not None else None
-    return _plain(raw)
+    shown = _plain(raw)
+    if settings.orgs:  # each org's own tables as it runs them: validated, so its secrets are hidden too
+        shown["orgs"] = {}
+        for org in settings.for_orgs():
+            dumped = org.model_dump(by_alias=True)
+            shown["orgs"][org.org] = {"schema": org.postgres.schema_,
+                                      **{k: _plain(dumped[k]) for k in sorted(ORG_KEYS - {"schema"})}}
+    return shown
 
 
 def _plain(value: Any) -> Any:
@@ -47,8 +54,13 @@ def _url_without_password(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{HIDDEN}@{netloc[1]}"))
 
 
-def _source(section: str, key: str, obj: str | None = None) -> str | None:
-    """The environment variable a value came from, if one did (environment overrides win over the file)."""
+def _source(section: str, key: str, obj: str | None = None, org: str | None = None) -> str | None:
+    """The environment variable a value came from, if one did (environment overrides win over the file): for an
+    org's value its own variable, else the top-level one it inherits."""
+    if org is not None:
+        own = _source(f"orgs__{org}__{section}", key, obj)
+        if own is not None:
+            return own
     name = f"REPLICATOR_{section}__{obj}__{key}" if obj else f"REPLICATOR_{section}__{key}"
     if name.upper() in {k.upper() for k in os.environ}:
         return name.upper()
@@ -67,10 +79,10 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
 
 
-def _lines(values: dict[str, Any], section: str, obj: str | None = None) -> list[str]:
+def _lines(values: dict[str, Any], section: str, obj: str | None = None, org: str | None = None) -> list[str]:
     out = []
     for key, value in values.items():
-        source = _source(section, key, obj)
+        source = _source(section, key, obj, org)
         if value is None:
             out.append(f"# {key}: not set")
             continue
@@ -81,13 +93,20 @@ def _lines(values: dict[str, Any], section: str, obj: str | None = None) -> list
 def render_toml(shown: dict[str, Any]) -> str:
     lines: list[str] = []
     for section, values in shown.items():
-        if section == "objects":
+        if section in ("objects", "orgs"):
             continue
         lines += [f"[{section}]", *_lines(values, section), ""]
     for name, values in shown["objects"].items():
         lines += [f"[objects.{name}]", *_lines(values, "objects", name), ""]
     if not shown["objects"]:
         lines.append("# no objects configured")
+    for org, tables in shown.get("orgs", {}).items():
+        lines += ["", f"[orgs.{org}]", f"schema = {_toml(tables['schema'])}", ""]
+        for section, values in tables.items():
+            if section not in ("schema", "objects"):
+                lines += [f"[orgs.{org}.{section}]", *_lines(values, section, org=org), ""]
+        for name, values in tables["objects"].items():
+            lines += [f"[orgs.{org}.objects.{name}]", *_lines(values, "objects", name, org), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

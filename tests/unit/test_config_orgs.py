@@ -54,6 +54,16 @@ def test_each_org_has_the_defaults_under_its_own_values(tmp_path, monkeypatch):
     assert (acme.org_index, globex.org_index) == (0, 1)  # by name: the same in every replica (app/fleet.py shares)
 
 
+def test_an_orgs_own_environment_variable_wins_over_its_table_and_the_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPLICATOR_SALESFORCE__CLIENT_SECRET", "every-org")
+    monkeypatch.setenv("REPLICATOR_ORGS__GLOBEX__SALESFORCE__CLIENT_SECRET", "globex-only")
+    monkeypatch.setenv("REPLICATOR_ORGS__GLOBEX__SALESFORCE__CLIENT_ID", "globex-env")
+    acme, globex = _load(tmp_path, TWO_ORGS).for_orgs()
+    assert (acme.salesforce.secret(), globex.salesforce.secret()) == ("every-org", "globex-only")
+    assert (acme.salesforce.client_id, globex.salesforce.client_id) == ("shared-id", "globex-env")
+    assert globex.salesforce.instance_url == "https://globex.my.salesforce.com"  # the rest of its table kept
+
+
 def test_a_file_without_orgs_is_the_org_default_where_it_always_was(tmp_path):
     (only,) = _load(tmp_path, '[postgres]\nschema = "salesforce"\n[objects.Account]\n').for_orgs()
     assert (only.org, only.state_schema, only.postgres.schema_) == ("default", "replicator", "salesforce")
@@ -105,3 +115,22 @@ def test_cli_org_unknown_and_json_of_several_orgs_are_one_line_errors(tmp_path, 
     assert out.exit_code == 2 and "--json writes one org's document: add --org NAME (one of acme, globex)" in out.output
     out = _cli("verify", "--config", str(path), "--org", "globex", "Account")  # globex replicates Contact only
     assert out.exit_code == 2 and "orgs.globex: object 'Account' is not configured" in out.output
+
+
+def test_config_show_of_orgs_hides_their_secrets_and_shows_each_orgs_tables(tmp_path, monkeypatch):
+    """An org's table is plain TOML until validated: `config show` once printed its client_secret as it was."""
+    import tomllib
+
+    monkeypatch.setenv("REPLICATOR_ORGS__ACME__SALESFORCE__REFRESH_TOKEN", "env-secret-value")
+    path = tmp_path / "c.toml"
+    path.write_text(TWO_ORGS.replace('instance_url = "https://acme.my.salesforce.com"',
+                                     'instance_url = "https://acme.my.salesforce.com"\nclient_secret = "file-secret-value"'))
+    for args in ([], ["--json"]):
+        out = _cli("config", "show", "--config", str(path), *args)
+        assert out.exit_code == 0, out.output
+        assert "secret-value" not in out.output
+    shown = tomllib.loads(_cli("config", "show", "--config", str(path)).output)
+    acme = shown["orgs"]["acme"]
+    assert acme["schema"] == "sf_acme" and acme["salesforce"]["client_secret"] == "***"
+    assert acme["salesforce"]["refresh_token"] == "***" and list(acme["objects"]) == ["Account"]
+    assert shown["orgs"]["globex"]["stream"]["batch_max_wait_s"] == 1.5

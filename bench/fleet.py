@@ -133,6 +133,7 @@ class Takeover:
     new_fence: int | None = None
     acquired: float | None = None
     committed: float | None = None
+    kept: bool = False  # a paused victim resumed before anybody took the unit over, and went on with it
 
     @property
     def held_s(self) -> float | None:
@@ -152,7 +153,15 @@ class Takeovers:
         self.items += [Takeover(fault, kind, org, unit, victim, fence, signalled) for org, unit, fence in held]
 
     def pending(self) -> list[Takeover]:
-        return [t for t in self.items if t.committed is None]
+        return [t for t in self.items if t.committed is None and not t.kept]
+
+    def resumed(self, fault: int) -> list[Takeover]:
+        """The paused victim of `fault` runs again: the units nobody had taken over by then are its own still (its
+        fence unchanged, its renewal extends even an expired lease): never taken over, not a takeover time."""
+        kept = [t for t in self.items if t.fault == fault and t.acquired is None]
+        for t in kept:
+            t.kept = True
+        return kept
 
     def observe(self, snap: Snapshot) -> None:
         for t in self.pending():
@@ -172,8 +181,9 @@ class Takeovers:
         for kind in KINDS:
             mine = [t for t in self.items if t.kind == kind]
             done = [t.takeover_s for t in mine if t.takeover_s is not None]
+            kept = sum(t.kept for t in mine)
             out[kind] = {**summary(done), "held_p50_s": percentile([t.held_s for t in mine if t.held_s is not None], 50),
-                         "unfinished": len(mine) - len(done)}
+                         "not_taken_over": kept, "unfinished": len(mine) - len(done) - kept}
         return out
 
 
@@ -400,11 +410,17 @@ async def run(server_url: str, database: str, *, duration: float, rate: float, r
 
                 async def moved(m=mine) -> bool:
                     return all(t.acquired is not None for t in m)
-                await _wait(moved, lease_s + 10)
+                if not await _wait(moved, lease_s + 10):  # the evidence: who waits on whom, who idles in a transaction
+                    fault["sessions"] = [dict(r) for r in await conn.fetch(
+                        "SELECT pid, application_name, state, wait_event_type, wait_event, pg_blocking_pids(pid) AS"
+                        " blocked_by, left(query, 200) AS query, now() - state_change AS for FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND (cardinality(pg_blocking_pids(pid)) > 0"
+                        " OR state LIKE 'idle in transaction%')")]
                 await asyncio.sleep(1.0)
                 victim.proc.send_signal(signal.SIGCONT)
                 victim.stopped = False
                 fault["stopped_s"] = round(time.time() - signalled, 1)
+                fault["not_taken_over"] = [f"{t.org} {t.unit}" for t in takeovers.resumed(fault["n"])]
             else:
                 if kind == "sigkill":
                     victim.reap(30)
@@ -454,7 +470,10 @@ async def run(server_url: str, database: str, *, duration: float, rate: float, r
     by_kind = takeovers.by_kind()
     for t in takeovers.items:
         bound = goal_s(t.kind, lease_s)
-        if t.takeover_s is None:
+        if t.kept:
+            failures.append(f"fault {t.fault} ({t.kind} of {t.victim}): {t.org} {t.unit} not taken over by anybody "
+                            f"while its owner was paused ({faults[t.fault - 1].get('stopped_s')} s, lease_s {lease_s:g})")
+        elif t.takeover_s is None:
             failures.append(f"fault {t.fault} ({t.kind} of {t.victim}): {t.org} {t.unit} not taken over and committed")
         elif t.takeover_s > bound:
             failures.append(f"fault {t.fault} ({t.kind} of {t.victim}): {t.org} {t.unit} took {t.takeover_s} s "
@@ -480,14 +499,15 @@ async def run(server_url: str, database: str, *, duration: float, rate: float, r
                **{f"faults_{k}": sum(f["kind"] == k for f in faults) for k in KINDS},
                "units_moved": len(takeovers.items)}
     for kind, s in by_kind.items():
-        figures.update({f"{kind}_p50_s": s["p50_s"], f"{kind}_p99_s": s["p99_s"], f"{kind}_max_s": s["max_s"]})
+        figures.update({f"{kind}_p50_s": s["p50_s"], f"{kind}_p99_s": s["p99_s"], f"{kind}_max_s": s["max_s"],
+                        f"{kind}_not_taken_over": s["not_taken_over"]})
     figures.update({"fenced_commits_metrics": fenced, "fenced_log_lines": log_counts.get("lease.fenced", 0),
                     "double_held_scrapes": len(doubles),
                     "events_published": sum(published.values()), "events_applied": sum(applied.values()),
                     "verify_equal_orgs": sum(verify.values()), "failures": len(failures)})
     kind_rows = [{"x": k, "units": s["n"] + s["unfinished"], "p50_s": s["p50_s"], "p99_s": s["p99_s"],
                   "max_s": s["max_s"], "goal_s": goal_s(k, lease_s), "held_p50_s": s["held_p50_s"],
-                  "unfinished": s["unfinished"]} for k, s in by_kind.items()]
+                  "not_taken_over": s["not_taken_over"], "unfinished": s["unfinished"]} for k, s in by_kind.items()]
     org_rows = [{"x": org, **b, "published": published[org], "applied": applied[org], "verify_equal": int(verify[org])}
                 for org, b in balance.per_org().items()]
     fault_rows = []
@@ -495,7 +515,8 @@ async def run(server_url: str, database: str, *, duration: float, rate: float, r
         mine = [t for t in takeovers.items if t.fault == f["n"]]
         done = [t.takeover_s for t in mine if t.takeover_s is not None]
         fault_rows.append({"x": f"{f['n']} {f['kind']} {f['victim']}", "at_s": f["at_s"], "units": f["units"],
-                           "takeover_max_s": max(done, default=None), "unfinished": len(mine) - len(done)})
+                           "takeover_max_s": max(done, default=None),
+                           "not_taken_over": sum(t.kept for t in mine), "unfinished": len(mine) - len(done)})
     note = (f"3 replicas, {len(names)} orgs x {units} objects, {rate:g} creates/updates a second per org throughout, "
             f"lease_s = {lease_s:g}; a fault every {gap[0]:g}-{gap[1]:g} s (seed {seed}) for {duration:g} s; takeover: "
             "signal -> the new owner's first checkpoint commit of the unit (upper bound, polled every 0.2 s)")

@@ -65,7 +65,8 @@ def test_takeover_is_signal_to_the_new_owners_first_commit():
     t.observe(_snap(108.0, {"object:Account": ("r3", 4, 106.5, 112.5)}, {"/data/AccountChangeEvent": 107.9}))
     assert t.items[0].takeover_s == 6.8
     by = t.by_kind()
-    assert by["sigkill"] == {"n": 1, "p50_s": 6.8, "p99_s": 6.8, "max_s": 6.8, "held_p50_s": 6.5, "unfinished": 0}
+    assert by["sigkill"] == {"n": 1, "p50_s": 6.8, "p99_s": 6.8, "max_s": 6.8, "held_p50_s": 6.5,
+                             "not_taken_over": 0, "unfinished": 0}
     assert by["sigterm"]["n"] == 0 and by["sigterm"]["p99_s"] is None
 
 
@@ -75,6 +76,13 @@ def test_takeover_not_finished_without_a_higher_fence():
     # the same fence renewed (the paused replica woke up before anyone took it): not a takeover
     t.observe(_snap(101.0, {"object:Account": ("r1", 3, 90.0, 110.0)}, {"/data/AccountChangeEvent": 100.5}))
     assert t.by_kind()["sigstop"]["unfinished"] == 1
+    # resumed before anybody took it: its own still, never taken over (not a takeover time, not pending)
+    assert [k.unit for k in t.resumed(1)] == ["object:Account"]
+    assert t.pending() == []
+    t.observe(_snap(130.0, {"object:Account": ("r2", 4, 129.0, 135.0)}, {"/data/AccountChangeEvent": 129.5}))
+    assert t.items[0].takeover_s is None
+    assert t.by_kind()["sigstop"] | {} == {"n": 0, "p50_s": None, "p99_s": None, "max_s": None, "held_p50_s": None,
+                                           "not_taken_over": 1, "unfinished": 0}
 
 
 def test_balance_min_max_per_org_and_replica():

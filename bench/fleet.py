@@ -328,7 +328,7 @@ async def run(server_url: str, database: str, *, duration: float, rate: float, r
     failures: list[str] = []
     verify: dict[str, bool] = {}
     conn = await asyncpg.connect(url)
-    monitor_task = None
+    tasks: list[asyncio.Task] = []
     finished = False
 
     def start() -> Replica:
@@ -341,29 +341,34 @@ async def run(server_url: str, database: str, *, duration: float, rate: float, r
     def running() -> list[Replica]:
         return [r for r in replicas if r.proc.poll() is None and r.exit is None]
 
-    last: dict[str, Snapshot] = {}
-
     async def monitor() -> None:
-        next_scrape = 0.0
-        async with httpx.AsyncClient(timeout=1.0) as http:
+        """Every POLL_S: each org's leases and checkpoints (the takeovers, the balance)."""
+        own = await asyncpg.connect(url)  # a connection of its own: one asyncpg connection runs one query at a time
+        try:
             while True:
-                snap = await _snapshot(conn, names)
-                last["snap"] = snap
+                snap = await _snapshot(own, names)
                 takeovers.observe(snap)
                 balance.sample(snap, [r.name for r in running()], units)
-                if time.monotonic() >= next_scrape:
-                    next_scrape = time.monotonic() + SCRAPE_S
-                    held: dict[str, list[tuple[str, str]]] = {}
-                    for r in running():
-                        samples = await r.scrape(http)
-                        if samples is None:
-                            continue
-                        r.fenced = sum(v for n, v, _ in samples if n == "replicator_fenced_commits_total")
-                        held[r.name] = [(lb["org"], lb["unit"]) for n, v, lb in samples
-                                        if n == "replicator_unit_held" and v == 1]
-                    for org, unit, who in double_holders(held):
-                        doubles.append({"t": round(time.time(), 2), "org": org, "unit": unit, "replicas": who})
                 await asyncio.sleep(POLL_S)
+        finally:
+            await own.close()
+
+    async def scraper() -> None:
+        """Every SCRAPE_S: each running replica's fenced commits and the units it says it holds (apart from the
+        polls, so a replica slow to answer never delays them)."""
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            while True:
+                held: dict[str, list[tuple[str, str]]] = {}
+                for r in running():
+                    samples = await r.scrape(http)
+                    if samples is None:
+                        continue
+                    r.fenced = sum(v for n, v, _ in samples if n == "replicator_fenced_commits_total")
+                    held[r.name] = [(lb["org"], lb["unit"]) for n, v, lb in samples
+                                    if n == "replicator_unit_held" and v == 1]
+                for org, unit, who in double_holders(held):
+                    doubles.append({"t": round(time.time(), 2), "org": org, "unit": unit, "replicas": who})
+                await asyncio.sleep(SCRAPE_S)
 
     t0 = time.monotonic()
     try:
@@ -384,7 +389,7 @@ async def run(server_url: str, database: str, *, duration: float, rate: float, r
             await sim_admin(sim, "PUT", "/__sim/traffic", {"running": True, "rate": rate, "changes": None,
                                                            "objects": list(OBJECTS),
                                                            "mix": {"CREATE": 0.2, "UPDATE": 0.8}})
-        monitor_task = asyncio.create_task(monitor())
+        tasks = [asyncio.create_task(monitor()), asyncio.create_task(scraper())]
         bag: list[str] = []
         began = time.monotonic()
         at = began + rng.uniform(*gap)
@@ -442,10 +447,12 @@ async def run(server_url: str, database: str, *, duration: float, rate: float, r
         await asyncio.sleep(SCRAPE_S + POLL_S)  # one more scrape round of every process before it ends
         finished = True
     finally:
-        if monitor_task is not None:
-            monitor_task.cancel()
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:  # the figures stopped there
+                failures.append(f"the bench's polls or scrapes failed: {task.exception()!r}")
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await monitor_task
+                await task
         await conn.close()
         exits = {}
         for r in replicas:

@@ -11,6 +11,7 @@
     python -m bench --only burst --against ../wt-base   # the burst drain of HEAD beside another checkout's
     python -m bench --only transitions --sequences 50 --seed 1   # random transitions, each sequence verified
     python -m bench --only transitions --seed 17 --sequences 1   # replay sequence 17 exactly
+    python -m bench --only fleet --out /tmp/fleet1   # 3 replicas, 3 orgs, a fault every 10-20 s for 3 minutes
     python -m bench --only transitions --ops "remove:Contact; traffic:200; add:Contact"   # a list by hand
 
 Postgres: DATABASE_URL, else the server at 127.0.0.1:5432 (database `test`), else a throwaway server (the
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sequences", type=int,
                     help="transitions: how many sequences (default 20; quick: one fixed list, 2 drawn with --sequences, "
                     "--kinds or --length)")
-    ap.add_argument("--seed", type=int, help="transitions: the first sequence's seed (default 1)")
+    ap.add_argument("--seed", type=int,
+                    help="transitions: the first sequence's seed (default 1); fleet: the faults' seed (default 1)")
+    ap.add_argument("--duration", type=float, help="fleet: seconds of faults (default 180, quick 40)")
     ap.add_argument("--kinds", help="transitions: the operation kinds drawn, comma-separated (default all)")
     ap.add_argument("--ops", help="transitions: run one sequence of these operations ('kind:arg…' separated by ;)")
     ap.add_argument("--length", help="transitions: operations per sequence, MIN-MAX (default 5-15)")
@@ -78,6 +81,10 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
         plan.against = str(args.against) if args.against else None
         plan.chaos_history = args.history
         _transitions_options(plan, args)
+        if args.seed is not None:
+            plan.fleet_seed = args.seed
+        if args.duration is not None:
+            plan.fleet_duration = args.duration
         if "transitions" in names:
             results_dir.mkdir(parents=True, exist_ok=True)
             plan.transitions_progress = str(results_dir / "transitions-progress.jsonl")
@@ -96,6 +103,9 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
             path = harness.write_report(results_dir, label, command, params, machine, result)
             reports[label] = json.loads(path.read_text())
             print(f"{name}: {result['seconds']} s -> {path}", flush=True)
+            if result.get("failures"):  # written for the evidence, and failed
+                print(f"{name}: FAILED: " + "; ".join(result["failures"]), file=sys.stderr, flush=True)
+                failed.append(name)
     harness.render_results(results_md, reports)
     made = harness.charts(charts_dir, reports)
     print(f"tables -> {results_md}; {len(made)} charts -> {charts_dir}")

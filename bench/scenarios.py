@@ -20,7 +20,7 @@ import asyncpg
 
 from replicator.postgres.server import fresh_database
 
-from . import ceilings, chaos, e2e, limits, objects500, peers, transactions, transitions
+from . import ceilings, chaos, e2e, fleet, limits, objects500, peers, transactions, transitions
 from .backfill import run_backfill, write_config
 from .harness import ROOT, copy_ceiling, median_of, start_sim, stop_sim, sweep
 from .stream import (
@@ -92,6 +92,11 @@ class Plan:
     transitions_lookback: float = 0  # poll.lookback_s of the service under test (bench/transitions.py LOOKBACK_S)
     transitions_minimise: bool = False  # after the run, shrink each failing sequence to its fewest operations
     transitions_fixed: list[str] | None = None  # sequences given as lists (quick runs), instead of drawn ones
+    fleet_duration: float = 180.0  # seconds of faults (bench/fleet.py)
+    fleet_rate: float = 30.0  # creates and updates a second per org, throughout
+    fleet_records: int = 500  # per object, 4 objects, 3 orgs
+    fleet_lease_s: float = 6.0  # service.lease_s of the replicas (the default is 15)
+    fleet_seed: int = 1
 
     def db(self, name: str) -> str:
         """A scenario's database name: quick runs (the CI smoke test) use their own, so a quick run never drops
@@ -109,7 +114,7 @@ class Plan:
                    ceiling_events=1_000, burst_events=2_000, burst_lag_rates=[], e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
                    chaos_records=1_600, chaos_changes=3_000, chaos_rate=1_000, chaos_kills=2, chaos_backfill_kills=1,
                    chaos_runs=1, transitions_sequences=2, transitions_length=(5, 5),
-                   transitions_fixed=[QUICK_TRANSITIONS])
+                   transitions_fixed=[QUICK_TRANSITIONS], fleet_duration=40.0, fleet_records=200)
 
 
 async def _fields(url: str, table: str = "account") -> list[str]:
@@ -496,9 +501,17 @@ async def chaos_runs(plan: Plan) -> dict:
                              note)]}
 
 
+async def fleet_run(plan: Plan) -> dict:
+    """Three replicas, three orgs of four objects, a fault every 10-20 s (bench/fleet.py): takeover times by fault
+    kind, fenced commits, balance, events applied = published and verify equal per org. A run that breaks a goal
+    returns its `failures` (the report is written, then the scenario counts as failed)."""
+    return await fleet.run(plan.server_url, plan.db("_fleet"), duration=plan.fleet_duration, rate=plan.fleet_rate,
+                           records=plan.fleet_records, lease_s=plan.fleet_lease_s, seed=plan.fleet_seed)
+
+
 SCENARIOS = {"ceilings": ceiling, "backfill": backfill, "stream": stream, "burst": burst, "limits": limit,
              "peers": peer, "e2e": whole_path, "chaos": chaos_runs, "objects500": objects500.scenario,
-             "transitions": transitions.scenario}
+             "transitions": transitions.scenario, "fleet": fleet_run}
 QUICK = ["ceilings", "backfill", "stream", "burst", "limits", "e2e", "chaos", "transitions"]  # peers install tools from PyPI: full runs only
 
 

@@ -277,8 +277,10 @@ class ServiceSettings(_Section):
         description="One writer per object and per channel (docs/operating.md \"One writer\"): how long a process's hold on "
         "one lasts without renewal (renewed every third of it, on the database's clock). A second process on the "
         "same database stands by and takes an object over within this long after its holder dies; a holder paused "
-        "past it can commit nothing more. Shorter: faster takeover, more renewals (one UPDATE per object every "
-        "third).",
+        "past it can commit nothing more. Also how long a transaction of the process may wait for its next statement "
+        "before Postgres ends it (idle_in_transaction_session_timeout: a process paused inside one must not keep "
+        "its locks, and so its objects, from the others). Shorter: faster takeover, more renewals (one UPDATE per "
+        "object every third).",
     )
     lease_poll_s: float = Field(
         0.5, gt=0, le=60,

@@ -58,7 +58,9 @@ async def open_store(settings: Settings, migrate: bool = True) -> AsyncIterator[
     url = settings.postgres.url.get_secret_value() if settings.postgres.url else None
     if url:
         register_secret(urllib.parse.urlsplit(url).password)
-    # pg_stat_activity says whose each session is: replicator <org> <replica id> (docs/orgs.md)
+    # pg_stat_activity says whose each session is: replicator <org> <replica id> (docs/orgs.md); a transaction
+    # idle for a lease's length is ended by the server (a paused process must not keep a unit: Store.open)
     name = f"replicator {settings.org} {replica_id(settings.service)}"
-    async with Store.open(url, settings.postgres.pool_size, migrate, settings.state_schema, name) as store:
+    async with Store.open(url, settings.postgres.pool_size, migrate, settings.state_schema, name,
+                          settings.service.lease_s) as store:
         yield store

@@ -14,7 +14,10 @@ it fails: there is no instant at which both owners can commit. A shared lock, so
 transactions (a backfill's parallel pages) do not wait for each other; last in the transaction, so a renewal waits
 at most for one commit. This is the fence of Estuary Flow's SQL materializations (github.com/estuary/connectors: a
 new owner installs a bumped fence, a stale one fails "fenced off by another"). Advisory locks cannot do it: a pooler
-in transaction mode (PgBouncer) hands their session to another client.
+in transaction mode (PgBouncer) hands their session to another client. A holder paused inside a write transaction
+(SIGSTOP, a frozen VM) keeps its locks, the lease row's among them once past the check, and so the unit, until it
+wakes: the service's sessions end a transaction idle for `service.lease_s` (postgres/store.py `Store.open`), which
+rolls it back.
 
 Work outside any unit (the one-shot commands: `backfill`, `refresh`, `verify --repair`, `dead-letters`) runs
 without a fence and is not checked.

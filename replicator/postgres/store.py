@@ -45,7 +45,8 @@ class Store:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, url: str | None, pool_size: int, migrate: bool = True,
-                   state_schema: str = STATE_SCHEMA, application_name: str | None = None) -> AsyncIterator[Store]:
+                   state_schema: str = STATE_SCHEMA, application_name: str | None = None,
+                   idle_in_transaction_s: float | None = None) -> AsyncIterator[Store]:
         """A migrated store on `url` (or the local server, or a throwaway one: postgres/server.py). With `migrate`
         false (the read-only commands), nothing is created: a database without the current state schema raises
         `TerminalError` in one line (postgres/migrate.py `require_migrated`).
@@ -53,9 +54,17 @@ class Store:
         `state_schema` holds one org's state (config.py `OrgSettings`: `replicator` for the org named `default`,
         `replicator_<org>` for the others): every connection of the pool has it as its `search_path`, and the
         state's SQL names its tables unqualified, so one org's Store never reads or writes another's state.
-        `application_name`: what `pg_stat_activity` shows for its sessions (which replica and org)."""
+        `application_name`: what `pg_stat_activity` shows for its sessions (which replica and org).
+
+        `idle_in_transaction_s`: a session whose transaction waits that long for its next statement is ended by
+        the server, the transaction rolled back (`idle_in_transaction_session_timeout`). The service's stores get
+        `service.lease_s` (app/runtime.py): a process paused inside a write transaction (SIGSTOP, a frozen VM)
+        holds its locks, the lease row's among them once past the fence check (postgres/leases.py), and without
+        this an acquisition of the unit would wait for it to wake, however long it sleeps. Every transaction of
+        the state and the sinks is statements only, no network call between them: a healthy process never idles
+        in one for long."""
         async with resolve_database(url) as dsn:
-            pool = await _create_pool(dsn, pool_size, state_schema, application_name)
+            pool = await _create_pool(dsn, pool_size, state_schema, application_name, idle_in_transaction_s)
             try:
                 store = cls(pool, state_schema)
                 await store._run(apply_migrations if migrate else require_migrated, state_schema)
@@ -297,7 +306,8 @@ class Store:
 
 
 @mapped
-async def _create_pool(dsn: str, size: int, state_schema: str, application_name: str | None) -> asyncpg.Pool:
+async def _create_pool(dsn: str, size: int, state_schema: str, application_name: str | None,
+                       idle_in_transaction_s: float | None = None) -> asyncpg.Pool:
     # No floor of idle connections (min_size=0): a floor is restored by a background task of asyncpg's that logs a
     # traceback at every failed reconnect during an outage ("Failed to restore the pool connection floor"). Without
     # one, connections are made when work needs them and fail into that work's own retry; idle ones are kept for
@@ -309,6 +319,9 @@ async def _create_pool(dsn: str, size: int, state_schema: str, application_name:
     settings = {"search_path": quote_ident(state_schema)}
     if application_name:
         settings["application_name"] = application_name[:63]  # PostgreSQL keeps 63 bytes (NAMEDATALEN - 1)
+    if idle_in_transaction_s:  # milliseconds; PostgreSQL documentation, "Client Connection Defaults",
+        # https://www.postgresql.org/docs/current/runtime-config-client.html#GUC-IDLE-IN-TRANSACTION-SESSION-TIMEOUT
+        settings["idle_in_transaction_session_timeout"] = str(max(int(idle_in_transaction_s * 1000), 1))
     return await asyncpg.create_pool(dsn, min_size=0, max_size=size, server_settings=settings)
 
 

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import orjson
 import pytest
 
 from replicator import lifecycle
 from replicator.app.commands import status_command
+from replicator.app.runtime import open_store
 from replicator.app.units import Units
 from replicator.config import ServiceSettings, load_settings
 from replicator.lifecycle import Phase
 from replicator.model import Checkpoint, LeaseLost
 from replicator.observe.metrics import Metrics
+from replicator.postgres import leases
 from replicator.postgres.leases import Fence, fenced
 from replicator.postgres.store import Store
 
@@ -279,3 +282,33 @@ async def test_a_stop_while_the_lost_units_work_ends_does_not_wait_for_the_keepe
 
     await asyncio.wait_for(drain_then_close(), 5)  # the keeper ends with its cancellation
     assert first._leases[UNIT].keeper.done()
+
+
+async def test_a_writer_paused_between_its_fence_check_and_commit_does_not_keep_the_unit(pg_url):
+    """A process paused (SIGSTOP, a frozen VM) after the fence check of a write and before its COMMIT holds the lease
+    row (`FOR SHARE`), and every other lock of the transaction, until it wakes: the takeover's UPDATE waited for it,
+    however long the pause (bench/RESULTS.md "Fleet": a unit nobody could take for the whole 17 s pause, the taker's
+    fleet reads of that org stuck behind it). A service's sessions end such a transaction once it has been idle for
+    `service.lease_s`: another process takes the unit over soon after the lease expires, and the paused
+    transaction commits nothing."""
+    settings = load_settings(overrides={"postgres": {"url": pg_url}, "service": {"lease_s": 1, "replica_id": "first"}})
+    async with open_store(settings) as first, Store.open(pg_url, 2) as second:
+        number = await first.acquire_lease(UNIT, "first", settings.service.lease_s)
+        assert number is not None
+        async with first._pool.acquire() as conn:
+            tr = conn.transaction()
+            await tr.start()
+            await conn.execute("INSERT INTO checkpoints (topic, replay_id) VALUES ($1, $2)"
+                               " ON CONFLICT (topic) DO UPDATE SET replay_id = EXCLUDED.replay_id", TOPIC, b"paused")
+            with fenced(Fence(UNIT, "first", number)):
+                await leases.check(conn)  # the lease row held FOR SHARE, then nothing more is sent: the pause
+
+            async def take() -> int:
+                while (fence := await second.acquire_lease(UNIT, "second", 60)) is None:  # live: the first's
+                    await asyncio.sleep(0.1)
+                return fence
+            # the lease expires after 1 s; the transaction idle for service.lease_s is ended then too
+            assert await asyncio.wait_for(take(), timeout=settings.service.lease_s + 4) == number + 1
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+                await tr.commit()  # the pause ended: its transaction is gone, nothing of it committed
+        assert await second.load_checkpoint(TOPIC) != b"paused"

@@ -277,8 +277,8 @@ class ServiceSettings(_Section):
         description="One writer per object and per channel (docs/operating.md \"One writer\"): how long a process's hold on "
         "one lasts without renewal (renewed every third of it, on the database's clock). A second process on the "
         "same database stands by and takes an object over within this long after its holder dies; a holder paused "
-        "past it can commit nothing more. Shorter: faster takeover, more renewals (one UPDATE per object every "
-        "third).",
+        "past it can commit nothing more. Shorter: faster takeover, more renewals (one UPDATE of every lease a "
+        "process holds, every third).",
     )
     lease_poll_s: float = Field(
         0.5, gt=0, le=60,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -52,31 +53,47 @@ async def counted(pg_url) -> AsyncIterator[tuple[Store, _Counted]]:
 
 
 class _Gated(Store):
-    """A store whose lease renewals wait at `gate` (open unless a test closes it) before they reach the database."""
+    """A store whose lease renewals wait at `gate` (open unless a test closes it) before they reach the database, and
+    fail while `failing` (as when the database does not answer)."""
 
     def __init__(self, pool: asyncpg.Pool):
         super().__init__(pool)
         self.gate, self.waiting, self.renewed = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self.gate.set()
+        self.failing = False
 
     async def renew_leases(self, owner: str, fences: dict[str, int], lease_s: float) -> set[str]:
         self.waiting.set()
         await self.gate.wait()
+        if self.failing:
+            raise ConnectionResetError("the database does not answer")
         try:
             return await super().renew_leases(owner, fences, lease_s)
         finally:
             self.renewed.set()
 
 
+@pytest.fixture
+async def gated(counted, pg_url) -> AsyncIterator[_Gated]:
+    pool = await asyncpg.create_pool(pg_url, min_size=0, max_size=4)
+    try:
+        yield _Gated(pool)
+    finally:
+        await pool.close()
+
+
 @contextlib.asynccontextmanager
-async def _holding(store: Store, units: list[str]) -> AsyncIterator[tuple[Units, dict[str, asyncio.Task]]]:
-    """One process (`Units`) holding `units`, each with work that runs until its unit's stop."""
+async def _holding(store: Store, units: list[str], drain_s: float = 30,
+                   stubborn: bool = False) -> AsyncIterator[tuple[Units, dict[str, asyncio.Task]]]:
+    """One process (`Units`) holding `units`, each with work that runs until its unit's stop (`stubborn`: until
+    cancelled)."""
     stop = asyncio.Event()
-    held = Units(store, ServiceSettings(lease_s=LEASE_S, replica_id="only"), Metrics(), stop)
+    settings = ServiceSettings(lease_s=LEASE_S, replica_id="only", shutdown_timeout_s=drain_s)
+    held = Units(store, settings, Metrics(), stop)
 
     async def work(unit: str) -> None:
         async with held.hold(unit) as unit_stop:
-            await unit_stop.wait()
+            await (asyncio.Event() if stubborn else unit_stop).wait()
 
     tasks = {unit: asyncio.ensure_future(work(unit)) for unit in units}
     try:
@@ -147,33 +164,75 @@ async def test_a_unit_taken_over_is_lost_in_the_batch_and_its_work_stops_while_t
     assert [(e["unit"], e["fence"]) for e in lost] == [(taken, 1)]
 
 
-async def test_a_release_while_a_renewal_is_in_flight_stays_released(counted, pg_url):
+async def test_a_release_while_a_renewal_is_in_flight_stays_released(gated):
     """The renewer's statement carries every lease held when it started; a unit handed back meanwhile is released
     after that statement, never before it (the renewal would extend the released lease again: the unit would wait
     for an expiry, `lease_s`, instead of moving at once)."""
-    _, _ = counted  # migrated
-    pool = await asyncpg.create_pool(pg_url, min_size=0, max_size=4)
-    store = _Gated(pool)
+    store = gated
     moved, kept = UNITS[:2]
-    try:
-        with capture_logs() as logs:
-            async with _holding(store, [moved, kept]) as (units, tasks):
-                # another live replica (holding nothing, running nothing): this one is not alone, so it does not take
-                # back at once the unit it hands back (app/fleet.py), and the released row stays released
-                await store.heartbeat("other", [], 0, 60)
-                await wait_for(lambda: _async(units.fleet.replicas == 2), timeout=10)
-                store.gate.clear()
-                store.waiting.clear()
-                await asyncio.wait_for(store.waiting.wait(), 10)  # a renewal of both, on its way
-                store.renewed.clear()
-                units.drain(units._leases[moved], "handed back")
-                await asyncio.wait_for(tasks[moved], 10)  # its work ended: its keeper releases it
-                await asyncio.sleep(0.3)
-                store.gate.set()
-                await asyncio.wait_for(store.renewed.wait(), 10)
-                await wait_for(lambda: _async(any(e["event"] == "lease.released" for e in logs)), timeout=10)
-                rows = await _rows(store)
-                assert (rows[moved]["live"], rows[kept]["live"]) == (False, True)
-                assert units.held() == {kept: 1}
-    finally:
-        await pool.close()
+    with capture_logs() as logs:
+        async with _holding(store, [moved, kept]) as (units, tasks):
+            # another live replica (holding nothing, running nothing): this one is not alone, so it does not take
+            # back at once the unit it hands back (app/fleet.py), and the released row stays released
+            await store.heartbeat("other", [], 0, 60)
+            await wait_for(lambda: _async(units.fleet.replicas == 2), timeout=10)
+            store.gate.clear()
+            store.waiting.clear()
+            await asyncio.wait_for(store.waiting.wait(), 10)  # a renewal of both, on its way
+            store.renewed.clear()
+            units.drain(units._leases[moved], "handed back")
+            await asyncio.wait_for(tasks[moved], 10)  # its work ended: its keeper releases it
+            await asyncio.sleep(0.3)
+            store.gate.set()
+            await asyncio.wait_for(store.renewed.wait(), 10)
+            await wait_for(lambda: _async(any(e["event"] == "lease.released" for e in logs)), timeout=10)
+            rows = await _rows(store)
+            assert (rows[moved]["live"], rows[kept]["live"]) == (False, True)
+            assert units.held() == {kept: 1}
+
+
+async def test_while_renewals_fail_the_leases_run_until_lease_s_after_their_last_renewal(gated):
+    """The database does not answer the renewals: every lease still runs until `lease_s` after its last renewal
+    (its work goes on), then it is lost and its work stops; once the database answers, the units are taken again."""
+    store = gated
+    with capture_logs() as logs:
+        async with _holding(store, UNITS[:2]) as (units, tasks):
+            store.renewed.clear()
+            await asyncio.wait_for(store.renewed.wait(), 10)
+            store.failing = True
+            failing_since = time.monotonic()
+            await asyncio.sleep(LEASE_S / 3 * 2)  # a tick or two failed
+            assert any(e["event"] == "lease.renew_failed" for e in logs)
+            assert units.held() == dict.fromkeys(UNITS[:2], 1)
+            assert not any(t.done() for t in tasks.values())
+            await wait_for(lambda: _async(units.held() == {}), timeout=10)
+            assert time.monotonic() - failing_since >= LEASE_S - LEASE_S / 3  # no sooner than lease_s after the last
+            await asyncio.wait_for(asyncio.gather(*tasks.values()), 10)  # the work stopped
+            store.failing = False
+            await wait_for(lambda: _async(units.held() == dict.fromkeys(UNITS[:2], 2)), timeout=10)
+    assert sorted(e["unit"] for e in logs if e["event"] == "lease.lost") == UNITS[:2]
+
+
+async def test_a_drain_that_overruns_cancels_the_work_then_releases_while_renewals_go_on(gated):
+    """A unit handed back whose work ignores its stop: renewed meanwhile, its work cancelled after
+    `service.shutdown_timeout_s`, then released."""
+    store = gated
+    moved, kept = UNITS[:2]
+    with capture_logs() as logs:
+        async with _holding(store, [moved, kept], drain_s=LEASE_S, stubborn=True) as (units, tasks):
+            await store.heartbeat("other", [], 0, 60)  # not alone: the unit released is not taken back at once
+            await wait_for(lambda: _async(units.fleet.replicas == 2), timeout=10)
+            drained = time.monotonic()
+            units.drain(units._leases[moved], "handed back")
+            store.renewed.clear()
+            await asyncio.wait_for(store.renewed.wait(), 10)
+            assert moved in units.held() and not tasks[moved].done()  # draining, renewed meanwhile
+            await asyncio.wait_for(tasks[moved], 10)  # cancelled: the hold ends quietly
+            assert time.monotonic() - drained >= LEASE_S - 0.1
+            await wait_for(lambda: _async(any(e["event"] == "lease.released" for e in logs)), timeout=10)
+            assert units.held() == {kept: 1}
+            rows = await _rows(store)
+            assert (rows[moved]["live"], rows[kept]["live"]) == (False, True)
+            units.drain(units._leases[kept], "the test ends")  # stubborn: ends by the drain's cancel, too
+    events = [e["event"] for e in logs if e.get("unit") == moved]
+    assert events.index("lease.drain_overran") < events.index("lease.work_cancelled") < events.index("lease.released")

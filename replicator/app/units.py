@@ -90,7 +90,8 @@ class Units:
         self._cutting: set[asyncio.Task] = set()
         self._releasing: set[asyncio.Task] = set()  # releases in flight: `close` waits for them
         self._renewer: asyncio.Task | None = None  # renews every lease held, in one statement a tick
-        self._renewal = asyncio.Lock()  # held by a renewal in flight: a release waits, so none lands after it
+        self._no_renewal = asyncio.Event()  # cleared while a renewal is in flight: a release waits, so that the
+        self._no_renewal.set()  # renewal cannot land after it and extend the released lease again
         self._stopper: asyncio.Task | None = None  # hands every unit back when the service stops
         metrics.units = self
 
@@ -214,10 +215,11 @@ class Units:
         """Stop renewing and release every unit still held (after the service's drain): a standby takes over at
         once; this replica leaves `replicator.replicas`."""
         await self.fleet.close()
-        for task in (self._stopper, self._renewer):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in (self._renewer,) if t is not None), return_exceptions=True)
+        if self._stopper is not None:
+            self._stopper.cancel()
+        if self._renewer is not None:  # no renewal after the releases below
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
         for lease in self._leases.values():
             if lease.keeper is not None:
                 lease.keeper.cancel()
@@ -242,8 +244,8 @@ class Units:
         try:
             if unit.startswith("channel:") and not self.stop.is_set():  # the units its members were handed to
                 await self.fleet.beat()
-            async with self._renewal:  # after a renewal in flight, which would extend the lease again
-                await self.store.release_lease(unit, self.owner, fence)
+            await self._no_renewal.wait()  # one that started before the release carries this lease
+            await self.store.release_lease(unit, self.owner, fence)
             log.info("lease.released", unit=unit, owner=self.owner, fence=fence, why=why)
         except Exception as exc:  # it expires by itself within service.lease_s
             log.warning("lease.release_failed", unit=unit, error=f"{type(exc).__name__}: {exc}")
@@ -303,12 +305,15 @@ class Units:
         the next tick tries again."""
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            async with self._renewal:
-                held = {lease: lease.fence for lease in self._leases.values() if lease.fence is not None}
-                if not held:
-                    continue
+            held = {lease: lease.fence for lease in self._leases.values() if lease.fence is not None}
+            if not held:
+                continue
+            self._no_renewal.clear()
+            try:
                 renewed = await self._try(self.store.renew_leases(
                     self.owner, {lease.unit: fence.number for lease, fence in held.items()}, self.lease_s), "renew")
+            finally:
+                self._no_renewal.set()
             now = time.monotonic()
             for lease, fence in held.items():
                 if lease.fence is not fence:  # released or lost while the statement ran

@@ -101,7 +101,7 @@ async def renew_all(conn: asyncpg.Connection, owner: str, fences: dict[str, int]
     """Extend by `lease_s` from now, in one statement, every lease of `fences` ({unit: fence}) that still carries
     its fence and `owner`: the units renewed. A unit missing from the answer carries another fence (lost)."""
     return {r["unit"] for r in await conn.fetch(
-        "UPDATE replicator.leases l SET expires_at = now() + make_interval(secs => $4), renewed_at = now()"
+        "UPDATE leases l SET expires_at = now() + make_interval(secs => $4), renewed_at = now()"
         " FROM unnest($2::text[], $3::bigint[]) AS u(unit, fence)"
         " WHERE l.unit = u.unit AND l.owner = $1 AND l.fence = u.fence RETURNING l.unit",
         owner, list(fences), list(fences.values()), float(lease_s))}

@@ -23,17 +23,18 @@ from .helpers import wait_for
 
 UNITS = [f"object:O{i:02d}" for i in range(20)]
 LEASE_S = 1.5  # a renewal every half second
+STATE = {"search_path": "replicator"}  # the state schema of the org `default`, as Store.open sets it
 
 
 class _Counted:
-    """The lease renewals the database was sent: statements that UPDATE replicator.leases' `renewed_at`."""
+    """The lease renewals the database was sent: statements that UPDATE the leases' `renewed_at`."""
 
     def __init__(self) -> None:
         self.renewals = 0
 
     def log(self, query) -> None:
         text = " ".join(query.query.split())
-        if text.startswith("UPDATE replicator.leases") and "renewed_at = now()" in text:
+        if text.startswith(("UPDATE leases", "UPDATE replicator.leases")) and "renewed_at = now()" in text:
             self.renewals += 1
 
     async def init(self, conn: asyncpg.Connection) -> None:
@@ -45,7 +46,7 @@ async def counted(pg_url) -> AsyncIterator[tuple[Store, _Counted]]:
     async with Store.open(pg_url, 2):  # migrated
         pass
     counter = _Counted()
-    pool = await asyncpg.create_pool(pg_url, min_size=0, max_size=6, init=counter.init)
+    pool = await asyncpg.create_pool(pg_url, min_size=0, max_size=6, init=counter.init, server_settings=STATE)
     try:
         yield Store(pool), counter
     finally:
@@ -75,7 +76,7 @@ class _Gated(Store):
 
 @pytest.fixture
 async def gated(counted, pg_url) -> AsyncIterator[_Gated]:
-    pool = await asyncpg.create_pool(pg_url, min_size=0, max_size=4)
+    pool = await asyncpg.create_pool(pg_url, min_size=0, max_size=4, server_settings=STATE)
     try:
         yield _Gated(pool)
     finally:

@@ -237,3 +237,24 @@ async def test_a_drain_that_overruns_cancels_the_work_then_releases_while_renewa
             units.drain(units._leases[kept], "the test ends")  # stubborn: ends by the drain's cancel, too
     events = [e["event"] for e in logs if e.get("unit") == moved]
     assert events.index("lease.drain_overran") < events.index("lease.work_cancelled") < events.index("lease.released")
+
+
+async def test_each_org_renews_the_leases_of_its_own_state_schema(counted, pg_url):
+    """Two orgs in one database (`replicator` and `replicator_acme`), one process each holding the same unit names:
+    each renewal statement renews its own org's rows (the pool's search_path), never the other's."""
+    store, _ = counted  # the org `default`
+    units = UNITS[:3]
+    async with Store.open(pg_url, 4, state_schema="replicator_acme") as acme:
+        async with _holding(store, units) as (default_units, _), _holding(acme, units) as (acme_units, _):
+            stores = {"default": store, "acme": acme}
+            rows = {name: await _rows(s) for name, s in stores.items()}
+            started = {name: max(r["acquired_at"] for r in rows[name].values()) for name in stores}
+
+            async def both_renewed() -> bool:
+                rows = {name: await _rows(s) for name, s in stores.items()}
+                return all(min(r["renewed_at"] for r in rows[name].values()) > started[name] for name in stores)
+            await wait_for(both_renewed, timeout=10)
+            await asyncio.sleep(LEASE_S * 1.5)  # past a lease: neither org's leases lapsed
+            assert default_units.held() == acme_units.held() == dict.fromkeys(units, 1)
+            rows = {name: await _rows(s) for name, s in stores.items()}
+            assert all(r["live"] for name in stores for r in rows[name].values())

@@ -1,5 +1,7 @@
-"""What leases cost Postgres (docs/scale.md): lease renewals one per transaction (as app/units.py renews today),
-renewals batched one statement per owner, and the fence check a commit pays (postgres/leases.py `check`).
+"""What leases cost Postgres (docs/scale.md): lease renewals one per transaction (as app/units.py renewed before
+its renewals were batched: postgres/leases.py `renew`), renewals batched 1,000 units a statement (a bare
+`unit = ANY(…)`, and `renew_all`, the statement app/units.py sends: each unit with its fence, for one owner), and the
+fence check a commit pays (postgres/leases.py `check`).
 
     python -m bench.lease_scale [--units 20000] [--seconds 5] [--connections 8] [--url postgresql://…]
 
@@ -47,14 +49,26 @@ async def measure(url: str, units: int, seconds: float, connections: int) -> dic
                                " SELECT u, 'r' || (n % $2), 1, now() + interval '1 hour'"
                                " FROM unnest($1::text[]) WITH ORDINALITY AS t(u, n)", names, connections)
 
-        async def one(conn, k, i):  # today: each unit renewed in a transaction of its own
+        async def one(conn, k, i):  # each unit renewed in a transaction of its own (before the batching)
             unit = names[(i * connections + k) % units]
             await leases.renew(conn, unit, f"r{(int(unit[8:]) + 1) % connections}", 1, 15.0)
 
-        async def batch(conn, k, i):  # one statement renews an owner's units, 1,000 at a time
-            chunk = [n for n in names[(i * 1000) % units:(i * 1000) % units + 1000]]
+        # Each connection renews the units of one owner (r0…r7), as each replica renews its own: connections that
+        # renewed the same rows in different orders deadlocked ("deadlock detected", a run in three here).
+        owned = [[n for j, n in enumerate(names) if (j + 1) % connections == k] for k in range(connections)]
+
+        def chunk(k: int, i: int) -> list[str]:  # 1,000 units of owner r{k}
+            mine = owned[k]
+            return [mine[(i * 1000 + j) % len(mine)] for j in range(min(1000, len(mine)))]
+
+        async def batch(conn, k, i):  # one statement renews 1,000 units of an owner, bare: neither owner nor fences
             await conn.execute("UPDATE replicator.leases SET expires_at = now() + interval '15 seconds',"
-                               " renewed_at = now() WHERE unit = ANY($1::text[])", chunk)
+                               " renewed_at = now() WHERE unit = ANY($1::text[])", chunk(k, i))
+
+        renewed_all = [0] * connections
+
+        async def batch_fenced(conn, k, i):  # as app/units.py: 1,000 units of one owner with their fences
+            renewed_all[k] += len(await leases.renew_all(conn, f"r{k}", dict.fromkeys(chunk(k, i), 1), 15.0))
 
         async def empty(conn, k, i):  # a write transaction with nothing but a checkpoint-sized write
             async with conn.transaction():
@@ -68,11 +82,15 @@ async def measure(url: str, units: int, seconds: float, connections: int) -> dic
 
         singles = await _for(seconds, connections, pool, one) / seconds
         batches = await _for(seconds, connections, pool, batch) / seconds
+        await _for(seconds, connections, pool, batch_fenced)
+        fenced_batches = sum(renewed_all) / seconds
         plain = await _for(seconds, connections, pool, empty) / seconds
         checked = await _for(seconds, connections, pool, fenced) / seconds
     return {"units": units, "seconds": seconds, "connections": connections,
             "renewals_per_s_one_per_transaction": round(singles),
             "renewals_per_s_batched_1000": round(batches * 1000),
+            "renewals_per_s_renew_all_1000": round(fenced_batches),
+            "renew_all_vs_one_per_transaction": round(fenced_batches / singles, 1) if singles else None,
             "commits_per_s_without_fence_check": round(plain), "commits_per_s_with_fence_check": round(checked),
             "fence_check_commit_ratio": round(checked / plain, 3) if plain else None}
 

@@ -279,8 +279,8 @@ class ServiceSettings(_Section):
         "same database stands by and takes an object over within this long after its holder dies; a holder paused "
         "past it can commit nothing more. Also how long a transaction of the process may wait for its next statement "
         "before Postgres ends it (idle_in_transaction_session_timeout: a process paused inside one must not keep "
-        "its locks, and so its objects, from the others). Shorter: faster takeover, more renewals (one UPDATE per "
-        "object every third).",
+        "its locks, and so its objects, from the others). Shorter: faster takeover, more renewals (one UPDATE of "
+        "every lease a process holds, every third).",
     )
     lease_poll_s: float = Field(
         0.5, gt=0, le=60,

@@ -5,9 +5,10 @@ A unit is an object (`object:Account`, run by the service's per-object superviso
 standing by, until this process holds the unit's lease (postgres/leases.py), then runs the caller's work with the
 lease's fence in its context, so every commit of that work checks the fence in its own transaction. Which units
 this process takes is the fleet's decision (app/fleet.py: at most a fair share of them while other replicas are
-live; it acquires them and hands extras back). A keeper task per unit renews the lease every third of
-`service.lease_s`; when a renewal finds it lost (this process was paused, partitioned or slow past the lease, and
-another took the unit), the unit's work is cancelled and stands by again. Cancelling is an economy, not the guard:
+live; it acquires them and hands extras back). One renewer task renews every lease this process holds in one
+statement every third of `service.lease_s` (docs/scale.md); when a renewal finds one lost (this process was paused,
+partitioned or slow past the lease, and another took the unit), the unit's keeper task cancels its work and the unit
+stands by again. Cancelling is an economy, not the guard:
 the fence refuses whatever the work would still commit. The work is given a third of the lease to reach such a
 commit first (a batch in flight is refused and counted in `replicator_fenced_commits_total`, rather than cut at a
 random await), then cancelled.
@@ -69,9 +70,9 @@ class _Lease:
         self.stop = asyncio.Event()  # the work under this hold ends (handed back, or the service stops)
         self.draining: str | None = None  # why the unit is being handed back, until released
         self.drain_until = 0.0  # monotonic time: the work still running then is cancelled
-        self.wake = asyncio.Event()  # the keeper looks again (a drain asked for, the work ended)
+        self.wake = asyncio.Event()  # the keeper looks again (a drain asked for, the work ended, the lease lost)
         self.renewed = 0.0  # monotonic time of the acquisition or the last renewal
-        self.renew_at = 0.0  # monotonic time of the next renewal
+        self.lost: Fence | None = None  # a renewal found this fence lost: the keeper ends the work under it
         self.acquired = 0.0
 
 
@@ -88,6 +89,9 @@ class Units:
         self._changed = asyncio.Event()  # set (and replaced) whenever a unit is taken or lost: `follow` looks again
         self._cutting: set[asyncio.Task] = set()
         self._releasing: set[asyncio.Task] = set()  # releases in flight: `close` waits for them
+        self._renewer: asyncio.Task | None = None  # renews every lease held, in one statement a tick
+        self._no_renewal = asyncio.Event()  # cleared while a renewal is in flight: a release waits, so that the
+        self._no_renewal.set()  # renewal cannot land after it and extend the released lease again
         self._stopper: asyncio.Task | None = None  # hands every unit back when the service stops
         metrics.units = self
 
@@ -153,6 +157,8 @@ class Units:
             lease = self._leases[unit] = _Lease(unit)
             lease.keeper = asyncio.ensure_future(self._keep(lease))
             self.fleet.start()
+            if self._renewer is None:
+                self._renewer = asyncio.ensure_future(self._renewing())
             if self._stopper is None:
                 self._stopper = asyncio.ensure_future(self._stopping())
         return lease
@@ -167,7 +173,6 @@ class Units:
         lease.fence = Fence(lease.unit, self.owner, number, on_refused=self._refused)
         lease.stop, lease.draining, lease.refused = asyncio.Event(), None, False
         lease.renewed = lease.acquired = time.monotonic()
-        lease.renew_at = lease.renewed + self.lease_s / 3
         log.info("lease.taken_over" if number > 1 else "lease.acquired", unit=lease.unit, owner=self.owner,
                  fence=number, lease_s=self.lease_s)
         lease.held.set()
@@ -212,6 +217,9 @@ class Units:
         await self.fleet.close()
         if self._stopper is not None:
             self._stopper.cancel()
+        if self._renewer is not None:  # no renewal after the releases below
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
         for lease in self._leases.values():
             if lease.keeper is not None:
                 lease.keeper.cancel()
@@ -236,6 +244,7 @@ class Units:
         try:
             if unit.startswith("channel:") and not self.stop.is_set():  # the units its members were handed to
                 await self.fleet.beat()
+            await self._no_renewal.wait()  # one that started before the release carries this lease
             await self.store.release_lease(unit, self.owner, fence)
             log.info("lease.released", unit=unit, owner=self.owner, fence=fence, why=why)
         except Exception as exc:  # it expires by itself within service.lease_s
@@ -289,41 +298,61 @@ class Units:
                 lease.idle.set()
                 lease.wake.set()
 
+    async def _renewing(self) -> None:
+        """Every third of the lease, renew every lease this process holds in one statement (a draining one too: its
+        work may still commit). A lease the statement did not renew is lost: its keeper ends the work under it.
+        When the database fails, each lease still runs until `lease_s` after its own last renewal (lost then), and
+        the next tick tries again."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            held = {lease: lease.fence for lease in self._leases.values() if lease.fence is not None}
+            if not held:
+                continue
+            self._no_renewal.clear()
+            try:
+                renewed = await self._try(self.store.renew_leases(
+                    self.owner, {lease.unit: fence.number for lease, fence in held.items()}, self.lease_s), "renew")
+            finally:
+                self._no_renewal.set()
+            now = time.monotonic()
+            for lease, fence in held.items():
+                if lease.fence is not fence:  # released or lost while the statement ran
+                    continue
+                if renewed is not _FAILED and lease.unit in renewed:
+                    lease.renewed = now
+                elif renewed is not _FAILED or now - lease.renewed >= self.lease_s:
+                    lease.lost = fence
+                    lease.wake.set()
+                # else the database did not answer and the lease still runs: the next tick tries again
+
     async def _keep(self, lease: _Lease) -> None:
-        """While the unit is held: renew it every third of the lease; release it once handed back and its work
-        ended (cancelling the work still running after `service.shutdown_timeout_s`); when a renewal finds it
-        lost, end the work under it."""
-        every = self.lease_s / 3
+        """While the unit is held: release it once handed back and its work ended (cancelling the work still running
+        after `service.shutdown_timeout_s`); when a renewal found it lost (`_renewing`), end the work under it."""
         while True:
             lease.wake.clear()
             fence = lease.fence
+            if lease.lost is not None:
+                lost, lease.lost = lease.lost, None
+                if lost is fence:  # not already dropped (a commit refused) nor released
+                    self._drop(lease, fence)
+                    await self._cut(lease)
+                continue
             if fence is None:
                 await lease.held.wait()
                 continue
             if lease.draining and lease.idle.is_set():
                 await self._release(lease, fence, lease.draining)
                 continue
-            wait = lease.renew_at - time.monotonic()
-            if lease.draining:
-                if time.monotonic() >= lease.drain_until:
+            wait = None  # until woken
+            if lease.draining and lease.drain_until != float("inf"):
+                wait = lease.drain_until - time.monotonic()
+                if wait <= 0:
                     lease.drain_until = float("inf")
                     log.warning("lease.drain_overran", unit=lease.unit, bound_s=self.drain_s,
                                 action="the work still running is cancelled; its open transaction rolls back")
                     self._cancel(lease)
-                wait = min(wait, lease.drain_until - time.monotonic())
-            if wait > 0:
-                await wait_event(lease.wake, wait)
-                continue
-            ok = await self._try(self.store.renew_lease(lease.unit, self.owner, fence.number, self.lease_s), "renew")
-            lease.renew_at = time.monotonic() + every
-            if ok is True:
-                lease.renewed = time.monotonic()
-                continue
-            if ok is _FAILED and time.monotonic() - lease.renewed < self.lease_s:
-                continue  # the database did not answer; the lease still runs: try again
-            if lease.fence is fence:
-                self._drop(lease, fence)
-                await self._cut(lease)
+                    continue
+            await wait_event(lease.wake, wait)
 
     def _drop(self, lease: _Lease, fence: Fence) -> None:
         """The lease is lost: every further check of its fence refuses at once; new work stands by."""
@@ -352,7 +381,7 @@ class Units:
             task.cancel()
 
     async def _try(self, aw: Awaitable, what: str):
-        """`aw`'s answer, or _FAILED when the database failed (logged; the keeper tries again)."""
+        """`aw`'s answer, or _FAILED when the database failed (logged; the caller tries again)."""
         try:
             return await aw
         except Exception as exc:

@@ -2,7 +2,8 @@
 
 A unit (`object:Account`, `channel:/data/ChangeEvents`) is held through its row in `leases`
 (sql/009_leases.sql). Acquiring takes a lease that expired or that this owner already holds, and adds one to its
-`fence`; the holder (app/units.py) renews it every third of its length and expires it on a clean stop. Every time
+`fence`; the holder (app/units.py) renews it every third of its length, every lease it holds in one statement
+(`renew_all`), and expires it on a clean stop. Every time
 is the database's clock (`now()`), so the replicas' clocks never matter.
 
 A lease alone cannot stop a writer that does not know it lost it (paused, partitioned, slow). The fence does: the
@@ -99,8 +100,19 @@ async def acquire(conn: asyncpg.Connection, unit: str, owner: str, lease_s: floa
         " RETURNING fence", unit, owner, float(lease_s))
 
 
+async def renew_all(conn: asyncpg.Connection, owner: str, fences: dict[str, int], lease_s: float) -> set[str]:
+    """Extend by `lease_s` from now, in one statement, every lease of `fences` ({unit: fence}) that still carries
+    its fence and `owner`: the units renewed. A unit missing from the answer carries another fence (lost)."""
+    return {r["unit"] for r in await conn.fetch(
+        "UPDATE leases l SET expires_at = now() + make_interval(secs => $4), renewed_at = now()"
+        " FROM unnest($2::text[], $3::bigint[]) AS u(unit, fence)"
+        " WHERE l.unit = u.unit AND l.owner = $1 AND l.fence = u.fence RETURNING l.unit",
+        owner, list(fences), list(fences.values()), float(lease_s))}
+
+
 async def renew(conn: asyncpg.Connection, unit: str, owner: str, fence: int, lease_s: float) -> bool:
-    """Extend the lease by `lease_s` from now; False when it carries another fence (lost)."""
+    """Extend one lease by `lease_s` from now; False when it carries another fence (lost). One statement per unit:
+    how app/units.py renewed before `renew_all` (bench/lease_scale.py measures both)."""
     return bool(await conn.fetchval(
         "UPDATE leases SET expires_at = now() + make_interval(secs => $4), renewed_at = now()"
         " WHERE unit = $1 AND owner = $2 AND fence = $3 RETURNING true", unit, owner, fence, float(lease_s)))

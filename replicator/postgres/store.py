@@ -259,8 +259,9 @@ class Store:
     async def acquire_lease(self, unit: str, owner: str, lease_s: float) -> int | None:
         return await self._run(leases.acquire, unit, owner, lease_s)
 
-    async def renew_lease(self, unit: str, owner: str, fence: int, lease_s: float) -> bool:
-        return await self._run(leases.renew, unit, owner, fence, lease_s)
+    async def renew_leases(self, owner: str, fences: dict[str, int], lease_s: float) -> set[str]:
+        """Renew every lease of `fences` ({unit: fence}) in one statement: the units renewed (the others are lost)."""
+        return await self._run(leases.renew_all, owner, fences, lease_s)
 
     async def release_lease(self, unit: str, owner: str, fence: int) -> None:
         await self._run(leases.release, unit, owner, fence)

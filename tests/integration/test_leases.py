@@ -72,7 +72,7 @@ async def test_second_holder_takes_over_after_expiry_and_the_first_commit_is_fen
     assert first.held() == {UNIT: 1}
     assert await store.load_checkpoint(TOPIC) == b"first-1"  # the standby wrote nothing
 
-    first._leases[UNIT].keeper.cancel()  # its renewals stop: as if paused
+    first._renewer.cancel()  # its renewals stop: as if paused
     await wait_for(lambda: _async(second.held() == {UNIT: 2}), timeout=10)
     assert await store.load_checkpoint(TOPIC) == b"second-1"
 
@@ -179,10 +179,10 @@ async def test_a_follower_ends_with_the_lost_lease_and_runs_again_when_it_is_hel
     holder = asyncio.ensure_future(_hold_until(first, stop))
     follower = asyncio.ensure_future(first.follow([UNIT], refresh))
     await wait_for(lambda: _async(runs == [1]), timeout=10)
-    first._leases[UNIT].keeper.cancel()  # renewals stop: the second takes the unit, the first stands by
+    first._renewer.cancel()  # renewals stop: the second takes the unit, the first stands by
     second_holder = asyncio.ensure_future(_hold_once_then_release(second))
     await asyncio.wait_for(second_holder, 20)
-    first._leases[UNIT].keeper = asyncio.ensure_future(first._keep(first._leases[UNIT]))  # the first wakes up
+    first._renewer = asyncio.ensure_future(first._renewing())  # the first wakes up: its renewal finds the lease lost
     await wait_for(lambda: _async(runs == [1, 3]), timeout=20)  # followed again under its new fence
     stop.set()
     await asyncio.wait_for(asyncio.gather(holder, follower), 10)

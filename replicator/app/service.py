@@ -263,6 +263,8 @@ class Service:
             for channel, names in stored.items():
                 async with self.units.hold(f"channel:{channel}"):
                     await leave_unconfigured(self.store, self.client, self.settings, channel, names)
+                # nothing of this process runs under it any more: released, not renewed for the process's life
+                await self.units.forget(f"channel:{channel}", "no longer configured; its members left it")
         except Stopped:
             return
 

@@ -211,6 +211,21 @@ class Units:
         for lease in self._leases.values():
             self.drain(lease, "the service stops")
 
+    async def forget(self, unit: str, why: str) -> None:
+        """This process no longer runs `unit` (a channel no longer configured, once its members left it: app/service.py
+        `_leave_unconfigured`): its lease released when held, its keeper ended, and the unit out of the fleet's count
+        and of this replica's `replicas` row (the others' fair shares count it no more). Call it once no work runs
+        under the unit."""
+        lease = self._leases.pop(unit, None)
+        if lease is None:
+            return
+        if lease.keeper is not None:
+            lease.keeper.cancel()
+            await asyncio.gather(lease.keeper, return_exceptions=True)
+        if lease.fence is not None:
+            await self._release(lease, lease.fence, why)
+        self._signal()
+
     async def close(self) -> None:
         """Stop renewing and release every unit still held (after the service's drain): a standby takes over at
         once; this replica leaves `replicator.replicas`."""

@@ -20,6 +20,7 @@ import signal
 import structlog
 
 from ..config import DEFAULT_ORG, Settings
+from ..lifecycle import Phase
 from ..model import ConfigError
 from ..observe.endpoints import Endpoints
 from .service import Service
@@ -74,10 +75,15 @@ class Deployment:
             try:
                 return await service.serve()
             except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
                 left = [o for o, s in self.services.items() if s is not service and not s.stop.is_set()]
-                log.error("org.stopped", org=org, error=f"{type(exc).__name__}: {exc}", orgs_running=len(left),
+                log.error("org.stopped", org=org, error=error, orgs_running=len(left),
                           action="fix it, then start the service again"
                                  + (", the other orgs go on" if left else "; no org is left to run"))
+                for name in service.settings.objects:  # /readyz and the metrics say why, per object
+                    health = service.metrics.object(name)
+                    if health.phase != Phase.FAILED:
+                        health.phase, health.connected, health.last_error = Phase.FAILED, False, error
                 service.stop.set()
                 return exc
 

@@ -38,8 +38,8 @@ def readiness(metrics: Metrics, pg_ok: bool, pg_error: str | None, max_lag_s: fl
         lag = h.lag(now)
         why = None
         # An object whose unit another process holds has not started here (a channel's members: not started
-        # while the channel stands by).
-        if f"object:{name}" in standby or (channel_standby and h.phase == Phase.STARTING):
+        # while the channel stands by). One stopped here on an error no retry fixes is FAILED, whoever holds it.
+        if h.phase != Phase.FAILED and (f"object:{name}" in standby or (channel_standby and h.phase == Phase.STARTING)):
             objects[name] = {"phase": Phase.STANDBY, "lag_s": None, "ready": True}
             continue
         if h.phase in (Phase.BACKFILLING, Phase.RESYNCING):

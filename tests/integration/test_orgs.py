@@ -119,3 +119,48 @@ async def test_two_orgs_in_one_process_each_in_its_own_schemas(sims, pg_url, tmp
         (org, o, "STREAMING") for org in ORGS for o in OBJECTS)
     for org_settings in orgs:
         assert await all_equal(org_settings, refresh=True), org_settings.org
+
+
+async def test_an_org_whose_credentials_are_refused_stops_alone_and_the_others_go_on(sims, pg_url, tmp_path):
+    """globex's secret is wrong (a ServiceConfigError: every unit of the org shares it): globex stops, FAILED with
+    the reason in /readyz; acme streams on; the deployment ends with the configuration error (exit code 2) once
+    stopped."""
+    from replicator.model import ConfigError
+
+    await fresh(pg_url)
+    port = free_port()
+    cfg = tmp_path / "orgs.toml"
+    cfg.write_text(orgs_toml(sims, pg_url, port).replace(f'client_secret = "{sims["globex"]["client_secret"]}"',
+                                                          'client_secret = "not-the-secret"'))
+    deployment = Deployment(load_settings(cfg).for_orgs())
+    task = asyncio.create_task(deployment.run())
+    try:
+        async def globex_failed() -> bool:
+            answer = await endpoint_get(port, "/readyz")
+            if answer is None:
+                return False
+            objects = answer.json()["orgs"]["globex"]["objects"]
+            return answer.status_code == 503 and all(o["phase"] == "FAILED" for o in objects.values())
+
+        await wait_for(globex_failed, timeout=60)
+        body = (await endpoint_get(port, "/readyz")).json()["orgs"]
+        assert "invalid_client" in body["globex"]["objects"]["Account"]["reason"], body["globex"]
+        await wait_for(lambda: _acme_streaming(pg_url), timeout=90)
+        assert not task.done()  # acme goes on
+        assert body["acme"]["postgres"] == "ok"
+    finally:
+        for svc in deployment.services.values():
+            svc.stop.set()
+        with pytest.raises(ConfigError):
+            await asyncio.wait_for(task, 60)
+
+
+async def _acme_streaming(pg_url: str) -> bool:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        with contextlib.suppress(asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            rows = await conn.fetch("SELECT object FROM replicator_acme.objects WHERE phase = 'STREAMING'")
+            return sorted(r[0] for r in rows) == sorted(OBJECTS)
+        return False
+    finally:
+        await conn.close()

@@ -147,7 +147,8 @@ async def test_an_org_whose_credentials_are_refused_stops_alone_and_the_others_g
         assert "invalid_client" in body["globex"]["objects"]["Account"]["reason"], body["globex"]
         await wait_for(lambda: _acme_streaming(pg_url), timeout=90)
         assert not task.done()  # acme goes on
-        assert body["acme"]["postgres"] == "ok"
+        body = (await endpoint_get(port, "/readyz")).json()["orgs"]
+        assert body["acme"]["postgres"] == "ok" and body["globex"]["objects"]["Contact"]["phase"] == "FAILED", body
     finally:
         for svc in deployment.services.values():
             svc.stop.set()

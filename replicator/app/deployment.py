@@ -14,7 +14,6 @@ objects not ready in `/readyz`, the other orgs go on; the process ends (exit cod
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 
 import structlog
@@ -23,7 +22,7 @@ from ..config import DEFAULT_ORG, Settings
 from ..lifecycle import Phase
 from ..model import ConfigError
 from ..observe.endpoints import Endpoints
-from .service import Service
+from .service import Service, stop_on_signals
 
 log = structlog.get_logger(__name__)
 
@@ -33,13 +32,8 @@ class Deployment:
         self.services = {settings.org: Service(settings) for settings in orgs}
         self.settings = orgs[0].service  # the deployment's: the same in every org's settings
         self.endpoints: Endpoints | None = None
-        self._signals = 0
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            log.error("service.abort", signal=sig.name, action="exiting at once; uncommitted batches roll back")
-            os._exit(1)
         log.info("service.stopping", signal=sig.name, bound_s=self.settings.shutdown_timeout_s,
                  orgs=list(self.services))
         if self.endpoints is not None:
@@ -48,12 +42,7 @@ class Deployment:
             svc.stop.set()
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-            except (NotImplementedError, RuntimeError):  # not the main thread (tests drive stop directly)
-                pass
+        stop_on_signals(self._on_signal)
         svc = self.settings
         if svc.metrics:
             self.endpoints = Endpoints({org: s.metrics for org, s in self.services.items()}, svc.host, svc.port,

@@ -84,6 +84,28 @@ def subscription_advice(settings: Settings) -> dict | None:
             'keepalive checkpoint of its own'}
 
 
+def stop_on_signals(on_stop: Callable[[signal.Signals], None]) -> None:
+    """SIGINT and SIGTERM: the first calls `on_stop` (a drain within `service.shutdown_timeout_s`), a second exits at
+    once (the operator insists; open transactions roll back in Postgres). Not on the main thread (tests drive the
+    stop directly): nothing is installed."""
+    count = 0
+
+    def handler(sig: signal.Signals) -> None:
+        nonlocal count
+        count += 1
+        if count > 1:
+            log.error("service.abort", signal=sig.name, action="exiting at once; uncommitted batches roll back")
+            os._exit(1)
+        on_stop(sig)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handler, sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+
 def _first_error(group: BaseExceptionGroup) -> BaseException:
     """The error a unit group ended with: a configuration error first (it decides the exit code), else the first."""
     leaves: list[BaseException] = []
@@ -134,26 +156,16 @@ class Service:
         self.client = self.pubsub = None
         self.store: Store | None = None
         self._group: asyncio.TaskGroup | None = None
-        self._signals = 0
         self.failed: dict[str, str] = {}  # objects stopped on an error no retry fixes, with it (`keep_running`)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        self._signals += 1
-        if self._signals > 1:  # the operator insists: exit now; open transactions roll back in Postgres
-            log.error("service.abort", signal=sig.name, action="exiting at once; uncommitted batches roll back")
-            os._exit(1)
         log.info("service.stopping", signal=sig.name, bound_s=self.settings.service.shutdown_timeout_s)
         if self.endpoints is not None:
             self.endpoints.stopping = True
         self.stop.set()
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-            except (NotImplementedError, RuntimeError):  # not the main thread (tests drive stop directly)
-                pass
+        stop_on_signals(self._on_signal)
         svc = self.settings.service
         if svc.metrics:
             self.endpoints = Endpoints(self.metrics, svc.host, svc.port, svc.ready_max_lag_s)

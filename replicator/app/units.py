@@ -170,7 +170,7 @@ class Units:
             if number is None:  # another process took it first
                 self.stand_by(lease, None)
             return False
-        lease.fence = Fence(lease.unit, self.owner, number, on_refused=self._refused)
+        lease.fence = Fence(lease.unit, self.owner, number, on_refused=self._refused, ask=self.store.fence_stands)
         lease.stop, lease.draining, lease.refused = asyncio.Event(), None, False
         lease.renewed = lease.acquired = time.monotonic()
         log.info("lease.taken_over" if number > 1 else "lease.acquired", unit=lease.unit, owner=self.owner,

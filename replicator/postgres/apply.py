@@ -409,7 +409,7 @@ async def apply_objects(pool: asyncpg.Pool, parts: list[tuple[StreamSink, list[R
     results = [ApplyResult() for _ in parts]
     alone, statements = merged_writes(parts)
     kept = [(sink.t, ops) for sink, ops in parts if sink.t.history is not None and ops]
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, leases.transaction(conn):  # ends with the fence check (postgres/leases.py)
         if kept:  # the batch writes its history versions itself, after its rows (postgres/history.py)
             await history.mark(conn, "stream")
         for i in alone:
@@ -425,7 +425,6 @@ async def apply_objects(pool: asyncpg.Pool, parts: list[tuple[StreamSink, list[R
             await state.save_checkpoint(conn, checkpoint, events)
         if members:
             await state.add_member_events(conn, members)
-        await leases.check(conn)  # last: this process still holds the unit (postgres/leases.py)
     return results
 
 

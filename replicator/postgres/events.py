@@ -28,7 +28,7 @@ async def append(conn: asyncpg.Connection, schema: str, table: str, rows: list[t
                  checkpoint: Checkpoint, events: int, dead: list[DeadLetter]) -> int:
     """Insert events (replay id, schema id, event id, decoded fields); a replay id already there adds nothing."""
     q = f"{ddl.quote_ident(schema)}.{ddl.quote_ident(table)}"
-    async with conn.transaction():
+    async with leases.transaction(conn):
         inserted = 0
         if rows:
             status = await conn.execute(
@@ -40,5 +40,4 @@ async def append(conn: asyncpg.Connection, schema: str, table: str, rows: list[t
             inserted = int(status.rsplit(" ", 1)[-1])
         await state.add_dead_letters(conn, dead)
         await state.save_checkpoint(conn, checkpoint, events)
-        await leases.check(conn)
     return inserted

@@ -411,11 +411,10 @@ async def prune(pool: asyncpg.Pool, table: TableInfo, days: float, batch: int) -
     h, end = qualified(spec), ddl.quote_ident(n.end)
     total = 0
     while True:
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn, leases.transaction(conn):
             status = await conn.execute(
                 f"DELETE FROM {h} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {h} WHERE {end} < now() - "
                 f"make_interval(secs => $1) LIMIT $2))", days * 86_400.0, batch)
-            await leases.check(conn)
         done = int(status.rsplit(" ", 1)[-1])
         total += done
         if done < batch:

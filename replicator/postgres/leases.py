@@ -31,7 +31,7 @@ starts (a backfill's page downloads, a channel's members), so they write under t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -49,6 +49,20 @@ class Fence:
     number: int
     on_refused: Callable[[str], None] | None = None  # called with the unit when a commit is refused (a metric)
     lost: bool = False  # a renewal found the lease taken: every check refuses without asking the database
+    ask: Callable[[str, int], Awaitable[bool]] | None = None  # on a connection of its own: does (unit, number) stand?
+
+    async def stands(self) -> bool:
+        """Whether the lease still carries this fence, asked on another connection (`ask`: the session of the
+        transaction that wants to know has ended); True when it cannot tell (no `ask`, or the database did not
+        answer), so the caller keeps its own error, a transient one retried."""
+        if self.lost:
+            return False
+        if self.ask is None:
+            return True
+        try:
+            return await self.ask(self.unit, self.number)
+        except Exception:
+            return True
 
     def refuse(self) -> LeaseLost:
         self.lost = True
@@ -86,6 +100,41 @@ async def check(conn: asyncpg.Connection) -> None:
             "SELECT true FROM leases WHERE unit = $1 AND fence = $2 FOR SHARE", fence.unit, fence.number):
         return
     raise fence.refuse()
+
+
+@contextlib.asynccontextmanager
+async def transaction(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """A write transaction on `conn` that ends with `check`: committed only while this process holds the unit.
+
+    A session that ends inside it (the server ends a transaction idle for `service.lease_s`, postgres/store.py
+    `Store.open`: the process was paused in it; or the connection broke) is the fence's refusal too when the lease
+    no longer carries the fence (`Fence.stands`, asked on another connection): LeaseLost, counted, what the check
+    would have answered had the process been awake to ask. Otherwise the session's own error goes on (transient:
+    retried, and the retry commits under the same fence). Without this, whether a process resumed after losing
+    its unit counted its refused commit depended on which came first after the pause: the server ending the
+    idle transaction, or the process's check."""
+    fence = _current.get()
+    try:
+        async with conn.transaction():
+            yield conn
+            await check(conn)
+    except Exception as exc:
+        if fence is None or isinstance(exc, LeaseLost) or not _ended(conn) or await fence.stands():
+            raise
+        raise fence.refuse() from exc
+
+
+def _ended(conn: asyncpg.Connection) -> bool:
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # a pool's connection, handed back to the pool once its session ended
+        return True
+
+
+async def stands(conn: asyncpg.Connection, unit: str, number: int) -> bool:
+    """The lease of `unit` still carries fence `number` (expired or not: its holder may renew it yet)."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM leases WHERE unit = $1 AND fence = $2)",
+                                    unit, number))
 
 
 async def acquire(conn: asyncpg.Connection, unit: str, owner: str, lease_s: float) -> int | None:

@@ -91,7 +91,7 @@ class Refresh:
         t, s = ddl.qualified(self.t.spec), ddl.quote_ident(_STAGING)
         synced = ddl.quote_ident(SYNCED_COLUMN)
         sets = ", ".join(self._set(c) for c in self.columns)
-        async with self.conn.transaction():
+        async with leases.transaction(self.conn):
             if self.t.history is not None:  # the refreshed columns are written into the current versions
                 await history.mark(self.conn, "refresh")
             compared = await self.conn.fetchval(f"SELECT count(*) FROM {s}")
@@ -106,7 +106,6 @@ class Refresh:
                              skipped, duration_s)
             else:
                 await recorder(self.conn, compared, changed, skipped)
-            await leases.check(self.conn)
         return compared, changed, skipped
 
     @mapped

@@ -128,21 +128,19 @@ class PageSink:
         versions still current from rows removed outside replicator end now (postgres/history.py). A history
         table without any version loads without its indexes (`history.drop_indexes`), `build_indexes` after."""
         if self.t.history is not None:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self.pool.acquire() as conn, leases.transaction(conn):
                 await conn.execute(history.end_current(self.t))
                 if await conn.fetchval(f"SELECT NOT EXISTS (SELECT 1 FROM {history.qualified(self.t.spec)})"):
                     await conn.execute(history.drop_indexes(self.t.spec))
-                await leases.check(conn)
 
     @mapped
     async def build_indexes(self) -> None:
         """The history table's indexes, where a first load went without them (`end_versions`); nothing when they
         exist. Before any write but a first load's: the end of an extract, an upsert job after a failed one."""
         if self.t.history is not None:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self.pool.acquire() as conn, leases.transaction(conn):
                 for statement in history.indexes(self.t.spec, self.t.history):
                     await conn.execute(statement)
-                await leases.check(conn)
 
     async def _mark(self, conn: asyncpg.Connection, op: str) -> None:
         """Name the `_op` of the history versions this transaction's writes add (postgres/history.py)."""
@@ -170,10 +168,9 @@ class PageSink:
         deleted (`ddl.remove_unseen`). Safe to call again (a crash before the backfill is marked finished resumes
         the job and calls it again: the key set stays until then). Returns how many."""
         soft = self.t.has_isdeleted and not self.t.hard_deletes
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn, leases.transaction(conn):
             await self._mark(conn, "resync:removed")
             status = await conn.execute(ddl.remove_unseen(self.t.spec, soft), self.t.spec.object)
-            await leases.check(conn)
         return int(status.rsplit(" ", 1)[-1])
 
     async def _create_staging(self, conn: asyncpg.Connection) -> str:
@@ -226,11 +223,10 @@ class PageSink:
         Raises RejectedDataError when the data does not fit (nothing is committed), DatabaseUnavailableError
         on a connection problem. Not safe to call twice for the same page: the page record is unique.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn, leases.transaction(conn):
             await self._mark(conn, "backfill" if mode == "copy" else "resync")
             rows = await self._load(conn, job_id, mode, chunks)
             await state.record_page(conn, self.t.spec.object, job_id, locator, rows, 0)
-            await leases.check(conn)
         return rows
 
     @mapped
@@ -256,7 +252,7 @@ class PageSink:
            it (a constraint of its own, keys two records swapped), the rows are bisected again, each attempt
            staged and upserted on its own.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn, leases.transaction(conn):
             await self._mark(conn, "backfill" if mode == "copy" else "resync")
             letters = _Letters(conn)
             await letters.add_all(dead)
@@ -279,7 +275,6 @@ class PageSink:
             await self._remove_deleted(conn)
             await letters.flush()
             await state.record_page(conn, self.t.spec.object, job_id, locator, loaded, letters.count)
-            await leases.check(conn)
         return loaded, letters.count
 
     async def _copy_into_table(self, conn: asyncpg.Connection, source: AsyncIterator[bytes]) -> int:
@@ -394,7 +389,7 @@ class DeltaSink(PageSink):
         the version guard (a row newer than the page's stays), in one transaction; with `final` (the last page),
         the position `final(newest)` commits with it. Returns (rows, newest (datetime, Id) or None)."""
         q = ddl.quote_ident
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn, leases.transaction(conn):
             await self._mark(conn, "poll")
             await self._create_staging(conn)
             rows = await self._copy(conn, self._staging, chunks)
@@ -405,7 +400,6 @@ class DeltaSink(PageSink):
             newest_key = (newest["k"], newest["id"]) if newest else None
             if final is not None:
                 await state.save_checkpoint(conn, final(newest_key), rows)
-            await leases.check(conn)
         return rows, newest_key
 
     @mapped
@@ -421,7 +415,7 @@ class DeltaSink(PageSink):
         `reconciled_at`. Returns (Ids in the extract, rows deleted)."""
         t, q = ddl.qualified(self.t.spec), ddl.quote_ident
         soft = self.t.has_isdeleted and not self.t.hard_deletes
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn, leases.transaction(conn):
             await self._mark(conn, "poll:removed")
             await conn.execute("CREATE TEMP TABLE _reconcile_ids (id text) ON COMMIT DROP")
             seen = 0
@@ -443,7 +437,6 @@ class DeltaSink(PageSink):
             await state.save_checkpoint(conn, checkpoint, 0)
             await conn.execute("UPDATE checkpoints SET poll_reconciled_at = $2 WHERE topic = $1",
                                checkpoint.topic, reconciled_at)
-            await leases.check(conn)
         return seen, removed
 
     @mapped
@@ -459,7 +452,6 @@ class DeltaSink(PageSink):
     async def note_poll_key(self, object_name: str, how: str) -> None:
         """What a polled object's rounds read by, after why it is polled (`objects.mode_reason`, shown by
         `status`): `…; polls on (SystemModstamp, Id)`."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn, leases.transaction(conn):
             await conn.execute("UPDATE objects SET mode_reason = split_part(coalesce(mode_reason, ''),"
                                " '; polls on ', 1) || '; polls on ' || $2 WHERE object = $1", object_name, how)
-            await leases.check(conn)

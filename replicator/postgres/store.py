@@ -81,10 +81,8 @@ class Store:
     async def _write(self, fn: Callable[Concatenate[asyncpg.Connection, P], Awaitable[T]], *args: Any) -> T:
         """`fn` in a transaction that ends with the fence check of the unit the caller works for (postgres/leases.py):
         a process that lost the unit commits nothing (LeaseLost)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            result = await fn(conn, *args)
-            await leases.check(conn)
-            return result
+        async with self._pool.acquire() as conn, leases.transaction(conn):
+            return await fn(conn, *args)
 
     # ---- the sinks ------------------------------------------------------------------------------------------
     def page_sink(self, table: TableInfo) -> PageSink:
@@ -258,6 +256,11 @@ class Store:
     # ---- leases (postgres/leases.py) ----------------------------------------------------------------------------
     async def acquire_lease(self, unit: str, owner: str, lease_s: float) -> int | None:
         return await self._run(leases.acquire, unit, owner, lease_s)
+
+    async def fence_stands(self, unit: str, number: int) -> bool:
+        """`unit`'s lease still carries fence `number` (postgres/leases.py `Fence.stands`: the answer of a connection
+        other than the one whose session ended)."""
+        return await self._run(leases.stands, unit, number)
 
     async def renew_leases(self, owner: str, fences: dict[str, int], lease_s: float) -> set[str]:
         """Renew every lease of `fences` ({unit: fence}) in one statement: the units renewed (the others are lost)."""

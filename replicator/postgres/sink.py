@@ -24,6 +24,7 @@ this sink, the careful path's row checks (pipeline/backfill.py, so a value is ch
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from array import array
 from bisect import bisect_left
@@ -406,37 +407,49 @@ class DeltaSink(PageSink):
     async def reconcile_keys(self, pages: AsyncIterable[AsyncIterable[bytes]], before: dt.datetime,
                              checkpoint: Checkpoint, present: Callable[[list[str]], Awaitable[set[str]]],
                              reconciled_at: dt.datetime) -> tuple[int, int]:
-        """Key reconciliation: the Ids of an Id-only extract (CSV pages, header `Id`) against the table, in ONE
-        transaction. A row whose Id the extract lacks is a record the org no longer has when its version is older
-        than `before` (a record committed before the extract began, which the extract would hold); a row written
-        since is looked up by Id (`present`: the Ids the org still has) and counts as gone only when the org lacks
-        it too, never kept or removed for when it was written. Gone rows are marked deleted, or removed with
-        `deletes = "hard"` or without IsDeleted. `checkpoint` (getDeleted's window moved) commits with them, and
-        `reconciled_at`. Returns (Ids in the extract, rows deleted)."""
+        """Key reconciliation: the Ids of an Id-only extract (CSV pages, header `Id`) against the table. A row whose
+        Id the extract lacks is a record the org no longer has when its version is older than `before` (a record
+        committed before the extract began, which the extract would hold); a row written since is looked up by Id
+        (`present`: the Ids the org still has) and counts as gone only when the org lacks it too, never kept or
+        removed for when it was written. Gone rows are marked deleted, or removed with `deletes = "hard"` or
+        without IsDeleted, in ONE transaction with `checkpoint` (getDeleted's window moved) and `reconciled_at`.
+        Returns (Ids in the extract, rows deleted).
+
+        The extract's pages and `present` are network calls, as slow as Salesforce is: they run before the write
+        transaction, each page's COPY a statement of its own into a temporary table of the session, never inside
+        a transaction (the service's sessions end a transaction idle for `service.lease_s`: postgres/store.py
+        `Store.open`). The write re-reads its conditions, so what it removes is what they say at its commit: the
+        rows of this table are written by this unit only, in turn."""
         t, q = ddl.qualified(self.t.spec), ddl.quote_ident
         soft = self.t.has_isdeleted and not self.t.hard_deletes
-        async with self.pool.acquire() as conn, leases.transaction(conn):
-            await self._mark(conn, "poll:removed")
-            await conn.execute("CREATE TEMP TABLE _reconcile_ids (id text) ON COMMIT DROP")
-            seen = 0
-            async for chunks in pages:
-                seen += _copied(await conn.copy_to_table("_reconcile_ids", source=strip_nul_chunks(chunks),
-                                                         columns=["id"], format="csv", header=True))
-            await conn.execute("CREATE INDEX ON _reconcile_ids (id); ANALYZE _reconcile_ids")
-            unseen = "NOT EXISTS (SELECT 1 FROM _reconcile_ids r WHERE r.id = t.\"id\"::text)"
-            live = f" AND NOT t.{q('isdeleted')}" if soft else ""
-            recent = [r[0] for r in await conn.fetch(
-                f"SELECT t.\"id\"::text FROM {t} AS t WHERE {unseen} AND t.{q(VERSION_COLUMN)} >= $1{live}", before)]
-            gone = sorted(set(recent) - await present(recent)) if recent else []
-            where = f"{unseen} AND (t.{q(VERSION_COLUMN)} < $1 OR t.\"id\"::text = ANY($2::text[])){live}"
-            if soft:
-                sql = f"UPDATE {t} AS t SET {q('isdeleted')} = true, {q(SYNCED_COLUMN)} = now() WHERE {where}"
-            else:
-                sql = f"DELETE FROM {t} AS t WHERE {where}"
-            removed = int((await conn.execute(sql, before, gone)).rsplit(" ", 1)[-1])
-            await state.save_checkpoint(conn, checkpoint, 0)
-            await conn.execute("UPDATE checkpoints SET poll_reconciled_at = $2 WHERE topic = $1",
-                               checkpoint.topic, reconciled_at)
+        async with self.pool.acquire() as conn:
+            await conn.execute("DROP TABLE IF EXISTS pg_temp._reconcile_ids; CREATE TEMP TABLE _reconcile_ids (id text)")
+            try:
+                seen = 0
+                async for chunks in pages:
+                    seen += _copied(await conn.copy_to_table("_reconcile_ids", source=strip_nul_chunks(chunks),
+                                                             columns=["id"], format="csv", header=True))
+                await conn.execute("CREATE INDEX ON _reconcile_ids (id); ANALYZE _reconcile_ids")
+                unseen = "NOT EXISTS (SELECT 1 FROM _reconcile_ids r WHERE r.id = t.\"id\"::text)"
+                live = f" AND NOT t.{q('isdeleted')}" if soft else ""
+                recent = [r[0] for r in await conn.fetch(
+                    f"SELECT t.\"id\"::text FROM {t} AS t WHERE {unseen} AND t.{q(VERSION_COLUMN)} >= $1{live}",
+                    before)]
+                gone = sorted(set(recent) - await present(recent)) if recent else []
+                where = f"{unseen} AND (t.{q(VERSION_COLUMN)} < $1 OR t.\"id\"::text = ANY($2::text[])){live}"
+                if soft:
+                    sql = f"UPDATE {t} AS t SET {q('isdeleted')} = true, {q(SYNCED_COLUMN)} = now() WHERE {where}"
+                else:
+                    sql = f"DELETE FROM {t} AS t WHERE {where}"
+                async with leases.transaction(conn):
+                    await self._mark(conn, "poll:removed")
+                    removed = int((await conn.execute(sql, before, gone)).rsplit(" ", 1)[-1])
+                    await state.save_checkpoint(conn, checkpoint, 0)
+                    await conn.execute("UPDATE checkpoints SET poll_reconciled_at = $2 WHERE topic = $1",
+                                       checkpoint.topic, reconciled_at)
+            finally:  # a session that ended took its temporary table with it; the next one drops what is left
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await conn.execute("DROP TABLE IF EXISTS pg_temp._reconcile_ids")
         return seen, removed
 
     @mapped

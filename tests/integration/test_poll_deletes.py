@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from replicator.app.runtime import open_store, salesforce_client
+from replicator.config import ServiceSettings
 from replicator.model import JobFailedError
 from replicator.pipeline.backfill import Backfill
 from replicator.pipeline.poll import ObjectPoller
@@ -84,4 +85,24 @@ async def test_a_failing_delete_read_does_not_keep_a_round_from_its_changes(sim,
             "beside many deletes"
         await poller.round()  # the next round reconciles
         assert poller.reconciliations == 1
+    assert await all_equal(settings)
+
+
+async def test_a_reconciliation_slower_than_the_idle_bound_between_its_requests_still_commits(sim, pg_url):
+    """The key reconciliation reads the extract's pages and asks the org for recent Ids (`present`): network calls,
+    each as slow as Salesforce is. The service's sessions end a transaction idle for `service.lease_s`
+    (postgres/store.py `Store.open`: a paused process must not keep its unit), so no network call may wait inside
+    a write transaction: here every Salesforce request takes longer than that bound and the reconciliation still
+    commits (it failed with the session ended, and would on every retry)."""
+    settings = _settings(sim, pg_url, "del_slow").model_copy(update={"service": ServiceSettings(lease_s=1)})
+    async with salesforce_client(settings) as client, open_store(settings) as store:
+        poller = await _polled(settings, client, store)
+        gone, changed = await _too_many_deletes(sim, pg_url)
+        await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 1300})
+        await poller.round()
+        assert poller.reconciliations == 1
+        await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 0})
+    listed = ", ".join(f"'{g}'" for g in gone)
+    assert await pg_value(pg_url, f"SELECT count(*) FILTER (WHERE NOT isdeleted) FROM del_slow.task"
+                                  f" WHERE id IN ({listed})") == 0
     assert await all_equal(settings)

@@ -6,7 +6,7 @@ that table and the leases of its units (`Fleet._tick`, on the database's clock),
 
 - takes a free unit (its lease expired or released) only while it holds fewer than its fair share, the number of
   units the live replicas run divided by the number of live replicas, rounded up; a unit it handed back itself is
-  not taken again for `service.lease_s` unless it is alone. A unit nobody took for `service.lease_s` is taken by any
+  not taken again for `service.lease_s` unless it is alone, or until another replica took it (`cooling`). A unit nobody took for `service.lease_s` is taken by any
   replica that runs it, share or not: no unit stays unowned while a replica runs it.
 - hands back the units it holds beyond its share (the newest first) when another live replica that holds fewer
   than its share runs them: the one that started first and took everything hands back extras once the second is
@@ -53,6 +53,15 @@ def shares(units: int, replicas: list[str], salt: int = 0) -> dict[str, int]:
     return {name: base + (1 if (place - salt) % count < extra else 0) for place, name in enumerate(names)}
 
 
+def cooling(handed: dict[str, tuple[float, int]], seen: dict[str, dict], now: float) -> dict[str, tuple[float, int]]:
+    """Of the units this replica handed back ({unit: (until, fence it released)}), the ones it still leaves to
+    others: until `service.lease_s` after the hand-back, and only while nobody took the unit since (its lease,
+    as last read in `seen`, carries no newer fence). A unit another replica took and released again (it stopped
+    right after the rebalance: a rolling update) is free like any other, taken at the next read."""
+    return {u: (until, fence) for u, (until, fence) in handed.items()
+            if until > now and ((row := seen.get(u)) is None or row["fence"] <= fence)}
+
+
 def plan(share: int, active: list[str], draining: int, free: list[str], free_for: dict[str, float],
          cooling: set[str], wanted: set[str], alone: bool, grace: float) -> tuple[list[str], list[str]]:
     """(units to take, units to hand back) for a replica that holds `active` (oldest first) and hands back
@@ -81,7 +90,7 @@ class Fleet:
         self.seen: dict[str, dict] = {}  # the last read of this process's units' leases: {unit: row}
         self.seen_at = 0.0
         self._free_since: dict[str, float] = {}
-        self._cooling: dict[str, float] = {}  # units handed back: not taken again before (monotonic time)
+        self._cooling: dict[str, tuple[float, int]] = {}  # units handed back: {unit: (until, fence)}, `cooling`
         self._beat: tuple | None = None
         self._beat_at = float("-inf")
         self._task: asyncio.Task | None = None
@@ -90,8 +99,8 @@ class Fleet:
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
-    def released(self, unit: str) -> None:
-        self._cooling[unit] = time.monotonic() + self.units.lease_s
+    def released(self, unit: str, fence: int) -> None:
+        self._cooling[unit] = (time.monotonic() + self.units.lease_s, fence)
 
     def rows(self) -> list[tuple[str, str, int, float, bool]]:
         """(unit, owner, fence, seconds since the lease's last renewal, held here) of every unit this process runs
@@ -164,7 +173,7 @@ class Fleet:
         self.replicas, self.total, self.share = replicas, total, share
         free = [n for n in names if leases[n].fence is None and self._free(self.seen.get(n))]
         self._free_since = {n: self._free_since.get(n, now) for n in free}
-        self._cooling = {n: t for n, t in self._cooling.items() if t > now}
+        self._cooling = cooling(self._cooling, self.seen, now)
         active = sorted((n for n in held if not leases[n].draining), key=lambda n: leases[n].acquired)
         # Each replica tries the free units in an order of its own, so that two taking at once rarely collide.
         order = sorted(free, key=lambda n: zlib.crc32(f"{units.owner}\0{n}".encode()))

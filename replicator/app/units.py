@@ -248,7 +248,7 @@ class Units:
         """Expire the lease now (its work has ended): another process takes the unit at once."""
         lease.fence, lease.draining, lease.refused = None, None, True
         lease.held.clear()
-        self.fleet.released(lease.unit)
+        self.fleet.released(lease.unit, fence.number)
         self._signal()
         task = asyncio.ensure_future(self._expire(lease.unit, fence.number, why))
         self._releasing.add(task)

@@ -200,6 +200,10 @@ async def test_two_orgs_three_replicas_kill_pause_and_sigterm(sims, pg_url, tmp_
         for org in ORGS:
             await _traffic(sims[org], 20)
             await wait_for(_caught_up(pg_url, sims, org), timeout=60)
+    except (AssertionError, TimeoutError) as exc:  # what each replica did of its units, in the failure's report
+        for r in runs:
+            exc.add_note(f"{r.replica}'s last lease and fleet log lines:\n{_lease_lines(r)}")
+        raise
     finally:
         if lock is not None:
             await lock.close()
@@ -212,6 +216,14 @@ async def test_two_orgs_three_replicas_kill_pause_and_sigterm(sims, pg_url, tmp_
             out = subprocess.run([sys.executable, "-m", "replicator.cli", command, "--config", str(cfg), "--org", org],
                                  env=env, capture_output=True, text=True, timeout=300)
             assert out.returncode == 0, (command, org, out.stdout[-2000:], out.stderr[-2000:])
+
+
+def _lease_lines(run: _Run, last: int = 12) -> str:
+    run.proc.log_file.seek(0)  # type: ignore[attr-defined]
+    lines = [line[:300] for line in run.proc.log_file.read().decode(errors="replace").splitlines()  # type: ignore[attr-defined]
+             if '"event": "lease.' in line or '"event": "fleet.' in line]
+    run.proc.log_file.seek(0, os.SEEK_END)  # type: ignore[attr-defined]
+    return "\n".join(lines[-last:])
 
 
 async def _fenced_at_least(run: _Run) -> bool:

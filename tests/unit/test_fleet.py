@@ -3,7 +3,7 @@ it holds handed back only to a replica that runs them and has room, and no unit 
 
 from __future__ import annotations
 
-from replicator.app.fleet import fair_share, plan, shares
+from replicator.app.fleet import cooling, fair_share, plan, shares
 
 UNITS = [f"object:{n}" for n in ("Account", "Contact", "Invoice__c", "Opportunity")]
 
@@ -54,6 +54,17 @@ def test_a_unit_nobody_took_for_the_grace_is_taken_beyond_the_share():
 def test_a_unit_it_handed_back_is_not_taken_again_soon_unless_alone():
     assert _plan(2, free=UNITS[:1], cooling=UNITS[:1]) == ([], [])
     assert _plan(4, free=UNITS[:1], cooling=UNITS[:1], alone=True) == (UNITS[:1], [])
+
+
+def test_a_unit_handed_back_cools_only_until_another_replica_took_it():
+    """Handed back at fence 3 for `lease_s` (its deadline 10.0): while the lease still carries fence 3 nobody took it
+    yet, and this replica leaves it to the one it was handed to. Once another took it (fence 4), it is like any
+    other unit again: should that replica stop at once and release it, this one takes it at its next read rather
+    than after the rest of `lease_s` (test_orgs_fleet: a SIGTERM right after a rebalance moved a unit in 6 s)."""
+    handed = {UNITS[0]: (10.0, 3), UNITS[1]: (10.0, 3), UNITS[2]: (10.0, 3)}
+    seen = {UNITS[0]: {"fence": 3, "live": False}, UNITS[1]: {"fence": 4, "live": False}}
+    assert cooling(handed, seen, now=5.0) == {UNITS[0]: (10.0, 3), UNITS[2]: (10.0, 3)}
+    assert cooling(handed, seen, now=10.0) == {}, "cooled for lease_s at most"
 
 
 def test_extras_go_back_newest_first_only_to_a_replica_with_room_that_runs_them():

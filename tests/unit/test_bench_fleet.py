@@ -4,7 +4,7 @@ balance samples and the double holders of one scrape round."""
 
 from __future__ import annotations
 
-from bench.fleet import (
+from bench.fleet_report import (
     Balance,
     Lease,
     Snapshot,

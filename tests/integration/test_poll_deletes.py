@@ -92,17 +92,17 @@ async def test_a_reconciliation_slower_than_the_idle_bound_between_its_requests_
     """The key reconciliation reads the extract's pages and asks the org for recent Ids (`present`): network calls,
     each as slow as Salesforce is. The service's sessions end a transaction idle for `service.lease_s`
     (postgres/store.py `Store.open`: a paused process must not keep its unit), so no network call may wait inside
-    a write transaction: here every Salesforce request takes longer than that bound and the reconciliation still
-    commits (it failed with the session ended, and would on every retry)."""
+    a write transaction: here every Salesforce request takes longer than that bound and the reconciliation (two
+    result pages) still commits (it failed with the session ended, and would on every retry)."""
     settings = _settings(sim, pg_url, "del_slow").model_copy(update={"service": ServiceSettings(lease_s=1)})
     async with salesforce_client(settings) as client, open_store(settings) as store:
         poller = await _polled(settings, client, store)
-        gone, changed = await _too_many_deletes(sim, pg_url)
-        await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 1300})
-        await poller.round()
-        assert poller.reconciliations == 1
+        live = [r["Id"] for r in await ground_truth(sim, "Task") if not r["IsDeleted"]]
+        await sim_admin(sim, "POST", "/__sim/changes", [{"object": "Task", "type": "HARD_DELETE", "ids": live[:3]}])
+        await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 1100})
+        assert await poller.reconcile() == 3
         await sim_admin(sim, "PUT", "/__sim/faults", {"latency_ms": 0})
-    listed = ", ".join(f"'{g}'" for g in gone)
-    assert await pg_value(pg_url, f"SELECT count(*) FILTER (WHERE NOT isdeleted) FROM del_slow.task"
-                                  f" WHERE id IN ({listed})") == 0
+    listed = ", ".join(f"'{g}'" for g in live[:3])
+    assert await pg_value(pg_url, f"SELECT count(*) FILTER (WHERE isdeleted) FROM del_slow.task"
+                                  f" WHERE id IN ({listed})") == 3
     assert await all_equal(settings)

@@ -72,7 +72,7 @@ class Deployment:
                 for name in service.settings.objects:  # /readyz and the metrics say why, per object
                     health = service.metrics.object(name)
                     if health.phase != Phase.FAILED:
-                        health.phase, health.connected, health.last_error = Phase.FAILED, False, error
+                        health.fail(error)
                 service.stop.set()
                 return exc
 

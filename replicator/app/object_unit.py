@@ -47,14 +47,14 @@ class ObjectUnit:
                                     self.failed)
 
     async def record(self, error: str) -> None:
-        self.health.phase, self.health.connected, self.health.last_error = Phase.RETRYING, False, error
+        self.health.fail(error, Phase.RETRYING)
         await self.svc.store.record_error(self.name, error)
 
     async def failed(self, error: str) -> None:
         """Stopped on an error no retry fixes (a configuration error): FAILED in /readyz, the metrics and the stored
         state (`replicator status`) with the error, until the cause is fixed and the service started again; then it
         is extracted again (lifecycle FAILED -> BACKFILLING)."""
-        self.health.phase, self.health.connected, self.health.last_error = Phase.FAILED, False, error
+        self.health.fail(error)
         await self.svc.store.fail_object(self.name, error)
 
     def stream(self) -> ObjectStream:

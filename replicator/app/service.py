@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ..config import Settings
-from ..lifecycle import Phase
 from ..model import ConfigError, PermanentError, ServiceConfigError, Stopped
 from ..observe.endpoints import Endpoints
 from ..observe.metrics import Metrics
@@ -329,8 +328,7 @@ class Service:
 
     async def _event_failed(self, name: str, error: str) -> None:
         """A platform event topic stopped on an error no retry fixes: FAILED in /readyz and the metrics."""
-        health = self.metrics.object(f"/event/{name}")
-        health.phase, health.connected, health.last_error = Phase.FAILED, False, error
+        self.metrics.object(f"/event/{name}").fail(error)
 
     async def _failed_for_good(self, what: str, exc: PermanentError, on_failed: Callable[[str], Awaitable[None]]) -> None:
         """An object stopped on an error no retry fixes: recorded by `on_failed` (phase FAILED, its error), logged

@@ -44,6 +44,11 @@ class ObjectHealth:
     refreshed_at: float | None = None  # epoch s: when the object's last refresh finished (pipeline/refresh.py)
     refresh_due_at: float | None = None  # epoch s: when its next refresh is due
 
+    def fail(self, error: str, phase: str = Phase.FAILED) -> None:
+        """Not running now, for `error`: FAILED (stopped on an error no retry fixes) or RETRYING (to be tried
+        again), shown by /readyz and the metrics."""
+        self.phase, self.connected, self.last_error = phase, False, error
+
     def reset(self) -> None:
         """Nothing runs here now (the object was handed to another replica): what this process knew of it is stale,
         so its gauges go away (a lag would grow here while another replica keeps the object current)."""

@@ -8,6 +8,10 @@ and CA file; its client secret is printed on stdout as the one `export` line the
 stdout: `eval "$(replicator init --from-sim < ready.json)"` sets it). `replicator sim | replicator init --from-sim`
 works too: the first line is read without waiting for the end of the input, and the simulator keeps serving. An
 existing file is not replaced without `--force`.
+
+From `replicator sim --orgs N` (each ready line says how many there are: `orgs`), every org's line is read and the
+starter names each org in an `[orgs.<name>]` table of its own (docs/orgs.md), its secret in its own variable
+(`REPLICATOR_ORGS__<NAME>__SALESFORCE__CLIENT_SECRET`), one export line each.
 """
 
 from __future__ import annotations
@@ -43,12 +47,29 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
 
 
-def read_ready_line(stream) -> dict:
-    """The simulator's ready line: the first line of `stream`, read without waiting for the end of it (piped
-    straight from `replicator sim`, which keeps running)."""
+def secret_env(org: str | None) -> str:
+    """The variable that carries the client secret: of the org `org` of several, or of the one org."""
+    return SECRET_ENV if org is None else f"REPLICATOR_ORGS__{org.upper()}__SALESFORCE__CLIENT_SECRET"
+
+
+def read_ready_lines(stream) -> list[dict]:
+    """The simulator's ready lines, read without waiting for the end of `stream` (piped straight from `replicator
+    sim`, which keeps running): the first, and as many more as it says the simulator serves orgs (`orgs`)."""
     if stream.isatty():
         raise ConfigError("--from-sim reads the ready line of `replicator sim` on stdin: replicator sim | replicator "
                           "init --from-sim")
+    first = read_ready_line(stream)
+    count = first.get("orgs", 1)
+    if not isinstance(count, int) or count < 1:
+        raise ConfigError("stdin: the ready line's orgs is not a count of orgs")
+    readies = [first, *(read_ready_line(stream) for _ in range(count - 1))]
+    if count > 1 and any(not isinstance(r.get("org"), str) for r in readies):
+        raise ConfigError("stdin: a ready line of several orgs without its org name (org)")
+    return readies
+
+
+def read_ready_line(stream) -> dict:
+    """One ready line of the simulator (the next line of `stream`)."""
     line = stream.readline()
     try:
         info = json.loads(line)
@@ -61,8 +82,11 @@ def read_ready_line(stream) -> dict:
     return info
 
 
-def starter(ready: dict | None, output: str) -> str:
-    """The configuration text; from the simulator's ready line when `ready` is given."""
+def starter(readies: list[dict] | None, output: str) -> str:
+    """The configuration text; from the simulator's ready lines when `readies` is given (several: one
+    `[orgs.<name>]` table each)."""
+    several = readies is not None and len(readies) > 1
+    ready = readies[0] if readies and not several else None
     f = shlex.quote(output)
     lines = [
         "# replicator configuration: a starter written by `replicator init`" + (" --from-sim." if ready else "."),
@@ -74,9 +98,13 @@ def starter(ready: dict | None, output: str) -> str:
         "# REPLICATOR_SALESFORCE__CLIENT_ID); `replicator config show` shows what is in effect, docs/configuration.md",
         "# lists every key. Secrets are never written here: they come from the environment (or a file).",
         "",
-        "[salesforce]",
     ]
-    lines += _salesforce(ready)
+    if several:
+        lines += ["# Several orgs, each in an [orgs.<name>] table below with its own [orgs.<name>.salesforce]",
+                  "# (docs/orgs.md). The top-level tables ([postgres], [objects.*]) are every org's defaults; each",
+                  "# org's tables go in the Postgres schema sf_<name>, its state in replicator_<name>."]
+    else:
+        lines += ["[salesforce]", *_salesforce(ready)]
     lines += [
         "",
         "[postgres]",
@@ -94,10 +122,12 @@ def starter(ready: dict | None, output: str) -> str:
     ]
     for key, example in (("mode", "auto"), ("key", "Id"), ("deletes", "soft")):
         lines += [*_describe(ObjectSettings, key), f"# {key} = {_toml(example)}"]
+    for r in readies if several else []:
+        lines += ["", f"[orgs.{r['org']}]", f"[orgs.{r['org']}.salesforce]", *_salesforce(r, r["org"])]
     return "\n".join(lines) + "\n"
 
 
-def _salesforce(ready: dict | None) -> list[str]:
+def _salesforce(ready: dict | None, org: str | None = None) -> list[str]:
     if ready is None:
         return [
             "# REQUIRED. " + (SalesforceSettings.model_fields["instance_url"].description or "").removesuffix(
@@ -123,17 +153,19 @@ def _salesforce(ready: dict | None) -> list[str]:
             '# ca_file = "/etc/ssl/certs/private-ca.pem"',
         ]
     tls = bool(ready.get("ca_file")) or not str(ready["instance_url"]).startswith("http://")
+    again = "replicator sim | replicator init --from-sim --force" if org is None else \
+        "replicator sim --orgs N | replicator init --from-sim --force"
     out = [
         f"# From the ready line of `replicator sim` ({ready.get('admin_url') or ready['instance_url']}). Its ports",
         "# and certificate change at every start: after a restart, write this file again",
-        "# (replicator sim | replicator init --from-sim --force).",
+        f"# ({again}).",
         *_describe(SalesforceSettings, "instance_url"),
         f"instance_url = {_toml(ready['instance_url'])}",
         *_describe(SalesforceSettings, "client_id"),
         f"client_id = {_toml(ready['client_id'])}",
         'auth = "client_credentials"',
         "# The consumer secret comes from the environment, never from here: `replicator init --from-sim` printed",
-        f"# the line that sets it (export {SECRET_ENV}=...).",
+        f"# the line that sets it (export {secret_env(org)}=...).",
     ]
     if ready.get("token_url"):
         out += [*_describe(SalesforceSettings, "token_url"), f"token_url = {_toml(ready['token_url'])}"]
@@ -149,7 +181,9 @@ def _validate(text: str) -> None:
     """The starter must load as it is (the ready line's values included): one line naming what is wrong."""
     data = tomllib.loads(text)
     try:
-        SalesforceSettings(**data["salesforce"])
+        for salesforce in [data["salesforce"]] if "salesforce" in data else \
+                [org["salesforce"] for org in data["orgs"].values()]:
+            SalesforceSettings(**salesforce)
         PostgresSettings(**data["postgres"])
         for obj in data["objects"].values():
             ObjectSettings(**obj)
@@ -159,8 +193,8 @@ def _validate(text: str) -> None:
 
 
 def init_command(from_sim: bool, output: str, force: bool) -> int:
-    ready = read_ready_line(sys.stdin) if from_sim else None
-    text = starter(ready, output)
+    readies = read_ready_lines(sys.stdin) if from_sim else None
+    text = starter(readies, output)
     _validate(text)
     path = Path(output)
     try:
@@ -171,11 +205,17 @@ def init_command(from_sim: bool, output: str, force: bool) -> int:
     except OSError as exc:
         raise ConfigError(f"{output}: cannot write it ({exc.strerror})") from None
     out = sys.stderr
-    if ready is not None:
-        print(f"export {SECRET_ENV}={shlex.quote(ready['client_secret'])}", flush=True)
-        print(f"wrote {output} for the simulator at {ready['instance_url']}; its client secret goes in {SECRET_ENV}: "
-              "the export line on stdout sets it. Then: replicator "
-              f"check --config {shlex.quote(output)}", file=out)
+    if readies is not None:
+        several = len(readies) > 1
+        for ready in readies:
+            print(f"export {secret_env(ready['org'] if several else None)}={shlex.quote(ready['client_secret'])}",
+                  flush=True)
+        where = f"{len(readies)} orgs of the simulator" if several else f"the simulator at {readies[0]['instance_url']}"
+        print(f"wrote {output} for {where}; "
+              + ("each org's client secret goes in its own variable: the export lines" if several else
+                 f"its client secret goes in {SECRET_ENV}: the export line")
+              + f" on stdout set{'' if several else 's'} it. Then: replicator check --config {shlex.quote(output)}",
+              file=out)
     else:
         print(f"wrote {output}: fill in salesforce.instance_url and client_id, export {SECRET_ENV} and "
               f"{DATABASE_ENV}, then: replicator check --config {shlex.quote(output)}", file=out)

@@ -5,7 +5,7 @@ Runs the simulator in the foreground. Once it is ready, prints ONE JSON line on 
 instance_url, token_url, client_id, client_secret, refresh_token, org_id, tenant_id, pubsub_endpoint, ca_file,
 api_version, ...) and serves until SIGINT/SIGTERM. `--orgs N` (N > 1) serves N orgs, each on its own ports with its
 own org id, Ids and credentials (server.org_options), and prints N ready lines, in org order once all serve, each
-with an `org` field ("org1", "org2", ...). `--rate R` starts the traffic generator at R changes/s;
+with an `org` field ("org1", "org2", ...) and an `orgs` field (N: how many lines to read). `--rate R` starts the traffic generator at R changes/s;
 `--changes N` stops it after N changes (the simulator keeps serving). Exit codes: 0 after a signal, 2 on bad usage, 1 on a startup failure.
 """
 

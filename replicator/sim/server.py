@@ -104,13 +104,14 @@ class Simulator:
                  api_allocation: int | None = None, event_allocation: int | None = None,
                  monthly_event_entitlement: int | None = None, objects: int = 0, object_records: int | None = None,
                  channel_members: dict[str, list[str]] | None = None, org: int = 1, org_name: str | None = None,
-                 **knobs) -> None:
+                 orgs: int = 1, **knobs) -> None:
         """`org`: which org of a multi-org simulator this is (1-based): its Ids, org id and user id carry the
         org's pod (ids.org_pod), so two orgs never share an Id; org 1's are today's. `org_name`: when given, the
-        ready info's `org` field (org_options sets it to "org<k>" when there are several orgs)."""
+        ready info's `org` field (org_options sets it to "org<k>" when there are several orgs), and `orgs` how
+        many the simulator serves (its `orgs` field: a reader of the ready lines knows how many to read)."""
         self.host, self.port, self.tls = host, port, tls
         self.pod = org_pod(org)
-        self.org_name = org_name
+        self.org_name, self.orgs = org_name, orgs
         self.seed = seed
         self.records = records
         self.client_id, self.client_secret, self.username = client_id, client_secret, username
@@ -211,7 +212,7 @@ class Simulator:
 
     def _ready_info(self, instance_url: str, refresh_token: str, pubsub_endpoint: str, ca_file: str | None) -> dict:
         return {
-            **({"org": self.org_name} if self.org_name is not None else {}),
+            **({"org": self.org_name, "orgs": self.orgs} if self.org_name is not None else {}),
             "instance_url": instance_url,
             "token_url": f"{instance_url}/services/oauth2/token",
             "client_id": self.client_id,
@@ -275,7 +276,7 @@ def org_options(options: dict, k: int, orgs: int) -> dict:
         raise ValueError(f"--orgs must be within 1..{MAX_ORGS}")
     if orgs == 1:
         return dict(options)
-    out = {**copy.deepcopy(options), "org": k, "org_name": f"org{k}"}  # no settings dict shared by two orgs
+    out = {**copy.deepcopy(options), "org": k, "org_name": f"org{k}", "orgs": orgs}  # no dict shared by two orgs
     if k > 1:
         out["client_id"] = options.get("client_id", DEMO_CLIENT_ID) + f"-org{k}"
         out["client_secret"] = options.get("client_secret", DEMO_CLIENT_SECRET) + f"-org{k}"

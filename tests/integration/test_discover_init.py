@@ -196,3 +196,43 @@ def test_init_writes_a_starter_that_names_what_to_fill_and_refuses_to_overwrite(
     out = _cli("init", "--from-sim", "--output", str(tmp_path / "other.toml"), input="not json\n")
     assert out.returncode == 2 and "ready line" in out.stderr.splitlines()[-1], out.stderr
     assert not (tmp_path / "other.toml").exists()
+
+
+def test_init_from_a_simulator_of_several_orgs_writes_one_table_per_org_then_check_passes(tmp_path, pg_url):
+    """`replicator sim --orgs 2 | replicator init --from-sim`: every org's ready line is read (each says how many
+    there are), each org gets its `[orgs.<name>]` table with its own Salesforce settings, and its secret its own
+    export line (`REPLICATOR_ORGS__<NAME>__SALESFORCE__CLIENT_SECRET`); `check` passes for both orgs."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
+    simulator = subprocess.Popen([sys.executable, "-m", "replicator.cli", "sim", "--records", "50", "--orgs", "2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=environ)
+    try:
+        cfg = tmp_path / "replicator.toml"
+        init = subprocess.run([sys.executable, "-m", "replicator.cli", "--log-json", "init", "--from-sim",
+                               "--output", str(cfg)], stdin=simulator.stdout, capture_output=True, text=True,
+                              timeout=120, env=environ)
+        assert init.returncode == 0, init.stdout + init.stderr
+        text = cfg.read_text()
+        orgs = tomllib.loads(text)["orgs"]
+        assert set(orgs) == {"org1", "org2"}
+        urls = {org["salesforce"]["instance_url"] for org in orgs.values()}
+        assert len(urls) == 2 and all(u.startswith("https://127.0.0.1:") for u in urls)
+        assert all("client_secret" not in org["salesforce"] for org in orgs.values())
+        secrets = {}
+        for line in init.stdout.splitlines():  # stdout: the export lines alone, for eval "$(…)"
+            word, assignment = shlex.split(line)
+            name, _, secret = assignment.partition("=")
+            assert word == "export" and secret and secret not in text and name in text
+            secrets[name] = secret
+        assert set(secrets) == {"REPLICATOR_ORGS__ORG1__SALESFORCE__CLIENT_SECRET",
+                                "REPLICATOR_ORGS__ORG2__SALESFORCE__CLIENT_SECRET"}
+        assert len(set(secrets.values())) == 2
+
+        out = _cli("check", "--config", str(cfg), env={**secrets, "DATABASE_URL": pg_url})
+        assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+        oks = [line for line in out.stdout.splitlines() if line.startswith("ok ")]
+        assert oks and not [line for line in out.stdout.splitlines() if line.startswith(("FAIL", "fail"))], out.stdout
+        assert "org org1" in out.stderr and "org org2" in out.stderr, out.stderr[-2000:]
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=60)
+        simulator.stdout.close()

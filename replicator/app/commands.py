@@ -22,7 +22,8 @@ from ..pipeline.backfill import Progress as BackfillProgress
 from ..pipeline.history import prune_history
 from ..pipeline.stopping import until_stopped
 from ..pipeline.verify import verify_history, verify_object
-from .runtime import open_store, salesforce_client
+from ..postgres.compare import Diff, Repair
+from .runtime import in_order, objects_at_once, open_store, salesforce_client
 
 log = structlog.get_logger(__name__)
 
@@ -135,10 +136,16 @@ async def prune_command(settings: Settings, names: list[str]) -> int:
 
 
 async def verify_command(settings: Settings, names: list[str], repair: bool = False, history: bool = False) -> int:
+    """`replicator verify`: each object's extract compared with its table (`objects_at_once` at a time, the
+    lines in the objects' order). Exit 1 when any differs."""
     equal = True
     async with salesforce_client(settings) as client, open_store(settings, migrate=repair) as store:
-        for name in names:
-            if history and (found := await verify_history(client, store, settings, name)) is not None:
+        async def one(name: str) -> tuple[dict | None, Diff, Repair | None]:
+            found = await verify_history(client, store, settings, name) if history else None
+            return found, *await verify_object(client, store, settings, name, repair=repair)
+
+        async for name, (found, diff, fixed) in in_order(names, one, objects_at_once(settings)):
+            if found is not None:
                 ok = not any(found.values())
                 equal &= ok
                 print(f"{name}: history: current versions not the row {len(found['current'])}, overlapping or "
@@ -146,7 +153,6 @@ async def verify_command(settings: Settings, names: list[str], repair: bool = Fa
                 for kind, keys in found.items():
                     if keys:
                         print(f"  {kind}: {', '.join(keys)}")
-            diff, fixed = await verify_object(client, store, settings, name, repair=repair)
             if fixed is not None:
                 print(f"{name}: repaired: {fixed.written} rows written from Salesforce, {fixed.deleted} rows "
                       f"Salesforce does not have deleted, {fixed.kept_newer} rows newer than the extract kept")

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..model import ReplicatorError
 from ..observe.logs import fatal
 from ..pipeline import dead_letters
-from .runtime import open_store, salesforce_client
+from .runtime import in_order, objects_at_once, open_store, salesforce_client
 
 
 async def resync_command(settings: Settings, names: list[str]) -> int:
@@ -71,19 +71,23 @@ async def dead_letters_drop(settings: Settings, object_: str | None, ids: list[i
 
 
 async def refresh_command(settings: Settings, names: list[str]) -> int:
-    """Refresh the columns change events never carry, once, for each object (pipeline/refresh.py); beside a
-    running service or not. Exit 1 when any object's refresh failed (the others still run)."""
-    from ..pipeline.refresh import refresh_object
+    """Refresh the columns change events never carry, once, for each object (pipeline/refresh.py), `objects_at_once`
+    at a time; beside a running service or not. Exit 1 when any object's refresh failed (the others still run)."""
+    from ..pipeline.refresh import RefreshResult, refresh_object
 
     failed = 0
     async with salesforce_client(settings) as client, open_store(settings) as store:
-        for name in names:
+        async def one(name: str) -> RefreshResult | ReplicatorError:
             try:
-                r = await refresh_object(client, store, settings, name)
+                return await refresh_object(client, store, settings, name)
             except ReplicatorError as exc:
+                return exc
+
+        async for name, r in in_order(names, one, objects_at_once(settings)):  # the lines in the objects' order
+            if isinstance(r, ReplicatorError):
                 failed += 1
-                print(f"{name}: refresh failed: {exc}")
-                await store.record_refresh_error(name, f"{type(exc).__name__}: {exc}")
+                print(f"{name}: refresh failed: {r}")
+                await store.record_refresh_error(name, f"{type(r).__name__}: {r}")
                 continue
             if not r.columns:
                 print(f"{name}: nothing to refresh (no formula field, LastActivityDate or LastViewedDate)")

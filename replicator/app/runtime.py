@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
@@ -14,6 +16,8 @@ from ..postgres.store import Store
 from ..salesforce.auth import Credentials
 from ..salesforce.client import SalesforceClient
 from .units import replica_id
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -64,3 +68,36 @@ async def open_store(settings: Settings, migrate: bool = True) -> AsyncIterator[
     async with Store.open(url, settings.postgres.pool_size, migrate, settings.state_schema, name,
                           settings.service.lease_s) as store:
         yield store
+
+
+# Objects the one-shot `verify` and `refresh` work on at once: each runs a Bulk query job, and Salesforce runs an org's
+# jobs side by side; only requests lasting 20 s or more count against its 25 concurrent long requests ("API Request
+# Limits and Allocations", https://developer.salesforce.com/docs/platform/salesforce-app-limits-cheatsheet/guide/salesforce-app-limits-platform-api.html;
+# docs/bulk-rest-oauth.md). The objects' job waits overlap rather than add up.
+OBJECTS_AT_ONCE = 4
+
+
+def objects_at_once(settings: Settings) -> int:
+    """`OBJECTS_AT_ONCE`, within the Postgres pool: each object holds one connection (its comparison or staging
+    table) and may want a second one meanwhile."""
+    return max(1, min(OBJECTS_AT_ONCE, settings.postgres.pool_size // 2))
+
+
+async def in_order(names: list[str], work: Callable[[str], Awaitable[T]], at_once: int) -> AsyncIterator[tuple[str, T]]:
+    """`work(name)` for every name, `at_once` at a time, yielded in the names' order (each as soon as it and those
+    before it are done: the output reads as if they ran in turn). An error of one is raised at its turn, and the
+    work still running is cancelled."""
+    gate = asyncio.Semaphore(at_once)
+
+    async def one(name: str) -> T:
+        async with gate:
+            return await work(name)
+
+    tasks = [asyncio.ensure_future(one(name)) for name in names]
+    try:
+        for name, task in zip(names, tasks, strict=True):
+            yield name, await task
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -290,14 +290,12 @@ async def all_equal(settings: Settings, refresh: bool = False) -> bool:
     """`replicator verify` of every configured object says equal. `refresh`: run `replicator refresh` first (formula
     and eventless columns change in the org without events)."""
     from replicator.app.ops_commands import refresh_command
-    from replicator.app.runtime import open_store, salesforce_client
+    from replicator.app.runtime import in_order, objects_at_once, open_store, salesforce_client
     from replicator.pipeline.verify import verify_object
 
     if refresh:
         assert await refresh_command(settings, list(settings.objects)) == 0
     async with salesforce_client(settings) as client, open_store(settings) as store:
-        for name in settings.objects:
-            diff, _ = await verify_object(client, store, settings, name)
-            if not diff.equal:
-                return False
-    return True
+        diffs = [diff async for _, (diff, _) in in_order(
+            list(settings.objects), lambda name: verify_object(client, store, settings, name), objects_at_once(settings))]
+    return all(diff.equal for diff in diffs)

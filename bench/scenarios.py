@@ -82,6 +82,7 @@ class Plan:
     chaos_backfill_kills: int = 4
     chaos_runs: int = 3
     chaos_history: bool = False  # every object keeps history; verify --history must be equal too (bench/chaos.py)
+    chaos_limit_errors: bool = True  # 1% 403 REQUEST_LIMIT_EXCEEDED among the faults (not in quick runs: chaos.faults_of)
     transitions_sequences: int = 20
     transitions_seed: int = 1  # sequences use seeds transitions_seed, transitions_seed + 1, …
     transitions_length: tuple[int, int] = (5, 15)  # operations a sequence
@@ -113,7 +114,7 @@ class Plan:
                    transaction_changes=1_000,
                    ceiling_events=1_000, burst_events=2_000, burst_lag_rates=[], e2e_records=2_000, e2e_changes=4_000, e2e_rate=2_000, e2e_kills=[0, 2],
                    chaos_records=1_600, chaos_changes=3_000, chaos_rate=1_000, chaos_kills=2, chaos_backfill_kills=1,
-                   chaos_runs=1, transitions_sequences=2, transitions_length=(5, 5),
+                   chaos_runs=1, chaos_limit_errors=False, transitions_sequences=2, transitions_length=(5, 5),
                    transitions_fixed=[QUICK_TRANSITIONS], fleet_duration=40.0, fleet_records=200)
 
 
@@ -486,10 +487,12 @@ async def chaos_runs(plan: Plan) -> dict:
     for n in range(plan.chaos_runs):
         figures = await chaos.run(plan.server_url, plan.db("_chaos_history" if history else "_chaos"),
                                   plan.chaos_records, plan.chaos_changes, plan.chaos_rate, plan.chaos_kills,
-                                  plan.chaos_backfill_kills, seed=11 + n, history=history)
+                                  plan.chaos_backfill_kills, seed=11 + n, history=history,
+                                  limit_errors=plan.chaos_limit_errors)
         rows.append(_row(n + 1, figures))
     note = (f"4 objects of {plan.chaos_records:,} records, {plan.chaos_changes:,} changes offered at "
-            f"{plan.chaos_rate:,}/s; faults: {', '.join(f'{k}={v}' for k, v in chaos.FAULTS.items())}; kills: "
+            f"{plan.chaos_rate:,}/s; faults: "
+            f"{', '.join(f'{k}={v}' for k, v in chaos.faults_of(plan.chaos_limit_errors).items())}; kills: "
             f"{plan.chaos_backfill_kills} during the backfill, {plan.chaos_kills} during the traffic; every run ended "
             "with verify equal for all 4 objects"
             + ("; history = true for every object, and every run ended with verify --history equal for all 4 and "

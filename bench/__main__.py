@@ -33,7 +33,8 @@ from replicator.observe.logs import setup_logging
 from replicator.postgres.server import resolve_database
 
 from . import harness
-from .scenarios import QUICK, SCENARIOS, Plan, run
+from .plan import Plan
+from .scenarios import QUICK, SCENARIOS, run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """`replicator init [--from-sim] [--output F] [--force]`: a commented starter configuration (issue 21).
 
-It holds every section a user must fill, each key's comment taken from the settings' own descriptions (config.py),
+It holds every section a user must fill, each key's comment taken from the settings' own descriptions (sections.py),
 and never a secret: the client secret and the Postgres URL (which may carry a password) are named by the
 environment variables that carry them. With `--from-sim` the values come from the simulator's ready line (the one
 JSON line `replicator sim` prints on stdout, read from stdin): instance URL, token URL, client id, Pub/Sub endpoint
@@ -36,7 +36,7 @@ WIDTH = 110
 
 
 def _describe(model: type[BaseModel], key: str) -> list[str]:
-    """The key's description from config.py, as comment lines."""
+    """The key's description from sections.py, as comment lines."""
     text = model.model_fields[key].description or ""
     return textwrap.wrap(text, WIDTH, initial_indent="# ", subsequent_indent="# ")
 

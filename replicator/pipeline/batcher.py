@@ -21,7 +21,7 @@ log = structlog.get_logger(__name__)
 # How long the trailing transaction may stay idle before it is taken as complete. A transaction's events are
 # published together at its commit and arrive back to back (the gap between two FetchResponses of one burst is
 # milliseconds), so half a second of silence means it is over; it adds at most that much lag to the last
-# transaction of a quiet stream. The batch bounds themselves are settings (config.py, `[stream]`).
+# transaction of a quiet stream. The batch bounds themselves are settings (sections.py, `[stream]`).
 HOLD_S = 0.5
 
 

@@ -8,7 +8,7 @@ is the database's clock (`now()`), so the replicas' clocks never matter.
 
 A lease alone cannot stop a writer that does not know it lost it (paused, partitioned, slow). The fence does: the
 unit's work runs with its `Fence` in a context variable (`fenced`), and every write transaction of rows or a
-checkpoint calls `check` as its last statement, inside the transaction: the lease row must still carry the fence
+checkpoint is a `transaction`, which calls `check` as its last statement, inside it: the lease row must still carry the fence
 this process acquired, else the transaction raises `LeaseLost` and rolls back. `FOR SHARE` holds the row until the
 commit, so an acquisition (an UPDATE of the row) waits for commits already past their check and every commit after
 it fails: there is no instant at which both owners can commit. A shared lock, so the unit's concurrent

@@ -30,6 +30,7 @@ starts (a backfill's page downloads, a channel's members), so they write under t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
@@ -38,6 +39,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from ..model import LeaseLost
+
+ASK_TIMEOUT_S = 5.0  # `Fence.stands`: longest wait for the answer (a new connection may be needed)
 
 
 @dataclass(slots=True, eq=False)
@@ -60,7 +63,8 @@ class Fence:
         if self.ask is None:
             return True
         try:
-            return await self.ask(self.unit, self.number)
+            async with asyncio.timeout(ASK_TIMEOUT_S):  # a database that does not answer: the caller's error goes on
+                return await self.ask(self.unit, self.number)
         except Exception:
             return True
 

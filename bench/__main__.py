@@ -37,6 +37,13 @@ from .plan import Plan
 from .scenarios import QUICK, SCENARIOS, run
 
 
+def _failure(failure: str | dict) -> str:
+    """One failure of a scenario's report: a line (fleet), or a transitions sequence that ended different."""
+    if isinstance(failure, str):
+        return failure
+    return f"seed {failure.get('seed')}: {failure.get('signature') or 'different'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat, under 3 minutes")
@@ -105,7 +112,8 @@ async def _run(names, args, results_dir: Path, results_md: Path, charts_dir: Pat
             reports[label] = json.loads(path.read_text())
             print(f"{name}: {result['seconds']} s -> {path}", flush=True)
             if result.get("failures"):  # written for the evidence, and failed
-                print(f"{name}: FAILED: " + "; ".join(result["failures"]), file=sys.stderr, flush=True)
+                print(f"{name}: FAILED: " + "; ".join(_failure(f) for f in result["failures"]), file=sys.stderr,
+                      flush=True)
                 failed.append(name)
     harness.render_results(results_md, reports)
     made = harness.charts(charts_dir, reports)

@@ -115,6 +115,11 @@ HANDOFFS: dict[tuple[Way, Way], Handoff] = {
     (Way.CHANNEL, Way.NONE): Handoff("removed: own position kept", "out of the configuration: its position leaves "
                                      "the channel as its own, stored as its poll position, so adding it back later "
                                      "joins from there (POLL -> CHANNEL)"),
+    (Way.TOPIC, Way.NONE): Handoff("removed: own position kept", "out of the configuration: its own position (as "
+                                   "TOPIC -> POLL) stored as its poll position, so adding it back later polls past "
+                                   "it before streaming (POLL -> TOPIC): what changed meanwhile without an event (the "
+                                   "entity out of Change Data Capture for a while) is read too, which the topic's "
+                                   "checkpoint alone could not replay"),
 }
 
 

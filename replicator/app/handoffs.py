@@ -132,20 +132,23 @@ async def enter_events(poller: ObjectPoller, stop: asyncio.Event, stream: Object
     return True
 
 
-async def leave_unconfigured(store: Store, client, settings, channel: str, names: list[str]) -> None:
-    """Objects out of the configuration whose position is `channel`'s checkpoint keep it as a time position of their
-    own (a `Position` stored as their poll position; lifecycle HANDOFFS CHANNEL -> NONE: `leave_events`), so that
-    adding one back later joins from there. Run under the channel's lease. An object the org no longer answers for
-    is logged and left."""
+async def leave_unconfigured(store: Store, client, settings, channel: str | None, names: list[str]) -> None:
+    """Objects out of the configuration whose position is `channel`'s checkpoint, or (`channel` None) their own
+    topic's, keep their own position as a time position (a `Position` stored as their poll position; lifecycle
+    HANDOFFS CHANNEL -> NONE and TOPIC -> NONE: `leave_events`), so that adding one back later polls past it before
+    it streams again: a channel skipped its events meanwhile, and a topic never had the events of changes made while
+    the entity was out of Change Data Capture. Run under the channel's lease, or the object's own. An object the org
+    no longer answers for is logged and left."""
+    source = f"channel {channel}" if channel else "its own topic"
     for name in names:
         try:
             left = await leave_events(store, client, name, settings.poll,
-                                      f"out of the configuration: its position left channel {channel}")
+                                      f"out of the configuration: its position left {source}")
         except TransientError:
             raise
         except ReplicatorError as exc:  # the org may have lost the object too: it is not replicated any more
             log.error("handoff.left_without_position", object=name, channel=channel, error=str(exc),
-                      action="if it is configured again it joins at the channel's checkpoint: resync it then")
+                      action="if it is configured again it streams from its stored position: resync it then")
             continue
         if left:
             log.info("handoff.object_left", object=name, channel=channel)

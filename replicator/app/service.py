@@ -261,21 +261,24 @@ class Service:
         self._group.create_task(own())
 
     async def _leave_unconfigured(self) -> None:
-        """An object out of the configuration whose position is a channel's checkpoint keeps it as a time position of
-        its own (lifecycle HANDOFFS CHANNEL -> NONE), so that adding it back later continues from there; an own
-        topic's checkpoint or a poll position stays as it is. The configured channel's unit does this for its own
-        members (app/channel_unit.py); here, under each other channel's lease, for the channels no longer
-        configured."""
+        """An object out of the configuration whose position is a channel's checkpoint or its own topic's keeps its
+        own position as a time position (lifecycle HANDOFFS CHANNEL -> NONE, TOPIC -> NONE), so that adding it back
+        later polls past it, then streams; a poll position stays as it is. The configured channel's unit does this
+        for its own members (app/channel_unit.py); here, under each other channel's lease for the channels no longer
+        configured, and under each object's own lease for the objects that had a topic of their own."""
         stored: dict[str | None, list[str]] = {}
         for name, channel in (await self.store.streamed_objects()).items():
-            if name not in self.settings.objects and channel and channel != self.settings.stream.channel:
-                stored.setdefault(channel, []).append(name)
+            if name not in self.settings.objects and channel != self.settings.stream.channel or \
+                    name not in self.settings.objects and not channel:
+                stored.setdefault(channel or None, []).append(name)
         try:
             for channel, names in stored.items():
-                async with self.units.hold(f"channel:{channel}"):
-                    await leave_unconfigured(self.store, self.client, self.settings, channel, names)
-                # nothing of this process runs under it any more: released, not renewed for the process's life
-                await self.units.forget(f"channel:{channel}", "no longer configured; its members left it")
+                for unit, members in ([(f"channel:{channel}", names)] if channel else
+                                      [(f"object:{name}", [name]) for name in names]):
+                    async with self.units.hold(unit):
+                        await leave_unconfigured(self.store, self.client, self.settings, channel, members)
+                    # nothing of this process runs under it any more: released, not renewed for the process's life
+                    await self.units.forget(unit, "no longer configured; its position kept as a time position")
         except Stopped:
             return
 

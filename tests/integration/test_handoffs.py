@@ -118,6 +118,37 @@ async def test_an_object_removed_from_the_configuration_and_added_back_keeps_the
         assert await all_equal(both)
 
 
+async def test_an_object_out_of_the_configuration_while_its_entity_left_cdc_keeps_the_changes_made_meanwhile(
+        sim, pg_url):
+    """Contact (its own subscription) out of the configuration for one run; meanwhile the org's admin deselects it
+    from Change Data Capture, 4 Contacts change (no events: the entity is not selected), and it is selected again;
+    then Contact back in the configuration: the 4 changes must be in the copy. Its topic's checkpoint cannot replay
+    events that were never published: leaving the configuration keeps its own position as a time position (TOPIC
+    -> NONE, as CHANNEL -> NONE), so adding it back polls past it before streaming (POLL -> TOPIC). Found by the
+    transitions bench (seed 14020: a late commit that became visible while the entity was deselected)."""
+    schema = "readdcdc"
+    both = _settings(sim, pg_url, schema, {"Account": {}, "Contact": {}})
+    without = _settings(sim, pg_url, schema, {"Account": {}})
+    changed, marker = await _live_ids(sim, "Contact", 20, 4), (await _live_ids(sim, "Contact", 24, 1))[0]
+    selected = (await sim_admin(sim, "GET", "/__sim/cdc")).json()["objects"]
+    async with running_service(both, until=streaming(pg_url, "Account", "Contact", mode="cdc")):
+        pass
+    try:
+        async with running_service(without, until=streaming(pg_url, "Account", mode="cdc")):
+            # out of the configuration, its own position is kept as a time position (its mode then `poll`)
+            await wait_for(lambda: pg_value(pg_url, "SELECT mode = 'poll' FROM replicator.objects"
+                                                    " WHERE object = 'Contact'"), timeout=30)
+            await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selected if o != "Contact"]})
+            await _update(sim, "Contact", changed, "while deselected")
+            await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selected})
+    finally:
+        await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selected})
+    async with running_service(both, until=streaming(pg_url, "Contact", mode="cdc")):
+        await _marker(sim, pg_url, schema, "Contact", marker, "back after deselection")
+        assert await _arrived(pg_url, schema, "Contact", changed, "while deselected") == len(changed)
+        assert await all_equal(both)
+
+
 # -- defect 3: a mode changed across a restart, beside a channel -------------------------------------------------
 
 async def test_a_polled_object_configured_auto_after_a_restart_joins_the_stream_without_a_hole(sim, pg_url):

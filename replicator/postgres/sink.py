@@ -101,6 +101,8 @@ class PageSink:
             for stmt in ddl.add_columns(spec, existing):
                 log.info("schema.column_added", object=spec.object, sql=stmt)
                 await conn.execute(stmt)
+            if any(c.name not in existing for c in spec.columns) and existing:
+                await state.request_refill(conn, spec.object)
             if self.t.history is not None:
                 await history.prepare(conn, self.t)
             if self.t.hard_deletes and self.t.has_isdeleted:

@@ -119,3 +119,28 @@ async def _ids(pg_url: str, schema: str, where: str) -> list[str]:
         return [r[0] for r in await conn.fetch(f"SELECT id FROM {schema}.task WHERE {where}")]
     finally:
         await conn.close()
+
+
+async def test_a_field_whose_column_another_path_added_first_still_has_its_earlier_values_filled(sim, pg_url):
+    """As above, but before the restart another path adds the column: a refresh or a verify --repair (each
+    prepares the table from a fresh describe), or a channel describing the object as it joins. The poller then
+    finds no column missing, the only sign it had of a field added: the values set before were never read (the
+    transitions bench, seed 16008: a channel's joiners described while the allocation was used up). Adding a field's
+    column to a polled object's table now requests its resync, whoever adds it."""
+    from replicator.app.runtime import open_store, salesforce_client
+    from replicator.pipeline.schema import object_table
+
+    settings = _settings(sim, pg_url, "fld_other")
+    async with running_service(settings):
+        ids = await _set_new_field(sim, "Rank__c", "gold")
+        stamp = max(r["SystemModstamp"] for r in await ground_truth(sim, "Task") if r["Id"] in ids)
+        await wait_for(lambda: pg_value(pg_url, "SELECT poll_systemmodstamp >= '" + stamp + "'::timestamptz AND"
+                                                " poll_deleted_through > '" + stamp + "'::timestamptz + interval '3 s'"
+                                                " FROM replicator.checkpoints WHERE topic = 'poll:Task'"), timeout=30)
+    async with salesforce_client(settings) as client, open_store(settings) as store:  # another path, first
+        table = object_table(await client.describe("Task"), settings.postgres.schema_, settings.objects["Task"], None)
+        await store.page_sink(table).prepare()
+    async with running_service(settings):
+        await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM fld_other.task WHERE rank__c = 'gold'"),
+                       timeout=30)
+        assert await all_equal(settings)

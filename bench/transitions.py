@@ -400,7 +400,7 @@ async def run_sequence(server_url: str, seed: int, ops: list[str], pg=None, look
     record.update(stuck=seq.stuck, exits=seq.exits, seconds=round(time.monotonic() - t0, 1),
                   takeovers=record.get("takeovers", takeovers([log.name, log2.name])), pauses=seq.pauses,
                   unexpected_phase_changes=unexpected_phase_changes([log.name, log2.name]))
-    if record["equal"] and not record["exits"] and not record["unexpected_phase_changes"]:
+    if record["equal"] and not record["exits"] and not record["unexpected_phase_changes"] and not record["stuck"]:
         Path(log.name).unlink()
         Path(log2.name).unlink()
         await _drop(base, database)

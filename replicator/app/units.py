@@ -185,9 +185,11 @@ class Units:
         """This process leaves the unit to another: one that holds it (`row`, its lease), or one to take it."""
         if not lease.refused:
             lease.refused = True
-            if lease.unit.startswith("object:"):  # what this process showed of it (a channel's member before it was
-                # handed to its own unit) is stale: the holder shows it (/readyz, status, the gauges)
-                self.metrics.object(lease.unit.removeprefix("object:")).reset()
+            health = self.metrics.objects.get(lease.unit.removeprefix("object:"))
+            if health is not None:  # what this process showed of it (a channel's member before it was handed to its
+                # own unit) is stale: the holder shows it (/readyz, status, the gauges). An object this process only
+                # stands by for to hand it off (out of its configuration: Service._leave_unconfigured) shows nothing.
+                health.reset()
             holder = {"held_by": row["owner"], "fence": row["fence"]} if row and row["live"] else {}
             log.info("lease.standing_by", unit=lease.unit, owner=self.owner, **holder,
                      action="another process holds this unit; this one takes over when it is released or expires"

@@ -23,6 +23,7 @@ from replicator.sim.server import SimulatorThread
 
 from .helpers import (
     all_equal,
+    endpoint_get,
     give_back,
     ground_truth,
     pg_value,
@@ -134,10 +135,25 @@ async def test_an_object_out_of_the_configuration_while_its_entity_left_cdc_keep
     async with running_service(both, until=streaming(pg_url, "Account", "Contact", mode="cdc")):
         pass
     try:
-        async with running_service(without, until=streaming(pg_url, "Account", mode="cdc")):
+        # another replica, its configuration not changed yet, still holds Contact (a rolling update)
+        await pg_value(pg_url, "UPDATE replicator.leases SET owner = 'elsewhere', fence = fence + 1,"
+                               " expires_at = now() + interval '60 s' WHERE unit = 'object:Contact' RETURNING true")
+        async with running_service(without, until=streaming(pg_url, "Account", mode="cdc")) as svc:
+            await wait_for(lambda: _async("object:Contact" in getattr(getattr(svc, "units", None), "standby", list)()),
+                           timeout=30)
+            # standing by for an object only to hand it off is none of this process's readiness (seed 17009: /readyz
+            # answered 503, Contact STARTING, for good)
+            ready = await endpoint_get(svc.endpoints.port, "/readyz")
+            assert ready is not None and ready.status_code == 200 and "Contact" not in ready.json()["objects"], \
+                ready and ready.text
+            await pg_value(pg_url, "UPDATE replicator.leases SET expires_at = now() WHERE unit = 'object:Contact'"
+                                   " RETURNING true")  # that replica is gone
             # out of the configuration, its own position is kept as a time position (its mode then `poll`)
             await wait_for(lambda: pg_value(pg_url, "SELECT mode = 'poll' FROM replicator.objects"
                                                     " WHERE object = 'Contact'"), timeout=30)
+            ready = await endpoint_get(svc.endpoints.port, "/readyz")
+            assert ready is not None and ready.status_code == 200 and "Contact" not in ready.json()["objects"], \
+                ready and ready.text
             await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": [o for o in selected if o != "Contact"]})
             await _update(sim, "Contact", changed, "while deselected")
             await sim_admin(sim, "PUT", "/__sim/cdc", {"objects": selected})
@@ -280,6 +296,10 @@ async def test_changes_between_a_deselection_and_the_switch_to_polling_are_read(
 # taken twice (the poll position, then a round's start at the getDeleted window less the lookback), to a later
 # whole second.
 MOVED_MS = 3000
+
+
+async def _async(value):
+    return value
 
 
 async def _is_set(event: asyncio.Event) -> bool:

@@ -232,7 +232,8 @@ class Service:
             else:
                 for name in self.settings.objects:
                     self.spawn(ObjectUnit(self, name).run())
-            self.spawn(self._leave_unconfigured())
+            # tried again with backoff when the database or the org fails it, as a unit is; never the service's end
+            self.spawn(self.keep_running("unconfigured", self._leave_unconfigured))
             for name in self.settings.stream.platform_events:
                 self.spawn(self.keep_running(f"/event/{name}", self.units.holding(
                     f"events:{name}", lambda stop, n=name: PlatformEventStream(self.pubsub, store, self.settings,
@@ -281,6 +282,7 @@ class Service:
                     await self.units.forget(unit, "no longer configured; its position kept as a time position")
         except Stopped:
             return
+        await self.stop.wait()  # done: `keep_running` runs it again only after a failure
 
     def _budget_gate(self, stop: asyncio.Event) -> Callable[[str], Awaitable[None]]:
         """The refresh's gate: wait while the org's remaining daily API requests are below `salesforce.api_reserve`

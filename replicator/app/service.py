@@ -269,8 +269,7 @@ class Service:
         configured, and under each object's own lease for the objects that had a topic of their own."""
         stored: dict[str | None, list[str]] = {}
         for name, channel in (await self.store.streamed_objects()).items():
-            if name not in self.settings.objects and channel != self.settings.stream.channel or \
-                    name not in self.settings.objects and not channel:
+            if name not in self.settings.objects and (not channel or channel != self.settings.stream.channel):
                 stored.setdefault(channel or None, []).append(name)
         try:
             for channel, names in stored.items():

@@ -101,7 +101,7 @@ class PageSink:
             for stmt in ddl.add_columns(spec, existing):
                 log.info("schema.column_added", object=spec.object, sql=stmt)
                 await conn.execute(stmt)
-            if any(c.name not in existing for c in spec.columns) and existing:
+            if existing and any(c.name not in existing for c in spec.columns):  # a field added to a table in use
                 await state.request_refill(conn, spec.object)
             if self.t.history is not None:
                 await history.prepare(conn, self.t)

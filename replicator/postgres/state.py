@@ -228,17 +228,16 @@ async def request_resync(conn: asyncpg.Connection, name: str) -> str:
         return "requested"
 
 
-async def request_refill(conn: asyncpg.Connection, name: str) -> bool:
+async def request_refill(conn: asyncpg.Connection, name: str) -> None:
     """A field's column was just added to the table of `name` (postgres/sink.py `PageSink.prepare`, whoever
     prepared it: the poller, a refresh, a verify --repair, a channel describing its joiners). A polled object
     streaming its rounds never reads the values set before: its rounds read only records changed since their
     position, and the column's absence was the poller's only sign of the field (pipeline/poll.py `fields_added`).
     So its resync is requested here, in the transaction that adds the column; an object being extracted
-    (BACKFILLING, RESYNCING) reads every value anyway, and events carry every value set once the field exists.
-    True when requested."""
-    return await conn.fetchval(
+    (BACKFILLING, RESYNCING) reads every value anyway, and events carry every value set once the field exists."""
+    await conn.execute(
         "UPDATE objects SET resync_requested = true, updated_at = now() WHERE object = $1 AND mode = 'poll'"
-        " AND phase = $2 AND NOT resync_requested RETURNING true", name, Phase.STREAMING) is not None
+        " AND phase = $2 AND NOT resync_requested", name, Phase.STREAMING)
 
 
 # Checkpoints: one row per Pub/Sub topic, written in the transaction of the batch it covers.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -141,11 +142,12 @@ def test_discover_exits_1_with_one_line_when_the_org_is_unreachable_and_2_on_bad
     assert out.returncode == 2 and "not valid TOML" in out.stderr, out.stderr
 
 
-def test_init_from_the_simulators_ready_line_then_check_passes(tmp_path, pg_url):
-    # The flow the README shows: `replicator sim | replicator init --from-sim` (init reads the ready line and
-    # returns while the simulator keeps serving), the export line it prints, then `check`.
+@contextlib.contextmanager
+def _init_from_sim(tmp_path, *sim_args: str):
+    """`replicator sim --records 50 *sim_args | replicator init --from-sim` (init reads the ready lines and returns
+    while the simulator keeps serving): (the file written, init's result); the simulator stops afterwards."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
-    simulator = subprocess.Popen([sys.executable, "-m", "replicator.cli", "sim", "--records", "50"],
+    simulator = subprocess.Popen([sys.executable, "-m", "replicator.cli", "sim", "--records", "50", *sim_args],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=environ)
     try:
         cfg = tmp_path / "replicator.toml"
@@ -153,6 +155,17 @@ def test_init_from_the_simulators_ready_line_then_check_passes(tmp_path, pg_url)
                                "--output", str(cfg)], stdin=simulator.stdout, capture_output=True, text=True,
                               timeout=120, env=environ)
         assert init.returncode == 0, init.stdout + init.stderr
+        yield cfg, init
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=60)
+        simulator.stdout.close()
+
+
+def test_init_from_the_simulators_ready_line_then_check_passes(tmp_path, pg_url):
+    # The flow the README shows: `replicator sim | replicator init --from-sim` (init reads the ready line and
+    # returns while the simulator keeps serving), the export line it prints, then `check`.
+    with _init_from_sim(tmp_path) as (cfg, init):
         text = cfg.read_text()
         written = tomllib.loads(text)["salesforce"]
         assert written["instance_url"].startswith("https://127.0.0.1:") and written["ca_file"]
@@ -170,10 +183,6 @@ def test_init_from_the_simulators_ready_line_then_check_passes(tmp_path, pg_url)
         assert secret not in out.stdout + out.stderr
         out = _cli("discover", "--config", str(cfg), "--json", "--objects", "Account", env={name: secret})
         assert out.returncode == 0 and json.loads(out.stdout)[0]["records"] > 0, out.stdout + out.stderr[-2000:]
-    finally:
-        simulator.terminate()
-        simulator.wait(timeout=60)
-        simulator.stdout.close()
 
 
 def test_init_writes_a_starter_that_names_what_to_fill_and_refuses_to_overwrite(tmp_path, sim):
@@ -202,15 +211,7 @@ def test_init_from_a_simulator_of_several_orgs_writes_one_table_per_org_then_che
     """`replicator sim --orgs 2 | replicator init --from-sim`: every org's ready line is read (each says how many
     there are), each org gets its `[orgs.<name>]` table with its own Salesforce settings, and its secret its own
     export line (`REPLICATOR_ORGS__<NAME>__SALESFORCE__CLIENT_SECRET`); `check` passes for both orgs."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_")}
-    simulator = subprocess.Popen([sys.executable, "-m", "replicator.cli", "sim", "--records", "50", "--orgs", "2"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=environ)
-    try:
-        cfg = tmp_path / "replicator.toml"
-        init = subprocess.run([sys.executable, "-m", "replicator.cli", "--log-json", "init", "--from-sim",
-                               "--output", str(cfg)], stdin=simulator.stdout, capture_output=True, text=True,
-                              timeout=120, env=environ)
-        assert init.returncode == 0, init.stdout + init.stderr
+    with _init_from_sim(tmp_path, "--orgs", "2") as (cfg, init):
         text = cfg.read_text()
         orgs = tomllib.loads(text)["orgs"]
         assert set(orgs) == {"org1", "org2"}
@@ -232,7 +233,3 @@ def test_init_from_a_simulator_of_several_orgs_writes_one_table_per_org_then_che
         oks = [line for line in out.stdout.splitlines() if line.startswith("ok ")]
         assert oks and not [line for line in out.stdout.splitlines() if line.startswith(("FAIL", "fail"))], out.stdout
         assert "org org1" in out.stderr and "org org2" in out.stderr, out.stderr[-2000:]
-    finally:
-        simulator.terminate()
-        simulator.wait(timeout=60)
-        simulator.stdout.close()

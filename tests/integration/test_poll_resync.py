@@ -99,16 +99,21 @@ async def test_a_field_added_before_a_restart_has_its_earlier_values_filled_afte
     move past them), then the service restarts: the values set before are filled all the same."""
     settings = _settings(sim, pg_url, "fld_restart")  # describe_interval_s: the default, longer than this test
     async with running_service(settings):
-        ids = await _set_new_field(sim, "Tier__c", "gold")
-        stamp = max(r["SystemModstamp"] for r in await ground_truth(sim, "Task") if r["Id"] in ids)
-        # past them, lookback (2 s) included: no round after the restart reads them again
-        await wait_for(lambda: pg_value(pg_url, "SELECT poll_systemmodstamp >= '" + stamp + "'::timestamptz AND"
-                                                " poll_deleted_through > '" + stamp + "'::timestamptz + interval '3 s'"
-                                                " FROM replicator.checkpoints WHERE topic = 'poll:Task'"), timeout=30)
+        await _set_and_polled_past(sim, pg_url, "Tier__c", "gold")
     async with running_service(settings):
         await wait_for(lambda: pg_value(pg_url, "SELECT count(*) = 3 FROM fld_restart.task WHERE tier__c = 'gold'"),
                        timeout=30)
         assert await all_equal(settings)
+
+
+async def _set_and_polled_past(sim, pg_url, name: str, value: str) -> None:
+    """`_set_new_field`, then wait until the rounds have read past those records, lookback (2 s) included: no round
+    after a restart reads them again."""
+    ids = await _set_new_field(sim, name, value)
+    stamp = max(r["SystemModstamp"] for r in await ground_truth(sim, "Task") if r["Id"] in ids)
+    await wait_for(lambda: pg_value(pg_url, "SELECT poll_systemmodstamp >= '" + stamp + "'::timestamptz AND"
+                                            " poll_deleted_through > '" + stamp + "'::timestamptz + interval '3 s'"
+                                            " FROM replicator.checkpoints WHERE topic = 'poll:Task'"), timeout=30)
 
 
 async def _ids(pg_url: str, schema: str, where: str) -> list[str]:
@@ -132,11 +137,7 @@ async def test_a_field_whose_column_another_path_added_first_still_has_its_earli
 
     settings = _settings(sim, pg_url, "fld_other")
     async with running_service(settings):
-        ids = await _set_new_field(sim, "Rank__c", "gold")
-        stamp = max(r["SystemModstamp"] for r in await ground_truth(sim, "Task") if r["Id"] in ids)
-        await wait_for(lambda: pg_value(pg_url, "SELECT poll_systemmodstamp >= '" + stamp + "'::timestamptz AND"
-                                                " poll_deleted_through > '" + stamp + "'::timestamptz + interval '3 s'"
-                                                " FROM replicator.checkpoints WHERE topic = 'poll:Task'"), timeout=30)
+        await _set_and_polled_past(sim, pg_url, "Rank__c", "gold")
     async with salesforce_client(settings) as client, open_store(settings) as store:  # another path, first
         table = object_table(await client.describe("Task"), settings.postgres.schema_, settings.objects["Task"], None)
         await store.page_sink(table).prepare()
